@@ -1,0 +1,273 @@
+"""The DynamoDB client (one per process), the table definitions (one place) and
+the few write patterns every repository uses."""
+from __future__ import annotations
+
+import base64
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import boto3
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from common.config import Settings
+from common.models import ProgressRecord
+from common.errors import ContentionExhausted, DependencyUnavailable, InvalidField
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def create_dynamodb_client(settings: Settings) -> Any:
+    """The process's one client; boto3 clients are thread-safe."""
+    config = Config(
+        region_name=settings.aws_region,
+        retries={"mode": "standard", "max_attempts": 3},
+        # Enough sockets for every gRPC worker thread at once.
+        max_pool_connections=settings.max_workers + 8,
+        connect_timeout=2,
+        read_timeout=5,
+    )
+    return boto3.session.Session().client(
+        "dynamodb", endpoint_url=settings.dynamodb_endpoint, config=config
+    )
+
+
+# --- tables -------------------------------------------------------------------
+
+_S = "S"
+_N = "N"
+
+
+@dataclass(frozen=True)
+class TableDefinition:
+    name: str
+    hash_key: tuple[str, str]
+    range_key: tuple[str, str] | None = None
+    # (index name, hash key, range key) with string keys.
+    string_indexes: tuple[tuple[str, str, str], ...] = ()
+
+    def create_table_params(self, prefix: str) -> dict[str, Any]:
+        attributes = {self.hash_key[0]: self.hash_key[1]}
+        keys = [{"AttributeName": self.hash_key[0], "KeyType": "HASH"}]
+        if self.range_key:
+            attributes[self.range_key[0]] = self.range_key[1]
+            keys.append({"AttributeName": self.range_key[0], "KeyType": "RANGE"})
+        indexes = []
+        for index_name, index_hash, index_range in self.string_indexes:
+            attributes[index_hash] = _S
+            attributes[index_range] = _S
+            indexes.append({
+                "IndexName": index_name,
+                "KeySchema": [
+                    {"AttributeName": index_hash, "KeyType": "HASH"},
+                    {"AttributeName": index_range, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            })
+        params: dict[str, Any] = {
+            "TableName": prefix + self.name,
+            "AttributeDefinitions": [{"AttributeName": k, "AttributeType": t} for k, t in attributes.items()],
+            "KeySchema": keys,
+            "BillingMode": "PAY_PER_REQUEST",
+        }
+        if indexes:
+            params["GlobalSecondaryIndexes"] = indexes
+        return params
+
+
+ACTIVITIES = TableDefinition("activities", ("activity_id", _S), string_indexes=(("by_category", "category", "activity_id"),))
+ACHIEVEMENTS = TableDefinition("achievements", ("achievement_id", _S))
+LEVELS = TableDefinition("levels", ("level", _N))
+# One item a user: total_xp, level, unlocked_achievements, rewards, updated_at.
+USER_PROGRESS = TableDefinition("user_progress", ("user_id", _S))
+# The XP ledger and the idempotency record in one: one item per award or grant.
+XP_LEDGER = TableDefinition("xp_ledger", ("user_id", _S), ("entry_id", _S))
+# One item per unlock: when, with what reward, and whether the XP was granted.
+USER_ACHIEVEMENTS = TableDefinition("user_achievements", ("user_id", _S), ("achievement_id", _S))
+
+ALL_TABLES = (ACTIVITIES, ACHIEVEMENTS, LEVELS, USER_PROGRESS, XP_LEDGER, USER_ACHIEVEMENTS)
+
+
+def ensure_tables(client: Any, prefix: str, tables: tuple[TableDefinition, ...] = ALL_TABLES) -> None:
+    """Creates the missing tables and waits until all are active. Safe to run
+    from several processes at once."""
+    existing: set[str] = set()
+    for page in client.get_paginator("list_tables").paginate():
+        existing.update(page["TableNames"])
+    for table in tables:
+        if prefix + table.name in existing:
+            continue
+        try:
+            client.create_table(**table.create_table_params(prefix))
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ResourceInUseException":
+                raise
+    waiter = client.get_waiter("table_exists")
+    for table in tables:
+        waiter.wait(TableName=prefix + table.name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+
+
+# --- items --------------------------------------------------------------------
+
+def to_item(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _serializer.serialize(v) for k, v in values.items()}
+
+
+def from_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deserializer.deserialize(v) for k, v in item.items()}
+
+
+def attr(value: Any) -> dict[str, Any]:
+    return _serializer.serialize(value)
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def cancellation_codes(error: ClientError) -> list[str]:
+    """The per-item reasons of a TransactionCanceledException ('None' where the item was fine)."""
+    return [r.get("Code", "None") for r in error.response.get("CancellationReasons", [])]
+
+
+_TRANSACTION_ATTEMPTS = 8
+
+
+def transact_write(client: Any, items: list[dict[str, Any]]) -> list[str] | None:
+    """Runs a transaction. Returns None on success, or the per-item cancellation
+    codes when a condition failed. Conflicts with concurrent transactions (which
+    real DynamoDB reports and the emulator never does) are retried with jittered
+    backoff: a cancelled transaction wrote nothing, so the retry is safe."""
+    for attempt in range(_TRANSACTION_ATTEMPTS):
+        try:
+            client.transact_write_items(TransactItems=items)
+            return None
+        except ClientError as error:
+            if error_code(error) != "TransactionCanceledException":
+                raise
+            codes = cancellation_codes(error)
+            if "ConditionalCheckFailed" in codes:
+                return codes
+            if "TransactionConflict" not in codes:
+                raise
+        time.sleep(random.uniform(0, 0.01 * 2**attempt))
+    raise ContentionExhausted("too many concurrent writes to this user; retry the request")
+
+
+def storage_unavailable(error: Exception) -> DependencyUnavailable:
+    return DependencyUnavailable(f"DynamoDB could not be reached: {error.__class__.__name__}")
+
+
+STORAGE_ERRORS = (BotoCoreError, ClientError)
+
+
+# --- page tokens ----------------------------------------------------------------
+
+def encode_page_token(last_evaluated_key: Mapping[str, Any] | None) -> str:
+    if not last_evaluated_key:
+        return ""
+    raw = json.dumps(from_item(last_evaluated_key), default=str, sort_keys=True)
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_page_token(token: str, key_names: tuple[str, ...]) -> dict[str, Any] | None:
+    if not token:
+        return None
+    try:
+        values = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if (not isinstance(values, dict) or not values or set(values) - set(key_names)
+                or not all(isinstance(v, str) and v for v in values.values())):
+            raise ValueError("unexpected keys")
+        return to_item({k: v for k, v in values.items()})
+    except (ValueError, TypeError, UnicodeDecodeError) as error:
+        raise InvalidField("page_token", "is not a token this service issued") from error
+
+
+class CatalogTable:
+    """Whole-item reads and writes of one catalog table (activities,
+    achievements, levels): catalog writes replace an entry, last writer wins."""
+
+    def __init__(self, client: Any, table_prefix: str, table: TableDefinition) -> None:
+        self._client = client
+        self.name = table_prefix + table.name
+        self._key = table.hash_key[0]
+
+    def put(self, values: Mapping[str, Any]) -> None:
+        self._client.put_item(TableName=self.name, Item=to_item(values))
+
+    def get(self, key: Any) -> dict[str, Any] | None:
+        response = self._client.get_item(TableName=self.name, Key={self._key: attr(key)}, ConsistentRead=True)
+        return from_item(response["Item"]) if "Item" in response else None
+
+    def delete(self, key: Any) -> bool:
+        """False when there was no such entry."""
+        try:
+            self._client.delete_item(
+                TableName=self.name,
+                Key={self._key: attr(key)},
+                ConditionExpression="attribute_exists(#k)",
+                ExpressionAttributeNames={"#k": self._key},
+            )
+            return True
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+
+    def scan_all(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        for page in self._client.get_paginator("scan").paginate(TableName=self.name, ConsistentRead=True):
+            items.extend(from_item(item) for item in page["Items"])
+        return items
+
+    def page(self, page_size: int, page_token: str, *, index: str = "", key_condition: tuple[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
+        """One page of the table, or of `index` where key_condition (name, value) holds."""
+        params: dict[str, Any] = {"TableName": self.name, "Limit": page_size}
+        key_names: tuple[str, ...] = (self._key,)
+        if index and key_condition:
+            name, value = key_condition
+            key_names = (self._key, name)
+            params.update(
+                IndexName=index,
+                KeyConditionExpression="#c = :c",
+                ExpressionAttributeNames={"#c": name},
+                ExpressionAttributeValues={":c": attr(value)},
+            )
+        start = decode_page_token(page_token, key_names)
+        if start:
+            params["ExclusiveStartKey"] = start
+        response = self._client.query(**params) if index else self._client.scan(**params)
+        return [from_item(item) for item in response["Items"]], encode_page_token(response.get("LastEvaluatedKey"))
+
+    def batch_get(self, keys: list[Any]) -> dict[Any, dict[str, Any]]:
+        found: dict[Any, dict[str, Any]] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 100):  # BatchGetItem's limit
+            pending: dict[str, Any] = {self.name: {"Keys": [{self._key: attr(k)} for k in unique[start:start + 100]]}}
+            while pending:
+                response = self._client.batch_get_item(RequestItems=pending)
+                for item in response["Responses"].get(self.name, []):
+                    values = from_item(item)
+                    found[values[self._key]] = values
+                pending = response.get("UnprocessedKeys") or {}
+        return found
+
+
+def read_progress(client: Any, table_prefix: str, user_id: str, attributes: tuple[str, ...] = ()) -> ProgressRecord:
+    """The user's progress item, strongly consistent; `attributes` limits what is read."""
+    params: dict[str, Any] = {
+        "TableName": table_prefix + USER_PROGRESS.name,
+        "Key": {"user_id": attr(user_id)},
+        "ConsistentRead": True,
+    }
+    if attributes:
+        names = {f"#a{i}": name for i, name in enumerate(attributes)}
+        params["ProjectionExpression"] = ", ".join(names)
+        params["ExpressionAttributeNames"] = names
+    response = client.get_item(**params)
+    return ProgressRecord.from_attributes(user_id, from_item(response["Item"]) if "Item" in response else None)

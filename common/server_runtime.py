@@ -1,0 +1,132 @@
+"""What every server shares: a thread-pool gRPC server with the logging
+interceptor, standard health checking and reflection, and a SIGTERM-graceful run."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from typing import Any, Callable, Sequence
+
+import grpc
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common.rpc_logging import RpcLoggingInterceptor
+
+log = logging.getLogger("rewards.server")
+
+
+class _MethodAwarePool:
+    """The default descriptor pool, except that a method's name resolves to its
+    service's file: python protobuf cannot find method symbols, which breaks
+    `grpcurl describe pkg.Service.Method` (grpc/grpc#34743)."""
+
+    def __init__(self) -> None:
+        self._pool = descriptor_pool.Default()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def FindFileContainingSymbol(self, symbol: str) -> Any:
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service_name, _, method = symbol.rpartition(".")
+            try:
+                service = self._pool.FindServiceByName(service_name)
+            except KeyError:
+                service = None
+            if service is not None and method in service.methods_by_name:
+                return service.file
+            raise
+
+
+def build_grpc_server(
+    address: str,
+    register: Callable[[grpc.Server], None],
+    service_names: Sequence[str],
+    *,
+    max_workers: int,
+    health_servicer: health.HealthServicer | None = None,
+) -> tuple[grpc.Server, int]:
+    """Binds `address` (port 0 picks a free port) and returns (server, port), not started."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        interceptors=[RpcLoggingInterceptor()],
+    )
+    register(server)
+    health_servicer = health_servicer or health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in (*service_names, ""):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_MethodAwarePool()
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {address}")
+    return server, port
+
+
+def serve_until_terminated(
+    server: grpc.Server,
+    health_servicer: health.HealthServicer,
+    *,
+    grace_s: float,
+    on_ready: Callable[[], Any] = lambda: None,
+) -> None:
+    """Runs until SIGTERM or SIGINT, then reports NOT_SERVING (so load balancers
+    stop sending), lets in-flight calls finish within `grace_s`, and returns."""
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    server.start()
+    on_ready()
+    stop_requested.wait()
+    health_servicer.enter_graceful_shutdown()
+    server.stop(grace_s).wait()
+    log.info("stopped")
+
+
+def run_service(
+    service: str,
+    listen: str,
+    settings: Any,
+    create_server: Callable[..., tuple[grpc.Server, int]],
+) -> None:
+    """The entry point every service shares: logging, the one DynamoDB client,
+    tables, then serve until SIGTERM."""
+    # Imported here so that this module stays free of storage at import time.
+    from common.dynamodb import create_dynamodb_client, ensure_tables
+    from common.rpc_logging import configure_logging
+
+    configure_logging(service, settings.log_level)
+    dynamodb = create_dynamodb_client(settings)
+    ensure_tables(dynamodb, settings.table_prefix)
+    health_servicer = health.HealthServicer()
+    server, port = create_server(listen, settings, dynamodb, health_servicer)
+    serve_until_terminated(
+        server, health_servicer, grace_s=settings.shutdown_grace_s,
+        on_ready=lambda: log.info("listening", extra={"fields": {"port": port, "address": listen}}),
+    )
+
+
+# Reconnect quickly after a peer restarts: calls fail fast (no wait_for_ready)
+# while the peer is down, so a long reconnect backoff would prolong the outage.
+_PEER_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def peer_channel(target: str) -> grpc.Channel:
+    """The channel one service uses to call another; one per process and target."""
+    return grpc.insecure_channel(target, options=_PEER_CHANNEL_OPTIONS)

@@ -1,0 +1,1 @@
+"""The local cluster as processes: DynamoDB Local and the three services."""

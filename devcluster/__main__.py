@@ -1,0 +1,123 @@
+"""`python -m devcluster up|down|status`: the local cluster as background processes.
+
+DynamoDB Local keeps its data in .local/dynamodb-data; logs go to .local/logs/.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, port_open, start_dynamodb_local
+
+RUN_DIR = REPO_ROOT / ".local" / "run"
+LOG_DIR = REPO_ROOT / ".local" / "logs"
+DYNAMODB_PORT = int(os.environ.get("REWARDS_DYNAMODB_LOCAL_PORT", "8000"))
+# (process name, module, port), in start order: each service's dependencies first.
+SERVICES = [("levels", "levels_service", 50053), ("xp", "xp_service", 50051), ("achievements", "achievements_service", 50052)]
+
+
+def _pid(name: str) -> int | None:
+    path = RUN_DIR / f"{name}.pid"
+    try:
+        pid = int(path.read_text())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str]) -> None:
+    log = open(LOG_DIR / f"{name}.log", "ab")
+    process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (RUN_DIR / f"{name}.pid").write_text(str(process.pid))
+
+
+def _wait_serving(port: int, timeout_s: float = 30) -> bool:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(f"localhost:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                time.sleep(0.2)
+    return False
+
+
+def cluster_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("REWARDS_DYNAMODB_ENDPOINT", f"http://localhost:{DYNAMODB_PORT}")
+    env.setdefault("AWS_REGION", "us-east-1")
+    for key, value in LOCAL_CREDENTIALS.items():
+        env.setdefault(key, value)
+    return env
+
+
+def up() -> int:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    env = cluster_env()
+    if _pid("dynamodb") is None:
+        if port_open("127.0.0.1", DYNAMODB_PORT):
+            print(f"port {DYNAMODB_PORT} is taken by another program; set REWARDS_DYNAMODB_LOCAL_PORT", file=sys.stderr)
+            return 1
+        log = open(LOG_DIR / "dynamodb.log", "ab")
+        process = start_dynamodb_local(DYNAMODB_PORT, log, REPO_ROOT / ".local" / "dynamodb-data", start_new_session=True)
+        (RUN_DIR / "dynamodb.pid").write_text(str(process.pid))
+    for name, module, port in SERVICES:
+        if _pid(name) is None:
+            if port_open("127.0.0.1", port):
+                print(f"port {port} ({name}) is taken by another program", file=sys.stderr)
+                return 1
+            _spawn(name, [sys.executable, "-m", module], env)
+        if not _wait_serving(port):
+            print(f"{name} did not become healthy; see {LOG_DIR / (name + '.log')}", file=sys.stderr)
+            return 1
+    return status()
+
+
+def down() -> int:
+    for name in [s[0] for s in reversed(SERVICES)] + ["dynamodb"]:
+        pid = _pid(name)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if _pid(name) is None:
+                    break
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                time.sleep(0.1)
+            print(f"stopped {name} (pid {pid})")
+        (RUN_DIR / f"{name}.pid").unlink(missing_ok=True)
+    return 0
+
+
+def status() -> int:
+    rows = [("dynamodb-local", f"http://localhost:{DYNAMODB_PORT}", _pid("dynamodb"))]
+    rows += [(f"{name} ({module})", f"localhost:{port}", _pid(name)) for name, module, port in SERVICES]
+    print("rewards local cluster:")
+    for label, address, pid in rows:
+        print(f"  {label:32} {address:26} {'running, pid ' + str(pid) if pid else 'stopped'}")
+    print(f"logs: {LOG_DIR}")
+    return 0 if all(pid for _, _, pid in rows) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m devcluster")
+    parser.add_argument("command", choices=["up", "down", "status"])
+    return {"up": up, "down": down, "status": status}[parser.parse_args().command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
