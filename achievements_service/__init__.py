@@ -1,0 +1,1 @@
+"""AchievementsService: the achievement catalog and exactly-once unlocks."""

@@ -1,0 +1,3 @@
+from achievements_service.server import serve
+
+serve()

@@ -1,0 +1,90 @@
+"""Achievement rules, pure: no gRPC, no DynamoDB."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.errors import NotFound, PreconditionFailed
+
+
+@dataclass(frozen=True)
+class Requirements:
+    required_achievements: tuple[str, ...] = ()
+    min_total_xp: int = 0
+    min_level: int = 0
+
+
+@dataclass(frozen=True)
+class Achievement:
+    achievement_id: str
+    name: str
+    description: str = ""
+    xp_reward: int = 0
+    hidden: bool = False
+    requirements: Requirements = field(default_factory=Requirements)
+
+
+@dataclass(frozen=True)
+class Unlock:
+    """A user's unlock of one achievement, with the reward it pays."""
+
+    user_id: str
+    achievement_id: str
+    unlocked_at: str
+    xp_reward: int
+    xp_granted: bool
+    request_id: str = ""
+
+    @property
+    def grant_request_id(self) -> str:
+        """Deterministic, so a retry after a crash grants the same XP at most once."""
+        return f"achievement:{self.achievement_id}"
+
+    @property
+    def grant_reason(self) -> str:
+        return f"achievement:{self.achievement_id}"
+
+    @property
+    def owes_xp(self) -> bool:
+        return self.xp_reward > 0 and not self.xp_granted
+
+
+@dataclass(frozen=True)
+class PlayerStanding:
+    """What requirements are checked against."""
+
+    unlocked: frozenset[str]
+    total_xp: int
+    level: int
+
+
+def unmet_requirements(requirements: Requirements, standing: PlayerStanding) -> list[tuple[str, str]]:
+    """(subject, description) for each requirement the player does not meet."""
+    unmet = [
+        (f"required_achievements/{a}", f"achievement {a!r} must be unlocked first")
+        for a in requirements.required_achievements
+        if a not in standing.unlocked
+    ]
+    if standing.total_xp < requirements.min_total_xp:
+        unmet.append(("min_total_xp", f"needs {requirements.min_total_xp} total XP, has {standing.total_xp}"))
+    if standing.level < requirements.min_level:
+        unmet.append(("min_level", f"needs level {requirements.min_level}, is level {standing.level}"))
+    return unmet
+
+
+class AchievementNotFound(NotFound):
+    def __init__(self, achievement_id: str) -> None:
+        super().__init__(f"achievement {achievement_id!r} is not in the catalog")
+
+
+class RequirementsNotMet(PreconditionFailed):
+    def __init__(self, achievement_id: str, unmet: list[tuple[str, str]]) -> None:
+        super().__init__(
+            f"requirements of achievement {achievement_id!r} are not met: " + "; ".join(d for _, d in unmet),
+            unmet,
+        )
+
+
+def check_requirements(achievement: Achievement, standing: PlayerStanding) -> None:
+    unmet = unmet_requirements(achievement.requirements, standing)
+    if unmet:
+        raise RequirementsNotMet(achievement.achievement_id, unmet)

@@ -1,0 +1,47 @@
+"""Composition root and entry point of the Achievements server."""
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health
+
+from achievements_service.service import Achievements
+from achievements_service.servicer import AchievementsServicer
+from achievements_service.storage import AchievementsRepository
+from achievements_service.xp_granter import GrpcXpGranter
+from common.config import Settings
+from common.server_runtime import build_grpc_server, peer_channel, run_service
+from levels_service.storage import LevelsRepository
+from rewards.v1 import achievements_pb2, achievements_pb2_grpc
+
+SERVICE_NAME = achievements_pb2.DESCRIPTOR.services_by_name["AchievementsService"].full_name
+
+
+def create_server(
+    address: str,
+    settings: Settings,
+    dynamodb: Any,
+    health_servicer: health.HealthServicer | None = None,
+) -> tuple[grpc.Server, int]:
+    xp_channel = peer_channel(settings.xp_target)
+    # min_level requirements of users with no stored level need the start level.
+    level_table = LevelsRepository(dynamodb, settings.table_prefix)
+    achievements = Achievements(
+        AchievementsRepository(dynamodb, settings.table_prefix),
+        GrpcXpGranter(xp_channel, settings.xp_grant_timeout_s),
+        start_level=lambda: level_table.load_level_table().start_level,
+    )
+    servicer = AchievementsServicer(achievements)
+    return build_grpc_server(
+        address,
+        lambda server: achievements_pb2_grpc.add_AchievementsServiceServicer_to_server(servicer, server),
+        [SERVICE_NAME],
+        max_workers=settings.max_workers,
+        health_servicer=health_servicer,
+    )
+
+
+def serve(settings: Settings | None = None) -> None:
+    settings = settings or Settings.from_env()
+    run_service("achievements", settings.achievements_listen, settings, create_server)

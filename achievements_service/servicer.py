@@ -1,0 +1,118 @@
+"""AchievementsService over gRPC: validate, convert, call, map errors."""
+from __future__ import annotations
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from common import field_rules
+from common.errors import InvalidField
+from common.grpc_edge import level_up_to_message, maps_domain_errors
+from achievements_service.domain import Achievement, Requirements
+from achievements_service.service import Achievements, UnlockOutcome
+from rewards.v1 import achievements_pb2, achievements_pb2_grpc
+
+MAX_REQUIRED_ACHIEVEMENTS = 50
+MAX_MIN_LEVEL = 1_000_000
+
+
+def achievement_from_message(message: achievements_pb2.Achievement) -> Achievement:
+    achievement_id = field_rules.require_id("achievement.achievement_id", message.achievement_id)
+    requirements = message.requirements
+    required = list(requirements.required_achievements)
+    if len(required) > MAX_REQUIRED_ACHIEVEMENTS:
+        raise InvalidField("achievement.requirements.required_achievements",
+                           f"must list at most {MAX_REQUIRED_ACHIEVEMENTS} achievements (got {len(required)})")
+    for i, required_id in enumerate(required):
+        field_rules.require_id(f"achievement.requirements.required_achievements[{i}]", required_id)
+        if required_id == achievement_id:
+            raise InvalidField(f"achievement.requirements.required_achievements[{i}]", "an achievement cannot require itself")
+    return Achievement(
+        achievement_id=achievement_id,
+        name=field_rules.text("achievement.name", message.name, max_length=field_rules.MAX_NAME_LENGTH, required=True),
+        description=field_rules.text("achievement.description", message.description, max_length=field_rules.MAX_DESCRIPTION_LENGTH),
+        xp_reward=field_rules.xp_amount("achievement.xp_reward", message.xp_reward),
+        hidden=message.hidden,
+        requirements=Requirements(
+            required_achievements=tuple(dict.fromkeys(required)),
+            min_total_xp=field_rules.non_negative("achievement.requirements.min_total_xp", requirements.min_total_xp,
+                                                  maximum=field_rules.MAX_XP * 1000),
+            min_level=field_rules.non_negative("achievement.requirements.min_level", requirements.min_level,
+                                               maximum=MAX_MIN_LEVEL),
+        ),
+    )
+
+
+def achievement_to_message(achievement: Achievement) -> achievements_pb2.Achievement:
+    return achievements_pb2.Achievement(
+        achievement_id=achievement.achievement_id,
+        name=achievement.name,
+        description=achievement.description,
+        xp_reward=achievement.xp_reward,
+        hidden=achievement.hidden,
+        requirements=achievements_pb2.Requirements(
+            required_achievements=list(achievement.requirements.required_achievements),
+            min_total_xp=achievement.requirements.min_total_xp,
+            min_level=achievement.requirements.min_level,
+        ),
+    )
+
+
+def unlock_to_message(outcome: UnlockOutcome) -> achievements_pb2.UnlockAchievementResponse:
+    response = achievements_pb2.UnlockAchievementResponse(
+        achievement=achievement_to_message(outcome.achievement),
+        already_unlocked=outcome.already_unlocked,
+        xp_awarded=outcome.xp_awarded,
+        total_xp=outcome.total_xp,
+    )
+    if outcome.level_up is not None:
+        response.level_up.CopyFrom(level_up_to_message(outcome.level_up))
+    return response
+
+
+class AchievementsServicer(achievements_pb2_grpc.AchievementsServiceServicer):
+    def __init__(self, achievements: Achievements) -> None:
+        self._achievements = achievements
+
+    @maps_domain_errors
+    def PutAchievement(self, request: achievements_pb2.PutAchievementRequest, context: grpc.ServicerContext) -> achievements_pb2.Achievement:
+        field_rules.present("achievement", request.HasField("achievement"))
+        stored = self._achievements.put_achievement(achievement_from_message(request.achievement))
+        return achievement_to_message(stored)
+
+    @maps_domain_errors
+    def GetAchievement(self, request: achievements_pb2.GetAchievementRequest, context: grpc.ServicerContext) -> achievements_pb2.Achievement:
+        achievement_id = field_rules.require_id("achievement_id", request.achievement_id)
+        return achievement_to_message(self._achievements.get_achievement(achievement_id))
+
+    @maps_domain_errors
+    def ListAchievements(self, request: achievements_pb2.ListAchievementsRequest, context: grpc.ServicerContext) -> achievements_pb2.ListAchievementsResponse:
+        page_size = field_rules.page_size(request.page_size)
+        achievements, token = self._achievements.list_achievements(page_size, request.page_token)
+        return achievements_pb2.ListAchievementsResponse(
+            achievements=[achievement_to_message(a) for a in achievements], next_page_token=token
+        )
+
+    @maps_domain_errors
+    def DeleteAchievement(self, request: achievements_pb2.DeleteAchievementRequest, context: grpc.ServicerContext) -> achievements_pb2.DeleteAchievementResponse:
+        self._achievements.delete_achievement(field_rules.require_id("achievement_id", request.achievement_id))
+        return achievements_pb2.DeleteAchievementResponse()
+
+    @maps_domain_errors
+    def UnlockAchievement(self, request: achievements_pb2.UnlockAchievementRequest, context: grpc.ServicerContext) -> achievements_pb2.UnlockAchievementResponse:
+        user_id = field_rules.require_id("user_id", request.user_id)
+        achievement_id = field_rules.require_id("achievement_id", request.achievement_id)
+        request_id = field_rules.request_id(request.request_id)
+        return unlock_to_message(self._achievements.unlock_achievement(user_id, achievement_id, request_id))
+
+    @maps_domain_errors
+    def ListUserAchievements(self, request: achievements_pb2.ListUserAchievementsRequest, context: grpc.ServicerContext) -> achievements_pb2.ListUserAchievementsResponse:
+        user_id = field_rules.require_id("user_id", request.user_id)
+        response = achievements_pb2.ListUserAchievementsResponse(user_id=user_id)
+        for view in self._achievements.list_user_achievements(user_id):
+            item = response.achievements.add(achievement_id=view.unlock.achievement_id, xp_reward=view.unlock.xp_reward)
+            stamp = Timestamp()
+            stamp.FromJsonString(view.unlock.unlocked_at)
+            item.unlocked_at.CopyFrom(stamp)
+            if view.achievement is not None:
+                item.achievement.CopyFrom(achievement_to_message(view.achievement))
+        return response

@@ -1,0 +1,196 @@
+"""AchievementsRepository: the achievement catalog, unlock records and the
+achievement part of user_progress."""
+from __future__ import annotations
+
+from typing import Any
+
+from boto3.dynamodb.conditions import Attr, ConditionExpressionBuilder
+
+from common.dynamodb import (
+    ACHIEVEMENTS,
+    USER_ACHIEVEMENTS,
+    USER_PROGRESS,
+    CatalogTable,
+    attr,
+    from_item,
+    read_progress,
+    to_item,
+    transact_write,
+)
+from common.models import ProgressRecord
+from achievements_service.domain import Achievement, AchievementNotFound, Requirements, Unlock
+
+
+class AlreadyUnlocked(Exception):
+    def __init__(self, unlock: Unlock) -> None:
+        super().__init__(unlock.achievement_id)
+        self.unlock = unlock
+
+
+class RequirementsChangedConcurrently(Exception):
+    """The user's progress no longer met the requirements when the unlock was written."""
+
+
+def _achievement_to_values(achievement: Achievement) -> dict[str, Any]:
+    return {
+        "achievement_id": achievement.achievement_id,
+        "name": achievement.name,
+        "description": achievement.description,
+        "xp_reward": achievement.xp_reward,
+        "hidden": achievement.hidden,
+        "requirements": {
+            "required_achievements": list(achievement.requirements.required_achievements),
+            "min_total_xp": achievement.requirements.min_total_xp,
+            "min_level": achievement.requirements.min_level,
+        },
+    }
+
+
+def _achievement_from(values: dict[str, Any]) -> Achievement:
+    requirements = values.get("requirements") or {}
+    return Achievement(
+        achievement_id=values["achievement_id"],
+        name=values.get("name", ""),
+        description=values.get("description", ""),
+        xp_reward=int(values.get("xp_reward", 0)),
+        hidden=bool(values.get("hidden", False)),
+        requirements=Requirements(
+            required_achievements=tuple(requirements.get("required_achievements", ())),
+            min_total_xp=int(requirements.get("min_total_xp", 0)),
+            min_level=int(requirements.get("min_level", 0)),
+        ),
+    )
+
+
+def _unlock_from(values: dict[str, Any]) -> Unlock:
+    return Unlock(
+        user_id=values["user_id"],
+        achievement_id=values["achievement_id"],
+        unlocked_at=values.get("unlocked_at", ""),
+        xp_reward=int(values.get("xp_reward", 0)),
+        xp_granted=bool(values.get("xp_granted", False)),
+        request_id=values.get("request_id", ""),
+    )
+
+
+def requirements_guard(requirements: Requirements, level_is_stored: bool) -> Any:
+    """The requirements as a condition on the progress item, so the unlock is
+    written only if they still hold at that instant."""
+    guard = Attr("user_id").exists() if requirements.required_achievements or requirements.min_total_xp else None
+    for achievement_id in requirements.required_achievements:
+        guard = guard & Attr("unlocked_achievements").contains(achievement_id)
+    if requirements.min_total_xp:
+        guard = guard & Attr("total_xp").gte(requirements.min_total_xp)
+    if requirements.min_level:
+        # Without a stored level the user is at the start level, checked before.
+        level = Attr("level").gte(requirements.min_level)
+        if not level_is_stored:
+            level = Attr("level").not_exists() | level
+        guard = level if guard is None else guard & level
+    return guard
+
+
+class AchievementsRepository:
+    def __init__(self, client: Any, table_prefix: str) -> None:
+        self._client = client
+        self._prefix = table_prefix
+        self._achievements = CatalogTable(client, table_prefix, ACHIEVEMENTS)
+        self._unlocks = table_prefix + USER_ACHIEVEMENTS.name
+        self._progress = table_prefix + USER_PROGRESS.name
+
+    # --- catalog --------------------------------------------------------------
+
+    def put_achievement(self, achievement: Achievement) -> None:
+        self._achievements.put(_achievement_to_values(achievement))
+
+    def get_achievement(self, achievement_id: str) -> Achievement:
+        values = self._achievements.get(achievement_id)
+        if values is None:
+            raise AchievementNotFound(achievement_id)
+        return _achievement_from(values)
+
+    def get_achievements(self, achievement_ids: list[str]) -> dict[str, Achievement]:
+        return {k: _achievement_from(v) for k, v in self._achievements.batch_get(achievement_ids).items()}
+
+    def list_achievements(self, page_size: int, page_token: str) -> tuple[list[Achievement], str]:
+        items, token = self._achievements.page(page_size, page_token)
+        return [_achievement_from(values) for values in items], token
+
+    def delete_achievement(self, achievement_id: str) -> None:
+        if not self._achievements.delete(achievement_id):
+            raise AchievementNotFound(achievement_id)
+
+    # --- unlocks ------------------------------------------------------------------
+
+    def get_progress(self, user_id: str) -> ProgressRecord:
+        return read_progress(self._client, self._prefix, user_id, ("total_xp", "level", "unlocked_achievements"))
+
+    def get_unlock(self, user_id: str, achievement_id: str) -> Unlock | None:
+        response = self._client.get_item(
+            TableName=self._unlocks,
+            Key={"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
+            ConsistentRead=True,
+        )
+        return _unlock_from(from_item(response["Item"])) if "Item" in response else None
+
+    def list_unlocks(self, user_id: str) -> list[Unlock]:
+        unlocks = []
+        paginator = self._client.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self._unlocks,
+            KeyConditionExpression="user_id = :u",
+            ExpressionAttributeValues={":u": attr(user_id)},
+            ConsistentRead=True,
+        ):
+            unlocks.extend(_unlock_from(from_item(item)) for item in page["Items"])
+        return sorted(unlocks, key=lambda u: (u.unlocked_at, u.achievement_id))
+
+    def record_unlock_once(self, unlock: Unlock, requirements: Requirements, level_is_stored: bool) -> None:
+        """Writes the unlock record and adds the achievement to the user's
+        progress in one transaction, guarded by the requirements. Raises
+        AlreadyUnlocked (with the existing record) or RequirementsChangedConcurrently."""
+        values: dict[str, Any] = {
+            "user_id": unlock.user_id,
+            "achievement_id": unlock.achievement_id,
+            "unlocked_at": unlock.unlocked_at,
+            "xp_reward": unlock.xp_reward,
+            "xp_granted": unlock.xp_granted,
+        }
+        if unlock.request_id:
+            values["request_id"] = unlock.request_id
+        update: dict[str, Any] = {
+            "TableName": self._progress,
+            "Key": {"user_id": attr(unlock.user_id)},
+            "UpdateExpression": "ADD unlocked_achievements :a SET updated_at = :now",
+            "ExpressionAttributeValues": to_item({":a": {unlock.achievement_id}, ":now": unlock.unlocked_at}),
+        }
+        guard = requirements_guard(requirements, level_is_stored)
+        if guard is not None:
+            built = ConditionExpressionBuilder().build_expression(guard)
+            update["ConditionExpression"] = built.condition_expression
+            update["ExpressionAttributeNames"] = built.attribute_name_placeholders
+            update["ExpressionAttributeValues"].update(to_item(built.attribute_value_placeholders))
+        codes = transact_write(self._client, [
+            {"Put": {
+                "TableName": self._unlocks,
+                "Item": to_item(values),
+                "ConditionExpression": "attribute_not_exists(achievement_id)",
+            }},
+            {"Update": update},
+        ])
+        if codes is None:
+            return
+        if codes[0] == "ConditionalCheckFailed":
+            existing = self.get_unlock(unlock.user_id, unlock.achievement_id)
+            if existing is not None:
+                raise AlreadyUnlocked(existing)
+        raise RequirementsChangedConcurrently(unlock.achievement_id)
+
+    def mark_xp_granted(self, user_id: str, achievement_id: str) -> None:
+        self._client.update_item(
+            TableName=self._unlocks,
+            Key={"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
+            UpdateExpression="SET xp_granted = :t",
+            ConditionExpression="attribute_exists(achievement_id)",
+            ExpressionAttributeValues={":t": attr(True)},
+        )

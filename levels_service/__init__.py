@@ -1,0 +1,1 @@
+"""LevelsService: the level table and exactly-once level rewards."""

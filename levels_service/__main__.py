@@ -1,0 +1,3 @@
+from levels_service.server import serve
+
+serve()

@@ -1,0 +1,1 @@
+"""XpService: the activity catalog, the XP ledger and user progress."""

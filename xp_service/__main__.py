@@ -1,0 +1,3 @@
+from xp_service.server import serve
+
+serve()

@@ -1,0 +1,47 @@
+"""Composition root and entry point of the XP server."""
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health
+
+from common.config import Settings
+from common.server_runtime import build_grpc_server, peer_channel, run_service
+from levels_service.storage import LevelsRepository
+from rewards.v1 import xp_pb2, xp_pb2_grpc
+from xp_service.level_checker import GrpcLevelChecker
+from xp_service.service import XpLedger
+from xp_service.servicer import XpServicer
+from xp_service.storage import XpRepository
+
+SERVICE_NAME = xp_pb2.DESCRIPTOR.services_by_name["XpService"].full_name
+
+
+def create_server(
+    address: str,
+    settings: Settings,
+    dynamodb: Any,
+    health_servicer: health.HealthServicer | None = None,
+) -> tuple[grpc.Server, int]:
+    levels_channel = peer_channel(settings.levels_target)
+    # The start level (what 0 XP gives) is read from the level table itself.
+    level_table = LevelsRepository(dynamodb, settings.table_prefix)
+    ledger = XpLedger(
+        XpRepository(dynamodb, settings.table_prefix),
+        GrpcLevelChecker(levels_channel, settings.level_check_timeout_s),
+        start_level=lambda: level_table.load_level_table().start_level,
+    )
+    servicer = XpServicer(ledger)
+    return build_grpc_server(
+        address,
+        lambda server: xp_pb2_grpc.add_XpServiceServicer_to_server(servicer, server),
+        [SERVICE_NAME],
+        max_workers=settings.max_workers,
+        health_servicer=health_servicer,
+    )
+
+
+def serve(settings: Settings | None = None) -> None:
+    settings = settings or Settings.from_env()
+    run_service("xp", settings.xp_listen, settings, create_server)

@@ -1,0 +1,90 @@
+"""XP use cases: award from the catalog, grant, read progress."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from common.models import LevelUpOutcome, ProgressRecord, utc_now_iso
+from xp_service.domain import ACTIVITY, GRANT, Activity, LedgerEntry, RequestIdReused, is_same_request, new_entry
+from xp_service.storage import DuplicateRequest, XpRepository
+
+
+class LevelChecker(Protocol):
+    def check_level_up(self, user_id: str) -> LevelUpOutcome | None:
+        """The Levels service's result, or None when it could not answer in time."""
+
+
+@dataclass(frozen=True)
+class AwardOutcome:
+    user_id: str
+    xp_awarded: int
+    total_xp: int
+    level: int
+    duplicate: bool
+    level_up: LevelUpOutcome | None
+
+    @property
+    def level_check_deferred(self) -> bool:
+        return self.level_up is None
+
+
+@dataclass(frozen=True)
+class Progress:
+    record: ProgressRecord
+    level: int
+
+
+class XpLedger:
+    def __init__(self, repository: XpRepository, levels: LevelChecker, start_level: Callable[[], int]) -> None:
+        self._repository = repository
+        self._levels = levels
+        self._start_level = start_level
+
+    # --- catalog ------------------------------------------------------------------
+
+    def put_activity(self, activity: Activity) -> Activity:
+        self._repository.put_activity(activity)
+        return activity
+
+    def get_activity(self, activity_id: str) -> Activity:
+        return self._repository.get_activity(activity_id)
+
+    def list_activities(self, category: str, page_size: int, page_token: str) -> tuple[list[Activity], str]:
+        return self._repository.list_activities(category, page_size, page_token)
+
+    def delete_activity(self, activity_id: str) -> None:
+        self._repository.delete_activity(activity_id)
+
+    # --- XP -----------------------------------------------------------------------
+
+    def award_xp(self, user_id: str, activity_id: str, request_id: str) -> AwardOutcome:
+        activity = self._repository.get_activity(activity_id)
+        entry = new_entry(user_id, request_id, ACTIVITY, activity.xp, activity_id=activity_id, recorded_at=utc_now_iso())
+        return self._record_once_and_check_level(entry)
+
+    def grant_xp(self, user_id: str, amount: int, reason: str, request_id: str) -> AwardOutcome:
+        entry = new_entry(user_id, request_id, GRANT, amount, reason=reason, recorded_at=utc_now_iso())
+        return self._record_once_and_check_level(entry)
+
+    def get_progress(self, user_id: str) -> Progress:
+        record = self._repository.get_progress(user_id)
+        return Progress(record, record.level if record.level is not None else self._start_level())
+
+    def _record_once_and_check_level(self, entry: LedgerEntry) -> AwardOutcome:
+        xp_awarded, duplicate = entry.xp, False
+        try:
+            self._repository.record_xp(entry)
+        except DuplicateRequest as error:
+            original = error.existing
+            if original.attempt_id != entry.attempt_id:  # not our own write retried by the SDK
+                if not is_same_request(original, entry):
+                    raise RequestIdReused(original, entry) from None
+                xp_awarded, duplicate = original.xp, True
+        # Also after a duplicate: a retry then catches up a check that was deferred.
+        level_up = self._levels.check_level_up(entry.user_id)
+        if level_up is not None:
+            total_xp, level = level_up.total_xp, level_up.current_level
+        else:
+            progress = self.get_progress(entry.user_id)
+            total_xp, level = progress.record.total_xp, progress.level
+        return AwardOutcome(entry.user_id, xp_awarded, total_xp, level, duplicate, level_up)

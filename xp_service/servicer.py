@@ -1,0 +1,109 @@
+"""XpService over gRPC: validate, convert, call, map errors."""
+from __future__ import annotations
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from common import field_rules
+from common.grpc_edge import level_up_to_message, maps_domain_errors
+from rewards.v1 import levels_pb2, xp_pb2, xp_pb2_grpc
+from xp_service.domain import Activity
+from xp_service.service import AwardOutcome, XpLedger
+
+MAX_REASON_LENGTH = 256
+
+
+def activity_from_message(message: xp_pb2.Activity) -> Activity:
+    return Activity(
+        activity_id=field_rules.require_id("activity.activity_id", message.activity_id),
+        name=field_rules.text("activity.name", message.name, max_length=field_rules.MAX_NAME_LENGTH, required=True),
+        description=field_rules.text("activity.description", message.description, max_length=field_rules.MAX_DESCRIPTION_LENGTH),
+        category=field_rules.optional_id("activity.category", message.category),
+        xp=field_rules.xp_amount("activity.xp", message.xp),
+    )
+
+
+def activity_to_message(activity: Activity) -> xp_pb2.Activity:
+    return xp_pb2.Activity(
+        activity_id=activity.activity_id,
+        name=activity.name,
+        description=activity.description,
+        category=activity.category,
+        xp=activity.xp,
+    )
+
+
+def award_to_message(outcome: AwardOutcome) -> xp_pb2.AwardXpResponse:
+    response = xp_pb2.AwardXpResponse(
+        user_id=outcome.user_id,
+        xp_awarded=outcome.xp_awarded,
+        total_xp=outcome.total_xp,
+        level=outcome.level,
+        duplicate=outcome.duplicate,
+        level_check_deferred=outcome.level_check_deferred,
+    )
+    if outcome.level_up is not None:
+        response.level_up.CopyFrom(level_up_to_message(outcome.level_up))
+    return response
+
+
+class XpServicer(xp_pb2_grpc.XpServiceServicer):
+    def __init__(self, ledger: XpLedger) -> None:
+        self._ledger = ledger
+
+    @maps_domain_errors
+    def PutActivity(self, request: xp_pb2.PutActivityRequest, context: grpc.ServicerContext) -> xp_pb2.Activity:
+        field_rules.present("activity", request.HasField("activity"))
+        return activity_to_message(self._ledger.put_activity(activity_from_message(request.activity)))
+
+    @maps_domain_errors
+    def GetActivity(self, request: xp_pb2.GetActivityRequest, context: grpc.ServicerContext) -> xp_pb2.Activity:
+        activity_id = field_rules.require_id("activity_id", request.activity_id)
+        return activity_to_message(self._ledger.get_activity(activity_id))
+
+    @maps_domain_errors
+    def ListActivities(self, request: xp_pb2.ListActivitiesRequest, context: grpc.ServicerContext) -> xp_pb2.ListActivitiesResponse:
+        category = field_rules.optional_id("category", request.category)
+        page_size = field_rules.page_size(request.page_size)
+        activities, token = self._ledger.list_activities(category, page_size, request.page_token)
+        return xp_pb2.ListActivitiesResponse(
+            activities=[activity_to_message(a) for a in activities], next_page_token=token
+        )
+
+    @maps_domain_errors
+    def DeleteActivity(self, request: xp_pb2.DeleteActivityRequest, context: grpc.ServicerContext) -> xp_pb2.DeleteActivityResponse:
+        self._ledger.delete_activity(field_rules.require_id("activity_id", request.activity_id))
+        return xp_pb2.DeleteActivityResponse()
+
+    @maps_domain_errors
+    def AwardXp(self, request: xp_pb2.AwardXpRequest, context: grpc.ServicerContext) -> xp_pb2.AwardXpResponse:
+        user_id = field_rules.require_id("user_id", request.user_id)
+        activity_id = field_rules.require_id("activity_id", request.activity_id)
+        request_id = field_rules.request_id(request.request_id)
+        return award_to_message(self._ledger.award_xp(user_id, activity_id, request_id))
+
+    @maps_domain_errors
+    def GrantXp(self, request: xp_pb2.GrantXpRequest, context: grpc.ServicerContext) -> xp_pb2.AwardXpResponse:
+        user_id = field_rules.require_id("user_id", request.user_id)
+        amount = field_rules.xp_amount("amount", request.amount)
+        reason = field_rules.text("reason", request.reason, max_length=MAX_REASON_LENGTH, required=True)
+        request_id = field_rules.request_id(request.request_id)
+        return award_to_message(self._ledger.grant_xp(user_id, amount, reason, request_id))
+
+    @maps_domain_errors
+    def GetProgress(self, request: xp_pb2.GetProgressRequest, context: grpc.ServicerContext) -> xp_pb2.UserProgress:
+        user_id = field_rules.require_id("user_id", request.user_id)
+        progress = self._ledger.get_progress(user_id)
+        record = progress.record
+        message = xp_pb2.UserProgress(
+            user_id=user_id,
+            total_xp=record.total_xp,
+            level=progress.level,
+            unlocked_achievements=sorted(record.unlocked_achievements),
+            rewards=[levels_pb2.Reward(reward_id=r.reward_id, quantity=r.quantity) for r in record.rewards],
+        )
+        if record.updated_at:
+            stamp = Timestamp()
+            stamp.FromJsonString(record.updated_at)
+            message.updated_at.CopyFrom(stamp)
+        return message

@@ -1,0 +1,137 @@
+"""XpRepository: the activity catalog, the XP ledger and the XP part of user_progress."""
+from __future__ import annotations
+
+from typing import Any
+
+from common.dynamodb import (
+    ACTIVITIES,
+    USER_PROGRESS,
+    XP_LEDGER,
+    CatalogTable,
+    attr,
+    from_item,
+    read_progress,
+    to_item,
+    transact_write,
+)
+from common.models import ProgressRecord
+from xp_service.domain import Activity, ActivityNotFound, LedgerEntry
+
+
+class DuplicateRequest(Exception):
+    """The ledger already holds an entry for this (user_id, request_id)."""
+
+    def __init__(self, existing: LedgerEntry) -> None:
+        super().__init__(existing.entry_id)
+        self.existing = existing
+
+
+def _activity_from(values: dict[str, Any]) -> Activity:
+    return Activity(
+        activity_id=values["activity_id"],
+        name=values.get("name", ""),
+        description=values.get("description", ""),
+        category=values.get("category", ""),
+        xp=int(values.get("xp", 0)),
+    )
+
+
+class XpRepository:
+    def __init__(self, client: Any, table_prefix: str) -> None:
+        self._client = client
+        self._prefix = table_prefix
+        self._activities = CatalogTable(client, table_prefix, ACTIVITIES)
+        self._ledger = table_prefix + XP_LEDGER.name
+        self._progress = table_prefix + USER_PROGRESS.name
+
+    # --- catalog --------------------------------------------------------------
+
+    def put_activity(self, activity: Activity) -> None:
+        values: dict[str, Any] = {
+            "activity_id": activity.activity_id,
+            "name": activity.name,
+            "description": activity.description,
+            "xp": activity.xp,
+        }
+        if activity.category:  # an index key cannot be an empty string
+            values["category"] = activity.category
+        self._activities.put(values)
+
+    def get_activity(self, activity_id: str) -> Activity:
+        values = self._activities.get(activity_id)
+        if values is None:
+            raise ActivityNotFound(activity_id)
+        return _activity_from(values)
+
+    def list_activities(self, category: str, page_size: int, page_token: str) -> tuple[list[Activity], str]:
+        if category:
+            items, token = self._activities.page(
+                page_size, page_token, index=ACTIVITIES.string_indexes[0][0], key_condition=("category", category)
+            )
+        else:
+            items, token = self._activities.page(page_size, page_token)
+        return [_activity_from(values) for values in items], token
+
+    def delete_activity(self, activity_id: str) -> None:
+        if not self._activities.delete(activity_id):
+            raise ActivityNotFound(activity_id)
+
+    # --- ledger and progress ------------------------------------------------------
+
+    def record_xp(self, entry: LedgerEntry) -> None:
+        """Adds the entry to the ledger and its XP to the user's total in one
+        transaction, at most once per entry id. Raises DuplicateRequest when the
+        entry id is already in the ledger (nothing is written then)."""
+        ledger_values: dict[str, Any] = {
+            "user_id": entry.user_id,
+            "entry_id": entry.entry_id,
+            "kind": entry.kind,
+            "xp": entry.xp,
+            "recorded_at": entry.recorded_at,
+            "attempt_id": entry.attempt_id,
+        }
+        for name in ("request_id", "activity_id", "reason"):
+            if getattr(entry, name):
+                ledger_values[name] = getattr(entry, name)
+        codes = transact_write(self._client, [
+            {"Put": {
+                "TableName": self._ledger,
+                "Item": to_item(ledger_values),
+                "ConditionExpression": "attribute_not_exists(entry_id)",
+            }},
+            {"Update": {
+                "TableName": self._progress,
+                "Key": {"user_id": attr(entry.user_id)},
+                "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
+                "ExpressionAttributeValues": to_item({":xp": entry.xp, ":now": entry.recorded_at}),
+            }},
+        ])
+        if codes is not None:
+            existing = self.get_entry(entry.user_id, entry.entry_id)
+            if existing is None:  # only a vanished ledger item could get here
+                raise RuntimeError(f"ledger entry {entry.entry_id!r} failed its condition but is missing")
+            raise DuplicateRequest(existing)
+
+    def get_entry(self, user_id: str, entry_id: str) -> LedgerEntry | None:
+        response = self._client.get_item(
+            TableName=self._ledger,
+            Key={"user_id": attr(user_id), "entry_id": attr(entry_id)},
+            ConsistentRead=True,
+        )
+        if "Item" not in response:
+            return None
+        values = from_item(response["Item"])
+        return LedgerEntry(
+            user_id=user_id,
+            entry_id=entry_id,
+            request_id=values.get("request_id", ""),
+            kind=values["kind"],
+            xp=int(values["xp"]),
+            activity_id=values.get("activity_id", ""),
+            reason=values.get("reason", ""),
+            recorded_at=values.get("recorded_at", ""),
+            attempt_id=values.get("attempt_id", ""),
+        )
+
+    def get_progress(self, user_id: str) -> ProgressRecord:
+        return read_progress(self._client, self._prefix, user_id)
