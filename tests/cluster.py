@@ -1,0 +1,100 @@
+"""The three servers, started in the test process on free ports against the
+session's DynamoDB Local, each cluster with its own table prefix."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from typing import Any, Callable
+
+import grpc
+import pytest
+
+from achievements_service import server as achievements_server
+from common.config import Settings
+from common.dynamodb import create_dynamodb_client, ensure_tables
+from levels_service import server as levels_server
+from rewards.v1 import (
+    achievements_pb2_grpc,
+    levels_pb2,
+    levels_pb2_grpc,
+    xp_pb2_grpc,
+)
+from xp_service import server as xp_server
+
+STANDARD_LEVELS = [
+    levels_pb2.Level(level=1, xp_required=0),
+    levels_pb2.Level(level=2, xp_required=100, rewards=[levels_pb2.Reward(reward_id="coins", quantity=100)]),
+    levels_pb2.Level(level=3, xp_required=300, rewards=[levels_pb2.Reward(reward_id="coins", quantity=200)]),
+    levels_pb2.Level(level=4, xp_required=600, rewards=[levels_pb2.Reward(reward_id="chest", quantity=1),
+                                                        levels_pb2.Reward(reward_id="coins", quantity=300)]),
+    levels_pb2.Level(level=5, xp_required=1000, rewards=[levels_pb2.Reward(reward_id="title-veteran", quantity=1)]),
+]
+
+
+class Cluster:
+    def __init__(self, endpoint: str, **overrides: Any) -> None:
+        settings: dict[str, Any] = {
+            "dynamodb_endpoint": endpoint,
+            "table_prefix": f"test-{uuid.uuid4().hex[:8]}-",
+            "level_check_timeout_s": 1.0,
+            "xp_grant_timeout_s": 2.0,
+        }
+        self.settings = replace(Settings(), **{**settings, **overrides})
+        self.dynamodb = create_dynamodb_client(self.settings)
+        ensure_tables(self.dynamodb, self.settings.table_prefix)
+        self._servers: dict[str, grpc.Server] = {}
+        self.ports: dict[str, int] = {}
+        self._channels: list[grpc.Channel] = []
+        self.start("levels")
+        self.start("xp")
+        self.start("achievements")
+        self.xp = xp_pb2_grpc.XpServiceStub(self.channel("xp"))
+        self.levels = levels_pb2_grpc.LevelsServiceStub(self.channel("levels"))
+        self.achievements = achievements_pb2_grpc.AchievementsServiceStub(self.channel("achievements"))
+
+    def _factory(self, name: str) -> Callable[..., tuple[grpc.Server, int]]:
+        return {"levels": levels_server, "xp": xp_server, "achievements": achievements_server}[name].create_server
+
+    def start(self, name: str) -> None:
+        """Starts (or restarts, on its old port) one server."""
+        settings = replace(
+            self.settings,
+            levels_target=f"localhost:{self.ports.get('levels', 0)}",
+            xp_target=f"localhost:{self.ports.get('xp', 0)}",
+        )
+        server, port = self._factory(name)(f"localhost:{self.ports.get(name, 0)}", settings, self.dynamodb)
+        server.start()
+        self._servers[name] = server
+        self.ports[name] = port
+
+    def stop(self, name: str) -> None:
+        self._servers.pop(name).stop(grace=None).wait()
+
+    def channel(self, name: str) -> grpc.Channel:
+        channel = grpc.insecure_channel(f"localhost:{self.ports[name]}")
+        self._channels.append(channel)
+        return channel
+
+    def table(self, name: str) -> str:
+        return self.settings.table_prefix + name
+
+    def put_levels(self, levels: list[levels_pb2.Level]) -> None:
+        for level in levels:
+            self.levels.PutLevel(levels_pb2.PutLevelRequest(level=level))
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+        for name in list(self._servers):
+            self.stop(name)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
+    """The error a call ends with; fails the test if the call succeeds."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value

@@ -1,0 +1,55 @@
+"""Session fixtures: a real DynamoDB Local, real gRPC servers on real sockets."""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Callable, Iterator
+
+import pytest
+
+from devcluster.dynamodb_local import LOCAL_CREDENTIALS, free_port, start_dynamodb_local
+from tests.cluster import STANDARD_LEVELS, Cluster
+
+
+@pytest.fixture(scope="session")
+def dynamodb_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    for key, value in LOCAL_CREDENTIALS.items():
+        os.environ.setdefault(key, value)
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("dynamodb") / "dynamodb-local.log"
+    with open(log_path, "wb") as log:
+        process = start_dynamodb_local(port, log)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def cluster(dynamodb_endpoint: str) -> Iterator[Cluster]:
+    """Shared by most tests: its level table is STANDARD_LEVELS and must not change."""
+    shared = Cluster(dynamodb_endpoint)
+    shared.put_levels(STANDARD_LEVELS)
+    yield shared
+    shared.close()
+
+
+@pytest.fixture
+def new_cluster(dynamodb_endpoint: str) -> Iterator[Callable[..., Cluster]]:
+    """A cluster of its own (own tables), for tests that change the level table
+    or stop servers."""
+    made: list[Cluster] = []
+
+    def make(**overrides: object) -> Cluster:
+        made.append(Cluster(dynamodb_endpoint, **overrides))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def user_id() -> str:
+    return f"player-{uuid.uuid4().hex[:12]}"

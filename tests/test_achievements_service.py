@@ -1,0 +1,171 @@
+"""AchievementsService and its GrantXp calls, against real servers and DynamoDB Local."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import grpc
+
+from rewards.v1 import achievements_pb2 as ach
+from rewards.v1 import xp_pb2
+from tests.cluster import STANDARD_LEVELS, Cluster, rpc_error, unique
+
+Factory = Callable[..., Cluster]
+
+
+def put_achievement(cluster: Cluster, xp_reward: int = 0, **requirements: object) -> str:
+    achievement_id = unique("ach")
+    cluster.achievements.PutAchievement(ach.PutAchievementRequest(achievement=ach.Achievement(
+        achievement_id=achievement_id, name="First Blood", xp_reward=xp_reward,
+        requirements=ach.Requirements(**requirements),  # type: ignore[arg-type]
+    )))
+    return achievement_id
+
+
+def unlock(cluster: Cluster, user_id: str, achievement_id: str) -> ach.UnlockAchievementResponse:
+    return cluster.achievements.UnlockAchievement(
+        ach.UnlockAchievementRequest(user_id=user_id, achievement_id=achievement_id, request_id=unique("req")))
+
+
+def progress(cluster: Cluster, user_id: str) -> xp_pb2.UserProgress:
+    return cluster.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id))
+
+
+def unlocked_ids(cluster: Cluster, user_id: str) -> list[str]:
+    listing = cluster.achievements.ListUserAchievements(ach.ListUserAchievementsRequest(user_id=user_id))
+    return [a.achievement_id for a in listing.achievements]
+
+
+def test_catalog_put_get_list_delete(cluster: Cluster) -> None:
+    achievement = ach.Achievement(
+        achievement_id=unique("ach"), name="Explorer", description="Visit every zone", xp_reward=150, hidden=True,
+        requirements=ach.Requirements(required_achievements=["tutorial"], min_total_xp=10, min_level=2),
+    )
+    assert cluster.achievements.PutAchievement(ach.PutAchievementRequest(achievement=achievement)) == achievement
+    assert cluster.achievements.GetAchievement(ach.GetAchievementRequest(achievement_id=achievement.achievement_id)) == achievement
+
+    listed: list[ach.Achievement] = []
+    token = ""
+    while True:
+        page = cluster.achievements.ListAchievements(ach.ListAchievementsRequest(page_size=2, page_token=token))
+        listed += page.achievements
+        token = page.next_page_token
+        if not token:
+            break
+    assert achievement in listed
+
+    cluster.achievements.DeleteAchievement(ach.DeleteAchievementRequest(achievement_id=achievement.achievement_id))
+    for call in (cluster.achievements.GetAchievement, cluster.achievements.DeleteAchievement):
+        request_type = ach.GetAchievementRequest if call is cluster.achievements.GetAchievement else ach.DeleteAchievementRequest
+        error = rpc_error(lambda: call(request_type(achievement_id=achievement.achievement_id)))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_first_unlock_grants_xp_once_through_the_xp_ledger(cluster: Cluster, user_id: str) -> None:
+    achievement_id = put_achievement(cluster, xp_reward=120)
+    first = unlock(cluster, user_id, achievement_id)
+    assert (first.already_unlocked, first.xp_awarded, first.total_xp) == (False, 120, 120)
+    assert first.achievement.achievement_id == achievement_id
+    # 120 XP crosses level 2 (100 XP): the grant went through XpService, which asked Levels.
+    assert (first.level_up.leveled_up, first.level_up.current_level) == (True, 2)
+
+    repeat = unlock(cluster, user_id, achievement_id)
+    assert (repeat.already_unlocked, repeat.xp_awarded, repeat.total_xp) == (True, 0, 120)
+    after = progress(cluster, user_id)
+    assert (after.total_xp, after.level, list(after.unlocked_achievements)) == (120, 2, [achievement_id])
+
+    ledger = cluster.dynamodb.get_item(
+        TableName=cluster.table("xp_ledger"),
+        Key={"user_id": {"S": user_id}, "entry_id": {"S": f"req#achievement:{achievement_id}"}},
+        ConsistentRead=True,
+    )["Item"]
+    assert (ledger["kind"]["S"], ledger["xp"]["N"], ledger["reason"]["S"]) == ("grant", "120", f"achievement:{achievement_id}")
+
+
+def test_unknown_achievement_is_not_found(cluster: Cluster, user_id: str) -> None:
+    error = rpc_error(lambda: unlock(cluster, user_id, "no-such-achievement"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert "no-such-achievement" in error.details()
+
+
+def test_unmet_requirements_name_what_is_missing_and_write_nothing(cluster: Cluster, user_id: str) -> None:
+    prerequisite = put_achievement(cluster)
+    gated = put_achievement(cluster, xp_reward=50, required_achievements=[prerequisite], min_total_xp=300, min_level=3)
+    cluster.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=120, reason="t"))  # level 2
+
+    error = rpc_error(lambda: unlock(cluster, user_id, gated))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"achievement {prerequisite!r} must be unlocked first" in error.details()
+    assert "needs 300 total XP, has 120" in error.details()
+    assert "needs level 3, is level 2" in error.details()
+    assert unlocked_ids(cluster, user_id) == []
+    assert progress(cluster, user_id).total_xp == 120
+
+    unlock(cluster, user_id, prerequisite)
+    cluster.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=200, reason="t"))  # 320 XP, level 3
+    done = unlock(cluster, user_id, gated)
+    assert (done.already_unlocked, done.xp_awarded, done.total_xp) == (False, 50, 370)
+    assert unlocked_ids(cluster, user_id) == [prerequisite, gated]
+
+
+def test_each_requirement_alone_is_enforced(cluster: Cluster, user_id: str) -> None:
+    for requirements, expected in (
+        ({"min_total_xp": 1}, "needs 1 total XP, has 0"),
+        ({"min_level": 2}, "needs level 2, is level 1"),
+        ({"required_achievements": ["never-unlocked"]}, "'never-unlocked' must be unlocked first"),
+    ):
+        error = rpc_error(lambda: unlock(cluster, user_id, put_achievement(cluster, **requirements)))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert expected in error.details()
+    assert unlocked_ids(cluster, user_id) == []
+
+
+def test_concurrent_unlocks_pay_the_reward_exactly_once(cluster: Cluster, user_id: str) -> None:
+    achievement_id = put_achievement(cluster, xp_reward=75)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(lambda _: unlock(cluster, user_id, achievement_id), range(16)))
+    assert sum(not r.already_unlocked for r in responses) == 1
+    assert sum(r.xp_awarded for r in responses) == 75
+    assert progress(cluster, user_id).total_xp == 75
+    assert unlocked_ids(cluster, user_id) == [achievement_id]
+
+
+def test_a_retry_heals_an_unlock_whose_xp_grant_did_not_complete(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    c.put_levels(STANDARD_LEVELS)
+    achievement_id = put_achievement(c, xp_reward=300)
+    c.stop("xp")  # the unlock is recorded, then the grant cannot reach XpService
+    error = rpc_error(lambda: unlock(c, user_id, achievement_id))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "repeat UnlockAchievement" in error.details()
+    assert unlocked_ids(c, user_id) == [achievement_id]
+
+    c.start("xp")
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            healed = unlock(c, user_id, achievement_id)
+            break
+        except grpc.RpcError as retry_error:
+            assert retry_error.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
+            time.sleep(0.1)
+    assert (healed.already_unlocked, healed.xp_awarded, healed.total_xp) == (True, 300, 300)
+    assert healed.level_up.current_level == 3
+    again = unlock(c, user_id, achievement_id)
+    assert (again.already_unlocked, again.xp_awarded, again.total_xp) == (True, 0, 300)
+    assert progress(c, user_id).total_xp == 300
+
+
+def test_list_user_achievements_in_unlock_order_with_catalog_entries(cluster: Cluster, user_id: str) -> None:
+    first, second = put_achievement(cluster, xp_reward=5), put_achievement(cluster, xp_reward=7)
+    unlock(cluster, user_id, first)
+    unlock(cluster, user_id, second)
+    listing = cluster.achievements.ListUserAchievements(ach.ListUserAchievementsRequest(user_id=user_id))
+    assert listing.user_id == user_id
+    assert [(a.achievement_id, a.xp_reward, a.achievement.name) for a in listing.achievements] == [
+        (first, 5, "First Blood"), (second, 7, "First Blood")]
+    assert all(a.unlocked_at.seconds > 0 for a in listing.achievements)
+    cluster.achievements.DeleteAchievement(ach.DeleteAchievementRequest(achievement_id=second))
+    listing = cluster.achievements.ListUserAchievements(ach.ListUserAchievementsRequest(user_id=user_id))
+    assert listing.achievements[1].achievement_id == second and not listing.achievements[1].HasField("achievement")

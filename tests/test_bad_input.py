@@ -1,0 +1,94 @@
+"""Bad input: INVALID_ARGUMENT naming the field, with google.rpc.BadRequest
+details, and nothing written."""
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from rewards.v1 import achievements_pb2 as ach
+from rewards.v1 import levels_pb2 as lv
+from rewards.v1 import xp_pb2 as xp
+from tests.cluster import Cluster
+
+LONG_ID = "x" * 129
+CONTROL_ID = "bad\x00id"
+
+CASES: list[tuple[str, str, Any, str]] = [
+    # (service, method, request, field the message must name)
+    ("xp", "AwardXp", xp.AwardXpRequest(user_id="", activity_id="a"), "user_id"),
+    ("xp", "AwardXp", xp.AwardXpRequest(user_id=LONG_ID, activity_id="a"), "user_id"),
+    ("xp", "AwardXp", xp.AwardXpRequest(user_id=CONTROL_ID, activity_id="a"), "user_id"),
+    ("xp", "AwardXp", xp.AwardXpRequest(user_id="u", activity_id=""), "activity_id"),
+    ("xp", "AwardXp", xp.AwardXpRequest(user_id="u", activity_id="a", request_id="r" * 257), "request_id"),
+    ("xp", "AwardXp", xp.AwardXpRequest(user_id="u", activity_id="a", request_id="r\n1"), "request_id"),
+    ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=-5, reason="r"), "amount"),
+    ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=10**12, reason="r"), "amount"),
+    ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=5, reason=""), "reason"),
+    ("xp", "GetProgress", xp.GetProgressRequest(user_id=""), "user_id"),
+    ("xp", "PutActivity", xp.PutActivityRequest(), "activity"),
+    ("xp", "PutActivity", xp.PutActivityRequest(activity=xp.Activity(activity_id="bad-a1", name="n", xp=-1)), "activity.xp"),
+    ("xp", "PutActivity", xp.PutActivityRequest(activity=xp.Activity(activity_id="bad-a2", name="", xp=1)), "activity.name"),
+    ("xp", "PutActivity", xp.PutActivityRequest(activity=xp.Activity(activity_id=LONG_ID, name="n", xp=1)), "activity.activity_id"),
+    ("xp", "GetActivity", xp.GetActivityRequest(activity_id=""), "activity_id"),
+    ("xp", "DeleteActivity", xp.DeleteActivityRequest(activity_id=CONTROL_ID), "activity_id"),
+    ("xp", "ListActivities", xp.ListActivitiesRequest(page_size=-1), "page_size"),
+    ("xp", "ListActivities", xp.ListActivitiesRequest(page_size=101), "page_size"),
+    ("xp", "ListActivities", xp.ListActivitiesRequest(page_token="not-a-token"), "page_token"),
+    ("achievements", "PutAchievement", ach.PutAchievementRequest(
+        achievement=ach.Achievement(achievement_id="bad-h1", name="n", xp_reward=-10)), "achievement.xp_reward"),
+    ("achievements", "PutAchievement", ach.PutAchievementRequest(
+        achievement=ach.Achievement(achievement_id="bad-h2", name="n", requirements=ach.Requirements(min_total_xp=-1))),
+     "achievement.requirements.min_total_xp"),
+    ("achievements", "PutAchievement", ach.PutAchievementRequest(
+        achievement=ach.Achievement(achievement_id="bad-h3", name="n", requirements=ach.Requirements(min_level=-2))),
+     "achievement.requirements.min_level"),
+    ("achievements", "PutAchievement", ach.PutAchievementRequest(
+        achievement=ach.Achievement(achievement_id="bad-h4", name="n",
+                                    requirements=ach.Requirements(required_achievements=[""]))),
+     "achievement.requirements.required_achievements[0]"),
+    ("achievements", "PutAchievement", ach.PutAchievementRequest(
+        achievement=ach.Achievement(achievement_id="bad-h5", name="n",
+                                    requirements=ach.Requirements(required_achievements=["bad-h5"]))),
+     "achievement.requirements.required_achievements[0]"),
+    ("achievements", "UnlockAchievement", ach.UnlockAchievementRequest(user_id="", achievement_id="a"), "user_id"),
+    ("achievements", "UnlockAchievement", ach.UnlockAchievementRequest(user_id="u", achievement_id=LONG_ID), "achievement_id"),
+    ("achievements", "ListAchievements", ach.ListAchievementsRequest(page_size=1000), "page_size"),
+    ("achievements", "ListUserAchievements", ach.ListUserAchievementsRequest(user_id=""), "user_id"),
+    ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=0, xp_required=10)), "level.level"),
+    ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=-3, xp_required=10)), "level.level"),
+    ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=9001, xp_required=-1)), "level.xp_required"),
+    ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=9002, xp_required=1, rewards=[
+        lv.Reward(reward_id="gold", quantity=0)])), "level.rewards[0].quantity"),
+    ("levels", "DeleteLevel", lv.DeleteLevelRequest(level=0), "level"),
+    ("levels", "CheckLevelUp", lv.CheckLevelUpRequest(user_id=LONG_ID), "user_id"),
+]
+
+
+@pytest.mark.parametrize("service,method,request_message,field", CASES, ids=[f"{c[1]}-{c[3]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_is_invalid_argument_naming_the_field(cluster: Cluster, service: str, method: str,
+                                                        request_message: Any, field: str) -> None:
+    stub = getattr(cluster, service)
+    with pytest.raises(grpc.RpcError) as caught:
+        getattr(stub, method)(request_message)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith(field + " ")
+    status = rpc_status.from_call(error)  # rich details, for clients that read them
+    assert status is not None
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    assert bad_request.field_violations[0].field == field
+
+
+def test_rejected_writes_leave_nothing_behind(cluster: Cluster) -> None:
+    for name in ("activities", "achievements", "xp_ledger", "user_progress", "user_achievements"):
+        items = cluster.dynamodb.scan(TableName=cluster.table(name), ConsistentRead=True)["Items"]
+        keys = [next(iter(v.values())) for item in items for k, v in item.items() if k.endswith("_id")]
+        assert not any(str(k).startswith("bad-") for k in keys), name
+        assert not any(k in ("u", LONG_ID, CONTROL_ID) for k in keys), name
+    levels = cluster.levels.ListLevels(lv.ListLevelsRequest()).levels
+    assert all(l.level < 9000 for l in levels)

@@ -1,0 +1,149 @@
+"""LevelsService and the XP -> Levels call, against real servers and DynamoDB Local."""
+from __future__ import annotations
+
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import grpc
+
+from rewards.v1 import levels_pb2, xp_pb2
+from tests.cluster import STANDARD_LEVELS, Cluster, rpc_error, unique
+
+Factory = Callable[..., Cluster]
+
+
+def grant(cluster: Cluster, user_id: str, amount: int, request_id: str = "") -> xp_pb2.AwardXpResponse:
+    return cluster.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=amount, reason="test", request_id=request_id))
+
+
+def progress(cluster: Cluster, user_id: str) -> xp_pb2.UserProgress:
+    return cluster.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id))
+
+
+def rewards(items: object) -> list[tuple[str, int]]:
+    return [(r.reward_id, r.quantity) for r in items]  # type: ignore[attr-defined]
+
+
+def test_list_levels_in_level_order_and_delete(new_cluster: Factory) -> None:
+    c = new_cluster()
+    c.put_levels(list(reversed(STANDARD_LEVELS)))
+    assert [l.level for l in c.levels.ListLevels(levels_pb2.ListLevelsRequest()).levels] == [1, 2, 3, 4, 5]
+    assert c.levels.ListLevels(levels_pb2.ListLevelsRequest()).levels[3] == STANDARD_LEVELS[3]
+    c.levels.DeleteLevel(levels_pb2.DeleteLevelRequest(level=4))
+    assert [l.level for l in c.levels.ListLevels(levels_pb2.ListLevelsRequest()).levels] == [1, 2, 3, 5]
+    error = rpc_error(lambda: c.levels.DeleteLevel(levels_pb2.DeleteLevelRequest(level=4)))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "level 4" in error.details()
+
+
+def test_award_reports_level_up_with_rewards_of_each_level_passed(cluster: Cluster, user_id: str) -> None:
+    small = grant(cluster, user_id, 50)
+    assert (small.level, small.level_up.leveled_up, small.level_up.next_level_xp) == (1, False, 100)
+    jump = grant(cluster, user_id, 600)  # 650 XP: from level 1 past 2 and 3 to 4
+    assert jump.level == 4 and not jump.level_check_deferred
+    assert (jump.level_up.leveled_up, jump.level_up.previous_level, jump.level_up.current_level) == (True, 1, 4)
+    assert rewards(jump.level_up.rewards) == [("coins", 100), ("coins", 200), ("chest", 1), ("coins", 300)]
+    assert (jump.level_up.total_xp, jump.level_up.next_level_xp) == (650, 1000)
+    after = progress(cluster, user_id)
+    assert (after.level, after.total_xp) == (4, 650)
+    assert rewards(after.rewards) == [("coins", 100), ("coins", 200), ("chest", 1), ("coins", 300)]
+
+
+def test_check_level_up_for_unknown_user_is_start_level(cluster: Cluster, user_id: str) -> None:
+    result = cluster.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id))
+    assert (result.leveled_up, result.previous_level, result.current_level, result.total_xp, result.next_level_xp) == (
+        False, 1, 1, 0, 100)
+
+
+def test_levels_service_down_defers_the_check_and_the_next_check_catches_up(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    c.put_levels(STANDARD_LEVELS)
+    c.stop("levels")
+    deferred = grant(c, user_id, 350, "while-down")
+    assert deferred.level_check_deferred
+    assert not deferred.HasField("level_up")
+    assert (deferred.xp_awarded, deferred.total_xp, deferred.level) == (350, 350, 1)
+    assert progress(c, user_id).total_xp == 350  # the XP stays recorded
+
+    c.start("levels")
+    # A game server retries until the check is no longer deferred; the retry is a
+    # duplicate (nothing counted again) and its check catches up.
+    deadline = time.monotonic() + 15
+    retry = grant(c, user_id, 350, "while-down")
+    while retry.level_check_deferred and time.monotonic() < deadline:
+        time.sleep(0.1)
+        retry = grant(c, user_id, 350, "while-down")
+    assert (retry.duplicate, retry.level_check_deferred, retry.total_xp) == (True, False, 350)
+    assert (retry.level_up.leveled_up, retry.level_up.previous_level, retry.level_up.current_level) == (True, 1, 3)
+    assert rewards(retry.level_up.rewards) == [("coins", 100), ("coins", 200)]
+    after = progress(c, user_id)
+    assert (after.level, after.total_xp) == (3, 350)
+    assert rewards(after.rewards) == [("coins", 100), ("coins", 200)]
+
+
+def test_a_hung_levels_service_hits_the_deadline(new_cluster: Factory, user_id: str) -> None:
+    # A socket that accepts connections and never answers: the XP service must give up at its deadline.
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        c = new_cluster(level_check_timeout_s=0.5)
+        c.put_levels(STANDARD_LEVELS)
+        c.ports["levels"] = hung.getsockname()[1]
+        c.stop("xp")
+        c.start("xp")
+        stub = c.xp.__class__(c.channel("xp"))
+        response = stub.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=120, reason="t", request_id="slow"))
+    assert response.level_check_deferred
+    assert (response.total_xp, response.level) == (120, 1)
+
+
+def test_ten_racing_checks_after_a_multi_level_jump_grant_rewards_once(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    c.put_levels(STANDARD_LEVELS)
+    c.stop("levels")
+    assert grant(c, user_id, 1200, "jump").level_check_deferred  # level 1 -> 5 is now due
+    c.start("levels")
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(
+            lambda _: c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id)), range(10)))
+    winners = [r for r in results if r.leveled_up]
+    assert len(winners) == 1
+    assert (winners[0].previous_level, winners[0].current_level) == (1, 5)
+    assert rewards(winners[0].rewards) == [("coins", 100), ("coins", 200), ("chest", 1), ("coins", 300), ("title-veteran", 1)]
+    assert all(r.current_level == 5 and list(r.rewards) == [] for r in results if not r.leveled_up)
+    after = progress(c, user_id)
+    assert after.level == 5
+    assert rewards(after.rewards) == rewards(winners[0].rewards)
+
+
+def test_concurrent_awards_crossing_levels_grant_each_reward_once(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    c.put_levels(STANDARD_LEVELS)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(lambda i: grant(c, user_id, 60, f"g-{i}"), range(20)))  # 1200 XP in all
+    reported = [(r.reward_id, r.quantity) for resp in responses for r in resp.level_up.rewards]
+    expected = [("coins", 100), ("coins", 200), ("chest", 1), ("coins", 300), ("title-veteran", 1)]
+    assert sorted(reported) == sorted(expected)
+    after = progress(c, user_id)
+    assert (after.total_xp, after.level) == (1200, 5)
+    assert sorted(rewards(after.rewards)) == sorted(expected)
+
+
+def test_levels_never_go_down_when_thresholds_rise(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    c.put_levels(STANDARD_LEVELS)
+    assert grant(c, user_id, 300).level == 3
+    c.put_levels([levels_pb2.Level(level=2, xp_required=5000), levels_pb2.Level(level=3, xp_required=6000)])
+    result = c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id))
+    assert (result.leveled_up, result.current_level) == (False, 3)
+    assert progress(c, user_id).level == 3
+
+
+def test_with_no_levels_defined_everyone_is_level_zero(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    response = grant(c, user_id, 500)
+    assert (response.level, response.level_up.leveled_up, response.level_up.next_level_xp) == (0, False, 0)
+    c.put_levels([levels_pb2.Level(level=1, xp_required=100, rewards=[levels_pb2.Reward(reward_id=unique("r"), quantity=1)])])
+    result = c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id))
+    assert (result.leveled_up, result.previous_level, result.current_level, len(result.rewards)) == (True, 0, 1, 1)
