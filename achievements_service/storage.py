@@ -14,6 +14,7 @@ from common.dynamodb import (
     attr,
     from_item,
     read_progress,
+    retry_on_transaction_conflict,
     to_item,
     transact_write,
 )
@@ -187,10 +188,10 @@ class AchievementsRepository:
         raise RequirementsChangedConcurrently(unlock.achievement_id)
 
     def mark_xp_granted(self, user_id: str, achievement_id: str) -> None:
-        self._client.update_item(
+        retry_on_transaction_conflict(lambda: self._client.update_item(
             TableName=self._unlocks,
             Key={"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
             UpdateExpression="SET xp_granted = :t",
             ConditionExpression="attribute_exists(achievement_id)",
             ExpressionAttributeValues={":t": attr(True)},
-        )
+        ))

@@ -7,16 +7,18 @@ import json
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from common.config import Settings
 from common.models import ProgressRecord
-from common.errors import ContentionExhausted, DependencyUnavailable, InvalidField
+from common.errors import ContentionExhausted, InvalidField
+
+T = TypeVar("T")
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -159,11 +161,18 @@ def transact_write(client: Any, items: list[dict[str, Any]]) -> list[str] | None
     raise ContentionExhausted("too many concurrent writes to this user; retry the request")
 
 
-def storage_unavailable(error: Exception) -> DependencyUnavailable:
-    return DependencyUnavailable(f"DynamoDB could not be reached: {error.__class__.__name__}")
-
-
-STORAGE_ERRORS = (BotoCoreError, ClientError)
+def retry_on_transaction_conflict(write: Callable[[], T]) -> T:
+    """Runs a single-item write, retrying when real DynamoDB rejects it for
+    touching an item that a transaction is writing (TransactionConflictException,
+    which the SDK does not retry). A rejected write changed nothing."""
+    for attempt in range(_TRANSACTION_ATTEMPTS):
+        try:
+            return write()
+        except ClientError as error:
+            if error_code(error) != "TransactionConflictException":
+                raise
+        time.sleep(random.uniform(0, 0.01 * 2**attempt))
+    raise ContentionExhausted("too many concurrent writes to this user; retry the request")
 
 
 # --- page tokens ----------------------------------------------------------------
@@ -175,17 +184,23 @@ def encode_page_token(last_evaluated_key: Mapping[str, Any] | None) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
-def decode_page_token(token: str, key_names: tuple[str, ...]) -> dict[str, Any] | None:
+def decode_page_token(token: str, expected_keys: Mapping[str, str | None]) -> dict[str, Any] | None:
+    """The start key in `token`. `expected_keys` names every key attribute the
+    token must hold, with the value it must have where that is fixed (a query's
+    partition key), so a token from another listing is refused here rather than
+    by DynamoDB."""
     if not token:
         return None
     try:
         values = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if (not isinstance(values, dict) or not values or set(values) - set(key_names)
-                or not all(isinstance(v, str) and v for v in values.values())):
+        if not isinstance(values, dict) or set(values) != set(expected_keys):
             raise ValueError("unexpected keys")
-        return to_item({k: v for k, v in values.items()})
+        for name, value in values.items():
+            if not isinstance(value, str) or not value or expected_keys[name] not in (None, value):
+                raise ValueError(f"unexpected {name}")
+        return to_item(values)
     except (ValueError, TypeError, UnicodeDecodeError) as error:
-        raise InvalidField("page_token", "is not a token this service issued") from error
+        raise InvalidField("page_token", "is not a token this listing issued") from error
 
 
 class CatalogTable:
@@ -228,17 +243,17 @@ class CatalogTable:
     def page(self, page_size: int, page_token: str, *, index: str = "", key_condition: tuple[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
         """One page of the table, or of `index` where key_condition (name, value) holds."""
         params: dict[str, Any] = {"TableName": self.name, "Limit": page_size}
-        key_names: tuple[str, ...] = (self._key,)
+        expected_keys: dict[str, str | None] = {self._key: None}
         if index and key_condition:
             name, value = key_condition
-            key_names = (self._key, name)
+            expected_keys[name] = value
             params.update(
                 IndexName=index,
                 KeyConditionExpression="#c = :c",
                 ExpressionAttributeNames={"#c": name},
                 ExpressionAttributeValues={":c": attr(value)},
             )
-        start = decode_page_token(page_token, key_names)
+        start = decode_page_token(page_token, expected_keys)
         if start:
             params["ExclusiveStartKey"] = start
         response = self._client.query(**params) if index else self._client.scan(**params)

@@ -25,13 +25,14 @@ from rewards.v1 import levels_pb2
 
 log = logging.getLogger("rewards.edge")
 
-# Throttling is load, not a bug: the caller may retry.
+# Load and contention, not bugs: the caller may retry.
 _RETRYABLE_STORAGE_CODES = {
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
     "RequestLimitExceeded",
     "InternalServerError",
     "ServiceUnavailable",
+    "TransactionConflictException",
 }
 
 

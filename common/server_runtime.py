@@ -13,7 +13,8 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from common.rpc_logging import RpcLoggingInterceptor
+from common.dynamodb import create_dynamodb_client, ensure_tables
+from common.rpc_logging import RpcLoggingInterceptor, configure_logging
 
 log = logging.getLogger("rewards.server")
 
@@ -103,10 +104,6 @@ def run_service(
 ) -> None:
     """The entry point every service shares: logging, the one DynamoDB client,
     tables, then serve until SIGTERM."""
-    # Imported here so that this module stays free of storage at import time.
-    from common.dynamodb import create_dynamodb_client, ensure_tables
-    from common.rpc_logging import configure_logging
-
     configure_logging(service, settings.log_level)
     dynamodb = create_dynamodb_client(settings)
     ensure_tables(dynamodb, settings.table_prefix)

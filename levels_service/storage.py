@@ -5,7 +5,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from common.dynamodb import LEVELS, USER_PROGRESS, CatalogTable, attr, error_code, read_progress, to_item
+from common.dynamodb import LEVELS, USER_PROGRESS, CatalogTable, attr, error_code, read_progress, retry_on_transaction_conflict, to_item
 from common.models import GrantedReward, ProgressRecord, Reward, utc_now_iso
 from levels_service.domain import Level, LevelNotFound, LevelTable
 
@@ -69,14 +69,14 @@ class LevelsRepository:
         if expected_level is not None:
             values[":expected"] = expected_level
         try:
-            self._client.update_item(
+            retry_on_transaction_conflict(lambda: self._client.update_item(
                 TableName=self._progress,
                 Key={"user_id": attr(user_id)},
                 UpdateExpression="SET #l = :new, rewards = list_append(if_not_exists(rewards, :empty), :granted), updated_at = :now",
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#l": "level"},
                 ExpressionAttributeValues=to_item(values),
-            )
+            ))
         except ClientError as error:
             if error_code(error) == "ConditionalCheckFailedException":
                 raise LevelChangedConcurrently(user_id) from error

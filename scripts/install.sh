@@ -15,8 +15,13 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[dev]'
+mkdir -p .local
+# pip's own output goes to a log, shown only when it fails.
+if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[dev]'; } \
+    >.local/pip-install.log 2>&1; then
+  cat .local/pip-install.log >&2
+  exit 1
+fi
 
 jar=.local/dynamodb/DynamoDBLocal.jar
 if [ ! -f "$jar" ]; then

@@ -204,3 +204,23 @@ def test_concurrent_copies_of_a_grant_count_once(cluster: Cluster, user_id: str,
         responses = list(pool.map(lambda _: cluster.xp.GrantXp(grant), range(copies)))
     assert sum(not r.duplicate for r in responses) == 1
     assert total_xp(cluster, user_id) == 250
+
+
+def test_a_page_token_only_continues_the_listing_that_issued_it(cluster: Cluster) -> None:
+    category, other = unique("cat"), unique("cat")
+    for _ in range(2):
+        put_activity(cluster, xp=1, category=category)
+        put_activity(cluster, xp=1, category=other)
+    category_token = cluster.xp.ListActivities(xp_pb2.ListActivitiesRequest(category=category, page_size=1)).next_page_token
+    scan_token = cluster.xp.ListActivities(xp_pb2.ListActivitiesRequest(page_size=1)).next_page_token
+    assert category_token and scan_token
+    for request in (
+        xp_pb2.ListActivitiesRequest(category=other, page_size=1, page_token=category_token),
+        xp_pb2.ListActivitiesRequest(category=category, page_size=1, page_token=scan_token),
+        xp_pb2.ListActivitiesRequest(page_size=1, page_token=category_token),
+    ):
+        error = rpc_error(lambda: cluster.xp.ListActivities(request))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details() == "page_token is not a token this listing issued"
+    assert len(cluster.xp.ListActivities(
+        xp_pb2.ListActivitiesRequest(category=category, page_size=1, page_token=category_token)).activities) == 1
