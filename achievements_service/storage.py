@@ -2,6 +2,8 @@
 achievement part of user_progress."""
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr, ConditionExpressionBuilder
@@ -76,19 +78,17 @@ def _unlock_from(values: dict[str, Any]) -> Unlock:
 
 def requirements_guard(requirements: Requirements, level_is_stored: bool) -> Any:
     """The requirements as a condition on the progress item, so the unlock is
-    written only if they still hold at that instant."""
-    guard = Attr("user_id").exists() if requirements.required_achievements or requirements.min_total_xp else None
-    for achievement_id in requirements.required_achievements:
-        guard = guard & Attr("unlocked_achievements").contains(achievement_id)
+    written only if they still hold at that instant; None when there are none."""
+    conditions: list[Any] = [Attr("unlocked_achievements").contains(a) for a in requirements.required_achievements]
     if requirements.min_total_xp:
-        guard = guard & Attr("total_xp").gte(requirements.min_total_xp)
+        conditions.append(Attr("total_xp").gte(requirements.min_total_xp))
     if requirements.min_level:
-        # Without a stored level the user is at the start level, checked before.
-        level = Attr("level").gte(requirements.min_level)
+        level: Any = Attr("level").gte(requirements.min_level)
         if not level_is_stored:
+            # Without a stored level the user is at the start level, checked before.
             level = Attr("level").not_exists() | level
-        guard = level if guard is None else guard & level
-    return guard
+        conditions.append(level)
+    return functools.reduce(operator.and_, conditions) if conditions else None
 
 
 class AchievementsRepository:
@@ -135,7 +135,7 @@ class AchievementsRepository:
         return _unlock_from(from_item(response["Item"])) if "Item" in response else None
 
     def list_unlocks(self, user_id: str) -> list[Unlock]:
-        unlocks = []
+        unlocks: list[Unlock] = []
         paginator = self._client.get_paginator("query")
         for page in paginator.paginate(
             TableName=self._unlocks,

@@ -108,7 +108,7 @@ def status() -> int:
     rows += [(f"{name} ({module})", f"localhost:{port}", _pid(name)) for name, module, port in SERVICES]
     print("rewards local cluster:")
     for label, address, pid in rows:
-        print(f"  {label:32} {address:26} {'running, pid ' + str(pid) if pid else 'stopped'}")
+        print(f"  {label:38} {address:26} {'running, pid ' + str(pid) if pid else 'stopped'}")
     print(f"logs: {LOG_DIR}")
     return 0 if all(pid for _, _, pid in rows) else 1
 
