@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.errors import NotFound, PreconditionFailed
+from common.errors import InvalidField, NotFound, PreconditionFailed
+
+MAX_REQUIRED_ACHIEVEMENTS = 50
+MAX_MIN_TOTAL_XP = 10**12
+MAX_MIN_LEVEL = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,25 @@ class Achievement:
     requirements: Requirements = field(default_factory=Requirements)
 
 
+def check_achievement(achievement: Achievement) -> Achievement:
+    """The catalog rules for one achievement; field names as in the API."""
+    requirements = achievement.requirements
+    required = requirements.required_achievements
+    if len(required) > MAX_REQUIRED_ACHIEVEMENTS:
+        raise InvalidField("achievement.requirements.required_achievements",
+                           f"must list at most {MAX_REQUIRED_ACHIEVEMENTS} achievements (got {len(required)})")
+    if achievement.achievement_id in required:
+        raise InvalidField(f"achievement.requirements.required_achievements[{required.index(achievement.achievement_id)}]",
+                           "an achievement cannot require itself")
+    if not 0 <= requirements.min_total_xp <= MAX_MIN_TOTAL_XP:
+        raise InvalidField("achievement.requirements.min_total_xp",
+                           f"must be between 0 and {MAX_MIN_TOTAL_XP} (got {requirements.min_total_xp})")
+    if not 0 <= requirements.min_level <= MAX_MIN_LEVEL:
+        raise InvalidField("achievement.requirements.min_level",
+                           f"must be between 0 and {MAX_MIN_LEVEL} (got {requirements.min_level})")
+    return achievement
+
+
 @dataclass(frozen=True)
 class Unlock:
     """A user's unlock of one achievement, with the reward it pays."""
@@ -33,11 +56,6 @@ class Unlock:
     xp_reward: int
     xp_granted: bool
     request_id: str = ""
-
-    @property
-    def grant_request_id(self) -> str:
-        """Deterministic, so a retry after a crash grants the same XP at most once."""
-        return f"achievement:{self.achievement_id}"
 
     @property
     def grant_reason(self) -> str:

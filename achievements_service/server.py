@@ -12,7 +12,6 @@ from achievements_service.storage import AchievementsRepository
 from achievements_service.xp_granter import GrpcXpGranter
 from common.config import Settings
 from common.server_runtime import build_grpc_server, peer_channel, run_service
-from levels_service.storage import LevelsRepository
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc
 
 SERVICE_NAME = achievements_pb2.DESCRIPTOR.services_by_name["AchievementsService"].full_name
@@ -24,13 +23,9 @@ def create_server(
     dynamodb: Any,
     health_servicer: health.HealthServicer | None = None,
 ) -> tuple[grpc.Server, int]:
-    xp_channel = peer_channel(settings.xp_target)
-    # min_level requirements of users with no stored level need the start level.
-    level_table = LevelsRepository(dynamodb, settings.table_prefix)
     achievements = Achievements(
         AchievementsRepository(dynamodb, settings.table_prefix),
-        GrpcXpGranter(xp_channel, settings.xp_grant_timeout_s),
-        start_level=lambda: level_table.load_level_table().start_level,
+        GrpcXpGranter(peer_channel(settings.xp_target), settings.xp_grant_timeout_s),
     )
     servicer = AchievementsServicer(achievements)
     return build_grpc_server(

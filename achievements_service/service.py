@@ -2,39 +2,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
-from common.models import LevelUpOutcome, utc_now_iso
 from achievements_service.domain import (
     Achievement,
     PlayerStanding,
     RequirementsNotMet,
     Unlock,
+    check_achievement,
     check_requirements,
     unmet_requirements,
 )
 from achievements_service.storage import AchievementsRepository, AlreadyUnlocked, RequirementsChangedConcurrently
+from common.models import LevelUpOutcome, ProgressRecord, utc_now_iso
 
 
 @dataclass(frozen=True)
 class GrantResult:
-    xp_awarded: int
     total_xp: int
-    duplicate: bool
     level_up: LevelUpOutcome | None
 
 
 class XpGranter(Protocol):
-    def grant_xp(self, user_id: str, amount: int, reason: str, request_id: str) -> GrantResult:
-        """Raises DependencyUnavailable when the XP service cannot grant now."""
+    def grant_achievement_xp(self, unlock: Unlock) -> GrantResult:
+        """Pays the unlock's xp_reward, at most once per (user, achievement).
+        Raises DependencyUnavailable when the XP service cannot do it now."""
 
 
 @dataclass(frozen=True)
 class UnlockOutcome:
     achievement: Achievement
     already_unlocked: bool
-    # XP that this call's grant added: a repeat reports 0, unless it completed
-    # a grant that an earlier call could not.
+    # XP this call paid: the reward for exactly one call per unlock, 0 for the others.
     xp_awarded: int
     total_xp: int
     level_up: LevelUpOutcome | None
@@ -47,15 +46,14 @@ class UserAchievementView:
 
 
 class Achievements:
-    def __init__(self, repository: AchievementsRepository, xp: XpGranter, start_level: Callable[[], int]) -> None:
+    def __init__(self, repository: AchievementsRepository, xp: XpGranter) -> None:
         self._repository = repository
         self._xp = xp
-        self._start_level = start_level
 
     # --- catalog ------------------------------------------------------------------
 
     def put_achievement(self, achievement: Achievement) -> Achievement:
-        self._repository.put_achievement(achievement)
+        self._repository.put_achievement(check_achievement(achievement))
         return achievement
 
     def get_achievement(self, achievement_id: str) -> Achievement:
@@ -70,47 +68,47 @@ class Achievements:
     # --- unlocks ------------------------------------------------------------------
 
     def unlock_achievement(self, user_id: str, achievement_id: str, request_id: str) -> UnlockOutcome:
-        achievement = self._repository.get_achievement(achievement_id)
         existing = self._repository.get_unlock(user_id, achievement_id)
         if existing is not None:
-            return self._settle_repeat(achievement, existing)
+            # Settled from the unlock record, so owed XP is paid even if the achievement has left the catalog.
+            return self._settle(self._catalog_entry_or_stub(existing), existing, already_unlocked=True)
+        achievement = self._repository.get_achievement(achievement_id)
         progress = self._repository.get_progress(user_id)
-        level_is_stored = progress.level is not None
-        level = progress.level if progress.level is not None else (
-            self._start_level() if achievement.requirements.min_level else 0
-        )
-        standing = PlayerStanding(progress.unlocked_achievements, progress.total_xp, level)
-        check_requirements(achievement, standing)
-        unlock = Unlock(user_id, achievement_id, utc_now_iso(), achievement.xp_reward, xp_granted=achievement.xp_reward == 0,
-                        request_id=request_id)
+        check_requirements(achievement, self._standing(progress, achievement))
+        unlock = Unlock(user_id, achievement_id, utc_now_iso(), achievement.xp_reward,
+                        xp_granted=achievement.xp_reward == 0, request_id=request_id)
         try:
-            self._repository.record_unlock_once(unlock, achievement.requirements, level_is_stored)
+            self._repository.record_unlock_once(unlock, achievement.requirements, progress.level is not None)
         except AlreadyUnlocked as race:  # a concurrent call recorded it first
-            return self._settle_repeat(achievement, race.unlock)
+            return self._settle(achievement, race.unlock, already_unlocked=True)
         except RequirementsChangedConcurrently:
             progress = self._repository.get_progress(user_id)
-            standing = PlayerStanding(progress.unlocked_achievements, progress.total_xp,
-                                      progress.level if progress.level is not None else self._start_level())
-            raise RequirementsNotMet(achievement_id, unmet_requirements(achievement.requirements, standing)
-                                     or [("progress", "changed while unlocking; retry")]) from None
+            unmet = unmet_requirements(achievement.requirements, self._standing(progress, achievement))
+            raise RequirementsNotMet(achievement_id, unmet or [("progress", "changed while unlocking; retry")]) from None
         if not unlock.owes_xp:
             return UnlockOutcome(achievement, False, 0, progress.total_xp, None)
-        grant = self._grant_owed_xp(unlock)
-        return UnlockOutcome(achievement, False, 0 if grant.duplicate else grant.xp_awarded, grant.total_xp, grant.level_up)
+        return self._settle(achievement, unlock, already_unlocked=False)
 
-    def _settle_repeat(self, achievement: Achievement, unlock: Unlock) -> UnlockOutcome:
-        """A repeat pays nothing, but completes a grant that a crash or an
-        outage interrupted (the grant's request id makes that safe)."""
-        if unlock.owes_xp:
-            grant = self._grant_owed_xp(unlock)
-            return UnlockOutcome(achievement, True, 0 if grant.duplicate else grant.xp_awarded, grant.total_xp, grant.level_up)
-        progress = self._repository.get_progress(unlock.user_id)
-        return UnlockOutcome(achievement, True, 0, progress.total_xp, None)
+    def _standing(self, progress: ProgressRecord, achievement: Achievement) -> PlayerStanding:
+        level = progress.level
+        if level is None:  # not checked yet: the start level, read only when a requirement needs it
+            level = self._repository.load_level_table().start_level if achievement.requirements.min_level else 0
+        return PlayerStanding(progress.unlocked_achievements, progress.total_xp, level)
 
-    def _grant_owed_xp(self, unlock: Unlock) -> GrantResult:
-        grant = self._xp.grant_xp(unlock.user_id, unlock.xp_reward, unlock.grant_reason, unlock.grant_request_id)
-        self._repository.mark_xp_granted(unlock.user_id, unlock.achievement_id)
-        return grant
+    def _settle(self, achievement: Achievement, unlock: Unlock, *, already_unlocked: bool) -> UnlockOutcome:
+        """Pays XP the unlock still owes (after a crash or an outage the grant
+        may be owed, or done but not marked: the grant is idempotent per
+        achievement). Whoever marks it paid reports it."""
+        if not unlock.owes_xp:
+            progress = self._repository.get_progress(unlock.user_id)
+            return UnlockOutcome(achievement, already_unlocked, 0, progress.total_xp, None)
+        grant = self._xp.grant_achievement_xp(unlock)
+        reported = self._repository.mark_xp_granted_once(unlock.user_id, unlock.achievement_id)
+        return UnlockOutcome(achievement, already_unlocked, unlock.xp_reward if reported else 0, grant.total_xp, grant.level_up)
+
+    def _catalog_entry_or_stub(self, unlock: Unlock) -> Achievement:
+        found = self._repository.get_achievements([unlock.achievement_id])
+        return found.get(unlock.achievement_id) or Achievement(unlock.achievement_id, name="", xp_reward=unlock.xp_reward)
 
     def list_user_achievements(self, user_id: str) -> list[UserAchievementView]:
         unlocks = self._repository.list_unlocks(user_id)

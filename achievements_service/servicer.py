@@ -5,39 +5,26 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from common import field_rules
-from common.errors import InvalidField
 from common.grpc_edge import level_up_to_message, maps_domain_errors
 from achievements_service.domain import Achievement, Requirements
 from achievements_service.service import Achievements, UnlockOutcome
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc
 
-MAX_REQUIRED_ACHIEVEMENTS = 50
-MAX_MIN_LEVEL = 1_000_000
-
-
 def achievement_from_message(message: achievements_pb2.Achievement) -> Achievement:
-    achievement_id = field_rules.require_id("achievement.achievement_id", message.achievement_id)
     requirements = message.requirements
-    required = list(requirements.required_achievements)
-    if len(required) > MAX_REQUIRED_ACHIEVEMENTS:
-        raise InvalidField("achievement.requirements.required_achievements",
-                           f"must list at most {MAX_REQUIRED_ACHIEVEMENTS} achievements (got {len(required)})")
-    for i, required_id in enumerate(required):
-        field_rules.require_id(f"achievement.requirements.required_achievements[{i}]", required_id)
-        if required_id == achievement_id:
-            raise InvalidField(f"achievement.requirements.required_achievements[{i}]", "an achievement cannot require itself")
     return Achievement(
-        achievement_id=achievement_id,
+        achievement_id=field_rules.require_id("achievement.achievement_id", message.achievement_id),
         name=field_rules.text("achievement.name", message.name, max_length=field_rules.MAX_NAME_LENGTH, required=True),
         description=field_rules.text("achievement.description", message.description, max_length=field_rules.MAX_DESCRIPTION_LENGTH),
         xp_reward=field_rules.xp_amount("achievement.xp_reward", message.xp_reward),
         hidden=message.hidden,
         requirements=Requirements(
-            required_achievements=tuple(dict.fromkeys(required)),
-            min_total_xp=field_rules.non_negative("achievement.requirements.min_total_xp", requirements.min_total_xp,
-                                                  maximum=field_rules.MAX_XP * 1000),
-            min_level=field_rules.non_negative("achievement.requirements.min_level", requirements.min_level,
-                                               maximum=MAX_MIN_LEVEL),
+            required_achievements=tuple(dict.fromkeys(
+                field_rules.require_id(f"achievement.requirements.required_achievements[{i}]", a)
+                for i, a in enumerate(requirements.required_achievements)
+            )),
+            min_total_xp=requirements.min_total_xp,
+            min_level=requirements.min_level,
         ),
     )
 

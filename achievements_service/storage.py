@@ -7,6 +7,7 @@ import operator
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr, ConditionExpressionBuilder
+from botocore.exceptions import ClientError
 
 from common.dynamodb import (
     ACHIEVEMENTS,
@@ -15,12 +16,14 @@ from common.dynamodb import (
     CatalogTable,
     attr,
     from_item,
+    error_code,
+    load_level_table,
     read_progress,
     retry_on_transaction_conflict,
     to_item,
     transact_write,
 )
-from common.models import ProgressRecord
+from common.models import LevelTable, ProgressRecord
 from achievements_service.domain import Achievement, AchievementNotFound, Requirements, Unlock
 
 
@@ -187,11 +190,22 @@ class AchievementsRepository:
                 raise AlreadyUnlocked(existing)
         raise RequirementsChangedConcurrently(unlock.achievement_id)
 
-    def mark_xp_granted(self, user_id: str, achievement_id: str) -> None:
-        retry_on_transaction_conflict(lambda: self._client.update_item(
-            TableName=self._unlocks,
-            Key={"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
-            UpdateExpression="SET xp_granted = :t",
-            ConditionExpression="attribute_exists(achievement_id)",
-            ExpressionAttributeValues={":t": attr(True)},
-        ))
+    def mark_xp_granted_once(self, user_id: str, achievement_id: str) -> bool:
+        """Marks the unlock's XP as granted. True only for the one caller that
+        made the change, which is the one to report the XP."""
+        try:
+            retry_on_transaction_conflict(lambda: self._client.update_item(
+                TableName=self._unlocks,
+                Key={"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
+                UpdateExpression="SET xp_granted = :t",
+                ConditionExpression="attribute_exists(achievement_id) AND xp_granted = :f",
+                ExpressionAttributeValues={":t": attr(True), ":f": attr(False)},
+            ))
+            return True
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+
+    def load_level_table(self) -> LevelTable:
+        return load_level_table(self._client, self._prefix)

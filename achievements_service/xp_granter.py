@@ -1,12 +1,18 @@
-"""The XP service as Achievements sees it: GrantXp over gRPC with a deadline."""
+"""The XP service as Achievements sees it: GrantXp over gRPC with a deadline,
+keyed by the achievement so that it pays at most once per user."""
 from __future__ import annotations
 
 import grpc
 
-from common.errors import DependencyUnavailable
-from common.grpc_edge import level_up_from_message
+from achievements_service.domain import Unlock
 from achievements_service.service import GrantResult
+from common.errors import DependencyUnavailable, PreconditionFailed
+from common.grpc_edge import level_up_from_message
 from rewards.v1 import xp_pb2, xp_pb2_grpc
+
+# Codes that mean "not now": the unlock stays recorded with its XP owed.
+_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
+              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
 
 
 class GrpcXpGranter:
@@ -14,20 +20,19 @@ class GrpcXpGranter:
         self._stub = xp_pb2_grpc.XpServiceStub(channel)
         self._timeout_s = timeout_s
 
-    def grant_xp(self, user_id: str, amount: int, reason: str, request_id: str) -> GrantResult:
-        request = xp_pb2.GrantXpRequest(user_id=user_id, amount=amount, reason=reason, request_id=request_id)
+    def grant_achievement_xp(self, unlock: Unlock) -> GrantResult:
+        request = xp_pb2.GrantXpRequest(
+            user_id=unlock.user_id, amount=unlock.xp_reward, reason=unlock.grant_reason, achievement_id=unlock.achievement_id
+        )
         try:
             response = self._stub.GrantXp(request, timeout=self._timeout_s)
         except grpc.RpcError as error:
-            # The unlock is recorded with its grant owed; repeating the unlock completes it.
-            raise DependencyUnavailable(
-                f"the achievement is unlocked but its XP grant did not complete "
-                f"(XpService.GrantXp: {error.code().name}: {error.details()}); "
-                f"repeat UnlockAchievement to complete it"
-            ) from error
-        return GrantResult(
-            xp_awarded=response.xp_awarded,
-            total_xp=response.total_xp,
-            duplicate=response.duplicate,
-            level_up=level_up_from_message(response.level_up) if response.HasField("level_up") else None,
-        )
+            code, details = error.code(), error.details()
+            if code in _TRANSIENT:
+                raise DependencyUnavailable(
+                    f"the achievement is unlocked but its XP grant did not complete "
+                    f"(XpService.GrantXp: {code.name}: {details}); repeat UnlockAchievement to complete it"
+                ) from error
+            raise PreconditionFailed(f"XpService refused the achievement's XP grant ({code.name}: {details})") from error
+        level_up = level_up_from_message(response.level_up) if response.HasField("level_up") else None
+        return GrantResult(total_xp=response.total_xp, level_up=level_up)

@@ -12,11 +12,11 @@ from typing import Any, Callable, Mapping, TypeVar
 import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from common.config import Settings
-from common.models import ProgressRecord
-from common.errors import ContentionExhausted, InvalidField
+from common.models import Level, LevelReached, LevelTable, ProgressRecord, Reward
+from common.errors import ContentionExhausted, DependencyUnavailable, DomainError, InvalidField
 
 T = TypeVar("T")
 
@@ -91,8 +91,11 @@ USER_PROGRESS = TableDefinition("user_progress", ("user_id", _S))
 XP_LEDGER = TableDefinition("xp_ledger", ("user_id", _S), ("entry_id", _S))
 # One item per unlock: when, with what reward, and whether the XP was granted.
 USER_ACHIEVEMENTS = TableDefinition("user_achievements", ("user_id", _S), ("achievement_id", _S))
+# One item per level a user passed, with the rewards granted for it: written
+# once, and kept apart from user_progress so that it cannot outgrow an item.
+LEVEL_REWARDS = TableDefinition("level_rewards", ("user_id", _S), ("level", _N))
 
-ALL_TABLES = (ACTIVITIES, ACHIEVEMENTS, LEVELS, USER_PROGRESS, XP_LEDGER, USER_ACHIEVEMENTS)
+ALL_TABLES = (ACTIVITIES, ACHIEVEMENTS, LEVELS, USER_PROGRESS, XP_LEDGER, USER_ACHIEVEMENTS, LEVEL_REWARDS)
 
 
 def ensure_tables(client: Any, prefix: str, tables: tuple[TableDefinition, ...] = ALL_TABLES) -> None:
@@ -138,13 +141,16 @@ def cancellation_codes(error: ClientError) -> list[str]:
 
 
 _TRANSACTION_ATTEMPTS = 8
+_THROTTLED_REASONS = {"ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
 
 
 def transact_write(client: Any, items: list[dict[str, Any]]) -> list[str] | None:
     """Runs a transaction. Returns None on success, or the per-item cancellation
     codes when a condition failed. Conflicts with concurrent transactions (which
     real DynamoDB reports and the emulator never does) are retried with jittered
-    backoff: a cancelled transaction wrote nothing, so the retry is safe."""
+    backoff: a cancelled transaction wrote nothing, so the retry is safe. The SDK
+    gives each call a ClientRequestToken, so its own retries after a lost
+    response do not apply the transaction twice."""
     for attempt in range(_TRANSACTION_ATTEMPTS):
         try:
             client.transact_write_items(TransactItems=items)
@@ -155,10 +161,33 @@ def transact_write(client: Any, items: list[dict[str, Any]]) -> list[str] | None
             codes = cancellation_codes(error)
             if "ConditionalCheckFailed" in codes:
                 return codes
+            if _THROTTLED_REASONS & set(codes):
+                raise DependencyUnavailable("DynamoDB is throttling this user's writes; retry with backoff") from error
             if "TransactionConflict" not in codes:
                 raise
         time.sleep(random.uniform(0, 0.01 * 2**attempt))
     raise ContentionExhausted("too many concurrent writes to this user; retry the request")
+
+
+# Load and contention, not bugs: the caller may retry.
+_RETRYABLE_ERROR_CODES = {
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "TransactionConflictException",
+}
+
+
+def storage_error_as_domain_error(error: Exception) -> DomainError | None:
+    """A DynamoDB or SDK error the caller can act on (retry later), or None for
+    one that is a bug."""
+    if isinstance(error, ClientError) and error_code(error) in _RETRYABLE_ERROR_CODES:
+        return DependencyUnavailable(f"DynamoDB is busy ({error_code(error)}); retry with backoff")
+    if isinstance(error, BotoCoreError):  # connection refused, timeouts, no credentials...
+        return DependencyUnavailable(f"DynamoDB could not be reached ({error.__class__.__name__}); retry")
+    return None
 
 
 def retry_on_transaction_conflict(write: Callable[[], T]) -> T:
@@ -286,3 +315,35 @@ def read_progress(client: Any, table_prefix: str, user_id: str, attributes: tupl
         params["ExpressionAttributeNames"] = names
     response = client.get_item(**params)
     return ProgressRecord.from_attributes(user_id, from_item(response["Item"]) if "Item" in response else None)
+
+
+def _rewards_from(values: Any) -> tuple[Reward, ...]:
+    return tuple(Reward(str(r["reward_id"]), int(r["quantity"])) for r in values or ())
+
+
+def load_level_table(client: Any, table_prefix: str) -> LevelTable:
+    """The whole level table, strongly consistent."""
+    table = CatalogTable(client, table_prefix, LEVELS)
+    return LevelTable(
+        Level(int(v["level"]), int(v["xp_required"]), _rewards_from(v.get("rewards"))) for v in table.scan_all()
+    )
+
+
+def read_levels_reached(client: Any, table_prefix: str, user_id: str, check_id: str = "") -> list[LevelReached]:
+    """The levels a user passed, in level order; only those one check granted when check_id is given."""
+    params: dict[str, Any] = {
+        "TableName": table_prefix + LEVEL_REWARDS.name,
+        "KeyConditionExpression": "user_id = :u",
+        "ExpressionAttributeValues": {":u": attr(user_id)},
+        "ConsistentRead": True,
+    }
+    if check_id:
+        params["FilterExpression"] = "check_id = :c"
+        params["ExpressionAttributeValues"][":c"] = attr(check_id)
+    reached = []
+    for page in client.get_paginator("query").paginate(**params):
+        for item in page["Items"]:
+            v = from_item(item)
+            reached.append(LevelReached(int(v["level"]), int(v["from_level"]), _rewards_from(v.get("rewards")),
+                                        v.get("check_id", ""), v.get("granted_at", "")))
+    return reached

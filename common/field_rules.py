@@ -7,7 +7,6 @@ import unicodedata
 from common.errors import InvalidField
 
 MAX_ID_LENGTH = 128
-MAX_REQUEST_ID_LENGTH = 256
 MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 2000
 MAX_XP = 1_000_000_000
@@ -35,9 +34,9 @@ def optional_id(field: str, value: str, *, max_length: int = MAX_ID_LENGTH) -> s
     return value
 
 
-def request_id(value: str, field: str = "request_id") -> str:
+def request_id(value: str, field: str = "request_id", *, max_length: int = MAX_ID_LENGTH) -> str:
     """Empty means 'not deduplicated'."""
-    return optional_id(field, value, max_length=MAX_REQUEST_ID_LENGTH)
+    return optional_id(field, value, max_length=max_length)
 
 
 def text(field: str, value: str, *, max_length: int, required: bool = False) -> str:
@@ -55,14 +54,6 @@ def xp_amount(field: str, value: int) -> int:
         raise InvalidField(field, f"must not be negative (got {value})")
     if value > MAX_XP:
         raise InvalidField(field, f"must be at most {MAX_XP} (got {value})")
-    return value
-
-
-def non_negative(field: str, value: int, *, maximum: int) -> int:
-    if value < 0:
-        raise InvalidField(field, f"must not be negative (got {value})")
-    if value > maximum:
-        raise InvalidField(field, f"must be at most {maximum} (got {value})")
     return value
 
 

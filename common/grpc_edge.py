@@ -7,7 +7,6 @@ import logging
 from typing import Any, Callable, TypeVar
 
 import grpc
-from botocore.exceptions import BotoCoreError, ClientError
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -20,20 +19,11 @@ from common.errors import (
     NotFound,
     PreconditionFailed,
 )
+from common.dynamodb import storage_error_as_domain_error
 from common.models import LevelUpOutcome, Reward
 from rewards.v1 import levels_pb2
 
 log = logging.getLogger("rewards.edge")
-
-# Load and contention, not bugs: the caller may retry.
-_RETRYABLE_STORAGE_CODES = {
-    "ProvisionedThroughputExceededException",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "InternalServerError",
-    "ServiceUnavailable",
-    "TransactionConflictException",
-}
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -70,8 +60,9 @@ Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 def maps_domain_errors(method: Method) -> Method:
-    """Wraps a servicer method: domain errors and storage outages end the RPC
-    with their status; anything else is left to gRPC (INTERNAL, logged)."""
+    """Wraps a servicer method: domain errors, and storage errors the caller
+    can retry, end the RPC with their status. Anything else is a bug and is
+    left to gRPC, which answers UNKNOWN (logged by the interceptor)."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
@@ -79,15 +70,12 @@ def maps_domain_errors(method: Method) -> Method:
             return method(self, request, context)
         except DomainError as error:
             context.abort_with_status(rpc_status.to_status(status_for(error)))
-        except ClientError as error:
-            code = str(error.response.get("Error", {}).get("Code", ""))
-            if code not in _RETRYABLE_STORAGE_CODES:
+        except Exception as error:
+            translated = storage_error_as_domain_error(error)
+            if translated is None:
                 raise
-            log.warning("storage throttled", extra={"fields": {"dynamodb_error": code}})
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"DynamoDB is throttling ({code}); retry with backoff")
-        except BotoCoreError as error:
-            log.warning("storage unreachable", extra={"fields": {"error": repr(error)}})
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"DynamoDB could not be reached ({error.__class__.__name__}); retry")
+            log.warning("storage unavailable", extra={"fields": {"error": repr(error)}})
+            context.abort_with_status(rpc_status.to_status(status_for(translated)))
 
     return wrapper  # type: ignore[return-value]
 

@@ -1,10 +1,11 @@
-"""Values the services share: the user-progress record (one DynamoDB item that
-all three services write, each its own attributes) and a level check's outcome."""
+"""Values the services share: the level table and its rule, the user-progress
+record (one DynamoDB item that all three services write, each its own
+attributes), the levels a user reached, and a level check's outcome. Pure."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 
 @dataclass(frozen=True)
@@ -14,23 +15,62 @@ class Reward:
 
 
 @dataclass(frozen=True)
-class GrantedReward:
-    reward_id: str
-    quantity: int
+class Level:
     level: int
+    xp_required: int
+    rewards: tuple[Reward, ...] = ()
+
+
+class LevelTable:
+    """The defined levels. A user's level is the highest defined level whose
+    xp_required is at most their total XP, 0 when none fits."""
+
+    def __init__(self, levels: Iterable[Level]) -> None:
+        self.levels: tuple[Level, ...] = tuple(sorted(levels, key=lambda l: l.level))
+
+    def level_for_xp(self, total_xp: int) -> int:
+        return max((l.level for l in self.levels if l.xp_required <= total_xp), default=0)
+
+    @property
+    def start_level(self) -> int:
+        """Where a new user starts, without that level's rewards."""
+        return self.level_for_xp(0)
+
+    def levels_passed(self, previous: int, current: int) -> tuple[Level, ...]:
+        """Every defined level L with previous < L <= current, in order."""
+        return tuple(l for l in self.levels if previous < l.level <= current)
+
+    def xp_required(self, level: int) -> int:
+        return next((l.xp_required for l in self.levels if l.level == level), 0)
+
+    def next_level_xp(self, current: int) -> int:
+        """XP at which the next defined level above `current` starts; 0 at the top."""
+        return next((l.xp_required for l in self.levels if l.level > current), 0)
+
+
+@dataclass(frozen=True)
+class LevelReached:
+    """A level a user passed, with the rewards granted for it, once."""
+
+    level: int
+    from_level: int  # the level the user left in the level-up that passed this one
+    rewards: tuple[Reward, ...]
+    check_id: str  # the CheckLevelUp call that granted it
+    granted_at: str
 
 
 @dataclass(frozen=True)
 class ProgressRecord:
     """What user_progress holds for one user. `level` is None until the Levels
-    service first raises it: the user is then at the level 0 XP gives."""
+    service first checks a user with XP: the user is then at the level 0 XP gives."""
 
     user_id: str
     total_xp: int = 0
     level: int | None = None
     unlocked_achievements: frozenset[str] = frozenset()
-    rewards: tuple[GrantedReward, ...] = ()
     updated_at: str | None = None
+    # The request_id of the CheckLevelUp call that last raised the level.
+    last_level_up_check: str = ""
 
     @classmethod
     def from_attributes(cls, user_id: str, values: Mapping[str, Any] | None) -> "ProgressRecord":
@@ -41,11 +81,8 @@ class ProgressRecord:
             total_xp=int(values.get("total_xp", 0)),
             level=int(values["level"]) if "level" in values else None,
             unlocked_achievements=frozenset(values.get("unlocked_achievements", ())),
-            rewards=tuple(
-                GrantedReward(str(r["reward_id"]), int(r["quantity"]), int(r["level"]))
-                for r in values.get("rewards", ())
-            ),
             updated_at=values.get("updated_at"),
+            last_level_up_check=values.get("last_level_up_check", ""),
         )
 
 

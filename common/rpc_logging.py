@@ -1,5 +1,6 @@
 """Logs as one JSON object a line, each carrying the request id and user id of
-the RPC being served, and one line per RPC with its status and duration."""
+the RPC being served; and the server interceptor that parses each request and
+logs one line per RPC with its status and duration."""
 from __future__ import annotations
 
 import contextvars
@@ -9,6 +10,7 @@ import time
 from typing import Any, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 from pythonjsonlogger.json import JsonFormatter
 
 _rpc_fields: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("rpc_fields", default={})
@@ -44,8 +46,11 @@ def configure_logging(service: str, level: str = "INFO") -> None:
 _rpc_log = logging.getLogger("rewards.rpc")
 
 
-class RpcLoggingInterceptor(grpc.ServerInterceptor):
-    """One log line per unary RPC: method, code, duration, user and request ids, peer."""
+class RpcEdgeInterceptor(grpc.ServerInterceptor):
+    """Parses each unary request itself, so that a malformed message (invalid
+    UTF-8 in a string, bad wire format) is INVALID_ARGUMENT instead of gRPC's
+    INTERNAL, and logs one line per RPC: method, code, duration, user and
+    request ids, peer."""
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
@@ -53,8 +58,14 @@ class RpcLoggingInterceptor(grpc.ServerInterceptor):
             return handler
         method = handler_call_details.method
         inner = handler.unary_unary
+        parse = handler.request_deserializer
 
-        def logged(request: Any, context: grpc.ServicerContext) -> Any:
+        def logged(raw_request: bytes, context: grpc.ServicerContext) -> Any:
+            try:
+                request = parse(raw_request) if parse else raw_request
+            except DecodeError as error:
+                _rpc_log.info("rpc", extra={"fields": {"method": method, "code": "INVALID_ARGUMENT", "peer": context.peer()}})
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid protobuf message ({error})")
             fields = {"method": method}
             for name in ("user_id", "request_id"):
                 value = getattr(request, name, "")
@@ -86,6 +97,6 @@ class RpcLoggingInterceptor(grpc.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             logged,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,  # parsed in `logged`
             response_serializer=handler.response_serializer,
         )

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.dynamodb import create_dynamodb_client, ensure_tables
-from common.rpc_logging import RpcLoggingInterceptor, configure_logging
+from common.rpc_logging import RpcEdgeInterceptor, configure_logging
 
 log = logging.getLogger("rewards.server")
 
@@ -55,7 +55,7 @@ def build_grpc_server(
     """Binds `address` (port 0 picks a free port) and returns (server, port), not started."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=[RpcLoggingInterceptor()],
+        interceptors=[RpcEdgeInterceptor()],
     )
     register(server)
     health_servicer = health_servicer or health.HealthServicer()

@@ -1,18 +1,19 @@
-"""Level rules, pure: no gRPC, no DynamoDB."""
+"""Level rules, pure: no gRPC, no DynamoDB. The level table itself and the
+rule 'level for an XP total' are in common.models, since XP and Achievements
+read levels too."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
 
-from common.errors import NotFound
-from common.models import GrantedReward, Reward
+from common.errors import InvalidField, NotFound
+from common.models import Level, LevelTable, Reward
 
-
-@dataclass(frozen=True)
-class Level:
-    level: int
-    xp_required: int
-    rewards: tuple[Reward, ...] = ()
+MAX_LEVEL = 1_000_000
+MAX_REWARDS_PER_LEVEL = 50
+MAX_REWARD_QUANTITY = 1_000_000_000
+# A level-up writes the user's progress and one item per level passed in one
+# transaction, which takes at most 100 items: longer jumps go in steps.
+MAX_LEVELS_PER_STEP = 99
 
 
 class LevelNotFound(NotFound):
@@ -20,45 +21,39 @@ class LevelNotFound(NotFound):
         super().__init__(f"level {level} is not defined")
 
 
-class LevelTable:
-    """The defined levels. A user's level is the highest defined level whose
-    xp_required is at most their total XP, 0 when none fits."""
-
-    def __init__(self, levels: Iterable[Level]) -> None:
-        self.levels: tuple[Level, ...] = tuple(sorted(levels, key=lambda l: l.level))
-
-    def level_for_xp(self, total_xp: int) -> int:
-        return max((l.level for l in self.levels if l.xp_required <= total_xp), default=0)
-
-    @property
-    def start_level(self) -> int:
-        """Where every user starts, without that level's rewards."""
-        return self.level_for_xp(0)
-
-    def rewards_passed(self, previous: int, current: int) -> tuple[GrantedReward, ...]:
-        """The rewards of every level L with previous < L <= current, in level order."""
-        return tuple(
-            GrantedReward(r.reward_id, r.quantity, l.level)
-            for l in self.levels if previous < l.level <= current for r in l.rewards
-        )
-
-    def xp_required(self, level: int) -> int:
-        return next((l.xp_required for l in self.levels if l.level == level), 0)
-
-    def next_level_xp(self, current: int) -> int:
-        """XP at which the next defined level above `current` starts; 0 at the top."""
-        return next((l.xp_required for l in self.levels if l.level > current), 0)
+def check_level(level: Level) -> Level:
+    """The catalog rules for one level; field names as in the API."""
+    if not 1 <= level.level <= MAX_LEVEL:
+        raise InvalidField("level.level", f"must be between 1 and {MAX_LEVEL} (got {level.level})")
+    if len(level.rewards) > MAX_REWARDS_PER_LEVEL:
+        raise InvalidField("level.rewards", f"must hold at most {MAX_REWARDS_PER_LEVEL} rewards (got {len(level.rewards)})")
+    for i, reward in enumerate(level.rewards):
+        if not 1 <= reward.quantity <= MAX_REWARD_QUANTITY:
+            raise InvalidField(f"level.rewards[{i}].quantity",
+                               f"must be between 1 and {MAX_REWARD_QUANTITY} (got {reward.quantity})")
+    return level
 
 
 @dataclass(frozen=True)
 class LevelUpPlan:
     previous_level: int
     current_level: int
-    rewards: tuple[GrantedReward, ...]
+    passed: tuple[Level, ...]  # the defined levels passed, whose rewards are due
 
     @property
     def leveled_up(self) -> bool:
         return self.current_level > self.previous_level
+
+    @property
+    def rewards(self) -> tuple[Reward, ...]:
+        return tuple(r for level in self.passed for r in level.rewards)
+
+    def first_step(self) -> "LevelUpPlan":
+        """The part of the plan one write can carry."""
+        if len(self.passed) <= MAX_LEVELS_PER_STEP:
+            return self
+        passed = self.passed[:MAX_LEVELS_PER_STEP]
+        return LevelUpPlan(self.previous_level, passed[-1].level, passed)
 
 
 def plan_level_up(table: LevelTable, stored_level: int | None, total_xp: int) -> LevelUpPlan:
@@ -66,4 +61,4 @@ def plan_level_up(table: LevelTable, stored_level: int | None, total_xp: int) ->
     levels never go down, even when the table changes."""
     previous = table.start_level if stored_level is None else stored_level
     current = max(previous, table.level_for_xp(total_xp))
-    return LevelUpPlan(previous, current, table.rewards_passed(previous, current) if current > previous else ())
+    return LevelUpPlan(previous, current, table.levels_passed(previous, current) if current > previous else ())

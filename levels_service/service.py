@@ -1,13 +1,15 @@
 """Level use cases over the repository."""
 from __future__ import annotations
 
+import uuid
+
 from common.errors import ContentionExhausted
-from common.models import LevelUpOutcome, Reward
-from levels_service.domain import Level, LevelTable, plan_level_up
+from common.models import Level, LevelTable, LevelUpOutcome, ProgressRecord, Reward
+from levels_service.domain import LevelUpPlan, check_level, plan_level_up
 from levels_service.storage import LevelChangedConcurrently, LevelsRepository
 
 # Each lost race means another caller raised the level, so a few re-reads suffice.
-_MAX_LEVEL_RACES = 50
+_MAX_ATTEMPTS = 50
 
 
 class Levels:
@@ -15,7 +17,7 @@ class Levels:
         self._repository = repository
 
     def put_level(self, level: Level) -> Level:
-        self._repository.put_level(level)
+        self._repository.put_level(check_level(level))
         return level
 
     def list_levels(self) -> LevelTable:
@@ -24,31 +26,53 @@ class Levels:
     def delete_level(self, level: int) -> None:
         self._repository.delete_level(level)
 
-    def check_level_up(self, user_id: str) -> LevelUpOutcome:
-        for _ in range(_MAX_LEVEL_RACES):
+    def check_level_up(self, user_id: str, request_id: str = "") -> LevelUpOutcome:
+        """Grants every level now due, exactly once. A repeat with the same
+        request_id reports what the first call granted."""
+        check_id = request_id or f"auto:{uuid.uuid4().hex}"
+        granted: list[LevelUpPlan] = []
+        for _ in range(_MAX_ATTEMPTS):
             table = self._repository.load_level_table()
             progress = self._repository.get_progress(user_id)
             plan = plan_level_up(table, progress.level, progress.total_xp)
-            outcome = LevelUpOutcome(
-                user_id=user_id,
-                leveled_up=plan.leveled_up,
-                previous_level=plan.previous_level,
-                current_level=plan.current_level,
-                total_xp=progress.total_xp,
-                rewards=tuple(Reward(r.reward_id, r.quantity) for r in plan.rewards),
-                next_level_xp=table.next_level_xp(plan.current_level),
-            )
             if not plan.leveled_up:
-                return outcome
+                if granted:
+                    return self._outcome(user_id, progress, table, granted)
+                if request_id and progress.last_level_up_check == request_id:
+                    return self._replay(user_id, request_id, progress, table)
+                if progress.level is None and progress.updated_at is not None:
+                    self._repository.store_start_level_once(user_id, plan.current_level)
+                return self._outcome(user_id, progress, table, [plan])
+            step = plan.first_step()
             try:
                 self._repository.grant_level_rewards_once(
-                    user_id,
-                    expected_level=progress.level,
-                    new_level=plan.current_level,
-                    min_total_xp=table.xp_required(plan.current_level),
-                    rewards=plan.rewards,
-                )
-                return outcome
+                    user_id, progress.level, step, table.xp_required(step.current_level), check_id)
+                granted.append(step)
             except LevelChangedConcurrently:
                 continue
         raise ContentionExhausted(f"level of user {user_id!r} kept changing; retry CheckLevelUp")
+
+    def _outcome(self, user_id: str, progress: ProgressRecord, table: LevelTable, steps: list[LevelUpPlan]) -> LevelUpOutcome:
+        current = max(steps[-1].current_level, progress.level or 0)
+        return LevelUpOutcome(
+            user_id=user_id,
+            leveled_up=any(s.leveled_up for s in steps),
+            previous_level=steps[0].previous_level,
+            current_level=current,
+            total_xp=progress.total_xp,
+            rewards=tuple(r for s in steps for r in s.rewards),
+            next_level_xp=table.next_level_xp(current),
+        )
+
+    def _replay(self, user_id: str, request_id: str, progress: ProgressRecord, table: LevelTable) -> LevelUpOutcome:
+        reached = self._repository.levels_reached_by(user_id, request_id)
+        current = progress.level or 0
+        return LevelUpOutcome(
+            user_id=user_id,
+            leveled_up=bool(reached),
+            previous_level=min((r.from_level for r in reached), default=current),
+            current_level=current,
+            total_xp=progress.total_xp,
+            rewards=tuple(reward for r in reached for reward in r.rewards),
+            next_level_xp=table.next_level_xp(current),
+        )

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -77,10 +78,10 @@ def test_first_unlock_grants_xp_once_through_the_xp_ledger(cluster: Cluster, use
 
     ledger = cluster.dynamodb.get_item(
         TableName=cluster.table("xp_ledger"),
-        Key={"user_id": {"S": user_id}, "entry_id": {"S": f"req#achievement:{achievement_id}"}},
+        Key={"user_id": {"S": user_id}, "entry_id": {"S": f"ach#{achievement_id}"}},
         ConsistentRead=True,
     )["Item"]
-    assert (ledger["kind"]["S"], ledger["xp"]["N"], ledger["reason"]["S"]) == ("grant", "120", f"achievement:{achievement_id}")
+    assert (ledger["kind"]["S"], ledger["xp"]["N"], ledger["achievement_id"]["S"]) == ("achievement", "120", achievement_id)
 
 
 def test_unknown_achievement_is_not_found(cluster: Cluster, user_id: str) -> None:
@@ -142,14 +143,7 @@ def test_a_retry_heals_an_unlock_whose_xp_grant_did_not_complete(new_cluster: Fa
     assert unlocked_ids(c, user_id) == [achievement_id]
 
     c.start("xp")
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            healed = unlock(c, user_id, achievement_id)
-            break
-        except grpc.RpcError as retry_error:
-            assert retry_error.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
-            time.sleep(0.1)
+    healed = retry_until_available(lambda: unlock(c, user_id, achievement_id))
     assert (healed.already_unlocked, healed.xp_awarded, healed.total_xp) == (True, 300, 300)
     assert healed.level_up.current_level == 3
     again = unlock(c, user_id, achievement_id)
@@ -169,3 +163,50 @@ def test_list_user_achievements_in_unlock_order_with_catalog_entries(cluster: Cl
     cluster.achievements.DeleteAchievement(ach.DeleteAchievementRequest(achievement_id=second))
     listing = cluster.achievements.ListUserAchievements(ach.ListUserAchievementsRequest(user_id=user_id))
     assert listing.achievements[1].achievement_id == second and not listing.achievements[1].HasField("achievement")
+
+
+def test_a_callers_request_id_cannot_collide_with_an_achievements_reward(cluster: Cluster, user_id: str) -> None:
+    achievement_id = put_achievement(cluster, xp_reward=50)
+    for request_id in (f"achievement:{achievement_id}", f"ach#{achievement_id}", achievement_id):
+        cluster.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=7, reason="support", request_id=request_id))
+    first = unlock(cluster, user_id, achievement_id)
+    assert (first.already_unlocked, first.xp_awarded, first.total_xp) == (False, 50, 71)
+
+
+def test_owed_xp_is_paid_even_after_the_achievement_left_the_catalog(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    achievement_id = put_achievement(c, xp_reward=40)
+    c.stop("xp")
+    assert rpc_error(lambda: unlock(c, user_id, achievement_id)).code() == grpc.StatusCode.UNAVAILABLE
+    c.achievements.DeleteAchievement(ach.DeleteAchievementRequest(achievement_id=achievement_id))
+    c.start("xp")
+    healed = retry_until_available(lambda: unlock(c, user_id, achievement_id))
+    assert (healed.already_unlocked, healed.xp_awarded, healed.total_xp) == (True, 40, 40)
+    assert healed.achievement.achievement_id == achievement_id
+
+
+def test_a_grant_that_outlived_its_deadline_is_reported_once_by_the_repeat(new_cluster: Factory, user_id: str) -> None:
+    # With a deadline far too short, the first call gives up while XpService may
+    # still record the grant: the repeat must report the reward either way, once.
+    c = new_cluster(xp_grant_timeout_s=0.0001)
+    achievement_id = put_achievement(c, xp_reward=90)
+    error = rpc_error(lambda: unlock(c, user_id, achievement_id))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE and "DEADLINE_EXCEEDED" in error.details()
+    time.sleep(0.5)  # let a late grant land, if it is going to
+    c.settings = replace(c.settings, xp_grant_timeout_s=5.0)
+    c.stop("achievements")
+    c.start("achievements")
+    repeat = unlock(c, user_id, achievement_id)
+    assert (repeat.already_unlocked, repeat.xp_awarded, repeat.total_xp) == (True, 90, 90)
+    again = unlock(c, user_id, achievement_id)
+    assert (again.already_unlocked, again.xp_awarded, again.total_xp) == (True, 0, 90)
+
+
+def retry_until_available(call: Callable[[], ach.UnlockAchievementResponse]) -> ach.UnlockAchievementResponse:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, error
+            time.sleep(0.1)

@@ -23,11 +23,14 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("xp", "AwardXp", xp.AwardXpRequest(user_id=LONG_ID, activity_id="a"), "user_id"),
     ("xp", "AwardXp", xp.AwardXpRequest(user_id=CONTROL_ID, activity_id="a"), "user_id"),
     ("xp", "AwardXp", xp.AwardXpRequest(user_id="u", activity_id=""), "activity_id"),
-    ("xp", "AwardXp", xp.AwardXpRequest(user_id="u", activity_id="a", request_id="r" * 257), "request_id"),
+    ("xp", "AwardXp", xp.AwardXpRequest(user_id="u", activity_id="a", request_id="r" * 129), "request_id"),
+    ("xp", "AwardXp", xp.AwardXpRequest(user_id="u", activity_id="a", request_id=" r"), "request_id"),
     ("xp", "AwardXp", xp.AwardXpRequest(user_id="u", activity_id="a", request_id="r\n1"), "request_id"),
     ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=-5, reason="r"), "amount"),
     ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=10**12, reason="r"), "amount"),
     ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=5, reason=""), "reason"),
+    ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=5, reason="r", request_id="r", achievement_id="a"), "request_id"),
+    ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=5, reason="r", achievement_id=LONG_ID), "achievement_id"),
     ("xp", "GetProgress", xp.GetProgressRequest(user_id=""), "user_id"),
     ("xp", "PutActivity", xp.PutActivityRequest(), "activity"),
     ("xp", "PutActivity", xp.PutActivityRequest(activity=xp.Activity(activity_id="bad-a1", name="n", xp=-1)), "activity.xp"),
@@ -64,7 +67,13 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=9002, xp_required=1, rewards=[
         lv.Reward(reward_id="gold", quantity=0)])), "level.rewards[0].quantity"),
     ("levels", "DeleteLevel", lv.DeleteLevelRequest(level=0), "level"),
+    ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=2_000_000, xp_required=1)), "level.level"),
+    ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=9003, xp_required=1, rewards=[
+        lv.Reward(reward_id="gold", quantity=1)] * 51)), "level.rewards"),
+    ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=9004, xp_required=1, rewards=[
+        lv.Reward(reward_id="", quantity=1)])), "level.rewards[0].reward_id"),
     ("levels", "CheckLevelUp", lv.CheckLevelUpRequest(user_id=LONG_ID), "user_id"),
+    ("levels", "CheckLevelUp", lv.CheckLevelUpRequest(user_id="u", request_id="r" * 257), "request_id"),
 ]
 
 
@@ -92,3 +101,13 @@ def test_rejected_writes_leave_nothing_behind(cluster: Cluster) -> None:
         assert not any(k in ("u", LONG_ID, CONTROL_ID) for k in keys), name
     levels = cluster.levels.ListLevels(lv.ListLevelsRequest()).levels
     assert all(l.level < 9000 for l in levels)
+
+
+@pytest.mark.parametrize("method", ["/rewards.v1.XpService/AwardXp", "/rewards.v1.XpService/GetProgress"])
+def test_malformed_protobuf_is_invalid_argument(cluster: Cluster, method: str) -> None:
+    # Field 1 (user_id) holding bytes that are not UTF-8: gRPC alone would answer INTERNAL.
+    call = cluster.channel("xp").unary_unary(method)
+    with pytest.raises(grpc.RpcError) as caught:
+        call(b"\x0a\x02\xff\xfe", timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf message" in caught.value.details()

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from achievements_service.domain import PlayerStanding, Requirements, unmet_requirements
-from common.models import GrantedReward, Reward
-from levels_service.domain import Level, LevelTable, plan_level_up
+from common.models import Level, LevelTable, Reward
+from levels_service.domain import MAX_LEVELS_PER_STEP, plan_level_up
 from xp_service.domain import ACTIVITY, GRANT, LedgerEntry, entry_id_for, is_same_request
 
 TABLE = LevelTable([
@@ -23,12 +23,10 @@ def test_no_level_fits_gives_level_zero() -> None:
     assert LevelTable([]).level_for_xp(10**6) == 0
 
 
-def test_rewards_passed_cover_each_level_above_previous_up_to_current() -> None:
-    assert TABLE.rewards_passed(1, 5) == (
-        GrantedReward("coins", 100, 2), GrantedReward("coins", 200, 3), GrantedReward("title", 1, 5)
-    )
-    assert TABLE.rewards_passed(2, 3) == (GrantedReward("coins", 200, 3),)
-    assert TABLE.rewards_passed(3, 3) == ()
+def test_levels_passed_are_each_defined_level_above_previous_up_to_current() -> None:
+    assert [l.level for l in TABLE.levels_passed(1, 5)] == [2, 3, 5]
+    assert [l.level for l in TABLE.levels_passed(2, 3)] == [3]
+    assert TABLE.levels_passed(3, 3) == ()
 
 
 def test_new_user_starts_at_start_level_without_its_rewards() -> None:
@@ -39,7 +37,17 @@ def test_new_user_starts_at_start_level_without_its_rewards() -> None:
 def test_multi_level_jump_plans_every_passed_level() -> None:
     plan = plan_level_up(TABLE, None, 1500)
     assert (plan.previous_level, plan.current_level) == (1, 5)
-    assert [r.level for r in plan.rewards] == [2, 3, 5]
+    assert [l.level for l in plan.passed] == [2, 3, 5]
+    assert plan.rewards == (Reward("coins", 100), Reward("coins", 200), Reward("title", 1))
+
+
+def test_a_jump_longer_than_one_write_goes_in_steps() -> None:
+    table = LevelTable(Level(n, (n - 1) * 10, (Reward(f"r{n}", 1),)) for n in range(1, 251))
+    plan = plan_level_up(table, None, 10**6)
+    assert (plan.previous_level, plan.current_level, len(plan.passed)) == (1, 250, 249)
+    step = plan.first_step()
+    assert (step.previous_level, step.current_level, len(step.passed)) == (1, 1 + MAX_LEVELS_PER_STEP, MAX_LEVELS_PER_STEP)
+    assert plan_level_up(table, None, 50).first_step() == plan_level_up(table, None, 50)
 
 
 def test_levels_never_go_down_when_the_table_changes() -> None:

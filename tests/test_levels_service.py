@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import socket
 import time
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -147,3 +148,51 @@ def test_with_no_levels_defined_everyone_is_level_zero(new_cluster: Factory, use
     c.put_levels([levels_pb2.Level(level=1, xp_required=100, rewards=[levels_pb2.Reward(reward_id=unique("r"), quantity=1)])])
     result = c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id))
     assert (result.leveled_up, result.previous_level, result.current_level, len(result.rewards)) == (True, 0, 1, 1)
+
+
+def test_a_check_that_answered_too_late_is_reported_to_the_retry(new_cluster: Factory, user_id: str) -> None:
+    # XP gives up on CheckLevelUp at once, while Levels may still raise the level:
+    # the retry of the award must report that level-up, and keep reporting it.
+    c = new_cluster(level_check_timeout_s=0.0001)
+    c.put_levels(STANDARD_LEVELS)
+    first = grant(c, user_id, 400, "late-check")
+    assert first.level_check_deferred
+    time.sleep(0.5)  # let a late check land, if it is going to
+    c.settings = replace(c.settings, level_check_timeout_s=5.0)
+    c.stop("xp")
+    c.start("xp")
+    xp = c.xp.__class__(c.channel("xp"))
+    for _ in range(2):
+        retry = xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=400, reason="test", request_id="late-check"))
+        assert (retry.duplicate, retry.level_check_deferred, retry.level) == (True, False, 3)
+        assert (retry.level_up.leveled_up, retry.level_up.previous_level, retry.level_up.current_level) == (True, 1, 3)
+        assert rewards(retry.level_up.rewards) == [("coins", 100), ("coins", 200)]
+    other = xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=1, reason="test", request_id="next"))
+    assert (other.level_up.leveled_up, list(other.level_up.rewards)) == (False, [])
+    assert rewards(progress(c, user_id).rewards) == [("coins", 100), ("coins", 200)]
+
+
+def test_the_start_level_is_kept_when_the_first_levels_move(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    c.put_levels(STANDARD_LEVELS)
+    assert grant(c, user_id, 50).level == 1
+    c.put_levels([levels_pb2.Level(level=1, xp_required=60)])
+    assert progress(c, user_id).level == 1
+    assert c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id)).current_level == 1
+    newcomer = user_id + "-new"
+    assert progress(c, newcomer).level == 0
+
+
+def test_a_jump_across_many_levels_with_many_rewards_grants_each_once(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster(level_check_timeout_s=60.0)  # the emulator takes a second or two for this
+    levels = [levels_pb2.Level(level=n, xp_required=(n - 1) * 10, rewards=[
+        levels_pb2.Reward(reward_id=f"{n:04d}-{k:02d}-" + "x" * 112, quantity=k + 1) for k in range(50)
+    ]) for n in range(1, 151)]
+    c.put_levels(levels)
+    jump = grant(c, user_id, 10_000, "jump")
+    assert (jump.level, jump.level_up.previous_level, jump.level_up.current_level) == (150, 1, 150)
+    expected = [(r.reward_id, r.quantity) for level in levels[1:] for r in level.rewards]
+    assert rewards(jump.level_up.rewards) == expected  # 149 levels x 50 rewards, in two writes
+    assert rewards(progress(c, user_id).rewards) == expected
+    again = c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id))
+    assert (again.leveled_up, again.current_level) == (False, 150)

@@ -224,3 +224,14 @@ def test_a_page_token_only_continues_the_listing_that_issued_it(cluster: Cluster
         assert error.details() == "page_token is not a token this listing issued"
     assert len(cluster.xp.ListActivities(
         xp_pb2.ListActivitiesRequest(category=category, page_size=1, page_token=category_token)).activities) == 1
+
+
+def test_a_retry_is_a_duplicate_even_after_the_activity_left_the_catalog(cluster: Cluster, user_id: str) -> None:
+    activity_id = put_activity(cluster, xp=45)
+    award(cluster, user_id, activity_id, "before-delete")
+    cluster.xp.DeleteActivity(xp_pb2.DeleteActivityRequest(activity_id=activity_id))
+    retry = award(cluster, user_id, activity_id, "before-delete")
+    assert (retry.duplicate, retry.xp_awarded, retry.total_xp) == (True, 45, 45)
+    error = rpc_error(lambda: award(cluster, user_id, activity_id, "after-delete"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert total_xp(cluster, user_id) == 45

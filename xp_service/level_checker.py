@@ -18,9 +18,10 @@ class GrpcLevelChecker:
         self._stub = levels_pb2_grpc.LevelsServiceStub(channel)
         self._timeout_s = timeout_s
 
-    def check_level_up(self, user_id: str) -> LevelUpOutcome | None:
+    def check_level_up(self, user_id: str, request_id: str) -> LevelUpOutcome | None:
+        request = levels_pb2.CheckLevelUpRequest(user_id=user_id, request_id=request_id)
         try:
-            result = self._stub.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id), timeout=self._timeout_s)
+            result = self._stub.CheckLevelUp(request, timeout=self._timeout_s)
         except grpc.RpcError as error:
             # The XP is recorded either way; the next check grants any level-up.
             log.warning("level check deferred", extra={"fields": {"code": error.code().name, "details": error.details()}})

@@ -8,7 +8,6 @@ from grpc_health.v1 import health
 
 from common.config import Settings
 from common.server_runtime import build_grpc_server, peer_channel, run_service
-from levels_service.storage import LevelsRepository
 from rewards.v1 import xp_pb2, xp_pb2_grpc
 from xp_service.level_checker import GrpcLevelChecker
 from xp_service.service import XpLedger
@@ -24,13 +23,9 @@ def create_server(
     dynamodb: Any,
     health_servicer: health.HealthServicer | None = None,
 ) -> tuple[grpc.Server, int]:
-    levels_channel = peer_channel(settings.levels_target)
-    # The start level (what 0 XP gives) is read from the level table itself.
-    level_table = LevelsRepository(dynamodb, settings.table_prefix)
     ledger = XpLedger(
         XpRepository(dynamodb, settings.table_prefix),
-        GrpcLevelChecker(levels_channel, settings.level_check_timeout_s),
-        start_level=lambda: level_table.load_level_table().start_level,
+        GrpcLevelChecker(peer_channel(settings.levels_target), settings.level_check_timeout_s),
     )
     servicer = XpServicer(ledger)
     return build_grpc_server(

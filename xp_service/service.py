@@ -2,15 +2,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
-from common.models import LevelUpOutcome, ProgressRecord, utc_now_iso
-from xp_service.domain import ACTIVITY, GRANT, Activity, LedgerEntry, RequestIdReused, is_same_request, new_entry
+from common.models import LevelUpOutcome, ProgressRecord, Reward, utc_now_iso
+from xp_service.domain import (
+    ACHIEVEMENT,
+    ACTIVITY,
+    GRANT,
+    Activity,
+    ActivityNotFound,
+    LedgerEntry,
+    RequestIdReused,
+    entry_id_for,
+    is_same_request,
+    new_entry,
+)
 from xp_service.storage import DuplicateRequest, XpRepository
 
 
 class LevelChecker(Protocol):
-    def check_level_up(self, user_id: str) -> LevelUpOutcome | None:
+    def check_level_up(self, user_id: str, request_id: str) -> LevelUpOutcome | None:
         """The Levels service's result, or None when it could not answer in time."""
 
 
@@ -32,13 +43,13 @@ class AwardOutcome:
 class Progress:
     record: ProgressRecord
     level: int
+    rewards: tuple[Reward, ...]
 
 
 class XpLedger:
-    def __init__(self, repository: XpRepository, levels: LevelChecker, start_level: Callable[[], int]) -> None:
+    def __init__(self, repository: XpRepository, levels: LevelChecker) -> None:
         self._repository = repository
         self._levels = levels
-        self._start_level = start_level
 
     # --- catalog ------------------------------------------------------------------
 
@@ -58,17 +69,29 @@ class XpLedger:
     # --- XP -----------------------------------------------------------------------
 
     def award_xp(self, user_id: str, activity_id: str, request_id: str) -> AwardOutcome:
-        activity = self._repository.get_activity(activity_id)
+        try:
+            activity = self._repository.get_activity(activity_id)
+        except ActivityNotFound:
+            # A retry of an award recorded before the activity left the catalog is still a retry.
+            original = self._repository.get_entry(user_id, entry_id_for(request_id)) if request_id else None
+            if original is None or original.kind != ACTIVITY or original.activity_id != activity_id:
+                raise
+            activity = Activity(activity_id, "", "", "", original.xp)
         entry = new_entry(user_id, request_id, ACTIVITY, activity.xp, activity_id=activity_id, recorded_at=utc_now_iso())
         return self._record_once_and_check_level(entry)
 
-    def grant_xp(self, user_id: str, amount: int, reason: str, request_id: str) -> AwardOutcome:
-        entry = new_entry(user_id, request_id, GRANT, amount, reason=reason, recorded_at=utc_now_iso())
+    def grant_xp(self, user_id: str, amount: int, reason: str, request_id: str, achievement_id: str = "") -> AwardOutcome:
+        kind = ACHIEVEMENT if achievement_id else GRANT
+        entry = new_entry(user_id, request_id, kind, amount, reason=reason, achievement_id=achievement_id,
+                          recorded_at=utc_now_iso())
         return self._record_once_and_check_level(entry)
 
     def get_progress(self, user_id: str) -> Progress:
         record = self._repository.get_progress(user_id)
-        return Progress(record, record.level if record.level is not None else self._start_level())
+        # Users with no stored level have not been checked yet: they are at the start level.
+        level = record.level if record.level is not None else self._repository.load_level_table().start_level
+        rewards = tuple(r for reached in self._repository.levels_reached(user_id) for r in reached.rewards)
+        return Progress(record, level, rewards)
 
     def _record_once_and_check_level(self, entry: LedgerEntry) -> AwardOutcome:
         xp_awarded, duplicate = entry.xp, False
@@ -80,11 +103,14 @@ class XpLedger:
                 if not is_same_request(original, entry):
                     raise RequestIdReused(original, entry) from None
                 xp_awarded, duplicate = original.xp, True
-        # Also after a duplicate: a retry then catches up a check that was deferred.
-        level_up = self._levels.check_level_up(entry.user_id)
+        # Named after the ledger entry, so that a retry of this award (a
+        # duplicate) gets the level-up this award caused, even if the first
+        # check answered too late; and a deferred check catches up.
+        level_up = self._levels.check_level_up(entry.user_id, entry.entry_id)
         if level_up is not None:
             total_xp, level = level_up.total_xp, level_up.current_level
         else:
-            progress = self.get_progress(entry.user_id)
-            total_xp, level = progress.record.total_xp, progress.level
+            record = self._repository.get_progress(entry.user_id)
+            total_xp = record.total_xp
+            level = record.level if record.level is not None else self._repository.load_level_table().start_level
         return AwardOutcome(entry.user_id, xp_awarded, total_xp, level, duplicate, level_up)

@@ -5,6 +5,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from common import field_rules
+from common.errors import InvalidField
 from common.grpc_edge import level_up_to_message, maps_domain_errors
 from rewards.v1 import levels_pb2, xp_pb2, xp_pb2_grpc
 from xp_service.domain import Activity
@@ -88,7 +89,10 @@ class XpServicer(xp_pb2_grpc.XpServiceServicer):
         amount = field_rules.xp_amount("amount", request.amount)
         reason = field_rules.text("reason", request.reason, max_length=MAX_REASON_LENGTH, required=True)
         request_id = field_rules.request_id(request.request_id)
-        return award_to_message(self._ledger.grant_xp(user_id, amount, reason, request_id))
+        achievement_id = field_rules.optional_id("achievement_id", request.achievement_id)
+        if achievement_id and request_id:
+            raise InvalidField("request_id", "must be empty when achievement_id is set: the achievement keys the grant")
+        return award_to_message(self._ledger.grant_xp(user_id, amount, reason, request_id, achievement_id))
 
     @maps_domain_errors
     def GetProgress(self, request: xp_pb2.GetProgressRequest, context: grpc.ServicerContext) -> xp_pb2.UserProgress:
@@ -100,7 +104,7 @@ class XpServicer(xp_pb2_grpc.XpServiceServicer):
             total_xp=record.total_xp,
             level=progress.level,
             unlocked_achievements=sorted(record.unlocked_achievements),
-            rewards=[levels_pb2.Reward(reward_id=r.reward_id, quantity=r.quantity) for r in record.rewards],
+            rewards=[levels_pb2.Reward(reward_id=r.reward_id, quantity=r.quantity) for r in progress.rewards],
         )
         if record.updated_at:
             stamp = Timestamp()

@@ -1,4 +1,5 @@
-"""XpRepository: the activity catalog, the XP ledger and the XP part of user_progress."""
+"""XpRepository: the activity catalog, the XP ledger and the XP part of
+user_progress; reads of the level table and the levels reached, for progress."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,11 +11,13 @@ from common.dynamodb import (
     CatalogTable,
     attr,
     from_item,
+    load_level_table,
+    read_levels_reached,
     read_progress,
     to_item,
     transact_write,
 )
-from common.models import ProgressRecord
+from common.models import LevelReached, LevelTable, ProgressRecord
 from xp_service.domain import Activity, ActivityNotFound, LedgerEntry
 
 
@@ -90,7 +93,7 @@ class XpRepository:
             "recorded_at": entry.recorded_at,
             "attempt_id": entry.attempt_id,
         }
-        for name in ("request_id", "activity_id", "reason"):
+        for name in ("request_id", "activity_id", "reason", "achievement_id"):
             if getattr(entry, name):
                 ledger_values[name] = getattr(entry, name)
         codes = transact_write(self._client, [
@@ -129,9 +132,16 @@ class XpRepository:
             xp=int(values["xp"]),
             activity_id=values.get("activity_id", ""),
             reason=values.get("reason", ""),
+            achievement_id=values.get("achievement_id", ""),
             recorded_at=values.get("recorded_at", ""),
             attempt_id=values.get("attempt_id", ""),
         )
 
     def get_progress(self, user_id: str) -> ProgressRecord:
         return read_progress(self._client, self._prefix, user_id)
+
+    def levels_reached(self, user_id: str) -> list[LevelReached]:
+        return read_levels_reached(self._client, self._prefix, user_id)
+
+    def load_level_table(self) -> LevelTable:
+        return load_level_table(self._client, self._prefix)

@@ -245,7 +245,9 @@ class UnlockAchievementResponse(_message.Message):
     LEVEL_UP_FIELD_NUMBER: _builtins.int
     already_unlocked: _builtins.bool
     xp_awarded: _builtins.int
-    """XP this call granted."""
+    """XP this call paid. Across any number of calls for one unlock, exactly
+    one reports the reward (barring a lost response).
+    """
     total_xp: _builtins.int
     @_builtins.property
     def achievement(self) -> Global___Achievement: ...

@@ -29,8 +29,12 @@ class AchievementsServiceStub:
     """Achievements: the catalog and exactly-once unlocks that pay XP through
     XpService.GrantXp.
 
-    Limits: ids are at most 128 characters with no control characters;
-    xp_reward is 0 to 1,000,000,000; at most 50 required achievements.
+    Limits: ids (achievement_id, user_id, request_id) are at most 128
+    characters with no control characters and no surrounding white space;
+    xp_reward is 0 to 1,000,000,000; at most 50 required achievements;
+    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
+    Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
+    to retry.
     """
 
     def __init__(self, channel):
@@ -75,8 +79,12 @@ class AchievementsServiceServicer:
     """Achievements: the catalog and exactly-once unlocks that pay XP through
     XpService.GrantXp.
 
-    Limits: ids are at most 128 characters with no control characters;
-    xp_reward is 0 to 1,000,000,000; at most 50 required achievements.
+    Limits: ids (achievement_id, user_id, request_id) are at most 128
+    characters with no control characters and no surrounding white space;
+    xp_reward is 0 to 1,000,000,000; at most 50 required achievements;
+    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
+    Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
+    to retry.
     """
 
     def PutAchievement(self, request, context):
@@ -107,11 +115,12 @@ class AchievementsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UnlockAchievement(self, request, context):
-        """Unlocks an achievement once per user and grants its xp_reward once.
-        NOT_FOUND for an unknown achievement; FAILED_PRECONDITION, naming what is
-        missing, when requirements are unmet. A repeat returns
-        already_unlocked = true and xp_awarded = 0, unless the first call's XP
-        grant had not completed: then the repeat completes it.
+        """Unlocks an achievement once per user and grants its xp_reward once,
+        through XpService.GrantXp. NOT_FOUND for an unknown achievement;
+        FAILED_PRECONDITION, naming what is missing, when requirements are unmet.
+        A repeat returns already_unlocked = true and xp_awarded = 0. When the
+        grant cannot complete (XP service down), the call is UNAVAILABLE with the
+        unlock recorded and its XP owed: a repeat pays it, once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,8 +177,12 @@ class AchievementsService:
     """Achievements: the catalog and exactly-once unlocks that pay XP through
     XpService.GrantXp.
 
-    Limits: ids are at most 128 characters with no control characters;
-    xp_reward is 0 to 1,000,000,000; at most 50 required achievements.
+    Limits: ids (achievement_id, user_id, request_id) are at most 128
+    characters with no control characters and no surrounding white space;
+    xp_reward is 0 to 1,000,000,000; at most 50 required achievements;
+    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
+    Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
+    to retry.
     """
 
     @staticmethod

@@ -30,8 +30,12 @@ class AchievementsServiceStub:
     """Achievements: the catalog and exactly-once unlocks that pay XP through
     XpService.GrantXp.
 
-    Limits: ids are at most 128 characters with no control characters;
-    xp_reward is 0 to 1,000,000,000; at most 50 required achievements.
+    Limits: ids (achievement_id, user_id, request_id) are at most 128
+    characters with no control characters and no surrounding white space;
+    xp_reward is 0 to 1,000,000,000; at most 50 required achievements;
+    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
+    Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
+    to retry.
     """
 
     @_typing.overload
@@ -46,11 +50,12 @@ class AchievementsServiceStub:
     DeleteAchievement: _grpc.UnaryUnaryMultiCallable[_achievements_pb2.DeleteAchievementRequest, _achievements_pb2.DeleteAchievementResponse]
     """NOT_FOUND when the achievement is not in the catalog."""
     UnlockAchievement: _grpc.UnaryUnaryMultiCallable[_achievements_pb2.UnlockAchievementRequest, _achievements_pb2.UnlockAchievementResponse]
-    """Unlocks an achievement once per user and grants its xp_reward once.
-    NOT_FOUND for an unknown achievement; FAILED_PRECONDITION, naming what is
-    missing, when requirements are unmet. A repeat returns
-    already_unlocked = true and xp_awarded = 0, unless the first call's XP
-    grant had not completed: then the repeat completes it.
+    """Unlocks an achievement once per user and grants its xp_reward once,
+    through XpService.GrantXp. NOT_FOUND for an unknown achievement;
+    FAILED_PRECONDITION, naming what is missing, when requirements are unmet.
+    A repeat returns already_unlocked = true and xp_awarded = 0. When the
+    grant cannot complete (XP service down), the call is UNAVAILABLE with the
+    unlock recorded and its XP owed: a repeat pays it, once.
     """
     ListUserAchievements: _grpc.UnaryUnaryMultiCallable[_achievements_pb2.ListUserAchievementsRequest, _achievements_pb2.ListUserAchievementsResponse]
 
@@ -59,8 +64,12 @@ class AchievementsServiceAsyncStub(AchievementsServiceStub):
     """Achievements: the catalog and exactly-once unlocks that pay XP through
     XpService.GrantXp.
 
-    Limits: ids are at most 128 characters with no control characters;
-    xp_reward is 0 to 1,000,000,000; at most 50 required achievements.
+    Limits: ids (achievement_id, user_id, request_id) are at most 128
+    characters with no control characters and no surrounding white space;
+    xp_reward is 0 to 1,000,000,000; at most 50 required achievements;
+    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
+    Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
+    to retry.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -72,11 +81,12 @@ class AchievementsServiceAsyncStub(AchievementsServiceStub):
     DeleteAchievement: _aio.UnaryUnaryMultiCallable[_achievements_pb2.DeleteAchievementRequest, _achievements_pb2.DeleteAchievementResponse]  # type: ignore[assignment]
     """NOT_FOUND when the achievement is not in the catalog."""
     UnlockAchievement: _aio.UnaryUnaryMultiCallable[_achievements_pb2.UnlockAchievementRequest, _achievements_pb2.UnlockAchievementResponse]  # type: ignore[assignment]
-    """Unlocks an achievement once per user and grants its xp_reward once.
-    NOT_FOUND for an unknown achievement; FAILED_PRECONDITION, naming what is
-    missing, when requirements are unmet. A repeat returns
-    already_unlocked = true and xp_awarded = 0, unless the first call's XP
-    grant had not completed: then the repeat completes it.
+    """Unlocks an achievement once per user and grants its xp_reward once,
+    through XpService.GrantXp. NOT_FOUND for an unknown achievement;
+    FAILED_PRECONDITION, naming what is missing, when requirements are unmet.
+    A repeat returns already_unlocked = true and xp_awarded = 0. When the
+    grant cannot complete (XP service down), the call is UNAVAILABLE with the
+    unlock recorded and its XP owed: a repeat pays it, once.
     """
     ListUserAchievements: _aio.UnaryUnaryMultiCallable[_achievements_pb2.ListUserAchievementsRequest, _achievements_pb2.ListUserAchievementsResponse]  # type: ignore[assignment]
 
@@ -84,8 +94,12 @@ class AchievementsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Achievements: the catalog and exactly-once unlocks that pay XP through
     XpService.GrantXp.
 
-    Limits: ids are at most 128 characters with no control characters;
-    xp_reward is 0 to 1,000,000,000; at most 50 required achievements.
+    Limits: ids (achievement_id, user_id, request_id) are at most 128
+    characters with no control characters and no surrounding white space;
+    xp_reward is 0 to 1,000,000,000; at most 50 required achievements;
+    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
+    Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
+    to retry.
     """
 
     @_abc_1.abstractmethod
@@ -125,11 +139,12 @@ class AchievementsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _achievements_pb2.UnlockAchievementRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_achievements_pb2.UnlockAchievementResponse, _abc.Awaitable[_achievements_pb2.UnlockAchievementResponse]]:
-        """Unlocks an achievement once per user and grants its xp_reward once.
-        NOT_FOUND for an unknown achievement; FAILED_PRECONDITION, naming what is
-        missing, when requirements are unmet. A repeat returns
-        already_unlocked = true and xp_awarded = 0, unless the first call's XP
-        grant had not completed: then the repeat completes it.
+        """Unlocks an achievement once per user and grants its xp_reward once,
+        through XpService.GrantXp. NOT_FOUND for an unknown achievement;
+        FAILED_PRECONDITION, naming what is missing, when requirements are unmet.
+        A repeat returns already_unlocked = true and xp_awarded = 0. When the
+        grant cannot complete (XP service down), the call is UNAVAILABLE with the
+        unlock recorded and its XP owed: a repeat pays it, once.
         """
 
     @_abc_1.abstractmethod

@@ -20,7 +20,14 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Reward(_message.Message):
-    """Something a player receives, such as an item or a currency amount."""
+    """Limits: level 1 to 1,000,000; xp_required 0 to 1,000,000,000; at most 50
+    rewards a level; reward_id 1 to 128 characters with no control characters;
+    quantity 1 to 1,000,000,000. Errors: INVALID_ARGUMENT names the field;
+    UNAVAILABLE (DynamoDB unreachable or throttling) and ABORTED (too much
+    contention on one user) are safe to retry.
+
+    Something a player receives, such as an item or a currency amount.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -168,15 +175,22 @@ class CheckLevelUpRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    request_id: _builtins.str
+    """Optional, up to 256 characters: names this check, so that a repeat (after
+    a lost response or a deadline) reports the level-up it made instead of
+    nothing. The XP service passes the ledger entry of the award.
+    """
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,7 +209,9 @@ class LevelUpResult(_message.Message):
     NEXT_LEVEL_XP_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     leveled_up: _builtins.bool
-    """True when this call raised the level (and granted `rewards`)."""
+    """True when this call (or the earlier call with the same request_id) raised
+    the level and granted `rewards`.
+    """
     previous_level: _builtins.int
     current_level: _builtins.int
     total_xp: _builtins.int
@@ -205,6 +221,8 @@ class LevelUpResult(_message.Message):
     def rewards(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reward]:
         """Rewards granted by this call: those of every level L with
         previous_level < L <= current_level. Empty when leveled_up is false.
+        (A jump of more than 99 levels is granted in steps; racing callers may
+        then each report some of the levels, every level exactly once.)
         """
 
     def __init__(

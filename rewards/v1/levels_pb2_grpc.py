@@ -91,7 +91,8 @@ class LevelsServiceServicer:
     def CheckLevelUp(self, request, context):
         """Raises the user's stored level to what their XP gives and grants the
         rewards of every level passed, exactly once: when many calls race, only
-        one of them reports (and grants) a given level's rewards.
+        one of them reports (and grants) a given level's rewards. A repeat of a
+        call with the same request_id reports the level-up that call made.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

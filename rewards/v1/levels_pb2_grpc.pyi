@@ -46,7 +46,8 @@ class LevelsServiceStub:
     CheckLevelUp: _grpc.UnaryUnaryMultiCallable[_levels_pb2.CheckLevelUpRequest, _levels_pb2.LevelUpResult]
     """Raises the user's stored level to what their XP gives and grants the
     rewards of every level passed, exactly once: when many calls race, only
-    one of them reports (and grants) a given level's rewards.
+    one of them reports (and grants) a given level's rewards. A repeat of a
+    call with the same request_id reports the level-up that call made.
     """
 
 @_typing.type_check_only
@@ -67,7 +68,8 @@ class LevelsServiceAsyncStub(LevelsServiceStub):
     CheckLevelUp: _aio.UnaryUnaryMultiCallable[_levels_pb2.CheckLevelUpRequest, _levels_pb2.LevelUpResult]  # type: ignore[assignment]
     """Raises the user's stored level to what their XP gives and grants the
     rewards of every level passed, exactly once: when many calls race, only
-    one of them reports (and grants) a given level's rewards.
+    one of them reports (and grants) a given level's rewards. A repeat of a
+    call with the same request_id reports the level-up that call made.
     """
 
 class LevelsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -109,7 +111,8 @@ class LevelsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_levels_pb2.LevelUpResult, _abc.Awaitable[_levels_pb2.LevelUpResult]]:
         """Raises the user's stored level to what their XP gives and grants the
         rewards of every level passed, exactly once: when many calls race, only
-        one of them reports (and grants) a given level's rewards.
+        one of them reports (and grants) a given level's rewards. A repeat of a
+        call with the same request_id reports the level-up that call made.
         """
 
 def add_LevelsServiceServicer_to_server(servicer: LevelsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

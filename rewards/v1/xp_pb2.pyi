@@ -215,6 +215,7 @@ class GrantXpRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACHIEVEMENT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     amount: _builtins.int
     """0 to 1,000,000,000."""
@@ -222,6 +223,11 @@ class GrantXpRequest(_message.Message):
     """Why the XP is granted; kept in the ledger. 1 to 256 characters."""
     request_id: _builtins.str
     """Scoped to the user. Empty: not deduplicated."""
+    achievement_id: _builtins.str
+    """Set by the Achievements service when the grant pays an achievement's
+    xp_reward: the grant is then deduplicated on (user_id, achievement_id),
+    apart from every request_id, and request_id must be empty.
+    """
     def __init__(
         self,
         *,
@@ -229,10 +235,11 @@ class GrantXpRequest(_message.Message):
         amount: _builtins.int = ...,
         reason: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        achievement_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "reason", b"reason", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement_id", b"achievement_id", "amount", b"amount", "reason", b"reason", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -261,8 +268,10 @@ class AwardXpResponse(_message.Message):
     duplicate: _builtins.bool
     """True when the request_id had been recorded before: nothing changed."""
     level_check_deferred: _builtins.bool
-    """True when the Levels service could not be reached in time: the XP is
-    recorded and the next check grants any level-up.
+    """True when the Levels service could not answer in time: the XP is
+    recorded, and a retry of this request (same request_id) reports the
+    level-up, whether the check happened late or happens on the retry.
+    Every later award's check also grants any level-up that is due.
     """
     @_builtins.property
     def level_up(self) -> _levels_pb2.LevelUpResult:

@@ -28,8 +28,13 @@ if _version_not_supported:
 class XpServiceStub:
     """XP: the activity catalog, the per-user XP ledger and progress.
 
-    Limits: ids (user_id, activity_id, request_id) are at most 128 characters
-    with no control characters; xp and amount are 0 to 1,000,000,000.
+    Limits: ids (user_id, activity_id, request_id, achievement_id) are at most
+    128 characters, with no control characters and no surrounding white space;
+    xp and amount are 0 to 1,000,000,000; name at most 200 characters,
+    description 2000, reason 256; page_size 1 to 100 (0 means 50).
+    Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
+    or throttling) and ABORTED (too much contention on one user) are safe to
+    retry with the same request_id.
     """
 
     def __init__(self, channel):
@@ -78,8 +83,13 @@ class XpServiceStub:
 class XpServiceServicer:
     """XP: the activity catalog, the per-user XP ledger and progress.
 
-    Limits: ids (user_id, activity_id, request_id) are at most 128 characters
-    with no control characters; xp and amount are 0 to 1,000,000,000.
+    Limits: ids (user_id, activity_id, request_id, achievement_id) are at most
+    128 characters, with no control characters and no surrounding white space;
+    xp and amount are 0 to 1,000,000,000; name at most 200 characters,
+    description 2000, reason 256; page_size 1 to 100 (0 means 50).
+    Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
+    or throttling) and ABORTED (too much contention on one user) are safe to
+    retry with the same request_id.
     """
 
     def PutActivity(self, request, context):
@@ -122,8 +132,9 @@ class XpServiceServicer:
 
     def GrantXp(self, request, context):
         """Grants XP not tied to an activity (achievement rewards, adjustments).
-        Idempotent on (user_id, request_id) like AwardXp; reusing a request_id
-        with another amount is FAILED_PRECONDITION.
+        Idempotent on (user_id, request_id) like AwardXp, or on
+        (user_id, achievement_id) for achievement rewards; a repeat with another
+        amount is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -186,8 +197,13 @@ def add_XpServiceServicer_to_server(servicer, server):
 class XpService:
     """XP: the activity catalog, the per-user XP ledger and progress.
 
-    Limits: ids (user_id, activity_id, request_id) are at most 128 characters
-    with no control characters; xp and amount are 0 to 1,000,000,000.
+    Limits: ids (user_id, activity_id, request_id, achievement_id) are at most
+    128 characters, with no control characters and no surrounding white space;
+    xp and amount are 0 to 1,000,000,000; name at most 200 characters,
+    description 2000, reason 256; page_size 1 to 100 (0 means 50).
+    Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
+    or throttling) and ABORTED (too much contention on one user) are safe to
+    retry with the same request_id.
     """
 
     @staticmethod

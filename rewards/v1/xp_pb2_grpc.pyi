@@ -29,8 +29,13 @@ GRPC_VERSION: str
 class XpServiceStub:
     """XP: the activity catalog, the per-user XP ledger and progress.
 
-    Limits: ids (user_id, activity_id, request_id) are at most 128 characters
-    with no control characters; xp and amount are 0 to 1,000,000,000.
+    Limits: ids (user_id, activity_id, request_id, achievement_id) are at most
+    128 characters, with no control characters and no surrounding white space;
+    xp and amount are 0 to 1,000,000,000; name at most 200 characters,
+    description 2000, reason 256; page_size 1 to 100 (0 means 50).
+    Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
+    or throttling) and ABORTED (too much contention on one user) are safe to
+    retry with the same request_id.
     """
 
     @_typing.overload
@@ -53,8 +58,9 @@ class XpServiceStub:
     """
     GrantXp: _grpc.UnaryUnaryMultiCallable[_xp_pb2.GrantXpRequest, _xp_pb2.AwardXpResponse]
     """Grants XP not tied to an activity (achievement rewards, adjustments).
-    Idempotent on (user_id, request_id) like AwardXp; reusing a request_id
-    with another amount is FAILED_PRECONDITION.
+    Idempotent on (user_id, request_id) like AwardXp, or on
+    (user_id, achievement_id) for achievement rewards; a repeat with another
+    amount is FAILED_PRECONDITION.
     """
     GetProgress: _grpc.UnaryUnaryMultiCallable[_xp_pb2.GetProgressRequest, _xp_pb2.UserProgress]
     """A user's XP, level, achievements and rewards. An unknown user is a user
@@ -65,8 +71,13 @@ class XpServiceStub:
 class XpServiceAsyncStub(XpServiceStub):
     """XP: the activity catalog, the per-user XP ledger and progress.
 
-    Limits: ids (user_id, activity_id, request_id) are at most 128 characters
-    with no control characters; xp and amount are 0 to 1,000,000,000.
+    Limits: ids (user_id, activity_id, request_id, achievement_id) are at most
+    128 characters, with no control characters and no surrounding white space;
+    xp and amount are 0 to 1,000,000,000; name at most 200 characters,
+    description 2000, reason 256; page_size 1 to 100 (0 means 50).
+    Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
+    or throttling) and ABORTED (too much contention on one user) are safe to
+    retry with the same request_id.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -86,8 +97,9 @@ class XpServiceAsyncStub(XpServiceStub):
     """
     GrantXp: _aio.UnaryUnaryMultiCallable[_xp_pb2.GrantXpRequest, _xp_pb2.AwardXpResponse]  # type: ignore[assignment]
     """Grants XP not tied to an activity (achievement rewards, adjustments).
-    Idempotent on (user_id, request_id) like AwardXp; reusing a request_id
-    with another amount is FAILED_PRECONDITION.
+    Idempotent on (user_id, request_id) like AwardXp, or on
+    (user_id, achievement_id) for achievement rewards; a repeat with another
+    amount is FAILED_PRECONDITION.
     """
     GetProgress: _aio.UnaryUnaryMultiCallable[_xp_pb2.GetProgressRequest, _xp_pb2.UserProgress]  # type: ignore[assignment]
     """A user's XP, level, achievements and rewards. An unknown user is a user
@@ -97,8 +109,13 @@ class XpServiceAsyncStub(XpServiceStub):
 class XpServiceServicer(metaclass=_abc_1.ABCMeta):
     """XP: the activity catalog, the per-user XP ledger and progress.
 
-    Limits: ids (user_id, activity_id, request_id) are at most 128 characters
-    with no control characters; xp and amount are 0 to 1,000,000,000.
+    Limits: ids (user_id, activity_id, request_id, achievement_id) are at most
+    128 characters, with no control characters and no surrounding white space;
+    xp and amount are 0 to 1,000,000,000; name at most 200 characters,
+    description 2000, reason 256; page_size 1 to 100 (0 means 50).
+    Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
+    or throttling) and ABORTED (too much contention on one user) are safe to
+    retry with the same request_id.
     """
 
     @_abc_1.abstractmethod
@@ -152,8 +169,9 @@ class XpServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_xp_pb2.AwardXpResponse, _abc.Awaitable[_xp_pb2.AwardXpResponse]]:
         """Grants XP not tied to an activity (achievement rewards, adjustments).
-        Idempotent on (user_id, request_id) like AwardXp; reusing a request_id
-        with another amount is FAILED_PRECONDITION.
+        Idempotent on (user_id, request_id) like AwardXp, or on
+        (user_id, achievement_id) for achievement rewards; a repeat with another
+        amount is FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod
