@@ -1,0 +1,87 @@
+"""Faults that real DynamoDB produces and DynamoDB Local never does, injected
+into the servers' own boto3 client with a botocore event hook: the calls still
+reach real servers and the emulator, except the ones the hook answers."""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import grpc
+from botocore.awsrequest import AWSResponse
+
+from common.dynamodb import create_dynamodb_client
+
+from rewards.v1 import xp_pb2
+from tests.cluster import STANDARD_LEVELS, Cluster, rpc_error
+
+Factory = Callable[..., Cluster]
+
+
+class CancelTransactions:
+    """Answers some TransactWriteItems calls with TransactionCanceledException,
+    as real DynamoDB does under contention, before they reach the emulator."""
+
+    def __init__(self, reason: str, every: int) -> None:
+        self.reason, self.every = reason, every
+        self.calls = self.injected = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        with self._lock:
+            self.calls += 1
+            if self.calls % self.every:
+                return None
+            self.injected += 1
+        items = json.loads(params["body"])["TransactItems"]  # the serialized request
+        reasons = [{"Code": self.reason}] + [{"Code": "None"}] * (len(items) - 1)
+        body = {
+            "Error": {"Code": "TransactionCanceledException", "Message": f"Transaction cancelled [{self.reason}]"},
+            "CancellationReasons": reasons,
+        }
+        return AWSResponse("https://dynamodb.invalid", 400, {}, None), body
+
+
+def test_transaction_conflicts_are_retried_and_every_award_counts_once(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    c.put_levels(STANDARD_LEVELS)
+    conflicts = CancelTransactions("TransactionConflict", every=2)  # every other transaction, awards and level-ups alike
+    c.dynamodb.meta.events.register("before-call.dynamodb.TransactWriteItems", conflicts)
+
+    def grant(request_id: str) -> xp_pb2.AwardXpResponse:
+        return c.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=25, reason="t", request_id=request_id))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        distinct = list(pool.map(grant, [f"d-{i}" for i in range(40)]))
+        copies = list(pool.map(grant, ["same"] * 16))
+    assert conflicts.injected >= 20
+    assert not any(r.duplicate for r in distinct)
+    assert sum(not r.duplicate for r in copies) == 1
+    progress = c.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id))
+    assert progress.total_xp == 41 * 25
+    assert progress.level == 5
+    assert sorted((r.reward_id, r.quantity) for r in progress.rewards) == sorted(
+        [("coins", 100), ("coins", 200), ("chest", 1), ("coins", 300), ("title-veteran", 1)])
+
+
+def test_throttled_transactions_are_unavailable_and_write_nothing(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    c.dynamodb.meta.events.register("before-call.dynamodb.TransactWriteItems", CancelTransactions("ThrottlingError", every=1))
+    error = rpc_error(lambda: c.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=5, reason="t", request_id="r")))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "throttling" in error.details()
+    assert c.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id)).total_xp == 0
+
+
+def test_dynamodb_unreachable_is_unavailable(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    dead = create_dynamodb_client(replace(c.settings, dynamodb_endpoint="http://127.0.0.1:9"))
+    c.dynamodb = dead
+    c.stop("xp")
+    c.start("xp")
+    xp = c.xp.__class__(c.channel("xp"))
+    error = rpc_error(lambda: xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id), timeout=30))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "DynamoDB could not be reached" in error.details()
