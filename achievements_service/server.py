@@ -14,7 +14,7 @@ from common.config import Settings
 from common.server_runtime import build_grpc_server, peer_channel, run_service
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc
 
-SERVICE_NAME = achievements_pb2.DESCRIPTOR.services_by_name["AchievementsService"].full_name
+SERVICE = achievements_pb2.DESCRIPTOR.services_by_name["AchievementsService"]
 
 
 def create_server(
@@ -28,13 +28,7 @@ def create_server(
         GrpcXpGranter(peer_channel(settings.xp_target), settings.xp_grant_timeout_s),
     )
     servicer = AchievementsServicer(achievements)
-    return build_grpc_server(
-        address,
-        lambda server: achievements_pb2_grpc.add_AchievementsServiceServicer_to_server(servicer, server),
-        [SERVICE_NAME],
-        max_workers=settings.max_workers,
-        health_servicer=health_servicer,
-    )
+    return build_grpc_server(address, settings, SERVICE, servicer, achievements_pb2_grpc.add_AchievementsServiceServicer_to_server, health_servicer)
 
 
 def serve(settings: Settings | None = None) -> None:

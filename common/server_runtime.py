@@ -6,13 +6,15 @@ import logging
 import signal
 import threading
 from concurrent import futures
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import grpc
 from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.config import Settings
 from common.dynamodb import create_dynamodb_client, ensure_tables
 from common.rpc_logging import RpcEdgeInterceptor, configure_logging
 
@@ -46,24 +48,25 @@ class _MethodAwarePool:
 
 def build_grpc_server(
     address: str,
-    register: Callable[[grpc.Server], None],
-    service_names: Sequence[str],
-    *,
-    max_workers: int,
+    settings: Settings,
+    service: ServiceDescriptor,
+    servicer: Any,
+    add_to_server: Callable[[Any, grpc.Server], None],
     health_servicer: health.HealthServicer | None = None,
 ) -> tuple[grpc.Server, int]:
-    """Binds `address` (port 0 picks a free port) and returns (server, port), not started."""
+    """One service's server, bound to `address` (port 0 picks a free port) with
+    health checking and reflection; returns (server, port), not started."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=[RpcEdgeInterceptor()],
     )
-    register(server)
+    add_to_server(servicer, server)
     health_servicer = health_servicer or health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in (*service_names, ""):
+    for name in (service.full_name, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_MethodAwarePool()
+        (service.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_MethodAwarePool()
     )
     port = server.add_insecure_port(address)
     if port == 0:
@@ -99,7 +102,7 @@ def serve_until_terminated(
 def run_service(
     service: str,
     listen: str,
-    settings: Any,
+    settings: Settings,
     create_server: Callable[..., tuple[grpc.Server, int]],
 ) -> None:
     """The entry point every service shares: logging, the one DynamoDB client,

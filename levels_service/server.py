@@ -13,7 +13,7 @@ from levels_service.servicer import LevelsServicer
 from levels_service.storage import LevelsRepository
 from rewards.v1 import levels_pb2, levels_pb2_grpc
 
-SERVICE_NAME = levels_pb2.DESCRIPTOR.services_by_name["LevelsService"].full_name
+SERVICE = levels_pb2.DESCRIPTOR.services_by_name["LevelsService"]
 
 
 def create_server(
@@ -23,13 +23,7 @@ def create_server(
     health_servicer: health.HealthServicer | None = None,
 ) -> tuple[grpc.Server, int]:
     servicer = LevelsServicer(Levels(LevelsRepository(dynamodb, settings.table_prefix)))
-    return build_grpc_server(
-        address,
-        lambda server: levels_pb2_grpc.add_LevelsServiceServicer_to_server(servicer, server),
-        [SERVICE_NAME],
-        max_workers=settings.max_workers,
-        health_servicer=health_servicer,
-    )
+    return build_grpc_server(address, settings, SERVICE, servicer, levels_pb2_grpc.add_LevelsServiceServicer_to_server, health_servicer)
 
 
 def serve(settings: Settings | None = None) -> None:

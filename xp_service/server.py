@@ -14,7 +14,7 @@ from xp_service.service import XpLedger
 from xp_service.servicer import XpServicer
 from xp_service.storage import XpRepository
 
-SERVICE_NAME = xp_pb2.DESCRIPTOR.services_by_name["XpService"].full_name
+SERVICE = xp_pb2.DESCRIPTOR.services_by_name["XpService"]
 
 
 def create_server(
@@ -28,13 +28,7 @@ def create_server(
         GrpcLevelChecker(peer_channel(settings.levels_target), settings.level_check_timeout_s),
     )
     servicer = XpServicer(ledger)
-    return build_grpc_server(
-        address,
-        lambda server: xp_pb2_grpc.add_XpServiceServicer_to_server(servicer, server),
-        [SERVICE_NAME],
-        max_workers=settings.max_workers,
-        health_servicer=health_servicer,
-    )
+    return build_grpc_server(address, settings, SERVICE, servicer, xp_pb2_grpc.add_XpServiceServicer_to_server, health_servicer)
 
 
 def serve(settings: Settings | None = None) -> None:
