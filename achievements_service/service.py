@@ -1,6 +1,7 @@
 """Achievement use cases: the catalog and exactly-once unlocks."""
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -98,13 +99,15 @@ class Achievements:
     def _settle(self, achievement: Achievement, unlock: Unlock, *, already_unlocked: bool) -> UnlockOutcome:
         """Pays XP the unlock still owes (after a crash or an outage the grant
         may be owed, or done but not marked: the grant is idempotent per
-        achievement). Whoever marks it paid reports it."""
+        achievement). The one call that marks it paid reports the XP and the
+        level-up it caused; the others report neither."""
         if not unlock.owes_xp:
             progress = self._repository.get_progress(unlock.user_id)
             return UnlockOutcome(achievement, already_unlocked, 0, progress.total_xp, None)
         grant = self._xp.grant_achievement_xp(unlock)
-        reported = self._repository.mark_xp_granted_once(unlock.user_id, unlock.achievement_id)
-        return UnlockOutcome(achievement, already_unlocked, unlock.xp_reward if reported else 0, grant.total_xp, grant.level_up)
+        if self._repository.mark_xp_granted_once(unlock.user_id, unlock.achievement_id, marker=uuid.uuid4().hex):
+            return UnlockOutcome(achievement, already_unlocked, unlock.xp_reward, grant.total_xp, grant.level_up)
+        return UnlockOutcome(achievement, already_unlocked, 0, grant.total_xp, None)
 
     def _catalog_entry_or_stub(self, unlock: Unlock) -> Achievement:
         found = self._repository.get_achievements([unlock.achievement_id])

@@ -190,16 +190,17 @@ class AchievementsRepository:
                 raise AlreadyUnlocked(existing)
         raise RequirementsChangedConcurrently(unlock.achievement_id)
 
-    def mark_xp_granted_once(self, user_id: str, achievement_id: str) -> bool:
+    def mark_xp_granted_once(self, user_id: str, achievement_id: str, marker: str) -> bool:
         """Marks the unlock's XP as granted. True only for the one caller that
-        made the change, which is the one to report the XP."""
+        made the change, which is the one to report the XP. The caller's marker
+        makes the SDK's own retry (after a lost response) still answer True."""
         try:
             retry_on_transaction_conflict(lambda: self._client.update_item(
                 TableName=self._unlocks,
                 Key={"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
-                UpdateExpression="SET xp_granted = :t",
-                ConditionExpression="attribute_exists(achievement_id) AND xp_granted = :f",
-                ExpressionAttributeValues={":t": attr(True), ":f": attr(False)},
+                UpdateExpression="SET xp_granted = :t, granted_by = :m",
+                ConditionExpression="attribute_exists(achievement_id) AND (xp_granted = :f OR granted_by = :m)",
+                ExpressionAttributeValues={":t": attr(True), ":f": attr(False), ":m": attr(marker)},
             ))
             return True
         except ClientError as error:

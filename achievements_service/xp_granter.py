@@ -10,9 +10,11 @@ from common.errors import DependencyUnavailable, PreconditionFailed
 from common.grpc_edge import level_up_from_message
 from rewards.v1 import xp_pb2, xp_pb2_grpc
 
-# Codes that mean "not now": the unlock stays recorded with its XP owed.
-_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
-              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+# Answers that a retry cannot change; anything else (outage, deadline, a bug
+# on the XP side) leaves the unlock recorded with its XP owed, for a repeat to pay.
+_REFUSALS = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
+             grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED,
+             grpc.StatusCode.UNAUTHENTICATED}
 
 
 class GrpcXpGranter:
@@ -28,11 +30,11 @@ class GrpcXpGranter:
             response = self._stub.GrantXp(request, timeout=self._timeout_s)
         except grpc.RpcError as error:
             code, details = error.code(), error.details()
-            if code in _TRANSIENT:
-                raise DependencyUnavailable(
-                    f"the achievement is unlocked but its XP grant did not complete "
-                    f"(XpService.GrantXp: {code.name}: {details}); repeat UnlockAchievement to complete it"
-                ) from error
-            raise PreconditionFailed(f"XpService refused the achievement's XP grant ({code.name}: {details})") from error
+            if code in _REFUSALS:
+                raise PreconditionFailed(f"XpService refused the achievement's XP grant ({code.name}: {details})") from error
+            raise DependencyUnavailable(
+                f"the achievement is unlocked but its XP grant did not complete "
+                f"(XpService.GrantXp: {code.name}: {details}); repeat UnlockAchievement to complete it"
+            ) from error
         level_up = level_up_from_message(response.level_up) if response.HasField("level_up") else None
         return GrantResult(total_xp=response.total_xp, level_up=level_up)

@@ -94,8 +94,11 @@ USER_ACHIEVEMENTS = TableDefinition("user_achievements", ("user_id", _S), ("achi
 # One item per level a user passed, with the rewards granted for it: written
 # once, and kept apart from user_progress so that it cannot outgrow an item.
 LEVEL_REWARDS = TableDefinition("level_rewards", ("user_id", _S), ("level", _N))
+# One item per CheckLevelUp request_id that raised a level: which levels it
+# granted, so that a repeat of the request reports the same level-up.
+LEVEL_CHECKS = TableDefinition("level_checks", ("user_id", _S), ("check_id", _S))
 
-ALL_TABLES = (ACTIVITIES, ACHIEVEMENTS, LEVELS, USER_PROGRESS, XP_LEDGER, USER_ACHIEVEMENTS, LEVEL_REWARDS)
+ALL_TABLES = (ACTIVITIES, ACHIEVEMENTS, LEVELS, USER_PROGRESS, XP_LEDGER, USER_ACHIEVEMENTS, LEVEL_REWARDS, LEVEL_CHECKS)
 
 
 def ensure_tables(client: Any, prefix: str, tables: tuple[TableDefinition, ...] = ALL_TABLES) -> None:
@@ -177,6 +180,7 @@ _RETRYABLE_ERROR_CODES = {
     "InternalServerError",
     "ServiceUnavailable",
     "TransactionConflictException",
+    "TransactionInProgressException",
 }
 
 
@@ -292,13 +296,9 @@ class CatalogTable:
         found: dict[Any, dict[str, Any]] = {}
         unique = list(dict.fromkeys(keys))
         for start in range(0, len(unique), 100):  # BatchGetItem's limit
-            pending: dict[str, Any] = {self.name: {"Keys": [{self._key: attr(k)} for k in unique[start:start + 100]]}}
-            while pending:
-                response = self._client.batch_get_item(RequestItems=pending)
-                for item in response["Responses"].get(self.name, []):
-                    values = from_item(item)
-                    found[values[self._key]] = values
-                pending = response.get("UnprocessedKeys") or {}
+            chunk = [{self._key: k} for k in unique[start:start + 100]]
+            for values in batch_get_consistent(self._client, {self.name: chunk})[self.name]:
+                found[values[self._key]] = values
         return found
 
 
@@ -329,21 +329,39 @@ def load_level_table(client: Any, table_prefix: str) -> LevelTable:
     )
 
 
-def read_levels_reached(client: Any, table_prefix: str, user_id: str, check_id: str = "") -> list[LevelReached]:
-    """The levels a user passed, in level order; only those one check granted when check_id is given."""
-    params: dict[str, Any] = {
-        "TableName": table_prefix + LEVEL_REWARDS.name,
-        "KeyConditionExpression": "user_id = :u",
-        "ExpressionAttributeValues": {":u": attr(user_id)},
-        "ConsistentRead": True,
-    }
-    if check_id:
-        params["FilterExpression"] = "check_id = :c"
-        params["ExpressionAttributeValues"][":c"] = attr(check_id)
+def level_reached_from(values: Mapping[str, Any]) -> LevelReached:
+    return LevelReached(int(values["level"]), int(values["from_level"]), _rewards_from(values.get("rewards")),
+                        values.get("check_id", ""), values.get("granted_at", ""))
+
+
+def read_levels_reached(client: Any, table_prefix: str, user_id: str) -> list[LevelReached]:
+    """Every level a user passed, in level order."""
     reached = []
-    for page in client.get_paginator("query").paginate(**params):
-        for item in page["Items"]:
-            v = from_item(item)
-            reached.append(LevelReached(int(v["level"]), int(v["from_level"]), _rewards_from(v.get("rewards")),
-                                        v.get("check_id", ""), v.get("granted_at", "")))
+    for page in client.get_paginator("query").paginate(
+        TableName=table_prefix + LEVEL_REWARDS.name,
+        KeyConditionExpression="user_id = :u",
+        ExpressionAttributeValues={":u": attr(user_id)},
+        ConsistentRead=True,
+    ):
+        reached.extend(level_reached_from(from_item(item)) for item in page["Items"])
     return reached
+
+
+def batch_get_consistent(client: Any, keys: Mapping[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """BatchGetItem over several tables in one round trip (more when DynamoDB
+    leaves keys unprocessed), strongly consistent; at most 100 keys."""
+    found: dict[str, list[dict[str, Any]]] = {table: [] for table in keys}
+    pending: dict[str, Any] = {
+        table: {"Keys": [to_item(k) for k in table_keys], "ConsistentRead": True}
+        for table, table_keys in keys.items() if table_keys
+    }
+    attempt = 0
+    while pending:
+        response = client.batch_get_item(RequestItems=pending)
+        for table, items in response["Responses"].items():
+            found[table].extend(from_item(item) for item in items)
+        pending = response.get("UnprocessedKeys") or {}
+        if pending:  # throttled: back off before asking for the rest
+            time.sleep(random.uniform(0, 0.01 * 2**min(attempt, 6)))
+            attempt += 1
+    return found

@@ -69,8 +69,6 @@ class ProgressRecord:
     level: int | None = None
     unlocked_achievements: frozenset[str] = frozenset()
     updated_at: str | None = None
-    # The request_id of the CheckLevelUp call that last raised the level.
-    last_level_up_check: str = ""
 
     @classmethod
     def from_attributes(cls, user_id: str, values: Mapping[str, Any] | None) -> "ProgressRecord":
@@ -82,7 +80,6 @@ class ProgressRecord:
             level=int(values["level"]) if "level" in values else None,
             unlocked_achievements=frozenset(values.get("unlocked_achievements", ())),
             updated_at=values.get("updated_at"),
-            last_level_up_check=values.get("last_level_up_check", ""),
         )
 
 

@@ -59,6 +59,7 @@ def build_grpc_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=[RpcEdgeInterceptor()],
+        options=[("grpc.max_send_message_length", MAX_RESPONSE_BYTES)],
     )
     add_to_server(servicer, server)
     health_servicer = health_servicer or health.HealthServicer()
@@ -118,9 +119,14 @@ def run_service(
     )
 
 
+# A user's full reward history (GetProgress) or a level-up across hundreds of
+# levels can pass gRPC's default 4 MB; requests stay small.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
 # Reconnect quickly after a peer restarts: calls fail fast (no wait_for_ready)
 # while the peer is down, so a long reconnect backoff would prolong the outage.
 _PEER_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),

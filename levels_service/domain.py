@@ -11,9 +11,10 @@ from common.models import Level, LevelTable, Reward
 MAX_LEVEL = 1_000_000
 MAX_REWARDS_PER_LEVEL = 50
 MAX_REWARD_QUANTITY = 1_000_000_000
-# A level-up writes the user's progress and one item per level passed in one
-# transaction, which takes at most 100 items: longer jumps go in steps.
-MAX_LEVELS_PER_STEP = 99
+# A level-up writes the user's progress, the check's record and one item per
+# level passed in one transaction, which takes at most 100 items: longer jumps
+# go in steps.
+MAX_LEVELS_PER_STEP = 98
 
 
 class LevelNotFound(NotFound):
@@ -32,6 +33,15 @@ def check_level(level: Level) -> Level:
             raise InvalidField(f"level.rewards[{i}].quantity",
                                f"must be between 1 and {MAX_REWARD_QUANTITY} (got {reward.quantity})")
     return level
+
+
+@dataclass(frozen=True)
+class LevelCheck:
+    """What the CheckLevelUp call with this id granted: repeats report it again."""
+
+    check_id: str
+    previous_level: int
+    levels: tuple[int, ...]
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import uuid
 
 from common.errors import ContentionExhausted
-from common.models import Level, LevelTable, LevelUpOutcome, ProgressRecord, Reward
-from levels_service.domain import LevelUpPlan, check_level, plan_level_up
+from common.models import Level, LevelTable, LevelUpOutcome, ProgressRecord
+from levels_service.domain import LevelCheck, LevelUpPlan, check_level, plan_level_up
 from levels_service.storage import LevelChangedConcurrently, LevelsRepository
 
-# Each lost race means another caller raised the level, so a few re-reads suffice.
-_MAX_ATTEMPTS = 50
+# Each lost race means another check raised the level, so a few suffice.
+_MAX_LOST_RACES = 50
 
 
 class Levels:
@@ -27,30 +27,36 @@ class Levels:
         self._repository.delete_level(level)
 
     def check_level_up(self, user_id: str, request_id: str = "") -> LevelUpOutcome:
-        """Grants every level now due, exactly once. A repeat with the same
-        request_id reports what the first call granted."""
+        """Grants every level now due, exactly once, and reports them. A level-up
+        belongs to the request that made it: a repeat of that request_id reports
+        the same levels again and grants nothing more, so every answer for one
+        request_id is the same; levels due since are left to the next check."""
+        table = self._repository.load_level_table()
+        if request_id:
+            progress, earlier = self._repository.get_progress_and_check(user_id, request_id)
+            if earlier is not None:
+                return self._replay(user_id, earlier, progress, table)
+        else:
+            progress = self._repository.get_progress(user_id)
         check_id = request_id or f"auto:{uuid.uuid4().hex}"
         granted: list[LevelUpPlan] = []
-        for _ in range(_MAX_ATTEMPTS):
-            table = self._repository.load_level_table()
-            progress = self._repository.get_progress(user_id)
+        lost_races = 0
+        while True:
             plan = plan_level_up(table, progress.level, progress.total_xp)
             if not plan.leveled_up:
-                if granted:
-                    return self._outcome(user_id, progress, table, granted)
-                if request_id and progress.last_level_up_check == request_id:
-                    return self._replay(user_id, request_id, progress, table)
-                if progress.level is None and progress.updated_at is not None:
+                if not granted and progress.level is None and progress.updated_at is not None:
                     self._repository.store_start_level_once(user_id, plan.current_level)
-                return self._outcome(user_id, progress, table, [plan])
+                return self._outcome(user_id, progress, table, granted or [plan])
             step = plan.first_step()
             try:
                 self._repository.grant_level_rewards_once(
                     user_id, progress.level, step, table.xp_required(step.current_level), check_id)
                 granted.append(step)
             except LevelChangedConcurrently:
-                continue
-        raise ContentionExhausted(f"level of user {user_id!r} kept changing; retry CheckLevelUp")
+                lost_races += 1
+                if lost_races > _MAX_LOST_RACES:
+                    raise ContentionExhausted(f"level of user {user_id!r} kept changing; retry CheckLevelUp") from None
+            progress = self._repository.get_progress(user_id)
 
     def _outcome(self, user_id: str, progress: ProgressRecord, table: LevelTable, steps: list[LevelUpPlan]) -> LevelUpOutcome:
         current = max(steps[-1].current_level, progress.level or 0)
@@ -64,13 +70,13 @@ class Levels:
             next_level_xp=table.next_level_xp(current),
         )
 
-    def _replay(self, user_id: str, request_id: str, progress: ProgressRecord, table: LevelTable) -> LevelUpOutcome:
-        reached = self._repository.levels_reached_by(user_id, request_id)
+    def _replay(self, user_id: str, earlier: LevelCheck, progress: ProgressRecord, table: LevelTable) -> LevelUpOutcome:
+        reached = self._repository.levels_reached(user_id, earlier.levels)
         current = progress.level or 0
         return LevelUpOutcome(
             user_id=user_id,
-            leveled_up=bool(reached),
-            previous_level=min((r.from_level for r in reached), default=current),
+            leveled_up=True,
+            previous_level=earlier.previous_level,
             current_level=current,
             total_xp=progress.total_xp,
             rewards=tuple(reward for r in reached for reward in r.rewards),

@@ -1,5 +1,5 @@
-"""LevelsRepository: the levels table, the level part of user_progress, and
-the levels each user reached (level_rewards)."""
+"""LevelsRepository: the levels table, the level part of user_progress, the
+levels each user reached (level_rewards) and what each check granted (level_checks)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,6 +7,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from common.dynamodb import (
+    LEVEL_CHECKS,
     LEVEL_REWARDS,
     LEVELS,
     USER_PROGRESS,
@@ -14,14 +15,15 @@ from common.dynamodb import (
     attr,
     error_code,
     load_level_table,
-    read_levels_reached,
+    level_reached_from,
+    batch_get_consistent,
     read_progress,
     retry_on_transaction_conflict,
     to_item,
     transact_write,
 )
 from common.models import Level, LevelReached, LevelTable, ProgressRecord, utc_now_iso
-from levels_service.domain import LevelNotFound, LevelUpPlan
+from levels_service.domain import LevelCheck, LevelNotFound, LevelUpPlan
 
 
 class LevelChangedConcurrently(Exception):
@@ -35,6 +37,7 @@ class LevelsRepository:
         self._levels = CatalogTable(client, table_prefix, LEVELS)
         self._progress = table_prefix + USER_PROGRESS.name
         self._reached = table_prefix + LEVEL_REWARDS.name
+        self._checks = table_prefix + LEVEL_CHECKS.name
 
     def put_level(self, level: Level) -> None:
         self._levels.put({
@@ -51,32 +54,62 @@ class LevelsRepository:
         return load_level_table(self._client, self._prefix)
 
     def get_progress(self, user_id: str) -> ProgressRecord:
-        return read_progress(self._client, self._prefix, user_id,
-                             ("total_xp", "level", "updated_at", "last_level_up_check"))
+        return read_progress(self._client, self._prefix, user_id, ("total_xp", "level", "updated_at"))
 
-    def levels_reached_by(self, user_id: str, check_id: str) -> list[LevelReached]:
-        return read_levels_reached(self._client, self._prefix, user_id, check_id)
+    def get_progress_and_check(self, user_id: str, check_id: str) -> tuple[ProgressRecord, LevelCheck | None]:
+        """The user's progress and what an earlier check with this id granted,
+        in one round trip."""
+        found = batch_get_consistent(self._client, {
+            self._progress: [{"user_id": user_id}],
+            self._checks: [{"user_id": user_id, "check_id": check_id}],
+        })
+        progress = ProgressRecord.from_attributes(user_id, found[self._progress][0] if found[self._progress] else None)
+        check = None
+        if found[self._checks]:
+            values = found[self._checks][0]
+            check = LevelCheck(check_id, int(values["previous_level"]), tuple(sorted(int(l) for l in values["levels"])))
+        return progress, check
+
+    def levels_reached(self, user_id: str, levels: tuple[int, ...]) -> list[LevelReached]:
+        reached: list[LevelReached] = []
+        for start in range(0, len(levels), 100):  # BatchGetItem's limit
+            keys = [{"user_id": user_id, "level": level} for level in levels[start:start + 100]]
+            reached.extend(level_reached_from(v) for v in batch_get_consistent(self._client, {self._reached: keys})[self._reached])
+        return sorted(reached, key=lambda r: r.level)
 
     def grant_level_rewards_once(self, user_id: str, expected_level: int | None, step: LevelUpPlan,
                                  min_total_xp: int, check_id: str) -> None:
         """In one transaction: moves the stored level from `expected_level` to
-        the step's level, and records each level passed with its rewards, each
-        only if not recorded before. Exactly one caller can make a given move.
-        Raises LevelChangedConcurrently when the level was no longer `expected_level`."""
+        the step's level, records each level passed with its rewards (each only
+        if not recorded before), and adds those levels to the check's record.
+        Exactly one caller can make a given move. Raises LevelChangedConcurrently
+        when another check moved first."""
         now = utc_now_iso()
         condition = "attribute_exists(user_id) AND total_xp >= :min_xp AND "
         condition += "attribute_not_exists(#l)" if expected_level is None else "#l = :expected"
-        values: dict[str, Any] = {":new": step.current_level, ":min_xp": min_total_xp, ":now": now, ":check": check_id}
+        values: dict[str, Any] = {":new": step.current_level, ":min_xp": min_total_xp, ":now": now}
         if expected_level is not None:
             values[":expected"] = expected_level
-        items: list[dict[str, Any]] = [{"Update": {
-            "TableName": self._progress,
-            "Key": {"user_id": attr(user_id)},
-            "UpdateExpression": "SET #l = :new, updated_at = :now, last_level_up_check = :check",
-            "ConditionExpression": condition,
-            "ExpressionAttributeNames": {"#l": "level"},
-            "ExpressionAttributeValues": to_item(values),
-        }}]
+        items: list[dict[str, Any]] = [
+            {"Update": {
+                "TableName": self._progress,
+                "Key": {"user_id": attr(user_id)},
+                "UpdateExpression": "SET #l = :new, updated_at = :now",
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {"#l": "level"},
+                "ExpressionAttributeValues": to_item(values),
+            }},
+            {"Update": {
+                "TableName": self._checks,
+                "Key": {"user_id": attr(user_id), "check_id": attr(check_id)},
+                "UpdateExpression": "ADD levels :levels SET previous_level = if_not_exists(previous_level, :previous), updated_at = :now",
+                "ExpressionAttributeValues": to_item({
+                    ":levels": {level.level for level in step.passed},
+                    ":previous": step.previous_level,
+                    ":now": now,
+                }),
+            }},
+        ]
         for level in step.passed:
             items.append({"Put": {
                 "TableName": self._reached,
@@ -91,14 +124,10 @@ class LevelsRepository:
                 "ConditionExpression": "attribute_not_exists(#l)",
                 "ExpressionAttributeNames": {"#l": "level"},
             }})
-        codes = transact_write(self._client, items)
-        if codes is None:
-            return
-        if codes[0] == "ConditionalCheckFailed":
+        if transact_write(self._client, items) is not None:
+            # A failed condition on any item means another check moved first
+            # (real DynamoDB may name other items' reasons beside it).
             raise LevelChangedConcurrently(user_id)
-        # The level moved as expected, yet a level above it was already granted:
-        # only possible if user_progress was edited by hand.
-        raise RuntimeError(f"user {user_id!r}: a level above {expected_level} was already granted")
 
     def store_start_level_once(self, user_id: str, level: int) -> None:
         """Pins the level of a user who has XP but no stored level yet, so that a

@@ -132,6 +132,17 @@ def test_concurrent_unlocks_pay_the_reward_exactly_once(cluster: Cluster, user_i
     assert unlocked_ids(cluster, user_id) == [achievement_id]
 
 
+def test_racing_unlocks_report_the_level_up_once(cluster: Cluster, user_id: str) -> None:
+    achievement_id = put_achievement(cluster, xp_reward=150)  # crosses level 2 (100 XP)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda _: unlock(cluster, user_id, achievement_id), range(8)))
+    reporters = [r for r in responses if r.xp_awarded]
+    assert len(reporters) == 1 and reporters[0].xp_awarded == 150
+    assert [(x.reward_id, x.quantity) for x in reporters[0].level_up.rewards] == [("coins", 100)]
+    assert not any(r.HasField("level_up") for r in responses if not r.xp_awarded)
+    assert progress(cluster, user_id).total_xp == 150
+
+
 def test_a_retry_heals_an_unlock_whose_xp_grant_did_not_complete(new_cluster: Factory, user_id: str) -> None:
     c = new_cluster()
     c.put_levels(STANDARD_LEVELS)

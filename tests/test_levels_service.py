@@ -196,3 +196,34 @@ def test_a_jump_across_many_levels_with_many_rewards_grants_each_once(new_cluste
     assert rewards(progress(c, user_id).rewards) == expected
     again = c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id))
     assert (again.leveled_up, again.current_level) == (False, 150)
+
+
+def test_a_level_up_belongs_to_the_request_that_made_it(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    c.put_levels(STANDARD_LEVELS)
+    c.stop("levels")
+    assert grant(c, user_id, 150, "A").level_check_deferred  # level 2 due
+    c.start("levels")
+    # A's check lands late, after XP gave up on it (XP names the check after A's ledger entry).
+    late = c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id, request_id="req#A"))
+    assert rewards(late.rewards) == [("coins", 100)]
+    c.stop("levels")
+    assert grant(c, user_id, 200, "B").level_check_deferred  # level 3 due
+    c.start("levels")
+
+    def retry(request_id: str, amount: int) -> xp_pb2.AwardXpResponse:
+        deadline = time.monotonic() + 15
+        response = grant(c, user_id, amount, request_id)
+        while response.level_check_deferred and time.monotonic() < deadline:
+            time.sleep(0.1)
+            response = grant(c, user_id, amount, request_id)
+        return response
+
+    for _ in range(2):  # every answer for one request is the same
+        a = retry("A", 150)
+        assert (a.duplicate, a.level_up.leveled_up, a.level_up.previous_level) == (True, True, 1)
+        assert rewards(a.level_up.rewards) == [("coins", 100)]
+        b = retry("B", 200)
+        assert (b.duplicate, b.level_up.leveled_up, b.level_up.previous_level, b.level_up.current_level) == (True, True, 2, 3)
+        assert rewards(b.level_up.rewards) == [("coins", 200)]
+    assert rewards(progress(c, user_id).rewards) == [("coins", 100), ("coins", 200)]

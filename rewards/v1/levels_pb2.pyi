@@ -179,8 +179,8 @@ class CheckLevelUpRequest(_message.Message):
     user_id: _builtins.str
     request_id: _builtins.str
     """Optional, up to 256 characters: names this check, so that a repeat (after
-    a lost response or a deadline) reports the level-up it made instead of
-    nothing. The XP service passes the ledger entry of the award.
+    a lost response or a deadline) reports the level-up it made, and only
+    that. The XP service passes the ledger entry of the award.
     """
     def __init__(
         self,
@@ -221,7 +221,7 @@ class LevelUpResult(_message.Message):
     def rewards(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reward]:
         """Rewards granted by this call: those of every level L with
         previous_level < L <= current_level. Empty when leveled_up is false.
-        (A jump of more than 99 levels is granted in steps; racing callers may
+        (A jump of more than 98 levels is granted in steps; racing callers may
         then each report some of the levels, every level exactly once.)
         """
 

@@ -91,8 +91,9 @@ class LevelsServiceServicer:
     def CheckLevelUp(self, request, context):
         """Raises the user's stored level to what their XP gives and grants the
         rewards of every level passed, exactly once: when many calls race, only
-        one of them reports (and grants) a given level's rewards. A repeat of a
-        call with the same request_id reports the level-up that call made.
+        one of them reports (and grants) a given level's rewards. A level-up
+        belongs to the request_id that made it: a repeat with that request_id
+        reports the same levels again and grants nothing more.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

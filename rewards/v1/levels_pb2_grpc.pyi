@@ -46,8 +46,9 @@ class LevelsServiceStub:
     CheckLevelUp: _grpc.UnaryUnaryMultiCallable[_levels_pb2.CheckLevelUpRequest, _levels_pb2.LevelUpResult]
     """Raises the user's stored level to what their XP gives and grants the
     rewards of every level passed, exactly once: when many calls race, only
-    one of them reports (and grants) a given level's rewards. A repeat of a
-    call with the same request_id reports the level-up that call made.
+    one of them reports (and grants) a given level's rewards. A level-up
+    belongs to the request_id that made it: a repeat with that request_id
+    reports the same levels again and grants nothing more.
     """
 
 @_typing.type_check_only
@@ -68,8 +69,9 @@ class LevelsServiceAsyncStub(LevelsServiceStub):
     CheckLevelUp: _aio.UnaryUnaryMultiCallable[_levels_pb2.CheckLevelUpRequest, _levels_pb2.LevelUpResult]  # type: ignore[assignment]
     """Raises the user's stored level to what their XP gives and grants the
     rewards of every level passed, exactly once: when many calls race, only
-    one of them reports (and grants) a given level's rewards. A repeat of a
-    call with the same request_id reports the level-up that call made.
+    one of them reports (and grants) a given level's rewards. A level-up
+    belongs to the request_id that made it: a repeat with that request_id
+    reports the same levels again and grants nothing more.
     """
 
 class LevelsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -111,8 +113,9 @@ class LevelsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_levels_pb2.LevelUpResult, _abc.Awaitable[_levels_pb2.LevelUpResult]]:
         """Raises the user's stored level to what their XP gives and grants the
         rewards of every level passed, exactly once: when many calls race, only
-        one of them reports (and grants) a given level's rewards. A repeat of a
-        call with the same request_id reports the level-up that call made.
+        one of them reports (and grants) a given level's rewards. A level-up
+        belongs to the request_id that made it: a repeat with that request_id
+        reports the same levels again and grants nothing more.
         """
 
 def add_LevelsServiceServicer_to_server(servicer: LevelsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
