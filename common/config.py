@@ -19,7 +19,12 @@ class Settings:
     achievements_listen: str = "[::]:50052"
     levels_listen: str = "[::]:50053"
     xp_target: str = "localhost:50051"
+    achievements_target: str = "localhost:50052"
     levels_target: str = "localhost:50053"
+    # Prometheus metrics over HTTP, one side port per service; 0 turns it off.
+    xp_metrics_port: int = 9451
+    achievements_metrics_port: int = 9452
+    levels_metrics_port: int = 9453
     level_check_timeout_s: float = 2.0
     xp_grant_timeout_s: float = 5.0
     max_workers: int = 32
@@ -42,7 +47,11 @@ class Settings:
             achievements_listen=text("REWARDS_ACHIEVEMENTS_LISTEN", d.achievements_listen),
             levels_listen=text("REWARDS_LEVELS_LISTEN", d.levels_listen),
             xp_target=text("REWARDS_XP_TARGET", d.xp_target),
+            achievements_target=text("REWARDS_ACHIEVEMENTS_TARGET", d.achievements_target),
             levels_target=text("REWARDS_LEVELS_TARGET", d.levels_target),
+            xp_metrics_port=int(text("REWARDS_XP_METRICS_PORT", str(d.xp_metrics_port))),
+            achievements_metrics_port=int(text("REWARDS_ACHIEVEMENTS_METRICS_PORT", str(d.achievements_metrics_port))),
+            levels_metrics_port=int(text("REWARDS_LEVELS_METRICS_PORT", str(d.levels_metrics_port))),
             level_check_timeout_s=float(text("REWARDS_LEVEL_CHECK_TIMEOUT_S", str(d.level_check_timeout_s))),
             xp_grant_timeout_s=float(text("REWARDS_XP_GRANT_TIMEOUT_S", str(d.xp_grant_timeout_s))),
             max_workers=int(text("REWARDS_MAX_WORKERS", str(d.max_workers))),

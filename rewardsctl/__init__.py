@@ -1,0 +1,1 @@
+"""rewardsctl: catalog as code, player operations and backups."""
