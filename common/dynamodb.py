@@ -365,3 +365,20 @@ def batch_get_consistent(client: Any, keys: Mapping[str, list[dict[str, Any]]]) 
             time.sleep(random.uniform(0, 0.01 * 2**min(attempt, 6)))
             attempt += 1
     return found
+
+
+def transact_get(client: Any, keys: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | None]:
+    """Reads items of several tables as one isolated snapshot (TransactGetItems),
+    unlike BatchGetItem, which may see one item before a transaction and another
+    after it. At most 100 items; None where an item does not exist."""
+    for attempt in range(_TRANSACTION_ATTEMPTS):
+        try:
+            response = client.transact_get_items(
+                TransactItems=[{"Get": {"TableName": table, "Key": to_item(key)}} for table, key in keys]
+            )
+            return [from_item(r["Item"]) if r.get("Item") else None for r in response["Responses"]]
+        except ClientError as error:
+            if error_code(error) != "TransactionCanceledException" or "TransactionConflict" not in cancellation_codes(error):
+                raise
+        time.sleep(random.uniform(0, 0.01 * 2**attempt))
+    raise ContentionExhausted("too many concurrent writes to this user; retry the request")

@@ -32,16 +32,17 @@ class Levels:
         the same levels again and grants nothing more, so every answer for one
         request_id is the same; levels due since are left to the next check."""
         table = self._repository.load_level_table()
-        if request_id:
-            progress, earlier = self._repository.get_progress_and_check(user_id, request_id)
-            if earlier is not None:
-                return self._replay(user_id, earlier, progress, table)
-        else:
-            progress = self._repository.get_progress(user_id)
         check_id = request_id or f"auto:{uuid.uuid4().hex}"
         granted: list[LevelUpPlan] = []
         lost_races = 0
         while True:
+            if request_id:
+                progress, earlier = self._repository.get_progress_and_check(user_id, request_id)
+                # Also after a lost race: a concurrent copy of this request may have granted it.
+                if earlier is not None and not granted:
+                    return self._replay(user_id, earlier, progress, table)
+            else:
+                progress = self._repository.get_progress(user_id)
             plan = plan_level_up(table, progress.level, progress.total_xp)
             if not plan.leveled_up:
                 if not granted and progress.level is None and progress.updated_at is not None:
@@ -56,7 +57,6 @@ class Levels:
                 lost_races += 1
                 if lost_races > _MAX_LOST_RACES:
                     raise ContentionExhausted(f"level of user {user_id!r} kept changing; retry CheckLevelUp") from None
-            progress = self._repository.get_progress(user_id)
 
     def _outcome(self, user_id: str, progress: ProgressRecord, table: LevelTable, steps: list[LevelUpPlan]) -> LevelUpOutcome:
         current = max(steps[-1].current_level, progress.level or 0)
@@ -72,7 +72,7 @@ class Levels:
 
     def _replay(self, user_id: str, earlier: LevelCheck, progress: ProgressRecord, table: LevelTable) -> LevelUpOutcome:
         reached = self._repository.levels_reached(user_id, earlier.levels)
-        current = progress.level or 0
+        current = max(progress.level or 0, *earlier.levels)
         return LevelUpOutcome(
             user_id=user_id,
             leveled_up=True,

@@ -17,6 +17,7 @@ from common.dynamodb import (
     load_level_table,
     level_reached_from,
     batch_get_consistent,
+    transact_get,
     read_progress,
     retry_on_transaction_conflict,
     to_item,
@@ -58,16 +59,16 @@ class LevelsRepository:
 
     def get_progress_and_check(self, user_id: str, check_id: str) -> tuple[ProgressRecord, LevelCheck | None]:
         """The user's progress and what an earlier check with this id granted,
-        in one round trip."""
-        found = batch_get_consistent(self._client, {
-            self._progress: [{"user_id": user_id}],
-            self._checks: [{"user_id": user_id, "check_id": check_id}],
-        })
-        progress = ProgressRecord.from_attributes(user_id, found[self._progress][0] if found[self._progress] else None)
+        as one snapshot (both are written by one transaction), in one round trip."""
+        progress_values, check_values = transact_get(self._client, [
+            (self._progress, {"user_id": user_id}),
+            (self._checks, {"user_id": user_id, "check_id": check_id}),
+        ])
+        progress = ProgressRecord.from_attributes(user_id, progress_values)
         check = None
-        if found[self._checks]:
-            values = found[self._checks][0]
-            check = LevelCheck(check_id, int(values["previous_level"]), tuple(sorted(int(l) for l in values["levels"])))
+        if check_values is not None:
+            levels = tuple(sorted(int(l) for l in check_values["levels"]))
+            check = LevelCheck(check_id, int(check_values["previous_level"]), levels)
         return progress, check
 
     def levels_reached(self, user_id: str, levels: tuple[int, ...]) -> list[LevelReached]:

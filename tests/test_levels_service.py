@@ -227,3 +227,15 @@ def test_a_level_up_belongs_to_the_request_that_made_it(new_cluster: Factory, us
         assert (b.duplicate, b.level_up.leveled_up, b.level_up.previous_level, b.level_up.current_level) == (True, True, 2, 3)
         assert rewards(b.level_up.rewards) == [("coins", 200)]
     assert rewards(progress(c, user_id).rewards) == [("coins", 100), ("coins", 200)]
+
+
+def test_concurrent_copies_of_a_request_all_report_its_level_up(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    c.put_levels(STANDARD_LEVELS)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(lambda _: grant(c, user_id, 350, "one-request"), range(16)))
+    assert sum(not r.duplicate for r in responses) == 1
+    for r in responses:  # copies of one request get one answer
+        assert (r.level_up.leveled_up, r.level_up.previous_level, r.level_up.current_level) == (True, 1, 3)
+        assert rewards(r.level_up.rewards) == [("coins", 100), ("coins", 200)]
+    assert rewards(progress(c, user_id).rewards) == [("coins", 100), ("coins", 200)]
