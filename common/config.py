@@ -1,12 +1,13 @@
 """All configuration, read from the environment in this one place.
 
 Defaults run the local cluster, except the DynamoDB endpoint: unset means real
-AWS, so the local launcher and the tests set REWARDS_DYNAMODB_ENDPOINT.
+AWS, so the local launcher, the compose file and the tests set
+REWARDS_DYNAMODB_ENDPOINT.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Mapping
 
 
@@ -34,27 +35,34 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
-        d = cls()
+        settings = cls()
+        for name, variable in ENVIRONMENT_VARIABLES.items():
+            raw = env.get(variable, "").strip()
+            if name == "aws_region" and not raw:
+                raw = env.get("AWS_DEFAULT_REGION", "").strip()
+            if not raw:
+                continue
+            current = getattr(settings, name)
+            value: object = raw
+            if isinstance(current, bool):
+                value = raw.lower() in ("1", "true", "yes")
+            elif isinstance(current, int):
+                value = int(raw)
+            elif isinstance(current, float):
+                value = float(raw)
+            elif name == "log_level":
+                value = raw.upper()
+            settings = replace(settings, **{name: value})
+        # An empty prefix is a valid choice (tables named exactly as defined).
+        if "REWARDS_TABLE_PREFIX" in env:
+            settings = replace(settings, table_prefix=env["REWARDS_TABLE_PREFIX"])
+        return settings
 
-        def text(name: str, default: str) -> str:
-            return env.get(name, "").strip() or default
 
-        return cls(
-            dynamodb_endpoint=env.get("REWARDS_DYNAMODB_ENDPOINT", "").strip() or None,
-            aws_region=text("AWS_REGION", text("AWS_DEFAULT_REGION", d.aws_region)),
-            table_prefix=env.get("REWARDS_TABLE_PREFIX", d.table_prefix),
-            xp_listen=text("REWARDS_XP_LISTEN", d.xp_listen),
-            achievements_listen=text("REWARDS_ACHIEVEMENTS_LISTEN", d.achievements_listen),
-            levels_listen=text("REWARDS_LEVELS_LISTEN", d.levels_listen),
-            xp_target=text("REWARDS_XP_TARGET", d.xp_target),
-            achievements_target=text("REWARDS_ACHIEVEMENTS_TARGET", d.achievements_target),
-            levels_target=text("REWARDS_LEVELS_TARGET", d.levels_target),
-            xp_metrics_port=int(text("REWARDS_XP_METRICS_PORT", str(d.xp_metrics_port))),
-            achievements_metrics_port=int(text("REWARDS_ACHIEVEMENTS_METRICS_PORT", str(d.achievements_metrics_port))),
-            levels_metrics_port=int(text("REWARDS_LEVELS_METRICS_PORT", str(d.levels_metrics_port))),
-            level_check_timeout_s=float(text("REWARDS_LEVEL_CHECK_TIMEOUT_S", str(d.level_check_timeout_s))),
-            xp_grant_timeout_s=float(text("REWARDS_XP_GRANT_TIMEOUT_S", str(d.xp_grant_timeout_s))),
-            max_workers=int(text("REWARDS_MAX_WORKERS", str(d.max_workers))),
-            shutdown_grace_s=float(text("REWARDS_SHUTDOWN_GRACE_S", str(d.shutdown_grace_s))),
-            log_level=text("REWARDS_LOG_LEVEL", d.log_level).upper(),
-        )
+def _variable_name(field_name: str) -> str:
+    return "AWS_REGION" if field_name == "aws_region" else "REWARDS_" + field_name.upper()
+
+
+# Every variable the services read, by setting: what a deployment (the compose
+# file, a task definition) may set.
+ENVIRONMENT_VARIABLES: dict[str, str] = {f.name: _variable_name(f.name) for f in fields(Settings)}
