@@ -15,6 +15,7 @@ from achievements_service.domain import (
     unmet_requirements,
 )
 from achievements_service.storage import AchievementsRepository, AlreadyUnlocked, RequirementsChangedConcurrently
+from common.metrics import UNLOCKS
 from common.models import LevelUpOutcome, ProgressRecord, utc_now_iso
 
 
@@ -80,6 +81,7 @@ class Achievements:
                         xp_granted=achievement.xp_reward == 0, request_id=request_id)
         try:
             self._repository.record_unlock_once(unlock, achievement.requirements, progress.level is not None)
+            UNLOCKS.inc()
         except AlreadyUnlocked as race:  # a concurrent call recorded it first
             return self._settle(achievement, race.unlock, already_unlocked=True)
         except RequirementsChangedConcurrently:

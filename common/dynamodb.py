@@ -15,6 +15,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from common.config import Settings
+from common.metrics import instrument_dynamodb_client
 from common.models import Level, LevelReached, LevelTable, ProgressRecord, Reward
 from common.errors import ContentionExhausted, DependencyUnavailable, DomainError, InvalidField
 
@@ -34,9 +35,9 @@ def create_dynamodb_client(settings: Settings) -> Any:
         connect_timeout=2,
         read_timeout=5,
     )
-    return boto3.session.Session().client(
-        "dynamodb", endpoint_url=settings.dynamodb_endpoint, config=config
-    )
+    client = boto3.session.Session().client("dynamodb", endpoint_url=settings.dynamodb_endpoint, config=config)
+    instrument_dynamodb_client(client)
+    return client
 
 
 # --- tables -------------------------------------------------------------------

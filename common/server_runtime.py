@@ -16,7 +16,9 @@ from grpc_reflection.v1alpha import reflection
 
 from common.config import Settings
 from common.dynamodb import create_dynamodb_client, ensure_tables
-from common.rpc_logging import RpcEdgeInterceptor, configure_logging
+from common.metrics import serve_metrics
+from common.rpc_interceptors import RpcEdgeInterceptor, TraceIdClientInterceptor
+from common.rpc_logging import configure_logging
 
 log = logging.getLogger("rewards.server")
 
@@ -103,19 +105,21 @@ def serve_until_terminated(
 def run_service(
     service: str,
     listen: str,
+    metrics_port: int,
     settings: Settings,
     create_server: Callable[..., tuple[grpc.Server, int]],
 ) -> None:
-    """The entry point every service shares: logging, the one DynamoDB client,
-    tables, then serve until SIGTERM."""
+    """The entry point every service shares: logging, metrics, the one DynamoDB
+    client, tables, then serve until SIGTERM."""
     configure_logging(service, settings.log_level)
+    serve_metrics(metrics_port)
     dynamodb = create_dynamodb_client(settings)
     ensure_tables(dynamodb, settings.table_prefix)
     health_servicer = health.HealthServicer()
     server, port = create_server(listen, settings, dynamodb, health_servicer)
     serve_until_terminated(
         server, health_servicer, grace_s=settings.shutdown_grace_s,
-        on_ready=lambda: log.info("listening", extra={"fields": {"port": port, "address": listen}}),
+        on_ready=lambda: log.info("listening", extra={"fields": {"port": port, "address": listen, "metrics_port": metrics_port}}),
     )
 
 
@@ -134,5 +138,6 @@ _PEER_CHANNEL_OPTIONS = [
 
 
 def peer_channel(target: str) -> grpc.Channel:
-    """The channel one service uses to call another; one per process and target."""
-    return grpc.insecure_channel(target, options=_PEER_CHANNEL_OPTIONS)
+    """The channel one service uses to call another (one per process and
+    target); it passes the trace id along."""
+    return grpc.intercept_channel(grpc.insecure_channel(target, options=_PEER_CHANNEL_OPTIONS), TraceIdClientInterceptor())

@@ -28,4 +28,4 @@ def create_server(
 
 def serve(settings: Settings | None = None) -> None:
     settings = settings or Settings.from_env()
-    run_service("levels", settings.levels_listen, settings, create_server)
+    run_service("levels", settings.levels_listen, settings.levels_metrics_port, settings, create_server)

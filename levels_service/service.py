@@ -4,6 +4,7 @@ from __future__ import annotations
 import uuid
 
 from common.errors import ContentionExhausted
+from common.metrics import LEVEL_UPS
 from common.models import Level, LevelTable, LevelUpOutcome, ProgressRecord
 from levels_service.domain import LevelCheck, LevelUpPlan, check_level, plan_level_up
 from levels_service.storage import LevelChangedConcurrently, LevelsRepository
@@ -53,6 +54,7 @@ class Levels:
                 self._repository.grant_level_rewards_once(
                     user_id, progress.level, step, table.xp_required(step.current_level), check_id)
                 granted.append(step)
+                LEVEL_UPS.inc(len(step.passed))
             except LevelChangedConcurrently:
                 lost_races += 1
                 if lost_races > _MAX_LOST_RACES:

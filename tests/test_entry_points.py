@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -16,8 +17,10 @@ from typing import Iterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from devcluster.dynamodb_local import REPO_ROOT, free_port
+from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 SERVICES = {"levels": "levels_service", "xp": "xp_service", "achievements": "achievements_service"}
@@ -26,6 +29,7 @@ SERVICES = {"levels": "levels_service", "xp": "xp_service", "achievements": "ach
 @pytest.fixture(scope="module")
 def processes(dynamodb_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     ports = {name: free_port() for name in SERVICES}
+    metrics_ports = {name: free_port() for name in SERVICES}
     env = {
         **os.environ,
         "REWARDS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
@@ -35,6 +39,7 @@ def processes(dynamodb_endpoint: str, tmp_path_factory: pytest.TempPathFactory) 
         "REWARDS_LEVELS_LISTEN": f"[::]:{ports['levels']}",
         "REWARDS_XP_TARGET": f"localhost:{ports['xp']}",
         "REWARDS_LEVELS_TARGET": f"localhost:{ports['levels']}",
+        **{f"REWARDS_{name.upper()}_METRICS_PORT": str(port) for name, port in metrics_ports.items()},
     }
     logs = tmp_path_factory.mktemp("logs")
     running = {}
@@ -45,7 +50,7 @@ def processes(dynamodb_endpoint: str, tmp_path_factory: pytest.TempPathFactory) 
         )
     for name, port in ports.items():
         assert wait_serving(port), (logs / f"{name}.log").read_text()
-    yield {"ports": ports, "processes": running, "logs": logs}
+    yield {"ports": ports, "metrics_ports": metrics_ports, "processes": running, "logs": logs}
     for process in running.values():
         if process.poll() is None:
             process.kill()
@@ -109,6 +114,73 @@ def test_grpcurl_lists_describes_and_calls_by_reflection(processes: dict) -> Non
     bad = grpcurl("-d", '{"user_id": "", "activity_id": "win"}', f"localhost:{ports['xp']}", "rewards.v1.XpService/AwardXp")
     assert bad.returncode != 0
     assert "Code: InvalidArgument" in bad.stderr and "Message: user_id is required" in bad.stderr
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://localhost:{port}/metrics", timeout=5).read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples
+    }
+
+
+def test_metrics_count_rpcs_xp_level_ups_unlocks_and_dynamodb_calls(processes: dict) -> None:
+    ports, metrics = processes["ports"], processes["metrics_ports"]
+    with grpc.insecure_channel(f"localhost:{ports['levels']}") as channel:
+        levels = levels_pb2_grpc.LevelsServiceStub(channel)
+        levels.PutLevel(levels_pb2.PutLevelRequest(level=levels_pb2.Level(level=1, xp_required=0)))
+        levels.PutLevel(levels_pb2.PutLevelRequest(level=levels_pb2.Level(level=2, xp_required=100)))
+        levels.PutLevel(levels_pb2.PutLevelRequest(level=levels_pb2.Level(level=3, xp_required=200)))
+    before = {name: scrape(port) for name, port in metrics.items()}
+    user = f"metrics-{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(f"localhost:{ports['xp']}") as xp_channel, \
+            grpc.insecure_channel(f"localhost:{ports['achievements']}") as ach_channel:
+        xp = xp_pb2_grpc.XpServiceStub(xp_channel)
+        for i in range(5):
+            xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user, amount=50, reason="m", request_id=f"m-{i}"))  # 250 XP: levels 2, 3
+        xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user, amount=50, reason="m", request_id="m-0"))  # a duplicate
+        with pytest.raises(grpc.RpcError):
+            xp.GrantXp(xp_pb2.GrantXpRequest(user_id="", amount=1, reason="m"))
+        achievements = achievements_pb2_grpc.AchievementsServiceStub(ach_channel)
+        achievements.PutAchievement(achievements_pb2.PutAchievementRequest(
+            achievement=achievements_pb2.Achievement(achievement_id="metrics-ach", name="M", xp_reward=10)))
+        achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=user, achievement_id="metrics-ach"))
+        achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=user, achievement_id="metrics-ach"))
+    after = {name: scrape(port) for name, port in metrics.items()}
+
+    def delta(service: str, name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after[service].get(key, 0.0) - before[service].get(key, 0.0)
+
+    grant_method = "/rewards.v1.XpService/GrantXp"
+    assert delta("xp", "rewards_rpc_requests_total", method=grant_method, code="OK") == 7  # 6 ours + the unlock's
+    assert delta("xp", "rewards_rpc_requests_total", method=grant_method, code="INVALID_ARGUMENT") == 1
+    assert delta("xp", "rewards_rpc_duration_seconds_count", method=grant_method) == 8
+    assert delta("xp", "rewards_xp_awarded_total", kind="grant") == 250
+    assert delta("xp", "rewards_xp_awarded_total", kind="achievement") == 10
+    assert delta("levels", "rewards_level_ups_total") == 2
+    assert delta("levels", "rewards_rpc_requests_total", method="/rewards.v1.LevelsService/CheckLevelUp", code="OK") == 7
+    assert delta("achievements", "rewards_achievements_unlocked_total") == 1
+    assert delta("achievements", "rewards_rpc_requests_total", method="/rewards.v1.AchievementsService/UnlockAchievement", code="OK") == 2
+    assert delta("xp", "rewards_dynamodb_call_duration_seconds_count", operation="TransactWriteItems") == 7
+    assert delta("levels", "rewards_dynamodb_call_duration_seconds_count", operation="TransactWriteItems") == 2
+
+
+def test_a_trace_id_follows_a_call_across_services(processes: dict) -> None:
+    trace_id = f"trace-{uuid.uuid4().hex}"
+    with grpc.insecure_channel(f"localhost:{processes['ports']['xp']}") as channel:
+        xp = xp_pb2_grpc.XpServiceStub(channel)
+        _, call = xp.GrantXp.with_call(
+            xp_pb2.GrantXpRequest(user_id="traced-user", amount=5, reason="t", request_id=trace_id),
+            metadata=((("x-trace-id", trace_id),)),
+        )
+    assert ("x-trace-id", trace_id) in call.initial_metadata()
+    time.sleep(0.2)  # let the log lines reach the files
+    for name, method in (("xp", "/rewards.v1.XpService/GrantXp"), ("levels", "/rewards.v1.LevelsService/CheckLevelUp")):
+        lines = [json.loads(l) for l in (processes["logs"] / f"{name}.log").read_text().splitlines() if trace_id in l]
+        rpc_lines = [l for l in lines if l.get("message") == "rpc"]
+        assert [(l["method"], l["trace_id"], l["code"]) for l in rpc_lines] == [(method, trace_id, "OK")], lines
+        assert rpc_lines[0]["user_id"] == "traced-user" and rpc_lines[0]["duration_ms"] > 0 and rpc_lines[0]["peer"]
 
 
 def test_sigterm_stops_each_server_gracefully(processes: dict) -> None:

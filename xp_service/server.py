@@ -33,4 +33,4 @@ def create_server(
 
 def serve(settings: Settings | None = None) -> None:
     settings = settings or Settings.from_env()
-    run_service("xp", settings.xp_listen, settings, create_server)
+    run_service("xp", settings.xp_listen, settings.xp_metrics_port, settings, create_server)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from common.metrics import XP_AWARDED
 from common.models import LevelUpOutcome, ProgressRecord, Reward, utc_now_iso
 from xp_service.domain import (
     ACHIEVEMENT,
@@ -97,6 +98,7 @@ class XpLedger:
         xp_awarded, duplicate = entry.xp, False
         try:
             self._repository.record_xp(entry)
+            XP_AWARDED.labels(entry.kind).inc(entry.xp)
         except DuplicateRequest as error:
             original = error.existing
             if original.attempt_id != entry.attempt_id:  # not our own write retried by the SDK

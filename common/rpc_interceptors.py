@@ -1,0 +1,107 @@
+"""gRPC interceptors every service uses.
+
+Server side: parse each request strictly, give the call a trace id (the
+caller's `x-trace-id`, or a new one), log one JSON line per RPC and count it in
+the metrics. Client side (calls between services): pass the trace id along."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any, Callable, NamedTuple
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from common.metrics import RPC_SECONDS, RPCS
+from common.rpc_logging import bind_rpc_fields, current_trace_id, unbind_rpc_fields
+
+TRACE_ID_HEADER = "x-trace-id"
+_TRACE_ID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
+_rpc_log = logging.getLogger("rewards.rpc")
+
+
+def _trace_id_of(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == TRACE_ID_HEADER and isinstance(value, str) and _TRACE_ID.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+class RpcEdgeInterceptor(grpc.ServerInterceptor):
+    """Parses each unary request itself, so that a malformed message (invalid
+    UTF-8 in a string, bad wire format) is INVALID_ARGUMENT instead of gRPC's
+    INTERNAL; binds the trace id and the request's ids to the RPC's logs; logs
+    one line per RPC (method, code, duration, user and request ids, peer, trace
+    id) and counts it in the metrics."""
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        inner = handler.unary_unary
+        parse = handler.request_deserializer
+
+        def served(raw_request: bytes, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            fields = {"method": method, "trace_id": _trace_id_of(context)}
+            token = bind_rpc_fields(fields)
+            context.send_initial_metadata(((TRACE_ID_HEADER, fields["trace_id"]),))
+            code = grpc.StatusCode.OK
+            try:
+                try:
+                    request = parse(raw_request) if parse else raw_request
+                except DecodeError as error:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid protobuf message ({error})")
+                for name in ("user_id", "request_id"):
+                    value = getattr(request, name, "")
+                    if value:
+                        fields[name] = value
+                response = inner(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except Exception:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.OK):
+                    code = grpc.StatusCode.UNKNOWN
+                    _rpc_log.exception("unhandled error")
+                raise
+            finally:
+                seconds = time.perf_counter() - started
+                RPCS.labels(method, code.name).inc()
+                RPC_SECONDS.labels(method).observe(seconds)
+                _rpc_log.info("rpc", extra={"fields": {
+                    "code": code.name, "duration_ms": round(seconds * 1000, 3), "peer": context.peer(),
+                }})
+                unbind_rpc_fields(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            served,
+            request_deserializer=None,  # parsed in `served`
+            response_serializer=handler.response_serializer,
+        )
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class TraceIdClientInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """Adds the trace id of the RPC being served to calls made on its behalf."""
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: Any, request: Any) -> Any:
+        trace_id = current_trace_id()
+        if trace_id:
+            metadata = [*(client_call_details.metadata or ()), (TRACE_ID_HEADER, trace_id)]
+            client_call_details = _CallDetails(
+                client_call_details.method, client_call_details.timeout, metadata,
+                client_call_details.credentials, client_call_details.wait_for_ready, client_call_details.compression,
+            )
+        return continuation(client_call_details, request)
