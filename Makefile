@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .local/installed.stamp
 
-.PHONY: install up down status test proto proto-check
+.PHONY: install up down status test proto proto-check typecheck
 
 install: $(STAMP)
 
@@ -31,3 +31,7 @@ proto: install
 proto-check: install
 	@tmp=$$(mktemp -d) && bash scripts/gen_protos.sh $$tmp && \
 	  diff -r -x __pycache__ $$tmp/rewards rewards && rm -rf $$tmp && echo "proto-check: generated code is fresh"
+
+## The project's own packages and the example pass mypy (generated stubs included).
+typecheck: install
+	$(PY) -m mypy

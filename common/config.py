@@ -52,7 +52,7 @@ class Settings:
                 value = float(raw)
             elif name == "log_level":
                 value = raw.upper()
-            settings = replace(settings, **{name: value})
+            settings = replace(settings, **{name: value})  # type: ignore[arg-type]
         # An empty prefix is a valid choice (tables named exactly as defined).
         if "REWARDS_TABLE_PREFIX" in env:
             settings = replace(settings, table_prefix=env["REWARDS_TABLE_PREFIX"])

@@ -337,7 +337,7 @@ def level_reached_from(values: Mapping[str, Any]) -> LevelReached:
 
 def read_levels_reached(client: Any, table_prefix: str, user_id: str) -> list[LevelReached]:
     """Every level a user passed, in level order."""
-    reached = []
+    reached: list[LevelReached] = []
     for page in client.get_paginator("query").paginate(
         TableName=table_prefix + LEVEL_REWARDS.name,
         KeyConditionExpression="user_id = :u",

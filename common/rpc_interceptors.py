@@ -29,6 +29,11 @@ def _trace_id_of(context: grpc.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
+def _code_of(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    # ServicerContext.code() exists since grpcio 1.38; types-grpcio does not declare it.
+    return context.code()  # type: ignore[attr-defined]
+
+
 class RpcEdgeInterceptor(grpc.ServerInterceptor):
     """Parses each unary request itself, so that a malformed message (invalid
     UTF-8 in a string, bad wire format) is INVALID_ARGUMENT instead of gRPC's
@@ -60,10 +65,10 @@ class RpcEdgeInterceptor(grpc.ServerInterceptor):
                     if value:
                         fields[name] = value
                 response = inner(request, context)
-                code = context.code() or grpc.StatusCode.OK
+                code = _code_of(context) or grpc.StatusCode.OK
                 return response
             except Exception:
-                code = context.code() or grpc.StatusCode.UNKNOWN
+                code = _code_of(context) or grpc.StatusCode.UNKNOWN
                 if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.OK):
                     code = grpc.StatusCode.UNKNOWN
                     _rpc_log.exception("unhandled error")

@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 from concurrent import futures
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -69,7 +69,7 @@ def build_grpc_server(
     for name in (service.full_name, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        (service.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_MethodAwarePool()
+        (service.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=cast(descriptor_pool.DescriptorPool, _MethodAwarePool())
     )
     port = server.add_insecure_port(address)
     if port == 0:

@@ -46,7 +46,8 @@ def _wait_serving(port: int, timeout_s: float = 30) -> bool:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)  # type: ignore[attr-defined]
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
                     return True
             except grpc.RpcError:
                 time.sleep(0.2)
