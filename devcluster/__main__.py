@@ -15,13 +15,21 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.config import Settings
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, port_open, start_dynamodb_local
 
 RUN_DIR = REPO_ROOT / ".local" / "run"
 LOG_DIR = REPO_ROOT / ".local" / "logs"
 DYNAMODB_PORT = int(os.environ.get("REWARDS_DYNAMODB_LOCAL_PORT", "8000"))
-# (process name, module, port), in start order: each service's dependencies first.
-SERVICES = [("levels", "levels_service", 50053), ("xp", "xp_service", 50051), ("achievements", "achievements_service", 50052)]
+# (process name, module), in start order: each service's dependencies first.
+SERVICES = [("levels", "levels_service"), ("xp", "xp_service"), ("achievements", "achievements_service")]
+
+
+def _ports(name: str) -> tuple[int, int]:
+    """The gRPC and metrics ports the service will use, from the configuration."""
+    settings = Settings.from_env(cluster_env())
+    listen: str = getattr(settings, f"{name}_listen")
+    return int(listen.rsplit(":", 1)[1]), int(getattr(settings, f"{name}_metrics_port"))
 
 
 def _pid(name: str) -> int | None:
@@ -74,7 +82,8 @@ def up() -> int:
         log = open(LOG_DIR / "dynamodb.log", "ab")
         process = start_dynamodb_local(DYNAMODB_PORT, log, REPO_ROOT / ".local" / "dynamodb-data", start_new_session=True)
         (RUN_DIR / "dynamodb.pid").write_text(str(process.pid))
-    for name, module, port in SERVICES:
+    for name, module in SERVICES:
+        port = _ports(name)[0]
         if _pid(name) is None:
             if port_open("127.0.0.1", port):
                 print(f"port {port} ({name}) is taken by another program", file=sys.stderr)
@@ -106,10 +115,12 @@ def down() -> int:
 
 def status() -> int:
     rows = [("dynamodb-local", f"http://localhost:{DYNAMODB_PORT}", _pid("dynamodb"))]
-    rows += [(f"{name} ({module})", f"localhost:{port}", _pid(name)) for name, module, port in SERVICES]
+    for name, module in SERVICES:
+        port, metrics = _ports(name)
+        rows.append((f"{name} ({module})", f"localhost:{port}  metrics :{metrics}", _pid(name)))
     print("rewards local cluster:")
     for label, address, pid in rows:
-        print(f"  {label:38} {address:26} {'running, pid ' + str(pid) if pid else 'stopped'}")
+        print(f"  {label:38} {address:32} {'running, pid ' + str(pid) if pid else 'stopped'}")
     print(f"logs: {LOG_DIR}")
     return 0 if all(pid for _, _, pid in rows) else 1
 
