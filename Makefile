@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .local/installed.stamp
 
-.PHONY: install up down status test proto proto-check typecheck
+.PHONY: install up down status test proto proto-check proto-lint typecheck cfn cfn-check
 
 install: $(STAMP)
 
@@ -35,3 +35,16 @@ proto-check: install
 ## The project's own packages and the example pass mypy (generated stubs included).
 typecheck: install
 	$(PY) -m mypy
+
+## Regenerate deploy/cloudformation.yaml from the table definitions (common/dynamodb.py).
+cfn: install
+	$(PY) -m common.cloudformation --output deploy/cloudformation.yaml
+
+## Fail when the committed template is stale or cfn-lint finds anything.
+cfn-check: install
+	$(PY) -m common.cloudformation --check deploy/cloudformation.yaml
+	.venv/bin/cfn-lint --include-checks I -- deploy/cloudformation.yaml
+
+## Lint protos/ with buf and check them for breaking changes against the previous commit.
+proto-lint: install
+	bash scripts/buf_check.sh

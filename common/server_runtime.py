@@ -131,6 +131,8 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # while the peer is down, so a long reconnect backoff would prolong the outage.
 _PEER_CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
+    # Spread calls over every address a DNS name resolves to (replicas behind service discovery).
+    ("grpc.lb_policy_name", "round_robin"),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),

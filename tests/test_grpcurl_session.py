@@ -1,0 +1,276 @@
+"""docs/grpcurl.md stays true: its commands run, in order, through the real
+grpcurl binary against a cluster of the real entry points (`python -m
+xp_service` ...) with tables of its own, and each prints what the doc shows."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devcluster.dynamodb_local import REPO_ROOT, free_port
+from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
+
+DOC = REPO_ROOT / "docs" / "grpcurl.md"
+SERVICES = {"levels": "levels_service", "xp": "xp_service", "achievements": "achievements_service"}
+# The ports `make up` listens on, which the doc uses; the test's cluster has others.
+DEFAULT_PORTS = {"xp": 50051, "achievements": 50052, "levels": 50053}
+SERVICE_SERVERS = {"rewards.v1.XpService": "xp", "rewards.v1.AchievementsService": "achievements",
+                   "rewards.v1.LevelsService": "levels"}
+CONTRACT_METHODS = {
+    f"{service.full_name}/{method.name}"
+    for module in (xp_pb2, achievements_pb2, levels_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
+    for method in service.methods
+}
+# grpcurl exits with this plus the gRPC status code when a call fails.
+GRPCURL_STATUS_EXIT_OFFSET = 64
+# google.protobuf.Timestamp in JSON; the time of a run is not the doc's.
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+FENCED_BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+@dataclass(frozen=True)
+class DocumentedCommand:
+    command: str  # as in the doc, continuation lines and all
+    output_kind: str  # the output block's language: "json" or "text"
+    output: str
+
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(self.command, comments=True)
+
+    @property
+    def address(self) -> str:
+        return next(arg for arg in self.argv if re.fullmatch(r"localhost:\d+", arg))
+
+    @property
+    def target(self) -> str:
+        """What follows the address: `list`, `describe NAME`, or the method called."""
+        argv = self.argv
+        return " ".join(argv[argv.index(self.address) + 1:])
+
+    @property
+    def request_json(self) -> str | None:
+        argv = self.argv
+        return argv[argv.index("-d") + 1] if "-d" in argv else None
+
+    @property
+    def is_call(self) -> bool:
+        return self.request_json is not None
+
+    @property
+    def documented_error(self) -> bool:
+        return self.output_kind == "text" and self.output.startswith("ERROR:")
+
+
+@dataclass(frozen=True)
+class Session:
+    setup: list[str]  # shell lines that run before every command, such as PATH
+    commands: list[DocumentedCommand]
+    text: str
+
+
+def logical_lines(script: str) -> list[str]:
+    """Shell lines with their backslash continuations joined; no blank or comment lines."""
+    joined = re.sub(r"\\\n", " ", script)
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def parse_session(text: str) -> Session:
+    """Each grpcurl command has a ```sh block of its own, right after which comes
+    its output: ```json for a call's response, ```text for anything else (list,
+    describe, or a failed call's status as grpcurl prints it on stderr)."""
+    blocks = [(match.group(1), match.group(2)) for match in FENCED_BLOCK.finditer(text)]
+    setup: list[str] = []
+    commands: list[DocumentedCommand] = []
+    index = 0
+    while index < len(blocks):
+        language, body = blocks[index]
+        assert language == "sh", f"a ```{language} block that follows no command:\n{body}"
+        lines = logical_lines(body)
+        grpcurl_lines = [line for line in lines if line.startswith("grpcurl ")]
+        if not grpcurl_lines:
+            setup += lines
+            index += 1
+            continue
+        assert lines == grpcurl_lines and len(lines) == 1, f"one grpcurl command per ```sh block:\n{body}"
+        assert index + 1 < len(blocks) and blocks[index + 1][0] in ("json", "text"), \
+            f"no ```json or ```text output block after:\n{body}"
+        commands.append(DocumentedCommand(body.strip(), blocks[index + 1][0], blocks[index + 1][1]))
+        index += 2
+    return Session(setup, commands, text)
+
+
+@pytest.fixture(scope="module")
+def session() -> Session:
+    return parse_session(DOC.read_text())
+
+
+def test_the_doc_shows_every_rpc_with_json_discovery_health_and_one_bad_call(session: Session) -> None:
+    # Besides grpcurl, the doc runs only what puts it on PATH.
+    assert [shlex.split(line, comments=True) for line in session.setup] == [["export", "PATH=$PWD/.venv/bin:$PATH"]]
+    for documented in session.commands:
+        assert documented.argv[:2] == ["grpcurl", "-plaintext"], documented.command
+        assert documented.address in {f"localhost:{port}" for port in DEFAULT_PORTS.values()}, documented.command
+        if documented.is_call:
+            json.loads(documented.request_json or "")  # a typo in -d shows here, without a cluster
+    calls = [documented for documented in session.commands if documented.is_call]
+    called = [documented.target for documented in calls]
+    assert set(called) - {"grpc.health.v1.Health/Check"} == CONTRACT_METHODS
+    for documented in calls:
+        service = documented.target.split("/")[0]
+        if service in SERVICE_SERVERS:
+            assert documented.address == f"localhost:{DEFAULT_PORTS[SERVICE_SERVERS[service]]}", documented.command
+
+    targets = [(documented.address, documented.target) for documented in session.commands]
+    for service, server in SERVICE_SERVERS.items():
+        address = f"localhost:{DEFAULT_PORTS[server]}"
+        assert (address, "list") in targets
+        assert (address, f"describe {service}") in targets
+        health = next(d for d in calls if d.target == "grpc.health.v1.Health/Check" and d.address == address)
+        assert json.loads(health.request_json or "") == {"service": service}
+        assert json.loads(health.output) == {"status": "SERVING"}
+    assert ("localhost:50051", "describe rewards.v1.XpService.AwardXp") in targets
+
+    bad_calls = [documented for documented in session.commands if documented.documented_error]
+    assert [bad.target for bad in bad_calls] == ["rewards.v1.XpService/AwardXp"]
+    assert all(documented.output_kind == "json" for documented in calls if not documented.documented_error)
+    # The order a game follows: catalogs, then play, then progress.
+    assert called.index("rewards.v1.LevelsService/PutLevel") < called.index("rewards.v1.XpService/PutActivity") \
+        < called.index("rewards.v1.AchievementsService/PutAchievement") < called.index("rewards.v1.XpService/AwardXp") \
+        < called.index("rewards.v1.AchievementsService/UnlockAchievement") < called.index("rewards.v1.XpService/GetProgress")
+
+
+@pytest.fixture(scope="module")
+def cluster_ports(dynamodb_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
+    """The three entry points as processes on free ports, with tables of their
+    own, so the session starts from the empty cluster the doc shows."""
+    ports = {name: free_port() for name in SERVICES}
+    env = {
+        **os.environ,
+        "REWARDS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
+        "REWARDS_TABLE_PREFIX": f"grpcurl-doc-{uuid.uuid4().hex[:8]}-",
+        "REWARDS_XP_LISTEN": f"[::]:{ports['xp']}",
+        "REWARDS_ACHIEVEMENTS_LISTEN": f"[::]:{ports['achievements']}",
+        "REWARDS_LEVELS_LISTEN": f"[::]:{ports['levels']}",
+        "REWARDS_XP_TARGET": f"localhost:{ports['xp']}",
+        "REWARDS_ACHIEVEMENTS_TARGET": f"localhost:{ports['achievements']}",
+        "REWARDS_LEVELS_TARGET": f"localhost:{ports['levels']}",
+        # The doc shows awards whose level check answered in time; generous
+        # deadlines keep a loaded machine from turning them into deferred ones.
+        "REWARDS_LEVEL_CHECK_TIMEOUT_S": "10",
+        "REWARDS_XP_GRANT_TIMEOUT_S": "10",
+        # Off: the default metrics ports belong to a `make up` cluster that may be running.
+        "REWARDS_XP_METRICS_PORT": "0",
+        "REWARDS_ACHIEVEMENTS_METRICS_PORT": "0",
+        "REWARDS_LEVELS_METRICS_PORT": "0",
+    }
+    logs = tmp_path_factory.mktemp("grpcurl-doc-logs")
+    running = {
+        name: subprocess.Popen([sys.executable, "-m", module], cwd=REPO_ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=open(logs / f"{name}.log", "wb"))
+        for name, module in SERVICES.items()
+    }
+    try:
+        for name, port in ports.items():
+            assert wait_serving(port), (logs / f"{name}.log").read_text()
+        yield ports
+    finally:
+        for process in running.values():
+            process.kill()
+            process.wait()
+
+
+def wait_serving(port: int, timeout_s: float = 30) -> bool:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(f"localhost:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                return stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError:
+                time.sleep(0.2)
+    return False
+
+
+def without_timestamps(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: without_timestamps(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_timestamps(item) for item in value]
+    if isinstance(value, str) and TIMESTAMP.match(value):
+        return "<timestamp>"
+    return value
+
+
+def text_lines(text: str) -> list[str]:
+    """Lines with runs of white space made one space: the doc shows grpcurl's tabs as spaces."""
+    return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+
+
+def status_exit_code(status_line: str) -> int:
+    """`Code: InvalidArgument` -> 64 + 3, the exit status grpcurl gives that status."""
+    camel = status_line.split(":", 1)[1].strip()
+    code = grpc.StatusCode[re.sub(r"(?<!^)(?=[A-Z])", "_", camel).upper()]
+    return GRPCURL_STATUS_EXIT_OFFSET + code.value[0]
+
+
+def run_documented(session: Session, documented: DocumentedCommand, ports: dict[str, int]) -> subprocess.CompletedProcess[str]:
+    command = documented.command
+    for server, default_port in DEFAULT_PORTS.items():
+        command = command.replace(f"localhost:{default_port}", f"localhost:{ports[server]}")
+    # As a reader runs it: the doc's setup lines, then the command, in bash
+    # from the repository root. The running Python's bin directory stands in
+    # for .venv/bin when the suite runs from another virtualenv.
+    script = "\n".join([*session.setup, command])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
+
+
+def mismatch(session: Session, documented: DocumentedCommand, ran: subprocess.CompletedProcess[str]) -> str | None:
+    """Why what the command printed is not what the doc shows; None when it is."""
+    shown = f"{documented.command}\n  exit status {ran.returncode}\n  stdout: {ran.stdout}\n  stderr: {ran.stderr}"
+    if documented.documented_error:
+        expected_exit = status_exit_code(text_lines(documented.output)[1])
+        if ran.returncode != expected_exit:
+            return f"expected exit status {expected_exit}: {shown}"
+        if f"exits with status {expected_exit}" not in session.text:
+            return f"the doc does not say the exit status is {expected_exit}: {shown}"
+        if text_lines(ran.stderr) != text_lines(documented.output):
+            return f"a status other than the doc's:\n{documented.output}\n{shown}"
+        return None
+    if ran.returncode != 0:
+        return f"failed: {shown}"
+    if documented.output_kind == "json":
+        try:
+            printed = json.loads(ran.stdout)
+        except json.JSONDecodeError:
+            return f"printed no JSON: {shown}"
+        if without_timestamps(printed) != without_timestamps(json.loads(documented.output)):
+            return f"printed other JSON than the doc's:\n{documented.output}\n{shown}"
+        return None
+    if text_lines(ran.stdout) != text_lines(documented.output):
+        return f"printed other text than the doc's:\n{documented.output}\n{shown}"
+    return None
+
+
+def test_every_documented_command_prints_what_the_doc_shows(session: Session, cluster_ports: dict[str, int]) -> None:
+    # Every command runs, even after a mismatch, so that one run lists every
+    # place the doc needs fixing.
+    mismatches = [
+        found for documented in session.commands
+        if (found := mismatch(session, documented, run_documented(session, documented, cluster_ports)))
+    ]
+    assert not mismatches, "\n\n".join(mismatches)
