@@ -77,7 +77,9 @@ class RpcEdgeInterceptor(grpc.ServerInterceptor):
                 seconds = time.perf_counter() - started
                 RPCS.labels(method, code.name).inc()
                 RPC_SECONDS.labels(method).observe(seconds)
-                _rpc_log.info("rpc", extra={"fields": {
+                # Health checks come every few seconds from orchestrators: logged only at DEBUG.
+                level = logging.DEBUG if method.startswith("/grpc.health.v1.Health/") else logging.INFO
+                _rpc_log.log(level, "rpc", extra={"fields": {
                     "code": code.name, "duration_ms": round(seconds * 1000, 3), "peer": context.peer(),
                 }})
                 unbind_rpc_fields(token)

@@ -52,7 +52,8 @@ class Levels:
             step = plan.first_step()
             try:
                 self._repository.grant_level_rewards_once(
-                    user_id, progress.level, step, table.xp_required(step.current_level), check_id)
+                    user_id, progress.level, step, table.xp_required(step.current_level), check_id,
+                    record_check=bool(request_id))
                 granted.append(step)
                 LEVEL_UPS.inc(len(step.passed))
             except LevelChangedConcurrently:

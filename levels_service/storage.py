@@ -79,10 +79,11 @@ class LevelsRepository:
         return sorted(reached, key=lambda r: r.level)
 
     def grant_level_rewards_once(self, user_id: str, expected_level: int | None, step: LevelUpPlan,
-                                 min_total_xp: int, check_id: str) -> None:
+                                 min_total_xp: int, check_id: str, record_check: bool) -> None:
         """In one transaction: moves the stored level from `expected_level` to
         the step's level, records each level passed with its rewards (each only
-        if not recorded before), and adds those levels to the check's record.
+        if not recorded before), and, when `record_check`, adds those levels to
+        the check's record (kept for repeats of a request_id).
         Exactly one caller can make a given move. Raises LevelChangedConcurrently
         when another check moved first."""
         now = utc_now_iso()
@@ -100,7 +101,9 @@ class LevelsRepository:
                 "ExpressionAttributeNames": {"#l": "level"},
                 "ExpressionAttributeValues": to_item(values),
             }},
-            {"Update": {
+        ]
+        if record_check:  # only a check named by the caller can be repeated
+            items.append({"Update": {
                 "TableName": self._checks,
                 "Key": {"user_id": attr(user_id), "check_id": attr(check_id)},
                 "UpdateExpression": "ADD levels :levels SET previous_level = if_not_exists(previous_level, :previous), updated_at = :now",
@@ -109,8 +112,7 @@ class LevelsRepository:
                     ":previous": step.previous_level,
                     ":now": now,
                 }),
-            }},
-        ]
+            }})
         for level in step.passed:
             items.append({"Put": {
                 "TableName": self._reached,

@@ -12,6 +12,13 @@ if ! command -v java >/dev/null; then
   apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless
 fi
 
+# docker-compose (Debian's 1.29) checks docker-compose.yml offline in
+# tests/test_compose.py; no Docker engine is needed, hence no recommends.
+if ! command -v docker-compose >/dev/null; then
+  echo "install: docker-compose not found; installing it" >&2
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

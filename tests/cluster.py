@@ -36,8 +36,10 @@ class Cluster:
         settings: dict[str, Any] = {
             "dynamodb_endpoint": endpoint,
             "table_prefix": f"test-{uuid.uuid4().hex[:8]}-",
-            "level_check_timeout_s": 1.0,
-            "xp_grant_timeout_s": 2.0,
+            # Generous, so that a loaded machine does not defer checks; tests of
+            # deadlines set their own.
+            "level_check_timeout_s": 10.0,
+            "xp_grant_timeout_s": 10.0,
         }
         self.settings = replace(Settings(), **{**settings, **overrides})
         self.dynamodb = create_dynamodb_client(self.settings)

@@ -1,0 +1,374 @@
+"""docker-compose.yml, the Dockerfile and .dockerignore, checked without a
+Docker engine: compose itself validates the file, and its services, ports,
+variables, commands and health checks agree with the code's configuration and
+entry points. The health probe those checks run is tested against a real
+Levels server, and DynamoDB's check against a real DynamoDB Local."""
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from grpc_health.v1 import health
+
+from common.config import ENVIRONMENT_VARIABLES, Settings
+from common.dynamodb import create_dynamodb_client, ensure_tables
+from common.health_probe import DEFAULT_DEADLINE_S
+from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, free_port
+from levels_service import server as levels_server
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+DOCKERIGNORE = REPO_ROOT / ".dockerignore"
+
+# Compose service name (the name the configuration gives it: REWARDS_<NAME>_*)
+# -> the module `python -m` runs.
+MODULES = {"xp": "xp_service", "achievements": "achievements_service", "levels": "levels_service"}
+# Who calls whom: XP asks Levels after every award, Achievements pays through XP.
+DEPENDENCIES = {"levels": {"dynamodb"}, "xp": {"dynamodb", "levels"}, "achievements": {"dynamodb", "xp"}}
+# The ports clients and the README rely on, by service: gRPC, then Prometheus metrics.
+PROMISED_PORTS = {"xp": (50051, 9451), "achievements": (50052, 9452), "levels": (50053, 9453)}
+# Read by boto3 rather than by common/config.py; DynamoDB Local wants them present.
+CREDENTIAL_VARIABLES = set(LOCAL_CREDENTIALS)
+DYNAMODB_PORT = 8000
+INSTALL_HINT = "apt-get install -y --no-install-recommends docker-compose (scripts/install.sh does it)"
+
+
+# ---- reading the files --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(loaded, dict) and isinstance(loaded.get("services"), dict), "docker-compose.yml has no services"
+    return loaded
+
+
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as a mapping, whichever of compose's two forms it uses."""
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        return dict(item.split("=", 1) for item in raw)
+    return {key: str(value) for key, value in raw.items()}
+
+
+def published_ports(service: dict[str, Any]) -> set[tuple[str, int, int]]:
+    """(host ip or "", published, container port) for each short-form port."""
+    mapped = set()
+    for spec in service.get("ports", []):
+        parts = str(spec).split("/")[0].split(":")
+        assert len(parts) in (2, 3), f"port {spec!r}: publish it as [IP:]HOST:CONTAINER"
+        host_ip = parts[0] if len(parts) == 3 else ""
+        mapped.add((host_ip, int(parts[-2]), int(parts[-1])))
+    return mapped
+
+
+def seconds(duration: str) -> float:
+    """A compose duration such as 15s, 1m30s or 500ms."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", str(duration))
+    assert parts and "".join(n + u for n, u in parts) == str(duration), f"not a duration: {duration!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def host_and_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def container_settings(service: dict[str, Any]) -> Settings:
+    """What common/config.py makes of the service's environment inside its container."""
+    return Settings.from_env(environment(service))
+
+
+def grpc_port(name: str) -> int:
+    """Where the code listens by default; the compose file keeps the same ports."""
+    return host_and_port(getattr(Settings(), f"{name}_listen"))[1]
+
+
+def unescaped(command: list[str]) -> list[str]:
+    """A health check's command as the container gets it: `$$` is compose's escape for `$`."""
+    return [part.replace("$$", "$") for part in command]
+
+
+def compose_command() -> list[str]:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    pytest.fail(f"neither docker-compose nor the docker compose plugin is installed: {INSTALL_HINT}")
+
+
+def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*compose_command(), "--project-directory", str(REPO_ROOT), "-f", str(COMPOSE_FILE), *args],
+        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+    )
+
+
+# ---- compose validates the file -----------------------------------------------------------------
+
+def test_compose_validates_the_file() -> None:
+    checked = run_compose("config", "-q")
+    assert checked.returncode == 0, f"docker-compose config -q rejects docker-compose.yml:\n{checked.stderr}"
+    assert "WARN" not in checked.stderr.upper(), checked.stderr
+
+
+def test_compose_resolves_shared_settings_as_pyyaml_does(compose: dict[str, Any]) -> None:
+    """The file shares settings through YAML anchors and merge keys: the checks
+    below read it with PyYAML, so compose must read the same thing."""
+    resolved = run_compose("config")
+    assert resolved.returncode == 0, resolved.stderr
+    # A bare `$name` in the file is compose interpolating a host variable; `$$` is a literal `$`.
+    assert "is not set" not in resolved.stderr, resolved.stderr
+    as_compose_reads = yaml.safe_load(resolved.stdout)["services"]
+    assert set(as_compose_reads) == set(services(compose))
+    for name, service in services(compose).items():
+        theirs = as_compose_reads[name]
+        assert environment(theirs) == environment(service), name
+        assert theirs.get("command") == service.get("command"), name
+        assert unescaped(theirs["healthcheck"]["test"]) == unescaped(service["healthcheck"]["test"]), name
+        assert {dep: spec["condition"] for dep, spec in (theirs.get("depends_on") or {}).items()} == \
+            {dep: spec["condition"] for dep, spec in (service.get("depends_on") or {}).items()}, name
+
+
+# ---- services and entry points ------------------------------------------------------------------
+
+def test_services_are_dynamodb_local_and_the_three_servers(compose: dict[str, Any]) -> None:
+    assert set(services(compose)) == {"dynamodb", *MODULES}
+
+
+@pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
+def test_each_service_runs_its_entry_point_module(compose: dict[str, Any], name: str) -> None:
+    module = MODULES[name]
+    assert services(compose)[name]["command"] == ["python", "-m", module]
+    main = importlib.util.find_spec(f"{module}.__main__")
+    assert main is not None and main.origin, f"{module} cannot run with python -m"
+    # __main__ starts the server when imported, so it is read, not imported.
+    calls = {node.func.id for node in ast.walk(ast.parse(Path(main.origin).read_text()))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    assert "serve" in calls, f"{main.origin} does not call serve()"
+    assert callable(importlib.import_module(f"{module}.server").serve)
+
+
+def test_every_service_container_is_built_from_the_one_dockerfile(compose: dict[str, Any]) -> None:
+    images = set()
+    for name in MODULES:
+        service = services(compose)[name]
+        build = service["build"]
+        context = build if isinstance(build, str) else build.get("context", ".")
+        assert (REPO_ROOT / context).resolve() == REPO_ROOT, f"{name} builds from {context}"
+        if not isinstance(build, str):
+            assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
+        images.add(service.get("image"))
+    assert len(images) == 1, f"the three services should share one image, not {images}"
+
+
+# ---- ports, variables, targets ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
+def test_grpc_and_metrics_ports_are_published_where_the_service_listens(compose: dict[str, Any], name: str) -> None:
+    grpc_promised, metrics_promised = PROMISED_PORTS[name]
+    assert grpc_port(name) == grpc_promised, "the code's default port moved: update the compose file and README"
+    assert getattr(Settings(), f"{name}_metrics_port") == metrics_promised
+    service = services(compose)[name]
+    settings = container_settings(service)
+    listen_host, listen_port = host_and_port(getattr(settings, f"{name}_listen"))
+    # Docker forwards published ports to the container's own address, not its loopback.
+    assert listen_host in ("0.0.0.0", "[::]"), f"{name} listens on {listen_host}, unreachable from outside"
+    assert listen_port == grpc_promised
+    assert getattr(settings, f"{name}_metrics_port") == metrics_promised
+    assert published_ports(service) == {("", grpc_promised, grpc_promised), ("", metrics_promised, metrics_promised)}
+
+
+@pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
+def test_every_variable_a_service_sets_is_one_the_code_reads(compose: dict[str, Any], name: str) -> None:
+    variables = set(environment(services(compose)[name]))
+    unknown = variables - set(ENVIRONMENT_VARIABLES.values()) - CREDENTIAL_VARIABLES
+    assert not unknown, f"{name} sets variables that nothing reads: {sorted(unknown)}"
+    assert CREDENTIAL_VARIABLES <= variables, "DynamoDB Local needs credentials to be present"
+    assert {"AWS_REGION", "REWARDS_DYNAMODB_ENDPOINT"} <= variables
+
+
+@pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
+def test_targets_and_endpoint_name_compose_services_and_their_ports(compose: dict[str, Any], name: str) -> None:
+    service = services(compose)[name]
+    settings = container_settings(service)
+    set_here = set(environment(service))
+    for peer in MODULES:
+        variable = ENVIRONMENT_VARIABLES[f"{peer}_target"]
+        if peer in DEPENDENCIES[name]:
+            # The default (localhost) is the container itself.
+            assert variable in set_here, f"{name} calls {peer} but does not set {variable}"
+        if variable in set_here:
+            assert getattr(settings, f"{peer}_target") == f"{peer}:{grpc_port(peer)}"
+            assert peer in services(compose)
+    endpoint = urlsplit(settings.dynamodb_endpoint or "")
+    assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "dynamodb", DYNAMODB_PORT)
+
+
+# ---- health checks and start order --------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
+def test_healthchecks_ask_the_grpc_health_protocol(compose: dict[str, Any], name: str) -> None:
+    check = services(compose)[name]["healthcheck"]
+    full_name = importlib.import_module(f"{MODULES[name]}.server").SERVICE.full_name
+    assert check["test"] == ["CMD", "python", "-m", "common.health_probe", f"127.0.0.1:{grpc_port(name)}", full_name]
+    # The probe gives up first, so it reports why instead of being killed.
+    assert seconds(check["timeout"]) > DEFAULT_DEADLINE_S
+
+
+def test_dynamodb_local_is_pinned_shared_and_checked(compose: dict[str, Any]) -> None:
+    dynamodb = services(compose)["dynamodb"]
+    image, _, tag = dynamodb["image"].partition(":")
+    assert image == "amazon/dynamodb-local" and tag and tag != "latest", dynamodb["image"]
+    command = dynamodb["command"]
+    assert "-sharedDb" in command, "without -sharedDb each credential/region pair sees its own tables"
+    assert "-port" not in command or command[command.index("-port") + 1] == str(DYNAMODB_PORT)
+    test = dynamodb["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "-c"] and f"/dev/tcp/127.0.0.1/{DYNAMODB_PORT}" in test[3]
+
+
+@pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
+def test_services_start_after_healthy_dependencies(compose: dict[str, Any], name: str) -> None:
+    depends_on = services(compose)[name]["depends_on"]
+    assert depends_on == {dependency: {"condition": "service_healthy"} for dependency in DEPENDENCIES[name]}
+    for dependency in depends_on:
+        assert "test" in services(compose)[dependency].get("healthcheck", {}), f"{dependency} has no health check"
+
+
+@pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
+def test_docker_waits_for_the_drain_on_sigterm(compose: dict[str, Any], name: str) -> None:
+    service = services(compose)[name]
+    grace = container_settings(service).shutdown_grace_s
+    assert seconds(service.get("stop_grace_period", "10s")) > grace, \
+        f"Docker kills {name} before its {grace} s drain of in-flight calls ends"
+
+
+# ---- Dockerfile and .dockerignore ---------------------------------------------------------------
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    joined = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in joined.splitlines()]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+            for line in lines if line and not line.startswith("#")]
+
+
+def test_dockerfile_builds_a_slim_non_root_image_of_the_project(compose: dict[str, Any]) -> None:
+    instructions = dockerfile_instructions()
+    python = re.search(r">=(\d+\.\d+)", tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
+    assert python is not None
+    assert [arg for op, arg in instructions if op == "FROM"] == [f"python:{python.group(1)}-slim"]
+    installs = [arg for op, arg in instructions if op == "RUN" and "pip install" in arg]
+    assert any(re.search(r"pip install (--no-deps )?\.(\s|$)", run) for run in installs), "the project itself is not installed"
+    assert not any("[dev]" in run or "requirements-dev" in run for run in installs), "dev dependencies in the image"
+    users = [arg for op, arg in instructions if op == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image runs as root"
+    exposed = {int(port.split("/")[0]) for op, arg in instructions if op == "EXPOSE" for port in arg.split()}
+    published = {target for name in MODULES for _, _, target in published_ports(services(compose)[name])}
+    assert exposed == published
+    cmd = [arg for op, arg in instructions if op == "CMD"]
+    assert cmd and yaml.safe_load(cmd[-1])[:2] == ["python", "-m"] and yaml.safe_load(cmd[-1])[2] in MODULES.values()
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build() -> None:
+    ignored = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
+    assert {".git", ".venv", ".local", ".pytest_cache", ".mypy_cache", "**/__pycache__"} <= ignored
+
+
+# ---- the probes, against real servers -----------------------------------------------------------
+
+def run_probe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "common.health_probe", *args],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def levels_settings(dynamodb_endpoint: str) -> Settings:
+    settings = replace(Settings(), dynamodb_endpoint=dynamodb_endpoint, table_prefix=f"probe-{uuid.uuid4().hex[:8]}-")
+    ensure_tables(create_dynamodb_client(settings), settings.table_prefix)
+    return settings
+
+
+@pytest.fixture
+def levels(levels_settings: Settings) -> Iterator[tuple[int, health.HealthServicer]]:
+    """A real Levels server, as tests/cluster.py starts one, with its health servicer at hand."""
+    health_servicer = health.HealthServicer()
+    server, port = levels_server.create_server(
+        "127.0.0.1:0", levels_settings, create_dynamodb_client(levels_settings), health_servicer
+    )
+    server.start()
+    yield port, health_servicer
+    server.stop(grace=None).wait()
+
+
+def test_health_probe_passes_a_serving_server(levels: tuple[int, health.HealthServicer], compose: dict[str, Any]) -> None:
+    port, _ = levels
+    for service in ([], ["rewards.v1.LevelsService"]):
+        probed = run_probe(f"127.0.0.1:{port}", *service)
+        assert probed.returncode == 0, probed.stderr
+        assert "SERVING" in probed.stdout
+    # The compose file's own check, pointed at this server's port.
+    argv = services(compose)["levels"]["healthcheck"]["test"][1:]
+    assert argv[0] == "python" and argv[3] == f"127.0.0.1:{grpc_port('levels')}"
+    checked = subprocess.run([sys.executable, *argv[1:3], f"127.0.0.1:{port}", *argv[4:]],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_health_probe_fails_an_unknown_service_and_a_draining_server(levels: tuple[int, health.HealthServicer]) -> None:
+    port, health_servicer = levels
+    unknown = run_probe(f"127.0.0.1:{port}", "rewards.v1.NoSuchService")
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+    # What SIGTERM does first: the server still answers, but NOT_SERVING.
+    health_servicer.enter_graceful_shutdown()
+    for service in ([], ["rewards.v1.LevelsService"]):
+        draining = run_probe(f"127.0.0.1:{port}", *service)
+        assert draining.returncode == 1 and "NOT_SERVING" in draining.stderr, draining.stderr
+
+
+def test_health_probe_fails_a_closed_port() -> None:
+    probed = run_probe(f"127.0.0.1:{free_port()}")
+    assert probed.returncode == 1 and "UNAVAILABLE" in probed.stderr, probed.stderr
+
+
+def test_health_probe_gives_up_at_its_deadline_on_a_silent_peer() -> None:
+    with socket.socket() as silent:  # accepts connections, never speaks HTTP/2
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        started = time.monotonic()
+        probed = run_probe(f"127.0.0.1:{silent.getsockname()[1]}", "--deadline", "0.5")
+        elapsed = time.monotonic() - started
+    assert probed.returncode == 1 and "DEADLINE_EXCEEDED" in probed.stderr, probed.stderr
+    assert elapsed < 10
+
+
+def dynamodb_check_script(compose: dict[str, Any], port: int) -> str:
+    script = unescaped(services(compose)["dynamodb"]["healthcheck"]["test"])[3]
+    return script.replace(f"/dev/tcp/127.0.0.1/{DYNAMODB_PORT}", f"/dev/tcp/127.0.0.1/{port}")
+
+
+def test_dynamodb_healthcheck_passes_a_serving_dynamodb_local(compose: dict[str, Any], dynamodb_endpoint: str) -> None:
+    port = urlsplit(dynamodb_endpoint).port
+    assert port is not None
+    checked = subprocess.run(["bash", "-c", dynamodb_check_script(compose, port)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    closed = subprocess.run(["bash", "-c", dynamodb_check_script(compose, free_port())], capture_output=True, text=True, timeout=30)
+    assert closed.returncode != 0
