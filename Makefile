@@ -9,9 +9,11 @@ install: $(STAMP)
 $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh
 
-## Install everything, start DynamoDB Local and the three services, print where they listen.
+## Install everything, start DynamoDB Local and the three services, print where they listen,
+## and load the sample catalog into an empty catalog.
 up: install
 	$(PY) -m devcluster up
+	.venv/bin/rewardsctl catalog apply --if-empty catalog/sample-game.yaml
 
 down:
 	$(PY) -m devcluster down

@@ -1,9 +1,313 @@
+"""rewardsctl: the catalog as a file, player operations, and backups of a stage.
+
+    rewardsctl catalog apply FILE [--dry-run] [--no-delete] [--if-empty]
+    rewardsctl catalog export [-o FILE]
+    rewardsctl award USER ACTIVITY [--request-id ID] [--json]
+    rewardsctl unlock USER ACHIEVEMENT [--request-id ID] [--json]
+    rewardsctl progress USER [--json]
+    rewardsctl backup export DIR
+    rewardsctl backup import DIR [--workers N]
+
+Catalog and player commands call the services over gRPC; backups read and
+write DynamoDB directly. Targets, endpoint and table prefix come from the
+services' own environment variables (common.config), and flags override them.
+
+Exit status: 0 done; 1 a service or DynamoDB refused or failed (the message
+says why); 2 a bad command line or catalog file (nothing was written);
+130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
 import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+import grpc
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from common.config import Settings
+from common.dynamodb import create_dynamodb_client, error_code
+from rewardsctl import text_output
+from rewardsctl.backup import BackupError, Manifest, export_stage, import_stage
+from rewardsctl.catalog import CatalogFileError, catalog_warnings, format_catalog, parse_catalog
+from rewardsctl.catalog_plan import plan_catalog
+from rewardsctl.progress_display import ItemCountDisplay
+from rewardsctl.service_clients import ServiceClients, ServiceTargets
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+Answer = TypeVar("Answer")
 
 
-def main() -> int:
-    print("rewardsctl: not yet", file=sys.stderr)
-    return 1
+class CommandFailed(Exception):
+    """Ends the command with `message` on stderr and exit status `status`."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- catalog ----------------------------------------------------------------------
+
+def catalog_apply(args: argparse.Namespace, settings: Settings) -> int:
+    path = Path(args.file)
+    try:
+        desired = parse_catalog(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise CommandFailed(f"cannot read {path}: {error.strerror or error}", EXIT_USAGE) from error
+    except CatalogFileError as error:
+        raise CommandFailed(f"{path} is not a valid catalog, nothing was changed:\n"
+                            + "\n".join("  " + p.replace("\n", "\n    ") for p in error.problems), EXIT_USAGE) from error
+    for warning in catalog_warnings(desired):
+        print(f"warning: {warning}", file=sys.stderr)
+    with _service_clients(args, settings) as clients:
+        current = _call(lambda: clients.read_catalog(), "reading the catalog", _all_targets(clients.targets))
+        if args.if_empty and not current.is_empty():
+            print(f"the catalog is not empty ({len(current.activities or ())} activities, "
+                  f"{len(current.achievements or ())} achievements, {len(current.levels or ())} levels): "
+                  f"left as it is (--if-empty)")
+            return EXIT_OK
+        plan = plan_catalog(desired, current, delete_missing=not args.no_delete)
+        applied = 0
+        for change in plan.changes:
+            if not args.dry_run and change.writes:
+                try:
+                    clients.apply_change(change)
+                except (grpc.RpcError, ValueError) as error:
+                    # ValueError: protobuf cannot carry a value (a lone surrogate in a string).
+                    reason = (text_output.rpc_error_text(error, _target_of(change.kind, clients.targets))
+                              if isinstance(error, grpc.RpcError) else str(error))
+                    raise CommandFailed(
+                        f"could not {change.action} {change.kind} {change.key}: {reason}\n"
+                        f"{applied} of {len(plan.writes)} changes were made before this one; fix {path} and apply "
+                        "it again (apply is idempotent: what is done already is left as it is)"
+                    ) from error
+                applied += 1
+            print(text_output.change_line(change, done=not args.dry_run))
+    for summary in plan.summaries:
+        print(text_output.summary_line(summary, done=not args.dry_run))
+    print(text_output.plan_footer(plan, dry_run=args.dry_run))
+    return EXIT_OK
+
+
+def catalog_export(args: argparse.Namespace, settings: Settings) -> int:
+    with _service_clients(args, settings) as clients:
+        catalog = _call(lambda: clients.read_catalog(), "reading the catalog", _all_targets(clients.targets))
+    text = format_catalog(catalog, header="The rewards catalog, exported by rewardsctl.\n"
+                                          "Load it with: rewardsctl catalog apply FILE")
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {len(catalog.activities or ())} activities, {len(catalog.achievements or ())} achievements and "
+              f"{len(catalog.levels or ())} levels to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+# --- players ----------------------------------------------------------------------
+
+def award(args: argparse.Namespace, settings: Settings) -> int:
+    # A request id of our own, so that repeating this exact award (after a lost
+    # answer or a deferred level check) cannot count it twice.
+    request_id = args.request_id or f"rewardsctl-{uuid.uuid4().hex}"
+    with _service_clients(args, settings) as clients:
+        response = _call(lambda: clients.award(args.user, args.activity, request_id), "award",
+                         clients.targets.xp, retry_with=request_id)
+    if args.json:
+        print(text_output.message_json(response))
+        if not args.request_id:
+            print(f"request_id {request_id}", file=sys.stderr)
+    else:
+        print(text_output.award_text(response, args.activity, request_id))
+    return EXIT_OK
+
+
+def unlock(args: argparse.Namespace, settings: Settings) -> int:
+    with _service_clients(args, settings) as clients:
+        response = _call(lambda: clients.unlock(args.user, args.achievement, args.request_id or ""), "unlock",
+                         clients.targets.achievements)
+    print(text_output.message_json(response) if args.json else text_output.unlock_text(response, args.user))
+    return EXIT_OK
+
+
+def progress(args: argparse.Namespace, settings: Settings) -> int:
+    with _service_clients(args, settings) as clients:
+        response = _call(lambda: clients.progress(args.user), "progress", clients.targets.xp)
+    print(text_output.message_json(response) if args.json else text_output.progress_text(response))
+    return EXIT_OK
+
+
+# --- backups ----------------------------------------------------------------------
+
+def backup_export(args: argparse.Namespace, settings: Settings) -> int:
+    started = time.monotonic()
+    manifest = _dynamodb(settings, lambda client: export_stage(
+        client, settings.table_prefix, Path(args.dir), ItemCountDisplay(sys.stderr, "export")))
+    print(f"exported {manifest.items:,} items of {len(manifest.tables)} tables (prefix {settings.table_prefix!r}) "
+          f"to {args.dir} in {time.monotonic() - started:.1f} s")
+    _print_table_counts(manifest)
+    return EXIT_OK
+
+
+def backup_import(args: argparse.Namespace, settings: Settings) -> int:
+    started = time.monotonic()
+    manifest = _dynamodb(settings, lambda client: import_stage(
+        client, settings.table_prefix, Path(args.dir), ItemCountDisplay(sys.stderr, "import"), workers=args.workers))
+    print(f"imported {manifest.items:,} items of {len(manifest.tables)} tables into prefix {settings.table_prefix!r} "
+          f"in {time.monotonic() - started:.1f} s (backup of {manifest.source_table_prefix!r} made {manifest.created_at}); "
+          "counts verified")
+    _print_table_counts(manifest)
+    return EXIT_OK
+
+
+def _print_table_counts(manifest: Manifest) -> None:
+    for table in manifest.tables:
+        print(f"  {table.table:<18} {table.items:>10,}")
+
+
+def _dynamodb(settings: Settings, work: Callable[[Any], Manifest]) -> Manifest:
+    where = settings.dynamodb_endpoint or f"AWS ({settings.aws_region})"
+    try:
+        return work(create_dynamodb_client(settings))
+    except BackupError as error:
+        raise CommandFailed(str(error)) from error
+    except NoCredentialsError as error:
+        raise CommandFailed(f"no AWS credentials for DynamoDB at {where}; DynamoDB Local takes any pair, such as "
+                            "AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local") from error
+    except ClientError as error:
+        raise CommandFailed(f"DynamoDB at {where} refused: {error_code(error)}: {error}") from error
+    except BotoCoreError as error:
+        raise CommandFailed(f"DynamoDB at {where} could not be reached: {error}") from error
+
+
+# --- plumbing ---------------------------------------------------------------------
+
+def _service_clients(args: argparse.Namespace, settings: Settings) -> ServiceClients:
+    targets = ServiceTargets(
+        xp=args.xp_target or settings.xp_target,
+        achievements=args.achievements_target or settings.achievements_target,
+        levels=args.levels_target or settings.levels_target,
+    )
+    return ServiceClients(targets, timeout_s=args.timeout)
+
+
+def _target_of(kind: str, targets: ServiceTargets) -> str:
+    return {"activity": targets.xp, "achievement": targets.achievements, "level": targets.levels}[kind]
+
+
+def _all_targets(targets: ServiceTargets) -> str:
+    return f"{targets.xp}, {targets.achievements} and {targets.levels}"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {value})")
+    return value
+
+
+def _call(call: Callable[[], Answer], what: str, target: str, retry_with: str = "") -> Answer:
+    try:
+        return call()
+    except grpc.RpcError as error:
+        message = text_output.rpc_error_text(error, target)
+        if retry_with:
+            message = message.replace("run the same command again", f"run it again with --request-id {retry_with}")
+        raise CommandFailed(f"{what} failed: {message}") from error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    services = argparse.ArgumentParser(add_help=False)
+    group = services.add_argument_group("services (default: REWARDS_XP_TARGET etc., else localhost:50051-50053)")
+    group.add_argument("--xp-target", metavar="HOST:PORT")
+    group.add_argument("--achievements-target", metavar="HOST:PORT")
+    group.add_argument("--levels-target", metavar="HOST:PORT")
+    group.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each call (default 10)")
+
+    dynamodb = argparse.ArgumentParser(add_help=False)
+    group = dynamodb.add_argument_group("DynamoDB (default: REWARDS_DYNAMODB_ENDPOINT, REWARDS_TABLE_PREFIX)")
+    group.add_argument("--dynamodb-endpoint", metavar="URL", help="unset means AWS itself")
+    group.add_argument("--table-prefix", metavar="PREFIX", help="the stage's table prefix (default rewards-)")
+
+    parser = argparse.ArgumentParser(prog="rewardsctl", description="The rewards catalog as a file, player operations, "
+                                     "and backups of a stage.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    catalog = commands.add_parser("catalog", help="apply or export the catalog (activities, achievements, levels)")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    apply = catalog_commands.add_parser(
+        "apply", parents=[services], help="make the catalog what FILE says",
+        description="Makes the catalog what FILE says: entries of the file are created or changed, and entries of "
+                    "a section the file has but that it does not list are deleted (a section the file leaves out "
+                    "is left alone). Idempotent: a second apply changes nothing.")
+    apply.add_argument("file", metavar="FILE")
+    apply.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    apply.add_argument("--no-delete", action="store_true", help="keep entries the file does not list")
+    apply.add_argument("--if-empty", action="store_true",
+                       help="only when the catalog has no entries at all (for loading a sample at start)")
+    apply.set_defaults(run=catalog_apply)
+    export = catalog_commands.add_parser("export", parents=[services], help="print the catalog in the file format")
+    export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    export.set_defaults(run=catalog_export)
+
+    award_parser = commands.add_parser("award", parents=[services], help="award the XP of an activity to a user")
+    award_parser.add_argument("user", metavar="USER")
+    award_parser.add_argument("activity", metavar="ACTIVITY")
+    award_parser.add_argument("--request-id", metavar="ID", help="deduplicates repeats (default: a new id, printed)")
+    award_parser.add_argument("--json", action="store_true", help="print the service's answer as JSON")
+    award_parser.set_defaults(run=award)
+
+    unlock_parser = commands.add_parser("unlock", parents=[services], help="unlock an achievement for a user")
+    unlock_parser.add_argument("user", metavar="USER")
+    unlock_parser.add_argument("achievement", metavar="ACHIEVEMENT")
+    unlock_parser.add_argument("--request-id", metavar="ID", help="kept with the unlock, for tracing")
+    unlock_parser.add_argument("--json", action="store_true", help="print the service's answer as JSON")
+    unlock_parser.set_defaults(run=unlock)
+
+    progress_parser = commands.add_parser("progress", parents=[services], help="a user's XP, level, achievements, rewards")
+    progress_parser.add_argument("user", metavar="USER")
+    progress_parser.add_argument("--json", action="store_true", help="print the service's answer as JSON")
+    progress_parser.set_defaults(run=progress)
+
+    backup = commands.add_parser("backup", help="copy a stage's tables to a directory and back")
+    backup_commands = backup.add_subparsers(dest="backup_command", required=True, metavar="ACTION")
+    backup_export_parser = backup_commands.add_parser(
+        "export", parents=[dynamodb], help="write every table of the stage to DIR (new or empty)")
+    backup_export_parser.add_argument("dir", metavar="DIR")
+    backup_export_parser.set_defaults(run=backup_export)
+    backup_import_parser = backup_commands.add_parser(
+        "import", parents=[dynamodb], help="write a backup into a stage whose tables are empty (created if missing)")
+    backup_import_parser.add_argument("dir", metavar="DIR")
+    backup_import_parser.add_argument("--workers", type=_positive_int, default=8, metavar="N",
+                                      help="concurrent batch writes (default 8)")
+    backup_import_parser.set_defaults(run=backup_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    if getattr(args, "dynamodb_endpoint", None):
+        settings = replace(settings, dynamodb_endpoint=args.dynamodb_endpoint)
+    if getattr(args, "table_prefix", None) is not None:
+        settings = replace(settings, table_prefix=args.table_prefix)
+    try:
+        status: int = args.run(args, settings)
+        return status
+    except CommandFailed as failure:
+        sys.stdout.flush()
+        print(f"rewardsctl: {failure}", file=sys.stderr)
+        return failure.status
+    except KeyboardInterrupt:
+        print("rewardsctl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

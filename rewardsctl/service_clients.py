@@ -1,0 +1,176 @@
+"""The three services over gRPC, through the generated stubs: the catalog as
+rewardsctl.catalog values, and the player calls as the services answer them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from rewards.v1 import (
+    achievements_pb2,
+    achievements_pb2_grpc,
+    levels_pb2,
+    levels_pb2_grpc,
+    xp_pb2,
+    xp_pb2_grpc,
+)
+from rewardsctl.catalog import Achievement, Activity, Catalog, Level, Reward
+from rewardsctl.catalog_plan import CatalogChange, Entry
+
+# The servers send up to 64 MB; a level table of many levels with many rewards
+# is more than gRPC's default 4 MB.
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_LIST_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class ServiceTargets:
+    xp: str
+    achievements: str
+    levels: str
+
+
+class ServiceClients:
+    """One channel per service; every call has the same deadline."""
+
+    def __init__(self, targets: ServiceTargets, timeout_s: float) -> None:
+        self.targets = targets
+        self._timeout_s = timeout_s
+        options = [("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)]
+        self._channels = [grpc.insecure_channel(t, options=options) for t in (targets.xp, targets.achievements, targets.levels)]
+        self.xp = xp_pb2_grpc.XpServiceStub(self._channels[0])
+        self.achievements = achievements_pb2_grpc.AchievementsServiceStub(self._channels[1])
+        self.levels = levels_pb2_grpc.LevelsServiceStub(self._channels[2])
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> "ServiceClients":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- catalog ------------------------------------------------------------------
+
+    def read_catalog(self) -> Catalog:
+        return Catalog.of(self.list_activities(), self.list_achievements(), self.list_levels())
+
+    def list_activities(self) -> list[Activity]:
+        activities: list[Activity] = []
+        token = ""
+        while True:
+            page = self.xp.ListActivities(
+                xp_pb2.ListActivitiesRequest(page_size=_LIST_PAGE_SIZE, page_token=token), timeout=self._timeout_s)
+            activities.extend(activity_from_message(m) for m in page.activities)
+            token = page.next_page_token
+            if not token:
+                return activities
+
+    def list_achievements(self) -> list[Achievement]:
+        achievements: list[Achievement] = []
+        token = ""
+        while True:
+            page = self.achievements.ListAchievements(
+                achievements_pb2.ListAchievementsRequest(page_size=_LIST_PAGE_SIZE, page_token=token), timeout=self._timeout_s)
+            achievements.extend(achievement_from_message(m) for m in page.achievements)
+            token = page.next_page_token
+            if not token:
+                return achievements
+
+    def list_levels(self) -> list[Level]:
+        response = self.levels.ListLevels(levels_pb2.ListLevelsRequest(), timeout=self._timeout_s)
+        return [level_from_message(m) for m in response.levels]
+
+    def apply_change(self, change: CatalogChange) -> None:
+        """Writes one planned change; a "keep" writes nothing."""
+        if change.action in ("create", "change"):
+            self.put_entry(change.entry)
+        elif change.action == "delete":
+            self.delete_entry(change.entry)
+
+    def put_entry(self, entry: Entry) -> None:
+        if isinstance(entry, Activity):
+            self.xp.PutActivity(xp_pb2.PutActivityRequest(activity=activity_to_message(entry)), timeout=self._timeout_s)
+        elif isinstance(entry, Achievement):
+            self.achievements.PutAchievement(
+                achievements_pb2.PutAchievementRequest(achievement=achievement_to_message(entry)), timeout=self._timeout_s)
+        else:
+            self.levels.PutLevel(levels_pb2.PutLevelRequest(level=level_to_message(entry)), timeout=self._timeout_s)
+
+    def delete_entry(self, entry: Entry) -> None:
+        if isinstance(entry, Activity):
+            self.xp.DeleteActivity(xp_pb2.DeleteActivityRequest(activity_id=entry.activity_id), timeout=self._timeout_s)
+        elif isinstance(entry, Achievement):
+            self.achievements.DeleteAchievement(
+                achievements_pb2.DeleteAchievementRequest(achievement_id=entry.achievement_id), timeout=self._timeout_s)
+        else:
+            self.levels.DeleteLevel(levels_pb2.DeleteLevelRequest(level=entry.level), timeout=self._timeout_s)
+
+    # --- players ------------------------------------------------------------------
+
+    def award(self, user_id: str, activity_id: str, request_id: str) -> xp_pb2.AwardXpResponse:
+        return self.xp.AwardXp(
+            xp_pb2.AwardXpRequest(user_id=user_id, activity_id=activity_id, request_id=request_id), timeout=self._timeout_s)
+
+    def unlock(self, user_id: str, achievement_id: str, request_id: str) -> achievements_pb2.UnlockAchievementResponse:
+        return self.achievements.UnlockAchievement(
+            achievements_pb2.UnlockAchievementRequest(user_id=user_id, achievement_id=achievement_id, request_id=request_id),
+            timeout=self._timeout_s)
+
+    def progress(self, user_id: str) -> xp_pb2.UserProgress:
+        return self.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id), timeout=self._timeout_s)
+
+
+# --- conversions --------------------------------------------------------------------
+
+def activity_from_message(message: xp_pb2.Activity) -> Activity:
+    return Activity(message.activity_id, message.name, message.description, message.category, message.xp)
+
+
+def activity_to_message(activity: Activity) -> xp_pb2.Activity:
+    return xp_pb2.Activity(activity_id=activity.activity_id, name=activity.name, description=activity.description,
+                           category=activity.category, xp=activity.xp)
+
+
+def achievement_from_message(message: achievements_pb2.Achievement) -> Achievement:
+    requirements = message.requirements
+    return Achievement(
+        achievement_id=message.achievement_id,
+        name=message.name,
+        description=message.description,
+        xp_reward=message.xp_reward,
+        hidden=message.hidden,
+        required_achievements=tuple(requirements.required_achievements),
+        min_total_xp=requirements.min_total_xp,
+        min_level=requirements.min_level,
+    )
+
+
+def achievement_to_message(achievement: Achievement) -> achievements_pb2.Achievement:
+    return achievements_pb2.Achievement(
+        achievement_id=achievement.achievement_id,
+        name=achievement.name,
+        description=achievement.description,
+        xp_reward=achievement.xp_reward,
+        hidden=achievement.hidden,
+        requirements=achievements_pb2.Requirements(
+            required_achievements=list(achievement.required_achievements),
+            min_total_xp=achievement.min_total_xp,
+            min_level=achievement.min_level,
+        ),
+    )
+
+
+def level_from_message(message: levels_pb2.Level) -> Level:
+    return Level(message.level, message.xp_required, tuple(Reward(r.reward_id, r.quantity) for r in message.rewards))
+
+
+def level_to_message(level: Level) -> levels_pb2.Level:
+    return levels_pb2.Level(
+        level=level.level,
+        xp_required=level.xp_required,
+        rewards=[levels_pb2.Reward(reward_id=r.reward_id, quantity=r.quantity) for r in level.rewards],
+    )

@@ -1,0 +1,199 @@
+"""What rewardsctl prints, as text: plans, answers of the services and their
+errors. Pure: it formats and returns strings; the command prints them."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
+from rewardsctl.catalog import Achievement, Activity, Level, Reward
+from rewardsctl.catalog_plan import CatalogChange, CatalogPlan, SectionSummary
+
+_SIGN = {"create": "+", "change": "~", "delete": "-", "keep": "="}
+_PLANNED = {"create": "create", "change": "change", "delete": "delete", "keep": "keep"}
+_DONE = {"create": "created", "change": "changed", "delete": "deleted", "keep": "kept"}
+
+
+# --- catalog ----------------------------------------------------------------------
+
+def change_line(change: CatalogChange, *, done: bool) -> str:
+    verb = (_DONE if done else _PLANNED)[change.action]
+    line = f"{_SIGN[change.action]} {verb} {change.kind} {change.key}"
+    if change.action == "create":
+        line += f" ({entry_summary(change.entry)})"
+    elif change.action == "change":
+        line += ": " + "; ".join(f"{c.field} {_value(c.old)} -> {_value(c.new)}" for c in change.field_changes)
+    elif change.action == "delete":
+        line += " (not in the file)"
+    else:
+        line += " (not in the file; --no-delete)"
+    return line
+
+
+def entry_summary(entry: Activity | Achievement | Level) -> str:
+    if isinstance(entry, Activity):
+        return f"{entry.name!r}, {entry.xp:,} XP" + (f", category {entry.category}" if entry.category else "")
+    if isinstance(entry, Achievement):
+        parts = [repr(entry.name), f"{entry.xp_reward:,} XP"]
+        if entry.required_achievements:
+            parts.append("requires " + ", ".join(entry.required_achievements))
+        if entry.min_total_xp:
+            parts.append(f"min {entry.min_total_xp:,} XP")
+        if entry.min_level:
+            parts.append(f"min level {entry.min_level}")
+        if entry.hidden:
+            parts.append("hidden")
+        return ", ".join(parts)
+    return f"at {entry.xp_required:,} XP" + (f", rewards {rewards_text(entry.rewards)}" if entry.rewards else "")
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, tuple):
+        if value and isinstance(value[0], Reward):
+            return "[" + rewards_text(value) + "]"
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return repr(shown)
+    return str(value)
+
+
+def rewards_text(rewards: Iterable[Reward | levels_pb2.Reward]) -> str:
+    return ", ".join(f"{r.quantity:,} {r.reward_id}" for r in rewards)
+
+
+def summary_line(summary: SectionSummary, *, done: bool) -> str:
+    if not summary.managed:
+        return f"{summary.section}: not in the file, {summary.unchanged} left as they are"
+    if done:
+        parts = [f"{summary.create} created", f"{summary.change} changed", f"{summary.delete} deleted"]
+    else:
+        parts = [f"{summary.create} to create", f"{summary.change} to change", f"{summary.delete} to delete"]
+    if summary.keep:
+        parts.append(f"{summary.keep} kept (--no-delete)")
+    parts.append(f"{summary.unchanged} unchanged")
+    return f"{summary.section}: " + ", ".join(parts)
+
+
+def plan_footer(plan: CatalogPlan, *, dry_run: bool) -> str:
+    if not plan.writes:
+        return "no changes: the catalog already matches the file"
+    changes = f"{len(plan.writes)} change" + ("" if len(plan.writes) == 1 else "s")
+    if dry_run:
+        return f"dry run: {changes} planned, nothing was changed"
+    return f"applied {changes}"
+
+
+# --- players ----------------------------------------------------------------------
+
+def award_text(response: xp_pb2.AwardXpResponse, activity_id: str, request_id: str) -> str:
+    if response.duplicate:
+        lines = [f"{response.user_id}: request {request_id} was already recorded, nothing changed "
+                 f"(it awarded {response.xp_awarded:,} XP for {activity_id}); total {response.total_xp:,} XP, level {response.level}"]
+    else:
+        lines = [f"{response.user_id}: +{response.xp_awarded:,} XP for {activity_id}; "
+                 f"total {response.total_xp:,} XP, level {response.level}"]
+    if response.HasField("level_up"):
+        lines.extend(level_up_lines(response.level_up))
+    if response.level_check_deferred:
+        lines.append("the level check was deferred (Levels service slow or down): run again with "
+                     f"--request-id {request_id} to get the level-up")
+    lines.append(f"request_id {request_id} (repeat it with --request-id to retry safely)")
+    return "\n".join(lines)
+
+
+def unlock_text(response: achievements_pb2.UnlockAchievementResponse, user_id: str) -> str:
+    achievement = response.achievement
+    if response.already_unlocked and response.xp_awarded == 0:
+        lines = [f"{user_id}: {achievement.achievement_id} was already unlocked, nothing paid; total {response.total_xp:,} XP"]
+    elif response.already_unlocked:
+        lines = [f"{user_id}: {achievement.achievement_id} was already unlocked; its owed reward is paid now: "
+                 f"+{response.xp_awarded:,} XP; total {response.total_xp:,} XP"]
+    else:
+        lines = [f"{user_id}: unlocked {achievement.achievement_id} ({achievement.name!r}): +{response.xp_awarded:,} XP; "
+                 f"total {response.total_xp:,} XP"]
+    if response.HasField("level_up"):
+        lines.extend(level_up_lines(response.level_up))
+    return "\n".join(lines)
+
+
+def level_up_lines(level_up: levels_pb2.LevelUpResult) -> list[str]:
+    if not level_up.leveled_up:
+        return []
+    line = f"level up: {level_up.previous_level} -> {level_up.current_level}"
+    if level_up.rewards:
+        line += f"; rewards: {rewards_text(level_up.rewards)}"
+    return [line]
+
+
+def progress_text(progress: xp_pb2.UserProgress) -> str:
+    totals: dict[str, int] = {}
+    for reward in progress.rewards:
+        totals[reward.reward_id] = totals.get(reward.reward_id, 0) + reward.quantity
+    rewards = ", ".join(f"{quantity:,} {reward_id}" for reward_id, quantity in totals.items())
+    lines = [
+        f"user          {progress.user_id}",
+        f"total XP      {progress.total_xp:,}",
+        f"level         {progress.level}",
+        f"achievements  {', '.join(progress.unlocked_achievements) or 'none'}",
+        f"rewards       {rewards + f' ({len(progress.rewards)} grants)' if rewards else 'none'}",
+    ]
+    if progress.HasField("updated_at"):
+        lines.append(f"updated at    {progress.updated_at.ToJsonString()}")
+    return "\n".join(lines)
+
+
+def message_json(message: Message) -> str:
+    return json_format.MessageToJson(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True, unquote_int64_if_possible=True)
+
+
+# --- errors -----------------------------------------------------------------------
+
+_RETRY_HINTS = {
+    grpc.StatusCode.UNAVAILABLE: "safe to retry: run the same command again",
+    grpc.StatusCode.ABORTED: "safe to retry: run the same command again",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the call may or may not have been done: running the same command again is safe",
+}
+
+
+def rpc_error_text(error: grpc.RpcError, target: str) -> str:
+    """`CODE: message`, then each field or requirement the details name, and
+    what to do when the call can be repeated."""
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
+    lines = [f"{code.name}: {message}"]
+    for subject, description in _status_details(error):
+        if description not in message:  # the message names most already
+            lines.append(f"  {subject}: {description}")
+    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in message.lower() or "connection" in message.lower()):
+        lines.append(f"  check that the service runs at {target} (`make up` starts the local cluster)")
+    hint = _RETRY_HINTS.get(code)
+    if hint:
+        lines.append(f"  {hint}")
+    return "\n".join(lines)
+
+
+def _status_details(error: grpc.RpcError) -> list[tuple[str, str]]:
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:
+        return []
+    if status is None:
+        return []
+    found: list[tuple[str, str]] = []
+    for packed in status.details:
+        if packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            packed.Unpack(bad_request)
+            found.extend((f"field {v.field}", v.description) for v in bad_request.field_violations)
+        elif packed.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            packed.Unpack(failure)
+            found.extend((f"unmet {v.subject}", v.description) for v in failure.violations)
+    return found

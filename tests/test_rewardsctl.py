@@ -1,0 +1,497 @@
+"""rewardsctl against real servers and DynamoDB Local: the catalog as a file
+(apply, dry run, idempotency, export), the player commands, and a backup of a
+stage with a few hundred players restored into an empty one."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from devcluster.dynamodb_local import REPO_ROOT
+from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
+from rewardsctl.__main__ import main
+from rewardsctl.backup import BackupError, write_batch
+from rewardsctl.catalog import Achievement, Activity, Catalog, CatalogFileError, Level, Reward, format_catalog, parse_catalog
+from rewardsctl.catalog_plan import plan_catalog
+from rewardsctl.service_clients import ServiceClients, ServiceTargets
+from tests.cluster import Cluster
+
+SAMPLE_CATALOG = REPO_ROOT / "catalog" / "sample-game.yaml"
+
+
+def cli_env(cluster: Cluster) -> dict[str, str]:
+    return {
+        **os.environ,
+        "REWARDS_XP_TARGET": f"localhost:{cluster.ports['xp']}",
+        "REWARDS_ACHIEVEMENTS_TARGET": f"localhost:{cluster.ports['achievements']}",
+        "REWARDS_LEVELS_TARGET": f"localhost:{cluster.ports['levels']}",
+        "REWARDS_DYNAMODB_ENDPOINT": str(cluster.settings.dynamodb_endpoint),
+        "REWARDS_TABLE_PREFIX": cluster.settings.table_prefix,
+    }
+
+
+def run_command(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real command, `python -m rewardsctl`, configured by environment variables."""
+    return subprocess.run([sys.executable, "-m", "rewardsctl", *args], cwd=REPO_ROOT, env=cli_env(cluster),
+                          capture_output=True, text=True, timeout=120)
+
+
+def run_main(cluster: Cluster, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """main() in this process (faster), configured by flags."""
+    targets = ["--xp-target", f"localhost:{cluster.ports['xp']}",
+               "--achievements-target", f"localhost:{cluster.ports['achievements']}",
+               "--levels-target", f"localhost:{cluster.ports['levels']}"]
+    capsys.readouterr()
+    status = main([*args, *targets])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def change_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line[:2] in ("+ ", "~ ", "- ", "= ")]
+
+
+def catalog_of(cluster: Cluster) -> Catalog:
+    targets = ServiceTargets(*(f"localhost:{cluster.ports[n]}" for n in ("xp", "achievements", "levels")))
+    with ServiceClients(targets, timeout_s=10) as clients:
+        return clients.read_catalog()
+
+
+# --- the catalog file, pure --------------------------------------------------------------
+
+def test_sample_catalog_reads_as_a_small_game() -> None:
+    catalog = parse_catalog(SAMPLE_CATALOG.read_text())
+    assert catalog.activities is not None and catalog.achievements is not None and catalog.levels is not None
+    assert {a.category for a in catalog.activities} == {"pvp", "quests", "daily"}
+    assert len(catalog.activities) == 7 and len(catalog.achievements) == 6 and len(catalog.levels) == 10
+    # What the README's grpcurl walk-through relies on.
+    assert Activity("win-match", "Win a match", category="pvp", xp=150) in catalog.activities
+    assert Achievement("first-win", "First win", xp_reward=50) in catalog.achievements
+    assert catalog.levels[:2] == (Level(1, 0), Level(2, 100, (Reward("gold", 50),)))
+    boss_slayer = next(a for a in catalog.achievements if a.achievement_id == "boss-slayer")
+    assert boss_slayer.required_achievements == ("quest-starter",) and boss_slayer.min_level == 3
+    # Written back, it reads the same.
+    assert parse_catalog(format_catalog(catalog)) == catalog
+
+
+def test_catalog_file_problems_are_all_listed_with_their_place() -> None:
+    text = """
+activities:
+  - {activity_id: no, name: X, xp: 1.5, colour: red}
+  - {activity_id: a, name: A}
+  - {activity_id: a, name: A again}
+achievements:
+  - {achievement_id: x, name: X, requirements: {required_achievements: [y, ghost]}}
+  - {achievement_id: y, name: Y, requirements: {required_achievements: [x, x]}}
+levels:
+  - {level: 2, rewards: [{reward_id: gold}]}
+"""
+    with pytest.raises(CatalogFileError) as caught:
+        parse_catalog(text)
+    assert caught.value.problems == [
+        "activities[0].colour: is not a known key (known: activity_id, name, description, category, xp)",
+        "activities[0].activity_id: must be a string (got boolean False); quote it",
+        "activities[0].xp: must be a whole number (got number 1.5)",
+        "activities[2].activity_id: 'a' is defined twice",
+        "achievements[1].requirements.required_achievements[1]: 'x' is listed twice",
+        "achievements[0].requirements.required_achievements[1]: 'ghost' is not an achievement of this file",
+        "achievements: requirements form a cycle, so none of them can be unlocked: x -> y -> x",
+        "levels[0].rewards[0].quantity: is required",
+    ]
+
+
+def test_plan_creates_changes_deletes_or_keeps_in_a_stable_order() -> None:
+    current = Catalog.of(
+        [Activity("b", "B", xp=10), Activity("old", "Old", xp=1), Activity("same", "Same", xp=5)],
+        [Achievement("gone", "Gone")],
+        [Level(1, 0), Level(2, 100, (Reward("gold", 50),))],
+    )
+    desired = parse_catalog("""
+activities:
+  - {activity_id: same, name: Same, xp: 5}
+  - {activity_id: b, name: B, xp: 20, category: pvp}
+  - {activity_id: a, name: A, xp: 1}
+levels:
+  - {level: 1, xp_required: 0}
+  - {level: 2, xp_required: 100, rewards: [{reward_id: gold, quantity: 75}]}
+""")
+    plan = plan_catalog(desired, current)
+    assert [(c.action, c.kind, c.key) for c in plan.changes] == [
+        ("create", "activity", "a"), ("change", "activity", "b"), ("delete", "activity", "old"),
+        ("change", "level", 2),
+    ]
+    assert [(f.field, f.old, f.new) for f in plan.changes[1].field_changes] == [("category", "", "pvp"), ("xp", 10, 20)]
+    summaries = {s.section: s for s in plan.summaries}
+    assert (summaries["activities"].create, summaries["activities"].change, summaries["activities"].delete,
+            summaries["activities"].unchanged) == (1, 1, 1, 1)
+    # The file has no achievements section: they are not managed, so "gone" stays.
+    assert not summaries["achievements"].managed and summaries["achievements"].unchanged == 1
+    kept = plan_catalog(desired, current, delete_missing=False)
+    assert [(c.action, c.key) for c in kept.changes if c.section == "activities"] == [("create", "a"), ("change", "b"), ("keep", "old")]
+    assert len(kept.writes) == 3
+    assert plan_catalog(desired, Catalog.of(list(desired.activities or ()), [], list(desired.levels or ()))).writes == ()
+
+
+# --- catalog apply and export, through the real command -------------------------------------
+
+def test_apply_sample_dry_run_then_apply_then_nothing_to_do(new_cluster: Callable[..., Cluster]) -> None:
+    cluster = new_cluster()
+
+    dry_run = run_command(cluster, "catalog", "apply", "--dry-run", str(SAMPLE_CATALOG))
+    assert dry_run.returncode == 0, dry_run.stderr
+    planned = change_lines(dry_run.stdout)
+    assert len(planned) == 23 and all(line.startswith("+ create ") for line in planned)
+    assert "+ create activity win-match ('Win a match', 150 XP, category pvp)" in planned
+    assert "+ create level 2 (at 100 XP, rewards 50 gold)" in planned
+    assert "dry run: 23 changes planned, nothing was changed" in dry_run.stdout
+    assert catalog_of(cluster).is_empty()
+
+    applied = run_command(cluster, "catalog", "apply", str(SAMPLE_CATALOG))
+    assert applied.returncode == 0, applied.stderr
+    assert change_lines(applied.stdout) == [line.replace("+ create ", "+ created ") for line in planned]
+    assert "activities: 7 created, 0 changed, 0 deleted, 0 unchanged" in applied.stdout
+    assert catalog_of(cluster) == parse_catalog(SAMPLE_CATALOG.read_text())
+
+    again = run_command(cluster, "catalog", "apply", str(SAMPLE_CATALOG))
+    assert again.returncode == 0, again.stderr
+    assert change_lines(again.stdout) == []
+    assert "levels: 0 created, 0 changed, 0 deleted, 10 unchanged" in again.stdout
+    assert again.stdout.rstrip().endswith("no changes: the catalog already matches the file")
+
+    exported = run_command(cluster, "catalog", "export")
+    assert exported.returncode == 0, exported.stderr
+    assert parse_catalog(exported.stdout) == parse_catalog(SAMPLE_CATALOG.read_text())
+
+    # A new user can play at once: the README's first award.
+    awarded = run_command(cluster, "award", "alice", "win-match", "--request-id", "match-1")
+    assert awarded.returncode == 0, awarded.stderr
+    assert awarded.stdout.splitlines()[:2] == ["alice: +150 XP for win-match; total 150 XP, level 2",
+                                               "level up: 1 -> 2; rewards: 50 gold"]
+
+
+def test_apply_changes_and_deletes_what_the_file_says(new_cluster: Callable[..., Cluster], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = new_cluster()
+    assert run_main(cluster, capsys, "catalog", "apply", str(SAMPLE_CATALOG))[0] == 0
+    edited = SAMPLE_CATALOG.read_text().replace("    xp: 150\n", "    xp: 175\n").replace(
+        "      - {reward_id: gold, quantity: 50}\n", "      - {reward_id: gold, quantity: 60}\n      - {reward_id: gem, quantity: 1}\n")
+    start = edited.index("  - achievement_id: dedicated")
+    edited = edited[:start] + edited[edited.index("  - achievement_id: arena-legend"):]
+    edited += "  - level: 11\n    xp_required: 5500\n"
+    path = tmp_path / "edited.yaml"
+    path.write_text(edited)
+
+    status, out, _ = run_main(cluster, capsys, "catalog", "apply", "--dry-run", str(path))
+    assert status == 0
+    assert change_lines(out) == [
+        "~ change activity win-match: xp 150 -> 175",
+        "- delete achievement dedicated (not in the file)",
+        "~ change level 2: rewards [50 gold] -> [60 gold, 1 gem]",
+        "+ create level 11 (at 5,500 XP)",
+    ]
+
+    status, out, _ = run_main(cluster, capsys, "catalog", "apply", "--no-delete", str(path))
+    assert status == 0
+    assert "= kept achievement dedicated (not in the file; --no-delete)" in change_lines(out)
+    assert "achievements: 0 created, 0 changed, 0 deleted, 1 kept (--no-delete), 5 unchanged" in out
+    assert len(catalog_of(cluster).achievements or ()) == 6
+
+    status, out, _ = run_main(cluster, capsys, "catalog", "apply", str(path))
+    assert status == 0
+    assert change_lines(out) == ["- deleted achievement dedicated (not in the file)"]
+    assert catalog_of(cluster) == parse_catalog(edited)
+    win_match = cluster.xp.GetActivity(xp_pb2.GetActivityRequest(activity_id="win-match"))
+    assert win_match.xp == 175
+
+    # A section the file leaves out is not touched; an empty one is emptied.
+    only_levels = tmp_path / "only-levels.yaml"
+    only_levels.write_text("levels: []\n")
+    status, out, _ = run_main(cluster, capsys, "catalog", "apply", str(only_levels))
+    assert status == 0
+    assert "activities: not in the file, 7 left as they are" in out
+    assert "levels: 0 created, 0 changed, 11 deleted, 0 unchanged" in out
+    after = catalog_of(cluster)
+    assert after.levels == () and len(after.activities or ()) == 7
+
+
+def test_apply_if_empty_loads_only_into_an_empty_catalog(new_cluster: Callable[..., Cluster], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = new_cluster()
+    status, out, _ = run_main(cluster, capsys, "catalog", "apply", "--if-empty", str(SAMPLE_CATALOG))
+    assert status == 0 and "applied 23 changes" in out
+    cluster.xp.PutActivity(xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id="own", name="Own", xp=1)))
+    status, out, _ = run_main(cluster, capsys, "catalog", "apply", "--if-empty", str(SAMPLE_CATALOG))
+    assert status == 0
+    assert out.strip() == "the catalog is not empty (8 activities, 6 achievements, 10 levels): left as it is (--if-empty)"
+    assert cluster.xp.GetActivity(xp_pb2.GetActivityRequest(activity_id="own")).xp == 1
+
+
+def test_bad_files_and_refused_entries_exit_non_zero(new_cluster: Callable[..., Cluster], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = new_cluster()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("activities:\n  - {activity_id: a, name: A, xp: lots}\n")
+    status, out, err = run_main(cluster, capsys, "catalog", "apply", str(broken))
+    assert status == 2 and out == ""
+    assert err == (f"rewardsctl: {broken} is not a valid catalog, nothing was changed:\n"
+                   "  activities[0].xp: must be a whole number (got string 'lots')\n")
+
+    # The services judge limits: INVALID_ARGUMENT names the field, and the command says how far it got.
+    too_much = tmp_path / "too-much.yaml"
+    too_much.write_text("activities:\n  - {activity_id: a, name: A, xp: 5}\n  - {activity_id: b, name: B, xp: 2000000000}\n")
+    status, out, err = run_main(cluster, capsys, "catalog", "apply", str(too_much))
+    assert status == 1
+    assert out == "+ created activity a ('A', 5 XP)\n"
+    assert err.splitlines() == [
+        "rewardsctl: could not create activity b: INVALID_ARGUMENT: activity.xp must be at most 1000000000 (got 2000000000)",
+        f"1 of 2 changes were made before this one; fix {too_much} and apply it again (apply is idempotent: what is "
+        "done already is left as it is)",
+    ]
+    status, _, err = run_main(cluster, capsys, "catalog", "apply", str(tmp_path / "missing.yaml"))
+    assert status == 2 and "cannot read" in err
+
+
+# --- player commands ------------------------------------------------------------------------------
+
+def test_award_unlock_and_progress_print_what_happened(new_cluster: Callable[..., Cluster],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = new_cluster()
+    assert run_main(cluster, capsys, "catalog", "apply", str(SAMPLE_CATALOG))[0] == 0
+
+    status, out, _ = run_main(cluster, capsys, "award", "bob", "defeat-boss", "--request-id", "boss-1")
+    assert status == 0
+    assert out.splitlines() == [
+        "bob: +300 XP for defeat-boss; total 300 XP, level 3",
+        "level up: 1 -> 3; rewards: 50 gold, 100 gold",
+        "request_id boss-1 (repeat it with --request-id to retry safely)",
+    ]
+    status, out, _ = run_main(cluster, capsys, "award", "bob", "defeat-boss", "--request-id", "boss-1")
+    assert status == 0
+    assert out.splitlines()[0] == ("bob: request boss-1 was already recorded, nothing changed (it awarded 300 XP for "
+                                   "defeat-boss); total 300 XP, level 3")
+    # Without --request-id the command makes one, so that the award can be repeated safely.
+    status, out, _ = run_main(cluster, capsys, "award", "bob", "daily-login")
+    assert status == 0 and "total 320 XP" in out and "request_id rewardsctl-" in out
+
+    status, _, err = run_main(cluster, capsys, "unlock", "bob", "boss-slayer")
+    assert status == 1
+    assert err.splitlines()[0] == ("rewardsctl: unlock failed: FAILED_PRECONDITION: requirements of achievement "
+                                   "'boss-slayer' are not met: achievement 'quest-starter' must be unlocked first")
+    status, out, _ = run_main(cluster, capsys, "unlock", "bob", "quest-starter")
+    assert status == 0 and out.strip() == "bob: unlocked quest-starter ('Quest starter'): +50 XP; total 370 XP"
+    status, out, _ = run_main(cluster, capsys, "unlock", "bob", "boss-slayer", "--json")
+    assert status == 0
+    answer = json.loads(out)
+    assert (answer["xp_awarded"], answer["total_xp"], answer["already_unlocked"]) == (200, 570, False)
+    status, out, _ = run_main(cluster, capsys, "unlock", "bob", "boss-slayer")
+    assert status == 0 and out.strip() == "bob: boss-slayer was already unlocked, nothing paid; total 570 XP"
+
+    status, out, _ = run_main(cluster, capsys, "progress", "bob")
+    assert status == 0
+    assert out.splitlines()[:5] == [
+        "user          bob",
+        "total XP      570",
+        "level         3",
+        "achievements  boss-slayer, quest-starter",
+        "rewards       150 gold (2 grants)",
+    ]
+    status, out, _ = run_main(cluster, capsys, "progress", "bob", "--json")
+    progress = json.loads(out)
+    assert progress["total_xp"] == 570 and progress["rewards"] == [{"reward_id": "gold", "quantity": 50},
+                                                                   {"reward_id": "gold", "quantity": 100}]
+
+    status, _, err = run_main(cluster, capsys, "award", "bob", "no-such-activity")
+    assert status == 1 and err.startswith("rewardsctl: award failed: NOT_FOUND: activity 'no-such-activity' is not in the catalog")
+    status, _, err = run_main(cluster, capsys, "award", " bob", "win-match")
+    assert status == 1 and "INVALID_ARGUMENT: user_id must not start or end with white space" in err
+    status = main(["progress", "bob", "--xp-target", "localhost:1", "--timeout", "2"])
+    err = capsys.readouterr().err
+    assert status == 1 and "UNAVAILABLE" in err and "check that the service runs at localhost:1" in err
+
+
+# --- backups --------------------------------------------------------------------------------------
+
+PLAYERS = 300
+ACTIVITY_XP = {"win-match": 150, "defeat-boss": 300}
+
+
+def player_id(index: int) -> str:
+    return f"player-{index:04d}"
+
+
+UNLOCKS = (("first-win", 4), ("quest-starter", 6), ("boss-slayer", 12))  # (achievement, every how many players)
+
+
+def play(cluster: Cluster, index: int) -> None:
+    """Awards, a grant, unlocks and level-ups, different for each player.
+    Awards whose level check was deferred (a busy machine) are repeated, as the
+    README says, so that every player's level is settled."""
+    user = player_id(index)
+    activities = ["win-match"] + ["defeat-boss"] * (index % 3 == 0)
+    for n, activity_id in enumerate(activities):
+        request = xp_pb2.AwardXpRequest(user_id=user, activity_id=activity_id, request_id=f"{user}-{n}")
+        while cluster.xp.AwardXp(request).level_check_deferred:
+            pass
+    if index % 5 == 0:
+        grant = xp_pb2.GrantXpRequest(user_id=user, amount=1000 + index, reason="tournament prize", request_id=f"{user}-prize")
+        while cluster.xp.GrantXp(grant).level_check_deferred:
+            pass
+    unlocked = [a for a, every in UNLOCKS if index % every == 0]
+    for achievement_id in unlocked:
+        cluster.achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=user, achievement_id=achievement_id))
+    if unlocked:  # grants any level an unlock's reward made due, had its check been deferred
+        cluster.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user, request_id=f"{user}-check"))
+
+
+def expected_total_xp(index: int) -> int:
+    return (ACTIVITY_XP["win-match"] + ACTIVITY_XP["defeat-boss"] * (index % 3 == 0) + (1000 + index) * (index % 5 == 0)
+            + 50 * (index % 4 == 0) + 50 * (index % 6 == 0) + 200 * (index % 12 == 0))
+
+
+def scan_table(cluster: Cluster, name: str) -> list[str]:
+    """Every item of a table, low-level (numbers as their digits), in a stable order."""
+    items: list[str] = []
+    for page in cluster.dynamodb.get_paginator("scan").paginate(TableName=cluster.table(name), ConsistentRead=True):
+        items.extend(json.dumps(item, sort_keys=True, default=repr) for item in page["Items"])
+    return sorted(items)
+
+
+def ledger_of(cluster: Cluster, user: str) -> list[dict[str, Any]]:
+    return cluster.dynamodb.query(
+        TableName=cluster.table("xp_ledger"), KeyConditionExpression="user_id = :u",
+        ExpressionAttributeValues={":u": {"S": user}}, ConsistentRead=True,
+    )["Items"]
+
+
+def player_view(cluster: Cluster, user: str) -> tuple[xp_pb2.UserProgress, achievements_pb2.ListUserAchievementsResponse, list[dict[str, Any]]]:
+    return (
+        cluster.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user)),
+        cluster.achievements.ListUserAchievements(achievements_pb2.ListUserAchievementsRequest(user_id=user)),
+        ledger_of(cluster, user),
+    )
+
+
+TABLES = ("activities", "achievements", "levels", "user_progress", "xp_ledger", "user_achievements",
+          "level_rewards", "level_checks")
+# Numbers beyond a float's precision, binary, sets and nesting: what a backup
+# must carry exactly, whatever the services write today.
+PRECISION_PROBE = {
+    "user_id": {"S": "precision-probe"},
+    "entry_id": {"S": "probe"},
+    "xp": {"N": "123456789012345678901234567890.12345678"},
+    "blob": {"B": bytes(range(256))},
+    "tags": {"SS": ["a", "b"]},
+    "figures": {"NS": ["0.1", "99999999999999999999"]},
+    "nested": {"M": {"list": {"L": [{"N": "-1e-100"}, {"BOOL": True}, {"NULL": True}, {"BS": [b"\x00\xff"]}]}}},
+}
+
+
+def test_backup_restores_every_player_into_an_empty_stage(new_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    source = new_cluster()
+    applied = run_command(source, "catalog", "apply", str(SAMPLE_CATALOG))
+    assert applied.returncode == 0, applied.stderr
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda i: play(source, i), range(PLAYERS)))
+    source.dynamodb.put_item(TableName=source.table("xp_ledger"), Item=PRECISION_PROBE)
+    before = {name: scan_table(source, name) for name in TABLES}
+    assert len(before["user_progress"]) == PLAYERS
+    first = source.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=player_id(0)))
+    assert (first.total_xp, first.level) == (1750, 6)
+    assert list(first.unlocked_achievements) == ["boss-slayer", "first-win", "quest-starter"]
+
+    backup_dir = tmp_path / "backup"
+    exported = run_command(source, "backup", "export", str(backup_dir))
+    assert exported.returncode == 0, exported.stderr
+    manifest = json.loads((backup_dir / "manifest.json").read_text())
+    assert {t["table"]: t["items"] for t in manifest["tables"]} == {name: len(items) for name, items in before.items()}
+    assert manifest["source_table_prefix"] == source.settings.table_prefix and manifest["format_version"] == 1
+    assert "export  xp_ledger" in exported.stderr and "done in" in exported.stderr
+
+    target = new_cluster()
+    imported = run_command(target, "backup", "import", str(backup_dir))
+    assert imported.returncode == 0, imported.stderr
+    assert "counts verified" in imported.stdout
+    assert re.search(rf"^import  user_progress +{PLAYERS} items of {PLAYERS} \(100%\), done in [0-9.]+ s$",
+                     imported.stderr, re.MULTILINE), imported.stderr
+
+    # Every table holds the same items, to the digit and the byte.
+    assert {name: scan_table(target, name) for name in TABLES} == before
+    probe_key = {"user_id": PRECISION_PROBE["user_id"], "entry_id": PRECISION_PROBE["entry_id"]}
+    restored_probe = target.dynamodb.get_item(TableName=target.table("xp_ledger"), Key=probe_key, ConsistentRead=True)["Item"]
+    assert restored_probe["xp"] == {"N": "123456789012345678901234567890.12345678"}
+    assert restored_probe["blob"] == {"B": bytes(range(256))}
+    assert restored_probe == source.dynamodb.get_item(TableName=source.table("xp_ledger"), Key=probe_key, ConsistentRead=True)["Item"]
+
+    # And the services of the new stage tell every player the same story.
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        old_views = list(pool.map(lambda i: player_view(source, player_id(i)), range(PLAYERS)))
+        new_views = list(pool.map(lambda i: player_view(target, player_id(i)), range(PLAYERS)))
+    for index, (old, new) in enumerate(zip(old_views, new_views)):
+        assert new == old, player_id(index)
+        progress, unlocks, ledger = new
+        assert progress.total_xp == expected_total_xp(index) == sum(int(entry["xp"]["N"]) for entry in ledger)
+        assert len(unlocks.achievements) == len(progress.unlocked_achievements)
+    assert sum(len(v[1].achievements) for v in new_views) == sum(len(range(0, PLAYERS, every)) for _, every in UNLOCKS)
+    assert all(v[0].level >= 2 and v[0].rewards[0] == levels_pb2.Reward(reward_id="gold", quantity=50) for v in new_views)
+
+    # The restored stage goes on from where the old one was: a repeat is still a duplicate.
+    repeat = target.xp.AwardXp(xp_pb2.AwardXpRequest(user_id=player_id(1), activity_id="win-match", request_id=f"{player_id(1)}-0"))
+    assert repeat.duplicate and repeat.total_xp == expected_total_xp(1)
+
+    # A stage that holds anything is refused, and left as it was.
+    again = run_command(target, "backup", "import", str(backup_dir))
+    assert again.returncode == 1
+    assert "is not empty" in again.stderr and target.table("user_progress") in again.stderr
+    assert len(scan_table(target, "xp_ledger")) == len(before["xp_ledger"])
+
+
+def test_backups_are_checked_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # An endpoint nothing listens on: each refusal comes before DynamoDB is asked.
+    nowhere = ["--dynamodb-endpoint", "http://127.0.0.1:1", "--table-prefix", "never-"]
+    status = main(["backup", "import", str(tmp_path), *nowhere])
+    assert status == 1 and "manifest.json is missing" in capsys.readouterr().err
+
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "format": "rewards-backup", "format_version": 1, "created_at": "2026-01-01T00:00:00Z",
+        "source_table_prefix": "rewards-", "duration_s": 0.1,
+        "tables": [{"table": "levels", "file": "levels.jsonl", "items": 1, "sha256": "0" * 64}],
+    }))
+    (tmp_path / "levels.jsonl").write_text('{"Item":{"level":{"N":"1"},"xp_required":{"N":"0"}}}\n')
+    status = main(["backup", "import", str(tmp_path), *nowhere])
+    assert status == 1 and "levels.jsonl is not the file the export wrote" in capsys.readouterr().err
+
+    status = main(["backup", "export", str(tmp_path), *nowhere])
+    assert status == 1 and "is not an empty directory" in capsys.readouterr().err
+
+
+def test_unprocessed_items_are_sent_again_after_a_pause() -> None:
+    class ThrottlingClient:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def batch_write_item(self, RequestItems: dict[str, list[Any]]) -> dict[str, Any]:
+            requests = RequestItems["t"]
+            self.calls.append(len(requests))
+            # DynamoDB takes a few and hands back the rest, until the last call.
+            return {"UnprocessedItems": {"t": requests[10:]} if len(requests) > 10 else {}}
+
+    client = ThrottlingClient()
+    pauses: list[float] = []
+    items = [{"k": {"S": str(i)}} for i in range(25)]
+    assert write_batch(client, "t", items, sleep=pauses.append) == 25
+    assert client.calls == [25, 15, 5]
+    assert len(pauses) == 2 and 0 < pauses[0] <= pauses[1] * 2
+
+    class AlwaysThrottled(ThrottlingClient):
+        def batch_write_item(self, RequestItems: dict[str, list[Any]]) -> dict[str, Any]:
+            return {"UnprocessedItems": RequestItems}
+
+    with pytest.raises(BackupError, match="left 25 items of t unwritten"):
+        write_batch(AlwaysThrottled(), "t", items, sleep=lambda s: None)
