@@ -141,7 +141,7 @@ def progress_text(progress: xp_pb2.UserProgress) -> str:
         f"total XP      {progress.total_xp:,}",
         f"level         {progress.level}",
         f"achievements  {', '.join(progress.unlocked_achievements) or 'none'}",
-        f"rewards       {rewards + f' ({len(progress.rewards)} grants)' if rewards else 'none'}",
+        f"rewards       {rewards + _grant_count(len(progress.rewards)) if rewards else 'none'}",
     ]
     if progress.HasField("updated_at"):
         lines.append(f"updated at    {progress.updated_at.ToJsonString()}")
@@ -197,3 +197,7 @@ def _status_details(error: grpc.RpcError) -> list[tuple[str, str]]:
             packed.Unpack(failure)
             found.extend((f"unmet {v.subject}", v.description) for v in failure.violations)
     return found
+
+
+def _grant_count(count: int) -> str:
+    return " (1 grant)" if count == 1 else f" ({count:,} grants)"
