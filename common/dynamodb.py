@@ -174,7 +174,7 @@ def transact_write(client: Any, items: list[dict[str, Any]]) -> list[str] | None
 
 
 # Load and contention, not bugs: the caller may retry.
-_RETRYABLE_ERROR_CODES = {
+RETRYABLE_ERROR_CODES = {
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
     "RequestLimitExceeded",
@@ -188,7 +188,7 @@ _RETRYABLE_ERROR_CODES = {
 def storage_error_as_domain_error(error: Exception) -> DomainError | None:
     """A DynamoDB or SDK error the caller can act on (retry later), or None for
     one that is a bug."""
-    if isinstance(error, ClientError) and error_code(error) in _RETRYABLE_ERROR_CODES:
+    if isinstance(error, ClientError) and error_code(error) in RETRYABLE_ERROR_CODES:
         return DependencyUnavailable(f"DynamoDB is busy ({error_code(error)}); retry with backoff")
     if isinstance(error, BotoCoreError):  # connection refused, timeouts, no credentials...
         return DependencyUnavailable(f"DynamoDB could not be reached ({error.__class__.__name__}); retry")

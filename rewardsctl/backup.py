@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from botocore.exceptions import ClientError
 
-from common.dynamodb import ALL_TABLES, TableDefinition, ensure_tables, error_code
+from common.dynamodb import ALL_TABLES, RETRYABLE_ERROR_CODES, TableDefinition, ensure_tables, error_code
 
 FORMAT = "rewards-backup"
 FORMAT_VERSION = 1
@@ -41,13 +41,6 @@ MANIFEST_FILE = "manifest.json"
 # BatchWriteItem's limit.
 BATCH_SIZE = 25
 _MAX_WRITE_ATTEMPTS = 12
-_RETRYABLE_ERROR_CODES = {
-    "ProvisionedThroughputExceededException",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "InternalServerError",
-    "ServiceUnavailable",
-}
 
 # (table, items done, items in all or None when not known, finished)
 ProgressReport = Callable[[str, int, Optional[int], bool], None]
@@ -304,7 +297,7 @@ def write_batch(client: Any, table_name: str, items: list[dict[str, Any]], sleep
             response = client.batch_write_item(RequestItems={table_name: pending})
             pending = response.get("UnprocessedItems", {}).get(table_name, [])
         except ClientError as error:
-            if error_code(error) not in _RETRYABLE_ERROR_CODES:
+            if error_code(error) not in RETRYABLE_ERROR_CODES:
                 raise
         if not pending:
             return len(items)

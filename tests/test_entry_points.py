@@ -3,7 +3,6 @@ health checking, reflection through the real grpcurl binary, SIGTERM."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -19,54 +18,17 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from devcluster.dynamodb_local import REPO_ROOT, free_port
+from tests.process_cluster import start_process_cluster
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
-SERVICES = {"levels": "levels_service", "xp": "xp_service", "achievements": "achievements_service"}
 
 
 @pytest.fixture(scope="module")
 def processes(dynamodb_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    ports = {name: free_port() for name in SERVICES}
-    metrics_ports = {name: free_port() for name in SERVICES}
-    env = {
-        **os.environ,
-        "REWARDS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
-        "REWARDS_TABLE_PREFIX": f"proc-{uuid.uuid4().hex[:8]}-",
-        "REWARDS_XP_LISTEN": f"[::]:{ports['xp']}",
-        "REWARDS_ACHIEVEMENTS_LISTEN": f"[::]:{ports['achievements']}",
-        "REWARDS_LEVELS_LISTEN": f"[::]:{ports['levels']}",
-        "REWARDS_XP_TARGET": f"localhost:{ports['xp']}",
-        "REWARDS_LEVELS_TARGET": f"localhost:{ports['levels']}",
-        **{f"REWARDS_{name.upper()}_METRICS_PORT": str(port) for name, port in metrics_ports.items()},
-    }
-    logs = tmp_path_factory.mktemp("logs")
-    running = {}
-    for name, module in SERVICES.items():
-        running[name] = subprocess.Popen(
-            [sys.executable, "-m", module], cwd=REPO_ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=open(logs / f"{name}.log", "wb"),
-        )
-    for name, port in ports.items():
-        assert wait_serving(port), (logs / f"{name}.log").read_text()
-    yield {"ports": ports, "metrics_ports": metrics_ports, "processes": running, "logs": logs}
-    for process in running.values():
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def wait_serving(port: int, timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"localhost:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                return stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING
-            except grpc.RpcError:
-                time.sleep(0.2)
-    return False
+    cluster = start_process_cluster(dynamodb_endpoint, tmp_path_factory.mktemp("logs"))
+    yield vars(cluster)
+    cluster.stop()
 
 
 def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:

@@ -31,5 +31,5 @@ def test_example_game_server_awards_unlocks_and_shows_progress(new_cluster: Fact
         "match: +60 XP, total 120, LEVEL UP 1 -> 2: 100 x coins",
         "match: +60 XP, total 180, level 2 (next at 300 XP)",
         "achievement 'Veteran' unlocked: +40 XP, total 220",
-        f"progress: 220 XP, level 2, achievements ['veteran'], rewards [('coins', 100)]",
+        "progress: 220 XP, level 2, achievements ['veteran'], rewards [('coins', 100)]",
     ]

@@ -9,21 +9,18 @@ import re
 import shlex
 import subprocess
 import sys
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devcluster.dynamodb_local import REPO_ROOT, free_port
+from devcluster.dynamodb_local import REPO_ROOT
 from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
+from tests.process_cluster import start_process_cluster
 
 DOC = REPO_ROOT / "docs" / "grpcurl.md"
-SERVICES = {"levels": "levels_service", "xp": "xp_service", "achievements": "achievements_service"}
 # The ports `make up` listens on, which the doc uses; the test's cluster has others.
 DEFAULT_PORTS = {"xp": 50051, "achievements": 50052, "levels": 50053}
 SERVICE_SERVERS = {"rewards.v1.XpService": "xp", "rewards.v1.AchievementsService": "achievements",
@@ -157,52 +154,16 @@ def test_the_doc_shows_every_rpc_with_json_discovery_health_and_one_bad_call(ses
 def cluster_ports(dynamodb_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     """The three entry points as processes on free ports, with tables of their
     own, so the session starts from the empty cluster the doc shows."""
-    ports = {name: free_port() for name in SERVICES}
-    env = {
-        **os.environ,
-        "REWARDS_DYNAMODB_ENDPOINT": dynamodb_endpoint,
-        "REWARDS_TABLE_PREFIX": f"grpcurl-doc-{uuid.uuid4().hex[:8]}-",
-        "REWARDS_XP_LISTEN": f"[::]:{ports['xp']}",
-        "REWARDS_ACHIEVEMENTS_LISTEN": f"[::]:{ports['achievements']}",
-        "REWARDS_LEVELS_LISTEN": f"[::]:{ports['levels']}",
-        "REWARDS_XP_TARGET": f"localhost:{ports['xp']}",
-        "REWARDS_ACHIEVEMENTS_TARGET": f"localhost:{ports['achievements']}",
-        "REWARDS_LEVELS_TARGET": f"localhost:{ports['levels']}",
+    cluster = start_process_cluster(
+        dynamodb_endpoint, tmp_path_factory.mktemp("grpcurl-doc-logs"), metrics=False,
         # The doc shows awards whose level check answered in time; generous
         # deadlines keep a loaded machine from turning them into deferred ones.
-        "REWARDS_LEVEL_CHECK_TIMEOUT_S": "10",
-        "REWARDS_XP_GRANT_TIMEOUT_S": "10",
-        # Off: the default metrics ports belong to a `make up` cluster that may be running.
-        "REWARDS_XP_METRICS_PORT": "0",
-        "REWARDS_ACHIEVEMENTS_METRICS_PORT": "0",
-        "REWARDS_LEVELS_METRICS_PORT": "0",
-    }
-    logs = tmp_path_factory.mktemp("grpcurl-doc-logs")
-    running = {
-        name: subprocess.Popen([sys.executable, "-m", module], cwd=REPO_ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=open(logs / f"{name}.log", "wb"))
-        for name, module in SERVICES.items()
-    }
+        extra_env={"REWARDS_LEVEL_CHECK_TIMEOUT_S": "10", "REWARDS_XP_GRANT_TIMEOUT_S": "10"},
+    )
     try:
-        for name, port in ports.items():
-            assert wait_serving(port), (logs / f"{name}.log").read_text()
-        yield ports
+        yield cluster.ports
     finally:
-        for process in running.values():
-            process.kill()
-            process.wait()
-
-
-def wait_serving(port: int, timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"localhost:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                return stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING
-            except grpc.RpcError:
-                time.sleep(0.2)
-    return False
+        cluster.stop()
 
 
 def without_timestamps(value: Any) -> Any:
