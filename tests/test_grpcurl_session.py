@@ -235,3 +235,53 @@ def test_every_documented_command_prints_what_the_doc_shows(session: Session, cl
         if (found := mismatch(session, documented, run_documented(session, documented, cluster_ports)))
     ]
     assert not mismatches, "\n\n".join(mismatches)
+
+
+README = REPO_ROOT / "README.md"
+
+
+def readme_grpcurl_commands() -> list[str]:
+    """The commands of the README's grpcurl block, continuation lines joined."""
+    section = README.read_text().split("## Try it with grpcurl", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands, current = [], ""
+    for line in block.splitlines():
+        line = line.split("  #", 1)[0].rstrip()
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        current += line.strip().removesuffix("\\").rstrip() + " "
+        if not line.endswith("\\"):
+            commands.append(current.strip())
+            current = ""
+    return [c for c in commands if c.startswith("grpcurl ")]
+
+
+def test_the_readme_grpcurl_block_calls_every_rpc_and_works(dynamodb_endpoint: str, tmp_path: Path) -> None:
+    commands = readme_grpcurl_commands()
+    called = {c.split()[-1] for c in commands if "/" in c.split()[-1]}
+    every_rpc = {
+        f"{service.full_name}/{method.name}"
+        for module in (xp_pb2, achievements_pb2, levels_pb2) for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+    assert every_rpc <= called, every_rpc - called
+    cluster = start_process_cluster(dynamodb_endpoint, tmp_path, metrics=False,
+                                    extra_env={"REWARDS_LEVEL_CHECK_TIMEOUT_S": "10", "REWARDS_XP_GRANT_TIMEOUT_S": "10"})
+    try:
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        results = []
+        for command in commands:
+            for name, default in (("xp", 50051), ("achievements", 50052), ("levels", 50053)):
+                command = command.replace(f"localhost:{default}", f"localhost:{cluster.ports[name]}")
+            results.append(subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=30))
+    finally:
+        cluster.stop()
+    *good, bad = results
+    assert [r.args[-1] for r in good if r.returncode != 0] == []
+    award, retry = [json.loads(r.stdout) for r in good if "XpService/AwardXp" in r.args[-1]]
+    assert (award["xp_awarded"], award["level"], award["level_up"]["rewards"]) == ("150", 2, [{"reward_id": "gold", "quantity": "50"}])
+    assert (retry["duplicate"], retry["total_xp"]) == (True, "150")
+    progress = json.loads(next(r.stdout for r in good if "XpService/GetProgress" in r.args[-1]))
+    assert (progress["total_xp"], progress["level"], progress["unlocked_achievements"]) == ("225", 2, ["first-win"])
+    assert bad.returncode == 64 + grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "Code: InvalidArgument" in bad.stderr and "Message: user_id is required" in bad.stderr
