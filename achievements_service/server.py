@@ -11,7 +11,8 @@ from achievements_service.servicer import AchievementsServicer
 from achievements_service.storage import AchievementsRepository
 from achievements_service.xp_granter import GrpcXpGranter
 from common.config import Settings
-from common.server_runtime import build_grpc_server, peer_channel, run_service
+from common.channels import peer_channel
+from common.server_runtime import build_grpc_server, run_service
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc
 
 SERVICE = achievements_pb2.DESCRIPTOR.services_by_name["AchievementsService"]

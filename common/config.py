@@ -28,6 +28,11 @@ class Settings:
     levels_metrics_port: int = 9453
     level_check_timeout_s: float = 2.0
     xp_grant_timeout_s: float = 5.0
+    # The SDK's limits per DynamoDB call: attempts (its own retries included)
+    # and socket timeouts, kept short so that its retries fit in an RPC's deadline.
+    dynamodb_max_attempts: int = 3
+    dynamodb_connect_timeout_s: float = 1.0
+    dynamodb_read_timeout_s: float = 2.0
     max_workers: int = 32
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"

@@ -16,8 +16,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from common.config import Settings
 from common.metrics import instrument_dynamodb_client
+from common.rpc_deadline import remaining_s
 from common.models import Level, LevelReached, LevelTable, ProgressRecord, Reward
-from common.errors import ContentionExhausted, DependencyUnavailable, DomainError, InvalidField
+from common.errors import ContentionExhausted, DeadlineReached, DependencyUnavailable, DomainError, InvalidField
 
 T = TypeVar("T")
 
@@ -29,15 +30,24 @@ def create_dynamodb_client(settings: Settings) -> Any:
     """The process's one client; boto3 clients are thread-safe."""
     config = Config(
         region_name=settings.aws_region,
-        retries={"mode": "standard", "max_attempts": 3},
+        # Standard mode: retries throttling and transient errors with jittered backoff.
+        retries={"mode": "standard", "max_attempts": settings.dynamodb_max_attempts},
         # Enough sockets for every gRPC worker thread at once.
         max_pool_connections=settings.max_workers + 8,
-        connect_timeout=2,
-        read_timeout=5,
+        connect_timeout=settings.dynamodb_connect_timeout_s,
+        read_timeout=settings.dynamodb_read_timeout_s,
     )
     client = boto3.session.Session().client("dynamodb", endpoint_url=settings.dynamodb_endpoint, config=config)
     instrument_dynamodb_client(client)
+    # Before each attempt, the SDK's retries included: stop once the caller's deadline has passed.
+    client.meta.events.register("before-send.dynamodb", _stop_after_rpc_deadline)
     return client
+
+
+def _stop_after_rpc_deadline(**_: Any) -> None:
+    left = remaining_s()
+    if left is not None and left <= 0:
+        raise DeadlineReached("the caller's deadline passed before DynamoDB answered")
 
 
 # --- tables -------------------------------------------------------------------

@@ -37,3 +37,7 @@ class DependencyUnavailable(DomainError):
 
 class ContentionExhausted(DomainError):
     """Too many concurrent writers on one item; retrying is safe. Maps to ABORTED."""
+
+
+class DeadlineReached(DomainError):
+    """The caller's deadline passed before the work was done. Maps to DEADLINE_EXCEEDED."""

@@ -13,6 +13,7 @@ from grpc_status import rpc_status
 
 from common.errors import (
     ContentionExhausted,
+    DeadlineReached,
     DependencyUnavailable,
     DomainError,
     InvalidField,
@@ -53,6 +54,8 @@ def status_for(error: DomainError) -> status_pb2.Status:
         return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message)
     if isinstance(error, ContentionExhausted):
         return status_pb2.Status(code=code_pb2.ABORTED, message=message)
+    if isinstance(error, DeadlineReached):
+        return status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message=message)
     return status_pb2.Status(code=code_pb2.INTERNAL, message=message)
 
 

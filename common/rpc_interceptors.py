@@ -2,7 +2,8 @@
 
 Server side: parse each request strictly, give the call a trace id (the
 caller's `x-trace-id`, or a new one), log one JSON line per RPC and count it in
-the metrics. Client side (calls between services): pass the trace id along."""
+the metrics, and bind its deadline. Client side (calls between services):
+pass the trace id along, and never wait past the served call's deadline."""
 from __future__ import annotations
 
 import logging
@@ -15,9 +16,11 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from common.metrics import RPC_SECONDS, RPCS
+from common.rpc_deadline import bind_deadline, remaining_s, unbind_deadline
 from common.rpc_logging import bind_rpc_fields, current_trace_id, unbind_rpc_fields
 
 TRACE_ID_HEADER = "x-trace-id"
+_DEADLINE_RESERVE_S = 0.25
 _TRACE_ID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 _rpc_log = logging.getLogger("rewards.rpc")
 
@@ -53,6 +56,7 @@ class RpcEdgeInterceptor(grpc.ServerInterceptor):
             started = time.perf_counter()
             fields = {"method": method, "trace_id": _trace_id_of(context)}
             token = bind_rpc_fields(fields)
+            deadline_token = bind_deadline(context.time_remaining())
             context.send_initial_metadata(((TRACE_ID_HEADER, fields["trace_id"]),))
             code = grpc.StatusCode.OK
             try:
@@ -83,6 +87,7 @@ class RpcEdgeInterceptor(grpc.ServerInterceptor):
                     "code": code.name, "duration_ms": round(seconds * 1000, 3), "peer": context.peer(),
                 }})
                 unbind_rpc_fields(token)
+                unbind_deadline(deadline_token)
 
         return grpc.unary_unary_rpc_method_handler(
             served,
@@ -100,15 +105,25 @@ class _CallDetails(NamedTuple):
     compression: Any
 
 
-class TraceIdClientInterceptor(grpc.UnaryUnaryClientInterceptor):
-    """Adds the trace id of the RPC being served to calls made on its behalf."""
+class PeerCallInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """For calls made on behalf of the RPC being served: adds its trace id, and
+    shortens the call's timeout to what is left of its deadline, less a reserve
+    for the caller's own remaining work (the deadline propagates: a callee never
+    works for a caller that has given up, and the caller can still answer, for
+    example with a deferred level check)."""
 
     def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: Any, request: Any) -> Any:
+        metadata = list(client_call_details.metadata or ())
         trace_id = current_trace_id()
         if trace_id:
-            metadata = [*(client_call_details.metadata or ()), (TRACE_ID_HEADER, trace_id)]
-            client_call_details = _CallDetails(
-                client_call_details.method, client_call_details.timeout, metadata,
-                client_call_details.credentials, client_call_details.wait_for_ready, client_call_details.compression,
-            )
+            metadata.append((TRACE_ID_HEADER, trace_id))
+        timeout = client_call_details.timeout
+        left = remaining_s()
+        if left is not None:
+            left -= min(_DEADLINE_RESERVE_S, left * 0.2)
+            timeout = max(0.0, left) if timeout is None else max(0.0, min(timeout, left))
+        client_call_details = _CallDetails(
+            client_call_details.method, timeout, metadata,
+            client_call_details.credentials, client_call_details.wait_for_ready, client_call_details.compression,
+        )
         return continuation(client_call_details, request)

@@ -17,7 +17,8 @@ from grpc_reflection.v1alpha import reflection
 from common.config import Settings
 from common.dynamodb import create_dynamodb_client, ensure_tables
 from common.metrics import serve_metrics
-from common.rpc_interceptors import RpcEdgeInterceptor, TraceIdClientInterceptor
+from common.channels import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
+from common.rpc_interceptors import RpcEdgeInterceptor
 from common.rpc_logging import configure_logging
 
 log = logging.getLogger("rewards.server")
@@ -61,7 +62,11 @@ def build_grpc_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=[RpcEdgeInterceptor()],
-        options=[("grpc.max_send_message_length", MAX_RESPONSE_BYTES)],
+        options=[
+            ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+            # Every valid request is a few KB; larger ones are RESOURCE_EXHAUSTED before any work.
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+        ],
     )
     add_to_server(servicer, server)
     health_servicer = health_servicer or health.HealthServicer()
@@ -121,25 +126,3 @@ def run_service(
         server, health_servicer, grace_s=settings.shutdown_grace_s,
         on_ready=lambda: log.info("listening", extra={"fields": {"port": port, "address": listen, "metrics_port": metrics_port}}),
     )
-
-
-# A user's full reward history (GetProgress) or a level-up across hundreds of
-# levels can pass gRPC's default 4 MB; requests stay small.
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-
-# Reconnect quickly after a peer restarts: calls fail fast (no wait_for_ready)
-# while the peer is down, so a long reconnect backoff would prolong the outage.
-_PEER_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
-    # Spread calls over every address a DNS name resolves to (replicas behind service discovery).
-    ("grpc.lb_policy_name", "round_robin"),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
-
-
-def peer_channel(target: str) -> grpc.Channel:
-    """The channel one service uses to call another (one per process and
-    target); it passes the trace id along."""
-    return grpc.intercept_channel(grpc.insecure_channel(target, options=_PEER_CHANNEL_OPTIONS), TraceIdClientInterceptor())

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from common.channels import CLIENT_CHANNEL_OPTIONS
 from rewards.v1 import (
     achievements_pb2,
     achievements_pb2_grpc,
@@ -18,9 +19,6 @@ from rewards.v1 import (
 from rewardsctl.catalog import Achievement, Activity, Catalog, Level, Reward
 from rewardsctl.catalog_plan import CatalogChange, Entry
 
-# The servers send up to 64 MB; a level table of many levels with many rewards
-# is more than gRPC's default 4 MB.
-_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _LIST_PAGE_SIZE = 100
 
 
@@ -37,8 +35,9 @@ class ServiceClients:
     def __init__(self, targets: ServiceTargets, timeout_s: float) -> None:
         self.targets = targets
         self._timeout_s = timeout_s
-        options = [("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)]
-        self._channels = [grpc.insecure_channel(t, options=options) for t in (targets.xp, targets.achievements, targets.levels)]
+        # The options every client of the services should use: retries of UNAVAILABLE, large responses.
+        self._channels = [grpc.insecure_channel(t, options=CLIENT_CHANNEL_OPTIONS)
+                          for t in (targets.xp, targets.achievements, targets.levels)]
         self.xp = xp_pb2_grpc.XpServiceStub(self._channels[0])
         self.achievements = achievements_pb2_grpc.AchievementsServiceStub(self._channels[1])
         self.levels = levels_pb2_grpc.LevelsServiceStub(self._channels[2])

@@ -7,7 +7,8 @@ import grpc
 from grpc_health.v1 import health
 
 from common.config import Settings
-from common.server_runtime import build_grpc_server, peer_channel, run_service
+from common.channels import peer_channel
+from common.server_runtime import build_grpc_server, run_service
 from rewards.v1 import xp_pb2, xp_pb2_grpc
 from xp_service.level_checker import GrpcLevelChecker
 from xp_service.service import XpLedger
