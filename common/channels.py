@@ -6,7 +6,9 @@ import json
 
 import grpc
 
+from common.config import Settings
 from common.rpc_interceptors import PeerCallInterceptor
+from common.transport_security import channel_credentials
 
 # A user's full reward history (GetProgress) or a level-up across hundreds of
 # levels can pass gRPC's default 4 MB; requests stay small.
@@ -45,7 +47,16 @@ CLIENT_CHANNEL_OPTIONS = [
 ]
 
 
-def peer_channel(target: str) -> grpc.Channel:
+def client_channel(target: str, settings: Settings) -> grpc.Channel:
+    """A channel to one of the services: TLS (with this process's certificate)
+    when the configuration has a CA, plaintext otherwise."""
+    credentials = channel_credentials(settings)
+    if credentials is None:
+        return grpc.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS)
+    return grpc.secure_channel(target, credentials, options=CLIENT_CHANNEL_OPTIONS)
+
+
+def peer_channel(target: str, settings: Settings) -> grpc.Channel:
     """The channel one service uses to call another (one per process and
-    target): retries, trace id and deadline propagation."""
-    return grpc.intercept_channel(grpc.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS), PeerCallInterceptor())
+    target): mTLS when configured, retries, trace id and deadline propagation."""
+    return grpc.intercept_channel(client_channel(target, settings), PeerCallInterceptor())

@@ -33,6 +33,13 @@ class Settings:
     dynamodb_max_attempts: int = 3
     dynamodb_connect_timeout_s: float = 1.0
     dynamodb_read_timeout_s: float = 2.0
+    # Transport security (PEM files). With a certificate and key the servers
+    # speak TLS; with a CA as well they require client certificates signed by it
+    # (mTLS), and calls between services present the same certificate and
+    # verify the peer against that CA. All empty: plaintext (local development).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
     max_workers: int = 32
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"

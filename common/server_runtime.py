@@ -19,6 +19,7 @@ from common.dynamodb import create_dynamodb_client, ensure_tables
 from common.metrics import serve_metrics
 from common.channels import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from common.rpc_interceptors import RpcEdgeInterceptor
+from common.transport_security import server_credentials
 from common.rpc_logging import configure_logging
 
 log = logging.getLogger("rewards.server")
@@ -76,7 +77,8 @@ def build_grpc_server(
     reflection.enable_server_reflection(
         (service.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=cast(descriptor_pool.DescriptorPool, _MethodAwarePool())
     )
-    port = server.add_insecure_port(address)
+    credentials = server_credentials(settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     return server, port

@@ -7,7 +7,8 @@ from typing import Any
 
 import grpc
 
-from common.channels import CLIENT_CHANNEL_OPTIONS
+from common.channels import client_channel
+from common.config import Settings
 from rewards.v1 import (
     achievements_pb2,
     achievements_pb2_grpc,
@@ -32,12 +33,13 @@ class ServiceTargets:
 class ServiceClients:
     """One channel per service; every call has the same deadline."""
 
-    def __init__(self, targets: ServiceTargets, timeout_s: float) -> None:
+    def __init__(self, targets: ServiceTargets, timeout_s: float, settings: Settings | None = None) -> None:
         self.targets = targets
         self._timeout_s = timeout_s
-        # The options every client of the services should use: retries of UNAVAILABLE, large responses.
-        self._channels = [grpc.insecure_channel(t, options=CLIENT_CHANNEL_OPTIONS)
-                          for t in (targets.xp, targets.achievements, targets.levels)]
+        # What every client of the services should use: retries of UNAVAILABLE,
+        # large responses, and TLS with a client certificate when configured.
+        settings = settings or Settings()
+        self._channels = [client_channel(t, settings) for t in (targets.xp, targets.achievements, targets.levels)]
         self.xp = xp_pb2_grpc.XpServiceStub(self._channels[0])
         self.achievements = achievements_pb2_grpc.AchievementsServiceStub(self._channels[1])
         self.levels = levels_pb2_grpc.LevelsServiceStub(self._channels[2])
