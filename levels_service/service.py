@@ -48,6 +48,11 @@ class Levels:
             if not plan.leveled_up:
                 if not granted and progress.level is None and progress.updated_at is not None:
                     self._repository.store_start_level_once(user_id, plan.current_level)
+                # Recorded, so that a repeat of this request reports what this check found (nothing) and
+                # levels that become due later go to the next new check, not to a repeat of this one.
+                if request_id and not granted and progress.updated_at is not None:
+                    if not self._repository.record_nothing_due_once(user_id, request_id, plan.current_level):
+                        continue  # a concurrent copy of this request granted first: report what it granted
                 return self._outcome(user_id, progress, table, granted or [plan])
             step = plan.first_step()
             try:
@@ -74,12 +79,13 @@ class Levels:
         )
 
     def _replay(self, user_id: str, earlier: LevelCheck, progress: ProgressRecord, table: LevelTable) -> LevelUpOutcome:
-        reached = self._repository.levels_reached(user_id, earlier.levels)
-        current = max(progress.level or 0, *earlier.levels)
+        reached = self._repository.levels_reached(user_id, earlier.levels) if earlier.levels else []
+        current = max([progress.level or table.start_level, *earlier.levels])
         return LevelUpOutcome(
             user_id=user_id,
-            leveled_up=True,
-            previous_level=earlier.previous_level,
+            leveled_up=bool(earlier.levels),
+            # A check that found nothing due answers as it did: no level-up, at the level the user is at.
+            previous_level=earlier.previous_level if earlier.levels else current,
             current_level=current,
             total_xp=progress.total_xp,
             rewards=tuple(reward for r in reached for reward in r.rewards),

@@ -67,7 +67,8 @@ class LevelsRepository:
         progress = ProgressRecord.from_attributes(user_id, progress_values)
         check = None
         if check_values is not None:
-            levels = tuple(sorted(int(l) for l in check_values["levels"]))
+            # No levels: the check found nothing due (DynamoDB has no empty sets).
+            levels = tuple(sorted(int(l) for l in check_values.get("levels", ())))
             check = LevelCheck(check_id, int(check_values["previous_level"]), levels)
         return progress, check
 
@@ -107,6 +108,8 @@ class LevelsRepository:
                 "TableName": self._checks,
                 "Key": {"user_id": attr(user_id), "check_id": attr(check_id)},
                 "UpdateExpression": "ADD levels :levels SET previous_level = if_not_exists(previous_level, :previous), updated_at = :now",
+                # Not into a record of a copy of this request that found nothing due: that copy answered first.
+                "ConditionExpression": "attribute_not_exists(check_id) OR attribute_exists(levels)",
                 "ExpressionAttributeValues": to_item({
                     ":levels": {level.level for level in step.passed},
                     ":previous": step.previous_level,
@@ -131,6 +134,24 @@ class LevelsRepository:
             # A failed condition on any item means another check moved first
             # (real DynamoDB may name other items' reasons beside it).
             raise LevelChangedConcurrently(user_id)
+
+    def record_nothing_due_once(self, user_id: str, check_id: str, level: int) -> bool:
+        """Records that the check `check_id` found no level due, so that its
+        repeats report the same. False when the check already has a record (a
+        concurrent copy of the request granted levels first)."""
+        try:
+            retry_on_transaction_conflict(lambda: self._client.update_item(
+                TableName=self._checks,
+                Key={"user_id": attr(user_id), "check_id": attr(check_id)},
+                UpdateExpression="SET previous_level = :previous, updated_at = :now",
+                ConditionExpression="attribute_not_exists(check_id)",
+                ExpressionAttributeValues=to_item({":previous": level, ":now": utc_now_iso()}),
+            ))
+            return True
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
 
     def store_start_level_once(self, user_id: str, level: int) -> None:
         """Pins the level of a user who has XP but no stored level yet, so that a

@@ -7,6 +7,7 @@
     rewardsctl progress USER [--json]
     rewardsctl backup export DIR
     rewardsctl backup import DIR [--workers N]
+    rewardsctl verify [--json] [--strict] [--catalog-changed]
 
 Catalog and player commands call the services over gRPC; backups read and
 write DynamoDB directly. Targets, endpoint and table prefix come from the
@@ -36,6 +37,7 @@ from rewardsctl.backup import BackupError, Manifest, export_stage, import_stage
 from rewardsctl.catalog import CatalogFileError, catalog_warnings, format_catalog, parse_catalog
 from rewardsctl.catalog_plan import plan_catalog
 from rewardsctl.progress_display import ItemCountDisplay
+from rewardsctl.verify import WARNING, StageNotFound, read_stage, report_as_json, report_as_text, verify_contents
 from rewardsctl.service_clients import ServiceClients, ServiceTargets
 
 EXIT_OK = 0
@@ -167,12 +169,27 @@ def backup_import(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+# --- invariants ---------------------------------------------------------------------
+
+def verify(args: argparse.Namespace, settings: Settings) -> int:
+    where = f"prefix {settings.table_prefix!r} at {settings.dynamodb_endpoint or f'AWS ({settings.aws_region})'}"
+    try:
+        contents = _dynamodb(settings, lambda client: read_stage(client, settings.table_prefix))
+    except StageNotFound as error:
+        raise CommandFailed(str(error)) from error
+    report = verify_contents(contents, catalog_changed=args.catalog_changed)
+    print(report_as_json(report, where) if args.json else report_as_text(report, where))
+    # --strict: for a stage that should be settled, where owed XP or a due level check is a failure too.
+    failed = not report.ok or (args.strict and bool(report.of(WARNING)))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def _print_table_counts(manifest: Manifest) -> None:
     for table in manifest.tables:
         print(f"  {table.table:<18} {table.items:>10,}")
 
 
-def _dynamodb(settings: Settings, work: Callable[[Any], Manifest]) -> Manifest:
+def _dynamodb(settings: Settings, work: Callable[[Any], Answer]) -> Answer:
     where = settings.dynamodb_endpoint or f"AWS ({settings.aws_region})"
     try:
         return work(create_dynamodb_client(settings))
@@ -195,7 +212,7 @@ def _service_clients(args: argparse.Namespace, settings: Settings) -> ServiceCli
         achievements=args.achievements_target or settings.achievements_target,
         levels=args.levels_target or settings.levels_target,
     )
-    return ServiceClients(targets, timeout_s=args.timeout)
+    return ServiceClients(targets, timeout_s=args.timeout, settings=settings)
 
 
 def _target_of(kind: str, targets: ServiceTargets) -> str:
@@ -288,6 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
     backup_import_parser.add_argument("--workers", type=_positive_int, default=8, metavar="N",
                                       help="concurrent batch writes (default 8)")
     backup_import_parser.set_defaults(run=backup_import)
+
+    verify_parser = commands.add_parser(
+        "verify", parents=[dynamodb], help="check the exactly-once invariants of every user, from the tables",
+        description="Reads the stage's tables and checks, for every user: total XP is the sum of the ledger, no "
+                    "request counted twice, each unlocked achievement paid once, the level matches the XP and each "
+                    "passed level's rewards granted once. Exit status 0 when nothing is violated, 1 otherwise. "
+                    "A scan is not a snapshot: verify a stage that takes no writes.")
+    verify_parser.add_argument("--json", action="store_true", help="print the report as JSON (every finding)")
+    verify_parser.add_argument("--strict", action="store_true",
+                               help="fail on warnings too (owed XP, level checks due): for a settled stage")
+    verify_parser.add_argument("--catalog-changed", action="store_true",
+                               help="the level table or achievement requirements changed while players played: "
+                                    "findings against the current catalog become notes")
+    verify_parser.set_defaults(run=verify)
     return parser
 
 

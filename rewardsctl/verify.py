@@ -1,0 +1,521 @@
+"""`rewardsctl verify`: proves, from a stage's tables alone, that every user's
+progress is what exactly-once processing must leave behind.
+
+Two parts, kept apart:
+
+- `verify_contents` is pure: it takes what the tables hold (`StageContents`)
+  and returns a `VerifyReport` of findings and counts. No I/O.
+- `read_stage` reads the tables of one stage (strongly consistent, paged scans),
+  with the settings backups use (REWARDS_DYNAMODB_ENDPOINT, REWARDS_TABLE_PREFIX).
+
+Findings have three severities:
+
+- violation: a state that exactly-once processing can never produce (XP counted
+  twice or lost, an achievement paid twice or not at all, a level's rewards
+  missing or granted above the level). The command exits 1.
+- warning: a state that is legal but not settled yet: an unlock whose XP is
+  still owed (the grant failed; a repeat of the unlock pays it), or a level
+  check still due (checks may be deferred; the next check grants it).
+- note: a legal step in between, such as an achievement whose XP was granted
+  but whose unlock is not marked paid yet.
+
+Some checks compare stored progress with the catalog as it is now: the level a
+total gives, the rewards of each level, achievement requirements. They hold
+when the catalog has only been what it is now while players played. After the
+level table or the requirements changed (levels never go down, rewards were
+granted as they were), `catalog_changed` turns those findings into notes.
+
+A scan is not a snapshot: run it on a stage that takes no writes, or expect
+findings about users written to during the scan.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Iterable, Mapping
+
+from botocore.exceptions import ClientError
+
+from common.dynamodb import (
+    ACHIEVEMENTS,
+    LEVEL_CHECKS,
+    LEVEL_REWARDS,
+    LEVELS,
+    USER_ACHIEVEMENTS,
+    USER_PROGRESS,
+    XP_LEDGER,
+    TableDefinition,
+    error_code,
+    from_item,
+)
+from common.models import Level, LevelTable, Reward
+
+VIOLATION = "violation"
+WARNING = "warning"
+NOTE = "note"
+SEVERITIES = (VIOLATION, WARNING, NOTE)
+
+# What each invariant says, in the order the report lists them.
+INVARIANTS: dict[str, str] = {
+    "total-is-ledger-sum": "total_xp is the sum of the user's ledger",
+    "ledger-entry-well-formed": "each ledger entry is req#/ach#/auto# as its fields say, whole XP >= 0, one write",
+    "achievement-paid-once": "each unlock with a reward is paid by one ach# entry of that XP; no other ach# entry",
+    "unlocks-match-progress": "unlocked_achievements are exactly the user's unlock records",
+    "unlock-requirements-held": "each unlock's requirements (prerequisites, total XP, level) still hold",
+    "level-matches-xp": "the stored level is a defined level, not above the level total_xp gives",
+    "level-rewards-once": "each defined level above the start level up to the stored level granted once, none above",
+    "level-check-records": "each named check's record lists exactly the levels it granted",
+}
+
+ENTRY_KINDS = {"req": ("activity", "grant"), "ach": ("achievement",), "auto": ("activity", "grant")}
+
+
+class StageNotFound(Exception):
+    """A table of the stage does not exist: a wrong prefix or endpoint."""
+
+
+@dataclass(frozen=True)
+class StageContents:
+    """Every item of the tables the invariants are about, as plain values
+    (common.dynamodb.from_item: numbers are Decimal, sets are sets)."""
+
+    levels: LevelTable
+    achievements: list[dict[str, Any]] = field(default_factory=list)
+    progress: list[dict[str, Any]] = field(default_factory=list)
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+    unlocks: list[dict[str, Any]] = field(default_factory=list)
+    level_rewards: list[dict[str, Any]] = field(default_factory=list)
+    level_checks: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str
+    invariant: str
+    user_id: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"severity": self.severity, "invariant": self.invariant, "user_id": self.user_id, "message": self.message}
+
+
+@dataclass
+class VerifyReport:
+    findings: list[Finding] = field(default_factory=list)
+    # How many times each invariant was checked (one user, entry, unlock or level each).
+    checked: Counter[str] = field(default_factory=Counter)
+    users: int = 0
+    ledger_entries: int = 0
+    unlocks: int = 0
+    levels_checked: int = 0
+    level_table_levels: int = 0
+    catalog_changed: bool = False
+
+    def of(self, severity: str) -> list[Finding]:
+        return [f for f in self.findings if f.severity == severity]
+
+    @property
+    def invariants_checked(self) -> int:
+        return sum(self.checked.values())
+
+    @property
+    def ok(self) -> bool:
+        return not self.of(VIOLATION)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "users": self.users,
+            "ledger_entries": self.ledger_entries,
+            "unlocks": self.unlocks,
+            "levels_checked": self.levels_checked,
+            "level_table_levels": self.level_table_levels,
+            "invariants_checked": self.invariants_checked,
+            "violations": len(self.of(VIOLATION)),
+            "warnings": len(self.of(WARNING)),
+            "notes": len(self.of(NOTE)),
+        }
+
+
+# --- the checker, pure -------------------------------------------------------------------
+
+def verify_contents(contents: StageContents, *, catalog_changed: bool = False) -> VerifyReport:
+    """Checks every invariant for every user found in any user table."""
+    report = VerifyReport(catalog_changed=catalog_changed, level_table_levels=len(contents.levels.levels))
+    progress_of = {str(p["user_id"]): p for p in contents.progress}
+    ledger_of = _by_user(contents.ledger)
+    unlocks_of = _by_user(contents.unlocks)
+    reached_of = _by_user(contents.level_rewards)
+    checks_of = _by_user(contents.level_checks)
+    catalog = {str(a["achievement_id"]): a for a in contents.achievements}
+    users = sorted(set(progress_of) | set(ledger_of) | set(unlocks_of) | set(reached_of) | set(checks_of))
+    report.users = len(users)
+    report.ledger_entries = len(contents.ledger)
+    report.unlocks = len(contents.unlocks)
+    for user_id in users:
+        _UserCheck(report, contents.levels, catalog, user_id, progress_of.get(user_id), ledger_of.get(user_id, []),
+                   unlocks_of.get(user_id, []), reached_of.get(user_id, []), checks_of.get(user_id, [])).run()
+    return report
+
+
+def _by_user(items: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in items:
+        grouped[str(item["user_id"])].append(item)
+    return grouped
+
+
+def _whole(value: Any) -> int | None:
+    """The value as an int when it is a whole number stored as a number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+        return None
+    if isinstance(value, Decimal) and (not value.is_finite() or value % 1 != 0):
+        return None
+    return int(value)
+
+
+def _rewards(values: Any) -> tuple[Reward, ...]:
+    try:
+        return tuple(sorted((Reward(str(r["reward_id"]), int(r["quantity"])) for r in values or ()),
+                            key=lambda r: (r.reward_id, r.quantity)))
+    except (KeyError, TypeError, ValueError):
+        return (Reward("<unreadable>", 0),)
+
+
+class _UserCheck:
+    """The invariants of one user; each `_check_*` counts what it checks."""
+
+    def __init__(self, report: VerifyReport, table: LevelTable, catalog: Mapping[str, dict[str, Any]], user_id: str,
+                 progress: dict[str, Any] | None, ledger: list[dict[str, Any]], unlocks: list[dict[str, Any]],
+                 reached: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
+        self.report = report
+        self.table = table
+        self.catalog = catalog
+        self.user_id = user_id
+        self.progress = progress
+        self.ledger = ledger
+        self.unlocks = unlocks
+        self.reached = reached
+        self.checks = checks
+        self.total_xp = _whole((progress or {}).get("total_xp", 0))
+        self.stored_level = _whole(progress["level"]) if progress and "level" in progress else None
+
+    def run(self) -> None:
+        self._check_ledger_entries()
+        self._check_total()
+        self._check_achievement_payments()
+        self._check_unlocked_set()
+        self._check_unlock_requirements()
+        self._check_level()
+        self._check_level_rewards()
+        self._check_level_check_records()
+
+    def _find(self, severity: str, invariant: str, message: str) -> None:
+        self.report.findings.append(Finding(severity, invariant, self.user_id, message))
+
+    def _catalog_dependent(self) -> str:
+        """A finding that only holds if the catalog never changed."""
+        return NOTE if self.report.catalog_changed else VIOLATION
+
+    # --- XP ------------------------------------------------------------------------
+
+    def _check_ledger_entries(self) -> None:
+        attempts: Counter[str] = Counter()
+        for entry in self.ledger:
+            self.report.checked["ledger-entry-well-formed"] += 1
+            entry_id = str(entry.get("entry_id", ""))
+            for problem in _ledger_entry_problems(entry):
+                self._find(VIOLATION, "ledger-entry-well-formed", f"ledger entry {entry_id!r}: {problem}")
+            if entry.get("attempt_id"):
+                attempts[str(entry["attempt_id"])] += 1
+        for attempt_id, count in attempts.items():
+            if count > 1:  # one award written under two entry ids
+                self._find(VIOLATION, "ledger-entry-well-formed",
+                           f"{count} ledger entries carry attempt id {attempt_id!r}: one write was recorded {count} times")
+
+    def _check_total(self) -> None:
+        self.report.checked["total-is-ledger-sum"] += 1
+        ledger_sum = sum(_whole(e.get("xp")) or 0 for e in self.ledger)
+        if self.progress is None:
+            if self.ledger:
+                self._find(VIOLATION, "total-is-ledger-sum",
+                           f"{len(self.ledger)} ledger entries ({ledger_sum:,} XP) but no user_progress item")
+            return
+        if self.total_xp is None:
+            self._find(VIOLATION, "total-is-ledger-sum", f"total_xp {self.progress.get('total_xp')!r} is not a whole number")
+        elif self.total_xp != ledger_sum:
+            self._find(VIOLATION, "total-is-ledger-sum",
+                       f"total_xp {self.total_xp:,} but the ledger's {len(self.ledger)} entries sum to {ledger_sum:,} "
+                       f"({self.total_xp - ledger_sum:+,})")
+
+    # --- achievements -----------------------------------------------------------------
+
+    def _check_achievement_payments(self) -> None:
+        unlocks = {str(u["achievement_id"]): u for u in self.unlocks}
+        payments = {str(e["entry_id"])[4:]: e for e in self.ledger if str(e.get("entry_id", "")).startswith("ach#")}
+        for achievement_id, entry in sorted(payments.items()):
+            self.report.checked["achievement-paid-once"] += 1
+            unlock = unlocks.get(achievement_id)
+            paid = _whole(entry.get("xp"))
+            if unlock is None:
+                self._find(VIOLATION, "achievement-paid-once",
+                           f"ledger entry 'ach#{achievement_id}' pays {paid} XP for an achievement the user has not unlocked")
+                continue
+            reward = _whole(unlock.get("xp_reward", 0))
+            if not reward:
+                self._find(VIOLATION, "achievement-paid-once",
+                           f"achievement {achievement_id!r} has no XP reward, yet ledger entry 'ach#{achievement_id}' pays {paid} XP")
+            elif paid != reward:
+                self._find(VIOLATION, "achievement-paid-once",
+                           f"ledger entry 'ach#{achievement_id}' pays {paid} XP, the unlock's xp_reward is {reward}")
+            elif not unlock.get("xp_granted", False):
+                self._find(NOTE, "achievement-paid-once",
+                           f"achievement {achievement_id!r}: XP granted, unlock not marked paid yet (the next repeat marks it)")
+        for achievement_id, unlock in sorted(unlocks.items()):
+            self.report.checked["achievement-paid-once"] += 1
+            reward = _whole(unlock.get("xp_reward", 0))
+            if reward is None or reward < 0:
+                self._find(VIOLATION, "achievement-paid-once",
+                           f"unlock of {achievement_id!r}: xp_reward {unlock.get('xp_reward')!r} is not a whole number >= 0")
+                continue
+            if reward == 0 or achievement_id in payments:
+                continue
+            if unlock.get("xp_granted", False):
+                self._find(VIOLATION, "achievement-paid-once",
+                           f"unlock of {achievement_id!r} is marked paid, but no ledger entry 'ach#{achievement_id}' pays its {reward} XP")
+            else:
+                self._find(WARNING, "achievement-paid-once",
+                           f"unlock of {achievement_id!r} still owes its {reward} XP (a repeat of UnlockAchievement pays it)")
+
+    def _check_unlocked_set(self) -> None:
+        self.report.checked["unlocks-match-progress"] += 1
+        records = {str(u["achievement_id"]) for u in self.unlocks}
+        listed = {str(a) for a in (self.progress or {}).get("unlocked_achievements", ())}
+        if records - listed:
+            self._find(VIOLATION, "unlocks-match-progress",
+                       f"unlock records missing from unlocked_achievements: {', '.join(sorted(records - listed))}")
+        if listed - records:
+            self._find(VIOLATION, "unlocks-match-progress",
+                       f"unlocked_achievements without an unlock record: {', '.join(sorted(listed - records))}")
+
+    def _check_unlock_requirements(self) -> None:
+        unlocked = {str(u["achievement_id"]) for u in self.unlocks}
+        level = self.stored_level if self.stored_level is not None else self.table.start_level
+        for achievement_id in sorted(unlocked):
+            entry = self.catalog.get(achievement_id)
+            if entry is None:  # left the catalog: its requirements are not known any more
+                continue
+            self.report.checked["unlock-requirements-held"] += 1
+            requirements = entry.get("requirements") or {}
+            unmet = [f"prerequisite {r!r}" for r in requirements.get("required_achievements", ()) if str(r) not in unlocked]
+            min_total_xp = _whole(requirements.get("min_total_xp", 0)) or 0
+            if (self.total_xp or 0) < min_total_xp:
+                unmet.append(f"total XP {self.total_xp} < {min_total_xp}")
+            min_level = _whole(requirements.get("min_level", 0)) or 0
+            if level < min_level:
+                unmet.append(f"level {level} < {min_level}")
+            if unmet:
+                # Totals, levels and unlocks only grow: what held at the unlock still holds, unless the catalog changed.
+                self._find(self._catalog_dependent(), "unlock-requirements-held",
+                           f"{achievement_id!r} is unlocked but its requirements do not hold: {'; '.join(unmet)}")
+
+    # --- levels ---------------------------------------------------------------------
+
+    def _check_level(self) -> None:
+        self.report.checked["level-matches-xp"] += 1
+        total = self.total_xp or 0
+        due = self.table.level_for_xp(total)
+        if self.stored_level is None:
+            if self.progress is not None and "level" in self.progress:
+                self._find(VIOLATION, "level-matches-xp", f"level {self.progress['level']!r} is not a whole number")
+            elif due > self.table.start_level:
+                self._find(WARNING, "level-matches-xp",
+                           f"level check due: never checked, total_xp {total:,} gives level {due}")
+            return
+        stored = self.stored_level
+        defined = {l.level for l in self.table.levels} | {0}
+        if stored not in defined:
+            self._find(self._catalog_dependent(), "level-matches-xp", f"stored level {stored} is not a defined level")
+        if stored > due:
+            # Levels never go down, so this is legal only if the table changed since.
+            self._find(self._catalog_dependent(), "level-matches-xp",
+                       f"stored level {stored} is above level {due}, what total_xp {total:,} gives")
+        elif stored < due:
+            self._find(WARNING, "level-matches-xp",
+                       f"level check due: stored level {stored}, total_xp {total:,} gives level {due}")
+        if stored < self.table.start_level:
+            self._find(self._catalog_dependent(), "level-matches-xp",
+                       f"stored level {stored} is below the start level {self.table.start_level}")
+
+    def _check_level_rewards(self) -> None:
+        by_level: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for item in self.reached:
+            by_level[int(item["level"])].append(item)
+        stored = self.stored_level
+        expected = self.table.levels_passed(self.table.start_level, stored) if stored is not None else ()
+        for level in expected:
+            self.report.checked["level-rewards-once"] += 1
+            self.report.levels_checked += 1
+            items = by_level.get(level.level, [])
+            if not items:
+                self._find(self._catalog_dependent(), "level-rewards-once",
+                           f"level {level.level} was passed (stored level {stored}) but its rewards were never granted")
+            elif len(items) > 1:
+                self._find(VIOLATION, "level-rewards-once", f"level {level.level} was granted {len(items)} times")
+            elif _rewards(items[0].get("rewards")) != _rewards(_as_values(level.rewards)):
+                self._find(self._catalog_dependent(), "level-rewards-once",
+                           f"level {level.level} was granted {_describe(items[0].get('rewards'))}, "
+                           f"the level table gives {_describe(_as_values(level.rewards))}")
+        expected_levels = {l.level for l in expected}
+        for level_number, items in sorted(by_level.items()):
+            if level_number in expected_levels:
+                self._check_from_level(level_number, items)
+                continue
+            self.report.checked["level-rewards-once"] += 1
+            self.report.levels_checked += 1
+            if stored is None or level_number > stored:
+                # The item and the move of the level are one transaction, and levels never go down.
+                above = "but the user has no stored level" if stored is None else f"above the stored level {stored}"
+                self._find(VIOLATION, "level-rewards-once", f"level {level_number} was granted, {above}")
+            else:
+                self._find(self._catalog_dependent(), "level-rewards-once",
+                           f"level {level_number} was granted but is not a defined level between the start level "
+                           f"{self.table.start_level} and the stored level {stored}")
+            if len(items) > 1:
+                self._find(VIOLATION, "level-rewards-once", f"level {level_number} was granted {len(items)} times")
+            self._check_from_level(level_number, items)
+
+    def _check_from_level(self, level_number: int, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            from_level = _whole(item.get("from_level"))
+            if from_level is None or from_level >= level_number:
+                self._find(VIOLATION, "level-rewards-once",
+                           f"level {level_number} was granted in a move from level {item.get('from_level')!r}, not from below")
+
+    def _check_level_check_records(self) -> None:
+        granted_by: dict[str, set[int]] = defaultdict(set)
+        for item in self.reached:
+            granted_by[str(item.get("check_id", ""))].add(int(item["level"]))
+        recorded = {str(c["check_id"]): {int(l) for l in c.get("levels", ())} for c in self.checks}
+        for check_id, levels in sorted(recorded.items()):
+            self.report.checked["level-check-records"] += 1
+            if levels != granted_by.get(check_id, set()):
+                self._find(VIOLATION, "level-check-records",
+                           f"check {check_id!r} records levels {sorted(levels)}, "
+                           f"but granted {sorted(granted_by.get(check_id, set()))}")
+        for check_id, levels in sorted(granted_by.items()):
+            if check_id in recorded:
+                continue
+            self.report.checked["level-check-records"] += 1
+            # Only a check without a request id (named auto:<uuid>) goes unrecorded: nobody can repeat it.
+            if not check_id.startswith("auto:"):
+                self._find(VIOLATION, "level-check-records",
+                           f"check {check_id!r} granted levels {sorted(levels)} but has no record for its repeats")
+
+
+def _ledger_entry_problems(entry: Mapping[str, Any]) -> list[str]:
+    """What is wrong with one ledger entry's shape; empty when nothing is."""
+    problems = []
+    entry_id = str(entry.get("entry_id", ""))
+    prefix, _, rest = entry_id.partition("#")
+    kind = entry.get("kind")
+    if prefix not in ENTRY_KINDS or not rest:
+        problems.append("the id is not req#<request_id>, ach#<achievement_id> or auto#<id>")
+    elif kind not in ENTRY_KINDS[prefix]:
+        problems.append(f"kind {kind!r} cannot be recorded as a {prefix}# entry")
+    elif prefix == "req" and entry.get("request_id") != rest:
+        problems.append(f"request_id {entry.get('request_id')!r} is not the id's request id {rest!r}")
+    elif prefix == "ach" and entry.get("achievement_id") != rest:
+        problems.append(f"achievement_id {entry.get('achievement_id')!r} is not the id's achievement {rest!r}")
+    elif prefix == "auto" and entry.get("request_id"):
+        problems.append(f"it has request_id {entry.get('request_id')!r}, so it should have been deduplicated as req#")
+    if kind == "activity" and not entry.get("activity_id"):
+        problems.append("an activity award without activity_id")
+    xp = _whole(entry.get("xp"))
+    if xp is None or xp < 0:
+        problems.append(f"xp {entry.get('xp')!r} is not a whole number >= 0")
+    return problems
+
+
+def _as_values(rewards: Iterable[Reward]) -> list[dict[str, Any]]:
+    return [{"reward_id": r.reward_id, "quantity": r.quantity} for r in rewards]
+
+
+def _describe(rewards: Any) -> str:
+    found = _rewards(list(rewards or ()))
+    return ", ".join(f"{r.quantity} {r.reward_id}" for r in found) or "no rewards"
+
+
+# --- output ----------------------------------------------------------------------------------
+
+def report_as_json(report: VerifyReport, where: str = "") -> str:
+    violations = Counter(f.invariant for f in report.of(VIOLATION))
+    return json.dumps({
+        "stage": where,
+        "ok": report.ok,
+        "catalog_changed": report.catalog_changed,
+        "counts": report.counts(),
+        "invariants": {name: {"description": text, "checked": report.checked[name], "violations": violations[name]}
+                       for name, text in INVARIANTS.items()},
+        **{severity + "s": [f.as_dict() for f in report.of(severity)] for severity in SEVERITIES},
+    }, indent=2)
+
+
+def report_as_text(report: VerifyReport, where: str = "", limit: int = 50) -> str:
+    """The counts, each invariant with how often it was checked and broken, and
+    the findings (at most `limit` of each severity; --json lists all)."""
+    counts = report.counts()
+    lines = [
+        f"verified {where}".rstrip(),
+        f"  users {counts['users']:,} · ledger entries {counts['ledger_entries']:,} · unlocks {counts['unlocks']:,} · "
+        f"levels checked {counts['levels_checked']:,} (level table: {counts['level_table_levels']:,} levels)",
+        f"  invariants checked {counts['invariants_checked']:,}"
+        + (" (catalog changed: checks against the current catalog are notes)" if report.catalog_changed else ""),
+    ]
+    violations = Counter(f.invariant for f in report.of(VIOLATION))
+    for name, text in INVARIANTS.items():
+        broken = f"{violations[name]:,} broken" if violations[name] else "ok"
+        lines.append(f"    {name:<26} {report.checked[name]:>8,}  {broken:<10} {text}")
+    for severity in SEVERITIES:
+        found = report.of(severity)
+        for finding in found[:limit]:
+            lines.append(f"{severity:<9} {finding.invariant:<26} {finding.user_id}: {finding.message}")
+        if len(found) > limit:
+            lines.append(f"{severity:<9} ... and {len(found) - limit:,} more (--json lists them all)")
+    lines.append(f"{'OK' if report.ok else 'FAILED'}: {counts['violations']:,} violations, {counts['warnings']:,} warnings, "
+                 f"{counts['notes']:,} notes")
+    return "\n".join(lines)
+
+
+# --- reading a stage ----------------------------------------------------------------------------
+
+def read_stage(client: Any, table_prefix: str) -> StageContents:
+    """Every item of the tables the invariants are about: strongly consistent
+    scans, page by page. Raises StageNotFound when a table is missing."""
+    levels = [
+        Level(int(v["level"]), int(v["xp_required"]),
+              tuple(Reward(str(r["reward_id"]), int(r["quantity"])) for r in v.get("rewards") or ()))
+        for v in _scan(client, table_prefix, LEVELS)
+    ]
+    return StageContents(
+        levels=LevelTable(levels),
+        achievements=_scan(client, table_prefix, ACHIEVEMENTS),
+        progress=_scan(client, table_prefix, USER_PROGRESS),
+        ledger=_scan(client, table_prefix, XP_LEDGER),
+        unlocks=_scan(client, table_prefix, USER_ACHIEVEMENTS),
+        level_rewards=_scan(client, table_prefix, LEVEL_REWARDS),
+        level_checks=_scan(client, table_prefix, LEVEL_CHECKS),
+    )
+
+
+def _scan(client: Any, table_prefix: str, table: TableDefinition) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    try:
+        for page in client.get_paginator("scan").paginate(TableName=table_prefix + table.name, ConsistentRead=True):
+            items.extend(from_item(item) for item in page["Items"])
+    except ClientError as error:
+        if error_code(error) == "ResourceNotFoundException":
+            raise StageNotFound(f"table {table_prefix + table.name} does not exist: is the table prefix right?") from error
+        raise
+    return items
