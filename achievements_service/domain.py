@@ -1,7 +1,7 @@
 """Achievement rules, pure: no gRPC, no DynamoDB."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from common.errors import InvalidField, NotFound, PreconditionFailed
 
@@ -28,22 +28,24 @@ class Achievement:
 
 
 def check_achievement(achievement: Achievement) -> Achievement:
-    """The catalog rules for one achievement; field names as in the API."""
+    """The catalog rules for one achievement, field names as in the API; the
+    achievement with each required id once."""
     requirements = achievement.requirements
     required = requirements.required_achievements
+    if achievement.achievement_id in required:  # indexed as in the request, before duplicates go
+        raise InvalidField(f"achievement.requirements.required_achievements[{required.index(achievement.achievement_id)}]",
+                           "an achievement cannot require itself")
+    required = tuple(dict.fromkeys(required))
     if len(required) > MAX_REQUIRED_ACHIEVEMENTS:
         raise InvalidField("achievement.requirements.required_achievements",
                            f"must list at most {MAX_REQUIRED_ACHIEVEMENTS} achievements (got {len(required)})")
-    if achievement.achievement_id in required:
-        raise InvalidField(f"achievement.requirements.required_achievements[{required.index(achievement.achievement_id)}]",
-                           "an achievement cannot require itself")
     if not 0 <= requirements.min_total_xp <= MAX_MIN_TOTAL_XP:
         raise InvalidField("achievement.requirements.min_total_xp",
                            f"must be between 0 and {MAX_MIN_TOTAL_XP} (got {requirements.min_total_xp})")
     if not 0 <= requirements.min_level <= MAX_MIN_LEVEL:
         raise InvalidField("achievement.requirements.min_level",
                            f"must be between 0 and {MAX_MIN_LEVEL} (got {requirements.min_level})")
-    return achievement
+    return replace(achievement, requirements=replace(requirements, required_achievements=required))
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class PlayerStanding:
 def unmet_requirements(requirements: Requirements, standing: PlayerStanding) -> list[tuple[str, str]]:
     """(subject, description) for each requirement the player does not meet."""
     unmet = [
-        (f"required_achievements/{a}", f"achievement {a!r} must be unlocked first")
+        (f"required_achievements/{a}", f"achievement {_shown(a)!r} must be unlocked first")
         for a in requirements.required_achievements
         if a not in standing.unlocked
     ]
@@ -94,11 +96,25 @@ class AchievementNotFound(NotFound):
         super().__init__(f"achievement {achievement_id!r} is not in the catalog")
 
 
+# An error travels in gRPC trailers, which clients cap at 8 KB by default
+# (non-ASCII is sent percent-encoded, three times larger): name the first few.
+_MESSAGE_NAMES = 3
+_DETAIL_NAMES = 5
+_ID_SHOWN = 32
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= _ID_SHOWN else text[:_ID_SHOWN] + "…"
+
+
 class RequirementsNotMet(PreconditionFailed):
     def __init__(self, achievement_id: str, unmet: list[tuple[str, str]]) -> None:
+        shown = [(_shown(subject), description) for subject, description in unmet]
+        more = f"; and {len(unmet) - _MESSAGE_NAMES} more" if len(unmet) > _MESSAGE_NAMES else ""
         super().__init__(
-            f"requirements of achievement {achievement_id!r} are not met: " + "; ".join(d for _, d in unmet),
-            unmet,
+            f"requirements of achievement {_shown(achievement_id)!r} are not met: "
+            + "; ".join(d for _, d in shown[:_MESSAGE_NAMES]) + more,
+            shown[:_DETAIL_NAMES],
         )
 
 

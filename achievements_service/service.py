@@ -55,8 +55,9 @@ class Achievements:
     # --- catalog ------------------------------------------------------------------
 
     def put_achievement(self, achievement: Achievement) -> Achievement:
-        self._repository.put_achievement(check_achievement(achievement))
-        return achievement
+        checked = check_achievement(achievement)
+        self._repository.put_achievement(checked)
+        return checked
 
     def get_achievement(self, achievement_id: str) -> Achievement:
         return self._repository.get_achievement(achievement_id)

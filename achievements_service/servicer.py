@@ -19,10 +19,10 @@ def achievement_from_message(message: achievements_pb2.Achievement) -> Achieveme
         xp_reward=field_rules.xp_amount("achievement.xp_reward", message.xp_reward),
         hidden=message.hidden,
         requirements=Requirements(
-            required_achievements=tuple(dict.fromkeys(
+            required_achievements=tuple(
                 field_rules.require_id(f"achievement.requirements.required_achievements[{i}]", a)
                 for i, a in enumerate(requirements.required_achievements)
-            )),
+            ),
             min_total_xp=requirements.min_total_xp,
             min_level=requirements.min_level,
         ),
