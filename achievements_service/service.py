@@ -15,8 +15,13 @@ from achievements_service.domain import (
     unmet_requirements,
 )
 from achievements_service.storage import AchievementsRepository, AlreadyUnlocked, RequirementsChangedConcurrently
+from common.errors import PreconditionFailed
 from common.metrics import UNLOCKS
 from common.models import LevelUpOutcome, ProgressRecord, utc_now_iso
+
+
+class GrantRefused(PreconditionFailed):
+    """XpService answered that it will never pay this grant (not an outage)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class Achievements:
             raise RequirementsNotMet(achievement_id, unmet or [("progress", "changed while unlocking; retry")]) from None
         if not unlock.owes_xp:
             return UnlockOutcome(achievement, False, 0, progress.total_xp, None)
-        return self._settle(achievement, unlock, already_unlocked=False)
+        return self._settle(achievement, unlock, already_unlocked=False, updated_before=progress.updated_at)
 
     def _standing(self, progress: ProgressRecord, achievement: Achievement) -> PlayerStanding:
         level = progress.level
@@ -99,7 +104,8 @@ class Achievements:
             level = self._repository.load_level_table().start_level if achievement.requirements.min_level else 0
         return PlayerStanding(progress.unlocked_achievements, progress.total_xp, level)
 
-    def _settle(self, achievement: Achievement, unlock: Unlock, *, already_unlocked: bool) -> UnlockOutcome:
+    def _settle(self, achievement: Achievement, unlock: Unlock, *, already_unlocked: bool,
+                updated_before: str | None = None) -> UnlockOutcome:
         """Pays XP the unlock still owes (after a crash or an outage the grant
         may be owed, or done but not marked: the grant is idempotent per
         achievement). The one call that marks it paid reports the XP and the
@@ -107,7 +113,13 @@ class Achievements:
         if not unlock.owes_xp:
             progress = self._repository.get_progress(unlock.user_id)
             return UnlockOutcome(achievement, already_unlocked, 0, progress.total_xp, None)
-        grant = self._xp.grant_achievement_xp(unlock)
+        try:
+            grant = self._xp.grant_achievement_xp(unlock)
+        except GrantRefused:
+            # A refused unlock writes nothing: take back the unlock its payment cannot follow
+            # (and, when this call recorded it, the progress item's time too).
+            self._repository.withdraw_unpaid_unlock(unlock, restore_updated_at=None if already_unlocked else updated_before)
+            raise
         if self._repository.mark_xp_granted_once(unlock.user_id, unlock.achievement_id, marker=uuid.uuid4().hex):
             return UnlockOutcome(achievement, already_unlocked, unlock.xp_reward, grant.total_xp, grant.level_up)
         return UnlockOutcome(achievement, already_unlocked, 0, grant.total_xp, None)

@@ -127,7 +127,7 @@ class AchievementsRepository:
     # --- unlocks ------------------------------------------------------------------
 
     def get_progress(self, user_id: str) -> ProgressRecord:
-        return read_progress(self._client, self._prefix, user_id, ("total_xp", "level", "unlocked_achievements"))
+        return read_progress(self._client, self._prefix, user_id, ("total_xp", "level", "unlocked_achievements", "updated_at"))
 
     def get_unlock(self, user_id: str, achievement_id: str) -> Unlock | None:
         response = self._client.get_item(
@@ -207,6 +207,31 @@ class AchievementsRepository:
             if error_code(error) == "ConditionalCheckFailedException":
                 return False
             raise
+
+    def withdraw_unpaid_unlock(self, unlock: Unlock, restore_updated_at: str | None = None) -> None:
+        """Removes an unlock whose XP was never paid (the unlock record and its
+        place in the user's progress, and, when given, the progress time it
+        replaced), in one transaction; nothing if it was paid meanwhile."""
+        values: dict[str, Any] = {":a": attr({unlock.achievement_id})}
+        expression = "DELETE unlocked_achievements :a"
+        if restore_updated_at is not None:
+            expression += " SET updated_at = :before"
+            values[":before"] = attr(restore_updated_at)
+        update: dict[str, Any] = {
+            "TableName": self._progress,
+            "Key": {"user_id": attr(unlock.user_id)},
+            "UpdateExpression": expression,
+            "ExpressionAttributeValues": values,
+        }
+        transact_write(self._client, [
+            {"Delete": {
+                "TableName": self._unlocks,
+                "Key": {"user_id": attr(unlock.user_id), "achievement_id": attr(unlock.achievement_id)},
+                "ConditionExpression": "xp_granted = :f",
+                "ExpressionAttributeValues": {":f": attr(False)},
+            }},
+            {"Update": update},
+        ])
 
     def load_level_table(self) -> LevelTable:
         return load_level_table(self._client, self._prefix)

@@ -6,7 +6,8 @@ import grpc
 
 from achievements_service.domain import Unlock
 from achievements_service.service import GrantResult
-from common.errors import DependencyUnavailable, PreconditionFailed
+from achievements_service.service import GrantRefused
+from common.errors import DependencyUnavailable
 from common.grpc_edge import level_up_from_message
 from rewards.v1 import xp_pb2, xp_pb2_grpc
 
@@ -31,7 +32,7 @@ class GrpcXpGranter:
         except grpc.RpcError as error:
             code, details = error.code(), error.details()
             if code in _REFUSALS:
-                raise PreconditionFailed(f"XpService refused the achievement's XP grant ({code.name}: {details})") from error
+                raise GrantRefused(f"XpService refused the achievement's XP grant ({code.name}: {details})") from error
             raise DependencyUnavailable(
                 f"the achievement is unlocked but its XP grant did not complete "
                 f"(XpService.GrantXp: {code.name}: {details}); repeat UnlockAchievement to complete it"

@@ -93,8 +93,9 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
     "achievements": (
         # The achievement catalog; ListUserAchievements batch-reads the unlocked ones.
         TableAccess(ACHIEVEMENTS, ("PutItem", "GetItem", "DeleteItem", "Scan", "BatchGetItem")),
-        # record_unlock_once's transaction puts the unlock; mark_xp_granted_once updates it.
-        TableAccess(USER_ACHIEVEMENTS, ("PutItem", "GetItem", "UpdateItem", "Query")),
+        # record_unlock_once's transaction puts the unlock; mark_xp_granted_once updates it;
+        # withdraw_unpaid_unlock deletes one whose payment XpService refused.
+        TableAccess(USER_ACHIEVEMENTS, ("PutItem", "GetItem", "UpdateItem", "DeleteItem", "Query")),
         # record_unlock_once's transaction adds to unlocked_achievements, guarded by the requirements.
         TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem")),
         # The start level, for a min_level requirement of a user not yet checked.

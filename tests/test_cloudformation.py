@@ -298,6 +298,12 @@ def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
     assert (again.already_unlocked, again.xp_awarded) == (True, 0)
     listed = achievements.ListUserAchievements(achievements_pb2.ListUserAchievementsRequest(user_id=unlocker))
     assert [a.achievement_id for a in listed.achievements] == ["first-win"]
+    # A payment XpService refuses (another amount came first): the unlock is withdrawn.
+    refused = "refused-player"
+    xp.GrantXp(xp_pb2.GrantXpRequest(user_id=refused, amount=1, reason="operator", achievement_id="first-win"))
+    with pytest.raises(grpc.RpcError) as caught:
+        achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=refused, achievement_id="first-win"))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 @pytest.mark.parametrize("service", ["xp", "achievements", "levels"])
@@ -329,7 +335,7 @@ def test_the_derived_least_privilege_table(template: dict[str, Any]) -> None:
     assert item_grants("achievements") == {
         "achievements": ["BatchGetItem", "DeleteItem", "GetItem", "PutItem", "Scan"],
         "levels": ["Scan"],
-        "user_achievements": ["GetItem", "PutItem", "Query", "UpdateItem"],
+        "user_achievements": ["DeleteItem", "GetItem", "PutItem", "Query", "UpdateItem"],
         "user_progress": ["GetItem", "UpdateItem"],
     }
     assert item_grants("levels") == {
