@@ -35,6 +35,8 @@ class AchievementsServiceStub:
     min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
     to retry.
+    A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
+    the work done for it, calls to other services included.
     """
 
     def __init__(self, channel):
@@ -85,6 +87,8 @@ class AchievementsServiceServicer:
     min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
     to retry.
+    A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
+    the work done for it, calls to other services included.
     """
 
     def PutAchievement(self, request, context):
@@ -183,6 +187,8 @@ class AchievementsService:
     min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
     to retry.
+    A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
+    the work done for it, calls to other services included.
     """
 
     @staticmethod

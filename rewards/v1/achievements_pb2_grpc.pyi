@@ -36,6 +36,8 @@ class AchievementsServiceStub:
     min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
     to retry.
+    A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
+    the work done for it, calls to other services included.
     """
 
     @_typing.overload
@@ -70,6 +72,8 @@ class AchievementsServiceAsyncStub(AchievementsServiceStub):
     min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
     to retry.
+    A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
+    the work done for it, calls to other services included.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -100,6 +104,8 @@ class AchievementsServiceServicer(metaclass=_abc_1.ABCMeta):
     min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
     to retry.
+    A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
+    the work done for it, calls to other services included.
     """
 
     @_abc_1.abstractmethod

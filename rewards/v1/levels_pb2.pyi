@@ -25,6 +25,8 @@ class Reward(_message.Message):
     quantity 1 to 1,000,000,000. Errors: INVALID_ARGUMENT names the field;
     UNAVAILABLE (DynamoDB unreachable or throttling) and ABORTED (too much
     contention on one user) are safe to retry.
+    A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
+    the work done for it, calls to other services included.
 
     Something a player receives, such as an item or a currency amount.
     """

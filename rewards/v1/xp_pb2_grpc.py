@@ -35,6 +35,8 @@ class XpServiceStub:
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
     or throttling) and ABORTED (too much contention on one user) are safe to
     retry with the same request_id.
+    A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
+    the work done for it, calls to other services included.
     """
 
     def __init__(self, channel):
@@ -90,6 +92,8 @@ class XpServiceServicer:
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
     or throttling) and ABORTED (too much contention on one user) are safe to
     retry with the same request_id.
+    A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
+    the work done for it, calls to other services included.
     """
 
     def PutActivity(self, request, context):
@@ -204,6 +208,8 @@ class XpService:
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
     or throttling) and ABORTED (too much contention on one user) are safe to
     retry with the same request_id.
+    A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
+    the work done for it, calls to other services included.
     """
 
     @staticmethod

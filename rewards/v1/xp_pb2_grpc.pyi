@@ -36,6 +36,8 @@ class XpServiceStub:
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
     or throttling) and ABORTED (too much contention on one user) are safe to
     retry with the same request_id.
+    A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
+    the work done for it, calls to other services included.
     """
 
     @_typing.overload
@@ -78,6 +80,8 @@ class XpServiceAsyncStub(XpServiceStub):
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
     or throttling) and ABORTED (too much contention on one user) are safe to
     retry with the same request_id.
+    A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
+    the work done for it, calls to other services included.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -116,6 +120,8 @@ class XpServiceServicer(metaclass=_abc_1.ABCMeta):
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
     or throttling) and ABORTED (too much contention on one user) are safe to
     retry with the same request_id.
+    A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
+    the work done for it, calls to other services included.
     """
 
     @_abc_1.abstractmethod
