@@ -10,10 +10,10 @@ $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh
 
 ## Install everything, start DynamoDB Local and the three services, print where they listen,
-## and load the sample catalog into an empty catalog.
+## write the dev tokens to .local/dev-auth.env, and load the sample catalog into an empty catalog.
 up: install
 	$(PY) -m devcluster up >/dev/null
-	.venv/bin/rewardsctl catalog apply --if-empty catalog/sample-game.yaml
+	. .local/dev-auth.env && .venv/bin/rewardsctl catalog apply --if-empty catalog/sample-game.yaml
 	@$(PY) -m devcluster status
 
 down:

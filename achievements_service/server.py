@@ -26,7 +26,7 @@ def create_server(
 ) -> tuple[grpc.Server, int]:
     achievements = Achievements(
         AchievementsRepository(dynamodb, settings.table_prefix),
-        GrpcXpGranter(peer_channel(settings.xp_target, settings), settings.xp_grant_timeout_s),
+        GrpcXpGranter(peer_channel(settings.xp_target, settings, "achievements"), settings.xp_grant_timeout_s),
     )
     servicer = AchievementsServicer(achievements)
     return build_grpc_server(address, settings, SERVICE, servicer, achievements_pb2_grpc.add_AchievementsServiceServicer_to_server, health_servicer)

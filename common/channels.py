@@ -6,6 +6,7 @@ import json
 
 import grpc
 
+from common.caller_auth import BearerTokenInterceptor, ServiceToken, TokenAuthority
 from common.config import Settings
 from common.rpc_interceptors import PeerCallInterceptor
 from common.transport_security import channel_credentials
@@ -47,16 +48,22 @@ CLIENT_CHANNEL_OPTIONS = [
 ]
 
 
-def client_channel(target: str, settings: Settings) -> grpc.Channel:
+def client_channel(target: str, settings: Settings, token: str = "") -> grpc.Channel:
     """A channel to one of the services: TLS (with this process's certificate)
-    when the configuration has a CA, plaintext otherwise."""
+    when the configuration has a CA, plaintext otherwise; with `token`, every
+    call carries `authorization: Bearer <token>`."""
     credentials = channel_credentials(settings)
     if credentials is None:
-        return grpc.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS)
-    return grpc.secure_channel(target, credentials, options=CLIENT_CHANNEL_OPTIONS)
+        channel = grpc.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS)
+    else:
+        channel = grpc.secure_channel(target, credentials, options=CLIENT_CHANNEL_OPTIONS)
+    return grpc.intercept_channel(channel, BearerTokenInterceptor(token)) if token else channel
 
 
-def peer_channel(target: str, settings: Settings) -> grpc.Channel:
-    """The channel one service uses to call another (one per process and
-    target): mTLS when configured, retries, trace id and deadline propagation."""
-    return grpc.intercept_channel(client_channel(target, settings), PeerCallInterceptor())
+def peer_channel(target: str, settings: Settings, caller: str) -> grpc.Channel:
+    """The channel the service named `caller` uses to call another (one per
+    process and target): its own `service` token, mTLS when configured,
+    retries, trace id and deadline propagation."""
+    authority = TokenAuthority.from_settings(settings)
+    credentials = ServiceToken(authority, caller).metadata if authority else None
+    return grpc.intercept_channel(client_channel(target, settings), PeerCallInterceptor(credentials))

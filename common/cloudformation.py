@@ -1,7 +1,9 @@
-"""The AWS CloudFormation template of the production tables and of one
-least-privilege IAM policy per service, rendered from the table definitions in
-common/dynamodb.py (ALL_TABLES): the tables in AWS and the ones ensure_tables
-creates for DynamoDB Local come from the same definition, so they cannot drift.
+"""The AWS CloudFormation template of the production tables, of one
+least-privilege IAM policy per service, and of the key that signs callers'
+tokens (a Secrets Manager secret, with the policy that lets ECS read it),
+rendered from the table definitions in common/dynamodb.py (ALL_TABLES): the
+tables in AWS and the ones ensure_tables creates for DynamoDB Local come from
+the same definition, so they cannot drift.
 
     python -m common.cloudformation                # prints the template
     python -m common.cloudformation --output FILE  # writes it (make cfn)
@@ -57,8 +59,20 @@ _DESCRIPTION = (
     "least-privilege IAM managed policy per service, for its task role. No table has a TTL: every "
     "record is kept for good by design (the XP ledger, unlocks, levels passed, and each level check's "
     "record, which answers repeats of its request for as long as the ledger recognises them); see "
-    "docs/deploy.md. Generated from common/dynamodb.py; do not edit."
+    "docs/deploy.md. Also the key that signs callers' tokens (REWARDS_AUTH_JWT_SECRET), generated into a "
+    "retained Secrets Manager secret, and the policy that lets the tasks' execution role read it. "
+    "Generated from common/dynamodb.py; do not edit."
 )
+
+# The key that signs and verifies callers' tokens (REWARDS_AUTH_JWT_SECRET):
+# Secrets Manager generates it when the stack is created, letters and digits
+# only (safe in an environment variable, no quoting), and ECS injects it into
+# the tasks. Changing GenerateSecretString makes CloudFormation generate a new
+# value on the next stack update, which would refuse every token in use:
+# rotate with the procedure in docs/deploy.md instead.
+AUTH_SECRET_LOGICAL_ID = "AuthJwtSecret"
+AUTH_SECRET_READ_POLICY_LOGICAL_ID = "AuthSecretReadPolicy"
+AUTH_SECRET_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -197,6 +211,40 @@ def policy_resource(service: str, access: Sequence[TableAccess], tables: Sequenc
     }
 
 
+def auth_secret_resource() -> dict[str, Any]:
+    return {
+        "Type": "AWS::SecretsManager::Secret",
+        # Deleting it (or replacing it) would refuse every token minted from it,
+        # game servers' included: like the tables, it outlives the stack.
+        "DeletionPolicy": "Retain",
+        "UpdateReplacePolicy": "Retain",
+        "Properties": {
+            "Name": {"Fn::Sub": "${TablePrefix}auth-jwt-secret"},
+            "Description": "rewards: the key that signs and verifies callers' tokens (the services' "
+                           "REWARDS_AUTH_JWT_SECRET); rotate it as docs/deploy.md says",
+            "GenerateSecretString": {"PasswordLength": AUTH_SECRET_LENGTH, "ExcludePunctuation": True},
+        },
+    }
+
+
+def auth_secret_read_policy_resource() -> dict[str, Any]:
+    """For the task execution role: ECS reads the secret (any version of it,
+    during a rotation both) into the containers' environment at task start."""
+    return {
+        "Type": "AWS::IAM::ManagedPolicy",
+        "Properties": {
+            "Description": "rewards services' task execution role: read the token key secret into "
+                           "REWARDS_AUTH_JWT_SECRET (and REWARDS_AUTH_JWT_PREVIOUS_SECRET during a rotation)",
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": [{
+                "Sid": "ReadAuthJwtSecret",
+                "Effect": "Allow",
+                "Action": ["secretsmanager:GetSecretValue"],
+                "Resource": {"Ref": AUTH_SECRET_LOGICAL_ID},
+            }]},
+        },
+    }
+
+
 def render_template(
     tables: Sequence[TableDefinition] = ALL_TABLES,
     access: dict[str, tuple[TableAccess, ...]] = SERVICE_ACCESS,
@@ -220,6 +268,16 @@ def render_template(
             "Description": f"Attach to the {service} service's task role",
             "Value": {"Ref": logical_id},
         }
+    resources[AUTH_SECRET_LOGICAL_ID] = auth_secret_resource()
+    outputs[AUTH_SECRET_LOGICAL_ID + "Arn"] = {
+        "Description": "The token key's secret: the tasks' REWARDS_AUTH_JWT_SECRET, as a secrets valueFrom",
+        "Value": {"Ref": AUTH_SECRET_LOGICAL_ID},
+    }
+    resources[AUTH_SECRET_READ_POLICY_LOGICAL_ID] = auth_secret_read_policy_resource()
+    outputs[AUTH_SECRET_READ_POLICY_LOGICAL_ID + "Arn"] = {
+        "Description": "Attach to the services' task execution role, so that ECS can inject the token key",
+        "Value": {"Ref": AUTH_SECRET_READ_POLICY_LOGICAL_ID},
+    }
     return {
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": _DESCRIPTION,

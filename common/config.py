@@ -40,6 +40,15 @@ class Settings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ca_file: str = ""
+    # Callers' tokens (JWT, HS256): the key that signs and verifies them, and
+    # during a key rotation the previous key, still accepted. The services do
+    # not start without a key unless insecure_no_auth is set.
+    auth_jwt_secret: str = ""
+    auth_jwt_previous_secret: str = ""
+    insecure_no_auth: bool = False
+    # The token clients of the services (rewardsctl, the example game server)
+    # send as `authorization: Bearer`; the services themselves ignore it.
+    token: str = ""
     max_workers: int = 32
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"

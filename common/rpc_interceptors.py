@@ -105,15 +105,31 @@ class _CallDetails(NamedTuple):
     compression: Any
 
 
+def with_metadata(client_call_details: Any, extra: list[tuple[str, str]], timeout: float | None = None) -> _CallDetails:
+    """The call's details with metadata added (and, given, another timeout)."""
+    return _CallDetails(
+        client_call_details.method,
+        client_call_details.timeout if timeout is None else timeout,
+        [*(client_call_details.metadata or ()), *extra],
+        client_call_details.credentials, client_call_details.wait_for_ready, client_call_details.compression,
+    )
+
+
 class PeerCallInterceptor(grpc.UnaryUnaryClientInterceptor):
-    """For calls made on behalf of the RPC being served: adds its trace id, and
+    """For calls made on behalf of the RPC being served: adds this service's
+    own credentials (`authorization`) and the served call's trace id, and
     shortens the call's timeout to what is left of its deadline, less a reserve
     for the caller's own remaining work (the deadline propagates: a callee never
     works for a caller that has given up, and the caller can still answer, for
     example with a deferred level check)."""
 
+    def __init__(self, credentials: Callable[[], tuple[str, str]] | None = None) -> None:
+        self._credentials = credentials
+
     def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: Any, request: Any) -> Any:
-        metadata = list(client_call_details.metadata or ())
+        metadata: list[tuple[str, str]] = []
+        if self._credentials is not None:
+            metadata.append(self._credentials())
         trace_id = current_trace_id()
         if trace_id:
             metadata.append((TRACE_ID_HEADER, trace_id))
@@ -122,8 +138,4 @@ class PeerCallInterceptor(grpc.UnaryUnaryClientInterceptor):
         if left is not None:
             left -= min(_DEADLINE_RESERVE_S, left * 0.2)
             timeout = max(0.0, left) if timeout is None else max(0.0, min(timeout, left))
-        client_call_details = _CallDetails(
-            client_call_details.method, timeout, metadata,
-            client_call_details.credentials, client_call_details.wait_for_ready, client_call_details.compression,
-        )
-        return continuation(client_call_details, request)
+        return continuation(with_metadata(client_call_details, metadata, timeout), request)

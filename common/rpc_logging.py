@@ -47,5 +47,13 @@ def unbind_rpc_fields(token: contextvars.Token[dict[str, str]]) -> None:
     _rpc_fields.reset(token)
 
 
+def add_rpc_field(name: str, value: str) -> None:
+    """Adds a field to the log lines of the RPC being served (from here on,
+    and its final `rpc` line)."""
+    fields = _rpc_fields.get()
+    if fields:  # only inside an RPC: never write to the shared default
+        fields[name] = value
+
+
 def current_trace_id() -> str:
     return _rpc_fields.get().get("trace_id", "")

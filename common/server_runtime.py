@@ -14,6 +14,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.caller_auth import AuthNotConfigured, CallerAuthInterceptor, TokenAuthority
 from common.config import Settings
 from common.dynamodb import create_dynamodb_client, ensure_tables
 from common.metrics import serve_metrics
@@ -59,10 +60,17 @@ def build_grpc_server(
     health_servicer: health.HealthServicer | None = None,
 ) -> tuple[grpc.Server, int]:
     """One service's server, bound to `address` (port 0 picks a free port) with
-    health checking and reflection; returns (server, port), not started."""
+    health checking and reflection; returns (server, port), not started.
+    Raises AuthNotConfigured without a token key (unless auth is explicitly off)."""
+    authority = TokenAuthority.from_settings(settings)
+    interceptors: list[grpc.ServerInterceptor] = [RpcEdgeInterceptor()]
+    if authority is None:
+        log.warning("authentication is OFF (REWARDS_INSECURE_NO_AUTH): every caller may call every method")
+    else:
+        interceptors.append(CallerAuthInterceptor(authority))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-        interceptors=[RpcEdgeInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
             # Every valid request is a few KB; larger ones are RESOURCE_EXHAUSTED before any work.
@@ -119,6 +127,11 @@ def run_service(
     """The entry point every service shares: logging, metrics, the one DynamoDB
     client, tables, then serve until SIGTERM."""
     configure_logging(service, settings.log_level)
+    try:
+        TokenAuthority.from_settings(settings)
+    except AuthNotConfigured as refused:
+        log.error("refusing to start: %s", refused)
+        raise SystemExit(2) from refused
     serve_metrics(metrics_port)
     dynamodb = create_dynamodb_client(settings)
     ensure_tables(dynamodb, settings.table_prefix)

@@ -1,6 +1,7 @@
 """`python -m devcluster up|down|status`: the local cluster as background processes.
 
 DynamoDB Local keeps its data in .local/dynamodb-data; logs go to .local/logs/.
+Auth is on: the key and dev tokens (game, admin) are in .local/dev-auth.env.
 """
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.caller_auth import TokenAuthority
 from common.config import Settings
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, port_open, start_dynamodb_local
+from rewardsctl.tokens import dev_tokens_env, new_secret
 
 RUN_DIR = REPO_ROOT / ".local" / "run"
 LOG_DIR = REPO_ROOT / ".local" / "logs"
+DEV_AUTH_FILE = REPO_ROOT / ".local" / "dev-auth.env"
 DYNAMODB_PORT = int(os.environ.get("REWARDS_DYNAMODB_LOCAL_PORT", "8000"))
 # (process name, module), in start order: each service's dependencies first.
 SERVICES = [("levels", "levels_service"), ("xp", "xp_service"), ("achievements", "achievements_service")]
@@ -61,8 +65,28 @@ def _wait_serving(port: int, timeout_s: float = 30) -> bool:
     return False
 
 
+def _dev_secret() -> str:
+    """The key the local cluster signs tokens with: the environment's, else the
+    one kept in .local/dev-auth.env (so tokens survive a restart), else new."""
+    if os.environ.get("REWARDS_AUTH_JWT_SECRET"):
+        return os.environ["REWARDS_AUTH_JWT_SECRET"]
+    if DEV_AUTH_FILE.exists():
+        for line in DEV_AUTH_FILE.read_text().splitlines():
+            if line.startswith("export REWARDS_AUTH_JWT_SECRET="):
+                return line.split("=", 1)[1].strip()
+    return new_secret()
+
+
+def write_dev_tokens(secret: str) -> None:
+    """Fresh game and admin tokens (30 days) for the key, readable by this user only."""
+    DEV_AUTH_FILE.parent.mkdir(parents=True, exist_ok=True)
+    DEV_AUTH_FILE.touch(mode=0o600)
+    DEV_AUTH_FILE.write_text(dev_tokens_env(TokenAuthority(secret), secret))
+
+
 def cluster_env() -> dict[str, str]:
     env = dict(os.environ)
+    env.setdefault("REWARDS_AUTH_JWT_SECRET", _dev_secret())
     env.setdefault("REWARDS_DYNAMODB_ENDPOINT", f"http://localhost:{DYNAMODB_PORT}")
     env.setdefault("AWS_REGION", "us-east-1")
     for key, value in LOCAL_CREDENTIALS.items():
@@ -74,6 +98,7 @@ def up() -> int:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     env = cluster_env()
+    write_dev_tokens(env["REWARDS_AUTH_JWT_SECRET"])
     if _pid("dynamodb") is None:
         if port_open("127.0.0.1", DYNAMODB_PORT):
             print(f"port {DYNAMODB_PORT} is taken by another program; set REWARDS_DYNAMODB_LOCAL_PORT", file=sys.stderr)
@@ -121,6 +146,8 @@ def status() -> int:
     for label, address, pid in rows:
         print(f"  {label:38} {address:32} {'running, pid ' + str(pid) if pid else 'stopped'}")
     print(f"logs: {LOG_DIR}")
+    print(f"dev tokens (auth is on): . {DEV_AUTH_FILE.relative_to(REPO_ROOT)}  "
+          "# exports REWARDS_GAME_TOKEN, REWARDS_ADMIN_TOKEN, REWARDS_TOKEN")
     return 0 if all(pid for _, _, pid in rows) else 1
 
 

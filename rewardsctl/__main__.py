@@ -8,9 +8,12 @@
     rewardsctl backup export DIR
     rewardsctl backup import DIR [--workers N]
     rewardsctl verify [--json] [--strict] [--catalog-changed]
+    rewardsctl token mint --role game|admin|service [--subject NAME] [--ttl 12h]
+    rewardsctl token secret
+    rewardsctl token dev-env
 
-Catalog and player commands call the services over gRPC; backups read and
-write DynamoDB directly. Targets, endpoint and table prefix come from the
+Catalog and player commands call the services over gRPC with the token of
+--token or REWARDS_TOKEN; backups and verify read and write DynamoDB directly. Targets, endpoint and table prefix come from the
 services' own environment variables (common.config), and flags override them.
 
 Exit status: 0 done; 1 a service or DynamoDB refused or failed (the message
@@ -30,6 +33,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import grpc
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from common.caller_auth import AuthNotConfigured, Role, TokenAuthority
 from common.config import Settings
 from common.dynamodb import create_dynamodb_client, error_code
 from rewardsctl import text_output
@@ -39,6 +43,7 @@ from rewardsctl.catalog_plan import plan_catalog
 from rewardsctl.progress_display import ItemCountDisplay
 from rewardsctl.verify import WARNING, StageNotFound, read_stage, report_as_json, report_as_text, verify_contents
 from rewardsctl.service_clients import ServiceClients, ServiceTargets
+from rewardsctl.tokens import dev_tokens_env, new_secret, parse_duration
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -184,6 +189,36 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+# --- tokens -------------------------------------------------------------------------
+
+def token_mint(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.auth_jwt_secret:
+        raise CommandFailed("token mint needs the deployment's key in REWARDS_AUTH_JWT_SECRET", EXIT_USAGE)
+    try:
+        ttl_s = parse_duration(args.ttl)
+        authority = TokenAuthority(settings.auth_jwt_secret)
+    except (ValueError, AuthNotConfigured) as error:
+        raise CommandFailed(str(error), EXIT_USAGE) from error
+    print(authority.mint(Role(args.role), args.subject or f"rewardsctl-{args.role}", ttl_s))
+    return EXIT_OK
+
+
+def token_secret(args: argparse.Namespace, settings: Settings) -> int:
+    print(new_secret())
+    return EXIT_OK
+
+
+def token_dev_env(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.auth_jwt_secret:
+        raise CommandFailed("token dev-env needs the key in REWARDS_AUTH_JWT_SECRET", EXIT_USAGE)
+    try:
+        authority = TokenAuthority(settings.auth_jwt_secret)
+    except AuthNotConfigured as error:
+        raise CommandFailed(str(error), EXIT_USAGE) from error
+    print(dev_tokens_env(authority, settings.auth_jwt_secret), end="")
+    return EXIT_OK
+
+
 def _print_table_counts(manifest: Manifest) -> None:
     for table in manifest.tables:
         print(f"  {table.table:<18} {table.items:>10,}")
@@ -212,7 +247,7 @@ def _service_clients(args: argparse.Namespace, settings: Settings) -> ServiceCli
         achievements=args.achievements_target or settings.achievements_target,
         levels=args.levels_target or settings.levels_target,
     )
-    return ServiceClients(targets, timeout_s=args.timeout, settings=settings)
+    return ServiceClients(targets, timeout_s=args.timeout, settings=settings, token=args.token or settings.token)
 
 
 def _target_of(kind: str, targets: ServiceTargets) -> str:
@@ -247,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--achievements-target", metavar="HOST:PORT")
     group.add_argument("--levels-target", metavar="HOST:PORT")
     group.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each call (default 10)")
+    group.add_argument("--token", metavar="JWT", help="the caller's token (default: REWARDS_TOKEN)")
 
     dynamodb = argparse.ArgumentParser(add_help=False)
     group = dynamodb.add_argument_group("DynamoDB (default: REWARDS_DYNAMODB_ENDPOINT, REWARDS_TABLE_PREFIX)")
@@ -319,6 +355,26 @@ def build_parser() -> argparse.ArgumentParser:
                                help="the level table or achievement requirements changed while players played: "
                                     "findings against the current catalog become notes")
     verify_parser.set_defaults(run=verify)
+
+    token = commands.add_parser("token", help="mint a caller's token, or make a new key")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    mint = token_commands.add_parser(
+        "mint", help="print a signed token for a caller (needs REWARDS_AUTH_JWT_SECRET)",
+        description="Prints a JWT signed with REWARDS_AUTH_JWT_SECRET. game: awards, unlocks, level checks, progress "
+                    "and catalog reads. admin: everything, catalog writes and GrantXp included. service: what one "
+                    "service calls on another (the services mint their own).")
+    mint.add_argument("--role", required=True, choices=[r.value for r in Role])
+    mint.add_argument("--subject", metavar="NAME", help="who the caller is, as logged (default rewardsctl-ROLE)")
+    mint.add_argument("--ttl", default="12h", metavar="DURATION", help="lifetime, such as 15m, 12h, 30d (default 12h)")
+    mint.set_defaults(run=token_mint)
+    secret = token_commands.add_parser("secret", help="print a new random key for REWARDS_AUTH_JWT_SECRET")
+    secret.set_defaults(run=token_secret)
+    dev_env = token_commands.add_parser(
+        "dev-env", help="print export lines of the key and a game and an admin dev token (needs REWARDS_AUTH_JWT_SECRET)",
+        description="Prints shell export lines: REWARDS_AUTH_JWT_SECRET, a game token (REWARDS_GAME_TOKEN) and an admin "
+                    "token (REWARDS_ADMIN_TOKEN, also REWARDS_TOKEN), each valid 30 days. For development clusters "
+                    "(docker-compose.yml's dev-tokens service); it prints the key itself.")
+    dev_env.set_defaults(run=token_dev_env)
     return parser
 
 

@@ -33,13 +33,15 @@ class ServiceTargets:
 class ServiceClients:
     """One channel per service; every call has the same deadline."""
 
-    def __init__(self, targets: ServiceTargets, timeout_s: float, settings: Settings | None = None) -> None:
+    def __init__(self, targets: ServiceTargets, timeout_s: float, settings: Settings | None = None,
+                 token: str = "") -> None:
         self.targets = targets
         self._timeout_s = timeout_s
         # What every client of the services should use: retries of UNAVAILABLE,
-        # large responses, and TLS with a client certificate when configured.
+        # large responses, TLS with a client certificate when configured, and
+        # the caller's token on every call.
         settings = settings or Settings()
-        self._channels = [client_channel(t, settings) for t in (targets.xp, targets.achievements, targets.levels)]
+        self._channels = [client_channel(t, settings, token) for t in (targets.xp, targets.achievements, targets.levels)]
         self.xp = xp_pb2_grpc.XpServiceStub(self._channels[0])
         self.achievements = achievements_pb2_grpc.AchievementsServiceStub(self._channels[1])
         self.levels = levels_pb2_grpc.LevelsServiceStub(self._channels[2])

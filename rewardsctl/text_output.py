@@ -173,6 +173,9 @@ def rpc_error_text(error: grpc.RpcError, target: str) -> str:
             lines.append(f"  {subject}: {description}")
     if code == grpc.StatusCode.UNAVAILABLE and ("connect" in message.lower() or "connection" in message.lower()):
         lines.append(f"  check that the service runs at {target} (`make up` starts the local cluster)")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        lines.append("  pass a token with --token or REWARDS_TOKEN (`make up` writes dev tokens to .local/dev-auth.env; "
+                     "`rewardsctl token mint` makes one from REWARDS_AUTH_JWT_SECRET)")
     hint = _RETRY_HINTS.get(code)
     if hint:
         lines.append(f"  {hint}")

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from achievements_service import server as achievements_server
+from common.caller_auth import BearerTokenInterceptor, Role, TokenAuthority
 from common.config import Settings
 from common.dynamodb import create_dynamodb_client, ensure_tables
 from levels_service import server as levels_server
@@ -20,6 +21,21 @@ from rewards.v1 import (
     xp_pb2_grpc,
 )
 from xp_service import server as xp_server
+
+# The key every test cluster's servers verify tokens with.
+TEST_AUTH_SECRET = "test-only-secret-" + "0123456789abcdef" * 2
+TEST_AUTHORITY = TokenAuthority(TEST_AUTH_SECRET)
+
+
+def mint_test_token(role: Role = Role.ADMIN, subject: str = "tests", ttl_s: float = 3600) -> str:
+    return TEST_AUTHORITY.mint(role, subject, ttl_s)
+
+
+def authorized_channel(address: str, role: Role = Role.ADMIN, options: list[tuple[str, object]] | None = None) -> grpc.Channel:
+    """A plaintext channel whose calls carry a test token of `role`."""
+    return grpc.intercept_channel(grpc.insecure_channel(address, options=options or []),
+                                  BearerTokenInterceptor(mint_test_token(role)))
+
 
 STANDARD_LEVELS = [
     levels_pb2.Level(level=1, xp_required=0),
@@ -40,6 +56,7 @@ class Cluster:
             # deadlines set their own.
             "level_check_timeout_s": 10.0,
             "xp_grant_timeout_s": 10.0,
+            "auth_jwt_secret": TEST_AUTH_SECRET,
         }
         self.settings = replace(Settings(), **{**settings, **overrides})
         self.dynamodb = create_dynamodb_client(self.settings)
@@ -72,8 +89,10 @@ class Cluster:
     def stop(self, name: str) -> None:
         self._servers.pop(name).stop(grace=None).wait()
 
-    def channel(self, name: str) -> grpc.Channel:
-        channel = grpc.insecure_channel(f"localhost:{self.ports[name]}")
+    def channel(self, name: str, role: Role | None = Role.ADMIN) -> grpc.Channel:
+        """A channel to one server whose calls carry a token of `role` (None: no token)."""
+        address = f"localhost:{self.ports[name]}"
+        channel = grpc.insecure_channel(address) if role is None else authorized_channel(address, role)
         self._channels.append(channel)
         return channel
 

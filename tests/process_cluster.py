@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devcluster.dynamodb_local import REPO_ROOT, free_port
+from tests.cluster import TEST_AUTH_SECRET
 
 SERVICES = {"levels": "levels_service", "xp": "xp_service", "achievements": "achievements_service"}
 
@@ -49,6 +50,7 @@ def start_process_cluster(dynamodb_endpoint: str, logs: Path, *, metrics: bool =
         **{f"REWARDS_{name.upper()}_LISTEN": f"[::]:{port}" for name, port in cluster.ports.items()},
         **{f"REWARDS_{name.upper()}_TARGET": f"localhost:{port}" for name, port in cluster.ports.items()},
         **{f"REWARDS_{name.upper()}_METRICS_PORT": str(port) for name, port in cluster.metrics_ports.items()},
+        "REWARDS_AUTH_JWT_SECRET": TEST_AUTH_SECRET,
         **(extra_env or {}),
     }
     for name, module in SERVICES.items():

@@ -1,13 +1,16 @@
 """docker-compose.yml, the Dockerfile and .dockerignore, checked without a
 Docker engine: compose itself validates the file, and its services, ports,
 variables, commands and health checks agree with the code's configuration and
-entry points. The health probe those checks run is tested against a real
+entry points. Caller auth is on in every container, and the dev-tokens
+service's command is run here with the file's environment: it prints tokens
+the servers accept. The health probe those checks run is tested against a real
 Levels server, and DynamoDB's check against a real DynamoDB Local."""
 from __future__ import annotations
 
 import ast
 import importlib
 import importlib.util
+import os
 import re
 import shutil
 import socket
@@ -25,11 +28,13 @@ import pytest
 import yaml
 from grpc_health.v1 import health
 
+from common.caller_auth import METHOD_ROLES, Role, RoleRefused, TokenAuthority, authorize
 from common.config import ENVIRONMENT_VARIABLES, Settings
 from common.dynamodb import create_dynamodb_client, ensure_tables
 from common.health_probe import DEFAULT_DEADLINE_S
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, free_port
 from levels_service import server as levels_server
+from rewardsctl.__main__ import build_parser, token_dev_env
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -38,6 +43,12 @@ DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 # Compose service name (the name the configuration gives it: REWARDS_<NAME>_*)
 # -> the module `python -m` runs.
 MODULES = {"xp": "xp_service", "achievements": "achievements_service", "levels": "levels_service"}
+# The one-shot service that prints the dev key and tokens, from the same image.
+DEV_TOKENS = "dev-tokens"
+# Every container built from the Dockerfile: the servers and dev-tokens.
+IMAGE_SERVICES = (*MODULES, DEV_TOKENS)
+AUTH_KEY_VARIABLE = ENVIRONMENT_VARIABLES["auth_jwt_secret"]
+INSECURE_VARIABLE = ENVIRONMENT_VARIABLES["insecure_no_auth"]
 # Who calls whom: XP asks Levels after every award, Achievements pays through XP.
 DEPENDENCIES = {"levels": {"dynamodb"}, "xp": {"dynamodb", "levels"}, "achievements": {"dynamodb", "xp"}}
 # The ports clients and the README rely on, by service: gRPC, then Prometheus metrics.
@@ -144,15 +155,18 @@ def test_compose_resolves_shared_settings_as_pyyaml_does(compose: dict[str, Any]
         theirs = as_compose_reads[name]
         assert environment(theirs) == environment(service), name
         assert theirs.get("command") == service.get("command"), name
-        assert unescaped(theirs["healthcheck"]["test"]) == unescaped(service["healthcheck"]["test"]), name
+        assert theirs.get("restart") == service.get("restart"), name
+        assert ("healthcheck" in theirs) == ("healthcheck" in service), name
+        if "healthcheck" in service:
+            assert unescaped(theirs["healthcheck"]["test"]) == unescaped(service["healthcheck"]["test"]), name
         assert {dep: spec["condition"] for dep, spec in (theirs.get("depends_on") or {}).items()} == \
             {dep: spec["condition"] for dep, spec in (service.get("depends_on") or {}).items()}, name
 
 
 # ---- services and entry points ------------------------------------------------------------------
 
-def test_services_are_dynamodb_local_and_the_three_servers(compose: dict[str, Any]) -> None:
-    assert set(services(compose)) == {"dynamodb", *MODULES}
+def test_services_are_dynamodb_local_the_three_servers_and_dev_tokens(compose: dict[str, Any]) -> None:
+    assert set(services(compose)) == {"dynamodb", *MODULES, DEV_TOKENS}
 
 
 @pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
@@ -170,7 +184,7 @@ def test_each_service_runs_its_entry_point_module(compose: dict[str, Any], name:
 
 def test_every_service_container_is_built_from_the_one_dockerfile(compose: dict[str, Any]) -> None:
     images = set()
-    for name in MODULES:
+    for name in IMAGE_SERVICES:
         service = services(compose)[name]
         build = service["build"]
         context = build if isinstance(build, str) else build.get("context", ".")
@@ -178,7 +192,7 @@ def test_every_service_container_is_built_from_the_one_dockerfile(compose: dict[
         if not isinstance(build, str):
             assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
         images.add(service.get("image"))
-    assert len(images) == 1, f"the three services should share one image, not {images}"
+    assert len(images) == 1, f"the three services and dev-tokens should share one image, not {images}"
 
 
 # ---- ports, variables, targets ------------------------------------------------------------------
@@ -195,7 +209,9 @@ def test_grpc_and_metrics_ports_are_published_where_the_service_listens(compose:
     assert listen_host in ("0.0.0.0", "[::]"), f"{name} listens on {listen_host}, unreachable from outside"
     assert listen_port == grpc_promised
     assert getattr(settings, f"{name}_metrics_port") == metrics_promised
-    assert published_ports(service) == {("", grpc_promised, grpc_promised), ("", metrics_promised, metrics_promised)}
+    # On the host's loopback only: the file's dev key is public, so the ports must not face a network.
+    assert published_ports(service) == {("127.0.0.1", grpc_promised, grpc_promised),
+                                        ("127.0.0.1", metrics_promised, metrics_promised)}
 
 
 @pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
@@ -262,6 +278,101 @@ def test_docker_waits_for_the_drain_on_sigterm(compose: dict[str, Any], name: st
         f"Docker kills {name} before its {grace} s drain of in-flight calls ends"
 
 
+# ---- caller auth --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", IMAGE_SERVICES)
+def test_every_rewards_container_has_the_auth_key(compose: dict[str, Any], name: str) -> None:
+    service = services(compose)[name]
+    unknown = set(environment(service)) - set(ENVIRONMENT_VARIABLES.values()) - CREDENTIAL_VARIABLES
+    assert not unknown, f"{name} sets variables that nothing reads: {sorted(unknown)}"
+    settings = container_settings(service)
+    assert settings.auth_jwt_secret, f"{name} has no {AUTH_KEY_VARIABLE}: the servers refuse to start without it"
+    # What the servers build at start-up: a key long enough, and auth not off.
+    assert TokenAuthority.from_settings(settings) is not None
+
+
+@pytest.mark.parametrize("name", sorted(["dynamodb", *IMAGE_SERVICES]))
+def test_no_service_turns_auth_off(compose: dict[str, Any], name: str) -> None:
+    env = environment(services(compose)[name])
+    assert INSECURE_VARIABLE not in env, f"{name} sets {INSECURE_VARIABLE}: compose runs with auth on"
+    assert not Settings.from_env(env).insecure_no_auth
+
+
+def test_one_dev_only_key_written_once(compose: dict[str, Any]) -> None:
+    keys = {container_settings(services(compose)[name]).auth_jwt_secret for name in IMAGE_SERVICES}
+    # One key: the services verify each other's service tokens and dev-tokens' tokens with it.
+    assert len(keys) == 1, "the containers disagree on the key"
+    key, = keys
+    assert key.startswith("dev-only"), "the compose key is public: its value should say it is for development only"
+    text = COMPOSE_FILE.read_text()
+    # Written once (an extension field the environments merge), and commented as dev-only where it is.
+    assert text.count(key) == 1 and text.count(f"{AUTH_KEY_VARIABLE}:") == 1
+    before = text[:text.index(f"{AUTH_KEY_VARIABLE}:")].splitlines()
+    comment = [line for line in before[-8:] if line.lstrip().startswith("#")]
+    assert any("DEV ONLY" in line.upper() for line in comment), "mark the key as dev-only in a comment above it"
+
+
+def test_dev_tokens_is_a_one_shot_needing_nothing(compose: dict[str, Any]) -> None:
+    service = services(compose)[DEV_TOKENS]
+    assert service["restart"] == "no"
+    # `docker compose run dev-tokens` starts nothing else, and nothing waits for it.
+    assert not service.get("depends_on")
+    assert not service.get("ports") and "healthcheck" not in service
+    for name, other in services(compose).items():
+        assert DEV_TOKENS not in (other.get("depends_on") or {}), f"{name} waits for the one-shot dev-tokens"
+
+
+def test_dev_tokens_runs_a_rewardsctl_subcommand(compose: dict[str, Any]) -> None:
+    command = services(compose)[DEV_TOKENS]["command"]
+    assert command[:3] == ["python", "-m", "rewardsctl"]
+    main = importlib.util.find_spec("rewardsctl.__main__")
+    assert main is not None and main.origin, "rewardsctl cannot run with python -m"
+    args = build_parser().parse_args(command[3:])  # exits (SystemExit) on an unknown subcommand
+    assert args.run is token_dev_env
+
+
+def exported(output: str) -> dict[str, str]:
+    """The `export NAME=VALUE` lines of a shell snippet."""
+    lines = [line for line in output.splitlines() if line.strip() and not line.startswith("#")]
+    assert all(re.fullmatch(r"export [A-Z_]+=\S+", line) for line in lines), output
+    return dict(line.removeprefix("export ").split("=", 1) for line in lines)
+
+
+def test_dev_tokens_prints_tokens_the_servers_accept(compose: dict[str, Any]) -> None:
+    service = services(compose)[DEV_TOKENS]
+    command = service["command"]
+    # As the container runs it: its environment only (no REWARDS_* of this host), this Python for its `python`.
+    printed = subprocess.run(
+        [sys.executable, *command[1:]], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": os.environ.get("PATH", ""), **environment(service)},
+    )
+    assert printed.returncode == 0, printed.stderr
+    exports = exported(printed.stdout)
+    assert set(exports) == {AUTH_KEY_VARIABLE, "REWARDS_GAME_TOKEN", "REWARDS_ADMIN_TOKEN", "REWARDS_TOKEN"}
+    assert exports[AUTH_KEY_VARIABLE] == environment(service)[AUTH_KEY_VARIABLE]
+    # rewardsctl sends REWARDS_TOKEN: the admin one, which can load a catalog.
+    assert exports["REWARDS_TOKEN"] == exports["REWARDS_ADMIN_TOKEN"]
+    for name in MODULES:
+        # What each server verifies with, built from its own environment as it does at start-up.
+        authority = TokenAuthority.from_settings(container_settings(services(compose)[name]))
+        assert authority is not None
+        assert authority.verify(exports["REWARDS_GAME_TOKEN"]).role is Role.GAME
+        assert authority.verify(exports["REWARDS_ADMIN_TOKEN"]).role is Role.ADMIN
+    secret = environment(service)[AUTH_KEY_VARIABLE]
+    authority = TokenAuthority(secret)
+    assert authority.verify(exports["REWARDS_GAME_TOKEN"]).role is Role.GAME
+    assert authority.verify(exports["REWARDS_ADMIN_TOKEN"]).role is Role.ADMIN
+    # And the roles do what they are for: a game server awards, only admin writes the catalog.
+    def bearer(token: str) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {token}")]
+    award, put = "/rewards.v1.XpService/AwardXp", "/rewards.v1.XpService/PutActivity"
+    assert {award, put} <= set(METHOD_ROLES)
+    authorize(authority, award, bearer(exports["REWARDS_GAME_TOKEN"]))
+    authorize(authority, put, bearer(exports["REWARDS_ADMIN_TOKEN"]))
+    with pytest.raises(RoleRefused):
+        authorize(authority, put, bearer(exports["REWARDS_GAME_TOKEN"]))
+
+
 # ---- Dockerfile and .dockerignore ---------------------------------------------------------------
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -301,8 +412,11 @@ def run_probe(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def levels_settings(dynamodb_endpoint: str) -> Settings:
-    settings = replace(Settings(), dynamodb_endpoint=dynamodb_endpoint, table_prefix=f"probe-{uuid.uuid4().hex[:8]}-")
+def levels_settings(dynamodb_endpoint: str, compose: dict[str, Any]) -> Settings:
+    # Auth on with the compose file's key, as in the container: health checks need no token.
+    key = container_settings(services(compose)["levels"]).auth_jwt_secret
+    settings = replace(Settings(), dynamodb_endpoint=dynamodb_endpoint, table_prefix=f"probe-{uuid.uuid4().hex[:8]}-",
+                       auth_jwt_secret=key)
     ensure_tables(create_dynamodb_client(settings), settings.table_prefix)
     return settings
 

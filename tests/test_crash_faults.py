@@ -30,7 +30,7 @@ from common.models import Level, LevelTable, Reward
 from devcluster.dynamodb_local import REPO_ROOT
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
 from rewardsctl.verify import NOTE, VIOLATION, WARNING, StageContents, verify_contents
-from tests.cluster import Cluster
+from tests.cluster import Cluster, authorized_channel
 from tests.process_cluster import ProcessCluster, start_process_cluster, wait_serving
 
 Answer = TypeVar("Answer")
@@ -383,7 +383,7 @@ def reported(rewards: Any) -> Counter[tuple[str, int]]:
 def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_once(
         process_cluster: ProcessCluster, dynamodb_endpoint: str) -> None:
     started = time.monotonic()
-    channels = [grpc.insecure_channel(f"localhost:{process_cluster.ports[n]}", options=CHANNEL_OPTIONS)
+    channels = [authorized_channel(f"localhost:{process_cluster.ports[n]}", options=CHANNEL_OPTIONS)
                 for n in ("xp", "achievements", "levels")]
     stubs = Stubs(xp_pb2_grpc.XpServiceStub(channels[0]), achievements_pb2_grpc.AchievementsServiceStub(channels[1]),
                   levels_pb2_grpc.LevelsServiceStub(channels[2]))

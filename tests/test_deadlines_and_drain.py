@@ -16,7 +16,7 @@ import pytest
 
 from common.dynamodb import create_dynamodb_client
 from rewards.v1 import xp_pb2, xp_pb2_grpc
-from tests.cluster import Cluster
+from tests.cluster import Cluster, authorized_channel
 from tests.process_cluster import start_process_cluster
 
 Factory = Callable[..., Cluster]
@@ -55,7 +55,7 @@ def test_sigterm_lets_in_flight_calls_finish(dynamodb_endpoint: str, tmp_path: P
         "REWARDS_LEVELS_TARGET": f"127.0.0.1:{hung_port}", "REWARDS_LEVEL_CHECK_TIMEOUT_S": "3",
     })
     try:
-        channel = grpc.insecure_channel(f"localhost:{cluster.ports['xp']}")
+        channel = authorized_channel(f"localhost:{cluster.ports['xp']}")
         xp = xp_pb2_grpc.XpServiceStub(channel)
         results: list[object] = []
 

@@ -19,6 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.process_cluster import start_process_cluster
+from common.caller_auth import Role
+from tests.cluster import authorized_channel, mint_test_token
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
@@ -46,34 +48,53 @@ def test_each_server_reports_serving_per_service(processes: dict) -> None:
 
 def test_grpcurl_lists_describes_and_calls_by_reflection(processes: dict) -> None:
     ports = processes["ports"]
+    game = ("-H", f"authorization: Bearer {mint_test_token(Role.GAME, 'grpcurl-game')}")
+    admin = ("-H", f"authorization: Bearer {mint_test_token(Role.ADMIN, 'grpcurl-admin')}")
     for name, service in (("xp", "rewards.v1.XpService"), ("achievements", "rewards.v1.AchievementsService"),
                           ("levels", "rewards.v1.LevelsService")):
-        listed = grpcurl(f"localhost:{ports[name]}", "list")
+        listed = grpcurl(*game, f"localhost:{ports[name]}", "list")
         assert listed.returncode == 0, listed.stderr
         assert service in listed.stdout.split() and "grpc.health.v1.Health" in listed.stdout.split()
-    described = grpcurl(f"localhost:{ports['xp']}", "describe", "rewards.v1.XpService.AwardXp")
+    described = grpcurl(*game, f"localhost:{ports['xp']}", "describe", "rewards.v1.XpService.AwardXp")
     assert "rpc AwardXp ( .rewards.v1.AwardXpRequest ) returns ( .rewards.v1.AwardXpResponse )" in described.stdout
 
-    assert grpcurl("-d", '{"level": {"level": 1, "xp_required": 0}}', f"localhost:{ports['levels']}",
+    # Without a token, reflection is refused too ...
+    unlisted = grpcurl(f"localhost:{ports['xp']}", "list")
+    assert unlisted.returncode != 0 and unlisted.stdout == ""
+    assert "code = Unauthenticated desc = authorization: no authorization metadata" in unlisted.stderr
+    # ... but health checking is not: the Check itself carries no token (the
+    # token goes to reflection only, which grpcurl needs to find the method).
+    health = grpcurl("-reflect-header", game[1], "-d", '{"service": "rewards.v1.XpService"}',
+                     f"localhost:{ports['xp']}", "grpc.health.v1.Health/Check")
+    assert health.returncode == 0, health.stderr
+    assert json.loads(health.stdout) == {"status": "SERVING"}
+    # Without any token at all grpcurl cannot look the method up, so a health
+    # probe that has no token needs the schema (health_probe, test_each_server_...).
+    unreflected = grpcurl(f"localhost:{ports['xp']}", "grpc.health.v1.Health/Check")
+    assert unreflected.returncode != 0
+    assert 'failed to query for service descriptor "grpc.health.v1.Health"' in unreflected.stderr
+    assert "code = Unauthenticated" in unreflected.stderr
+
+    assert grpcurl(*admin, "-d", '{"level": {"level": 1, "xp_required": 0}}', f"localhost:{ports['levels']}",
                    "rewards.v1.LevelsService/PutLevel").returncode == 0
-    assert grpcurl("-d", '{"level": {"level": 2, "xp_required": 100, "rewards": [{"reward_id": "gold", "quantity": 10}]}}',
+    assert grpcurl(*admin, "-d", '{"level": {"level": 2, "xp_required": 100, "rewards": [{"reward_id": "gold", "quantity": 10}]}}',
                    f"localhost:{ports['levels']}", "rewards.v1.LevelsService/PutLevel").returncode == 0
-    assert grpcurl("-d", '{"activity": {"activity_id": "win", "name": "Win a match", "xp": 150}}',
+    assert grpcurl(*admin, "-d", '{"activity": {"activity_id": "win", "name": "Win a match", "xp": 150}}',
                    f"localhost:{ports['xp']}", "rewards.v1.XpService/PutActivity").returncode == 0
-    awarded = grpcurl("-d", '{"user_id": "grpcurl-user", "activity_id": "win", "request_id": "m-1"}',
+    awarded = grpcurl(*game, "-d", '{"user_id": "grpcurl-user", "activity_id": "win", "request_id": "m-1"}',
                       f"localhost:{ports['xp']}", "rewards.v1.XpService/AwardXp")
     assert awarded.returncode == 0, awarded.stderr
     body = json.loads(awarded.stdout)
     assert (body["xp_awarded"], body["total_xp"], body["level"]) == ("150", "150", 2)
     assert body["level_up"]["rewards"] == [{"reward_id": "gold", "quantity": "10"}]
 
-    assert grpcurl("-d", '{"achievement": {"achievement_id": "first-win", "name": "First win", "xp_reward": 50}}',
+    assert grpcurl(*admin, "-d", '{"achievement": {"achievement_id": "first-win", "name": "First win", "xp_reward": 50}}',
                    f"localhost:{ports['achievements']}", "rewards.v1.AchievementsService/PutAchievement").returncode == 0
-    unlocked = grpcurl("-d", '{"user_id": "grpcurl-user", "achievement_id": "first-win"}',
+    unlocked = grpcurl(*game, "-d", '{"user_id": "grpcurl-user", "achievement_id": "first-win"}',
                        f"localhost:{ports['achievements']}", "rewards.v1.AchievementsService/UnlockAchievement")
     assert json.loads(unlocked.stdout)["total_xp"] == "200", unlocked.stderr
 
-    bad = grpcurl("-d", '{"user_id": "", "activity_id": "win"}', f"localhost:{ports['xp']}", "rewards.v1.XpService/AwardXp")
+    bad = grpcurl(*game, "-d", '{"user_id": "", "activity_id": "win"}', f"localhost:{ports['xp']}", "rewards.v1.XpService/AwardXp")
     assert bad.returncode != 0
     assert "Code: InvalidArgument" in bad.stderr and "Message: user_id is required" in bad.stderr
 
@@ -88,15 +109,15 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_metrics_count_rpcs_xp_level_ups_unlocks_and_dynamodb_calls(processes: dict) -> None:
     ports, metrics = processes["ports"], processes["metrics_ports"]
-    with grpc.insecure_channel(f"localhost:{ports['levels']}") as channel:
+    with authorized_channel(f"localhost:{ports['levels']}") as channel:
         levels = levels_pb2_grpc.LevelsServiceStub(channel)
         levels.PutLevel(levels_pb2.PutLevelRequest(level=levels_pb2.Level(level=1, xp_required=0)))
         levels.PutLevel(levels_pb2.PutLevelRequest(level=levels_pb2.Level(level=2, xp_required=100)))
         levels.PutLevel(levels_pb2.PutLevelRequest(level=levels_pb2.Level(level=3, xp_required=200)))
     before = {name: scrape(port) for name, port in metrics.items()}
     user = f"metrics-{uuid.uuid4().hex[:8]}"
-    with grpc.insecure_channel(f"localhost:{ports['xp']}") as xp_channel, \
-            grpc.insecure_channel(f"localhost:{ports['achievements']}") as ach_channel:
+    with authorized_channel(f"localhost:{ports['xp']}") as xp_channel, \
+            authorized_channel(f"localhost:{ports['achievements']}") as ach_channel:
         xp = xp_pb2_grpc.XpServiceStub(xp_channel)
         for i in range(5):
             xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user, amount=50, reason="m", request_id=f"m-{i}"))  # 250 XP: levels 2, 3
@@ -130,7 +151,7 @@ def test_metrics_count_rpcs_xp_level_ups_unlocks_and_dynamodb_calls(processes: d
 
 def test_a_trace_id_follows_a_call_across_services(processes: dict) -> None:
     trace_id = f"trace-{uuid.uuid4().hex}"
-    with grpc.insecure_channel(f"localhost:{processes['ports']['xp']}") as channel:
+    with authorized_channel(f"localhost:{processes['ports']['xp']}") as channel:
         xp = xp_pb2_grpc.XpServiceStub(channel)
         _, call = xp.GrantXp.with_call(
             xp_pb2.GrantXpRequest(user_id="traced-user", amount=5, reason="t", request_id=trace_id),
@@ -143,6 +164,8 @@ def test_a_trace_id_follows_a_call_across_services(processes: dict) -> None:
         rpc_lines = [l for l in lines if l.get("message") == "rpc"]
         assert [(l["method"], l["trace_id"], l["code"]) for l in rpc_lines] == [(method, trace_id, "OK")], lines
         assert rpc_lines[0]["user_id"] == "traced-user" and rpc_lines[0]["duration_ms"] > 0 and rpc_lines[0]["peer"]
+        # Who called: the test's admin token at XP, XP's own service token at Levels.
+        assert rpc_lines[0]["caller"] == {"xp": "admin:tests", "levels": "service:xp"}[name]
 
 
 def test_sigterm_stops_each_server_gracefully(processes: dict) -> None:

@@ -7,7 +7,8 @@ from typing import Callable
 
 from devcluster.dynamodb_local import REPO_ROOT
 from rewards.v1 import achievements_pb2, xp_pb2
-from tests.cluster import STANDARD_LEVELS, Cluster
+from common.caller_auth import Role
+from tests.cluster import STANDARD_LEVELS, Cluster, mint_test_token
 
 Factory = Callable[..., Cluster]
 
@@ -22,7 +23,7 @@ def test_example_game_server_awards_unlocks_and_shows_progress(new_cluster: Fact
     run = subprocess.run(
         [sys.executable, "examples/game_server.py", "--xp", f"localhost:{c.ports['xp']}",
          "--achievements", f"localhost:{c.ports['achievements']}", "--user", user_id,
-         "--activity", "win", "--achievement", "veteran"],
+         "--activity", "win", "--achievement", "veteran", "--token", mint_test_token(Role.GAME)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )
     assert run.returncode == 0, run.stderr

@@ -16,8 +16,10 @@ from typing import Any, Iterator
 import grpc
 import pytest
 
+from common.caller_auth import METHOD_ROLES, Role
 from devcluster.dynamodb_local import REPO_ROOT
 from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
+from tests.cluster import mint_test_token
 from tests.process_cluster import start_process_cluster
 
 DOC = REPO_ROOT / "docs" / "grpcurl.md"
@@ -33,6 +35,16 @@ CONTRACT_METHODS = {
 }
 # grpcurl exits with this plus the gRPC status code when a call fails.
 GRPCURL_STATUS_EXIT_OFFSET = 64
+# ... and with this when it fails before the call, such as when reflection refuses it.
+GRPCURL_FAILURE_EXIT = 1
+# The doc's setup: the dev tokens `make up` writes, and grpcurl on PATH. The test
+# never sources the real file: it sets the variables itself (token_environment).
+DEV_AUTH_SETUP = [".", ".local/dev-auth.env"]
+PATH_SETUP = ["export", "PATH=$PWD/.venv/bin:$PATH"]
+# The tokens the doc's commands send, by role, as the shell variables dev-auth.env sets.
+TOKEN_VARIABLES = {Role.GAME: "REWARDS_GAME_TOKEN", Role.ADMIN: "REWARDS_ADMIN_TOKEN"}
+HEADER_FLAGS = ("-H", "-rpc-header", "-reflect-header")
+HEALTH_CHECK = "grpc.health.v1.Health/Check"
 # google.protobuf.Timestamp in JSON; the time of a run is not the doc's.
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 FENCED_BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
@@ -68,8 +80,60 @@ class DocumentedCommand:
         return self.request_json is not None
 
     @property
+    def headers(self) -> dict[str, list[str]]:
+        """The values of each metadata flag, as written (`$REWARDS_..._TOKEN` unexpanded)."""
+        argv = self.argv
+        return {flag: [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == flag] for flag in HEADER_FLAGS}
+
+    @property
     def documented_error(self) -> bool:
-        return self.output_kind == "text" and self.output.startswith("ERROR:")
+        """A failed call as grpcurl prints it: `ERROR:` and the status when the
+        server refused the call, or `Error invoking method` when it failed before
+        (reflection refused to describe the method)."""
+        return self.output_kind == "text" and self.output.startswith(("ERROR:", "Error invoking method "))
+
+    @property
+    def documented_status(self) -> str:
+        """The status the doc shows for a failed call, such as `InvalidArgument`."""
+        found = re.search(r"^\s*Code: (\w+)$|rpc error: code = (\w+) desc", self.output, re.MULTILINE)
+        assert found, f"no status in:\n{self.output}"
+        return found.group(1) or found.group(2)
+
+    @property
+    def documented_exit_status(self) -> int:
+        if self.output.startswith("ERROR:"):
+            return status_exit_code(self.documented_status)
+        return GRPCURL_FAILURE_EXIT
+
+
+def bearer(role: Role) -> str:
+    return f"authorization: Bearer ${TOKEN_VARIABLES[role]}"
+
+
+def least_role(target: str) -> Role | None:
+    """The least role that may run `target` (list, describe, or a method): None
+    for a health check, game for reflection and whatever a game may call, else
+    admin (the doc has no `service` token, which services mint for themselves)."""
+    if target == HEALTH_CHECK:
+        return None
+    if target.split()[0] in ("list", "describe"):
+        return Role.GAME
+    return Role.GAME if Role.GAME in METHOD_ROLES[f"/{target}"] else Role.ADMIN
+
+
+def expected_headers(target: str) -> dict[str, list[str]]:
+    """-H with the least role's token; for a health check, no token on the call,
+    and a game token for the reflection grpcurl needs to find the method."""
+    role = least_role(target)
+    if role is None:
+        return {"-H": [], "-rpc-header": [], "-reflect-header": [bearer(Role.GAME)]}
+    return {"-H": [bearer(role)], "-rpc-header": [], "-reflect-header": []}
+
+
+def token_environment() -> dict[str, str]:
+    """What `. .local/dev-auth.env` sets, with tokens of the test cluster's key."""
+    return {variable: mint_test_token(role, subject=f"grpcurl-doc-{role.value}")
+            for role, variable in TOKEN_VARIABLES.items()}
 
 
 @dataclass(frozen=True)
@@ -115,17 +179,30 @@ def session() -> Session:
     return parse_session(DOC.read_text())
 
 
-def test_the_doc_shows_every_rpc_with_json_discovery_health_and_one_bad_call(session: Session) -> None:
-    # Besides grpcurl, the doc runs only what puts it on PATH.
-    assert [shlex.split(line, comments=True) for line in session.setup] == [["export", "PATH=$PWD/.venv/bin:$PATH"]]
+def test_the_doc_shows_every_rpc_with_json_discovery_health_one_bad_call_and_two_refusals(session: Session) -> None:
+    # Besides grpcurl, the doc runs only what loads the dev tokens and puts grpcurl on PATH.
+    assert [shlex.split(line, comments=True) for line in session.setup] == [DEV_AUTH_SETUP, PATH_SETUP]
+    refused = [documented for documented in session.commands
+               if documented.documented_error and documented.documented_status in ("Unauthenticated", "PermissionDenied")]
     for documented in session.commands:
         assert documented.argv[:2] == ["grpcurl", "-plaintext"], documented.command
         assert documented.address in {f"localhost:{port}" for port in DEFAULT_PORTS.values()}, documented.command
         if documented.is_call:
             json.loads(documented.request_json or "")  # a typo in -d shows here, without a cluster
+        if documented not in refused:
+            # Each command sends the token of the least role that may run it.
+            assert documented.headers == expected_headers(documented.target), documented.command
+    # The refusals: a call without any token, and a game token calling what only admin may.
+    assert [(documented.target, documented.documented_status) for documented in refused] == [
+        ("rewards.v1.XpService/GetProgress", "Unauthenticated"), ("rewards.v1.XpService/GrantXp", "PermissionDenied")]
+    unauthenticated, denied = refused
+    assert unauthenticated.headers == {flag: [] for flag in HEADER_FLAGS}, unauthenticated.command
+    assert denied.headers == {"-H": [bearer(Role.GAME)], "-rpc-header": [], "-reflect-header": []}, denied.command
+    assert Role.GAME not in METHOD_ROLES[f"/{denied.target}"]
+
     calls = [documented for documented in session.commands if documented.is_call]
-    called = [documented.target for documented in calls]
-    assert set(called) - {"grpc.health.v1.Health/Check"} == CONTRACT_METHODS
+    called = [documented.target for documented in calls if documented not in refused]
+    assert set(called) - {HEALTH_CHECK} == CONTRACT_METHODS
     for documented in calls:
         service = documented.target.split("/")[0]
         if service in SERVICE_SERVERS:
@@ -136,13 +213,13 @@ def test_the_doc_shows_every_rpc_with_json_discovery_health_and_one_bad_call(ses
         address = f"localhost:{DEFAULT_PORTS[server]}"
         assert (address, "list") in targets
         assert (address, f"describe {service}") in targets
-        health = next(d for d in calls if d.target == "grpc.health.v1.Health/Check" and d.address == address)
+        health = next(d for d in calls if d.target == HEALTH_CHECK and d.address == address)
         assert json.loads(health.request_json or "") == {"service": service}
         assert json.loads(health.output) == {"status": "SERVING"}
     assert ("localhost:50051", "describe rewards.v1.XpService.AwardXp") in targets
 
-    bad_calls = [documented for documented in session.commands if documented.documented_error]
-    assert [bad.target for bad in bad_calls] == ["rewards.v1.XpService/AwardXp"]
+    bad_calls = [documented for documented in session.commands if documented.documented_error and documented not in refused]
+    assert [(bad.target, bad.documented_status) for bad in bad_calls] == [("rewards.v1.XpService/AwardXp", "InvalidArgument")]
     assert all(documented.output_kind == "json" for documented in calls if not documented.documented_error)
     # The order a game follows: catalogs, then play, then progress.
     assert called.index("rewards.v1.LevelsService/PutLevel") < called.index("rewards.v1.XpService/PutActivity") \
@@ -181,9 +258,8 @@ def text_lines(text: str) -> list[str]:
     return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
 
 
-def status_exit_code(status_line: str) -> int:
-    """`Code: InvalidArgument` -> 64 + 3, the exit status grpcurl gives that status."""
-    camel = status_line.split(":", 1)[1].strip()
+def status_exit_code(camel: str) -> int:
+    """`InvalidArgument` -> 64 + 3, the exit status grpcurl gives that status."""
     code = grpc.StatusCode[re.sub(r"(?<!^)(?=[A-Z])", "_", camel).upper()]
     return GRPCURL_STATUS_EXIT_OFFSET + code.value[0]
 
@@ -193,10 +269,14 @@ def run_documented(session: Session, documented: DocumentedCommand, ports: dict[
     for server, default_port in DEFAULT_PORTS.items():
         command = command.replace(f"localhost:{default_port}", f"localhost:{ports[server]}")
     # As a reader runs it: the doc's setup lines, then the command, in bash
-    # from the repository root. The running Python's bin directory stands in
-    # for .venv/bin when the suite runs from another virtualenv.
-    script = "\n".join([*session.setup, command])
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # from the repository root, so that `$REWARDS_..._TOKEN` expands. The
+    # environment stands in for .local/dev-auth.env (tokens of the test
+    # cluster's key; the real file is not read), and the running Python's bin
+    # directory for .venv/bin when the suite runs from another virtualenv.
+    setup = [line for line in session.setup if shlex.split(line, comments=True) != DEV_AUTH_SETUP]
+    script = "\n".join([*setup, command])
+    env = {**os.environ, **token_environment(),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
 
 
@@ -204,10 +284,10 @@ def mismatch(session: Session, documented: DocumentedCommand, ran: subprocess.Co
     """Why what the command printed is not what the doc shows; None when it is."""
     shown = f"{documented.command}\n  exit status {ran.returncode}\n  stdout: {ran.stdout}\n  stderr: {ran.stderr}"
     if documented.documented_error:
-        expected_exit = status_exit_code(text_lines(documented.output)[1])
+        expected_exit = documented.documented_exit_status
         if ran.returncode != expected_exit:
             return f"expected exit status {expected_exit}: {shown}"
-        if f"exits with status {expected_exit}" not in session.text:
+        if not re.search(rf"exits with status {expected_exit}\b", session.text):
             return f"the doc does not say the exit status is {expected_exit}: {shown}"
         if text_lines(ran.stderr) != text_lines(documented.output):
             return f"a status other than the doc's:\n{documented.output}\n{shown}"
@@ -240,8 +320,8 @@ def test_every_documented_command_prints_what_the_doc_shows(session: Session, cl
 README = REPO_ROOT / "README.md"
 
 
-def readme_grpcurl_commands() -> list[str]:
-    """The commands of the README's grpcurl block, continuation lines joined."""
+def readme_grpcurl_block() -> list[str]:
+    """The command lines of the README's grpcurl block, continuation lines joined."""
     section = README.read_text().split("## Try it with grpcurl", 1)[1]
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     commands, current = [], ""
@@ -253,7 +333,21 @@ def readme_grpcurl_commands() -> list[str]:
         if not line.endswith("\\"):
             commands.append(current.strip())
             current = ""
-    return [c for c in commands if c.startswith("grpcurl ")]
+    return commands
+
+
+def readme_grpcurl_commands() -> list[str]:
+    return [c for c in readme_grpcurl_block() if c.startswith("grpcurl ")]
+
+
+def test_the_readme_grpcurl_block_loads_the_tokens_and_sends_the_least_role() -> None:
+    # The block starts by loading the dev tokens and putting grpcurl on PATH, and runs nothing else.
+    block = readme_grpcurl_block()
+    assert [shlex.split(line) for line in block[:2]] == [DEV_AUTH_SETUP, PATH_SETUP]
+    assert all(line.startswith("grpcurl ") for line in block[2:]), block
+    for command in block[2:]:
+        documented = DocumentedCommand(command, "json", "")
+        assert documented.headers == expected_headers(documented.target), command
 
 
 def test_the_readme_grpcurl_block_calls_every_rpc_and_works(dynamodb_endpoint: str, tmp_path: Path) -> None:
@@ -268,7 +362,9 @@ def test_the_readme_grpcurl_block_calls_every_rpc_and_works(dynamodb_endpoint: s
     cluster = start_process_cluster(dynamodb_endpoint, tmp_path, metrics=False,
                                     extra_env={"REWARDS_LEVEL_CHECK_TIMEOUT_S": "10", "REWARDS_XP_GRANT_TIMEOUT_S": "10"})
     try:
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        # The tokens . .local/dev-auth.env would set, of the test cluster's key.
+        env = {**os.environ, **token_environment(),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         results = []
         for command in commands:
             for name, default in (("xp", 50051), ("achievements", 50052), ("levels", 50053)):

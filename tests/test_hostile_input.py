@@ -48,7 +48,7 @@ from rewards.v1 import achievements_pb2 as ach
 from rewards.v1 import levels_pb2 as lv
 from rewards.v1 import xp_pb2 as xp
 from common.dynamodb import ALL_TABLES
-from tests.cluster import STANDARD_LEVELS, Cluster, unique
+from tests.cluster import STANDARD_LEVELS, Cluster, unique, authorized_channel
 
 # --- the contract, restated (README "Bad input" table, proto comments) ---------
 
@@ -752,7 +752,7 @@ class Stage:
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self.channels = {service: grpc.insecure_channel(f"localhost:{cluster.ports[service]}", options=CLIENT_OPTIONS)
+        self.channels = {service: authorized_channel(f"localhost:{cluster.ports[service]}", options=CLIENT_OPTIONS)
                          for service in SERVICE_NAMES}
         # From the definitions, not list_tables: the session's emulator holds many stages' tables.
         self.tables = sorted(cluster.table(table.name) for table in ALL_TABLES)

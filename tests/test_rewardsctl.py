@@ -21,7 +21,7 @@ from rewardsctl.backup import BackupError, write_batch
 from rewardsctl.catalog import Achievement, Activity, Catalog, CatalogFileError, Level, Reward, format_catalog, parse_catalog
 from rewardsctl.catalog_plan import plan_catalog
 from rewardsctl.service_clients import ServiceClients, ServiceTargets
-from tests.cluster import Cluster
+from tests.cluster import Cluster, mint_test_token
 
 SAMPLE_CATALOG = REPO_ROOT / "catalog" / "sample-game.yaml"
 
@@ -34,6 +34,7 @@ def cli_env(cluster: Cluster) -> dict[str, str]:
         "REWARDS_LEVELS_TARGET": f"localhost:{cluster.ports['levels']}",
         "REWARDS_DYNAMODB_ENDPOINT": str(cluster.settings.dynamodb_endpoint),
         "REWARDS_TABLE_PREFIX": cluster.settings.table_prefix,
+        "REWARDS_TOKEN": mint_test_token(),
     }
 
 
@@ -47,7 +48,7 @@ def run_main(cluster: Cluster, capsys: pytest.CaptureFixture[str], *args: str) -
     """main() in this process (faster), configured by flags."""
     targets = ["--xp-target", f"localhost:{cluster.ports['xp']}",
                "--achievements-target", f"localhost:{cluster.ports['achievements']}",
-               "--levels-target", f"localhost:{cluster.ports['levels']}"]
+               "--levels-target", f"localhost:{cluster.ports['levels']}", "--token", mint_test_token()]
     capsys.readouterr()
     status = main([*args, *targets])
     captured = capsys.readouterr()
@@ -60,7 +61,7 @@ def change_lines(output: str) -> list[str]:
 
 def catalog_of(cluster: Cluster) -> Catalog:
     targets = ServiceTargets(*(f"localhost:{cluster.ports[n]}" for n in ("xp", "achievements", "levels")))
-    with ServiceClients(targets, timeout_s=10) as clients:
+    with ServiceClients(targets, timeout_s=10, token=mint_test_token()) as clients:
         return clients.read_catalog()
 
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
-from tests.cluster import STANDARD_LEVELS, Cluster
+from tests.cluster import STANDARD_LEVELS, Cluster, mint_test_token
 
 Factory = Callable[..., Cluster]
 
@@ -85,7 +85,9 @@ def secure(port: int, ca: CertificateAuthority, client: Issued | None) -> grpc.C
         private_key=client.key.read_bytes() if client else None,
         certificate_chain=client.certificate.read_bytes() if client else None,
     )
-    return grpc.secure_channel(f"localhost:{port}", credentials)
+    # Over TLS the token can travel as gRPC call credentials.
+    token = grpc.access_token_call_credentials(mint_test_token())
+    return grpc.secure_channel(f"localhost:{port}", grpc.composite_channel_credentials(credentials, token))
 
 
 def test_mutual_tls_end_to_end_and_between_services(new_cluster: Factory, pki: dict, user_id: str) -> None:

@@ -26,7 +26,7 @@ def create_server(
 ) -> tuple[grpc.Server, int]:
     ledger = XpLedger(
         XpRepository(dynamodb, settings.table_prefix),
-        GrpcLevelChecker(peer_channel(settings.levels_target, settings), settings.level_check_timeout_s),
+        GrpcLevelChecker(peer_channel(settings.levels_target, settings, "xp"), settings.level_check_timeout_s),
     )
     servicer = XpServicer(ledger)
     return build_grpc_server(address, settings, SERVICE, servicer, xp_pb2_grpc.add_XpServiceServicer_to_server, health_servicer)

@@ -1,0 +1,264 @@
+"""Who may call what: signed bearer tokens (JWT, HS256) that carry a role, and
+the one table of which role may call which method.
+
+Roles:
+- `game`: a game server. Awards, unlocks, level checks, progress, catalog reads.
+- `service`: one rewards service calling another (XP asks Levels to check a
+  level-up; Achievements asks XP to pay an unlock's XP). Each service mints its
+  own short-lived token from the shared key.
+- `admin`: operators and tools. Everything, including catalog writes and XP
+  adjustments (GrantXp).
+
+Health checking needs no token, so that orchestrators can probe. Reflection
+(grpcurl list / describe) takes any valid token.
+"""
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import grpc
+import jwt
+
+from common.config import Settings
+from common.rpc_interceptors import with_metadata
+from common.rpc_logging import add_rpc_field
+
+AUTHORIZATION_HEADER = "authorization"
+HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
+ISSUER = "rewards"
+# HS256 with a key shorter than its hash is weak (RFC 7518 3.2).
+MIN_SECRET_LENGTH = 32
+# Clock skew tolerated between the minting host and the verifying one.
+CLOCK_SKEW_S = 30
+# A service's own token for calls to its peers: short-lived, renewed before it expires.
+SERVICE_TOKEN_TTL_S = 300
+_SERVICE_TOKEN_RENEW_BEFORE_S = 60
+
+
+class Role(str, enum.Enum):
+    GAME = "game"
+    ADMIN = "admin"
+    SERVICE = "service"
+
+
+_GAME = frozenset({Role.GAME, Role.ADMIN})
+_SERVICE = frozenset({Role.SERVICE, Role.ADMIN})
+_GAME_OR_SERVICE = frozenset({Role.GAME, Role.SERVICE, Role.ADMIN})
+_ADMIN = frozenset({Role.ADMIN})
+_ANY = frozenset(Role)
+
+# Every method a server serves, and the roles that may call it. A method that is
+# served but missing here is refused to every caller (fail closed).
+METHOD_ROLES: dict[str, frozenset[Role]] = {
+    "/rewards.v1.XpService/PutActivity": _ADMIN,
+    "/rewards.v1.XpService/GetActivity": _GAME,
+    "/rewards.v1.XpService/ListActivities": _GAME,
+    "/rewards.v1.XpService/DeleteActivity": _ADMIN,
+    "/rewards.v1.XpService/AwardXp": _GAME,
+    # XP adjustments and unlock payments: never a game server's call, since a
+    # grant naming an achievement decides what that achievement pays.
+    "/rewards.v1.XpService/GrantXp": _SERVICE,
+    "/rewards.v1.XpService/GetProgress": _GAME,
+    "/rewards.v1.AchievementsService/PutAchievement": _ADMIN,
+    "/rewards.v1.AchievementsService/GetAchievement": _GAME,
+    "/rewards.v1.AchievementsService/ListAchievements": _GAME,
+    "/rewards.v1.AchievementsService/DeleteAchievement": _ADMIN,
+    "/rewards.v1.AchievementsService/UnlockAchievement": _GAME,
+    "/rewards.v1.AchievementsService/ListUserAchievements": _GAME,
+    "/rewards.v1.LevelsService/PutLevel": _ADMIN,
+    "/rewards.v1.LevelsService/ListLevels": _GAME,
+    "/rewards.v1.LevelsService/DeleteLevel": _ADMIN,
+    # A game server may ask too (after a catalog change); XP asks after every award.
+    "/rewards.v1.LevelsService/CheckLevelUp": _GAME_OR_SERVICE,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    subject: str
+    role: Role
+
+
+class TokenRefused(Exception):
+    """The token is missing, malformed, badly signed, expired or lacks a claim;
+    the message says which, and never echoes the token."""
+
+
+class RoleRefused(Exception):
+    """A valid token whose role may not call the method."""
+
+
+class AuthNotConfigured(Exception):
+    """Neither a signing key nor the explicit insecure flag is configured."""
+
+
+class TokenAuthority:
+    """Mints and verifies the tokens. Verification accepts the current key and,
+    during a rotation, the previous one; minting uses the current key only."""
+
+    def __init__(self, secret: str, previous_secrets: Sequence[str] = ()) -> None:
+        for key in (secret, *previous_secrets):
+            if len(key) < MIN_SECRET_LENGTH:
+                raise AuthNotConfigured(
+                    f"REWARDS_AUTH_JWT_SECRET (and REWARDS_AUTH_JWT_PREVIOUS_SECRET) must be at least "
+                    f"{MIN_SECRET_LENGTH} characters; generate one with `rewardsctl token secret`")
+        self._keys = (secret, *previous_secrets)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "TokenAuthority | None":
+        """None when auth is explicitly off; refuses a configuration with neither."""
+        if not settings.auth_jwt_secret:
+            if settings.insecure_no_auth:
+                return None
+            raise AuthNotConfigured(
+                "no REWARDS_AUTH_JWT_SECRET: the services do not start without a key to verify callers' tokens "
+                "(set REWARDS_INSECURE_NO_AUTH=true to serve every caller unauthenticated, for local experiments only)")
+        previous = (settings.auth_jwt_previous_secret,) if settings.auth_jwt_previous_secret else ()
+        return cls(settings.auth_jwt_secret, previous)
+
+    def mint(self, role: Role, subject: str, ttl_s: float) -> str:
+        now = int(time.time())
+        claims = {"iss": ISSUER, "sub": subject, "role": role.value, "iat": now, "exp": now + int(ttl_s)}
+        return jwt.encode(claims, self._keys[0], algorithm="HS256")
+
+    def verify(self, token: str) -> Caller:
+        claims: dict[str, Any] | None = None
+        for key in self._keys:
+            try:
+                claims = jwt.decode(
+                    token, key, algorithms=["HS256"], issuer=ISSUER, leeway=CLOCK_SKEW_S,
+                    options={"require": ["exp", "sub", "role", "iss"]},
+                )
+                break
+            except jwt.InvalidSignatureError:
+                continue  # maybe signed with the previous key
+            except jwt.ExpiredSignatureError as error:
+                raise TokenRefused("token has expired; mint a new one") from error
+            except jwt.MissingRequiredClaimError as error:
+                raise TokenRefused(f"token lacks the {error.claim!r} claim") from error
+            except jwt.InvalidIssuerError as error:
+                raise TokenRefused(f"token was not issued by {ISSUER!r}") from error
+            except jwt.InvalidTokenError as error:
+                raise TokenRefused(f"token is not a valid JWT ({type(error).__name__})") from error
+        if claims is None:
+            raise TokenRefused("token signature does not match this deployment's key")
+        try:
+            role = Role(claims["role"])
+        except ValueError as error:
+            raise TokenRefused(f"token role {str(claims['role'])[:32]!r} is none of "
+                               f"{', '.join(r.value for r in Role)}") from error
+        return Caller(subject=str(claims["sub"]), role=role)
+
+
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
+    values = [value for key, value in metadata or () if key == AUTHORIZATION_HEADER]
+    if not values:
+        raise TokenRefused("no authorization metadata; send `authorization: Bearer <token>`")
+    if len(values) > 1:
+        raise TokenRefused("more than one authorization metadata entry")
+    value = values[0]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    scheme, _, token = str(value).strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise TokenRefused("authorization metadata must be `Bearer <token>`")
+    return token.strip()
+
+
+def authorize(authority: TokenAuthority, method: str, metadata: Iterable[tuple[str, Any]] | None) -> Caller:
+    """The caller of `method`, if its token is good and its role may call it.
+    Raises TokenRefused (UNAUTHENTICATED) or RoleRefused (PERMISSION_DENIED)."""
+    caller = authority.verify(bearer_token(metadata))
+    allowed = METHOD_ROLES.get(method, frozenset())
+    if caller.role not in allowed:
+        raise RoleRefused(
+            f"role {caller.role.value!r} may not call {method.lstrip('/')}"
+            + (f"; it takes {' or '.join(sorted(r.value for r in allowed))}" if allowed else ""))
+    return caller
+
+
+def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that refuses without reading the
+    request (no deserializer: a refused request is never parsed)."""
+
+    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, message)
+
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
+
+
+class CallerAuthInterceptor(grpc.ServerInterceptor):
+    """Refuses a call before any of its work: UNAUTHENTICATED without a good
+    token, PERMISSION_DENIED when the token's role may not call the method.
+    Placed inside RpcEdgeInterceptor, so refusals are logged and counted."""
+
+    def __init__(self, authority: TokenAuthority) -> None:
+        self._authority = authority
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(HEALTH_METHOD_PREFIX):
+            return handler
+        try:
+            caller = authorize(self._authority, method, handler_call_details.invocation_metadata)
+        except TokenRefused as refused:
+            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, f"authorization: {refused}")
+        except RoleRefused as refused:
+            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, str(refused))
+        if handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        who = f"{caller.role.value}:{caller.subject}"
+
+        def served_to_caller(request: Any, context: grpc.ServicerContext) -> Any:
+            add_rpc_field("caller", who)  # who did it, on the RPC's log line
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            served_to_caller, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+class ServiceToken:
+    """This service's own `service` token for calls to its peers, minted from
+    the shared key and renewed shortly before it expires."""
+
+    def __init__(self, authority: TokenAuthority, subject: str) -> None:
+        self._authority = authority
+        self._subject = subject
+        self._lock = threading.Lock()
+        self._token = ""
+        self._renew_at = 0.0
+
+    def metadata(self) -> tuple[str, str]:
+        now = time.monotonic()
+        if now >= self._renew_at:
+            with self._lock:
+                if now >= self._renew_at:
+                    self._token = self._authority.mint(Role.SERVICE, self._subject, SERVICE_TOKEN_TTL_S)
+                    self._renew_at = now + SERVICE_TOKEN_TTL_S - _SERVICE_TOKEN_RENEW_BEFORE_S
+        return (AUTHORIZATION_HEADER, f"Bearer {self._token}")
+
+
+class BearerTokenInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call of a client channel
+    (rewardsctl, tests, a game server written in Python)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (AUTHORIZATION_HEADER, f"Bearer {token}")
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: Any, request: Any) -> Any:
+        return continuation(with_metadata(client_call_details, [self._metadata]), request)
