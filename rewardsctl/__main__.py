@@ -23,6 +23,7 @@ says why); 2 a bad command line or catalog file (nothing was written);
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import uuid
@@ -395,6 +396,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rewardsctl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader left early (`rewardsctl ... | head`): not an error of ours.
+        # Python would complain again while flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":
