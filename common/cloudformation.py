@@ -88,13 +88,15 @@ class TableAccess:
 # What each service's repository (its storage.py, through common/dynamodb.py)
 # does to each table, as IAM actions. IAM authorises a transaction item by item
 # as its underlying action: TransactWriteItems' Put and Update need PutItem and
-# UpdateItem, TransactGetItems' Get needs GetItem. Paginated scans and queries
+# UpdateItem, a ConditionCheck ConditionCheckItem, TransactGetItems' Get needs GetItem. Paginated scans and queries
 # are Scan and Query. tests/test_cloudformation.py records the calls the
 # services make and fails when this differs from them.
 SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
     "xp": (
-        # The activity catalog; ListActivities by category queries the index.
-        TableAccess(ACTIVITIES, ("PutItem", "GetItem", "DeleteItem", "Scan"), (("by_category", ("Query",)),)),
+        # The activity catalog; ListActivities by category queries the index;
+        # an award's transaction checks the cached activity's XP (ConditionCheck).
+        TableAccess(ACTIVITIES, ("PutItem", "GetItem", "DeleteItem", "Scan", "ConditionCheckItem"),
+                    (("by_category", ("Query",)),)),
         # record_xp's transaction puts the entry; a duplicate reads the original back.
         TableAccess(XP_LEDGER, ("PutItem", "GetItem")),
         # record_xp's transaction adds to total_xp; GetProgress and awards read it.

@@ -27,6 +27,11 @@ class Settings:
     achievements_metrics_port: int = 9452
     levels_metrics_port: int = 9453
     level_check_timeout_s: float = 2.0
+    # How long the Levels service answers "no level due" from its copy of the
+    # level table before reading it again. A level-up, and a new user's start
+    # level, always use the table as it is now; a catalog change made through
+    # this process is seen at once, one made through another replica within this.
+    level_table_cache_s: float = 1.0
     xp_grant_timeout_s: float = 5.0
     # The SDK's limits per DynamoDB call: attempts (its own retries included)
     # and socket timeouts, kept short so that its retries fit in an RPC's deadline.

@@ -22,7 +22,7 @@ def create_server(
     dynamodb: Any,
     health_servicer: health.HealthServicer | None = None,
 ) -> tuple[grpc.Server, int]:
-    servicer = LevelsServicer(Levels(LevelsRepository(dynamodb, settings.table_prefix)))
+    servicer = LevelsServicer(Levels(LevelsRepository(dynamodb, settings.table_prefix), settings.level_table_cache_s))
     return build_grpc_server(address, settings, SERVICE, servicer, levels_pb2_grpc.add_LevelsServiceServicer_to_server, health_servicer)
 
 

@@ -14,8 +14,9 @@ _MAX_LOST_RACES = 50
 
 
 class Levels:
-    def __init__(self, repository: LevelsRepository) -> None:
+    def __init__(self, repository: LevelsRepository, level_table_cache_s: float = 0.0) -> None:
         self._repository = repository
+        self._level_table_cache_s = level_table_cache_s
 
     def put_level(self, level: Level) -> Level:
         self._repository.put_level(check_level(level))
@@ -32,7 +33,11 @@ class Levels:
         belongs to the request that made it: a repeat of that request_id reports
         the same levels again and grants nothing more, so every answer for one
         request_id is the same; levels due since are left to the next check."""
-        table = self._repository.load_level_table()
+        # Most checks find nothing due: they may answer from a recent copy of
+        # the table. Whatever grants or pins a level uses the table as it is now.
+        recent = self._repository.recent_level_table(self._level_table_cache_s)
+        table = recent or self._repository.load_level_table()
+        fresh = recent is None
         check_id = request_id or f"auto:{uuid.uuid4().hex}"
         granted: list[LevelUpPlan] = []
         lost_races = 0
@@ -45,6 +50,9 @@ class Levels:
             else:
                 progress = self._repository.get_progress(user_id)
             plan = plan_level_up(table, progress.level, progress.total_xp)
+            if not fresh and (plan.leveled_up or (progress.level is None and progress.updated_at is not None)):
+                table, fresh = self._repository.load_level_table(), True
+                plan = plan_level_up(table, progress.level, progress.total_xp)
             if not plan.leveled_up:
                 if not granted and progress.level is None and progress.updated_at is not None:
                     self._repository.store_start_level_once(user_id, plan.current_level)

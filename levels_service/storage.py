@@ -2,6 +2,8 @@
 levels each user reached (level_rewards) and what each check granted (level_checks)."""
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -39,20 +41,50 @@ class LevelsRepository:
         self._progress = table_prefix + USER_PROGRESS.name
         self._reached = table_prefix + LEVEL_REWARDS.name
         self._checks = table_prefix + LEVEL_CHECKS.name
+        # The level table as last read, and when; the generation moves on every
+        # catalog write here, so a read that overlapped a write is not kept.
+        self._cached_table: tuple[float, LevelTable] | None = None
+        self._generation = 0
+        self._cache_lock = threading.Lock()
 
     def put_level(self, level: Level) -> None:
-        self._levels.put({
-            "level": level.level,
-            "xp_required": level.xp_required,
-            "rewards": [{"reward_id": r.reward_id, "quantity": r.quantity} for r in level.rewards],
-        })
+        try:
+            self._levels.put({
+                "level": level.level,
+                "xp_required": level.xp_required,
+                "rewards": [{"reward_id": r.reward_id, "quantity": r.quantity} for r in level.rewards],
+            })
+        finally:
+            self._forget_level_table()
 
     def delete_level(self, level: int) -> None:
-        if not self._levels.delete(level):
-            raise LevelNotFound(level)
+        try:
+            if not self._levels.delete(level):
+                raise LevelNotFound(level)
+        finally:
+            self._forget_level_table()
 
     def load_level_table(self) -> LevelTable:
-        return load_level_table(self._client, self._prefix)
+        """The table as it is now (a consistent scan); kept as the recent copy."""
+        with self._cache_lock:
+            generation = self._generation
+        table = load_level_table(self._client, self._prefix)
+        with self._cache_lock:
+            if generation == self._generation:
+                self._cached_table = (time.monotonic(), table)
+        return table
+
+    def recent_level_table(self, max_age_s: float) -> LevelTable | None:
+        """The copy read at most `max_age_s` ago, if there is one."""
+        cached = self._cached_table
+        if cached is None or time.monotonic() - cached[0] > max_age_s:
+            return None
+        return cached[1]
+
+    def _forget_level_table(self) -> None:
+        with self._cache_lock:
+            self._generation += 1
+            self._cached_table = None
 
     def get_progress(self, user_id: str) -> ProgressRecord:
         return read_progress(self._client, self._prefix, user_id, ("total_xp", "level", "updated_at"))

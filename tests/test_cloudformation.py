@@ -369,7 +369,7 @@ def test_the_derived_least_privilege_table(template: dict[str, Any]) -> None:
         return by_table
 
     assert item_grants("xp") == {
-        "activities": ["DeleteItem", "GetItem", "PutItem", "Scan"],
+        "activities": ["ConditionCheckItem", "DeleteItem", "GetItem", "PutItem", "Scan"],
         "activities/index/by_category": ["Query"],
         "level_rewards": ["Query"],
         "levels": ["Scan"],

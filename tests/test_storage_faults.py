@@ -22,20 +22,30 @@ Factory = Callable[..., Cluster]
 
 class CancelTransactions:
     """Answers some TransactWriteItems calls with TransactionCanceledException,
-    as real DynamoDB does under contention, before they reach the emulator."""
+    as real DynamoDB does under contention, before they reach the emulator:
+    every `every`-th new transaction is cancelled on its first `attempts`
+    attempts (all of them when None). Per transaction, so that which retry
+    lands where in a race cannot make a test flaky."""
 
-    def __init__(self, reason: str, every: int) -> None:
-        self.reason, self.every = reason, every
+    def __init__(self, reason: str, every: int, attempts: int | None = None) -> None:
+        self.reason, self.every, self.attempts = reason, every, attempts
         self.calls = self.injected = 0
+        self._cancelled: dict[str, int] = {}  # transaction (its items) -> attempts cancelled
         self._lock = threading.Lock()
 
     def __call__(self, params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        items = json.loads(params["body"])["TransactItems"]  # the serialized request
+        # The items identify a transaction across its retries (each call has a new ClientRequestToken).
+        transaction = json.dumps(items, sort_keys=True)
         with self._lock:
             self.calls += 1
-            if self.calls % self.every:
+            cancelled = self._cancelled.get(transaction)
+            if cancelled is None and self.calls % self.every:
                 return None
+            if cancelled is not None and self.attempts is not None and cancelled >= self.attempts:
+                return None
+            self._cancelled[transaction] = (cancelled or 0) + 1
             self.injected += 1
-        items = json.loads(params["body"])["TransactItems"]  # the serialized request
         reasons = [{"Code": self.reason}] + [{"Code": "None"}] * (len(items) - 1)
         body = {
             "Error": {"Code": "TransactionCanceledException", "Message": f"Transaction cancelled [{self.reason}]"},
@@ -47,7 +57,8 @@ class CancelTransactions:
 def test_transaction_conflicts_are_retried_and_every_award_counts_once(new_cluster: Factory, user_id: str) -> None:
     c = new_cluster()
     c.put_levels(STANDARD_LEVELS)
-    conflicts = CancelTransactions("TransactionConflict", every=2)  # every other transaction, awards and level-ups alike
+    # Every other transaction, awards and level-ups alike, conflicts twice before it goes through.
+    conflicts = CancelTransactions("TransactionConflict", every=2, attempts=2)
     c.dynamodb.meta.events.register("before-call.dynamodb.TransactWriteItems", conflicts)
 
     def grant(request_id: str) -> xp_pb2.AwardXpResponse:

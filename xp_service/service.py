@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from common.errors import ContentionExhausted
 from common.metrics import XP_AWARDED
 from common.models import LevelUpOutcome, ProgressRecord, Reward, utc_now_iso
 from xp_service.domain import (
@@ -18,7 +19,10 @@ from xp_service.domain import (
     is_same_request,
     new_entry,
 )
-from xp_service.storage import DuplicateRequest, XpRepository
+from xp_service.storage import ActivityChanged, DuplicateRequest, XpRepository
+
+# Catalog changes racing one award: each costs a re-read, and they are rare.
+_MAX_ACTIVITY_REREADS = 5
 
 
 class LevelChecker(Protocol):
@@ -70,16 +74,26 @@ class XpLedger:
     # --- XP -----------------------------------------------------------------------
 
     def award_xp(self, user_id: str, activity_id: str, request_id: str) -> AwardOutcome:
-        try:
-            activity = self._repository.get_activity(activity_id)
-        except ActivityNotFound:
-            # A retry of an award recorded before the activity left the catalog is still a retry.
-            original = self._repository.get_entry(user_id, entry_id_for(request_id)) if request_id else None
-            if original is None or original.kind != ACTIVITY or original.activity_id != activity_id:
-                raise
-            activity = Activity(activity_id, "", "", "", original.xp)
-        entry = new_entry(user_id, request_id, ACTIVITY, activity.xp, activity_id=activity_id, recorded_at=utc_now_iso())
-        return self._record_once_and_check_level(entry)
+        for _ in range(_MAX_ACTIVITY_REREADS):
+            try:
+                activity = self._repository.cached_activity(activity_id)
+            except ActivityNotFound:
+                return self._retry_of_an_award_whose_activity_left(user_id, activity_id, request_id)
+            entry = new_entry(user_id, request_id, ACTIVITY, activity.xp, activity_id=activity_id, recorded_at=utc_now_iso())
+            try:
+                return self._record_once_and_check_level(entry, activity)
+            except ActivityChanged:
+                continue  # the catalog changed since this process read it: read it again
+        raise ContentionExhausted(f"activity {activity_id!r} kept changing; retry the award")
+
+    def _retry_of_an_award_whose_activity_left(self, user_id: str, activity_id: str, request_id: str) -> AwardOutcome:
+        """A retry of an award recorded before the activity left the catalog is
+        still a retry (a duplicate); anything else is ActivityNotFound."""
+        original = self._repository.get_entry(user_id, entry_id_for(request_id)) if request_id else None
+        if original is None or original.kind != ACTIVITY or original.activity_id != activity_id:
+            raise ActivityNotFound(activity_id)
+        return self._record_once_and_check_level(new_entry(
+            user_id, request_id, ACTIVITY, original.xp, activity_id=activity_id, recorded_at=utc_now_iso()))
 
     def grant_xp(self, user_id: str, amount: int, reason: str, request_id: str, achievement_id: str = "") -> AwardOutcome:
         kind = ACHIEVEMENT if achievement_id else GRANT
@@ -94,10 +108,10 @@ class XpLedger:
         rewards = tuple(r for reached in self._repository.levels_reached(user_id) for r in reached.rewards)
         return Progress(record, level, rewards)
 
-    def _record_once_and_check_level(self, entry: LedgerEntry) -> AwardOutcome:
+    def _record_once_and_check_level(self, entry: LedgerEntry, activity: Activity | None = None) -> AwardOutcome:
         xp_awarded, duplicate = entry.xp, False
         try:
-            self._repository.record_xp(entry)
+            self._repository.record_xp(entry, activity)
             XP_AWARDED.labels(entry.kind).inc(entry.xp)
         except DuplicateRequest as error:
             original = error.existing

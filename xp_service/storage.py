@@ -21,6 +21,16 @@ from common.models import LevelReached, LevelTable, ProgressRecord
 from xp_service.domain import Activity, ActivityNotFound, LedgerEntry
 
 
+# Activities kept in memory at most; past it the cache starts over (a catalog
+# is far smaller: this only bounds memory against a runaway catalog).
+_MAX_CACHED_ACTIVITIES = 10_000
+
+
+class ActivityChanged(Exception):
+    """The cached activity's XP changed, or it left the catalog, before the
+    award was written (nothing was written); read it again."""
+
+
 class DuplicateRequest(Exception):
     """The ledger already holds an entry for this (user_id, request_id)."""
 
@@ -46,6 +56,11 @@ class XpRepository:
         self._activities = CatalogTable(client, table_prefix, ACTIVITIES)
         self._ledger = table_prefix + XP_LEDGER.name
         self._progress = table_prefix + USER_PROGRESS.name
+        # activity_id -> Activity as last read. Never trusted on its own: the
+        # award's transaction checks the cached XP against the catalog item
+        # (a ConditionCheck, no extra round trip), so a stale entry costs one
+        # retry and never a wrong award, whichever replica changed the catalog.
+        self._activity_cache: dict[str, Activity] = {}
 
     # --- catalog --------------------------------------------------------------
 
@@ -59,6 +74,7 @@ class XpRepository:
         if activity.category:  # an index key cannot be an empty string
             values["category"] = activity.category
         self._activities.put(values)
+        self._activity_cache.pop(activity.activity_id, None)
 
     def get_activity(self, activity_id: str) -> Activity:
         values = self._activities.get(activity_id)
@@ -75,16 +91,29 @@ class XpRepository:
             items, token = self._activities.page(page_size, page_token)
         return [_activity_from(values) for values in items], token
 
+    def cached_activity(self, activity_id: str) -> Activity:
+        """The activity as last read by this process, read now when unknown."""
+        activity = self._activity_cache.get(activity_id)
+        if activity is None:
+            activity = self.get_activity(activity_id)
+            if len(self._activity_cache) >= _MAX_CACHED_ACTIVITIES:
+                self._activity_cache.clear()
+            self._activity_cache[activity_id] = activity
+        return activity
+
     def delete_activity(self, activity_id: str) -> None:
+        self._activity_cache.pop(activity_id, None)
         if not self._activities.delete(activity_id):
             raise ActivityNotFound(activity_id)
 
     # --- ledger and progress ------------------------------------------------------
 
-    def record_xp(self, entry: LedgerEntry) -> None:
+    def record_xp(self, entry: LedgerEntry, activity: Activity | None = None) -> None:
         """Adds the entry to the ledger and its XP to the user's total in one
         transaction, at most once per entry id. Raises DuplicateRequest when the
-        entry id is already in the ledger (nothing is written then)."""
+        entry id is already in the ledger (nothing is written then). With
+        `activity`, the same transaction checks that the catalog still gives it
+        that XP, and raises ActivityChanged (nothing written) when not."""
         ledger_values: dict[str, Any] = {
             "user_id": entry.user_id,
             "entry_id": entry.entry_id,
@@ -108,7 +137,16 @@ class XpRepository:
                 "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
                 "ExpressionAttributeValues": to_item({":xp": entry.xp, ":now": entry.recorded_at}),
             }},
+            *([{"ConditionCheck": {
+                "TableName": self._activities.name,
+                "Key": {"activity_id": attr(activity.activity_id)},
+                "ConditionExpression": "xp = :xp",  # false when the item is gone, too
+                "ExpressionAttributeValues": {":xp": attr(activity.xp)},
+            }}] if activity is not None else []),
         ])
+        if codes is not None and codes[0] != "ConditionalCheckFailed" and activity is not None:
+            self._activity_cache.pop(activity.activity_id, None)
+            raise ActivityChanged(activity.activity_id)
         if codes is not None:
             existing = self.get_entry(entry.user_id, entry.entry_id)
             if existing is None:  # only a vanished ledger item could get here
