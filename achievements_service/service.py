@@ -7,6 +7,7 @@ from typing import Protocol
 
 from achievements_service.domain import (
     Achievement,
+    AchievementNotFound,
     PlayerStanding,
     RequirementsNotMet,
     Unlock,
@@ -76,12 +77,13 @@ class Achievements:
     # --- unlocks ------------------------------------------------------------------
 
     def unlock_achievement(self, user_id: str, achievement_id: str, request_id: str) -> UnlockOutcome:
-        existing = self._repository.get_unlock(user_id, achievement_id)
+        existing, achievement, progress = self._repository.read_for_unlock(user_id, achievement_id)
         if existing is not None:
             # Settled from the unlock record, so owed XP is paid even if the achievement has left the catalog.
-            return self._settle(self._catalog_entry_or_stub(existing), existing, already_unlocked=True)
-        achievement = self._repository.get_achievement(achievement_id)
-        progress = self._repository.get_progress(user_id)
+            entry = achievement or Achievement(existing.achievement_id, name="", xp_reward=existing.xp_reward)
+            return self._settle(entry, existing, already_unlocked=True)
+        if achievement is None:
+            raise AchievementNotFound(achievement_id)
         check_requirements(achievement, self._standing(progress, achievement))
         unlock = Unlock(user_id, achievement_id, utc_now_iso(), achievement.xp_reward,
                         xp_granted=achievement.xp_reward == 0, request_id=request_id)
@@ -123,10 +125,6 @@ class Achievements:
         if self._repository.mark_xp_granted_once(unlock.user_id, unlock.achievement_id, marker=uuid.uuid4().hex):
             return UnlockOutcome(achievement, already_unlocked, unlock.xp_reward, grant.total_xp, grant.level_up)
         return UnlockOutcome(achievement, already_unlocked, 0, grant.total_xp, None)
-
-    def _catalog_entry_or_stub(self, unlock: Unlock) -> Achievement:
-        found = self._repository.get_achievements([unlock.achievement_id])
-        return found.get(unlock.achievement_id) or Achievement(unlock.achievement_id, name="", xp_reward=unlock.xp_reward)
 
     def list_user_achievements(self, user_id: str) -> list[UserAchievementView]:
         unlocks = self._repository.list_unlocks(user_id)

@@ -10,6 +10,7 @@ from boto3.dynamodb.conditions import Attr, ConditionExpressionBuilder
 from botocore.exceptions import ClientError
 
 from common.dynamodb import (
+    transact_get,
     ACHIEVEMENTS,
     USER_ACHIEVEMENTS,
     USER_PROGRESS,
@@ -128,6 +129,20 @@ class AchievementsRepository:
 
     def get_progress(self, user_id: str) -> ProgressRecord:
         return read_progress(self._client, self._prefix, user_id, ("total_xp", "level", "unlocked_achievements", "updated_at"))
+
+    def read_for_unlock(self, user_id: str, achievement_id: str) -> tuple[Unlock | None, Achievement | None, ProgressRecord]:
+        """What an unlock decides on, in one round trip and as one snapshot:
+        the user's earlier unlock of it, the catalog entry, and the progress."""
+        unlock, achievement, progress = transact_get(self._client, [
+            (self._unlocks, {"user_id": user_id, "achievement_id": achievement_id}),
+            (self._achievements.name, {"achievement_id": achievement_id}),
+            (self._progress, {"user_id": user_id}),
+        ])
+        return (
+            _unlock_from(unlock) if unlock is not None else None,
+            _achievement_from(achievement) if achievement is not None else None,
+            ProgressRecord.from_attributes(user_id, progress),
+        )
 
     def get_unlock(self, user_id: str, achievement_id: str) -> Unlock | None:
         response = self._client.get_item(
