@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .local/installed.stamp
 
-.PHONY: install up down status test proto proto-check proto-lint typecheck cfn cfn-check
+.PHONY: install up down status test bench proto proto-check proto-lint typecheck cfn cfn-check
 
 install: $(STAMP)
 
@@ -25,6 +25,12 @@ status:
 ## The test suite: starts its own DynamoDB Local and servers.
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Throughput and latency through gRPC next to the floor (the same DynamoDB calls with boto3),
+## on a cluster of its own (free ports: runs beside `make up`); writes bench/results.json.
+## Not part of the tests. BENCH_ARGS="--duration 3 --cases award_xp" for a shorter run; --help lists the flags.
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
 
 ## Regenerate rewards/v1 (Python code and .pyi stubs) from protos/.
 proto: install

@@ -1,0 +1,28 @@
+"""What the benchmark measures against: its catalog and its seeded users."""
+from __future__ import annotations
+
+# Awards cycle through the activities (300 XP every 3 awards) and a level takes
+# 500 XP, so an award levels its user up about one time in five (until level
+# 20); an unlock pays 20 XP, so about one time in 25.
+ACTIVITIES = (("bench-quest", 100), ("bench-play", 50), ("bench-win", 150))
+LEVEL_STEP_XP = 500
+LEVEL_COUNT = 20
+# Unlocks take the achievements in order, a new user after the last one.
+ACHIEVEMENT_COUNT = 64
+ACHIEVEMENT_XP = 20
+# Awards go AWARDS_PER_USER at a time to a user of the client's own, then to a
+# new one: the mix of new users, level-ups and plain awards is the same
+# whatever the throughput.
+AWARDS_PER_USER = 20
+# Users with progress for GetProgress and CheckLevelUp: each granted SEED_XP,
+# so at level 6 with 5 levels' rewards; nothing more is due for them.
+SEED_USERS = 128
+SEED_XP = 2600
+
+
+def achievement_ids() -> tuple[str, ...]:
+    return tuple(f"bench-ach-{i:02d}" for i in range(ACHIEVEMENT_COUNT))
+
+
+def seeded_user(index: int) -> str:
+    return f"bench-seeded-{index % SEED_USERS:04d}"

@@ -1,0 +1,289 @@
+"""The benchmark's own local cluster: DynamoDB Local in memory and the three
+services as processes (their real entry points), all on free ports, so it
+runs beside `make up`; the catalog and users it measures against; and what
+the benchmark reads from the services (metrics, resident memory)."""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.catalog import (
+    ACHIEVEMENT_XP,
+    ACTIVITIES,
+    LEVEL_COUNT,
+    LEVEL_STEP_XP,
+    SEED_USERS,
+    SEED_XP,
+    achievement_ids,
+    seeded_user,
+)
+from common.caller_auth import Role, TokenAuthority
+from common.channels import CLIENT_CHANNEL_OPTIONS
+from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, free_port, start_dynamodb_local
+from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
+
+# Start order: each service's dependencies first.
+SERVICES = {"levels": "levels_service", "xp": "xp_service", "achievements": "achievements_service"}
+BENCH_DIR = REPO_ROOT / ".local" / "bench"
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the benchmark dies, whatever kills it."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class BenchCluster:
+    dynamodb_endpoint: str
+    table_prefix: str
+    secret: str
+    ports: dict[str, int]
+    metrics_ports: dict[str, int]
+    logs: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    profiles: dict[str, Path] = field(default_factory=dict)
+    # Under py-spy: the service's own process (py-spy's child), once it serves.
+    profiled_pids: dict[str, int] = field(default_factory=dict)
+
+    def target(self, name: str) -> str:
+        return f"localhost:{self.ports[name]}"
+
+    def token(self, role: Role) -> str:
+        return TokenAuthority(self.secret).mint(role, "bench", 4 * 3600)
+
+    def service_pid(self, name: str) -> int:
+        """The service's own process (under py-spy, its child)."""
+        if name in self.profiled_pids:
+            return self.profiled_pids[name]
+        pid = self.processes[name].pid
+        if name in self.profiles:
+            children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                        for child in (task / "children").read_text().split()]
+            if children:
+                self.profiled_pids[name] = children[0]
+                return children[0]
+        return pid
+
+    @property
+    def pids(self) -> list[int]:
+        """Every process of the cluster (py-spy's and its service's, when profiling)."""
+        return [p.pid for p in self.processes.values()] + list(self.profiled_pids.values())
+
+    def rss_mb(self, name: str) -> dict[str, float]:
+        """VmRSS and VmHWM (peak) of the process, in MB."""
+        return status_memory_mb(self.service_pid(name) if name in SERVICES else self.processes[name].pid)
+
+    def dynamodb_calls(self) -> Counter[str]:
+        """DynamoDB API calls so far by operation, summed over the three services."""
+        total: Counter[str] = Counter()
+        for port in self.metrics_ports.values():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                total.update(parse_call_counts(response.read().decode()))
+        return total
+
+    def stop(self) -> None:
+        """SIGTERM to every process (the services drain, py-spy writes its
+        profile), then SIGKILL to what is still running after a while."""
+        order = [*reversed(list(SERVICES)), "dynamodb"]
+        for name in order:
+            process = self.processes.get(name)
+            if process is None or process.poll() is not None:
+                continue
+            try:
+                if name in self.profiles:
+                    os.kill(self.service_pid(name), signal.SIGTERM)
+                else:
+                    process.terminate()
+            except (ProcessLookupError, FileNotFoundError):
+                pass
+        deadline = time.monotonic() + 20
+        for name in order:
+            process = self.processes.get(name)
+            if process is None:
+                continue
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if name in self.profiled_pids:  # py-spy gone: its service must not outlive it
+                pid = self.profiled_pids[name]
+                try:
+                    if SERVICES[name] in Path(f"/proc/{pid}/cmdline").read_text():
+                        os.kill(pid, signal.SIGKILL)
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
+
+
+_CALLS = re.compile(r'^rewards_dynamodb_call_duration_seconds_count\{operation="([^"]+)"\}\s+([0-9.eE+]+)$')
+
+
+def parse_call_counts(metrics_text: str) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for line in metrics_text.splitlines():
+        match = _CALLS.match(line.strip())
+        if match:
+            counts[match.group(1)] += int(float(match.group(2)))
+    return counts
+
+
+def status_memory_mb(pid: int) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = round(int(rest.split()[0]) / 1024, 1)  # kB
+    return values
+
+
+def _profiler() -> str | None:
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    return found
+
+
+def start_cluster(*, profile: bool = False, log: IO[str] = sys.stdout) -> BenchCluster:
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    logs = BENCH_DIR / "logs"
+    logs.mkdir(exist_ok=True)
+    for key, value in LOCAL_CREDENTIALS.items():
+        os.environ.setdefault(key, value)
+    dynamodb_port = free_port()
+    with open(logs / "dynamodb-local.log", "wb") as dynamodb_log:
+        dynamodb = start_dynamodb_local(dynamodb_port, dynamodb_log, start_new_session=True, preexec_fn=_die_with_parent)
+    cluster = BenchCluster(
+        dynamodb_endpoint=f"http://127.0.0.1:{dynamodb_port}",
+        table_prefix=f"bench-{uuid.uuid4().hex[:8]}-",
+        secret=secrets.token_hex(32),
+        ports={name: free_port() for name in SERVICES},
+        metrics_ports={name: free_port() for name in SERVICES},
+        logs=logs,
+    )
+    cluster.processes["dynamodb"] = dynamodb
+    try:
+        _start_services(cluster, profile, log)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _start_services(cluster: BenchCluster, profile: bool, log: IO[str]) -> None:
+    env = {
+        **os.environ,
+        **LOCAL_CREDENTIALS,
+        "REWARDS_DYNAMODB_ENDPOINT": cluster.dynamodb_endpoint,
+        "REWARDS_TABLE_PREFIX": cluster.table_prefix,
+        **{f"REWARDS_{name.upper()}_LISTEN": f"[::]:{port}" for name, port in cluster.ports.items()},
+        **{f"REWARDS_{name.upper()}_TARGET": f"localhost:{port}" for name, port in cluster.ports.items()},
+        **{f"REWARDS_{name.upper()}_METRICS_PORT": str(port) for name, port in cluster.metrics_ports.items()},
+        "REWARDS_AUTH_JWT_SECRET": cluster.secret,
+    }
+    spy = _profiler() if profile else None
+    if profile and spy is None:
+        print("--profile: py-spy is not installed (`.venv/bin/pip install py-spy`); running without it", file=log)
+    for name, module in SERVICES.items():
+        command = [sys.executable, "-m", module]
+        if spy is not None:
+            cluster.profiles[name] = BENCH_DIR / f"profile-{name}.svg"
+            # CPU samples (idle threads left out), without pausing the process at each sample.
+            command = [spy, "record", "--nonblocking", "--threads", "--rate", "200", "--format", "flamegraph",
+                       "-o", str(cluster.profiles[name]), "--", *command]
+        cluster.processes[name] = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+            stderr=open(cluster.logs / f"{name}.log", "wb"), start_new_session=True, preexec_fn=_die_with_parent,
+        )
+    for name, port in cluster.ports.items():
+        if _wait_serving(port, cluster.processes[name]):
+            if name in cluster.profiles:
+                cluster.service_pid(name)  # noted now, for stop()
+        else:
+            raise RuntimeError(f"{name} did not become healthy; see {cluster.logs / (name + '.log')}:\n"
+                               + (cluster.logs / f"{name}.log").read_text()[-3000:])
+
+
+def _wait_serving(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60) -> bool:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(f"localhost:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)  # type: ignore[attr-defined]
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                time.sleep(0.2)
+    return False
+
+
+def grant_xp(cluster: BenchCluster, users: list[str], amount: int) -> None:
+    """Gives each user `amount` XP (and the levels it reaches) through XpService.GrantXp."""
+    metadata = (("authorization", f"Bearer {cluster.token(Role.ADMIN)}"),)
+    with grpc.insecure_channel(cluster.target("xp"), options=CLIENT_CHANNEL_OPTIONS) as channel:
+        xp = xp_pb2_grpc.XpServiceStub(channel)
+        for user in users:
+            xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user, amount=amount, reason="bench setup",
+                                             request_id=f"setup-{uuid.uuid4().hex}"), metadata=metadata, timeout=30)
+
+
+def seed(cluster: BenchCluster) -> None:
+    """The catalog, through gRPC with an admin token; then SEED_USERS users
+    with progress (one GrantXp each, which levels them up to level 6)."""
+    metadata = (("authorization", f"Bearer {cluster.token(Role.ADMIN)}"),)
+    channels = {name: grpc.insecure_channel(cluster.target(name), options=CLIENT_CHANNEL_OPTIONS) for name in SERVICES}
+    try:
+        levels = levels_pb2_grpc.LevelsServiceStub(channels["levels"])
+        for n in range(1, LEVEL_COUNT + 1):
+            rewards = [levels_pb2.Reward(reward_id="coins", quantity=50 * n)]
+            if n % 5 == 0:
+                rewards.append(levels_pb2.Reward(reward_id="chest", quantity=1))
+            levels.PutLevel(levels_pb2.PutLevelRequest(
+                level=levels_pb2.Level(level=n, xp_required=LEVEL_STEP_XP * (n - 1), rewards=rewards if n > 1 else [])),
+                metadata=metadata, timeout=30)
+        xp = xp_pb2_grpc.XpServiceStub(channels["xp"])
+        for activity_id, amount in ACTIVITIES:
+            xp.PutActivity(xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(
+                activity_id=activity_id, name=activity_id, category="bench", xp=amount)), metadata=metadata, timeout=30)
+        achievements = achievements_pb2_grpc.AchievementsServiceStub(channels["achievements"])
+        for achievement_id in achievement_ids():
+            achievements.PutAchievement(achievements_pb2.PutAchievementRequest(achievement=achievements_pb2.Achievement(
+                achievement_id=achievement_id, name=achievement_id, xp_reward=ACHIEVEMENT_XP)),
+                metadata=metadata, timeout=30)
+
+        def grant(index: int) -> Any:
+            return xp.GrantXp(xp_pb2.GrantXpRequest(
+                user_id=seeded_user(index), amount=SEED_XP, reason="bench seed", request_id=f"seed-{index}"),
+                metadata=metadata, timeout=30)
+
+        # One award of each activity, so that XpService's cache of activities is as warm
+        # as the floor's when the measurements start.
+        game = (("authorization", f"Bearer {cluster.token(Role.GAME)}"),)
+        for activity_id, _ in ACTIVITIES:
+            xp.AwardXp(xp_pb2.AwardXpRequest(user_id="bench-prime", activity_id=activity_id,
+                                             request_id=f"prime-{activity_id}"), metadata=game, timeout=30)
+
+        with ThreadPoolExecutor(16) as pool:
+            for response in pool.map(grant, range(SEED_USERS)):
+                if response.level != 1 + SEED_XP // LEVEL_STEP_XP:
+                    raise RuntimeError(f"a seeded user is at level {response.level}: {response}")
+    finally:
+        for channel in channels.values():
+            channel.close()

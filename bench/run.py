@@ -1,0 +1,419 @@
+"""`python -m bench`: starts a local cluster of its own, seeds it, runs each
+case through gRPC and then on the floor (the same DynamoDB calls with boto3),
+prints the comparison and the targets, and writes bench/results.json."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench.catalog import ACTIVITIES, AWARDS_PER_USER, LEVEL_COUNT, LEVEL_STEP_XP, SEED_USERS, achievement_ids
+from bench.cluster import SERVICES, BenchCluster, grant_xp, seed, start_cluster, status_memory_mb
+from bench.cpu import CpuWatch
+from bench.load import CLIENTS_PER_PROCESS, LoadResult, LoadSpec, WorkerPool, hot_user_id
+from common.caller_auth import Role
+from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT
+
+RESULTS_FILE = REPO_ROOT / "bench" / "results.json"
+MEMORY_LIMIT_MB = 150.0
+# A load process busier than this (cores) may be what limits its clients (its
+# GIL). Not a warning at one client: a process with one client thread is as
+# busy as that client's own work makes it, on the floor boto3's (which the
+# service does in its own process).
+LOAD_CPU_WARNING = 0.85
+# Cores used by processes other than the benchmark's during a case, above which
+# its figures are flagged as disturbed (the machine may be shared).
+OTHER_CPU_WARNING = 0.2
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    operation: str
+    clients: int
+    hot_user: bool = False
+
+
+CASES = (
+    Case("award_xp_c1", "award_xp", 1),
+    Case("award_xp_c16", "award_xp", 16),
+    Case("award_xp_c64", "award_xp", 64),
+    Case("award_xp_hot_c16", "award_xp", 16, hot_user=True),
+    Case("unlock_achievement_c1", "unlock_achievement", 1),
+    Case("unlock_achievement_c16", "unlock_achievement", 16),
+    Case("check_level_up_c1", "check_level_up", 1),
+    Case("check_level_up_c16", "check_level_up", 16),
+    Case("get_progress_c1", "get_progress", 1),
+    Case("get_progress_c16", "get_progress", 16),
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per case and side (default 8)")
+    parser.add_argument("--warmup", type=float, default=1.5, help="warm-up seconds before each measurement (default 1.5)")
+    parser.add_argument("--cases", default="", help="comma-separated case keys or prefixes (default: all); --list shows them")
+    parser.add_argument("--jvm-warmup", type=float, default=1.5,
+                        help="seconds of unmeasured load per operation and side before the first case, "
+                             "to warm DynamoDB Local's JIT (default 1.5; 0 skips it)")
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--output", type=Path, default=RESULTS_FILE, help=f"where to write the figures (default {RESULTS_FILE.relative_to(REPO_ROOT)})")
+    # Not 0: calls the services amortize over time (the Levels service's copy of the
+    # level table, read again every second) come out per op in inverse proportion to
+    # the throughput, which differs between the service and the floor.
+    parser.add_argument("--calls-tolerance", type=float, default=0.1,
+                        help="largest difference in DynamoDB calls per op (any operation) between service and floor "
+                             "that still counts as the same calls (default 0.1)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the services under py-spy (if installed: pip install py-spy) and write their CPU "
+                     "flame graphs to .local/bench/; the figures of such a run are skewed by the sampling")
+    return parser.parse_args(argv)
+
+
+def select_cases(spec: str) -> list[Case]:
+    if not spec.strip():
+        return list(CASES)
+    chosen: list[Case] = []
+    for word in (w.strip() for w in spec.split(",") if w.strip()):
+        matches = [c for c in CASES if c.key == word] or [c for c in CASES if c.key.startswith(word)]
+        if not matches:
+            raise SystemExit(f"unknown case {word!r}; cases: {', '.join(c.key for c in CASES)}")
+        chosen.extend(c for c in matches if c not in chosen)
+    return [c for c in CASES if c in chosen]
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest rank."""
+    if not sorted_values:
+        return math.nan
+    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
+
+
+def summarize(result: LoadResult) -> dict[str, Any]:
+    values = sorted(result.latencies_ms)
+
+    def ms(q: float) -> float | None:  # None (JSON null) when no call succeeded
+        return round(percentile(values, q), 2) if values else None
+
+    return {
+        "throughput": round(len(values) / result.window_s, 1) if result.window_s else 0.0,
+        "p50_ms": ms(0.50),
+        "p95_ms": ms(0.95),
+        "p99_ms": ms(0.99),
+        "calls": len(values),
+        "errors": dict(result.errors),
+        "load_cpu_max": max(result.cpu_fraction, default=0.0),
+    }
+
+
+def per_op(counts: Counter[str], ops: int) -> dict[str, float]:
+    return {name: round(count / ops, 3) for name, count in sorted(counts.items()) if count} if ops else {}
+
+
+def calls_differ(service: dict[str, float], floor: dict[str, float], tolerance: float) -> list[str]:
+    return [f"{name} {service.get(name, 0):.2f} vs {floor.get(name, 0):.2f}"
+            for name in sorted(set(service) | set(floor))
+            if abs(service.get(name, 0.0) - floor.get(name, 0.0)) > tolerance]
+
+
+def warm_up(cluster: BenchCluster, pool: WorkerPool, args: argparse.Namespace, run_id: str,
+            tokens: dict[str, str]) -> None:
+    """Unmeasured load of every operation on both sides, so that DynamoDB
+    Local's JIT has compiled its paths before the first case: otherwise the
+    first case's service side runs on a colder JVM than its floor."""
+    for operation in ("award_xp", "unlock_achievement", "check_level_up", "get_progress"):
+        case = Case(f"warm-{operation}", operation, min(8, len(pool) * min(CLIENTS_PER_PROCESS.values())))
+        for side in ("service", "floor"):
+            pool.run(_spec(case, side, cluster, run_id, tokens, 0.0, args.jvm_warmup))
+
+
+def _spec(case: Case, side: str, cluster: BenchCluster, run_id: str, tokens: dict[str, str],
+          warmup_s: float, duration_s: float) -> LoadSpec:
+    return LoadSpec(
+        case=case.key, operation=case.operation, side=side, clients=case.clients, hot_user=case.hot_user,
+        namespace=f"b{run_id}-{case.key}-{side[0]}", warmup_s=warmup_s, duration_s=duration_s,
+        targets={name: cluster.target(name) for name in SERVICES}, token=tokens["game"],
+        dynamodb_endpoint=cluster.dynamodb_endpoint, table_prefix=cluster.table_prefix,
+        activities=ACTIVITIES, achievements=achievement_ids(), seed_users=SEED_USERS,
+        awards_per_user=AWARDS_PER_USER,
+    )
+
+
+def run_case(case: Case, cluster: BenchCluster, pool: WorkerPool, args: argparse.Namespace, run_id: str,
+             tokens: dict[str, str]) -> dict[str, Any]:
+    def spec(side: str) -> LoadSpec:
+        return _spec(case, side, cluster, run_id, tokens, args.warmup, args.duration)
+
+    if case.hot_user:
+        # A veteran at the top level: every award is a plain one, none races another for a level-up,
+        # so the calls per award do not depend on how the races fall.
+        grant_xp(cluster, [hot_user_id(spec(side).namespace) for side in ("service", "floor")],
+                 LEVEL_STEP_XP * (LEVEL_COUNT - 1))
+    watch = CpuWatch([os.getpid(), *cluster.pids, *pool.pids],
+                     {**{name: cluster.service_pid(name) for name in SERVICES},
+                      "dynamodb_local": cluster.processes["dynamodb"].pid})
+    before = cluster.dynamodb_calls()
+    watch.start()
+    service = pool.run(spec("service"))
+    service_cpu = watch.stop()
+    after = cluster.dynamodb_calls()
+    watch.start()
+    floor = pool.run(spec("floor"))
+    floor_cpu = watch.stop()
+    idle = cluster.dynamodb_calls() - after  # the services should have made none during the floor
+    s, f = summarize(service), summarize(floor)
+    service_calls = per_op(after - before, service.total_calls)
+    floor_calls = per_op(floor.dynamodb_calls, floor.total_calls)
+    differ = calls_differ(service_calls, floor_calls, args.calls_tolerance)
+    record: dict[str, Any] = {
+        "operation": case.operation,
+        "clients": case.clients,
+        "hot_user": case.hot_user,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "throughput": s["throughput"],
+        "p50_ms": s["p50_ms"],
+        "p95_ms": s["p95_ms"],
+        "p99_ms": s["p99_ms"],
+        "floor_throughput": f["throughput"],
+        "floor_p50_ms": f["p50_ms"],
+        "floor_p95_ms": f["p95_ms"],
+        "floor_p99_ms": f["p99_ms"],
+        "ratio_to_floor": round(s["throughput"] / f["throughput"], 3) if f["throughput"] else None,
+        "p50_delta_ms": round(s["p50_ms"] - f["p50_ms"], 2) if s["p50_ms"] is not None and f["p50_ms"] is not None else None,
+        "p99_ratio": round(s["p99_ms"] / f["p99_ms"], 2) if s["p99_ms"] is not None and f["p99_ms"] else None,
+        "calls_measured": s["calls"],
+        "floor_calls_measured": f["calls"],
+        "errors": s["errors"],
+        "floor_errors": f["errors"],
+        "anomalies": dict(service.anomalies),
+        "dynamodb_calls_per_op": service_calls,
+        "floor_dynamodb_calls_per_op": floor_calls,
+        "dynamodb_calls_match": not differ,
+        "dynamodb_calls_differ": differ,
+        "load_cpu_max": s["load_cpu_max"],
+        "floor_load_cpu_max": f["load_cpu_max"],
+        # Cores busy during each side (warm-up included): the machine, the benchmark's processes, the
+        # rest of the machine, and each service and DynamoDB Local.
+        "cpu_cores": service_cpu,
+        "floor_cpu_cores": floor_cpu,
+    }
+    if +idle:
+        record["service_calls_during_floor"] = dict(+idle)
+    return record
+
+
+# --- output ------------------------------------------------------------------------------
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def print_table(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None:
+    headers = ["case", "clients", "thr/s", "p50", "p95", "p99", "floor thr/s", "floor p50", "floor p99",
+               "ratio", "p50 delta", "p99 ratio", "calls"]
+    rows = []
+    for key, r in results.items():
+        rows.append([
+            key, str(r["clients"]), _fmt(r["throughput"]), _fmt(r["p50_ms"], 2), _fmt(r["p95_ms"], 2),
+            _fmt(r["p99_ms"], 2), _fmt(r["floor_throughput"]), _fmt(r["floor_p50_ms"], 2), _fmt(r["floor_p99_ms"], 2),
+            _fmt(r["ratio_to_floor"], 2), _fmt(r["p50_delta_ms"], 2), _fmt(r["p99_ratio"], 2),
+            "ok" if r["dynamodb_calls_match"] else "MISMATCH",
+        ])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    print("latencies in ms; ratio = throughput / floor throughput; p50 delta = p50 - floor p50; "
+          "p99 ratio = p99 / floor p99", file=out)
+    print("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths))), file=out)
+    for row in rows:
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))), file=out)
+
+
+def print_calls(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None:
+    print("\nDynamoDB calls per op (service: the three services' metrics; floor: bench/floor.py's own)", file=out)
+    for key, r in results.items():
+        service, floor = r["dynamodb_calls_per_op"], r["floor_dynamodb_calls_per_op"]
+        names = sorted(set(service) | set(floor))
+        line = ", ".join(f"{n} {service.get(n, 0):.2f}/{floor.get(n, 0):.2f}" for n in names)
+        total = f"total {sum(service.values()):.2f}/{sum(floor.values()):.2f}"
+        print(f"  {key}: {line}; {total}", file=out)
+        if not r["dynamodb_calls_match"]:
+            print(f"  WARNING {key}: the service's DynamoDB calls differ from the floor's "
+                  f"({'; '.join(r['dynamodb_calls_differ'])}): update bench/floor.py to the service's path", file=out)
+        for field, label in (("errors", "service errors"), ("floor_errors", "floor errors"),
+                             ("service_calls_during_floor", "service DynamoDB calls during the floor")):
+            if r.get(field):
+                print(f"  WARNING {key}: {label}: {r[field]}", file=out)
+        if r.get("anomalies"):
+            print(f"  note {key}: {r['anomalies']}", file=out)
+        other = max(r["cpu_cores"]["other"], r["floor_cpu_cores"]["other"])
+        if other > OTHER_CPU_WARNING:
+            print(f"  WARNING {key}: other processes on this machine used up to {other:.2f} cores during this case: "
+                  f"its figures are disturbed", file=out)
+        busiest = max(r["load_cpu_max"], r["floor_load_cpu_max"])
+        if r["clients"] > 1 and busiest > LOAD_CPU_WARNING:
+            print(f"  WARNING {key}: a load process used {busiest:.2f} of a core: the load generator may have "
+                  f"capped this case", file=out)
+
+
+def print_cpu(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None:
+    print("\nCores busy during each side, warm-up included (service | floor): the machine, each service, "
+          "DynamoDB Local, other processes", file=out)
+    for key, r in results.items():
+        def side(cpu: dict[str, float]) -> str:
+            parts = [f"total {cpu['total']:.2f}", *(f"{n} {cpu.get(n, 0):.2f}" for n in SERVICES),
+                     f"ddb {cpu.get('dynamodb_local', 0):.2f}", f"other {cpu['other']:.2f}"]
+            return " ".join(parts)
+        print(f"  {key}: {side(r['cpu_cores'])} | {side(r['floor_cpu_cores'])}", file=out)
+
+
+def evaluate_targets(results: dict[str, dict[str, Any]], memory: dict[str, float]) -> list[dict[str, Any]]:
+    targets: list[dict[str, Any]] = []
+
+    def add(name: str, case: str, value: float | None, limit: float | None, ok: bool | None) -> None:
+        targets.append({"target": name, "case": case, "value": value, "limit": limit,
+                        "status": "skip" if ok is None else "pass" if ok else "fail"})
+
+    def value(case: str, name: str) -> float | None:
+        record = results.get(case)
+        return None if record is None else record[name]
+
+    def check(name: str, case: str, field: str, limit: float, at_least: bool) -> None:
+        found = value(case, field)
+        add(name, case, found, limit, None if found is None else found >= limit if at_least else found <= limit)
+
+    check("AwardXp c16 throughput >= 0.8 x floor", "award_xp_c16", "ratio_to_floor", 0.8, True)
+    check("AwardXp c1 p50 <= floor p50 + 1.5 ms", "award_xp_c1", "p50_delta_ms", 1.5, False)
+    check("AwardXp c16 p99 <= 1.5 x floor p99", "award_xp_c16", "p99_ratio", 1.5, False)
+    for case in ("get_progress_c1", "get_progress_c16"):
+        check(f"GetProgress {case.rsplit('_', 1)[1]} throughput >= 0.9 x floor", case, "ratio_to_floor", 0.9, True)
+    for name in SERVICES:
+        add(f"{name} resident memory < {MEMORY_LIMIT_MB:.0f} MB", "", memory.get(name), MEMORY_LIMIT_MB,
+            None if name not in memory else memory[name] < MEMORY_LIMIT_MB)
+    return targets
+
+
+def print_targets(targets: list[dict[str, Any]], out: Any = sys.stdout) -> None:
+    print("\nTargets", file=out)
+    for t in targets:
+        value = _fmt(t["value"], 2) if isinstance(t["value"], float) else _fmt(t["value"])
+        print(f"  {t['status'].upper():4}  {t['target']}: {value}", file=out)
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
+    total_kb = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal:")), 0)
+    return {
+        "cpu_model": models[0] if models else platform.processor(),
+        "cpu_count": len(models) or os.cpu_count(),
+        "memory_mb": round(total_kb / 1024),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# --- main ----------------------------------------------------------------------------------
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for case in CASES:
+            print(f"{case.key}  ({case.operation}, {case.clients} clients{', one user' if case.hot_user else ''})")
+        return 0
+    cases = select_cases(args.cases)
+    signal.signal(signal.SIGTERM, _interrupt)
+    began = time.monotonic()
+    pool_size = max(math.ceil(c.clients / n) for c in cases for n in CLIENTS_PER_PROCESS.values())
+    pool: WorkerPool | None = None
+    cluster: BenchCluster | None = None
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        print(f"bench: {len(cases)} cases, {args.warmup:g} s warm-up + {args.duration:g} s each side; "
+              f"{pool_size} load processes", flush=True)
+        for key, value in LOCAL_CREDENTIALS.items():  # before the load processes start: they inherit it
+            os.environ.setdefault(key, value)
+        pool = WorkerPool(pool_size)  # they import while the cluster starts
+        cluster = start_cluster(profile=args.profile)
+        print(f"bench: cluster up in {time.monotonic() - began:.0f} s (DynamoDB Local {cluster.dynamodb_endpoint}, "
+              + ", ".join(f"{n} :{p}" for n, p in cluster.ports.items()) + f"); logs in {cluster.logs}", flush=True)
+        seed(cluster)
+        pool.wait_started()
+        print(f"bench: seeded ({time.monotonic() - began:.0f} s)", flush=True)
+        tokens = {"game": cluster.token(Role.GAME)}
+        run_id = uuid.uuid4().hex[:6]
+        if args.jvm_warmup > 0:
+            warm_up(cluster, pool, args, run_id, tokens)
+            print(f"bench: warmed up ({time.monotonic() - began:.0f} s)", flush=True)
+        for case in cases:
+            record = run_case(case, cluster, pool, args, run_id, tokens)
+            results[case.key] = record
+            other = max(record["cpu_cores"]["other"], record["floor_cpu_cores"]["other"])
+            print(f"  {case.key}: {record['throughput']:.1f}/s p50 {_fmt(record['p50_ms'], 2)} ms | floor "
+                  f"{record['floor_throughput']:.1f}/s p50 {_fmt(record['floor_p50_ms'], 2)} ms | ratio "
+                  f"{_fmt(record['ratio_to_floor'], 2)}{'' if record['dynamodb_calls_match'] else '  (DynamoDB calls differ)'}"
+                  f"{f'  (other processes used {other:.2f} cores)' if other > OTHER_CPU_WARNING else ''}",
+                  flush=True)
+        memory = {name: cluster.rss_mb(name)["VmRSS"] for name in SERVICES}
+        memory_peak = {name: cluster.rss_mb(name)["VmHWM"] for name in SERVICES}
+        dynamodb_memory = status_memory_mb(cluster.processes["dynamodb"].pid).get("VmRSS")
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; stopping", file=sys.stderr)
+        return 130
+    finally:
+        if pool is not None:
+            pool.close()
+        if cluster is not None:
+            cluster.stop()
+            for name, path in cluster.profiles.items():
+                print(f"bench: profile of {name}: {path}")
+    elapsed = time.monotonic() - began
+    print()
+    print_table(results)
+    print_calls(results)
+    print_cpu(results)
+    print(f"\nResident memory after the run (MB): "
+          + ", ".join(f"{n} {memory[n]:.1f} (peak {memory_peak[n]:.1f})" for n in SERVICES)
+          + f"; DynamoDB Local {_fmt(dynamodb_memory)}")
+    targets = evaluate_targets(results, memory)
+    print_targets(targets)
+    output: dict[str, Any] = {
+        **results,
+        "memory_mb": memory,
+        "memory_peak_mb": memory_peak,
+        "dynamodb_local_memory_mb": dynamodb_memory,
+        "targets": targets,
+        "machine": machine(),
+        "run": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "clients_per_process": CLIENTS_PER_PROCESS,
+            "load_processes": pool_size,
+            "calls_tolerance": args.calls_tolerance,
+            "jvm_warmup_s": args.jvm_warmup,
+            "profile": args.profile,
+            "total_runtime_s": round(elapsed, 1),
+        },
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(output, indent=2) + "\n")
+    print(f"\nbench: wrote {args.output} ({elapsed:.0f} s in all)")
+    return 0
