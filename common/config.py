@@ -22,6 +22,11 @@ class Settings:
     xp_target: str = "localhost:50051"
     achievements_target: str = "localhost:50052"
     levels_target: str = "localhost:50053"
+    # The HTTP/JSON gateway (gateway/): where it listens, and the deadline of
+    # each gRPC call it makes on a web client's behalf.
+    gateway_host: str = "0.0.0.0"
+    gateway_port: int = 8080
+    gateway_call_timeout_s: float = 10.0
     # Prometheus metrics over HTTP, one side port per service; 0 turns it off.
     xp_metrics_port: int = 9451
     achievements_metrics_port: int = 9452
