@@ -1,5 +1,6 @@
-# One image for the three services; docker-compose.yml runs each one's module
-# (python -m xp_service, achievements_service or levels_service).
+# One image for the three services and the HTTP/JSON gateway; docker-compose.yml
+# runs each one's module (python -m xp_service, achievements_service,
+# levels_service or gateway).
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -28,10 +29,12 @@ RUN pip install --no-deps . \
 USER 10001:10001
 WORKDIR /home/rewards
 
-# gRPC: XpService, AchievementsService, LevelsService; then their Prometheus metrics.
-EXPOSE 50051 50052 50053 9451 9452 9453
+# gRPC: XpService, AchievementsService, LevelsService; then their Prometheus
+# metrics; then the gateway's HTTP/JSON.
+EXPOSE 50051 50052 50053 9451 9452 9453 8080
 
 # No HEALTHCHECK here: the port and service name differ per service, so
-# docker-compose.yml gives each its own (python -m common.health_probe).
+# docker-compose.yml gives each its own (python -m common.health_probe; the
+# gateway's GET /healthz).
 # Exec form: python is PID 1 and gets SIGTERM itself, which drains in-flight calls.
 CMD ["python", "-m", "xp_service"]

@@ -1,6 +1,6 @@
 """The benchmark's own local cluster: DynamoDB Local in memory and the three
-services as processes (their real entry points), all on free ports, so it
-runs beside `make up`; the catalog and users it measures against; and what
+services as processes (their real entry points), and the HTTP gateway when a
+case uses it, all on free ports, so it runs beside `make up`; the catalog and users it measures against; and what
 the benchmark reads from the services (metrics, resident memory)."""
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devcluster.readiness import wait_grpc_serving, wait_http_healthy
 from bench.catalog import (
     ACHIEVEMENT_XP,
     ACTIVITIES,
@@ -41,6 +41,8 @@ from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, leve
 
 # Start order: each service's dependencies first.
 SERVICES = {"levels": "levels_service", "xp": "xp_service", "achievements": "achievements_service"}
+# The HTTP/JSON gateway (python -m gateway), in front of the services.
+GATEWAY = "gateway"
 BENCH_DIR = REPO_ROOT / ".local" / "bench"
 
 def _die_with_parent() -> None:
@@ -63,9 +65,17 @@ class BenchCluster:
     profiles: dict[str, Path] = field(default_factory=dict)
     # Under py-spy: the service's own process (py-spy's child), once it serves.
     profiled_pids: dict[str, int] = field(default_factory=dict)
+    # The gateway's HTTP port; 0 when it does not run.
+    gateway_port: int = 0
 
     def target(self, name: str) -> str:
+        if name == GATEWAY:
+            return f"127.0.0.1:{self.gateway_port}"
         return f"localhost:{self.ports[name]}"
+
+    @property
+    def has_gateway(self) -> bool:
+        return GATEWAY in self.processes
 
     def token(self, role: Role) -> str:
         return TokenAuthority(self.secret).mint(role, "bench", 4 * 3600)
@@ -90,7 +100,7 @@ class BenchCluster:
 
     def rss_mb(self, name: str) -> dict[str, float]:
         """VmRSS and VmHWM (peak) of the process, in MB."""
-        return status_memory_mb(self.service_pid(name) if name in SERVICES else self.processes[name].pid)
+        return status_memory_mb(self.service_pid(name) if name in (*SERVICES, GATEWAY) else self.processes[name].pid)
 
     def dynamodb_calls(self) -> Counter[str]:
         """DynamoDB API calls so far by operation, summed over the three services."""
@@ -103,7 +113,7 @@ class BenchCluster:
     def stop(self) -> None:
         """SIGTERM to every process (the services drain, py-spy writes its
         profile), then SIGKILL to what is still running after a while."""
-        order = [*reversed(list(SERVICES)), "dynamodb"]
+        order = [GATEWAY, *reversed(list(SERVICES)), "dynamodb"]
         for name in order:
             process = self.processes.get(name)
             if process is None or process.poll() is not None:
@@ -128,7 +138,7 @@ class BenchCluster:
             if name in self.profiled_pids:  # py-spy gone: its service must not outlive it
                 pid = self.profiled_pids[name]
                 try:
-                    if SERVICES[name] in Path(f"/proc/{pid}/cmdline").read_text():
+                    if {**SERVICES, GATEWAY: GATEWAY}[name] in Path(f"/proc/{pid}/cmdline").read_text():
                         os.kill(pid, signal.SIGKILL)
                 except (FileNotFoundError, ProcessLookupError):
                     pass
@@ -160,7 +170,7 @@ def _profiler() -> str | None:
     return found
 
 
-def start_cluster(*, profile: bool = False, log: IO[str] = sys.stdout) -> BenchCluster:
+def start_cluster(*, profile: bool = False, gateway: bool = False, log: IO[str] = sys.stdout) -> BenchCluster:
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     logs = BENCH_DIR / "logs"
     logs.mkdir(exist_ok=True)
@@ -180,14 +190,17 @@ def start_cluster(*, profile: bool = False, log: IO[str] = sys.stdout) -> BenchC
     cluster.processes["dynamodb"] = dynamodb
     try:
         _start_services(cluster, profile, log)
+        if gateway:
+            cluster.gateway_port = free_port()
+            _start_gateway(cluster, profile)
     except BaseException:
         cluster.stop()
         raise
     return cluster
 
 
-def _start_services(cluster: BenchCluster, profile: bool, log: IO[str]) -> None:
-    env = {
+def _environment(cluster: BenchCluster) -> dict[str, str]:
+    return {
         **os.environ,
         **LOCAL_CREDENTIALS,
         "REWARDS_DYNAMODB_ENDPOINT": cluster.dynamodb_endpoint,
@@ -196,23 +209,33 @@ def _start_services(cluster: BenchCluster, profile: bool, log: IO[str]) -> None:
         **{f"REWARDS_{name.upper()}_TARGET": f"localhost:{port}" for name, port in cluster.ports.items()},
         **{f"REWARDS_{name.upper()}_METRICS_PORT": str(port) for name, port in cluster.metrics_ports.items()},
         "REWARDS_AUTH_JWT_SECRET": cluster.secret,
+        "REWARDS_GATEWAY_HOST": "127.0.0.1",
+        "REWARDS_GATEWAY_PORT": str(cluster.gateway_port),
     }
+
+
+def _command(cluster: BenchCluster, name: str, module: str, spy: str | None) -> list[str]:
+    command = [sys.executable, "-m", module]
+    if spy is not None:
+        cluster.profiles[name] = BENCH_DIR / f"profile-{name}.svg"
+        # CPU samples (idle threads left out), without pausing the process at each sample.
+        command = [spy, "record", "--nonblocking", "--threads", "--rate", "200", "--format", "flamegraph",
+                   "-o", str(cluster.profiles[name]), "--", *command]
+    return command
+
+
+def _start_services(cluster: BenchCluster, profile: bool, log: IO[str]) -> None:
+    env = _environment(cluster)
     spy = _profiler() if profile else None
     if profile and spy is None:
         print("--profile: py-spy is not installed (`.venv/bin/pip install py-spy`); running without it", file=log)
     for name, module in SERVICES.items():
-        command = [sys.executable, "-m", module]
-        if spy is not None:
-            cluster.profiles[name] = BENCH_DIR / f"profile-{name}.svg"
-            # CPU samples (idle threads left out), without pausing the process at each sample.
-            command = [spy, "record", "--nonblocking", "--threads", "--rate", "200", "--format", "flamegraph",
-                       "-o", str(cluster.profiles[name]), "--", *command]
         cluster.processes[name] = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+            _command(cluster, name, module, spy), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
             stderr=open(cluster.logs / f"{name}.log", "wb"), start_new_session=True, preexec_fn=_die_with_parent,
         )
     for name, port in cluster.ports.items():
-        if _wait_serving(port, cluster.processes[name]):
+        if wait_grpc_serving(port, cluster.processes[name], timeout_s=60):
             if name in cluster.profiles:
                 cluster.service_pid(name)  # noted now, for stop()
         else:
@@ -220,18 +243,20 @@ def _start_services(cluster: BenchCluster, profile: bool, log: IO[str]) -> None:
                                + (cluster.logs / f"{name}.log").read_text()[-3000:])
 
 
-def _wait_serving(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60) -> bool:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"localhost:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)  # type: ignore[attr-defined]
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
-            except grpc.RpcError:
-                time.sleep(0.2)
-    return False
+def _start_gateway(cluster: BenchCluster, profile: bool) -> None:
+    """`python -m gateway` with the services' environment, once they serve."""
+    spy = _profiler() if profile else None
+    cluster.processes[GATEWAY] = process = subprocess.Popen(
+        _command(cluster, GATEWAY, "gateway", spy), cwd=REPO_ROOT, env=_environment(cluster),
+        stdout=subprocess.DEVNULL, stderr=open(cluster.logs / f"{GATEWAY}.log", "wb"), start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+    if wait_http_healthy(f"http://{cluster.target(GATEWAY)}", process, timeout_s=60):
+        if GATEWAY in cluster.profiles:
+            cluster.service_pid(GATEWAY)  # noted now, for stop()
+        return
+    raise RuntimeError(f"the gateway did not start; see {cluster.logs / (GATEWAY + '.log')}:\n"
+                       + (cluster.logs / f"{GATEWAY}.log").read_text()[-3000:])
 
 
 def grant_xp(cluster: BenchCluster, users: list[str], amount: int) -> None:

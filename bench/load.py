@@ -3,7 +3,9 @@ each running a few client threads, each thread with its own gRPC channel (the
 service side) or its own boto3 client (the floor side). Threads call in a
 closed loop: warm-up, then the measured window; each records the latency of
 every call that completes inside the window (perf_counter) and the parent
-merges them.
+merges them. A case whose transport is "http" runs its service side through
+the HTTP gateway instead: each client thread keeps one HTTP/1.1 connection
+(http.client, keep-alive) and sends the same calls as JSON.
 
 Why several processes: a Python client spends CPU under its GIL on every call
 (protobuf and gRPC's Python layer: ~0.1-0.2 ms a call; boto3 much more, about
@@ -18,6 +20,8 @@ full core) to show it.
 """
 from __future__ import annotations
 
+import http.client
+import json
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -57,6 +61,7 @@ class LoadSpec:
     achievements: tuple[str, ...]
     seed_users: int
     awards_per_user: int = 20
+    transport: str = "grpc"  # the service side's: "grpc", or "http" through the gateway (targets["gateway"])
 
 
 @dataclass
@@ -144,6 +149,61 @@ def _service_call(spec: LoadSpec, thread: int, channel: Any) -> Call:
     raise ValueError(spec.operation)
 
 
+class HttpCallFailed(Exception):
+    """A gateway call that did not answer 200; `error_name` is what the case's errors count."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        try:
+            code = str(json.loads(body)["code"])
+        except (ValueError, KeyError, TypeError):
+            code = "?"
+        super().__init__(f"HTTP {status} {code}")
+        self.error_name = f"HTTP_{status}_{code}"
+
+
+class KeepAliveConnection:
+    """One HTTP/1.1 connection, reused call after call (reopened once if the
+    server closed it while idle: the calls are idempotent)."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self._connection = http.client.HTTPConnection(host, int(port), timeout=CALL_TIMEOUT_S)
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        for attempt in range(2):
+            try:
+                self._connection.request("POST", path, body=body, headers=headers)
+                response = self._connection.getresponse()
+                return response.status, response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self._connection.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def _http_call(spec: LoadSpec, thread: int, connection: KeepAliveConnection) -> Call:
+    if spec.operation != "award_xp":
+        raise ValueError(f"{spec.operation} has no HTTP case")
+    headers = {"Authorization": f"Bearer {spec.token}", "Content-Type": "application/json"}
+
+    def award(i: int) -> str | None:
+        activity_id, _ = spec.activities[i % len(spec.activities)]
+        body = json.dumps({"user_id": _user(spec, thread, i, spec.awards_per_user), "activity_id": activity_id})
+        status, answer = connection.post("/xp/award", body.encode(), {
+            **headers, "Idempotency-Key": f"{spec.namespace}-t{thread}-r{i}"})
+        if status != 200:
+            raise HttpCallFailed(status, answer)
+        response = json.loads(answer)
+        if response["duplicate"]:
+            return "duplicate"
+        return "level_check_deferred" if response["level_check_deferred"] else None
+    return award
+
+
 def _service_target(spec: LoadSpec) -> str:
     return spec.targets["achievements" if spec.operation == "unlock_achievement" else
                         "levels" if spec.operation == "check_level_up" else "xp"]
@@ -202,9 +262,9 @@ class _Client(threading.Thread):
                 break
             try:
                 anomaly = self._call(i)
-            except Exception as error:  # grpc.RpcError, ClientError...
+            except Exception as error:  # grpc.RpcError, ClientError, HttpCallFailed...
                 code = getattr(error, "code", None)
-                name = code().name if callable(code) else error.__class__.__name__
+                name = getattr(error, "error_name", None) or (code().name if callable(code) else error.__class__.__name__)
                 result.errors[name] += 1
             else:
                 done = time.perf_counter()
@@ -221,6 +281,12 @@ def _prepare(spec: LoadSpec, first_thread: int, threads: int) -> tuple[list[Call
     calls: list[Call] = []
     closers: list[Any] = []
     counters: list[Any] = []
+    if spec.side == "service" and spec.transport == "http":
+        for thread in range(first_thread, first_thread + threads):
+            connection = KeepAliveConnection(spec.targets["gateway"])
+            closers.append(connection)
+            calls.append(_http_call(spec, thread, connection))
+        return calls, closers, counters
     if spec.side == "service":
         import grpc
 

@@ -1,6 +1,7 @@
 """`python -m bench`: starts a local cluster of its own, seeds it, runs each
-case through gRPC and then on the floor (the same DynamoDB calls with boto3),
-prints the comparison and the targets, and writes bench/results.json."""
+case through gRPC (the *_http cases: through the HTTP gateway) and then on
+the floor (the same DynamoDB calls with boto3), prints the comparison and the
+targets, and writes bench/results.json."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.catalog import ACTIVITIES, AWARDS_PER_USER, LEVEL_COUNT, LEVEL_STEP_XP, SEED_USERS, achievement_ids
-from bench.cluster import SERVICES, BenchCluster, grant_xp, seed, start_cluster, status_memory_mb
+from bench.cluster import GATEWAY, SERVICES, BenchCluster, grant_xp, seed, start_cluster, status_memory_mb
 from bench.cpu import CpuWatch
 from bench.load import CLIENTS_PER_PROCESS, LoadResult, LoadSpec, WorkerPool, hot_user_id
 from common.caller_auth import Role
@@ -43,6 +44,9 @@ class Case:
     operation: str
     clients: int
     hot_user: bool = False
+    # How the service side calls: "grpc", or "http" through the gateway (python -m gateway, JSON over
+    # one keep-alive HTTP/1.1 connection a client).
+    transport: str = "grpc"
 
 
 CASES = (
@@ -50,6 +54,8 @@ CASES = (
     Case("award_xp_c16", "award_xp", 16),
     Case("award_xp_c64", "award_xp", 64),
     Case("award_xp_hot_c16", "award_xp", 16, hot_user=True),
+    Case("award_xp_http_c1", "award_xp", 1, transport="http"),
+    Case("award_xp_http_c16", "award_xp", 16, transport="http"),
     Case("unlock_achievement_c1", "unlock_achievement", 1),
     Case("unlock_achievement_c16", "unlock_achievement", 16),
     Case("check_level_up_c1", "check_level_up", 1),
@@ -143,7 +149,8 @@ def _spec(case: Case, side: str, cluster: BenchCluster, run_id: str, tokens: dic
     return LoadSpec(
         case=case.key, operation=case.operation, side=side, clients=case.clients, hot_user=case.hot_user,
         namespace=f"b{run_id}-{case.key}-{side[0]}", warmup_s=warmup_s, duration_s=duration_s,
-        targets={name: cluster.target(name) for name in SERVICES}, token=tokens["game"],
+        targets={name: cluster.target(name) for name in (*SERVICES, *([GATEWAY] if cluster.has_gateway else []))},
+        token=tokens["game"], transport=case.transport,
         dynamodb_endpoint=cluster.dynamodb_endpoint, table_prefix=cluster.table_prefix,
         activities=ACTIVITIES, achievements=achievement_ids(), seed_users=SEED_USERS,
         awards_per_user=AWARDS_PER_USER,
@@ -161,7 +168,7 @@ def run_case(case: Case, cluster: BenchCluster, pool: WorkerPool, args: argparse
         grant_xp(cluster, [hot_user_id(spec(side).namespace) for side in ("service", "floor")],
                  LEVEL_STEP_XP * (LEVEL_COUNT - 1))
     watch = CpuWatch([os.getpid(), *cluster.pids, *pool.pids],
-                     {**{name: cluster.service_pid(name) for name in SERVICES},
+                     {**{name: cluster.service_pid(name) for name in _processes(cluster)},
                       "dynamodb_local": cluster.processes["dynamodb"].pid})
     before = cluster.dynamodb_calls()
     watch.start()
@@ -180,6 +187,7 @@ def run_case(case: Case, cluster: BenchCluster, pool: WorkerPool, args: argparse
         "operation": case.operation,
         "clients": case.clients,
         "hot_user": case.hot_user,
+        "transport": case.transport,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "throughput": s["throughput"],
@@ -212,6 +220,36 @@ def run_case(case: Case, cluster: BenchCluster, pool: WorkerPool, args: argparse
     if +idle:
         record["service_calls_during_floor"] = dict(+idle)
     return record
+
+
+def _processes(cluster: BenchCluster) -> list[str]:
+    """The services, and the gateway when it runs."""
+    return [*SERVICES, *([GATEWAY] if cluster.has_gateway else [])]
+
+
+def grpc_counterpart(case: Case) -> str | None:
+    """The gRPC case an HTTP case is compared with: same operation, clients and users."""
+    for other in CASES:
+        if (other.transport == "grpc" and other.operation == case.operation and other.clients == case.clients
+                and other.hot_user == case.hot_user):
+            return other.key
+    return None
+
+
+def add_gateway_overhead(case: Case, results: dict[str, dict[str, Any]]) -> None:
+    """For an HTTP case whose gRPC counterpart ran in this run: its throughput,
+    and the p50 the gateway adds (HTTP p50 minus gRPC p50)."""
+    record = results[case.key]
+    counterpart = results.get(grpc_counterpart(case) or "")
+    if case.transport != "http" or counterpart is None:
+        return
+    record["grpc_case"] = grpc_counterpart(case)
+    record["grpc_throughput"] = counterpart["throughput"]
+    record["grpc_p50_ms"] = counterpart["p50_ms"]
+    record["gateway_overhead_p50_ms"] = (round(record["p50_ms"] - counterpart["p50_ms"], 2)
+                                         if record["p50_ms"] is not None and counterpart["p50_ms"] is not None else None)
+    record["throughput_ratio_to_grpc"] = (round(record["throughput"] / counterpart["throughput"], 3)
+                                          if counterpart["throughput"] else None)
 
 
 # --- output ------------------------------------------------------------------------------
@@ -268,12 +306,29 @@ def print_calls(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> No
                   f"capped this case", file=out)
 
 
+def print_gateway(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None:
+    rows = [(key, r) for key, r in results.items() if r.get("transport") == "http"]
+    if not rows:
+        return
+    print("\nThrough the HTTP gateway, next to the same calls over gRPC in this run", file=out)
+    for key, r in rows:
+        if "grpc_case" not in r:
+            print(f"  {key}: {_fmt(r['throughput'])}/s p50 {_fmt(r['p50_ms'], 2)} ms (its gRPC case did not run)",
+                  file=out)
+            continue
+        print(f"  {key}: {_fmt(r['throughput'])}/s vs {_fmt(r['grpc_throughput'])}/s over gRPC ({r['grpc_case']}; "
+              f"ratio {_fmt(r['throughput_ratio_to_grpc'], 2)}); p50 {_fmt(r['p50_ms'], 2)} vs "
+              f"{_fmt(r['grpc_p50_ms'], 2)} ms: the gateway adds {_fmt(r['gateway_overhead_p50_ms'], 2)} ms; "
+              f"gateway process {r['cpu_cores'].get(GATEWAY, 0):.2f} cores", file=out)
+
+
 def print_cpu(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None:
-    print("\nCores busy during each side, warm-up included (service | floor): the machine, each service, "
-          "DynamoDB Local, other processes", file=out)
+    print("\nCores busy during each side, warm-up included (service | floor): the machine, each service "
+          "(and the gateway), DynamoDB Local, other processes", file=out)
     for key, r in results.items():
         def side(cpu: dict[str, float]) -> str:
-            parts = [f"total {cpu['total']:.2f}", *(f"{n} {cpu.get(n, 0):.2f}" for n in SERVICES),
+            names = [*SERVICES, *([GATEWAY] if GATEWAY in cpu else [])]
+            parts = [f"total {cpu['total']:.2f}", *(f"{n} {cpu.get(n, 0):.2f}" for n in names),
                      f"ddb {cpu.get('dynamodb_local', 0):.2f}", f"other {cpu['other']:.2f}"]
             return " ".join(parts)
         print(f"  {key}: {side(r['cpu_cores'])} | {side(r['floor_cpu_cores'])}", file=out)
@@ -352,9 +407,11 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in LOCAL_CREDENTIALS.items():  # before the load processes start: they inherit it
             os.environ.setdefault(key, value)
         pool = WorkerPool(pool_size)  # they import while the cluster starts
-        cluster = start_cluster(profile=args.profile)
+        cluster = start_cluster(profile=args.profile, gateway=any(case.transport == "http" for case in cases))
         print(f"bench: cluster up in {time.monotonic() - began:.0f} s (DynamoDB Local {cluster.dynamodb_endpoint}, "
-              + ", ".join(f"{n} :{p}" for n, p in cluster.ports.items()) + f"); logs in {cluster.logs}", flush=True)
+              + ", ".join(f"{n} :{p}" for n, p in cluster.ports.items())
+              + (f", gateway :{cluster.gateway_port}" if cluster.has_gateway else "") + f"); logs in {cluster.logs}",
+              flush=True)
         seed(cluster)
         pool.wait_started()
         print(f"bench: seeded ({time.monotonic() - began:.0f} s)", flush=True)
@@ -366,14 +423,15 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             record = run_case(case, cluster, pool, args, run_id, tokens)
             results[case.key] = record
+            add_gateway_overhead(case, results)
             other = max(record["cpu_cores"]["other"], record["floor_cpu_cores"]["other"])
             print(f"  {case.key}: {record['throughput']:.1f}/s p50 {_fmt(record['p50_ms'], 2)} ms | floor "
                   f"{record['floor_throughput']:.1f}/s p50 {_fmt(record['floor_p50_ms'], 2)} ms | ratio "
                   f"{_fmt(record['ratio_to_floor'], 2)}{'' if record['dynamodb_calls_match'] else '  (DynamoDB calls differ)'}"
                   f"{f'  (other processes used {other:.2f} cores)' if other > OTHER_CPU_WARNING else ''}",
                   flush=True)
-        memory = {name: cluster.rss_mb(name)["VmRSS"] for name in SERVICES}
-        memory_peak = {name: cluster.rss_mb(name)["VmHWM"] for name in SERVICES}
+        memory = {name: cluster.rss_mb(name)["VmRSS"] for name in _processes(cluster)}
+        memory_peak = {name: cluster.rss_mb(name)["VmHWM"] for name in _processes(cluster)}
         dynamodb_memory = status_memory_mb(cluster.processes["dynamodb"].pid).get("VmRSS")
     except KeyboardInterrupt:
         print("\nbench: interrupted; stopping", file=sys.stderr)
@@ -389,9 +447,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(results)
     print_calls(results)
+    print_gateway(results)
     print_cpu(results)
     print(f"\nResident memory after the run (MB): "
-          + ", ".join(f"{n} {memory[n]:.1f} (peak {memory_peak[n]:.1f})" for n in SERVICES)
+          + ", ".join(f"{n} {memory[n]:.1f} (peak {memory_peak[n]:.1f})" for n in memory)
           + f"; DynamoDB Local {_fmt(dynamodb_memory)}")
     targets = evaluate_targets(results, memory)
     print_targets(targets)

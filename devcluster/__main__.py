@@ -1,5 +1,6 @@
 """`python -m devcluster up|down|status`: the local cluster as background processes.
 
+DynamoDB Local, the three services, then the HTTP/JSON gateway in front of them.
 DynamoDB Local keeps its data in .local/dynamodb-data; logs go to .local/logs/.
 Auth is on: the key and dev tokens (game, admin) are in .local/dev-auth.env.
 """
@@ -12,12 +13,10 @@ import subprocess
 import sys
 import time
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from common.caller_auth import TokenAuthority
 from common.config import Settings
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, port_open, start_dynamodb_local
+from devcluster.readiness import wait_grpc_serving, wait_http_healthy
 from rewardsctl.tokens import dev_tokens_env, new_secret
 
 RUN_DIR = REPO_ROOT / ".local" / "run"
@@ -26,6 +25,8 @@ DEV_AUTH_FILE = REPO_ROOT / ".local" / "dev-auth.env"
 DYNAMODB_PORT = int(os.environ.get("REWARDS_DYNAMODB_LOCAL_PORT", "8000"))
 # (process name, module), in start order: each service's dependencies first.
 SERVICES = [("levels", "levels_service"), ("xp", "xp_service"), ("achievements", "achievements_service")]
+# The HTTP/JSON gateway (python -m gateway): started after the services it calls, stopped first.
+GATEWAY = "gateway"
 
 
 def _ports(name: str) -> tuple[int, int]:
@@ -33,6 +34,10 @@ def _ports(name: str) -> tuple[int, int]:
     settings = Settings.from_env(cluster_env())
     listen: str = getattr(settings, f"{name}_listen")
     return int(listen.rsplit(":", 1)[1]), int(getattr(settings, f"{name}_metrics_port"))
+
+
+def _gateway_port() -> int:
+    return Settings.from_env(cluster_env()).gateway_port
 
 
 def _pid(name: str) -> int | None:
@@ -45,24 +50,11 @@ def _pid(name: str) -> int | None:
         return None
 
 
-def _spawn(name: str, args: list[str], env: dict[str, str]) -> None:
+def _spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     log = open(LOG_DIR / f"{name}.log", "ab")
     process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     (RUN_DIR / f"{name}.pid").write_text(str(process.pid))
-
-
-def _wait_serving(port: int, timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"localhost:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)  # type: ignore[attr-defined]
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
-            except grpc.RpcError:
-                time.sleep(0.2)
-    return False
+    return process
 
 
 def _dev_secret() -> str:
@@ -113,14 +105,25 @@ def up() -> int:
                 print(f"port {port} ({name}) is taken by another program", file=sys.stderr)
                 return 1
             _spawn(name, [sys.executable, "-m", module], env)
-        if not _wait_serving(port):
+        if not wait_grpc_serving(port):
             print(f"{name} did not become healthy; see {LOG_DIR / (name + '.log')}", file=sys.stderr)
             return 1
+    # The HTTP/JSON gateway last: it calls the three services.
+    port = _gateway_port()
+    gateway = None
+    if _pid(GATEWAY) is None:
+        if port_open("127.0.0.1", port):
+            print(f"port {port} ({GATEWAY}) is taken by another program; set REWARDS_GATEWAY_PORT", file=sys.stderr)
+            return 1
+        gateway = _spawn(GATEWAY, [sys.executable, "-m", "gateway"], env)
+    if not wait_http_healthy(f"http://localhost:{port}", gateway):
+        print(f"{GATEWAY} did not become healthy; see {LOG_DIR / (GATEWAY + '.log')}", file=sys.stderr)
+        return 1
     return status()
 
 
 def down() -> int:
-    for name in [s[0] for s in reversed(SERVICES)] + ["dynamodb"]:
+    for name in [GATEWAY] + [s[0] for s in reversed(SERVICES)] + ["dynamodb"]:
         pid = _pid(name)
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
@@ -142,6 +145,7 @@ def status() -> int:
     for name, module in SERVICES:
         port, metrics = _ports(name)
         rows.append((f"{name} ({module})", f"localhost:{port}  metrics :{metrics}", _pid(name)))
+    rows.append((GATEWAY, f"http://localhost:{_gateway_port()}", _pid(GATEWAY)))
     print("rewards local cluster:")
     for label, address, pid in rows:
         print(f"  {label:38} {address:32} {'running, pid ' + str(pid) if pid else 'stopped'}")

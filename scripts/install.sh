@@ -12,6 +12,12 @@ if ! command -v java >/dev/null; then
   apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless
 fi
 
+# curl runs the README's HTTP/JSON examples in tests/test_readme_curl.py.
+if ! command -v curl >/dev/null; then
+  echo "install: curl not found; installing it" >&2
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends curl
+fi
+
 # docker-compose (Debian's 1.29) checks docker-compose.yml offline in
 # tests/test_compose.py; no Docker engine is needed, hence no recommends.
 if ! command -v docker-compose >/dev/null; then

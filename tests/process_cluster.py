@@ -1,23 +1,22 @@
 """The three real entry points (`python -m xp_service` ...) as separate
 processes on free ports, with tables of their own: for tests of what only a
-process shows (health, reflection through grpcurl, metrics, logs, SIGTERM)."""
+process shows (health, reflection through grpcurl, metrics, logs, SIGTERM).
+On request, the HTTP/JSON gateway (`python -m gateway`) in front of them."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from devcluster.dynamodb_local import REPO_ROOT, free_port
+from devcluster.readiness import wait_grpc_serving, wait_http_healthy
 from tests.cluster import TEST_AUTH_SECRET
 
 SERVICES = {"levels": "levels_service", "xp": "xp_service", "achievements": "achievements_service"}
+GATEWAY = "gateway"
 
 
 @dataclass
@@ -26,18 +25,29 @@ class ProcessCluster:
     metrics_ports: dict[str, int]
     logs: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # The gateway's HTTP port, when it was started (`gateway=True`).
+    gateway_port: int | None = None
+
+    @property
+    def gateway_url(self) -> str:
+        assert self.gateway_port is not None, "started without the gateway"
+        return f"http://127.0.0.1:{self.gateway_port}"
 
     def stop(self) -> None:
-        for process in self.processes.values():
+        # The gateway first, as `make down` does: it calls the services.
+        for name in sorted(self.processes, key=lambda name: name != GATEWAY):
+            process = self.processes[name]
             if process.poll() is None:
                 process.kill()
                 process.wait()
 
 
 def start_process_cluster(dynamodb_endpoint: str, logs: Path, *, metrics: bool = True,
-                          extra_env: dict[str, str] | None = None) -> ProcessCluster:
+                          extra_env: dict[str, str] | None = None, gateway: bool = False) -> ProcessCluster:
     """Starts the three services and waits until each reports SERVING. Without
-    `metrics` the side ports are off (port 0)."""
+    `metrics` the side ports are off (port 0). With `gateway`, then starts the
+    HTTP/JSON gateway on a free port of 127.0.0.1 and waits until its /healthz
+    answers 200."""
     cluster = ProcessCluster(
         ports={name: free_port() for name in SERVICES},
         metrics_ports={name: free_port() if metrics else 0 for name in SERVICES},
@@ -59,20 +69,17 @@ def start_process_cluster(dynamodb_endpoint: str, logs: Path, *, metrics: bool =
             stdout=subprocess.DEVNULL, stderr=open(logs / f"{name}.log", "wb"),
         )
     for name, port in cluster.ports.items():
-        if not wait_serving(port):
+        if not wait_grpc_serving(port):
             cluster.stop()
             raise AssertionError(f"{name} did not become healthy:\n" + (logs / f"{name}.log").read_text())
+    if gateway:
+        cluster.gateway_port = free_port()
+        cluster.processes[GATEWAY] = subprocess.Popen(
+            [sys.executable, "-m", "gateway"], cwd=REPO_ROOT,
+            env={**env, "REWARDS_GATEWAY_HOST": "127.0.0.1", "REWARDS_GATEWAY_PORT": str(cluster.gateway_port)},
+            stdout=subprocess.DEVNULL, stderr=open(logs / f"{GATEWAY}.log", "wb"),
+        )
+        if not wait_http_healthy(cluster.gateway_url, cluster.processes[GATEWAY]):
+            cluster.stop()
+            raise AssertionError(f"{GATEWAY} did not become healthy:\n" + (logs / f"{GATEWAY}.log").read_text())
     return cluster
-
-
-def wait_serving(port: int, timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"localhost:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)  # type: ignore[attr-defined]
-                return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
-            except grpc.RpcError:
-                time.sleep(0.2)
-    return False

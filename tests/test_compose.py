@@ -4,11 +4,14 @@ variables, commands and health checks agree with the code's configuration and
 entry points. Caller auth is on in every container, and the dev-tokens
 service's command is run here with the file's environment: it prints tokens
 the servers accept. The health probe those checks run is tested against a real
-Levels server, and DynamoDB's check against a real DynamoDB Local."""
+Levels server, the gateway's check against a real gateway process, and
+DynamoDB's check against a real DynamoDB Local."""
 from __future__ import annotations
 
 import ast
+import fnmatch
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -35,6 +38,7 @@ from common.health_probe import DEFAULT_DEADLINE_S
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, free_port
 from levels_service import server as levels_server
 from rewardsctl.__main__ import build_parser, token_dev_env
+from devcluster.readiness import wait_http_healthy
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -43,16 +47,27 @@ DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 # Compose service name (the name the configuration gives it: REWARDS_<NAME>_*)
 # -> the module `python -m` runs.
 MODULES = {"xp": "xp_service", "achievements": "achievements_service", "levels": "levels_service"}
+# The HTTP/JSON gateway (REWARDS_GATEWAY_*), in front of the three services.
+GATEWAY = "gateway"
+# Every server compose runs: the three gRPC services and the gateway.
+SERVERS = {**MODULES, GATEWAY: "gateway"}
 # The one-shot service that prints the dev key and tokens, from the same image.
 DEV_TOKENS = "dev-tokens"
 # Every container built from the Dockerfile: the servers and dev-tokens.
-IMAGE_SERVICES = (*MODULES, DEV_TOKENS)
+IMAGE_SERVICES = (*SERVERS, DEV_TOKENS)
+# The containers that hold the key: the services verify tokens and mint their
+# own, dev-tokens mints the dev ones. The gateway passes callers' tokens through.
+KEY_HOLDERS = (*MODULES, DEV_TOKENS)
 AUTH_KEY_VARIABLE = ENVIRONMENT_VARIABLES["auth_jwt_secret"]
 INSECURE_VARIABLE = ENVIRONMENT_VARIABLES["insecure_no_auth"]
-# Who calls whom: XP asks Levels after every award, Achievements pays through XP.
-DEPENDENCIES = {"levels": {"dynamodb"}, "xp": {"dynamodb", "levels"}, "achievements": {"dynamodb", "xp"}}
+# Who calls whom: XP asks Levels after every award, Achievements pays through XP,
+# the gateway calls all three.
+DEPENDENCIES = {"levels": {"dynamodb"}, "xp": {"dynamodb", "levels"}, "achievements": {"dynamodb", "xp"},
+                GATEWAY: set(MODULES)}
 # The ports clients and the README rely on, by service: gRPC, then Prometheus metrics.
 PROMISED_PORTS = {"xp": (50051, 9451), "achievements": (50052, 9452), "levels": (50053, 9453)}
+# ... and the gateway's HTTP port.
+GATEWAY_PORT = 8080
 # Read by boto3 rather than by common/config.py; DynamoDB Local wants them present.
 CREDENTIAL_VARIABLES = set(LOCAL_CREDENTIALS)
 DYNAMODB_PORT = 8000
@@ -165,21 +180,83 @@ def test_compose_resolves_shared_settings_as_pyyaml_does(compose: dict[str, Any]
 
 # ---- services and entry points ------------------------------------------------------------------
 
-def test_services_are_dynamodb_local_the_three_servers_and_dev_tokens(compose: dict[str, Any]) -> None:
-    assert set(services(compose)) == {"dynamodb", *MODULES, DEV_TOKENS}
+def test_services_are_dynamodb_local_the_three_servers_the_gateway_and_dev_tokens(compose: dict[str, Any]) -> None:
+    assert set(services(compose)) == {"dynamodb", *MODULES, GATEWAY, DEV_TOKENS}
 
 
-@pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
-def test_each_service_runs_its_entry_point_module(compose: dict[str, Any], name: str) -> None:
-    module = MODULES[name]
-    assert services(compose)[name]["command"] == ["python", "-m", module]
+def entry_point(module: str) -> tuple[str, str]:
+    """What `python -m module` runs: the function its __main__ calls (serve or
+    main) and the module that defines it. __main__ starts the server when
+    imported, so it is read, not imported."""
     main = importlib.util.find_spec(f"{module}.__main__")
     assert main is not None and main.origin, f"{module} cannot run with python -m"
-    # __main__ starts the server when imported, so it is read, not imported.
-    calls = {node.func.id for node in ast.walk(ast.parse(Path(main.origin).read_text()))
-             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
-    assert "serve" in calls, f"{main.origin} does not call serve()"
-    assert callable(importlib.import_module(f"{module}.server").serve)
+    tree = ast.parse(Path(main.origin).read_text())
+    calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    called = sorted(calls & {"serve", "main"})
+    assert called, f"{main.origin} calls neither serve() nor main()"
+    imported = {alias.asname or alias.name: node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
+    return called[0], imported.get(called[0], f"{module}.__main__")
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_each_service_runs_its_entry_point_module(compose: dict[str, Any], name: str) -> None:
+    module = SERVERS[name]
+    assert services(compose)[name]["command"] == ["python", "-m", module]
+    function, defined_in = entry_point(module)
+    assert defined_in.split(".")[0] == module, f"{module}.__main__ runs {defined_in}.{function}"
+    if defined_in != f"{module}.__main__":
+        assert callable(getattr(importlib.import_module(defined_in), function))
+    if name in MODULES:
+        assert function == "serve" and callable(importlib.import_module(f"{module}.server").serve)
+
+
+def canonical(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def installed_with(requirements: list[str]) -> set[str]:
+    """The distributions `pip install` of these requirements brings (their
+    dependencies too, extras aside), by canonical name, as installed here."""
+    seen: set[str] = set()
+    pending = [re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0] for requirement in requirements]
+    while pending:
+        name = canonical(pending.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        pending += [re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0] for r in requires if "extra ==" not in r]
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_the_image_installs_every_module_compose_runs_and_what_it_imports(name: str) -> None:
+    """The Dockerfile installs the project (`pip install .`, its dependencies
+    without the dev extras) and runs outside the source tree, so a module runs
+    in the container only if pyproject.toml includes its package, and each
+    library it imports is a dependency (or comes with one)."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    included = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    module = SERVERS[name]
+    assert any(fnmatch.fnmatch(module, pattern) for pattern in included), \
+        f"pyproject.toml's [tool.setuptools.packages.find] include does not install {module}"
+    installed = installed_with(project["project"]["dependencies"])
+    providers = importlib.metadata.packages_distributions()
+    imported: set[str] = set()
+    for path in (REPO_ROOT / module).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    missing = {top: providers[top] for top in imported
+               if top in providers and not any(fnmatch.fnmatch(top, pattern) for pattern in included)
+               and not {canonical(d) for d in providers[top]} & installed}
+    assert not missing, f"{module} imports what pyproject.toml's dependencies do not install: {missing}"
 
 
 def test_every_service_container_is_built_from_the_one_dockerfile(compose: dict[str, Any]) -> None:
@@ -192,7 +269,7 @@ def test_every_service_container_is_built_from_the_one_dockerfile(compose: dict[
         if not isinstance(build, str):
             assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
         images.add(service.get("image"))
-    assert len(images) == 1, f"the three services and dev-tokens should share one image, not {images}"
+    assert len(images) == 1, f"the three services, the gateway and dev-tokens should share one image, not {images}"
 
 
 # ---- ports, variables, targets ------------------------------------------------------------------
@@ -214,6 +291,16 @@ def test_grpc_and_metrics_ports_are_published_where_the_service_listens(compose:
                                         ("127.0.0.1", metrics_promised, metrics_promised)}
 
 
+def test_the_gateway_port_is_published_where_the_gateway_listens(compose: dict[str, Any]) -> None:
+    assert Settings().gateway_port == GATEWAY_PORT, "the gateway's default port moved: update the compose file and README"
+    service = services(compose)[GATEWAY]
+    settings = container_settings(service)
+    assert settings.gateway_host in ("0.0.0.0", "::", "[::]"), f"the gateway listens on {settings.gateway_host}"
+    assert settings.gateway_port == GATEWAY_PORT
+    # On the host's loopback only, like the services' ports.
+    assert published_ports(service) == {("127.0.0.1", GATEWAY_PORT, GATEWAY_PORT)}
+
+
 @pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
 def test_every_variable_a_service_sets_is_one_the_code_reads(compose: dict[str, Any], name: str) -> None:
     variables = set(environment(services(compose)[name]))
@@ -221,6 +308,21 @@ def test_every_variable_a_service_sets_is_one_the_code_reads(compose: dict[str, 
     assert not unknown, f"{name} sets variables that nothing reads: {sorted(unknown)}"
     assert CREDENTIAL_VARIABLES <= variables, "DynamoDB Local needs credentials to be present"
     assert {"AWS_REGION", "REWARDS_DYNAMODB_ENDPOINT"} <= variables
+
+
+def test_the_gateway_sets_only_what_it_reads_the_targets_and_no_key(compose: dict[str, Any]) -> None:
+    service = services(compose)[GATEWAY]
+    variables = set(environment(service))
+    unknown = variables - set(ENVIRONMENT_VARIABLES.values())
+    assert not unknown, f"the gateway sets variables that nothing reads: {sorted(unknown)}"
+    # The environment the container gets is one the configuration takes.
+    settings = Settings.from_env(environment(service))
+    for peer in MODULES:
+        assert ENVIRONMENT_VARIABLES[f"{peer}_target"] in variables, f"the gateway does not say where {peer} is"
+        assert getattr(settings, f"{peer}_target") == f"{peer}:{grpc_port(peer)}"
+    # It passes callers' tokens through and never touches DynamoDB: no key, no credentials.
+    assert AUTH_KEY_VARIABLE not in variables and not settings.auth_jwt_secret
+    assert not variables & (CREDENTIAL_VARIABLES | {"REWARDS_DYNAMODB_ENDPOINT"})
 
 
 @pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
@@ -251,6 +353,23 @@ def test_healthchecks_ask_the_grpc_health_protocol(compose: dict[str, Any], name
     assert seconds(check["timeout"]) > DEFAULT_DEADLINE_S
 
 
+def gateway_check_script(compose: dict[str, Any], port: int = GATEWAY_PORT) -> str:
+    test = services(compose)[GATEWAY]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"] and len(test) == 4, test
+    url = f"http://127.0.0.1:{GATEWAY_PORT}/healthz"
+    assert url in test[3], f"the gateway's check does not GET {url}"
+    return unescaped(test)[3].replace(url, f"http://127.0.0.1:{port}/healthz")
+
+
+def test_the_gateway_healthcheck_gets_healthz_within_the_check_timeout(compose: dict[str, Any]) -> None:
+    check = services(compose)[GATEWAY]["healthcheck"]
+    script = gateway_check_script(compose)
+    compile(script, "<healthcheck>", "exec")  # a syntax error shows here
+    # The request gives up first, so the check reports why instead of being killed.
+    timeouts = [float(t) for t in re.findall(r"timeout=(\d+(?:\.\d+)?)", script)]
+    assert timeouts and max(timeouts) < seconds(check["timeout"])
+
+
 def test_dynamodb_local_is_pinned_shared_and_checked(compose: dict[str, Any]) -> None:
     dynamodb = services(compose)["dynamodb"]
     image, _, tag = dynamodb["image"].partition(":")
@@ -262,7 +381,7 @@ def test_dynamodb_local_is_pinned_shared_and_checked(compose: dict[str, Any]) ->
     assert test[:3] == ["CMD", "bash", "-c"] and f"/dev/tcp/127.0.0.1/{DYNAMODB_PORT}" in test[3]
 
 
-@pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
+@pytest.mark.parametrize("name", sorted(SERVERS))
 def test_services_start_after_healthy_dependencies(compose: dict[str, Any], name: str) -> None:
     depends_on = services(compose)[name]["depends_on"]
     assert depends_on == {dependency: {"condition": "service_healthy"} for dependency in DEPENDENCIES[name]}
@@ -270,7 +389,7 @@ def test_services_start_after_healthy_dependencies(compose: dict[str, Any], name
         assert "test" in services(compose)[dependency].get("healthcheck", {}), f"{dependency} has no health check"
 
 
-@pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
+@pytest.mark.parametrize("name", sorted(SERVERS))
 def test_docker_waits_for_the_drain_on_sigterm(compose: dict[str, Any], name: str) -> None:
     service = services(compose)[name]
     grace = container_settings(service).shutdown_grace_s
@@ -280,7 +399,7 @@ def test_docker_waits_for_the_drain_on_sigterm(compose: dict[str, Any], name: st
 
 # ---- caller auth --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", IMAGE_SERVICES)
+@pytest.mark.parametrize("name", KEY_HOLDERS)
 def test_every_rewards_container_has_the_auth_key(compose: dict[str, Any], name: str) -> None:
     service = services(compose)[name]
     unknown = set(environment(service)) - set(ENVIRONMENT_VARIABLES.values()) - CREDENTIAL_VARIABLES
@@ -299,7 +418,7 @@ def test_no_service_turns_auth_off(compose: dict[str, Any], name: str) -> None:
 
 
 def test_one_dev_only_key_written_once(compose: dict[str, Any]) -> None:
-    keys = {container_settings(services(compose)[name]).auth_jwt_secret for name in IMAGE_SERVICES}
+    keys = {container_settings(services(compose)[name]).auth_jwt_secret for name in KEY_HOLDERS}
     # One key: the services verify each other's service tokens and dev-tokens' tokens with it.
     assert len(keys) == 1, "the containers disagree on the key"
     key, = keys
@@ -393,7 +512,7 @@ def test_dockerfile_builds_a_slim_non_root_image_of_the_project(compose: dict[st
     users = [arg for op, arg in instructions if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image runs as root"
     exposed = {int(port.split("/")[0]) for op, arg in instructions if op == "EXPOSE" for port in arg.split()}
-    published = {target for name in MODULES for _, _, target in published_ports(services(compose)[name])}
+    published = {target for name in SERVERS for _, _, target in published_ports(services(compose)[name])}
     assert exposed == published
     cmd = [arg for op, arg in instructions if op == "CMD"]
     assert cmd and yaml.safe_load(cmd[-1])[:2] == ["python", "-m"] and yaml.safe_load(cmd[-1])[2] in MODULES.values()
@@ -472,6 +591,33 @@ def test_health_probe_gives_up_at_its_deadline_on_a_silent_peer() -> None:
         elapsed = time.monotonic() - started
     assert probed.returncode == 1 and "DEADLINE_EXCEEDED" in probed.stderr, probed.stderr
     assert elapsed < 10
+
+
+@pytest.fixture(scope="module")
+def gateway_port(compose: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real gateway process, started with the compose file's environment for
+    it and nothing of this host's (no key, no DynamoDB), on a free port."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    env = {"PATH": os.environ.get("PATH", ""), **environment(services(compose)[GATEWAY]),
+           ENVIRONMENT_VARIABLES["gateway_host"]: "127.0.0.1", ENVIRONMENT_VARIABLES["gateway_port"]: str(port)}
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", SERVERS[GATEWAY]], cwd=REPO_ROOT, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        assert wait_http_healthy(f"http://127.0.0.1:{port}", process), f"the gateway did not start:\n{log.read_text()}"
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_the_gateway_healthcheck_passes_a_serving_gateway_and_fails_a_closed_port(
+        compose: dict[str, Any], gateway_port: int) -> None:
+    for port, passes in ((gateway_port, True), (free_port(), False)):
+        checked = subprocess.run([sys.executable, "-c", gateway_check_script(compose, port)],
+                                 capture_output=True, text=True, timeout=30)
+        assert (checked.returncode == 0) is passes, f"port {port}: {checked.stderr}"
 
 
 def dynamodb_check_script(compose: dict[str, Any], port: int) -> str:

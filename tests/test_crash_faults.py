@@ -31,7 +31,8 @@ from devcluster.dynamodb_local import REPO_ROOT
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
 from rewardsctl.verify import NOTE, VIOLATION, WARNING, StageContents, verify_contents
 from tests.cluster import Cluster, authorized_channel
-from tests.process_cluster import ProcessCluster, start_process_cluster, wait_serving
+from devcluster.readiness import wait_grpc_serving
+from tests.process_cluster import ProcessCluster, start_process_cluster
 
 Answer = TypeVar("Answer")
 
@@ -309,7 +310,7 @@ def restart_after_sigkill(cluster: ProcessCluster, name: str, down_s: float) -> 
         process.args, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
         stderr=open(cluster.logs / f"{name}.log", "ab"),
     )
-    if not wait_serving(cluster.ports[name]):
+    if not wait_grpc_serving(cluster.ports[name]):
         raise AssertionError(f"{name} did not come back:\n" + (cluster.logs / f"{name}.log").read_text()[-3000:])
     return time.monotonic() - killed_at
 

@@ -1,0 +1,6 @@
+"""HTTP/JSON gateway in front of the three gRPC services (`python -m gateway`).
+
+It only translates: each route names one RPC; bodies and responses use the
+protobuf JSON mapping; gRPC status codes become HTTP statuses through one
+table (gateway.status); the OpenAPI document (/openapi.json) is generated
+from the same route table and the protobuf descriptors."""

@@ -1,0 +1,320 @@
+"""The Starlette app: one handler per route of gateway.routes, each making
+one gRPC call over a grpc.aio channel to its service (one channel a service,
+opened at startup), and translating the answer back."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any, AsyncIterator, Callable
+
+import grpc
+from google.protobuf import any_pb2, json_format, message_factory
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route as StarletteRoute
+from starlette.types import ASGIApp, Message as AsgiMessage, Receive, Scope, Send
+
+from common.channels import CLIENT_CHANNEL_OPTIONS, MAX_REQUEST_BYTES
+from common.config import Settings
+from common.rpc_interceptors import TRACE_ID_HEADER as GRPC_TRACE_ID_KEY
+from common.transport_security import channel_credentials
+from gateway.binding import (
+    INTEGER_TYPES,
+    BadRequest,
+    RequestBinder,
+    check_path_encoding,
+    header_values,
+    query_items,
+)
+from gateway.openapi import HEALTH_PATH, OPENAPI_PATH, TRACE_ID_HEADER, TRACE_ID_PATTERN, build_document
+from gateway.routes import IDEMPOTENCY_HEADER, ROUTES, SERVICES, Route, resolve_field
+from gateway.status import (
+    BODY_TOO_LARGE,
+    HTTP_STATUS,
+    MASKED_CODES,
+    METHOD_NOT_ALLOWED,
+    ROUTE_NOT_FOUND,
+    error_body,
+    status_details,
+)
+
+log = logging.getLogger("rewards.gateway")
+
+JSON = "application/json"
+# The largest body read; a request message is at most MAX_REQUEST_BYTES, and its JSON form is larger.
+MAX_BODY_BYTES = 2 * MAX_REQUEST_BYTES
+_TRACE_ID = re.compile(TRACE_ID_PATTERN)
+_TRACE_ID_KEY = TRACE_ID_HEADER.lower().encode()
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+_SCOPE_TRACE_ID = "rewards.trace_id"
+_SCOPE_LOG = "rewards.log"
+
+
+def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status_code=status, media_type=JSON, headers=headers)
+
+
+def _error(status: int, code: grpc.StatusCode, message: str, details: list[dict[str, Any]] | None = None,
+           scope: Scope | None = None, headers: dict[str, str] | None = None) -> Response:
+    if scope is not None:
+        scope.setdefault(_SCOPE_LOG, {})["code"] = code.name
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    return _json_response(status, error_body(code, message, details or ()), headers)
+
+
+def _bad_request(problem: BadRequest, scope: Scope) -> Response:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=problem.field, description=problem.description)]))
+    details = [json_format.MessageToDict(detail, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)]
+    return _error(400, grpc.StatusCode.INVALID_ARGUMENT, str(problem), details, scope)
+
+
+def _to_json(message: Message) -> bytes:
+    return json.dumps(
+        json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True),
+        ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RpcHandler:
+    """One route: binds the request, calls the RPC, translates the answer."""
+
+    def __init__(self, route: Route, gateway: "Gateway") -> None:
+        self.route = route
+        self._gateway = gateway
+        self._binder = RequestBinder(route)
+        self._response_class = message_factory.GetMessageClass(route.response_type)
+        self._call: grpc.aio.UnaryUnaryMultiCallable[Any, Any] | None = None
+
+    def connect(self, channel: grpc.aio.Channel) -> None:
+        request_class = message_factory.GetMessageClass(self.route.request_type)
+        self._call = channel.unary_unary(self.route.grpc_method, request_serializer=request_class.SerializeToString,
+                                         response_deserializer=self._response_class.FromString)
+
+    async def __call__(self, request: Request) -> Response:
+        scope = request.scope
+        trace_id: str = scope.get(_SCOPE_TRACE_ID) or uuid.uuid4().hex
+        scope.setdefault(_SCOPE_LOG, {}).update({"route": f"{self.route.http_method} {self.route.path}",
+                                                 "rpc": self.route.grpc_method})
+        raw_headers = scope["headers"]
+        try:
+            check_path_encoding(scope.get("raw_path"))
+            body = await _read_body(request, MAX_BODY_BYTES) if self.route.body is not None else None
+            idempotency = header_values(raw_headers, IDEMPOTENCY_HEADER) if self.route.idempotency_field else []
+            message = self._binder.bind(body, request.path_params, query_items(scope["query_string"]), idempotency)
+            authorization = header_values(raw_headers, "Authorization")
+            for value in authorization:
+                if not _PRINTABLE_ASCII.fullmatch(value):
+                    raise BadRequest("Authorization", "must be printable ASCII")
+        except BadRequest as problem:
+            return _bad_request(problem, scope)
+        except _BodyTooLarge:
+            status, code = BODY_TOO_LARGE
+            return _error(status, code, f"the body is larger than {MAX_BODY_BYTES} bytes", scope=scope)
+        metadata = [(GRPC_TRACE_ID_KEY, trace_id), *(("authorization", value) for value in authorization)]
+        assert self._call is not None, "the gateway's channels are opened at startup (lifespan)"
+        try:
+            response = await self._call(message, timeout=self._gateway.call_timeout_s, metadata=metadata)
+        except grpc.aio.AioRpcError as error:
+            return self._rpc_error(error, trace_id, scope)
+        scope[_SCOPE_LOG]["code"] = grpc.StatusCode.OK.name
+        return _json_response(200, _to_json(response))
+
+    def _rpc_error(self, error: grpc.aio.AioRpcError, trace_id: str, scope: Scope) -> Response:
+        code = error.code()
+        message = error.details() or ""
+        details = status_details(error.trailing_metadata())
+        if code in MASKED_CODES:
+            log.warning("rpc failed", extra={"fields": {"rpc": self.route.grpc_method, "code": code.name,
+                                                        "error": message, "trace_id": trace_id}})
+            message = f"internal error (trace id {trace_id})"
+            details = []
+        return _error(HTTP_STATUS.get(code, 500), code, message, details, scope)
+
+
+class Gateway:
+    """The channels and the handlers of every route."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.call_timeout_s = settings.gateway_call_timeout_s
+        self.handlers = [RpcHandler(route, self) for route in ROUTES]
+        self.channels: dict[str, grpc.aio.Channel] = {}
+
+    def _open_channel(self, target: str) -> grpc.aio.Channel:
+        credentials = channel_credentials(self.settings)
+        if credentials is None:
+            return grpc.aio.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(target, credentials, options=CLIENT_CHANNEL_OPTIONS)
+
+    async def open(self) -> None:
+        """In the server's event loop (grpc.aio channels belong to one)."""
+        for name in SERVICES:
+            self.channels[name] = self._open_channel(getattr(self.settings, f"{name}_target"))
+        for handler in self.handlers:
+            handler.connect(self.channels[handler.route.service])
+        log.info("gateway ready", extra={"fields": {
+            "targets": {name: getattr(self.settings, f"{name}_target") for name in SERVICES}}})
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close(grace=None)
+        self.channels.clear()
+
+
+class TraceAndLog:
+    """Outermost: gives each request its trace id (the client's X-Trace-Id
+    when well formed), returns it as X-Trace-Id, and logs one line a request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        trace_id = ""
+        for key, value in scope["headers"]:
+            if key == _TRACE_ID_KEY:
+                candidate = value.decode("latin-1")
+                if _TRACE_ID.fullmatch(candidate):
+                    trace_id = candidate
+        trace_id = trace_id or uuid.uuid4().hex
+        scope[_SCOPE_TRACE_ID] = trace_id
+        fields: dict[str, Any] = scope.setdefault(_SCOPE_LOG, {})
+        status = 500
+
+        async def send_with_trace(message: AsgiMessage) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (_TRACE_ID_KEY, trace_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_trace)
+        finally:
+            level = logging.DEBUG if scope["path"] == HEALTH_PATH else logging.INFO
+            log.log(level, "http", extra={"fields": {
+                "method": scope["method"], "path": scope["path"], **fields, "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3), "trace_id": trace_id,
+            }})
+
+
+class _DecimalConvertor(Convertor[str]):
+    """A path segment that is a decimal integer, kept as text for the binder
+    (which parses it with the JSON mapping, range included)."""
+
+    regex = "-?[0-9]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return str(value)
+
+
+register_url_convertor("decimal", _DecimalConvertor())
+
+
+def _starlette_path(route: Route) -> str:
+    """The route's path for Starlette's router: an integer parameter matches
+    decimal digits only (so /levels/check-level-up is not a level); a string
+    one matches anything, slashes included (an id may hold one, sent as %2F,
+    which the server decodes before routing)."""
+    path = route.path
+    for param in route.path_params:
+        field = resolve_field(route.request_type, route.field_path(param))
+        path = path.replace(f"{{{param}}}", f"{{{param}:{'decimal' if field.type in INTEGER_TYPES else 'path'}}}")
+    return path
+
+
+def _dispatcher(handlers: dict[str, Callable[[Request], Any]]) -> Callable[[Request], Any]:
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        response: Response = await handlers[method](request)
+        return response
+    return dispatch
+
+
+def create_app(settings: Settings) -> Starlette:
+    gateway = Gateway(settings)
+    document = json.dumps(build_document(), separators=(",", ":")).encode()
+
+    async def healthz(_request: Request) -> Response:
+        return _json_response(200, b'{"status":"SERVING"}')
+
+    async def openapi(_request: Request) -> Response:
+        return _json_response(200, document)
+
+    by_path: dict[str, dict[str, Callable[[Request], Any]]] = {}
+    for handler in gateway.handlers:
+        by_path.setdefault(_starlette_path(handler.route), {})[handler.route.http_method] = handler
+    routes = [
+        StarletteRoute(HEALTH_PATH, healthz, methods=["GET"]),
+        StarletteRoute(OPENAPI_PATH, openapi, methods=["GET"]),
+        *(StarletteRoute(path, _dispatcher(handlers), methods=list(handlers))
+          for path, handlers in by_path.items()),
+    ]
+
+    async def http_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        if error.status_code == 405:
+            status, code = METHOD_NOT_ALLOWED
+            message = f"{request.method} is not allowed on {request.url.path}"
+        elif error.status_code == 404:
+            status, code = ROUTE_NOT_FOUND
+            message = f"no route {request.url.path}"
+        else:
+            status, code = error.status_code, grpc.StatusCode.UNKNOWN
+            message = error.detail
+        return _error(status, code, message, scope=request.scope, headers=dict(error.headers or {}))
+
+    async def internal_error(request: Request, error: Exception) -> Response:
+        log.error("unhandled error", exc_info=error)
+        return _error(500, grpc.StatusCode.INTERNAL, "internal error in the gateway", scope=request.scope)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await gateway.open()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error, Exception: internal_error})
+    app.router.redirect_slashes = False  # an API answers, it does not redirect
+    app.add_middleware(TraceAndLog)
+    app.state.gateway = gateway
+    return app

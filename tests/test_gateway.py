@@ -1,0 +1,524 @@
+"""The HTTP/JSON gateway over real HTTP, in front of real servers: every
+route with real tokens, the error mapping, the OpenAPI document (and
+schemathesis against it), and `python -m gateway` as a process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from typing import Any, Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    ignored_auth,
+    response_schema_conformance,
+    status_code_conformance,
+    unsupported_method,
+)
+from schemathesis.checks import not_a_server_error
+
+from common.caller_auth import Role
+from common.metrics import RPCS
+from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, free_port
+from gateway.app import MAX_BODY_BYTES
+from gateway.openapi import build_document
+from gateway.routes import ROUTES
+from rewards.v1 import xp_pb2
+from tests.cluster import STANDARD_LEVELS, Cluster, mint_test_token, unique
+from tests.gateway_server import GatewayServer, HttpResponse, http_call
+
+ADMIN = mint_test_token(Role.ADMIN, "gateway-admin")
+GAME = mint_test_token(Role.GAME, "gateway-game")
+
+# What the issue asks for, written out (the route table must serve at least these).
+EXPECTED_OPERATIONS = {
+    ("POST", "/xp/award"), ("POST", "/xp/grant"), ("POST", "/achievements/unlock"),
+    ("POST", "/levels/check-level-up"), ("GET", "/users/{user_id}/progress"),
+    ("GET", "/users/{user_id}/achievements"),
+    ("GET", "/activities"), ("GET", "/activities/{activity_id}"), ("PUT", "/activities/{activity_id}"),
+    ("DELETE", "/activities/{activity_id}"),
+    ("GET", "/achievements"), ("GET", "/achievements/{achievement_id}"), ("PUT", "/achievements/{achievement_id}"),
+    ("DELETE", "/achievements/{achievement_id}"),
+    ("GET", "/levels"), ("PUT", "/levels/{level}"), ("DELETE", "/levels/{level}"),
+    ("GET", "/openapi.json"), ("GET", "/healthz"),
+}
+
+
+@pytest.fixture(scope="module")
+def gateway_cluster(dynamodb_endpoint: str) -> Iterator[Cluster]:
+    """A cluster of its own: these tests write the level table."""
+    cluster = Cluster(dynamodb_endpoint)
+    cluster.put_levels(STANDARD_LEVELS)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_cluster: Cluster) -> Iterator[GatewayServer]:
+    server = GatewayServer.for_cluster(gateway_cluster).start()
+    yield server
+    server.stop()
+
+
+def call(gateway: GatewayServer, method: str, path: str, body: Any = None, *, token: str | None = GAME,
+         **kwargs: Any) -> HttpResponse:
+    return http_call(gateway, method, path, body, token=token, **kwargs)
+
+
+def ok(response: HttpResponse) -> Any:
+    assert response.status == 200, (response.status, response.body)
+    assert response.headers["content-type"] == "application/json"
+    return response.json
+
+
+def error(response: HttpResponse, status: int, code: str) -> dict[str, Any]:
+    assert response.status == status, (response.status, response.body)
+    assert response.headers["content-type"] == "application/json"
+    body = response.json
+    assert body["code"] == code, body
+    assert set(body) == {"code", "message", "details"} and isinstance(body["message"], str)
+    return body
+
+
+def field_violations(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [v for d in body["details"] if d["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+            for v in d["field_violations"]]
+
+
+def rpc_count(method: str) -> float:
+    """RPCs the in-process servers have served for `method`, every code."""
+    return sum(sample.value for metric in RPCS.collect() for sample in metric.samples
+               if sample.name.endswith("_total") and sample.labels.get("method") == method)
+
+
+def put_activity(gateway: GatewayServer, xp: int = 150, category: str = "pvp") -> str:
+    activity_id = unique("act")
+    ok(call(gateway, "PUT", f"/activities/{activity_id}", {"name": "Win a match", "category": category, "xp": str(xp)},
+            token=ADMIN))
+    return activity_id
+
+
+# --- the document -------------------------------------------------------------------------
+
+def test_openapi_document_matches_the_routes(gateway: GatewayServer) -> None:
+    document = ok(call(gateway, "GET", "/openapi.json", token=None))
+    assert document["openapi"] == "3.1.0"
+    served = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    assert served == {(r.http_method, r.path) for r in ROUTES} | {("GET", "/openapi.json"), ("GET", "/healthz")}
+    assert served == EXPECTED_OPERATIONS
+
+    schemas = document["components"]["schemas"]
+    # The proto3 JSON mapping: int64 as a string, int32 as an integer, repeated as arrays,
+    # messages as $refs, Timestamp as RFC 3339; proto field names; no other fields.
+    award = schemas["AwardXpResponse"]
+    assert award["properties"]["xp_awarded"]["type"] == "string" and award["properties"]["xp_awarded"]["format"] == "int64"
+    assert award["properties"]["level"]["type"] == "integer"
+    assert award["properties"]["level_up"] == {"$ref": "#/components/schemas/LevelUpResult"}
+    assert award["additionalProperties"] is False
+    assert schemas["ListActivitiesResponse"]["properties"]["activities"] == {
+        "type": "array", "items": {"$ref": "#/components/schemas/Activity"}}
+    assert schemas["UserProgress"]["properties"]["updated_at"] == {"type": "string", "format": "date-time"}
+    assert set(schemas["Activity"]["properties"]) == {"activity_id", "name", "description", "category", "xp"}
+    assert set(schemas["Error"]["required"]) == {"code", "message", "details"}
+
+    def refs(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                yield node["$ref"]
+            for value in node.values():
+                yield from refs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from refs(value)
+
+    for ref in set(refs(document)):  # every $ref resolves
+        target: Any = document
+        for part in ref.removeprefix("#/").split("/"):
+            target = target[part]
+
+    assert document["components"]["securitySchemes"]["bearerAuth"] == {
+        **document["components"]["securitySchemes"]["bearerAuth"], "type": "http", "scheme": "bearer"}
+    assert document["components"]["parameters"]["IdempotencyKey"]["name"] == "Idempotency-Key"
+    for route in ROUTES:
+        operation = document["paths"][route.path][route.http_method.lower()]
+        has_key = {"$ref": "#/components/parameters/IdempotencyKey"} in operation["parameters"]
+        assert has_key == (route.http_method == "POST"), route.path
+        assert {"200", "400", "401", "403", "404", "409", "503"} <= set(operation["responses"])
+    assert document["paths"]["/healthz"]["get"]["security"] == []
+
+
+def test_healthz(gateway: GatewayServer) -> None:
+    assert ok(call(gateway, "GET", "/healthz", token=None)) == {"status": "SERVING"}
+
+
+# --- play ---------------------------------------------------------------------------------
+
+def test_award_counts_once_per_idempotency_key(gateway: GatewayServer, gateway_cluster: Cluster, user_id: str) -> None:
+    activity_id = put_activity(gateway, xp=150)
+    first = call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id},
+                 headers={"Idempotency-Key": "match-1"})
+    award = ok(first)
+    assert first.headers["x-trace-id"]
+    assert award["user_id"] == user_id
+    assert award["xp_awarded"] == "150" and award["total_xp"] == "150" and award["level"] == 2
+    assert award["duplicate"] is False and award["level_check_deferred"] is False
+    assert award["level_up"]["leveled_up"] is True and award["level_up"]["current_level"] == 2
+    assert award["level_up"]["rewards"] == [{"reward_id": "coins", "quantity": "100"}]
+
+    # A retry with the same key: counted once. The key may be repeated in the body.
+    again = ok(call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id, "request_id": "match-1"},
+                    headers={"Idempotency-Key": "match-1"}))
+    assert again["duplicate"] is True and again["xp_awarded"] == "150" and again["total_xp"] == "150"
+    # Another key counts again; so does a body's own request_id without the header.
+    assert ok(call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id},
+                   headers={"Idempotency-Key": "match-2"}))["total_xp"] == "300"
+    assert ok(call(gateway, "POST", "/xp/award",
+                   {"user_id": user_id, "activity_id": activity_id, "request_id": "match-3"}))["total_xp"] == "450"
+    # The services saw the same thing.
+    progress = gateway_cluster.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id))
+    assert progress.total_xp == 450 and progress.level == 3
+
+    # A body whose request_id is not the header's: refused before any call.
+    before = rpc_count("/rewards.v1.XpService/AwardXp")
+    conflict = error(call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id,
+                                                         "request_id": "match-9"}, headers={"Idempotency-Key": "match-4"}),
+                     400, "INVALID_ARGUMENT")
+    assert field_violations(conflict)[0]["field"] == "request_id"
+    error(call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id},
+               headers={"Idempotency-Key": ""}), 400, "INVALID_ARGUMENT")
+    assert rpc_count("/rewards.v1.XpService/AwardXp") == before
+
+
+def test_progress_and_level_check(gateway: GatewayServer, user_id: str) -> None:
+    empty = ok(call(gateway, "GET", f"/users/{user_id}/progress"))
+    # Fields with no presence are always there; a message field that is unset (updated_at) is not.
+    assert empty == {"user_id": user_id, "total_xp": "0", "level": 1, "unlocked_achievements": [], "rewards": []}
+    activity_id = put_activity(gateway, xp=320)
+    ok(call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id}))
+    progress = ok(call(gateway, "GET", f"/users/{user_id}/progress"))
+    assert progress["total_xp"] == "320" and progress["level"] == 3
+    assert progress["rewards"] == [{"reward_id": "coins", "quantity": "100"}, {"reward_id": "coins", "quantity": "200"}]
+    assert progress["updated_at"].endswith("Z")
+
+    check = ok(call(gateway, "POST", "/levels/check-level-up", {"user_id": user_id},
+                    headers={"Idempotency-Key": "check-1"}))
+    assert check == {"user_id": user_id, "leveled_up": False, "previous_level": 3, "current_level": 3,
+                     "total_xp": "320", "rewards": [], "next_level_xp": "600"}
+
+
+def test_grant_takes_an_admin(gateway: GatewayServer, user_id: str) -> None:
+    grant = {"user_id": user_id, "amount": "25", "reason": "tournament bonus"}
+    granted = ok(call(gateway, "POST", "/xp/grant", grant, token=ADMIN, headers={"Idempotency-Key": "bonus-1"}))
+    assert granted["xp_awarded"] == "25" and granted["total_xp"] == "25" and granted["duplicate"] is False
+    assert ok(call(gateway, "POST", "/xp/grant", grant, token=ADMIN,
+                   headers={"Idempotency-Key": "bonus-1"}))["duplicate"] is True
+    refused = error(call(gateway, "POST", "/xp/grant", grant, token=GAME), 403, "PERMISSION_DENIED")
+    assert "may not call rewards.v1.XpService/GrantXp" in refused["message"]
+
+
+def test_unlock_with_requirements(gateway: GatewayServer, user_id: str) -> None:
+    achievement_id = unique("veteran")
+    put = ok(call(gateway, "PUT", f"/achievements/{achievement_id}",
+                  {"name": "Veteran", "xp_reward": "50", "requirements": {"min_level": 3}}, token=ADMIN))
+    assert put["achievement_id"] == achievement_id and put["requirements"]["min_level"] == 3
+
+    unmet = error(call(gateway, "POST", "/achievements/unlock", {"user_id": user_id, "achievement_id": achievement_id}),
+                  409, "FAILED_PRECONDITION")
+    assert unmet["details"][0]["@type"] == "type.googleapis.com/google.rpc.PreconditionFailure"
+    assert unmet["details"][0]["violations"][0]["type"] == "REQUIREMENT"
+
+    ok(call(gateway, "POST", "/xp/grant", {"user_id": user_id, "amount": "300", "reason": "setup"}, token=ADMIN))
+    unlocked = ok(call(gateway, "POST", "/achievements/unlock", {"user_id": user_id, "achievement_id": achievement_id},
+                       headers={"Idempotency-Key": "unlock-1"}))
+    assert unlocked["already_unlocked"] is False and unlocked["xp_awarded"] == "50" and unlocked["total_xp"] == "350"
+    assert unlocked["achievement"]["achievement_id"] == achievement_id
+    repeat = ok(call(gateway, "POST", "/achievements/unlock", {"user_id": user_id, "achievement_id": achievement_id}))
+    assert repeat["already_unlocked"] is True and repeat["xp_awarded"] == "0"
+
+    mine = ok(call(gateway, "GET", f"/users/{user_id}/achievements"))
+    assert mine["user_id"] == user_id
+    assert [(a["achievement_id"], a["xp_reward"]) for a in mine["achievements"]] == [(achievement_id, "50")]
+    assert mine["achievements"][0]["unlocked_at"].endswith("Z")
+    assert ok(call(gateway, "GET", f"/users/{user_id}/progress"))["unlocked_achievements"] == [achievement_id]
+
+    error(call(gateway, "POST", "/achievements/unlock", {"user_id": user_id, "achievement_id": unique("nope")}),
+          404, "NOT_FOUND")
+
+
+# --- the catalog --------------------------------------------------------------------------
+
+def test_activity_catalog_round_trip(gateway: GatewayServer) -> None:
+    activity_id, category = unique("act"), unique("cat")
+    stored = ok(call(gateway, "PUT", f"/activities/{activity_id}",
+                     {"name": "Capture the flag", "description": "3 flags", "category": category, "xp": 90}, token=ADMIN))
+    assert stored == {"activity_id": activity_id, "name": "Capture the flag", "description": "3 flags",
+                      "category": category, "xp": "90"}
+    assert ok(call(gateway, "GET", f"/activities/{activity_id}")) == stored
+    # The body may name the id too, if it is the path's.
+    second = unique("act")
+    ok(call(gateway, "PUT", f"/activities/{second}", {"activity_id": second, "name": "Second", "category": category},
+            token=ADMIN))
+    mismatch = error(call(gateway, "PUT", f"/activities/{second}", {"activity_id": "other", "name": "x"}, token=ADMIN),
+                     400, "INVALID_ARGUMENT")
+    assert field_violations(mismatch)[0]["field"] == "activity.activity_id"
+
+    page = ok(call(gateway, "GET", f"/activities?category={category}&page_size=1"))
+    assert len(page["activities"]) == 1 and page["next_page_token"]
+    token = urllib.parse.quote(page["next_page_token"])
+    rest = ok(call(gateway, "GET", f"/activities?category={category}&page_size=1&page_token={token}"))
+    assert {a["activity_id"] for a in page["activities"] + rest["activities"]} == {activity_id, second}
+    whole = ok(call(gateway, "GET", f"/activities?category={category}"))
+    assert whole["next_page_token"] == ""
+    assert sorted(whole["activities"], key=lambda a: a["activity_id"] != activity_id) == [
+        stored, {"activity_id": second, "name": "Second", "description": "", "category": category, "xp": "0"}]
+
+    changed = ok(call(gateway, "PUT", f"/activities/{activity_id}", {"name": "CTF", "category": category, "xp": "95"},
+                      token=ADMIN))
+    assert changed["xp"] == "95" and changed["description"] == ""
+    assert ok(call(gateway, "DELETE", f"/activities/{activity_id}", token=ADMIN)) == {}
+    error(call(gateway, "GET", f"/activities/{activity_id}"), 404, "NOT_FOUND")
+    error(call(gateway, "DELETE", f"/activities/{activity_id}", token=ADMIN), 404, "NOT_FOUND")
+
+    # An id with a slash, sent percent-encoded, is one path parameter.
+    slashed = f"{unique('season')}/final"
+    ok(call(gateway, "PUT", f"/activities/{urllib.parse.quote(slashed, safe='')}", {"name": "Final"}, token=ADMIN))
+    assert ok(call(gateway, "GET", f"/activities/{urllib.parse.quote(slashed, safe='')}"))["activity_id"] == slashed
+    ok(call(gateway, "DELETE", f"/activities/{urllib.parse.quote(slashed, safe='')}", token=ADMIN))
+
+
+def test_achievement_catalog_round_trip(gateway: GatewayServer) -> None:
+    first, second = unique("ach"), unique("ach")
+    stored = ok(call(gateway, "PUT", f"/achievements/{first}", {"name": "First", "xp_reward": "10", "hidden": True},
+                     token=ADMIN))
+    assert stored == {"achievement_id": first, "name": "First", "description": "", "xp_reward": "10", "hidden": True,
+                      "requirements": {"required_achievements": [], "min_total_xp": "0", "min_level": 0}}
+    ok(call(gateway, "PUT", f"/achievements/{second}",
+            {"name": "Second", "requirements": {"required_achievements": [first], "min_total_xp": "100"}}, token=ADMIN))
+    got = ok(call(gateway, "GET", f"/achievements/{second}"))
+    assert got["requirements"] == {"required_achievements": [first], "min_total_xp": "100", "min_level": 0}
+
+    listed: list[str] = []
+    path = "/achievements?page_size=1"
+    for _ in range(100):
+        page = ok(call(gateway, "GET", path))
+        assert len(page["achievements"]) <= 1
+        listed += [a["achievement_id"] for a in page["achievements"]]
+        if not page["next_page_token"]:
+            break
+        path = f"/achievements?page_size=1&page_token={urllib.parse.quote(page['next_page_token'])}"
+    assert {first, second} <= set(listed)
+
+    assert ok(call(gateway, "DELETE", f"/achievements/{second}", token=ADMIN)) == {}
+    error(call(gateway, "GET", f"/achievements/{second}"), 404, "NOT_FOUND")
+    ok(call(gateway, "DELETE", f"/achievements/{first}", token=ADMIN))
+
+
+def test_level_table_round_trip(gateway: GatewayServer) -> None:
+    stored = ok(call(gateway, "PUT", "/levels/999", {"xp_required": "999999999", "rewards": [
+        {"reward_id": "crown", "quantity": "1"}]}, token=ADMIN))
+    assert stored == {"level": 999, "xp_required": "999999999", "rewards": [{"reward_id": "crown", "quantity": "1"}]}
+    levels = ok(call(gateway, "GET", "/levels"))["levels"]
+    assert [level["level"] for level in levels] == [1, 2, 3, 4, 5, 999]
+    assert levels[1] == {"level": 2, "xp_required": "100", "rewards": [{"reward_id": "coins", "quantity": "100"}]}
+    error(call(gateway, "PUT", "/levels/999", {"level": 998, "xp_required": "1"}, token=ADMIN), 400, "INVALID_ARGUMENT")
+    assert ok(call(gateway, "DELETE", "/levels/999", token=ADMIN)) == {}
+    error(call(gateway, "DELETE", "/levels/999", token=ADMIN), 404, "NOT_FOUND")
+    assert [level["level"] for level in ok(call(gateway, "GET", "/levels"))["levels"]] == [1, 2, 3, 4, 5]
+
+
+# --- errors -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("raw", "headers", "field"), [
+    (b'{"user_id": "u", "activity_id":', {}, "body"),  # malformed JSON
+    (b'{"user_id": "u", "activity_id": "a", "points": 5}', {}, "body"),  # unknown field
+    (b'{"user_id": 5, "activity_id": "a"}', {}, "body"),  # wrong type
+    (b'{"user_id": "u", "user_id": "v"}', {}, "body"),  # duplicate key
+    (b'["u", "a"]', {}, "body"),  # not an object
+    (b"", {}, "body"),  # no body
+    (b'{"user_id": "\xff"}', {}, "body"),  # not UTF-8
+    (b'{"user_id": "u", "activity_id": "a"}', {"Authorization": "Bearer t\xe9"}, "Authorization"),
+], ids=["malformed", "unknown-field", "wrong-type", "duplicate-key", "array", "empty", "not-utf8", "non-ascii-token"])
+def test_bad_bodies_are_refused_by_the_gateway(gateway: GatewayServer, raw: bytes, headers: dict[str, str],
+                                               field: str) -> None:
+    before = rpc_count("/rewards.v1.XpService/AwardXp")
+    refused = error(call(gateway, "POST", "/xp/award", raw_body=raw,
+                         token=None if "Authorization" in headers else GAME, headers=headers), 400, "INVALID_ARGUMENT")
+    assert field_violations(refused)[0]["field"] == field
+    assert rpc_count("/rewards.v1.XpService/AwardXp") == before  # nothing reached the service
+
+
+@pytest.mark.parametrize(("path", "field"), [
+    ("/activities?page_size=abc", "page_size"),
+    ("/activities?page_size=99999999999", "page_size"),
+    ("/activities?limit=5", "limit"),
+    ("/activities?page_size=1&page_size=2", "page_size"),
+    ("/activities?category=caf%E9", "query"),  # Latin-1, not UTF-8: refused, not replaced
+])
+def test_bad_query_parameters_are_refused_by_the_gateway(gateway: GatewayServer, path: str, field: str) -> None:
+    before = rpc_count("/rewards.v1.XpService/ListActivities")
+    assert field_violations(error(call(gateway, "GET", path), 400, "INVALID_ARGUMENT"))[0]["field"] == field
+    assert rpc_count("/rewards.v1.XpService/ListActivities") == before
+
+
+def test_the_json_mapping_is_applied_strictly(gateway: GatewayServer) -> None:
+    before = rpc_count("/rewards.v1.AchievementsService/PutAchievement")
+    # json_format alone would read [] as an empty message.
+    refused = error(call(gateway, "PUT", f"/achievements/{unique('a')}", {"name": "x", "requirements": []}, token=ADMIN),
+                    400, "INVALID_ARGUMENT")
+    assert "requirements must be a JSON object" in refused["message"]
+    error(call(gateway, "PUT", "/levels/7", {"rewards": ["coins"]}, token=ADMIN), 400, "INVALID_ARGUMENT")
+    error(call(gateway, "PUT", "/levels/7", {"xp_required": 1.5}, token=ADMIN), 400, "INVALID_ARGUMENT")
+    assert rpc_count("/rewards.v1.AchievementsService/PutAchievement") == before
+    # lowerCamelCase names are the JSON mapping's too, and are read.
+    camel = ok(call(gateway, "PUT", f"/achievements/{unique('a')}", {"name": "x", "xpReward": "5"}, token=ADMIN))
+    assert camel["xp_reward"] == "5"
+    # A path that is not UTF-8 once percent-decoded is refused, not passed on with replacement characters.
+    before = rpc_count("/rewards.v1.XpService/GetProgress")
+    assert field_violations(error(call(gateway, "GET", "/users/caf%E9/progress"), 400, "INVALID_ARGUMENT"))[0][
+        "field"] == "path"
+    assert rpc_count("/rewards.v1.XpService/GetProgress") == before
+
+
+def test_service_validation_comes_back_with_its_details(gateway: GatewayServer) -> None:
+    before = rpc_count("/rewards.v1.XpService/AwardXp")
+    refused = error(call(gateway, "POST", "/xp/award", {"user_id": "", "activity_id": "win-match"}), 400, "INVALID_ARGUMENT")
+    assert refused["message"] == "user_id is required"
+    assert field_violations(refused) == [{"field": "user_id", "description": "is required", "reason": ""}]
+    assert rpc_count("/rewards.v1.XpService/AwardXp") == before + 1
+    too_long = error(call(gateway, "PUT", f"/activities/{unique('a')}", {"name": "x" * 201}, token=ADMIN),
+                     400, "INVALID_ARGUMENT")
+    assert field_violations(too_long)[0]["field"] == "activity.name"
+
+
+def test_tokens_pass_through(gateway: GatewayServer, user_id: str) -> None:
+    missing = call(gateway, "GET", f"/users/{user_id}/progress", token=None)
+    body = error(missing, 401, "UNAUTHENTICATED")
+    assert "no authorization metadata" in body["message"]
+    assert missing.headers["www-authenticate"] == "Bearer"
+    # The header goes as it is: the service judges it (and says why).
+    basic = error(call(gateway, "GET", f"/users/{user_id}/progress", token=None,
+                       headers={"Authorization": "Basic dXNlcjpwYXNz"}), 401, "UNAUTHENTICATED")
+    assert "must be `Bearer <token>`" in basic["message"]
+    error(call(gateway, "GET", f"/users/{user_id}/progress", token="not-a-jwt"), 401, "UNAUTHENTICATED")
+    # A game token may not write the catalog or grant XP.
+    refused = error(call(gateway, "PUT", "/activities/x", {"name": "X"}, token=GAME), 403, "PERMISSION_DENIED")
+    assert "may not call rewards.v1.XpService/PutActivity" in refused["message"]
+    error(call(gateway, "POST", "/xp/grant", {"user_id": user_id, "amount": "1", "reason": "r"}, token=GAME),
+          403, "PERMISSION_DENIED")
+
+
+def test_not_found(gateway: GatewayServer, user_id: str) -> None:
+    missing = error(call(gateway, "GET", f"/activities/{unique('missing')}"), 404, "NOT_FOUND")
+    assert "not in the catalog" in missing["message"]
+    error(call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": unique("missing")}), 404, "NOT_FOUND")
+
+
+def test_unknown_routes_and_methods(gateway: GatewayServer) -> None:
+    error(call(gateway, "GET", "/nowhere"), 404, "NOT_FOUND")
+    error(call(gateway, "GET", "/xp/award/"), 404, "NOT_FOUND")
+    wrong = call(gateway, "PATCH", "/activities/x", {"name": "x"})
+    error(wrong, 405, "UNIMPLEMENTED")
+    assert {m.strip() for m in wrong.headers["allow"].split(",")} >= {"GET", "PUT", "DELETE"}
+    error(call(gateway, "GET", "/xp/award"), 405, "UNIMPLEMENTED")
+
+
+def test_body_too_large(gateway: GatewayServer) -> None:
+    big = json.dumps({"user_id": "u", "activity_id": "x" * MAX_BODY_BYTES}).encode()
+    error(call(gateway, "POST", "/xp/award", raw_body=big), 413, "RESOURCE_EXHAUSTED")
+
+
+def test_trace_id(gateway: GatewayServer) -> None:
+    assert call(gateway, "GET", "/levels", headers={"X-Trace-Id": "web-trace-1"}).headers["x-trace-id"] == "web-trace-1"
+    made = call(gateway, "GET", "/levels", headers={"X-Trace-Id": "not ok!"}).headers["x-trace-id"]
+    assert made and made != "not ok!"
+
+
+def test_unavailable_service_is_503(gateway_cluster: Cluster, user_id: str) -> None:
+    down = GatewayServer.for_cluster(gateway_cluster, xp_target=f"127.0.0.1:{free_port()}").start()
+    try:
+        unavailable = error(call(down, "POST", "/xp/award", {"user_id": user_id, "activity_id": "a"}), 503, "UNAVAILABLE")
+        assert unavailable["message"]
+        error(call(down, "GET", f"/users/{user_id}/progress"), 503, "UNAVAILABLE")
+        # The other services are still served.
+        assert [level["level"] for level in ok(call(down, "GET", "/levels"))["levels"]] == [1, 2, 3, 4, 5]
+    finally:
+        down.stop()
+
+
+# --- the process --------------------------------------------------------------------------
+
+def test_python_m_gateway_serves_and_stops_on_sigterm(gateway_cluster: Cluster, tmp_path: Any, user_id: str) -> None:
+    port = free_port()
+    env = {**os.environ, **LOCAL_CREDENTIALS, "REWARDS_GATEWAY_HOST": "127.0.0.1", "REWARDS_GATEWAY_PORT": str(port),
+           **{f"REWARDS_{name.upper()}_TARGET": f"localhost:{gateway_cluster.ports[name]}"
+              for name in ("xp", "achievements", "levels")}}
+    log_path = tmp_path / "gateway.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=REPO_ROOT, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if http_call(url, "GET", "/healthz", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        progress = http_call(url, "GET", f"/users/{user_id}/progress", token=GAME, headers={"X-Trace-Id": "proc-1"})
+        assert progress.status == 200 and progress.json["total_xp"] == "0"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    assert lines and all(line["service"] == "gateway" for line in lines)
+    request = next(line for line in lines if line.get("trace_id") == "proc-1")
+    assert request["status"] == 200 and request["rpc"] == "/rewards.v1.XpService/GetProgress"
+    assert request["route"] == "GET /users/{user_id}/progress" and request["code"] == "OK"
+
+
+# --- schemathesis -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fuzzed_gateway(dynamodb_endpoint: str) -> Iterator[GatewayServer]:
+    """A cluster and gateway of their own: the generated calls write the catalog.
+    The document schemathesis reads is the one this gateway serves."""
+    cluster = Cluster(dynamodb_endpoint)
+    cluster.put_levels(STANDARD_LEVELS)
+    server = GatewayServer.for_cluster(cluster).start()
+    served = http_call(server, "GET", "/openapi.json")
+    assert served.status == 200 and served.json == json.loads(json.dumps(DOCUMENT))
+    yield server
+    server.stop()
+    cluster.close()
+
+
+# schemathesis reads the document at collection, before the gateway runs: the same
+# document, built from the route table (the fixture checks that the gateway serves it).
+# (schemathesis.pytest.from_fixture, which would read it from the running gateway,
+# does not work with pytest 9: it sets Function._nodeid, which pytest 9 no longer has.)
+DOCUMENT = build_document()
+schema = schemathesis.openapi.from_dict(DOCUMENT)
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          ignored_auth, unsupported_method]
+
+
+@schema.parametrize()
+@settings(max_examples=8, derandomize=True, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+def test_schemathesis(case: Any, fuzzed_gateway: GatewayServer) -> None:
+    case.call_and_validate(base_url=fuzzed_gateway.url, headers={"Authorization": f"Bearer {ADMIN}"}, checks=CHECKS,
+                           timeout=30)
