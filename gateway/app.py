@@ -60,7 +60,8 @@ _SCOPE_LOG = "rewards.log"
 
 
 def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
-    return Response(body, status_code=status, media_type=JSON, headers=headers)
+    # A final newline, so that answers printed by curl in a terminal end their line.
+    return Response(body + b"\n", status_code=status, media_type=JSON, headers=headers)
 
 
 def _error(status: int, code: grpc.StatusCode, message: str, details: list[dict[str, Any]] | None = None,
