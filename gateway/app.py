@@ -153,7 +153,7 @@ class RpcHandler:
     def _rpc_error(self, error: grpc.aio.AioRpcError, trace_id: str, scope: Scope) -> Response:
         code = error.code()
         message = error.details() or ""
-        details = status_details(error.trailing_metadata())
+        details = status_details(error)
         if code in MASKED_CODES:
             log.warning("rpc failed", extra={"fields": {"rpc": self.route.grpc_method, "code": code.name,
                                                         "error": message, "trace_id": trace_id}})

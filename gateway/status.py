@@ -10,6 +10,7 @@ import json
 from typing import Any, Iterable
 
 import grpc
+from grpc_status import rpc_status
 from google.protobuf import any_pb2, json_format
 from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (error_details: its types for Any)
 
@@ -43,7 +44,6 @@ BODY_TOO_LARGE = (413, grpc.StatusCode.RESOURCE_EXHAUSTED)
 # the client gets a generic message, the gateway's log the original.
 MASKED_CODES = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
 
-_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def error_statuses() -> dict[int, list[str]]:
@@ -68,15 +68,12 @@ def _detail_json(detail: any_pb2.Any) -> dict[str, Any]:
         return {"@type": detail.type_url}
 
 
-def status_details(trailing_metadata: Any) -> list[dict[str, Any]]:
-    """The google.rpc.Status details a failed call carried (grpcio-status's
-    trailer), as JSON objects with their "@type"; [] when there are none."""
-    for key, value in trailing_metadata or ():
-        if key == _DETAILS_KEY and isinstance(value, bytes):
-            status = status_pb2.Status()
-            try:
-                status.ParseFromString(value)
-            except Exception:  # a malformed trailer: report the call without details
-                return []
-            return [_detail_json(detail) for detail in status.details]
-    return []
+def status_details(error: grpc.RpcError) -> list[dict[str, Any]]:
+    """The google.rpc.Status details a failed call carried, read by
+    grpcio-status, as JSON objects with their "@type"; [] when there are none
+    or the trailer does not match the call's status."""
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:
+        return []
+    return [_detail_json(detail) for detail in status.details] if status is not None else []
