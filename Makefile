@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .local/installed.stamp
 
-.PHONY: install up down status test bench proto proto-check proto-lint typecheck cfn cfn-check
+.PHONY: install up down status test test-unit lint bench proto proto-check proto-lint typecheck cfn cfn-check
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ test: install
 ## Not part of the tests. BENCH_ARGS="--duration 3 --cases award_xp" for a shorter run; --help lists the flags.
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
+
+## ruff: lint and format check (config in pyproject.toml); `ruff format .` formats.
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 ## Regenerate rewards/v1 (Python code and .pyi stubs) from protos/.
 proto: install

@@ -1,4 +1,5 @@
 """Achievement rules, pure: no gRPC, no DynamoDB."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -33,18 +34,26 @@ def check_achievement(achievement: Achievement) -> Achievement:
     requirements = achievement.requirements
     required = requirements.required_achievements
     if achievement.achievement_id in required:  # indexed as in the request, before duplicates go
-        raise InvalidField(f"achievement.requirements.required_achievements[{required.index(achievement.achievement_id)}]",
-                           "an achievement cannot require itself")
+        raise InvalidField(
+            f"achievement.requirements.required_achievements[{required.index(achievement.achievement_id)}]",
+            "an achievement cannot require itself",
+        )
     required = tuple(dict.fromkeys(required))
     if len(required) > MAX_REQUIRED_ACHIEVEMENTS:
-        raise InvalidField("achievement.requirements.required_achievements",
-                           f"must list at most {MAX_REQUIRED_ACHIEVEMENTS} achievements (got {len(required)})")
+        raise InvalidField(
+            "achievement.requirements.required_achievements",
+            f"must list at most {MAX_REQUIRED_ACHIEVEMENTS} achievements (got {len(required)})",
+        )
     if not 0 <= requirements.min_total_xp <= MAX_MIN_TOTAL_XP:
-        raise InvalidField("achievement.requirements.min_total_xp",
-                           f"must be between 0 and {MAX_MIN_TOTAL_XP} (got {requirements.min_total_xp})")
+        raise InvalidField(
+            "achievement.requirements.min_total_xp",
+            f"must be between 0 and {MAX_MIN_TOTAL_XP} (got {requirements.min_total_xp})",
+        )
     if not 0 <= requirements.min_level <= MAX_MIN_LEVEL:
-        raise InvalidField("achievement.requirements.min_level",
-                           f"must be between 0 and {MAX_MIN_LEVEL} (got {requirements.min_level})")
+        raise InvalidField(
+            "achievement.requirements.min_level",
+            f"must be between 0 and {MAX_MIN_LEVEL} (got {requirements.min_level})",
+        )
     return replace(achievement, requirements=replace(requirements, required_achievements=required))
 
 
@@ -113,7 +122,8 @@ class RequirementsNotMet(PreconditionFailed):
         more = f"; and {len(unmet) - _MESSAGE_NAMES} more" if len(unmet) > _MESSAGE_NAMES else ""
         super().__init__(
             f"requirements of achievement {_shown(achievement_id)!r} are not met: "
-            + "; ".join(d for _, d in shown[:_MESSAGE_NAMES]) + more,
+            + "; ".join(d for _, d in shown[:_MESSAGE_NAMES])
+            + more,
             shown[:_DETAIL_NAMES],
         )
 

@@ -1,4 +1,5 @@
 """Achievement use cases: the catalog and exactly-once unlocks."""
+
 from __future__ import annotations
 
 import uuid
@@ -85,8 +86,14 @@ class Achievements:
         if achievement is None:
             raise AchievementNotFound(achievement_id)
         check_requirements(achievement, self._standing(progress, achievement))
-        unlock = Unlock(user_id, achievement_id, utc_now_iso(), achievement.xp_reward,
-                        xp_granted=achievement.xp_reward == 0, request_id=request_id)
+        unlock = Unlock(
+            user_id,
+            achievement_id,
+            utc_now_iso(),
+            achievement.xp_reward,
+            xp_granted=achievement.xp_reward == 0,
+            request_id=request_id,
+        )
         try:
             self._repository.record_unlock_once(unlock, achievement.requirements, progress.level is not None)
             UNLOCKS.inc()
@@ -95,7 +102,9 @@ class Achievements:
         except RequirementsChangedConcurrently:
             progress = self._repository.get_progress(user_id)
             unmet = unmet_requirements(achievement.requirements, self._standing(progress, achievement))
-            raise RequirementsNotMet(achievement_id, unmet or [("progress", "changed while unlocking; retry")]) from None
+            raise RequirementsNotMet(
+                achievement_id, unmet or [("progress", "changed while unlocking; retry")]
+            ) from None
         if not unlock.owes_xp:
             return UnlockOutcome(achievement, False, 0, progress.total_xp, None)
         return self._settle(achievement, unlock, already_unlocked=False, updated_before=progress.updated_at)
@@ -106,8 +115,9 @@ class Achievements:
             level = self._repository.load_level_table().start_level if achievement.requirements.min_level else 0
         return PlayerStanding(progress.unlocked_achievements, progress.total_xp, level)
 
-    def _settle(self, achievement: Achievement, unlock: Unlock, *, already_unlocked: bool,
-                updated_before: str | None = None) -> UnlockOutcome:
+    def _settle(
+        self, achievement: Achievement, unlock: Unlock, *, already_unlocked: bool, updated_before: str | None = None
+    ) -> UnlockOutcome:
         """Pays XP the unlock still owes (after a crash or an outage the grant
         may be owed, or done but not marked: the grant is idempotent per
         achievement). The one call that marks it paid reports the XP and the
@@ -120,7 +130,9 @@ class Achievements:
         except GrantRefused:
             # A refused unlock writes nothing: take back the unlock its payment cannot follow
             # (and, when this call recorded it, the progress item's time too).
-            self._repository.withdraw_unpaid_unlock(unlock, restore_updated_at=None if already_unlocked else updated_before)
+            self._repository.withdraw_unpaid_unlock(
+                unlock, restore_updated_at=None if already_unlocked else updated_before
+            )
             raise
         if self._repository.mark_xp_granted_once(unlock.user_id, unlock.achievement_id, marker=uuid.uuid4().hex):
             return UnlockOutcome(achievement, already_unlocked, unlock.xp_reward, grant.total_xp, grant.level_up)

@@ -1,21 +1,25 @@
 """AchievementsService over gRPC: validate, convert, call, map errors."""
+
 from __future__ import annotations
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from common import field_rules
-from common.grpc_edge import level_up_to_message, maps_domain_errors
 from achievements_service.domain import Achievement, Requirements
 from achievements_service.service import Achievements, UnlockOutcome
+from common import field_rules
+from common.grpc_edge import level_up_to_message, maps_domain_errors
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc
+
 
 def achievement_from_message(message: achievements_pb2.Achievement) -> Achievement:
     requirements = message.requirements
     return Achievement(
         achievement_id=field_rules.require_id("achievement.achievement_id", message.achievement_id),
         name=field_rules.text("achievement.name", message.name, max_length=field_rules.MAX_NAME_LENGTH, required=True),
-        description=field_rules.text("achievement.description", message.description, max_length=field_rules.MAX_DESCRIPTION_LENGTH),
+        description=field_rules.text(
+            "achievement.description", message.description, max_length=field_rules.MAX_DESCRIPTION_LENGTH
+        ),
         xp_reward=field_rules.xp_amount("achievement.xp_reward", message.xp_reward),
         hidden=message.hidden,
         requirements=Requirements(
@@ -61,18 +65,24 @@ class AchievementsServicer(achievements_pb2_grpc.AchievementsServiceServicer):
         self._achievements = achievements
 
     @maps_domain_errors
-    def PutAchievement(self, request: achievements_pb2.PutAchievementRequest, context: grpc.ServicerContext) -> achievements_pb2.Achievement:
+    def PutAchievement(
+        self, request: achievements_pb2.PutAchievementRequest, context: grpc.ServicerContext
+    ) -> achievements_pb2.Achievement:
         field_rules.present("achievement", request.HasField("achievement"))
         stored = self._achievements.put_achievement(achievement_from_message(request.achievement))
         return achievement_to_message(stored)
 
     @maps_domain_errors
-    def GetAchievement(self, request: achievements_pb2.GetAchievementRequest, context: grpc.ServicerContext) -> achievements_pb2.Achievement:
+    def GetAchievement(
+        self, request: achievements_pb2.GetAchievementRequest, context: grpc.ServicerContext
+    ) -> achievements_pb2.Achievement:
         achievement_id = field_rules.require_id("achievement_id", request.achievement_id)
         return achievement_to_message(self._achievements.get_achievement(achievement_id))
 
     @maps_domain_errors
-    def ListAchievements(self, request: achievements_pb2.ListAchievementsRequest, context: grpc.ServicerContext) -> achievements_pb2.ListAchievementsResponse:
+    def ListAchievements(
+        self, request: achievements_pb2.ListAchievementsRequest, context: grpc.ServicerContext
+    ) -> achievements_pb2.ListAchievementsResponse:
         page_size = field_rules.page_size(request.page_size)
         achievements, token = self._achievements.list_achievements(page_size, request.page_token)
         return achievements_pb2.ListAchievementsResponse(
@@ -80,19 +90,25 @@ class AchievementsServicer(achievements_pb2_grpc.AchievementsServiceServicer):
         )
 
     @maps_domain_errors
-    def DeleteAchievement(self, request: achievements_pb2.DeleteAchievementRequest, context: grpc.ServicerContext) -> achievements_pb2.DeleteAchievementResponse:
+    def DeleteAchievement(
+        self, request: achievements_pb2.DeleteAchievementRequest, context: grpc.ServicerContext
+    ) -> achievements_pb2.DeleteAchievementResponse:
         self._achievements.delete_achievement(field_rules.require_id("achievement_id", request.achievement_id))
         return achievements_pb2.DeleteAchievementResponse()
 
     @maps_domain_errors
-    def UnlockAchievement(self, request: achievements_pb2.UnlockAchievementRequest, context: grpc.ServicerContext) -> achievements_pb2.UnlockAchievementResponse:
+    def UnlockAchievement(
+        self, request: achievements_pb2.UnlockAchievementRequest, context: grpc.ServicerContext
+    ) -> achievements_pb2.UnlockAchievementResponse:
         user_id = field_rules.require_id("user_id", request.user_id)
         achievement_id = field_rules.require_id("achievement_id", request.achievement_id)
         request_id = field_rules.request_id(request.request_id)
         return unlock_to_message(self._achievements.unlock_achievement(user_id, achievement_id, request_id))
 
     @maps_domain_errors
-    def ListUserAchievements(self, request: achievements_pb2.ListUserAchievementsRequest, context: grpc.ServicerContext) -> achievements_pb2.ListUserAchievementsResponse:
+    def ListUserAchievements(
+        self, request: achievements_pb2.ListUserAchievementsRequest, context: grpc.ServicerContext
+    ) -> achievements_pb2.ListUserAchievementsResponse:
         user_id = field_rules.require_id("user_id", request.user_id)
         response = achievements_pb2.ListUserAchievementsResponse(user_id=user_id)
         for view in self._achievements.list_user_achievements(user_id):

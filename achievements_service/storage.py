@@ -1,5 +1,6 @@
 """AchievementsRepository: the achievement catalog, unlock records and the
 achievement part of user_progress."""
+
 from __future__ import annotations
 
 import functools
@@ -9,23 +10,23 @@ from typing import Any
 from boto3.dynamodb.conditions import Attr, ConditionExpressionBuilder
 from botocore.exceptions import ClientError
 
+from achievements_service.domain import Achievement, AchievementNotFound, Requirements, Unlock
 from common.dynamodb import (
-    transact_get,
     ACHIEVEMENTS,
     USER_ACHIEVEMENTS,
     USER_PROGRESS,
     CatalogTable,
     attr,
-    from_item,
     error_code,
+    from_item,
     load_level_table,
     read_progress,
     retry_on_transaction_conflict,
     to_item,
+    transact_get,
     transact_write,
 )
 from common.models import LevelTable, ProgressRecord
-from achievements_service.domain import Achievement, AchievementNotFound, Requirements, Unlock
 
 
 class AlreadyUnlocked(Exception):
@@ -128,16 +129,23 @@ class AchievementsRepository:
     # --- unlocks ------------------------------------------------------------------
 
     def get_progress(self, user_id: str) -> ProgressRecord:
-        return read_progress(self._client, self._prefix, user_id, ("total_xp", "level", "unlocked_achievements", "updated_at"))
+        return read_progress(
+            self._client, self._prefix, user_id, ("total_xp", "level", "unlocked_achievements", "updated_at")
+        )
 
-    def read_for_unlock(self, user_id: str, achievement_id: str) -> tuple[Unlock | None, Achievement | None, ProgressRecord]:
+    def read_for_unlock(
+        self, user_id: str, achievement_id: str
+    ) -> tuple[Unlock | None, Achievement | None, ProgressRecord]:
         """What an unlock decides on, in one round trip and as one snapshot:
         the user's earlier unlock of it, the catalog entry, and the progress."""
-        unlock, achievement, progress = transact_get(self._client, [
-            (self._unlocks, {"user_id": user_id, "achievement_id": achievement_id}),
-            (self._achievements.name, {"achievement_id": achievement_id}),
-            (self._progress, {"user_id": user_id}),
-        ])
+        unlock, achievement, progress = transact_get(
+            self._client,
+            [
+                (self._unlocks, {"user_id": user_id, "achievement_id": achievement_id}),
+                (self._achievements.name, {"achievement_id": achievement_id}),
+                (self._progress, {"user_id": user_id}),
+            ],
+        )
         return (
             _unlock_from(unlock) if unlock is not None else None,
             _achievement_from(achievement) if achievement is not None else None,
@@ -189,14 +197,19 @@ class AchievementsRepository:
             update["ConditionExpression"] = built.condition_expression
             update["ExpressionAttributeNames"] = built.attribute_name_placeholders
             update["ExpressionAttributeValues"].update(to_item(built.attribute_value_placeholders))
-        codes = transact_write(self._client, [
-            {"Put": {
-                "TableName": self._unlocks,
-                "Item": to_item(values),
-                "ConditionExpression": "attribute_not_exists(achievement_id)",
-            }},
-            {"Update": update},
-        ])
+        codes = transact_write(
+            self._client,
+            [
+                {
+                    "Put": {
+                        "TableName": self._unlocks,
+                        "Item": to_item(values),
+                        "ConditionExpression": "attribute_not_exists(achievement_id)",
+                    }
+                },
+                {"Update": update},
+            ],
+        )
         if codes is None:
             return
         if codes[0] == "ConditionalCheckFailed":
@@ -210,13 +223,15 @@ class AchievementsRepository:
         made the change, which is the one to report the XP. The caller's marker
         makes the SDK's own retry (after a lost response) still answer True."""
         try:
-            retry_on_transaction_conflict(lambda: self._client.update_item(
-                TableName=self._unlocks,
-                Key={"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
-                UpdateExpression="SET xp_granted = :t, granted_by = :m",
-                ConditionExpression="attribute_exists(achievement_id) AND (xp_granted = :f OR granted_by = :m)",
-                ExpressionAttributeValues={":t": attr(True), ":f": attr(False), ":m": attr(marker)},
-            ))
+            retry_on_transaction_conflict(
+                lambda: self._client.update_item(
+                    TableName=self._unlocks,
+                    Key={"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
+                    UpdateExpression="SET xp_granted = :t, granted_by = :m",
+                    ConditionExpression="attribute_exists(achievement_id) AND (xp_granted = :f OR granted_by = :m)",
+                    ExpressionAttributeValues={":t": attr(True), ":f": attr(False), ":m": attr(marker)},
+                )
+            )
             return True
         except ClientError as error:
             if error_code(error) == "ConditionalCheckFailedException":
@@ -238,15 +253,20 @@ class AchievementsRepository:
             "UpdateExpression": expression,
             "ExpressionAttributeValues": values,
         }
-        transact_write(self._client, [
-            {"Delete": {
-                "TableName": self._unlocks,
-                "Key": {"user_id": attr(unlock.user_id), "achievement_id": attr(unlock.achievement_id)},
-                "ConditionExpression": "xp_granted = :f",
-                "ExpressionAttributeValues": {":f": attr(False)},
-            }},
-            {"Update": update},
-        ])
+        transact_write(
+            self._client,
+            [
+                {
+                    "Delete": {
+                        "TableName": self._unlocks,
+                        "Key": {"user_id": attr(unlock.user_id), "achievement_id": attr(unlock.achievement_id)},
+                        "ConditionExpression": "xp_granted = :f",
+                        "ExpressionAttributeValues": {":f": attr(False)},
+                    }
+                },
+                {"Update": update},
+            ],
+        )
 
     def load_level_table(self) -> LevelTable:
         return load_level_table(self._client, self._prefix)

@@ -1,21 +1,27 @@
 """The XP service as Achievements sees it: GrantXp over gRPC with a deadline,
 keyed by the achievement so that it pays at most once per user."""
+
 from __future__ import annotations
 
 import grpc
 
 from achievements_service.domain import Unlock
-from achievements_service.service import GrantResult
-from achievements_service.service import GrantRefused
+from achievements_service.service import GrantRefused, GrantResult
 from common.errors import DependencyUnavailable
 from common.grpc_edge import level_up_from_message
 from rewards.v1 import xp_pb2, xp_pb2_grpc
 
 # Answers that a retry cannot change; anything else (outage, deadline, a bug
 # on the XP side) leaves the unlock recorded with its XP owed, for a repeat to pay.
-_REFUSALS = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
-             grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED,
-             grpc.StatusCode.UNAUTHENTICATED}
+_REFUSALS = {
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+}
 
 
 class GrpcXpGranter:
@@ -25,7 +31,10 @@ class GrpcXpGranter:
 
     def grant_achievement_xp(self, unlock: Unlock) -> GrantResult:
         request = xp_pb2.GrantXpRequest(
-            user_id=unlock.user_id, amount=unlock.xp_reward, reason=unlock.grant_reason, achievement_id=unlock.achievement_id
+            user_id=unlock.user_id,
+            amount=unlock.xp_reward,
+            reason=unlock.grant_reason,
+            achievement_id=unlock.achievement_id,
         )
         try:
             response = self._stub.GrantXp(request, timeout=self._timeout_s)

@@ -1,4 +1,5 @@
 """What the benchmark measures against: its catalog and its seeded users."""
+
 from __future__ import annotations
 
 # Awards cycle through the activities (300 XP every 3 awards) and a level takes

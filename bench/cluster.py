@@ -2,6 +2,7 @@
 services as processes (their real entry points), and the HTTP gateway when a
 case uses it, all on free ports, so it runs beside `make up`; the catalog and users it measures against; and what
 the benchmark reads from the services (metrics, resident memory)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -23,7 +24,6 @@ from typing import IO, Any
 
 import grpc
 
-from devcluster.readiness import wait_grpc_serving, wait_http_healthy
 from bench.catalog import (
     ACHIEVEMENT_XP,
     ACTIVITIES,
@@ -37,6 +37,7 @@ from bench.catalog import (
 from common.caller_auth import Role, TokenAuthority
 from common.channels import CLIENT_CHANNEL_OPTIONS
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, free_port, start_dynamodb_local
+from devcluster.readiness import wait_grpc_serving, wait_http_healthy
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
 
 # Start order: each service's dependencies first.
@@ -44,6 +45,7 @@ SERVICES = {"levels": "levels_service", "xp": "xp_service", "achievements": "ach
 # The HTTP/JSON gateway (python -m gateway), in front of the services.
 GATEWAY = "gateway"
 BENCH_DIR = REPO_ROOT / ".local" / "bench"
+
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the benchmark dies, whatever kills it."""
@@ -86,8 +88,11 @@ class BenchCluster:
             return self.profiled_pids[name]
         pid = self.processes[name].pid
         if name in self.profiles:
-            children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                        for child in (task / "children").read_text().split()]
+            children = [
+                int(child)
+                for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()
+            ]
             if children:
                 self.profiled_pids[name] = children[0]
                 return children[0]
@@ -178,7 +183,9 @@ def start_cluster(*, profile: bool = False, gateway: bool = False, log: IO[str] 
         os.environ.setdefault(key, value)
     dynamodb_port = free_port()
     with open(logs / "dynamodb-local.log", "wb") as dynamodb_log:
-        dynamodb = start_dynamodb_local(dynamodb_port, dynamodb_log, start_new_session=True, preexec_fn=_die_with_parent)
+        dynamodb = start_dynamodb_local(
+            dynamodb_port, dynamodb_log, start_new_session=True, preexec_fn=_die_with_parent
+        )
     cluster = BenchCluster(
         dynamodb_endpoint=f"http://127.0.0.1:{dynamodb_port}",
         table_prefix=f"bench-{uuid.uuid4().hex[:8]}-",
@@ -219,8 +226,20 @@ def _command(cluster: BenchCluster, name: str, module: str, spy: str | None) -> 
     if spy is not None:
         cluster.profiles[name] = BENCH_DIR / f"profile-{name}.svg"
         # CPU samples (idle threads left out), without pausing the process at each sample.
-        command = [spy, "record", "--nonblocking", "--threads", "--rate", "200", "--format", "flamegraph",
-                   "-o", str(cluster.profiles[name]), "--", *command]
+        command = [
+            spy,
+            "record",
+            "--nonblocking",
+            "--threads",
+            "--rate",
+            "200",
+            "--format",
+            "flamegraph",
+            "-o",
+            str(cluster.profiles[name]),
+            "--",
+            *command,
+        ]
     return command
 
 
@@ -231,32 +250,45 @@ def _start_services(cluster: BenchCluster, profile: bool, log: IO[str]) -> None:
         print("--profile: py-spy is not installed (`.venv/bin/pip install py-spy`); running without it", file=log)
     for name, module in SERVICES.items():
         cluster.processes[name] = subprocess.Popen(
-            _command(cluster, name, module, spy), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
-            stderr=open(cluster.logs / f"{name}.log", "wb"), start_new_session=True, preexec_fn=_die_with_parent,
+            _command(cluster, name, module, spy),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(cluster.logs / f"{name}.log", "wb"),
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     for name, port in cluster.ports.items():
         if wait_grpc_serving(port, cluster.processes[name], timeout_s=60):
             if name in cluster.profiles:
                 cluster.service_pid(name)  # noted now, for stop()
         else:
-            raise RuntimeError(f"{name} did not become healthy; see {cluster.logs / (name + '.log')}:\n"
-                               + (cluster.logs / f"{name}.log").read_text()[-3000:])
+            raise RuntimeError(
+                f"{name} did not become healthy; see {cluster.logs / (name + '.log')}:\n"
+                + (cluster.logs / f"{name}.log").read_text()[-3000:]
+            )
 
 
 def _start_gateway(cluster: BenchCluster, profile: bool) -> None:
     """`python -m gateway` with the services' environment, once they serve."""
     spy = _profiler() if profile else None
     cluster.processes[GATEWAY] = process = subprocess.Popen(
-        _command(cluster, GATEWAY, "gateway", spy), cwd=REPO_ROOT, env=_environment(cluster),
-        stdout=subprocess.DEVNULL, stderr=open(cluster.logs / f"{GATEWAY}.log", "wb"), start_new_session=True,
+        _command(cluster, GATEWAY, "gateway", spy),
+        cwd=REPO_ROOT,
+        env=_environment(cluster),
+        stdout=subprocess.DEVNULL,
+        stderr=open(cluster.logs / f"{GATEWAY}.log", "wb"),
+        start_new_session=True,
         preexec_fn=_die_with_parent,
     )
     if wait_http_healthy(f"http://{cluster.target(GATEWAY)}", process, timeout_s=60):
         if GATEWAY in cluster.profiles:
             cluster.service_pid(GATEWAY)  # noted now, for stop()
         return
-    raise RuntimeError(f"the gateway did not start; see {cluster.logs / (GATEWAY + '.log')}:\n"
-                       + (cluster.logs / f"{GATEWAY}.log").read_text()[-3000:])
+    raise RuntimeError(
+        f"the gateway did not start; see {cluster.logs / (GATEWAY + '.log')}:\n"
+        + (cluster.logs / f"{GATEWAY}.log").read_text()[-3000:]
+    )
 
 
 def grant_xp(cluster: BenchCluster, users: list[str], amount: int) -> None:
@@ -265,8 +297,13 @@ def grant_xp(cluster: BenchCluster, users: list[str], amount: int) -> None:
     with grpc.insecure_channel(cluster.target("xp"), options=CLIENT_CHANNEL_OPTIONS) as channel:
         xp = xp_pb2_grpc.XpServiceStub(channel)
         for user in users:
-            xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user, amount=amount, reason="bench setup",
-                                             request_id=f"setup-{uuid.uuid4().hex}"), metadata=metadata, timeout=30)
+            xp.GrantXp(
+                xp_pb2.GrantXpRequest(
+                    user_id=user, amount=amount, reason="bench setup", request_id=f"setup-{uuid.uuid4().hex}"
+                ),
+                metadata=metadata,
+                timeout=30,
+            )
 
 
 def seed(cluster: BenchCluster) -> None:
@@ -280,30 +317,56 @@ def seed(cluster: BenchCluster) -> None:
             rewards = [levels_pb2.Reward(reward_id="coins", quantity=50 * n)]
             if n % 5 == 0:
                 rewards.append(levels_pb2.Reward(reward_id="chest", quantity=1))
-            levels.PutLevel(levels_pb2.PutLevelRequest(
-                level=levels_pb2.Level(level=n, xp_required=LEVEL_STEP_XP * (n - 1), rewards=rewards if n > 1 else [])),
-                metadata=metadata, timeout=30)
+            levels.PutLevel(
+                levels_pb2.PutLevelRequest(
+                    level=levels_pb2.Level(
+                        level=n, xp_required=LEVEL_STEP_XP * (n - 1), rewards=rewards if n > 1 else []
+                    )
+                ),
+                metadata=metadata,
+                timeout=30,
+            )
         xp = xp_pb2_grpc.XpServiceStub(channels["xp"])
         for activity_id, amount in ACTIVITIES:
-            xp.PutActivity(xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(
-                activity_id=activity_id, name=activity_id, category="bench", xp=amount)), metadata=metadata, timeout=30)
+            xp.PutActivity(
+                xp_pb2.PutActivityRequest(
+                    activity=xp_pb2.Activity(activity_id=activity_id, name=activity_id, category="bench", xp=amount)
+                ),
+                metadata=metadata,
+                timeout=30,
+            )
         achievements = achievements_pb2_grpc.AchievementsServiceStub(channels["achievements"])
         for achievement_id in achievement_ids():
-            achievements.PutAchievement(achievements_pb2.PutAchievementRequest(achievement=achievements_pb2.Achievement(
-                achievement_id=achievement_id, name=achievement_id, xp_reward=ACHIEVEMENT_XP)),
-                metadata=metadata, timeout=30)
+            achievements.PutAchievement(
+                achievements_pb2.PutAchievementRequest(
+                    achievement=achievements_pb2.Achievement(
+                        achievement_id=achievement_id, name=achievement_id, xp_reward=ACHIEVEMENT_XP
+                    )
+                ),
+                metadata=metadata,
+                timeout=30,
+            )
 
         def grant(index: int) -> Any:
-            return xp.GrantXp(xp_pb2.GrantXpRequest(
-                user_id=seeded_user(index), amount=SEED_XP, reason="bench seed", request_id=f"seed-{index}"),
-                metadata=metadata, timeout=30)
+            return xp.GrantXp(
+                xp_pb2.GrantXpRequest(
+                    user_id=seeded_user(index), amount=SEED_XP, reason="bench seed", request_id=f"seed-{index}"
+                ),
+                metadata=metadata,
+                timeout=30,
+            )
 
         # One award of each activity, so that XpService's cache of activities is as warm
         # as the floor's when the measurements start.
         game = (("authorization", f"Bearer {cluster.token(Role.GAME)}"),)
         for activity_id, _ in ACTIVITIES:
-            xp.AwardXp(xp_pb2.AwardXpRequest(user_id="bench-prime", activity_id=activity_id,
-                                             request_id=f"prime-{activity_id}"), metadata=game, timeout=30)
+            xp.AwardXp(
+                xp_pb2.AwardXpRequest(
+                    user_id="bench-prime", activity_id=activity_id, request_id=f"prime-{activity_id}"
+                ),
+                metadata=game,
+                timeout=30,
+            )
 
         with ThreadPoolExecutor(16) as pool:
             for response in pool.map(grant, range(SEED_USERS)):

@@ -1,6 +1,7 @@
 """CPU use on this machine while a case runs: the benchmark's own processes
 against everything else, so that a run disturbed by other work on a shared
 machine says so."""
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,12 @@ class CpuWatch:
         self._started: tuple[float, int, int, dict[str, int]] = (0.0, 0, 0, {})
 
     def start(self) -> None:
-        self._started = (time.monotonic(), _busy_ticks(), sum(_process_ticks(p) for p in self._pids),
-                         {name: _process_ticks(pid) for name, pid in self._named.items()})
+        self._started = (
+            time.monotonic(),
+            _busy_ticks(),
+            sum(_process_ticks(p) for p in self._pids),
+            {name: _process_ticks(pid) for name, pid in self._named.items()},
+        )
 
     def stop(self) -> dict[str, float]:
         began, busy, ours, named = self._started
@@ -50,7 +55,11 @@ class CpuWatch:
 
         busy_ticks = _busy_ticks() - busy
         our_ticks = sum(_process_ticks(p) for p in self._pids) - ours
-        figures = {"total": cores(busy_ticks), "bench": cores(our_ticks), "other": cores(max(0, busy_ticks - our_ticks))}
+        figures = {
+            "total": cores(busy_ticks),
+            "bench": cores(our_ticks),
+            "other": cores(max(0, busy_ticks - our_ticks)),
+        }
         for name, pid in self._named.items():
             figures[name] = cores(_process_ticks(pid) - named[name])
         return figures

@@ -32,6 +32,7 @@ What each function mirrors (as of this writing):
 - get_progress: XpService.GetProgress. GetItem of the progress item (Scan of
   the level table when it has no level), Query of the user's level_rewards.
 """
+
 from __future__ import annotations
 
 import random
@@ -39,7 +40,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -71,7 +72,7 @@ class Tables:
     checks: str
 
     @classmethod
-    def with_prefix(cls, prefix: str) -> "Tables":
+    def with_prefix(cls, prefix: str) -> Tables:
         return cls(
             activities=prefix + ACTIVITIES.name,
             achievements=prefix + ACHIEVEMENTS.name,
@@ -107,7 +108,7 @@ def _n(value: int) -> dict[str, str]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _error_code(error: ClientError) -> str:
@@ -146,7 +147,9 @@ def _transact_get(client: Any, keys: list[dict[str, Any]]) -> list[dict[str, Any
             response = client.transact_get_items(TransactItems=[{"Get": key} for key in keys])
             return [r.get("Item") or None for r in response["Responses"]]
         except ClientError as error:
-            if _error_code(error) != "TransactionCanceledException" or "TransactionConflict" not in _cancellation_codes(error):
+            if _error_code(error) != "TransactionCanceledException" or "TransactionConflict" not in _cancellation_codes(
+                error
+            ):
                 raise
         _backoff(attempt)
     raise RuntimeError("too many transaction conflicts")
@@ -169,6 +172,7 @@ def _update_once(client: Any, **params: Any) -> bool:
 
 # --- levels -----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Level:
     level: int
@@ -183,7 +187,9 @@ def _scan_levels(client: Any, t: Tables) -> list[_Level]:
     while True:
         page = client.scan(**params)
         for item in page["Items"]:
-            levels.append(_Level(int(item["level"]["N"]), int(item["xp_required"]["N"]), item.get("rewards", {"L": []})))
+            levels.append(
+                _Level(int(item["level"]["N"]), int(item["xp_required"]["N"]), item.get("rewards", {"L": []}))
+            )
         if not page.get("LastEvaluatedKey"):
             return sorted(levels, key=lambda l: l.level)
         params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -235,16 +241,25 @@ def check_level(client: Any, t: Tables, cache: ProcessCache, user_id: str, check
     granted = False
     while True:
         start_level = _level_for_xp(levels, 0)
-        progress, check = _transact_get(client, [
-            {"TableName": t.progress, "Key": user_key},
-            {"TableName": t.checks, "Key": {"user_id": _s(user_id), "check_id": _s(check_id)}},
-        ])
+        progress, check = _transact_get(
+            client,
+            [
+                {"TableName": t.progress, "Key": user_key},
+                {"TableName": t.checks, "Key": {"user_id": _s(user_id), "check_id": _s(check_id)}},
+            ],
+        )
         if check is not None and not granted:
             # A repeat of an earlier check: the service reads the levels it granted.
             granted_levels = [int(v) for v in check.get("levels", {}).get("NS", [])]
             if granted_levels:
-                client.batch_get_item(RequestItems={t.reached: {
-                    "Keys": [{"user_id": _s(user_id), "level": _n(l)} for l in granted_levels], "ConsistentRead": True}})
+                client.batch_get_item(
+                    RequestItems={
+                        t.reached: {
+                            "Keys": [{"user_id": _s(user_id), "level": _n(l)} for l in granted_levels],
+                            "ConsistentRead": True,
+                        }
+                    }
+                )
             return
         stored = int(progress["level"]["N"]) if progress and "level" in progress else None
         total_xp = int(progress["total_xp"]["N"]) if progress and "total_xp" in progress else 0
@@ -259,7 +274,9 @@ def check_level(client: Any, t: Tables, cache: ProcessCache, user_id: str, check
         if current <= previous:
             if not granted and stored is None and updated_at is not None:
                 _update_once(
-                    client, TableName=t.progress, Key=user_key,
+                    client,
+                    TableName=t.progress,
+                    Key=user_key,
                     UpdateExpression="SET #l = :l",
                     ConditionExpression="attribute_exists(user_id) AND attribute_not_exists(#l)",
                     ExpressionAttributeNames={"#l": "level"},
@@ -267,7 +284,9 @@ def check_level(client: Any, t: Tables, cache: ProcessCache, user_id: str, check
                 )
             if not granted and updated_at is not None:
                 recorded = _update_once(
-                    client, TableName=t.checks, Key={"user_id": _s(user_id), "check_id": _s(check_id)},
+                    client,
+                    TableName=t.checks,
+                    Key={"user_id": _s(user_id), "check_id": _s(check_id)},
                     UpdateExpression="SET previous_level = :previous, updated_at = :now",
                     ConditionExpression="attribute_not_exists(check_id)",
                     ExpressionAttributeValues={":previous": _n(current), ":now": _s(_now())},
@@ -283,60 +302,95 @@ def check_level(client: Any, t: Tables, cache: ProcessCache, user_id: str, check
         if stored is not None:
             values[":expected"] = _n(stored)
         items: list[dict[str, Any]] = [
-            {"Update": {
-                "TableName": t.progress,
-                "Key": user_key,
-                "UpdateExpression": "SET #l = :new, updated_at = :now",
-                "ConditionExpression": condition,
-                "ExpressionAttributeNames": {"#l": "level"},
-                "ExpressionAttributeValues": values,
-            }},
-            {"Update": {
-                "TableName": t.checks,
-                "Key": {"user_id": _s(user_id), "check_id": _s(check_id)},
-                "UpdateExpression": "ADD levels :levels SET previous_level = if_not_exists(previous_level, :previous), updated_at = :now",
-                "ConditionExpression": "attribute_not_exists(check_id) OR attribute_exists(levels)",
-                "ExpressionAttributeValues": {
-                    ":levels": {"NS": [str(l.level) for l in passed]}, ":previous": _n(previous), ":now": _s(now)},
-            }},
+            {
+                "Update": {
+                    "TableName": t.progress,
+                    "Key": user_key,
+                    "UpdateExpression": "SET #l = :new, updated_at = :now",
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeNames": {"#l": "level"},
+                    "ExpressionAttributeValues": values,
+                }
+            },
+            {
+                "Update": {
+                    "TableName": t.checks,
+                    "Key": {"user_id": _s(user_id), "check_id": _s(check_id)},
+                    "UpdateExpression": "ADD levels :levels SET previous_level = if_not_exists(previous_level, :previous), updated_at = :now",
+                    "ConditionExpression": "attribute_not_exists(check_id) OR attribute_exists(levels)",
+                    "ExpressionAttributeValues": {
+                        ":levels": {"NS": [str(l.level) for l in passed]},
+                        ":previous": _n(previous),
+                        ":now": _s(now),
+                    },
+                }
+            },
         ]
         for level in passed:
-            items.append({"Put": {
-                "TableName": t.reached,
-                "Item": {
-                    "user_id": _s(user_id), "level": _n(level.level), "from_level": _n(previous),
-                    "rewards": level.rewards, "check_id": _s(check_id), "granted_at": _s(now),
-                },
-                "ConditionExpression": "attribute_not_exists(#l)",
-                "ExpressionAttributeNames": {"#l": "level"},
-            }})
+            items.append(
+                {
+                    "Put": {
+                        "TableName": t.reached,
+                        "Item": {
+                            "user_id": _s(user_id),
+                            "level": _n(level.level),
+                            "from_level": _n(previous),
+                            "rewards": level.rewards,
+                            "check_id": _s(check_id),
+                            "granted_at": _s(now),
+                        },
+                        "ConditionExpression": "attribute_not_exists(#l)",
+                        "ExpressionAttributeNames": {"#l": "level"},
+                    }
+                }
+            )
         if _transact_write(client, items):
             granted = True  # then read again, as the service's loop does
 
 
 # --- XP -----------------------------------------------------------------------------
 
-def _record_xp(client: Any, t: Tables, user_id: str, entry_id: str, values: dict[str, Any], xp: int,
-               activity: tuple[str, int] | None = None) -> None:
+
+def _record_xp(
+    client: Any,
+    t: Tables,
+    user_id: str,
+    entry_id: str,
+    values: dict[str, Any],
+    xp: int,
+    activity: tuple[str, int] | None = None,
+) -> None:
     now = _now()
-    item = {"user_id": _s(user_id), "entry_id": _s(entry_id), "xp": _n(xp), "recorded_at": _s(now),
-            "attempt_id": _s(uuid.uuid4().hex), **values}
+    item = {
+        "user_id": _s(user_id),
+        "entry_id": _s(entry_id),
+        "xp": _n(xp),
+        "recorded_at": _s(now),
+        "attempt_id": _s(uuid.uuid4().hex),
+        **values,
+    }
     items: list[dict[str, Any]] = [
         {"Put": {"TableName": t.ledger, "Item": item, "ConditionExpression": "attribute_not_exists(entry_id)"}},
-        {"Update": {
-            "TableName": t.progress,
-            "Key": {"user_id": _s(user_id)},
-            "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
-            "ExpressionAttributeValues": {":xp": _n(xp), ":now": _s(now)},
-        }},
+        {
+            "Update": {
+                "TableName": t.progress,
+                "Key": {"user_id": _s(user_id)},
+                "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
+                "ExpressionAttributeValues": {":xp": _n(xp), ":now": _s(now)},
+            }
+        },
     ]
     if activity is not None:
-        items.append({"ConditionCheck": {
-            "TableName": t.activities,
-            "Key": {"activity_id": _s(activity[0])},
-            "ConditionExpression": "xp = :xp",
-            "ExpressionAttributeValues": {":xp": _n(activity[1])},
-        }})
+        items.append(
+            {
+                "ConditionCheck": {
+                    "TableName": t.activities,
+                    "Key": {"activity_id": _s(activity[0])},
+                    "ConditionExpression": "xp = :xp",
+                    "ExpressionAttributeValues": {":xp": _n(activity[1])},
+                }
+            }
+        )
     if not _transact_write(client, items):
         # A repeat of the request (never in the benchmark): the service reads the entry.
         client.get_item(TableName=t.ledger, Key={"user_id": _s(user_id), "entry_id": _s(entry_id)}, ConsistentRead=True)
@@ -353,53 +407,88 @@ def award_xp(client: Any, t: Tables, cache: ProcessCache, user_id: str, activity
     if xp is None:
         xp = cache.activity_xp[activity_id] = read_activity_xp(client, t, activity_id)
     entry_id = f"req#{request_id}"
-    _record_xp(client, t, user_id, entry_id,
-               {"kind": _s("activity"), "request_id": _s(request_id), "activity_id": _s(activity_id)}, xp,
-               activity=(activity_id, xp))
+    _record_xp(
+        client,
+        t,
+        user_id,
+        entry_id,
+        {"kind": _s("activity"), "request_id": _s(request_id), "activity_id": _s(activity_id)},
+        xp,
+        activity=(activity_id, xp),
+    )
     check_level(client, t, cache, user_id, entry_id)
 
 
 # --- achievements ---------------------------------------------------------------
 
-def unlock_achievement(client: Any, t: Tables, cache: ProcessCache, user_id: str, achievement_id: str,
-                       request_id: str) -> None:
+
+def unlock_achievement(
+    client: Any, t: Tables, cache: ProcessCache, user_id: str, achievement_id: str, request_id: str
+) -> None:
     """AchievementsService.UnlockAchievement of a new (user, achievement) pair,
     the achievement with no requirements."""
     unlock_key = {"user_id": _s(user_id), "achievement_id": _s(achievement_id)}
-    existing, achievement, _progress = _transact_get(client, [
-        {"TableName": t.unlocks, "Key": unlock_key},
-        {"TableName": t.achievements, "Key": {"achievement_id": _s(achievement_id)}},
-        {"TableName": t.progress, "Key": {"user_id": _s(user_id)}},
-    ])
+    existing, achievement, _progress = _transact_get(
+        client,
+        [
+            {"TableName": t.unlocks, "Key": unlock_key},
+            {"TableName": t.achievements, "Key": {"achievement_id": _s(achievement_id)}},
+            {"TableName": t.progress, "Key": {"user_id": _s(user_id)}},
+        ],
+    )
     if existing is not None or achievement is None:
-        raise RuntimeError(f"{user_id} already unlocked {achievement_id}, or it is missing: "
-                           "the benchmark unlocks new pairs of existing achievements only")
+        raise RuntimeError(
+            f"{user_id} already unlocked {achievement_id}, or it is missing: "
+            "the benchmark unlocks new pairs of existing achievements only"
+        )
     xp_reward = int(achievement.get("xp_reward", {"N": "0"})["N"])
     now = _now()
     item = {**unlock_key, "unlocked_at": _s(now), "xp_reward": _n(xp_reward), "xp_granted": {"BOOL": xp_reward == 0}}
     if request_id:
         item["request_id"] = _s(request_id)
-    if not _transact_write(client, [
-        {"Put": {"TableName": t.unlocks, "Item": item, "ConditionExpression": "attribute_not_exists(achievement_id)"}},
-        {"Update": {
-            "TableName": t.progress,
-            "Key": {"user_id": _s(user_id)},
-            "UpdateExpression": "ADD unlocked_achievements :a SET updated_at = :now",
-            "ExpressionAttributeValues": {":a": {"SS": [achievement_id]}, ":now": _s(now)},
-        }},
-    ]):
+    if not _transact_write(
+        client,
+        [
+            {
+                "Put": {
+                    "TableName": t.unlocks,
+                    "Item": item,
+                    "ConditionExpression": "attribute_not_exists(achievement_id)",
+                }
+            },
+            {
+                "Update": {
+                    "TableName": t.progress,
+                    "Key": {"user_id": _s(user_id)},
+                    "UpdateExpression": "ADD unlocked_achievements :a SET updated_at = :now",
+                    "ExpressionAttributeValues": {":a": {"SS": [achievement_id]}, ":now": _s(now)},
+                }
+            },
+        ],
+    ):
         raise RuntimeError(f"unlock of {achievement_id} for {user_id} failed its condition")
     if xp_reward == 0:
         return
     # XpService.GrantXp(user_id, amount, reason, achievement_id): its ledger entry is named after the achievement.
     entry_id = f"ach#{achievement_id}"
-    _record_xp(client, t, user_id, entry_id,
-               {"kind": _s("achievement"), "reason": _s(f"achievement:{achievement_id}"),
-                "achievement_id": _s(achievement_id)}, xp_reward)
+    _record_xp(
+        client,
+        t,
+        user_id,
+        entry_id,
+        {
+            "kind": _s("achievement"),
+            "reason": _s(f"achievement:{achievement_id}"),
+            "achievement_id": _s(achievement_id),
+        },
+        xp_reward,
+    )
     check_level(client, t, cache, user_id, entry_id)
     marker = uuid.uuid4().hex
     _update_once(
-        client, TableName=t.unlocks, Key=unlock_key,
+        client,
+        TableName=t.unlocks,
+        Key=unlock_key,
         UpdateExpression="SET xp_granted = :t, granted_by = :m",
         ConditionExpression="attribute_exists(achievement_id) AND (xp_granted = :f OR granted_by = :m)",
         ExpressionAttributeValues={":t": {"BOOL": True}, ":f": {"BOOL": False}, ":m": _s(marker)},
@@ -407,6 +496,7 @@ def unlock_achievement(client: Any, t: Tables, cache: ProcessCache, user_id: str
 
 
 # --- progress --------------------------------------------------------------------
+
 
 def get_progress(client: Any, t: Tables, user_id: str) -> None:
     """XpService.GetProgress."""

@@ -18,6 +18,7 @@ limit: the machine's cores, shared with the services and DynamoDB Local, are.
 Each case reports its busiest load process's CPU use (load_cpu_max, 1.0 = one
 full core) to show it.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -30,8 +31,9 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from bench.catalog import seeded_user
 
@@ -74,7 +76,7 @@ class LoadResult:
     dynamodb_calls: Counter[str] = field(default_factory=Counter)  # the floor's own, by operation
     cpu_fraction: list[float] = field(default_factory=list)  # per load process, over the window
 
-    def merge(self, other: "LoadResult") -> None:
+    def merge(self, other: LoadResult) -> None:
         self.latencies_ms.extend(other.latencies_ms)
         self.window_s = max(self.window_s, other.window_s)
         self.total_calls += other.total_calls
@@ -112,39 +114,62 @@ def _service_call(spec: LoadSpec, thread: int, channel: Any) -> Call:
 
         def award(i: int) -> str | None:
             activity_id, _ = spec.activities[i % len(spec.activities)]
-            response = xp.AwardXp(xp_pb2.AwardXpRequest(
-                user_id=_user(spec, thread, i, spec.awards_per_user), activity_id=activity_id,
-                request_id=f"{spec.namespace}-t{thread}-r{i}"), metadata=metadata, timeout=CALL_TIMEOUT_S)
+            response = xp.AwardXp(
+                xp_pb2.AwardXpRequest(
+                    user_id=_user(spec, thread, i, spec.awards_per_user),
+                    activity_id=activity_id,
+                    request_id=f"{spec.namespace}-t{thread}-r{i}",
+                ),
+                metadata=metadata,
+                timeout=CALL_TIMEOUT_S,
+            )
             if response.duplicate:
                 return "duplicate"
             return "level_check_deferred" if response.level_check_deferred else None
+
         return award
     if spec.operation == "unlock_achievement":
         achievements = achievements_pb2_grpc.AchievementsServiceStub(channel)
         per_user = len(spec.achievements)
 
         def unlock(i: int) -> str | None:
-            response = achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(
-                user_id=_user(spec, thread, i, per_user), achievement_id=spec.achievements[i % per_user],
-                request_id=f"{spec.namespace}-t{thread}-r{i}"), metadata=metadata, timeout=CALL_TIMEOUT_S)
+            response = achievements.UnlockAchievement(
+                achievements_pb2.UnlockAchievementRequest(
+                    user_id=_user(spec, thread, i, per_user),
+                    achievement_id=spec.achievements[i % per_user],
+                    request_id=f"{spec.namespace}-t{thread}-r{i}",
+                ),
+                metadata=metadata,
+                timeout=CALL_TIMEOUT_S,
+            )
             return "already_unlocked" if response.already_unlocked else None
+
         return unlock
     if spec.operation == "check_level_up":
         levels = levels_pb2_grpc.LevelsServiceStub(channel)
 
         def check(i: int) -> str | None:
-            response = levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(
-                user_id=_seeded_user(spec, thread, i), request_id=f"{spec.namespace}-t{thread}-r{i}"),
-                metadata=metadata, timeout=CALL_TIMEOUT_S)
+            response = levels.CheckLevelUp(
+                levels_pb2.CheckLevelUpRequest(
+                    user_id=_seeded_user(spec, thread, i), request_id=f"{spec.namespace}-t{thread}-r{i}"
+                ),
+                metadata=metadata,
+                timeout=CALL_TIMEOUT_S,
+            )
             return "leveled_up" if response.leveled_up else None
+
         return check
     if spec.operation == "get_progress":
         xp = xp_pb2_grpc.XpServiceStub(channel)
 
         def progress(i: int) -> str | None:
-            response = xp.GetProgress(xp_pb2.GetProgressRequest(user_id=_seeded_user(spec, thread, i)),
-                                      metadata=metadata, timeout=CALL_TIMEOUT_S)
+            response = xp.GetProgress(
+                xp_pb2.GetProgressRequest(user_id=_seeded_user(spec, thread, i)),
+                metadata=metadata,
+                timeout=CALL_TIMEOUT_S,
+            )
             return None if response.rewards else "no_rewards"
+
         return progress
     raise ValueError(spec.operation)
 
@@ -193,54 +218,81 @@ def _http_call(spec: LoadSpec, thread: int, connection: KeepAliveConnection) -> 
     def award(i: int) -> str | None:
         activity_id, _ = spec.activities[i % len(spec.activities)]
         body = json.dumps({"user_id": _user(spec, thread, i, spec.awards_per_user), "activity_id": activity_id})
-        status, answer = connection.post("/xp/award", body.encode(), {
-            **headers, "Idempotency-Key": f"{spec.namespace}-t{thread}-r{i}"})
+        status, answer = connection.post(
+            "/xp/award", body.encode(), {**headers, "Idempotency-Key": f"{spec.namespace}-t{thread}-r{i}"}
+        )
         if status != 200:
             raise HttpCallFailed(status, answer)
         response = json.loads(answer)
         if response["duplicate"]:
             return "duplicate"
         return "level_check_deferred" if response["level_check_deferred"] else None
+
     return award
 
 
 def _service_target(spec: LoadSpec) -> str:
-    return spec.targets["achievements" if spec.operation == "unlock_achievement" else
-                        "levels" if spec.operation == "check_level_up" else "xp"]
+    return spec.targets[
+        "achievements"
+        if spec.operation == "unlock_achievement"
+        else "levels"
+        if spec.operation == "check_level_up"
+        else "xp"
+    ]
 
 
 def _floor_call(spec: LoadSpec, thread: int, client: Any, tables: Any, cache: Any) -> Call:
     from bench import floor
 
     if spec.operation == "award_xp":
+
         def award(i: int) -> str | None:
             activity_id, _ = spec.activities[i % len(spec.activities)]
-            floor.award_xp(client, tables, cache, _user(spec, thread, i, spec.awards_per_user), activity_id,
-                           f"{spec.namespace}-t{thread}-r{i}")
+            floor.award_xp(
+                client,
+                tables,
+                cache,
+                _user(spec, thread, i, spec.awards_per_user),
+                activity_id,
+                f"{spec.namespace}-t{thread}-r{i}",
+            )
             return None
+
         return award
     if spec.operation == "unlock_achievement":
         per_user = len(spec.achievements)
 
         def unlock(i: int) -> str | None:
-            floor.unlock_achievement(client, tables, cache, _user(spec, thread, i, per_user),
-                                     spec.achievements[i % per_user], f"{spec.namespace}-t{thread}-r{i}")
+            floor.unlock_achievement(
+                client,
+                tables,
+                cache,
+                _user(spec, thread, i, per_user),
+                spec.achievements[i % per_user],
+                f"{spec.namespace}-t{thread}-r{i}",
+            )
             return None
+
         return unlock
     if spec.operation == "check_level_up":
+
         def check(i: int) -> str | None:
             floor.check_level(client, tables, cache, _seeded_user(spec, thread, i), f"{spec.namespace}-t{thread}-r{i}")
             return None
+
         return check
     if spec.operation == "get_progress":
+
         def progress(i: int) -> str | None:
             floor.get_progress(client, tables, _seeded_user(spec, thread, i))
             return None
+
         return progress
     raise ValueError(spec.operation)
 
 
 # --- one load process ---------------------------------------------------------------
+
 
 class _Client(threading.Thread):
     def __init__(self, call: Call, go: threading.Event, times: list[float]) -> None:
@@ -264,7 +316,9 @@ class _Client(threading.Thread):
                 anomaly = self._call(i)
             except Exception as error:  # grpc.RpcError, ClientError, HttpCallFailed...
                 code = getattr(error, "code", None)
-                name = getattr(error, "error_name", None) or (code().name if callable(code) else error.__class__.__name__)
+                name = getattr(error, "error_name", None) or (
+                    code().name if callable(code) else error.__class__.__name__
+                )
                 result.errors[name] += 1
             else:
                 done = time.perf_counter()
@@ -388,6 +442,7 @@ def worker_main(conn: multiprocessing.connection.Connection, level_table_time: A
 
 # --- the parent's side --------------------------------------------------------------
 
+
 class WorkerPool:
     """Load processes, spawned once (spawn: no state inherited from the parent)."""
 
@@ -451,7 +506,7 @@ class WorkerPool:
         return conn.recv()
 
     def close(self) -> None:
-        for process, conn in self._workers:
+        for _process, conn in self._workers:
             try:
                 conn.send(None)
             except (OSError, BrokenPipeError):

@@ -2,6 +2,7 @@
 case through gRPC (the *_http cases: through the HTTP gateway) and then on
 the floor (the same DynamoDB calls with boto3), prints the comparison and the
 targets, and writes bench/results.json."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,22 +69,42 @@ CASES = (
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per case and side (default 8)")
-    parser.add_argument("--warmup", type=float, default=1.5, help="warm-up seconds before each measurement (default 1.5)")
-    parser.add_argument("--cases", default="", help="comma-separated case keys or prefixes (default: all); --list shows them")
-    parser.add_argument("--jvm-warmup", type=float, default=1.5,
-                        help="seconds of unmeasured load per operation and side before the first case, "
-                             "to warm DynamoDB Local's JIT (default 1.5; 0 skips it)")
+    parser.add_argument(
+        "--warmup", type=float, default=1.5, help="warm-up seconds before each measurement (default 1.5)"
+    )
+    parser.add_argument(
+        "--cases", default="", help="comma-separated case keys or prefixes (default: all); --list shows them"
+    )
+    parser.add_argument(
+        "--jvm-warmup",
+        type=float,
+        default=1.5,
+        help="seconds of unmeasured load per operation and side before the first case, "
+        "to warm DynamoDB Local's JIT (default 1.5; 0 skips it)",
+    )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
-    parser.add_argument("--output", type=Path, default=RESULTS_FILE, help=f"where to write the figures (default {RESULTS_FILE.relative_to(REPO_ROOT)})")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS_FILE,
+        help=f"where to write the figures (default {RESULTS_FILE.relative_to(REPO_ROOT)})",
+    )
     # Not 0: calls the services amortize over time (the Levels service's copy of the
     # level table, read again every second) come out per op in inverse proportion to
     # the throughput, which differs between the service and the floor.
-    parser.add_argument("--calls-tolerance", type=float, default=0.1,
-                        help="largest difference in DynamoDB calls per op (any operation) between service and floor "
-                             "that still counts as the same calls (default 0.1)")
-    parser.add_argument("--profile", action="store_true",
-                        help="run the services under py-spy (if installed: pip install py-spy) and write their CPU "
-                     "flame graphs to .local/bench/; the figures of such a run are skewed by the sampling")
+    parser.add_argument(
+        "--calls-tolerance",
+        type=float,
+        default=0.1,
+        help="largest difference in DynamoDB calls per op (any operation) between service and floor "
+        "that still counts as the same calls (default 0.1)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the services under py-spy (if installed: pip install py-spy) and write their CPU "
+        "flame graphs to .local/bench/; the figures of such a run are skewed by the sampling",
+    )
     return parser.parse_args(argv)
 
 
@@ -128,13 +149,16 @@ def per_op(counts: Counter[str], ops: int) -> dict[str, float]:
 
 
 def calls_differ(service: dict[str, float], floor: dict[str, float], tolerance: float) -> list[str]:
-    return [f"{name} {service.get(name, 0):.2f} vs {floor.get(name, 0):.2f}"
-            for name in sorted(set(service) | set(floor))
-            if abs(service.get(name, 0.0) - floor.get(name, 0.0)) > tolerance]
+    return [
+        f"{name} {service.get(name, 0):.2f} vs {floor.get(name, 0):.2f}"
+        for name in sorted(set(service) | set(floor))
+        if abs(service.get(name, 0.0) - floor.get(name, 0.0)) > tolerance
+    ]
 
 
-def warm_up(cluster: BenchCluster, pool: WorkerPool, args: argparse.Namespace, run_id: str,
-            tokens: dict[str, str]) -> None:
+def warm_up(
+    cluster: BenchCluster, pool: WorkerPool, args: argparse.Namespace, run_id: str, tokens: dict[str, str]
+) -> None:
     """Unmeasured load of every operation on both sides, so that DynamoDB
     Local's JIT has compiled its paths before the first case: otherwise the
     first case's service side runs on a colder JVM than its floor."""
@@ -144,32 +168,57 @@ def warm_up(cluster: BenchCluster, pool: WorkerPool, args: argparse.Namespace, r
             pool.run(_spec(case, side, cluster, run_id, tokens, 0.0, args.jvm_warmup))
 
 
-def _spec(case: Case, side: str, cluster: BenchCluster, run_id: str, tokens: dict[str, str],
-          warmup_s: float, duration_s: float) -> LoadSpec:
+def _spec(
+    case: Case,
+    side: str,
+    cluster: BenchCluster,
+    run_id: str,
+    tokens: dict[str, str],
+    warmup_s: float,
+    duration_s: float,
+) -> LoadSpec:
     return LoadSpec(
-        case=case.key, operation=case.operation, side=side, clients=case.clients, hot_user=case.hot_user,
-        namespace=f"b{run_id}-{case.key}-{side[0]}", warmup_s=warmup_s, duration_s=duration_s,
+        case=case.key,
+        operation=case.operation,
+        side=side,
+        clients=case.clients,
+        hot_user=case.hot_user,
+        namespace=f"b{run_id}-{case.key}-{side[0]}",
+        warmup_s=warmup_s,
+        duration_s=duration_s,
         targets={name: cluster.target(name) for name in (*SERVICES, *([GATEWAY] if cluster.has_gateway else []))},
-        token=tokens["game"], transport=case.transport,
-        dynamodb_endpoint=cluster.dynamodb_endpoint, table_prefix=cluster.table_prefix,
-        activities=ACTIVITIES, achievements=achievement_ids(), seed_users=SEED_USERS,
+        token=tokens["game"],
+        transport=case.transport,
+        dynamodb_endpoint=cluster.dynamodb_endpoint,
+        table_prefix=cluster.table_prefix,
+        activities=ACTIVITIES,
+        achievements=achievement_ids(),
+        seed_users=SEED_USERS,
         awards_per_user=AWARDS_PER_USER,
     )
 
 
-def run_case(case: Case, cluster: BenchCluster, pool: WorkerPool, args: argparse.Namespace, run_id: str,
-             tokens: dict[str, str]) -> dict[str, Any]:
+def run_case(
+    case: Case, cluster: BenchCluster, pool: WorkerPool, args: argparse.Namespace, run_id: str, tokens: dict[str, str]
+) -> dict[str, Any]:
     def spec(side: str) -> LoadSpec:
         return _spec(case, side, cluster, run_id, tokens, args.warmup, args.duration)
 
     if case.hot_user:
         # A veteran at the top level: every award is a plain one, none races another for a level-up,
         # so the calls per award do not depend on how the races fall.
-        grant_xp(cluster, [hot_user_id(spec(side).namespace) for side in ("service", "floor")],
-                 LEVEL_STEP_XP * (LEVEL_COUNT - 1))
-    watch = CpuWatch([os.getpid(), *cluster.pids, *pool.pids],
-                     {**{name: cluster.service_pid(name) for name in _processes(cluster)},
-                      "dynamodb_local": cluster.processes["dynamodb"].pid})
+        grant_xp(
+            cluster,
+            [hot_user_id(spec(side).namespace) for side in ("service", "floor")],
+            LEVEL_STEP_XP * (LEVEL_COUNT - 1),
+        )
+    watch = CpuWatch(
+        [os.getpid(), *cluster.pids, *pool.pids],
+        {
+            **{name: cluster.service_pid(name) for name in _processes(cluster)},
+            "dynamodb_local": cluster.processes["dynamodb"].pid,
+        },
+    )
     before = cluster.dynamodb_calls()
     watch.start()
     service = pool.run(spec("service"))
@@ -199,7 +248,9 @@ def run_case(case: Case, cluster: BenchCluster, pool: WorkerPool, args: argparse
         "floor_p95_ms": f["p95_ms"],
         "floor_p99_ms": f["p99_ms"],
         "ratio_to_floor": round(s["throughput"] / f["throughput"], 3) if f["throughput"] else None,
-        "p50_delta_ms": round(s["p50_ms"] - f["p50_ms"], 2) if s["p50_ms"] is not None and f["p50_ms"] is not None else None,
+        "p50_delta_ms": round(s["p50_ms"] - f["p50_ms"], 2)
+        if s["p50_ms"] is not None and f["p50_ms"] is not None
+        else None,
         "p99_ratio": round(s["p99_ms"] / f["p99_ms"], 2) if s["p99_ms"] is not None and f["p99_ms"] else None,
         "calls_measured": s["calls"],
         "floor_calls_measured": f["calls"],
@@ -230,8 +281,12 @@ def _processes(cluster: BenchCluster) -> list[str]:
 def grpc_counterpart(case: Case) -> str | None:
     """The gRPC case an HTTP case is compared with: same operation, clients and users."""
     for other in CASES:
-        if (other.transport == "grpc" and other.operation == case.operation and other.clients == case.clients
-                and other.hot_user == case.hot_user):
+        if (
+            other.transport == "grpc"
+            and other.operation == case.operation
+            and other.clients == case.clients
+            and other.hot_user == case.hot_user
+        ):
             return other.key
     return None
 
@@ -246,13 +301,18 @@ def add_gateway_overhead(case: Case, results: dict[str, dict[str, Any]]) -> None
     record["grpc_case"] = grpc_counterpart(case)
     record["grpc_throughput"] = counterpart["throughput"]
     record["grpc_p50_ms"] = counterpart["p50_ms"]
-    record["gateway_overhead_p50_ms"] = (round(record["p50_ms"] - counterpart["p50_ms"], 2)
-                                         if record["p50_ms"] is not None and counterpart["p50_ms"] is not None else None)
-    record["throughput_ratio_to_grpc"] = (round(record["throughput"] / counterpart["throughput"], 3)
-                                          if counterpart["throughput"] else None)
+    record["gateway_overhead_p50_ms"] = (
+        round(record["p50_ms"] - counterpart["p50_ms"], 2)
+        if record["p50_ms"] is not None and counterpart["p50_ms"] is not None
+        else None
+    )
+    record["throughput_ratio_to_grpc"] = (
+        round(record["throughput"] / counterpart["throughput"], 3) if counterpart["throughput"] else None
+    )
 
 
 # --- output ------------------------------------------------------------------------------
+
 
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -261,19 +321,46 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def print_table(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None:
-    headers = ["case", "clients", "thr/s", "p50", "p95", "p99", "floor thr/s", "floor p50", "floor p99",
-               "ratio", "p50 delta", "p99 ratio", "calls"]
+    headers = [
+        "case",
+        "clients",
+        "thr/s",
+        "p50",
+        "p95",
+        "p99",
+        "floor thr/s",
+        "floor p50",
+        "floor p99",
+        "ratio",
+        "p50 delta",
+        "p99 ratio",
+        "calls",
+    ]
     rows = []
     for key, r in results.items():
-        rows.append([
-            key, str(r["clients"]), _fmt(r["throughput"]), _fmt(r["p50_ms"], 2), _fmt(r["p95_ms"], 2),
-            _fmt(r["p99_ms"], 2), _fmt(r["floor_throughput"]), _fmt(r["floor_p50_ms"], 2), _fmt(r["floor_p99_ms"], 2),
-            _fmt(r["ratio_to_floor"], 2), _fmt(r["p50_delta_ms"], 2), _fmt(r["p99_ratio"], 2),
-            "ok" if r["dynamodb_calls_match"] else "MISMATCH",
-        ])
+        rows.append(
+            [
+                key,
+                str(r["clients"]),
+                _fmt(r["throughput"]),
+                _fmt(r["p50_ms"], 2),
+                _fmt(r["p95_ms"], 2),
+                _fmt(r["p99_ms"], 2),
+                _fmt(r["floor_throughput"]),
+                _fmt(r["floor_p50_ms"], 2),
+                _fmt(r["floor_p99_ms"], 2),
+                _fmt(r["ratio_to_floor"], 2),
+                _fmt(r["p50_delta_ms"], 2),
+                _fmt(r["p99_ratio"], 2),
+                "ok" if r["dynamodb_calls_match"] else "MISMATCH",
+            ]
+        )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    print("latencies in ms; ratio = throughput / floor throughput; p50 delta = p50 - floor p50; "
-          "p99 ratio = p99 / floor p99", file=out)
+    print(
+        "latencies in ms; ratio = throughput / floor throughput; p50 delta = p50 - floor p50; "
+        "p99 ratio = p99 / floor p99",
+        file=out,
+    )
     print("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths))), file=out)
     for row in rows:
         print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))), file=out)
@@ -288,22 +375,34 @@ def print_calls(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> No
         total = f"total {sum(service.values()):.2f}/{sum(floor.values()):.2f}"
         print(f"  {key}: {line}; {total}", file=out)
         if not r["dynamodb_calls_match"]:
-            print(f"  WARNING {key}: the service's DynamoDB calls differ from the floor's "
-                  f"({'; '.join(r['dynamodb_calls_differ'])}): update bench/floor.py to the service's path", file=out)
-        for field, label in (("errors", "service errors"), ("floor_errors", "floor errors"),
-                             ("service_calls_during_floor", "service DynamoDB calls during the floor")):
+            print(
+                f"  WARNING {key}: the service's DynamoDB calls differ from the floor's "
+                f"({'; '.join(r['dynamodb_calls_differ'])}): update bench/floor.py to the service's path",
+                file=out,
+            )
+        for field, label in (
+            ("errors", "service errors"),
+            ("floor_errors", "floor errors"),
+            ("service_calls_during_floor", "service DynamoDB calls during the floor"),
+        ):
             if r.get(field):
                 print(f"  WARNING {key}: {label}: {r[field]}", file=out)
         if r.get("anomalies"):
             print(f"  note {key}: {r['anomalies']}", file=out)
         other = max(r["cpu_cores"]["other"], r["floor_cpu_cores"]["other"])
         if other > OTHER_CPU_WARNING:
-            print(f"  WARNING {key}: other processes on this machine used up to {other:.2f} cores during this case: "
-                  f"its figures are disturbed", file=out)
+            print(
+                f"  WARNING {key}: other processes on this machine used up to {other:.2f} cores during this case: "
+                f"its figures are disturbed",
+                file=out,
+            )
         busiest = max(r["load_cpu_max"], r["floor_load_cpu_max"])
         if r["clients"] > 1 and busiest > LOAD_CPU_WARNING:
-            print(f"  WARNING {key}: a load process used {busiest:.2f} of a core: the load generator may have "
-                  f"capped this case", file=out)
+            print(
+                f"  WARNING {key}: a load process used {busiest:.2f} of a core: the load generator may have "
+                f"capped this case",
+                file=out,
+            )
 
 
 def print_gateway(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None:
@@ -313,24 +412,38 @@ def print_gateway(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> 
     print("\nThrough the HTTP gateway, next to the same calls over gRPC in this run", file=out)
     for key, r in rows:
         if "grpc_case" not in r:
-            print(f"  {key}: {_fmt(r['throughput'])}/s p50 {_fmt(r['p50_ms'], 2)} ms (its gRPC case did not run)",
-                  file=out)
+            print(
+                f"  {key}: {_fmt(r['throughput'])}/s p50 {_fmt(r['p50_ms'], 2)} ms (its gRPC case did not run)",
+                file=out,
+            )
             continue
-        print(f"  {key}: {_fmt(r['throughput'])}/s vs {_fmt(r['grpc_throughput'])}/s over gRPC ({r['grpc_case']}; "
-              f"ratio {_fmt(r['throughput_ratio_to_grpc'], 2)}); p50 {_fmt(r['p50_ms'], 2)} vs "
-              f"{_fmt(r['grpc_p50_ms'], 2)} ms: the gateway adds {_fmt(r['gateway_overhead_p50_ms'], 2)} ms; "
-              f"gateway process {r['cpu_cores'].get(GATEWAY, 0):.2f} cores", file=out)
+        print(
+            f"  {key}: {_fmt(r['throughput'])}/s vs {_fmt(r['grpc_throughput'])}/s over gRPC ({r['grpc_case']}; "
+            f"ratio {_fmt(r['throughput_ratio_to_grpc'], 2)}); p50 {_fmt(r['p50_ms'], 2)} vs "
+            f"{_fmt(r['grpc_p50_ms'], 2)} ms: the gateway adds {_fmt(r['gateway_overhead_p50_ms'], 2)} ms; "
+            f"gateway process {r['cpu_cores'].get(GATEWAY, 0):.2f} cores",
+            file=out,
+        )
 
 
 def print_cpu(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None:
-    print("\nCores busy during each side, warm-up included (service | floor): the machine, each service "
-          "(and the gateway), DynamoDB Local, other processes", file=out)
+    print(
+        "\nCores busy during each side, warm-up included (service | floor): the machine, each service "
+        "(and the gateway), DynamoDB Local, other processes",
+        file=out,
+    )
     for key, r in results.items():
+
         def side(cpu: dict[str, float]) -> str:
             names = [*SERVICES, *([GATEWAY] if GATEWAY in cpu else [])]
-            parts = [f"total {cpu['total']:.2f}", *(f"{n} {cpu.get(n, 0):.2f}" for n in names),
-                     f"ddb {cpu.get('dynamodb_local', 0):.2f}", f"other {cpu['other']:.2f}"]
+            parts = [
+                f"total {cpu['total']:.2f}",
+                *(f"{n} {cpu.get(n, 0):.2f}" for n in names),
+                f"ddb {cpu.get('dynamodb_local', 0):.2f}",
+                f"other {cpu['other']:.2f}",
+            ]
             return " ".join(parts)
+
         print(f"  {key}: {side(r['cpu_cores'])} | {side(r['floor_cpu_cores'])}", file=out)
 
 
@@ -338,8 +451,15 @@ def evaluate_targets(results: dict[str, dict[str, Any]], memory: dict[str, float
     targets: list[dict[str, Any]] = []
 
     def add(name: str, case: str, value: float | None, limit: float | None, ok: bool | None) -> None:
-        targets.append({"target": name, "case": case, "value": value, "limit": limit,
-                        "status": "skip" if ok is None else "pass" if ok else "fail"})
+        targets.append(
+            {
+                "target": name,
+                "case": case,
+                "value": value,
+                "limit": limit,
+                "status": "skip" if ok is None else "pass" if ok else "fail",
+            }
+        )
 
     def value(case: str, name: str) -> float | None:
         record = results.get(case)
@@ -355,8 +475,13 @@ def evaluate_targets(results: dict[str, dict[str, Any]], memory: dict[str, float
     for case in ("get_progress_c1", "get_progress_c16"):
         check(f"GetProgress {case.rsplit('_', 1)[1]} throughput >= 0.9 x floor", case, "ratio_to_floor", 0.9, True)
     for name in SERVICES:
-        add(f"{name} resident memory < {MEMORY_LIMIT_MB:.0f} MB", "", memory.get(name), MEMORY_LIMIT_MB,
-            None if name not in memory else memory[name] < MEMORY_LIMIT_MB)
+        add(
+            f"{name} resident memory < {MEMORY_LIMIT_MB:.0f} MB",
+            "",
+            memory.get(name),
+            MEMORY_LIMIT_MB,
+            None if name not in memory else memory[name] < MEMORY_LIMIT_MB,
+        )
     return targets
 
 
@@ -378,11 +503,12 @@ def machine() -> dict[str, Any]:
         "memory_mb": round(total_kb / 1024),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
 # --- main ----------------------------------------------------------------------------------
+
 
 def _interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
@@ -402,16 +528,22 @@ def main(argv: list[str] | None = None) -> int:
     cluster: BenchCluster | None = None
     results: dict[str, dict[str, Any]] = {}
     try:
-        print(f"bench: {len(cases)} cases, {args.warmup:g} s warm-up + {args.duration:g} s each side; "
-              f"{pool_size} load processes", flush=True)
+        print(
+            f"bench: {len(cases)} cases, {args.warmup:g} s warm-up + {args.duration:g} s each side; "
+            f"{pool_size} load processes",
+            flush=True,
+        )
         for key, value in LOCAL_CREDENTIALS.items():  # before the load processes start: they inherit it
             os.environ.setdefault(key, value)
         pool = WorkerPool(pool_size)  # they import while the cluster starts
         cluster = start_cluster(profile=args.profile, gateway=any(case.transport == "http" for case in cases))
-        print(f"bench: cluster up in {time.monotonic() - began:.0f} s (DynamoDB Local {cluster.dynamodb_endpoint}, "
-              + ", ".join(f"{n} :{p}" for n, p in cluster.ports.items())
-              + (f", gateway :{cluster.gateway_port}" if cluster.has_gateway else "") + f"); logs in {cluster.logs}",
-              flush=True)
+        print(
+            f"bench: cluster up in {time.monotonic() - began:.0f} s (DynamoDB Local {cluster.dynamodb_endpoint}, "
+            + ", ".join(f"{n} :{p}" for n, p in cluster.ports.items())
+            + (f", gateway :{cluster.gateway_port}" if cluster.has_gateway else "")
+            + f"); logs in {cluster.logs}",
+            flush=True,
+        )
         seed(cluster)
         pool.wait_started()
         print(f"bench: seeded ({time.monotonic() - began:.0f} s)", flush=True)
@@ -425,11 +557,13 @@ def main(argv: list[str] | None = None) -> int:
             results[case.key] = record
             add_gateway_overhead(case, results)
             other = max(record["cpu_cores"]["other"], record["floor_cpu_cores"]["other"])
-            print(f"  {case.key}: {record['throughput']:.1f}/s p50 {_fmt(record['p50_ms'], 2)} ms | floor "
-                  f"{record['floor_throughput']:.1f}/s p50 {_fmt(record['floor_p50_ms'], 2)} ms | ratio "
-                  f"{_fmt(record['ratio_to_floor'], 2)}{'' if record['dynamodb_calls_match'] else '  (DynamoDB calls differ)'}"
-                  f"{f'  (other processes used {other:.2f} cores)' if other > OTHER_CPU_WARNING else ''}",
-                  flush=True)
+            print(
+                f"  {case.key}: {record['throughput']:.1f}/s p50 {_fmt(record['p50_ms'], 2)} ms | floor "
+                f"{record['floor_throughput']:.1f}/s p50 {_fmt(record['floor_p50_ms'], 2)} ms | ratio "
+                f"{_fmt(record['ratio_to_floor'], 2)}{'' if record['dynamodb_calls_match'] else '  (DynamoDB calls differ)'}"
+                f"{f'  (other processes used {other:.2f} cores)' if other > OTHER_CPU_WARNING else ''}",
+                flush=True,
+            )
         memory = {name: cluster.rss_mb(name)["VmRSS"] for name in _processes(cluster)}
         memory_peak = {name: cluster.rss_mb(name)["VmHWM"] for name in _processes(cluster)}
         dynamodb_memory = status_memory_mb(cluster.processes["dynamodb"].pid).get("VmRSS")
@@ -449,9 +583,11 @@ def main(argv: list[str] | None = None) -> int:
     print_calls(results)
     print_gateway(results)
     print_cpu(results)
-    print(f"\nResident memory after the run (MB): "
-          + ", ".join(f"{n} {memory[n]:.1f} (peak {memory_peak[n]:.1f})" for n in memory)
-          + f"; DynamoDB Local {_fmt(dynamodb_memory)}")
+    print(
+        "\nResident memory after the run (MB): "
+        + ", ".join(f"{n} {memory[n]:.1f} (peak {memory_peak[n]:.1f})" for n in memory)
+        + f"; DynamoDB Local {_fmt(dynamodb_memory)}"
+    )
     targets = evaluate_targets(results, memory)
     print_targets(targets)
     output: dict[str, Any] = {

@@ -12,13 +12,15 @@ Roles:
 Health checking needs no token, so that orchestrators can probe. Reflection
 (grpcurl list / describe) takes any valid token.
 """
+
 from __future__ import annotations
 
 import enum
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import grpc
 import jwt
@@ -107,18 +109,20 @@ class TokenAuthority:
             if len(key) < MIN_SECRET_LENGTH:
                 raise AuthNotConfigured(
                     f"REWARDS_AUTH_JWT_SECRET (and REWARDS_AUTH_JWT_PREVIOUS_SECRET) must be at least "
-                    f"{MIN_SECRET_LENGTH} characters; generate one with `rewardsctl token secret`")
+                    f"{MIN_SECRET_LENGTH} characters; generate one with `rewardsctl token secret`"
+                )
         self._keys = (secret, *previous_secrets)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "TokenAuthority | None":
+    def from_settings(cls, settings: Settings) -> TokenAuthority | None:
         """None when auth is explicitly off; refuses a configuration with neither."""
         if not settings.auth_jwt_secret:
             if settings.insecure_no_auth:
                 return None
             raise AuthNotConfigured(
                 "no REWARDS_AUTH_JWT_SECRET: the services do not start without a key to verify callers' tokens "
-                "(set REWARDS_INSECURE_NO_AUTH=true to serve every caller unauthenticated, for local experiments only)")
+                "(set REWARDS_INSECURE_NO_AUTH=true to serve every caller unauthenticated, for local experiments only)"
+            )
         previous = (settings.auth_jwt_previous_secret,) if settings.auth_jwt_previous_secret else ()
         return cls(settings.auth_jwt_secret, previous)
 
@@ -132,7 +136,11 @@ class TokenAuthority:
         for key in self._keys:
             try:
                 claims = jwt.decode(
-                    token, key, algorithms=["HS256"], issuer=ISSUER, leeway=CLOCK_SKEW_S,
+                    token,
+                    key,
+                    algorithms=["HS256"],
+                    issuer=ISSUER,
+                    leeway=CLOCK_SKEW_S,
                     options={"require": ["exp", "sub", "role", "iss"]},
                 )
                 break
@@ -151,8 +159,9 @@ class TokenAuthority:
         try:
             role = Role(claims["role"])
         except ValueError as error:
-            raise TokenRefused(f"token role {str(claims['role'])[:32]!r} is none of "
-                               f"{', '.join(r.value for r in Role)}") from error
+            raise TokenRefused(
+                f"token role {str(claims['role'])[:32]!r} is none of {', '.join(r.value for r in Role)}"
+            ) from error
         return Caller(subject=str(claims["sub"]), role=role)
 
 
@@ -179,7 +188,8 @@ def authorize(authority: TokenAuthority, method: str, metadata: Iterable[tuple[s
     if caller.role not in allowed:
         raise RoleRefused(
             f"role {caller.role.value!r} may not call {method.lstrip('/')}"
-            + (f"; it takes {' or '.join(sorted(r.value for r in allowed))}" if allowed else ""))
+            + (f"; it takes {' or '.join(sorted(r.value for r in allowed))}" if allowed else "")
+        )
     return caller
 
 
@@ -228,8 +238,10 @@ class CallerAuthInterceptor(grpc.ServerInterceptor):
             return inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
-            served_to_caller, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+            served_to_caller,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 class ServiceToken:

@@ -1,5 +1,6 @@
 """Client channels: the one each service uses to call another, and the options
 any client of these services (rewardsctl, a game server) should use."""
+
 from __future__ import annotations
 
 import json
@@ -20,19 +21,26 @@ MAX_REQUEST_BYTES = 1024 * 1024
 # throttling) with backoff, by gRPC itself. Safe because every write is
 # idempotent: awards and grants by request id, unlocks by achievement, level
 # checks by their request id. Each attempt stays within the call's deadline.
-RETRY_SERVICE_CONFIG = json.dumps({
-    "methodConfig": [{
-        "name": [{"service": "rewards.v1.XpService"}, {"service": "rewards.v1.AchievementsService"},
-                 {"service": "rewards.v1.LevelsService"}],
-        "retryPolicy": {
-            "maxAttempts": 4,
-            "initialBackoff": "0.05s",
-            "maxBackoff": "0.5s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }],
-})
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "rewards.v1.XpService"},
+                    {"service": "rewards.v1.AchievementsService"},
+                    {"service": "rewards.v1.LevelsService"},
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
 
 CLIENT_CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),

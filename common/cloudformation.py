@@ -13,14 +13,16 @@ The committed template is deploy/cloudformation.yaml; tests/test_cloudformation.
 fails when it is stale, lints it with cfn-lint, and checks each policy against
 the DynamoDB calls the services really make.
 """
+
 from __future__ import annotations
 
 import argparse
 import difflib
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -95,8 +97,11 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
     "xp": (
         # The activity catalog; ListActivities by category queries the index;
         # an award's transaction checks the cached activity's XP (ConditionCheck).
-        TableAccess(ACTIVITIES, ("PutItem", "GetItem", "DeleteItem", "Scan", "ConditionCheckItem"),
-                    (("by_category", ("Query",)),)),
+        TableAccess(
+            ACTIVITIES,
+            ("PutItem", "GetItem", "DeleteItem", "Scan", "ConditionCheckItem"),
+            (("by_category", ("Query",)),),
+        ),
         # record_xp's transaction puts the entry; a duplicate reads the original back.
         TableAccess(XP_LEDGER, ("PutItem", "GetItem")),
         # record_xp's transaction adds to total_xp; GetProgress and awards read it.
@@ -179,31 +184,41 @@ def table_resource(table: TableDefinition) -> dict[str, Any]:
 def policy_resource(service: str, access: Sequence[TableAccess], tables: Sequence[TableDefinition]) -> dict[str, Any]:
     statements: list[dict[str, Any]] = []
     for grant in access:
-        statements.append({
-            "Sid": table_logical_id(grant.table),
-            "Effect": "Allow",
-            "Action": _iam_actions(grant.actions),
-            "Resource": _table_arn(grant.table),
-        })
-        for index_name, index_actions in grant.index_actions:
-            statements.append({
-                "Sid": table_logical_id(grant.table) + "".join(p.capitalize() for p in index_name.split("_")) + "Index",
+        statements.append(
+            {
+                "Sid": table_logical_id(grant.table),
                 "Effect": "Allow",
-                "Action": _iam_actions(index_actions),
-                "Resource": _index_arn(grant.table, index_name),
-            })
-    statements.append({
-        "Sid": "StartupTableCheck",
-        "Effect": "Allow",
-        "Action": _iam_actions(STARTUP_TABLE_ACTIONS),
-        "Resource": [_table_arn(table) for table in tables],
-    })
-    statements.append({
-        "Sid": "StartupListTables",
-        "Effect": "Allow",
-        "Action": _iam_actions(STARTUP_ACCOUNT_ACTIONS),
-        "Resource": "*",
-    })
+                "Action": _iam_actions(grant.actions),
+                "Resource": _table_arn(grant.table),
+            }
+        )
+        for index_name, index_actions in grant.index_actions:
+            statements.append(
+                {
+                    "Sid": table_logical_id(grant.table)
+                    + "".join(p.capitalize() for p in index_name.split("_"))
+                    + "Index",
+                    "Effect": "Allow",
+                    "Action": _iam_actions(index_actions),
+                    "Resource": _index_arn(grant.table, index_name),
+                }
+            )
+    statements.append(
+        {
+            "Sid": "StartupTableCheck",
+            "Effect": "Allow",
+            "Action": _iam_actions(STARTUP_TABLE_ACTIONS),
+            "Resource": [_table_arn(table) for table in tables],
+        }
+    )
+    statements.append(
+        {
+            "Sid": "StartupListTables",
+            "Effect": "Allow",
+            "Action": _iam_actions(STARTUP_ACCOUNT_ACTIONS),
+            "Resource": "*",
+        }
+    )
     return {
         "Type": "AWS::IAM::ManagedPolicy",
         "Properties": {
@@ -223,7 +238,7 @@ def auth_secret_resource() -> dict[str, Any]:
         "Properties": {
             "Name": {"Fn::Sub": "${TablePrefix}auth-jwt-secret"},
             "Description": "rewards: the key that signs and verifies callers' tokens (the services' "
-                           "REWARDS_AUTH_JWT_SECRET); rotate it as docs/deploy.md says",
+            "REWARDS_AUTH_JWT_SECRET); rotate it as docs/deploy.md says",
             "GenerateSecretString": {"PasswordLength": AUTH_SECRET_LENGTH, "ExcludePunctuation": True},
         },
     }
@@ -236,13 +251,18 @@ def auth_secret_read_policy_resource() -> dict[str, Any]:
         "Type": "AWS::IAM::ManagedPolicy",
         "Properties": {
             "Description": "rewards services' task execution role: read the token key secret into "
-                           "REWARDS_AUTH_JWT_SECRET (and REWARDS_AUTH_JWT_PREVIOUS_SECRET during a rotation)",
-            "PolicyDocument": {"Version": "2012-10-17", "Statement": [{
-                "Sid": "ReadAuthJwtSecret",
-                "Effect": "Allow",
-                "Action": ["secretsmanager:GetSecretValue"],
-                "Resource": {"Ref": AUTH_SECRET_LOGICAL_ID},
-            }]},
+            "REWARDS_AUTH_JWT_SECRET (and REWARDS_AUTH_JWT_PREVIOUS_SECRET during a rotation)",
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "ReadAuthJwtSecret",
+                        "Effect": "Allow",
+                        "Action": ["secretsmanager:GetSecretValue"],
+                        "Resource": {"Ref": AUTH_SECRET_LOGICAL_ID},
+                    }
+                ],
+            },
         },
     }
 
@@ -317,10 +337,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if committed == rendered:
             print(f"{args.check}: the template is fresh")
             return 0
-        sys.stdout.writelines(difflib.unified_diff(
-            committed.splitlines(keepends=True), rendered.splitlines(keepends=True),
-            fromfile=str(args.check), tofile="python -m common.cloudformation",
-        ))
+        sys.stdout.writelines(
+            difflib.unified_diff(
+                committed.splitlines(keepends=True),
+                rendered.splitlines(keepends=True),
+                fromfile=str(args.check),
+                tofile="python -m common.cloudformation",
+            )
+        )
         print(f"{args.check} is stale: regenerate it with `make cfn`", file=sys.stderr)
         return 1
     sys.stdout.write(rendered)

@@ -4,11 +4,12 @@ Defaults run the local cluster, except the DynamoDB endpoint: unset means real
 AWS, so the local launcher, the compose file and the tests set
 REWARDS_DYNAMODB_ENDPOINT.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class Settings:
     log_level: str = "INFO"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         settings = cls()
         for name, variable in ENVIRONMENT_VARIABLES.items():

@@ -1,13 +1,15 @@
 """The DynamoDB client (one per process), the table definitions (one place) and
 the few write patterns every repository uses."""
+
 from __future__ import annotations
 
 import base64
 import json
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -15,10 +17,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from common.config import Settings
-from common.metrics import instrument_dynamodb_client
-from common.rpc_deadline import remaining_s
-from common.models import Level, LevelReached, LevelTable, ProgressRecord, Reward
 from common.errors import ContentionExhausted, DeadlineReached, DependencyUnavailable, DomainError, InvalidField
+from common.metrics import instrument_dynamodb_client
+from common.models import Level, LevelReached, LevelTable, ProgressRecord, Reward
+from common.rpc_deadline import remaining_s
 
 T = TypeVar("T")
 
@@ -79,14 +81,16 @@ class TableDefinition:
         for index_name, index_hash, index_range in self.string_indexes:
             attributes[index_hash] = _S
             attributes[index_range] = _S
-            indexes.append({
-                "IndexName": index_name,
-                "KeySchema": [
-                    {"AttributeName": index_hash, "KeyType": "HASH"},
-                    {"AttributeName": index_range, "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            })
+            indexes.append(
+                {
+                    "IndexName": index_name,
+                    "KeySchema": [
+                        {"AttributeName": index_hash, "KeyType": "HASH"},
+                        {"AttributeName": index_range, "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            )
         params: dict[str, Any] = {
             "TableName": prefix + self.name,
             "AttributeDefinitions": [{"AttributeName": k, "AttributeType": t} for k, t in attributes.items()],
@@ -98,7 +102,9 @@ class TableDefinition:
         return params
 
 
-ACTIVITIES = TableDefinition("activities", ("activity_id", _S), string_indexes=(("by_category", "category", "activity_id"),))
+ACTIVITIES = TableDefinition(
+    "activities", ("activity_id", _S), string_indexes=(("by_category", "category", "activity_id"),)
+)
 ACHIEVEMENTS = TableDefinition("achievements", ("achievement_id", _S))
 LEVELS = TableDefinition("levels", ("level", _N))
 # One item a user: total_xp, level, unlocked_achievements, rewards, updated_at.
@@ -114,7 +120,16 @@ LEVEL_REWARDS = TableDefinition("level_rewards", ("user_id", _S), ("level", _N))
 # granted, so that a repeat of the request reports the same level-up.
 LEVEL_CHECKS = TableDefinition("level_checks", ("user_id", _S), ("check_id", _S))
 
-ALL_TABLES = (ACTIVITIES, ACHIEVEMENTS, LEVELS, USER_PROGRESS, XP_LEDGER, USER_ACHIEVEMENTS, LEVEL_REWARDS, LEVEL_CHECKS)
+ALL_TABLES = (
+    ACTIVITIES,
+    ACHIEVEMENTS,
+    LEVELS,
+    USER_PROGRESS,
+    XP_LEDGER,
+    USER_ACHIEVEMENTS,
+    LEVEL_REWARDS,
+    LEVEL_CHECKS,
+)
 
 
 def ensure_tables(client: Any, prefix: str, tables: tuple[TableDefinition, ...] = ALL_TABLES) -> None:
@@ -137,6 +152,7 @@ def ensure_tables(client: Any, prefix: str, tables: tuple[TableDefinition, ...] 
 
 
 # --- items --------------------------------------------------------------------
+
 
 def to_item(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _serializer.serialize(v) for k, v in values.items()}
@@ -226,6 +242,7 @@ def retry_on_transaction_conflict(write: Callable[[], T]) -> T:
 
 # --- page tokens ----------------------------------------------------------------
 
+
 def encode_page_token(last_evaluated_key: Mapping[str, Any] | None) -> str:
     if not last_evaluated_key:
         return ""
@@ -246,8 +263,7 @@ def decode_page_token(token: str, expected_keys: Mapping[str, str | None]) -> di
             raise ValueError("unexpected keys")
         for name, value in values.items():
             # Key values this service issues are ids: 128 characters at most.
-            if (not isinstance(value, str) or not value or len(value) > 128
-                    or expected_keys[name] not in (None, value)):
+            if not isinstance(value, str) or not value or len(value) > 128 or expected_keys[name] not in (None, value):
                 raise ValueError(f"unexpected {name}")
         return to_item(values)
     except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as error:
@@ -291,7 +307,9 @@ class CatalogTable:
             items.extend(from_item(item) for item in page["Items"])
         return items
 
-    def page(self, page_size: int, page_token: str, *, index: str = "", key_condition: tuple[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
+    def page(
+        self, page_size: int, page_token: str, *, index: str = "", key_condition: tuple[str, str] | None = None
+    ) -> tuple[list[dict[str, Any]], str]:
         """One page of the table, or of `index` where key_condition (name, value) holds."""
         params: dict[str, Any] = {"TableName": self.name, "Limit": page_size}
         expected_keys: dict[str, str | None] = {self._key: None}
@@ -314,7 +332,7 @@ class CatalogTable:
         found: dict[Any, dict[str, Any]] = {}
         unique = list(dict.fromkeys(keys))
         for start in range(0, len(unique), 100):  # BatchGetItem's limit
-            chunk = [{self._key: k} for k in unique[start:start + 100]]
+            chunk = [{self._key: k} for k in unique[start : start + 100]]
             for values in batch_get_consistent(self._client, {self.name: chunk})[self.name]:
                 found[values[self._key]] = values
         return found
@@ -348,8 +366,13 @@ def load_level_table(client: Any, table_prefix: str) -> LevelTable:
 
 
 def level_reached_from(values: Mapping[str, Any]) -> LevelReached:
-    return LevelReached(int(values["level"]), int(values["from_level"]), _rewards_from(values.get("rewards")),
-                        values.get("check_id", ""), values.get("granted_at", ""))
+    return LevelReached(
+        int(values["level"]),
+        int(values["from_level"]),
+        _rewards_from(values.get("rewards")),
+        values.get("check_id", ""),
+        values.get("granted_at", ""),
+    )
 
 
 def read_levels_reached(client: Any, table_prefix: str, user_id: str) -> list[LevelReached]:
@@ -371,7 +394,8 @@ def batch_get_consistent(client: Any, keys: Mapping[str, list[dict[str, Any]]]) 
     found: dict[str, list[dict[str, Any]]] = {table: [] for table in keys}
     pending: dict[str, Any] = {
         table: {"Keys": [to_item(k) for k in table_keys], "ConsistentRead": True}
-        for table, table_keys in keys.items() if table_keys
+        for table, table_keys in keys.items()
+        if table_keys
     }
     attempt = 0
     while pending:
@@ -380,7 +404,7 @@ def batch_get_consistent(client: Any, keys: Mapping[str, list[dict[str, Any]]]) 
             found[table].extend(from_item(item) for item in items)
         pending = response.get("UnprocessedKeys") or {}
         if pending:  # throttled: back off before asking for the rest
-            time.sleep(random.uniform(0, 0.01 * 2**min(attempt, 6)))
+            time.sleep(random.uniform(0, 0.01 * 2 ** min(attempt, 6)))
             attempt += 1
     return found
 
@@ -396,7 +420,9 @@ def transact_get(client: Any, keys: list[tuple[str, dict[str, Any]]]) -> list[di
             )
             return [from_item(r["Item"]) if r.get("Item") else None for r in response["Responses"]]
         except ClientError as error:
-            if error_code(error) != "TransactionCanceledException" or "TransactionConflict" not in cancellation_codes(error):
+            if error_code(error) != "TransactionCanceledException" or "TransactionConflict" not in cancellation_codes(
+                error
+            ):
                 raise
         time.sleep(random.uniform(0, 0.01 * 2**attempt))
     raise ContentionExhausted("too many concurrent writes to this user; retry the request")

@@ -1,5 +1,6 @@
 """Domain error families. Services raise named subclasses; the gRPC edge maps
 each family to one status code (common.grpc_edge)."""
+
 from __future__ import annotations
 
 

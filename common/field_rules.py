@@ -1,5 +1,6 @@
 """Field rules shared by every servicer. Each check raises InvalidField naming
 the field, so the edge can answer INVALID_ARGUMENT before anything is written."""
+
 from __future__ import annotations
 
 import unicodedata

@@ -1,16 +1,19 @@
 """The gRPC edge: named domain errors become status codes with rich details
 (google.rpc.Status through grpcio-status), and shared message conversions."""
+
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from common.dynamodb import storage_error_as_domain_error
 from common.errors import (
     ContentionExhausted,
     DeadlineReached,
@@ -20,7 +23,6 @@ from common.errors import (
     NotFound,
     PreconditionFailed,
 )
-from common.dynamodb import storage_error_as_domain_error
 from common.models import LevelUpOutcome, Reward
 from rewards.v1 import levels_pb2
 

@@ -3,6 +3,7 @@ server at ADDRESS answers grpc.health.v1 Check with SERVING for SERVICE ("",
 the whole server, by default), and 1 otherwise. What container health checks
 run: the images have no grpc_health_probe binary, and this needs nothing the
 services do not already install."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,14 @@ def probe(address: str, service: str = "", deadline_s: float = DEFAULT_DEADLINE_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.health_probe", description="Exit 0 only when a gRPC server reports SERVING (grpc.health.v1).")
+    parser = argparse.ArgumentParser(
+        prog="python -m common.health_probe",
+        description="Exit 0 only when a gRPC server reports SERVING (grpc.health.v1).",
+    )
     parser.add_argument("address", help="host:port of the gRPC server")
-    parser.add_argument("service", nargs="?", default="", help='service name, such as rewards.v1.XpService ("" = the server)')
+    parser.add_argument(
+        "service", nargs="?", default="", help='service name, such as rewards.v1.XpService ("" = the server)'
+    )
     parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE_S, help="seconds to wait for the answer")
     args = parser.parse_args(argv)
     return probe(args.address, args.service, args.deadline)

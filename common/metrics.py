@@ -1,5 +1,6 @@
 """Prometheus metrics, defined once for every service (prometheus-client), and
 served over HTTP on each service's side port."""
+
 from __future__ import annotations
 
 import time
@@ -9,11 +10,15 @@ from prometheus_client import Counter, Histogram, start_http_server
 
 RPCS = Counter("rewards_rpc_requests_total", "RPCs served, by method and status code.", ["method", "code"])
 RPC_SECONDS = Histogram(
-    "rewards_rpc_duration_seconds", "Time to serve an RPC.", ["method"],
+    "rewards_rpc_duration_seconds",
+    "Time to serve an RPC.",
+    ["method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 DYNAMODB_SECONDS = Histogram(
-    "rewards_dynamodb_call_duration_seconds", "Time of one DynamoDB API call, SDK retries included.", ["operation"],
+    "rewards_dynamodb_call_duration_seconds",
+    "Time of one DynamoDB API call, SDK retries included.",
+    ["operation"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 DYNAMODB_ERRORS = Counter(
@@ -39,7 +44,9 @@ def instrument_dynamodb_client(client: Any) -> None:
     def finished(model: Any, context: dict[str, Any], http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
         _observe(model.name, context)
         if http_response.status_code >= 300:
-            DYNAMODB_ERRORS.labels(model.name, parsed.get("Error", {}).get("Code", str(http_response.status_code))).inc()
+            DYNAMODB_ERRORS.labels(
+                model.name, parsed.get("Error", {}).get("Code", str(http_response.status_code))
+            ).inc()
 
     def failed(context: dict[str, Any], exception: Exception, **_: Any) -> None:
         operation = context.get("rewards_operation", "unknown")

@@ -1,11 +1,13 @@
 """Values the services share: the level table and its rule, the user-progress
 record (one DynamoDB item that all three services write, each its own
 attributes), the levels a user reached, and a level check's outcome. Pure."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class ProgressRecord:
     updated_at: str | None = None
 
     @classmethod
-    def from_attributes(cls, user_id: str, values: Mapping[str, Any] | None) -> "ProgressRecord":
+    def from_attributes(cls, user_id: str, values: Mapping[str, Any] | None) -> ProgressRecord:
         if not values:
             return cls(user_id=user_id)
         return cls(
@@ -95,4 +97,4 @@ class LevelUpOutcome:
 
 
 def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

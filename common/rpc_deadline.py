@@ -1,6 +1,7 @@
 """The deadline of the RPC being served, so that work done on its behalf
 (calls to other services, DynamoDB requests and the SDK's retries) stops when
 the caller has stopped waiting."""
+
 from __future__ import annotations
 
 import contextvars

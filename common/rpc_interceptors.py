@@ -4,13 +4,15 @@ Server side: parse each request strictly, give the call a trace id (the
 caller's `x-trace-id`, or a new one), log one JSON line per RPC and count it in
 the metrics, and bind its deadline. Client side (calls between services):
 pass the trace id along, and never wait past the served call's deadline."""
+
 from __future__ import annotations
 
 import logging
 import re
 import time
 import uuid
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -63,7 +65,9 @@ class RpcEdgeInterceptor(grpc.ServerInterceptor):
                 try:
                     request = parse(raw_request) if parse else raw_request
                 except DecodeError as error:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid protobuf message ({error})")
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid protobuf message ({error})"
+                    )
                 for name in ("user_id", "request_id"):
                     value = getattr(request, name, "")
                     if value:
@@ -83,9 +87,17 @@ class RpcEdgeInterceptor(grpc.ServerInterceptor):
                 RPC_SECONDS.labels(method).observe(seconds)
                 # Health checks come every few seconds from orchestrators: logged only at DEBUG.
                 level = logging.DEBUG if method.startswith("/grpc.health.v1.Health/") else logging.INFO
-                _rpc_log.log(level, "rpc", extra={"fields": {
-                    "code": code.name, "duration_ms": round(seconds * 1000, 3), "peer": context.peer(),
-                }})
+                _rpc_log.log(
+                    level,
+                    "rpc",
+                    extra={
+                        "fields": {
+                            "code": code.name,
+                            "duration_ms": round(seconds * 1000, 3),
+                            "peer": context.peer(),
+                        }
+                    },
+                )
                 unbind_rpc_fields(token)
                 unbind_deadline(deadline_token)
 
@@ -111,7 +123,9 @@ def with_metadata(client_call_details: Any, extra: list[tuple[str, str]], timeou
         client_call_details.method,
         client_call_details.timeout if timeout is None else timeout,
         [*(client_call_details.metadata or ()), *extra],
-        client_call_details.credentials, client_call_details.wait_for_ready, client_call_details.compression,
+        client_call_details.credentials,
+        client_call_details.wait_for_ready,
+        client_call_details.compression,
     )
 
 

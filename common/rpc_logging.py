@@ -1,5 +1,6 @@
 """Logs as one JSON object a line, each carrying the fields of the RPC being
 served: method, user id, request id and trace id."""
+
 from __future__ import annotations
 
 import contextvars
@@ -8,7 +9,11 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
-_rpc_fields: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("rpc_fields", default={})
+_rpc_fields: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
+    # Never written: add_rpc_field writes only a dict bound by bind_rpc_fields.
+    "rpc_fields",
+    default={},  # noqa: B039
+)
 
 
 class _RpcFieldsFilter(logging.Filter):

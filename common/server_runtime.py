@@ -1,12 +1,14 @@
 """What every server shares: a thread-pool gRPC server with the logging
 interceptor, standard health checking and reflection, and a SIGTERM-graceful run."""
+
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -15,13 +17,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.caller_auth import AuthNotConfigured, CallerAuthInterceptor, TokenAuthority
+from common.channels import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from common.config import Settings
 from common.dynamodb import create_dynamodb_client, ensure_tables
 from common.metrics import serve_metrics
-from common.channels import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from common.rpc_interceptors import RpcEdgeInterceptor
-from common.transport_security import server_credentials
 from common.rpc_logging import configure_logging
+from common.transport_security import server_credentials
 
 log = logging.getLogger("rewards.server")
 
@@ -83,7 +85,9 @@ def build_grpc_server(
     for name in (service.full_name, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        (service.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=cast(descriptor_pool.DescriptorPool, _MethodAwarePool())
+        (service.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server,
+        pool=cast(descriptor_pool.DescriptorPool, _MethodAwarePool()),
     )
     credentials = server_credentials(settings)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
@@ -138,6 +142,10 @@ def run_service(
     health_servicer = health.HealthServicer()
     server, port = create_server(listen, settings, dynamodb, health_servicer)
     serve_until_terminated(
-        server, health_servicer, grace_s=settings.shutdown_grace_s,
-        on_ready=lambda: log.info("listening", extra={"fields": {"port": port, "address": listen, "metrics_port": metrics_port}}),
+        server,
+        health_servicer,
+        grace_s=settings.shutdown_grace_s,
+        on_ready=lambda: log.info(
+            "listening", extra={"fields": {"port": port, "address": listen, "metrics_port": metrics_port}}
+        ),
     )

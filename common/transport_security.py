@@ -1,5 +1,6 @@
 """TLS for the servers and mutual TLS between services, from the certificate
 paths in the configuration."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,9 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         raise SystemExit("TLS needs both REWARDS_TLS_CERT_FILE and REWARDS_TLS_KEY_FILE")
     key_pair = [(_read(settings.tls_key_file), _read(settings.tls_cert_file))]
     if settings.tls_ca_file:
-        return grpc.ssl_server_credentials(key_pair, root_certificates=_read(settings.tls_ca_file),
-                                           require_client_auth=True)
+        return grpc.ssl_server_credentials(
+            key_pair, root_certificates=_read(settings.tls_ca_file), require_client_auth=True
+        )
     return grpc.ssl_server_credentials(key_pair)
 
 

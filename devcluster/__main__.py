@@ -4,6 +4,7 @@ DynamoDB Local, the three services, then the HTTP/JSON gateway in front of them.
 DynamoDB Local keeps its data in .local/dynamodb-data; logs go to .local/logs/.
 Auth is on: the key and dev tokens (game, admin) are in .local/dev-auth.env.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,9 @@ def _pid(name: str) -> int | None:
 
 def _spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     log = open(LOG_DIR / f"{name}.log", "ab")
-    process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     (RUN_DIR / f"{name}.pid").write_text(str(process.pid))
     return process
 
@@ -96,7 +99,9 @@ def up() -> int:
             print(f"port {DYNAMODB_PORT} is taken by another program; set REWARDS_DYNAMODB_LOCAL_PORT", file=sys.stderr)
             return 1
         log = open(LOG_DIR / "dynamodb.log", "ab")
-        process = start_dynamodb_local(DYNAMODB_PORT, log, REPO_ROOT / ".local" / "dynamodb-data", start_new_session=True)
+        process = start_dynamodb_local(
+            DYNAMODB_PORT, log, REPO_ROOT / ".local" / "dynamodb-data", start_new_session=True
+        )
         (RUN_DIR / "dynamodb.pid").write_text(str(process.pid))
     for name, module in SERVICES:
         port = _ports(name)[0]
@@ -150,8 +155,10 @@ def status() -> int:
     for label, address, pid in rows:
         print(f"  {label:38} {address:32} {'running, pid ' + str(pid) if pid else 'stopped'}")
     print(f"logs: {LOG_DIR}")
-    print(f"dev tokens (auth is on): . {DEV_AUTH_FILE.relative_to(REPO_ROOT)}  "
-          "# exports REWARDS_GAME_TOKEN, REWARDS_ADMIN_TOKEN, REWARDS_TOKEN")
+    print(
+        f"dev tokens (auth is on): . {DEV_AUTH_FILE.relative_to(REPO_ROOT)}  "
+        "# exports REWARDS_GAME_TOKEN, REWARDS_ADMIN_TOKEN, REWARDS_TOKEN"
+    )
     return 0 if all(pid for _, _, pid in rows) else 1
 
 

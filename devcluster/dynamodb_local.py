@@ -1,4 +1,5 @@
 """Starts Amazon's DynamoDB Local (installed by scripts/install.sh) as a child process."""
+
 from __future__ import annotations
 
 import socket
@@ -26,13 +27,23 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def start_dynamodb_local(port: int, log: IO[bytes], db_path: Path | None = None, **popen: object) -> subprocess.Popen[bytes]:
+def start_dynamodb_local(
+    port: int, log: IO[bytes], db_path: Path | None = None, **popen: object
+) -> subprocess.Popen[bytes]:
     """In memory unless db_path is given; -sharedDb so every client sees the
     same tables whatever its credentials and region."""
     jar = EMULATOR_DIR / "DynamoDBLocal.jar"
     if not jar.exists():
         raise FileNotFoundError(f"{jar} is missing: run `make install` (scripts/install.sh) first")
-    args = ["java", f"-Djava.library.path={EMULATOR_DIR / 'DynamoDBLocal_lib'}", "-jar", str(jar), "-sharedDb", "-port", str(port)]
+    args = [
+        "java",
+        f"-Djava.library.path={EMULATOR_DIR / 'DynamoDBLocal_lib'}",
+        "-jar",
+        str(jar),
+        "-sharedDb",
+        "-port",
+        str(port),
+    ]
     if db_path is None:
         args.append("-inMemory")
     else:

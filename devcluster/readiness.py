@@ -1,6 +1,7 @@
 """Waiting for a started process to serve: a gRPC server until its health
 check says SERVING, the HTTP gateway until GET /healthz answers 200. Used by
 the local cluster, the tests' process clusters and the benchmark."""
+
 from __future__ import annotations
 
 import subprocess

@@ -6,6 +6,7 @@ ends, unlock an achievement, and show the player's progress and level-ups.
 Targets default to the local cluster (`make up`), and the token to
 REWARDS_GAME_TOKEN (`. .local/dev-auth.env`); see --help.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,20 +29,24 @@ def describe_level_up(level_up: levels_pb2.LevelUpResult) -> str:
 Metadata = tuple[tuple[str, str], ...]
 
 
-def finish_match(xp: xp_pb2_grpc.XpServiceStub, user_id: str, activity_id: str, match_id: str,
-                 metadata: Metadata) -> xp_pb2.AwardXpResponse:
+def finish_match(
+    xp: xp_pb2_grpc.XpServiceStub, user_id: str, activity_id: str, match_id: str, metadata: Metadata
+) -> xp_pb2.AwardXpResponse:
     # The match id is the request id: if this call is retried (timeout, crash), the XP still counts once.
     request = xp_pb2.AwardXpRequest(user_id=user_id, activity_id=activity_id, request_id=f"match:{match_id}")
     response: xp_pb2.AwardXpResponse = xp.AwardXp(request, timeout=5, metadata=metadata)
     return response
 
 
-def unlock(achievements: achievements_pb2_grpc.AchievementsServiceStub, user_id: str,
-           achievement_id: str, metadata: Metadata) -> achievements_pb2.UnlockAchievementResponse | None:
+def unlock(
+    achievements: achievements_pb2_grpc.AchievementsServiceStub, user_id: str, achievement_id: str, metadata: Metadata
+) -> achievements_pb2.UnlockAchievementResponse | None:
     try:
         response: achievements_pb2.UnlockAchievementResponse = achievements.UnlockAchievement(
-            achievements_pb2.UnlockAchievementRequest(user_id=user_id, achievement_id=achievement_id), timeout=10,
-            metadata=metadata)
+            achievements_pb2.UnlockAchievementRequest(user_id=user_id, achievement_id=achievement_id),
+            timeout=10,
+            metadata=metadata,
+        )
         return response
     except grpc.RpcError as error:
         if error.code() == grpc.StatusCode.FAILED_PRECONDITION:  # requirements not met yet: not an error for a game
@@ -58,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--activity", required=True, help="activity awarded at the end of each match")
     parser.add_argument("--achievement", required=True, help="achievement unlocked after the matches")
     parser.add_argument("--matches", type=int, default=3)
-    parser.add_argument("--token", default=os.environ.get("REWARDS_GAME_TOKEN", ""),
-                        help="a `game` token (default: REWARDS_GAME_TOKEN)")
+    parser.add_argument(
+        "--token", default=os.environ.get("REWARDS_GAME_TOKEN", ""), help="a `game` token (default: REWARDS_GAME_TOKEN)"
+    )
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("no token: pass --token or set REWARDS_GAME_TOKEN (`. .local/dev-auth.env` after `make up`)")
@@ -75,12 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         unlocked = unlock(achievements, args.user, args.achievement, authorization)
         if unlocked is not None:
             state = "already unlocked" if unlocked.already_unlocked else "unlocked"
-            print(f"achievement {unlocked.achievement.name!r} {state}: +{unlocked.xp_awarded} XP, total {unlocked.total_xp}")
-        progress: xp_pb2.UserProgress = xp.GetProgress(xp_pb2.GetProgressRequest(user_id=args.user), timeout=5,
-                                                       metadata=authorization)
-        print(f"progress: {progress.total_xp} XP, level {progress.level}, "
-              f"achievements {list(progress.unlocked_achievements)}, "
-              f"rewards {[(r.reward_id, r.quantity) for r in progress.rewards]}")
+            print(
+                f"achievement {unlocked.achievement.name!r} {state}: +{unlocked.xp_awarded} XP, total {unlocked.total_xp}"
+            )
+        progress: xp_pb2.UserProgress = xp.GetProgress(
+            xp_pb2.GetProgressRequest(user_id=args.user), timeout=5, metadata=authorization
+        )
+        print(
+            f"progress: {progress.total_xp} XP, level {progress.level}, "
+            f"achievements {list(progress.unlocked_achievements)}, "
+            f"rewards {[(r.reward_id, r.quantity) for r in progress.rewards]}"
+        )
     return 0
 
 

@@ -3,6 +3,7 @@
 REWARDS_ACHIEVEMENTS_TARGET and REWARDS_LEVELS_TARGET. JSON logs on stderr;
 SIGTERM or SIGINT stops it after in-flight requests finish (uvicorn's
 graceful shutdown, bounded by REWARDS_SHUTDOWN_GRACE_S), with exit status 0."""
+
 from __future__ import annotations
 
 import logging

@@ -1,6 +1,7 @@
 """The Starlette app: one handler per route of gateway.routes, each making
 one gRPC call over a grpc.aio channel to its service (one channel a service,
 opened at startup), and translating the answer back."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +10,8 @@ import logging
 import re
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, json_format, message_factory
@@ -21,7 +23,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
-from starlette.types import ASGIApp, Message as AsgiMessage, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 
 from common.channels import CLIENT_CHANNEL_OPTIONS, MAX_REQUEST_BYTES
 from common.config import Settings
@@ -64,8 +67,14 @@ def _json_response(status: int, body: bytes, headers: dict[str, str] | None = No
     return Response(body + b"\n", status_code=status, media_type=JSON, headers=headers)
 
 
-def _error(status: int, code: grpc.StatusCode, message: str, details: list[dict[str, Any]] | None = None,
-           scope: Scope | None = None, headers: dict[str, str] | None = None) -> Response:
+def _error(
+    status: int,
+    code: grpc.StatusCode,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    scope: Scope | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     if scope is not None:
         scope.setdefault(_SCOPE_LOG, {})["code"] = code.name
     if status == 401:
@@ -75,17 +84,25 @@ def _error(status: int, code: grpc.StatusCode, message: str, details: list[dict[
 
 def _bad_request(problem: BadRequest, scope: Scope) -> Response:
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field=problem.field, description=problem.description)]))
-    details = [json_format.MessageToDict(detail, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)]
+    detail.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=problem.field, description=problem.description)
+            ]
+        )
+    )
+    details = [
+        json_format.MessageToDict(detail, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    ]
     return _error(400, grpc.StatusCode.INVALID_ARGUMENT, str(problem), details, scope)
 
 
 def _to_json(message: Message) -> bytes:
     return json.dumps(
         json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True),
-        ensure_ascii=False, separators=(",", ":")).encode()
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -109,7 +126,7 @@ class _BodyTooLarge(Exception):
 class RpcHandler:
     """One route: binds the request, calls the RPC, translates the answer."""
 
-    def __init__(self, route: Route, gateway: "Gateway") -> None:
+    def __init__(self, route: Route, gateway: Gateway) -> None:
         self.route = route
         self._gateway = gateway
         self._binder = RequestBinder(route)
@@ -118,14 +135,18 @@ class RpcHandler:
 
     def connect(self, channel: grpc.aio.Channel) -> None:
         request_class = message_factory.GetMessageClass(self.route.request_type)
-        self._call = channel.unary_unary(self.route.grpc_method, request_serializer=request_class.SerializeToString,
-                                         response_deserializer=self._response_class.FromString)
+        self._call = channel.unary_unary(
+            self.route.grpc_method,
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=self._response_class.FromString,
+        )
 
     async def __call__(self, request: Request) -> Response:
         scope = request.scope
         trace_id: str = scope.get(_SCOPE_TRACE_ID) or uuid.uuid4().hex
-        scope.setdefault(_SCOPE_LOG, {}).update({"route": f"{self.route.http_method} {self.route.path}",
-                                                 "rpc": self.route.grpc_method})
+        scope.setdefault(_SCOPE_LOG, {}).update(
+            {"route": f"{self.route.http_method} {self.route.path}", "rpc": self.route.grpc_method}
+        )
         raw_headers = scope["headers"]
         try:
             check_path_encoding(scope.get("raw_path"))
@@ -155,8 +176,12 @@ class RpcHandler:
         message = error.details() or ""
         details = status_details(error)
         if code in MASKED_CODES:
-            log.warning("rpc failed", extra={"fields": {"rpc": self.route.grpc_method, "code": code.name,
-                                                        "error": message, "trace_id": trace_id}})
+            log.warning(
+                "rpc failed",
+                extra={
+                    "fields": {"rpc": self.route.grpc_method, "code": code.name, "error": message, "trace_id": trace_id}
+                },
+            )
             message = f"internal error (trace id {trace_id})"
             details = []
         return _error(HTTP_STATUS.get(code, 500), code, message, details, scope)
@@ -183,8 +208,10 @@ class Gateway:
             self.channels[name] = self._open_channel(getattr(self.settings, f"{name}_target"))
         for handler in self.handlers:
             handler.connect(self.channels[handler.route.service])
-        log.info("gateway ready", extra={"fields": {
-            "targets": {name: getattr(self.settings, f"{name}_target") for name in SERVICES}}})
+        log.info(
+            "gateway ready",
+            extra={"fields": {"targets": {name: getattr(self.settings, f"{name}_target") for name in SERVICES}}},
+        )
 
     async def close(self) -> None:
         for channel in self.channels.values():
@@ -226,10 +253,20 @@ class TraceAndLog:
             await self.app(scope, receive, send_with_trace)
         finally:
             level = logging.DEBUG if scope["path"] == HEALTH_PATH else logging.INFO
-            log.log(level, "http", extra={"fields": {
-                "method": scope["method"], "path": scope["path"], **fields, "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3), "trace_id": trace_id,
-            }})
+            log.log(
+                level,
+                "http",
+                extra={
+                    "fields": {
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        **fields,
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "trace_id": trace_id,
+                    }
+                },
+            )
 
 
 class _DecimalConvertor(Convertor[str]):
@@ -265,6 +302,7 @@ def _dispatcher(handlers: dict[str, Callable[[Request], Any]]) -> Callable[[Requ
         method = "GET" if request.method == "HEAD" else request.method
         response: Response = await handlers[method](request)
         return response
+
     return dispatch
 
 
@@ -284,8 +322,7 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         StarletteRoute(HEALTH_PATH, healthz, methods=["GET"]),
         StarletteRoute(OPENAPI_PATH, openapi, methods=["GET"]),
-        *(StarletteRoute(path, _dispatcher(handlers), methods=list(handlers))
-          for path, handlers in by_path.items()),
+        *(StarletteRoute(path, _dispatcher(handlers), methods=list(handlers)) for path, handlers in by_path.items()),
     ]
 
     async def http_error(request: Request, error: Exception) -> Response:
@@ -313,8 +350,9 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await gateway.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error, Exception: internal_error})
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: internal_error}
+    )
     app.router.redirect_slashes = False  # an API answers, it does not redirect
     app.add_middleware(TraceAndLog)
     app.state.gateway = gateway

@@ -2,12 +2,14 @@
 says: the JSON body (the protobuf JSON mapping, unknown fields refused), path
 and query parameters, and the Idempotency-Key header. Nothing is judged here
 beyond what the JSON mapping and the route define: the services validate."""
+
 from __future__ import annotations
 
 import json
 import re
 import urllib.parse
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -15,12 +17,20 @@ from google.protobuf.message import Message
 
 from gateway.routes import IDEMPOTENCY_HEADER, WHOLE_REQUEST, Route, resolve_field
 
-INTEGER_TYPES = frozenset({
-    FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32,
-    FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64, FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_FIXED64,
-})
+INTEGER_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_SFIXED64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_FIXED64,
+    }
+)
 _DECIMAL = re.compile(r"-?[0-9]+", re.ASCII)
 # What a failed parse can raise besides ParseError (json_format and the runtime's setters).
 _PARSE_ERRORS = (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError)
@@ -77,7 +87,9 @@ def _check_message(value: Any, message: Descriptor, where: str) -> None:
     if message.full_name.startswith("google.protobuf."):
         return
     if value is not None and not isinstance(value, dict):
-        raise BadRequest("body", f"field {where} must be a JSON object ({message.full_name}), not {type(value).__name__}")
+        raise BadRequest(
+            "body", f"field {where} must be a JSON object ({message.full_name}), not {type(value).__name__}"
+        )
     _check_objects(value, message, f"{where}.")
 
 
@@ -117,13 +129,20 @@ class RequestBinder:
         self.route = route
         self._request_class = message_factory.GetMessageClass(route.request_type)
         self._fields = {
-            **{param: (route.field_path(param), resolve_field(route.request_type, route.field_path(param)))
-               for param in route.path_params},
+            **{
+                param: (route.field_path(param), resolve_field(route.request_type, route.field_path(param)))
+                for param in route.path_params
+            },
         }
         self._query = {name: resolve_field(route.request_type, name) for name in route.query}
 
-    def bind(self, body: bytes | None, path_params: dict[str, str], query: Sequence[tuple[str, str]],
-             idempotency_keys: Sequence[str]) -> Message:
+    def bind(
+        self,
+        body: bytes | None,
+        path_params: dict[str, str],
+        query: Sequence[tuple[str, str]],
+        idempotency_keys: Sequence[str],
+    ) -> Message:
         route = self.route
         request = self._request_class()
         if route.body is not None:

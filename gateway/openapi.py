@@ -3,6 +3,7 @@ descriptors: message schemas follow the proto3 JSON mapping (64-bit integers
 as decimal strings, enums as their names, repeated fields as arrays, nested
 messages as $refs into components.schemas, well-known types as their JSON
 forms), with the proto field names the gateway reads and writes."""
+
 from __future__ import annotations
 
 from importlib import metadata
@@ -56,8 +57,10 @@ _WELL_KNOWN: dict[str, JsonSchema] = {
     "google.protobuf.ListValue": {"type": "array"},
     "google.protobuf.Any": {"type": "object", "properties": {"@type": {"type": "string"}}, "required": ["@type"]},
 }
-_WRAPPERS = {f"google.protobuf.{name}Value" for name in
-             ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")}
+_WRAPPERS = {
+    f"google.protobuf.{name}Value"
+    for name in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
+}
 
 
 class SchemaBuilder:
@@ -137,12 +140,14 @@ def _error_schema() -> JsonSchema:
         "type": "object",
         "title": "Error",
         "description": "A failed call: the gRPC status code's name, its message, and the google.rpc status details "
-                       "(such as google.rpc.BadRequest), each with its \"@type\".",
+        '(such as google.rpc.BadRequest), each with its "@type".',
         "properties": {
             "code": {"type": "string", "enum": [code.name for code in HTTP_STATUS if code.name != "OK"]},
             "message": {"type": "string"},
-            "details": {"type": "array", "items": {
-                "type": "object", "properties": {"@type": {"type": "string"}}, "required": ["@type"]}},
+            "details": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"@type": {"type": "string"}}, "required": ["@type"]},
+            },
         },
         "required": ["code", "message", "details"],
         "additionalProperties": False,
@@ -153,11 +158,18 @@ def _operation(route: Route, schemas: SchemaBuilder) -> dict[str, Any]:
     request = route.request_type
     parameters: list[dict[str, Any]] = []
     for param in route.path_params:
-        parameters.append({"name": param, "in": "path", "required": True,
-                           "schema": schemas.field(resolve_field(request, route.field_path(param)))})
+        parameters.append(
+            {
+                "name": param,
+                "in": "path",
+                "required": True,
+                "schema": schemas.field(resolve_field(request, route.field_path(param))),
+            }
+        )
     for name in route.query:
-        parameters.append({"name": name, "in": "query", "required": False,
-                           "schema": schemas.field(resolve_field(request, name))})
+        parameters.append(
+            {"name": name, "in": "query", "required": False, "schema": schemas.field(resolve_field(request, name))}
+        )
     if route.idempotency_field:
         parameters.append({"$ref": "#/components/parameters/IdempotencyKey"})
     parameters.append({"$ref": "#/components/parameters/TraceId"})
@@ -172,18 +184,23 @@ def _operation(route: Route, schemas: SchemaBuilder) -> dict[str, Any]:
     if body_type is not None:
         where = "the request" if route.body == "*" else f"the request's `{route.body}`"
         bound = [route.field_path(p) for p in route.path_params]
-        note = (f" Fields the path sets ({', '.join(bound)}) may be left out; if given they must equal the path's."
-                if bound else "")
+        note = (
+            f" Fields the path sets ({', '.join(bound)}) may be left out; if given they must equal the path's."
+            if bound
+            else ""
+        )
         operation["requestBody"] = {
             "required": True,
             "description": f"{body_type.full_name}: {where}.{note}",
             "content": {"application/json": {"schema": schemas.message(body_type)}},
         }
-    responses: dict[str, Any] = {"200": {
-        "description": route.response_type.full_name,
-        "headers": {TRACE_ID_HEADER: {"$ref": "#/components/headers/TraceId"}},
-        "content": {"application/json": {"schema": schemas.message(route.response_type)}},
-    }}
+    responses: dict[str, Any] = {
+        "200": {
+            "description": route.response_type.full_name,
+            "headers": {TRACE_ID_HEADER: {"$ref": "#/components/headers/TraceId"}},
+            "content": {"application/json": {"schema": schemas.message(route.response_type)}},
+        }
+    }
     statuses = sorted([*error_statuses(), *([BODY_TOO_LARGE[0]] if body_type is not None else [])])
     for status in statuses:
         responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
@@ -197,17 +214,43 @@ def build_document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
     for route in routes:
         paths.setdefault(route.path, {})[route.http_method.lower()] = _operation(route, schemas)
     idempotency_field = next(resolve_field(r.request_type, r.idempotency_field) for r in routes if r.idempotency_field)
-    paths[HEALTH_PATH] = {"get": {
-        "operationId": "Healthz", "summary": "The gateway is up", "tags": ["gateway"], "security": [],
-        "responses": {"200": {"description": "Serving", "content": {"application/json": {"schema": {
-            "type": "object", "properties": {"status": {"const": "SERVING"}}, "required": ["status"],
-            "additionalProperties": False}}}}},
-    }}
-    paths[OPENAPI_PATH] = {"get": {
-        "operationId": "OpenApi", "summary": "This document", "tags": ["gateway"], "security": [],
-        "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {
-            "type": "object", "required": ["openapi", "paths"]}}}}},
-    }}
+    paths[HEALTH_PATH] = {
+        "get": {
+            "operationId": "Healthz",
+            "summary": "The gateway is up",
+            "tags": ["gateway"],
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "Serving",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"status": {"const": "SERVING"}},
+                                "required": ["status"],
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                }
+            },
+        }
+    }
+    paths[OPENAPI_PATH] = {
+        "get": {
+            "operationId": "OpenApi",
+            "summary": "This document",
+            "tags": ["gateway"],
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "OpenAPI 3.1",
+                    "content": {"application/json": {"schema": {"type": "object", "required": ["openapi", "paths"]}}},
+                }
+            },
+        }
+    }
     if ERROR_SCHEMA in schemas.components:
         raise ValueError(f"a message is named {ERROR_SCHEMA!r}, like the error schema")
     return {
@@ -216,37 +259,47 @@ def build_document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
             "title": "rewards gateway",
             "version": _version(),
             "description": "HTTP/JSON in front of the rewards gRPC services (XpService, AchievementsService, "
-                           "LevelsService), with the protobuf JSON mapping: proto field names, 64-bit integers "
-                           "as strings, fields at their default values included in responses. Errors carry the "
-                           "gRPC status code's name; HTTP statuses follow Google's mapping, with "
-                           "FAILED_PRECONDITION as 409.",
+            "LevelsService), with the protobuf JSON mapping: proto field names, 64-bit integers "
+            "as strings, fields at their default values included in responses. Errors carry the "
+            "gRPC status code's name; HTTP statuses follow Google's mapping, with "
+            "FAILED_PRECONDITION as 409.",
         },
         "security": [{"bearerAuth": []}],
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearerAuth": {
-                "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                "description": "The token the services verify (role game or admin); passed on as gRPC "
-                               "`authorization` metadata.",
-            }},
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "The token the services verify (role game or admin); passed on as gRPC "
+                    "`authorization` metadata.",
+                }
+            },
             "parameters": {
                 "IdempotencyKey": {
-                    "name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
+                    "name": IDEMPOTENCY_HEADER,
+                    "in": "header",
+                    "required": False,
                     "description": "Becomes the request's request_id: a repeat with the same key counts once. "
-                                   "A request_id in the body must then be absent or the same.",
+                    "A request_id in the body must then be absent or the same.",
                     "schema": {**schemas.field(idempotency_field), "minLength": 1},
                 },
                 "TraceId": {
-                    "name": TRACE_ID_HEADER, "in": "header", "required": False,
+                    "name": TRACE_ID_HEADER,
+                    "in": "header",
+                    "required": False,
                     "description": "Passed to the services as x-trace-id (their logs carry it); a new one is "
-                                   "made when absent or not of this form.",
+                    "made when absent or not of this form.",
                     "schema": {"type": "string", "pattern": TRACE_ID_PATTERN},
                 },
             },
-            "headers": {"TraceId": {
-                "description": "The trace id of the request, as the services logged it.",
-                "schema": {"type": "string", "pattern": TRACE_ID_PATTERN},
-            }},
+            "headers": {
+                "TraceId": {
+                    "description": "The trace id of the request, as the services logged it.",
+                    "schema": {"type": "string", "pattern": TRACE_ID_PATTERN},
+                }
+            },
             "responses": _error_responses(),
             "schemas": {**schemas.components, ERROR_SCHEMA: _error_schema()},
         },

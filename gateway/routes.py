@@ -2,11 +2,12 @@
 request come from (the JSON body, path parameters, the query string, the
 Idempotency-Key header). The app and the OpenAPI document are both built from
 it; nothing else knows the routes."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 
@@ -93,37 +94,103 @@ def resolve_field(message: Descriptor, dotted: str) -> FieldDescriptor:
 
 ROUTES: tuple[Route, ...] = (
     # Play.
-    Route("POST", "/xp/award", "xp", "AwardXp", "Award the XP of an activity",
-          body=WHOLE_REQUEST, idempotency_field="request_id"),
-    Route("POST", "/xp/grant", "xp", "GrantXp", "Grant XP not tied to an activity (admin)",
-          body=WHOLE_REQUEST, idempotency_field="request_id"),
-    Route("POST", "/achievements/unlock", "achievements", "UnlockAchievement", "Unlock an achievement",
-          body=WHOLE_REQUEST, idempotency_field="request_id"),
-    Route("POST", "/levels/check-level-up", "levels", "CheckLevelUp", "Raise a user's level to what their XP gives",
-          body=WHOLE_REQUEST, idempotency_field="request_id"),
+    Route(
+        "POST",
+        "/xp/award",
+        "xp",
+        "AwardXp",
+        "Award the XP of an activity",
+        body=WHOLE_REQUEST,
+        idempotency_field="request_id",
+    ),
+    Route(
+        "POST",
+        "/xp/grant",
+        "xp",
+        "GrantXp",
+        "Grant XP not tied to an activity (admin)",
+        body=WHOLE_REQUEST,
+        idempotency_field="request_id",
+    ),
+    Route(
+        "POST",
+        "/achievements/unlock",
+        "achievements",
+        "UnlockAchievement",
+        "Unlock an achievement",
+        body=WHOLE_REQUEST,
+        idempotency_field="request_id",
+    ),
+    Route(
+        "POST",
+        "/levels/check-level-up",
+        "levels",
+        "CheckLevelUp",
+        "Raise a user's level to what their XP gives",
+        body=WHOLE_REQUEST,
+        idempotency_field="request_id",
+    ),
     Route("GET", "/users/{user_id}/progress", "xp", "GetProgress", "A user's XP, level, achievements and rewards"),
-    Route("GET", "/users/{user_id}/achievements", "achievements", "ListUserAchievements",
-          "A user's unlocked achievements, in unlock order"),
+    Route(
+        "GET",
+        "/users/{user_id}/achievements",
+        "achievements",
+        "ListUserAchievements",
+        "A user's unlocked achievements, in unlock order",
+    ),
     # The activity catalog.
-    Route("GET", "/activities", "xp", "ListActivities", "Page through the activities",
-          query=("category", "page_size", "page_token")),
+    Route(
+        "GET",
+        "/activities",
+        "xp",
+        "ListActivities",
+        "Page through the activities",
+        query=("category", "page_size", "page_token"),
+    ),
     Route("GET", "/activities/{activity_id}", "xp", "GetActivity", "One activity"),
-    Route("PUT", "/activities/{activity_id}", "xp", "PutActivity", "Create or replace an activity (admin)",
-          body="activity", path_fields={"activity_id": "activity.activity_id"}),
+    Route(
+        "PUT",
+        "/activities/{activity_id}",
+        "xp",
+        "PutActivity",
+        "Create or replace an activity (admin)",
+        body="activity",
+        path_fields={"activity_id": "activity.activity_id"},
+    ),
     Route("DELETE", "/activities/{activity_id}", "xp", "DeleteActivity", "Delete an activity (admin)"),
     # The achievement catalog.
-    Route("GET", "/achievements", "achievements", "ListAchievements", "Page through the achievements",
-          query=("page_size", "page_token")),
+    Route(
+        "GET",
+        "/achievements",
+        "achievements",
+        "ListAchievements",
+        "Page through the achievements",
+        query=("page_size", "page_token"),
+    ),
     Route("GET", "/achievements/{achievement_id}", "achievements", "GetAchievement", "One achievement"),
-    Route("PUT", "/achievements/{achievement_id}", "achievements", "PutAchievement",
-          "Create or replace an achievement (admin)",
-          body="achievement", path_fields={"achievement_id": "achievement.achievement_id"}),
-    Route("DELETE", "/achievements/{achievement_id}", "achievements", "DeleteAchievement",
-          "Delete an achievement (admin)"),
+    Route(
+        "PUT",
+        "/achievements/{achievement_id}",
+        "achievements",
+        "PutAchievement",
+        "Create or replace an achievement (admin)",
+        body="achievement",
+        path_fields={"achievement_id": "achievement.achievement_id"},
+    ),
+    Route(
+        "DELETE", "/achievements/{achievement_id}", "achievements", "DeleteAchievement", "Delete an achievement (admin)"
+    ),
     # The level table.
     Route("GET", "/levels", "levels", "ListLevels", "Every defined level, in level order"),
-    Route("PUT", "/levels/{level}", "levels", "PutLevel", "Create or replace a level (admin)",
-          body="level", path_fields={"level": "level.level"}),
+    Route(
+        "PUT",
+        "/levels/{level}",
+        "levels",
+        "PutLevel",
+        "Create or replace a level (admin)",
+        body="level",
+        path_fields={"level": "level.level"},
+    ),
     Route("DELETE", "/levels/{level}", "levels", "DeleteLevel", "Delete a level (admin)"),
 )
 
@@ -151,7 +218,10 @@ def check_routes(routes: tuple[Route, ...] = ROUTES) -> None:
             target = resolve_field(request, dotted)
             if target.is_repeated or target.message_type is not None:
                 raise ValueError(f"{where}: {dotted} is not a scalar field of {request.full_name}")
-        if route.idempotency_field and resolve_field(request, route.idempotency_field).type != FieldDescriptor.TYPE_STRING:
+        if (
+            route.idempotency_field
+            and resolve_field(request, route.idempotency_field).type != FieldDescriptor.TYPE_STRING
+        ):
             raise ValueError(f"{where}: {route.idempotency_field} is not a string field")
 
 

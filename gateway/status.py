@@ -4,15 +4,17 @@ The table is Google's mapping (google/rpc/code.proto), except that
 FAILED_PRECONDITION is 409 (the request was valid; the state forbids it, as
 ABORTED and ALREADY_EXISTS), so that a client can tell "fix your request"
 (400) from "the data says no" (409)."""
+
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import grpc
-from grpc_status import rpc_status
 from google.protobuf import any_pb2, json_format
 from google.rpc import error_details_pb2, status_pb2  # noqa: F401  (error_details: its types for Any)
+from grpc_status import rpc_status
 
 # Every gRPC status code and its HTTP status.
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -45,7 +47,6 @@ BODY_TOO_LARGE = (413, grpc.StatusCode.RESOURCE_EXHAUSTED)
 MASKED_CODES = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
 
 
-
 def error_statuses() -> dict[int, list[str]]:
     """Each HTTP error status of the table, with the gRPC codes that give it."""
     statuses: dict[int, list[str]] = {}
@@ -56,14 +57,16 @@ def error_statuses() -> dict[int, list[str]]:
 
 
 def error_body(code: grpc.StatusCode, message: str, details: Iterable[dict[str, Any]] = ()) -> bytes:
-    return json.dumps({"code": code.name, "message": message, "details": list(details)},
-                      ensure_ascii=False, separators=(",", ":")).encode()
+    return json.dumps(
+        {"code": code.name, "message": message, "details": list(details)}, ensure_ascii=False, separators=(",", ":")
+    ).encode()
 
 
 def _detail_json(detail: any_pb2.Any) -> dict[str, Any]:
     try:
-        return json_format.MessageToDict(detail, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)
+        return json_format.MessageToDict(
+            detail, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
     except (TypeError, KeyError, json_format.Error):  # a type this process does not know
         return {"@type": detail.type_url}
 

@@ -1,6 +1,7 @@
 """Level rules, pure: no gRPC, no DynamoDB. The level table itself and the
 rule 'level for an XP total' are in common.models, since XP and Achievements
 read levels too."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,11 +28,14 @@ def check_level(level: Level) -> Level:
     if not 1 <= level.level <= MAX_LEVEL:
         raise InvalidField("level.level", f"must be between 1 and {MAX_LEVEL} (got {level.level})")
     if len(level.rewards) > MAX_REWARDS_PER_LEVEL:
-        raise InvalidField("level.rewards", f"must hold at most {MAX_REWARDS_PER_LEVEL} rewards (got {len(level.rewards)})")
+        raise InvalidField(
+            "level.rewards", f"must hold at most {MAX_REWARDS_PER_LEVEL} rewards (got {len(level.rewards)})"
+        )
     for i, reward in enumerate(level.rewards):
         if not 1 <= reward.quantity <= MAX_REWARD_QUANTITY:
-            raise InvalidField(f"level.rewards[{i}].quantity",
-                               f"must be between 1 and {MAX_REWARD_QUANTITY} (got {reward.quantity})")
+            raise InvalidField(
+                f"level.rewards[{i}].quantity", f"must be between 1 and {MAX_REWARD_QUANTITY} (got {reward.quantity})"
+            )
     return level
 
 
@@ -58,7 +62,7 @@ class LevelUpPlan:
     def rewards(self) -> tuple[Reward, ...]:
         return tuple(r for level in self.passed for r in level.rewards)
 
-    def first_step(self) -> "LevelUpPlan":
+    def first_step(self) -> LevelUpPlan:
         """The part of the plan one write can carry."""
         if len(self.passed) <= MAX_LEVELS_PER_STEP:
             return self

@@ -1,4 +1,5 @@
 """Composition root and entry point of the Levels server."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,7 +24,9 @@ def create_server(
     health_servicer: health.HealthServicer | None = None,
 ) -> tuple[grpc.Server, int]:
     servicer = LevelsServicer(Levels(LevelsRepository(dynamodb, settings.table_prefix), settings.level_table_cache_s))
-    return build_grpc_server(address, settings, SERVICE, servicer, levels_pb2_grpc.add_LevelsServiceServicer_to_server, health_servicer)
+    return build_grpc_server(
+        address, settings, SERVICE, servicer, levels_pb2_grpc.add_LevelsServiceServicer_to_server, health_servicer
+    )
 
 
 def serve(settings: Settings | None = None) -> None:

@@ -1,4 +1,5 @@
 """Level use cases over the repository."""
+
 from __future__ import annotations
 
 import uuid
@@ -65,8 +66,13 @@ class Levels:
             step = plan.first_step()
             try:
                 self._repository.grant_level_rewards_once(
-                    user_id, progress.level, step, table.xp_required(step.current_level), check_id,
-                    record_check=bool(request_id))
+                    user_id,
+                    progress.level,
+                    step,
+                    table.xp_required(step.current_level),
+                    check_id,
+                    record_check=bool(request_id),
+                )
                 granted.append(step)
                 LEVEL_UPS.inc(len(step.passed))
             except LevelChangedConcurrently:
@@ -74,7 +80,9 @@ class Levels:
                 if lost_races > _MAX_LOST_RACES:
                     raise ContentionExhausted(f"level of user {user_id!r} kept changing; retry CheckLevelUp") from None
 
-    def _outcome(self, user_id: str, progress: ProgressRecord, table: LevelTable, steps: list[LevelUpPlan]) -> LevelUpOutcome:
+    def _outcome(
+        self, user_id: str, progress: ProgressRecord, table: LevelTable, steps: list[LevelUpPlan]
+    ) -> LevelUpOutcome:
         current = max(steps[-1].current_level, progress.level or 0)
         return LevelUpOutcome(
             user_id=user_id,

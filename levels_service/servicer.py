@@ -1,4 +1,5 @@
 """LevelsService over gRPC: validate, convert, call, map errors."""
+
 from __future__ import annotations
 
 import grpc
@@ -42,18 +43,24 @@ class LevelsServicer(levels_pb2_grpc.LevelsServiceServicer):
         return level_to_message(self._levels.put_level(level_from_message(request.level)))
 
     @maps_domain_errors
-    def ListLevels(self, request: levels_pb2.ListLevelsRequest, context: grpc.ServicerContext) -> levels_pb2.ListLevelsResponse:
+    def ListLevels(
+        self, request: levels_pb2.ListLevelsRequest, context: grpc.ServicerContext
+    ) -> levels_pb2.ListLevelsResponse:
         return levels_pb2.ListLevelsResponse(levels=[level_to_message(l) for l in self._levels.list_levels().levels])
 
     @maps_domain_errors
-    def DeleteLevel(self, request: levels_pb2.DeleteLevelRequest, context: grpc.ServicerContext) -> levels_pb2.DeleteLevelResponse:
+    def DeleteLevel(
+        self, request: levels_pb2.DeleteLevelRequest, context: grpc.ServicerContext
+    ) -> levels_pb2.DeleteLevelResponse:
         if request.level < 1:
             raise InvalidField("level", f"must be 1 or more (got {request.level})")
         self._levels.delete_level(request.level)
         return levels_pb2.DeleteLevelResponse()
 
     @maps_domain_errors
-    def CheckLevelUp(self, request: levels_pb2.CheckLevelUpRequest, context: grpc.ServicerContext) -> levels_pb2.LevelUpResult:
+    def CheckLevelUp(
+        self, request: levels_pb2.CheckLevelUpRequest, context: grpc.ServicerContext
+    ) -> levels_pb2.LevelUpResult:
         user_id = field_rules.require_id("user_id", request.user_id)
         request_id = field_rules.request_id(request.request_id, max_length=MAX_CHECK_REQUEST_ID_LENGTH)
         return level_up_to_message(self._levels.check_level_up(user_id, request_id))

@@ -1,5 +1,6 @@
 """LevelsRepository: the levels table, the level part of user_progress, the
 levels each user reached (level_rewards) and what each check granted (level_checks)."""
+
 from __future__ import annotations
 
 import threading
@@ -15,14 +16,14 @@ from common.dynamodb import (
     USER_PROGRESS,
     CatalogTable,
     attr,
-    error_code,
-    load_level_table,
-    level_reached_from,
     batch_get_consistent,
-    transact_get,
+    error_code,
+    level_reached_from,
+    load_level_table,
     read_progress,
     retry_on_transaction_conflict,
     to_item,
+    transact_get,
     transact_write,
 )
 from common.models import Level, LevelReached, LevelTable, ProgressRecord, utc_now_iso
@@ -49,11 +50,13 @@ class LevelsRepository:
 
     def put_level(self, level: Level) -> None:
         try:
-            self._levels.put({
-                "level": level.level,
-                "xp_required": level.xp_required,
-                "rewards": [{"reward_id": r.reward_id, "quantity": r.quantity} for r in level.rewards],
-            })
+            self._levels.put(
+                {
+                    "level": level.level,
+                    "xp_required": level.xp_required,
+                    "rewards": [{"reward_id": r.reward_id, "quantity": r.quantity} for r in level.rewards],
+                }
+            )
         finally:
             self._forget_level_table()
 
@@ -92,10 +95,13 @@ class LevelsRepository:
     def get_progress_and_check(self, user_id: str, check_id: str) -> tuple[ProgressRecord, LevelCheck | None]:
         """The user's progress and what an earlier check with this id granted,
         as one snapshot (both are written by one transaction), in one round trip."""
-        progress_values, check_values = transact_get(self._client, [
-            (self._progress, {"user_id": user_id}),
-            (self._checks, {"user_id": user_id, "check_id": check_id}),
-        ])
+        progress_values, check_values = transact_get(
+            self._client,
+            [
+                (self._progress, {"user_id": user_id}),
+                (self._checks, {"user_id": user_id, "check_id": check_id}),
+            ],
+        )
         progress = ProgressRecord.from_attributes(user_id, progress_values)
         check = None
         if check_values is not None:
@@ -107,12 +113,21 @@ class LevelsRepository:
     def levels_reached(self, user_id: str, levels: tuple[int, ...]) -> list[LevelReached]:
         reached: list[LevelReached] = []
         for start in range(0, len(levels), 100):  # BatchGetItem's limit
-            keys = [{"user_id": user_id, "level": level} for level in levels[start:start + 100]]
-            reached.extend(level_reached_from(v) for v in batch_get_consistent(self._client, {self._reached: keys})[self._reached])
+            keys = [{"user_id": user_id, "level": level} for level in levels[start : start + 100]]
+            reached.extend(
+                level_reached_from(v) for v in batch_get_consistent(self._client, {self._reached: keys})[self._reached]
+            )
         return sorted(reached, key=lambda r: r.level)
 
-    def grant_level_rewards_once(self, user_id: str, expected_level: int | None, step: LevelUpPlan,
-                                 min_total_xp: int, check_id: str, record_check: bool) -> None:
+    def grant_level_rewards_once(
+        self,
+        user_id: str,
+        expected_level: int | None,
+        step: LevelUpPlan,
+        min_total_xp: int,
+        check_id: str,
+        record_check: bool,
+    ) -> None:
         """In one transaction: moves the stored level from `expected_level` to
         the step's level, records each level passed with its rewards (each only
         if not recorded before), and, when `record_check`, adds those levels to
@@ -126,42 +141,56 @@ class LevelsRepository:
         if expected_level is not None:
             values[":expected"] = expected_level
         items: list[dict[str, Any]] = [
-            {"Update": {
-                "TableName": self._progress,
-                "Key": {"user_id": attr(user_id)},
-                "UpdateExpression": "SET #l = :new, updated_at = :now",
-                "ConditionExpression": condition,
-                "ExpressionAttributeNames": {"#l": "level"},
-                "ExpressionAttributeValues": to_item(values),
-            }},
+            {
+                "Update": {
+                    "TableName": self._progress,
+                    "Key": {"user_id": attr(user_id)},
+                    "UpdateExpression": "SET #l = :new, updated_at = :now",
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeNames": {"#l": "level"},
+                    "ExpressionAttributeValues": to_item(values),
+                }
+            },
         ]
         if record_check:  # only a check named by the caller can be repeated
-            items.append({"Update": {
-                "TableName": self._checks,
-                "Key": {"user_id": attr(user_id), "check_id": attr(check_id)},
-                "UpdateExpression": "ADD levels :levels SET previous_level = if_not_exists(previous_level, :previous), updated_at = :now",
-                # Not into a record of a copy of this request that found nothing due: that copy answered first.
-                "ConditionExpression": "attribute_not_exists(check_id) OR attribute_exists(levels)",
-                "ExpressionAttributeValues": to_item({
-                    ":levels": {level.level for level in step.passed},
-                    ":previous": step.previous_level,
-                    ":now": now,
-                }),
-            }})
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self._checks,
+                        "Key": {"user_id": attr(user_id), "check_id": attr(check_id)},
+                        "UpdateExpression": "ADD levels :levels SET previous_level = if_not_exists(previous_level, :previous), updated_at = :now",
+                        # Not into a record of a copy of this request that found nothing due: that copy answered first.
+                        "ConditionExpression": "attribute_not_exists(check_id) OR attribute_exists(levels)",
+                        "ExpressionAttributeValues": to_item(
+                            {
+                                ":levels": {level.level for level in step.passed},
+                                ":previous": step.previous_level,
+                                ":now": now,
+                            }
+                        ),
+                    }
+                }
+            )
         for level in step.passed:
-            items.append({"Put": {
-                "TableName": self._reached,
-                "Item": to_item({
-                    "user_id": user_id,
-                    "level": level.level,
-                    "from_level": step.previous_level,
-                    "rewards": [{"reward_id": r.reward_id, "quantity": r.quantity} for r in level.rewards],
-                    "check_id": check_id,
-                    "granted_at": now,
-                }),
-                "ConditionExpression": "attribute_not_exists(#l)",
-                "ExpressionAttributeNames": {"#l": "level"},
-            }})
+            items.append(
+                {
+                    "Put": {
+                        "TableName": self._reached,
+                        "Item": to_item(
+                            {
+                                "user_id": user_id,
+                                "level": level.level,
+                                "from_level": step.previous_level,
+                                "rewards": [{"reward_id": r.reward_id, "quantity": r.quantity} for r in level.rewards],
+                                "check_id": check_id,
+                                "granted_at": now,
+                            }
+                        ),
+                        "ConditionExpression": "attribute_not_exists(#l)",
+                        "ExpressionAttributeNames": {"#l": "level"},
+                    }
+                }
+            )
         if transact_write(self._client, items) is not None:
             # A failed condition on any item means another check moved first
             # (real DynamoDB may name other items' reasons beside it).
@@ -172,13 +201,15 @@ class LevelsRepository:
         repeats report the same. False when the check already has a record (a
         concurrent copy of the request granted levels first)."""
         try:
-            retry_on_transaction_conflict(lambda: self._client.update_item(
-                TableName=self._checks,
-                Key={"user_id": attr(user_id), "check_id": attr(check_id)},
-                UpdateExpression="SET previous_level = :previous, updated_at = :now",
-                ConditionExpression="attribute_not_exists(check_id)",
-                ExpressionAttributeValues=to_item({":previous": level, ":now": utc_now_iso()}),
-            ))
+            retry_on_transaction_conflict(
+                lambda: self._client.update_item(
+                    TableName=self._checks,
+                    Key={"user_id": attr(user_id), "check_id": attr(check_id)},
+                    UpdateExpression="SET previous_level = :previous, updated_at = :now",
+                    ConditionExpression="attribute_not_exists(check_id)",
+                    ExpressionAttributeValues=to_item({":previous": level, ":now": utc_now_iso()}),
+                )
+            )
             return True
         except ClientError as error:
             if error_code(error) == "ConditionalCheckFailedException":
@@ -189,14 +220,16 @@ class LevelsRepository:
         """Pins the level of a user who has XP but no stored level yet, so that a
         later change of the table's first levels cannot lower it."""
         try:
-            retry_on_transaction_conflict(lambda: self._client.update_item(
-                TableName=self._progress,
-                Key={"user_id": attr(user_id)},
-                UpdateExpression="SET #l = :l",
-                ConditionExpression="attribute_exists(user_id) AND attribute_not_exists(#l)",
-                ExpressionAttributeNames={"#l": "level"},
-                ExpressionAttributeValues={":l": attr(level)},
-            ))
+            retry_on_transaction_conflict(
+                lambda: self._client.update_item(
+                    TableName=self._progress,
+                    Key={"user_id": attr(user_id)},
+                    UpdateExpression="SET #l = :l",
+                    ConditionExpression="attribute_exists(user_id) AND attribute_not_exists(#l)",
+                    ExpressionAttributeNames={"#l": "level"},
+                    ExpressionAttributeValues={":l": attr(level)},
+                )
+            )
         except ClientError as error:
             if error_code(error) != "ConditionalCheckFailedException":  # another check pinned it first
                 raise

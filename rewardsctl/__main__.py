@@ -20,6 +20,7 @@ Exit status: 0 done; 1 a service or DynamoDB refused or failed (the message
 says why); 2 a bad command line or catalog file (nothing was written);
 130 interrupted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,10 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -42,9 +44,9 @@ from rewardsctl.backup import BackupError, Manifest, export_stage, import_stage
 from rewardsctl.catalog import CatalogFileError, catalog_warnings, format_catalog, parse_catalog
 from rewardsctl.catalog_plan import plan_catalog
 from rewardsctl.progress_display import ItemCountDisplay
-from rewardsctl.verify import WARNING, StageNotFound, read_stage, report_as_json, report_as_text, verify_contents
 from rewardsctl.service_clients import ServiceClients, ServiceTargets
 from rewardsctl.tokens import dev_tokens_env, new_secret, parse_duration
+from rewardsctl.verify import WARNING, StageNotFound, read_stage, report_as_json, report_as_text, verify_contents
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -64,6 +66,7 @@ class CommandFailed(Exception):
 
 # --- catalog ----------------------------------------------------------------------
 
+
 def catalog_apply(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.file)
     try:
@@ -71,16 +74,21 @@ def catalog_apply(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as error:
         raise CommandFailed(f"cannot read {path}: {error.strerror or error}", EXIT_USAGE) from error
     except CatalogFileError as error:
-        raise CommandFailed(f"{path} is not a valid catalog, nothing was changed:\n"
-                            + "\n".join("  " + p.replace("\n", "\n    ") for p in error.problems), EXIT_USAGE) from error
+        raise CommandFailed(
+            f"{path} is not a valid catalog, nothing was changed:\n"
+            + "\n".join("  " + p.replace("\n", "\n    ") for p in error.problems),
+            EXIT_USAGE,
+        ) from error
     for warning in catalog_warnings(desired):
         print(f"warning: {warning}", file=sys.stderr)
     with _service_clients(args, settings) as clients:
         current = _call(lambda: clients.read_catalog(), "reading the catalog", _all_targets(clients.targets))
         if args.if_empty and not current.is_empty():
-            print(f"the catalog is not empty ({len(current.activities or ())} activities, "
-                  f"{len(current.achievements or ())} achievements, {len(current.levels or ())} levels): "
-                  f"left as it is (--if-empty)")
+            print(
+                f"the catalog is not empty ({len(current.activities or ())} activities, "
+                f"{len(current.achievements or ())} achievements, {len(current.levels or ())} levels): "
+                f"left as it is (--if-empty)"
+            )
             return EXIT_OK
         plan = plan_catalog(desired, current, delete_missing=not args.no_delete)
         applied = 0
@@ -90,8 +98,11 @@ def catalog_apply(args: argparse.Namespace, settings: Settings) -> int:
                     clients.apply_change(change)
                 except (grpc.RpcError, ValueError) as error:
                     # ValueError: protobuf cannot carry a value (a lone surrogate in a string).
-                    reason = (text_output.rpc_error_text(error, _target_of(change.kind, clients.targets))
-                              if isinstance(error, grpc.RpcError) else str(error))
+                    reason = (
+                        text_output.rpc_error_text(error, _target_of(change.kind, clients.targets))
+                        if isinstance(error, grpc.RpcError)
+                        else str(error)
+                    )
                     raise CommandFailed(
                         f"could not {change.action} {change.kind} {change.key}: {reason}\n"
                         f"{applied} of {len(plan.writes)} changes were made before this one; fix {path} and apply "
@@ -108,12 +119,16 @@ def catalog_apply(args: argparse.Namespace, settings: Settings) -> int:
 def catalog_export(args: argparse.Namespace, settings: Settings) -> int:
     with _service_clients(args, settings) as clients:
         catalog = _call(lambda: clients.read_catalog(), "reading the catalog", _all_targets(clients.targets))
-    text = format_catalog(catalog, header="The rewards catalog, exported by rewardsctl.\n"
-                                          "Load it with: rewardsctl catalog apply FILE")
+    text = format_catalog(
+        catalog, header="The rewards catalog, exported by rewardsctl.\nLoad it with: rewardsctl catalog apply FILE"
+    )
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
-        print(f"wrote {len(catalog.activities or ())} activities, {len(catalog.achievements or ())} achievements and "
-              f"{len(catalog.levels or ())} levels to {args.output}", file=sys.stderr)
+        print(
+            f"wrote {len(catalog.activities or ())} activities, {len(catalog.achievements or ())} achievements and "
+            f"{len(catalog.levels or ())} levels to {args.output}",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(text)
     return EXIT_OK
@@ -121,13 +136,18 @@ def catalog_export(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- players ----------------------------------------------------------------------
 
+
 def award(args: argparse.Namespace, settings: Settings) -> int:
     # A request id of our own, so that repeating this exact award (after a lost
     # answer or a deferred level check) cannot count it twice.
     request_id = args.request_id or f"rewardsctl-{uuid.uuid4().hex}"
     with _service_clients(args, settings) as clients:
-        response = _call(lambda: clients.award(args.user, args.activity, request_id), "award",
-                         clients.targets.xp, retry_with=request_id)
+        response = _call(
+            lambda: clients.award(args.user, args.activity, request_id),
+            "award",
+            clients.targets.xp,
+            retry_with=request_id,
+        )
     if args.json:
         print(text_output.message_json(response))
         if not args.request_id:
@@ -139,8 +159,11 @@ def award(args: argparse.Namespace, settings: Settings) -> int:
 
 def unlock(args: argparse.Namespace, settings: Settings) -> int:
     with _service_clients(args, settings) as clients:
-        response = _call(lambda: clients.unlock(args.user, args.achievement, args.request_id or ""), "unlock",
-                         clients.targets.achievements)
+        response = _call(
+            lambda: clients.unlock(args.user, args.achievement, args.request_id or ""),
+            "unlock",
+            clients.targets.achievements,
+        )
     print(text_output.message_json(response) if args.json else text_output.unlock_text(response, args.user))
     return EXIT_OK
 
@@ -154,28 +177,42 @@ def progress(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- backups ----------------------------------------------------------------------
 
+
 def backup_export(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
-    manifest = _dynamodb(settings, lambda client: export_stage(
-        client, settings.table_prefix, Path(args.dir), ItemCountDisplay(sys.stderr, "export")))
-    print(f"exported {manifest.items:,} items of {len(manifest.tables)} tables (prefix {settings.table_prefix!r}) "
-          f"to {args.dir} in {time.monotonic() - started:.1f} s")
+    manifest = _dynamodb(
+        settings,
+        lambda client: export_stage(
+            client, settings.table_prefix, Path(args.dir), ItemCountDisplay(sys.stderr, "export")
+        ),
+    )
+    print(
+        f"exported {manifest.items:,} items of {len(manifest.tables)} tables (prefix {settings.table_prefix!r}) "
+        f"to {args.dir} in {time.monotonic() - started:.1f} s"
+    )
     _print_table_counts(manifest)
     return EXIT_OK
 
 
 def backup_import(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
-    manifest = _dynamodb(settings, lambda client: import_stage(
-        client, settings.table_prefix, Path(args.dir), ItemCountDisplay(sys.stderr, "import"), workers=args.workers))
-    print(f"imported {manifest.items:,} items of {len(manifest.tables)} tables into prefix {settings.table_prefix!r} "
-          f"in {time.monotonic() - started:.1f} s (backup of {manifest.source_table_prefix!r} made {manifest.created_at}); "
-          "counts verified")
+    manifest = _dynamodb(
+        settings,
+        lambda client: import_stage(
+            client, settings.table_prefix, Path(args.dir), ItemCountDisplay(sys.stderr, "import"), workers=args.workers
+        ),
+    )
+    print(
+        f"imported {manifest.items:,} items of {len(manifest.tables)} tables into prefix {settings.table_prefix!r} "
+        f"in {time.monotonic() - started:.1f} s (backup of {manifest.source_table_prefix!r} made {manifest.created_at}); "
+        "counts verified"
+    )
     _print_table_counts(manifest)
     return EXIT_OK
 
 
 # --- invariants ---------------------------------------------------------------------
+
 
 def verify(args: argparse.Namespace, settings: Settings) -> int:
     where = f"prefix {settings.table_prefix!r} at {settings.dynamodb_endpoint or f'AWS ({settings.aws_region})'}"
@@ -191,6 +228,7 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # --- tokens -------------------------------------------------------------------------
+
 
 def token_mint(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.auth_jwt_secret:
@@ -232,8 +270,10 @@ def _dynamodb(settings: Settings, work: Callable[[Any], Answer]) -> Answer:
     except BackupError as error:
         raise CommandFailed(str(error)) from error
     except NoCredentialsError as error:
-        raise CommandFailed(f"no AWS credentials for DynamoDB at {where}; DynamoDB Local takes any pair, such as "
-                            "AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local") from error
+        raise CommandFailed(
+            f"no AWS credentials for DynamoDB at {where}; DynamoDB Local takes any pair, such as "
+            "AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local"
+        ) from error
     except ClientError as error:
         raise CommandFailed(f"DynamoDB at {where} refused: {error_code(error)}: {error}") from error
     except BotoCoreError as error:
@@ -241,6 +281,7 @@ def _dynamodb(settings: Settings, work: Callable[[Any], Answer]) -> Answer:
 
 
 # --- plumbing ---------------------------------------------------------------------
+
 
 def _service_clients(args: argparse.Namespace, settings: Settings) -> ServiceClients:
     targets = ServiceTargets(
@@ -282,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--xp-target", metavar="HOST:PORT")
     group.add_argument("--achievements-target", metavar="HOST:PORT")
     group.add_argument("--levels-target", metavar="HOST:PORT")
-    group.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each call (default 10)")
+    group.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each call (default 10)"
+    )
     group.add_argument("--token", metavar="JWT", help="the caller's token (default: REWARDS_TOKEN)")
 
     dynamodb = argparse.ArgumentParser(add_help=False)
@@ -290,22 +333,29 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--dynamodb-endpoint", metavar="URL", help="unset means AWS itself")
     group.add_argument("--table-prefix", metavar="PREFIX", help="the stage's table prefix (default rewards-)")
 
-    parser = argparse.ArgumentParser(prog="rewardsctl", description="The rewards catalog as a file, player operations, "
-                                     "and backups of a stage.")
+    parser = argparse.ArgumentParser(
+        prog="rewardsctl", description="The rewards catalog as a file, player operations, and backups of a stage."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     catalog = commands.add_parser("catalog", help="apply or export the catalog (activities, achievements, levels)")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     apply = catalog_commands.add_parser(
-        "apply", parents=[services], help="make the catalog what FILE says",
+        "apply",
+        parents=[services],
+        help="make the catalog what FILE says",
         description="Makes the catalog what FILE says: entries of the file are created or changed, and entries of "
-                    "a section the file has but that it does not list are deleted (a section the file leaves out "
-                    "is left alone). Idempotent: a second apply changes nothing.")
+        "a section the file has but that it does not list are deleted (a section the file leaves out "
+        "is left alone). Idempotent: a second apply changes nothing.",
+    )
     apply.add_argument("file", metavar="FILE")
     apply.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     apply.add_argument("--no-delete", action="store_true", help="keep entries the file does not list")
-    apply.add_argument("--if-empty", action="store_true",
-                       help="only when the catalog has no entries at all (for loading a sample at start)")
+    apply.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="only when the catalog has no entries at all (for loading a sample at start)",
+    )
     apply.set_defaults(run=catalog_apply)
     export = catalog_commands.add_parser("export", parents=[services], help="print the catalog in the file format")
     export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
@@ -325,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     unlock_parser.add_argument("--json", action="store_true", help="print the service's answer as JSON")
     unlock_parser.set_defaults(run=unlock)
 
-    progress_parser = commands.add_parser("progress", parents=[services], help="a user's XP, level, achievements, rewards")
+    progress_parser = commands.add_parser(
+        "progress", parents=[services], help="a user's XP, level, achievements, rewards"
+    )
     progress_parser.add_argument("user", metavar="USER")
     progress_parser.add_argument("--json", action="store_true", help="print the service's answer as JSON")
     progress_parser.set_defaults(run=progress)
@@ -333,37 +385,49 @@ def build_parser() -> argparse.ArgumentParser:
     backup = commands.add_parser("backup", help="copy a stage's tables to a directory and back")
     backup_commands = backup.add_subparsers(dest="backup_command", required=True, metavar="ACTION")
     backup_export_parser = backup_commands.add_parser(
-        "export", parents=[dynamodb], help="write every table of the stage to DIR (new or empty)")
+        "export", parents=[dynamodb], help="write every table of the stage to DIR (new or empty)"
+    )
     backup_export_parser.add_argument("dir", metavar="DIR")
     backup_export_parser.set_defaults(run=backup_export)
     backup_import_parser = backup_commands.add_parser(
-        "import", parents=[dynamodb], help="write a backup into a stage whose tables are empty (created if missing)")
+        "import", parents=[dynamodb], help="write a backup into a stage whose tables are empty (created if missing)"
+    )
     backup_import_parser.add_argument("dir", metavar="DIR")
-    backup_import_parser.add_argument("--workers", type=_positive_int, default=8, metavar="N",
-                                      help="concurrent batch writes (default 8)")
+    backup_import_parser.add_argument(
+        "--workers", type=_positive_int, default=8, metavar="N", help="concurrent batch writes (default 8)"
+    )
     backup_import_parser.set_defaults(run=backup_import)
 
     verify_parser = commands.add_parser(
-        "verify", parents=[dynamodb], help="check the exactly-once invariants of every user, from the tables",
+        "verify",
+        parents=[dynamodb],
+        help="check the exactly-once invariants of every user, from the tables",
         description="Reads the stage's tables and checks, for every user: total XP is the sum of the ledger, no "
-                    "request counted twice, each unlocked achievement paid once, the level matches the XP and each "
-                    "passed level's rewards granted once. Exit status 0 when nothing is violated, 1 otherwise. "
-                    "A scan is not a snapshot: verify a stage that takes no writes.")
+        "request counted twice, each unlocked achievement paid once, the level matches the XP and each "
+        "passed level's rewards granted once. Exit status 0 when nothing is violated, 1 otherwise. "
+        "A scan is not a snapshot: verify a stage that takes no writes.",
+    )
     verify_parser.add_argument("--json", action="store_true", help="print the report as JSON (every finding)")
-    verify_parser.add_argument("--strict", action="store_true",
-                               help="fail on warnings too (owed XP, level checks due): for a settled stage")
-    verify_parser.add_argument("--catalog-changed", action="store_true",
-                               help="the level table or achievement requirements changed while players played: "
-                                    "findings against the current catalog become notes")
+    verify_parser.add_argument(
+        "--strict", action="store_true", help="fail on warnings too (owed XP, level checks due): for a settled stage"
+    )
+    verify_parser.add_argument(
+        "--catalog-changed",
+        action="store_true",
+        help="the level table or achievement requirements changed while players played: "
+        "findings against the current catalog become notes",
+    )
     verify_parser.set_defaults(run=verify)
 
     token = commands.add_parser("token", help="mint a caller's token, or make a new key")
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     mint = token_commands.add_parser(
-        "mint", help="print a signed token for a caller (needs REWARDS_AUTH_JWT_SECRET)",
+        "mint",
+        help="print a signed token for a caller (needs REWARDS_AUTH_JWT_SECRET)",
         description="Prints a JWT signed with REWARDS_AUTH_JWT_SECRET. game: awards, unlocks, level checks, progress "
-                    "and catalog reads. admin: everything, catalog writes and GrantXp included. service: what one "
-                    "service calls on another (the services mint their own).")
+        "and catalog reads. admin: everything, catalog writes and GrantXp included. service: what one "
+        "service calls on another (the services mint their own).",
+    )
     mint.add_argument("--role", required=True, choices=[r.value for r in Role])
     mint.add_argument("--subject", metavar="NAME", help="who the caller is, as logged (default rewardsctl-ROLE)")
     mint.add_argument("--ttl", default="12h", metavar="DURATION", help="lifetime, such as 15m, 12h, 30d (default 12h)")
@@ -371,10 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     secret = token_commands.add_parser("secret", help="print a new random key for REWARDS_AUTH_JWT_SECRET")
     secret.set_defaults(run=token_secret)
     dev_env = token_commands.add_parser(
-        "dev-env", help="print export lines of the key and a game and an admin dev token (needs REWARDS_AUTH_JWT_SECRET)",
+        "dev-env",
+        help="print export lines of the key and a game and an admin dev token (needs REWARDS_AUTH_JWT_SECRET)",
         description="Prints shell export lines: REWARDS_AUTH_JWT_SECRET, a game token (REWARDS_GAME_TOKEN) and an admin "
-                    "token (REWARDS_ADMIN_TOKEN, also REWARDS_TOKEN), each valid 30 days. For development clusters "
-                    "(docker-compose.yml's dev-tokens service); it prints the key itself.")
+        "token (REWARDS_ADMIN_TOKEN, also REWARDS_TOKEN), each valid 30 days. For development clusters "
+        "(docker-compose.yml's dev-tokens service); it prints the key itself.",
+    )
     dev_env.set_defaults(run=token_dev_env)
     return parser
 

@@ -17,6 +17,7 @@ float or Decimal.
 A scan of a running stage is not a snapshot: items written during the export
 may or may not be in it. Export a stage that takes no writes for an exact copy.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,11 +26,12 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -43,7 +45,7 @@ BATCH_SIZE = 25
 _MAX_WRITE_ATTEMPTS = 12
 
 # (table, items done, items in all or None when not known, finished)
-ProgressReport = Callable[[str, int, Optional[int], bool], None]
+ProgressReport = Callable[[str, int, int | None, bool], None]
 
 
 class BackupError(Exception):
@@ -71,31 +73,46 @@ class Manifest:
         return sum(t.items for t in self.tables)
 
     def to_json(self) -> str:
-        return json.dumps({
-            "format": FORMAT,
-            "format_version": self.format_version,
-            "created_at": self.created_at,
-            "source_table_prefix": self.source_table_prefix,
-            "duration_s": self.duration_s,
-            "tables": [{"table": t.table, "file": t.file, "items": t.items, "sha256": t.sha256} for t in self.tables],
-        }, indent=2) + "\n"
+        return (
+            json.dumps(
+                {
+                    "format": FORMAT,
+                    "format_version": self.format_version,
+                    "created_at": self.created_at,
+                    "source_table_prefix": self.source_table_prefix,
+                    "duration_s": self.duration_s,
+                    "tables": [
+                        {"table": t.table, "file": t.file, "items": t.items, "sha256": t.sha256} for t in self.tables
+                    ],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         try:
             values = json.loads(text)
             if values.get("format") != FORMAT:
                 raise BackupError(f"{MANIFEST_FILE} is not a {FORMAT} manifest")
             if values.get("format_version") != FORMAT_VERSION:
-                raise BackupError(f"backup format version {values.get('format_version')!r} is not one this rewardsctl "
-                                  f"reads (it reads {FORMAT_VERSION})")
-            tables = tuple(TableFile(str(t["table"]), str(t["file"]), int(t["items"]), str(t["sha256"])) for t in values["tables"])
-            return cls(str(values["created_at"]), str(values["source_table_prefix"]), float(values["duration_s"]), tables)
+                raise BackupError(
+                    f"backup format version {values.get('format_version')!r} is not one this rewardsctl "
+                    f"reads (it reads {FORMAT_VERSION})"
+                )
+            tables = tuple(
+                TableFile(str(t["table"]), str(t["file"]), int(t["items"]), str(t["sha256"])) for t in values["tables"]
+            )
+            return cls(
+                str(values["created_at"]), str(values["source_table_prefix"]), float(values["duration_s"]), tables
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise BackupError(f"{MANIFEST_FILE} is damaged ({error})") from error
 
 
 # --- typed items as JSON ---------------------------------------------------------------
+
 
 def item_to_json(item: dict[str, Any]) -> dict[str, Any]:
     """A low-level item (as the client returns it) in JSON-safe form: only
@@ -104,7 +121,7 @@ def item_to_json(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _value_to_json(value: dict[str, Any]) -> dict[str, Any]:
-    (kind, content), = value.items()
+    ((kind, content),) = value.items()
     if kind == "B":
         return {"B": base64.b64encode(content).decode("ascii")}
     if kind == "BS":
@@ -121,7 +138,7 @@ def item_from_json(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _value_from_json(value: dict[str, Any]) -> dict[str, Any]:
-    (kind, content), = value.items()
+    ((kind, content),) = value.items()
     if kind == "B":
         return {"B": base64.b64decode(content)}
     if kind == "BS":
@@ -135,15 +152,21 @@ def _value_from_json(value: dict[str, Any]) -> dict[str, Any]:
 
 # --- export --------------------------------------------------------------------------------
 
-def export_stage(client: Any, table_prefix: str, directory: Path, report: ProgressReport,
-                 tables: tuple[TableDefinition, ...] = ALL_TABLES) -> Manifest:
+
+def export_stage(
+    client: Any,
+    table_prefix: str,
+    directory: Path,
+    report: ProgressReport,
+    tables: tuple[TableDefinition, ...] = ALL_TABLES,
+) -> Manifest:
     """Scans every table (strongly consistent, page by page) into `directory`,
     which must be new or empty, and writes the manifest last."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise BackupError(f"{directory} is not an empty directory: export into a new one, so no backup is overwritten")
     directory.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     written = tuple(_export_table(client, table_prefix + table.name, table.name, directory, report) for table in tables)
     manifest = Manifest(created_at, table_prefix, round(time.monotonic() - started, 3), written)
     _write_atomically(directory / MANIFEST_FILE, manifest.to_json().encode())
@@ -160,8 +183,12 @@ def _export_table(client: Any, table_name: str, name: str, directory: Path, repo
         with partial.open("wb") as out:
             for page in client.get_paginator("scan").paginate(TableName=table_name, ConsistentRead=True):
                 for item in page["Items"]:
-                    line = (json.dumps({"Item": item_to_json(item)}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-                            + "\n").encode("utf-8")
+                    line = (
+                        json.dumps(
+                            {"Item": item_to_json(item)}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+                        )
+                        + "\n"
+                    ).encode("utf-8")
                     out.write(line)
                     digest.update(line)
                     count += 1
@@ -188,6 +215,7 @@ def _write_atomically(path: Path, content: bytes) -> None:
 
 # --- import --------------------------------------------------------------------------------
 
+
 def read_manifest(directory: Path) -> Manifest:
     path = directory / MANIFEST_FILE
     if not path.is_file():
@@ -212,8 +240,10 @@ def verify_backup(directory: Path, manifest: Manifest, tables: tuple[TableDefini
                 digest.update(line)
                 lines += 1
         if lines != table_file.items or digest.hexdigest() != table_file.sha256:
-            raise BackupError(f"{path} is not the file the export wrote ({lines} items, manifest says {table_file.items}; "
-                              "or its checksum differs)")
+            raise BackupError(
+                f"{path} is not the file the export wrote ({lines} items, manifest says {table_file.items}; "
+                "or its checksum differs)"
+            )
 
 
 def non_empty_tables(client: Any, table_prefix: str, tables: tuple[TableDefinition, ...] = ALL_TABLES) -> list[str]:
@@ -225,8 +255,16 @@ def non_empty_tables(client: Any, table_prefix: str, tables: tuple[TableDefiniti
     return found
 
 
-def import_stage(client: Any, table_prefix: str, directory: Path, report: ProgressReport, *, workers: int = 8,
-                 tables: tuple[TableDefinition, ...] = ALL_TABLES, sleep: Callable[[float], None] = time.sleep) -> Manifest:
+def import_stage(
+    client: Any,
+    table_prefix: str,
+    directory: Path,
+    report: ProgressReport,
+    *,
+    workers: int = 8,
+    tables: tuple[TableDefinition, ...] = ALL_TABLES,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Manifest:
     """Writes a backup into the stage of `table_prefix`: creates its missing
     tables, refuses unless every table is empty (an import adds to what is
     there, so into a used stage it would mix two histories), writes every item
@@ -238,21 +276,40 @@ def import_stage(client: Any, table_prefix: str, directory: Path, report: Progre
     if occupied:
         raise BackupError(
             f"the target stage (table prefix {table_prefix!r}) is not empty: {', '.join(occupied)} already hold items. "
-            "Import only into empty tables: choose a new REWARDS_TABLE_PREFIX, or delete that stage's tables first")
+            "Import only into empty tables: choose a new REWARDS_TABLE_PREFIX, or delete that stage's tables first"
+        )
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup-import") as pool:
         for table_file in manifest.tables:
-            _import_table(client, pool, workers, table_prefix + table_file.table, table_file,
-                          directory / table_file.file, report, sleep)
+            _import_table(
+                client,
+                pool,
+                workers,
+                table_prefix + table_file.table,
+                table_file,
+                directory / table_file.file,
+                report,
+                sleep,
+            )
     for table_file in manifest.tables:
         stored = count_items(client, table_prefix + table_file.table)
         if stored != table_file.items:
-            raise BackupError(f"{table_prefix + table_file.table} holds {stored} items after the import, "
-                              f"the backup {table_file.items}: was something writing to the stage?")
+            raise BackupError(
+                f"{table_prefix + table_file.table} holds {stored} items after the import, "
+                f"the backup {table_file.items}: was something writing to the stage?"
+            )
     return manifest
 
 
-def _import_table(client: Any, pool: ThreadPoolExecutor, workers: int, table_name: str, table_file: TableFile,
-                  path: Path, report: ProgressReport, sleep: Callable[[float], None]) -> None:
+def _import_table(
+    client: Any,
+    pool: ThreadPoolExecutor,
+    workers: int,
+    table_name: str,
+    table_file: TableFile,
+    path: Path,
+    report: ProgressReport,
+    sleep: Callable[[float], None],
+) -> None:
     done = 0
     report(table_file.table, 0, table_file.items, False)
     in_flight: set[Future[int]] = set()
@@ -287,7 +344,9 @@ def _batches(path: Path) -> Iterator[list[dict[str, Any]]]:
         yield batch
 
 
-def write_batch(client: Any, table_name: str, items: list[dict[str, Any]], sleep: Callable[[float], None] = time.sleep) -> int:
+def write_batch(
+    client: Any, table_name: str, items: list[dict[str, Any]], sleep: Callable[[float], None] = time.sleep
+) -> int:
     """Puts up to 25 items with BatchWriteItem, sending again what DynamoDB
     leaves unprocessed (throttling) after a jittered, growing pause. Returns
     how many items were written."""
@@ -302,8 +361,10 @@ def write_batch(client: Any, table_name: str, items: list[dict[str, Any]], sleep
         if not pending:
             return len(items)
         sleep(min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
-    raise BackupError(f"DynamoDB left {len(pending)} items of {table_name} unwritten after {_MAX_WRITE_ATTEMPTS} attempts "
-                      "(throttling): the import is incomplete")
+    raise BackupError(
+        f"DynamoDB left {len(pending)} items of {table_name} unwritten after {_MAX_WRITE_ATTEMPTS} attempts "
+        "(throttling): the import is incomplete"
+    )
 
 
 def count_items(client: Any, table_name: str) -> int:

@@ -15,10 +15,12 @@ The file is checked for its shape here (types, unknown keys, duplicates, and
 requirements that name achievements the file does not define, or form a
 cycle); the services stay the authority on limits such as lengths and ranges.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -89,7 +91,7 @@ class Catalog:
     levels: tuple[Level, ...] | None = None
 
     @classmethod
-    def of(cls, activities: list[Activity], achievements: list[Achievement], levels: list[Level]) -> "Catalog":
+    def of(cls, activities: list[Activity], achievements: list[Achievement], levels: list[Level]) -> Catalog:
         return cls(
             tuple(sorted(activities, key=lambda a: a.activity_id)),
             tuple(sorted(achievements, key=lambda a: a.achievement_id)),
@@ -102,6 +104,7 @@ class Catalog:
 
 # --- reading ----------------------------------------------------------------------
 
+
 class _Reader:
     """Collects every problem of a file, each with its place (activities[2].xp),
     so that one run shows them all."""
@@ -112,7 +115,9 @@ class _Reader:
     def fail(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")
 
-    def mapping(self, where: str, value: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any] | None:
+    def mapping(
+        self, where: str, value: Any, required: tuple[str, ...], optional: tuple[str, ...]
+    ) -> dict[str, Any] | None:
         if not isinstance(value, dict):
             self.fail(where, f"must be a mapping (got {_kind(value)})")
             return None
@@ -166,7 +171,9 @@ def _kind(value: Any) -> str:
         return "nothing"
     if isinstance(value, bool):
         return "boolean"
-    return {int: "number", float: "number", str: "string", list: "list", dict: "mapping"}.get(type(value), type(value).__name__)
+    return {int: "number", float: "number", str: "string", list: "list", dict: "mapping"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _read_activity(reader: _Reader, where: str, value: Any) -> Activity | None:
@@ -183,24 +190,33 @@ def _read_activity(reader: _Reader, where: str, value: Any) -> Activity | None:
 
 
 def _read_achievement(reader: _Reader, where: str, value: Any) -> Achievement | None:
-    values = reader.mapping(where, value, ("achievement_id", "name"), ("description", "xp_reward", "hidden", "requirements"))
+    values = reader.mapping(
+        where, value, ("achievement_id", "name"), ("description", "xp_reward", "hidden", "requirements")
+    )
     if values is None:
         return None
     required: list[str] = []
     min_total_xp = min_level = 0
     if values.get("requirements") is not None:
         requirements_where = f"{where}.requirements"
-        requirements = reader.mapping(requirements_where, values["requirements"], (),
-                                      ("required_achievements", "min_total_xp", "min_level"))
+        requirements = reader.mapping(
+            requirements_where, values["requirements"], (), ("required_achievements", "min_total_xp", "min_level")
+        )
         if requirements is not None:
-            listed = reader.sequence(f"{requirements_where}.required_achievements", requirements.get("required_achievements"))
+            listed = reader.sequence(
+                f"{requirements_where}.required_achievements", requirements.get("required_achievements")
+            )
             for i, achievement_id in enumerate(listed):
                 if not isinstance(achievement_id, str):
-                    reader.fail(f"{requirements_where}.required_achievements[{i}]",
-                                f"must be an achievement id (got {_kind(achievement_id)} {achievement_id!r})")
+                    reader.fail(
+                        f"{requirements_where}.required_achievements[{i}]",
+                        f"must be an achievement id (got {_kind(achievement_id)} {achievement_id!r})",
+                    )
                 elif achievement_id in required:
                     # The service keeps each once, so a repeat would show as a change on every apply.
-                    reader.fail(f"{requirements_where}.required_achievements[{i}]", f"{achievement_id!r} is listed twice")
+                    reader.fail(
+                        f"{requirements_where}.required_achievements[{i}]", f"{achievement_id!r} is listed twice"
+                    )
                 else:
                     required.append(achievement_id)
             min_total_xp = reader.integer(requirements_where, requirements, "min_total_xp")
@@ -226,7 +242,11 @@ def _read_level(reader: _Reader, where: str, value: Any) -> Level | None:
         reward_where = f"{where}.rewards[{i}]"
         reward = reader.mapping(reward_where, reward_value, ("reward_id", "quantity"), ())
         if reward is not None:
-            rewards.append(Reward(reader.string(reward_where, reward, "reward_id"), reader.integer(reward_where, reward, "quantity")))
+            rewards.append(
+                Reward(
+                    reader.string(reward_where, reward, "reward_id"), reader.integer(reward_where, reward, "quantity")
+                )
+            )
     return Level(
         level=reader.integer(where, values, "level", bits=32),
         xp_required=reader.integer(where, values, "xp_required"),
@@ -245,17 +265,24 @@ def catalog_from_document(document: Any) -> Catalog:
         raise CatalogFileError(reader.problems)
     activities = achievements = levels = None
     if "activities" in top:
-        read = [_read_activity(reader, f"activities[{i}]", v) for i, v in enumerate(reader.sequence("activities", top["activities"]))]
+        read = [
+            _read_activity(reader, f"activities[{i}]", v)
+            for i, v in enumerate(reader.sequence("activities", top["activities"]))
+        ]
         activities = [a for a in read if a is not None]
         _check_unique(reader, "activities", [a.activity_id for a in activities], "activity_id")
     if "achievements" in top:
-        read_achievements = [_read_achievement(reader, f"achievements[{i}]", v)
-                             for i, v in enumerate(reader.sequence("achievements", top["achievements"]))]
+        read_achievements = [
+            _read_achievement(reader, f"achievements[{i}]", v)
+            for i, v in enumerate(reader.sequence("achievements", top["achievements"]))
+        ]
         achievements = [a for a in read_achievements if a is not None]
         _check_unique(reader, "achievements", [a.achievement_id for a in achievements], "achievement_id")
         _check_requirements(reader, achievements)
     if "levels" in top:
-        read_levels = [_read_level(reader, f"levels[{i}]", v) for i, v in enumerate(reader.sequence("levels", top["levels"]))]
+        read_levels = [
+            _read_level(reader, f"levels[{i}]", v) for i, v in enumerate(reader.sequence("levels", top["levels"]))
+        ]
         levels = [l for l in read_levels if l is not None]
         _check_unique(reader, "levels", [l.level for l in levels], "level")
     if reader.problems:
@@ -283,10 +310,14 @@ def _check_requirements(reader: _Reader, achievements: list[Achievement]) -> Non
     for i, achievement in enumerate(achievements):
         for j, required in enumerate(achievement.required_achievements):
             if required == achievement.achievement_id:
-                reader.fail(f"achievements[{i}].requirements.required_achievements[{j}]", "an achievement cannot require itself")
+                reader.fail(
+                    f"achievements[{i}].requirements.required_achievements[{j}]", "an achievement cannot require itself"
+                )
             elif required not in defined:
-                reader.fail(f"achievements[{i}].requirements.required_achievements[{j}]",
-                            f"{required!r} is not an achievement of this file")
+                reader.fail(
+                    f"achievements[{i}].requirements.required_achievements[{j}]",
+                    f"{required!r} is not an achievement of this file",
+                )
     cycle = _find_requirement_cycle(defined)
     if cycle:
         reader.fail("achievements", "requirements form a cycle, so none of them can be unlocked: " + " -> ".join(cycle))
@@ -307,12 +338,14 @@ def _find_requirement_cycle(achievements: Mapping[str, Achievement]) -> list[str
                     continue
                 path.append(current)
                 on_path.add(current)
-            requirements = [r for r in achievements[current].required_achievements if r in achievements and r != current]
+            requirements = [
+                r for r in achievements[current].required_achievements if r in achievements and r != current
+            ]
             if next_index < len(requirements):
                 stack.append((current, next_index + 1))
                 required = requirements[next_index]
                 if required in on_path:
-                    return path[path.index(required):] + [required]
+                    return path[path.index(required) :] + [required]
                 if required not in done:
                     stack.append((required, 0))
             else:
@@ -328,9 +361,11 @@ def catalog_warnings(catalog: Catalog) -> list[str]:
     levels = catalog.levels or ()
     for lower, higher in zip(levels, levels[1:]):
         if higher.xp_required <= lower.xp_required:
-            warnings.append(f"level {higher.level} needs {higher.xp_required:,} XP, no more than level {lower.level} "
-                            f"({lower.xp_required:,} XP): a player's level is the highest one their XP reaches, "
-                            f"so level {lower.level} is skipped")
+            warnings.append(
+                f"level {higher.level} needs {higher.xp_required:,} XP, no more than level {lower.level} "
+                f"({lower.xp_required:,} XP): a player's level is the highest one their XP reaches, "
+                f"so level {lower.level} is skipped"
+            )
     return warnings
 
 
@@ -343,6 +378,7 @@ def parse_catalog(text: str) -> Catalog:
 
 
 # --- writing ----------------------------------------------------------------------
+
 
 def catalog_to_document(catalog: Catalog) -> dict[str, Any]:
     """The file form of a catalog; defaults are left out, except the XP
@@ -409,15 +445,24 @@ class _CatalogDumper(yaml.SafeDumper):
         super().increase_indent(flow, False)
 
 
-_CatalogDumper.add_representer(_FlowList, lambda dumper, value: dumper.represent_sequence(
-    "tag:yaml.org,2002:seq", value, flow_style=True))
-_CatalogDumper.add_representer(_FlowMapping, lambda dumper, value: dumper.represent_mapping(
-    "tag:yaml.org,2002:map", value.items(), flow_style=True))
+_CatalogDumper.add_representer(
+    _FlowList, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True)
+)
+_CatalogDumper.add_representer(
+    _FlowMapping,
+    lambda dumper, value: dumper.represent_mapping("tag:yaml.org,2002:map", value.items(), flow_style=True),
+)
 
 
 def format_catalog(catalog: Catalog, header: str = "") -> str:
     """YAML that parse_catalog reads back to the same catalog."""
-    body = yaml.dump(catalog_to_document(catalog), Dumper=_CatalogDumper, sort_keys=False, allow_unicode=True,
-                     default_flow_style=False, width=100)
+    body = yaml.dump(
+        catalog_to_document(catalog),
+        Dumper=_CatalogDumper,
+        sort_keys=False,
+        allow_unicode=True,
+        default_flow_style=False,
+        width=100,
+    )
     comment = "".join(f"# {line}\n" for line in header.splitlines())
     return comment + body

@@ -1,13 +1,14 @@
 """What `catalog apply` must do to make the services' catalog what the file
 says: a pure comparison of two catalogs, in a stable order."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from rewardsctl.catalog import SECTIONS, Achievement, Activity, Catalog, Level
 
-Entry = Union[Activity, Achievement, Level]
+Entry = Activity | Achievement | Level
 Action = Literal["create", "change", "delete", "keep"]
 
 # The singular of each section, as the plan names an entry.

@@ -4,17 +4,26 @@ On a terminal one line is redrawn in place; anywhere else (a log, CI) a line
 is printed every `every_items` items or `every_s` seconds, whichever comes
 first, and one when each table is done, so a log shows progress without
 thousands of lines."""
+
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 
 class ItemCountDisplay:
     """A backup.ProgressReport that prints: `export  xp_ledger  12,000 items`."""
 
-    def __init__(self, stream: TextIO, verb: str, *, every_items: int = 5000, every_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        verb: str,
+        *,
+        every_items: int = 5000,
+        every_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._stream = stream
         self._verb = verb
         self._every_items = every_items
@@ -26,7 +35,7 @@ class ItemCountDisplay:
         self._last_shown_at = 0.0
         self._last_shown_items = 0
 
-    def __call__(self, table: str, done: int, total: Optional[int], finished: bool) -> None:
+    def __call__(self, table: str, done: int, total: int | None, finished: bool) -> None:
         now = self._clock()
         if table != self._table:
             self._table, self._table_started = table, now
@@ -34,13 +43,14 @@ class ItemCountDisplay:
         if finished:
             self._show(f"{self._line(table, done, total)}, done in {now - self._table_started:.1f} s", final=True)
             return
-        due = (now - self._last_shown_at >= (0.1 if self._in_place else self._every_s)
-               or (not self._in_place and done - self._last_shown_items >= self._every_items))
+        due = now - self._last_shown_at >= (0.1 if self._in_place else self._every_s) or (
+            not self._in_place and done - self._last_shown_items >= self._every_items
+        )
         if due and done > 0:
             self._last_shown_at, self._last_shown_items = now, done
             self._show(self._line(table, done, total), final=False)
 
-    def _line(self, table: str, done: int, total: Optional[int]) -> str:
+    def _line(self, table: str, done: int, total: int | None) -> str:
         line = f"{self._verb}  {table:<18} {done:>10,} items"
         if total:
             line += f" of {total:,} ({100 * done // total}%)"

@@ -1,11 +1,10 @@
 """The three services over gRPC, through the generated stubs: the catalog as
 rewardsctl.catalog values, and the player calls as the services answer them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
-import grpc
 
 from common.channels import client_channel
 from common.config import Settings
@@ -33,15 +32,18 @@ class ServiceTargets:
 class ServiceClients:
     """One channel per service; every call has the same deadline."""
 
-    def __init__(self, targets: ServiceTargets, timeout_s: float, settings: Settings | None = None,
-                 token: str = "") -> None:
+    def __init__(
+        self, targets: ServiceTargets, timeout_s: float, settings: Settings | None = None, token: str = ""
+    ) -> None:
         self.targets = targets
         self._timeout_s = timeout_s
         # What every client of the services should use: retries of UNAVAILABLE,
         # large responses, TLS with a client certificate when configured, and
         # the caller's token on every call.
         settings = settings or Settings()
-        self._channels = [client_channel(t, settings, token) for t in (targets.xp, targets.achievements, targets.levels)]
+        self._channels = [
+            client_channel(t, settings, token) for t in (targets.xp, targets.achievements, targets.levels)
+        ]
         self.xp = xp_pb2_grpc.XpServiceStub(self._channels[0])
         self.achievements = achievements_pb2_grpc.AchievementsServiceStub(self._channels[1])
         self.levels = levels_pb2_grpc.LevelsServiceStub(self._channels[2])
@@ -50,7 +52,7 @@ class ServiceClients:
         for channel in self._channels:
             channel.close()
 
-    def __enter__(self) -> "ServiceClients":
+    def __enter__(self) -> ServiceClients:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -66,7 +68,8 @@ class ServiceClients:
         token = ""
         while True:
             page = self.xp.ListActivities(
-                xp_pb2.ListActivitiesRequest(page_size=_LIST_PAGE_SIZE, page_token=token), timeout=self._timeout_s)
+                xp_pb2.ListActivitiesRequest(page_size=_LIST_PAGE_SIZE, page_token=token), timeout=self._timeout_s
+            )
             activities.extend(activity_from_message(m) for m in page.activities)
             token = page.next_page_token
             if not token:
@@ -77,7 +80,9 @@ class ServiceClients:
         token = ""
         while True:
             page = self.achievements.ListAchievements(
-                achievements_pb2.ListAchievementsRequest(page_size=_LIST_PAGE_SIZE, page_token=token), timeout=self._timeout_s)
+                achievements_pb2.ListAchievementsRequest(page_size=_LIST_PAGE_SIZE, page_token=token),
+                timeout=self._timeout_s,
+            )
             achievements.extend(achievement_from_message(m) for m in page.achievements)
             token = page.next_page_token
             if not token:
@@ -99,7 +104,9 @@ class ServiceClients:
             self.xp.PutActivity(xp_pb2.PutActivityRequest(activity=activity_to_message(entry)), timeout=self._timeout_s)
         elif isinstance(entry, Achievement):
             self.achievements.PutAchievement(
-                achievements_pb2.PutAchievementRequest(achievement=achievement_to_message(entry)), timeout=self._timeout_s)
+                achievements_pb2.PutAchievementRequest(achievement=achievement_to_message(entry)),
+                timeout=self._timeout_s,
+            )
         else:
             self.levels.PutLevel(levels_pb2.PutLevelRequest(level=level_to_message(entry)), timeout=self._timeout_s)
 
@@ -108,7 +115,8 @@ class ServiceClients:
             self.xp.DeleteActivity(xp_pb2.DeleteActivityRequest(activity_id=entry.activity_id), timeout=self._timeout_s)
         elif isinstance(entry, Achievement):
             self.achievements.DeleteAchievement(
-                achievements_pb2.DeleteAchievementRequest(achievement_id=entry.achievement_id), timeout=self._timeout_s)
+                achievements_pb2.DeleteAchievementRequest(achievement_id=entry.achievement_id), timeout=self._timeout_s
+            )
         else:
             self.levels.DeleteLevel(levels_pb2.DeleteLevelRequest(level=entry.level), timeout=self._timeout_s)
 
@@ -116,12 +124,17 @@ class ServiceClients:
 
     def award(self, user_id: str, activity_id: str, request_id: str) -> xp_pb2.AwardXpResponse:
         return self.xp.AwardXp(
-            xp_pb2.AwardXpRequest(user_id=user_id, activity_id=activity_id, request_id=request_id), timeout=self._timeout_s)
+            xp_pb2.AwardXpRequest(user_id=user_id, activity_id=activity_id, request_id=request_id),
+            timeout=self._timeout_s,
+        )
 
     def unlock(self, user_id: str, achievement_id: str, request_id: str) -> achievements_pb2.UnlockAchievementResponse:
         return self.achievements.UnlockAchievement(
-            achievements_pb2.UnlockAchievementRequest(user_id=user_id, achievement_id=achievement_id, request_id=request_id),
-            timeout=self._timeout_s)
+            achievements_pb2.UnlockAchievementRequest(
+                user_id=user_id, achievement_id=achievement_id, request_id=request_id
+            ),
+            timeout=self._timeout_s,
+        )
 
     def progress(self, user_id: str) -> xp_pb2.UserProgress:
         return self.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id), timeout=self._timeout_s)
@@ -129,13 +142,19 @@ class ServiceClients:
 
 # --- conversions --------------------------------------------------------------------
 
+
 def activity_from_message(message: xp_pb2.Activity) -> Activity:
     return Activity(message.activity_id, message.name, message.description, message.category, message.xp)
 
 
 def activity_to_message(activity: Activity) -> xp_pb2.Activity:
-    return xp_pb2.Activity(activity_id=activity.activity_id, name=activity.name, description=activity.description,
-                           category=activity.category, xp=activity.xp)
+    return xp_pb2.Activity(
+        activity_id=activity.activity_id,
+        name=activity.name,
+        description=activity.description,
+        category=activity.category,
+        xp=activity.xp,
+    )
 
 
 def achievement_from_message(message: achievements_pb2.Achievement) -> Achievement:

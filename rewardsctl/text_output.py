@@ -1,8 +1,10 @@
 """What rewardsctl prints, as text: plans, answers of the services and their
 errors. Pure: it formats and returns strings; the command prints them."""
+
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -20,6 +22,7 @@ _DONE = {"create": "created", "change": "changed", "delete": "deleted", "keep": 
 
 
 # --- catalog ----------------------------------------------------------------------
+
 
 def change_line(change: CatalogChange, *, done: bool) -> str:
     verb = (_DONE if done else _PLANNED)[change.action]
@@ -91,18 +94,25 @@ def plan_footer(plan: CatalogPlan, *, dry_run: bool) -> str:
 
 # --- players ----------------------------------------------------------------------
 
+
 def award_text(response: xp_pb2.AwardXpResponse, activity_id: str, request_id: str) -> str:
     if response.duplicate:
-        lines = [f"{response.user_id}: request {request_id} was already recorded, nothing changed "
-                 f"(it awarded {response.xp_awarded:,} XP for {activity_id}); total {response.total_xp:,} XP, level {response.level}"]
+        lines = [
+            f"{response.user_id}: request {request_id} was already recorded, nothing changed "
+            f"(it awarded {response.xp_awarded:,} XP for {activity_id}); total {response.total_xp:,} XP, level {response.level}"
+        ]
     else:
-        lines = [f"{response.user_id}: +{response.xp_awarded:,} XP for {activity_id}; "
-                 f"total {response.total_xp:,} XP, level {response.level}"]
+        lines = [
+            f"{response.user_id}: +{response.xp_awarded:,} XP for {activity_id}; "
+            f"total {response.total_xp:,} XP, level {response.level}"
+        ]
     if response.HasField("level_up"):
         lines.extend(level_up_lines(response.level_up))
     if response.level_check_deferred:
-        lines.append("the level check was deferred (Levels service slow or down): run again with "
-                     f"--request-id {request_id} to get the level-up")
+        lines.append(
+            "the level check was deferred (Levels service slow or down): run again with "
+            f"--request-id {request_id} to get the level-up"
+        )
     lines.append(f"request_id {request_id} (repeat it with --request-id to retry safely)")
     return "\n".join(lines)
 
@@ -110,13 +120,19 @@ def award_text(response: xp_pb2.AwardXpResponse, activity_id: str, request_id: s
 def unlock_text(response: achievements_pb2.UnlockAchievementResponse, user_id: str) -> str:
     achievement = response.achievement
     if response.already_unlocked and response.xp_awarded == 0:
-        lines = [f"{user_id}: {achievement.achievement_id} was already unlocked, nothing paid; total {response.total_xp:,} XP"]
+        lines = [
+            f"{user_id}: {achievement.achievement_id} was already unlocked, nothing paid; total {response.total_xp:,} XP"
+        ]
     elif response.already_unlocked:
-        lines = [f"{user_id}: {achievement.achievement_id} was already unlocked; its owed reward is paid now: "
-                 f"+{response.xp_awarded:,} XP; total {response.total_xp:,} XP"]
+        lines = [
+            f"{user_id}: {achievement.achievement_id} was already unlocked; its owed reward is paid now: "
+            f"+{response.xp_awarded:,} XP; total {response.total_xp:,} XP"
+        ]
     else:
-        lines = [f"{user_id}: unlocked {achievement.achievement_id} ({achievement.name!r}): +{response.xp_awarded:,} XP; "
-                 f"total {response.total_xp:,} XP"]
+        lines = [
+            f"{user_id}: unlocked {achievement.achievement_id} ({achievement.name!r}): +{response.xp_awarded:,} XP; "
+            f"total {response.total_xp:,} XP"
+        ]
     if response.HasField("level_up"):
         lines.extend(level_up_lines(response.level_up))
     return "\n".join(lines)
@@ -149,8 +165,12 @@ def progress_text(progress: xp_pb2.UserProgress) -> str:
 
 
 def message_json(message: Message) -> str:
-    return json_format.MessageToJson(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True, unquote_int64_if_possible=True)
+    return json_format.MessageToJson(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+        unquote_int64_if_possible=True,
+    )
 
 
 # --- errors -----------------------------------------------------------------------
@@ -174,8 +194,10 @@ def rpc_error_text(error: grpc.RpcError, target: str) -> str:
     if code == grpc.StatusCode.UNAVAILABLE and ("connect" in message.lower() or "connection" in message.lower()):
         lines.append(f"  check that the service runs at {target} (`make up` starts the local cluster)")
     if code == grpc.StatusCode.UNAUTHENTICATED:
-        lines.append("  pass a token with --token or REWARDS_TOKEN (`make up` writes dev tokens to .local/dev-auth.env; "
-                     "`rewardsctl token mint` makes one from REWARDS_AUTH_JWT_SECRET)")
+        lines.append(
+            "  pass a token with --token or REWARDS_TOKEN (`make up` writes dev tokens to .local/dev-auth.env; "
+            "`rewardsctl token mint` makes one from REWARDS_AUTH_JWT_SECRET)"
+        )
     hint = _RETRY_HINTS.get(code)
     if hint:
         lines.append(f"  {hint}")

@@ -1,5 +1,6 @@
 """Tokens for callers of the services, minted from the deployment's key
 (REWARDS_AUTH_JWT_SECRET), and the local cluster's development tokens."""
+
 from __future__ import annotations
 
 import re

@@ -28,13 +28,15 @@ granted as they were), `catalog_changed` turns those findings into notes.
 A scan is not a snapshot: run it on a stage that takes no writes, or expect
 findings about users written to during the scan.
 """
+
 from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -98,7 +100,12 @@ class Finding:
     message: str
 
     def as_dict(self) -> dict[str, str]:
-        return {"severity": self.severity, "invariant": self.invariant, "user_id": self.user_id, "message": self.message}
+        return {
+            "severity": self.severity,
+            "invariant": self.invariant,
+            "user_id": self.user_id,
+            "message": self.message,
+        }
 
 
 @dataclass
@@ -140,6 +147,7 @@ class VerifyReport:
 
 # --- the checker, pure -------------------------------------------------------------------
 
+
 def verify_contents(contents: StageContents, *, catalog_changed: bool = False) -> VerifyReport:
     """Checks every invariant for every user found in any user table."""
     report = VerifyReport(catalog_changed=catalog_changed, level_table_levels=len(contents.levels.levels))
@@ -154,8 +162,17 @@ def verify_contents(contents: StageContents, *, catalog_changed: bool = False) -
     report.ledger_entries = len(contents.ledger)
     report.unlocks = len(contents.unlocks)
     for user_id in users:
-        _UserCheck(report, contents.levels, catalog, user_id, progress_of.get(user_id), ledger_of.get(user_id, []),
-                   unlocks_of.get(user_id, []), reached_of.get(user_id, []), checks_of.get(user_id, [])).run()
+        _UserCheck(
+            report,
+            contents.levels,
+            catalog,
+            user_id,
+            progress_of.get(user_id),
+            ledger_of.get(user_id, []),
+            unlocks_of.get(user_id, []),
+            reached_of.get(user_id, []),
+            checks_of.get(user_id, []),
+        ).run()
     return report
 
 
@@ -177,8 +194,12 @@ def _whole(value: Any) -> int | None:
 
 def _rewards(values: Any) -> tuple[Reward, ...]:
     try:
-        return tuple(sorted((Reward(str(r["reward_id"]), int(r["quantity"])) for r in values or ()),
-                            key=lambda r: (r.reward_id, r.quantity)))
+        return tuple(
+            sorted(
+                (Reward(str(r["reward_id"]), int(r["quantity"])) for r in values or ()),
+                key=lambda r: (r.reward_id, r.quantity),
+            )
+        )
     except (KeyError, TypeError, ValueError):
         return (Reward("<unreadable>", 0),)
 
@@ -186,9 +207,18 @@ def _rewards(values: Any) -> tuple[Reward, ...]:
 class _UserCheck:
     """The invariants of one user; each `_check_*` counts what it checks."""
 
-    def __init__(self, report: VerifyReport, table: LevelTable, catalog: Mapping[str, dict[str, Any]], user_id: str,
-                 progress: dict[str, Any] | None, ledger: list[dict[str, Any]], unlocks: list[dict[str, Any]],
-                 reached: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        report: VerifyReport,
+        table: LevelTable,
+        catalog: Mapping[str, dict[str, Any]],
+        user_id: str,
+        progress: dict[str, Any] | None,
+        ledger: list[dict[str, Any]],
+        unlocks: list[dict[str, Any]],
+        reached: list[dict[str, Any]],
+        checks: list[dict[str, Any]],
+    ) -> None:
         self.report = report
         self.table = table
         self.catalog = catalog
@@ -231,23 +261,34 @@ class _UserCheck:
                 attempts[str(entry["attempt_id"])] += 1
         for attempt_id, count in attempts.items():
             if count > 1:  # one award written under two entry ids
-                self._find(VIOLATION, "ledger-entry-well-formed",
-                           f"{count} ledger entries carry attempt id {attempt_id!r}: one write was recorded {count} times")
+                self._find(
+                    VIOLATION,
+                    "ledger-entry-well-formed",
+                    f"{count} ledger entries carry attempt id {attempt_id!r}: one write was recorded {count} times",
+                )
 
     def _check_total(self) -> None:
         self.report.checked["total-is-ledger-sum"] += 1
         ledger_sum = sum(_whole(e.get("xp")) or 0 for e in self.ledger)
         if self.progress is None:
             if self.ledger:
-                self._find(VIOLATION, "total-is-ledger-sum",
-                           f"{len(self.ledger)} ledger entries ({ledger_sum:,} XP) but no user_progress item")
+                self._find(
+                    VIOLATION,
+                    "total-is-ledger-sum",
+                    f"{len(self.ledger)} ledger entries ({ledger_sum:,} XP) but no user_progress item",
+                )
             return
         if self.total_xp is None:
-            self._find(VIOLATION, "total-is-ledger-sum", f"total_xp {self.progress.get('total_xp')!r} is not a whole number")
+            self._find(
+                VIOLATION, "total-is-ledger-sum", f"total_xp {self.progress.get('total_xp')!r} is not a whole number"
+            )
         elif self.total_xp != ledger_sum:
-            self._find(VIOLATION, "total-is-ledger-sum",
-                       f"total_xp {self.total_xp:,} but the ledger's {len(self.ledger)} entries sum to {ledger_sum:,} "
-                       f"({self.total_xp - ledger_sum:+,})")
+            self._find(
+                VIOLATION,
+                "total-is-ledger-sum",
+                f"total_xp {self.total_xp:,} but the ledger's {len(self.ledger)} entries sum to {ledger_sum:,} "
+                f"({self.total_xp - ledger_sum:+,})",
+            )
 
     # --- achievements -----------------------------------------------------------------
 
@@ -259,45 +300,72 @@ class _UserCheck:
             unlock = unlocks.get(achievement_id)
             paid = _whole(entry.get("xp"))
             if unlock is None:
-                self._find(VIOLATION, "achievement-paid-once",
-                           f"ledger entry 'ach#{achievement_id}' pays {paid} XP for an achievement the user has not unlocked")
+                self._find(
+                    VIOLATION,
+                    "achievement-paid-once",
+                    f"ledger entry 'ach#{achievement_id}' pays {paid} XP for an achievement the user has not unlocked",
+                )
                 continue
             reward = _whole(unlock.get("xp_reward", 0))
             if not reward:
-                self._find(VIOLATION, "achievement-paid-once",
-                           f"achievement {achievement_id!r} has no XP reward, yet ledger entry 'ach#{achievement_id}' pays {paid} XP")
+                self._find(
+                    VIOLATION,
+                    "achievement-paid-once",
+                    f"achievement {achievement_id!r} has no XP reward, yet ledger entry 'ach#{achievement_id}' pays {paid} XP",
+                )
             elif paid != reward:
-                self._find(VIOLATION, "achievement-paid-once",
-                           f"ledger entry 'ach#{achievement_id}' pays {paid} XP, the unlock's xp_reward is {reward}")
+                self._find(
+                    VIOLATION,
+                    "achievement-paid-once",
+                    f"ledger entry 'ach#{achievement_id}' pays {paid} XP, the unlock's xp_reward is {reward}",
+                )
             elif not unlock.get("xp_granted", False):
-                self._find(NOTE, "achievement-paid-once",
-                           f"achievement {achievement_id!r}: XP granted, unlock not marked paid yet (the next repeat marks it)")
+                self._find(
+                    NOTE,
+                    "achievement-paid-once",
+                    f"achievement {achievement_id!r}: XP granted, unlock not marked paid yet (the next repeat marks it)",
+                )
         for achievement_id, unlock in sorted(unlocks.items()):
             self.report.checked["achievement-paid-once"] += 1
             reward = _whole(unlock.get("xp_reward", 0))
             if reward is None or reward < 0:
-                self._find(VIOLATION, "achievement-paid-once",
-                           f"unlock of {achievement_id!r}: xp_reward {unlock.get('xp_reward')!r} is not a whole number >= 0")
+                self._find(
+                    VIOLATION,
+                    "achievement-paid-once",
+                    f"unlock of {achievement_id!r}: xp_reward {unlock.get('xp_reward')!r} is not a whole number >= 0",
+                )
                 continue
             if reward == 0 or achievement_id in payments:
                 continue
             if unlock.get("xp_granted", False):
-                self._find(VIOLATION, "achievement-paid-once",
-                           f"unlock of {achievement_id!r} is marked paid, but no ledger entry 'ach#{achievement_id}' pays its {reward} XP")
+                self._find(
+                    VIOLATION,
+                    "achievement-paid-once",
+                    f"unlock of {achievement_id!r} is marked paid, but no ledger entry 'ach#{achievement_id}' pays its {reward} XP",
+                )
             else:
-                self._find(WARNING, "achievement-paid-once",
-                           f"unlock of {achievement_id!r} still owes its {reward} XP (a repeat of UnlockAchievement pays it)")
+                self._find(
+                    WARNING,
+                    "achievement-paid-once",
+                    f"unlock of {achievement_id!r} still owes its {reward} XP (a repeat of UnlockAchievement pays it)",
+                )
 
     def _check_unlocked_set(self) -> None:
         self.report.checked["unlocks-match-progress"] += 1
         records = {str(u["achievement_id"]) for u in self.unlocks}
         listed = {str(a) for a in (self.progress or {}).get("unlocked_achievements", ())}
         if records - listed:
-            self._find(VIOLATION, "unlocks-match-progress",
-                       f"unlock records missing from unlocked_achievements: {', '.join(sorted(records - listed))}")
+            self._find(
+                VIOLATION,
+                "unlocks-match-progress",
+                f"unlock records missing from unlocked_achievements: {', '.join(sorted(records - listed))}",
+            )
         if listed - records:
-            self._find(VIOLATION, "unlocks-match-progress",
-                       f"unlocked_achievements without an unlock record: {', '.join(sorted(listed - records))}")
+            self._find(
+                VIOLATION,
+                "unlocks-match-progress",
+                f"unlocked_achievements without an unlock record: {', '.join(sorted(listed - records))}",
+            )
 
     def _check_unlock_requirements(self) -> None:
         unlocked = {str(u["achievement_id"]) for u in self.unlocks}
@@ -308,7 +376,9 @@ class _UserCheck:
                 continue
             self.report.checked["unlock-requirements-held"] += 1
             requirements = entry.get("requirements") or {}
-            unmet = [f"prerequisite {r!r}" for r in requirements.get("required_achievements", ()) if str(r) not in unlocked]
+            unmet = [
+                f"prerequisite {r!r}" for r in requirements.get("required_achievements", ()) if str(r) not in unlocked
+            ]
             min_total_xp = _whole(requirements.get("min_total_xp", 0)) or 0
             if (self.total_xp or 0) < min_total_xp:
                 unmet.append(f"total XP {self.total_xp} < {min_total_xp}")
@@ -317,8 +387,11 @@ class _UserCheck:
                 unmet.append(f"level {level} < {min_level}")
             if unmet:
                 # Totals, levels and unlocks only grow: what held at the unlock still holds, unless the catalog changed.
-                self._find(self._catalog_dependent(), "unlock-requirements-held",
-                           f"{achievement_id!r} is unlocked but its requirements do not hold: {'; '.join(unmet)}")
+                self._find(
+                    self._catalog_dependent(),
+                    "unlock-requirements-held",
+                    f"{achievement_id!r} is unlocked but its requirements do not hold: {'; '.join(unmet)}",
+                )
 
     # --- levels ---------------------------------------------------------------------
 
@@ -330,8 +403,9 @@ class _UserCheck:
             if self.progress is not None and "level" in self.progress:
                 self._find(VIOLATION, "level-matches-xp", f"level {self.progress['level']!r} is not a whole number")
             elif due > self.table.start_level:
-                self._find(WARNING, "level-matches-xp",
-                           f"level check due: never checked, total_xp {total:,} gives level {due}")
+                self._find(
+                    WARNING, "level-matches-xp", f"level check due: never checked, total_xp {total:,} gives level {due}"
+                )
             return
         stored = self.stored_level
         defined = {l.level for l in self.table.levels} | {0}
@@ -339,14 +413,23 @@ class _UserCheck:
             self._find(self._catalog_dependent(), "level-matches-xp", f"stored level {stored} is not a defined level")
         if stored > due:
             # Levels never go down, so this is legal only if the table changed since.
-            self._find(self._catalog_dependent(), "level-matches-xp",
-                       f"stored level {stored} is above level {due}, what total_xp {total:,} gives")
+            self._find(
+                self._catalog_dependent(),
+                "level-matches-xp",
+                f"stored level {stored} is above level {due}, what total_xp {total:,} gives",
+            )
         elif stored < due:
-            self._find(WARNING, "level-matches-xp",
-                       f"level check due: stored level {stored}, total_xp {total:,} gives level {due}")
+            self._find(
+                WARNING,
+                "level-matches-xp",
+                f"level check due: stored level {stored}, total_xp {total:,} gives level {due}",
+            )
         if stored < self.table.start_level:
-            self._find(self._catalog_dependent(), "level-matches-xp",
-                       f"stored level {stored} is below the start level {self.table.start_level}")
+            self._find(
+                self._catalog_dependent(),
+                "level-matches-xp",
+                f"stored level {stored} is below the start level {self.table.start_level}",
+            )
 
     def _check_level_rewards(self) -> None:
         by_level: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -359,14 +442,20 @@ class _UserCheck:
             self.report.levels_checked += 1
             items = by_level.get(level.level, [])
             if not items:
-                self._find(self._catalog_dependent(), "level-rewards-once",
-                           f"level {level.level} was passed (stored level {stored}) but its rewards were never granted")
+                self._find(
+                    self._catalog_dependent(),
+                    "level-rewards-once",
+                    f"level {level.level} was passed (stored level {stored}) but its rewards were never granted",
+                )
             elif len(items) > 1:
                 self._find(VIOLATION, "level-rewards-once", f"level {level.level} was granted {len(items)} times")
             elif _rewards(items[0].get("rewards")) != _rewards(_as_values(level.rewards)):
-                self._find(self._catalog_dependent(), "level-rewards-once",
-                           f"level {level.level} was granted {_describe(items[0].get('rewards'))}, "
-                           f"the level table gives {_describe(_as_values(level.rewards))}")
+                self._find(
+                    self._catalog_dependent(),
+                    "level-rewards-once",
+                    f"level {level.level} was granted {_describe(items[0].get('rewards'))}, "
+                    f"the level table gives {_describe(_as_values(level.rewards))}",
+                )
         expected_levels = {l.level for l in expected}
         for level_number, items in sorted(by_level.items()):
             if level_number in expected_levels:
@@ -379,9 +468,12 @@ class _UserCheck:
                 above = "but the user has no stored level" if stored is None else f"above the stored level {stored}"
                 self._find(VIOLATION, "level-rewards-once", f"level {level_number} was granted, {above}")
             else:
-                self._find(self._catalog_dependent(), "level-rewards-once",
-                           f"level {level_number} was granted but is not a defined level between the start level "
-                           f"{self.table.start_level} and the stored level {stored}")
+                self._find(
+                    self._catalog_dependent(),
+                    "level-rewards-once",
+                    f"level {level_number} was granted but is not a defined level between the start level "
+                    f"{self.table.start_level} and the stored level {stored}",
+                )
             if len(items) > 1:
                 self._find(VIOLATION, "level-rewards-once", f"level {level_number} was granted {len(items)} times")
             self._check_from_level(level_number, items)
@@ -390,8 +482,11 @@ class _UserCheck:
         for item in items:
             from_level = _whole(item.get("from_level"))
             if from_level is None or from_level >= level_number:
-                self._find(VIOLATION, "level-rewards-once",
-                           f"level {level_number} was granted in a move from level {item.get('from_level')!r}, not from below")
+                self._find(
+                    VIOLATION,
+                    "level-rewards-once",
+                    f"level {level_number} was granted in a move from level {item.get('from_level')!r}, not from below",
+                )
 
     def _check_level_check_records(self) -> None:
         granted_by: dict[str, set[int]] = defaultdict(set)
@@ -401,17 +496,23 @@ class _UserCheck:
         for check_id, levels in sorted(recorded.items()):
             self.report.checked["level-check-records"] += 1
             if levels != granted_by.get(check_id, set()):
-                self._find(VIOLATION, "level-check-records",
-                           f"check {check_id!r} records levels {sorted(levels)}, "
-                           f"but granted {sorted(granted_by.get(check_id, set()))}")
+                self._find(
+                    VIOLATION,
+                    "level-check-records",
+                    f"check {check_id!r} records levels {sorted(levels)}, "
+                    f"but granted {sorted(granted_by.get(check_id, set()))}",
+                )
         for check_id, levels in sorted(granted_by.items()):
             if check_id in recorded:
                 continue
             self.report.checked["level-check-records"] += 1
             # Only a check without a request id (named auto:<uuid>) goes unrecorded: nobody can repeat it.
             if not check_id.startswith("auto:"):
-                self._find(VIOLATION, "level-check-records",
-                           f"check {check_id!r} granted levels {sorted(levels)} but has no record for its repeats")
+                self._find(
+                    VIOLATION,
+                    "level-check-records",
+                    f"check {check_id!r} granted levels {sorted(levels)} but has no record for its repeats",
+                )
 
 
 def _ledger_entry_problems(entry: Mapping[str, Any]) -> list[str]:
@@ -449,17 +550,23 @@ def _describe(rewards: Any) -> str:
 
 # --- output ----------------------------------------------------------------------------------
 
+
 def report_as_json(report: VerifyReport, where: str = "") -> str:
     violations = Counter(f.invariant for f in report.of(VIOLATION))
-    return json.dumps({
-        "stage": where,
-        "ok": report.ok,
-        "catalog_changed": report.catalog_changed,
-        "counts": report.counts(),
-        "invariants": {name: {"description": text, "checked": report.checked[name], "violations": violations[name]}
-                       for name, text in INVARIANTS.items()},
-        **{severity + "s": [f.as_dict() for f in report.of(severity)] for severity in SEVERITIES},
-    }, indent=2)
+    return json.dumps(
+        {
+            "stage": where,
+            "ok": report.ok,
+            "catalog_changed": report.catalog_changed,
+            "counts": report.counts(),
+            "invariants": {
+                name: {"description": text, "checked": report.checked[name], "violations": violations[name]}
+                for name, text in INVARIANTS.items()
+            },
+            **{severity + "s": [f.as_dict() for f in report.of(severity)] for severity in SEVERITIES},
+        },
+        indent=2,
+    )
 
 
 def report_as_text(report: VerifyReport, where: str = "", limit: int = 50) -> str:
@@ -483,19 +590,25 @@ def report_as_text(report: VerifyReport, where: str = "", limit: int = 50) -> st
             lines.append(f"{severity:<9} {finding.invariant:<26} {finding.user_id}: {finding.message}")
         if len(found) > limit:
             lines.append(f"{severity:<9} ... and {len(found) - limit:,} more (--json lists them all)")
-    lines.append(f"{'OK' if report.ok else 'FAILED'}: {counts['violations']:,} violations, {counts['warnings']:,} warnings, "
-                 f"{counts['notes']:,} notes")
+    lines.append(
+        f"{'OK' if report.ok else 'FAILED'}: {counts['violations']:,} violations, {counts['warnings']:,} warnings, "
+        f"{counts['notes']:,} notes"
+    )
     return "\n".join(lines)
 
 
 # --- reading a stage ----------------------------------------------------------------------------
 
+
 def read_stage(client: Any, table_prefix: str) -> StageContents:
     """Every item of the tables the invariants are about: strongly consistent
     scans, page by page. Raises StageNotFound when a table is missing."""
     levels = [
-        Level(int(v["level"]), int(v["xp_required"]),
-              tuple(Reward(str(r["reward_id"]), int(r["quantity"])) for r in v.get("rewards") or ()))
+        Level(
+            int(v["level"]),
+            int(v["xp_required"]),
+            tuple(Reward(str(r["reward_id"]), int(r["quantity"])) for r in v.get("rewards") or ()),
+        )
         for v in _scan(client, table_prefix, LEVELS)
     ]
     return StageContents(
@@ -516,6 +629,8 @@ def _scan(client: Any, table_prefix: str, table: TableDefinition) -> list[dict[s
             items.extend(from_item(item) for item in page["Items"])
     except ClientError as error:
         if error_code(error) == "ResourceNotFoundException":
-            raise StageNotFound(f"table {table_prefix + table.name} does not exist: is the table prefix right?") from error
+            raise StageNotFound(
+                f"table {table_prefix + table.name} does not exist: is the table prefix right?"
+            ) from error
         raise
     return items

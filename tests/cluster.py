@@ -1,10 +1,12 @@
 """The three servers, started in the test process on free ports against the
 session's DynamoDB Local, each cluster with its own table prefix."""
+
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -31,18 +33,24 @@ def mint_test_token(role: Role = Role.ADMIN, subject: str = "tests", ttl_s: floa
     return TEST_AUTHORITY.mint(role, subject, ttl_s)
 
 
-def authorized_channel(address: str, role: Role = Role.ADMIN, options: list[tuple[str, object]] | None = None) -> grpc.Channel:
+def authorized_channel(
+    address: str, role: Role = Role.ADMIN, options: list[tuple[str, object]] | None = None
+) -> grpc.Channel:
     """A plaintext channel whose calls carry a test token of `role`."""
-    return grpc.intercept_channel(grpc.insecure_channel(address, options=options or []),
-                                  BearerTokenInterceptor(mint_test_token(role)))
+    return grpc.intercept_channel(
+        grpc.insecure_channel(address, options=options or []), BearerTokenInterceptor(mint_test_token(role))
+    )
 
 
 STANDARD_LEVELS = [
     levels_pb2.Level(level=1, xp_required=0),
     levels_pb2.Level(level=2, xp_required=100, rewards=[levels_pb2.Reward(reward_id="coins", quantity=100)]),
     levels_pb2.Level(level=3, xp_required=300, rewards=[levels_pb2.Reward(reward_id="coins", quantity=200)]),
-    levels_pb2.Level(level=4, xp_required=600, rewards=[levels_pb2.Reward(reward_id="chest", quantity=1),
-                                                        levels_pb2.Reward(reward_id="coins", quantity=300)]),
+    levels_pb2.Level(
+        level=4,
+        xp_required=600,
+        rewards=[levels_pb2.Reward(reward_id="chest", quantity=1), levels_pb2.Reward(reward_id="coins", quantity=300)],
+    ),
     levels_pb2.Level(level=5, xp_required=1000, rewards=[levels_pb2.Reward(reward_id="title-veteran", quantity=1)]),
 ]
 

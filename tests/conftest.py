@@ -1,9 +1,10 @@
 """Session fixtures: a real DynamoDB Local, real gRPC servers on real sockets."""
+
 from __future__ import annotations
 
 import os
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 

@@ -1,6 +1,7 @@
 """The HTTP gateway for tests: uvicorn serving gateway.app in a thread of the
 test process (its own event loop), on a free port, in front of a test
 cluster; and a small HTTP client (http.client, one connection a call)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,20 +27,24 @@ class GatewayServer:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.port: int = self._socket.getsockname()[1]
-        config = uvicorn.Config(create_app(settings), lifespan="on", log_config=None, access_log=False,
-                                timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            create_app(settings), lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=5
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=f"gateway-{self.port}", daemon=True)
         self._error: BaseException | None = None
 
     @classmethod
-    def for_cluster(cls, cluster: Cluster, **overrides: Any) -> "GatewayServer":
-        settings = replace(cluster.settings, **{
-            "xp_target": f"localhost:{cluster.ports['xp']}",
-            "achievements_target": f"localhost:{cluster.ports['achievements']}",
-            "levels_target": f"localhost:{cluster.ports['levels']}",
-            **overrides,
-        })
+    def for_cluster(cls, cluster: Cluster, **overrides: Any) -> GatewayServer:
+        settings = replace(
+            cluster.settings,
+            **{
+                "xp_target": f"localhost:{cluster.ports['xp']}",
+                "achievements_target": f"localhost:{cluster.ports['achievements']}",
+                "levels_target": f"localhost:{cluster.ports['levels']}",
+                **overrides,
+            },
+        )
         return cls(settings)
 
     @property
@@ -52,7 +57,7 @@ class GatewayServer:
         except BaseException as error:  # reported by start()
             self._error = error
 
-    def start(self) -> "GatewayServer":
+    def start(self) -> GatewayServer:
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._server.started:
@@ -80,8 +85,17 @@ class HttpResponse:
         return json.loads(self.body)
 
 
-def http_call(base: GatewayServer | str, method: str, path: str, body: Any = None, *, token: str | None = None,
-              headers: dict[str, str] | None = None, raw_body: bytes | None = None, timeout: float = 30) -> HttpResponse:
+def http_call(
+    base: GatewayServer | str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    raw_body: bytes | None = None,
+    timeout: float = 30,
+) -> HttpResponse:
     """One HTTP request; `body` is sent as JSON, `raw_body` as given."""
     port = base.port if isinstance(base, GatewayServer) else int(base.rsplit(":", 1)[1])
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)

@@ -2,6 +2,7 @@
 processes on free ports, with tables of their own: for tests of what only a
 process shows (health, reflection through grpcurl, metrics, logs, SIGTERM).
 On request, the HTTP/JSON gateway (`python -m gateway`) in front of them."""
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,14 @@ class ProcessCluster:
                 process.wait()
 
 
-def start_process_cluster(dynamodb_endpoint: str, logs: Path, *, metrics: bool = True,
-                          extra_env: dict[str, str] | None = None, gateway: bool = False) -> ProcessCluster:
+def start_process_cluster(
+    dynamodb_endpoint: str,
+    logs: Path,
+    *,
+    metrics: bool = True,
+    extra_env: dict[str, str] | None = None,
+    gateway: bool = False,
+) -> ProcessCluster:
     """Starts the three services and waits until each reports SERVING. Without
     `metrics` the side ports are off (port 0). With `gateway`, then starts the
     HTTP/JSON gateway on a free port of 127.0.0.1 and waits until its /healthz
@@ -65,8 +72,11 @@ def start_process_cluster(dynamodb_endpoint: str, logs: Path, *, metrics: bool =
     }
     for name, module in SERVICES.items():
         cluster.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", module], cwd=REPO_ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=open(logs / f"{name}.log", "wb"),
+            [sys.executable, "-m", module],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(logs / f"{name}.log", "wb"),
         )
     for name, port in cluster.ports.items():
         if not wait_grpc_serving(port):
@@ -75,9 +85,11 @@ def start_process_cluster(dynamodb_endpoint: str, logs: Path, *, metrics: bool =
     if gateway:
         cluster.gateway_port = free_port()
         cluster.processes[GATEWAY] = subprocess.Popen(
-            [sys.executable, "-m", "gateway"], cwd=REPO_ROOT,
+            [sys.executable, "-m", "gateway"],
+            cwd=REPO_ROOT,
             env={**env, "REWARDS_GATEWAY_HOST": "127.0.0.1", "REWARDS_GATEWAY_PORT": str(cluster.gateway_port)},
-            stdout=subprocess.DEVNULL, stderr=open(logs / f"{GATEWAY}.log", "wb"),
+            stdout=subprocess.DEVNULL,
+            stderr=open(logs / f"{GATEWAY}.log", "wb"),
         )
         if not wait_http_healthy(cluster.gateway_url, cluster.processes[GATEWAY]):
             cluster.stop()

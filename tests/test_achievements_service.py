@@ -1,10 +1,11 @@
 """AchievementsService and its GrantXp calls, against real servers and DynamoDB Local."""
+
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from dataclasses import replace
 
 import grpc
 
@@ -17,16 +18,23 @@ Factory = Callable[..., Cluster]
 
 def put_achievement(cluster: Cluster, xp_reward: int = 0, **requirements: object) -> str:
     achievement_id = unique("ach")
-    cluster.achievements.PutAchievement(ach.PutAchievementRequest(achievement=ach.Achievement(
-        achievement_id=achievement_id, name="First Blood", xp_reward=xp_reward,
-        requirements=ach.Requirements(**requirements),  # type: ignore[arg-type]
-    )))
+    cluster.achievements.PutAchievement(
+        ach.PutAchievementRequest(
+            achievement=ach.Achievement(
+                achievement_id=achievement_id,
+                name="First Blood",
+                xp_reward=xp_reward,
+                requirements=ach.Requirements(**requirements),  # type: ignore[arg-type]
+            )
+        )
+    )
     return achievement_id
 
 
 def unlock(cluster: Cluster, user_id: str, achievement_id: str) -> ach.UnlockAchievementResponse:
     return cluster.achievements.UnlockAchievement(
-        ach.UnlockAchievementRequest(user_id=user_id, achievement_id=achievement_id, request_id=unique("req")))
+        ach.UnlockAchievementRequest(user_id=user_id, achievement_id=achievement_id, request_id=unique("req"))
+    )
 
 
 def progress(cluster: Cluster, user_id: str) -> xp_pb2.UserProgress:
@@ -40,11 +48,18 @@ def unlocked_ids(cluster: Cluster, user_id: str) -> list[str]:
 
 def test_catalog_put_get_list_delete(cluster: Cluster) -> None:
     achievement = ach.Achievement(
-        achievement_id=unique("ach"), name="Explorer", description="Visit every zone", xp_reward=150, hidden=True,
+        achievement_id=unique("ach"),
+        name="Explorer",
+        description="Visit every zone",
+        xp_reward=150,
+        hidden=True,
         requirements=ach.Requirements(required_achievements=["tutorial"], min_total_xp=10, min_level=2),
     )
     assert cluster.achievements.PutAchievement(ach.PutAchievementRequest(achievement=achievement)) == achievement
-    assert cluster.achievements.GetAchievement(ach.GetAchievementRequest(achievement_id=achievement.achievement_id)) == achievement
+    assert (
+        cluster.achievements.GetAchievement(ach.GetAchievementRequest(achievement_id=achievement.achievement_id))
+        == achievement
+    )
 
     listed: list[ach.Achievement] = []
     token = ""
@@ -58,7 +73,9 @@ def test_catalog_put_get_list_delete(cluster: Cluster) -> None:
 
     cluster.achievements.DeleteAchievement(ach.DeleteAchievementRequest(achievement_id=achievement.achievement_id))
     for call in (cluster.achievements.GetAchievement, cluster.achievements.DeleteAchievement):
-        request_type = ach.GetAchievementRequest if call is cluster.achievements.GetAchievement else ach.DeleteAchievementRequest
+        request_type = (
+            ach.GetAchievementRequest if call is cluster.achievements.GetAchievement else ach.DeleteAchievementRequest
+        )
         error = rpc_error(lambda: call(request_type(achievement_id=achievement.achievement_id)))
         assert error.code() == grpc.StatusCode.NOT_FOUND
 
@@ -81,7 +98,11 @@ def test_first_unlock_grants_xp_once_through_the_xp_ledger(cluster: Cluster, use
         Key={"user_id": {"S": user_id}, "entry_id": {"S": f"ach#{achievement_id}"}},
         ConsistentRead=True,
     )["Item"]
-    assert (ledger["kind"]["S"], ledger["xp"]["N"], ledger["achievement_id"]["S"]) == ("achievement", "120", achievement_id)
+    assert (ledger["kind"]["S"], ledger["xp"]["N"], ledger["achievement_id"]["S"]) == (
+        "achievement",
+        "120",
+        achievement_id,
+    )
 
 
 def test_unknown_achievement_is_not_found(cluster: Cluster, user_id: str) -> None:
@@ -169,7 +190,9 @@ def test_list_user_achievements_in_unlock_order_with_catalog_entries(cluster: Cl
     listing = cluster.achievements.ListUserAchievements(ach.ListUserAchievementsRequest(user_id=user_id))
     assert listing.user_id == user_id
     assert [(a.achievement_id, a.xp_reward, a.achievement.name) for a in listing.achievements] == [
-        (first, 5, "First Blood"), (second, 7, "First Blood")]
+        (first, 5, "First Blood"),
+        (second, 7, "First Blood"),
+    ]
     assert all(a.unlocked_at.seconds > 0 for a in listing.achievements)
     cluster.achievements.DeleteAchievement(ach.DeleteAchievementRequest(achievement_id=second))
     listing = cluster.achievements.ListUserAchievements(ach.ListUserAchievementsRequest(user_id=user_id))

@@ -1,5 +1,6 @@
 """Bad input: INVALID_ARGUMENT naming the field, with google.rpc.BadRequest
 details, and nothing written."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,57 +30,129 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=-5, reason="r"), "amount"),
     ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=10**12, reason="r"), "amount"),
     ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=5, reason=""), "reason"),
-    ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=5, reason="r", request_id="r", achievement_id="a"), "request_id"),
+    (
+        "xp",
+        "GrantXp",
+        xp.GrantXpRequest(user_id="u", amount=5, reason="r", request_id="r", achievement_id="a"),
+        "request_id",
+    ),
     ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=5, reason="r", achievement_id=LONG_ID), "achievement_id"),
     ("xp", "GetProgress", xp.GetProgressRequest(user_id=""), "user_id"),
     ("xp", "PutActivity", xp.PutActivityRequest(), "activity"),
-    ("xp", "PutActivity", xp.PutActivityRequest(activity=xp.Activity(activity_id="bad-a1", name="n", xp=-1)), "activity.xp"),
-    ("xp", "PutActivity", xp.PutActivityRequest(activity=xp.Activity(activity_id="bad-a2", name="", xp=1)), "activity.name"),
-    ("xp", "PutActivity", xp.PutActivityRequest(activity=xp.Activity(activity_id=LONG_ID, name="n", xp=1)), "activity.activity_id"),
+    (
+        "xp",
+        "PutActivity",
+        xp.PutActivityRequest(activity=xp.Activity(activity_id="bad-a1", name="n", xp=-1)),
+        "activity.xp",
+    ),
+    (
+        "xp",
+        "PutActivity",
+        xp.PutActivityRequest(activity=xp.Activity(activity_id="bad-a2", name="", xp=1)),
+        "activity.name",
+    ),
+    (
+        "xp",
+        "PutActivity",
+        xp.PutActivityRequest(activity=xp.Activity(activity_id=LONG_ID, name="n", xp=1)),
+        "activity.activity_id",
+    ),
     ("xp", "GetActivity", xp.GetActivityRequest(activity_id=""), "activity_id"),
     ("xp", "DeleteActivity", xp.DeleteActivityRequest(activity_id=CONTROL_ID), "activity_id"),
     ("xp", "ListActivities", xp.ListActivitiesRequest(page_size=-1), "page_size"),
     ("xp", "ListActivities", xp.ListActivitiesRequest(page_size=101), "page_size"),
     ("xp", "ListActivities", xp.ListActivitiesRequest(page_token="not-a-token"), "page_token"),
-    ("achievements", "PutAchievement", ach.PutAchievementRequest(
-        achievement=ach.Achievement(achievement_id="bad-h1", name="n", xp_reward=-10)), "achievement.xp_reward"),
-    ("achievements", "PutAchievement", ach.PutAchievementRequest(
-        achievement=ach.Achievement(achievement_id="bad-h2", name="n", requirements=ach.Requirements(min_total_xp=-1))),
-     "achievement.requirements.min_total_xp"),
-    ("achievements", "PutAchievement", ach.PutAchievementRequest(
-        achievement=ach.Achievement(achievement_id="bad-h3", name="n", requirements=ach.Requirements(min_level=-2))),
-     "achievement.requirements.min_level"),
-    ("achievements", "PutAchievement", ach.PutAchievementRequest(
-        achievement=ach.Achievement(achievement_id="bad-h4", name="n",
-                                    requirements=ach.Requirements(required_achievements=[""]))),
-     "achievement.requirements.required_achievements[0]"),
-    ("achievements", "PutAchievement", ach.PutAchievementRequest(
-        achievement=ach.Achievement(achievement_id="bad-h5", name="n",
-                                    requirements=ach.Requirements(required_achievements=["bad-h5"]))),
-     "achievement.requirements.required_achievements[0]"),
+    (
+        "achievements",
+        "PutAchievement",
+        ach.PutAchievementRequest(achievement=ach.Achievement(achievement_id="bad-h1", name="n", xp_reward=-10)),
+        "achievement.xp_reward",
+    ),
+    (
+        "achievements",
+        "PutAchievement",
+        ach.PutAchievementRequest(
+            achievement=ach.Achievement(
+                achievement_id="bad-h2", name="n", requirements=ach.Requirements(min_total_xp=-1)
+            )
+        ),
+        "achievement.requirements.min_total_xp",
+    ),
+    (
+        "achievements",
+        "PutAchievement",
+        ach.PutAchievementRequest(
+            achievement=ach.Achievement(achievement_id="bad-h3", name="n", requirements=ach.Requirements(min_level=-2))
+        ),
+        "achievement.requirements.min_level",
+    ),
+    (
+        "achievements",
+        "PutAchievement",
+        ach.PutAchievementRequest(
+            achievement=ach.Achievement(
+                achievement_id="bad-h4", name="n", requirements=ach.Requirements(required_achievements=[""])
+            )
+        ),
+        "achievement.requirements.required_achievements[0]",
+    ),
+    (
+        "achievements",
+        "PutAchievement",
+        ach.PutAchievementRequest(
+            achievement=ach.Achievement(
+                achievement_id="bad-h5", name="n", requirements=ach.Requirements(required_achievements=["bad-h5"])
+            )
+        ),
+        "achievement.requirements.required_achievements[0]",
+    ),
     ("achievements", "UnlockAchievement", ach.UnlockAchievementRequest(user_id="", achievement_id="a"), "user_id"),
-    ("achievements", "UnlockAchievement", ach.UnlockAchievementRequest(user_id="u", achievement_id=LONG_ID), "achievement_id"),
+    (
+        "achievements",
+        "UnlockAchievement",
+        ach.UnlockAchievementRequest(user_id="u", achievement_id=LONG_ID),
+        "achievement_id",
+    ),
     ("achievements", "ListAchievements", ach.ListAchievementsRequest(page_size=1000), "page_size"),
     ("achievements", "ListUserAchievements", ach.ListUserAchievementsRequest(user_id=""), "user_id"),
     ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=0, xp_required=10)), "level.level"),
     ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=-3, xp_required=10)), "level.level"),
     ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=9001, xp_required=-1)), "level.xp_required"),
-    ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=9002, xp_required=1, rewards=[
-        lv.Reward(reward_id="gold", quantity=0)])), "level.rewards[0].quantity"),
+    (
+        "levels",
+        "PutLevel",
+        lv.PutLevelRequest(
+            level=lv.Level(level=9002, xp_required=1, rewards=[lv.Reward(reward_id="gold", quantity=0)])
+        ),
+        "level.rewards[0].quantity",
+    ),
     ("levels", "DeleteLevel", lv.DeleteLevelRequest(level=0), "level"),
     ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=2_000_000, xp_required=1)), "level.level"),
-    ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=9003, xp_required=1, rewards=[
-        lv.Reward(reward_id="gold", quantity=1)] * 51)), "level.rewards"),
-    ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=9004, xp_required=1, rewards=[
-        lv.Reward(reward_id="", quantity=1)])), "level.rewards[0].reward_id"),
+    (
+        "levels",
+        "PutLevel",
+        lv.PutLevelRequest(
+            level=lv.Level(level=9003, xp_required=1, rewards=[lv.Reward(reward_id="gold", quantity=1)] * 51)
+        ),
+        "level.rewards",
+    ),
+    (
+        "levels",
+        "PutLevel",
+        lv.PutLevelRequest(level=lv.Level(level=9004, xp_required=1, rewards=[lv.Reward(reward_id="", quantity=1)])),
+        "level.rewards[0].reward_id",
+    ),
     ("levels", "CheckLevelUp", lv.CheckLevelUpRequest(user_id=LONG_ID), "user_id"),
     ("levels", "CheckLevelUp", lv.CheckLevelUpRequest(user_id="u", request_id="r" * 257), "request_id"),
 ]
 
 
-@pytest.mark.parametrize("service,method,request_message,field", CASES, ids=[f"{c[1]}-{c[3]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_input_is_invalid_argument_naming_the_field(cluster: Cluster, service: str, method: str,
-                                                        request_message: Any, field: str) -> None:
+@pytest.mark.parametrize(
+    "service,method,request_message,field", CASES, ids=[f"{c[1]}-{c[3]}-{i}" for i, c in enumerate(CASES)]
+)
+def test_bad_input_is_invalid_argument_naming_the_field(
+    cluster: Cluster, service: str, method: str, request_message: Any, field: str
+) -> None:
     stub = getattr(cluster, service)
     with pytest.raises(grpc.RpcError) as caught:
         getattr(stub, method)(request_message)

@@ -3,14 +3,16 @@
 A missing or bad token is UNAUTHENTICATED, a role that may not call the method
 is PERMISSION_DENIED, and neither writes anything. Health checks need no
 token; calls between services carry each service's own token."""
+
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import jwt
@@ -47,24 +49,35 @@ def forged(**claims: Any) -> str:
 
 # --- tokens, pure ------------------------------------------------------------------------
 
+
 def test_a_minted_token_verifies_to_its_subject_and_role() -> None:
     authority = TokenAuthority(TEST_AUTH_SECRET)
     caller = authority.verify(authority.mint(Role.GAME, "studio-eu-1", 60))
     assert (caller.subject, caller.role) == ("studio-eu-1", Role.GAME)
 
 
-@pytest.mark.parametrize("token, reason", [
-    (forged(exp=int(time.time()) - 120), "token has expired; mint a new one"),
-    (forged(exp=None), "token lacks the 'exp' claim"),
-    (forged(role=None), "token lacks the 'role' claim"),
-    (forged(role="root"), "token role 'root' is none of game, admin, service"),
-    (forged(iss="someone-else"), "token was not issued by 'rewards'"),
-    (TokenAuthority(OTHER_SECRET).mint(Role.ADMIN, "x", 60), "token signature does not match this deployment's key"),
-    ("not-a-jwt", "token is not a valid JWT (DecodeError)"),
-    # The "none" algorithm must never be accepted.
-    (jwt.encode({"iss": "rewards", "sub": "x", "role": "admin", "exp": int(time.time()) + 60}, None, algorithm="none"),
-     "token is not a valid JWT (InvalidAlgorithmError)"),
-])
+@pytest.mark.parametrize(
+    "token, reason",
+    [
+        (forged(exp=int(time.time()) - 120), "token has expired; mint a new one"),
+        (forged(exp=None), "token lacks the 'exp' claim"),
+        (forged(role=None), "token lacks the 'role' claim"),
+        (forged(role="root"), "token role 'root' is none of game, admin, service"),
+        (forged(iss="someone-else"), "token was not issued by 'rewards'"),
+        (
+            TokenAuthority(OTHER_SECRET).mint(Role.ADMIN, "x", 60),
+            "token signature does not match this deployment's key",
+        ),
+        ("not-a-jwt", "token is not a valid JWT (DecodeError)"),
+        # The "none" algorithm must never be accepted.
+        (
+            jwt.encode(
+                {"iss": "rewards", "sub": "x", "role": "admin", "exp": int(time.time()) + 60}, None, algorithm="none"
+            ),
+            "token is not a valid JWT (InvalidAlgorithmError)",
+        ),
+    ],
+)
 def test_bad_tokens_are_refused_with_the_reason(token: str, reason: str) -> None:
     with pytest.raises(TokenRefused) as refused:
         TokenAuthority(TEST_AUTH_SECRET).verify(token)
@@ -82,12 +95,15 @@ def test_short_keys_are_refused() -> None:
         TokenAuthority("too-short")
 
 
-@pytest.mark.parametrize("metadata, reason", [
-    ([], "no authorization metadata; send `authorization: Bearer <token>`"),
-    ([("authorization", "Basic dXNlcjpwYXNz")], "authorization metadata must be `Bearer <token>`"),
-    ([("authorization", "Bearer ")], "authorization metadata must be `Bearer <token>`"),
-    ([("authorization", "Bearer a"), ("authorization", "Bearer b")], "more than one authorization metadata entry"),
-])
+@pytest.mark.parametrize(
+    "metadata, reason",
+    [
+        ([], "no authorization metadata; send `authorization: Bearer <token>`"),
+        ([("authorization", "Basic dXNlcjpwYXNz")], "authorization metadata must be `Bearer <token>`"),
+        ([("authorization", "Bearer ")], "authorization metadata must be `Bearer <token>`"),
+        ([("authorization", "Bearer a"), ("authorization", "Bearer b")], "more than one authorization metadata entry"),
+    ],
+)
 def test_the_header_must_be_one_bearer_token(metadata: list[tuple[str, str]], reason: str) -> None:
     with pytest.raises(TokenRefused) as refused:
         bearer_token(metadata)
@@ -95,18 +111,29 @@ def test_the_header_must_be_one_bearer_token(metadata: list[tuple[str, str]], re
 
 
 def test_every_contract_method_has_roles_and_admin_may_call_it() -> None:
-    served = {f"/{service.full_name}/{method.name}"
-              for module in SERVICES.values() for service in module.DESCRIPTOR.services_by_name.values()
-              for method in service.methods}
+    served = {
+        f"/{service.full_name}/{method.name}"
+        for module in SERVICES.values()
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
     assert served <= set(METHOD_ROLES)
     assert all(Role.ADMIN in METHOD_ROLES[m] for m in served)
     # What a game server may not do: change the catalog or grant XP.
     assert {m.rsplit("/", 1)[1] for m in served if Role.GAME not in METHOD_ROLES[m]} == {
-        "PutActivity", "DeleteActivity", "GrantXp", "PutAchievement", "DeleteAchievement", "PutLevel", "DeleteLevel"}
+        "PutActivity",
+        "DeleteActivity",
+        "GrantXp",
+        "PutAchievement",
+        "DeleteAchievement",
+        "PutLevel",
+        "DeleteLevel",
+    }
     assert {m.rsplit("/", 1)[1] for m in served if Role.SERVICE in METHOD_ROLES[m]} == {"GrantXp", "CheckLevelUp"}
 
 
 # --- against the servers -----------------------------------------------------------------
+
 
 def stub_of(cluster: Cluster, service: str) -> Any:
     module = SERVICES[service]
@@ -115,25 +142,37 @@ def stub_of(cluster: Cluster, service: str) -> Any:
     return getattr(grpc_module, f"{service_descriptor.name}Stub")(cluster.channel(service, role=None))
 
 
-@pytest.mark.parametrize("token, message", [
-    (None, "authorization: no authorization metadata; send `authorization: Bearer <token>`"),
-    ("garbage", "authorization: token is not a valid JWT (DecodeError)"),
-    (TokenAuthority(OTHER_SECRET).mint(Role.ADMIN, "x", 60), "authorization: token signature does not match this deployment's key"),
-    (forged(exp=int(time.time()) - 120), "authorization: token has expired; mint a new one"),
-])
+@pytest.mark.parametrize(
+    "token, message",
+    [
+        (None, "authorization: no authorization metadata; send `authorization: Bearer <token>`"),
+        ("garbage", "authorization: token is not a valid JWT (DecodeError)"),
+        (
+            TokenAuthority(OTHER_SECRET).mint(Role.ADMIN, "x", 60),
+            "authorization: token signature does not match this deployment's key",
+        ),
+        (forged(exp=int(time.time()) - 120), "authorization: token has expired; mint a new one"),
+    ],
+)
 def test_an_award_without_a_good_token_is_unauthenticated_and_writes_nothing(
-        cluster: Cluster, user_id: str, token: str | None, message: str) -> None:
+    cluster: Cluster, user_id: str, token: str | None, message: str
+) -> None:
     xp = stub_of(cluster, "xp")
     request = xp_pb2.AwardXpRequest(user_id=user_id, activity_id="missing-is-fine", request_id="r1")
     with pytest.raises(grpc.RpcError) as refused:
-        xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=50, reason="t", request_id="r1"),
-                   metadata=with_token(token), timeout=10)
+        xp.GrantXp(
+            xp_pb2.GrantXpRequest(user_id=user_id, amount=50, reason="t", request_id="r1"),
+            metadata=with_token(token),
+            timeout=10,
+        )
     assert (refused.value.code(), refused.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, message)
     with pytest.raises(grpc.RpcError) as refused:
         xp.AwardXp(request, metadata=with_token(token), timeout=10)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     # Nothing was written: the same request id counts in full afterwards.
-    granted = cluster.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=50, reason="t", request_id="r1"), timeout=10)
+    granted = cluster.xp.GrantXp(
+        xp_pb2.GrantXpRequest(user_id=user_id, amount=50, reason="t", request_id="r1"), timeout=10
+    )
     assert (granted.duplicate, granted.xp_awarded, granted.total_xp) == (False, 50, 50)
 
 
@@ -141,20 +180,29 @@ def test_a_game_token_awards_and_reads_but_may_not_grant_or_change_the_catalog(c
     xp = stub_of(cluster, "xp")
     game = with_token(mint_test_token(Role.GAME, subject="game-server-1"))
     activity_id = unique("auth-activity")
-    cluster.xp.PutActivity(xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id=activity_id, name="A", xp=30)))
-    awarded = xp.AwardXp(xp_pb2.AwardXpRequest(user_id=user_id, activity_id=activity_id, request_id="m1"),
-                         metadata=game, timeout=10)
+    cluster.xp.PutActivity(
+        xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id=activity_id, name="A", xp=30))
+    )
+    awarded = xp.AwardXp(
+        xp_pb2.AwardXpRequest(user_id=user_id, activity_id=activity_id, request_id="m1"), metadata=game, timeout=10
+    )
     assert (awarded.xp_awarded, awarded.total_xp) == (30, 30)
 
     with pytest.raises(grpc.RpcError) as refused:
-        xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=1000, reason="cheat", request_id="g1"),
-                   metadata=game, timeout=10)
+        xp.GrantXp(
+            xp_pb2.GrantXpRequest(user_id=user_id, amount=1000, reason="cheat", request_id="g1"),
+            metadata=game,
+            timeout=10,
+        )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert refused.value.details() == "role 'game' may not call rewards.v1.XpService/GrantXp; it takes admin or service"
     new_id = unique("auth-new")
     with pytest.raises(grpc.RpcError) as refused:
-        xp.PutActivity(xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id=new_id, name="N", xp=5)),
-                       metadata=game, timeout=10)
+        xp.PutActivity(
+            xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id=new_id, name="N", xp=5)),
+            metadata=game,
+            timeout=10,
+        )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # Neither refusal wrote anything.
     assert cluster.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id)).total_xp == 30
@@ -180,8 +228,10 @@ def test_every_method_is_refused_or_served_for_each_role_as_the_table_says(clust
                     code = error.code()
                 allowed = role in METHOD_ROLES[f"/{descriptor.full_name}/{method.name}"]
                 if allowed:
-                    assert code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED), \
-                        (method.full_name, role)
+                    assert code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED), (
+                        method.full_name,
+                        role,
+                    )
                 else:
                     assert code == grpc.StatusCode.PERMISSION_DENIED, (method.full_name, role)
 
@@ -195,7 +245,9 @@ def test_health_needs_no_token_and_reflection_needs_one(cluster: Cluster) -> Non
     with pytest.raises(grpc.RpcError) as refused:
         list(reflection.ServerReflectionInfo(iter([ask]), timeout=10))
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    answers = list(reflection.ServerReflectionInfo(iter([ask]), metadata=with_token(mint_test_token(Role.GAME)), timeout=10))
+    answers = list(
+        reflection.ServerReflectionInfo(iter([ask]), metadata=with_token(mint_test_token(Role.GAME)), timeout=10)
+    )
     assert "rewards.v1.XpService" in {s.name for s in answers[0].list_services_response.service}
 
 
@@ -222,35 +274,61 @@ def test_with_the_insecure_flag_every_caller_is_served(new_cluster: Factory, use
 
 # --- the entry points ----------------------------------------------------------------------
 
+
 def run_module(module: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
 
 
-@pytest.mark.parametrize("secret, reason", [
-    ("", "no REWARDS_AUTH_JWT_SECRET: the services do not start without a key"),
-    ("short", "REWARDS_AUTH_JWT_SECRET (and REWARDS_AUTH_JWT_PREVIOUS_SECRET) must be at least 32 characters"),
-])
+@pytest.mark.parametrize(
+    "secret, reason",
+    [
+        ("", "no REWARDS_AUTH_JWT_SECRET: the services do not start without a key"),
+        ("short", "REWARDS_AUTH_JWT_SECRET (and REWARDS_AUTH_JWT_PREVIOUS_SECRET) must be at least 32 characters"),
+    ],
+)
 def test_a_service_refuses_to_start_without_a_usable_key(secret: str, reason: str) -> None:
     # DynamoDB points at a closed port: the refusal comes before any other work.
-    run = run_module("xp_service", {
-        "REWARDS_AUTH_JWT_SECRET": secret, "REWARDS_INSECURE_NO_AUTH": "",
-        "REWARDS_DYNAMODB_ENDPOINT": f"http://127.0.0.1:{free_port()}",
-        "REWARDS_XP_LISTEN": f"127.0.0.1:{free_port()}", "REWARDS_XP_METRICS_PORT": "0",
-    })
+    run = run_module(
+        "xp_service",
+        {
+            "REWARDS_AUTH_JWT_SECRET": secret,
+            "REWARDS_INSECURE_NO_AUTH": "",
+            "REWARDS_DYNAMODB_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+            "REWARDS_XP_LISTEN": f"127.0.0.1:{free_port()}",
+            "REWARDS_XP_METRICS_PORT": "0",
+        },
+    )
     assert run.returncode == 2, run.stderr
     assert "refusing to start" in run.stderr and reason in run.stderr
 
 
 def test_rewardsctl_mints_tokens_the_services_accept(cluster: Cluster, user_id: str) -> None:
-    run = run_module("rewardsctl", {"REWARDS_AUTH_JWT_SECRET": TEST_AUTH_SECRET},
-                     "token", "mint", "--role", "game", "--subject", "studio", "--ttl", "15m")
+    run = run_module(
+        "rewardsctl",
+        {"REWARDS_AUTH_JWT_SECRET": TEST_AUTH_SECRET},
+        "token",
+        "mint",
+        "--role",
+        "game",
+        "--subject",
+        "studio",
+        "--ttl",
+        "15m",
+    )
     assert run.returncode == 0, run.stderr
     token = run.stdout.strip()
     claims = jwt.decode(token, TEST_AUTH_SECRET, algorithms=["HS256"])
     assert (claims["sub"], claims["role"], claims["exp"] - claims["iat"]) == ("studio", "game", 900)
-    progress = stub_of(cluster, "xp").GetProgress(xp_pb2.GetProgressRequest(user_id=user_id),
-                                                  metadata=with_token(token), timeout=10)
+    progress = stub_of(cluster, "xp").GetProgress(
+        xp_pb2.GetProgressRequest(user_id=user_id), metadata=with_token(token), timeout=10
+    )
     assert progress.user_id == user_id
     without_key = run_module("rewardsctl", {"REWARDS_AUTH_JWT_SECRET": ""}, "token", "mint", "--role", "game")
     assert without_key.returncode == 2

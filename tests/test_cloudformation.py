@@ -1,6 +1,7 @@
 """The CloudFormation template (deploy/cloudformation.yaml): generated from the
 table definitions ensure_tables uses, fresh, clean under cfn-lint, and its
 IAM policies grant each service exactly the DynamoDB calls it makes."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,9 +9,10 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -31,7 +33,6 @@ from common.cloudformation import (
 from common.config import Settings
 from common.dynamodb import ALL_TABLES, create_dynamodb_client, ensure_tables
 from levels_service import server as levels_server
-from tests.cluster import TEST_AUTH_SECRET, authorized_channel
 from rewards.v1 import (
     achievements_pb2,
     achievements_pb2_grpc,
@@ -40,6 +41,7 @@ from rewards.v1 import (
     xp_pb2,
     xp_pb2_grpc,
 )
+from tests.cluster import TEST_AUTH_SECRET, authorized_channel
 from xp_service import server as xp_server
 
 # A grant or a call: (IAM action without "dynamodb:", what it acts on) where
@@ -57,6 +59,7 @@ def template() -> dict[str, Any]:
 
 # --- generated, fresh, linted --------------------------------------------------------
 
+
 def test_committed_template_is_what_the_generator_writes() -> None:
     assert TEMPLATE_PATH.read_text() == cloudformation.template_yaml(), (
         "deploy/cloudformation.yaml is stale: run `make cfn` (python -m common.cloudformation --output deploy/cloudformation.yaml)"
@@ -66,7 +69,11 @@ def test_committed_template_is_what_the_generator_writes() -> None:
 
 def test_check_fails_on_a_stale_or_missing_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     stale = tmp_path / "cloudformation.yaml"
-    stale.write_text(cloudformation.template_yaml().replace("PointInTimeRecoveryEnabled: true", "PointInTimeRecoveryEnabled: false", 1))
+    stale.write_text(
+        cloudformation.template_yaml().replace(
+            "PointInTimeRecoveryEnabled: true", "PointInTimeRecoveryEnabled: false", 1
+        )
+    )
     assert cloudformation.main(["--check", str(stale)]) == 1
     captured = capsys.readouterr()
     assert "-        PointInTimeRecoveryEnabled: false" in captured.out
@@ -91,8 +98,20 @@ def _cfn_lint() -> str:
 def test_cfn_lint_finds_nothing() -> None:
     # Informational checks too; and more than one region, as the stack is not tied to one.
     result = subprocess.run(
-        [_cfn_lint(), "--include-checks", "I", "--regions", "us-east-1", "eu-west-1", "ap-southeast-1", "--", str(TEMPLATE_PATH)],
-        capture_output=True, text=True, timeout=120,
+        [
+            _cfn_lint(),
+            "--include-checks",
+            "I",
+            "--regions",
+            "us-east-1",
+            "eu-west-1",
+            "ap-southeast-1",
+            "--",
+            str(TEMPLATE_PATH),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
@@ -108,6 +127,7 @@ def test_cfn_lint_catches_an_action_iam_does_not_have(tmp_path: Path) -> None:
 
 
 # --- tables ----------------------------------------------------------------------------
+
 
 def test_every_table_is_the_one_ensure_tables_creates(template: dict[str, Any]) -> None:
     tables = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::DynamoDB::Table"}
@@ -136,7 +156,10 @@ def test_table_names_are_the_prefix_and_the_name_as_the_services_use_them(templa
     assert prefix["MaxLength"] == 255 - len("user_achievements")
     for table in ALL_TABLES:
         substituted = template["Resources"][table_logical_id(table)]["Properties"]["TableName"]["Fn::Sub"]
-        assert substituted.replace("${TablePrefix}", prefix["Default"]) == table.create_table_params(prefix["Default"])["TableName"]
+        assert (
+            substituted.replace("${TablePrefix}", prefix["Default"])
+            == table.create_table_params(prefix["Default"])["TableName"]
+        )
 
 
 def test_outputs_name_every_table_and_policy(template: dict[str, Any]) -> None:
@@ -159,6 +182,7 @@ def test_resources_are_the_tables_the_service_policies_and_the_token_key(templat
 
 # --- the token key ---------------------------------------------------------------------
 
+
 def test_the_token_key_is_a_generated_retained_secret(template: dict[str, Any]) -> None:
     secret = template["Resources"][AUTH_SECRET_LOGICAL_ID]
     assert secret["Type"] == "AWS::SecretsManager::Secret"
@@ -177,10 +201,16 @@ def test_the_token_key_is_a_generated_retained_secret(template: dict[str, Any]) 
 def test_the_execution_role_policy_reads_the_token_key_and_nothing_else(template: dict[str, Any]) -> None:
     policy = template["Resources"][AUTH_SECRET_READ_POLICY_LOGICAL_ID]
     assert policy["Type"] == "AWS::IAM::ManagedPolicy"
-    statement, = policy["Properties"]["PolicyDocument"]["Statement"]
-    assert statement == {"Sid": "ReadAuthJwtSecret", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
-                         "Resource": {"Ref": AUTH_SECRET_LOGICAL_ID}}
-    assert template["Outputs"][AUTH_SECRET_READ_POLICY_LOGICAL_ID + "Arn"]["Value"] == {"Ref": AUTH_SECRET_READ_POLICY_LOGICAL_ID}
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement == {
+        "Sid": "ReadAuthJwtSecret",
+        "Effect": "Allow",
+        "Action": ["secretsmanager:GetSecretValue"],
+        "Resource": {"Ref": AUTH_SECRET_LOGICAL_ID},
+    }
+    assert template["Outputs"][AUTH_SECRET_READ_POLICY_LOGICAL_ID + "Arn"]["Value"] == {
+        "Ref": AUTH_SECRET_READ_POLICY_LOGICAL_ID
+    }
     # The services' task roles do not read it: ECS injects it at task start.
     for service in SERVICE_ACCESS:
         statements = template["Resources"][policy_logical_id(service)]["Properties"]["PolicyDocument"]["Statement"]
@@ -188,6 +218,7 @@ def test_the_execution_role_policy_reads_the_token_key_and_nothing_else(template
 
 
 # --- policies ----------------------------------------------------------------------------
+
 
 def _resource_name(resource: Any) -> str:
     if resource == "*":
@@ -228,7 +259,12 @@ class DynamoDbCallRecorder:
     parameters of each call as the SDK is about to send it."""
 
     # IAM authorises each item of a transaction as its own item action.
-    _TRANSACTION_ITEM_ACTIONS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck": "ConditionCheckItem"}
+    _TRANSACTION_ITEM_ACTIONS = {
+        "Put": "PutItem",
+        "Update": "UpdateItem",
+        "Delete": "DeleteItem",
+        "ConditionCheck": "ConditionCheckItem",
+    }
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -248,7 +284,7 @@ class DynamoDbCallRecorder:
             needed.update((operation, self._table(name)) for name in params["RequestItems"])
         elif operation == "TransactWriteItems":
             for item in params["TransactItems"]:
-                (kind, write), = item.items()
+                ((kind, write),) = item.items()
                 needed.add((self._TRANSACTION_ITEM_ACTIONS[kind], self._table(write["TableName"])))
         elif operation == "TransactGetItems":
             needed.update(("GetItem", self._table(item["Get"]["TableName"])) for item in params["TransactItems"])
@@ -263,21 +299,29 @@ class DynamoDbCallRecorder:
 def recorded_calls(dynamodb_endpoint: str) -> Iterator[dict[str, set[Grant]]]:
     """Each service with a client of its own, recorded from start-up
     (ensure_tables, on tables that exist, as in AWS) through every RPC."""
-    settings = replace(Settings(), dynamodb_endpoint=dynamodb_endpoint, table_prefix=f"cfn-{uuid.uuid4().hex[:8]}-",
-                       auth_jwt_secret=TEST_AUTH_SECRET)
+    settings = replace(
+        Settings(),
+        dynamodb_endpoint=dynamodb_endpoint,
+        table_prefix=f"cfn-{uuid.uuid4().hex[:8]}-",
+        auth_jwt_secret=TEST_AUTH_SECRET,
+    )
     ensure_tables(create_dynamodb_client(settings), settings.table_prefix)  # as the stack would, unrecorded
     recorders: dict[str, DynamoDbCallRecorder] = {}
     servers: list[grpc.Server] = []
     ports: dict[str, int] = {}
     factories: dict[str, Callable[..., tuple[grpc.Server, int]]] = {
-        "levels": levels_server.create_server, "xp": xp_server.create_server, "achievements": achievements_server.create_server,
+        "levels": levels_server.create_server,
+        "xp": xp_server.create_server,
+        "achievements": achievements_server.create_server,
     }
     for service, create_server in factories.items():  # in the order they call each other
         client = create_dynamodb_client(settings)
         recorders[service] = DynamoDbCallRecorder(settings.table_prefix)
         client.meta.events.register("before-parameter-build.dynamodb", recorders[service])
         ensure_tables(client, settings.table_prefix)
-        peers = replace(settings, levels_target=f"localhost:{ports.get('levels', 0)}", xp_target=f"localhost:{ports.get('xp', 0)}")
+        peers = replace(
+            settings, levels_target=f"localhost:{ports.get('levels', 0)}", xp_target=f"localhost:{ports.get('xp', 0)}"
+        )
         server, ports[service] = create_server("localhost:0", peers, client)
         server.start()
         servers.append(server)
@@ -300,15 +344,23 @@ def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
     """Every RPC, along every path that reaches DynamoDB differently."""
     leveled, granted_once, fresh, unlocker = (f"player-{uuid.uuid4().hex[:8]}" for _ in range(4))
     for level, xp_required in ((1, 0), (2, 100), (3, 300)):
-        levels.PutLevel(levels_pb2.PutLevelRequest(level=levels_pb2.Level(
-            level=level, xp_required=xp_required, rewards=[levels_pb2.Reward(reward_id="coins", quantity=level)])))
+        levels.PutLevel(
+            levels_pb2.PutLevelRequest(
+                level=levels_pb2.Level(
+                    level=level, xp_required=xp_required, rewards=[levels_pb2.Reward(reward_id="coins", quantity=level)]
+                )
+            )
+        )
     levels.PutLevel(levels_pb2.PutLevelRequest(level=levels_pb2.Level(level=99, xp_required=99_000)))
     levels.DeleteLevel(levels_pb2.DeleteLevelRequest(level=99))
     assert [l.level for l in levels.ListLevels(levels_pb2.ListLevelsRequest()).levels] == [1, 2, 3]
 
     for activity_id in ("win-match", "retired"):
-        xp.PutActivity(xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(
-            activity_id=activity_id, name=activity_id, category="pvp", xp=150)))
+        xp.PutActivity(
+            xp_pb2.PutActivityRequest(
+                activity=xp_pb2.Activity(activity_id=activity_id, name=activity_id, category="pvp", xp=150)
+            )
+        )
     assert xp.GetActivity(xp_pb2.GetActivityRequest(activity_id="win-match")).xp == 150
     assert len(xp.ListActivities(xp_pb2.ListActivitiesRequest()).activities) == 2
     assert len(xp.ListActivities(xp_pb2.ListActivitiesRequest(category="pvp")).activities) == 2
@@ -329,16 +381,29 @@ def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
     assert xp.GetProgress(xp_pb2.GetProgressRequest(user_id=fresh)).level == 1
 
     for achievement_id, min_level in (("first-win", 1), ("gone", 0)):
-        achievements.PutAchievement(achievements_pb2.PutAchievementRequest(achievement=achievements_pb2.Achievement(
-            achievement_id=achievement_id, name=achievement_id, xp_reward=50,
-            requirements=achievements_pb2.Requirements(min_level=min_level))))
-    assert achievements.GetAchievement(achievements_pb2.GetAchievementRequest(achievement_id="first-win")).xp_reward == 50
+        achievements.PutAchievement(
+            achievements_pb2.PutAchievementRequest(
+                achievement=achievements_pb2.Achievement(
+                    achievement_id=achievement_id,
+                    name=achievement_id,
+                    xp_reward=50,
+                    requirements=achievements_pb2.Requirements(min_level=min_level),
+                )
+            )
+        )
+    assert (
+        achievements.GetAchievement(achievements_pb2.GetAchievementRequest(achievement_id="first-win")).xp_reward == 50
+    )
     assert len(achievements.ListAchievements(achievements_pb2.ListAchievementsRequest()).achievements) == 2
     achievements.DeleteAchievement(achievements_pb2.DeleteAchievementRequest(achievement_id="gone"))
     # A user never checked, so the min_level requirement reads the level table.
-    unlocked = achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=unlocker, achievement_id="first-win"))
+    unlocked = achievements.UnlockAchievement(
+        achievements_pb2.UnlockAchievementRequest(user_id=unlocker, achievement_id="first-win")
+    )
     assert (unlocked.already_unlocked, unlocked.xp_awarded) == (False, 50)
-    again = achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=unlocker, achievement_id="first-win"))
+    again = achievements.UnlockAchievement(
+        achievements_pb2.UnlockAchievementRequest(user_id=unlocker, achievement_id="first-win")
+    )
     assert (again.already_unlocked, again.xp_awarded) == (True, 0)
     listed = achievements.ListUserAchievements(achievements_pb2.ListUserAchievementsRequest(user_id=unlocker))
     assert [a.achievement_id for a in listed.achievements] == ["first-win"]
@@ -346,7 +411,9 @@ def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
     refused = "refused-player"
     xp.GrantXp(xp_pb2.GrantXpRequest(user_id=refused, amount=1, reason="operator", achievement_id="first-win"))
     with pytest.raises(grpc.RpcError) as caught:
-        achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=refused, achievement_id="first-win"))
+        achievements.UnlockAchievement(
+            achievements_pb2.UnlockAchievementRequest(user_id=refused, achievement_id="first-win")
+        )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -361,6 +428,7 @@ def test_policy_grants_exactly_the_calls_the_service_makes(
 
 def test_the_derived_least_privilege_table(template: dict[str, Any]) -> None:
     """The table docs/deploy.md shows, spelled out: each service's item actions by table."""
+
     def item_grants(service: str) -> dict[str, list[str]]:
         by_table: dict[str, list[str]] = {}
         for action, on in sorted(granted(template, service)):

@@ -6,6 +6,7 @@ service's command is run here with the file's environment: it prints tokens
 the servers accept. The health probe those checks run is tested against a real
 Levels server, the gateway's check against a real gateway process, and
 DynamoDB's check against a real DynamoDB Local."""
+
 from __future__ import annotations
 
 import ast
@@ -22,9 +23,10 @@ import sys
 import time
 import tomllib
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -36,9 +38,9 @@ from common.config import ENVIRONMENT_VARIABLES, Settings
 from common.dynamodb import create_dynamodb_client, ensure_tables
 from common.health_probe import DEFAULT_DEADLINE_S
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, free_port
+from devcluster.readiness import wait_http_healthy
 from levels_service import server as levels_server
 from rewardsctl.__main__ import build_parser, token_dev_env
-from devcluster.readiness import wait_http_healthy
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -62,8 +64,12 @@ AUTH_KEY_VARIABLE = ENVIRONMENT_VARIABLES["auth_jwt_secret"]
 INSECURE_VARIABLE = ENVIRONMENT_VARIABLES["insecure_no_auth"]
 # Who calls whom: XP asks Levels after every award, Achievements pays through XP,
 # the gateway calls all three.
-DEPENDENCIES = {"levels": {"dynamodb"}, "xp": {"dynamodb", "levels"}, "achievements": {"dynamodb", "xp"},
-                GATEWAY: set(MODULES)}
+DEPENDENCIES = {
+    "levels": {"dynamodb"},
+    "xp": {"dynamodb", "levels"},
+    "achievements": {"dynamodb", "xp"},
+    GATEWAY: set(MODULES),
+}
 # The ports clients and the README rely on, by service: gRPC, then Prometheus metrics.
 PROMISED_PORTS = {"xp": (50051, 9451), "achievements": (50052, 9452), "levels": (50053, 9453)}
 # ... and the gateway's HTTP port.
@@ -75,6 +81,7 @@ INSTALL_HINT = "apt-get install -y --no-install-recommends docker-compose (scrip
 
 
 # ---- reading the files --------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
@@ -145,11 +152,15 @@ def compose_command() -> list[str]:
 def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*compose_command(), "--project-directory", str(REPO_ROOT), "-f", str(COMPOSE_FILE), *args],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
     )
 
 
 # ---- compose validates the file -----------------------------------------------------------------
+
 
 def test_compose_validates_the_file() -> None:
     checked = run_compose("config", "-q")
@@ -174,11 +185,13 @@ def test_compose_resolves_shared_settings_as_pyyaml_does(compose: dict[str, Any]
         assert ("healthcheck" in theirs) == ("healthcheck" in service), name
         if "healthcheck" in service:
             assert unescaped(theirs["healthcheck"]["test"]) == unescaped(service["healthcheck"]["test"]), name
-        assert {dep: spec["condition"] for dep, spec in (theirs.get("depends_on") or {}).items()} == \
-            {dep: spec["condition"] for dep, spec in (service.get("depends_on") or {}).items()}, name
+        assert {dep: spec["condition"] for dep, spec in (theirs.get("depends_on") or {}).items()} == {
+            dep: spec["condition"] for dep, spec in (service.get("depends_on") or {}).items()
+        }, name
 
 
 # ---- services and entry points ------------------------------------------------------------------
+
 
 def test_services_are_dynamodb_local_the_three_servers_the_gateway_and_dev_tokens(compose: dict[str, Any]) -> None:
     assert set(services(compose)) == {"dynamodb", *MODULES, GATEWAY, DEV_TOKENS}
@@ -194,8 +207,12 @@ def entry_point(module: str) -> tuple[str, str]:
     calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
     called = sorted(calls & {"serve", "main"})
     assert called, f"{main.origin} calls neither serve() nor main()"
-    imported = {alias.asname or alias.name: node.module for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
+    imported = {
+        alias.asname or alias.name: node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+        for alias in node.names
+    }
     return called[0], imported.get(called[0], f"{module}.__main__")
 
 
@@ -242,8 +259,9 @@ def test_the_image_installs_every_module_compose_runs_and_what_it_imports(name: 
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     included = project["tool"]["setuptools"]["packages"]["find"]["include"]
     module = SERVERS[name]
-    assert any(fnmatch.fnmatch(module, pattern) for pattern in included), \
+    assert any(fnmatch.fnmatch(module, pattern) for pattern in included), (
         f"pyproject.toml's [tool.setuptools.packages.find] include does not install {module}"
+    )
     installed = installed_with(project["project"]["dependencies"])
     providers = importlib.metadata.packages_distributions()
     imported: set[str] = set()
@@ -253,9 +271,13 @@ def test_the_image_installs_every_module_compose_runs_and_what_it_imports(name: 
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 imported.add(node.module.split(".")[0])
-    missing = {top: providers[top] for top in imported
-               if top in providers and not any(fnmatch.fnmatch(top, pattern) for pattern in included)
-               and not {canonical(d) for d in providers[top]} & installed}
+    missing = {
+        top: providers[top]
+        for top in imported
+        if top in providers
+        and not any(fnmatch.fnmatch(top, pattern) for pattern in included)
+        and not {canonical(d) for d in providers[top]} & installed
+    }
     assert not missing, f"{module} imports what pyproject.toml's dependencies do not install: {missing}"
 
 
@@ -274,6 +296,7 @@ def test_every_service_container_is_built_from_the_one_dockerfile(compose: dict[
 
 # ---- ports, variables, targets ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
 def test_grpc_and_metrics_ports_are_published_where_the_service_listens(compose: dict[str, Any], name: str) -> None:
     grpc_promised, metrics_promised = PROMISED_PORTS[name]
@@ -287,12 +310,16 @@ def test_grpc_and_metrics_ports_are_published_where_the_service_listens(compose:
     assert listen_port == grpc_promised
     assert getattr(settings, f"{name}_metrics_port") == metrics_promised
     # On the host's loopback only: the file's dev key is public, so the ports must not face a network.
-    assert published_ports(service) == {("127.0.0.1", grpc_promised, grpc_promised),
-                                        ("127.0.0.1", metrics_promised, metrics_promised)}
+    assert published_ports(service) == {
+        ("127.0.0.1", grpc_promised, grpc_promised),
+        ("127.0.0.1", metrics_promised, metrics_promised),
+    }
 
 
 def test_the_gateway_port_is_published_where_the_gateway_listens(compose: dict[str, Any]) -> None:
-    assert Settings().gateway_port == GATEWAY_PORT, "the gateway's default port moved: update the compose file and README"
+    assert Settings().gateway_port == GATEWAY_PORT, (
+        "the gateway's default port moved: update the compose file and README"
+    )
     service = services(compose)[GATEWAY]
     settings = container_settings(service)
     assert settings.gateway_host in ("0.0.0.0", "::", "[::]"), f"the gateway listens on {settings.gateway_host}"
@@ -344,6 +371,7 @@ def test_targets_and_endpoint_name_compose_services_and_their_ports(compose: dic
 
 # ---- health checks and start order --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(PROMISED_PORTS))
 def test_healthchecks_ask_the_grpc_health_protocol(compose: dict[str, Any], name: str) -> None:
     check = services(compose)[name]["healthcheck"]
@@ -393,11 +421,13 @@ def test_services_start_after_healthy_dependencies(compose: dict[str, Any], name
 def test_docker_waits_for_the_drain_on_sigterm(compose: dict[str, Any], name: str) -> None:
     service = services(compose)[name]
     grace = container_settings(service).shutdown_grace_s
-    assert seconds(service.get("stop_grace_period", "10s")) > grace, \
+    assert seconds(service.get("stop_grace_period", "10s")) > grace, (
         f"Docker kills {name} before its {grace} s drain of in-flight calls ends"
+    )
 
 
 # ---- caller auth --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", KEY_HOLDERS)
 def test_every_rewards_container_has_the_auth_key(compose: dict[str, Any], name: str) -> None:
@@ -421,12 +451,12 @@ def test_one_dev_only_key_written_once(compose: dict[str, Any]) -> None:
     keys = {container_settings(services(compose)[name]).auth_jwt_secret for name in KEY_HOLDERS}
     # One key: the services verify each other's service tokens and dev-tokens' tokens with it.
     assert len(keys) == 1, "the containers disagree on the key"
-    key, = keys
+    (key,) = keys
     assert key.startswith("dev-only"), "the compose key is public: its value should say it is for development only"
     text = COMPOSE_FILE.read_text()
     # Written once (an extension field the environments merge), and commented as dev-only where it is.
     assert text.count(key) == 1 and text.count(f"{AUTH_KEY_VARIABLE}:") == 1
-    before = text[:text.index(f"{AUTH_KEY_VARIABLE}:")].splitlines()
+    before = text[: text.index(f"{AUTH_KEY_VARIABLE}:")].splitlines()
     comment = [line for line in before[-8:] if line.lstrip().startswith("#")]
     assert any("DEV ONLY" in line.upper() for line in comment), "mark the key as dev-only in a comment above it"
 
@@ -462,7 +492,11 @@ def test_dev_tokens_prints_tokens_the_servers_accept(compose: dict[str, Any]) ->
     command = service["command"]
     # As the container runs it: its environment only (no REWARDS_* of this host), this Python for its `python`.
     printed = subprocess.run(
-        [sys.executable, *command[1:]], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, *command[1:]],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": os.environ.get("PATH", ""), **environment(service)},
     )
     assert printed.returncode == 0, printed.stderr
@@ -481,9 +515,11 @@ def test_dev_tokens_prints_tokens_the_servers_accept(compose: dict[str, Any]) ->
     authority = TokenAuthority(secret)
     assert authority.verify(exports["REWARDS_GAME_TOKEN"]).role is Role.GAME
     assert authority.verify(exports["REWARDS_ADMIN_TOKEN"]).role is Role.ADMIN
+
     # And the roles do what they are for: a game server awards, only admin writes the catalog.
     def bearer(token: str) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {token}")]
+
     award, put = "/rewards.v1.XpService/AwardXp", "/rewards.v1.XpService/PutActivity"
     assert {award, put} <= set(METHOD_ROLES)
     authorize(authority, award, bearer(exports["REWARDS_GAME_TOKEN"]))
@@ -494,20 +530,28 @@ def test_dev_tokens_prints_tokens_the_servers_accept(compose: dict[str, Any]) ->
 
 # ---- Dockerfile and .dockerignore ---------------------------------------------------------------
 
+
 def dockerfile_instructions() -> list[tuple[str, str]]:
     joined = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     lines = [line.strip() for line in joined.splitlines()]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
-            for line in lines if line and not line.startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in lines
+        if line and not line.startswith("#")
+    ]
 
 
 def test_dockerfile_builds_a_slim_non_root_image_of_the_project(compose: dict[str, Any]) -> None:
     instructions = dockerfile_instructions()
-    python = re.search(r">=(\d+\.\d+)", tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
+    python = re.search(
+        r">=(\d+\.\d+)", tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    )
     assert python is not None
     assert [arg for op, arg in instructions if op == "FROM"] == [f"python:{python.group(1)}-slim"]
     installs = [arg for op, arg in instructions if op == "RUN" and "pip install" in arg]
-    assert any(re.search(r"pip install (--no-deps )?\.(\s|$)", run) for run in installs), "the project itself is not installed"
+    assert any(re.search(r"pip install (--no-deps )?\.(\s|$)", run) for run in installs), (
+        "the project itself is not installed"
+    )
     assert not any("[dev]" in run or "requirements-dev" in run for run in installs), "dev dependencies in the image"
     users = [arg for op, arg in instructions if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image runs as root"
@@ -525,17 +569,23 @@ def test_dockerignore_keeps_local_state_out_of_the_build() -> None:
 
 # ---- the probes, against real servers -----------------------------------------------------------
 
+
 def run_probe(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "common.health_probe", *args],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "common.health_probe", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30
+    )
 
 
 @pytest.fixture(scope="module")
 def levels_settings(dynamodb_endpoint: str, compose: dict[str, Any]) -> Settings:
     # Auth on with the compose file's key, as in the container: health checks need no token.
     key = container_settings(services(compose)["levels"]).auth_jwt_secret
-    settings = replace(Settings(), dynamodb_endpoint=dynamodb_endpoint, table_prefix=f"probe-{uuid.uuid4().hex[:8]}-",
-                       auth_jwt_secret=key)
+    settings = replace(
+        Settings(),
+        dynamodb_endpoint=dynamodb_endpoint,
+        table_prefix=f"probe-{uuid.uuid4().hex[:8]}-",
+        auth_jwt_secret=key,
+    )
     ensure_tables(create_dynamodb_client(settings), settings.table_prefix)
     return settings
 
@@ -552,7 +602,9 @@ def levels(levels_settings: Settings) -> Iterator[tuple[int, health.HealthServic
     server.stop(grace=None).wait()
 
 
-def test_health_probe_passes_a_serving_server(levels: tuple[int, health.HealthServicer], compose: dict[str, Any]) -> None:
+def test_health_probe_passes_a_serving_server(
+    levels: tuple[int, health.HealthServicer], compose: dict[str, Any]
+) -> None:
     port, _ = levels
     for service in ([], ["rewards.v1.LevelsService"]):
         probed = run_probe(f"127.0.0.1:{port}", *service)
@@ -561,8 +613,13 @@ def test_health_probe_passes_a_serving_server(levels: tuple[int, health.HealthSe
     # The compose file's own check, pointed at this server's port.
     argv = services(compose)["levels"]["healthcheck"]["test"][1:]
     assert argv[0] == "python" and argv[3] == f"127.0.0.1:{grpc_port('levels')}"
-    checked = subprocess.run([sys.executable, *argv[1:3], f"127.0.0.1:{port}", *argv[4:]],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    checked = subprocess.run(
+        [sys.executable, *argv[1:3], f"127.0.0.1:{port}", *argv[4:]],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert checked.returncode == 0, checked.stderr
 
 
@@ -599,11 +656,16 @@ def gateway_port(compose: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
     it and nothing of this host's (no key, no DynamoDB), on a free port."""
     port = free_port()
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    env = {"PATH": os.environ.get("PATH", ""), **environment(services(compose)[GATEWAY]),
-           ENVIRONMENT_VARIABLES["gateway_host"]: "127.0.0.1", ENVIRONMENT_VARIABLES["gateway_port"]: str(port)}
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        **environment(services(compose)[GATEWAY]),
+        ENVIRONMENT_VARIABLES["gateway_host"]: "127.0.0.1",
+        ENVIRONMENT_VARIABLES["gateway_port"]: str(port),
+    }
     with open(log, "wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", SERVERS[GATEWAY]], cwd=REPO_ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            [sys.executable, "-m", SERVERS[GATEWAY]], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
     try:
         assert wait_http_healthy(f"http://127.0.0.1:{port}", process), f"the gateway did not start:\n{log.read_text()}"
         yield port
@@ -613,10 +675,12 @@ def gateway_port(compose: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
 
 
 def test_the_gateway_healthcheck_passes_a_serving_gateway_and_fails_a_closed_port(
-        compose: dict[str, Any], gateway_port: int) -> None:
+    compose: dict[str, Any], gateway_port: int
+) -> None:
     for port, passes in ((gateway_port, True), (free_port(), False)):
-        checked = subprocess.run([sys.executable, "-c", gateway_check_script(compose, port)],
-                                 capture_output=True, text=True, timeout=30)
+        checked = subprocess.run(
+            [sys.executable, "-c", gateway_check_script(compose, port)], capture_output=True, text=True, timeout=30
+        )
         assert (checked.returncode == 0) is passes, f"port {port}: {checked.stderr}"
 
 
@@ -628,7 +692,11 @@ def dynamodb_check_script(compose: dict[str, Any], port: int) -> str:
 def test_dynamodb_healthcheck_passes_a_serving_dynamodb_local(compose: dict[str, Any], dynamodb_endpoint: str) -> None:
     port = urlsplit(dynamodb_endpoint).port
     assert port is not None
-    checked = subprocess.run(["bash", "-c", dynamodb_check_script(compose, port)], capture_output=True, text=True, timeout=30)
+    checked = subprocess.run(
+        ["bash", "-c", dynamodb_check_script(compose, port)], capture_output=True, text=True, timeout=30
+    )
     assert checked.returncode == 0, checked.stderr
-    closed = subprocess.run(["bash", "-c", dynamodb_check_script(compose, free_port())], capture_output=True, text=True, timeout=30)
+    closed = subprocess.run(
+        ["bash", "-c", dynamodb_check_script(compose, free_port())], capture_output=True, text=True, timeout=30
+    )
     assert closed.returncode != 0

@@ -7,6 +7,7 @@ computed on the client side. Also: the checker can fail (a corrupted stage),
 and its rules one by one on hand-made table contents.
 
 Figures of a run are printed (pytest -s) and kept in docs/faults.md."""
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,11 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -28,26 +30,28 @@ import pytest
 from common.dynamodb import attr, to_item
 from common.models import Level, LevelTable, Reward
 from devcluster.dynamodb_local import REPO_ROOT
+from devcluster.readiness import wait_grpc_serving
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
 from rewardsctl.verify import NOTE, VIOLATION, WARNING, StageContents, verify_contents
 from tests.cluster import Cluster, authorized_channel
-from devcluster.readiness import wait_grpc_serving
 from tests.process_cluster import ProcessCluster, start_process_cluster
 
 Answer = TypeVar("Answer")
 
 # --- the catalog --------------------------------------------------------------------
 
-LEVEL_TABLE = LevelTable([
-    Level(1, 0),
-    Level(2, 100, (Reward("coins", 100),)),
-    Level(3, 300, (Reward("coins", 200),)),
-    Level(4, 600, (Reward("chest", 1), Reward("coins", 300))),
-    Level(5, 1000, (Reward("title-veteran", 1),)),
-    Level(6, 1500, (Reward("gems", 5),)),
-    Level(7, 2200, (Reward("gems", 10),)),
-    Level(8, 3000, (Reward("mount", 1),)),
-])
+LEVEL_TABLE = LevelTable(
+    [
+        Level(1, 0),
+        Level(2, 100, (Reward("coins", 100),)),
+        Level(3, 300, (Reward("coins", 200),)),
+        Level(4, 600, (Reward("chest", 1), Reward("coins", 300))),
+        Level(5, 1000, (Reward("title-veteran", 1),)),
+        Level(6, 1500, (Reward("gems", 5),)),
+        Level(7, 2200, (Reward("gems", 10),)),
+        Level(8, 3000, (Reward("mount", 1),)),
+    ]
+)
 # boss-kill jumps levels at once; daily-login often crosses none.
 ACTIVITY_XP = {"win-match": 60, "finish-quest": 35, "daily-login": 10, "boss-kill": 250}
 ACTIVITY_WEIGHTS = {"win-match": 5, "finish-quest": 4, "daily-login": 3, "boss-kill": 1}
@@ -90,8 +94,12 @@ DUPLICATE_SHARE = 0.12  # of requests: a copy of a request another client alread
 FAULT_ORDER = ("levels", "xp", "achievements")
 
 # Fail fast on a dead server and reconnect quickly after its restart; retries are the test's own, to count them.
-CHANNEL_OPTIONS = [("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100),
-                   ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)]
+CHANNEL_OPTIONS = [
+    ("grpc.enable_retries", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
 
 
 class RequestFailed(Exception):
@@ -107,9 +115,12 @@ class LoadRecord:
     retries: Counter[str] = field(default_factory=Counter)  # by status code, and "deferred"
     requests_done: int = 0
     awards: dict[tuple[str, str], str] = field(default_factory=dict)  # (user, request id) -> activity
-    award_answers: dict[tuple[str, str], list[xp_pb2.AwardXpResponse]] = field(default_factory=lambda: defaultdict(list))
+    award_answers: dict[tuple[str, str], list[xp_pb2.AwardXpResponse]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
     unlock_answers: dict[tuple[str, str], list[achievements_pb2.UnlockAchievementResponse]] = field(
-        default_factory=lambda: defaultdict(list))
+        default_factory=lambda: defaultdict(list)
+    )
     check_answers: dict[tuple[str, str], levels_pb2.LevelUpResult] = field(default_factory=dict)
     # XP of the awards and unlocks answered so far: a lower bound of each user's total.
     known_xp: Counter[str] = field(default_factory=Counter)
@@ -171,11 +182,15 @@ def award(record: LoadRecord, stubs: Stubs, user_id: str, activity_id: str, requ
     raise RequestFailed(f"AwardXp {user_id}/{request_id}: level check still deferred after {REQUEST_BUDGET_S} s")
 
 
-def unlock(record: LoadRecord, stubs: Stubs, user_id: str, achievement_id: str,
-           request_id: str) -> achievements_pb2.UnlockAchievementResponse:
-    request = achievements_pb2.UnlockAchievementRequest(user_id=user_id, achievement_id=achievement_id, request_id=request_id)
-    answer = call_until_done(record, "UnlockAchievement",
-                             lambda: stubs.achievements.UnlockAchievement(request, timeout=CALL_TIMEOUT_S))
+def unlock(
+    record: LoadRecord, stubs: Stubs, user_id: str, achievement_id: str, request_id: str
+) -> achievements_pb2.UnlockAchievementResponse:
+    request = achievements_pb2.UnlockAchievementRequest(
+        user_id=user_id, achievement_id=achievement_id, request_id=request_id
+    )
+    answer = call_until_done(
+        record, "UnlockAchievement", lambda: stubs.achievements.UnlockAchievement(request, timeout=CALL_TIMEOUT_S)
+    )
     with record.lock:
         if not record.unlock_answers[(user_id, achievement_id)]:
             record.known_xp[user_id] += ACHIEVEMENTS[achievement_id].xp_reward
@@ -196,7 +211,9 @@ class GameClient:
     resends copies of requests already made, and walks the achievements of the
     users it owns in order, unlocking each once its requirements hold."""
 
-    def __init__(self, index: int, record: LoadRecord, stubs: Stubs, faults_done: threading.Event, load_deadline: float) -> None:
+    def __init__(
+        self, index: int, record: LoadRecord, stubs: Stubs, faults_done: threading.Event, load_deadline: float
+    ) -> None:
         self.index = index
         self.record = record
         self.stubs = stubs
@@ -209,7 +226,7 @@ class GameClient:
     def run(self) -> None:
         try:
             self._run()
-        except Exception as failure:  # noqa: BLE001 - a thread's exception is otherwise only printed
+        except Exception as failure:
             with self.record.lock:
                 self.record.failures.append(f"client {self.index}: {failure!r}")
 
@@ -271,7 +288,9 @@ class GameClient:
                 # The stored level may lag behind deferred checks: settle it first, as a game server would.
                 result = check_level_up(self.record, self.stubs, user, f"{user}-before-{names[step]}")
                 if result.current_level < spec.min_level:
-                    raise RequestFailed(f"{user} has {known_xp} XP or more, yet CheckLevelUp says level {result.current_level}")
+                    raise RequestFailed(
+                        f"{user} has {known_xp} XP or more, yet CheckLevelUp says level {result.current_level}"
+                    )
             unlock(self.record, self.stubs, user, names[step], f"{user}-{names[step]}")
             self.next_unlock[user] += 1
             return True
@@ -280,12 +299,15 @@ class GameClient:
             unfinished = [u for u in self.owned if self.next_unlock[u] < len(names)]
             if unfinished:
                 user = unfinished[0]
-                award(self.record, self.stubs, user, "boss-kill", f"client{self.index}-push-{user}-{time.monotonic_ns()}")
+                award(
+                    self.record, self.stubs, user, "boss-kill", f"client{self.index}-push-{user}-{time.monotonic_ns()}"
+                )
                 return True
         return False
 
 
 # --- killing and restarting one service -----------------------------------------------------
+
 
 @dataclass
 class Fault:
@@ -300,14 +322,20 @@ def restart_after_sigkill(cluster: ProcessCluster, name: str, down_s: float) -> 
     seconds it was not serving."""
     process = cluster.processes[name]
     # The exact environment the process was started with (tests.process_cluster does not keep it).
-    env = dict(entry.split("=", 1) for entry in
-               Path(f"/proc/{process.pid}/environ").read_bytes().decode().split("\0") if "=" in entry)
+    env = dict(
+        entry.split("=", 1)
+        for entry in Path(f"/proc/{process.pid}/environ").read_bytes().decode().split("\0")
+        if "=" in entry
+    )
     killed_at = time.monotonic()
     process.kill()  # SIGKILL: no graceful shutdown, in-flight calls are cut
     process.wait()
     time.sleep(down_s)
     cluster.processes[name] = subprocess.Popen(
-        process.args, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+        process.args,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
         stderr=open(cluster.logs / f"{name}.log", "ab"),
     )
     if not wait_grpc_serving(cluster.ports[name]):
@@ -333,6 +361,7 @@ def inject_faults(cluster: ProcessCluster, record: LoadRecord, load_deadline: fl
 
 # --- the stage ----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def process_cluster(dynamodb_endpoint: str, tmp_path: Path) -> Iterator[ProcessCluster]:
     cluster = start_process_cluster(dynamodb_endpoint, tmp_path, metrics=False)
@@ -346,8 +375,14 @@ def stage_env(dynamodb_endpoint: str, table_prefix: str) -> dict[str, str]:
 
 def run_verify(dynamodb_endpoint: str, table_prefix: str, *flags: str) -> tuple[int, dict[str, Any], str]:
     """The real command, `python -m rewardsctl verify --json`: exit status, report, stderr."""
-    done = subprocess.run([sys.executable, "-m", "rewardsctl", "verify", "--json", *flags], cwd=REPO_ROOT,
-                          env=stage_env(dynamodb_endpoint, table_prefix), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "rewardsctl", "verify", "--json", *flags],
+        cwd=REPO_ROOT,
+        env=stage_env(dynamodb_endpoint, table_prefix),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.stdout, done.stderr
     return done.returncode, json.loads(done.stdout), done.stderr
 
@@ -359,16 +394,34 @@ def table_prefix_of(cluster: ProcessCluster) -> str:
 
 def put_catalog(stubs: Stubs) -> None:
     for level in LEVEL_TABLE.levels:
-        stubs.levels.PutLevel(levels_pb2.PutLevelRequest(level=levels_pb2.Level(
-            level=level.level, xp_required=level.xp_required,
-            rewards=[levels_pb2.Reward(reward_id=r.reward_id, quantity=r.quantity) for r in level.rewards])))
+        stubs.levels.PutLevel(
+            levels_pb2.PutLevelRequest(
+                level=levels_pb2.Level(
+                    level=level.level,
+                    xp_required=level.xp_required,
+                    rewards=[levels_pb2.Reward(reward_id=r.reward_id, quantity=r.quantity) for r in level.rewards],
+                )
+            )
+        )
     for activity_id, xp in ACTIVITY_XP.items():
-        stubs.xp.PutActivity(xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id=activity_id, name=activity_id, xp=xp)))
+        stubs.xp.PutActivity(
+            xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id=activity_id, name=activity_id, xp=xp))
+        )
     for achievement_id, spec in ACHIEVEMENTS.items():
-        stubs.achievements.PutAchievement(achievements_pb2.PutAchievementRequest(achievement=achievements_pb2.Achievement(
-            achievement_id=achievement_id, name=achievement_id, xp_reward=spec.xp_reward,
-            requirements=achievements_pb2.Requirements(required_achievements=list(spec.required),
-                                                       min_total_xp=spec.min_total_xp, min_level=spec.min_level))))
+        stubs.achievements.PutAchievement(
+            achievements_pb2.PutAchievementRequest(
+                achievement=achievements_pb2.Achievement(
+                    achievement_id=achievement_id,
+                    name=achievement_id,
+                    xp_reward=spec.xp_reward,
+                    requirements=achievements_pb2.Requirements(
+                        required_achievements=list(spec.required),
+                        min_total_xp=spec.min_total_xp,
+                        min_level=spec.min_level,
+                    ),
+                )
+            )
+        )
 
 
 def rewards_of_levels(levels: Iterator[Level] | tuple[Level, ...]) -> Counter[tuple[str, int]]:
@@ -381,13 +434,20 @@ def reported(rewards: Any) -> Counter[tuple[str, int]]:
 
 # --- the fault test ----------------------------------------------------------------------------
 
+
 def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_once(
-        process_cluster: ProcessCluster, dynamodb_endpoint: str) -> None:
+    process_cluster: ProcessCluster, dynamodb_endpoint: str
+) -> None:
     started = time.monotonic()
-    channels = [authorized_channel(f"localhost:{process_cluster.ports[n]}", options=CHANNEL_OPTIONS)
-                for n in ("xp", "achievements", "levels")]
-    stubs = Stubs(xp_pb2_grpc.XpServiceStub(channels[0]), achievements_pb2_grpc.AchievementsServiceStub(channels[1]),
-                  levels_pb2_grpc.LevelsServiceStub(channels[2]))
+    channels = [
+        authorized_channel(f"localhost:{process_cluster.ports[n]}", options=CHANNEL_OPTIONS)
+        for n in ("xp", "achievements", "levels")
+    ]
+    stubs = Stubs(
+        xp_pb2_grpc.XpServiceStub(channels[0]),
+        achievements_pb2_grpc.AchievementsServiceStub(channels[1]),
+        levels_pb2_grpc.LevelsServiceStub(channels[2]),
+    )
     table_prefix = table_prefix_of(process_cluster)
     try:
         put_catalog(stubs)
@@ -436,7 +496,7 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
         for (user, _), activity in record.awards.items():
             expected_xp[user] += ACTIVITY_XP[activity]
         expected_unlocks: dict[str, set[str]] = defaultdict(set)
-        for (user, achievement_id) in record.unlock_answers:
+        for user, achievement_id in record.unlock_answers:
             expected_unlocks[user].add(achievement_id)
             expected_xp[user] += ACHIEVEMENTS[achievement_id].xp_reward
         for user in USERS:
@@ -455,7 +515,8 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
         assert counts["violations"] == 0
         # Every unlock succeeded, so none owes XP; a level check may be due where the last check was deferred.
         assert {(w["invariant"], w["message"].split(":")[0]) for w in before_settling["warnings"]} <= {
-            ("level-matches-xp", "level check due")}
+            ("level-matches-xp", "level check due")
+        }
 
         # --- settle deferred checks, then every level matches its XP exactly -------------------------
         for user in USERS:
@@ -464,7 +525,9 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
         assert status == 0, (settled["violations"], settled["warnings"], stderr)
         assert settled["counts"]["warnings"] == 0 and settled["counts"]["notes"] == 0
         assert settled["counts"]["levels_checked"] == sum(
-            len(LEVEL_TABLE.levels_passed(LEVEL_TABLE.start_level, LEVEL_TABLE.level_for_xp(expected_xp[u]))) for u in USERS)
+            len(LEVEL_TABLE.levels_passed(LEVEL_TABLE.start_level, LEVEL_TABLE.level_for_xp(expected_xp[u])))
+            for u in USERS
+        )
         assert all(i["violations"] == 0 and i["checked"] > 0 for i in settled["invariants"].values())
         rewards_unreported = 0
         differing: list[tuple[str, str, list[Any]]] = []  # requests whose settled answers reported different level-ups
@@ -480,9 +543,22 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
                 settled_answers = [reported(a.level_up.rewards) for a in answers if not a.level_check_deferred]
                 if u == user and settled_answers:
                     if any(s != settled_answers[0] for s in settled_answers):
-                        differing.append((u, request_id, [(a.duplicate, a.level_check_deferred, a.level_up.previous_level,
-                                                           a.level_up.current_level, dict(reported(a.level_up.rewards)))
-                                                          for a in answers]))
+                        differing.append(
+                            (
+                                u,
+                                request_id,
+                                [
+                                    (
+                                        a.duplicate,
+                                        a.level_check_deferred,
+                                        a.level_up.previous_level,
+                                        a.level_up.current_level,
+                                        dict(reported(a.level_up.rewards)),
+                                    )
+                                    for a in answers
+                                ],
+                            )
+                        )
                     fullest: Counter[tuple[str, int]] = max(settled_answers, key=Counter.total)
                     told += fullest
             for (u, _), answers_of_unlock in record.unlock_answers.items():
@@ -526,8 +602,10 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
 
 # --- a repeat's answer after a deferred check of another award ------------------------------------------------
 
+
 def test_a_repeat_reports_what_its_first_check_found_and_the_deferred_award_its_own_level_up(
-        new_cluster: Callable[..., Cluster], user_id: str) -> None:
+    new_cluster: Callable[..., Cluster], user_id: str
+) -> None:
     c = new_cluster()
     put_catalog(Stubs(c.xp, c.achievements, c.levels))
     first = c.xp.AwardXp(xp_pb2.AwardXpRequest(user_id=user_id, activity_id="win-match", request_id="a"))
@@ -549,17 +627,23 @@ def test_a_repeat_reports_what_its_first_check_found_and_the_deferred_award_its_
 
 # --- the checker can fail: a corrupted stage ----------------------------------------------------------------
 
-def test_verify_reports_each_corruption_of_a_stage_and_exits_1(new_cluster: Callable[..., Cluster],
-                                                               dynamodb_endpoint: str) -> None:
+
+def test_verify_reports_each_corruption_of_a_stage_and_exits_1(
+    new_cluster: Callable[..., Cluster], dynamodb_endpoint: str
+) -> None:
     c = new_cluster()
     stubs = Stubs(c.xp, c.achievements, c.levels)
     put_catalog(stubs)
-    users = [f"corrupt-{name}" for name in ("total", "level-item", "stray", "twice", "level", "unpaid", "unlocked", "intact")]
+    users = [
+        f"corrupt-{name}" for name in ("total", "level-item", "stray", "twice", "level", "unpaid", "unlocked", "intact")
+    ]
     for user in users:
         for i, activity in enumerate(("boss-kill", "win-match", "win-match")):  # 370 XP, 435 with the unlocks: level 3
             c.xp.AwardXp(xp_pb2.AwardXpRequest(user_id=user, activity_id=activity, request_id=f"r{i}"))
         for achievement_id in ("first-steps", "combo", "badge-only"):
-            c.achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=user, achievement_id=achievement_id))
+            c.achievements.UnlockAchievement(
+                achievements_pb2.UnlockAchievementRequest(user_id=user, achievement_id=achievement_id)
+            )
     prefix = c.settings.table_prefix
     status, clean, _ = run_verify(dynamodb_endpoint, prefix, "--strict")
     assert status == 0 and clean["counts"]["users"] == len(users) and clean["counts"]["violations"] == 0
@@ -567,31 +651,53 @@ def test_verify_reports_each_corruption_of_a_stage_and_exits_1(new_cluster: Call
     db = c.dynamodb
 
     def update_progress(user: str, expression: str, values: dict[str, Any]) -> None:
-        db.update_item(TableName=prefix + "user_progress", Key={"user_id": attr(user)}, UpdateExpression=expression,
-                       ExpressionAttributeValues=to_item(values))
+        db.update_item(
+            TableName=prefix + "user_progress",
+            Key={"user_id": attr(user)},
+            UpdateExpression=expression,
+            ExpressionAttributeValues=to_item(values),
+        )
 
     def ledger_entry(user: str, entry_id: str) -> dict[str, Any]:
-        return db.get_item(TableName=prefix + "xp_ledger", Key={"user_id": attr(user), "entry_id": attr(entry_id)},
-                           ConsistentRead=True)["Item"]
+        return db.get_item(
+            TableName=prefix + "xp_ledger", Key={"user_id": attr(user), "entry_id": attr(entry_id)}, ConsistentRead=True
+        )["Item"]
 
     # XP added to a total without a ledger entry.
     update_progress("corrupt-total", "ADD total_xp :x", {":x": 50})
     # A passed level's rewards gone.
     db.delete_item(TableName=prefix + "level_rewards", Key={"user_id": attr("corrupt-level-item"), "level": attr(2)})
     # An achievement paid that was never unlocked (its XP in the total too, so only the payment is wrong).
-    db.put_item(TableName=prefix + "xp_ledger", Item=to_item({
-        "user_id": "corrupt-stray", "entry_id": "ach#veteran", "kind": "achievement", "achievement_id": "veteran",
-        "xp": 75, "attempt_id": "stray"}))
+    db.put_item(
+        TableName=prefix + "xp_ledger",
+        Item=to_item(
+            {
+                "user_id": "corrupt-stray",
+                "entry_id": "ach#veteran",
+                "kind": "achievement",
+                "achievement_id": "veteran",
+                "xp": 75,
+                "attempt_id": "stray",
+            }
+        ),
+    )
     update_progress("corrupt-stray", "ADD total_xp :x", {":x": 75})
     # One award recorded twice, under a second id (and counted in the total).
     copy = ledger_entry("corrupt-twice", "req#r2")
     db.put_item(TableName=prefix + "xp_ledger", Item={**copy, "entry_id": attr("auto#copy")})
     update_progress("corrupt-twice", "ADD total_xp :x", {":x": 60})
     # A level with no XP for it.
-    db.update_item(TableName=prefix + "user_progress", Key={"user_id": attr("corrupt-level")}, UpdateExpression="SET #l = :l",
-                   ExpressionAttributeNames={"#l": "level"}, ExpressionAttributeValues=to_item({":l": 4}))
+    db.update_item(
+        TableName=prefix + "user_progress",
+        Key={"user_id": attr("corrupt-level")},
+        UpdateExpression="SET #l = :l",
+        ExpressionAttributeNames={"#l": "level"},
+        ExpressionAttributeValues=to_item({":l": 4}),
+    )
     # An unlock marked paid whose payment is gone (with its XP).
-    db.delete_item(TableName=prefix + "xp_ledger", Key={"user_id": attr("corrupt-unpaid"), "entry_id": attr("ach#combo")})
+    db.delete_item(
+        TableName=prefix + "xp_ledger", Key={"user_id": attr("corrupt-unpaid"), "entry_id": attr("ach#combo")}
+    )
     update_progress("corrupt-unpaid", "ADD total_xp :x", {":x": -40})
     # An unlock missing from the progress item.
     update_progress("corrupt-unlocked", "DELETE unlocked_achievements :a", {":a": {"badge-only"}})
@@ -613,39 +719,67 @@ def test_verify_reports_each_corruption_of_a_stage_and_exits_1(new_cluster: Call
     messages: dict[tuple[str, str], list[str]] = defaultdict(list)
     for v in report["violations"]:
         messages[(v["user_id"], v["invariant"])].append(v["message"])
-    assert messages[("corrupt-total", "total-is-ledger-sum")] == ["total_xp 485 but the ledger's 5 entries sum to 435 (+50)"]
+    assert messages[("corrupt-total", "total-is-ledger-sum")] == [
+        "total_xp 485 but the ledger's 5 entries sum to 435 (+50)"
+    ]
     assert messages[("corrupt-level-item", "level-rewards-once")] == [
-        "level 2 was passed (stored level 3) but its rewards were never granted"]
+        "level 2 was passed (stored level 3) but its rewards were never granted"
+    ]
     assert messages[("corrupt-stray", "achievement-paid-once")] == [
-        "ledger entry 'ach#veteran' pays 75 XP for an achievement the user has not unlocked"]
+        "ledger entry 'ach#veteran' pays 75 XP for an achievement the user has not unlocked"
+    ]
     assert messages[("corrupt-twice", "ledger-entry-well-formed")] == [
         "ledger entry 'auto#copy': it has request_id 'r2', so it should have been deduplicated as req#",
-        "2 ledger entries carry attempt id " + repr(copy["attempt_id"]["S"]) + ": one write was recorded 2 times"]
-    assert messages[("corrupt-level", "level-matches-xp")] == ["stored level 4 is above level 3, what total_xp 435 gives"]
+        "2 ledger entries carry attempt id " + repr(copy["attempt_id"]["S"]) + ": one write was recorded 2 times",
+    ]
+    assert messages[("corrupt-level", "level-matches-xp")] == [
+        "stored level 4 is above level 3, what total_xp 435 gives"
+    ]
     assert messages[("corrupt-unpaid", "achievement-paid-once")] == [
-        "unlock of 'combo' is marked paid, but no ledger entry 'ach#combo' pays its 40 XP"]
+        "unlock of 'combo' is marked paid, but no ledger entry 'ach#combo' pays its 40 XP"
+    ]
     assert messages[("corrupt-unlocked", "unlocks-match-progress")] == [
-        "unlock records missing from unlocked_achievements: badge-only"]
+        "unlock records missing from unlocked_achievements: badge-only"
+    ]
     assert report["counts"]["users"] == len(users) and report["ok"] is False
 
     # The text report says the same, and fails too.
-    done = subprocess.run([sys.executable, "-m", "rewardsctl", "verify"], cwd=REPO_ROOT,
-                          env=stage_env(dynamodb_endpoint, prefix), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "rewardsctl", "verify"],
+        cwd=REPO_ROOT,
+        env=stage_env(dynamodb_endpoint, prefix),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert f"FAILED: {len(report['violations'])} violations" in done.stdout
     assert "corrupt-total: total_xp 485 but the ledger's 5 entries sum to 435 (+50)" in done.stdout
 
     # A stage that does not exist is an error, not a clean report.
-    done = subprocess.run([sys.executable, "-m", "rewardsctl", "verify"], cwd=REPO_ROOT,
-                          env=stage_env(dynamodb_endpoint, "no-such-stage-"), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "rewardsctl", "verify"],
+        cwd=REPO_ROOT,
+        env=stage_env(dynamodb_endpoint, "no-such-stage-"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1 and "does not exist" in done.stderr and done.stdout == ""
 
 
 # --- the checker's rules, pure -----------------------------------------------------------------------------
 
-def one_user(*, total_xp: int = 0, level: int | None = None, unlocked: tuple[str, ...] = (),
-             ledger: tuple[tuple[str, int], ...] = (), unlocks: tuple[tuple[str, int, bool], ...] = (),
-             reached: tuple[int, ...] = ()) -> StageContents:
+
+def one_user(
+    *,
+    total_xp: int = 0,
+    level: int | None = None,
+    unlocked: tuple[str, ...] = (),
+    ledger: tuple[tuple[str, int], ...] = (),
+    unlocks: tuple[tuple[str, int, bool], ...] = (),
+    reached: tuple[int, ...] = (),
+) -> StageContents:
     """A stage of one user `u`: ledger as (entry id, xp), unlocks as
     (achievement, xp_reward, xp_granted), levels reached, granted by one check."""
     progress: dict[str, Any] = {"user_id": "u", "total_xp": Decimal(total_xp)}
@@ -656,8 +790,13 @@ def one_user(*, total_xp: int = 0, level: int | None = None, unlocked: tuple[str
     entries = []
     for entry_id, xp in ledger:
         prefix, _, rest = entry_id.partition("#")
-        entry = {"user_id": "u", "entry_id": entry_id, "xp": Decimal(xp), "attempt_id": entry_id,
-                 "kind": {"req": "grant", "ach": "achievement", "auto": "grant"}.get(prefix, "grant")}
+        entry = {
+            "user_id": "u",
+            "entry_id": entry_id,
+            "xp": Decimal(xp),
+            "attempt_id": entry_id,
+            "kind": {"req": "grant", "ach": "achievement", "auto": "grant"}.get(prefix, "grant"),
+        }
         entry.update({"request_id": rest} if prefix == "req" else {"achievement_id": rest} if prefix == "ach" else {})
         entries.append(entry)
     levels = {l.level: l for l in LEVEL_TABLE.levels}
@@ -665,10 +804,19 @@ def one_user(*, total_xp: int = 0, level: int | None = None, unlocked: tuple[str
         levels=LEVEL_TABLE,
         progress=[progress],
         ledger=entries,
-        unlocks=[{"user_id": "u", "achievement_id": a, "xp_reward": Decimal(x), "xp_granted": g} for a, x, g in unlocks],
-        level_rewards=[{"user_id": "u", "level": Decimal(l), "from_level": Decimal(1), "check_id": "auto:1",
-                        "rewards": [{"reward_id": r.reward_id, "quantity": Decimal(r.quantity)} for r in levels[l].rewards]}
-                       for l in reached],
+        unlocks=[
+            {"user_id": "u", "achievement_id": a, "xp_reward": Decimal(x), "xp_granted": g} for a, x, g in unlocks
+        ],
+        level_rewards=[
+            {
+                "user_id": "u",
+                "level": Decimal(l),
+                "from_level": Decimal(1),
+                "check_id": "auto:1",
+                "rewards": [{"reward_id": r.reward_id, "quantity": Decimal(r.quantity)} for r in levels[l].rewards],
+            }
+            for l in reached
+        ],
     )
 
 
@@ -677,20 +825,40 @@ def findings(contents: StageContents, **options: bool) -> set[tuple[str, str]]:
 
 
 def test_a_settled_user_has_no_findings_and_each_invariant_is_counted() -> None:
-    report = verify_contents(one_user(total_xp=335, level=3, unlocked=("first-steps",),
-                                      ledger=(("req#a", 310), ("ach#first-steps", 25)),
-                                      unlocks=(("first-steps", 25, True),), reached=(2, 3)))
+    report = verify_contents(
+        one_user(
+            total_xp=335,
+            level=3,
+            unlocked=("first-steps",),
+            ledger=(("req#a", 310), ("ach#first-steps", 25)),
+            unlocks=(("first-steps", 25, True),),
+            reached=(2, 3),
+        )
+    )
     assert report.findings == [] and report.ok
-    assert report.counts() == {"users": 1, "ledger_entries": 2, "unlocks": 1, "levels_checked": 2,
-                               "level_table_levels": 8, "invariants_checked": 10, "violations": 0, "warnings": 0,
-                               "notes": 0}
+    assert report.counts() == {
+        "users": 1,
+        "ledger_entries": 2,
+        "unlocks": 1,
+        "levels_checked": 2,
+        "level_table_levels": 8,
+        "invariants_checked": 10,
+        "violations": 0,
+        "warnings": 0,
+        "notes": 0,
+    }
 
 
 def test_owed_xp_and_a_due_level_check_are_warnings_a_pending_mark_a_note() -> None:
     owed = one_user(total_xp=0, unlocked=("first-steps",), unlocks=(("first-steps", 25, False),))
     assert findings(owed) == {(WARNING, "achievement-paid-once")}
-    pending_mark = one_user(total_xp=25, level=1, unlocked=("first-steps",), ledger=(("ach#first-steps", 25),),
-                            unlocks=(("first-steps", 25, False),))
+    pending_mark = one_user(
+        total_xp=25,
+        level=1,
+        unlocked=("first-steps",),
+        ledger=(("ach#first-steps", 25),),
+        unlocks=(("first-steps", 25, False),),
+    )
     assert findings(pending_mark) == {(NOTE, "achievement-paid-once")}
     due = one_user(total_xp=310, level=2, ledger=(("req#a", 310),), reached=(2,))
     assert findings(due) == {(WARNING, "level-matches-xp")}
@@ -707,10 +875,23 @@ def test_violations_and_what_a_changed_catalog_excuses() -> None:
     beyond = one_user(total_xp=310, level=2, ledger=(("req#a", 310),), reached=(2, 3))
     # Granted above the stored level: never legal, whatever the catalog did.
     assert (VIOLATION, "level-rewards-once") in findings(beyond, catalog_changed=True)
-    wrong_xp = one_user(total_xp=99, level=1, unlocked=("combo",), ledger=(("ach#combo", 99),), unlocks=(("combo", 40, True),))
+    wrong_xp = one_user(
+        total_xp=99, level=1, unlocked=("combo",), ledger=(("ach#combo", 99),), unlocks=(("combo", 40, True),)
+    )
     assert findings(wrong_xp) == {(VIOLATION, "achievement-paid-once")}
     malformed = one_user(total_xp=5, level=1, ledger=(("bonus-5", 5),))
     assert findings(malformed) == {(VIOLATION, "ledger-entry-well-formed")}
-    no_progress = StageContents(levels=LEVEL_TABLE, ledger=[{"user_id": "v", "entry_id": "req#a", "request_id": "a",
-                                                             "kind": "grant", "xp": Decimal(5), "attempt_id": "x"}])
+    no_progress = StageContents(
+        levels=LEVEL_TABLE,
+        ledger=[
+            {
+                "user_id": "v",
+                "entry_id": "req#a",
+                "request_id": "a",
+                "kind": "grant",
+                "xp": Decimal(5),
+                "attempt_id": "x",
+            }
+        ],
+    )
     assert findings(no_progress) == {(VIOLATION, "total-is-ledger-sum")}

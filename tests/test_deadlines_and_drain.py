@@ -1,5 +1,6 @@
 """Deadlines propagate from a caller through the services, and SIGTERM lets
 in-flight calls finish."""
+
 from __future__ import annotations
 
 import logging
@@ -7,9 +8,9 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import grpc
 import pytest
@@ -31,8 +32,9 @@ def hung_port() -> Iterator[int]:
         yield hung.getsockname()[1]
 
 
-def test_the_callers_deadline_bounds_the_call_to_levels(new_cluster: Factory, user_id: str, hung_port: int,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_the_callers_deadline_bounds_the_call_to_levels(
+    new_cluster: Factory, user_id: str, hung_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
     c = new_cluster(level_check_timeout_s=30.0)  # far longer than the caller will wait
     c.ports["levels"] = hung_port
     c.stop("xp")
@@ -51,9 +53,15 @@ def test_the_callers_deadline_bounds_the_call_to_levels(new_cluster: Factory, us
 
 def test_sigterm_lets_in_flight_calls_finish(dynamodb_endpoint: str, tmp_path: Path, hung_port: int) -> None:
     # Awards wait 3 s on a stuck Levels service, so they are surely in flight when SIGTERM comes.
-    cluster = start_process_cluster(dynamodb_endpoint, tmp_path, metrics=False, extra_env={
-        "REWARDS_LEVELS_TARGET": f"127.0.0.1:{hung_port}", "REWARDS_LEVEL_CHECK_TIMEOUT_S": "3",
-    })
+    cluster = start_process_cluster(
+        dynamodb_endpoint,
+        tmp_path,
+        metrics=False,
+        extra_env={
+            "REWARDS_LEVELS_TARGET": f"127.0.0.1:{hung_port}",
+            "REWARDS_LEVEL_CHECK_TIMEOUT_S": "3",
+        },
+    )
     try:
         channel = authorized_channel(f"localhost:{cluster.ports['xp']}")
         xp = xp_pb2_grpc.XpServiceStub(channel)
@@ -61,8 +69,11 @@ def test_sigterm_lets_in_flight_calls_finish(dynamodb_endpoint: str, tmp_path: P
 
         def award(i: int) -> None:
             try:
-                results.append(xp.GrantXp(xp_pb2.GrantXpRequest(
-                    user_id=f"drain-{i}", amount=10, reason="t", request_id="r"), timeout=20))
+                results.append(
+                    xp.GrantXp(
+                        xp_pb2.GrantXpRequest(user_id=f"drain-{i}", amount=10, reason="t", request_id="r"), timeout=20
+                    )
+                )
             except grpc.RpcError as error:
                 results.append(error.code())
 
@@ -75,8 +86,9 @@ def test_sigterm_lets_in_flight_calls_finish(dynamodb_endpoint: str, tmp_path: P
             t.join(timeout=30)
         assert cluster.processes["xp"].wait(timeout=30) == 0
         assert len(results) == 6
-        assert all(isinstance(r, xp_pb2.AwardXpResponse) and r.xp_awarded == 10 and r.level_check_deferred
-                   for r in results), results
+        assert all(
+            isinstance(r, xp_pb2.AwardXpResponse) and r.xp_awarded == 10 and r.level_check_deferred for r in results
+        ), results
         with pytest.raises(grpc.RpcError) as refused:  # and nothing new is taken once it stopped
             xp.GetProgress(xp_pb2.GetProgressRequest(user_id="drain-0"), timeout=2)
         assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -85,13 +97,20 @@ def test_sigterm_lets_in_flight_calls_finish(dynamodb_endpoint: str, tmp_path: P
         cluster.stop()
 
 
-def test_sdk_retries_stop_at_the_callers_deadline(new_cluster: Factory, user_id: str, hung_port: int,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_sdk_retries_stop_at_the_callers_deadline(
+    new_cluster: Factory, user_id: str, hung_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
     # DynamoDB that never answers: each SDK attempt waits out the read timeout
     # (1 s here), and the SDK would try 3 times; the caller waits 1.5 s.
     c = new_cluster(dynamodb_read_timeout_s=1.0, dynamodb_connect_timeout_s=1.0, dynamodb_max_attempts=3)
-    c.dynamodb = create_dynamodb_client(replace(c.settings, dynamodb_endpoint=f"http://127.0.0.1:{hung_port}",
-                                                dynamodb_read_timeout_s=1.0, dynamodb_max_attempts=3))
+    c.dynamodb = create_dynamodb_client(
+        replace(
+            c.settings,
+            dynamodb_endpoint=f"http://127.0.0.1:{hung_port}",
+            dynamodb_read_timeout_s=1.0,
+            dynamodb_max_attempts=3,
+        )
+    )
     c.stop("xp")
     c.start("xp")
     xp = xp_pb2_grpc.XpServiceStub(c.channel("xp"))

@@ -1,4 +1,5 @@
 """Pure domain rules: no servers, no DynamoDB."""
+
 from __future__ import annotations
 
 from achievements_service.domain import PlayerStanding, Requirements, unmet_requirements
@@ -6,12 +7,14 @@ from common.models import Level, LevelTable, Reward
 from levels_service.domain import MAX_LEVELS_PER_STEP, plan_level_up
 from xp_service.domain import ACTIVITY, GRANT, LedgerEntry, entry_id_for, is_same_request
 
-TABLE = LevelTable([
-    Level(3, 300, (Reward("coins", 200),)),
-    Level(1, 0),
-    Level(2, 100, (Reward("coins", 100),)),
-    Level(5, 1000, (Reward("title", 1),)),
-])
+TABLE = LevelTable(
+    [
+        Level(3, 300, (Reward("coins", 200),)),
+        Level(1, 0),
+        Level(2, 100, (Reward("coins", 100),)),
+        Level(5, 1000, (Reward("title", 1),)),
+    ]
+)
 
 
 def test_level_is_highest_defined_level_whose_requirement_is_met() -> None:
@@ -46,7 +49,11 @@ def test_a_jump_longer_than_one_write_goes_in_steps() -> None:
     plan = plan_level_up(table, None, 10**6)
     assert (plan.previous_level, plan.current_level, len(plan.passed)) == (1, 250, 249)
     step = plan.first_step()
-    assert (step.previous_level, step.current_level, len(step.passed)) == (1, 1 + MAX_LEVELS_PER_STEP, MAX_LEVELS_PER_STEP)
+    assert (step.previous_level, step.current_level, len(step.passed)) == (
+        1,
+        1 + MAX_LEVELS_PER_STEP,
+        MAX_LEVELS_PER_STEP,
+    )
     assert plan_level_up(table, None, 50).first_step() == plan_level_up(table, None, 50)
 
 

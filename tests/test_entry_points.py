@@ -1,5 +1,6 @@
 """The real entry points (`python -m xp_service` ...) as separate processes:
 health checking, reflection through the real grpcurl binary, SIGTERM."""
+
 from __future__ import annotations
 
 import json
@@ -10,18 +11,18 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.process_cluster import start_process_cluster
 from common.caller_auth import Role
-from tests.cluster import authorized_channel, mint_test_token
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
+from tests.cluster import authorized_channel, mint_test_token
+from tests.process_cluster import start_process_cluster
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
@@ -39,10 +40,15 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_each_server_reports_serving_per_service(processes: dict) -> None:
-    for name, service in (("xp", "rewards.v1.XpService"), ("achievements", "rewards.v1.AchievementsService"),
-                          ("levels", "rewards.v1.LevelsService")):
+    for name, service in (
+        ("xp", "rewards.v1.XpService"),
+        ("achievements", "rewards.v1.AchievementsService"),
+        ("levels", "rewards.v1.LevelsService"),
+    ):
         with grpc.insecure_channel(f"localhost:{processes['ports'][name]}") as channel:
-            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=5
+            )
             assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -50,8 +56,11 @@ def test_grpcurl_lists_describes_and_calls_by_reflection(processes: dict) -> Non
     ports = processes["ports"]
     game = ("-H", f"authorization: Bearer {mint_test_token(Role.GAME, 'grpcurl-game')}")
     admin = ("-H", f"authorization: Bearer {mint_test_token(Role.ADMIN, 'grpcurl-admin')}")
-    for name, service in (("xp", "rewards.v1.XpService"), ("achievements", "rewards.v1.AchievementsService"),
-                          ("levels", "rewards.v1.LevelsService")):
+    for name, service in (
+        ("xp", "rewards.v1.XpService"),
+        ("achievements", "rewards.v1.AchievementsService"),
+        ("levels", "rewards.v1.LevelsService"),
+    ):
         listed = grpcurl(*game, f"localhost:{ports[name]}", "list")
         assert listed.returncode == 0, listed.stderr
         assert service in listed.stdout.split() and "grpc.health.v1.Health" in listed.stdout.split()
@@ -64,8 +73,14 @@ def test_grpcurl_lists_describes_and_calls_by_reflection(processes: dict) -> Non
     assert "code = Unauthenticated desc = authorization: no authorization metadata" in unlisted.stderr
     # ... but health checking is not: the Check itself carries no token (the
     # token goes to reflection only, which grpcurl needs to find the method).
-    health = grpcurl("-reflect-header", game[1], "-d", '{"service": "rewards.v1.XpService"}',
-                     f"localhost:{ports['xp']}", "grpc.health.v1.Health/Check")
+    health = grpcurl(
+        "-reflect-header",
+        game[1],
+        "-d",
+        '{"service": "rewards.v1.XpService"}',
+        f"localhost:{ports['xp']}",
+        "grpc.health.v1.Health/Check",
+    )
     assert health.returncode == 0, health.stderr
     assert json.loads(health.stdout) == {"status": "SERVING"}
     # Without any token at all grpcurl cannot look the method up, so a health
@@ -75,26 +90,70 @@ def test_grpcurl_lists_describes_and_calls_by_reflection(processes: dict) -> Non
     assert 'failed to query for service descriptor "grpc.health.v1.Health"' in unreflected.stderr
     assert "code = Unauthenticated" in unreflected.stderr
 
-    assert grpcurl(*admin, "-d", '{"level": {"level": 1, "xp_required": 0}}', f"localhost:{ports['levels']}",
-                   "rewards.v1.LevelsService/PutLevel").returncode == 0
-    assert grpcurl(*admin, "-d", '{"level": {"level": 2, "xp_required": 100, "rewards": [{"reward_id": "gold", "quantity": 10}]}}',
-                   f"localhost:{ports['levels']}", "rewards.v1.LevelsService/PutLevel").returncode == 0
-    assert grpcurl(*admin, "-d", '{"activity": {"activity_id": "win", "name": "Win a match", "xp": 150}}',
-                   f"localhost:{ports['xp']}", "rewards.v1.XpService/PutActivity").returncode == 0
-    awarded = grpcurl(*game, "-d", '{"user_id": "grpcurl-user", "activity_id": "win", "request_id": "m-1"}',
-                      f"localhost:{ports['xp']}", "rewards.v1.XpService/AwardXp")
+    assert (
+        grpcurl(
+            *admin,
+            "-d",
+            '{"level": {"level": 1, "xp_required": 0}}',
+            f"localhost:{ports['levels']}",
+            "rewards.v1.LevelsService/PutLevel",
+        ).returncode
+        == 0
+    )
+    assert (
+        grpcurl(
+            *admin,
+            "-d",
+            '{"level": {"level": 2, "xp_required": 100, "rewards": [{"reward_id": "gold", "quantity": 10}]}}',
+            f"localhost:{ports['levels']}",
+            "rewards.v1.LevelsService/PutLevel",
+        ).returncode
+        == 0
+    )
+    assert (
+        grpcurl(
+            *admin,
+            "-d",
+            '{"activity": {"activity_id": "win", "name": "Win a match", "xp": 150}}',
+            f"localhost:{ports['xp']}",
+            "rewards.v1.XpService/PutActivity",
+        ).returncode
+        == 0
+    )
+    awarded = grpcurl(
+        *game,
+        "-d",
+        '{"user_id": "grpcurl-user", "activity_id": "win", "request_id": "m-1"}',
+        f"localhost:{ports['xp']}",
+        "rewards.v1.XpService/AwardXp",
+    )
     assert awarded.returncode == 0, awarded.stderr
     body = json.loads(awarded.stdout)
     assert (body["xp_awarded"], body["total_xp"], body["level"]) == ("150", "150", 2)
     assert body["level_up"]["rewards"] == [{"reward_id": "gold", "quantity": "10"}]
 
-    assert grpcurl(*admin, "-d", '{"achievement": {"achievement_id": "first-win", "name": "First win", "xp_reward": 50}}',
-                   f"localhost:{ports['achievements']}", "rewards.v1.AchievementsService/PutAchievement").returncode == 0
-    unlocked = grpcurl(*game, "-d", '{"user_id": "grpcurl-user", "achievement_id": "first-win"}',
-                       f"localhost:{ports['achievements']}", "rewards.v1.AchievementsService/UnlockAchievement")
+    assert (
+        grpcurl(
+            *admin,
+            "-d",
+            '{"achievement": {"achievement_id": "first-win", "name": "First win", "xp_reward": 50}}',
+            f"localhost:{ports['achievements']}",
+            "rewards.v1.AchievementsService/PutAchievement",
+        ).returncode
+        == 0
+    )
+    unlocked = grpcurl(
+        *game,
+        "-d",
+        '{"user_id": "grpcurl-user", "achievement_id": "first-win"}',
+        f"localhost:{ports['achievements']}",
+        "rewards.v1.AchievementsService/UnlockAchievement",
+    )
     assert json.loads(unlocked.stdout)["total_xp"] == "200", unlocked.stderr
 
-    bad = grpcurl(*game, "-d", '{"user_id": "", "activity_id": "win"}', f"localhost:{ports['xp']}", "rewards.v1.XpService/AwardXp")
+    bad = grpcurl(
+        *game, "-d", '{"user_id": "", "activity_id": "win"}', f"localhost:{ports['xp']}", "rewards.v1.XpService/AwardXp"
+    )
     assert bad.returncode != 0
     assert "Code: InvalidArgument" in bad.stderr and "Message: user_id is required" in bad.stderr
 
@@ -103,7 +162,8 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = urllib.request.urlopen(f"http://localhost:{port}/metrics", timeout=5).read().decode()
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text) for sample in family.samples
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
     }
 
 
@@ -116,19 +176,30 @@ def test_metrics_count_rpcs_xp_level_ups_unlocks_and_dynamodb_calls(processes: d
         levels.PutLevel(levels_pb2.PutLevelRequest(level=levels_pb2.Level(level=3, xp_required=200)))
     before = {name: scrape(port) for name, port in metrics.items()}
     user = f"metrics-{uuid.uuid4().hex[:8]}"
-    with authorized_channel(f"localhost:{ports['xp']}") as xp_channel, \
-            authorized_channel(f"localhost:{ports['achievements']}") as ach_channel:
+    with (
+        authorized_channel(f"localhost:{ports['xp']}") as xp_channel,
+        authorized_channel(f"localhost:{ports['achievements']}") as ach_channel,
+    ):
         xp = xp_pb2_grpc.XpServiceStub(xp_channel)
         for i in range(5):
-            xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user, amount=50, reason="m", request_id=f"m-{i}"))  # 250 XP: levels 2, 3
+            xp.GrantXp(
+                xp_pb2.GrantXpRequest(user_id=user, amount=50, reason="m", request_id=f"m-{i}")
+            )  # 250 XP: levels 2, 3
         xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user, amount=50, reason="m", request_id="m-0"))  # a duplicate
         with pytest.raises(grpc.RpcError):
             xp.GrantXp(xp_pb2.GrantXpRequest(user_id="", amount=1, reason="m"))
         achievements = achievements_pb2_grpc.AchievementsServiceStub(ach_channel)
-        achievements.PutAchievement(achievements_pb2.PutAchievementRequest(
-            achievement=achievements_pb2.Achievement(achievement_id="metrics-ach", name="M", xp_reward=10)))
-        achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=user, achievement_id="metrics-ach"))
-        achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=user, achievement_id="metrics-ach"))
+        achievements.PutAchievement(
+            achievements_pb2.PutAchievementRequest(
+                achievement=achievements_pb2.Achievement(achievement_id="metrics-ach", name="M", xp_reward=10)
+            )
+        )
+        achievements.UnlockAchievement(
+            achievements_pb2.UnlockAchievementRequest(user_id=user, achievement_id="metrics-ach")
+        )
+        achievements.UnlockAchievement(
+            achievements_pb2.UnlockAchievementRequest(user_id=user, achievement_id="metrics-ach")
+        )
     after = {name: scrape(port) for name, port in metrics.items()}
 
     def delta(service: str, name: str, **labels: str) -> float:
@@ -142,9 +213,19 @@ def test_metrics_count_rpcs_xp_level_ups_unlocks_and_dynamodb_calls(processes: d
     assert delta("xp", "rewards_xp_awarded_total", kind="grant") == 250
     assert delta("xp", "rewards_xp_awarded_total", kind="achievement") == 10
     assert delta("levels", "rewards_level_ups_total") == 2
-    assert delta("levels", "rewards_rpc_requests_total", method="/rewards.v1.LevelsService/CheckLevelUp", code="OK") == 7
+    assert (
+        delta("levels", "rewards_rpc_requests_total", method="/rewards.v1.LevelsService/CheckLevelUp", code="OK") == 7
+    )
     assert delta("achievements", "rewards_achievements_unlocked_total") == 1
-    assert delta("achievements", "rewards_rpc_requests_total", method="/rewards.v1.AchievementsService/UnlockAchievement", code="OK") == 2
+    assert (
+        delta(
+            "achievements",
+            "rewards_rpc_requests_total",
+            method="/rewards.v1.AchievementsService/UnlockAchievement",
+            code="OK",
+        )
+        == 2
+    )
     assert delta("xp", "rewards_dynamodb_call_duration_seconds_count", operation="TransactWriteItems") == 7
     assert delta("levels", "rewards_dynamodb_call_duration_seconds_count", operation="TransactWriteItems") == 2
 
@@ -173,6 +254,10 @@ def test_sigterm_stops_each_server_gracefully(processes: dict) -> None:
         process = processes["processes"][name]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-        log_lines = [json.loads(line) for line in (processes["logs"] / f"{name}.log").read_text().splitlines() if line.startswith("{")]
+        log_lines = [
+            json.loads(line)
+            for line in (processes["logs"] / f"{name}.log").read_text().splitlines()
+            if line.startswith("{")
+        ]
         assert [l["message"] for l in log_lines][-2:] == ["stopping", "stopped"]
         assert log_lines[-1]["service"] == name

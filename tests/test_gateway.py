@@ -1,6 +1,7 @@
 """The HTTP/JSON gateway over real HTTP, in front of real servers: every
 route with real tokens, the error mapping, the OpenAPI document (and
 schemathesis against it), and `python -m gateway` as a process."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,13 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     ignored_auth,
@@ -22,7 +25,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
     unsupported_method,
 )
-from schemathesis.checks import not_a_server_error
 
 from common.caller_auth import Role
 from common.metrics import RPCS
@@ -39,15 +41,25 @@ GAME = mint_test_token(Role.GAME, "gateway-game")
 
 # What the issue asks for, written out (the route table must serve at least these).
 EXPECTED_OPERATIONS = {
-    ("POST", "/xp/award"), ("POST", "/xp/grant"), ("POST", "/achievements/unlock"),
-    ("POST", "/levels/check-level-up"), ("GET", "/users/{user_id}/progress"),
+    ("POST", "/xp/award"),
+    ("POST", "/xp/grant"),
+    ("POST", "/achievements/unlock"),
+    ("POST", "/levels/check-level-up"),
+    ("GET", "/users/{user_id}/progress"),
     ("GET", "/users/{user_id}/achievements"),
-    ("GET", "/activities"), ("GET", "/activities/{activity_id}"), ("PUT", "/activities/{activity_id}"),
+    ("GET", "/activities"),
+    ("GET", "/activities/{activity_id}"),
+    ("PUT", "/activities/{activity_id}"),
     ("DELETE", "/activities/{activity_id}"),
-    ("GET", "/achievements"), ("GET", "/achievements/{achievement_id}"), ("PUT", "/achievements/{achievement_id}"),
+    ("GET", "/achievements"),
+    ("GET", "/achievements/{achievement_id}"),
+    ("PUT", "/achievements/{achievement_id}"),
     ("DELETE", "/achievements/{achievement_id}"),
-    ("GET", "/levels"), ("PUT", "/levels/{level}"), ("DELETE", "/levels/{level}"),
-    ("GET", "/openapi.json"), ("GET", "/healthz"),
+    ("GET", "/levels"),
+    ("PUT", "/levels/{level}"),
+    ("DELETE", "/levels/{level}"),
+    ("GET", "/openapi.json"),
+    ("GET", "/healthz"),
 }
 
 
@@ -67,8 +79,9 @@ def gateway(gateway_cluster: Cluster) -> Iterator[GatewayServer]:
     server.stop()
 
 
-def call(gateway: GatewayServer, method: str, path: str, body: Any = None, *, token: str | None = GAME,
-         **kwargs: Any) -> HttpResponse:
+def call(
+    gateway: GatewayServer, method: str, path: str, body: Any = None, *, token: str | None = GAME, **kwargs: Any
+) -> HttpResponse:
     return http_call(gateway, method, path, body, token=token, **kwargs)
 
 
@@ -88,24 +101,40 @@ def error(response: HttpResponse, status: int, code: str) -> dict[str, Any]:
 
 
 def field_violations(body: dict[str, Any]) -> list[dict[str, Any]]:
-    return [v for d in body["details"] if d["@type"] == "type.googleapis.com/google.rpc.BadRequest"
-            for v in d["field_violations"]]
+    return [
+        v
+        for d in body["details"]
+        if d["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+        for v in d["field_violations"]
+    ]
 
 
 def rpc_count(method: str) -> float:
     """RPCs the in-process servers have served for `method`, every code."""
-    return sum(sample.value for metric in RPCS.collect() for sample in metric.samples
-               if sample.name.endswith("_total") and sample.labels.get("method") == method)
+    return sum(
+        sample.value
+        for metric in RPCS.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels.get("method") == method
+    )
 
 
 def put_activity(gateway: GatewayServer, xp: int = 150, category: str = "pvp") -> str:
     activity_id = unique("act")
-    ok(call(gateway, "PUT", f"/activities/{activity_id}", {"name": "Win a match", "category": category, "xp": str(xp)},
-            token=ADMIN))
+    ok(
+        call(
+            gateway,
+            "PUT",
+            f"/activities/{activity_id}",
+            {"name": "Win a match", "category": category, "xp": str(xp)},
+            token=ADMIN,
+        )
+    )
     return activity_id
 
 
 # --- the document -------------------------------------------------------------------------
+
 
 def test_openapi_document_matches_the_routes(gateway: GatewayServer) -> None:
     document = ok(call(gateway, "GET", "/openapi.json", token=None))
@@ -118,12 +147,16 @@ def test_openapi_document_matches_the_routes(gateway: GatewayServer) -> None:
     # The proto3 JSON mapping: int64 as a string, int32 as an integer, repeated as arrays,
     # messages as $refs, Timestamp as RFC 3339; proto field names; no other fields.
     award = schemas["AwardXpResponse"]
-    assert award["properties"]["xp_awarded"]["type"] == "string" and award["properties"]["xp_awarded"]["format"] == "int64"
+    assert (
+        award["properties"]["xp_awarded"]["type"] == "string" and award["properties"]["xp_awarded"]["format"] == "int64"
+    )
     assert award["properties"]["level"]["type"] == "integer"
     assert award["properties"]["level_up"] == {"$ref": "#/components/schemas/LevelUpResult"}
     assert award["additionalProperties"] is False
     assert schemas["ListActivitiesResponse"]["properties"]["activities"] == {
-        "type": "array", "items": {"$ref": "#/components/schemas/Activity"}}
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/Activity"},
+    }
     assert schemas["UserProgress"]["properties"]["updated_at"] == {"type": "string", "format": "date-time"}
     assert set(schemas["Activity"]["properties"]) == {"activity_id", "name", "description", "category", "xp"}
     assert set(schemas["Error"]["required"]) == {"code", "message", "details"}
@@ -144,7 +177,10 @@ def test_openapi_document_matches_the_routes(gateway: GatewayServer) -> None:
             target = target[part]
 
     assert document["components"]["securitySchemes"]["bearerAuth"] == {
-        **document["components"]["securitySchemes"]["bearerAuth"], "type": "http", "scheme": "bearer"}
+        **document["components"]["securitySchemes"]["bearerAuth"],
+        "type": "http",
+        "scheme": "bearer",
+    }
     assert document["components"]["parameters"]["IdempotencyKey"]["name"] == "Idempotency-Key"
     for route in ROUTES:
         operation = document["paths"][route.path][route.http_method.lower()]
@@ -160,10 +196,16 @@ def test_healthz(gateway: GatewayServer) -> None:
 
 # --- play ---------------------------------------------------------------------------------
 
+
 def test_award_counts_once_per_idempotency_key(gateway: GatewayServer, gateway_cluster: Cluster, user_id: str) -> None:
     activity_id = put_activity(gateway, xp=150)
-    first = call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id},
-                 headers={"Idempotency-Key": "match-1"})
+    first = call(
+        gateway,
+        "POST",
+        "/xp/award",
+        {"user_id": user_id, "activity_id": activity_id},
+        headers={"Idempotency-Key": "match-1"},
+    )
     award = ok(first)
     assert first.headers["x-trace-id"]
     assert award["user_id"] == user_id
@@ -173,26 +215,66 @@ def test_award_counts_once_per_idempotency_key(gateway: GatewayServer, gateway_c
     assert award["level_up"]["rewards"] == [{"reward_id": "coins", "quantity": "100"}]
 
     # A retry with the same key: counted once. The key may be repeated in the body.
-    again = ok(call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id, "request_id": "match-1"},
-                    headers={"Idempotency-Key": "match-1"}))
+    again = ok(
+        call(
+            gateway,
+            "POST",
+            "/xp/award",
+            {"user_id": user_id, "activity_id": activity_id, "request_id": "match-1"},
+            headers={"Idempotency-Key": "match-1"},
+        )
+    )
     assert again["duplicate"] is True and again["xp_awarded"] == "150" and again["total_xp"] == "150"
     # Another key counts again; so does a body's own request_id without the header.
-    assert ok(call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id},
-                   headers={"Idempotency-Key": "match-2"}))["total_xp"] == "300"
-    assert ok(call(gateway, "POST", "/xp/award",
-                   {"user_id": user_id, "activity_id": activity_id, "request_id": "match-3"}))["total_xp"] == "450"
+    assert (
+        ok(
+            call(
+                gateway,
+                "POST",
+                "/xp/award",
+                {"user_id": user_id, "activity_id": activity_id},
+                headers={"Idempotency-Key": "match-2"},
+            )
+        )["total_xp"]
+        == "300"
+    )
+    assert (
+        ok(
+            call(
+                gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id, "request_id": "match-3"}
+            )
+        )["total_xp"]
+        == "450"
+    )
     # The services saw the same thing.
     progress = gateway_cluster.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id))
     assert progress.total_xp == 450 and progress.level == 3
 
     # A body whose request_id is not the header's: refused before any call.
     before = rpc_count("/rewards.v1.XpService/AwardXp")
-    conflict = error(call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id,
-                                                         "request_id": "match-9"}, headers={"Idempotency-Key": "match-4"}),
-                     400, "INVALID_ARGUMENT")
+    conflict = error(
+        call(
+            gateway,
+            "POST",
+            "/xp/award",
+            {"user_id": user_id, "activity_id": activity_id, "request_id": "match-9"},
+            headers={"Idempotency-Key": "match-4"},
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    )
     assert field_violations(conflict)[0]["field"] == "request_id"
-    error(call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id},
-               headers={"Idempotency-Key": ""}), 400, "INVALID_ARGUMENT")
+    error(
+        call(
+            gateway,
+            "POST",
+            "/xp/award",
+            {"user_id": user_id, "activity_id": activity_id},
+            headers={"Idempotency-Key": ""},
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    )
     assert rpc_count("/rewards.v1.XpService/AwardXp") == before
 
 
@@ -207,36 +289,63 @@ def test_progress_and_level_check(gateway: GatewayServer, user_id: str) -> None:
     assert progress["rewards"] == [{"reward_id": "coins", "quantity": "100"}, {"reward_id": "coins", "quantity": "200"}]
     assert progress["updated_at"].endswith("Z")
 
-    check = ok(call(gateway, "POST", "/levels/check-level-up", {"user_id": user_id},
-                    headers={"Idempotency-Key": "check-1"}))
-    assert check == {"user_id": user_id, "leveled_up": False, "previous_level": 3, "current_level": 3,
-                     "total_xp": "320", "rewards": [], "next_level_xp": "600"}
+    check = ok(
+        call(gateway, "POST", "/levels/check-level-up", {"user_id": user_id}, headers={"Idempotency-Key": "check-1"})
+    )
+    assert check == {
+        "user_id": user_id,
+        "leveled_up": False,
+        "previous_level": 3,
+        "current_level": 3,
+        "total_xp": "320",
+        "rewards": [],
+        "next_level_xp": "600",
+    }
 
 
 def test_grant_takes_an_admin(gateway: GatewayServer, user_id: str) -> None:
     grant = {"user_id": user_id, "amount": "25", "reason": "tournament bonus"}
     granted = ok(call(gateway, "POST", "/xp/grant", grant, token=ADMIN, headers={"Idempotency-Key": "bonus-1"}))
     assert granted["xp_awarded"] == "25" and granted["total_xp"] == "25" and granted["duplicate"] is False
-    assert ok(call(gateway, "POST", "/xp/grant", grant, token=ADMIN,
-                   headers={"Idempotency-Key": "bonus-1"}))["duplicate"] is True
+    assert (
+        ok(call(gateway, "POST", "/xp/grant", grant, token=ADMIN, headers={"Idempotency-Key": "bonus-1"}))["duplicate"]
+        is True
+    )
     refused = error(call(gateway, "POST", "/xp/grant", grant, token=GAME), 403, "PERMISSION_DENIED")
     assert "may not call rewards.v1.XpService/GrantXp" in refused["message"]
 
 
 def test_unlock_with_requirements(gateway: GatewayServer, user_id: str) -> None:
     achievement_id = unique("veteran")
-    put = ok(call(gateway, "PUT", f"/achievements/{achievement_id}",
-                  {"name": "Veteran", "xp_reward": "50", "requirements": {"min_level": 3}}, token=ADMIN))
+    put = ok(
+        call(
+            gateway,
+            "PUT",
+            f"/achievements/{achievement_id}",
+            {"name": "Veteran", "xp_reward": "50", "requirements": {"min_level": 3}},
+            token=ADMIN,
+        )
+    )
     assert put["achievement_id"] == achievement_id and put["requirements"]["min_level"] == 3
 
-    unmet = error(call(gateway, "POST", "/achievements/unlock", {"user_id": user_id, "achievement_id": achievement_id}),
-                  409, "FAILED_PRECONDITION")
+    unmet = error(
+        call(gateway, "POST", "/achievements/unlock", {"user_id": user_id, "achievement_id": achievement_id}),
+        409,
+        "FAILED_PRECONDITION",
+    )
     assert unmet["details"][0]["@type"] == "type.googleapis.com/google.rpc.PreconditionFailure"
     assert unmet["details"][0]["violations"][0]["type"] == "REQUIREMENT"
 
     ok(call(gateway, "POST", "/xp/grant", {"user_id": user_id, "amount": "300", "reason": "setup"}, token=ADMIN))
-    unlocked = ok(call(gateway, "POST", "/achievements/unlock", {"user_id": user_id, "achievement_id": achievement_id},
-                       headers={"Idempotency-Key": "unlock-1"}))
+    unlocked = ok(
+        call(
+            gateway,
+            "POST",
+            "/achievements/unlock",
+            {"user_id": user_id, "achievement_id": achievement_id},
+            headers={"Idempotency-Key": "unlock-1"},
+        )
+    )
     assert unlocked["already_unlocked"] is False and unlocked["xp_awarded"] == "50" and unlocked["total_xp"] == "350"
     assert unlocked["achievement"]["achievement_id"] == achievement_id
     repeat = ok(call(gateway, "POST", "/achievements/unlock", {"user_id": user_id, "achievement_id": achievement_id}))
@@ -248,25 +357,51 @@ def test_unlock_with_requirements(gateway: GatewayServer, user_id: str) -> None:
     assert mine["achievements"][0]["unlocked_at"].endswith("Z")
     assert ok(call(gateway, "GET", f"/users/{user_id}/progress"))["unlocked_achievements"] == [achievement_id]
 
-    error(call(gateway, "POST", "/achievements/unlock", {"user_id": user_id, "achievement_id": unique("nope")}),
-          404, "NOT_FOUND")
+    error(
+        call(gateway, "POST", "/achievements/unlock", {"user_id": user_id, "achievement_id": unique("nope")}),
+        404,
+        "NOT_FOUND",
+    )
 
 
 # --- the catalog --------------------------------------------------------------------------
 
+
 def test_activity_catalog_round_trip(gateway: GatewayServer) -> None:
     activity_id, category = unique("act"), unique("cat")
-    stored = ok(call(gateway, "PUT", f"/activities/{activity_id}",
-                     {"name": "Capture the flag", "description": "3 flags", "category": category, "xp": 90}, token=ADMIN))
-    assert stored == {"activity_id": activity_id, "name": "Capture the flag", "description": "3 flags",
-                      "category": category, "xp": "90"}
+    stored = ok(
+        call(
+            gateway,
+            "PUT",
+            f"/activities/{activity_id}",
+            {"name": "Capture the flag", "description": "3 flags", "category": category, "xp": 90},
+            token=ADMIN,
+        )
+    )
+    assert stored == {
+        "activity_id": activity_id,
+        "name": "Capture the flag",
+        "description": "3 flags",
+        "category": category,
+        "xp": "90",
+    }
     assert ok(call(gateway, "GET", f"/activities/{activity_id}")) == stored
     # The body may name the id too, if it is the path's.
     second = unique("act")
-    ok(call(gateway, "PUT", f"/activities/{second}", {"activity_id": second, "name": "Second", "category": category},
-            token=ADMIN))
-    mismatch = error(call(gateway, "PUT", f"/activities/{second}", {"activity_id": "other", "name": "x"}, token=ADMIN),
-                     400, "INVALID_ARGUMENT")
+    ok(
+        call(
+            gateway,
+            "PUT",
+            f"/activities/{second}",
+            {"activity_id": second, "name": "Second", "category": category},
+            token=ADMIN,
+        )
+    )
+    mismatch = error(
+        call(gateway, "PUT", f"/activities/{second}", {"activity_id": "other", "name": "x"}, token=ADMIN),
+        400,
+        "INVALID_ARGUMENT",
+    )
     assert field_violations(mismatch)[0]["field"] == "activity.activity_id"
 
     page = ok(call(gateway, "GET", f"/activities?category={category}&page_size=1"))
@@ -277,10 +412,15 @@ def test_activity_catalog_round_trip(gateway: GatewayServer) -> None:
     whole = ok(call(gateway, "GET", f"/activities?category={category}"))
     assert whole["next_page_token"] == ""
     assert sorted(whole["activities"], key=lambda a: a["activity_id"] != activity_id) == [
-        stored, {"activity_id": second, "name": "Second", "description": "", "category": category, "xp": "0"}]
+        stored,
+        {"activity_id": second, "name": "Second", "description": "", "category": category, "xp": "0"},
+    ]
 
-    changed = ok(call(gateway, "PUT", f"/activities/{activity_id}", {"name": "CTF", "category": category, "xp": "95"},
-                      token=ADMIN))
+    changed = ok(
+        call(
+            gateway, "PUT", f"/activities/{activity_id}", {"name": "CTF", "category": category, "xp": "95"}, token=ADMIN
+        )
+    )
     assert changed["xp"] == "95" and changed["description"] == ""
     assert ok(call(gateway, "DELETE", f"/activities/{activity_id}", token=ADMIN)) == {}
     error(call(gateway, "GET", f"/activities/{activity_id}"), 404, "NOT_FOUND")
@@ -295,12 +435,28 @@ def test_activity_catalog_round_trip(gateway: GatewayServer) -> None:
 
 def test_achievement_catalog_round_trip(gateway: GatewayServer) -> None:
     first, second = unique("ach"), unique("ach")
-    stored = ok(call(gateway, "PUT", f"/achievements/{first}", {"name": "First", "xp_reward": "10", "hidden": True},
-                     token=ADMIN))
-    assert stored == {"achievement_id": first, "name": "First", "description": "", "xp_reward": "10", "hidden": True,
-                      "requirements": {"required_achievements": [], "min_total_xp": "0", "min_level": 0}}
-    ok(call(gateway, "PUT", f"/achievements/{second}",
-            {"name": "Second", "requirements": {"required_achievements": [first], "min_total_xp": "100"}}, token=ADMIN))
+    stored = ok(
+        call(
+            gateway, "PUT", f"/achievements/{first}", {"name": "First", "xp_reward": "10", "hidden": True}, token=ADMIN
+        )
+    )
+    assert stored == {
+        "achievement_id": first,
+        "name": "First",
+        "description": "",
+        "xp_reward": "10",
+        "hidden": True,
+        "requirements": {"required_achievements": [], "min_total_xp": "0", "min_level": 0},
+    }
+    ok(
+        call(
+            gateway,
+            "PUT",
+            f"/achievements/{second}",
+            {"name": "Second", "requirements": {"required_achievements": [first], "min_total_xp": "100"}},
+            token=ADMIN,
+        )
+    )
     got = ok(call(gateway, "GET", f"/achievements/{second}"))
     assert got["requirements"] == {"required_achievements": [first], "min_total_xp": "100", "min_level": 0}
 
@@ -321,8 +477,15 @@ def test_achievement_catalog_round_trip(gateway: GatewayServer) -> None:
 
 
 def test_level_table_round_trip(gateway: GatewayServer) -> None:
-    stored = ok(call(gateway, "PUT", "/levels/999", {"xp_required": "999999999", "rewards": [
-        {"reward_id": "crown", "quantity": "1"}]}, token=ADMIN))
+    stored = ok(
+        call(
+            gateway,
+            "PUT",
+            "/levels/999",
+            {"xp_required": "999999999", "rewards": [{"reward_id": "crown", "quantity": "1"}]},
+            token=ADMIN,
+        )
+    )
     assert stored == {"level": 999, "xp_required": "999999999", "rewards": [{"reward_id": "crown", "quantity": "1"}]}
     levels = ok(call(gateway, "GET", "/levels"))["levels"]
     assert [level["level"] for level in levels] == [1, 2, 3, 4, 5, 999]
@@ -335,32 +498,51 @@ def test_level_table_round_trip(gateway: GatewayServer) -> None:
 
 # --- errors -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("raw", "headers", "field"), [
-    (b'{"user_id": "u", "activity_id":', {}, "body"),  # malformed JSON
-    (b'{"user_id": "u", "activity_id": "a", "points": 5}', {}, "body"),  # unknown field
-    (b'{"user_id": 5, "activity_id": "a"}', {}, "body"),  # wrong type
-    (b'{"user_id": "u", "user_id": "v"}', {}, "body"),  # duplicate key
-    (b'["u", "a"]', {}, "body"),  # not an object
-    (b"", {}, "body"),  # no body
-    (b'{"user_id": "\xff"}', {}, "body"),  # not UTF-8
-    (b'{"user_id": "u", "activity_id": "a"}', {"Authorization": "Bearer t\xe9"}, "Authorization"),
-], ids=["malformed", "unknown-field", "wrong-type", "duplicate-key", "array", "empty", "not-utf8", "non-ascii-token"])
-def test_bad_bodies_are_refused_by_the_gateway(gateway: GatewayServer, raw: bytes, headers: dict[str, str],
-                                               field: str) -> None:
+
+@pytest.mark.parametrize(
+    ("raw", "headers", "field"),
+    [
+        (b'{"user_id": "u", "activity_id":', {}, "body"),  # malformed JSON
+        (b'{"user_id": "u", "activity_id": "a", "points": 5}', {}, "body"),  # unknown field
+        (b'{"user_id": 5, "activity_id": "a"}', {}, "body"),  # wrong type
+        (b'{"user_id": "u", "user_id": "v"}', {}, "body"),  # duplicate key
+        (b'["u", "a"]', {}, "body"),  # not an object
+        (b"", {}, "body"),  # no body
+        (b'{"user_id": "\xff"}', {}, "body"),  # not UTF-8
+        (b'{"user_id": "u", "activity_id": "a"}', {"Authorization": "Bearer t\xe9"}, "Authorization"),
+    ],
+    ids=["malformed", "unknown-field", "wrong-type", "duplicate-key", "array", "empty", "not-utf8", "non-ascii-token"],
+)
+def test_bad_bodies_are_refused_by_the_gateway(
+    gateway: GatewayServer, raw: bytes, headers: dict[str, str], field: str
+) -> None:
     before = rpc_count("/rewards.v1.XpService/AwardXp")
-    refused = error(call(gateway, "POST", "/xp/award", raw_body=raw,
-                         token=None if "Authorization" in headers else GAME, headers=headers), 400, "INVALID_ARGUMENT")
+    refused = error(
+        call(
+            gateway,
+            "POST",
+            "/xp/award",
+            raw_body=raw,
+            token=None if "Authorization" in headers else GAME,
+            headers=headers,
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    )
     assert field_violations(refused)[0]["field"] == field
     assert rpc_count("/rewards.v1.XpService/AwardXp") == before  # nothing reached the service
 
 
-@pytest.mark.parametrize(("path", "field"), [
-    ("/activities?page_size=abc", "page_size"),
-    ("/activities?page_size=99999999999", "page_size"),
-    ("/activities?limit=5", "limit"),
-    ("/activities?page_size=1&page_size=2", "page_size"),
-    ("/activities?category=caf%E9", "query"),  # Latin-1, not UTF-8: refused, not replaced
-])
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/activities?page_size=abc", "page_size"),
+        ("/activities?page_size=99999999999", "page_size"),
+        ("/activities?limit=5", "limit"),
+        ("/activities?page_size=1&page_size=2", "page_size"),
+        ("/activities?category=caf%E9", "query"),  # Latin-1, not UTF-8: refused, not replaced
+    ],
+)
 def test_bad_query_parameters_are_refused_by_the_gateway(gateway: GatewayServer, path: str, field: str) -> None:
     before = rpc_count("/rewards.v1.XpService/ListActivities")
     assert field_violations(error(call(gateway, "GET", path), 400, "INVALID_ARGUMENT"))[0]["field"] == field
@@ -370,8 +552,11 @@ def test_bad_query_parameters_are_refused_by_the_gateway(gateway: GatewayServer,
 def test_the_json_mapping_is_applied_strictly(gateway: GatewayServer) -> None:
     before = rpc_count("/rewards.v1.AchievementsService/PutAchievement")
     # json_format alone would read [] as an empty message.
-    refused = error(call(gateway, "PUT", f"/achievements/{unique('a')}", {"name": "x", "requirements": []}, token=ADMIN),
-                    400, "INVALID_ARGUMENT")
+    refused = error(
+        call(gateway, "PUT", f"/achievements/{unique('a')}", {"name": "x", "requirements": []}, token=ADMIN),
+        400,
+        "INVALID_ARGUMENT",
+    )
     assert "requirements must be a JSON object" in refused["message"]
     error(call(gateway, "PUT", "/levels/7", {"rewards": ["coins"]}, token=ADMIN), 400, "INVALID_ARGUMENT")
     error(call(gateway, "PUT", "/levels/7", {"xp_required": 1.5}, token=ADMIN), 400, "INVALID_ARGUMENT")
@@ -381,19 +566,24 @@ def test_the_json_mapping_is_applied_strictly(gateway: GatewayServer) -> None:
     assert camel["xp_reward"] == "5"
     # A path that is not UTF-8 once percent-decoded is refused, not passed on with replacement characters.
     before = rpc_count("/rewards.v1.XpService/GetProgress")
-    assert field_violations(error(call(gateway, "GET", "/users/caf%E9/progress"), 400, "INVALID_ARGUMENT"))[0][
-        "field"] == "path"
+    assert (
+        field_violations(error(call(gateway, "GET", "/users/caf%E9/progress"), 400, "INVALID_ARGUMENT"))[0]["field"]
+        == "path"
+    )
     assert rpc_count("/rewards.v1.XpService/GetProgress") == before
 
 
 def test_service_validation_comes_back_with_its_details(gateway: GatewayServer) -> None:
     before = rpc_count("/rewards.v1.XpService/AwardXp")
-    refused = error(call(gateway, "POST", "/xp/award", {"user_id": "", "activity_id": "win-match"}), 400, "INVALID_ARGUMENT")
+    refused = error(
+        call(gateway, "POST", "/xp/award", {"user_id": "", "activity_id": "win-match"}), 400, "INVALID_ARGUMENT"
+    )
     assert refused["message"] == "user_id is required"
     assert field_violations(refused) == [{"field": "user_id", "description": "is required", "reason": ""}]
     assert rpc_count("/rewards.v1.XpService/AwardXp") == before + 1
-    too_long = error(call(gateway, "PUT", f"/activities/{unique('a')}", {"name": "x" * 201}, token=ADMIN),
-                     400, "INVALID_ARGUMENT")
+    too_long = error(
+        call(gateway, "PUT", f"/activities/{unique('a')}", {"name": "x" * 201}, token=ADMIN), 400, "INVALID_ARGUMENT"
+    )
     assert field_violations(too_long)[0]["field"] == "activity.name"
 
 
@@ -403,15 +593,21 @@ def test_tokens_pass_through(gateway: GatewayServer, user_id: str) -> None:
     assert "no authorization metadata" in body["message"]
     assert missing.headers["www-authenticate"] == "Bearer"
     # The header goes as it is: the service judges it (and says why).
-    basic = error(call(gateway, "GET", f"/users/{user_id}/progress", token=None,
-                       headers={"Authorization": "Basic dXNlcjpwYXNz"}), 401, "UNAUTHENTICATED")
+    basic = error(
+        call(gateway, "GET", f"/users/{user_id}/progress", token=None, headers={"Authorization": "Basic dXNlcjpwYXNz"}),
+        401,
+        "UNAUTHENTICATED",
+    )
     assert "must be `Bearer <token>`" in basic["message"]
     error(call(gateway, "GET", f"/users/{user_id}/progress", token="not-a-jwt"), 401, "UNAUTHENTICATED")
     # A game token may not write the catalog or grant XP.
     refused = error(call(gateway, "PUT", "/activities/x", {"name": "X"}, token=GAME), 403, "PERMISSION_DENIED")
     assert "may not call rewards.v1.XpService/PutActivity" in refused["message"]
-    error(call(gateway, "POST", "/xp/grant", {"user_id": user_id, "amount": "1", "reason": "r"}, token=GAME),
-          403, "PERMISSION_DENIED")
+    error(
+        call(gateway, "POST", "/xp/grant", {"user_id": user_id, "amount": "1", "reason": "r"}, token=GAME),
+        403,
+        "PERMISSION_DENIED",
+    )
 
 
 def test_not_found(gateway: GatewayServer, user_id: str) -> None:
@@ -443,7 +639,9 @@ def test_trace_id(gateway: GatewayServer) -> None:
 def test_unavailable_service_is_503(gateway_cluster: Cluster, user_id: str) -> None:
     down = GatewayServer.for_cluster(gateway_cluster, xp_target=f"127.0.0.1:{free_port()}").start()
     try:
-        unavailable = error(call(down, "POST", "/xp/award", {"user_id": user_id, "activity_id": "a"}), 503, "UNAVAILABLE")
+        unavailable = error(
+            call(down, "POST", "/xp/award", {"user_id": user_id, "activity_id": "a"}), 503, "UNAVAILABLE"
+        )
         assert unavailable["message"]
         error(call(down, "GET", f"/users/{user_id}/progress"), 503, "UNAVAILABLE")
         # The other services are still served.
@@ -454,15 +652,24 @@ def test_unavailable_service_is_503(gateway_cluster: Cluster, user_id: str) -> N
 
 # --- the process --------------------------------------------------------------------------
 
+
 def test_python_m_gateway_serves_and_stops_on_sigterm(gateway_cluster: Cluster, tmp_path: Any, user_id: str) -> None:
     port = free_port()
-    env = {**os.environ, **LOCAL_CREDENTIALS, "REWARDS_GATEWAY_HOST": "127.0.0.1", "REWARDS_GATEWAY_PORT": str(port),
-           **{f"REWARDS_{name.upper()}_TARGET": f"localhost:{gateway_cluster.ports[name]}"
-              for name in ("xp", "achievements", "levels")}}
+    env = {
+        **os.environ,
+        **LOCAL_CREDENTIALS,
+        "REWARDS_GATEWAY_HOST": "127.0.0.1",
+        "REWARDS_GATEWAY_PORT": str(port),
+        **{
+            f"REWARDS_{name.upper()}_TARGET": f"localhost:{gateway_cluster.ports[name]}"
+            for name in ("xp", "achievements", "levels")
+        },
+    }
     log_path = tmp_path / "gateway.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=REPO_ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=log)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -491,6 +698,7 @@ def test_python_m_gateway_serves_and_stops_on_sigterm(gateway_cluster: Cluster, 
 
 # --- schemathesis -------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def fuzzed_gateway(dynamodb_endpoint: str) -> Iterator[GatewayServer]:
     """A cluster and gateway of their own: the generated calls write the catalog.
@@ -512,13 +720,19 @@ def fuzzed_gateway(dynamodb_endpoint: str) -> Iterator[GatewayServer]:
 DOCUMENT = build_document()
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          ignored_auth, unsupported_method]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    ignored_auth,
+    unsupported_method,
+]
 
 
 @schema.parametrize()
-@settings(max_examples=8, derandomize=True, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=8, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_schemathesis(case: Any, fuzzed_gateway: GatewayServer) -> None:
-    case.call_and_validate(base_url=fuzzed_gateway.url, headers={"Authorization": f"Bearer {ADMIN}"}, checks=CHECKS,
-                           timeout=30)
+    case.call_and_validate(
+        base_url=fuzzed_gateway.url, headers={"Authorization": f"Bearer {ADMIN}"}, checks=CHECKS, timeout=30
+    )

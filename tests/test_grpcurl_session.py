@@ -1,6 +1,7 @@
 """docs/grpcurl.md stays true: its commands run, in order, through the real
 grpcurl binary against a cluster of the real entry points (`python -m
 xp_service` ...) with tables of its own, and each prints what the doc shows."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,10 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -25,8 +27,11 @@ from tests.process_cluster import start_process_cluster
 DOC = REPO_ROOT / "docs" / "grpcurl.md"
 # The ports `make up` listens on, which the doc uses; the test's cluster has others.
 DEFAULT_PORTS = {"xp": 50051, "achievements": 50052, "levels": 50053}
-SERVICE_SERVERS = {"rewards.v1.XpService": "xp", "rewards.v1.AchievementsService": "achievements",
-                   "rewards.v1.LevelsService": "levels"}
+SERVICE_SERVERS = {
+    "rewards.v1.XpService": "xp",
+    "rewards.v1.AchievementsService": "achievements",
+    "rewards.v1.LevelsService": "levels",
+}
 CONTRACT_METHODS = {
     f"{service.full_name}/{method.name}"
     for module in (xp_pb2, achievements_pb2, levels_pb2)
@@ -68,7 +73,7 @@ class DocumentedCommand:
     def target(self) -> str:
         """What follows the address: `list`, `describe NAME`, or the method called."""
         argv = self.argv
-        return " ".join(argv[argv.index(self.address) + 1:])
+        return " ".join(argv[argv.index(self.address) + 1 :])
 
     @property
     def request_json(self) -> str | None:
@@ -132,8 +137,10 @@ def expected_headers(target: str) -> dict[str, list[str]]:
 
 def token_environment() -> dict[str, str]:
     """What `. .local/dev-auth.env` sets, with tokens of the test cluster's key."""
-    return {variable: mint_test_token(role, subject=f"grpcurl-doc-{role.value}")
-            for role, variable in TOKEN_VARIABLES.items()}
+    return {
+        variable: mint_test_token(role, subject=f"grpcurl-doc-{role.value}")
+        for role, variable in TOKEN_VARIABLES.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -167,8 +174,9 @@ def parse_session(text: str) -> Session:
             index += 1
             continue
         assert lines == grpcurl_lines and len(lines) == 1, f"one grpcurl command per ```sh block:\n{body}"
-        assert index + 1 < len(blocks) and blocks[index + 1][0] in ("json", "text"), \
+        assert index + 1 < len(blocks) and blocks[index + 1][0] in ("json", "text"), (
             f"no ```json or ```text output block after:\n{body}"
+        )
         commands.append(DocumentedCommand(body.strip(), blocks[index + 1][0], blocks[index + 1][1]))
         index += 2
     return Session(setup, commands, text)
@@ -182,8 +190,11 @@ def session() -> Session:
 def test_the_doc_shows_every_rpc_with_json_discovery_health_one_bad_call_and_two_refusals(session: Session) -> None:
     # Besides grpcurl, the doc runs only what loads the dev tokens and puts grpcurl on PATH.
     assert [shlex.split(line, comments=True) for line in session.setup] == [DEV_AUTH_SETUP, PATH_SETUP]
-    refused = [documented for documented in session.commands
-               if documented.documented_error and documented.documented_status in ("Unauthenticated", "PermissionDenied")]
+    refused = [
+        documented
+        for documented in session.commands
+        if documented.documented_error and documented.documented_status in ("Unauthenticated", "PermissionDenied")
+    ]
     for documented in session.commands:
         assert documented.argv[:2] == ["grpcurl", "-plaintext"], documented.command
         assert documented.address in {f"localhost:{port}" for port in DEFAULT_PORTS.values()}, documented.command
@@ -194,7 +205,9 @@ def test_the_doc_shows_every_rpc_with_json_discovery_health_one_bad_call_and_two
             assert documented.headers == expected_headers(documented.target), documented.command
     # The refusals: a call without any token, and a game token calling what only admin may.
     assert [(documented.target, documented.documented_status) for documented in refused] == [
-        ("rewards.v1.XpService/GetProgress", "Unauthenticated"), ("rewards.v1.XpService/GrantXp", "PermissionDenied")]
+        ("rewards.v1.XpService/GetProgress", "Unauthenticated"),
+        ("rewards.v1.XpService/GrantXp", "PermissionDenied"),
+    ]
     unauthenticated, denied = refused
     assert unauthenticated.headers == {flag: [] for flag in HEADER_FLAGS}, unauthenticated.command
     assert denied.headers == {"-H": [bearer(Role.GAME)], "-rpc-header": [], "-reflect-header": []}, denied.command
@@ -218,13 +231,22 @@ def test_the_doc_shows_every_rpc_with_json_discovery_health_one_bad_call_and_two
         assert json.loads(health.output) == {"status": "SERVING"}
     assert ("localhost:50051", "describe rewards.v1.XpService.AwardXp") in targets
 
-    bad_calls = [documented for documented in session.commands if documented.documented_error and documented not in refused]
-    assert [(bad.target, bad.documented_status) for bad in bad_calls] == [("rewards.v1.XpService/AwardXp", "InvalidArgument")]
+    bad_calls = [
+        documented for documented in session.commands if documented.documented_error and documented not in refused
+    ]
+    assert [(bad.target, bad.documented_status) for bad in bad_calls] == [
+        ("rewards.v1.XpService/AwardXp", "InvalidArgument")
+    ]
     assert all(documented.output_kind == "json" for documented in calls if not documented.documented_error)
     # The order a game follows: catalogs, then play, then progress.
-    assert called.index("rewards.v1.LevelsService/PutLevel") < called.index("rewards.v1.XpService/PutActivity") \
-        < called.index("rewards.v1.AchievementsService/PutAchievement") < called.index("rewards.v1.XpService/AwardXp") \
-        < called.index("rewards.v1.AchievementsService/UnlockAchievement") < called.index("rewards.v1.XpService/GetProgress")
+    assert (
+        called.index("rewards.v1.LevelsService/PutLevel")
+        < called.index("rewards.v1.XpService/PutActivity")
+        < called.index("rewards.v1.AchievementsService/PutAchievement")
+        < called.index("rewards.v1.XpService/AwardXp")
+        < called.index("rewards.v1.AchievementsService/UnlockAchievement")
+        < called.index("rewards.v1.XpService/GetProgress")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +254,9 @@ def cluster_ports(dynamodb_endpoint: str, tmp_path_factory: pytest.TempPathFacto
     """The three entry points as processes on free ports, with tables of their
     own, so the session starts from the empty cluster the doc shows."""
     cluster = start_process_cluster(
-        dynamodb_endpoint, tmp_path_factory.mktemp("grpcurl-doc-logs"), metrics=False,
+        dynamodb_endpoint,
+        tmp_path_factory.mktemp("grpcurl-doc-logs"),
+        metrics=False,
         # The doc shows awards whose level check answered in time; generous
         # deadlines keep a loaded machine from turning them into deferred ones.
         extra_env={"REWARDS_LEVEL_CHECK_TIMEOUT_S": "10", "REWARDS_XP_GRANT_TIMEOUT_S": "10"},
@@ -264,7 +288,9 @@ def status_exit_code(camel: str) -> int:
     return GRPCURL_STATUS_EXIT_OFFSET + code.value[0]
 
 
-def run_documented(session: Session, documented: DocumentedCommand, ports: dict[str, int]) -> subprocess.CompletedProcess[str]:
+def run_documented(
+    session: Session, documented: DocumentedCommand, ports: dict[str, int]
+) -> subprocess.CompletedProcess[str]:
     command = documented.command
     for server, default_port in DEFAULT_PORTS.items():
         command = command.replace(f"localhost:{default_port}", f"localhost:{ports[server]}")
@@ -275,8 +301,11 @@ def run_documented(session: Session, documented: DocumentedCommand, ports: dict[
     # directory for .venv/bin when the suite runs from another virtualenv.
     setup = [line for line in session.setup if shlex.split(line, comments=True) != DEV_AUTH_SETUP]
     script = "\n".join([*setup, command])
-    env = {**os.environ, **token_environment(),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        **token_environment(),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     return subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
 
 
@@ -311,7 +340,8 @@ def test_every_documented_command_prints_what_the_doc_shows(session: Session, cl
     # Every command runs, even after a mismatch, so that one run lists every
     # place the doc needs fixing.
     mismatches = [
-        found for documented in session.commands
+        found
+        for documented in session.commands
         if (found := mismatch(session, documented, run_documented(session, documented, cluster_ports)))
     ]
     assert not mismatches, "\n\n".join(mismatches)
@@ -355,16 +385,24 @@ def test_the_readme_grpcurl_block_calls_every_rpc_and_works(dynamodb_endpoint: s
     called = {c.split()[-1] for c in commands if "/" in c.split()[-1]}
     every_rpc = {
         f"{service.full_name}/{method.name}"
-        for module in (xp_pb2, achievements_pb2, levels_pb2) for service in module.DESCRIPTOR.services_by_name.values()
+        for module in (xp_pb2, achievements_pb2, levels_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
     assert every_rpc <= called, every_rpc - called
-    cluster = start_process_cluster(dynamodb_endpoint, tmp_path, metrics=False,
-                                    extra_env={"REWARDS_LEVEL_CHECK_TIMEOUT_S": "10", "REWARDS_XP_GRANT_TIMEOUT_S": "10"})
+    cluster = start_process_cluster(
+        dynamodb_endpoint,
+        tmp_path,
+        metrics=False,
+        extra_env={"REWARDS_LEVEL_CHECK_TIMEOUT_S": "10", "REWARDS_XP_GRANT_TIMEOUT_S": "10"},
+    )
     try:
         # The tokens . .local/dev-auth.env would set, of the test cluster's key.
-        env = {**os.environ, **token_environment(),
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env = {
+            **os.environ,
+            **token_environment(),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
         results = []
         for command in commands:
             for name, default in (("xp", 50051), ("achievements", 50052), ("levels", 50053)):
@@ -375,7 +413,11 @@ def test_the_readme_grpcurl_block_calls_every_rpc_and_works(dynamodb_endpoint: s
     *good, bad = results
     assert [r.args[-1] for r in good if r.returncode != 0] == []
     award, retry = [json.loads(r.stdout) for r in good if "XpService/AwardXp" in r.args[-1]]
-    assert (award["xp_awarded"], award["level"], award["level_up"]["rewards"]) == ("150", 2, [{"reward_id": "gold", "quantity": "50"}])
+    assert (award["xp_awarded"], award["level"], award["level_up"]["rewards"]) == (
+        "150",
+        2,
+        [{"reward_id": "gold", "quantity": "50"}],
+    )
     assert (retry["duplicate"], retry["total_xp"]) == (True, "150")
     progress = json.loads(next(r.stdout for r in good if "XpService/GetProgress" in r.args[-1]))
     assert (progress["total_xp"], progress["level"], progress["unlocked_achievements"]) == ("225", 2, ["first-win"])

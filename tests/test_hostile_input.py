@@ -26,14 +26,16 @@ examples every time.
 The faults it found (all fixed) are at the end, one test each, with the
 smallest example hypothesis found as an explicit example, so that they would
 show at once if they came back."""
+
 from __future__ import annotations
 
 import base64
 import json
 import unicodedata
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -44,11 +46,11 @@ from grpc_status import rpc_status
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from common.dynamodb import ALL_TABLES
 from rewards.v1 import achievements_pb2 as ach
 from rewards.v1 import levels_pb2 as lv
 from rewards.v1 import xp_pb2 as xp
-from common.dynamodb import ALL_TABLES
-from tests.cluster import STANDARD_LEVELS, Cluster, unique, authorized_channel
+from tests.cluster import STANDARD_LEVELS, Cluster, authorized_channel, unique
 
 # --- the contract, restated (README "Bad input" table, proto comments) ---------
 
@@ -72,14 +74,24 @@ MAX_REQUEST_BYTES = 1024 * 1024
 # at random. The test's client refuses past 8 KB every time, so that an answer
 # too large for some default clients fails here reproducibly.
 DEFAULT_CLIENT_METADATA_BYTES = 8 * 1024
-CLIENT_OPTIONS = [("grpc.max_metadata_size", DEFAULT_CLIENT_METADATA_BYTES),
-                  ("grpc.absolute_max_metadata_size", DEFAULT_CLIENT_METADATA_BYTES)]
+CLIENT_OPTIONS = [
+    ("grpc.max_metadata_size", DEFAULT_CLIENT_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", DEFAULT_CLIENT_METADATA_BYTES),
+]
 
-ALLOWED_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                 grpc.StatusCode.FAILED_PRECONDITION}
+ALLOWED_CODES = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
 # Refusals, after which every table must be as it was.
-REJECTIONS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
-              grpc.StatusCode.RESOURCE_EXHAUSTED}
+REJECTIONS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 # Derandomized and without a database: every run (and CI) tries the same examples.
 # Examples per RPC keep the file within about a minute on two cores.
@@ -97,23 +109,39 @@ SEED_ACTIVITIES = [
     xp.Activity(activity_id="win-match", name="Win a match", category="pvp", xp=150),
     xp.Activity(activity_id="lose-match", name="Play a match", category="pvp", xp=20),
     xp.Activity(activity_id="daily-login", name="Daily login", category="daily", xp=10),
-    xp.Activity(activity_id="quest-🐉", name="Slay the dragon 🐉", description="بطل\nheld", category="クエスト", xp=1000),
+    xp.Activity(
+        activity_id="quest-🐉", name="Slay the dragon 🐉", description="بطل\nheld", category="クエスト", xp=1000
+    ),
     xp.Activity(activity_id="zero-xp", name="Nothing", xp=0),
     xp.Activity(activity_id="max-xp", name="Everything", xp=MAX_XP),
     # The longest id in 4-byte characters: the most bytes a key and an error message can get.
-    xp.Activity(activity_id="🐉" * MAX_ID, name="🐉" * MAX_NAME, description="🐉" * MAX_DESCRIPTION, category="🐉" * MAX_ID, xp=7),
+    xp.Activity(
+        activity_id="🐉" * MAX_ID,
+        name="🐉" * MAX_NAME,
+        description="🐉" * MAX_DESCRIPTION,
+        category="🐉" * MAX_ID,
+        xp=7,
+    ),
     # For DeleteActivity to delete (DISPOSABLE_ACTIVITY_IDS).
     xp.Activity(activity_id="disposable-1", name="To delete"),
     xp.Activity(activity_id="disposable-✨", name="To delete"),
 ]
 SEED_ACHIEVEMENTS = [
     ach.Achievement(achievement_id="first-win", name="First win", xp_reward=50),
-    ach.Achievement(achievement_id="veteran", name="Veteran", xp_reward=100, requirements=ach.Requirements(
-        required_achievements=["first-win"], min_total_xp=500, min_level=3)),
+    ach.Achievement(
+        achievement_id="veteran",
+        name="Veteran",
+        xp_reward=100,
+        requirements=ach.Requirements(required_achievements=["first-win"], min_total_xp=500, min_level=3),
+    ),
     ach.Achievement(achievement_id="hidden-gem", name="Hidden gem", hidden=True),
     ach.Achievement(achievement_id="новичок", name="Новичок", description="первый шаг", xp_reward=5),
-    ach.Achievement(achievement_id="far-away", name="Far away", xp_reward=MAX_XP,
-                    requirements=ach.Requirements(min_total_xp=MAX_MIN_TOTAL_XP, min_level=MAX_MIN_LEVEL)),
+    ach.Achievement(
+        achievement_id="far-away",
+        name="Far away",
+        xp_reward=MAX_XP,
+        requirements=ach.Requirements(min_total_xp=MAX_MIN_TOTAL_XP, min_level=MAX_MIN_LEVEL),
+    ),
     # For DeleteAchievement to delete (DISPOSABLE_ACHIEVEMENT_IDS).
     ach.Achievement(achievement_id="disposable-1", name="To delete"),
     ach.Achievement(achievement_id="disposable-✨", name="To delete"),
@@ -124,8 +152,17 @@ SEED_LEVELS = STANDARD_LEVELS + [lv.Level(level=n, xp_required=n * 10**6) for n 
 
 # Valid values, unicode included, so that some requests succeed; "missing-*"
 # ids are valid but not in the catalog (NOT_FOUND).
-USER_IDS = ["player-1", "player-2", "spieler-ü", "玩家-三", "🎮-gamer", "لاعب", "\u200bzero-width-start", "u" * MAX_ID,
-            "🎲" * MAX_ID]
+USER_IDS = [
+    "player-1",
+    "player-2",
+    "spieler-ü",
+    "玩家-三",
+    "🎮-gamer",
+    "لاعب",
+    "\u200bzero-width-start",
+    "u" * MAX_ID,
+    "🎲" * MAX_ID,
+]
 ACTIVITY_IDS = [a.activity_id for a in SEED_ACTIVITIES] + ["missing-activity", "new-activity-✨"]
 ACHIEVEMENT_IDS = [a.achievement_id for a in SEED_ACHIEVEMENTS] + ["missing-achievement", "new-achievement-✨"]
 # Deletes aim at entries seeded (or put) for the purpose, so that the other
@@ -152,6 +189,7 @@ EMOJI = "🎮🏆🐉👩‍👩‍👧✨🇺🇳"
 
 
 # --- strategies -----------------------------------------------------------------
+
 
 def _repeated_to(unit: str, length: int) -> str:
     # Built, not drawn character by character: hypothesis stays fast at thousands of characters.
@@ -186,10 +224,15 @@ def hostile_text(limit: int) -> st.SearchStrategy[str]:
 def padded(valid: list[str]) -> st.SearchStrategy[str]:
     """A valid value with something put before, after or inside it."""
     return st.builds(
-        lambda value, extra, where: {"before": extra + value, "after": value + extra,
-                                     "inside": value[:1] + extra + value[1:]}[where],
+        lambda value, extra, where: {
+            "before": extra + value,
+            "after": value + extra,
+            "inside": value[:1] + extra + value[1:],
+        }[where],
         st.sampled_from([v for v in valid if v] or ["x"]),
-        st.sampled_from([" ", "\t", "\n", "\x00", "\x7f", "\x1b[31m", "\u3000", "\xa0", "\u200b", "\u202e", "\ufeff", "🐉"]),
+        st.sampled_from(
+            [" ", "\t", "\n", "\x00", "\x7f", "\x1b[31m", "\u3000", "\xa0", "\u200b", "\u202e", "\ufeff", "🐉"]
+        ),
         st.sampled_from(["before", "after", "inside"]),
     )
 
@@ -203,8 +246,31 @@ def int_field(valid: tuple[int, int], bits: int) -> tuple[st.SearchStrategy[int]
     """(valid values, any values) of one integer field of `bits` bits."""
     low, high = valid
     lowest, highest = INT32 if bits == 32 else INT64
-    edges = sorted({v for v in (low, high, low - 1, high + 1, 0, -1, 1, -high, lowest, lowest + 1, highest - 1, highest,
-                                INT32[0], INT32[1], 10**12, 10**12 + 1, 10**15) if lowest <= v <= highest})
+    edges = sorted(
+        {
+            v
+            for v in (
+                low,
+                high,
+                low - 1,
+                high + 1,
+                0,
+                -1,
+                1,
+                -high,
+                lowest,
+                lowest + 1,
+                highest - 1,
+                highest,
+                INT32[0],
+                INT32[1],
+                10**12,
+                10**12 + 1,
+                10**15,
+            )
+            if lowest <= v <= highest
+        }
+    )
     in_range = st.one_of(st.sampled_from([low, high]), st.integers(low, high))
     return in_range, st.one_of(in_range, st.sampled_from(edges), st.integers(lowest, highest))
 
@@ -212,20 +278,26 @@ def int_field(valid: tuple[int, int], bits: int) -> tuple[st.SearchStrategy[int]
 Choices = tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]
 
 
-def message_field(build: Callable[..., Any], finish_valid: Callable[[Any], Any] | None = None,
-                  **fields: Choices) -> Choices:
+def message_field(
+    build: Callable[..., Any], finish_valid: Callable[[Any], Any] | None = None, **fields: Choices
+) -> Choices:
     """(valid messages, any messages), from (valid, any) choices per field.
     Valid messages have every field valid, so that the success path is reached
     often (`finish_valid` mends what independent fields cannot, an achievement
     requiring itself). The others are either valid but for one field, which
     checks that the refusal blames that field, or anything at all."""
+
     def drawn(pick: Callable[[str, Choices], st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
-        return st.fixed_dictionaries({name: pick(name, pair) for name, pair in fields.items()}).map(lambda v: build(**v))
+        return st.fixed_dictionaries({name: pick(name, pair) for name, pair in fields.items()}).map(
+            lambda v: build(**v)
+        )
 
     valid = drawn(lambda name, pair: pair[0])
     if finish_valid is not None:
         valid = valid.map(finish_valid)
-    one_field_off = st.one_of([drawn(lambda name, pair, off=off: pair[1] if name == off else pair[0]) for off in fields])
+    one_field_off = st.one_of(
+        [drawn(lambda name, pair, off=off: pair[1] if name == off else pair[0]) for off in fields]
+    )
     return valid, st.one_of(one_field_off, drawn(lambda name, pair: pair[1]))
 
 
@@ -247,24 +319,39 @@ def requests(choices: Choices) -> st.SearchStrategy[Message]:
     return st.one_of(choices[0], choices[1])
 
 
-def page_tokens(stage: "Stage", key: str) -> st.SearchStrategy[str]:
+def page_tokens(stage: Stage, key: str) -> st.SearchStrategy[str]:
     """Issued tokens and forgeries: text, base64 of bytes, base64 of JSON of the
     right or wrong shape with hostile values. (Deeply nested JSON has its own test.)"""
+
     def b64(raw: bytes, urlsafe: bool, strip: bool) -> str:
         encoded = (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(raw).decode()
         return encoded.rstrip("=") if strip else encoded
 
-    json_values = st.one_of(st.text(max_size=12), hostile_text(MAX_ID), st.integers(), st.floats(), st.none(),
-                            st.booleans(), st.lists(st.integers(), max_size=3), st.sampled_from(ACTIVITY_IDS + ACHIEVEMENT_IDS))
+    json_values = st.one_of(
+        st.text(max_size=12),
+        hostile_text(MAX_ID),
+        st.integers(),
+        st.floats(),
+        st.none(),
+        st.booleans(),
+        st.lists(st.integers(), max_size=3),
+        st.sampled_from(ACTIVITY_IDS + ACHIEVEMENT_IDS),
+    )
     forged = st.one_of(
         st.fixed_dictionaries({key: json_values}),
         st.fixed_dictionaries({key: json_values, "category": json_values}),
-        st.dictionaries(st.one_of(st.sampled_from([key, "category", "user_id", "level"]), st.text(max_size=6)),
-                        json_values, max_size=4),
+        st.dictionaries(
+            st.one_of(st.sampled_from([key, "category", "user_id", "level"]), st.text(max_size=6)),
+            json_values,
+            max_size=4,
+        ),
         st.one_of(st.integers(), st.text(max_size=10), st.lists(st.text(max_size=4), max_size=3), st.none()),
     ).map(lambda value: json.dumps(value).encode())
-    raw = st.one_of(st.binary(max_size=64), forged, st.sampled_from([b"{}", b"[]", b"null", b"1e999", b"\"\"",
-                                                                      b"\xef\xbb\xbf{}", b"{\"a\":1,\"a\":2}"]))
+    raw = st.one_of(
+        st.binary(max_size=64),
+        forged,
+        st.sampled_from([b"{}", b"[]", b"null", b"1e999", b'""', b"\xef\xbb\xbf{}", b'{"a":1,"a":2}']),
+    )
     return st.one_of(
         st.just(""),
         st.sampled_from(sorted(token for _, token in stage.seed_tokens)),  # issued, perhaps for another listing
@@ -275,6 +362,7 @@ def page_tokens(stage: "Stage", key: str) -> st.SearchStrategy[str]:
 
 
 # --- verdicts: which fields of a request break a documented limit ----------------
+
 
 @dataclass
 class Verdict:
@@ -313,13 +401,13 @@ def check_range(verdict: Verdict, name: str, value: int, low: int, high: int) ->
         verdict.broken.add(name)
 
 
-def check_page(verdict: Verdict, stage: "Stage", listing: tuple[str, str], page_size: int, page_token: str) -> None:
+def check_page(verdict: Verdict, stage: Stage, listing: tuple[str, str], page_size: int, page_token: str) -> None:
     check_range(verdict, "page_size", page_size, 0, MAX_PAGE_SIZE)
     if page_token and (listing, page_token) not in stage.issued_tokens:
         verdict.doubtful.add("page_token")  # a forged token may happen to be well formed
 
 
-def verdict_put_activity(request: xp.PutActivityRequest, stage: "Stage") -> Verdict:
+def verdict_put_activity(request: xp.PutActivityRequest, stage: Stage) -> Verdict:
     verdict = Verdict()
     if not request.HasField("activity"):
         verdict.broken.add("activity")
@@ -333,20 +421,20 @@ def verdict_put_activity(request: xp.PutActivityRequest, stage: "Stage") -> Verd
     return verdict
 
 
-def verdict_activity_id(request: Any, stage: "Stage") -> Verdict:
+def verdict_activity_id(request: Any, stage: Stage) -> Verdict:
     verdict = Verdict()
     check_id(verdict, "activity_id", request.activity_id)
     return verdict
 
 
-def verdict_list_activities(request: xp.ListActivitiesRequest, stage: "Stage") -> Verdict:
+def verdict_list_activities(request: xp.ListActivitiesRequest, stage: Stage) -> Verdict:
     verdict = Verdict()
     check_id(verdict, "category", request.category, required=False)
     check_page(verdict, stage, ("ListActivities", request.category), request.page_size, request.page_token)
     return verdict
 
 
-def verdict_award_xp(request: xp.AwardXpRequest, stage: "Stage") -> Verdict:
+def verdict_award_xp(request: xp.AwardXpRequest, stage: Stage) -> Verdict:
     verdict = Verdict()
     check_id(verdict, "user_id", request.user_id)
     check_id(verdict, "activity_id", request.activity_id)
@@ -354,7 +442,7 @@ def verdict_award_xp(request: xp.AwardXpRequest, stage: "Stage") -> Verdict:
     return verdict
 
 
-def verdict_grant_xp(request: xp.GrantXpRequest, stage: "Stage") -> Verdict:
+def verdict_grant_xp(request: xp.GrantXpRequest, stage: Stage) -> Verdict:
     verdict = Verdict()
     check_id(verdict, "user_id", request.user_id)
     check_range(verdict, "amount", request.amount, 0, MAX_XP)
@@ -366,13 +454,13 @@ def verdict_grant_xp(request: xp.GrantXpRequest, stage: "Stage") -> Verdict:
     return verdict
 
 
-def verdict_user_id(request: Any, stage: "Stage") -> Verdict:
+def verdict_user_id(request: Any, stage: Stage) -> Verdict:
     verdict = Verdict()
     check_id(verdict, "user_id", request.user_id)
     return verdict
 
 
-def verdict_put_achievement(request: ach.PutAchievementRequest, stage: "Stage") -> Verdict:
+def verdict_put_achievement(request: ach.PutAchievementRequest, stage: Stage) -> Verdict:
     verdict = Verdict()
     if not request.HasField("achievement"):
         verdict.broken.add("achievement")
@@ -398,19 +486,19 @@ def verdict_put_achievement(request: ach.PutAchievementRequest, stage: "Stage") 
     return verdict
 
 
-def verdict_achievement_id(request: Any, stage: "Stage") -> Verdict:
+def verdict_achievement_id(request: Any, stage: Stage) -> Verdict:
     verdict = Verdict()
     check_id(verdict, "achievement_id", request.achievement_id)
     return verdict
 
 
-def verdict_list_achievements(request: ach.ListAchievementsRequest, stage: "Stage") -> Verdict:
+def verdict_list_achievements(request: ach.ListAchievementsRequest, stage: Stage) -> Verdict:
     verdict = Verdict()
     check_page(verdict, stage, ("ListAchievements", ""), request.page_size, request.page_token)
     return verdict
 
 
-def verdict_unlock(request: ach.UnlockAchievementRequest, stage: "Stage") -> Verdict:
+def verdict_unlock(request: ach.UnlockAchievementRequest, stage: Stage) -> Verdict:
     verdict = Verdict()
     check_id(verdict, "user_id", request.user_id)
     check_id(verdict, "achievement_id", request.achievement_id)
@@ -418,7 +506,7 @@ def verdict_unlock(request: ach.UnlockAchievementRequest, stage: "Stage") -> Ver
     return verdict
 
 
-def verdict_put_level(request: lv.PutLevelRequest, stage: "Stage") -> Verdict:
+def verdict_put_level(request: lv.PutLevelRequest, stage: Stage) -> Verdict:
     verdict = Verdict()
     if not request.HasField("level"):
         verdict.broken.add("level")
@@ -434,11 +522,11 @@ def verdict_put_level(request: lv.PutLevelRequest, stage: "Stage") -> Verdict:
     return verdict
 
 
-def verdict_nothing_to_check(request: Any, stage: "Stage") -> Verdict:
+def verdict_nothing_to_check(request: Any, stage: Stage) -> Verdict:
     return Verdict()
 
 
-def verdict_delete_level(request: lv.DeleteLevelRequest, stage: "Stage") -> Verdict:
+def verdict_delete_level(request: lv.DeleteLevelRequest, stage: Stage) -> Verdict:
     verdict = Verdict()
     if request.level < 1:
         verdict.broken.add("level")
@@ -447,7 +535,7 @@ def verdict_delete_level(request: lv.DeleteLevelRequest, stage: "Stage") -> Verd
     return verdict
 
 
-def verdict_check_level_up(request: lv.CheckLevelUpRequest, stage: "Stage") -> Verdict:
+def verdict_check_level_up(request: lv.CheckLevelUpRequest, stage: Stage) -> Verdict:
     verdict = Verdict()
     check_id(verdict, "user_id", request.user_id)
     check_id(verdict, "request_id", request.request_id, required=False, max_length=MAX_CHECK_REQUEST_ID)
@@ -456,16 +544,17 @@ def verdict_check_level_up(request: lv.CheckLevelUpRequest, stage: "Stage") -> V
 
 # --- what an accepted request must be answered with -------------------------------
 
-def ok_put_activity(stage: "Stage", request: xp.PutActivityRequest, response: xp.Activity) -> None:
+
+def ok_put_activity(stage: Stage, request: xp.PutActivityRequest, response: xp.Activity) -> None:
     assert response == request.activity
 
 
-def ok_get_activity(stage: "Stage", request: xp.GetActivityRequest, response: xp.Activity) -> None:
+def ok_get_activity(stage: Stage, request: xp.GetActivityRequest, response: xp.Activity) -> None:
     assert response.activity_id == request.activity_id
     assert 0 <= response.xp <= MAX_XP
 
 
-def ok_list_activities(stage: "Stage", request: xp.ListActivitiesRequest, response: xp.ListActivitiesResponse) -> None:
+def ok_list_activities(stage: Stage, request: xp.ListActivitiesRequest, response: xp.ListActivitiesResponse) -> None:
     assert len(response.activities) <= (request.page_size or DEFAULT_PAGE_SIZE)
     if request.category:
         assert {a.category for a in response.activities} <= {request.category}
@@ -473,11 +562,11 @@ def ok_list_activities(stage: "Stage", request: xp.ListActivitiesRequest, respon
         stage.issued_tokens.add((("ListActivities", request.category), response.next_page_token))
 
 
-def ok_empty(stage: "Stage", request: Message, response: Message) -> None:
+def ok_empty(stage: Stage, request: Message, response: Message) -> None:
     assert response.ByteSize() == 0
 
 
-def ok_award(stage: "Stage", request: xp.AwardXpRequest | xp.GrantXpRequest, response: xp.AwardXpResponse) -> None:
+def ok_award(stage: Stage, request: xp.AwardXpRequest | xp.GrantXpRequest, response: xp.AwardXpResponse) -> None:
     assert response.user_id == request.user_id
     assert 0 <= response.xp_awarded <= MAX_XP
     assert response.total_xp >= response.xp_awarded
@@ -489,13 +578,13 @@ def ok_award(stage: "Stage", request: xp.AwardXpRequest | xp.GrantXpRequest, res
     assert response.total_xp == response.level_up.total_xp
 
 
-def ok_progress(stage: "Stage", request: xp.GetProgressRequest, response: xp.UserProgress) -> None:
+def ok_progress(stage: Stage, request: xp.GetProgressRequest, response: xp.UserProgress) -> None:
     assert response.user_id == request.user_id
     assert response.total_xp >= 0 and response.level >= 0
     assert list(response.unlocked_achievements) == sorted(set(response.unlocked_achievements))
 
 
-def ok_put_achievement(stage: "Stage", request: ach.PutAchievementRequest, response: ach.Achievement) -> None:
+def ok_put_achievement(stage: Stage, request: ach.PutAchievementRequest, response: ach.Achievement) -> None:
     expected = ach.Achievement()
     expected.CopyFrom(request.achievement)
     # Stored with its requirements spelled out, duplicates dropped (first kept).
@@ -505,41 +594,44 @@ def ok_put_achievement(stage: "Stage", request: ach.PutAchievementRequest, respo
     assert response == expected
 
 
-def ok_get_achievement(stage: "Stage", request: ach.GetAchievementRequest, response: ach.Achievement) -> None:
+def ok_get_achievement(stage: Stage, request: ach.GetAchievementRequest, response: ach.Achievement) -> None:
     assert response.achievement_id == request.achievement_id
 
 
-def ok_list_achievements(stage: "Stage", request: ach.ListAchievementsRequest, response: ach.ListAchievementsResponse) -> None:
+def ok_list_achievements(
+    stage: Stage, request: ach.ListAchievementsRequest, response: ach.ListAchievementsResponse
+) -> None:
     assert len(response.achievements) <= (request.page_size or DEFAULT_PAGE_SIZE)
     if response.next_page_token:
         stage.issued_tokens.add((("ListAchievements", ""), response.next_page_token))
 
 
-def ok_unlock(stage: "Stage", request: ach.UnlockAchievementRequest, response: ach.UnlockAchievementResponse) -> None:
+def ok_unlock(stage: Stage, request: ach.UnlockAchievementRequest, response: ach.UnlockAchievementResponse) -> None:
     assert response.achievement.achievement_id == request.achievement_id
     if not response.already_unlocked:
         assert response.xp_awarded == response.achievement.xp_reward
     assert response.total_xp >= response.xp_awarded >= 0
 
 
-def ok_user_achievements(stage: "Stage", request: ach.ListUserAchievementsRequest,
-                         response: ach.ListUserAchievementsResponse) -> None:
+def ok_user_achievements(
+    stage: Stage, request: ach.ListUserAchievementsRequest, response: ach.ListUserAchievementsResponse
+) -> None:
     assert response.user_id == request.user_id
     ids = [a.achievement_id for a in response.achievements]
     assert len(ids) == len(set(ids))
 
 
-def ok_put_level(stage: "Stage", request: lv.PutLevelRequest, response: lv.Level) -> None:
+def ok_put_level(stage: Stage, request: lv.PutLevelRequest, response: lv.Level) -> None:
     assert response == request.level
 
 
-def ok_list_levels(stage: "Stage", request: lv.ListLevelsRequest, response: lv.ListLevelsResponse) -> None:
+def ok_list_levels(stage: Stage, request: lv.ListLevelsRequest, response: lv.ListLevelsResponse) -> None:
     numbers = [level.level for level in response.levels]
     assert numbers == sorted(set(numbers))
     assert all(1 <= n <= MAX_LEVEL for n in numbers)
 
 
-def ok_check_level_up(stage: "Stage", request: lv.CheckLevelUpRequest, response: lv.LevelUpResult) -> None:
+def ok_check_level_up(stage: Stage, request: lv.CheckLevelUpRequest, response: lv.LevelUpResult) -> None:
     assert response.user_id == request.user_id
     assert response.current_level >= response.previous_level >= 0
     if not response.leveled_up:
@@ -558,42 +650,118 @@ class Rpc:
     request_type: type[Message]
     response_type: type[Message]
     writes: bool
-    verdict: Callable[[Any, "Stage"], Verdict]
-    accepted: Callable[["Stage", Any, Any], None]
+    verdict: Callable[[Any, Stage], Verdict]
+    accepted: Callable[[Stage, Any, Any], None]
 
     @property
     def path(self) -> str:
         return f"/rewards.v1.{SERVICE_NAMES[self.service]}/{self.name}"
 
 
-RPCS = {rpc.name: rpc for rpc in [
-    Rpc("xp", "PutActivity", xp.PutActivityRequest, xp.Activity, True, verdict_put_activity, ok_put_activity),
-    Rpc("xp", "GetActivity", xp.GetActivityRequest, xp.Activity, False, verdict_activity_id, ok_get_activity),
-    Rpc("xp", "ListActivities", xp.ListActivitiesRequest, xp.ListActivitiesResponse, False,
-        verdict_list_activities, ok_list_activities),
-    Rpc("xp", "DeleteActivity", xp.DeleteActivityRequest, xp.DeleteActivityResponse, True, verdict_activity_id, ok_empty),
-    Rpc("xp", "AwardXp", xp.AwardXpRequest, xp.AwardXpResponse, True, verdict_award_xp, ok_award),
-    Rpc("xp", "GrantXp", xp.GrantXpRequest, xp.AwardXpResponse, True, verdict_grant_xp, ok_award),
-    Rpc("xp", "GetProgress", xp.GetProgressRequest, xp.UserProgress, False, verdict_user_id, ok_progress),
-    Rpc("achievements", "PutAchievement", ach.PutAchievementRequest, ach.Achievement, True,
-        verdict_put_achievement, ok_put_achievement),
-    Rpc("achievements", "GetAchievement", ach.GetAchievementRequest, ach.Achievement, False,
-        verdict_achievement_id, ok_get_achievement),
-    Rpc("achievements", "ListAchievements", ach.ListAchievementsRequest, ach.ListAchievementsResponse, False,
-        verdict_list_achievements, ok_list_achievements),
-    Rpc("achievements", "DeleteAchievement", ach.DeleteAchievementRequest, ach.DeleteAchievementResponse, True,
-        verdict_achievement_id, ok_empty),
-    Rpc("achievements", "UnlockAchievement", ach.UnlockAchievementRequest, ach.UnlockAchievementResponse, True,
-        verdict_unlock, ok_unlock),
-    Rpc("achievements", "ListUserAchievements", ach.ListUserAchievementsRequest, ach.ListUserAchievementsResponse,
-        False, verdict_user_id, ok_user_achievements),
-    Rpc("levels", "PutLevel", lv.PutLevelRequest, lv.Level, True, verdict_put_level, ok_put_level),
-    Rpc("levels", "ListLevels", lv.ListLevelsRequest, lv.ListLevelsResponse, False, verdict_nothing_to_check,
-        ok_list_levels),
-    Rpc("levels", "DeleteLevel", lv.DeleteLevelRequest, lv.DeleteLevelResponse, True, verdict_delete_level, ok_empty),
-    Rpc("levels", "CheckLevelUp", lv.CheckLevelUpRequest, lv.LevelUpResult, True, verdict_check_level_up,
-        ok_check_level_up),
-]}
+RPCS = {
+    rpc.name: rpc
+    for rpc in [
+        Rpc("xp", "PutActivity", xp.PutActivityRequest, xp.Activity, True, verdict_put_activity, ok_put_activity),
+        Rpc("xp", "GetActivity", xp.GetActivityRequest, xp.Activity, False, verdict_activity_id, ok_get_activity),
+        Rpc(
+            "xp",
+            "ListActivities",
+            xp.ListActivitiesRequest,
+            xp.ListActivitiesResponse,
+            False,
+            verdict_list_activities,
+            ok_list_activities,
+        ),
+        Rpc(
+            "xp",
+            "DeleteActivity",
+            xp.DeleteActivityRequest,
+            xp.DeleteActivityResponse,
+            True,
+            verdict_activity_id,
+            ok_empty,
+        ),
+        Rpc("xp", "AwardXp", xp.AwardXpRequest, xp.AwardXpResponse, True, verdict_award_xp, ok_award),
+        Rpc("xp", "GrantXp", xp.GrantXpRequest, xp.AwardXpResponse, True, verdict_grant_xp, ok_award),
+        Rpc("xp", "GetProgress", xp.GetProgressRequest, xp.UserProgress, False, verdict_user_id, ok_progress),
+        Rpc(
+            "achievements",
+            "PutAchievement",
+            ach.PutAchievementRequest,
+            ach.Achievement,
+            True,
+            verdict_put_achievement,
+            ok_put_achievement,
+        ),
+        Rpc(
+            "achievements",
+            "GetAchievement",
+            ach.GetAchievementRequest,
+            ach.Achievement,
+            False,
+            verdict_achievement_id,
+            ok_get_achievement,
+        ),
+        Rpc(
+            "achievements",
+            "ListAchievements",
+            ach.ListAchievementsRequest,
+            ach.ListAchievementsResponse,
+            False,
+            verdict_list_achievements,
+            ok_list_achievements,
+        ),
+        Rpc(
+            "achievements",
+            "DeleteAchievement",
+            ach.DeleteAchievementRequest,
+            ach.DeleteAchievementResponse,
+            True,
+            verdict_achievement_id,
+            ok_empty,
+        ),
+        Rpc(
+            "achievements",
+            "UnlockAchievement",
+            ach.UnlockAchievementRequest,
+            ach.UnlockAchievementResponse,
+            True,
+            verdict_unlock,
+            ok_unlock,
+        ),
+        Rpc(
+            "achievements",
+            "ListUserAchievements",
+            ach.ListUserAchievementsRequest,
+            ach.ListUserAchievementsResponse,
+            False,
+            verdict_user_id,
+            ok_user_achievements,
+        ),
+        Rpc("levels", "PutLevel", lv.PutLevelRequest, lv.Level, True, verdict_put_level, ok_put_level),
+        Rpc(
+            "levels",
+            "ListLevels",
+            lv.ListLevelsRequest,
+            lv.ListLevelsResponse,
+            False,
+            verdict_nothing_to_check,
+            ok_list_levels,
+        ),
+        Rpc(
+            "levels", "DeleteLevel", lv.DeleteLevelRequest, lv.DeleteLevelResponse, True, verdict_delete_level, ok_empty
+        ),
+        Rpc(
+            "levels",
+            "CheckLevelUp",
+            lv.CheckLevelUpRequest,
+            lv.LevelUpResult,
+            True,
+            verdict_check_level_up,
+            ok_check_level_up,
+        ),
+    ]
+}
 
 
 def _without_self_requirement(achievement: ach.Achievement) -> ach.Achievement:
@@ -603,7 +771,7 @@ def _without_self_requirement(achievement: ach.Achievement) -> ach.Achievement:
     return achievement
 
 
-def requests_for(name: str, stage: "Stage") -> st.SearchStrategy[Message]:
+def requests_for(name: str, stage: Stage) -> st.SearchStrategy[Message]:
     """Every request an RPC can be sent, valid ones often enough to succeed."""
     user_id = text_field(USER_IDS, MAX_ID)
     request_id = text_field(REQUEST_IDS, MAX_ID)
@@ -617,49 +785,80 @@ def requests_for(name: str, stage: "Stage") -> st.SearchStrategy[Message]:
             category=text_field(CATEGORIES, MAX_ID),
             xp=amount,
         )
-        return requests(message_field(lambda activity: with_nested(xp.PutActivityRequest(), "activity", activity),
-                                      activity=optional_message(activity)))
+        return requests(
+            message_field(
+                lambda activity: with_nested(xp.PutActivityRequest(), "activity", activity),
+                activity=optional_message(activity),
+            )
+        )
     if name == "GetActivity":
         return requests(message_field(xp.GetActivityRequest, activity_id=text_field(ACTIVITY_IDS, MAX_ID)))
     if name == "DeleteActivity":
-        return requests(message_field(xp.DeleteActivityRequest, activity_id=text_field(DISPOSABLE_ACTIVITY_IDS, MAX_ID)))
+        return requests(
+            message_field(xp.DeleteActivityRequest, activity_id=text_field(DISPOSABLE_ACTIVITY_IDS, MAX_ID))
+        )
     if name == "ListActivities":
         issued = [(listing[1], token) for listing, token in stage.seed_tokens if listing[0] == "ListActivities"]
-        return requests(message_field(
-            lambda page, page_size: xp.ListActivitiesRequest(category=page[0], page_token=page[1], page_size=page_size),
-            page=(st.one_of(st.tuples(st.sampled_from(CATEGORIES), st.just("")), st.sampled_from(issued)),
-                  st.tuples(text_field(CATEGORIES, MAX_ID)[1], page_tokens(stage, "activity_id"))),
-            page_size=int_field((0, MAX_PAGE_SIZE), 32),
-        ))
+        return requests(
+            message_field(
+                lambda page, page_size: xp.ListActivitiesRequest(
+                    category=page[0], page_token=page[1], page_size=page_size
+                ),
+                page=(
+                    st.one_of(st.tuples(st.sampled_from(CATEGORIES), st.just("")), st.sampled_from(issued)),
+                    st.tuples(text_field(CATEGORIES, MAX_ID)[1], page_tokens(stage, "activity_id")),
+                ),
+                page_size=int_field((0, MAX_PAGE_SIZE), 32),
+            )
+        )
     if name == "AwardXp":
-        return requests(message_field(xp.AwardXpRequest, user_id=user_id, activity_id=text_field(ACTIVITY_IDS, MAX_ID),
-                                      request_id=request_id))
+        return requests(
+            message_field(
+                xp.AwardXpRequest, user_id=user_id, activity_id=text_field(ACTIVITY_IDS, MAX_ID), request_id=request_id
+            )
+        )
     if name == "GrantXp":
         # request_id and achievement_id together break a rule: valid grants set one or neither.
-        keys = (st.one_of(st.tuples(st.sampled_from(REQUEST_IDS), st.just("")),
-                          st.tuples(st.just(""), st.sampled_from(GRANT_ONLY_ACHIEVEMENT_IDS))),
-                st.tuples(request_id[1], text_field([""] + GRANT_ONLY_ACHIEVEMENT_IDS, MAX_ID)[1]))
-        return requests(message_field(
-            lambda user_id, amount, reason, keys: xp.GrantXpRequest(
-                user_id=user_id, amount=amount, reason=reason, request_id=keys[0], achievement_id=keys[1]),
-            user_id=user_id, amount=amount, reason=text_field(REASONS, MAX_REASON), keys=keys,
-        ))
+        keys = (
+            st.one_of(
+                st.tuples(st.sampled_from(REQUEST_IDS), st.just("")),
+                st.tuples(st.just(""), st.sampled_from(GRANT_ONLY_ACHIEVEMENT_IDS)),
+            ),
+            st.tuples(request_id[1], text_field([""] + GRANT_ONLY_ACHIEVEMENT_IDS, MAX_ID)[1]),
+        )
+        return requests(
+            message_field(
+                lambda user_id, amount, reason, keys: xp.GrantXpRequest(
+                    user_id=user_id, amount=amount, reason=reason, request_id=keys[0], achievement_id=keys[1]
+                ),
+                user_id=user_id,
+                amount=amount,
+                reason=text_field(REASONS, MAX_REASON),
+                keys=keys,
+            )
+        )
     if name in ("GetProgress", "ListUserAchievements"):
         return requests(message_field(RPCS[name].request_type, user_id=user_id))
     if name == "PutAchievement":
+
         def distinct(count: int) -> list[str]:
             return [f"req-{i}" for i in range(count)]
 
         required = (
-            st.one_of(st.lists(st.sampled_from(ACHIEVEMENT_IDS), max_size=4, unique=True),
-                      st.integers(MAX_REQUIRED_ACHIEVEMENTS - 2, MAX_REQUIRED_ACHIEVEMENTS).map(distinct)),
+            st.one_of(
+                st.lists(st.sampled_from(ACHIEVEMENT_IDS), max_size=4, unique=True),
+                st.integers(MAX_REQUIRED_ACHIEVEMENTS - 2, MAX_REQUIRED_ACHIEVEMENTS).map(distinct),
+            ),
             st.one_of(
                 st.lists(text_field(ACHIEVEMENT_IDS, MAX_ID)[1], max_size=6),
                 st.lists(st.sampled_from(ACHIEVEMENT_IDS), min_size=2, max_size=8),  # repeats, itself perhaps
                 st.integers(MAX_REQUIRED_ACHIEVEMENTS - 1, 60).map(distinct),
                 # more than 50 entries, few of them distinct
-                st.builds(lambda ids, times: ids * times, st.lists(st.sampled_from(ACHIEVEMENT_IDS), min_size=1, max_size=3),
-                          st.integers(17, 30)),
+                st.builds(
+                    lambda ids, times: ids * times,
+                    st.lists(st.sampled_from(ACHIEVEMENT_IDS), min_size=1, max_size=3),
+                    st.integers(17, 30),
+                ),
             ),
         )
         requirements = message_field(
@@ -676,29 +875,45 @@ def requests_for(name: str, stage: "Stage") -> st.SearchStrategy[Message]:
             description=text_field(DESCRIPTIONS, MAX_DESCRIPTION),
             xp_reward=amount,
             hidden=(st.booleans(), st.booleans()),
-            requirements=(st.one_of(st.none(), requirements[0]), st.one_of(st.none(), st.just("empty"), requirements[1])),
+            requirements=(
+                st.one_of(st.none(), requirements[0]),
+                st.one_of(st.none(), st.just("empty"), requirements[1]),
+            ),
         )
-        return requests(message_field(
-            lambda achievement: with_nested(ach.PutAchievementRequest(), "achievement", achievement),
-            achievement=optional_message(achievement)))
+        return requests(
+            message_field(
+                lambda achievement: with_nested(ach.PutAchievementRequest(), "achievement", achievement),
+                achievement=optional_message(achievement),
+            )
+        )
     if name == "GetAchievement":
         return requests(message_field(ach.GetAchievementRequest, achievement_id=text_field(ACHIEVEMENT_IDS, MAX_ID)))
     if name == "DeleteAchievement":
-        return requests(message_field(ach.DeleteAchievementRequest,
-                                      achievement_id=text_field(DISPOSABLE_ACHIEVEMENT_IDS, MAX_ID)))
+        return requests(
+            message_field(ach.DeleteAchievementRequest, achievement_id=text_field(DISPOSABLE_ACHIEVEMENT_IDS, MAX_ID))
+        )
     if name == "ListAchievements":
         issued_tokens = [token for listing, token in stage.seed_tokens if listing[0] == "ListAchievements"]
-        return requests(message_field(
-            ach.ListAchievementsRequest,
-            page_size=int_field((0, MAX_PAGE_SIZE), 32),
-            page_token=(st.sampled_from([""] + issued_tokens), page_tokens(stage, "achievement_id")),
-        ))
+        return requests(
+            message_field(
+                ach.ListAchievementsRequest,
+                page_size=int_field((0, MAX_PAGE_SIZE), 32),
+                page_token=(st.sampled_from([""] + issued_tokens), page_tokens(stage, "achievement_id")),
+            )
+        )
     if name == "UnlockAchievement":
-        return requests(message_field(ach.UnlockAchievementRequest, user_id=user_id,
-                                      achievement_id=text_field(ACHIEVEMENT_IDS, MAX_ID), request_id=request_id))
+        return requests(
+            message_field(
+                ach.UnlockAchievementRequest,
+                user_id=user_id,
+                achievement_id=text_field(ACHIEVEMENT_IDS, MAX_ID),
+                request_id=request_id,
+            )
+        )
     if name == "PutLevel":
-        reward = message_field(lv.Reward, reward_id=text_field(REWARD_IDS, MAX_ID),
-                               quantity=int_field((1, MAX_QUANTITY), 64))
+        reward = message_field(
+            lv.Reward, reward_id=text_field(REWARD_IDS, MAX_ID), quantity=int_field((1, MAX_QUANTITY), 64)
+        )
 
         def numbered_rewards(count: int) -> list[lv.Reward]:
             return [lv.Reward(reward_id=f"item-{i}", quantity=i + 1) for i in range(count)]
@@ -709,25 +924,42 @@ def requests_for(name: str, stage: "Stage") -> st.SearchStrategy[Message]:
             # reachable level-ups (DeleteLevel aims there too).
             level=(st.integers(6, MAX_LEVEL), int_field((1, MAX_LEVEL), 32)[1]),
             xp_required=int_field((0, MAX_XP), 64),
-            rewards=(st.one_of(st.lists(reward[0], max_size=3),
-                               st.integers(MAX_REWARDS - 2, MAX_REWARDS).map(numbered_rewards)),
-                     st.one_of(st.lists(reward[1], max_size=5), st.integers(MAX_REWARDS - 1, 60).map(numbered_rewards))),
+            rewards=(
+                st.one_of(
+                    st.lists(reward[0], max_size=3), st.integers(MAX_REWARDS - 2, MAX_REWARDS).map(numbered_rewards)
+                ),
+                st.one_of(st.lists(reward[1], max_size=5), st.integers(MAX_REWARDS - 1, 60).map(numbered_rewards)),
+            ),
         )
-        return requests(message_field(lambda level: with_nested(lv.PutLevelRequest(), "level", level),
-                                      level=optional_message(level)))
+        return requests(
+            message_field(
+                lambda level: with_nested(lv.PutLevelRequest(), "level", level), level=optional_message(level)
+            )
+        )
     if name == "ListLevels":
         return st.just(lv.ListLevelsRequest())
     if name == "DeleteLevel":
-        return requests(message_field(lv.DeleteLevelRequest, level=(st.sampled_from(DISPOSABLE_LEVELS + [MAX_LEVEL]),
-                                                                    int_field((1, MAX_LEVEL), 32)[1])))
+        return requests(
+            message_field(
+                lv.DeleteLevelRequest,
+                level=(st.sampled_from(DISPOSABLE_LEVELS + [MAX_LEVEL]), int_field((1, MAX_LEVEL), 32)[1]),
+            )
+        )
     if name == "CheckLevelUp":
-        return requests(message_field(
-            lv.CheckLevelUpRequest, user_id=user_id,
-            request_id=text_field(REQUEST_IDS + ["c" * MAX_CHECK_REQUEST_ID, "🐉" * MAX_CHECK_REQUEST_ID], MAX_CHECK_REQUEST_ID)))
+        return requests(
+            message_field(
+                lv.CheckLevelUpRequest,
+                user_id=user_id,
+                request_id=text_field(
+                    REQUEST_IDS + ["c" * MAX_CHECK_REQUEST_ID, "🐉" * MAX_CHECK_REQUEST_ID], MAX_CHECK_REQUEST_ID
+                ),
+            )
+        )
     raise AssertionError(f"no requests for {name}")
 
 
 # --- the stage and the properties -------------------------------------------------
+
 
 def _canonical(value: Any) -> Any:
     """An item in DynamoDB's typed JSON with its sets sorted: sets come back in any order."""
@@ -752,8 +984,10 @@ class Stage:
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self.channels = {service: authorized_channel(f"localhost:{cluster.ports[service]}", options=CLIENT_OPTIONS)
-                         for service in SERVICE_NAMES}
+        self.channels = {
+            service: authorized_channel(f"localhost:{cluster.ports[service]}", options=CLIENT_OPTIONS)
+            for service in SERVICE_NAMES
+        }
         # From the definitions, not list_tables: the session's emulator holds many stages' tables.
         self.tables = sorted(cluster.table(table.name) for table in ALL_TABLES)
         self._scans = ThreadPoolExecutor(len(self.tables), thread_name_prefix="snapshot")
@@ -771,8 +1005,9 @@ class Stage:
         catalog whatever ran before it (users keep their progress)."""
         dynamodb, table = self.cluster.dynamodb, self.cluster.table
         for name, key in (("activities", "activity_id"), ("achievements", "achievement_id"), ("levels", "level")):
-            for page in dynamodb.get_paginator("scan").paginate(TableName=table(name), ProjectionExpression="#k",
-                                                                 ExpressionAttributeNames={"#k": key}):
+            for page in dynamodb.get_paginator("scan").paginate(
+                TableName=table(name), ProjectionExpression="#k", ExpressionAttributeNames={"#k": key}
+            ):
                 for item in page["Items"]:
                     dynamodb.delete_item(TableName=table(name), Key=item)
         self.cluster.put_levels(SEED_LEVELS)
@@ -792,11 +1027,13 @@ class Stage:
 
     def snapshot(self) -> dict[str, frozenset[str]]:
         """Every item of every table of the stage (they stay small)."""
+
         def scan(table: str) -> tuple[str, frozenset[str]]:
             items: set[str] = set()
             for page in self.cluster.dynamodb.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
                 items.update(json.dumps(_canonical(item), sort_keys=True) for item in page["Items"])
             return table, frozenset(items)
+
         return dict(self._scans.map(scan, self.tables))
 
     def snapshot_before_write(self) -> dict[str, frozenset[str]]:
@@ -808,8 +1045,14 @@ class Stage:
     def assert_unchanged_since(self, before: dict[str, frozenset[str]], what: str) -> None:
         after = self.snapshot()
         self._snapshot = after
-        changes = {table: {"written": sorted(after[table] - before[table])[:3], "gone": sorted(before[table] - after[table])[:3]}
-                   for table in self.tables if after[table] != before[table]}
+        changes = {
+            table: {
+                "written": sorted(after[table] - before[table])[:3],
+                "gone": sorted(before[table] - after[table])[:3],
+            }
+            for table in self.tables
+            if after[table] != before[table]
+        }
         assert not changes, f"{what} changed the stage's tables: {json.dumps(changes, ensure_ascii=False)[:3000]}"
 
     def forget_snapshot(self) -> None:
@@ -832,7 +1075,7 @@ def named_field(outcome: Outcome) -> str:
 def field_path_exists(descriptor: Any, path: str) -> bool:
     """True when `path` ("achievement.requirements.required_achievements[3]")
     names a field of the message type `descriptor`."""
-    for i, part in enumerate(path.split(".")):
+    for part in path.split("."):
         field_descriptor = descriptor.fields_by_name.get(part.split("[", 1)[0]) if descriptor is not None else None
         if field_descriptor is None:
             return False
@@ -849,7 +1092,9 @@ def assert_answered_within_contract(stage: Stage, rpc: Rpc, payload: bytes) -> O
     try:
         check_answer(stage, rpc, payload, outcome)
         if before is not None and outcome.code in REJECTIONS:
-            stage.assert_unchanged_since(before, f"{rpc.name} answered {outcome.code.name} ({outcome.details[:300]}) but")
+            stage.assert_unchanged_since(
+                before, f"{rpc.name} answered {outcome.code.name} ({outcome.details[:300]}) but"
+            )
     except BaseException:
         stage.forget_snapshot()  # hypothesis replays examples: the next one must not compare with a stale snapshot
         raise
@@ -876,11 +1121,13 @@ def check_answer(stage: Stage, rpc: Rpc, payload: bytes, outcome: Outcome) -> No
         assert field_path_exists(rpc.request_type.DESCRIPTOR, name), f"names no field of the request: {outcome.details}"
         assert verdict.allows_naming(name), (
             f"{rpc.name} blamed {name!r}, which keeps the documented limits; broken: {sorted(verdict.broken)}; "
-            f"message: {outcome.details}")
+            f"message: {outcome.details}"
+        )
     else:
         assert not verdict.broken, (
             f"{rpc.name} answered {outcome.code.name} ({outcome.details}) although {sorted(verdict.broken)} "
-            f"break documented limits")
+            f"break documented limits"
+        )
     if outcome.code == grpc.StatusCode.OK:
         assert outcome.response is not None
         rpc.accepted(stage, request, rpc.response_type.FromString(outcome.response))
@@ -894,7 +1141,9 @@ def assert_still_serving(stage: Stage) -> None:
         answer = health.Check(health_pb2.HealthCheckRequest(service=f"rewards.v1.{service_name}"), timeout=10)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
     assert stage.cluster.xp.GetProgress(xp.GetProgressRequest(user_id="player-1"), timeout=10).user_id == "player-1"
-    unlocks = stage.cluster.achievements.ListUserAchievements(ach.ListUserAchievementsRequest(user_id="player-1"), timeout=10)
+    unlocks = stage.cluster.achievements.ListUserAchievements(
+        ach.ListUserAchievementsRequest(user_id="player-1"), timeout=10
+    )
     assert unlocks.user_id == "player-1"
     levels = [level.level for level in stage.cluster.levels.ListLevels(lv.ListLevelsRequest(), timeout=10).levels]
     assert levels == sorted(levels)
@@ -926,6 +1175,7 @@ def stage(dynamodb_endpoint: str) -> Iterator[Stage]:
 
 # --- the tests --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("rpc_name", list(RPCS))
 def test_generated_requests_are_answered_within_the_contract(stage: Stage, rpc_name: str) -> None:
     rpc = RPCS[rpc_name]
@@ -947,6 +1197,7 @@ def test_generated_requests_are_answered_within_the_contract(stage: Stage, rpc_n
 
 
 # --- bytes that are not the request they claim to be -------------------------------
+
 
 def _varint(value: int) -> bytes:
     out = bytearray()
@@ -984,28 +1235,51 @@ def malformed_payloads(rpc: Rpc, stage: Stage) -> st.SearchStrategy[bytes]:
     field_numbers = [f.number for f in rpc.request_type.DESCRIPTOR.fields] or [1]
     # A string field (perhaps nested) holding bytes that are not UTF-8, after a valid request;
     # ListLevels has none, so any field number stands in.
-    not_utf8 = st.builds(lambda prefix, path, junk: prefix + _length_delimited_at(path, junk),
-                         valid_bytes, st.sampled_from(string_paths or [(1,), (2, 1)]),
-                         st.sampled_from(NOT_UTF8) | st.binary(min_size=1, max_size=8))
+    not_utf8 = st.builds(
+        lambda prefix, path, junk: prefix + _length_delimited_at(path, junk),
+        valid_bytes,
+        st.sampled_from(string_paths or [(1,), (2, 1)]),
+        st.sampled_from(NOT_UTF8) | st.binary(min_size=1, max_size=8),
+    )
     return st.one_of(
         st.binary(max_size=300),
         not_utf8,
         # A known field with another wire type, a length past the end, a varint that never ends.
-        st.builds(lambda number, wire_type, rest: _varint(number << 3 | wire_type) + rest,
-                  st.sampled_from(field_numbers), st.integers(0, 7), st.binary(max_size=12)),
-        st.builds(lambda number, length: _varint(number << 3 | 2) + _varint(length) + b"x",
-                  st.sampled_from(field_numbers), st.integers(2, 2**32)),
+        st.builds(
+            lambda number, wire_type, rest: _varint(number << 3 | wire_type) + rest,
+            st.sampled_from(field_numbers),
+            st.integers(0, 7),
+            st.binary(max_size=12),
+        ),
+        st.builds(
+            lambda number, length: _varint(number << 3 | 2) + _varint(length) + b"x",
+            st.sampled_from(field_numbers),
+            st.integers(2, 2**32),
+        ),
         st.just(b"\x08" + b"\xff" * 11),
         # A valid request cut short or with one byte changed.
         st.builds(lambda data, cut: data[:cut], valid_bytes, st.integers(0, 200)),
-        st.builds(lambda data, at, byte: data[:at % max(len(data), 1)] + bytes([byte]) + data[at % max(len(data), 1) + 1:],
-                  valid_bytes, st.integers(0, 10_000), st.integers(0, 255)),
+        st.builds(
+            lambda data, at, byte: data[: at % max(len(data), 1)] + bytes([byte]) + data[at % max(len(data), 1) + 1 :],
+            valid_bytes,
+            st.integers(0, 10_000),
+            st.integers(0, 255),
+        ),
     )
 
 
 # The writes with the most fields, a listing, and ListLevels, whose request has no field at all.
-MALFORMED_TARGETS = ["PutActivity", "AwardXp", "GrantXp", "ListActivities", "PutAchievement", "UnlockAchievement",
-                     "PutLevel", "ListLevels", "CheckLevelUp"]
+MALFORMED_TARGETS = [
+    "PutActivity",
+    "AwardXp",
+    "GrantXp",
+    "ListActivities",
+    "PutAchievement",
+    "UnlockAchievement",
+    "PutLevel",
+    "ListLevels",
+    "CheckLevelUp",
+]
 
 
 @pytest.mark.parametrize("rpc_name", MALFORMED_TARGETS)
@@ -1028,12 +1302,16 @@ def test_malformed_bytes_are_invalid_argument(stage: Stage, rpc_name: str) -> No
     assert undecodable > 0
 
 
-@pytest.mark.parametrize("payload_bytes,expected", [
-    (MAX_REQUEST_BYTES + 1, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (MAX_REQUEST_BYTES, grpc.StatusCode.INVALID_ARGUMENT),  # read, then refused for its description
-])
-def test_requests_over_one_mib_are_refused_and_write_nothing(stage: Stage, payload_bytes: int,
-                                                              expected: grpc.StatusCode) -> None:
+@pytest.mark.parametrize(
+    "payload_bytes,expected",
+    [
+        (MAX_REQUEST_BYTES + 1, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (MAX_REQUEST_BYTES, grpc.StatusCode.INVALID_ARGUMENT),  # read, then refused for its description
+    ],
+)
+def test_requests_over_one_mib_are_refused_and_write_nothing(
+    stage: Stage, payload_bytes: int, expected: grpc.StatusCode
+) -> None:
     stage.reset_catalog()
     request = xp.PutActivityRequest(activity=xp.Activity(activity_id="huge", name="Huge"))
     overhead = request.ByteSize() + 2 + 4  # the description's tag, its 4-byte length, the outer length growing
@@ -1046,6 +1324,7 @@ def test_requests_over_one_mib_are_refused_and_write_nothing(stage: Stage, paylo
 
 
 # --- what hypothesis found, each with its smallest example (all fixed) -------------
+
 
 @pytest.mark.parametrize("rpc_name", ["ListActivities", "ListAchievements"])
 def test_deeply_nested_page_tokens_are_invalid_argument(stage: Stage, rpc_name: str) -> None:
@@ -1064,27 +1343,44 @@ def test_deeply_nested_page_tokens_are_invalid_argument(stage: Stage, rpc_name: 
 def valid_ids(max_size: int = MAX_ID) -> st.SearchStrategy[str]:
     """Any id the contract allows: no control characters, no surrounding white space."""
     return st.text(alphabet=st.characters(exclude_categories=["Cc", "Cs"]), min_size=1, max_size=max_size).filter(
-        lambda v: not v[0].isspace() and not v[-1].isspace())
+        lambda v: not v[0].isspace() and not v[-1].isspace()
+    )
 
 
 def test_unlock_refused_for_requirements_reaches_a_default_client(stage: Stage) -> None:
     stage.reset_catalog()
 
     numbered_ids = st.builds(
-        lambda count, length, unit: [_repeated_to(f"{i}-{unit}", length) if length > len(str(i)) + 1 else f"{i}"
-                                     for i in range(count)],
-        st.integers(1, MAX_REQUIRED_ACHIEVEMENTS), st.integers(1, MAX_ID), st.sampled_from(["a", "é", "中", "🐉"]))
+        lambda count, length, unit: [
+            _repeated_to(f"{i}-{unit}", length) if length > len(str(i)) + 1 else f"{i}" for i in range(count)
+        ],
+        st.integers(1, MAX_REQUIRED_ACHIEVEMENTS),
+        st.integers(1, MAX_ID),
+        st.sampled_from(["a", "é", "中", "🐉"]),
+    )
 
     @HOSTILE
     # The smallest failing example hypothesis found (18 ids like "0-🐉🐉…", 30 characters
     # each): fails at once, no search.
     @example(required=[_repeated_to(f"{i}-🐉", 30) for i in range(18)])
-    @given(required=st.one_of(st.lists(valid_ids(), min_size=1, max_size=MAX_REQUIRED_ACHIEVEMENTS, unique=True),
-                              numbered_ids).filter(lambda ids: "gate" not in ids and len(set(ids)) == len(ids)))
+    @given(
+        required=st.one_of(
+            st.lists(valid_ids(), min_size=1, max_size=MAX_REQUIRED_ACHIEVEMENTS, unique=True), numbered_ids
+        ).filter(lambda ids: "gate" not in ids and len(set(ids)) == len(ids))
+    )
     def run(required: list[str]) -> None:
-        put = ach.PutAchievementRequest(achievement=ach.Achievement(
-            achievement_id="gate", name="Gate", xp_reward=1, requirements=ach.Requirements(required_achievements=required)))
-        assert assert_answered_within_contract(stage, RPCS["PutAchievement"], put.SerializeToString()).code == grpc.StatusCode.OK
+        put = ach.PutAchievementRequest(
+            achievement=ach.Achievement(
+                achievement_id="gate",
+                name="Gate",
+                xp_reward=1,
+                requirements=ach.Requirements(required_achievements=required),
+            )
+        )
+        assert (
+            assert_answered_within_contract(stage, RPCS["PutAchievement"], put.SerializeToString()).code
+            == grpc.StatusCode.OK
+        )
         # A player with nothing unlocked meets none of them.
         unlock = ach.UnlockAchievementRequest(user_id="newcomer", achievement_id="gate")
         outcome = assert_answered_within_contract(stage, RPCS["UnlockAchievement"], unlock.SerializeToString())
@@ -1104,8 +1400,13 @@ def test_unlock_refused_because_xp_refuses_the_grant_writes_nothing(stage: Stage
     @given(amount=st.integers(0, MAX_XP))
     def run(amount: int) -> None:
         user_id = unique("granted")  # a new player each run, so that a rerun sees what the first run saw
-        grant = xp.GrantXpRequest(user_id=user_id, amount=amount, reason="operator", achievement_id=first_win.achievement_id)
-        assert assert_answered_within_contract(stage, RPCS["GrantXp"], grant.SerializeToString()).code == grpc.StatusCode.OK
+        grant = xp.GrantXpRequest(
+            user_id=user_id, amount=amount, reason="operator", achievement_id=first_win.achievement_id
+        )
+        assert (
+            assert_answered_within_contract(stage, RPCS["GrantXp"], grant.SerializeToString()).code
+            == grpc.StatusCode.OK
+        )
         unlock = ach.UnlockAchievementRequest(user_id=user_id, achievement_id=first_win.achievement_id)
         outcome = assert_answered_within_contract(stage, RPCS["UnlockAchievement"], unlock.SerializeToString())
         expected = grpc.StatusCode.OK if amount == first_win.xp_reward else grpc.StatusCode.FAILED_PRECONDITION
@@ -1119,11 +1420,17 @@ def test_self_requirement_is_blamed_on_the_entry_that_names_itself(stage: Stage)
 
     @HOSTILE
     @example(required=["first-win", "first-win", "gate"])  # the smallest failing example hypothesis found
-    @given(required=st.lists(st.sampled_from(["gate", "first-win", "veteran"]), min_size=1, max_size=8)
-           .filter(lambda ids: "gate" in ids))
+    @given(
+        required=st.lists(st.sampled_from(["gate", "first-win", "veteran"]), min_size=1, max_size=8).filter(
+            lambda ids: "gate" in ids
+        )
+    )
     def run(required: list[str]) -> None:
-        put = ach.PutAchievementRequest(achievement=ach.Achievement(
-            achievement_id="gate", name="Gate", requirements=ach.Requirements(required_achievements=required)))
+        put = ach.PutAchievementRequest(
+            achievement=ach.Achievement(
+                achievement_id="gate", name="Gate", requirements=ach.Requirements(required_achievements=required)
+            )
+        )
         outcome = assert_answered_within_contract(stage, RPCS["PutAchievement"], put.SerializeToString())
         assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
         index = int(named_field(outcome).rsplit("[", 1)[1].rstrip("]"))

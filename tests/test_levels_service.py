@@ -1,11 +1,12 @@
 """LevelsService and the XP -> Levels call, against real servers and DynamoDB Local."""
+
 from __future__ import annotations
 
 import socket
 import time
-from dataclasses import replace
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from dataclasses import replace
 
 import grpc
 
@@ -16,7 +17,9 @@ Factory = Callable[..., Cluster]
 
 
 def grant(cluster: Cluster, user_id: str, amount: int, request_id: str = "") -> xp_pb2.AwardXpResponse:
-    return cluster.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=amount, reason="test", request_id=request_id))
+    return cluster.xp.GrantXp(
+        xp_pb2.GrantXpRequest(user_id=user_id, amount=amount, reason="test", request_id=request_id)
+    )
 
 
 def progress(cluster: Cluster, user_id: str) -> xp_pb2.UserProgress:
@@ -54,7 +57,12 @@ def test_award_reports_level_up_with_rewards_of_each_level_passed(cluster: Clust
 def test_check_level_up_for_unknown_user_is_start_level(cluster: Cluster, user_id: str) -> None:
     result = cluster.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id))
     assert (result.leveled_up, result.previous_level, result.current_level, result.total_xp, result.next_level_xp) == (
-        False, 1, 1, 0, 100)
+        False,
+        1,
+        1,
+        0,
+        100,
+    )
 
 
 def test_levels_service_down_defers_the_check_and_the_next_check_catches_up(new_cluster: Factory, user_id: str) -> None:
@@ -106,12 +114,19 @@ def test_ten_racing_checks_after_a_multi_level_jump_grant_rewards_once(new_clust
     assert grant(c, user_id, 1200, "jump").level_check_deferred  # level 1 -> 5 is now due
     c.start("levels")
     with ThreadPoolExecutor(max_workers=10) as pool:
-        results = list(pool.map(
-            lambda _: c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id)), range(10)))
+        results = list(
+            pool.map(lambda _: c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id)), range(10))
+        )
     winners = [r for r in results if r.leveled_up]
     assert len(winners) == 1
     assert (winners[0].previous_level, winners[0].current_level) == (1, 5)
-    assert rewards(winners[0].rewards) == [("coins", 100), ("coins", 200), ("chest", 1), ("coins", 300), ("title-veteran", 1)]
+    assert rewards(winners[0].rewards) == [
+        ("coins", 100),
+        ("coins", 200),
+        ("chest", 1),
+        ("coins", 300),
+        ("title-veteran", 1),
+    ]
     assert all(r.current_level == 5 and list(r.rewards) == [] for r in results if not r.leveled_up)
     after = progress(c, user_id)
     assert after.level == 5
@@ -145,7 +160,9 @@ def test_with_no_levels_defined_everyone_is_level_zero(new_cluster: Factory, use
     c = new_cluster()
     response = grant(c, user_id, 500)
     assert (response.level, response.level_up.leveled_up, response.level_up.next_level_xp) == (0, False, 0)
-    c.put_levels([levels_pb2.Level(level=1, xp_required=100, rewards=[levels_pb2.Reward(reward_id=unique("r"), quantity=1)])])
+    c.put_levels(
+        [levels_pb2.Level(level=1, xp_required=100, rewards=[levels_pb2.Reward(reward_id=unique("r"), quantity=1)])]
+    )
     result = c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id))
     assert (result.leveled_up, result.previous_level, result.current_level, len(result.rewards)) == (True, 0, 1, 1)
 
@@ -185,9 +202,14 @@ def test_the_start_level_is_kept_when_the_first_levels_move(new_cluster: Factory
 
 def test_a_jump_across_many_levels_with_many_rewards_grants_each_once(new_cluster: Factory, user_id: str) -> None:
     c = new_cluster(level_check_timeout_s=60.0)  # the emulator takes a second or two for this
-    levels = [levels_pb2.Level(level=n, xp_required=(n - 1) * 10, rewards=[
-        levels_pb2.Reward(reward_id=f"{n:04d}-{k:02d}-" + "x" * 112, quantity=k + 1) for k in range(50)
-    ]) for n in range(1, 151)]
+    levels = [
+        levels_pb2.Level(
+            level=n,
+            xp_required=(n - 1) * 10,
+            rewards=[levels_pb2.Reward(reward_id=f"{n:04d}-{k:02d}-" + "x" * 112, quantity=k + 1) for k in range(50)],
+        )
+        for n in range(1, 151)
+    ]
     c.put_levels(levels)
     jump = grant(c, user_id, 10_000, "jump")
     assert (jump.level, jump.level_up.previous_level, jump.level_up.current_level) == (150, 1, 150)
@@ -224,7 +246,12 @@ def test_a_level_up_belongs_to_the_request_that_made_it(new_cluster: Factory, us
         assert (a.duplicate, a.level_up.leveled_up, a.level_up.previous_level) == (True, True, 1)
         assert rewards(a.level_up.rewards) == [("coins", 100)]
         b = retry("B", 200)
-        assert (b.duplicate, b.level_up.leveled_up, b.level_up.previous_level, b.level_up.current_level) == (True, True, 2, 3)
+        assert (b.duplicate, b.level_up.leveled_up, b.level_up.previous_level, b.level_up.current_level) == (
+            True,
+            True,
+            2,
+            3,
+        )
         assert rewards(b.level_up.rewards) == [("coins", 200)]
     assert rewards(progress(c, user_id).rewards) == [("coins", 100), ("coins", 200)]
 

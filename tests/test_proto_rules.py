@@ -3,6 +3,7 @@
 check does catch a wire-breaking change. The failing cases run the script in a
 throwaway git repository holding a copy of the contract, set up the way CI
 sees main: the change committed on top of the commit it is checked against."""
+
 from __future__ import annotations
 
 import json
@@ -36,16 +37,33 @@ def buf_binary() -> str:
 
 def run_buf_check(repo: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", str(repo / BUF_CHECK)], cwd=repo, capture_output=True, text=True, timeout=120,
+        ["bash", str(repo / BUF_CHECK)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**CLEAN_ENV, "BUF": buf_binary(), **env},
     )
 
 
 def git(repo: Path, *args: str) -> str:
     completed = subprocess.run(
-        ["git", "-c", "user.name=buf check", "-c", "user.email=buf-check@example.invalid",
-         "-c", "commit.gpgsign=false", *args],
-        cwd=repo, capture_output=True, text=True, timeout=30, env=CLEAN_ENV, check=True,
+        [
+            "git",
+            "-c",
+            "user.name=buf check",
+            "-c",
+            "user.email=buf-check@example.invalid",
+            "-c",
+            "commit.gpgsign=false",
+            *args,
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=CLEAN_ENV,
+        check=True,
     )
     return completed.stdout.strip()
 
@@ -86,10 +104,18 @@ def test_the_contract_passes_lint_and_the_breaking_check_against_the_previous_co
     assert checked.returncode == 0, checked.stdout + checked.stderr
     lines = checked.stdout.splitlines()
     assert lines[0] == "buf-check: lint passed"
-    previous = subprocess.run(["git", "rev-parse", "-q", "--verify", "HEAD~1^{commit}"], cwd=REPO_ROOT,
-                              capture_output=True, text=True, env=CLEAN_ENV).stdout.strip()
-    has_protos = bool(previous) and subprocess.run(["git", "cat-file", "-e", f"{previous}:protos"], cwd=REPO_ROOT,
-                                                   env=CLEAN_ENV).returncode == 0
+    previous = subprocess.run(
+        ["git", "rev-parse", "-q", "--verify", "HEAD~1^{commit}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=CLEAN_ENV,
+    ).stdout.strip()
+    has_protos = (
+        bool(previous)
+        and subprocess.run(["git", "cat-file", "-e", f"{previous}:protos"], cwd=REPO_ROOT, env=CLEAN_ENV).returncode
+        == 0
+    )
     if has_protos:
         assert lines[1:] == [f"buf-check: no breaking change against HEAD~1 ({previous})"]
     else:  # a clone without history, or the commit that added protos/
@@ -109,8 +135,14 @@ def test_each_lint_exception_is_needed_by_the_contract(contract_repo: Path, rule
     # An exception the contract no longer needs would silently turn a rule off
     # for new RPCs; without it, lint must fail on that rule and on no other.
     edit(contract_repo / "buf.yaml", f"    - {rule}\n", "")
-    linted = subprocess.run([buf_binary(), "lint", "--error-format=json"], cwd=contract_repo,
-                            capture_output=True, text=True, timeout=60, env=CLEAN_ENV)
+    linted = subprocess.run(
+        [buf_binary(), "lint", "--error-format=json"],
+        cwd=contract_repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=CLEAN_ENV,
+    )
     assert linted.returncode != 0
     reported = {json.loads(line)["type"] for line in linted.stdout.splitlines()}
     assert reported == {rule}
@@ -126,18 +158,34 @@ def test_lint_reports_a_message_that_breaks_the_standard_rules(contract_repo: Pa
     assert "buf-check: lint passed" not in checked.stdout
 
 
-@pytest.mark.parametrize(("change", "old", "new", "reported"), [
-    ("field number", "string category = 4;", "string category = 9;",
-     'Previously present field "4" with name "category" on message "Activity" was deleted.'),
-    ("field type", "int64 xp = 5;", "int32 xp = 5;",
-     'Field "5" with name "xp" on message "Activity" changed type from "int64" to "int32".'),
-    # Same number and type, so binary clients would not notice; grpcurl's JSON
-    # users would, which is why the check is stricter than WIRE.
-    ("field name", "string category = 4;", "string genre = 4;",
-     'Field "4" on message "Activity" changed name from "category" to "genre".'),
-])
+@pytest.mark.parametrize(
+    ("change", "old", "new", "reported"),
+    [
+        (
+            "field number",
+            "string category = 4;",
+            "string category = 9;",
+            'Previously present field "4" with name "category" on message "Activity" was deleted.',
+        ),
+        (
+            "field type",
+            "int64 xp = 5;",
+            "int32 xp = 5;",
+            'Field "5" with name "xp" on message "Activity" changed type from "int64" to "int32".',
+        ),
+        # Same number and type, so binary clients would not notice; grpcurl's JSON
+        # users would, which is why the check is stricter than WIRE.
+        (
+            "field name",
+            "string category = 4;",
+            "string genre = 4;",
+            'Field "4" on message "Activity" changed name from "category" to "genre".',
+        ),
+    ],
+)
 def test_the_breaking_check_reports_a_committed_wire_breaking_change(
-        contract_repo: Path, change: str, old: str, new: str, reported: str) -> None:
+    contract_repo: Path, change: str, old: str, new: str, reported: str
+) -> None:
     edit(contract_repo / XP_PROTO, old, new)
     commit_all(contract_repo, f"change a {change}")
     checked = run_buf_check(contract_repo)
@@ -149,12 +197,18 @@ def test_the_breaking_check_reports_a_committed_wire_breaking_change(
 
 def test_the_breaking_check_accepts_a_new_field(contract_repo: Path) -> None:
     previous = git(contract_repo, "rev-parse", "HEAD")
-    edit(contract_repo / XP_PROTO, "  int64 xp = 5;\n}", "  int64 xp = 5;\n  // Shown in the game's menus.\n  string icon_url = 6;\n}")
+    edit(
+        contract_repo / XP_PROTO,
+        "  int64 xp = 5;\n}",
+        "  int64 xp = 5;\n  // Shown in the game's menus.\n  string icon_url = 6;\n}",
+    )
     commit_all(contract_repo, "a new field")
     checked = run_buf_check(contract_repo)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.splitlines() == [
-        "buf-check: lint passed", f"buf-check: no breaking change against HEAD~1 ({previous})"]
+        "buf-check: lint passed",
+        f"buf-check: no breaking change against HEAD~1 ({previous})",
+    ]
 
 
 def test_the_breaking_check_compares_with_a_named_revision(contract_repo: Path) -> None:
@@ -178,7 +232,8 @@ def test_the_breaking_check_is_skipped_for_a_first_commit(contract_repo: Path) -
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.splitlines() == [
         "buf-check: lint passed",
-        "buf-check: breaking check skipped: no commit HEAD~1 to compare with (a first commit?)"]
+        "buf-check: breaking check skipped: no commit HEAD~1 to compare with (a first commit?)",
+    ]
 
 
 def test_the_breaking_check_is_skipped_when_the_previous_commit_has_no_protos(tmp_path: Path) -> None:
@@ -192,7 +247,9 @@ def test_the_breaking_check_is_skipped_when_the_previous_commit_has_no_protos(tm
     checked = run_buf_check(repo)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.splitlines() == [
-        "buf-check: lint passed", f"buf-check: breaking check skipped: no protos/ in HEAD~1 ({previous})"]
+        "buf-check: lint passed",
+        f"buf-check: breaking check skipped: no protos/ in HEAD~1 ({previous})",
+    ]
 
 
 def test_the_breaking_check_is_skipped_in_a_shallow_clone(contract_repo: Path, tmp_path: Path) -> None:
@@ -205,4 +262,5 @@ def test_the_breaking_check_is_skipped_in_a_shallow_clone(contract_repo: Path, t
     assert checked.stdout.splitlines() == [
         "buf-check: lint passed",
         "buf-check: breaking check skipped: HEAD~1 is not in this shallow clone; "
-        "fetch it (git fetch --deepen=1) to compare"]
+        "fetch it (git fetch --deepen=1) to compare",
+    ]

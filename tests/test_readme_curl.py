@@ -4,6 +4,7 @@ run, in order, through the real curl and bash against the real entry points
 and the sample catalog `make up` loads, and each prints what the README says.
 The route and status tables next to it are checked against the gateway's own
 (gateway.routes, gateway.status)."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -155,6 +157,7 @@ def route_of(command: Command) -> tuple[str, str]:
 
 # ---- the block as written (no cluster) ----------------------------------------------------------
 
+
 def test_the_block_loads_the_dev_tokens_then_runs_only_curl(readme: tuple[list[Command], Any]) -> None:
     commands, _ = readme
     assert commands[0].argv == DEV_AUTH_SETUP
@@ -173,8 +176,10 @@ def test_the_block_makes_the_designs_three_calls_exactly_as_written(readme: tupl
     positions = [texts.index(call) for call in DESIGN_CALLS]
     assert positions == sorted(positions)
     puts = [i for i, command in enumerate(commands) if command.argv[0] == "curl" and command.method == "PUT"]
-    assert [route_of(commands[i]) for i in puts] == [("PUT", "/activities/{activity_id}"),
-                                                      ("PUT", "/achievements/{achievement_id}")]
+    assert [route_of(commands[i]) for i in puts] == [
+        ("PUT", "/activities/{activity_id}"),
+        ("PUT", "/achievements/{achievement_id}"),
+    ]
     assert [commands[i].path for i in puts] == ["/activities/activity456", "/achievements/achievement789"]
     assert max(puts) < positions[0]
     # The achievement the unlock names has no requirements, so the unlock succeeds for a new user.
@@ -184,8 +189,9 @@ def test_the_block_makes_the_designs_three_calls_exactly_as_written(readme: tupl
 def test_each_call_sends_the_least_role_and_the_refused_one_none(readme: tuple[list[Command], Any]) -> None:
     commands = curl_commands(readme[0])
     unauthenticated = [command for command in commands if "Authorization" not in command.headers]
-    assert len(unauthenticated) == 1 and unauthenticated[0] is commands[-1], \
+    assert len(unauthenticated) == 1 and unauthenticated[0] is commands[-1], (
         "one call, the last, shows the refusal without a token"
+    )
     for command in commands[:-1]:
         role = Role.ADMIN if command.method in ("PUT", "DELETE") or command.path == "/xp/grant" else Role.GAME
         assert command.headers["Authorization"] == f"Bearer ${TOKEN_VARIABLES[role]}", command.text
@@ -213,8 +219,9 @@ def test_the_route_table_is_the_gateways(readme: tuple[list[Command], Any]) -> N
             rpcs.append(f"{service}/{method}")
         assert len(rpcs) == len(methods), f"one RPC per method: {route_cell} | {rpc_cell}"
         documented |= {(method, path.group(1), rpc) for method, rpc in zip(methods, rpcs)}
-    assert documented == {(route.http_method, route.path, f"{route.rpc.containing_service.name}/{route.rpc.name}")
-                          for route in ROUTES}
+    assert documented == {
+        (route.http_method, route.path, f"{route.rpc.containing_service.name}/{route.rpc.name}") for route in ROUTES
+    }
 
 
 def test_the_status_table_is_the_gateways() -> None:
@@ -243,10 +250,13 @@ def table_rows(text: str, header: str) -> list[list[str]]:
 
 # ---- the block, run ------------------------------------------------------------------------------
 
+
 def token_environment() -> dict[str, str]:
     """What `. .local/dev-auth.env` sets, with tokens of the test cluster's key."""
-    return {variable: mint_test_token(role, subject=f"readme-curl-{role.value}")
-            for role, variable in TOKEN_VARIABLES.items()}
+    return {
+        variable: mint_test_token(role, subject=f"readme-curl-{role.value}")
+        for role, variable in TOKEN_VARIABLES.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +266,10 @@ def cluster(dynamodb_endpoint: str, tmp_path_factory: pytest.TempPathFactory) ->
     if shutil.which("curl") is None:
         pytest.fail("curl is not installed: apt-get install -y curl")
     started = start_process_cluster(
-        dynamodb_endpoint, tmp_path_factory.mktemp("readme-curl-logs"), metrics=False, gateway=True,
+        dynamodb_endpoint,
+        tmp_path_factory.mktemp("readme-curl-logs"),
+        metrics=False,
+        gateway=True,
         # The README shows awards whose level check answered in time; generous
         # deadlines keep a loaded machine from turning them into deferred ones.
         extra_env={"REWARDS_LEVEL_CHECK_TIMEOUT_S": "10", "REWARDS_XP_GRANT_TIMEOUT_S": "10"},
@@ -264,9 +277,15 @@ def cluster(dynamodb_endpoint: str, tmp_path_factory: pytest.TempPathFactory) ->
     try:
         applied = subprocess.run(
             [sys.executable, "-m", "rewardsctl", "catalog", "apply", "--if-empty", SAMPLE_CATALOG],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-            env={**os.environ, "REWARDS_TOKEN": mint_test_token(Role.ADMIN),
-                 **{f"REWARDS_{name.upper()}_TARGET": f"localhost:{port}" for name, port in started.ports.items()}},
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                **os.environ,
+                "REWARDS_TOKEN": mint_test_token(Role.ADMIN),
+                **{f"REWARDS_{name.upper()}_TARGET": f"localhost:{port}" for name, port in started.ports.items()},
+            },
         )
         assert applied.returncode == 0, applied.stdout + applied.stderr
         yield started
@@ -280,14 +299,20 @@ def run(command: Command, cluster: ProcessCluster) -> subprocess.CompletedProces
     test's gateway."""
     assert cluster.gateway_port is not None
     script = command.text.replace(DEFAULT_ADDRESS, f"127.0.0.1:{cluster.gateway_port}")
-    return subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, env={**os.environ, **token_environment()},
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["bash", "-c", script],
+        cwd=REPO_ROOT,
+        env={**os.environ, **token_environment()},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def shows(printed: str, excerpt: str) -> list[str]:
     """The "key":value pairs of a shown excerpt that the printed JSON lacks."""
     pairs = JSON_PAIR.findall(excerpt)
-    assert pairs, f"no \"key\":value in the README's comment {excerpt!r}"
+    assert pairs, f'no "key":value in the README\'s comment {excerpt!r}'
     return [pair for pair in pairs if pair not in printed]
 
 
@@ -304,22 +329,40 @@ def test_the_block_prints_what_the_readme_says(readme: tuple[list[Command], Any]
     activity = json.loads(printed[put_activity.text])
     assert (activity["activity_id"], activity["xp"]) == ("activity456", "100")
     achievement = json.loads(printed[put_achievement.text])
-    assert (achievement["achievement_id"], achievement["requirements"]["required_achievements"]) == ("achievement789", [])
+    assert (achievement["achievement_id"], achievement["requirements"]["required_achievements"]) == (
+        "achievement789",
+        [],
+    )
 
     # The design's three calls, for a new user, on the sample levels (2 at 100 XP with 50 gold, 3 at 300).
     awarded = json.loads(printed[award.text])
-    assert (awarded["xp_awarded"], awarded["total_xp"], awarded["level"], awarded["duplicate"]) == ("100", "100", 2, False)
-    assert awarded["level_up"]["leveled_up"] and awarded["level_up"]["rewards"] == [{"reward_id": "gold", "quantity": "50"}]
+    assert (awarded["xp_awarded"], awarded["total_xp"], awarded["level"], awarded["duplicate"]) == (
+        "100",
+        "100",
+        2,
+        False,
+    )
+    assert awarded["level_up"]["leveled_up"] and awarded["level_up"]["rewards"] == [
+        {"reward_id": "gold", "quantity": "50"}
+    ]
     assert awarded == award_in_full, "the README's award in full differs from what the award printed"
     unlocked = json.loads(printed[unlock.text])
     assert (unlocked["xp_awarded"], unlocked["total_xp"], unlocked["already_unlocked"]) == ("50", "150", False)
     assert unlocked["achievement"]["achievement_id"] == "achievement789"
     checked = json.loads(printed[check.text])
-    assert (checked["leveled_up"], checked["current_level"], checked["total_xp"], checked["next_level_xp"]) == \
-        (False, 2, "150", "300")
+    assert (checked["leveled_up"], checked["current_level"], checked["total_xp"], checked["next_level_xp"]) == (
+        False,
+        2,
+        "150",
+        "300",
+    )
     shown_progress = json.loads(printed[progress.text])
-    assert (shown_progress["total_xp"], shown_progress["level"], shown_progress["unlocked_achievements"],
-            shown_progress["rewards"]) == ("150", 2, ["achievement789"], [{"reward_id": "gold", "quantity": "50"}])
+    assert (
+        shown_progress["total_xp"],
+        shown_progress["level"],
+        shown_progress["unlocked_achievements"],
+        shown_progress["rewards"],
+    ) == ("150", 2, ["achievement789"], [{"reward_id": "gold", "quantity": "50"}])
 
     # The Idempotency-Key is the request id: a repeat counts once.
     first = json.loads(printed[keyed.text])

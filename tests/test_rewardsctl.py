@@ -1,6 +1,7 @@
 """rewardsctl against real servers and DynamoDB Local: the catalog as a file
 (apply, dry run, idempotency, export), the player commands, and a backup of a
 stage with a few hundred players restored into an empty one."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,10 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -18,7 +20,16 @@ from devcluster.dynamodb_local import REPO_ROOT
 from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
 from rewardsctl.__main__ import main
 from rewardsctl.backup import BackupError, write_batch
-from rewardsctl.catalog import Achievement, Activity, Catalog, CatalogFileError, Level, Reward, format_catalog, parse_catalog
+from rewardsctl.catalog import (
+    Achievement,
+    Activity,
+    Catalog,
+    CatalogFileError,
+    Level,
+    Reward,
+    format_catalog,
+    parse_catalog,
+)
 from rewardsctl.catalog_plan import plan_catalog
 from rewardsctl.service_clients import ServiceClients, ServiceTargets
 from tests.cluster import Cluster, mint_test_token
@@ -40,15 +51,28 @@ def cli_env(cluster: Cluster) -> dict[str, str]:
 
 def run_command(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     """The real command, `python -m rewardsctl`, configured by environment variables."""
-    return subprocess.run([sys.executable, "-m", "rewardsctl", *args], cwd=REPO_ROOT, env=cli_env(cluster),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "rewardsctl", *args],
+        cwd=REPO_ROOT,
+        env=cli_env(cluster),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def run_main(cluster: Cluster, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """main() in this process (faster), configured by flags."""
-    targets = ["--xp-target", f"localhost:{cluster.ports['xp']}",
-               "--achievements-target", f"localhost:{cluster.ports['achievements']}",
-               "--levels-target", f"localhost:{cluster.ports['levels']}", "--token", mint_test_token()]
+    targets = [
+        "--xp-target",
+        f"localhost:{cluster.ports['xp']}",
+        "--achievements-target",
+        f"localhost:{cluster.ports['achievements']}",
+        "--levels-target",
+        f"localhost:{cluster.ports['levels']}",
+        "--token",
+        mint_test_token(),
+    ]
     capsys.readouterr()
     status = main([*args, *targets])
     captured = capsys.readouterr()
@@ -66,6 +90,7 @@ def catalog_of(cluster: Cluster) -> Catalog:
 
 
 # --- the catalog file, pure --------------------------------------------------------------
+
 
 def test_sample_catalog_reads_as_a_small_game() -> None:
     catalog = parse_catalog(SAMPLE_CATALOG.read_text())
@@ -125,22 +150,35 @@ levels:
 """)
     plan = plan_catalog(desired, current)
     assert [(c.action, c.kind, c.key) for c in plan.changes] == [
-        ("create", "activity", "a"), ("change", "activity", "b"), ("delete", "activity", "old"),
+        ("create", "activity", "a"),
+        ("change", "activity", "b"),
+        ("delete", "activity", "old"),
         ("change", "level", 2),
     ]
     assert [(f.field, f.old, f.new) for f in plan.changes[1].field_changes] == [("category", "", "pvp"), ("xp", 10, 20)]
     summaries = {s.section: s for s in plan.summaries}
-    assert (summaries["activities"].create, summaries["activities"].change, summaries["activities"].delete,
-            summaries["activities"].unchanged) == (1, 1, 1, 1)
+    assert (
+        summaries["activities"].create,
+        summaries["activities"].change,
+        summaries["activities"].delete,
+        summaries["activities"].unchanged,
+    ) == (1, 1, 1, 1)
     # The file has no achievements section: they are not managed, so "gone" stays.
     assert not summaries["achievements"].managed and summaries["achievements"].unchanged == 1
     kept = plan_catalog(desired, current, delete_missing=False)
-    assert [(c.action, c.key) for c in kept.changes if c.section == "activities"] == [("create", "a"), ("change", "b"), ("keep", "old")]
+    assert [(c.action, c.key) for c in kept.changes if c.section == "activities"] == [
+        ("create", "a"),
+        ("change", "b"),
+        ("keep", "old"),
+    ]
     assert len(kept.writes) == 3
-    assert plan_catalog(desired, Catalog.of(list(desired.activities or ()), [], list(desired.levels or ()))).writes == ()
+    assert (
+        plan_catalog(desired, Catalog.of(list(desired.activities or ()), [], list(desired.levels or ()))).writes == ()
+    )
 
 
 # --- catalog apply and export, through the real command -------------------------------------
+
 
 def test_apply_sample_dry_run_then_apply_then_nothing_to_do(new_cluster: Callable[..., Cluster]) -> None:
     cluster = new_cluster()
@@ -173,18 +211,27 @@ def test_apply_sample_dry_run_then_apply_then_nothing_to_do(new_cluster: Callabl
     # A new user can play at once: the README's first award.
     awarded = run_command(cluster, "award", "alice", "win-match", "--request-id", "match-1")
     assert awarded.returncode == 0, awarded.stderr
-    assert awarded.stdout.splitlines()[:2] == ["alice: +150 XP for win-match; total 150 XP, level 2",
-                                               "level up: 1 -> 2; rewards: 50 gold"]
+    assert awarded.stdout.splitlines()[:2] == [
+        "alice: +150 XP for win-match; total 150 XP, level 2",
+        "level up: 1 -> 2; rewards: 50 gold",
+    ]
 
 
-def test_apply_changes_and_deletes_what_the_file_says(new_cluster: Callable[..., Cluster], tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_apply_changes_and_deletes_what_the_file_says(
+    new_cluster: Callable[..., Cluster], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cluster = new_cluster()
     assert run_main(cluster, capsys, "catalog", "apply", str(SAMPLE_CATALOG))[0] == 0
-    edited = SAMPLE_CATALOG.read_text().replace("    xp: 150\n", "    xp: 175\n").replace(
-        "      - {reward_id: gold, quantity: 50}\n", "      - {reward_id: gold, quantity: 60}\n      - {reward_id: gem, quantity: 1}\n")
+    edited = (
+        SAMPLE_CATALOG.read_text()
+        .replace("    xp: 150\n", "    xp: 175\n")
+        .replace(
+            "      - {reward_id: gold, quantity: 50}\n",
+            "      - {reward_id: gold, quantity: 60}\n      - {reward_id: gem, quantity: 1}\n",
+        )
+    )
     start = edited.index("  - achievement_id: dedicated")
-    edited = edited[:start] + edited[edited.index("  - achievement_id: arena-legend"):]
+    edited = edited[:start] + edited[edited.index("  - achievement_id: arena-legend") :]
     edited += "  - level: 11\n    xp_required: 5500\n"
     path = tmp_path / "edited.yaml"
     path.write_text(edited)
@@ -222,31 +269,39 @@ def test_apply_changes_and_deletes_what_the_file_says(new_cluster: Callable[...,
     assert after.levels == () and len(after.activities or ()) == 7
 
 
-def test_apply_if_empty_loads_only_into_an_empty_catalog(new_cluster: Callable[..., Cluster], tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_apply_if_empty_loads_only_into_an_empty_catalog(
+    new_cluster: Callable[..., Cluster], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cluster = new_cluster()
     status, out, _ = run_main(cluster, capsys, "catalog", "apply", "--if-empty", str(SAMPLE_CATALOG))
     assert status == 0 and "applied 23 changes" in out
     cluster.xp.PutActivity(xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id="own", name="Own", xp=1)))
     status, out, _ = run_main(cluster, capsys, "catalog", "apply", "--if-empty", str(SAMPLE_CATALOG))
     assert status == 0
-    assert out.strip() == "the catalog is not empty (8 activities, 6 achievements, 10 levels): left as it is (--if-empty)"
+    assert (
+        out.strip() == "the catalog is not empty (8 activities, 6 achievements, 10 levels): left as it is (--if-empty)"
+    )
     assert cluster.xp.GetActivity(xp_pb2.GetActivityRequest(activity_id="own")).xp == 1
 
 
-def test_bad_files_and_refused_entries_exit_non_zero(new_cluster: Callable[..., Cluster], tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_files_and_refused_entries_exit_non_zero(
+    new_cluster: Callable[..., Cluster], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cluster = new_cluster()
     broken = tmp_path / "broken.yaml"
     broken.write_text("activities:\n  - {activity_id: a, name: A, xp: lots}\n")
     status, out, err = run_main(cluster, capsys, "catalog", "apply", str(broken))
     assert status == 2 and out == ""
-    assert err == (f"rewardsctl: {broken} is not a valid catalog, nothing was changed:\n"
-                   "  activities[0].xp: must be a whole number (got string 'lots')\n")
+    assert err == (
+        f"rewardsctl: {broken} is not a valid catalog, nothing was changed:\n"
+        "  activities[0].xp: must be a whole number (got string 'lots')\n"
+    )
 
     # The services judge limits: INVALID_ARGUMENT names the field, and the command says how far it got.
     too_much = tmp_path / "too-much.yaml"
-    too_much.write_text("activities:\n  - {activity_id: a, name: A, xp: 5}\n  - {activity_id: b, name: B, xp: 2000000000}\n")
+    too_much.write_text(
+        "activities:\n  - {activity_id: a, name: A, xp: 5}\n  - {activity_id: b, name: B, xp: 2000000000}\n"
+    )
     status, out, err = run_main(cluster, capsys, "catalog", "apply", str(too_much))
     assert status == 1
     assert out == "+ created activity a ('A', 5 XP)\n"
@@ -261,8 +316,10 @@ def test_bad_files_and_refused_entries_exit_non_zero(new_cluster: Callable[..., 
 
 # --- player commands ------------------------------------------------------------------------------
 
-def test_award_unlock_and_progress_print_what_happened(new_cluster: Callable[..., Cluster],
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_award_unlock_and_progress_print_what_happened(
+    new_cluster: Callable[..., Cluster], capsys: pytest.CaptureFixture[str]
+) -> None:
     cluster = new_cluster()
     assert run_main(cluster, capsys, "catalog", "apply", str(SAMPLE_CATALOG))[0] == 0
 
@@ -275,16 +332,20 @@ def test_award_unlock_and_progress_print_what_happened(new_cluster: Callable[...
     ]
     status, out, _ = run_main(cluster, capsys, "award", "bob", "defeat-boss", "--request-id", "boss-1")
     assert status == 0
-    assert out.splitlines()[0] == ("bob: request boss-1 was already recorded, nothing changed (it awarded 300 XP for "
-                                   "defeat-boss); total 300 XP, level 3")
+    assert out.splitlines()[0] == (
+        "bob: request boss-1 was already recorded, nothing changed (it awarded 300 XP for "
+        "defeat-boss); total 300 XP, level 3"
+    )
     # Without --request-id the command makes one, so that the award can be repeated safely.
     status, out, _ = run_main(cluster, capsys, "award", "bob", "daily-login")
     assert status == 0 and "total 320 XP" in out and "request_id rewardsctl-" in out
 
     status, _, err = run_main(cluster, capsys, "unlock", "bob", "boss-slayer")
     assert status == 1
-    assert err.splitlines()[0] == ("rewardsctl: unlock failed: FAILED_PRECONDITION: requirements of achievement "
-                                   "'boss-slayer' are not met: achievement 'quest-starter' must be unlocked first")
+    assert err.splitlines()[0] == (
+        "rewardsctl: unlock failed: FAILED_PRECONDITION: requirements of achievement "
+        "'boss-slayer' are not met: achievement 'quest-starter' must be unlocked first"
+    )
     status, out, _ = run_main(cluster, capsys, "unlock", "bob", "quest-starter")
     assert status == 0 and out.strip() == "bob: unlocked quest-starter ('Quest starter'): +50 XP; total 370 XP"
     status, out, _ = run_main(cluster, capsys, "unlock", "bob", "boss-slayer", "--json")
@@ -305,11 +366,15 @@ def test_award_unlock_and_progress_print_what_happened(new_cluster: Callable[...
     ]
     status, out, _ = run_main(cluster, capsys, "progress", "bob", "--json")
     progress = json.loads(out)
-    assert progress["total_xp"] == 570 and progress["rewards"] == [{"reward_id": "gold", "quantity": 50},
-                                                                   {"reward_id": "gold", "quantity": 100}]
+    assert progress["total_xp"] == 570 and progress["rewards"] == [
+        {"reward_id": "gold", "quantity": 50},
+        {"reward_id": "gold", "quantity": 100},
+    ]
 
     status, _, err = run_main(cluster, capsys, "award", "bob", "no-such-activity")
-    assert status == 1 and err.startswith("rewardsctl: award failed: NOT_FOUND: activity 'no-such-activity' is not in the catalog")
+    assert status == 1 and err.startswith(
+        "rewardsctl: award failed: NOT_FOUND: activity 'no-such-activity' is not in the catalog"
+    )
     status, _, err = run_main(cluster, capsys, "award", " bob", "win-match")
     assert status == 1 and "INVALID_ARGUMENT: user_id must not start or end with white space" in err
     status = main(["progress", "bob", "--xp-target", "localhost:1", "--timeout", "2"])
@@ -341,19 +406,29 @@ def play(cluster: Cluster, index: int) -> None:
         while cluster.xp.AwardXp(request).level_check_deferred:
             pass
     if index % 5 == 0:
-        grant = xp_pb2.GrantXpRequest(user_id=user, amount=1000 + index, reason="tournament prize", request_id=f"{user}-prize")
+        grant = xp_pb2.GrantXpRequest(
+            user_id=user, amount=1000 + index, reason="tournament prize", request_id=f"{user}-prize"
+        )
         while cluster.xp.GrantXp(grant).level_check_deferred:
             pass
     unlocked = [a for a, every in UNLOCKS if index % every == 0]
     for achievement_id in unlocked:
-        cluster.achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=user, achievement_id=achievement_id))
+        cluster.achievements.UnlockAchievement(
+            achievements_pb2.UnlockAchievementRequest(user_id=user, achievement_id=achievement_id)
+        )
     if unlocked:  # grants any level an unlock's reward made due, had its check been deferred
         cluster.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user, request_id=f"{user}-check"))
 
 
 def expected_total_xp(index: int) -> int:
-    return (ACTIVITY_XP["win-match"] + ACTIVITY_XP["defeat-boss"] * (index % 3 == 0) + (1000 + index) * (index % 5 == 0)
-            + 50 * (index % 4 == 0) + 50 * (index % 6 == 0) + 200 * (index % 12 == 0))
+    return (
+        ACTIVITY_XP["win-match"]
+        + ACTIVITY_XP["defeat-boss"] * (index % 3 == 0)
+        + (1000 + index) * (index % 5 == 0)
+        + 50 * (index % 4 == 0)
+        + 50 * (index % 6 == 0)
+        + 200 * (index % 12 == 0)
+    )
 
 
 def scan_table(cluster: Cluster, name: str) -> list[str]:
@@ -366,12 +441,16 @@ def scan_table(cluster: Cluster, name: str) -> list[str]:
 
 def ledger_of(cluster: Cluster, user: str) -> list[dict[str, Any]]:
     return cluster.dynamodb.query(
-        TableName=cluster.table("xp_ledger"), KeyConditionExpression="user_id = :u",
-        ExpressionAttributeValues={":u": {"S": user}}, ConsistentRead=True,
+        TableName=cluster.table("xp_ledger"),
+        KeyConditionExpression="user_id = :u",
+        ExpressionAttributeValues={":u": {"S": user}},
+        ConsistentRead=True,
     )["Items"]
 
 
-def player_view(cluster: Cluster, user: str) -> tuple[xp_pb2.UserProgress, achievements_pb2.ListUserAchievementsResponse, list[dict[str, Any]]]:
+def player_view(
+    cluster: Cluster, user: str
+) -> tuple[xp_pb2.UserProgress, achievements_pb2.ListUserAchievementsResponse, list[dict[str, Any]]]:
     return (
         cluster.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user)),
         cluster.achievements.ListUserAchievements(achievements_pb2.ListUserAchievementsRequest(user_id=user)),
@@ -379,8 +458,16 @@ def player_view(cluster: Cluster, user: str) -> tuple[xp_pb2.UserProgress, achie
     )
 
 
-TABLES = ("activities", "achievements", "levels", "user_progress", "xp_ledger", "user_achievements",
-          "level_rewards", "level_checks")
+TABLES = (
+    "activities",
+    "achievements",
+    "levels",
+    "user_progress",
+    "xp_ledger",
+    "user_achievements",
+    "level_rewards",
+    "level_checks",
+)
 # Numbers beyond a float's precision, binary, sets and nesting: what a backup
 # must carry exactly, whatever the services write today.
 PRECISION_PROBE = {
@@ -419,16 +506,24 @@ def test_backup_restores_every_player_into_an_empty_stage(new_cluster: Callable[
     imported = run_command(target, "backup", "import", str(backup_dir))
     assert imported.returncode == 0, imported.stderr
     assert "counts verified" in imported.stdout
-    assert re.search(rf"^import  user_progress +{PLAYERS} items of {PLAYERS} \(100%\), done in [0-9.]+ s$",
-                     imported.stderr, re.MULTILINE), imported.stderr
+    assert re.search(
+        rf"^import  user_progress +{PLAYERS} items of {PLAYERS} \(100%\), done in [0-9.]+ s$",
+        imported.stderr,
+        re.MULTILINE,
+    ), imported.stderr
 
     # Every table holds the same items, to the digit and the byte.
     assert {name: scan_table(target, name) for name in TABLES} == before
     probe_key = {"user_id": PRECISION_PROBE["user_id"], "entry_id": PRECISION_PROBE["entry_id"]}
-    restored_probe = target.dynamodb.get_item(TableName=target.table("xp_ledger"), Key=probe_key, ConsistentRead=True)["Item"]
+    restored_probe = target.dynamodb.get_item(TableName=target.table("xp_ledger"), Key=probe_key, ConsistentRead=True)[
+        "Item"
+    ]
     assert restored_probe["xp"] == {"N": "123456789012345678901234567890.12345678"}
     assert restored_probe["blob"] == {"B": bytes(range(256))}
-    assert restored_probe == source.dynamodb.get_item(TableName=source.table("xp_ledger"), Key=probe_key, ConsistentRead=True)["Item"]
+    assert (
+        restored_probe
+        == source.dynamodb.get_item(TableName=source.table("xp_ledger"), Key=probe_key, ConsistentRead=True)["Item"]
+    )
 
     # And the services of the new stage tell every player the same story.
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -440,10 +535,14 @@ def test_backup_restores_every_player_into_an_empty_stage(new_cluster: Callable[
         assert progress.total_xp == expected_total_xp(index) == sum(int(entry["xp"]["N"]) for entry in ledger)
         assert len(unlocks.achievements) == len(progress.unlocked_achievements)
     assert sum(len(v[1].achievements) for v in new_views) == sum(len(range(0, PLAYERS, every)) for _, every in UNLOCKS)
-    assert all(v[0].level >= 2 and v[0].rewards[0] == levels_pb2.Reward(reward_id="gold", quantity=50) for v in new_views)
+    assert all(
+        v[0].level >= 2 and v[0].rewards[0] == levels_pb2.Reward(reward_id="gold", quantity=50) for v in new_views
+    )
 
     # The restored stage goes on from where the old one was: a repeat is still a duplicate.
-    repeat = target.xp.AwardXp(xp_pb2.AwardXpRequest(user_id=player_id(1), activity_id="win-match", request_id=f"{player_id(1)}-0"))
+    repeat = target.xp.AwardXp(
+        xp_pb2.AwardXpRequest(user_id=player_id(1), activity_id="win-match", request_id=f"{player_id(1)}-0")
+    )
     assert repeat.duplicate and repeat.total_xp == expected_total_xp(1)
 
     # A stage that holds anything is refused, and left as it was.
@@ -459,11 +558,18 @@ def test_backups_are_checked_before_anything_is_written(tmp_path: Path, capsys: 
     status = main(["backup", "import", str(tmp_path), *nowhere])
     assert status == 1 and "manifest.json is missing" in capsys.readouterr().err
 
-    (tmp_path / "manifest.json").write_text(json.dumps({
-        "format": "rewards-backup", "format_version": 1, "created_at": "2026-01-01T00:00:00Z",
-        "source_table_prefix": "rewards-", "duration_s": 0.1,
-        "tables": [{"table": "levels", "file": "levels.jsonl", "items": 1, "sha256": "0" * 64}],
-    }))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps(
+            {
+                "format": "rewards-backup",
+                "format_version": 1,
+                "created_at": "2026-01-01T00:00:00Z",
+                "source_table_prefix": "rewards-",
+                "duration_s": 0.1,
+                "tables": [{"table": "levels", "file": "levels.jsonl", "items": 1, "sha256": "0" * 64}],
+            }
+        )
+    )
     (tmp_path / "levels.jsonl").write_text('{"Item":{"level":{"N":"1"},"xp_required":{"N":"0"}}}\n')
     status = main(["backup", "import", str(tmp_path), *nowhere])
     assert status == 1 and "levels.jsonl is not the file the export wrote" in capsys.readouterr().err

@@ -1,19 +1,20 @@
 """Faults that real DynamoDB produces and DynamoDB Local never does, injected
 into the servers' own boto3 client with a botocore event hook: the calls still
 reach real servers and the emulator, except the ones the hook answers."""
+
 from __future__ import annotations
 
 import json
 import threading
-from dataclasses import replace
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from dataclasses import replace
+from typing import Any
 
 import grpc
 from botocore.awsrequest import AWSResponse
 
 from common.dynamodb import create_dynamodb_client
-
 from rewards.v1 import xp_pb2
 from tests.cluster import STANDARD_LEVELS, Cluster, rpc_error
 
@@ -74,13 +75,18 @@ def test_transaction_conflicts_are_retried_and_every_award_counts_once(new_clust
     assert progress.total_xp == 41 * 25
     assert progress.level == 5
     assert sorted((r.reward_id, r.quantity) for r in progress.rewards) == sorted(
-        [("coins", 100), ("coins", 200), ("chest", 1), ("coins", 300), ("title-veteran", 1)])
+        [("coins", 100), ("coins", 200), ("chest", 1), ("coins", 300), ("title-veteran", 1)]
+    )
 
 
 def test_throttled_transactions_are_unavailable_and_write_nothing(new_cluster: Factory, user_id: str) -> None:
     c = new_cluster()
-    c.dynamodb.meta.events.register("before-call.dynamodb.TransactWriteItems", CancelTransactions("ThrottlingError", every=1))
-    error = rpc_error(lambda: c.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=5, reason="t", request_id="r")))
+    c.dynamodb.meta.events.register(
+        "before-call.dynamodb.TransactWriteItems", CancelTransactions("ThrottlingError", every=1)
+    )
+    error = rpc_error(
+        lambda: c.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=5, reason="t", request_id="r"))
+    )
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "throttling" in error.details()
     assert c.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id)).total_xp == 0

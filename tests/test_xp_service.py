@@ -1,4 +1,5 @@
 """XpService against real servers and DynamoDB Local."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -13,9 +14,11 @@ from tests.cluster import Cluster, rpc_error, unique
 
 def put_activity(cluster: Cluster, xp: int, category: str = "") -> str:
     activity_id = unique("activity")
-    cluster.xp.PutActivity(xp_pb2.PutActivityRequest(
-        activity=xp_pb2.Activity(activity_id=activity_id, name="Win a match", category=category, xp=xp)
-    ))
+    cluster.xp.PutActivity(
+        xp_pb2.PutActivityRequest(
+            activity=xp_pb2.Activity(activity_id=activity_id, name="Win a match", category=category, xp=xp)
+        )
+    )
     return activity_id
 
 
@@ -40,8 +43,11 @@ def ledger(cluster: Cluster, user_id: str) -> list[dict]:
 
 # --- catalog --------------------------------------------------------------------
 
+
 def test_put_get_delete_activity(cluster: Cluster) -> None:
-    activity = xp_pb2.Activity(activity_id=unique("a"), name="Daily login", description="Log in", category="daily", xp=25)
+    activity = xp_pb2.Activity(
+        activity_id=unique("a"), name="Daily login", description="Log in", category="daily", xp=25
+    )
     assert cluster.xp.PutActivity(xp_pb2.PutActivityRequest(activity=activity)) == activity
     assert cluster.xp.GetActivity(xp_pb2.GetActivityRequest(activity_id=activity.activity_id)) == activity
 
@@ -89,6 +95,7 @@ def test_list_activities_pages_and_filters_by_category(cluster: Cluster) -> None
 
 # --- awards -----------------------------------------------------------------------
 
+
 def test_award_takes_xp_from_the_catalog_and_adds_it_to_the_total(cluster: Cluster, user_id: str) -> None:
     activity_id = put_activity(cluster, xp=40)
     first = award(cluster, user_id, activity_id, "r1")
@@ -102,7 +109,9 @@ def test_repeat_of_a_request_is_a_duplicate_with_the_original_xp(cluster: Cluste
     activity_id = put_activity(cluster, xp=70)
     original = award(cluster, user_id, activity_id, "match-42")
     # The catalog changes between the original and the retry: the retry still reports what was awarded.
-    cluster.xp.PutActivity(xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id=activity_id, name="x", xp=500)))
+    cluster.xp.PutActivity(
+        xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id=activity_id, name="x", xp=500))
+    )
     repeat = award(cluster, user_id, activity_id, "match-42")
     assert (original.duplicate, repeat.duplicate) == (False, True)
     assert repeat.xp_awarded == 70
@@ -145,8 +154,16 @@ def test_ledger_records_what_when_and_why(cluster: Cluster, user_id: str) -> Non
     award(cluster, user_id, activity_id, "r-a")
     cluster.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=8, reason="tournament bonus", request_id="r-b"))
     entries = {e["request_id"]: e for e in ledger(cluster, user_id)}
-    assert entries["r-a"]["kind"] == "activity" and entries["r-a"]["activity_id"] == activity_id and entries["r-a"]["xp"] == 12
-    assert entries["r-b"]["kind"] == "grant" and entries["r-b"]["reason"] == "tournament bonus" and entries["r-b"]["xp"] == 8
+    assert (
+        entries["r-a"]["kind"] == "activity"
+        and entries["r-a"]["activity_id"] == activity_id
+        and entries["r-a"]["xp"] == 12
+    )
+    assert (
+        entries["r-b"]["kind"] == "grant"
+        and entries["r-b"]["reason"] == "tournament bonus"
+        and entries["r-b"]["xp"] == 8
+    )
     assert sum(e["xp"] for e in entries.values()) == total_xp(cluster, user_id) == 20
 
 
@@ -168,13 +185,17 @@ def test_grant_xp_is_idempotent_and_rejects_another_amount(cluster: Cluster, use
     grant = xp_pb2.GrantXpRequest(user_id=user_id, amount=60, reason="season pass", request_id="season-1")
     first, repeat = cluster.xp.GrantXp(grant), cluster.xp.GrantXp(grant)
     assert (first.xp_awarded, first.duplicate, repeat.xp_awarded, repeat.duplicate) == (60, False, 60, True)
-    error = rpc_error(lambda: cluster.xp.GrantXp(
-        xp_pb2.GrantXpRequest(user_id=user_id, amount=61, reason="season pass", request_id="season-1")))
+    error = rpc_error(
+        lambda: cluster.xp.GrantXp(
+            xp_pb2.GrantXpRequest(user_id=user_id, amount=61, reason="season pass", request_id="season-1")
+        )
+    )
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert total_xp(cluster, user_id) == 60
 
 
 # --- concurrency ------------------------------------------------------------------
+
 
 def test_fifty_concurrent_awards_to_one_user_all_count(cluster: Cluster, user_id: str) -> None:
     activity_id = put_activity(cluster, xp=7)
@@ -211,7 +232,9 @@ def test_a_page_token_only_continues_the_listing_that_issued_it(cluster: Cluster
     for _ in range(2):
         put_activity(cluster, xp=1, category=category)
         put_activity(cluster, xp=1, category=other)
-    category_token = cluster.xp.ListActivities(xp_pb2.ListActivitiesRequest(category=category, page_size=1)).next_page_token
+    category_token = cluster.xp.ListActivities(
+        xp_pb2.ListActivitiesRequest(category=category, page_size=1)
+    ).next_page_token
     scan_token = cluster.xp.ListActivities(xp_pb2.ListActivitiesRequest(page_size=1)).next_page_token
     assert category_token and scan_token
     for request in (
@@ -222,8 +245,14 @@ def test_a_page_token_only_continues_the_listing_that_issued_it(cluster: Cluster
         error = rpc_error(lambda: cluster.xp.ListActivities(request))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error.details() == "page_token is not a token this listing issued"
-    assert len(cluster.xp.ListActivities(
-        xp_pb2.ListActivitiesRequest(category=category, page_size=1, page_token=category_token)).activities) == 1
+    assert (
+        len(
+            cluster.xp.ListActivities(
+                xp_pb2.ListActivitiesRequest(category=category, page_size=1, page_token=category_token)
+            ).activities
+        )
+        == 1
+    )
 
 
 def test_a_retry_is_a_duplicate_even_after_the_activity_left_the_catalog(cluster: Cluster, user_id: str) -> None:

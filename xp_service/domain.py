@@ -1,4 +1,5 @@
 """XP rules, pure: no gRPC, no DynamoDB."""
+
 from __future__ import annotations
 
 import uuid
@@ -55,8 +56,17 @@ def entry_id_for(request_id: str, achievement_id: str = "") -> str:
     return f"req#{request_id}" if request_id else f"auto#{uuid.uuid4().hex}"
 
 
-def new_entry(user_id: str, request_id: str, kind: str, xp: int, *, activity_id: str = "",
-              reason: str = "", achievement_id: str = "", recorded_at: str) -> LedgerEntry:
+def new_entry(
+    user_id: str,
+    request_id: str,
+    kind: str,
+    xp: int,
+    *,
+    activity_id: str = "",
+    reason: str = "",
+    achievement_id: str = "",
+    recorded_at: str,
+) -> LedgerEntry:
     return LedgerEntry(
         user_id=user_id,
         entry_id=entry_id_for(request_id, achievement_id),

@@ -1,5 +1,6 @@
 """The Levels service as XP sees it: a gRPC client with a deadline that turns
 an unreachable or slow Levels service into a deferred check."""
+
 from __future__ import annotations
 
 import logging
@@ -24,6 +25,8 @@ class GrpcLevelChecker:
             result = self._stub.CheckLevelUp(request, timeout=self._timeout_s)
         except grpc.RpcError as error:
             # The XP is recorded either way; the next check grants any level-up.
-            log.warning("level check deferred", extra={"fields": {"code": error.code().name, "details": error.details()}})
+            log.warning(
+                "level check deferred", extra={"fields": {"code": error.code().name, "details": error.details()}}
+            )
             return None
         return level_up_from_message(result)

@@ -1,4 +1,5 @@
 """Composition root and entry point of the XP server."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -6,8 +7,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health
 
-from common.config import Settings
 from common.channels import peer_channel
+from common.config import Settings
 from common.server_runtime import build_grpc_server, run_service
 from rewards.v1 import xp_pb2, xp_pb2_grpc
 from xp_service.level_checker import GrpcLevelChecker
@@ -29,7 +30,9 @@ def create_server(
         GrpcLevelChecker(peer_channel(settings.levels_target, settings, "xp"), settings.level_check_timeout_s),
     )
     servicer = XpServicer(ledger)
-    return build_grpc_server(address, settings, SERVICE, servicer, xp_pb2_grpc.add_XpServiceServicer_to_server, health_servicer)
+    return build_grpc_server(
+        address, settings, SERVICE, servicer, xp_pb2_grpc.add_XpServiceServicer_to_server, health_servicer
+    )
 
 
 def serve(settings: Settings | None = None) -> None:

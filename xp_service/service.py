@@ -1,4 +1,5 @@
 """XP use cases: award from the catalog, grant, read progress."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,7 +80,9 @@ class XpLedger:
                 activity = self._repository.cached_activity(activity_id)
             except ActivityNotFound:
                 return self._retry_of_an_award_whose_activity_left(user_id, activity_id, request_id)
-            entry = new_entry(user_id, request_id, ACTIVITY, activity.xp, activity_id=activity_id, recorded_at=utc_now_iso())
+            entry = new_entry(
+                user_id, request_id, ACTIVITY, activity.xp, activity_id=activity_id, recorded_at=utc_now_iso()
+            )
             try:
                 return self._record_once_and_check_level(entry, activity)
             except ActivityChanged:
@@ -92,13 +95,17 @@ class XpLedger:
         original = self._repository.get_entry(user_id, entry_id_for(request_id)) if request_id else None
         if original is None or original.kind != ACTIVITY or original.activity_id != activity_id:
             raise ActivityNotFound(activity_id)
-        return self._record_once_and_check_level(new_entry(
-            user_id, request_id, ACTIVITY, original.xp, activity_id=activity_id, recorded_at=utc_now_iso()))
+        return self._record_once_and_check_level(
+            new_entry(user_id, request_id, ACTIVITY, original.xp, activity_id=activity_id, recorded_at=utc_now_iso())
+        )
 
-    def grant_xp(self, user_id: str, amount: int, reason: str, request_id: str, achievement_id: str = "") -> AwardOutcome:
+    def grant_xp(
+        self, user_id: str, amount: int, reason: str, request_id: str, achievement_id: str = ""
+    ) -> AwardOutcome:
         kind = ACHIEVEMENT if achievement_id else GRANT
-        entry = new_entry(user_id, request_id, kind, amount, reason=reason, achievement_id=achievement_id,
-                          recorded_at=utc_now_iso())
+        entry = new_entry(
+            user_id, request_id, kind, amount, reason=reason, achievement_id=achievement_id, recorded_at=utc_now_iso()
+        )
         return self._record_once_and_check_level(entry)
 
     def get_progress(self, user_id: str) -> Progress:

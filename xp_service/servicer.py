@@ -1,4 +1,5 @@
 """XpService over gRPC: validate, convert, call, map errors."""
+
 from __future__ import annotations
 
 import grpc
@@ -18,7 +19,9 @@ def activity_from_message(message: xp_pb2.Activity) -> Activity:
     return Activity(
         activity_id=field_rules.require_id("activity.activity_id", message.activity_id),
         name=field_rules.text("activity.name", message.name, max_length=field_rules.MAX_NAME_LENGTH, required=True),
-        description=field_rules.text("activity.description", message.description, max_length=field_rules.MAX_DESCRIPTION_LENGTH),
+        description=field_rules.text(
+            "activity.description", message.description, max_length=field_rules.MAX_DESCRIPTION_LENGTH
+        ),
         category=field_rules.optional_id("activity.category", message.category),
         xp=field_rules.xp_amount("activity.xp", message.xp),
     )
@@ -63,7 +66,9 @@ class XpServicer(xp_pb2_grpc.XpServiceServicer):
         return activity_to_message(self._ledger.get_activity(activity_id))
 
     @maps_domain_errors
-    def ListActivities(self, request: xp_pb2.ListActivitiesRequest, context: grpc.ServicerContext) -> xp_pb2.ListActivitiesResponse:
+    def ListActivities(
+        self, request: xp_pb2.ListActivitiesRequest, context: grpc.ServicerContext
+    ) -> xp_pb2.ListActivitiesResponse:
         category = field_rules.optional_id("category", request.category)
         page_size = field_rules.page_size(request.page_size)
         activities, token = self._ledger.list_activities(category, page_size, request.page_token)
@@ -72,7 +77,9 @@ class XpServicer(xp_pb2_grpc.XpServiceServicer):
         )
 
     @maps_domain_errors
-    def DeleteActivity(self, request: xp_pb2.DeleteActivityRequest, context: grpc.ServicerContext) -> xp_pb2.DeleteActivityResponse:
+    def DeleteActivity(
+        self, request: xp_pb2.DeleteActivityRequest, context: grpc.ServicerContext
+    ) -> xp_pb2.DeleteActivityResponse:
         self._ledger.delete_activity(field_rules.require_id("activity_id", request.activity_id))
         return xp_pb2.DeleteActivityResponse()
 

@@ -1,5 +1,6 @@
 """XpRepository: the activity catalog, the XP ledger and the XP part of
 user_progress; reads of the level table and the levels reached, for progress."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,7 +20,6 @@ from common.dynamodb import (
 )
 from common.models import LevelReached, LevelTable, ProgressRecord
 from xp_service.domain import Activity, ActivityNotFound, LedgerEntry
-
 
 # Activities kept in memory at most; past it the cache starts over (a catalog
 # is far smaller: this only bounds memory against a runaway catalog).
@@ -125,25 +125,40 @@ class XpRepository:
         for name in ("request_id", "activity_id", "reason", "achievement_id"):
             if getattr(entry, name):
                 ledger_values[name] = getattr(entry, name)
-        codes = transact_write(self._client, [
-            {"Put": {
-                "TableName": self._ledger,
-                "Item": to_item(ledger_values),
-                "ConditionExpression": "attribute_not_exists(entry_id)",
-            }},
-            {"Update": {
-                "TableName": self._progress,
-                "Key": {"user_id": attr(entry.user_id)},
-                "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
-                "ExpressionAttributeValues": to_item({":xp": entry.xp, ":now": entry.recorded_at}),
-            }},
-            *([{"ConditionCheck": {
-                "TableName": self._activities.name,
-                "Key": {"activity_id": attr(activity.activity_id)},
-                "ConditionExpression": "xp = :xp",  # false when the item is gone, too
-                "ExpressionAttributeValues": {":xp": attr(activity.xp)},
-            }}] if activity is not None else []),
-        ])
+        codes = transact_write(
+            self._client,
+            [
+                {
+                    "Put": {
+                        "TableName": self._ledger,
+                        "Item": to_item(ledger_values),
+                        "ConditionExpression": "attribute_not_exists(entry_id)",
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self._progress,
+                        "Key": {"user_id": attr(entry.user_id)},
+                        "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
+                        "ExpressionAttributeValues": to_item({":xp": entry.xp, ":now": entry.recorded_at}),
+                    }
+                },
+                *(
+                    [
+                        {
+                            "ConditionCheck": {
+                                "TableName": self._activities.name,
+                                "Key": {"activity_id": attr(activity.activity_id)},
+                                "ConditionExpression": "xp = :xp",  # false when the item is gone, too
+                                "ExpressionAttributeValues": {":xp": attr(activity.xp)},
+                            }
+                        }
+                    ]
+                    if activity is not None
+                    else []
+                ),
+            ],
+        )
         if codes is not None and codes[0] != "ConditionalCheckFailed" and activity is not None:
             self._activity_cache.pop(activity.activity_id, None)
             raise ActivityChanged(activity.activity_id)
