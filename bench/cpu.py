@@ -63,3 +63,9 @@ class CpuWatch:
         for name, pid in self._named.items():
             figures[name] = cores(_process_ticks(pid) - named[name])
         return figures
+
+
+def cpu_seconds(named: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system, all threads) each named process has used so far:
+    two readings around a window give what each used in it."""
+    return {name: _process_ticks(pid) / _TICKS_PER_S for name, pid in named.items()}

@@ -1,26 +1,28 @@
 """The load generator: worker processes (spawned once, reused by every case),
-each running a few client threads, each thread with its own gRPC channel (the
-service side) or its own boto3 client (the floor side). Threads call in a
-closed loop: warm-up, then the measured window; each records the latency of
-every call that completes inside the window (perf_counter) and the parent
-merges them. A case whose transport is "http" runs its service side through
-the HTTP gateway instead: each client thread keeps one HTTP/1.1 connection
-(http.client, keep-alive) and sends the same calls as JSON.
+each running a few clients. The service side: client threads, each with its
+own gRPC channel (or, for a case whose transport is "http", its own keep-alive
+HTTP/1.1 connection to the gateway, sending the same calls as JSON). The floor
+(bench/floor.py): the lean floor's clients are coroutines on one asyncio event
+loop in the process, sharing one common.dynamodb.DynamoDBClient; the boto3
+floor's (a reference) are threads, each with its own boto3 client. Clients
+call in a closed loop: warm-up, then the measured window; each records the
+latency of every call that completes inside the window (perf_counter) and the
+parent merges them.
 
 Why several processes: a Python client spends CPU under its GIL on every call
-(protobuf and gRPC's Python layer: ~0.1-0.2 ms a call; boto3 much more, about
-0.5-1 ms a DynamoDB call, several calls an operation). One process holding
-all clients would cap the load at what one GIL can issue, on the floor side
-first, and the comparison would measure the generator. With at most
-CLIENTS_PER_PROCESS clients a process, a process's clients together need well
-under one core even at the floor's rate, so the processes are never the
-limit: the machine's cores, shared with the services and DynamoDB Local, are.
-Each case reports its busiest load process's CPU use (load_cpu_max, 1.0 = one
-full core) to show it.
+(protobuf and gRPC's Python layer: ~0.1-0.2 ms a call; the lean DynamoDB
+client ~0.3 ms a DynamoDB call; boto3 about 1 ms). One process holding all
+clients would cap the load at what one GIL can issue, and the comparison
+would measure the generator. With at most CLIENTS_PER_PROCESS clients a
+process, a process's clients together need well under one core, so the
+processes are never the limit: the machine's cores, shared with the services
+and DynamoDB Local, are. Each case reports its busiest load process's CPU use
+(load_cpu_max, 1.0 = one full core) to show it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import math
@@ -35,9 +37,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore import xform_name
+
 from bench.catalog import seeded_user
 
-CLIENTS_PER_PROCESS = {"service": 4, "floor": 2}
+# The floors' clients are fewer a process: they issue DynamoDB calls back to back, with no service in
+# between, so each needs more of its process's CPU (boto3's most of all).
+CLIENTS_PER_PROCESS = {"service": 4, "floor": 2, "boto3_floor": 2}
+SIDES = tuple(CLIENTS_PER_PROCESS)
 CALL_TIMEOUT_S = 30.0
 
 OPERATIONS = ("award_xp", "unlock_achievement", "check_level_up", "get_progress")
@@ -45,11 +52,11 @@ OPERATIONS = ("award_xp", "unlock_achievement", "check_level_up", "get_progress"
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """One side (service or floor) of one case, as every load process gets it."""
+    """One side of one case, as every load process gets it."""
 
     case: str
     operation: str  # one of OPERATIONS
-    side: str  # "service" or "floor"
+    side: str  # one of SIDES: "service", "floor" (the lean floor) or "boto3_floor"
     clients: int
     hot_user: bool
     namespace: str  # unique per case and side: users and request ids under it are new
@@ -63,6 +70,7 @@ class LoadSpec:
     achievements: tuple[str, ...]
     seed_users: int
     awards_per_user: int = 20
+    achievement_xp: int = 0  # what each of `achievements` pays (the floors' catalog)
     transport: str = "grpc"  # the service side's: "grpc", or "http" through the gateway (targets["gateway"])
 
 
@@ -73,8 +81,10 @@ class LoadResult:
     total_calls: int = 0  # every call issued, warm-up and errors included (for DynamoDB calls per op)
     errors: Counter[str] = field(default_factory=Counter)
     anomalies: Counter[str] = field(default_factory=Counter)
-    dynamodb_calls: Counter[str] = field(default_factory=Counter)  # the floor's own, by operation
+    dynamodb_calls: Counter[str] = field(default_factory=Counter)  # a floor's own, by action
     cpu_fraction: list[float] = field(default_factory=list)  # per load process, over the window
+    # What WorkerPool.run's `probe` returned at the start and at the end of the measured window.
+    window_probes: list[Any] = field(default_factory=list)
 
     def merge(self, other: LoadResult) -> None:
         self.latencies_ms.extend(other.latencies_ms)
@@ -241,60 +251,86 @@ def _service_target(spec: LoadSpec) -> str:
     ]
 
 
-def _floor_call(spec: LoadSpec, thread: int, client: Any, tables: Any, cache: Any) -> Call:
+def _floor_steps(spec: LoadSpec, thread: int, tables: Any) -> Callable[[int], Any]:
+    """The i-th operation of a floor client, as bench.floor.Steps (the same for both floors)."""
     from bench import floor
+
+    def request_id(i: int) -> str:
+        return f"{spec.namespace}-t{thread}-r{i}"
 
     if spec.operation == "award_xp":
 
-        def award(i: int) -> str | None:
-            activity_id, _ = spec.activities[i % len(spec.activities)]
-            floor.award_xp(
-                client,
-                tables,
-                cache,
-                _user(spec, thread, i, spec.awards_per_user),
-                activity_id,
-                f"{spec.namespace}-t{thread}-r{i}",
-            )
-            return None
+        def award(i: int) -> floor.Steps:
+            activity_id, xp = spec.activities[i % len(spec.activities)]
+            return floor.award_xp(tables, _user(spec, thread, i, spec.awards_per_user), activity_id, xp, request_id(i))
 
         return award
     if spec.operation == "unlock_achievement":
         per_user = len(spec.achievements)
 
-        def unlock(i: int) -> str | None:
-            floor.unlock_achievement(
-                client,
+        def unlock(i: int) -> floor.Steps:
+            return floor.unlock_achievement(
                 tables,
-                cache,
                 _user(spec, thread, i, per_user),
                 spec.achievements[i % per_user],
-                f"{spec.namespace}-t{thread}-r{i}",
+                spec.achievement_xp,
+                request_id(i),
             )
-            return None
 
         return unlock
     if spec.operation == "check_level_up":
 
-        def check(i: int) -> str | None:
-            floor.check_level(client, tables, cache, _seeded_user(spec, thread, i), f"{spec.namespace}-t{thread}-r{i}")
-            return None
+        def check(i: int) -> floor.Steps:
+            return floor.check_level_up(tables, _seeded_user(spec, thread, i), request_id(i))
 
         return check
     if spec.operation == "get_progress":
 
-        def progress(i: int) -> str | None:
-            floor.get_progress(client, tables, _seeded_user(spec, thread, i))
-            return None
+        def progress(i: int) -> floor.Steps:
+            return floor.get_progress(tables, _seeded_user(spec, thread, i))
 
         return progress
     raise ValueError(spec.operation)
 
 
+def _first_read(spec: LoadSpec, tables: Any) -> tuple[str, dict[str, Any]]:
+    """A read that opens a connection before the go (not counted), as a process that has served before has one."""
+    from bench.catalog import seeded_user
+
+    return ("GetItem", {"TableName": tables.progress, "Key": {"user_id": {"S": seeded_user(0)}}})
+
+
 # --- one load process ---------------------------------------------------------------
 
 
+def _error_name(error: Exception) -> str:
+    """grpc.RpcError: its status; DynamoDBError and boto3's ClientError: DynamoDB's code; else the class."""
+    name = getattr(error, "error_name", None)
+    if name:
+        return str(name)
+    code = getattr(error, "code", None)
+    if callable(code):
+        return str(code().name)
+    if isinstance(code, str) and code:
+        return code
+    response = getattr(error, "response", None)
+    if isinstance(response, dict) and response.get("Error", {}).get("Code"):
+        return str(response["Error"]["Code"])
+    return error.__class__.__name__
+
+
+def _account(result: LoadResult, began: float, times: list[float], anomaly: str | None) -> None:
+    """A call that succeeded: its latency and anomaly count when it completed inside the window."""
+    done = time.perf_counter()
+    if times[1] <= done <= times[2]:
+        result.latencies_ms.append((done - began) * 1000)
+        if anomaly:
+            result.anomalies[anomaly] += 1
+
+
 class _Client(threading.Thread):
+    """One client thread: a gRPC channel, an HTTP connection or a boto3 client, in a closed loop."""
+
     def __init__(self, call: Call, go: threading.Event, times: list[float]) -> None:
         super().__init__(daemon=True)
         self._call = call
@@ -304,10 +340,9 @@ class _Client(threading.Thread):
 
     def run(self) -> None:
         self._go.wait()
-        start, measure_from, end = self._times
+        start, _, end = self._times
         time.sleep(max(0.0, start - time.perf_counter()))
         result, i = self.result, 0
-        latencies = result.latencies_ms
         while True:
             began = time.perf_counter()
             if began >= end:
@@ -315,83 +350,160 @@ class _Client(threading.Thread):
             try:
                 anomaly = self._call(i)
             except Exception as error:  # grpc.RpcError, ClientError, HttpCallFailed...
-                code = getattr(error, "code", None)
-                name = getattr(error, "error_name", None) or (
-                    code().name if callable(code) else error.__class__.__name__
-                )
-                result.errors[name] += 1
+                result.errors[_error_name(error)] += 1
             else:
-                done = time.perf_counter()
-                if measure_from <= done <= end:
-                    latencies.append((done - began) * 1000)
-                    if anomaly:
-                        result.anomalies[anomaly] += 1
+                _account(result, began, self._times, anomaly)
             i += 1
         result.total_calls = i
 
 
-def _prepare(spec: LoadSpec, first_thread: int, threads: int) -> tuple[list[Call], list[Any], list[Any]]:
-    """The threads' calls, with their channels or clients connected."""
-    calls: list[Call] = []
+class _LeanFloor(threading.Thread):
+    """The lean floor's clients of this load process: coroutines on one asyncio
+    event loop (this thread's), sharing one common.dynamodb.DynamoDBClient as a
+    service's requests share its. Started by _prepare, which waits until it has
+    connected (`prepared`; `failure` says why it could not)."""
+
+    def __init__(self, spec: LoadSpec, threads: range, times: list[float]) -> None:
+        super().__init__(daemon=True)
+        self._spec = spec
+        self._threads = threads
+        self._times = times  # set before release()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._released: asyncio.Event | None = None
+        self.result = LoadResult()
+        self.prepared = threading.Event()
+        self.failure: str | None = None
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    def release(self) -> None:
+        """The go (from the load process's main thread)."""
+        assert self._loop is not None and self._released is not None
+        self._loop.call_soon_threadsafe(self._released.set)
+
+    async def _main(self) -> None:
+        from bench import floor
+        from common.config import Settings
+        from common.dynamodb import DynamoDBClient
+
+        released = asyncio.Event()
+        self._loop, self._released = asyncio.get_running_loop(), released
+        spec = self._spec
+        client = DynamoDBClient(Settings(dynamodb_endpoint=spec.dynamodb_endpoint, table_prefix=spec.table_prefix))
+        tables = floor.Tables.with_prefix(spec.table_prefix)
+        try:
+            try:
+                # One connection a client, open before the go.
+                await asyncio.gather(*(client.call(*_first_read(spec, tables)) for _ in self._threads))
+            except Exception as error:
+                self.failure = f"{error.__class__.__name__}: {error}"
+                return
+            finally:
+                self.prepared.set()
+            await released.wait()  # release() comes ~0.2 s before the start
+            results = await asyncio.gather(
+                *(self._client(client, _floor_steps(spec, thread, tables)) for thread in self._threads)
+            )
+            for result in results:
+                self.result.merge(result)
+        finally:
+            await client.close()
+
+    async def _client(self, client: Any, steps: Callable[[int], Any]) -> LoadResult:
+        from bench import floor
+
+        start, _, end = self._times
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        result, i = LoadResult(), 0
+        while True:
+            began = time.perf_counter()
+            if began >= end:
+                break
+            try:
+                anomaly = await floor.run_lean(client, steps(i), result.dynamodb_calls)
+            except Exception as error:  # DynamoDBError
+                result.errors[_error_name(error)] += 1
+            else:
+                _account(result, began, self._times, anomaly)
+            i += 1
+        result.total_calls = i
+        return result
+
+
+Runner = _Client | _LeanFloor
+
+
+def _prepare(
+    spec: LoadSpec, first_thread: int, threads: int, go: threading.Event, times: list[float]
+) -> tuple[list[Runner], list[Any], list[Counter[str]]]:
+    """The clients (the lean floor's already started and connected), what to
+    close after the run, and the boto3 floor's call counters."""
+    runners: list[Runner] = []
     closers: list[Any] = []
-    counters: list[Any] = []
+    counters: list[Counter[str]] = []
+    numbers = range(first_thread, first_thread + threads)
     if spec.side == "service" and spec.transport == "http":
-        for thread in range(first_thread, first_thread + threads):
+        for thread in numbers:
             connection = KeepAliveConnection(spec.targets["gateway"])
             closers.append(connection)
-            calls.append(_http_call(spec, thread, connection))
-        return calls, closers, counters
+            runners.append(_Client(_http_call(spec, thread, connection), go, times))
+        return runners, closers, counters
     if spec.side == "service":
         import grpc
 
         from common.channels import CLIENT_CHANNEL_OPTIONS
 
-        for thread in range(first_thread, first_thread + threads):
+        for thread in numbers:
             channel = grpc.insecure_channel(_service_target(spec), options=CLIENT_CHANNEL_OPTIONS)
             grpc.channel_ready_future(channel).result(timeout=30)
             closers.append(channel)
-            calls.append(_service_call(spec, thread, channel))
-        return calls, closers, counters
+            runners.append(_Client(_service_call(spec, thread, channel), go, times))
+        return runners, closers, counters
+    if spec.side == "floor":
+        lean = _LeanFloor(spec, numbers, times)
+        lean.start()
+        if not lean.prepared.wait(60):
+            raise TimeoutError("the lean floor did not connect")
+        if lean.failure is not None:
+            raise RuntimeError(lean.failure)
+        return [lean], closers, counters
+    if spec.side != "boto3_floor":
+        raise ValueError(spec.side)
 
     from bench import floor
     from common.config import Settings
     from common.dynamodb import create_dynamodb_client
 
-    global _floor_cache
     settings = Settings(dynamodb_endpoint=spec.dynamodb_endpoint, table_prefix=spec.table_prefix)
     tables = floor.Tables.with_prefix(spec.table_prefix)
-    if _floor_cache is None or _floor_cache[0] != spec.table_prefix:
-        _floor_cache = (spec.table_prefix, floor.ProcessCache(_shared_level_table_time))
-    cache = _floor_cache[1]
-    for thread in range(first_thread, first_thread + threads):
+    for thread in numbers:
         client = create_dynamodb_client(settings)
-        if not cache.activity_xp:  # as a service that has served before: its caches are warm (not counted)
-            for activity_id, _ in spec.activities:
-                cache.activity_xp[activity_id] = floor.read_activity_xp(client, tables, activity_id)
-            if cache.recent_levels() is None:
-                cache.load_levels(client, tables)
-        counters.append(floor.CallCounter(client))
-        calls.append(_floor_call(spec, thread, client, tables, cache))
-    return calls, closers, counters
+        action, payload = _first_read(spec, tables)
+        getattr(client, xform_name(action))(**payload)
+        counter: Counter[str] = Counter()
+        counters.append(counter)
+        steps = _floor_steps(spec, thread, tables)
+
+        def call(
+            i: int, client: Any = client, steps: Callable[[int], Any] = steps, counter: Counter[str] = counter
+        ) -> str | None:
+            return floor.run_boto3(client, steps(i), counter)
+
+        runners.append(_Client(call, go, times))
+    return runners, closers, counters
 
 
-# The floor's caches in this load process (by table prefix), and the time the
-# level table was last read by any load process (see floor.ProcessCache).
-_floor_cache: tuple[str, Any] | None = None
-_shared_level_table_time: Any = None
-
-
-def worker_main(conn: multiprocessing.connection.Connection, level_table_time: Any) -> None:
+def worker_main(conn: multiprocessing.connection.Connection) -> None:
     """A load process: serves tasks from the parent until told to stop.
     Protocol: ("task", spec, first_thread, threads) -> "ready"; ("go", start_at
     as time.time()) -> LoadResult; None -> exit."""
-    global _shared_level_table_time
-    _shared_level_table_time = level_table_time
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
     import boto3  # noqa: F401  (imported once, before the first task)
     import grpc  # noqa: F401
 
     from bench import floor  # noqa: F401
+    from common.dynamodb import DynamoDBClient  # noqa: F401
     from rewards.v1 import achievements_pb2_grpc, levels_pb2_grpc, xp_pb2_grpc  # noqa: F401
 
     conn.send(("started", os.getpid()))
@@ -404,16 +516,16 @@ def worker_main(conn: multiprocessing.connection.Connection, level_table_time: A
         if message is None:
             return
         _, spec, first_thread, threads = message
+        go = threading.Event()
+        times: list[float] = []
         try:
-            calls, closers, counters = _prepare(spec, first_thread, threads)
+            runners, closers, counters = _prepare(spec, first_thread, threads, go, times)
         except Exception as error:
             conn.send(("failed", f"{error.__class__.__name__}: {error}"))
             continue
-        go = threading.Event()
-        times: list[float] = []
-        clients = [_Client(call, go, times) for call in calls]
-        for client in clients:
-            client.start()
+        for runner in runners:
+            if runner.ident is None:
+                runner.start()
         conn.send(("ready", os.getpid()))
         message = conn.recv()
         if message is None:
@@ -422,19 +534,20 @@ def worker_main(conn: multiprocessing.connection.Connection, level_table_time: A
         start = time.perf_counter() + (start_at - time.time())
         measure_from, end = start + spec.warmup_s, start + spec.warmup_s + spec.duration_s
         times.extend((start, measure_from, end))
-        for counter in counters:
-            counter.calls.clear()  # what _prepare read is not part of the load
         go.set()
+        for runner in runners:
+            if isinstance(runner, _LeanFloor):
+                runner.release()
         time.sleep(max(0.0, measure_from - time.perf_counter()))
         cpu_from = time.process_time()
         time.sleep(max(0.0, end - time.perf_counter()))
         cpu = (time.process_time() - cpu_from) / spec.duration_s
         merged = LoadResult(window_s=spec.duration_s, cpu_fraction=[round(cpu, 3)])
-        for client in clients:
-            client.join()
-            merged.merge(client.result)
+        for runner in runners:
+            runner.join()
+            merged.merge(runner.result)
         for counter in counters:
-            merged.dynamodb_calls.update(counter.calls)
+            merged.dynamodb_calls.update(counter)
         for closer in closers:
             closer.close()
         conn.send(("done", merged))
@@ -449,10 +562,9 @@ class WorkerPool:
     def __init__(self, size: int) -> None:
         context = multiprocessing.get_context("spawn")
         self._workers: list[tuple[Any, multiprocessing.connection.Connection]] = []
-        level_table_time = context.Value("d", 0.0, lock=False)
         for _ in range(size):
             parent_end, child_end = context.Pipe()
-            process = context.Process(target=worker_main, args=(child_end, level_table_time), daemon=True)
+            process = context.Process(target=worker_main, args=(child_end,), daemon=True)
             process.start()
             child_end.close()
             self._workers.append((process, parent_end))
@@ -472,7 +584,9 @@ class WorkerPool:
     def __len__(self) -> int:
         return len(self._workers)
 
-    def run(self, spec: LoadSpec) -> LoadResult:
+    def run(self, spec: LoadSpec, probe: Callable[[], Any] | None = None) -> LoadResult:
+        """Runs one side of a case; `probe`, when given, is called at the start and
+        at the end of the measured window (its answers in window_probes)."""
         per_process = CLIENTS_PER_PROCESS[spec.side]
         processes = math.ceil(spec.clients / per_process)
         if processes > len(self._workers):
@@ -493,7 +607,13 @@ class WorkerPool:
         start_at = time.time() + 0.2
         for _, conn in used:
             conn.send(("go", start_at))
-        total = LoadResult()
+        probes: list[Any] = []
+        if probe is not None:
+            time.sleep(max(0.0, start_at + spec.warmup_s - time.time()))
+            probes.append(probe())
+            time.sleep(max(0.0, start_at + spec.warmup_s + spec.duration_s - time.time()))
+            probes.append(probe())
+        total = LoadResult(window_probes=probes)
         for _, conn in used:
             status, result = self._receive(conn, spec.warmup_s + spec.duration_s + CALL_TIMEOUT_S + 60)
             total.merge(result)

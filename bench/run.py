@@ -1,7 +1,10 @@
-"""`python -m bench`: starts a local cluster of its own, seeds it, runs each
-case through gRPC (the *_http cases: through the HTTP gateway) and then on
-the floor (the same DynamoDB calls with boto3), prints the comparison and the
-targets, and writes bench/results.json."""
+"""`python -m bench`: starts a local cluster of its own, seeds it, warms
+DynamoDB Local's JVM, runs each case through gRPC (the *_http cases: through
+the HTTP gateway), then on the floor (the fewest DynamoDB calls the operation
+needs, through the services' lean client: bench/floor.py) and on the boto3
+floor (the same calls with boto3, for reference), prints the comparison, the
+services' DynamoDB calls and CPU per op, and the targets, and writes
+bench/results.json."""
 
 from __future__ import annotations
 
@@ -20,9 +23,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.catalog import ACTIVITIES, AWARDS_PER_USER, LEVEL_COUNT, LEVEL_STEP_XP, SEED_USERS, achievement_ids
+from bench.catalog import (
+    ACHIEVEMENT_XP,
+    ACTIVITIES,
+    AWARDS_PER_USER,
+    LEVEL_COUNT,
+    LEVEL_STEP_XP,
+    SEED_USERS,
+    achievement_ids,
+)
 from bench.cluster import GATEWAY, SERVICES, BenchCluster, grant_xp, seed, start_cluster, status_memory_mb
-from bench.cpu import CpuWatch
+from bench.cpu import CpuWatch, cpu_seconds
+from bench.floor import FLOOR_KIND, MIN_CALLS, min_calls_per_op
 from bench.load import CLIENTS_PER_PROCESS, LoadResult, LoadSpec, WorkerPool, hot_user_id
 from common.caller_auth import Role
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT
@@ -31,8 +43,8 @@ RESULTS_FILE = REPO_ROOT / "bench" / "results.json"
 MEMORY_LIMIT_MB = 150.0
 # A load process busier than this (cores) may be what limits its clients (its
 # GIL). Not a warning at one client: a process with one client thread is as
-# busy as that client's own work makes it, on the floor boto3's (which the
-# service does in its own process).
+# busy as that client's own work makes it, on the floors the DynamoDB client's
+# (which the service does in its own process).
 LOAD_CPU_WARNING = 0.85
 # Cores used by processes other than the benchmark's during a case, above which
 # its figures are flagged as disturbed (the machine may be shared).
@@ -79,8 +91,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--jvm-warmup",
         type=float,
         default=1.5,
-        help="seconds of unmeasured load per operation and side before the first case, "
-        "to warm DynamoDB Local's JIT (default 1.5; 0 skips it)",
+        help="seconds a round of unmeasured load before the first case, to warm DynamoDB Local's JIT (a "
+        "fresh JVM's first seconds are several times slower): per operation of the chosen cases, a round on "
+        "the service and on the boto3 floor, then rounds on the lean floor until its throughput stops "
+        "rising (default 1.5; 0 skips it)",
     )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument(
@@ -88,16 +102,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=RESULTS_FILE,
         help=f"where to write the figures (default {RESULTS_FILE.relative_to(REPO_ROOT)})",
-    )
-    # Not 0: calls the services amortize over time (the Levels service's copy of the
-    # level table, read again every second) come out per op in inverse proportion to
-    # the throughput, which differs between the service and the floor.
-    parser.add_argument(
-        "--calls-tolerance",
-        type=float,
-        default=0.1,
-        help="largest difference in DynamoDB calls per op (any operation) between service and floor "
-        "that still counts as the same calls (default 0.1)",
     )
     parser.add_argument(
         "--profile",
@@ -148,24 +152,58 @@ def per_op(counts: Counter[str], ops: int) -> dict[str, float]:
     return {name: round(count / ops, 3) for name, count in sorted(counts.items()) if count} if ops else {}
 
 
-def calls_differ(service: dict[str, float], floor: dict[str, float], tolerance: float) -> list[str]:
-    return [
-        f"{name} {service.get(name, 0):.2f} vs {floor.get(name, 0):.2f}"
-        for name in sorted(set(service) | set(floor))
-        if abs(service.get(name, 0.0) - floor.get(name, 0.0)) > tolerance
-    ]
+FLOORS = ("floor", "boto3_floor")  # the lean floor (the results' floor) and the boto3 reference
+
+
+# The JVM warm-up repeats its lean floor round of an operation until its throughput stops rising
+# (by more than JVM_WARMUP_GAIN over the best round before), at most JVM_WARMUP_ROUNDS times.
+JVM_WARMUP_GAIN = 1.1
+JVM_WARMUP_ROUNDS = 6
 
 
 def warm_up(
-    cluster: BenchCluster, pool: WorkerPool, args: argparse.Namespace, run_id: str, tokens: dict[str, str]
-) -> None:
-    """Unmeasured load of every operation on both sides, so that DynamoDB
-    Local's JIT has compiled its paths before the first case: otherwise the
-    first case's service side runs on a colder JVM than its floor."""
-    for operation in ("award_xp", "unlock_achievement", "check_level_up", "get_progress"):
-        case = Case(f"warm-{operation}", operation, min(8, len(pool) * min(CLIENTS_PER_PROCESS.values())))
-        for side in ("service", "floor"):
-            pool.run(_spec(case, side, cluster, run_id, tokens, 0.0, args.jvm_warmup))
+    cases: list[Case],
+    cluster: BenchCluster,
+    pool: WorkerPool,
+    args: argparse.Namespace,
+    run_id: str,
+    tokens: dict[str, str],
+) -> dict[str, dict[str, Any]]:
+    """Unmeasured load of each operation of the chosen cases, so that DynamoDB
+    Local's JIT has compiled the paths of their requests before the first case
+    (a fresh JVM's first seconds are several times slower, which would otherwise
+    land on the first case, its service side first): one round of
+    args.jvm_warmup seconds on the service and on the boto3 floor, then rounds
+    on the lean floor (the most DynamoDB calls a second) until its throughput
+    stops rising. Returns each operation's throughput per side and round."""
+    operations = list(dict.fromkeys(case.operation for case in cases))
+    figures: dict[str, dict[str, Any]] = {}
+    for operation in operations:
+        clients = min(8, len(pool) * min(CLIENTS_PER_PROCESS.values()))
+        done: list[int] = []
+
+        def round_on(side: str) -> float:
+            done.append(1)  # a namespace a round: its awards and unlocks are new
+            case = Case(f"warm-{operation}-{len(done)}", operation, clients)
+            result = pool.run(_spec(case, side, cluster, run_id, tokens, 0.0, args.jvm_warmup))
+            if result.errors:
+                print(f"  WARNING warm-up {operation} ({side}): errors {dict(result.errors)}", flush=True)
+            return float(summarize(result)["throughput"])
+
+        rounds = figures[operation] = {"service": round_on("service"), "boto3_floor": round_on("boto3_floor")}
+        lean = [round_on("floor")]
+        while len(lean) < JVM_WARMUP_ROUNDS:
+            lean.append(round_on("floor"))
+            if lean[-1] <= JVM_WARMUP_GAIN * max(lean[:-1]):
+                break
+        rounds["floor"] = lean
+        print(
+            f"  warm-up {operation} ({clients} clients, {args.jvm_warmup:g} s a round): service "
+            f"{rounds['service']:.0f}/s, boto3 floor {rounds['boto3_floor']:.0f}/s, lean floor "
+            + " -> ".join(f"{t:.0f}/s" for t in lean),
+            flush=True,
+        )
+    return figures
 
 
 def _spec(
@@ -195,7 +233,23 @@ def _spec(
         achievements=achievement_ids(),
         seed_users=SEED_USERS,
         awards_per_user=AWARDS_PER_USER,
+        achievement_xp=ACHIEVEMENT_XP,
     )
+
+
+def window_cpu_ms_per_op(result: LoadResult, ops: int) -> dict[str, float]:
+    """CPU ms per op of each probed process over the measured window (ops: the
+    calls that completed in it)."""
+    if len(result.window_probes) != 2 or not ops:
+        return {}
+    start, end = result.window_probes
+    return {name: round((end[name] - start[name]) * 1000 / ops, 3) for name in start}
+
+
+def client_cpu_ms_per_op(result: LoadResult, ops: int) -> float | None:
+    """The load processes' CPU ms per op over the measured window: on a floor,
+    what issuing its calls costs the client."""
+    return round(sum(result.cpu_fraction) * result.window_s * 1000 / ops, 3) if ops else None
 
 
 def run_case(
@@ -209,29 +263,32 @@ def run_case(
         # so the calls per award do not depend on how the races fall.
         grant_xp(
             cluster,
-            [hot_user_id(spec(side).namespace) for side in ("service", "floor")],
+            [hot_user_id(spec(side).namespace) for side in ("service", *FLOORS)],
             LEVEL_STEP_XP * (LEVEL_COUNT - 1),
         )
-    watch = CpuWatch(
-        [os.getpid(), *cluster.pids, *pool.pids],
-        {
-            **{name: cluster.service_pid(name) for name in _processes(cluster)},
-            "dynamodb_local": cluster.processes["dynamodb"].pid,
-        },
-    )
+    named = {
+        **{name: cluster.service_pid(name) for name in _processes(cluster)},
+        "dynamodb_local": cluster.processes["dynamodb"].pid,
+    }
+    watch = CpuWatch([os.getpid(), *cluster.pids, *pool.pids], named)
+
+    def probe() -> dict[str, float]:
+        return cpu_seconds(named)
+
     before = cluster.dynamodb_calls()
     watch.start()
-    service = pool.run(spec("service"))
+    service = pool.run(spec("service"), probe)
     service_cpu = watch.stop()
     after = cluster.dynamodb_calls()
-    watch.start()
-    floor = pool.run(spec("floor"))
-    floor_cpu = watch.stop()
-    idle = cluster.dynamodb_calls() - after  # the services should have made none during the floor
-    s, f = summarize(service), summarize(floor)
+    floors: dict[str, tuple[LoadResult, dict[str, float]]] = {}
+    for side in FLOORS:
+        watch.start()
+        result = pool.run(spec(side), probe)
+        floors[side] = (result, watch.stop())
+    idle = cluster.dynamodb_calls() - after  # the services should have made none during the floors
+    s = summarize(service)
     service_calls = per_op(after - before, service.total_calls)
-    floor_calls = per_op(floor.dynamodb_calls, floor.total_calls)
-    differ = calls_differ(service_calls, floor_calls, args.calls_tolerance)
+    service_cpu_ms = window_cpu_ms_per_op(service, s["calls"])
     record: dict[str, Any] = {
         "operation": case.operation,
         "clients": case.clients,
@@ -243,31 +300,56 @@ def run_case(
         "p50_ms": s["p50_ms"],
         "p95_ms": s["p95_ms"],
         "p99_ms": s["p99_ms"],
-        "floor_throughput": f["throughput"],
-        "floor_p50_ms": f["p50_ms"],
-        "floor_p95_ms": f["p95_ms"],
-        "floor_p99_ms": f["p99_ms"],
-        "ratio_to_floor": round(s["throughput"] / f["throughput"], 3) if f["throughput"] else None,
-        "p50_delta_ms": round(s["p50_ms"] - f["p50_ms"], 2)
-        if s["p50_ms"] is not None and f["p50_ms"] is not None
-        else None,
-        "p99_ratio": round(s["p99_ms"] / f["p99_ms"], 2) if s["p99_ms"] is not None and f["p99_ms"] else None,
-        "calls_measured": s["calls"],
-        "floor_calls_measured": f["calls"],
-        "errors": s["errors"],
-        "floor_errors": f["errors"],
-        "anomalies": dict(service.anomalies),
-        "dynamodb_calls_per_op": service_calls,
-        "floor_dynamodb_calls_per_op": floor_calls,
-        "dynamodb_calls_match": not differ,
-        "dynamodb_calls_differ": differ,
-        "load_cpu_max": s["load_cpu_max"],
-        "floor_load_cpu_max": f["load_cpu_max"],
-        # Cores busy during each side (warm-up included): the machine, the benchmark's processes, the
-        # rest of the machine, and each service and DynamoDB Local.
-        "cpu_cores": service_cpu,
-        "floor_cpu_cores": floor_cpu,
+        "floor_kind": FLOOR_KIND,
     }
+    for side, (result, cpu) in floors.items():
+        f = summarize(result)
+        floor_ms = window_cpu_ms_per_op(result, f["calls"])
+        record.update(
+            {
+                f"{side}_throughput": f["throughput"],
+                f"{side}_p50_ms": f["p50_ms"],
+                f"{side}_p95_ms": f["p95_ms"],
+                f"{side}_p99_ms": f["p99_ms"],
+                f"ratio_to_{side}": round(s["throughput"] / f["throughput"], 3) if f["throughput"] else None,
+                f"{side}_calls_measured": f["calls"],
+                f"{side}_errors": f["errors"],
+                f"{side}_anomalies": dict(result.anomalies),
+                f"{side}_dynamodb_calls_per_op": per_op(result.dynamodb_calls, result.total_calls),
+                # What issuing the floor's calls costs its client (the load processes), and DynamoDB Local.
+                f"{side}_client_cpu_ms_per_op": client_cpu_ms_per_op(result, f["calls"]),
+                f"{side}_dynamodb_local_cpu_ms_per_op": floor_ms.get("dynamodb_local"),
+                f"{side}_load_cpu_max": f["load_cpu_max"],
+                f"{side}_cpu_cores": cpu,
+            }
+        )
+    f = summarize(floors["floor"][0])
+    record.update(
+        {
+            "p50_delta_ms": round(s["p50_ms"] - f["p50_ms"], 2)
+            if s["p50_ms"] is not None and f["p50_ms"] is not None
+            else None,
+            "p99_ratio": round(s["p99_ms"] / f["p99_ms"], 2) if s["p99_ms"] is not None and f["p99_ms"] else None,
+            # The services' DynamoDB calls per op (their metrics, warm-up included) next to the minimum.
+            "calls_per_op": round(sum(service_calls.values()), 3),
+            "min_calls_per_op": min_calls_per_op(case.operation),
+            "dynamodb_calls_per_op": service_calls,
+            "min_dynamodb_calls_per_op": dict(MIN_CALLS[case.operation]),
+            # CPU of XP, Levels and Achievements (summed) per op in the measured window, and of each
+            # probed process (the gateway too, when it runs; DynamoDB Local).
+            "cpu_ms_per_op": round(sum(service_cpu_ms.get(name, 0.0) for name in SERVICES), 3)
+            if service_cpu_ms
+            else None,
+            "cpu_ms_per_op_by_process": service_cpu_ms,
+            "calls_measured": s["calls"],
+            "errors": s["errors"],
+            "anomalies": dict(service.anomalies),
+            "load_cpu_max": s["load_cpu_max"],
+            # Cores busy during each side (warm-up included): the machine, the benchmark's processes, the
+            # rest of the machine, and each service and DynamoDB Local.
+            "cpu_cores": service_cpu,
+        }
+    )
     if +idle:
         record["service_calls_during_floor"] = dict(+idle)
     return record
@@ -334,7 +416,11 @@ def print_table(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> No
         "ratio",
         "p50 delta",
         "p99 ratio",
-        "calls",
+        "boto3 thr/s",
+        "boto3 p50",
+        "calls/op",
+        "min calls",
+        "cpu ms/op",
     ]
     rows = []
     for key, r in results.items():
@@ -352,13 +438,19 @@ def print_table(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> No
                 _fmt(r["ratio_to_floor"], 2),
                 _fmt(r["p50_delta_ms"], 2),
                 _fmt(r["p99_ratio"], 2),
-                "ok" if r["dynamodb_calls_match"] else "MISMATCH",
+                _fmt(r["boto3_floor_throughput"]),
+                _fmt(r["boto3_floor_p50_ms"], 2),
+                _fmt(r["calls_per_op"], 2),
+                _fmt(r["min_calls_per_op"]),
+                _fmt(r["cpu_ms_per_op"], 2),
             ]
         )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
     print(
-        "latencies in ms; ratio = throughput / floor throughput; p50 delta = p50 - floor p50; "
-        "p99 ratio = p99 / floor p99",
+        f"latencies in ms; floor ({FLOOR_KIND}) = the fewest DynamoDB calls of the operation through the services' "
+        "lean client; ratio = throughput / floor throughput; p50 delta = p50 - floor p50; p99 ratio = p99 / floor "
+        "p99; boto3 = the same calls with boto3 (reference); calls/op = the services' DynamoDB calls per op, "
+        "min calls = the floor's; cpu ms/op = XP + Levels + Achievements CPU per op in the measured window",
         file=out,
     )
     print("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths))), file=out)
@@ -367,36 +459,49 @@ def print_table(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> No
 
 
 def print_calls(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None:
-    print("\nDynamoDB calls per op (service: the three services' metrics; floor: bench/floor.py's own)", file=out)
+    print(
+        "\nDynamoDB calls per op: the services' (their metrics, warm-up included) | the minimum (the floor's)",
+        file=out,
+    )
     for key, r in results.items():
-        service, floor = r["dynamodb_calls_per_op"], r["floor_dynamodb_calls_per_op"]
-        names = sorted(set(service) | set(floor))
-        line = ", ".join(f"{n} {service.get(n, 0):.2f}/{floor.get(n, 0):.2f}" for n in names)
-        total = f"total {sum(service.values()):.2f}/{sum(floor.values()):.2f}"
-        print(f"  {key}: {line}; {total}", file=out)
-        if not r["dynamodb_calls_match"]:
-            print(
-                f"  WARNING {key}: the service's DynamoDB calls differ from the floor's "
-                f"({'; '.join(r['dynamodb_calls_differ'])}): update bench/floor.py to the service's path",
-                file=out,
-            )
+        service, minimum = r["dynamodb_calls_per_op"], r["min_dynamodb_calls_per_op"]
+        line = ", ".join(f"{n} {v:.2f}" for n, v in service.items()) or "none"
+        least = ", ".join(f"{n} {v}" for n, v in minimum.items())
+        print(
+            f"  {key}: {line}; total {r['calls_per_op']:.2f} | {least}; total {r['min_calls_per_op']}",
+            file=out,
+        )
+        for side in ("floor", "boto3_floor"):
+            issued = r[f"{side}_dynamodb_calls_per_op"]
+            if any(abs(issued.get(n, 0.0) - minimum.get(n, 0)) > 0.01 for n in set(issued) | set(minimum)):
+                print(
+                    f"  WARNING {key}: the {side.replace('_', ' ')} issued {issued} per op, not its minimum "
+                    f"{minimum}: its errors or data are not what bench/floor.py expects",
+                    file=out,
+                )
         for field, label in (
             ("errors", "service errors"),
             ("floor_errors", "floor errors"),
-            ("service_calls_during_floor", "service DynamoDB calls during the floor"),
+            ("boto3_floor_errors", "boto3 floor errors"),
+            ("service_calls_during_floor", "service DynamoDB calls during the floors"),
         ):
             if r.get(field):
                 print(f"  WARNING {key}: {label}: {r[field]}", file=out)
-        if r.get("anomalies"):
-            print(f"  note {key}: {r['anomalies']}", file=out)
-        other = max(r["cpu_cores"]["other"], r["floor_cpu_cores"]["other"])
+        for field, label in (
+            ("anomalies", "service"),
+            ("floor_anomalies", "floor"),
+            ("boto3_floor_anomalies", "boto3 floor"),
+        ):
+            if r.get(field):
+                print(f"  note {key}: {label} anomalies {r[field]}", file=out)
+        other = max(r["cpu_cores"]["other"], r["floor_cpu_cores"]["other"], r["boto3_floor_cpu_cores"]["other"])
         if other > OTHER_CPU_WARNING:
             print(
                 f"  WARNING {key}: other processes on this machine used up to {other:.2f} cores during this case: "
                 f"its figures are disturbed",
                 file=out,
             )
-        busiest = max(r["load_cpu_max"], r["floor_load_cpu_max"])
+        busiest = max(r["load_cpu_max"], r["floor_load_cpu_max"], r["boto3_floor_load_cpu_max"])
         if r["clients"] > 1 and busiest > LOAD_CPU_WARNING:
             print(
                 f"  WARNING {key}: a load process used {busiest:.2f} of a core: the load generator may have "
@@ -428,8 +533,27 @@ def print_gateway(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> 
 
 def print_cpu(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None:
     print(
-        "\nCores busy during each side, warm-up included (service | floor): the machine, each service "
-        "(and the gateway), DynamoDB Local, other processes",
+        "\nCPU ms per op in the measured window: the services (XP + Levels + Achievements = cpu ms/op; the gateway "
+        "when it runs) and DynamoDB Local | floor: its load processes (the client) and DynamoDB Local | boto3 floor",
+        file=out,
+    )
+    for key, r in results.items():
+        by_process = r["cpu_ms_per_op_by_process"]
+        names = [*SERVICES, *([GATEWAY] if GATEWAY in by_process else [])]
+        service = " + ".join(f"{n} {_fmt(by_process.get(n), 2)}" for n in names)
+        floors = " | ".join(
+            f"{label} client {_fmt(r[f'{side}_client_cpu_ms_per_op'], 2)} ddb "
+            f"{_fmt(r[f'{side}_dynamodb_local_cpu_ms_per_op'], 2)}"
+            for side, label in (("floor", "floor"), ("boto3_floor", "boto3"))
+        )
+        print(
+            f"  {key}: {service} = {_fmt(r['cpu_ms_per_op'], 2)}, ddb {_fmt(by_process.get('dynamodb_local'), 2)} "
+            f"| {floors}",
+            file=out,
+        )
+    print(
+        "\nCores busy during each side, warm-up included (service | floor | boto3 floor): the machine, each "
+        "service (and the gateway), DynamoDB Local, other processes",
         file=out,
     )
     for key, r in results.items():
@@ -444,7 +568,10 @@ def print_cpu(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None
             ]
             return " ".join(parts)
 
-        print(f"  {key}: {side(r['cpu_cores'])} | {side(r['floor_cpu_cores'])}", file=out)
+        print(
+            f"  {key}: {side(r['cpu_cores'])} | {side(r['floor_cpu_cores'])} | {side(r['boto3_floor_cpu_cores'])}",
+            file=out,
+        )
 
 
 def evaluate_targets(results: dict[str, dict[str, Any]], memory: dict[str, float]) -> list[dict[str, Any]]:
@@ -549,18 +676,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: seeded ({time.monotonic() - began:.0f} s)", flush=True)
         tokens = {"game": cluster.token(Role.GAME)}
         run_id = uuid.uuid4().hex[:6]
-        if args.jvm_warmup > 0:
-            warm_up(cluster, pool, args, run_id, tokens)
-            print(f"bench: warmed up ({time.monotonic() - began:.0f} s)", flush=True)
+        warmup_figures: dict[str, dict[str, Any]] = {}
+        if args.jvm_warmup > 0:  # before the first measured case
+            warmup_figures = warm_up(cases, cluster, pool, args, run_id, tokens)
+            print(f"bench: warmed up DynamoDB Local ({time.monotonic() - began:.0f} s)", flush=True)
         for case in cases:
             record = run_case(case, cluster, pool, args, run_id, tokens)
             results[case.key] = record
             add_gateway_overhead(case, results)
-            other = max(record["cpu_cores"]["other"], record["floor_cpu_cores"]["other"])
+            other = max(record[f"{side}cpu_cores"]["other"] for side in ("", "floor_", "boto3_floor_"))
             print(
                 f"  {case.key}: {record['throughput']:.1f}/s p50 {_fmt(record['p50_ms'], 2)} ms | floor "
                 f"{record['floor_throughput']:.1f}/s p50 {_fmt(record['floor_p50_ms'], 2)} ms | ratio "
-                f"{_fmt(record['ratio_to_floor'], 2)}{'' if record['dynamodb_calls_match'] else '  (DynamoDB calls differ)'}"
+                f"{_fmt(record['ratio_to_floor'], 2)} | boto3 floor {record['boto3_floor_throughput']:.1f}/s | "
+                f"calls/op {_fmt(record['calls_per_op'], 2)} (min {record['min_calls_per_op']}) | "
+                f"cpu {_fmt(record['cpu_ms_per_op'], 2)} ms/op"
                 f"{f'  (other processes used {other:.2f} cores)' if other > OTHER_CPU_WARNING else ''}",
                 flush=True,
             )
@@ -602,8 +732,10 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": args.warmup,
             "clients_per_process": CLIENTS_PER_PROCESS,
             "load_processes": pool_size,
-            "calls_tolerance": args.calls_tolerance,
+            "floor_kind": FLOOR_KIND,
             "jvm_warmup_s": args.jvm_warmup,
+            # Throughput per operation and side during the JVM warm-up (the lean floor's per round).
+            "jvm_warmup_throughput": warmup_figures,
             "profile": args.profile,
             "total_runtime_s": round(elapsed, 1),
         },
