@@ -1,0 +1,573 @@
+"""In-memory fakes of the repository Protocols the use cases depend on, for the
+unit tier (cosmicpython's FakeRepository): plain dicts, async methods, no
+DynamoDB and no gRPC.
+
+Each fake keeps the contract of its DynamoDB implementation (xp_service/storage.py,
+levels_service/storage.py, achievements_service/storage.py): every conditional
+write checks the same conditions and, when one fails, writes nothing and raises
+what the storage raises. A transaction is checked whole before anything is written.
+
+Knobs inject what real concurrency would cause: a lost race, a level-table
+change, a refused grant. Hooks (`async def` callables taking no argument, kept
+in per-method lists and used once each, in order; None for "nothing this call")
+run at a fixed point of a method, e.g. another check levelling the user up
+between a use case's read and its write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from achievements_service.domain import (
+    Achievement,
+    AchievementNotFound,
+    AlreadyUnlocked,
+    GrantRefused,
+    GrantResult,
+    Requirements,
+    RequirementsChangedConcurrently,
+    Unlock,
+)
+from common.models import (
+    Level,
+    LevelReached,
+    LevelTable,
+    LevelUpOutcome,
+    ProgressRecord,
+    Reward,
+    VersionedLevelTable,
+    utc_now_iso,
+)
+from levels_service.domain import (
+    LevelChangedConcurrently,
+    LevelCheck,
+    LevelNotFound,
+    LevelTableChanged,
+    LevelUpPlan,
+    is_recorded_check,
+)
+from xp_service.domain import (
+    Activity,
+    ActivityChanged,
+    ActivityNotFound,
+    DuplicateRequest,
+    LedgerEntry,
+)
+
+Hook = Callable[[], Awaitable[None]]
+
+
+async def _run_next(hooks: list[Hook | None]) -> None:
+    """Runs (and uses up) the first hook of the list, if any."""
+    if hooks:
+        hook = hooks.pop(0)
+        if hook is not None:
+            await hook()
+
+
+def _page(ids: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
+    """Keys after `page_token` (the last key of the previous page), in key order."""
+    remaining = [i for i in sorted(ids) if i > page_token] if page_token else sorted(ids)
+    size = page_size or len(remaining) or 1
+    page = remaining[:size]
+    return page, (page[-1] if len(remaining) > size else "")
+
+
+# --- XP ----------------------------------------------------------------------------
+
+
+class FakeXpRepository:
+    """xp_service.domain.XpRepository in memory.
+
+    `catalog` is the activity table; `cache` is this process's copy of it (what
+    cached_activity answers from), which tests may leave stale to play another
+    replica changing the catalog."""
+
+    def __init__(self, *, start_level: int = 0, level_table_version: int = 1) -> None:
+        self.catalog: dict[str, Activity] = {}
+        self.cache: dict[str, Activity] = {}
+        self.ledger: dict[tuple[str, str], LedgerEntry] = {}
+        self.progress: dict[str, ProgressRecord] = {}
+        self.reached: dict[str, list[LevelReached]] = {}
+        self.start_level_value = start_level
+        self.version = level_table_version
+        # Knobs.
+        self.before_record: list[Hook | None] = []
+        # The next N record_xp calls write, then report DuplicateRequest with the
+        # entry just written: the SDK's retry of a transaction whose answer was lost.
+        self.lose_next_record_answers = 0
+        # Call log.
+        self.record_calls: list[tuple[LedgerEntry, Activity | None]] = []
+        self.get_activity_calls: list[str] = []
+
+    # --- seeding ----------------------------------------------------------------
+
+    def seed_activity(self, activity: Activity) -> None:
+        self.catalog[activity.activity_id] = activity
+
+    def seed_progress(self, record: ProgressRecord) -> None:
+        self.progress[record.user_id] = record
+
+    def entries(self, user_id: str) -> list[LedgerEntry]:
+        return [e for (u, _), e in sorted(self.ledger.items()) if u == user_id]
+
+    # --- catalog ----------------------------------------------------------------
+
+    async def put_activity(self, activity: Activity) -> None:
+        self.catalog[activity.activity_id] = activity
+        self.cache.pop(activity.activity_id, None)
+
+    async def get_activity(self, activity_id: str) -> Activity:
+        self.get_activity_calls.append(activity_id)
+        activity = self.catalog.get(activity_id)
+        if activity is None:
+            raise ActivityNotFound(activity_id)
+        return activity
+
+    async def cached_activity(self, activity_id: str) -> Activity:
+        activity = self.cache.get(activity_id)
+        if activity is None:
+            activity = await self.get_activity(activity_id)
+            self.cache[activity_id] = activity
+        return activity
+
+    async def list_activities(self, category: str, page_size: int, page_token: str) -> tuple[list[Activity], str]:
+        ids = [a.activity_id for a in self.catalog.values() if not category or a.category == category]
+        page, token = _page(ids, page_size, page_token)
+        return [self.catalog[i] for i in page], token
+
+    async def delete_activity(self, activity_id: str) -> None:
+        self.cache.pop(activity_id, None)
+        if self.catalog.pop(activity_id, None) is None:
+            raise ActivityNotFound(activity_id)
+
+    # --- ledger and progress ------------------------------------------------------
+
+    async def record_xp(self, entry: LedgerEntry, activity: Activity | None = None) -> None:
+        """One transaction: the entry only if its id is new (else DuplicateRequest
+        with the entry held, which the ledger's condition reports first), the XP
+        added to the total, and with `activity` a check that the catalog still
+        gives it this XP (else ActivityChanged, and the cached copy is dropped)."""
+        self.record_calls.append((entry, activity))
+        await _run_next(self.before_record)
+        key = (entry.user_id, entry.entry_id)
+        existing = self.ledger.get(key)
+        if existing is not None:
+            raise DuplicateRequest(existing)
+        if activity is not None:
+            current = self.catalog.get(activity.activity_id)
+            if current is None or current.xp != activity.xp:
+                self.cache.pop(activity.activity_id, None)
+                raise ActivityChanged(activity.activity_id)
+        self.ledger[key] = entry
+        record = self.progress.get(entry.user_id, ProgressRecord(entry.user_id))
+        self.progress[entry.user_id] = replace(
+            record, total_xp=record.total_xp + entry.xp, updated_at=entry.recorded_at
+        )
+        if self.lose_next_record_answers:
+            self.lose_next_record_answers -= 1
+            raise DuplicateRequest(entry)
+
+    async def get_entry(self, user_id: str, entry_id: str) -> LedgerEntry | None:
+        return self.ledger.get((user_id, entry_id))
+
+    async def get_progress(self, user_id: str) -> ProgressRecord:
+        return self.progress.get(user_id, ProgressRecord(user_id))
+
+    async def mark_level_check_deferred(self, user_id: str, entry_id: str) -> None:
+        self.ledger[(user_id, entry_id)] = replace(self.ledger[(user_id, entry_id)], level_check_deferred=True)
+
+    async def rewards_granted(self, user_id: str) -> tuple[Reward, ...]:
+        reached = sorted(self.reached.get(user_id, []), key=lambda r: r.level)
+        return tuple(r for level in reached for r in level.rewards)
+
+    async def start_level(self) -> int:
+        return self.start_level_value
+
+    async def level_table_version(self) -> int:
+        return self.version
+
+
+class FakeLevelChecker:
+    """xp_service.domain.LevelChecker: answers `answer` (None: the Levels
+    service could not answer in time) and logs each call."""
+
+    def __init__(self, answer: LevelUpOutcome | None = None) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, str]] = []
+        self.replay_only: list[bool] = []
+
+    async def check_level_up(self, user_id: str, request_id: str, replay_only: bool = False) -> LevelUpOutcome | None:
+        self.calls.append((user_id, request_id))
+        self.replay_only.append(replay_only)
+        return self.answer
+
+
+# --- Levels ------------------------------------------------------------------------
+
+
+@dataclass
+class CheckRecord:
+    """A level_checks item: what the check with this id granted."""
+
+    levels: set[int] = field(default_factory=set)
+    previous_level: int | None = None
+    target_level: int | None = None
+
+
+@dataclass(frozen=True)
+class GrantCall:
+    user_id: str
+    step: LevelUpPlan
+    owner: str
+    target_level: int
+    min_total_xp: int
+    next_level_xp: int
+    version: int
+    continuing: bool
+
+
+@dataclass(frozen=True)
+class PinCall:
+    user_id: str
+    expected_level: int | None
+    level: int
+    next_level_xp: int
+    version: int
+
+
+class FakeLevelsRepository:
+    """levels_service.domain.LevelsRepository in memory.
+
+    `table` at `table_version` is the level table as stored; `cached` is this
+    process's copy (what level_table() answers), which may be older:
+    level_table_at_least() catches it up with the stored table."""
+
+    def __init__(self, levels: Iterable[Level] = (), *, version: int = 1) -> None:
+        self.table = LevelTable(levels)
+        self.table_version = version
+        self.cached = VersionedLevelTable(version, self.table, 0.0)
+        self.progress: dict[str, ProgressRecord] = {}
+        self.checks: dict[tuple[str, str], CheckRecord] = {}
+        self.reached: dict[tuple[str, int], LevelReached] = {}
+        # Knobs.
+        self.lose_next_grants = 0  # the next N grant_level_step calls lose a race (nothing written)
+        self.change_table_before_next_grant = False  # another process bumps the table's version first
+        self.before_grant: list[Hook | None] = []
+        self.after_grant: list[Hook | None] = []
+        self.before_pin: list[Hook | None] = []
+        # Call log.
+        self.grant_calls: list[GrantCall] = []
+        self.pin_calls: list[PinCall] = []
+        self.at_least_calls: list[int] = []
+
+    # --- seeding ----------------------------------------------------------------
+
+    def seed_progress(self, record: ProgressRecord) -> None:
+        self.progress[record.user_id] = record
+
+    def store_table(self, levels: Iterable[Level], *, refresh_cache: bool = False) -> None:
+        """Another process writes the level table: its version moves by one."""
+        self.table = LevelTable(levels)
+        self.table_version += 1
+        if refresh_cache:
+            self.cached = VersionedLevelTable(self.table_version, self.table, 0.0)
+
+    def levels_of(self, user_id: str) -> list[int]:
+        return sorted(level for (u, level) in self.reached if u == user_id)
+
+    # --- the level table ----------------------------------------------------------
+
+    async def put_level(self, level: Level) -> None:
+        self.store_table([*(l for l in self.table.levels if l.level != level.level), level], refresh_cache=True)
+
+    async def delete_level(self, level: int) -> None:
+        if all(l.level != level for l in self.table.levels):
+            raise LevelNotFound(level)
+        self.store_table([l for l in self.table.levels if l.level != level], refresh_cache=True)
+
+    async def level_table(self) -> VersionedLevelTable:
+        return self.cached
+
+    async def level_table_at_least(self, version: int) -> VersionedLevelTable:
+        self.at_least_calls.append(version)
+        if self.cached.version < version:
+            assert self.table_version >= version, f"version {version} was never stored"
+            self.cached = VersionedLevelTable(self.table_version, self.table, 0.0)
+        return self.cached
+
+    # --- users ----------------------------------------------------------------------
+
+    async def get_progress(self, user_id: str) -> ProgressRecord:
+        return self.progress.get(user_id, ProgressRecord(user_id))
+
+    async def get_progress_and_check(self, user_id: str, check_id: str) -> tuple[ProgressRecord, LevelCheck | None]:
+        progress = await self.get_progress(user_id)
+        record = self.checks.get((user_id, check_id))
+        if record is None or not record.levels:  # a record without levels granted nothing
+            return progress, None
+        assert record.previous_level is not None
+        levels = tuple(sorted(record.levels))
+        target = record.target_level if record.target_level is not None else max(levels)
+        return progress, LevelCheck(check_id, record.previous_level, levels, target)
+
+    async def levels_reached(self, user_id: str, levels: tuple[int, ...]) -> list[LevelReached]:
+        found = [self.reached[(user_id, level)] for level in levels if (user_id, level) in self.reached]
+        return sorted(found, key=lambda r: r.level)
+
+    async def grant_level_step(
+        self,
+        user_id: str,
+        step: LevelUpPlan,
+        *,
+        owner: str,
+        target_level: int,
+        min_total_xp: int,
+        next_level_xp: int,
+        version: int,
+        continuing: bool,
+    ) -> None:
+        self.grant_calls.append(
+            GrantCall(user_id, step, owner, target_level, min_total_xp, next_level_xp, version, continuing)
+        )
+        await _run_next(self.before_grant)
+        if self.change_table_before_next_grant:
+            self.change_table_before_next_grant = False
+            self.store_table(self.table.levels)
+        if self.lose_next_grants:
+            self.lose_next_grants -= 1
+            raise LevelChangedConcurrently(user_id)
+        # The version check is the transaction's second item: its failure is told apart.
+        if version != self.table_version:
+            raise LevelTableChanged(version)
+        record = self.progress.get(user_id)
+        if continuing:
+            holds = record is not None and record.pending_check == owner and record.level == step.previous_level
+        else:
+            holds = (
+                record is not None
+                and record.total_xp >= min_total_xp
+                and record.pending_check is None
+                and (record.level is None or record.level == step.previous_level)
+            )
+        # Each level passed is recorded only if it was not before.
+        if not holds or any((user_id, level.level) in self.reached for level in step.passed):
+            raise LevelChangedConcurrently(user_id)
+        assert record is not None
+        now = utc_now_iso()
+        pending = step.current_level < target_level
+        self.progress[user_id] = replace(
+            record,
+            level=step.current_level,
+            updated_at=now,
+            next_level_xp=next_level_xp,
+            level_version=version,
+            pending_check=owner if pending else None,
+            pending_target=target_level if pending else None,
+        )
+        if is_recorded_check(owner):
+            check = self.checks.setdefault((user_id, owner), CheckRecord())
+            check.levels |= {level.level for level in step.passed}
+            if check.previous_level is None:
+                check.previous_level = step.previous_level
+            if check.target_level is None:
+                check.target_level = target_level
+        for level in step.passed:
+            self.reached[(user_id, level.level)] = LevelReached(
+                level.level, step.previous_level, level.rewards, owner, now
+            )
+        await _run_next(self.after_grant)
+
+    async def pin_threshold(
+        self, user_id: str, expected_level: int | None, level: int, next_level_xp: int, version: int
+    ) -> bool:
+        self.pin_calls.append(PinCall(user_id, expected_level, level, next_level_xp, version))
+        await _run_next(self.before_pin)
+        record = self.progress.get(user_id)
+        if record is None or record.pending_check is not None or record.level != expected_level:
+            return False
+        self.progress[user_id] = replace(record, level=level, next_level_xp=next_level_xp, level_version=version)
+        return True
+
+
+# --- Achievements --------------------------------------------------------------------
+
+
+class FakeAchievementsRepository:
+    """achievements_service.domain.AchievementsRepository in memory.
+
+    `progress` stands for the shared user_progress item: FakeXpGranter adds the
+    XP it pays to it."""
+
+    def __init__(self, *, start_level: int = 0) -> None:
+        self.catalog: dict[str, Achievement] = {}
+        self.unlocks: dict[tuple[str, str], Unlock] = {}
+        self.granted_by: dict[tuple[str, str], str] = {}
+        self.progress: dict[str, ProgressRecord] = {}
+        self.start_level_value = start_level
+        # Knobs.
+        self.before_record_unlock: list[Hook | None] = []
+        # The next record_unlock_once fails its requirements guard whatever the progress holds.
+        self.fail_next_requirements_guard = False
+        # Call log.
+        self.withdraw_calls: list[tuple[Unlock, str | None]] = []
+        self.mark_calls: list[tuple[str, str, str]] = []
+        self.start_level_calls = 0
+
+    # --- seeding ----------------------------------------------------------------
+
+    def seed_achievement(self, achievement: Achievement) -> None:
+        self.catalog[achievement.achievement_id] = achievement
+
+    def seed_progress(self, record: ProgressRecord) -> None:
+        self.progress[record.user_id] = record
+
+    def seed_unlock(self, unlock: Unlock) -> None:
+        """An unlock recorded earlier, with its place in the progress."""
+        self.unlocks[(unlock.user_id, unlock.achievement_id)] = unlock
+        record = self.progress.get(unlock.user_id, ProgressRecord(unlock.user_id))
+        self.progress[unlock.user_id] = replace(
+            record,
+            unlocked_achievements=record.unlocked_achievements | {unlock.achievement_id},
+            updated_at=unlock.unlocked_at,
+        )
+
+    # --- catalog ----------------------------------------------------------------
+
+    async def put_achievement(self, achievement: Achievement) -> None:
+        self.catalog[achievement.achievement_id] = achievement
+
+    async def get_achievement(self, achievement_id: str) -> Achievement:
+        achievement = self.catalog.get(achievement_id)
+        if achievement is None:
+            raise AchievementNotFound(achievement_id)
+        return achievement
+
+    async def get_achievements(self, achievement_ids: list[str]) -> dict[str, Achievement]:
+        return {i: self.catalog[i] for i in achievement_ids if i in self.catalog}
+
+    async def list_achievements(self, page_size: int, page_token: str) -> tuple[list[Achievement], str]:
+        page, token = _page(list(self.catalog), page_size, page_token)
+        return [self.catalog[i] for i in page], token
+
+    async def delete_achievement(self, achievement_id: str) -> None:
+        if self.catalog.pop(achievement_id, None) is None:
+            raise AchievementNotFound(achievement_id)
+
+    # --- unlocks ------------------------------------------------------------------
+
+    async def get_progress(self, user_id: str) -> ProgressRecord:
+        return self.progress.get(user_id, ProgressRecord(user_id))
+
+    async def read_for_unlock(
+        self, user_id: str, achievement_id: str
+    ) -> tuple[Unlock | None, Achievement | None, ProgressRecord]:
+        return (
+            self.unlocks.get((user_id, achievement_id)),
+            self.catalog.get(achievement_id),
+            await self.get_progress(user_id),
+        )
+
+    async def list_unlocks(self, user_id: str) -> list[Unlock]:
+        found = [u for (owner, _), u in self.unlocks.items() if owner == user_id]
+        return sorted(found, key=lambda u: (u.unlocked_at, u.achievement_id))
+
+    @staticmethod
+    def _guard_holds(record: ProgressRecord | None, requirements: Requirements, level_is_stored: bool) -> bool:
+        """achievements_service.storage.requirements_guard, evaluated on the stored item."""
+        if record is None:  # a missing item: only the attribute_not_exists parts hold
+            record = ProgressRecord("")
+        if any(a not in record.unlocked_achievements for a in requirements.required_achievements):
+            return False
+        if requirements.min_total_xp and record.total_xp < requirements.min_total_xp:
+            return False
+        if requirements.min_level:
+            at_least = record.level is not None and record.level >= requirements.min_level
+            if not at_least and not (not level_is_stored and record.level is None):
+                return False
+        return True
+
+    async def record_unlock_once(self, unlock: Unlock, requirements: Requirements, level_is_stored: bool) -> None:
+        await _run_next(self.before_record_unlock)
+        key = (unlock.user_id, unlock.achievement_id)
+        existing = self.unlocks.get(key)
+        if existing is not None:
+            raise AlreadyUnlocked(existing)
+        record = self.progress.get(unlock.user_id)
+        if self.fail_next_requirements_guard:
+            self.fail_next_requirements_guard = False
+            raise RequirementsChangedConcurrently(unlock.achievement_id)
+        if not self._guard_holds(record, requirements, level_is_stored):
+            raise RequirementsChangedConcurrently(unlock.achievement_id)
+        self.unlocks[key] = unlock
+        record = record or ProgressRecord(unlock.user_id)
+        self.progress[unlock.user_id] = replace(
+            record,
+            unlocked_achievements=record.unlocked_achievements | {unlock.achievement_id},
+            updated_at=unlock.unlocked_at,
+        )
+
+    async def mark_xp_granted_once(self, user_id: str, achievement_id: str, marker: str) -> bool:
+        self.mark_calls.append((user_id, achievement_id, marker))
+        key = (user_id, achievement_id)
+        unlock = self.unlocks.get(key)
+        if unlock is None or (unlock.xp_granted and self.granted_by.get(key) != marker):
+            return False
+        self.unlocks[key] = replace(unlock, xp_granted=True)
+        self.granted_by[key] = marker
+        return True
+
+    async def withdraw_unpaid_unlock(self, unlock: Unlock, restore_updated_at: str | None = None) -> None:
+        """Removes the unpaid unlock and its place in the progress (and restores
+        the progress time when given), in one transaction. Where the unlock is
+        paid or gone, DynamoDBAchievementsRepository's transaction is cancelled
+        and TransactionCancelled escapes; this fake writes nothing and raises
+        AssertionError, so that no test here passes through that case unseen."""
+        self.withdraw_calls.append((unlock, restore_updated_at))
+        key = (unlock.user_id, unlock.achievement_id)
+        stored = self.unlocks.get(key)
+        assert stored is not None and not stored.xp_granted, "withdraw of a paid or missing unlock is cancelled"
+        del self.unlocks[key]
+        record = self.progress.get(unlock.user_id, ProgressRecord(unlock.user_id))
+        record = replace(record, unlocked_achievements=record.unlocked_achievements - {unlock.achievement_id})
+        if restore_updated_at is not None:
+            record = replace(record, updated_at=restore_updated_at)
+        self.progress[unlock.user_id] = record
+
+    async def start_level(self) -> int:
+        self.start_level_calls += 1
+        return self.start_level_value
+
+
+class FakeXpGranter:
+    """achievements_service.domain.XpGranter: pays an unlock's xp_reward at most
+    once per (user, achievement), into the achievements fake's progress (the
+    shared user_progress item), and answers `level_up`."""
+
+    def __init__(self, repository: FakeAchievementsRepository, level_up: LevelUpOutcome | None = None) -> None:
+        self._repository = repository
+        self.level_up = level_up
+        self.paid: dict[tuple[str, str], int] = {}
+        self.calls: list[Unlock] = []
+        # Knobs.
+        self.refuse_next = 0  # the next N grants are refused (GrantRefused, nothing paid)
+        self.yield_before_paying = False  # lets concurrent callers in before paying
+        self.after_paying: list[Hook | None] = []
+
+    async def grant_achievement_xp(self, unlock: Unlock) -> GrantResult:
+        self.calls.append(unlock)
+        if self.refuse_next:
+            self.refuse_next -= 1
+            raise GrantRefused(f"XpService refused the achievement's XP grant ({unlock.achievement_id})")
+        if self.yield_before_paying:
+            await asyncio.sleep(0)
+        key = (unlock.user_id, unlock.achievement_id)
+        progress = self._repository.progress.get(unlock.user_id, ProgressRecord(unlock.user_id))
+        if key not in self.paid:
+            self.paid[key] = unlock.xp_reward
+            progress = replace(progress, total_xp=progress.total_xp + unlock.xp_reward)
+            self._repository.progress[unlock.user_id] = progress
+        await _run_next(self.after_paying)
+        return GrantResult(total_xp=progress.total_xp, level_up=self.level_up)
