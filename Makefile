@@ -26,7 +26,12 @@ status:
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## Throughput and latency through gRPC next to the floor (the same DynamoDB calls with boto3),
+## The unit tier alone: use cases on in-memory fakes, rewardsctl's clients on scripted channels (seconds).
+test-unit: install
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+## Throughput, latency, DynamoDB calls and service CPU per op through gRPC next to the floor (the fewest
+## DynamoDB calls each operation needs, through the lean client; boto3 for reference),
 ## on a cluster of its own (free ports: runs beside `make up`); writes bench/results.json.
 ## Not part of the tests. BENCH_ARGS="--duration 3 --cases award_xp" for a shorter run; --help lists the flags.
 bench: install

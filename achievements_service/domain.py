@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from common.errors import InvalidField, NotFound, PreconditionFailed
+from common.models import LevelUpOutcome, ProgressRecord
 
 MAX_REQUIRED_ACHIEVEMENTS = 50
 MAX_MIN_TOTAL_XP = 10**12
@@ -132,3 +134,67 @@ def check_requirements(achievement: Achievement, standing: PlayerStanding) -> No
     unmet = unmet_requirements(achievement.requirements, standing)
     if unmet:
         raise RequirementsNotMet(achievement.achievement_id, unmet)
+
+
+# --- what the use cases depend on -------------------------------------------------
+
+
+class AlreadyUnlocked(Exception):
+    def __init__(self, unlock: Unlock) -> None:
+        super().__init__(unlock.achievement_id)
+        self.unlock = unlock
+
+
+class RequirementsChangedConcurrently(Exception):
+    """The user's progress no longer met the requirements when the unlock was written."""
+
+
+class GrantRefused(PreconditionFailed):
+    """XpService answered that it will never pay this grant (not an outage)."""
+
+
+@dataclass(frozen=True)
+class GrantResult:
+    total_xp: int
+    level_up: LevelUpOutcome | None
+
+
+class XpGranter(Protocol):
+    async def grant_achievement_xp(self, unlock: Unlock) -> GrantResult:
+        """Pays the unlock's xp_reward, at most once per (user, achievement).
+        Raises DependencyUnavailable when the XP service cannot do it now."""
+
+
+class AchievementsRepository(Protocol):
+    async def put_achievement(self, achievement: Achievement) -> None: ...
+
+    async def get_achievement(self, achievement_id: str) -> Achievement:
+        """Raises AchievementNotFound."""
+
+    async def get_achievements(self, achievement_ids: list[str]) -> dict[str, Achievement]: ...
+
+    async def list_achievements(self, page_size: int, page_token: str) -> tuple[list[Achievement], str]: ...
+
+    async def delete_achievement(self, achievement_id: str) -> None:
+        """Raises AchievementNotFound."""
+
+    async def get_progress(self, user_id: str) -> ProgressRecord: ...
+
+    async def read_for_unlock(
+        self, user_id: str, achievement_id: str
+    ) -> tuple[Unlock | None, Achievement | None, ProgressRecord]:
+        """The earlier unlock, the catalog entry and the progress, as one snapshot."""
+
+    async def list_unlocks(self, user_id: str) -> list[Unlock]: ...
+
+    async def record_unlock_once(self, unlock: Unlock, requirements: Requirements, level_is_stored: bool) -> None:
+        """The unlock and its place in the progress, only while the requirements
+        hold. Raises AlreadyUnlocked or RequirementsChangedConcurrently."""
+
+    async def mark_xp_granted_once(self, user_id: str, achievement_id: str, marker: str) -> bool:
+        """True only for the one caller that marked the unlock's XP paid."""
+
+    async def withdraw_unpaid_unlock(self, unlock: Unlock, restore_updated_at: str | None = None) -> None: ...
+
+    async def start_level(self) -> int:
+        """The level of a user with no stored level."""

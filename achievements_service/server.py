@@ -2,39 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
-from grpc_health.v1 import health
 
-from achievements_service.service import Achievements
 from achievements_service.servicer import AchievementsServicer
-from achievements_service.storage import AchievementsRepository
+from achievements_service.storage import DynamoDBAchievementsRepository
+from achievements_service.use_cases import Achievements
 from achievements_service.xp_granter import GrpcXpGranter
 from common.channels import peer_channel
 from common.config import Settings
-from common.server_runtime import build_grpc_server, run_service
+from common.dynamodb import DynamoDBClient, LevelTableCache
+from common.server_runtime import HealthServicer, build_grpc_server, run_service
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc
 
 SERVICE = achievements_pb2.DESCRIPTOR.services_by_name["AchievementsService"]
 
 
-def create_server(
+async def create_server(
     address: str,
     settings: Settings,
-    dynamodb: Any,
-    health_servicer: health.HealthServicer | None = None,
-) -> tuple[grpc.Server, int]:
+    dynamodb: DynamoDBClient,
+    health_servicer: HealthServicer | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """The Achievements server on `address` (port 0: a free port), not started;
+    call inside the event loop that will serve it."""
+    level_table = LevelTableCache(dynamodb, settings.table_prefix, settings.level_table_cache_s)
     achievements = Achievements(
-        AchievementsRepository(dynamodb, settings.table_prefix),
+        DynamoDBAchievementsRepository(dynamodb, settings.table_prefix, level_table),
         GrpcXpGranter(peer_channel(settings.xp_target, settings, "achievements"), settings.xp_grant_timeout_s),
     )
-    servicer = AchievementsServicer(achievements)
-    return build_grpc_server(
+    return await build_grpc_server(
         address,
         settings,
         SERVICE,
-        servicer,
+        AchievementsServicer(achievements),
         achievements_pb2_grpc.add_AchievementsServiceServicer_to_server,
         health_servicer,
     )

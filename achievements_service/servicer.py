@@ -6,9 +6,9 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from achievements_service.domain import Achievement, Requirements
-from achievements_service.service import Achievements, UnlockOutcome
+from achievements_service.use_cases import Achievements, UnlockOutcome
 from common import field_rules
-from common.grpc_edge import level_up_to_message, maps_domain_errors
+from common.grpc_edge import level_up_to_message
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc
 
 
@@ -64,54 +64,48 @@ class AchievementsServicer(achievements_pb2_grpc.AchievementsServiceServicer):
     def __init__(self, achievements: Achievements) -> None:
         self._achievements = achievements
 
-    @maps_domain_errors
-    def PutAchievement(
-        self, request: achievements_pb2.PutAchievementRequest, context: grpc.ServicerContext
+    async def PutAchievement(
+        self, request: achievements_pb2.PutAchievementRequest, context: grpc.aio.ServicerContext
     ) -> achievements_pb2.Achievement:
         field_rules.present("achievement", request.HasField("achievement"))
-        stored = self._achievements.put_achievement(achievement_from_message(request.achievement))
+        stored = await self._achievements.put_achievement(achievement_from_message(request.achievement))
         return achievement_to_message(stored)
 
-    @maps_domain_errors
-    def GetAchievement(
-        self, request: achievements_pb2.GetAchievementRequest, context: grpc.ServicerContext
+    async def GetAchievement(
+        self, request: achievements_pb2.GetAchievementRequest, context: grpc.aio.ServicerContext
     ) -> achievements_pb2.Achievement:
         achievement_id = field_rules.require_id("achievement_id", request.achievement_id)
-        return achievement_to_message(self._achievements.get_achievement(achievement_id))
+        return achievement_to_message(await self._achievements.get_achievement(achievement_id))
 
-    @maps_domain_errors
-    def ListAchievements(
-        self, request: achievements_pb2.ListAchievementsRequest, context: grpc.ServicerContext
+    async def ListAchievements(
+        self, request: achievements_pb2.ListAchievementsRequest, context: grpc.aio.ServicerContext
     ) -> achievements_pb2.ListAchievementsResponse:
         page_size = field_rules.page_size(request.page_size)
-        achievements, token = self._achievements.list_achievements(page_size, request.page_token)
+        achievements, token = await self._achievements.list_achievements(page_size, request.page_token)
         return achievements_pb2.ListAchievementsResponse(
             achievements=[achievement_to_message(a) for a in achievements], next_page_token=token
         )
 
-    @maps_domain_errors
-    def DeleteAchievement(
-        self, request: achievements_pb2.DeleteAchievementRequest, context: grpc.ServicerContext
+    async def DeleteAchievement(
+        self, request: achievements_pb2.DeleteAchievementRequest, context: grpc.aio.ServicerContext
     ) -> achievements_pb2.DeleteAchievementResponse:
-        self._achievements.delete_achievement(field_rules.require_id("achievement_id", request.achievement_id))
+        await self._achievements.delete_achievement(field_rules.require_id("achievement_id", request.achievement_id))
         return achievements_pb2.DeleteAchievementResponse()
 
-    @maps_domain_errors
-    def UnlockAchievement(
-        self, request: achievements_pb2.UnlockAchievementRequest, context: grpc.ServicerContext
+    async def UnlockAchievement(
+        self, request: achievements_pb2.UnlockAchievementRequest, context: grpc.aio.ServicerContext
     ) -> achievements_pb2.UnlockAchievementResponse:
         user_id = field_rules.require_id("user_id", request.user_id)
         achievement_id = field_rules.require_id("achievement_id", request.achievement_id)
         request_id = field_rules.request_id(request.request_id)
-        return unlock_to_message(self._achievements.unlock_achievement(user_id, achievement_id, request_id))
+        return unlock_to_message(await self._achievements.unlock_achievement(user_id, achievement_id, request_id))
 
-    @maps_domain_errors
-    def ListUserAchievements(
-        self, request: achievements_pb2.ListUserAchievementsRequest, context: grpc.ServicerContext
+    async def ListUserAchievements(
+        self, request: achievements_pb2.ListUserAchievementsRequest, context: grpc.aio.ServicerContext
     ) -> achievements_pb2.ListUserAchievementsResponse:
         user_id = field_rules.require_id("user_id", request.user_id)
         response = achievements_pb2.ListUserAchievementsResponse(user_id=user_id)
-        for view in self._achievements.list_user_achievements(user_id):
+        for view in await self._achievements.list_user_achievements(user_id):
             item = response.achievements.add(achievement_id=view.unlock.achievement_id, xp_reward=view.unlock.xp_reward)
             stamp = Timestamp()
             stamp.FromJsonString(view.unlock.unlocked_at)

@@ -1,5 +1,5 @@
-"""AchievementsRepository: the achievement catalog, unlock records and the
-achievement part of user_progress."""
+"""The achievements repository over DynamoDB: the achievement catalog, unlock
+records and the achievement part of user_progress."""
 
 from __future__ import annotations
 
@@ -8,35 +8,33 @@ import operator
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr, ConditionExpressionBuilder
-from botocore.exceptions import ClientError
 
-from achievements_service.domain import Achievement, AchievementNotFound, Requirements, Unlock
+from achievements_service.domain import (
+    Achievement,
+    AchievementNotFound,
+    AlreadyUnlocked,
+    Requirements,
+    RequirementsChangedConcurrently,
+    Unlock,
+)
 from common.dynamodb import (
     ACHIEVEMENTS,
     USER_ACHIEVEMENTS,
     USER_PROGRESS,
     CatalogTable,
+    ConditionalCheckFailed,
+    DynamoDBClient,
+    LevelTableCache,
+    TransactionCancelled,
     attr,
-    error_code,
     from_item,
-    load_level_table,
     read_progress,
     retry_on_transaction_conflict,
     to_item,
     transact_get,
     transact_write,
 )
-from common.models import LevelTable, ProgressRecord
-
-
-class AlreadyUnlocked(Exception):
-    def __init__(self, unlock: Unlock) -> None:
-        super().__init__(unlock.achievement_id)
-        self.unlock = unlock
-
-
-class RequirementsChangedConcurrently(Exception):
-    """The user's progress no longer met the requirements when the unlock was written."""
+from common.models import ProgressRecord
 
 
 def _achievement_to_values(achievement: Achievement) -> dict[str, Any]:
@@ -96,9 +94,12 @@ def requirements_guard(requirements: Requirements, level_is_stored: bool) -> Any
     return functools.reduce(operator.and_, conditions) if conditions else None
 
 
-class AchievementsRepository:
-    def __init__(self, client: Any, table_prefix: str) -> None:
+class DynamoDBAchievementsRepository:
+    """achievements_service.domain.AchievementsRepository over DynamoDB."""
+
+    def __init__(self, client: DynamoDBClient, table_prefix: str, level_table: LevelTableCache) -> None:
         self._client = client
+        self._level_table = level_table
         self._prefix = table_prefix
         self._achievements = CatalogTable(client, table_prefix, ACHIEVEMENTS)
         self._unlocks = table_prefix + USER_ACHIEVEMENTS.name
@@ -106,39 +107,39 @@ class AchievementsRepository:
 
     # --- catalog --------------------------------------------------------------
 
-    def put_achievement(self, achievement: Achievement) -> None:
-        self._achievements.put(_achievement_to_values(achievement))
+    async def put_achievement(self, achievement: Achievement) -> None:
+        await self._achievements.put(_achievement_to_values(achievement))
 
-    def get_achievement(self, achievement_id: str) -> Achievement:
-        values = self._achievements.get(achievement_id)
+    async def get_achievement(self, achievement_id: str) -> Achievement:
+        values = await self._achievements.get(achievement_id)
         if values is None:
             raise AchievementNotFound(achievement_id)
         return _achievement_from(values)
 
-    def get_achievements(self, achievement_ids: list[str]) -> dict[str, Achievement]:
-        return {k: _achievement_from(v) for k, v in self._achievements.batch_get(achievement_ids).items()}
+    async def get_achievements(self, achievement_ids: list[str]) -> dict[str, Achievement]:
+        return {k: _achievement_from(v) for k, v in (await self._achievements.batch_get(achievement_ids)).items()}
 
-    def list_achievements(self, page_size: int, page_token: str) -> tuple[list[Achievement], str]:
-        items, token = self._achievements.page(page_size, page_token)
+    async def list_achievements(self, page_size: int, page_token: str) -> tuple[list[Achievement], str]:
+        items, token = await self._achievements.page(page_size, page_token)
         return [_achievement_from(values) for values in items], token
 
-    def delete_achievement(self, achievement_id: str) -> None:
-        if not self._achievements.delete(achievement_id):
+    async def delete_achievement(self, achievement_id: str) -> None:
+        if not await self._achievements.delete(achievement_id):
             raise AchievementNotFound(achievement_id)
 
     # --- unlocks ------------------------------------------------------------------
 
-    def get_progress(self, user_id: str) -> ProgressRecord:
-        return read_progress(
+    async def get_progress(self, user_id: str) -> ProgressRecord:
+        return await read_progress(
             self._client, self._prefix, user_id, ("total_xp", "level", "unlocked_achievements", "updated_at")
         )
 
-    def read_for_unlock(
+    async def read_for_unlock(
         self, user_id: str, achievement_id: str
     ) -> tuple[Unlock | None, Achievement | None, ProgressRecord]:
         """What an unlock decides on, in one round trip and as one snapshot:
         the user's earlier unlock of it, the catalog entry, and the progress."""
-        unlock, achievement, progress = transact_get(
+        unlock, achievement, progress = await transact_get(
             self._client,
             [
                 (self._unlocks, {"user_id": user_id, "achievement_id": achievement_id}),
@@ -152,27 +153,34 @@ class AchievementsRepository:
             ProgressRecord.from_attributes(user_id, progress),
         )
 
-    def get_unlock(self, user_id: str, achievement_id: str) -> Unlock | None:
-        response = self._client.get_item(
-            TableName=self._unlocks,
-            Key={"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
-            ConsistentRead=True,
+    async def get_unlock(self, user_id: str, achievement_id: str) -> Unlock | None:
+        response = await self._client.call(
+            "GetItem",
+            {
+                "TableName": self._unlocks,
+                "Key": {"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
+                "ConsistentRead": True,
+            },
         )
         return _unlock_from(from_item(response["Item"])) if "Item" in response else None
 
-    def list_unlocks(self, user_id: str) -> list[Unlock]:
+    async def list_unlocks(self, user_id: str) -> list[Unlock]:
         unlocks: list[Unlock] = []
-        paginator = self._client.get_paginator("query")
-        for page in paginator.paginate(
-            TableName=self._unlocks,
-            KeyConditionExpression="user_id = :u",
-            ExpressionAttributeValues={":u": attr(user_id)},
-            ConsistentRead=True,
-        ):
+        params: dict[str, Any] = {
+            "TableName": self._unlocks,
+            "KeyConditionExpression": "user_id = :u",
+            "ExpressionAttributeValues": {":u": attr(user_id)},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = await self._client.call("Query", params)
             unlocks.extend(_unlock_from(from_item(item)) for item in page["Items"])
+            if not page.get("LastEvaluatedKey"):
+                break
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return sorted(unlocks, key=lambda u: (u.unlocked_at, u.achievement_id))
 
-    def record_unlock_once(self, unlock: Unlock, requirements: Requirements, level_is_stored: bool) -> None:
+    async def record_unlock_once(self, unlock: Unlock, requirements: Requirements, level_is_stored: bool) -> None:
         """Writes the unlock record and adds the achievement to the user's
         progress in one transaction, guarded by the requirements. Raises
         AlreadyUnlocked (with the existing record) or RequirementsChangedConcurrently."""
@@ -197,48 +205,55 @@ class AchievementsRepository:
             update["ConditionExpression"] = built.condition_expression
             update["ExpressionAttributeNames"] = built.attribute_name_placeholders
             update["ExpressionAttributeValues"].update(to_item(built.attribute_value_placeholders))
-        codes = transact_write(
-            self._client,
-            [
-                {
-                    "Put": {
-                        "TableName": self._unlocks,
-                        "Item": to_item(values),
-                        "ConditionExpression": "attribute_not_exists(achievement_id)",
-                    }
-                },
-                {"Update": update},
-            ],
-        )
-        if codes is None:
-            return
-        if codes[0] == "ConditionalCheckFailed":
-            existing = self.get_unlock(unlock.user_id, unlock.achievement_id)
-            if existing is not None:
-                raise AlreadyUnlocked(existing)
-        raise RequirementsChangedConcurrently(unlock.achievement_id)
+        try:
+            await transact_write(
+                self._client,
+                [
+                    {
+                        "Put": {
+                            "TableName": self._unlocks,
+                            "Item": to_item(values),
+                            "ConditionExpression": "attribute_not_exists(achievement_id)",
+                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                        }
+                    },
+                    {"Update": update},
+                ],
+            )
+        except TransactionCancelled as cancelled:
+            unlock_reason = cancelled.reasons[0] if cancelled.reasons else None
+            if unlock_reason is not None and unlock_reason.code == "ConditionalCheckFailed":
+                existing = (
+                    _unlock_from(from_item(unlock_reason.item))
+                    if unlock_reason.item
+                    else await self.get_unlock(unlock.user_id, unlock.achievement_id)
+                )
+                if existing is not None:
+                    raise AlreadyUnlocked(existing) from None
+            raise RequirementsChangedConcurrently(unlock.achievement_id) from None
 
-    def mark_xp_granted_once(self, user_id: str, achievement_id: str, marker: str) -> bool:
+    async def mark_xp_granted_once(self, user_id: str, achievement_id: str, marker: str) -> bool:
         """Marks the unlock's XP as granted. True only for the one caller that
         made the change, which is the one to report the XP. The caller's marker
         makes the SDK's own retry (after a lost response) still answer True."""
         try:
-            retry_on_transaction_conflict(
-                lambda: self._client.update_item(
-                    TableName=self._unlocks,
-                    Key={"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
-                    UpdateExpression="SET xp_granted = :t, granted_by = :m",
-                    ConditionExpression="attribute_exists(achievement_id) AND (xp_granted = :f OR granted_by = :m)",
-                    ExpressionAttributeValues={":t": attr(True), ":f": attr(False), ":m": attr(marker)},
+            await retry_on_transaction_conflict(
+                lambda: self._client.call(
+                    "UpdateItem",
+                    {
+                        "TableName": self._unlocks,
+                        "Key": {"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
+                        "UpdateExpression": "SET xp_granted = :t, granted_by = :m",
+                        "ConditionExpression": "attribute_exists(achievement_id) AND (xp_granted = :f OR granted_by = :m)",
+                        "ExpressionAttributeValues": {":t": attr(True), ":f": attr(False), ":m": attr(marker)},
+                    },
                 )
             )
             return True
-        except ClientError as error:
-            if error_code(error) == "ConditionalCheckFailedException":
-                return False
-            raise
+        except ConditionalCheckFailed:
+            return False
 
-    def withdraw_unpaid_unlock(self, unlock: Unlock, restore_updated_at: str | None = None) -> None:
+    async def withdraw_unpaid_unlock(self, unlock: Unlock, restore_updated_at: str | None = None) -> None:
         """Removes an unlock whose XP was never paid (the unlock record and its
         place in the user's progress, and, when given, the progress time it
         replaced), in one transaction; nothing if it was paid meanwhile."""
@@ -253,20 +268,23 @@ class AchievementsRepository:
             "UpdateExpression": expression,
             "ExpressionAttributeValues": values,
         }
-        transact_write(
-            self._client,
-            [
-                {
-                    "Delete": {
-                        "TableName": self._unlocks,
-                        "Key": {"user_id": attr(unlock.user_id), "achievement_id": attr(unlock.achievement_id)},
-                        "ConditionExpression": "xp_granted = :f",
-                        "ExpressionAttributeValues": {":f": attr(False)},
-                    }
-                },
-                {"Update": update},
-            ],
-        )
+        try:
+            await transact_write(
+                self._client,
+                [
+                    {
+                        "Delete": {
+                            "TableName": self._unlocks,
+                            "Key": {"user_id": attr(unlock.user_id), "achievement_id": attr(unlock.achievement_id)},
+                            "ConditionExpression": "xp_granted = :f",
+                            "ExpressionAttributeValues": {":f": attr(False)},
+                        }
+                    },
+                    {"Update": update},
+                ],
+            )
+        except TransactionCancelled:
+            pass  # paid (or withdrawn) meanwhile: nothing to take back
 
-    def load_level_table(self) -> LevelTable:
-        return load_level_table(self._client, self._prefix)
+    async def start_level(self) -> int:
+        return (await self._level_table.current()).table.start_level

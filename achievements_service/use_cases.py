@@ -4,38 +4,24 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Protocol
 
 from achievements_service.domain import (
     Achievement,
     AchievementNotFound,
+    AchievementsRepository,
+    AlreadyUnlocked,
+    GrantRefused,
     PlayerStanding,
+    RequirementsChangedConcurrently,
     RequirementsNotMet,
     Unlock,
+    XpGranter,
     check_achievement,
     check_requirements,
     unmet_requirements,
 )
-from achievements_service.storage import AchievementsRepository, AlreadyUnlocked, RequirementsChangedConcurrently
-from common.errors import PreconditionFailed
 from common.metrics import UNLOCKS
 from common.models import LevelUpOutcome, ProgressRecord, utc_now_iso
-
-
-class GrantRefused(PreconditionFailed):
-    """XpService answered that it will never pay this grant (not an outage)."""
-
-
-@dataclass(frozen=True)
-class GrantResult:
-    total_xp: int
-    level_up: LevelUpOutcome | None
-
-
-class XpGranter(Protocol):
-    def grant_achievement_xp(self, unlock: Unlock) -> GrantResult:
-        """Pays the unlock's xp_reward, at most once per (user, achievement).
-        Raises DependencyUnavailable when the XP service cannot do it now."""
 
 
 @dataclass(frozen=True)
@@ -61,31 +47,31 @@ class Achievements:
 
     # --- catalog ------------------------------------------------------------------
 
-    def put_achievement(self, achievement: Achievement) -> Achievement:
+    async def put_achievement(self, achievement: Achievement) -> Achievement:
         checked = check_achievement(achievement)
-        self._repository.put_achievement(checked)
+        await self._repository.put_achievement(checked)
         return checked
 
-    def get_achievement(self, achievement_id: str) -> Achievement:
-        return self._repository.get_achievement(achievement_id)
+    async def get_achievement(self, achievement_id: str) -> Achievement:
+        return await self._repository.get_achievement(achievement_id)
 
-    def list_achievements(self, page_size: int, page_token: str) -> tuple[list[Achievement], str]:
-        return self._repository.list_achievements(page_size, page_token)
+    async def list_achievements(self, page_size: int, page_token: str) -> tuple[list[Achievement], str]:
+        return await self._repository.list_achievements(page_size, page_token)
 
-    def delete_achievement(self, achievement_id: str) -> None:
-        self._repository.delete_achievement(achievement_id)
+    async def delete_achievement(self, achievement_id: str) -> None:
+        await self._repository.delete_achievement(achievement_id)
 
     # --- unlocks ------------------------------------------------------------------
 
-    def unlock_achievement(self, user_id: str, achievement_id: str, request_id: str) -> UnlockOutcome:
-        existing, achievement, progress = self._repository.read_for_unlock(user_id, achievement_id)
+    async def unlock_achievement(self, user_id: str, achievement_id: str, request_id: str) -> UnlockOutcome:
+        existing, achievement, progress = await self._repository.read_for_unlock(user_id, achievement_id)
         if existing is not None:
             # Settled from the unlock record, so owed XP is paid even if the achievement has left the catalog.
             entry = achievement or Achievement(existing.achievement_id, name="", xp_reward=existing.xp_reward)
-            return self._settle(entry, existing, already_unlocked=True)
+            return await self._settle(entry, existing, already_unlocked=True)
         if achievement is None:
             raise AchievementNotFound(achievement_id)
-        check_requirements(achievement, self._standing(progress, achievement))
+        check_requirements(achievement, await self._standing(progress, achievement))
         unlock = Unlock(
             user_id,
             achievement_id,
@@ -95,27 +81,27 @@ class Achievements:
             request_id=request_id,
         )
         try:
-            self._repository.record_unlock_once(unlock, achievement.requirements, progress.level is not None)
+            await self._repository.record_unlock_once(unlock, achievement.requirements, progress.level is not None)
             UNLOCKS.inc()
         except AlreadyUnlocked as race:  # a concurrent call recorded it first
-            return self._settle(achievement, race.unlock, already_unlocked=True)
+            return await self._settle(achievement, race.unlock, already_unlocked=True)
         except RequirementsChangedConcurrently:
-            progress = self._repository.get_progress(user_id)
-            unmet = unmet_requirements(achievement.requirements, self._standing(progress, achievement))
+            progress = await self._repository.get_progress(user_id)
+            unmet = unmet_requirements(achievement.requirements, await self._standing(progress, achievement))
             raise RequirementsNotMet(
                 achievement_id, unmet or [("progress", "changed while unlocking; retry")]
             ) from None
         if not unlock.owes_xp:
             return UnlockOutcome(achievement, False, 0, progress.total_xp, None)
-        return self._settle(achievement, unlock, already_unlocked=False, updated_before=progress.updated_at)
+        return await self._settle(achievement, unlock, already_unlocked=False, updated_before=progress.updated_at)
 
-    def _standing(self, progress: ProgressRecord, achievement: Achievement) -> PlayerStanding:
+    async def _standing(self, progress: ProgressRecord, achievement: Achievement) -> PlayerStanding:
         level = progress.level
         if level is None:  # not checked yet: the start level, read only when a requirement needs it
-            level = self._repository.load_level_table().start_level if achievement.requirements.min_level else 0
+            level = await self._repository.start_level() if achievement.requirements.min_level else 0
         return PlayerStanding(progress.unlocked_achievements, progress.total_xp, level)
 
-    def _settle(
+    async def _settle(
         self, achievement: Achievement, unlock: Unlock, *, already_unlocked: bool, updated_before: str | None = None
     ) -> UnlockOutcome:
         """Pays XP the unlock still owes (after a crash or an outage the grant
@@ -123,22 +109,22 @@ class Achievements:
         achievement). The one call that marks it paid reports the XP and the
         level-up it caused; the others report neither."""
         if not unlock.owes_xp:
-            progress = self._repository.get_progress(unlock.user_id)
+            progress = await self._repository.get_progress(unlock.user_id)
             return UnlockOutcome(achievement, already_unlocked, 0, progress.total_xp, None)
         try:
-            grant = self._xp.grant_achievement_xp(unlock)
+            grant = await self._xp.grant_achievement_xp(unlock)
         except GrantRefused:
             # A refused unlock writes nothing: take back the unlock its payment cannot follow
             # (and, when this call recorded it, the progress item's time too).
-            self._repository.withdraw_unpaid_unlock(
+            await self._repository.withdraw_unpaid_unlock(
                 unlock, restore_updated_at=None if already_unlocked else updated_before
             )
             raise
-        if self._repository.mark_xp_granted_once(unlock.user_id, unlock.achievement_id, marker=uuid.uuid4().hex):
+        if await self._repository.mark_xp_granted_once(unlock.user_id, unlock.achievement_id, marker=uuid.uuid4().hex):
             return UnlockOutcome(achievement, already_unlocked, unlock.xp_reward, grant.total_xp, grant.level_up)
         return UnlockOutcome(achievement, already_unlocked, 0, grant.total_xp, None)
 
-    def list_user_achievements(self, user_id: str) -> list[UserAchievementView]:
-        unlocks = self._repository.list_unlocks(user_id)
-        catalog = self._repository.get_achievements([u.achievement_id for u in unlocks])
+    async def list_user_achievements(self, user_id: str) -> list[UserAchievementView]:
+        unlocks = await self._repository.list_unlocks(user_id)
+        catalog = await self._repository.get_achievements([u.achievement_id for u in unlocks])
         return [UserAchievementView(u, catalog.get(u.achievement_id)) for u in unlocks]

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import grpc
 
-from achievements_service.domain import Unlock
-from achievements_service.service import GrantRefused, GrantResult
+from achievements_service.domain import GrantRefused, GrantResult, Unlock
 from common.errors import DependencyUnavailable
 from common.grpc_edge import level_up_from_message
 from rewards.v1 import xp_pb2, xp_pb2_grpc
@@ -25,11 +24,13 @@ _REFUSALS = {
 
 
 class GrpcXpGranter:
-    def __init__(self, channel: grpc.Channel, timeout_s: float) -> None:
+    """achievements_service.domain.XpGranter over gRPC."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
         self._stub = xp_pb2_grpc.XpServiceStub(channel)
         self._timeout_s = timeout_s
 
-    def grant_achievement_xp(self, unlock: Unlock) -> GrantResult:
+    async def grant_achievement_xp(self, unlock: Unlock) -> GrantResult:
         request = xp_pb2.GrantXpRequest(
             user_id=unlock.user_id,
             amount=unlock.xp_reward,
@@ -37,8 +38,8 @@ class GrpcXpGranter:
             achievement_id=unlock.achievement_id,
         )
         try:
-            response = self._stub.GrantXp(request, timeout=self._timeout_s)
-        except grpc.RpcError as error:
+            response = await self._stub.GrantXp(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as error:
             code, details = error.code(), error.details()
             if code in _REFUSALS:
                 raise GrantRefused(f"XpService refused the achievement's XP grant ({code.name}: {details})") from error

@@ -197,8 +197,8 @@ def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
     """A handler of the same kind as `handler` that refuses without reading the
     request (no deserializer: a refused request is never parsed)."""
 
-    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(code, message)
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
 
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
@@ -209,7 +209,7 @@ def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
     return grpc.stream_stream_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
 
 
-class CallerAuthInterceptor(grpc.ServerInterceptor):
+class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses a call before any of its work: UNAUTHENTICATED without a good
     token, PERMISSION_DENIED when the token's role may not call the method.
     Placed inside RpcEdgeInterceptor, so refusals are logged and counted."""
@@ -217,8 +217,8 @@ class CallerAuthInterceptor(grpc.ServerInterceptor):
     def __init__(self, authority: TokenAuthority) -> None:
         self._authority = authority
 
-    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
         if handler is None or method.startswith(HEALTH_METHOD_PREFIX):
             return handler
@@ -233,9 +233,9 @@ class CallerAuthInterceptor(grpc.ServerInterceptor):
         inner = handler.unary_unary
         who = f"{caller.role.value}:{caller.subject}"
 
-        def served_to_caller(request: Any, context: grpc.ServicerContext) -> Any:
+        async def served_to_caller(request: Any, context: grpc.aio.ServicerContext) -> Any:
             add_rpc_field("caller", who)  # who did it, on the RPC's log line
-            return inner(request, context)
+            return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
             served_to_caller,

@@ -68,10 +68,16 @@ def client_channel(target: str, settings: Settings, token: str = "") -> grpc.Cha
     return grpc.intercept_channel(channel, BearerTokenInterceptor(token)) if token else channel
 
 
-def peer_channel(target: str, settings: Settings, caller: str) -> grpc.Channel:
-    """The channel the service named `caller` uses to call another (one per
-    process and target): its own `service` token, mTLS when configured,
-    retries, trace id and deadline propagation."""
+def peer_channel(target: str, settings: Settings, caller: str) -> grpc.aio.Channel:
+    """The grpc.aio channel the service named `caller` uses to call another (one
+    per process and target, made inside its event loop): its own `service`
+    token, mTLS when configured, retries, trace id and deadline propagation."""
     authority = TokenAuthority.from_settings(settings)
     credentials = ServiceToken(authority, caller).metadata if authority else None
-    return grpc.intercept_channel(client_channel(target, settings), PeerCallInterceptor(credentials))
+    interceptors = [PeerCallInterceptor(credentials)]
+    channel_credentials_ = channel_credentials(settings)
+    if channel_credentials_ is None:
+        return grpc.aio.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.secure_channel(
+        target, channel_credentials_, options=CLIENT_CHANNEL_OPTIONS, interceptors=interceptors
+    )

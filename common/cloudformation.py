@@ -87,7 +87,7 @@ class TableAccess:
     index_actions: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
-# What each service's repository (its storage.py, through common/dynamodb.py)
+# What each service's repository (its storage.py, through common/dynamodb/)
 # does to each table, as IAM actions. IAM authorises a transaction item by item
 # as its underlying action: TransactWriteItems' Put and Update need PutItem and
 # UpdateItem, a ConditionCheck ConditionCheckItem, TransactGetItems' Get needs GetItem. Paginated scans and queries
@@ -102,12 +102,13 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
             ("PutItem", "GetItem", "DeleteItem", "Scan", "ConditionCheckItem"),
             (("by_category", ("Query",)),),
         ),
-        # record_xp's transaction puts the entry; a duplicate reads the original back.
-        TableAccess(XP_LEDGER, ("PutItem", "GetItem")),
+        # record_xp's transaction puts the entry; a retry whose activity left reads it back; a
+        # deferred level check is noted on it.
+        TableAccess(XP_LEDGER, ("PutItem", "GetItem", "UpdateItem")),
         # record_xp's transaction adds to total_xp; GetProgress and awards read it.
         TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem")),
-        # The start level of a user not yet checked.
-        TableAccess(LEVELS, ("Scan",)),
+        # The level table's version item (is a level-up due?), and the table for a new user's start level.
+        TableAccess(LEVELS, ("GetItem", "Scan")),
         # GetProgress lists every reward granted.
         TableAccess(LEVEL_REWARDS, ("Query",)),
     ),
@@ -119,12 +120,13 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
         TableAccess(USER_ACHIEVEMENTS, ("PutItem", "GetItem", "UpdateItem", "DeleteItem", "Query")),
         # record_unlock_once's transaction adds to unlocked_achievements, guarded by the requirements.
         TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem")),
-        # The start level, for a min_level requirement of a user not yet checked.
-        TableAccess(LEVELS, ("Scan",)),
+        # The start level, for a min_level requirement of a user not yet checked (version item, then the table).
+        TableAccess(LEVELS, ("GetItem", "Scan")),
     ),
     "levels": (
-        # The level table (ListLevels and every check scan it whole).
-        TableAccess(LEVELS, ("PutItem", "DeleteItem", "Scan")),
+        # The level table: writes move its version item in the same transaction; a copy is
+        # scanned when the version moved; a level-up checks the version (ConditionCheck).
+        TableAccess(LEVELS, ("PutItem", "DeleteItem", "UpdateItem", "GetItem", "Scan", "ConditionCheckItem")),
         # The level-up transaction moves `level`; the start level is pinned; checks read it.
         TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem")),
         # The level-up transaction puts one item per level passed; replays batch-read them.

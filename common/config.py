@@ -60,7 +60,10 @@ class Settings:
     # The token clients of the services (rewardsctl, the example game server)
     # send as `authorization: Bearer`; the services themselves ignore it.
     token: str = ""
-    max_workers: int = 32
+    # Processes of each service, all on its one port (SO_REUSEPORT): one per core.
+    workers: int = 1
+    # RPCs one process serves at once; more wait in gRPC's queue. 0: no limit.
+    max_concurrent_rpcs: int = 0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
 

@@ -3,26 +3,14 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.rpc import error_details_pb2, status_pb2
 
 from common.dynamodb import storage_error_as_domain_error
-from common.errors import (
-    ContentionExhausted,
-    DeadlineReached,
-    DependencyUnavailable,
-    DomainError,
-    InvalidField,
-    NotFound,
-    PreconditionFailed,
-)
+from common.errors import DomainError, InvalidField, PreconditionFailed
 from common.models import LevelUpOutcome, Reward
 from rewards.v1 import levels_pb2
 
@@ -36,53 +24,36 @@ def _pack(message: Any) -> any_pb2.Any:
 
 
 def status_for(error: DomainError) -> status_pb2.Status:
-    message = str(error)
+    """The google.rpc.Status of a domain error: its family's code, its message,
+    and the details that name the field or rule."""
+    status = status_pb2.Status(code=error.grpc_code.value[0], message=str(error))
     if isinstance(error, InvalidField):
-        details = error_details_pb2.BadRequest(
+        details: Any = error_details_pb2.BadRequest(
             field_violations=[error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.rule)]
         )
-        return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[_pack(details)])
-    if isinstance(error, NotFound):
-        return status_pb2.Status(code=code_pb2.NOT_FOUND, message=message)
-    if isinstance(error, PreconditionFailed):
-        failure = error_details_pb2.PreconditionFailure(
+        status.details.append(_pack(details))
+    elif isinstance(error, PreconditionFailed):
+        details = error_details_pb2.PreconditionFailure(
             violations=[
                 error_details_pb2.PreconditionFailure.Violation(type="REQUIREMENT", subject=s, description=d)
                 for s, d in error.violations
             ]
         )
-        return status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=message, details=[_pack(failure)])
-    if isinstance(error, DependencyUnavailable):
-        return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message)
-    if isinstance(error, ContentionExhausted):
-        return status_pb2.Status(code=code_pb2.ABORTED, message=message)
-    if isinstance(error, DeadlineReached):
-        return status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message=message)
-    return status_pb2.Status(code=code_pb2.INTERNAL, message=message)
+        status.details.append(_pack(details))
+    return status
 
 
-Method = TypeVar("Method", bound=Callable[..., Any])
-
-
-def maps_domain_errors(method: Method) -> Method:
-    """Wraps a servicer method: domain errors, and storage errors the caller
-    can retry, end the RPC with their status. Anything else is a bug and is
-    left to gRPC, which answers UNKNOWN (logged by the interceptor)."""
-
-    @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except DomainError as error:
-            context.abort_with_status(rpc_status.to_status(status_for(error)))
-        except Exception as error:
-            translated = storage_error_as_domain_error(error)
-            if translated is None:
-                raise
-            log.warning("storage unavailable", extra={"fields": {"error": repr(error)}})
-            context.abort_with_status(rpc_status.to_status(status_for(translated)))
-
-    return wrapper  # type: ignore[return-value]
+def status_of_failure(error: Exception) -> status_pb2.Status | None:
+    """The status a failed RPC ends with: a domain error's, or UNAVAILABLE for
+    a storage error the caller can retry; None for anything else (a bug, which
+    the edge logs and gRPC answers as UNKNOWN)."""
+    if isinstance(error, DomainError):
+        return status_for(error)
+    translated = storage_error_as_domain_error(error)
+    if translated is None:
+        return None
+    log.warning("storage unavailable", extra={"fields": {"error": repr(error)}})
+    return status_for(translated)
 
 
 def level_up_to_message(outcome: LevelUpOutcome) -> levels_pb2.LevelUpResult:

@@ -51,6 +51,15 @@ class LevelTable:
 
 
 @dataclass(frozen=True)
+class VersionedLevelTable:
+    """A copy of the level table and the version it is of."""
+
+    version: int
+    table: LevelTable
+    read_at: float  # time.monotonic() of the version read that confirmed it
+
+
+@dataclass(frozen=True)
 class LevelReached:
     """A level a user passed, with the rewards granted for it, once."""
 
@@ -71,6 +80,22 @@ class ProgressRecord:
     level: int | None = None
     unlocked_achievements: frozenset[str] = frozenset()
     updated_at: str | None = None
+    # Written by the Levels service with the level: the total at which the next
+    # level is due (0 at the top) under the level table's `level_version`, so
+    # that an award knows from its own read whether a level-up may be due.
+    next_level_xp: int | None = None
+    level_version: int | None = None
+    # A level-up too long for one transaction, under way: the check that owns
+    # it and the level it goes to. Any check completes it first.
+    pending_check: str | None = None
+    pending_target: int | None = None
+
+    def level_check_due(self, level_table_version: int) -> bool:
+        """Whether a level-up may be due: the stored threshold is reached, or
+        there is none under this version of the level table, or a level-up is under way."""
+        if self.level is None or self.next_level_xp is None or self.level_version != level_table_version:
+            return True
+        return self.pending_check is not None or (self.next_level_xp > 0 and self.total_xp >= self.next_level_xp)
 
     @classmethod
     def from_attributes(cls, user_id: str, values: Mapping[str, Any] | None) -> ProgressRecord:
@@ -82,6 +107,10 @@ class ProgressRecord:
             level=int(values["level"]) if "level" in values else None,
             unlocked_achievements=frozenset(values.get("unlocked_achievements", ())),
             updated_at=values.get("updated_at"),
+            next_level_xp=int(values["next_level_xp"]) if "next_level_xp" in values else None,
+            level_version=int(values["level_version"]) if "level_version" in values else None,
+            pending_check=values.get("pending_check"),
+            pending_target=int(values["pending_target"]) if "pending_target" in values else None,
         )
 
 

@@ -7,6 +7,7 @@ pass the trace id along, and never wait past the served call's deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -16,7 +17,9 @@ from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_status import rpc_status
 
+from common.grpc_edge import status_of_failure
 from common.metrics import RPC_SECONDS, RPCS
 from common.rpc_deadline import bind_deadline, remaining_s, unbind_deadline
 from common.rpc_logging import bind_rpc_fields, current_trace_id, unbind_rpc_fields
@@ -27,59 +30,71 @@ _TRACE_ID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 _rpc_log = logging.getLogger("rewards.rpc")
 
 
-def _trace_id_of(context: grpc.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
+# google.rpc.Code numbers to grpc.StatusCode.
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _trace_id_of(metadata: Any) -> str:
+    for key, value in metadata or ():
         if key == TRACE_ID_HEADER and isinstance(value, str) and _TRACE_ID.match(value):
             return value
     return uuid.uuid4().hex
 
 
-def _code_of(context: grpc.ServicerContext) -> grpc.StatusCode | None:
-    # ServicerContext.code() exists since grpcio 1.38; types-grpcio does not declare it.
-    return context.code()  # type: ignore[attr-defined]
+class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
+    """The one edge of every unary RPC. Parses the request itself, so that a
+    malformed message (invalid UTF-8 in a string, bad wire format) is
+    INVALID_ARGUMENT instead of gRPC's INTERNAL; binds the trace id, the
+    deadline and the request's ids to the RPC; ends a domain error (and a
+    storage error the caller can retry) with its status and details, the one
+    place that does (common.grpc_edge.status_for); logs one line per RPC
+    (method, code, duration, user and request ids, peer, trace id) and counts
+    it in the metrics."""
 
-
-class RpcEdgeInterceptor(grpc.ServerInterceptor):
-    """Parses each unary request itself, so that a malformed message (invalid
-    UTF-8 in a string, bad wire format) is INVALID_ARGUMENT instead of gRPC's
-    INTERNAL; binds the trace id and the request's ids to the RPC's logs; logs
-    one line per RPC (method, code, duration, user and request ids, peer, trace
-    id) and counts it in the metrics."""
-
-    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
         inner = handler.unary_unary
         parse = handler.request_deserializer
+        trace_id = _trace_id_of(handler_call_details.invocation_metadata)
 
-        def served(raw_request: bytes, context: grpc.ServicerContext) -> Any:
+        async def served(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            fields = {"method": method, "trace_id": _trace_id_of(context)}
+            fields = {"method": method, "trace_id": trace_id}
             token = bind_rpc_fields(fields)
             deadline_token = bind_deadline(context.time_remaining())
-            context.send_initial_metadata(((TRACE_ID_HEADER, fields["trace_id"]),))
+            await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
             code = grpc.StatusCode.OK
             try:
                 try:
                     request = parse(raw_request) if parse else raw_request
                 except DecodeError as error:
-                    context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid protobuf message ({error})"
-                    )
+                    code = grpc.StatusCode.INVALID_ARGUMENT
+                    await context.abort(code, f"request is not a valid protobuf message ({error})")
                 for name in ("user_id", "request_id"):
                     value = getattr(request, name, "")
                     if value:
                         fields[name] = value
-                response = inner(request, context)
-                code = _code_of(context) or grpc.StatusCode.OK
-                return response
+                try:
+                    return await inner(request, context)
+                except Exception as error:
+                    status = status_of_failure(error)
+                    if status is None:
+                        raise
+                    code = _STATUS_CODES[status.code]
+                    await context.abort_with_status(rpc_status.to_status(status))
+            except grpc.aio.AbortError:
+                if code == grpc.StatusCode.OK:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
             except Exception:
-                code = _code_of(context) or grpc.StatusCode.UNKNOWN
-                if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.OK):
-                    code = grpc.StatusCode.UNKNOWN
-                    _rpc_log.exception("unhandled error")
+                code = grpc.StatusCode.UNKNOWN
+                _rpc_log.exception("unhandled error")
                 raise
             finally:
                 seconds = time.perf_counter() - started
@@ -87,17 +102,18 @@ class RpcEdgeInterceptor(grpc.ServerInterceptor):
                 RPC_SECONDS.labels(method).observe(seconds)
                 # Health checks come every few seconds from orchestrators: logged only at DEBUG.
                 level = logging.DEBUG if method.startswith("/grpc.health.v1.Health/") else logging.INFO
-                _rpc_log.log(
-                    level,
-                    "rpc",
-                    extra={
-                        "fields": {
-                            "code": code.name,
-                            "duration_ms": round(seconds * 1000, 3),
-                            "peer": context.peer(),
-                        }
-                    },
-                )
+                if _rpc_log.isEnabledFor(level):
+                    _rpc_log.log(
+                        level,
+                        "rpc",
+                        extra={
+                            "fields": {
+                                "code": code.name,
+                                "duration_ms": round(seconds * 1000, 3),
+                                "peer": context.peer(),
+                            }
+                        },
+                    )
                 unbind_rpc_fields(token)
                 unbind_deadline(deadline_token)
 
@@ -118,7 +134,7 @@ class _CallDetails(NamedTuple):
 
 
 def with_metadata(client_call_details: Any, extra: list[tuple[str, str]], timeout: float | None = None) -> _CallDetails:
-    """The call's details with metadata added (and, given, another timeout)."""
+    """The call's details (synchronous channels) with metadata added."""
     return _CallDetails(
         client_call_details.method,
         client_call_details.timeout if timeout is None else timeout,
@@ -129,7 +145,19 @@ def with_metadata(client_call_details: Any, extra: list[tuple[str, str]], timeou
     )
 
 
-class PeerCallInterceptor(grpc.UnaryUnaryClientInterceptor):
+def with_aio_metadata(client_call_details: Any, extra: list[tuple[str, str]], timeout: float | None = None) -> Any:
+    """The call's details (grpc.aio) with metadata added and, given, another timeout."""
+    metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()), *extra)
+    return grpc.aio.ClientCallDetails(
+        client_call_details.method,
+        client_call_details.timeout if timeout is None else timeout,
+        metadata,
+        client_call_details.credentials,
+        client_call_details.wait_for_ready,
+    )
+
+
+class PeerCallInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """For calls made on behalf of the RPC being served: adds this service's
     own credentials (`authorization`) and the served call's trace id, and
     shortens the call's timeout to what is left of its deadline, less a reserve
@@ -140,7 +168,9 @@ class PeerCallInterceptor(grpc.UnaryUnaryClientInterceptor):
     def __init__(self, credentials: Callable[[], tuple[str, str]] | None = None) -> None:
         self._credentials = credentials
 
-    def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: Any, request: Any) -> Any:
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
         metadata: list[tuple[str, str]] = []
         if self._credentials is not None:
             metadata.append(self._credentials())
@@ -152,4 +182,4 @@ class PeerCallInterceptor(grpc.UnaryUnaryClientInterceptor):
         if left is not None:
             left -= min(_DEADLINE_RESERVE_S, left * 0.2)
             timeout = max(0.0, left) if timeout is None else max(0.0, min(timeout, left))
-        return continuation(with_metadata(client_call_details, metadata, timeout), request)
+        return await continuation(with_aio_metadata(client_call_details, metadata, timeout), request)

@@ -5,17 +5,18 @@ read levels too."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from common.errors import InvalidField, NotFound
-from common.models import Level, LevelTable, Reward
+from common.models import Level, LevelReached, LevelTable, ProgressRecord, Reward, VersionedLevelTable
 
 MAX_LEVEL = 1_000_000
 MAX_REWARDS_PER_LEVEL = 50
 MAX_REWARD_QUANTITY = 1_000_000_000
-# A level-up writes the user's progress, the check's record and one item per
-# level passed in one transaction, which takes at most 100 items: longer jumps
-# go in steps.
-MAX_LEVELS_PER_STEP = 98
+# A level-up writes the user's progress, the check's record, a check of the
+# level table's version and one item per level passed in one transaction, which
+# takes at most 100 items: longer jumps go in steps.
+MAX_LEVELS_PER_STEP = 97
 
 
 class LevelNotFound(NotFound):
@@ -46,6 +47,8 @@ class LevelCheck:
     check_id: str
     previous_level: int
     levels: tuple[int, ...]
+    # Where the level-up goes, set by its first step: every answer reports it.
+    target_level: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,3 +79,64 @@ def plan_level_up(table: LevelTable, stored_level: int | None, total_xp: int) ->
     previous = table.start_level if stored_level is None else stored_level
     current = max(previous, table.level_for_xp(total_xp))
     return LevelUpPlan(previous, current, table.levels_passed(previous, current) if current > previous else ())
+
+
+# --- what the use cases depend on -------------------------------------------------
+
+
+class LevelChangedConcurrently(Exception):
+    """Another check moved the user's level first; re-read and plan again."""
+
+
+class LevelTableChanged(Exception):
+    """The level table moved past the version the step was planned on (nothing written)."""
+
+
+class LevelsRepository(Protocol):
+    async def put_level(self, level: Level) -> None: ...
+
+    async def delete_level(self, level: int) -> None:
+        """Raises LevelNotFound."""
+
+    async def level_table(self) -> VersionedLevelTable:
+        """The copy this process holds (at most the cache time old)."""
+
+    async def level_table_at_least(self, version: int) -> VersionedLevelTable: ...
+
+    async def get_progress(self, user_id: str) -> ProgressRecord: ...
+
+    async def get_progress_and_check(self, user_id: str, check_id: str) -> tuple[ProgressRecord, LevelCheck | None]:
+        """One snapshot of both."""
+
+    async def levels_reached(self, user_id: str, levels: tuple[int, ...]) -> list[LevelReached]: ...
+
+    async def grant_level_step(
+        self,
+        user_id: str,
+        step: LevelUpPlan,
+        *,
+        owner: str,
+        target_level: int,
+        min_total_xp: int,
+        next_level_xp: int,
+        version: int,
+        continuing: bool,
+    ) -> None:
+        """Moves the level by one step of the level-up `owner` makes to
+        `target_level`, granting each level passed once. Raises
+        LevelChangedConcurrently or LevelTableChanged (nothing written)."""
+
+    async def pin_threshold(
+        self, user_id: str, expected_level: int | None, level: int, next_level_xp: int, version: int
+    ) -> bool:
+        """Stores the level (for a user with none) and the next level's
+        threshold under `version`; False when the level moved meanwhile."""
+
+
+def is_recorded_check(check_id: str) -> bool:
+    """Checks named by a caller's request id keep a record for their repeats;
+    automatic ones (no request id) cannot be repeated."""
+    return not check_id.startswith(AUTO_CHECK_PREFIX)
+
+
+AUTO_CHECK_PREFIX = "auto:"

@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
-from grpc_health.v1 import health
 
 from common.config import Settings
-from common.server_runtime import build_grpc_server, run_service
-from levels_service.service import Levels
+from common.dynamodb import DynamoDBClient, LevelTableCache
+from common.server_runtime import HealthServicer, build_grpc_server, run_service
 from levels_service.servicer import LevelsServicer
-from levels_service.storage import LevelsRepository
+from levels_service.storage import DynamoDBLevelsRepository
+from levels_service.use_cases import Levels
 from rewards.v1 import levels_pb2, levels_pb2_grpc
 
 SERVICE = levels_pb2.DESCRIPTOR.services_by_name["LevelsService"]
 
 
-def create_server(
+async def create_server(
     address: str,
     settings: Settings,
-    dynamodb: Any,
-    health_servicer: health.HealthServicer | None = None,
-) -> tuple[grpc.Server, int]:
-    servicer = LevelsServicer(Levels(LevelsRepository(dynamodb, settings.table_prefix), settings.level_table_cache_s))
-    return build_grpc_server(
+    dynamodb: DynamoDBClient,
+    health_servicer: HealthServicer | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """The Levels server on `address` (port 0: a free port), not started; call
+    inside the event loop that will serve it."""
+    level_table = LevelTableCache(dynamodb, settings.table_prefix, settings.level_table_cache_s)
+    servicer = LevelsServicer(Levels(DynamoDBLevelsRepository(dynamodb, settings.table_prefix, level_table)))
+    return await build_grpc_server(
         address, settings, SERVICE, servicer, levels_pb2_grpc.add_LevelsServiceServicer_to_server, health_servicer
     )
 

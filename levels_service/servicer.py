@@ -6,9 +6,9 @@ import grpc
 
 from common import field_rules
 from common.errors import InvalidField
-from common.grpc_edge import level_up_to_message, maps_domain_errors
+from common.grpc_edge import level_up_to_message
 from common.models import Level, Reward
-from levels_service.service import Levels
+from levels_service.use_cases import Levels
 from rewards.v1 import levels_pb2, levels_pb2_grpc
 
 MAX_CHECK_REQUEST_ID_LENGTH = 256
@@ -37,30 +37,32 @@ class LevelsServicer(levels_pb2_grpc.LevelsServiceServicer):
     def __init__(self, levels: Levels) -> None:
         self._levels = levels
 
-    @maps_domain_errors
-    def PutLevel(self, request: levels_pb2.PutLevelRequest, context: grpc.ServicerContext) -> levels_pb2.Level:
+    async def PutLevel(
+        self, request: levels_pb2.PutLevelRequest, context: grpc.aio.ServicerContext
+    ) -> levels_pb2.Level:
         field_rules.present("level", request.HasField("level"))
-        return level_to_message(self._levels.put_level(level_from_message(request.level)))
+        return level_to_message(await self._levels.put_level(level_from_message(request.level)))
 
-    @maps_domain_errors
-    def ListLevels(
-        self, request: levels_pb2.ListLevelsRequest, context: grpc.ServicerContext
+    async def ListLevels(
+        self, request: levels_pb2.ListLevelsRequest, context: grpc.aio.ServicerContext
     ) -> levels_pb2.ListLevelsResponse:
-        return levels_pb2.ListLevelsResponse(levels=[level_to_message(l) for l in self._levels.list_levels().levels])
+        return levels_pb2.ListLevelsResponse(
+            levels=[level_to_message(l) for l in (await self._levels.list_levels()).levels]
+        )
 
-    @maps_domain_errors
-    def DeleteLevel(
-        self, request: levels_pb2.DeleteLevelRequest, context: grpc.ServicerContext
+    async def DeleteLevel(
+        self, request: levels_pb2.DeleteLevelRequest, context: grpc.aio.ServicerContext
     ) -> levels_pb2.DeleteLevelResponse:
         if request.level < 1:
             raise InvalidField("level", f"must be 1 or more (got {request.level})")
-        self._levels.delete_level(request.level)
+        await self._levels.delete_level(request.level)
         return levels_pb2.DeleteLevelResponse()
 
-    @maps_domain_errors
-    def CheckLevelUp(
-        self, request: levels_pb2.CheckLevelUpRequest, context: grpc.ServicerContext
+    async def CheckLevelUp(
+        self, request: levels_pb2.CheckLevelUpRequest, context: grpc.aio.ServicerContext
     ) -> levels_pb2.LevelUpResult:
         user_id = field_rules.require_id("user_id", request.user_id)
         request_id = field_rules.request_id(request.request_id, max_length=MAX_CHECK_REQUEST_ID_LENGTH)
-        return level_up_to_message(self._levels.check_level_up(user_id, request_id))
+        if request.replay_only and not request_id:
+            raise InvalidField("replay_only", "needs a request_id: it replays that check")
+        return level_up_to_message(await self._levels.check_level_up(user_id, request_id, request.replay_only))

@@ -1,4 +1,4 @@
-"""Level use cases over the repository."""
+"""Level use cases: the level table, and level-ups granted exactly once."""
 
 from __future__ import annotations
 
@@ -7,83 +7,139 @@ import uuid
 from common.errors import ContentionExhausted
 from common.metrics import LEVEL_UPS
 from common.models import Level, LevelTable, LevelUpOutcome, ProgressRecord
-from levels_service.domain import LevelCheck, LevelUpPlan, check_level, plan_level_up
-from levels_service.storage import LevelChangedConcurrently, LevelsRepository
+from levels_service.domain import (
+    AUTO_CHECK_PREFIX,
+    LevelChangedConcurrently,
+    LevelCheck,
+    LevelsRepository,
+    LevelTableChanged,
+    LevelUpPlan,
+    check_level,
+    plan_level_up,
+)
 
-# Each lost race means another check raised the level, so a few suffice.
+# Each lost race means another check raised the level (or the table moved), so a few suffice.
 _MAX_LOST_RACES = 50
 
 
 class Levels:
-    def __init__(self, repository: LevelsRepository, level_table_cache_s: float = 0.0) -> None:
+    def __init__(self, repository: LevelsRepository) -> None:
         self._repository = repository
-        self._level_table_cache_s = level_table_cache_s
 
-    def put_level(self, level: Level) -> Level:
-        self._repository.put_level(check_level(level))
+    async def put_level(self, level: Level) -> Level:
+        await self._repository.put_level(check_level(level))
         return level
 
-    def list_levels(self) -> LevelTable:
-        return self._repository.load_level_table()
+    async def list_levels(self) -> LevelTable:
+        return (await self._repository.level_table()).table
 
-    def delete_level(self, level: int) -> None:
-        self._repository.delete_level(level)
+    async def delete_level(self, level: int) -> None:
+        await self._repository.delete_level(level)
 
-    def check_level_up(self, user_id: str, request_id: str = "") -> LevelUpOutcome:
+    async def check_level_up(self, user_id: str, request_id: str = "", replay_only: bool = False) -> LevelUpOutcome:
         """Grants every level now due, exactly once, and reports them. A level-up
         belongs to the request that made it: a repeat of that request_id reports
-        the same levels again and grants nothing more, so every answer for one
-        request_id is the same; levels due since are left to the next check."""
-        # Most checks find nothing due: they may answer from a recent copy of
-        # the table. Whatever grants or pins a level uses the table as it is now.
-        recent = self._repository.recent_level_table(self._level_table_cache_s)
-        table = recent or self._repository.load_level_table()
-        fresh = recent is None
-        check_id = request_id or f"auto:{uuid.uuid4().hex}"
-        granted: list[LevelUpPlan] = []
+        the same level-up again and grants nothing more. A level-up too long for
+        one transaction fixes its target in its first step, and any later check
+        completes it before anything else, so every answer for the request that
+        made it reports the whole of it, wherever deadlines fell."""
+        check_id = request_id or f"{AUTO_CHECK_PREFIX}{uuid.uuid4().hex}"
+        own_steps: list[LevelUpPlan] = []
         lost_races = 0
         while True:
+            versioned = await self._repository.level_table()
             if request_id:
-                progress, earlier = self._repository.get_progress_and_check(user_id, request_id)
-                # Also after a lost race: a concurrent copy of this request may have granted it.
-                if earlier is not None and not granted:
-                    return self._replay(user_id, earlier, progress, table)
+                progress, earlier = await self._repository.get_progress_and_check(user_id, request_id)
             else:
-                progress = self._repository.get_progress(user_id)
-            plan = plan_level_up(table, progress.level, progress.total_xp)
-            if not fresh and (plan.leveled_up or (progress.level is None and progress.updated_at is not None)):
-                table, fresh = self._repository.load_level_table(), True
-                plan = plan_level_up(table, progress.level, progress.total_xp)
-            if not plan.leveled_up:
-                if not granted and progress.level is None and progress.updated_at is not None:
-                    self._repository.store_start_level_once(user_id, plan.current_level)
-                # Recorded, so that a repeat of this request reports what this check found (nothing) and
-                # levels that become due later go to the next new check, not to a repeat of this one.
-                if request_id and not granted and progress.updated_at is not None:
-                    if not self._repository.record_nothing_due_once(user_id, request_id, plan.current_level):
-                        continue  # a concurrent copy of this request granted first: report what it granted
-                return self._outcome(user_id, progress, table, granted or [plan])
-            step = plan.first_step()
+                progress, earlier = await self._repository.get_progress(user_id), None
+            if progress.level_version is not None and progress.level_version > versioned.version:
+                versioned = await self._repository.level_table_at_least(progress.level_version)
+            table = versioned.table
             try:
-                self._repository.grant_level_rewards_once(
+                if progress.pending_check is not None and progress.level is not None:
+                    # A level-up under way, this check's or another's: it is completed first.
+                    step = await self._continue(user_id, progress, versioned.version, table)
+                    if progress.pending_check == check_id:
+                        own_steps.append(step)
+                    continue
+                if earlier is not None:
+                    return await self._replay(user_id, earlier, progress, table)
+                if replay_only:  # the earlier check granted nothing: answer so, grant nothing
+                    current = progress.level if progress.level is not None else table.start_level
+                    return LevelUpOutcome(
+                        user_id, False, current, current, progress.total_xp, (), table.next_level_xp(current)
+                    )
+                plan = plan_level_up(table, progress.level, progress.total_xp)
+                if not plan.leveled_up:
+                    if own_steps:
+                        return self._outcome(user_id, progress, table, own_steps)
+                    if progress.updated_at is not None and (
+                        progress.level_version != versioned.version
+                        or progress.next_level_xp != table.next_level_xp(plan.current_level)
+                        or progress.level is None
+                    ):
+                        # Pins the start level of a new user, and the next threshold under this table.
+                        pinned = await self._repository.pin_threshold(
+                            user_id,
+                            progress.level,
+                            plan.current_level,
+                            table.next_level_xp(plan.current_level),
+                            versioned.version,
+                        )
+                        if not pinned:
+                            raise LevelChangedConcurrently(user_id)
+                    return self._outcome(user_id, progress, table, [plan])
+                step = plan.first_step()
+                await self._repository.grant_level_step(
                     user_id,
-                    progress.level,
                     step,
-                    table.xp_required(step.current_level),
-                    check_id,
-                    record_check=bool(request_id),
+                    owner=check_id,
+                    target_level=plan.current_level,
+                    min_total_xp=table.xp_required(plan.current_level),
+                    next_level_xp=table.next_level_xp(plan.current_level),
+                    version=versioned.version,
+                    continuing=False,
                 )
-                granted.append(step)
                 LEVEL_UPS.inc(len(step.passed))
+                own_steps.append(step)
+                if step.current_level == plan.current_level:
+                    return self._outcome(user_id, progress, table, own_steps, granted_now=True)
+            except LevelTableChanged:
+                await self._repository.level_table_at_least(versioned.version + 1)
+                lost_races += 1
             except LevelChangedConcurrently:
                 lost_races += 1
-                if lost_races > _MAX_LOST_RACES:
-                    raise ContentionExhausted(f"level of user {user_id!r} kept changing; retry CheckLevelUp") from None
+            if lost_races > _MAX_LOST_RACES:
+                raise ContentionExhausted(f"level of user {user_id!r} kept changing; retry CheckLevelUp")
+
+    async def _continue(self, user_id: str, progress: ProgressRecord, version: int, table: LevelTable) -> LevelUpPlan:
+        """The next step of the level-up under way."""
+        assert progress.level is not None and progress.pending_check is not None
+        target = progress.pending_target or progress.level
+        whole = LevelUpPlan(progress.level, target, table.levels_passed(progress.level, target))
+        step = whole.first_step()
+        await self._repository.grant_level_step(
+            user_id,
+            step,
+            owner=progress.pending_check,
+            target_level=target,
+            min_total_xp=0,
+            next_level_xp=table.next_level_xp(target),
+            version=version,
+            continuing=True,
+        )
+        LEVEL_UPS.inc(len(step.passed))
+        return step
 
     def _outcome(
-        self, user_id: str, progress: ProgressRecord, table: LevelTable, steps: list[LevelUpPlan]
+        self,
+        user_id: str,
+        progress: ProgressRecord,
+        table: LevelTable,
+        steps: list[LevelUpPlan],
+        granted_now: bool = False,
     ) -> LevelUpOutcome:
-        current = max(steps[-1].current_level, progress.level or 0)
+        current = steps[-1].current_level if granted_now else max(steps[-1].current_level, progress.level or 0)
         return LevelUpOutcome(
             user_id=user_id,
             leveled_up=any(s.leveled_up for s in steps),
@@ -94,14 +150,15 @@ class Levels:
             next_level_xp=table.next_level_xp(current),
         )
 
-    def _replay(self, user_id: str, earlier: LevelCheck, progress: ProgressRecord, table: LevelTable) -> LevelUpOutcome:
-        reached = self._repository.levels_reached(user_id, earlier.levels) if earlier.levels else []
-        current = max([progress.level or table.start_level, *earlier.levels])
+    async def _replay(
+        self, user_id: str, earlier: LevelCheck, progress: ProgressRecord, table: LevelTable
+    ) -> LevelUpOutcome:
+        reached = await self._repository.levels_reached(user_id, earlier.levels)
+        current = max([progress.level or table.start_level, earlier.target_level, *earlier.levels])
         return LevelUpOutcome(
             user_id=user_id,
-            leveled_up=bool(earlier.levels),
-            # A check that found nothing due answers as it did: no level-up, at the level the user is at.
-            previous_level=earlier.previous_level if earlier.levels else current,
+            leveled_up=True,
+            previous_level=earlier.previous_level,
             current_level=current,
             total_xp=progress.total_xp,
             rewards=tuple(reward for r in reached for reward in r.rewards),

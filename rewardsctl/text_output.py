@@ -178,7 +178,7 @@ def message_json(message: Message) -> str:
 _RETRY_HINTS = {
     grpc.StatusCode.UNAVAILABLE: "safe to retry: run the same command again",
     grpc.StatusCode.ABORTED: "safe to retry: run the same command again",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "the call may or may not have been done: running the same command again is safe",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the call may or may not have been done: it is safe to run the same command again",
 }
 
 

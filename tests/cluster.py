@@ -1,10 +1,14 @@
 """The three servers, started in the test process on free ports against the
-session's DynamoDB Local, each cluster with its own table prefix."""
+session's DynamoDB Local, each cluster with its own table prefix. The servers
+are grpc.aio servers on one event loop that runs in a thread of its own; the
+tests call them over real sockets with synchronous stubs."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -14,7 +18,7 @@ import pytest
 from achievements_service import server as achievements_server
 from common.caller_auth import BearerTokenInterceptor, Role, TokenAuthority
 from common.config import Settings
-from common.dynamodb import create_dynamodb_client, ensure_tables
+from common.dynamodb import DynamoDBClient, create_dynamodb_client, ensure_tables
 from levels_service import server as levels_server
 from rewards.v1 import (
     achievements_pb2_grpc,
@@ -55,6 +59,25 @@ STANDARD_LEVELS = [
 ]
 
 
+class ServerLoop:
+    """One event loop in a daemon thread, shared by every test's servers."""
+
+    _shared: ServerLoop | None = None
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="server-loop", daemon=True).start()
+
+    @classmethod
+    def shared(cls) -> ServerLoop:
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    def run(self, coroutine: Coroutine[Any, Any, Any], timeout_s: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
+
+
 class Cluster:
     def __init__(self, endpoint: str, **overrides: Any) -> None:
         settings: dict[str, Any] = {
@@ -67,9 +90,12 @@ class Cluster:
             "auth_jwt_secret": TEST_AUTH_SECRET,
         }
         self.settings = replace(Settings(), **{**settings, **overrides})
+        # boto3, for the tests' own look at the tables; the servers share `lean`.
         self.dynamodb = create_dynamodb_client(self.settings)
         ensure_tables(self.dynamodb, self.settings.table_prefix)
-        self._servers: dict[str, grpc.Server] = {}
+        self.loop = ServerLoop.shared()
+        self.lean = DynamoDBClient(self.settings)
+        self._servers: dict[str, grpc.aio.Server] = {}
         self.ports: dict[str, int] = {}
         self._channels: list[grpc.Channel] = []
         self.start("levels")
@@ -79,7 +105,7 @@ class Cluster:
         self.levels = levels_pb2_grpc.LevelsServiceStub(self.channel("levels"))
         self.achievements = achievements_pb2_grpc.AchievementsServiceStub(self.channel("achievements"))
 
-    def _factory(self, name: str) -> Callable[..., tuple[grpc.Server, int]]:
+    def _factory(self, name: str) -> Callable[..., Any]:
         return {"levels": levels_server, "xp": xp_server, "achievements": achievements_server}[name].create_server
 
     def start(self, name: str) -> None:
@@ -89,13 +115,13 @@ class Cluster:
             levels_target=f"localhost:{self.ports.get('levels', 0)}",
             xp_target=f"localhost:{self.ports.get('xp', 0)}",
         )
-        server, port = self._factory(name)(f"localhost:{self.ports.get(name, 0)}", settings, self.dynamodb)
-        server.start()
+        server, port = self.loop.run(self._factory(name)(f"localhost:{self.ports.get(name, 0)}", settings, self.lean))
+        self.loop.run(server.start())
         self._servers[name] = server
         self.ports[name] = port
 
     def stop(self, name: str) -> None:
-        self._servers.pop(name).stop(grace=None).wait()
+        self.loop.run(self._servers.pop(name).stop(grace=None))
 
     def channel(self, name: str, role: Role | None = Role.ADMIN) -> grpc.Channel:
         """A channel to one server whose calls carry a token of `role` (None: no token)."""
@@ -116,6 +142,7 @@ class Cluster:
             channel.close()
         for name in list(self._servers):
             self.stop(name)
+        self.loop.run(self.lean.close())
 
 
 def unique(prefix: str) -> str:

@@ -31,16 +31,17 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from grpc_health.v1 import health
 
 from common.caller_auth import METHOD_ROLES, Role, RoleRefused, TokenAuthority, authorize
 from common.config import ENVIRONMENT_VARIABLES, Settings
-from common.dynamodb import create_dynamodb_client, ensure_tables
+from common.dynamodb import DynamoDBClient, create_dynamodb_client, ensure_tables
 from common.health_probe import DEFAULT_DEADLINE_S
+from common.server_runtime import HealthServicer
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, free_port
 from devcluster.readiness import wait_http_healthy
 from levels_service import server as levels_server
 from rewardsctl.__main__ import build_parser, token_dev_env
+from tests.cluster import ServerLoop
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -591,20 +592,21 @@ def levels_settings(dynamodb_endpoint: str, compose: dict[str, Any]) -> Settings
 
 
 @pytest.fixture
-def levels(levels_settings: Settings) -> Iterator[tuple[int, health.HealthServicer]]:
+def levels(levels_settings: Settings) -> Iterator[tuple[int, HealthServicer]]:
     """A real Levels server, as tests/cluster.py starts one, with its health servicer at hand."""
-    health_servicer = health.HealthServicer()
-    server, port = levels_server.create_server(
-        "127.0.0.1:0", levels_settings, create_dynamodb_client(levels_settings), health_servicer
-    )
-    server.start()
-    yield port, health_servicer
-    server.stop(grace=None).wait()
+    loop = ServerLoop.shared()
+    health_servicer = HealthServicer()
+    dynamodb = DynamoDBClient(levels_settings)
+    server, port = loop.run(levels_server.create_server("127.0.0.1:0", levels_settings, dynamodb, health_servicer))
+    loop.run(server.start())
+    try:
+        yield port, health_servicer
+    finally:
+        loop.run(server.stop(grace=None))
+        loop.run(dynamodb.close())
 
 
-def test_health_probe_passes_a_serving_server(
-    levels: tuple[int, health.HealthServicer], compose: dict[str, Any]
-) -> None:
+def test_health_probe_passes_a_serving_server(levels: tuple[int, HealthServicer], compose: dict[str, Any]) -> None:
     port, _ = levels
     for service in ([], ["rewards.v1.LevelsService"]):
         probed = run_probe(f"127.0.0.1:{port}", *service)
@@ -623,12 +625,12 @@ def test_health_probe_passes_a_serving_server(
     assert checked.returncode == 0, checked.stderr
 
 
-def test_health_probe_fails_an_unknown_service_and_a_draining_server(levels: tuple[int, health.HealthServicer]) -> None:
+def test_health_probe_fails_an_unknown_service_and_a_draining_server(levels: tuple[int, HealthServicer]) -> None:
     port, health_servicer = levels
     unknown = run_probe(f"127.0.0.1:{port}", "rewards.v1.NoSuchService")
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
     # What SIGTERM does first: the server still answers, but NOT_SERVING.
-    health_servicer.enter_graceful_shutdown()
+    ServerLoop.shared().run(health_servicer.enter_graceful_shutdown())
     for service in ([], ["rewards.v1.LevelsService"]):
         draining = run_probe(f"127.0.0.1:{port}", *service)
         assert draining.returncode == 1 and "NOT_SERVING" in draining.stderr, draining.stderr

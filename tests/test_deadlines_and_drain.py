@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from common.dynamodb import create_dynamodb_client
+from common.dynamodb import DynamoDBClient
 from rewards.v1 import xp_pb2, xp_pb2_grpc
 from tests.cluster import Cluster, authorized_channel
 from tests.process_cluster import start_process_cluster
@@ -103,7 +103,7 @@ def test_sdk_retries_stop_at_the_callers_deadline(
     # DynamoDB that never answers: each SDK attempt waits out the read timeout
     # (1 s here), and the SDK would try 3 times; the caller waits 1.5 s.
     c = new_cluster(dynamodb_read_timeout_s=1.0, dynamodb_connect_timeout_s=1.0, dynamodb_max_attempts=3)
-    c.dynamodb = create_dynamodb_client(
+    hung = DynamoDBClient(
         replace(
             c.settings,
             dynamodb_endpoint=f"http://127.0.0.1:{hung_port}",
@@ -111,18 +111,25 @@ def test_sdk_retries_stop_at_the_callers_deadline(
             dynamodb_max_attempts=3,
         )
     )
-    c.stop("xp")
-    c.start("xp")
-    xp = xp_pb2_grpc.XpServiceStub(c.channel("xp"))
-    caplog.set_level(logging.INFO, logger="rewards.rpc")
-    with pytest.raises(grpc.RpcError) as caught:
-        xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id), timeout=1.5)
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    deadline = time.monotonic() + 10
-    served: list[dict[str, object]] = []
-    while not served and time.monotonic() < deadline:
-        time.sleep(0.1)
-        served = [r.fields for r in caplog.records if r.name == "rewards.rpc" and r.getMessage() == "rpc"]  # type: ignore[attr-defined]
-    # Two attempts at most (about 2 s), not three and their backoff: the retry after the deadline never went out.
-    assert [f["code"] for f in served] == ["DEADLINE_EXCEEDED"]
-    assert float(served[0]["duration_ms"]) < 2900  # type: ignore[arg-type]
+    shared, c.lean = c.lean, hung  # XP restarts with a client of the hung endpoint
+    try:
+        c.stop("xp")
+        c.start("xp")
+    finally:
+        c.lean = shared
+    try:
+        xp = xp_pb2_grpc.XpServiceStub(c.channel("xp"))
+        caplog.set_level(logging.INFO, logger="rewards.rpc")
+        with pytest.raises(grpc.RpcError) as caught:
+            xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id), timeout=1.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 10
+        served: list[dict[str, object]] = []
+        while not served and time.monotonic() < deadline:
+            time.sleep(0.1)
+            served = [r.fields for r in caplog.records if r.name == "rewards.rpc" and r.getMessage() == "rpc"]  # type: ignore[attr-defined]
+        # Two attempts at most (about 2 s), not three and their backoff: the retry after the deadline never went out.
+        assert [f["code"] for f in served] == ["DEADLINE_EXCEEDED"]
+        assert float(served[0]["duration_ms"]) < 2900  # type: ignore[arg-type]
+    finally:
+        c.loop.run(hung.close())

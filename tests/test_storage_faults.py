@@ -1,20 +1,19 @@
 """Faults that real DynamoDB produces and DynamoDB Local never does, injected
-into the servers' own boto3 client with a botocore event hook: the calls still
+into the servers' own DynamoDB client with a before_send hook: the calls still
 reach real servers and the emulator, except the ones the hook answers."""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
 import grpc
-from botocore.awsrequest import AWSResponse
 
-from common.dynamodb import create_dynamodb_client
+from common.dynamodb import DynamoDBClient, TransactionCancelled
 from rewards.v1 import xp_pb2
 from tests.cluster import STANDARD_LEVELS, Cluster, rpc_error
 
@@ -34,25 +33,28 @@ class CancelTransactions:
         self._cancelled: dict[str, int] = {}  # transaction (its items) -> attempts cancelled
         self._lock = threading.Lock()
 
-    def __call__(self, params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
-        items = json.loads(params["body"])["TransactItems"]  # the serialized request
+    def __call__(self, action: str, payload: Mapping[str, Any]) -> None:
+        if action != "TransactWriteItems":
+            return
+        items = payload["TransactItems"]
         # The items identify a transaction across its retries (each call has a new ClientRequestToken).
         transaction = json.dumps(items, sort_keys=True)
         with self._lock:
             self.calls += 1
             cancelled = self._cancelled.get(transaction)
             if cancelled is None and self.calls % self.every:
-                return None
+                return
             if cancelled is not None and self.attempts is not None and cancelled >= self.attempts:
-                return None
+                return
             self._cancelled[transaction] = (cancelled or 0) + 1
             self.injected += 1
         reasons = [{"Code": self.reason}] + [{"Code": "None"}] * (len(items) - 1)
-        body = {
-            "Error": {"Code": "TransactionCanceledException", "Message": f"Transaction cancelled [{self.reason}]"},
-            "CancellationReasons": reasons,
-        }
-        return AWSResponse("https://dynamodb.invalid", 400, {}, None), body
+        # What the client raises for DynamoDB's 400 answer, in its place.
+        raise TransactionCancelled(
+            "TransactionCanceledException",
+            f"Transaction cancelled [{self.reason}]",
+            {"CancellationReasons": reasons},
+        )
 
 
 def test_transaction_conflicts_are_retried_and_every_award_counts_once(new_cluster: Factory, user_id: str) -> None:
@@ -60,7 +62,7 @@ def test_transaction_conflicts_are_retried_and_every_award_counts_once(new_clust
     c.put_levels(STANDARD_LEVELS)
     # Every other transaction, awards and level-ups alike, conflicts twice before it goes through.
     conflicts = CancelTransactions("TransactionConflict", every=2, attempts=2)
-    c.dynamodb.meta.events.register("before-call.dynamodb.TransactWriteItems", conflicts)
+    c.lean.before_send.append(conflicts)
 
     def grant(request_id: str) -> xp_pb2.AwardXpResponse:
         return c.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=25, reason="t", request_id=request_id))
@@ -81,24 +83,30 @@ def test_transaction_conflicts_are_retried_and_every_award_counts_once(new_clust
 
 def test_throttled_transactions_are_unavailable_and_write_nothing(new_cluster: Factory, user_id: str) -> None:
     c = new_cluster()
-    c.dynamodb.meta.events.register(
-        "before-call.dynamodb.TransactWriteItems", CancelTransactions("ThrottlingError", every=1)
-    )
+    throttled = CancelTransactions("ThrottlingError", every=1)
+    c.lean.before_send.append(throttled)
     error = rpc_error(
         lambda: c.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=5, reason="t", request_id="r"))
     )
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "throttling" in error.details()
+    assert throttled.injected >= 1
     assert c.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id)).total_xp == 0
 
 
 def test_dynamodb_unreachable_is_unavailable(new_cluster: Factory, user_id: str) -> None:
     c = new_cluster()
-    dead = create_dynamodb_client(replace(c.settings, dynamodb_endpoint="http://127.0.0.1:9"))
-    c.dynamodb = dead
-    c.stop("xp")
-    c.start("xp")
-    xp = c.xp.__class__(c.channel("xp"))
-    error = rpc_error(lambda: xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id), timeout=30))
-    assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert "DynamoDB could not be reached" in error.details()
+    dead = DynamoDBClient(replace(c.settings, dynamodb_endpoint="http://127.0.0.1:9"))
+    shared, c.lean = c.lean, dead  # XP restarts with a client of a closed port
+    try:
+        c.stop("xp")
+        c.start("xp")
+    finally:
+        c.lean = shared
+    try:
+        xp = c.xp.__class__(c.channel("xp"))
+        error = rpc_error(lambda: xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id), timeout=30))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "DynamoDB could not be reached" in error.details()
+    finally:
+        c.loop.run(dead.close())

@@ -1,11 +1,15 @@
-"""XP rules, pure: no gRPC, no DynamoDB."""
+"""XP rules, pure: no gRPC, no DynamoDB. The repository and the level checker
+the use cases depend on are Protocols declared here, with the errors their
+implementations raise."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from common.errors import NotFound, PreconditionFailed
+from common.models import LevelUpOutcome, ProgressRecord, Reward
 
 ACTIVITY = "activity"
 GRANT = "grant"
@@ -39,6 +43,9 @@ class LedgerEntry:
     recorded_at: str = ""
     # Tells our own write, retried by the SDK after a lost response, from a caller's repeat.
     attempt_id: str = ""
+    # Set when the award's level check could not be done (Levels unreachable or late): its
+    # repeats may then grant the level-up it caused; otherwise they only replay.
+    level_check_deferred: bool = False
 
     def describe(self) -> str:
         if self.kind == ACTIVITY:
@@ -109,3 +116,60 @@ def is_same_request(original: LedgerEntry, attempted: LedgerEntry) -> bool:
     if original.kind == ACTIVITY:
         return original.activity_id == attempted.activity_id
     return original.xp == attempted.xp
+
+
+# --- what the use cases depend on -------------------------------------------------
+
+
+class DuplicateRequest(Exception):
+    """The ledger already holds an entry with this id (nothing was written)."""
+
+    def __init__(self, existing: LedgerEntry) -> None:
+        super().__init__(existing.entry_id)
+        self.existing = existing
+
+
+class ActivityChanged(Exception):
+    """The cached activity's XP changed, or it left the catalog, before the
+    award was written (nothing was written); read it again."""
+
+
+class XpRepository(Protocol):
+    async def put_activity(self, activity: Activity) -> None: ...
+
+    async def get_activity(self, activity_id: str) -> Activity:
+        """Raises ActivityNotFound."""
+
+    async def cached_activity(self, activity_id: str) -> Activity:
+        """The activity as last read by this process, read now when unknown; raises ActivityNotFound."""
+
+    async def list_activities(self, category: str, page_size: int, page_token: str) -> tuple[list[Activity], str]: ...
+
+    async def delete_activity(self, activity_id: str) -> None:
+        """Raises ActivityNotFound."""
+
+    async def record_xp(self, entry: LedgerEntry, activity: Activity | None = None) -> None:
+        """Adds the entry to the ledger and its XP to the user's total, at most
+        once per entry id, and with `activity` only while the catalog still
+        gives it that XP. Raises DuplicateRequest or ActivityChanged (nothing written)."""
+
+    async def get_entry(self, user_id: str, entry_id: str) -> LedgerEntry | None: ...
+
+    async def get_progress(self, user_id: str) -> ProgressRecord: ...
+
+    async def mark_level_check_deferred(self, user_id: str, entry_id: str) -> None:
+        """Notes on the ledger entry that its level check was deferred."""
+
+    async def rewards_granted(self, user_id: str) -> tuple[Reward, ...]:
+        """Every reward of every level the user passed, in level order."""
+
+    async def start_level(self) -> int:
+        """The level of a user with no stored level."""
+
+    async def level_table_version(self) -> int:
+        """The version of the level table this process holds."""
+
+
+class LevelChecker(Protocol):
+    async def check_level_up(self, user_id: str, request_id: str, replay_only: bool = False) -> LevelUpOutcome | None:
+        """The Levels service's result, or None when it could not answer in time."""

@@ -2,36 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
-from grpc_health.v1 import health
 
 from common.channels import peer_channel
 from common.config import Settings
-from common.server_runtime import build_grpc_server, run_service
+from common.dynamodb import DynamoDBClient, LevelTableCache
+from common.server_runtime import HealthServicer, build_grpc_server, run_service
 from rewards.v1 import xp_pb2, xp_pb2_grpc
 from xp_service.level_checker import GrpcLevelChecker
-from xp_service.service import XpLedger
 from xp_service.servicer import XpServicer
-from xp_service.storage import XpRepository
+from xp_service.storage import DynamoDBXpRepository
+from xp_service.use_cases import XpLedger
 
 SERVICE = xp_pb2.DESCRIPTOR.services_by_name["XpService"]
 
 
-def create_server(
+async def create_server(
     address: str,
     settings: Settings,
-    dynamodb: Any,
-    health_servicer: health.HealthServicer | None = None,
-) -> tuple[grpc.Server, int]:
+    dynamodb: DynamoDBClient,
+    health_servicer: HealthServicer | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """The XP server on `address` (port 0: a free port), not started; call
+    inside the event loop that will serve it."""
+    level_table = LevelTableCache(dynamodb, settings.table_prefix, settings.level_table_cache_s)
     ledger = XpLedger(
-        XpRepository(dynamodb, settings.table_prefix),
+        DynamoDBXpRepository(dynamodb, settings.table_prefix, level_table),
         GrpcLevelChecker(peer_channel(settings.levels_target, settings, "xp"), settings.level_check_timeout_s),
     )
-    servicer = XpServicer(ledger)
-    return build_grpc_server(
-        address, settings, SERVICE, servicer, xp_pb2_grpc.add_XpServiceServicer_to_server, health_servicer
+    return await build_grpc_server(
+        address, settings, SERVICE, XpServicer(ledger), xp_pb2_grpc.add_XpServiceServicer_to_server, health_servicer
     )
 
 

@@ -7,10 +7,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from common import field_rules
 from common.errors import InvalidField
-from common.grpc_edge import level_up_to_message, maps_domain_errors
+from common.grpc_edge import level_up_to_message
 from rewards.v1 import levels_pb2, xp_pb2, xp_pb2_grpc
 from xp_service.domain import Activity
-from xp_service.service import AwardOutcome, XpLedger
+from xp_service.use_cases import AwardOutcome, XpLedger
 
 MAX_REASON_LENGTH = 256
 
@@ -55,43 +55,45 @@ class XpServicer(xp_pb2_grpc.XpServiceServicer):
     def __init__(self, ledger: XpLedger) -> None:
         self._ledger = ledger
 
-    @maps_domain_errors
-    def PutActivity(self, request: xp_pb2.PutActivityRequest, context: grpc.ServicerContext) -> xp_pb2.Activity:
+    async def PutActivity(
+        self, request: xp_pb2.PutActivityRequest, context: grpc.aio.ServicerContext
+    ) -> xp_pb2.Activity:
         field_rules.present("activity", request.HasField("activity"))
-        return activity_to_message(self._ledger.put_activity(activity_from_message(request.activity)))
+        return activity_to_message(await self._ledger.put_activity(activity_from_message(request.activity)))
 
-    @maps_domain_errors
-    def GetActivity(self, request: xp_pb2.GetActivityRequest, context: grpc.ServicerContext) -> xp_pb2.Activity:
+    async def GetActivity(
+        self, request: xp_pb2.GetActivityRequest, context: grpc.aio.ServicerContext
+    ) -> xp_pb2.Activity:
         activity_id = field_rules.require_id("activity_id", request.activity_id)
-        return activity_to_message(self._ledger.get_activity(activity_id))
+        return activity_to_message(await self._ledger.get_activity(activity_id))
 
-    @maps_domain_errors
-    def ListActivities(
-        self, request: xp_pb2.ListActivitiesRequest, context: grpc.ServicerContext
+    async def ListActivities(
+        self, request: xp_pb2.ListActivitiesRequest, context: grpc.aio.ServicerContext
     ) -> xp_pb2.ListActivitiesResponse:
         category = field_rules.optional_id("category", request.category)
         page_size = field_rules.page_size(request.page_size)
-        activities, token = self._ledger.list_activities(category, page_size, request.page_token)
+        activities, token = await self._ledger.list_activities(category, page_size, request.page_token)
         return xp_pb2.ListActivitiesResponse(
             activities=[activity_to_message(a) for a in activities], next_page_token=token
         )
 
-    @maps_domain_errors
-    def DeleteActivity(
-        self, request: xp_pb2.DeleteActivityRequest, context: grpc.ServicerContext
+    async def DeleteActivity(
+        self, request: xp_pb2.DeleteActivityRequest, context: grpc.aio.ServicerContext
     ) -> xp_pb2.DeleteActivityResponse:
-        self._ledger.delete_activity(field_rules.require_id("activity_id", request.activity_id))
+        await self._ledger.delete_activity(field_rules.require_id("activity_id", request.activity_id))
         return xp_pb2.DeleteActivityResponse()
 
-    @maps_domain_errors
-    def AwardXp(self, request: xp_pb2.AwardXpRequest, context: grpc.ServicerContext) -> xp_pb2.AwardXpResponse:
+    async def AwardXp(
+        self, request: xp_pb2.AwardXpRequest, context: grpc.aio.ServicerContext
+    ) -> xp_pb2.AwardXpResponse:
         user_id = field_rules.require_id("user_id", request.user_id)
         activity_id = field_rules.require_id("activity_id", request.activity_id)
         request_id = field_rules.request_id(request.request_id)
-        return award_to_message(self._ledger.award_xp(user_id, activity_id, request_id))
+        return award_to_message(await self._ledger.award_xp(user_id, activity_id, request_id))
 
-    @maps_domain_errors
-    def GrantXp(self, request: xp_pb2.GrantXpRequest, context: grpc.ServicerContext) -> xp_pb2.AwardXpResponse:
+    async def GrantXp(
+        self, request: xp_pb2.GrantXpRequest, context: grpc.aio.ServicerContext
+    ) -> xp_pb2.AwardXpResponse:
         user_id = field_rules.require_id("user_id", request.user_id)
         amount = field_rules.xp_amount("amount", request.amount)
         reason = field_rules.text("reason", request.reason, max_length=MAX_REASON_LENGTH, required=True)
@@ -99,12 +101,13 @@ class XpServicer(xp_pb2_grpc.XpServiceServicer):
         achievement_id = field_rules.optional_id("achievement_id", request.achievement_id)
         if achievement_id and request_id:
             raise InvalidField("request_id", "must be empty when achievement_id is set: the achievement keys the grant")
-        return award_to_message(self._ledger.grant_xp(user_id, amount, reason, request_id, achievement_id))
+        return award_to_message(await self._ledger.grant_xp(user_id, amount, reason, request_id, achievement_id))
 
-    @maps_domain_errors
-    def GetProgress(self, request: xp_pb2.GetProgressRequest, context: grpc.ServicerContext) -> xp_pb2.UserProgress:
+    async def GetProgress(
+        self, request: xp_pb2.GetProgressRequest, context: grpc.aio.ServicerContext
+    ) -> xp_pb2.UserProgress:
         user_id = field_rules.require_id("user_id", request.user_id)
-        progress = self._ledger.get_progress(user_id)
+        progress = await self._ledger.get_progress(user_id)
         record = progress.record
         message = xp_pb2.UserProgress(
             user_id=user_id,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rewards/v1/levels.proto\x12\nrewards.v1\"-\n\x06Reward\x12\x11\n\treward_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"P\n\x05Level\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x13\n\x0bxp_required\x18\x02 \x01(\x03\x12#\n\x07rewards\x18\x03 \x03(\x0b\x32\x12.rewards.v1.Reward\"3\n\x0fPutLevelRequest\x12 \n\x05level\x18\x01 \x01(\x0b\x32\x11.rewards.v1.Level\"\x13\n\x11ListLevelsRequest\"7\n\x12ListLevelsResponse\x12!\n\x06levels\x18\x01 \x03(\x0b\x32\x11.rewards.v1.Level\"#\n\x12\x44\x65leteLevelRequest\x12\r\n\x05level\x18\x01 \x01(\x05\"\x15\n\x13\x44\x65leteLevelResponse\":\n\x13\x43heckLevelUpRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xb1\x01\n\rLevelUpResult\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nleveled_up\x18\x02 \x01(\x08\x12\x16\n\x0eprevious_level\x18\x03 \x01(\x05\x12\x15\n\rcurrent_level\x18\x04 \x01(\x05\x12\x10\n\x08total_xp\x18\x05 \x01(\x03\x12#\n\x07rewards\x18\x06 \x03(\x0b\x32\x12.rewards.v1.Reward\x12\x15\n\rnext_level_xp\x18\x07 \x01(\x03\x32\xb4\x02\n\rLevelsService\x12:\n\x08PutLevel\x12\x1b.rewards.v1.PutLevelRequest\x1a\x11.rewards.v1.Level\x12K\n\nListLevels\x12\x1d.rewards.v1.ListLevelsRequest\x1a\x1e.rewards.v1.ListLevelsResponse\x12N\n\x0b\x44\x65leteLevel\x12\x1e.rewards.v1.DeleteLevelRequest\x1a\x1f.rewards.v1.DeleteLevelResponse\x12J\n\x0c\x43heckLevelUp\x12\x1f.rewards.v1.CheckLevelUpRequest\x1a\x19.rewards.v1.LevelUpResultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rewards/v1/levels.proto\x12\nrewards.v1\"-\n\x06Reward\x12\x11\n\treward_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"P\n\x05Level\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x13\n\x0bxp_required\x18\x02 \x01(\x03\x12#\n\x07rewards\x18\x03 \x03(\x0b\x32\x12.rewards.v1.Reward\"3\n\x0fPutLevelRequest\x12 \n\x05level\x18\x01 \x01(\x0b\x32\x11.rewards.v1.Level\"\x13\n\x11ListLevelsRequest\"7\n\x12ListLevelsResponse\x12!\n\x06levels\x18\x01 \x03(\x0b\x32\x11.rewards.v1.Level\"#\n\x12\x44\x65leteLevelRequest\x12\r\n\x05level\x18\x01 \x01(\x05\"\x15\n\x13\x44\x65leteLevelResponse\"O\n\x13\x43heckLevelUpRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0breplay_only\x18\x03 \x01(\x08\"\xb1\x01\n\rLevelUpResult\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nleveled_up\x18\x02 \x01(\x08\x12\x16\n\x0eprevious_level\x18\x03 \x01(\x05\x12\x15\n\rcurrent_level\x18\x04 \x01(\x05\x12\x10\n\x08total_xp\x18\x05 \x01(\x03\x12#\n\x07rewards\x18\x06 \x03(\x0b\x32\x12.rewards.v1.Reward\x12\x15\n\rnext_level_xp\x18\x07 \x01(\x03\x32\xb4\x02\n\rLevelsService\x12:\n\x08PutLevel\x12\x1b.rewards.v1.PutLevelRequest\x1a\x11.rewards.v1.Level\x12K\n\nListLevels\x12\x1d.rewards.v1.ListLevelsRequest\x1a\x1e.rewards.v1.ListLevelsResponse\x12N\n\x0b\x44\x65leteLevel\x12\x1e.rewards.v1.DeleteLevelRequest\x1a\x1f.rewards.v1.DeleteLevelResponse\x12J\n\x0c\x43heckLevelUp\x12\x1f.rewards.v1.CheckLevelUpRequest\x1a\x19.rewards.v1.LevelUpResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,9 +46,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETELEVELRESPONSE']._serialized_start=336
   _globals['_DELETELEVELRESPONSE']._serialized_end=357
   _globals['_CHECKLEVELUPREQUEST']._serialized_start=359
-  _globals['_CHECKLEVELUPREQUEST']._serialized_end=417
-  _globals['_LEVELUPRESULT']._serialized_start=420
-  _globals['_LEVELUPRESULT']._serialized_end=597
-  _globals['_LEVELSSERVICE']._serialized_start=600
-  _globals['_LEVELSSERVICE']._serialized_end=908
+  _globals['_CHECKLEVELUPREQUEST']._serialized_end=438
+  _globals['_LEVELUPRESULT']._serialized_start=441
+  _globals['_LEVELUPRESULT']._serialized_end=618
+  _globals['_LEVELSSERVICE']._serialized_start=621
+  _globals['_LEVELSSERVICE']._serialized_end=929
 # @@protoc_insertion_point(module_scope)

@@ -178,21 +178,29 @@ class CheckLevelUpRequest(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REPLAY_ONLY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     request_id: _builtins.str
     """Optional, up to 256 characters: names this check, so that a repeat (after
     a lost response or a deadline) reports the level-up it made, and only
     that. The XP service passes the ledger entry of the award.
     """
+    replay_only: _builtins.bool
+    """With request_id: only report what the earlier check with this request_id
+    granted (no level-up when it granted nothing), and grant nothing new. The
+    XP service sets it on a repeat of an award whose first answer was not
+    deferred, so that the repeat answers as the first did.
+    """
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        replay_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replay_only", b"replay_only", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,230 @@
+"""The services' DynamoDB client: one per process, asyncio, lean.
+
+Requests are the DynamoDB JSON API's own payloads (the shapes boto3's low-level
+client takes), signed with aiodynamo's SigV4 and sent over one aiohttp
+connection pool. boto3 only resolves the credentials, through the standard
+chain (environment, profile, ECS task role, web identity). Measured on the
+benchmark machine: boto3 costs about 1.2 ms of CPU per call, this about 0.3 ms
+(docs/benchmarks.md).
+
+Retries of throttling, 5xx and lost connections happen here, with jittered
+backoff, within the served RPC's deadline. A TransactWriteItems carries a
+ClientRequestToken that its retries keep, so a retry after a lost response is
+not applied twice (DynamoDB's idempotency window is 10 minutes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import boto3
+from aiodynamo.credentials import Key
+from aiodynamo.sign import signed_dynamo_request
+from botocore.credentials import RefreshableCredentials
+from yarl import URL
+
+from common.config import Settings
+from common.errors import DeadlineReached
+from common.metrics import DYNAMODB_ERRORS, DYNAMODB_SECONDS
+from common.rpc_deadline import remaining_s
+
+# Load and transient faults, not bugs: worth another attempt.
+RETRYABLE_ERROR_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "TransactionInProgressException",
+        "ConnectionError",
+        "Timeout",
+    }
+)
+_ANSWER_MARGIN_S = 0.05
+
+
+class DynamoDBError(Exception):
+    """DynamoDB answered an error (or could not be reached: code ConnectionError or Timeout)."""
+
+    def __init__(self, code: str, message: str = "", body: Mapping[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+        self.body: Mapping[str, Any] = body or {}
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE_ERROR_CODES
+
+
+class ConditionalCheckFailed(DynamoDBError):
+    """A single-item write's condition was false; `item` is the item as it was,
+    when the request asked for it (ReturnValuesOnConditionCheckFailure=ALL_OLD)."""
+
+    @property
+    def item(self) -> dict[str, Any] | None:
+        return self.body.get("Item")
+
+
+@dataclass(frozen=True)
+class CancellationReason:
+    """Why one item of a cancelled transaction failed ('None' where it was fine),
+    with the item as it was when the request asked for it."""
+
+    code: str
+    message: str = ""
+    item: dict[str, Any] | None = None
+
+
+class TransactionCancelled(DynamoDBError):
+    """A transaction wrote nothing; `reasons` has one entry per item, in order."""
+
+    @property
+    def reasons(self) -> tuple[CancellationReason, ...]:
+        return tuple(
+            CancellationReason(r.get("Code", "None"), r.get("Message", "") or "", r.get("Item"))
+            for r in self.body.get("CancellationReasons", ())
+        )
+
+    @property
+    def codes(self) -> set[str]:
+        return {r.code for r in self.reasons}
+
+
+def _error_from(status: int, body: bytes) -> DynamoDBError:
+    try:
+        parsed = json.loads(body)
+        code = str(parsed.get("__type", "")).rsplit("#", 1)[-1] or f"HTTP{status}"
+        message = str(parsed.get("message") or parsed.get("Message") or "")
+    except ValueError:
+        parsed, code, message = (
+            {},
+            ("InternalServerError" if status >= 500 else f"HTTP{status}"),
+            body[:200].decode("utf-8", "replace"),
+        )
+    if code == "ConditionalCheckFailedException":
+        return ConditionalCheckFailed(code, message, parsed)
+    if code == "TransactionCanceledException":
+        return TransactionCancelled(code, message, parsed)
+    if status >= 500 and code not in RETRYABLE_ERROR_CODES:
+        code = "InternalServerError"
+    return DynamoDBError(code, message, parsed)
+
+
+class Boto3ChainCredentials:
+    """The signing key from boto3's standard credential chain, refreshed (off
+    the event loop) when temporary credentials near their expiry."""
+
+    def __init__(self, session: boto3.session.Session | None = None) -> None:
+        self._credentials = (session or boto3.session.Session()).get_credentials()
+        self._key: Key | None = None
+
+    async def key(self) -> Key:
+        credentials = self._credentials
+        if credentials is None:
+            raise DynamoDBError("NoCredentials", "no AWS credentials found in the standard chain")
+        if self._key is None or (isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed()):
+            frozen = await asyncio.to_thread(credentials.get_frozen_credentials)
+            self._key = Key(frozen.access_key, frozen.secret_key, frozen.token)
+        return self._key
+
+
+# Called before each attempt with (action, payload); may raise a DynamoDBError
+# in place of DynamoDB's answer. Tests use it to inject faults, and to record calls.
+BeforeSend = Callable[[str, Mapping[str, Any]], None]
+
+
+class DynamoDBClient:
+    """`await client.call("GetItem", {...})` returns DynamoDB's parsed answer or raises DynamoDBError."""
+
+    def __init__(self, settings: Settings, credentials: Boto3ChainCredentials | None = None) -> None:
+        self._region = settings.aws_region
+        self._endpoint = URL(settings.dynamodb_endpoint) if settings.dynamodb_endpoint else None
+        self._credentials = credentials or Boto3ChainCredentials()
+        self._max_attempts = max(1, settings.dynamodb_max_attempts)
+        self._connect_timeout_s = settings.dynamodb_connect_timeout_s
+        self._read_timeout_s = settings.dynamodb_read_timeout_s
+        self._session: aiohttp.ClientSession | None = None
+        self.before_send: list[BeforeSend] = []
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the event loop that serves the RPCs.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30, ttl_dns_cache=60),
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if action == "TransactWriteItems" and "ClientRequestToken" not in payload:
+            payload = {**payload, "ClientRequestToken": uuid.uuid4().hex}
+        started = time.perf_counter()
+        try:
+            for attempt in range(self._max_attempts):
+                try:
+                    return await self._attempt(action, payload)
+                except DynamoDBError as error:
+                    DYNAMODB_ERRORS.labels(action, error.code).inc()
+                    if not error.retryable or attempt + 1 == self._max_attempts:
+                        raise
+                    delay = random.uniform(0, 0.025 * 2**attempt)
+                    left = remaining_s()
+                    if left is not None and left <= delay:
+                        raise
+                    await asyncio.sleep(delay)
+            raise AssertionError("unreachable")
+        finally:
+            DYNAMODB_SECONDS.labels(action).observe(time.perf_counter() - started)
+
+    async def _attempt(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        timeout = self._read_timeout_s
+        left = remaining_s()
+        if left is not None:
+            # Stops a moment before the caller's deadline, so that the RPC can still answer DEADLINE_EXCEEDED.
+            left -= _ANSWER_MARGIN_S
+            if left <= 0:
+                raise DeadlineReached("the caller's deadline passed before DynamoDB answered")
+            timeout = min(timeout, left)
+        for hook in self.before_send:
+            hook(action, payload)
+        request = signed_dynamo_request(
+            key=await self._credentials.key(),
+            payload=payload,
+            action=action,
+            region=self._region,
+            endpoint=self._endpoint,
+        )
+        try:
+            async with self._http().post(
+                request.url,
+                headers=request.headers,
+                data=request.body,
+                timeout=aiohttp.ClientTimeout(total=timeout, connect=min(self._connect_timeout_s, timeout)),
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except TimeoutError as error:
+            left = remaining_s()
+            if left is not None and left <= _ANSWER_MARGIN_S:
+                raise DeadlineReached("the caller's deadline passed before DynamoDB answered") from error
+            raise DynamoDBError("Timeout", f"no answer within {timeout:.2f} s") from error
+        except aiohttp.ClientError as error:
+            raise DynamoDBError("ConnectionError", f"{error.__class__.__name__}: {error}") from error
+        if status == 200:
+            parsed: dict[str, Any] = json.loads(body)
+            return parsed
+        raise _error_from(status, body)

@@ -1,0 +1,129 @@
+"""The table definitions (one place: the services, the template and the tooling
+read them), table management, and the boto3 client that tooling uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from common.config import Settings
+
+
+def create_dynamodb_client(settings: Settings) -> Any:
+    """A boto3 client, for table management, backups and tooling (thread-safe);
+    the services' requests go through common.dynamodb.client."""
+    config = Config(
+        region_name=settings.aws_region,
+        # Standard mode: retries throttling and transient errors with jittered backoff.
+        retries={"mode": "standard", "max_attempts": settings.dynamodb_max_attempts},
+        max_pool_connections=40,
+        connect_timeout=settings.dynamodb_connect_timeout_s,
+        read_timeout=settings.dynamodb_read_timeout_s,
+    )
+    return boto3.session.Session().client("dynamodb", endpoint_url=settings.dynamodb_endpoint, config=config)
+
+
+def error_code(error: ClientError) -> str:
+    """The error code of a boto3 ClientError."""
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+_S = "S"
+_N = "N"
+
+
+@dataclass(frozen=True)
+class TableDefinition:
+    name: str
+    hash_key: tuple[str, str]
+    range_key: tuple[str, str] | None = None
+    # (index name, hash key, range key) with string keys.
+    string_indexes: tuple[tuple[str, str, str], ...] = ()
+
+    def create_table_params(self, prefix: str) -> dict[str, Any]:
+        attributes = {self.hash_key[0]: self.hash_key[1]}
+        keys = [{"AttributeName": self.hash_key[0], "KeyType": "HASH"}]
+        if self.range_key:
+            attributes[self.range_key[0]] = self.range_key[1]
+            keys.append({"AttributeName": self.range_key[0], "KeyType": "RANGE"})
+        indexes = []
+        for index_name, index_hash, index_range in self.string_indexes:
+            attributes[index_hash] = _S
+            attributes[index_range] = _S
+            indexes.append(
+                {
+                    "IndexName": index_name,
+                    "KeySchema": [
+                        {"AttributeName": index_hash, "KeyType": "HASH"},
+                        {"AttributeName": index_range, "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            )
+        params: dict[str, Any] = {
+            "TableName": prefix + self.name,
+            "AttributeDefinitions": [{"AttributeName": k, "AttributeType": t} for k, t in attributes.items()],
+            "KeySchema": keys,
+            "BillingMode": "PAY_PER_REQUEST",
+        }
+        if indexes:
+            params["GlobalSecondaryIndexes"] = indexes
+        return params
+
+
+ACTIVITIES = TableDefinition(
+    "activities", ("activity_id", _S), string_indexes=(("by_category", "category", "activity_id"),)
+)
+ACHIEVEMENTS = TableDefinition("achievements", ("achievement_id", _S))
+LEVELS = TableDefinition("levels", ("level", _N))
+# The levels table's one item that is not a level: its `version`, which every
+# level write moves in the same transaction, so a reader knows whether its copy
+# of the table is current from one GetItem, and a level-up is written only
+# against the version it was planned on.
+LEVEL_TABLE_VERSION_KEY = 0
+# One item a user: total_xp, level, unlocked_achievements, rewards, updated_at.
+USER_PROGRESS = TableDefinition("user_progress", ("user_id", _S))
+# The XP ledger and the idempotency record in one: one item per award or grant.
+XP_LEDGER = TableDefinition("xp_ledger", ("user_id", _S), ("entry_id", _S))
+# One item per unlock: when, with what reward, and whether the XP was granted.
+USER_ACHIEVEMENTS = TableDefinition("user_achievements", ("user_id", _S), ("achievement_id", _S))
+# One item per level a user passed, with the rewards granted for it: written
+# once, and kept apart from user_progress so that it cannot outgrow an item.
+LEVEL_REWARDS = TableDefinition("level_rewards", ("user_id", _S), ("level", _N))
+# One item per CheckLevelUp request_id that raised a level: which levels it
+# granted, so that a repeat of the request reports the same level-up.
+LEVEL_CHECKS = TableDefinition("level_checks", ("user_id", _S), ("check_id", _S))
+
+ALL_TABLES = (
+    ACTIVITIES,
+    ACHIEVEMENTS,
+    LEVELS,
+    USER_PROGRESS,
+    XP_LEDGER,
+    USER_ACHIEVEMENTS,
+    LEVEL_REWARDS,
+    LEVEL_CHECKS,
+)
+
+
+def ensure_tables(client: Any, prefix: str, tables: tuple[TableDefinition, ...] = ALL_TABLES) -> None:
+    """Creates the missing tables and waits until all are active. Safe to run
+    from several processes at once."""
+    existing: set[str] = set()
+    for page in client.get_paginator("list_tables").paginate():
+        existing.update(page["TableNames"])
+    for table in tables:
+        if prefix + table.name in existing:
+            continue
+        try:
+            client.create_table(**table.create_table_params(prefix))
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ResourceInUseException":
+                raise
+    waiter = client.get_waiter("table_exists")
+    for table in tables:
+        waiter.wait(TableName=prefix + table.name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
