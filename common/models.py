@@ -89,6 +89,10 @@ class ProgressRecord:
     # it and the level it goes to. Any check completes it first.
     pending_check: str | None = None
     pending_target: int | None = None
+    # The ledger entry of the latest award whose level check could not be done
+    # (Levels unreachable): the level it made due is its own, for its retry to
+    # report, until a level-up clears it.
+    deferred_check: str | None = None
 
     def level_check_due(self, level_table_version: int) -> bool:
         """Whether a level-up may be due: the stored threshold is reached, or
@@ -111,6 +115,7 @@ class ProgressRecord:
             level_version=int(values["level_version"]) if "level_version" in values else None,
             pending_check=values.get("pending_check"),
             pending_target=int(values["pending_target"]) if "pending_target" in values else None,
+            deferred_check=values.get("deferred_check"),
         )
 
 

@@ -126,6 +126,10 @@ class LevelsRepository(Protocol):
         `target_level`, granting each level passed once. Raises
         LevelChangedConcurrently or LevelTableChanged (nothing written)."""
 
+    async def record_nothing_due_once(self, user_id: str, check_id: str, level: int) -> bool:
+        """Records that the named check found nothing due; False when the check
+        already has a record (a concurrent copy of it granted first)."""
+
     async def pin_threshold(
         self, user_id: str, expected_level: int | None, level: int, next_level_xp: int, version: int
     ) -> bool:

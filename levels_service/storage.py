@@ -109,10 +109,10 @@ class DynamoDBLevelsRepository:
         )
         progress = ProgressRecord.from_attributes(user_id, progress_values)
         check = None
-        # A record without levels is an older "nothing due" record: nothing was granted.
-        if check_values is not None and check_values.get("levels"):
-            levels = tuple(sorted(int(l) for l in check_values["levels"]))
-            target = int(check_values.get("target_level", max(levels)))
+        if check_values is not None:
+            # No levels: the check found nothing due (DynamoDB has no empty sets).
+            levels = tuple(sorted(int(l) for l in check_values.get("levels", ())))
+            target = int(check_values.get("target_level", max(levels, default=0)))
             check = LevelCheck(check_id, int(check_values["previous_level"]), levels, target)
         return progress, check
 
@@ -161,12 +161,13 @@ class DynamoDBLevelsRepository:
             )
             values[":min_xp"] = min_total_xp
         update = "SET #l = :new, updated_at = :now, next_level_xp = :next, level_version = :version"
+        # A level-up grants what a deferred award made due: its marker goes.
         if step.current_level < target_level:
-            update += ", pending_check = :owner, pending_target = :target"
+            update += ", pending_check = :owner, pending_target = :target REMOVE deferred_check"
             values[":owner"] = owner
             values[":target"] = target_level
         else:
-            update += " REMOVE pending_check, pending_target"
+            update += " REMOVE pending_check, pending_target, deferred_check"
         items: list[dict[str, Any]] = [
             {
                 "Update": {
@@ -188,6 +189,8 @@ class DynamoDBLevelsRepository:
                         "Key": {"user_id": attr(user_id), "check_id": attr(owner)},
                         "UpdateExpression": "ADD levels :levels SET previous_level = if_not_exists(previous_level,"
                         " :previous), target_level = if_not_exists(target_level, :target), updated_at = :now",
+                        # Not into the record of a copy of this request that found nothing due: it answered first.
+                        "ConditionExpression": "attribute_not_exists(check_id) OR attribute_exists(levels)",
                         "ExpressionAttributeValues": to_item(
                             {
                                 ":levels": {level.level for level in step.passed},
@@ -227,6 +230,24 @@ class DynamoDBLevelsRepository:
                 raise LevelTableChanged(version) from None
             # Any other failed condition means another check moved first.
             raise LevelChangedConcurrently(user_id) from None
+
+    async def record_nothing_due_once(self, user_id: str, check_id: str, level: int) -> bool:
+        try:
+            await retry_on_transaction_conflict(
+                lambda: self._client.call(
+                    "UpdateItem",
+                    {
+                        "TableName": self._checks,
+                        "Key": {"user_id": attr(user_id), "check_id": attr(check_id)},
+                        "UpdateExpression": "SET previous_level = :previous, updated_at = :now",
+                        "ConditionExpression": "attribute_not_exists(check_id)",
+                        "ExpressionAttributeValues": to_item({":previous": level, ":now": utc_now_iso()}),
+                    },
+                )
+            )
+            return True
+        except ConditionalCheckFailed:
+            return False
 
     async def pin_threshold(
         self, user_id: str, expected_level: int | None, level: int, next_level_xp: int, version: int

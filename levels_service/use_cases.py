@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from common.errors import ContentionExhausted
@@ -18,13 +19,16 @@ from levels_service.domain import (
     plan_level_up,
 )
 
+_REPEAT_POLL_S = 0.05
 # Each lost race means another check raised the level (or the table moved), so a few suffice.
 _MAX_LOST_RACES = 50
 
 
 class Levels:
-    def __init__(self, repository: LevelsRepository) -> None:
+    def __init__(self, repository: LevelsRepository, repeat_wait_s: float = 1.0) -> None:
         self._repository = repository
+        # How long a replaying repeat waits for a level-up that its first call may still be making.
+        self._repeat_wait_s = repeat_wait_s
 
     async def put_level(self, level: Level) -> Level:
         await self._repository.put_level(check_level(level))
@@ -46,6 +50,7 @@ class Levels:
         check_id = request_id or f"{AUTO_CHECK_PREFIX}{uuid.uuid4().hex}"
         own_steps: list[LevelUpPlan] = []
         lost_races = 0
+        waited_s = 0.0
         while True:
             versioned = await self._repository.level_table()
             if request_id:
@@ -64,12 +69,21 @@ class Levels:
                     continue
                 if earlier is not None:
                     return await self._replay(user_id, earlier, progress, table)
-                if replay_only:  # the earlier check granted nothing: answer so, grant nothing
+                plan = plan_level_up(table, progress.level, progress.total_xp)
+                if replay_only and (not plan.leveled_up or progress.deferred_check not in (None, request_id)):
+                    # Nothing recorded and nothing due (or the due level is a deferred award's, for its
+                    # retry): the first check found nothing, or has not decided and will find nothing.
                     current = progress.level if progress.level is not None else table.start_level
                     return LevelUpOutcome(
                         user_id, False, current, current, progress.total_xp, (), table.next_level_xp(current)
                     )
-                plan = plan_level_up(table, progress.level, progress.total_xp)
+                if replay_only and waited_s < self._repeat_wait_s:
+                    # A level is due and nothing is recorded: the first check may still be running (a
+                    # concurrent copy of the request), or another award's check is about to grant it.
+                    # Wait for either; past the wait, this check does what a first check would.
+                    await asyncio.sleep(_REPEAT_POLL_S)
+                    waited_s += _REPEAT_POLL_S
+                    continue
                 if not plan.leveled_up:
                     if own_steps:
                         return self._outcome(user_id, progress, table, own_steps)
@@ -88,6 +102,12 @@ class Levels:
                         )
                         if not pinned:
                             raise LevelChangedConcurrently(user_id)
+                    # A named check that found nothing due is recorded, so that its repeats answer the same
+                    # and levels due later go to the next new check. The award path names a check only
+                    # when a level-up may be due, or on a repeat: an award with nothing due records nothing.
+                    if request_id and progress.updated_at is not None:
+                        if not await self._repository.record_nothing_due_once(user_id, request_id, plan.current_level):
+                            raise LevelChangedConcurrently(user_id)  # a copy of this request granted first
                     return self._outcome(user_id, progress, table, [plan])
                 step = plan.first_step()
                 await self._repository.grant_level_step(
@@ -153,12 +173,13 @@ class Levels:
     async def _replay(
         self, user_id: str, earlier: LevelCheck, progress: ProgressRecord, table: LevelTable
     ) -> LevelUpOutcome:
-        reached = await self._repository.levels_reached(user_id, earlier.levels)
+        reached = await self._repository.levels_reached(user_id, earlier.levels) if earlier.levels else []
         current = max([progress.level or table.start_level, earlier.target_level, *earlier.levels])
         return LevelUpOutcome(
             user_id=user_id,
-            leveled_up=True,
-            previous_level=earlier.previous_level,
+            leveled_up=bool(earlier.levels),
+            # A check that found nothing due answers as it did: no level-up, at the level the user is at.
+            previous_level=earlier.previous_level if earlier.levels else current,
             current_level=current,
             total_xp=progress.total_xp,
             rewards=tuple(reward for r in reached for reward in r.rewards),

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import grpc
-import pytest
 
 from rewards.v1 import achievements_pb2 as ach
 from rewards.v1 import xp_pb2
@@ -154,11 +153,6 @@ def test_concurrent_unlocks_pay_the_reward_exactly_once(cluster: Cluster, user_i
     assert unlocked_ids(cluster, user_id) == [achievement_id]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 10 regression, open: a concurrent copy of a request is a duplicate that only replays "
-    "(replay_only) and can answer before the first copy's level-up is recorded",
-)
 def test_racing_unlocks_report_the_level_up_once(cluster: Cluster, user_id: str) -> None:
     achievement_id = put_achievement(cluster, xp_reward=150)  # crosses level 2 (100 XP)
     with ThreadPoolExecutor(max_workers=8) as pool:

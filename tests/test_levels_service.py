@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import grpc
-import pytest
 
 from rewards.v1 import levels_pb2, xp_pb2
 from tests.cluster import STANDARD_LEVELS, Cluster, rpc_error, unique
@@ -258,11 +257,6 @@ def test_a_level_up_belongs_to_the_request_that_made_it(new_cluster: Factory, us
     assert rewards(progress(c, user_id).rewards) == [("coins", 100), ("coins", 200)]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 10 regression, open: a concurrent copy of a request is a duplicate that only replays "
-    "(replay_only) and can answer before the first copy's level-up is recorded",
-)
 def test_concurrent_copies_of_a_request_all_report_its_level_up(new_cluster: Factory, user_id: str) -> None:
     c = new_cluster()
     c.put_levels(STANDARD_LEVELS)

@@ -158,7 +158,8 @@ class XpRepository(Protocol):
     async def get_progress(self, user_id: str) -> ProgressRecord: ...
 
     async def mark_level_check_deferred(self, user_id: str, entry_id: str) -> None:
-        """Notes on the ledger entry that its level check was deferred."""
+        """Notes, on the ledger entry and on the user's progress, that this
+        entry's level check was deferred."""
 
     async def rewards_granted(self, user_id: str) -> tuple[Reward, ...]:
         """Every reward of every level the user passed, in level order."""

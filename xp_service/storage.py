@@ -199,14 +199,27 @@ class DynamoDBXpRepository:
         return await read_progress(self._client, self._prefix, user_id)
 
     async def mark_level_check_deferred(self, user_id: str, entry_id: str) -> None:
-        await self._client.call(
-            "UpdateItem",
-            {
-                "TableName": self._ledger,
-                "Key": {"user_id": attr(user_id), "entry_id": attr(entry_id)},
-                "UpdateExpression": "SET level_check_deferred = :t",
-                "ExpressionAttributeValues": {":t": attr(True)},
-            },
+        """One transaction, on the failure path only (Levels could not answer)."""
+        await transact_write(
+            self._client,
+            [
+                {
+                    "Update": {
+                        "TableName": self._ledger,
+                        "Key": {"user_id": attr(user_id), "entry_id": attr(entry_id)},
+                        "UpdateExpression": "SET level_check_deferred = :t",
+                        "ExpressionAttributeValues": {":t": attr(True)},
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self._progress,
+                        "Key": {"user_id": attr(user_id)},
+                        "UpdateExpression": "SET deferred_check = :e",
+                        "ExpressionAttributeValues": {":e": attr(entry_id)},
+                    }
+                },
+            ],
         )
 
     async def rewards_granted(self, user_id: str) -> tuple[Reward, ...]:

@@ -118,7 +118,7 @@ class XpLedger:
         be due (its stored threshold). Only then is the Levels service asked,
         with the check named after the ledger entry, so that a retry of this
         award gets the level-up this award caused."""
-        xp_awarded, duplicate, replay_only = entry.xp, False, False
+        xp_awarded, repeat_of = entry.xp, None
         try:
             await self._repository.record_xp(entry, activity)
             XP_AWARDED.labels(entry.kind).inc(entry.xp)
@@ -127,12 +127,14 @@ class XpLedger:
             if original.attempt_id != entry.attempt_id:  # not our own write retried after a lost answer
                 if not is_same_request(original, entry):
                     raise RequestIdReused(original, entry) from None
-                xp_awarded, duplicate = original.xp, True
-                # A repeat answers as the first did: it may grant only where the first could not check.
-                replay_only = not original.level_check_deferred
+                xp_awarded, repeat_of = original.xp, original
+        duplicate = repeat_of is not None
         record = await self._repository.get_progress(entry.user_id)
+        due = record.level_check_due(await self._repository.level_table_version())
+        # A repeat answers as the first did: it may grant only where the first check was deferred.
+        replay_only = repeat_of is not None and not repeat_of.level_check_deferred
         # A duplicate always asks: it must report the level-up its original made, if any.
-        if duplicate or record.level_check_due(await self._repository.level_table_version()):
+        if duplicate or due:
             level_up = await self._levels.check_level_up(entry.user_id, entry.entry_id, replay_only)
             if level_up is None and not duplicate:
                 await self._repository.mark_level_check_deferred(entry.user_id, entry.entry_id)

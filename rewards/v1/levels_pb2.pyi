@@ -186,10 +186,14 @@ class CheckLevelUpRequest(_message.Message):
     that. The XP service passes the ledger entry of the award.
     """
     replay_only: _builtins.bool
-    """With request_id: only report what the earlier check with this request_id
-    granted (no level-up when it granted nothing), and grant nothing new. The
-    XP service sets it on a repeat of an award whose first answer was not
-    deferred, so that the repeat answers as the first did.
+    """With request_id: a repeat of a check that may have run. It reports what
+    that check recorded; with nothing recorded, no level-up when none is due
+    (or when the due level belongs to an award whose check was deferred). When
+    a level is due and nothing is recorded, it waits up to a second for the
+    first call (a concurrent copy) to record it or another check to grant it,
+    and past that checks as a first call would. The XP service sets it on a
+    repeat of an award whose first check was not deferred, so that the repeat
+    answers as the first did.
     """
     def __init__(
         self,

@@ -178,6 +178,7 @@ class FakeXpRepository:
 
     async def mark_level_check_deferred(self, user_id: str, entry_id: str) -> None:
         self.ledger[(user_id, entry_id)] = replace(self.ledger[(user_id, entry_id)], level_check_deferred=True)
+        self.progress[user_id] = replace(self.progress.get(user_id, ProgressRecord(user_id)), deferred_check=entry_id)
 
     async def rewards_granted(self, user_id: str) -> tuple[Reward, ...]:
         reached = sorted(self.reached.get(user_id, []), key=lambda r: r.level)
@@ -251,6 +252,7 @@ class FakeLevelsRepository:
         self.cached = VersionedLevelTable(version, self.table, 0.0)
         self.progress: dict[str, ProgressRecord] = {}
         self.checks: dict[tuple[str, str], CheckRecord] = {}
+        self.nothing_due_calls: list[tuple[str, str, int]] = []
         self.reached: dict[tuple[str, int], LevelReached] = {}
         # Knobs.
         self.lose_next_grants = 0  # the next N grant_level_step calls lose a race (nothing written)
@@ -306,11 +308,11 @@ class FakeLevelsRepository:
     async def get_progress_and_check(self, user_id: str, check_id: str) -> tuple[ProgressRecord, LevelCheck | None]:
         progress = await self.get_progress(user_id)
         record = self.checks.get((user_id, check_id))
-        if record is None or not record.levels:  # a record without levels granted nothing
+        if record is None:
             return progress, None
         assert record.previous_level is not None
-        levels = tuple(sorted(record.levels))
-        target = record.target_level if record.target_level is not None else max(levels)
+        levels = tuple(sorted(record.levels))  # none: the check found nothing due
+        target = record.target_level if record.target_level is not None else max(levels, default=0)
         return progress, LevelCheck(check_id, record.previous_level, levels, target)
 
     async def levels_reached(self, user_id: str, levels: tuple[int, ...]) -> list[LevelReached]:
@@ -352,6 +354,10 @@ class FakeLevelsRepository:
                 and record.pending_check is None
                 and (record.level is None or record.level == step.previous_level)
             )
+        # Not into the record of a copy of this request that found nothing due.
+        named = self.checks.get((user_id, owner))
+        if is_recorded_check(owner) and named is not None and not named.levels:
+            holds = False
         # Each level passed is recorded only if it was not before.
         if not holds or any((user_id, level.level) in self.reached for level in step.passed):
             raise LevelChangedConcurrently(user_id)
@@ -366,6 +372,7 @@ class FakeLevelsRepository:
             level_version=version,
             pending_check=owner if pending else None,
             pending_target=target_level if pending else None,
+            deferred_check=None,
         )
         if is_recorded_check(owner):
             check = self.checks.setdefault((user_id, owner), CheckRecord())
@@ -379,6 +386,13 @@ class FakeLevelsRepository:
                 level.level, step.previous_level, level.rewards, owner, now
             )
         await _run_next(self.after_grant)
+
+    async def record_nothing_due_once(self, user_id: str, check_id: str, level: int) -> bool:
+        self.nothing_due_calls.append((user_id, check_id, level))
+        if (user_id, check_id) in self.checks:
+            return False
+        self.checks[(user_id, check_id)] = CheckRecord(previous_level=level)
+        return True
 
     async def pin_threshold(
         self, user_id: str, expected_level: int | None, level: int, next_level_xp: int, version: int

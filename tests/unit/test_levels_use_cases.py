@@ -68,7 +68,7 @@ async def stop() -> None:
 # --- nothing due -----------------------------------------------------------------------
 
 
-def test_nothing_due_reports_the_stored_level_and_writes_nothing() -> None:
+def test_nothing_due_reports_the_stored_level_and_records_only_that_for_the_named_check() -> None:
     repository = FakeLevelsRepository(STANDARD)
     repository.seed_progress(progress(120, 2, next_level_xp=250, level_version=1))
 
@@ -77,7 +77,11 @@ def test_nothing_due_reports_the_stored_level_and_writes_nothing() -> None:
     assert outcome == LevelUpOutcome(USER, False, 2, 2, 120, (), 250)
     assert repository.grant_calls == []
     assert repository.pin_calls == []
-    assert repository.checks == {}
+    # Its repeats answer the same, even once a level is due: the record says nothing was.
+    assert repository.checks == {(USER, "r1"): CheckRecord(set(), 2, None)}
+    repository.seed_progress(progress(400, 2, next_level_xp=250, level_version=1))
+    assert check(repository, "r1") == LevelUpOutcome(USER, False, 2, 2, 400, (), 250)
+    assert repository.grant_calls == []
 
 
 def test_a_user_with_no_progress_item_is_at_the_start_level_and_nothing_is_written() -> None:
@@ -251,7 +255,10 @@ def test_another_checks_pending_level_up_is_completed_first_and_stays_its_own() 
         (98, 195, "other", True),
         (195, 200, "other", True),
     ]
-    assert repository.checks == {(USER, "other"): CheckRecord(set(range(2, 201)), 1, 200)}
+    assert repository.checks == {
+        (USER, "other"): CheckRecord(set(range(2, 201)), 1, 200),
+        (USER, "r2"): CheckRecord(set(), 200, None),  # r2 itself found nothing due
+    }
     assert {repository.reached[(USER, n)].check_id for n in range(2, 201)} == {"other"}
     # The check that made the level-up reports the whole of it, and writes nothing more.
     assert check(repository, "other") == LevelUpOutcome(USER, True, 1, 200, 1990, long_rewards(2, 200), 2000)
@@ -352,7 +359,7 @@ def test_a_race_lost_to_another_check_reports_no_level_up_of_its_own() -> None:
     assert answers == [LevelUpOutcome(USER, True, 1, 3, 260, rewards, 500)]
     assert outcome == LevelUpOutcome(USER, False, 3, 3, 260, (), 500)
     assert {repository.reached[(USER, n)].check_id for n in (2, 3)} == {"other"}
-    assert repository.checks == {(USER, "other"): CheckRecord({2, 3}, 1, 3)}
+    assert repository.checks == {(USER, "other"): CheckRecord({2, 3}, 1, 3), (USER, "r1"): CheckRecord(set(), 3, None)}
 
 
 def test_fifty_lost_races_are_survived() -> None:
@@ -439,3 +446,56 @@ def test_an_automatic_check_whose_level_up_another_check_completed_reports_all_o
     assert answers == [LevelUpOutcome(USER, False, 200, 200, 1990, (), 2000)]
     assert repository.levels_of(USER) == list(range(2, 201))
     assert outcome == LevelUpOutcome(USER, True, 1, 200, 1990, long_rewards(2, 200), 2000)
+
+
+# --- repeats that only replay (replay_only) ---------------------------------------------
+
+
+def repeat(repository: FakeLevelsRepository, request_id: str, wait_s: float = 0.2) -> LevelUpOutcome:
+    return asyncio.run(Levels(repository, repeat_wait_s=wait_s).check_level_up(USER, request_id, replay_only=True))
+
+
+def test_a_repeat_with_nothing_recorded_and_nothing_due_answers_nothing_and_writes_nothing() -> None:
+    repository = FakeLevelsRepository(STANDARD)
+    repository.seed_progress(progress(120, 2, next_level_xp=250, level_version=1))
+
+    assert repeat(repository, "r1") == LevelUpOutcome(USER, False, 2, 2, 120, (), 250)
+    assert (repository.grant_calls, repository.pin_calls, repository.checks) == ([], [], {})
+
+
+def test_a_repeat_leaves_a_level_made_due_by_a_deferred_award_to_that_awards_retry() -> None:
+    repository = FakeLevelsRepository(STANDARD)
+    repository.seed_progress(replace(progress(300, 2, next_level_xp=250, level_version=1), deferred_check="req#b"))
+
+    assert repeat(repository, "req#a", wait_s=5.0) == LevelUpOutcome(USER, False, 2, 2, 300, (), 250)
+    assert repository.grant_calls == []
+    # The deferred award's own retry grants it (a normal check: its first was deferred).
+    outcome = check(repository, "req#b")
+    assert (outcome.leveled_up, outcome.previous_level, outcome.current_level) == (True, 2, 3)
+    assert repository.progress[USER].deferred_check is None
+
+
+def test_a_repeat_racing_its_first_call_reports_the_first_calls_level_up() -> None:
+    repository = FakeLevelsRepository(STANDARD)
+    repository.seed_progress(progress(300, 2, next_level_xp=250, level_version=1))
+
+    async def both() -> list[LevelUpOutcome]:
+        levels = Levels(repository, repeat_wait_s=5.0)
+        copy = asyncio.create_task(levels.check_level_up(USER, "r1", replay_only=True))
+        await asyncio.sleep(0.06)  # the copy is waiting: nothing recorded yet, a level due
+        first = await levels.check_level_up(USER, "r1")
+        return [first, await copy]
+
+    first, copy = asyncio.run(both())
+    assert first == copy == LevelUpOutcome(USER, True, 2, 3, 300, L3.rewards, 500)
+    assert len(repository.grant_calls) == 1
+
+
+def test_a_repeat_whose_first_call_never_checked_grants_after_the_wait() -> None:
+    repository = FakeLevelsRepository(STANDARD)
+    repository.seed_progress(progress(300, 2, next_level_xp=250, level_version=1))
+
+    outcome = repeat(repository, "r1", wait_s=0.1)
+
+    assert outcome == LevelUpOutcome(USER, True, 2, 3, 300, L3.rewards, 500)
+    assert repository.checks == {(USER, "r1"): CheckRecord({3}, 2, 3)}
