@@ -60,6 +60,8 @@ class Settings:
     # The token clients of the services (rewardsctl, the example game server)
     # send as `authorization: Bearer`; the services themselves ignore it.
     token: str = ""
+    # The event loop: "uvloop" (libuv, less Python per callback) or "asyncio".
+    event_loop: str = "uvloop"
     # Processes of each service, all on its one port (SO_REUSEPORT): one per core.
     workers: int = 1
     # RPCs one process serves at once; more wait in gRPC's queue. 0: no limit.

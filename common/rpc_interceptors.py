@@ -67,36 +67,15 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
             deadline_token = bind_deadline(context.time_remaining())
             await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
             code = grpc.StatusCode.OK
-            try:
-                try:
-                    request = parse(raw_request) if parse else raw_request
-                except DecodeError as error:
-                    code = grpc.StatusCode.INVALID_ARGUMENT
-                    await context.abort(code, f"request is not a valid protobuf message ({error})")
-                for name in ("user_id", "request_id"):
-                    value = getattr(request, name, "")
-                    if value:
-                        fields[name] = value
-                try:
-                    return await inner(request, context)
-                except Exception as error:
-                    status = status_of_failure(error)
-                    if status is None:
-                        raise
-                    code = _STATUS_CODES[status.code]
-                    await context.abort_with_status(rpc_status.to_status(status))
-            except grpc.aio.AbortError:
-                if code == grpc.StatusCode.OK:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception:
-                code = grpc.StatusCode.UNKNOWN
-                _rpc_log.exception("unhandled error")
-                raise
-            finally:
+            recorded = False
+
+            def record(code: grpc.StatusCode) -> None:
+                """Counts and logs the RPC once: before an abort sends the status, so that a client
+                that has the answer finds it in the metrics."""
+                nonlocal recorded
+                if recorded:
+                    return
+                recorded = True
                 seconds = time.perf_counter() - started
                 RPCS.labels(method, code.name).inc()
                 RPC_SECONDS.labels(method).observe(seconds)
@@ -114,6 +93,40 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
                             }
                         },
                     )
+
+            try:
+                try:
+                    request = parse(raw_request) if parse else raw_request
+                except DecodeError as error:
+                    code = grpc.StatusCode.INVALID_ARGUMENT
+                    record(code)
+                    await context.abort(code, f"request is not a valid protobuf message ({error})")
+                for name in ("user_id", "request_id"):
+                    value = getattr(request, name, "")
+                    if value:
+                        fields[name] = value
+                try:
+                    return await inner(request, context)
+                except Exception as error:
+                    status = status_of_failure(error)
+                    if status is None:
+                        raise
+                    code = _STATUS_CODES[status.code]
+                    record(code)
+                    await context.abort_with_status(rpc_status.to_status(status))
+            except grpc.aio.AbortError:
+                if code == grpc.StatusCode.OK:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = grpc.StatusCode.UNKNOWN
+                _rpc_log.exception("unhandled error")
+                raise
+            finally:
+                record(code)
                 unbind_rpc_fields(token)
                 unbind_deadline(deadline_token)
 

@@ -180,7 +180,16 @@ def _serve_worker(
 ) -> None:
     configure_logging(service, settings.log_level)  # a spawned worker starts without it
     serve_metrics(metrics_port + index if metrics_port else 0)
-    asyncio.run(_serve(listen, metrics_port + index if metrics_port else 0, settings, create_server))
+    with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
+        runner.run(_serve(listen, metrics_port + index if metrics_port else 0, settings, create_server))
+
+
+def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 async def _serve(listen: str, metrics_port: int, settings: Settings, create_server: ServerFactory) -> None:
