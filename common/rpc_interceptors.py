@@ -65,7 +65,10 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
             fields = {"method": method, "trace_id": trace_id}
             token = bind_rpc_fields(fields)
             deadline_token = bind_deadline(context.time_remaining())
-            await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
+            # The trace id goes back with the answer: in the initial metadata of a success, in the trailers
+            # of an error. No headers go out before an error, so clients' gRPC retries of UNAVAILABLE
+            # still apply (gRPC does not retry a call once response headers have arrived).
+            context.set_trailing_metadata(((TRACE_ID_HEADER, trace_id),))
             code = grpc.StatusCode.OK
             recorded = False
 
@@ -106,7 +109,9 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
                     if value:
                         fields[name] = value
                 try:
-                    return await inner(request, context)
+                    response = await inner(request, context)
+                    await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
+                    return response
                 except Exception as error:
                     status = status_of_failure(error)
                     if status is None:

@@ -60,7 +60,7 @@ class DynamoDBLevelsRepository:
         try:
             await transact_write(
                 self._client,
-                [{"Put": {"TableName": self._levels, "Item": to_item(values)}}, version_bump(self._levels)],
+                [{"Put": {"TableName": self._levels, "Item": to_item(values)}}, *version_bump(self._levels)],
             )
         finally:
             await self._level_table.reload()
@@ -78,7 +78,7 @@ class DynamoDBLevelsRepository:
                             "ExpressionAttributeNames": {"#l": "level"},
                         }
                     },
-                    version_bump(self._levels),
+                    *version_bump(self._levels),
                 ],
             )
         except TransactionCancelled:
@@ -179,26 +179,26 @@ class DynamoDBLevelsRepository:
                     "ExpressionAttributeValues": to_item(values),
                 }
             },
-            version_check(self._levels, version),
+            version_check(self._levels, version, user_id),
         ]
         if is_recorded_check(owner):  # only a check named by the caller can be repeated
+            record_values: dict[str, Any] = {":previous": step.previous_level, ":target": target_level, ":now": now}
+            record_update = (
+                "SET previous_level = if_not_exists(previous_level, :previous),"
+                " target_level = if_not_exists(target_level, :target), updated_at = :now"
+            )
+            if step.passed:  # DynamoDB has no empty sets: a step that passes no defined level adds none
+                record_update = "ADD levels :levels " + record_update
+                record_values[":levels"] = {level.level for level in step.passed}
             items.append(
                 {
                     "Update": {
                         "TableName": self._checks,
                         "Key": {"user_id": attr(user_id), "check_id": attr(owner)},
-                        "UpdateExpression": "ADD levels :levels SET previous_level = if_not_exists(previous_level,"
-                        " :previous), target_level = if_not_exists(target_level, :target), updated_at = :now",
+                        "UpdateExpression": record_update,
                         # Not into the record of a copy of this request that found nothing due: it answered first.
                         "ConditionExpression": "attribute_not_exists(check_id) OR attribute_exists(levels)",
-                        "ExpressionAttributeValues": to_item(
-                            {
-                                ":levels": {level.level for level in step.passed},
-                                ":previous": step.previous_level,
-                                ":target": target_level,
-                                ":now": now,
-                            }
-                        ),
+                        "ExpressionAttributeValues": to_item(record_values),
                     }
                 }
             )
@@ -226,6 +226,8 @@ class DynamoDBLevelsRepository:
             await transact_write(self._client, items)
         except TransactionCancelled as cancelled:
             reasons = cancelled.reasons
+            if "ConditionalCheckFailed" not in cancelled.codes:
+                raise  # not a lost race (a validation or size limit): retrying would not help
             if len(reasons) > 1 and reasons[1].code == "ConditionalCheckFailed":
                 raise LevelTableChanged(version) from None
             # Any other failed condition means another check moved first.

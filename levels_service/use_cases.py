@@ -8,6 +8,7 @@ import uuid
 from common.errors import ContentionExhausted
 from common.metrics import LEVEL_UPS
 from common.models import Level, LevelTable, LevelUpOutcome, ProgressRecord
+from common.rpc_deadline import remaining_s
 from levels_service.domain import (
     AUTO_CHECK_PREFIX,
     LevelChangedConcurrently,
@@ -77,7 +78,9 @@ class Levels:
                     return LevelUpOutcome(
                         user_id, False, current, current, progress.total_xp, (), table.next_level_xp(current)
                     )
-                if replay_only and waited_s < self._repeat_wait_s:
+                left = remaining_s()
+                wait_s = self._repeat_wait_s if left is None else min(self._repeat_wait_s, left - 0.5)
+                if replay_only and waited_s < wait_s:
                     # A level is due and nothing is recorded: the first check may still be running (a
                     # concurrent copy of the request), or another award's check is about to grant it.
                     # Wait for either; past the wait, this check does what a first check would.

@@ -611,7 +611,7 @@ def read_stage(client: Any, table_prefix: str) -> StageContents:
             tuple(Reward(str(r["reward_id"]), int(r["quantity"])) for r in v.get("rewards") or ()),
         )
         for v in _scan(client, table_prefix, LEVELS)
-        if int(v["level"]) != LEVEL_TABLE_VERSION_KEY  # the table's version, not a level
+        if int(v["level"]) > LEVEL_TABLE_VERSION_KEY  # the table version's copies, not levels
     ]
     return StageContents(
         levels=LevelTable(levels),

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import grpc
 
+from common.dynamodb.tables import LEVEL_TABLE_VERSION_COPIES
 from rewards.v1 import levels_pb2, xp_pb2
 from tests.cluster import STANDARD_LEVELS, Cluster, rpc_error, unique
 
@@ -291,12 +292,13 @@ def test_a_thousand_level_jump_gives_one_answer_whatever_deadlines_cut_it(new_cl
                 ]
             }
         )
-    c.dynamodb.update_item(
-        TableName=table,
-        Key={"level": {"N": "0"}},
-        UpdateExpression="ADD version :one",
-        ExpressionAttributeValues={":one": {"N": "1"}},
-    )
+    for copy in range(LEVEL_TABLE_VERSION_COPIES):
+        c.dynamodb.update_item(
+            TableName=table,
+            Key={"level": {"N": str(-copy)}},
+            UpdateExpression="ADD version :one",
+            ExpressionAttributeValues={":one": {"N": "1"}},
+        )
     time.sleep(c.settings.level_table_cache_s + 0.1)
     c.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=1, reason="start", request_id="start"), timeout=30)
     c.dynamodb.update_item(  # the XP of the jump, without a check: the check below is the subject

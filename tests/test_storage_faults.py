@@ -13,9 +13,10 @@ from typing import Any
 
 import grpc
 
+from common.channels import CLIENT_CHANNEL_OPTIONS
 from common.dynamodb import DynamoDBClient, TransactionCancelled
-from rewards.v1 import xp_pb2
-from tests.cluster import STANDARD_LEVELS, Cluster, rpc_error
+from rewards.v1 import xp_pb2, xp_pb2_grpc
+from tests.cluster import STANDARD_LEVELS, Cluster, authorized_channel, rpc_error
 
 Factory = Callable[..., Cluster]
 
@@ -110,3 +111,22 @@ def test_dynamodb_unreachable_is_unavailable(new_cluster: Factory, user_id: str)
         assert "DynamoDB could not be reached" in error.details()
     finally:
         c.loop.run(dead.close())
+
+
+def test_a_throttled_answer_is_retried_by_the_callers_grpc_channel(new_cluster: Factory, user_id: str) -> None:
+    """The service answers UNAVAILABLE with no headers before it, so a client
+    with the recommended channel options (CLIENT_CHANNEL_OPTIONS) has gRPC
+    retry it: the caller sees one success, and the XP counts once."""
+    c = new_cluster()
+    # The first transaction of the test is throttled on every attempt the service makes (its own
+    # retries included); a retried gRPC call is a new award attempt, with items of its own, and goes through.
+    throttled = CancelTransactions("ThrottlingError", every=10**9)
+    throttled.calls = -1  # so that the first call counts as the every-th
+    c.lean.before_send.append(throttled)
+    with authorized_channel(f"localhost:{c.ports['xp']}", options=CLIENT_CHANNEL_OPTIONS) as channel:
+        answer, call = xp_pb2_grpc.XpServiceStub(channel).GrantXp.with_call(
+            xp_pb2.GrantXpRequest(user_id=user_id, amount=7, reason="t", request_id="once"), timeout=10
+        )
+    assert throttled.injected == 1
+    assert (answer.xp_awarded, answer.total_xp, answer.duplicate) == (7, 7, False)
+    assert any(key == "x-trace-id" for key, _ in call.initial_metadata())

@@ -47,6 +47,12 @@ class LedgerEntry:
     # repeats may then grant the level-up it caused; otherwise they only replay.
     level_check_deferred: bool = False
 
+    @property
+    def level_check_name(self) -> str:
+        """The name of this entry's level check: its id, which a repeat of the
+        request reuses; none for an entry without a request id (it cannot be repeated)."""
+        return "" if self.entry_id.startswith("auto#") else self.entry_id
+
     def describe(self) -> str:
         if self.kind == ACTIVITY:
             return f"activity {self.activity_id!r}"

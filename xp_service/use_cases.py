@@ -135,7 +135,7 @@ class XpLedger:
         replay_only = repeat_of is not None and not repeat_of.level_check_deferred
         # A duplicate always asks: it must report the level-up its original made, if any.
         if duplicate or due:
-            level_up = await self._levels.check_level_up(entry.user_id, entry.entry_id, replay_only)
+            level_up = await self._levels.check_level_up(entry.user_id, entry.level_check_name, replay_only)
             if level_up is None and not duplicate:
                 await self._repository.mark_level_check_deferred(entry.user_id, entry.entry_id)
             if level_up is not None:

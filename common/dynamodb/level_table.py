@@ -13,26 +13,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
+import zlib
+from collections.abc import Coroutine
 from typing import Any
 
 from common.dynamodb.client import DynamoDBClient, DynamoDBError
 from common.dynamodb.items import attr, from_item
 from common.dynamodb.reads import rewards_from
-from common.dynamodb.tables import LEVEL_TABLE_VERSION_KEY, LEVELS
+from common.dynamodb.tables import LEVEL_TABLE_VERSION_COPIES, LEVEL_TABLE_VERSION_KEY, LEVELS
 from common.models import Level, LevelTable, VersionedLevelTable
 
 log = logging.getLogger("rewards.level_table")
 
 
-def version_check(table_name: str, version: int) -> dict[str, Any]:
-    """A transaction item that holds only while the level table is at `version`."""
+def version_check(table_name: str, version: int, user_id: str) -> dict[str, Any]:
+    """A transaction item that holds only while the level table is at
+    `version`, on the copy of the version that `user_id` hashes to."""
     condition = "#v = :v" if version else "attribute_not_exists(#v) OR #v = :v"
+    copy = zlib.crc32(user_id.encode()) % LEVEL_TABLE_VERSION_COPIES
     return {
         "ConditionCheck": {
             "TableName": table_name,
-            "Key": {"level": attr(LEVEL_TABLE_VERSION_KEY)},
+            "Key": {"level": attr(LEVEL_TABLE_VERSION_KEY - copy)},
             "ConditionExpression": condition,
             "ExpressionAttributeNames": {"#v": "version"},
             "ExpressionAttributeValues": {":v": attr(version)},
@@ -40,17 +45,20 @@ def version_check(table_name: str, version: int) -> dict[str, Any]:
     }
 
 
-def version_bump(table_name: str) -> dict[str, Any]:
-    """The transaction item that every level write carries: the version moves by one."""
-    return {
-        "Update": {
-            "TableName": table_name,
-            "Key": {"level": attr(LEVEL_TABLE_VERSION_KEY)},
-            "UpdateExpression": "ADD #v :one",
-            "ExpressionAttributeNames": {"#v": "version"},
-            "ExpressionAttributeValues": {":one": attr(1)},
+def version_bump(table_name: str) -> list[dict[str, Any]]:
+    """The transaction items that every level write carries: every copy of the version moves by one."""
+    return [
+        {
+            "Update": {
+                "TableName": table_name,
+                "Key": {"level": attr(LEVEL_TABLE_VERSION_KEY - copy)},
+                "UpdateExpression": "ADD #v :one",
+                "ExpressionAttributeNames": {"#v": "version"},
+                "ExpressionAttributeValues": {":one": attr(1)},
+            }
         }
-    }
+        for copy in range(LEVEL_TABLE_VERSION_COPIES)
+    ]
 
 
 class LevelTableCache:
@@ -74,7 +82,7 @@ class LevelTableCache:
     async def version(self) -> int:
         if time.monotonic() - self._version_read_at > self._refresh_s:
             if self._confirming is None:
-                self._confirming = asyncio.create_task(self._confirm())
+                self._confirming = _shared_task(self._confirm())
             await asyncio.shield(self._confirming)
         return self._version
 
@@ -113,7 +121,7 @@ class LevelTableCache:
 
     async def _load_once(self) -> None:
         if self._loading is None:
-            self._loading = asyncio.create_task(self._load())
+            self._loading = _shared_task(self._load())
         await asyncio.shield(self._loading)
 
     async def _load(self) -> None:
@@ -151,10 +159,20 @@ class LevelTableCache:
             page = await self._client.call("Scan", params)
             for item in page["Items"]:
                 values = from_item(item)
-                if int(values["level"]) != LEVEL_TABLE_VERSION_KEY:
+                if int(values["level"]) > LEVEL_TABLE_VERSION_KEY:  # the version's copies are 0 and below
                     levels.append(
                         Level(int(values["level"]), int(values["xp_required"]), rewards_from(values.get("rewards")))
                     )
             if not page.get("LastEvaluatedKey"):
                 return LevelTable(levels)
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _shared_task(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A read that every waiting request shares: run in a context of its own,
+    so that it is bound by no one request's deadline (the client's own
+    timeouts bound it), and logged only for what it is."""
+    task = asyncio.create_task(work, context=contextvars.Context())
+    # Its waiters may all be gone (cancelled) when it fails: the failure is logged in it, not lost.
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return task

@@ -85,6 +85,11 @@ LEVELS = TableDefinition("levels", ("level", _N))
 # of the table is current from one GetItem, and a level-up is written only
 # against the version it was planned on.
 LEVEL_TABLE_VERSION_KEY = 0
+# Level-ups check the version in their transactions, and transactions that
+# touch one item conflict with each other in DynamoDB: the version is kept in
+# this many copies (keys 0, -1, ... -15), all moved by every level write, and
+# each user's level-ups check the copy their id hashes to.
+LEVEL_TABLE_VERSION_COPIES = 16
 # One item a user: total_xp, level, unlocked_achievements, rewards, updated_at.
 USER_PROGRESS = TableDefinition("user_progress", ("user_id", _S))
 # The XP ledger and the idempotency record in one: one item per award or grant.

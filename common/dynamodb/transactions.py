@@ -104,6 +104,8 @@ async def batch_get_consistent(
 
 def storage_error_as_domain_error(error: Exception) -> DomainError | None:
     """A DynamoDB error the caller can act on (retry later), or None for one that is a bug."""
+    if isinstance(error, TransactionCancelled) and error.codes <= {"None", "TransactionConflict"} | _THROTTLED_REASONS:
+        return DependencyUnavailable("DynamoDB is throttling or contended on these items; retry with backoff")
     if isinstance(error, DynamoDBError) and (error.retryable or error.code == "TransactionConflictException"):
         if error.code in ("ConnectionError", "Timeout"):
             return DependencyUnavailable(f"DynamoDB could not be reached ({error.code}); retry")

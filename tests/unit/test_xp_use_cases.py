@@ -104,14 +104,15 @@ def test_a_level_check_that_may_be_due_asks_the_levels_service_with_the_ledger_e
     assert outcome == AwardOutcome(USER, 10, 105, 2, False, LEVEL_2)
 
 
-def test_an_award_without_request_id_checks_under_its_generated_entry_id() -> None:
+def test_an_award_without_request_id_asks_for_an_unnamed_check() -> None:
     xp, repository, checker = ledger(checked(95, 1, 100), LEVEL_2)
 
     award(xp, request_id="")
 
     [entry] = repository.entries(USER)
     assert entry.entry_id.startswith("auto#")
-    assert checker.calls == [(USER, entry.entry_id)]
+    # It can never be repeated: no record is kept for it.
+    assert checker.calls == [(USER, "")]
 
 
 def test_a_deferred_level_check_reports_the_total_of_the_progress_read() -> None:
