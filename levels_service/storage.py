@@ -57,13 +57,11 @@ class DynamoDBLevelsRepository:
             "xp_required": level.xp_required,
             "rewards": [{"reward_id": r.reward_id, "quantity": r.quantity} for r in level.rewards],
         }
-        try:
-            await transact_write(
-                self._client,
-                [{"Put": {"TableName": self._levels, "Item": to_item(values)}}, *version_bump(self._levels)],
-            )
-        finally:
-            await self._level_table.reload()
+        await transact_write(
+            self._client,
+            [{"Put": {"TableName": self._levels, "Item": to_item(values)}}, *version_bump(self._levels)],
+        )
+        await self._level_table.reload_after_write()
 
     async def delete_level(self, level: int) -> None:
         try:
@@ -81,10 +79,11 @@ class DynamoDBLevelsRepository:
                     *version_bump(self._levels),
                 ],
             )
-        except TransactionCancelled:
-            raise LevelNotFound(level) from None
-        finally:
-            await self._level_table.reload()
+        except TransactionCancelled as cancelled:
+            if cancelled.reasons and cancelled.reasons[0].code == "ConditionalCheckFailed":
+                raise LevelNotFound(level) from None
+            raise
+        await self._level_table.reload_after_write()
 
     async def level_table(self) -> VersionedLevelTable:
         return await self._level_table.current()

@@ -24,6 +24,7 @@ from common.dynamodb.client import DynamoDBClient, DynamoDBError
 from common.dynamodb.items import attr, from_item
 from common.dynamodb.reads import rewards_from
 from common.dynamodb.tables import LEVEL_TABLE_VERSION_COPIES, LEVEL_TABLE_VERSION_KEY, LEVELS
+from common.errors import DomainError
 from common.models import Level, LevelTable, VersionedLevelTable
 
 log = logging.getLogger("rewards.level_table")
@@ -102,14 +103,19 @@ class LevelTableCache:
             current = await self.current()
         return current
 
-    async def reload(self) -> VersionedLevelTable:
-        """Reads the table now (after a level write through this process)."""
-        if self._loading is not None:  # it may have read the table before the write
-            with contextlib.suppress(DynamoDBError, OSError):
-                await asyncio.shield(self._loading)
-        await self._load_once()
-        assert self._current is not None
-        return self._current
+    async def reload_after_write(self) -> None:
+        """Reads the table now, after a level write through this process, so
+        that this process answers from it at once. Best effort: the write is
+        done whatever this read meets; when it fails, the next use reads the
+        version again."""
+        try:
+            if self._loading is not None:  # it may have read the table before the write
+                with contextlib.suppress(DynamoDBError, OSError):
+                    await asyncio.shield(self._loading)
+            await self._load_once()
+        except (DynamoDBError, DomainError, OSError) as error:
+            self._version_read_at = -float("inf")
+            log.warning("level table reload after a write failed", extra={"fields": {"error": repr(error)}})
 
     async def _confirm(self) -> None:
         try:
