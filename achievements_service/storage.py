@@ -22,17 +22,16 @@ from common.dynamodb import (
     USER_ACHIEVEMENTS,
     USER_PROGRESS,
     CatalogTable,
-    ConditionalCheckFailed,
     DynamoDBClient,
     LevelTableCache,
     TransactionCancelled,
     attr,
     from_item,
     read_progress,
-    retry_on_transaction_conflict,
     to_item,
     transact_get,
     transact_write,
+    update_item_once,
 )
 from common.models import ProgressRecord
 
@@ -235,23 +234,17 @@ class DynamoDBAchievementsRepository:
     async def mark_xp_granted_once(self, user_id: str, achievement_id: str, marker: str) -> bool:
         """Marks the unlock's XP as granted. True only for the one caller that
         made the change, which is the one to report the XP. The caller's marker
-        makes the SDK's own retry (after a lost response) still answer True."""
-        try:
-            await retry_on_transaction_conflict(
-                lambda: self._client.call(
-                    "UpdateItem",
-                    {
-                        "TableName": self._unlocks,
-                        "Key": {"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
-                        "UpdateExpression": "SET xp_granted = :t, granted_by = :m",
-                        "ConditionExpression": "attribute_exists(achievement_id) AND (xp_granted = :f OR granted_by = :m)",
-                        "ExpressionAttributeValues": {":t": attr(True), ":f": attr(False), ":m": attr(marker)},
-                    },
-                )
-            )
-            return True
-        except ConditionalCheckFailed:
-            return False
+        makes the client's own retry (after a lost response) still answer True."""
+        return await update_item_once(
+            self._client,
+            {
+                "TableName": self._unlocks,
+                "Key": {"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
+                "UpdateExpression": "SET xp_granted = :t, granted_by = :m",
+                "ConditionExpression": "attribute_exists(achievement_id) AND (xp_granted = :f OR granted_by = :m)",
+                "ExpressionAttributeValues": {":t": attr(True), ":f": attr(False), ":m": attr(marker)},
+            },
+        )
 
     async def withdraw_unpaid_unlock(self, unlock: Unlock, restore_updated_at: str | None = None) -> None:
         """Removes an unlock whose XP was never paid (the unlock record and its

@@ -75,7 +75,7 @@ METHOD_ROLES: dict[str, frozenset[Role]] = {
     "/rewards.v1.LevelsService/PutLevel": _ADMIN,
     "/rewards.v1.LevelsService/ListLevels": _GAME,
     "/rewards.v1.LevelsService/DeleteLevel": _ADMIN,
-    # A game server may ask too (after a catalog change); XP asks after every award.
+    # A game server may ask too (after a catalog change); XP asks after an award that may raise the level.
     "/rewards.v1.LevelsService/CheckLevelUp": _GAME_OR_SERVICE,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,

@@ -1,7 +1,7 @@
 """The AWS CloudFormation template of the production tables, of one
 least-privilege IAM policy per service, and of the key that signs callers'
 tokens (a Secrets Manager secret, with the policy that lets ECS read it),
-rendered from the table definitions in common/dynamodb.py (ALL_TABLES): the
+rendered from the table definitions in common/dynamodb/tables.py (ALL_TABLES): the
 tables in AWS and the ones ensure_tables creates for DynamoDB Local come from
 the same definition, so they cannot drift.
 
@@ -51,7 +51,7 @@ _TABLE_NAME_CHARACTERS = "[a-zA-Z0-9_.-]"
 _MAX_TABLE_NAME_LENGTH = 255
 
 _HEADER = (
-    "# Generated from common/dynamodb.py (ALL_TABLES) and common/cloudformation.py (SERVICE_ACCESS)\n"
+    "# Generated from common/dynamodb/tables.py (ALL_TABLES) and common/cloudformation.py (SERVICE_ACCESS)\n"
     "# by `python -m common.cloudformation --output deploy/cloudformation.yaml` (make cfn). Do not edit.\n"
 )
 
@@ -63,7 +63,7 @@ _DESCRIPTION = (
     "record, which answers repeats of its request for as long as the ledger recognises them); see "
     "docs/deploy.md. Also the key that signs callers' tokens (REWARDS_AUTH_JWT_SECRET), generated into a "
     "retained Secrets Manager secret, and the policy that lets the tasks' execution role read it. "
-    "Generated from common/dynamodb.py; do not edit."
+    "Generated from common/dynamodb/tables.py; do not edit."
 )
 
 # The key that signs and verifies callers' tokens (REWARDS_AUTH_JWT_SECRET):

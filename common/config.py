@@ -39,7 +39,7 @@ class Settings:
     # this process is seen at once, one made through another replica within this.
     level_table_cache_s: float = 1.0
     xp_grant_timeout_s: float = 5.0
-    # The SDK's limits per DynamoDB call: attempts (its own retries included)
+    # The DynamoDB client's limits per call: attempts (its own retries included)
     # and socket timeouts, kept short so that its retries fit in an RPC's deadline.
     dynamodb_max_attempts: int = 3
     dynamodb_connect_timeout_s: float = 1.0

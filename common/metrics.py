@@ -3,9 +3,6 @@ served over HTTP on each service's side port."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from prometheus_client import Counter, Histogram, start_http_server
 
 RPCS = Counter("rewards_rpc_requests_total", "RPCs served, by method and status code.", ["method", "code"])
@@ -17,7 +14,7 @@ RPC_SECONDS = Histogram(
 )
 DYNAMODB_SECONDS = Histogram(
     "rewards_dynamodb_call_duration_seconds",
-    "Time of one DynamoDB API call, SDK retries included.",
+    "Time of one DynamoDB API call, retries included.",
     ["operation"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
@@ -33,37 +30,3 @@ def serve_metrics(port: int) -> None:
     """Starts the /metrics HTTP endpoint in a daemon thread; port 0 leaves it off."""
     if port:
         start_http_server(port)
-
-
-def instrument_dynamodb_client(client: Any) -> None:
-    """Times every call of the client and counts its errors, through botocore's events."""
-
-    def started(context: dict[str, Any], **_: Any) -> None:
-        context["rewards_started"] = time.perf_counter()
-
-    def finished(model: Any, context: dict[str, Any], http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
-        _observe(model.name, context)
-        if http_response.status_code >= 300:
-            DYNAMODB_ERRORS.labels(
-                model.name, parsed.get("Error", {}).get("Code", str(http_response.status_code))
-            ).inc()
-
-    def failed(context: dict[str, Any], exception: Exception, **_: Any) -> None:
-        operation = context.get("rewards_operation", "unknown")
-        _observe(operation, context)
-        DYNAMODB_ERRORS.labels(operation, exception.__class__.__name__).inc()
-
-    def named(model: Any, context: dict[str, Any], **_: Any) -> None:
-        context["rewards_operation"] = model.name
-
-    events = client.meta.events
-    events.register_first("before-call.dynamodb", started)
-    events.register_first("before-call.dynamodb", named)
-    events.register("after-call.dynamodb", finished)
-    events.register("after-call-error.dynamodb", failed)
-
-
-def _observe(operation: str, context: dict[str, Any]) -> None:
-    started = context.pop("rewards_started", None)
-    if started is not None:
-        DYNAMODB_SECONDS.labels(operation).observe(time.perf_counter() - started)

@@ -1,5 +1,5 @@
 """The deadline of the RPC being served, so that work done on its behalf
-(calls to other services, DynamoDB requests and the SDK's retries) stops when
+(calls to other services, DynamoDB requests and their retries) stops when
 the caller has stopped waiting."""
 
 from __future__ import annotations

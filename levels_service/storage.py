@@ -10,7 +10,6 @@ from common.dynamodb import (
     LEVEL_CHECKS,
     LEVEL_REWARDS,
     USER_PROGRESS,
-    ConditionalCheckFailed,
     DynamoDBClient,
     LevelTableCache,
     TransactionCancelled,
@@ -18,10 +17,10 @@ from common.dynamodb import (
     batch_get_consistent,
     level_reached_from,
     read_progress,
-    retry_on_transaction_conflict,
     to_item,
     transact_get,
     transact_write,
+    update_item_once,
     version_bump,
     version_check,
 )
@@ -233,22 +232,16 @@ class DynamoDBLevelsRepository:
             raise LevelChangedConcurrently(user_id) from None
 
     async def record_nothing_due_once(self, user_id: str, check_id: str, level: int) -> bool:
-        try:
-            await retry_on_transaction_conflict(
-                lambda: self._client.call(
-                    "UpdateItem",
-                    {
-                        "TableName": self._checks,
-                        "Key": {"user_id": attr(user_id), "check_id": attr(check_id)},
-                        "UpdateExpression": "SET previous_level = :previous, updated_at = :now",
-                        "ConditionExpression": "attribute_not_exists(check_id)",
-                        "ExpressionAttributeValues": to_item({":previous": level, ":now": utc_now_iso()}),
-                    },
-                )
-            )
-            return True
-        except ConditionalCheckFailed:
-            return False
+        return await update_item_once(
+            self._client,
+            {
+                "TableName": self._checks,
+                "Key": {"user_id": attr(user_id), "check_id": attr(check_id)},
+                "UpdateExpression": "SET previous_level = :previous, updated_at = :now",
+                "ConditionExpression": "attribute_not_exists(check_id)",
+                "ExpressionAttributeValues": to_item({":previous": level, ":now": utc_now_iso()}),
+            },
+        )
 
     async def pin_threshold(
         self, user_id: str, expected_level: int | None, level: int, next_level_xp: int, version: int
@@ -260,23 +253,17 @@ class DynamoDBLevelsRepository:
         else:
             condition += "#l = :expected"
             values[":expected"] = expected_level
-        try:
-            await retry_on_transaction_conflict(
-                lambda: self._client.call(
-                    "UpdateItem",
-                    {
-                        "TableName": self._progress,
-                        "Key": {"user_id": attr(user_id)},
-                        "UpdateExpression": "SET #l = :l, next_level_xp = :next, level_version = :version",
-                        "ConditionExpression": condition,
-                        "ExpressionAttributeNames": {"#l": "level"},
-                        "ExpressionAttributeValues": to_item(values),
-                    },
-                )
-            )
-            return True
-        except ConditionalCheckFailed:
-            return False
+        return await update_item_once(
+            self._client,
+            {
+                "TableName": self._progress,
+                "Key": {"user_id": attr(user_id)},
+                "UpdateExpression": "SET #l = :l, next_level_xp = :next, level_version = :version",
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {"#l": "level"},
+                "ExpressionAttributeValues": to_item(values),
+            },
+        )
 
 
 _PROGRESS_ATTRIBUTES = (

@@ -63,7 +63,7 @@ IMAGE_SERVICES = (*SERVERS, DEV_TOKENS)
 KEY_HOLDERS = (*MODULES, DEV_TOKENS)
 AUTH_KEY_VARIABLE = ENVIRONMENT_VARIABLES["auth_jwt_secret"]
 INSECURE_VARIABLE = ENVIRONMENT_VARIABLES["insecure_no_auth"]
-# Who calls whom: XP asks Levels after every award, Achievements pays through XP,
+# Who calls whom: XP asks Levels when an award may raise the level, Achievements pays through XP,
 # the gateway calls all three.
 DEPENDENCIES = {
     "levels": {"dynamodb"},

@@ -620,7 +620,7 @@ def test_a_repeat_reports_what_its_first_check_found_and_the_deferred_award_its_
     assert not repeat_of_first.level_check_deferred and not retry_of_deferred.level_check_deferred
     # A repeat reports what the request's first answer did: no level-up ...
     assert (repeat_of_first.level_up.leveled_up, list(repeat_of_first.level_up.rewards)) == (False, [])
-    # ... and the retried deferred award reports the level-up it caused (README, "XP asks Levels after every award").
+    # ... and the retried deferred award reports the level-up it caused (README, "XP asks Levels when an award may raise the level").
     assert retry_of_deferred.level_up.leveled_up
     assert reported(retry_of_deferred.level_up.rewards) == Counter({("coins", 100): 1})
 

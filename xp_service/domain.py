@@ -41,7 +41,7 @@ class LedgerEntry:
     reason: str = ""
     achievement_id: str = ""
     recorded_at: str = ""
-    # Tells our own write, retried by the SDK after a lost response, from a caller's repeat.
+    # Tells our own write, retried by the DynamoDB client after a lost response, from a caller's repeat.
     attempt_id: str = ""
     # Set when the award's level check could not be done (Levels unreachable or late): its
     # repeats may then grant the level-up it caused; otherwise they only replay.

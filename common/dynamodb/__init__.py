@@ -43,6 +43,7 @@ from common.dynamodb.transactions import (
     storage_error_as_domain_error,
     transact_get,
     transact_write,
+    update_item_once,
 )
 
 __all__ = [
@@ -84,4 +85,5 @@ __all__ = [
     "to_item",
     "transact_get",
     "transact_write",
+    "update_item_once",
 ]

@@ -13,7 +13,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from common.dynamodb.client import DynamoDBClient, DynamoDBError, TransactionCancelled
+from common.dynamodb.client import ConditionalCheckFailed, DynamoDBClient, DynamoDBError, TransactionCancelled
 from common.dynamodb.items import from_item, to_item
 from common.errors import ContentionExhausted, DependencyUnavailable, DomainError
 
@@ -59,6 +59,17 @@ async def retry_on_transaction_conflict(write: Callable[[], Awaitable[T]]) -> T:
                 raise
         await _backoff(attempt)
     raise ContentionExhausted("too many concurrent writes to this user; retry the request")
+
+
+async def update_item_once(client: DynamoDBClient, params: dict[str, Any]) -> bool:
+    """A conditional UpdateItem: True when it wrote, False when its condition
+    was false (another caller got there first); conflicts with a transaction
+    on the item are retried."""
+    try:
+        await retry_on_transaction_conflict(lambda: client.call("UpdateItem", params))
+        return True
+    except ConditionalCheckFailed:
+        return False
 
 
 async def transact_get(client: DynamoDBClient, keys: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | None]:

@@ -235,8 +235,10 @@ class LevelUpResult(_message.Message):
     def rewards(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reward]:
         """Rewards granted by this call: those of every level L with
         previous_level < L <= current_level. Empty when leveled_up is false.
-        (A jump of more than 98 levels is granted in steps; racing callers may
-        then each report some of the levels, every level exactly once.)
+        (A jump of more than 97 levels is granted in steps; its first step fixes
+        the target, so the request that made it reports all of it. Checks without
+        a request_id that race it may report only their own steps' levels; every
+        level is granted exactly once.)
         """
 
     def __init__(

@@ -275,7 +275,11 @@ class AwardXpResponse(_message.Message):
     """
     @_builtins.property
     def level_up(self) -> _levels_pb2.LevelUpResult:
-        """What the Levels service's check after this award found."""
+        """The level check of this award: the Levels service's answer when a
+        level-up may be due (the user's stored threshold is reached, the level
+        table changed, or the user has no level yet), otherwise "nothing due" at
+        the user's level, answered by XP from the award's own read.
+        """
 
     def __init__(
         self,

@@ -585,3 +585,17 @@ class FakeXpGranter:
             self._repository.progress[unlock.user_id] = progress
         await _run_next(self.after_paying)
         return GrantResult(total_xp=progress.total_xp, level_up=self.level_up)
+
+
+def stored_progress(
+    user_id: str, total_xp: int, level: int | None, next_level_xp: int | None = None, level_version: int | None = None
+) -> ProgressRecord:
+    """A progress item the XP service wrote (so it has a time), as the Levels service left it."""
+    return ProgressRecord(
+        user_id,
+        total_xp=total_xp,
+        level=level,
+        updated_at="2024-01-01T00:00:00.000000Z",
+        next_level_xp=next_level_xp,
+        level_version=level_version,
+    )

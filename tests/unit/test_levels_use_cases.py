@@ -12,10 +12,9 @@ from common.errors import ContentionExhausted
 from common.models import Level, LevelUpOutcome, ProgressRecord, Reward
 from levels_service.domain import MAX_LEVELS_PER_STEP, LevelUpPlan
 from levels_service.use_cases import Levels
-from tests.unit.fakes import CheckRecord, FakeLevelsRepository, GrantCall, PinCall
+from tests.unit.fakes import CheckRecord, FakeLevelsRepository, GrantCall, PinCall, stored_progress
 
 USER = "user-1"
-EARLIER = "2024-01-01T00:00:00.000000Z"
 
 L1 = Level(1, 0)
 L2 = Level(2, 100, (Reward("coins", 10),))
@@ -42,15 +41,7 @@ def progress(
     next_level_xp: int | None = None,
     level_version: int | None = None,
 ) -> ProgressRecord:
-    """A progress item the XP service wrote (so it has a time), as the Levels service left it."""
-    return ProgressRecord(
-        USER,
-        total_xp=total_xp,
-        level=level,
-        updated_at=EARLIER,
-        next_level_xp=next_level_xp,
-        level_version=level_version,
-    )
+    return stored_progress(USER, total_xp, level, next_level_xp, level_version)
 
 
 def check(repository: FakeLevelsRepository, request_id: str = "") -> LevelUpOutcome:

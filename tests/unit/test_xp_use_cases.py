@@ -9,12 +9,11 @@ import pytest
 
 from common.errors import ContentionExhausted
 from common.models import LevelUpOutcome, ProgressRecord, Reward
-from tests.unit.fakes import FakeLevelChecker, FakeXpRepository
+from tests.unit.fakes import FakeLevelChecker, FakeXpRepository, stored_progress
 from xp_service.domain import ACHIEVEMENT, ACTIVITY, GRANT, Activity, ActivityNotFound, RequestIdReused
 from xp_service.use_cases import AwardOutcome, XpLedger
 
 USER = "user-1"
-EARLIER = "2024-01-01T00:00:00.000000Z"
 RUN = Activity("run", "Run", "Run 5 km", "sport", 10)
 SWIM = Activity("swim", "Swim", "Swim 1 km", "sport", 30)
 LEVEL_2 = LevelUpOutcome(USER, True, 1, 2, 105, (Reward("coins", 10),), 250)
@@ -23,14 +22,7 @@ LEVEL_2 = LevelUpOutcome(USER, True, 1, 2, 105, (Reward("coins", 10),), 250)
 def checked(
     total_xp: int, level: int | None, next_level_xp: int | None, level_version: int | None = 1
 ) -> ProgressRecord:
-    return ProgressRecord(
-        USER,
-        total_xp=total_xp,
-        level=level,
-        updated_at=EARLIER,
-        next_level_xp=next_level_xp,
-        level_version=level_version,
-    )
+    return stored_progress(USER, total_xp, level, next_level_xp, level_version)
 
 
 def ledger(
