@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from common.errors import InvalidField, NotFound, PreconditionFailed
-from common.models import LevelUpOutcome, ProgressRecord
+from common.level_check import LevelCheckStore
+from common.models import ACHIEVEMENT, LedgerEntry, new_entry
 
 MAX_REQUIRED_ACHIEVEMENTS = 50
 MAX_MIN_TOTAL_XP = 10**12
@@ -28,6 +30,9 @@ class Achievement:
     xp_reward: int = 0
     hidden: bool = False
     requirements: Requirements = field(default_factory=Requirements)
+    # The catalog entry's version, new on every put (cosmicpython's version_number): an unlock
+    # decided on a copy of the entry is written only while the catalog still holds that copy.
+    revision: str = ""
 
 
 def check_achievement(achievement: Achievement) -> Achievement:
@@ -67,16 +72,43 @@ class Unlock:
     achievement_id: str
     unlocked_at: str
     xp_reward: int
+    # Paid in the unlock's own transaction since this version; False only on an unlock an
+    # earlier version recorded before its separate grant completed (a repeat pays it).
     xp_granted: bool
     request_id: str = ""
-
-    @property
-    def grant_reason(self) -> str:
-        return f"achievement:{self.achievement_id}"
+    # Tells this call's own write, retried by the DynamoDB client after a lost answer, from another call's.
+    attempt_id: str = ""
 
     @property
     def owes_xp(self) -> bool:
         return self.xp_reward > 0 and not self.xp_granted
+
+    def payment(self) -> LedgerEntry:
+        """The ledger entry that pays the reward: keyed by the achievement, so at most once per user."""
+        return replace(
+            new_entry(
+                self.user_id,
+                "",
+                ACHIEVEMENT,
+                self.xp_reward,
+                reason=f"achievement:{self.achievement_id}",
+                achievement_id=self.achievement_id,
+                recorded_at=self.unlocked_at,
+            ),
+            attempt_id=self.attempt_id,
+        )
+
+
+def new_unlock(user_id: str, achievement: Achievement, request_id: str, unlocked_at: str) -> Unlock:
+    return Unlock(
+        user_id,
+        achievement.achievement_id,
+        unlocked_at,
+        achievement.xp_reward,
+        xp_granted=True,
+        request_id=request_id,
+        attempt_id=uuid.uuid4().hex,
+    )
 
 
 @dataclass(frozen=True)
@@ -145,31 +177,32 @@ class AlreadyUnlocked(Exception):
         self.unlock = unlock
 
 
-class RequirementsChangedConcurrently(Exception):
-    """The user's progress no longer met the requirements when the unlock was written."""
+class RequirementsNotHeld(Exception):
+    """The user's progress did not meet the requirements when the unlock was written (nothing was written)."""
 
 
-class GrantRefused(PreconditionFailed):
-    """XpService answered that it will never pay this grant (not an outage)."""
+class AchievementChanged(Exception):
+    """The catalog entry changed, or left, since this process read it (nothing was written); read it again."""
 
 
-@dataclass(frozen=True)
-class GrantResult:
-    total_xp: int
-    level_up: LevelUpOutcome | None
+class RewardPaidBefore(Exception):
+    """The ledger already pays this achievement to the user (a direct GrantXp
+    with its achievement_id), `paid_xp` XP: nothing was written."""
+
+    def __init__(self, achievement_id: str, paid_xp: int) -> None:
+        super().__init__(achievement_id)
+        self.paid_xp = paid_xp
 
 
-class XpGranter(Protocol):
-    async def grant_achievement_xp(self, unlock: Unlock) -> GrantResult:
-        """Pays the unlock's xp_reward, at most once per (user, achievement).
-        Raises DependencyUnavailable when the XP service cannot do it now."""
-
-
-class AchievementsRepository(Protocol):
-    async def put_achievement(self, achievement: Achievement) -> None: ...
+class AchievementsRepository(LevelCheckStore, Protocol):
+    async def put_achievement(self, achievement: Achievement) -> Achievement:
+        """The achievement as stored, with its new revision."""
 
     async def get_achievement(self, achievement_id: str) -> Achievement:
         """Raises AchievementNotFound."""
+
+    async def cached_achievement(self, achievement_id: str) -> Achievement:
+        """The entry as last read by this process, read now when unknown; raises AchievementNotFound."""
 
     async def get_achievements(self, achievement_ids: list[str]) -> dict[str, Achievement]: ...
 
@@ -178,23 +211,21 @@ class AchievementsRepository(Protocol):
     async def delete_achievement(self, achievement_id: str) -> None:
         """Raises AchievementNotFound."""
 
-    async def get_progress(self, user_id: str) -> ProgressRecord: ...
-
-    async def read_for_unlock(
-        self, user_id: str, achievement_id: str
-    ) -> tuple[Unlock | None, Achievement | None, ProgressRecord]:
-        """The earlier unlock, the catalog entry and the progress, as one snapshot."""
+    async def get_unlock(self, user_id: str, achievement_id: str) -> Unlock | None: ...
 
     async def list_unlocks(self, user_id: str) -> list[Unlock]: ...
 
-    async def record_unlock_once(self, unlock: Unlock, requirements: Requirements, level_is_stored: bool) -> None:
-        """The unlock and its place in the progress, only while the requirements
-        hold. Raises AlreadyUnlocked or RequirementsChangedConcurrently."""
+    async def record_unlock_once(
+        self, unlock: Unlock, achievement: Achievement, start_level: int, payment: LedgerEntry | None
+    ) -> None:
+        """One transaction: the unlock, only if new; its place in the progress,
+        only while the requirements hold (a user with no stored level is at
+        `start_level`); with `payment`, the ledger entry, only if new, and its
+        XP added to the total; and a check that the catalog still holds this
+        revision of the achievement. Raises, nothing written, AlreadyUnlocked
+        (with the unlock held), AchievementChanged, RewardPaidBefore or RequirementsNotHeld."""
 
-    async def mark_xp_granted_once(self, user_id: str, achievement_id: str, marker: str) -> bool:
-        """True only for the one caller that marked the unlock's XP paid."""
-
-    async def withdraw_unpaid_unlock(self, unlock: Unlock, restore_updated_at: str | None = None) -> None: ...
-
-    async def start_level(self) -> int:
-        """The level of a user with no stored level."""
+    async def pay_owed_unlock_once(self, unlock: Unlock) -> bool:
+        """Pays an unlock that owes its XP (recorded by an earlier version) and
+        marks it paid, in one transaction; if its ledger entry was written but
+        the unlock not marked, marks it only. True only for the one call that did it."""

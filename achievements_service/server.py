@@ -7,10 +7,10 @@ import grpc
 from achievements_service.servicer import AchievementsServicer
 from achievements_service.storage import DynamoDBAchievementsRepository
 from achievements_service.use_cases import Achievements
-from achievements_service.xp_granter import GrpcXpGranter
 from common.channels import peer_channel
 from common.config import Settings
 from common.dynamodb import DynamoDBClient, LevelTableCache
+from common.levels_client import GrpcLevelChecker
 from common.server_runtime import HealthServicer, build_grpc_server, run_service
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc
 
@@ -28,7 +28,9 @@ async def create_server(
     level_table = LevelTableCache(dynamodb, settings.table_prefix, settings.level_table_cache_s)
     achievements = Achievements(
         DynamoDBAchievementsRepository(dynamodb, settings.table_prefix, level_table),
-        GrpcXpGranter(peer_channel(settings.xp_target, settings, "achievements"), settings.xp_grant_timeout_s),
+        GrpcLevelChecker(
+            peer_channel(settings.levels_target, settings, "achievements"), settings.level_check_timeout_s
+        ),
     )
     return await build_grpc_server(
         address,

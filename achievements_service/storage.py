@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import functools
 import operator
+import uuid
+from dataclasses import replace
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr, ConditionExpressionBuilder
 
 from achievements_service.domain import (
     Achievement,
+    AchievementChanged,
     AchievementNotFound,
     AlreadyUnlocked,
     Requirements,
-    RequirementsChangedConcurrently,
+    RequirementsNotHeld,
+    RewardPaidBefore,
     Unlock,
 )
 from common.dynamodb import (
@@ -27,13 +31,18 @@ from common.dynamodb import (
     TransactionCancelled,
     attr,
     from_item,
+    ledger_put,
+    mark_level_check_deferred,
     read_progress,
     to_item,
-    transact_get,
     transact_write,
     update_item_once,
 )
-from common.models import ProgressRecord
+from common.models import LedgerEntry, ProgressRecord, utc_now_iso
+
+# Achievements kept in memory at most; past it the cache starts over (this only
+# bounds memory against a runaway catalog).
+_MAX_CACHED_ACHIEVEMENTS = 10_000
 
 
 def _achievement_to_values(achievement: Achievement) -> dict[str, Any]:
@@ -43,6 +52,7 @@ def _achievement_to_values(achievement: Achievement) -> dict[str, Any]:
         "description": achievement.description,
         "xp_reward": achievement.xp_reward,
         "hidden": achievement.hidden,
+        "revision": achievement.revision,
         "requirements": {
             "required_achievements": list(achievement.requirements.required_achievements),
             "min_total_xp": achievement.requirements.min_total_xp,
@@ -64,6 +74,7 @@ def _achievement_from(values: dict[str, Any]) -> Achievement:
             min_total_xp=int(requirements.get("min_total_xp", 0)),
             min_level=int(requirements.get("min_level", 0)),
         ),
+        revision=values.get("revision", ""),
     )
 
 
@@ -75,22 +86,29 @@ def _unlock_from(values: dict[str, Any]) -> Unlock:
         xp_reward=int(values.get("xp_reward", 0)),
         xp_granted=bool(values.get("xp_granted", False)),
         request_id=values.get("request_id", ""),
+        attempt_id=values.get("attempt_id", ""),
     )
 
 
-def requirements_guard(requirements: Requirements, level_is_stored: bool) -> Any:
+def requirements_guard(requirements: Requirements, start_level: int) -> Any:
     """The requirements as a condition on the progress item, so the unlock is
-    written only if they still hold at that instant; None when there are none."""
+    written only if they hold at that instant (a user with no stored level is
+    at `start_level`); None when there are none."""
     conditions: list[Any] = [Attr("unlocked_achievements").contains(a) for a in requirements.required_achievements]
     if requirements.min_total_xp:
         conditions.append(Attr("total_xp").gte(requirements.min_total_xp))
     if requirements.min_level:
         level: Any = Attr("level").gte(requirements.min_level)
-        if not level_is_stored:
-            # Without a stored level the user is at the start level, checked before.
+        if start_level >= requirements.min_level:
             level = Attr("level").not_exists() | level
         conditions.append(level)
     return functools.reduce(operator.and_, conditions) if conditions else None
+
+
+def _failed_conditions(cancelled: TransactionCancelled, items: int) -> list[bool]:
+    """For each item of a cancelled transaction, whether its condition failed."""
+    failed = [reason.code == "ConditionalCheckFailed" for reason in cancelled.reasons]
+    return failed + [False] * (items - len(failed))
 
 
 class DynamoDBAchievementsRepository:
@@ -103,17 +121,33 @@ class DynamoDBAchievementsRepository:
         self._achievements = CatalogTable(client, table_prefix, ACHIEVEMENTS)
         self._unlocks = table_prefix + USER_ACHIEVEMENTS.name
         self._progress = table_prefix + USER_PROGRESS.name
+        # achievement_id -> Achievement as last read. Never trusted on its own: the
+        # unlock's transaction checks its revision against the catalog item (a
+        # ConditionCheck, no extra round trip), so a stale copy costs one retry.
+        self._cache: dict[str, Achievement] = {}
 
     # --- catalog --------------------------------------------------------------
 
-    async def put_achievement(self, achievement: Achievement) -> None:
-        await self._achievements.put(_achievement_to_values(achievement))
+    async def put_achievement(self, achievement: Achievement) -> Achievement:
+        stored = replace(achievement, revision=uuid.uuid4().hex)
+        await self._achievements.put(_achievement_to_values(stored))
+        self._cache.pop(achievement.achievement_id, None)
+        return stored
 
     async def get_achievement(self, achievement_id: str) -> Achievement:
         values = await self._achievements.get(achievement_id)
         if values is None:
             raise AchievementNotFound(achievement_id)
         return _achievement_from(values)
+
+    async def cached_achievement(self, achievement_id: str) -> Achievement:
+        achievement = self._cache.get(achievement_id)
+        if achievement is None:
+            achievement = await self.get_achievement(achievement_id)
+            if len(self._cache) >= _MAX_CACHED_ACHIEVEMENTS:
+                self._cache.clear()
+            self._cache[achievement_id] = achievement
+        return achievement
 
     async def get_achievements(self, achievement_ids: list[str]) -> dict[str, Achievement]:
         return {k: _achievement_from(v) for k, v in (await self._achievements.batch_get(achievement_ids)).items()}
@@ -123,34 +157,14 @@ class DynamoDBAchievementsRepository:
         return [_achievement_from(values) for values in items], token
 
     async def delete_achievement(self, achievement_id: str) -> None:
+        self._cache.pop(achievement_id, None)
         if not await self._achievements.delete(achievement_id):
             raise AchievementNotFound(achievement_id)
 
     # --- unlocks ------------------------------------------------------------------
 
     async def get_progress(self, user_id: str) -> ProgressRecord:
-        return await read_progress(
-            self._client, self._prefix, user_id, ("total_xp", "level", "unlocked_achievements", "updated_at")
-        )
-
-    async def read_for_unlock(
-        self, user_id: str, achievement_id: str
-    ) -> tuple[Unlock | None, Achievement | None, ProgressRecord]:
-        """What an unlock decides on, in one round trip and as one snapshot:
-        the user's earlier unlock of it, the catalog entry, and the progress."""
-        unlock, achievement, progress = await transact_get(
-            self._client,
-            [
-                (self._unlocks, {"user_id": user_id, "achievement_id": achievement_id}),
-                (self._achievements.name, {"achievement_id": achievement_id}),
-                (self._progress, {"user_id": user_id}),
-            ],
-        )
-        return (
-            _unlock_from(unlock) if unlock is not None else None,
-            _achievement_from(achievement) if achievement is not None else None,
-            ProgressRecord.from_attributes(user_id, progress),
-        )
+        return await read_progress(self._client, self._prefix, user_id)
 
     async def get_unlock(self, user_id: str, achievement_id: str) -> Unlock | None:
         response = await self._client.call(
@@ -179,16 +193,21 @@ class DynamoDBAchievementsRepository:
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return sorted(unlocks, key=lambda u: (u.unlocked_at, u.achievement_id))
 
-    async def record_unlock_once(self, unlock: Unlock, requirements: Requirements, level_is_stored: bool) -> None:
-        """Writes the unlock record and adds the achievement to the user's
-        progress in one transaction, guarded by the requirements. Raises
-        AlreadyUnlocked (with the existing record) or RequirementsChangedConcurrently."""
+    async def record_unlock_once(
+        self, unlock: Unlock, achievement: Achievement, start_level: int, payment: LedgerEntry | None
+    ) -> None:
+        """One transaction: the unlock record, its place in the progress
+        (guarded by the requirements), the reward's ledger entry and XP, and a
+        check of the catalog entry's revision. The cancellation says which
+        condition failed; the unlock's own comes first, so a repeat is a repeat
+        even after the achievement changed or left."""
         values: dict[str, Any] = {
             "user_id": unlock.user_id,
             "achievement_id": unlock.achievement_id,
             "unlocked_at": unlock.unlocked_at,
             "xp_reward": unlock.xp_reward,
             "xp_granted": unlock.xp_granted,
+            "attempt_id": unlock.attempt_id,
         }
         if unlock.request_id:
             values["request_id"] = unlock.request_id
@@ -198,86 +217,107 @@ class DynamoDBAchievementsRepository:
             "UpdateExpression": "ADD unlocked_achievements :a SET updated_at = :now",
             "ExpressionAttributeValues": to_item({":a": {unlock.achievement_id}, ":now": unlock.unlocked_at}),
         }
-        guard = requirements_guard(requirements, level_is_stored)
+        if payment is not None:
+            update["UpdateExpression"] = "ADD unlocked_achievements :a, total_xp :xp SET updated_at = :now"
+            update["ExpressionAttributeValues"][":xp"] = attr(payment.xp)
+        guard = requirements_guard(achievement.requirements, start_level)
         if guard is not None:
             built = ConditionExpressionBuilder().build_expression(guard)
             update["ConditionExpression"] = built.condition_expression
             update["ExpressionAttributeNames"] = built.attribute_name_placeholders
             update["ExpressionAttributeValues"].update(to_item(built.attribute_value_placeholders))
+        items: list[dict[str, Any]] = [
+            {
+                "Put": {
+                    "TableName": self._unlocks,
+                    "Item": to_item(values),
+                    "ConditionExpression": "attribute_not_exists(achievement_id)",
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
+            {"Update": update},
+            self._revision_check(achievement),
+        ]
+        if payment is not None:
+            items.append(ledger_put(self._prefix, payment))
         try:
-            await transact_write(
-                self._client,
-                [
-                    {
-                        "Put": {
-                            "TableName": self._unlocks,
-                            "Item": to_item(values),
-                            "ConditionExpression": "attribute_not_exists(achievement_id)",
-                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                        }
-                    },
-                    {"Update": update},
-                ],
-            )
+            await transact_write(self._client, items)
         except TransactionCancelled as cancelled:
-            unlock_reason = cancelled.reasons[0] if cancelled.reasons else None
-            if unlock_reason is not None and unlock_reason.code == "ConditionalCheckFailed":
+            failed = _failed_conditions(cancelled, len(items))
+            if failed[0]:
+                reason = cancelled.reasons[0]
                 existing = (
-                    _unlock_from(from_item(unlock_reason.item))
-                    if unlock_reason.item
+                    _unlock_from(from_item(reason.item))
+                    if reason.item
                     else await self.get_unlock(unlock.user_id, unlock.achievement_id)
                 )
                 if existing is not None:
                     raise AlreadyUnlocked(existing) from None
-            raise RequirementsChangedConcurrently(unlock.achievement_id) from None
+                raise AchievementChanged(achievement.achievement_id) from None  # withdrawn meanwhile: start over
+            if failed[2]:
+                self._cache.pop(achievement.achievement_id, None)
+                raise AchievementChanged(achievement.achievement_id) from None
+            if payment is not None and failed[3]:
+                paid = cancelled.reasons[3].item or {}
+                raise RewardPaidBefore(achievement.achievement_id, int(from_item(paid).get("xp", payment.xp))) from None
+            if failed[1]:
+                raise RequirementsNotHeld(achievement.achievement_id) from None
+            raise
 
-    async def mark_xp_granted_once(self, user_id: str, achievement_id: str, marker: str) -> bool:
-        """Marks the unlock's XP as granted. True only for the one caller that
-        made the change, which is the one to report the XP. The caller's marker
-        makes the client's own retry (after a lost response) still answer True."""
-        return await update_item_once(
-            self._client,
-            {
-                "TableName": self._unlocks,
-                "Key": {"user_id": attr(user_id), "achievement_id": attr(achievement_id)},
-                "UpdateExpression": "SET xp_granted = :t, granted_by = :m",
-                "ConditionExpression": "attribute_exists(achievement_id) AND (xp_granted = :f OR granted_by = :m)",
-                "ExpressionAttributeValues": {":t": attr(True), ":f": attr(False), ":m": attr(marker)},
-            },
-        )
-
-    async def withdraw_unpaid_unlock(self, unlock: Unlock, restore_updated_at: str | None = None) -> None:
-        """Removes an unlock whose XP was never paid (the unlock record and its
-        place in the user's progress, and, when given, the progress time it
-        replaced), in one transaction; nothing if it was paid meanwhile."""
-        values: dict[str, Any] = {":a": attr({unlock.achievement_id})}
-        expression = "DELETE unlocked_achievements :a"
-        if restore_updated_at is not None:
-            expression += " SET updated_at = :before"
-            values[":before"] = attr(restore_updated_at)
-        update: dict[str, Any] = {
-            "TableName": self._progress,
-            "Key": {"user_id": attr(unlock.user_id)},
-            "UpdateExpression": expression,
-            "ExpressionAttributeValues": values,
+    def _revision_check(self, achievement: Achievement) -> dict[str, Any]:
+        check: dict[str, Any] = {
+            "TableName": self._achievements.name,
+            "Key": {"achievement_id": attr(achievement.achievement_id)},
         }
+        if achievement.revision:  # false when the item is gone, too
+            check["ConditionExpression"] = "revision = :r"
+            check["ExpressionAttributeValues"] = {":r": attr(achievement.revision)}
+        else:  # an entry put before revisions existed
+            check["ConditionExpression"] = "attribute_exists(achievement_id) AND attribute_not_exists(revision)"
+        return {"ConditionCheck": check}
+
+    async def pay_owed_unlock_once(self, unlock: Unlock) -> bool:
+        """The unlock marked paid (only if it was not), the ledger entry (only
+        if new) and the XP, in one transaction; where the entry exists (an
+        earlier version's grant completed, its mark did not), the mark alone."""
+        mark: dict[str, Any] = {
+            "TableName": self._unlocks,
+            "Key": {"user_id": attr(unlock.user_id), "achievement_id": attr(unlock.achievement_id)},
+            "UpdateExpression": "SET xp_granted = :t",
+            "ConditionExpression": "xp_granted = :f",
+            "ExpressionAttributeValues": {":t": attr(True), ":f": attr(False)},
+        }
+        payment = unlock.payment()
         try:
             await transact_write(
                 self._client,
                 [
+                    {"Update": mark},
+                    ledger_put(self._prefix, payment),
                     {
-                        "Delete": {
-                            "TableName": self._unlocks,
-                            "Key": {"user_id": attr(unlock.user_id), "achievement_id": attr(unlock.achievement_id)},
-                            "ConditionExpression": "xp_granted = :f",
-                            "ExpressionAttributeValues": {":f": attr(False)},
+                        "Update": {
+                            "TableName": self._progress,
+                            "Key": {"user_id": attr(unlock.user_id)},
+                            "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
+                            "ExpressionAttributeValues": to_item({":xp": payment.xp, ":now": utc_now_iso()}),
                         }
                     },
-                    {"Update": update},
                 ],
             )
-        except TransactionCancelled:
-            pass  # paid (or withdrawn) meanwhile: nothing to take back
+            return True
+        except TransactionCancelled as cancelled:
+            mark_failed, entry_failed, _ = _failed_conditions(cancelled, 3)
+            if mark_failed:
+                return False  # marked paid by another call
+            if not entry_failed:
+                raise
+        return await update_item_once(self._client, mark)
 
     async def start_level(self) -> int:
         return (await self._level_table.current()).table.start_level
+
+    async def level_table_version(self) -> int:
+        return await self._level_table.version()
+
+    async def mark_level_check_deferred(self, user_id: str, entry_id: str) -> None:
+        await mark_level_check_deferred(self._client, self._prefix, user_id, entry_id)

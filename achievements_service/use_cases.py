@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from achievements_service.domain import (
     Achievement,
+    AchievementChanged,
     AchievementNotFound,
     AchievementsRepository,
     AlreadyUnlocked,
-    GrantRefused,
     PlayerStanding,
-    RequirementsChangedConcurrently,
+    RequirementsNotHeld,
     RequirementsNotMet,
+    RewardPaidBefore,
     Unlock,
-    XpGranter,
     check_achievement,
-    check_requirements,
+    new_unlock,
     unmet_requirements,
 )
-from common.metrics import UNLOCKS
-from common.models import LevelUpOutcome, ProgressRecord, utc_now_iso
+from common.errors import ContentionExhausted
+from common.level_check import LevelChecker, check_level_after_xp
+from common.metrics import UNLOCKS, XP_AWARDED
+from common.models import ACHIEVEMENT, LevelUpOutcome, utc_now_iso
+
+# Catalog changes racing one unlock: each costs a re-read, and they are rare.
+_MAX_CATALOG_REREADS = 5
 
 
 @dataclass(frozen=True)
@@ -41,16 +45,14 @@ class UserAchievementView:
 
 
 class Achievements:
-    def __init__(self, repository: AchievementsRepository, xp: XpGranter) -> None:
+    def __init__(self, repository: AchievementsRepository, levels: LevelChecker) -> None:
         self._repository = repository
-        self._xp = xp
+        self._levels = levels
 
     # --- catalog ------------------------------------------------------------------
 
     async def put_achievement(self, achievement: Achievement) -> Achievement:
-        checked = check_achievement(achievement)
-        await self._repository.put_achievement(checked)
-        return checked
+        return await self._repository.put_achievement(check_achievement(achievement))
 
     async def get_achievement(self, achievement_id: str) -> Achievement:
         return await self._repository.get_achievement(achievement_id)
@@ -64,65 +66,71 @@ class Achievements:
     # --- unlocks ------------------------------------------------------------------
 
     async def unlock_achievement(self, user_id: str, achievement_id: str, request_id: str) -> UnlockOutcome:
-        existing, achievement, progress = await self._repository.read_for_unlock(user_id, achievement_id)
-        if existing is not None:
-            # Settled from the unlock record, so owed XP is paid even if the achievement has left the catalog.
-            entry = achievement or Achievement(existing.achievement_id, name="", xp_reward=existing.xp_reward)
-            return await self._settle(entry, existing, already_unlocked=True)
-        if achievement is None:
-            raise AchievementNotFound(achievement_id)
-        check_requirements(achievement, await self._standing(progress, achievement))
-        unlock = Unlock(
-            user_id,
-            achievement_id,
-            utc_now_iso(),
-            achievement.xp_reward,
-            xp_granted=achievement.xp_reward == 0,
-            request_id=request_id,
-        )
-        try:
-            await self._repository.record_unlock_once(unlock, achievement.requirements, progress.level is not None)
-            UNLOCKS.inc()
-        except AlreadyUnlocked as race:  # a concurrent call recorded it first
-            return await self._settle(achievement, race.unlock, already_unlocked=True)
-        except RequirementsChangedConcurrently:
-            progress = await self._repository.get_progress(user_id)
-            unmet = unmet_requirements(achievement.requirements, await self._standing(progress, achievement))
-            raise RequirementsNotMet(
-                achievement_id, unmet or [("progress", "changed while unlocking; retry")]
-            ) from None
-        if not unlock.owes_xp:
-            return UnlockOutcome(achievement, False, 0, progress.total_xp, None)
-        return await self._settle(achievement, unlock, already_unlocked=False, updated_before=progress.updated_at)
+        """The common path is two DynamoDB calls and no gRPC hop: one
+        transaction writes the unlock and pays its reward, against this
+        process's copy of the catalog entry (checked in the transaction), then
+        the progress read says whether a level-up may be due."""
+        for _ in range(_MAX_CATALOG_REREADS):
+            try:
+                achievement = await self._repository.cached_achievement(achievement_id)
+            except AchievementNotFound:
+                earlier = await self._repository.get_unlock(user_id, achievement_id)
+                if earlier is None:
+                    raise
+                # Answered from the unlock record, so owed XP is paid even after the achievement left the catalog.
+                return await self._repeat(Achievement(achievement_id, name="", xp_reward=earlier.xp_reward), earlier)
+            try:
+                return await self._record_once(user_id, achievement, request_id)
+            except AchievementChanged:
+                continue  # the catalog changed since this process read it: read it again
+            except RewardPaidBefore as paid:
+                # A GrantXp naming this achievement paid it before any unlock: unlock it without paying twice.
+                return await self._record_once(user_id, achievement, request_id, paid_before=paid.paid_xp)
+        raise ContentionExhausted(f"achievement {achievement_id!r} kept changing; retry the unlock")
 
-    async def _standing(self, progress: ProgressRecord, achievement: Achievement) -> PlayerStanding:
-        level = progress.level
-        if level is None:  # not checked yet: the start level, read only when a requirement needs it
-            level = await self._repository.start_level() if achievement.requirements.min_level else 0
-        return PlayerStanding(progress.unlocked_achievements, progress.total_xp, level)
-
-    async def _settle(
-        self, achievement: Achievement, unlock: Unlock, *, already_unlocked: bool, updated_before: str | None = None
+    async def _record_once(
+        self, user_id: str, achievement: Achievement, request_id: str, *, paid_before: int | None = None
     ) -> UnlockOutcome:
-        """Pays XP the unlock still owes (after a crash or an outage the grant
-        may be owed, or done but not marked: the grant is idempotent per
-        achievement). The one call that marks it paid reports the XP and the
-        level-up it caused; the others report neither."""
-        if not unlock.owes_xp:
-            progress = await self._repository.get_progress(unlock.user_id)
-            return UnlockOutcome(achievement, already_unlocked, 0, progress.total_xp, None)
+        """Raises AchievementChanged and RewardPaidBefore for the caller's loop."""
+        unlock = new_unlock(user_id, achievement, request_id, utc_now_iso())
+        if paid_before is not None:  # the unlock records what was paid, and pays nothing
+            unlock = replace(unlock, xp_reward=paid_before)
+        payment = unlock.payment() if paid_before is None and unlock.xp_reward else None
+        start_level = await self._repository.start_level() if achievement.requirements.min_level else 0
         try:
-            grant = await self._xp.grant_achievement_xp(unlock)
-        except GrantRefused:
-            # A refused unlock writes nothing: take back the unlock its payment cannot follow
-            # (and, when this call recorded it, the progress item's time too).
-            await self._repository.withdraw_unpaid_unlock(
-                unlock, restore_updated_at=None if already_unlocked else updated_before
-            )
-            raise
-        if await self._repository.mark_xp_granted_once(unlock.user_id, unlock.achievement_id, marker=uuid.uuid4().hex):
-            return UnlockOutcome(achievement, already_unlocked, unlock.xp_reward, grant.total_xp, grant.level_up)
-        return UnlockOutcome(achievement, already_unlocked, 0, grant.total_xp, None)
+            await self._repository.record_unlock_once(unlock, achievement, start_level, payment)
+        except AlreadyUnlocked as earlier:
+            if earlier.unlock.attempt_id != unlock.attempt_id:  # not our own write retried after a lost answer
+                return await self._repeat(achievement, earlier.unlock)
+        except RequirementsNotHeld:
+            progress = await self._repository.get_progress(user_id)
+            level = progress.level if progress.level is not None else start_level
+            standing = PlayerStanding(progress.unlocked_achievements, progress.total_xp, level)
+            unmet = unmet_requirements(achievement.requirements, standing)
+            raise RequirementsNotMet(
+                achievement.achievement_id, unmet or [("progress", "changed while unlocking; retry")]
+            ) from None
+        UNLOCKS.inc()
+        if payment is None:
+            progress = await self._repository.get_progress(user_id)
+            return UnlockOutcome(achievement, False, 0, progress.total_xp, None)
+        return await self._after_payment(achievement, unlock, already_unlocked=False)
+
+    async def _repeat(self, achievement: Achievement, earlier: Unlock) -> UnlockOutcome:
+        """A repeat reports neither XP nor a level-up, except where it pays XP
+        that an unlock recorded by an earlier version still owes."""
+        if earlier.owes_xp and await self._repository.pay_owed_unlock_once(earlier):
+            return await self._after_payment(achievement, earlier, already_unlocked=True)
+        progress = await self._repository.get_progress(earlier.user_id)
+        return UnlockOutcome(achievement, True, 0, progress.total_xp, None)
+
+    async def _after_payment(
+        self, achievement: Achievement, unlock: Unlock, *, already_unlocked: bool
+    ) -> UnlockOutcome:
+        XP_AWARDED.labels(ACHIEVEMENT).inc(unlock.xp_reward)
+        entry_id = unlock.payment().entry_id
+        level = await check_level_after_xp(self._repository, self._levels, unlock.user_id, entry_id, entry_id)
+        return UnlockOutcome(achievement, already_unlocked, unlock.xp_reward, level.total_xp, level.level_up)
 
     async def list_user_achievements(self, user_id: str) -> list[UserAchievementView]:
         unlocks = await self._repository.list_unlocks(user_id)

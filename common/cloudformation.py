@@ -113,14 +113,18 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
         TableAccess(LEVEL_REWARDS, ("Query",)),
     ),
     "achievements": (
-        # The achievement catalog; ListUserAchievements batch-reads the unlocked ones.
-        TableAccess(ACHIEVEMENTS, ("PutItem", "GetItem", "DeleteItem", "Scan", "BatchGetItem")),
-        # record_unlock_once's transaction puts the unlock; mark_xp_granted_once updates it;
-        # withdraw_unpaid_unlock deletes one whose payment XpService refused.
-        TableAccess(USER_ACHIEVEMENTS, ("PutItem", "GetItem", "UpdateItem", "DeleteItem", "Query")),
-        # record_unlock_once's transaction adds to unlocked_achievements, guarded by the requirements.
+        # The achievement catalog; ListUserAchievements batch-reads the unlocked ones; the unlock's
+        # transaction checks the revision of the entry it was decided on (ConditionCheck).
+        TableAccess(ACHIEVEMENTS, ("PutItem", "GetItem", "DeleteItem", "Scan", "BatchGetItem", "ConditionCheckItem")),
+        # record_unlock_once's transaction puts the unlock; a repeat whose achievement left reads it;
+        # pay_owed_unlock_once marks an unlock an earlier version left owing XP.
+        TableAccess(USER_ACHIEVEMENTS, ("PutItem", "GetItem", "UpdateItem", "Query")),
+        # The unlock's transaction adds to unlocked_achievements (guarded by the requirements) and
+        # to total_xp; the progress read after it says whether a level-up may be due.
         TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem")),
-        # The start level, for a min_level requirement of a user not yet checked (version item, then the table).
+        # The unlock's transaction puts the reward's ledger entry; a deferred level check is noted on it.
+        TableAccess(XP_LEDGER, ("PutItem", "UpdateItem")),
+        # The level table's version item (is a level-up due?), and the start level for a min_level requirement.
         TableAccess(LEVELS, ("GetItem", "Scan")),
     ),
     "levels": (

@@ -38,7 +38,6 @@ class Settings:
     # level, always use the table as it is now; a catalog change made through
     # this process is seen at once, one made through another replica within this.
     level_table_cache_s: float = 1.0
-    xp_grant_timeout_s: float = 5.0
     # The DynamoDB client's limits per call: attempts (its own retries included)
     # and socket timeouts, kept short so that its retries fit in an RPC's deadline.
     dynamodb_max_attempts: int = 3

@@ -1,9 +1,11 @@
 """Values the services share: the level table and its rule, the user-progress
 record (one DynamoDB item that all three services write, each its own
-attributes), the levels a user reached, and a level check's outcome. Pure."""
+attributes), the levels a user reached, a level check's outcome, and the XP
+ledger's entries (XP writes awards and grants, Achievements an unlock's reward). Pure."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -132,3 +134,79 @@ class LevelUpOutcome:
 
 def utc_now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- the XP ledger: written by XP (awards, grants) and by Achievements (an unlock's reward) ---
+
+ACTIVITY = "activity"
+GRANT = "grant"
+ACHIEVEMENT = "achievement"  # a grant that pays an achievement's xp_reward
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One award or grant: the user's XP history and the idempotency record in one.
+
+    Entries named by the caller's request_id are deduplicated; entries without
+    one get a fresh id, so every award stays in the ledger."""
+
+    user_id: str
+    entry_id: str
+    request_id: str
+    kind: str  # ACTIVITY, GRANT or ACHIEVEMENT
+    xp: int
+    activity_id: str = ""
+    reason: str = ""
+    achievement_id: str = ""
+    recorded_at: str = ""
+    # Tells our own write, retried by the DynamoDB client after a lost response, from a caller's repeat.
+    attempt_id: str = ""
+    # Set when the award's level check could not be done (Levels unreachable or late): its
+    # repeats may then grant the level-up it caused; otherwise they only replay.
+    level_check_deferred: bool = False
+
+    @property
+    def level_check_name(self) -> str:
+        """The name of this entry's level check: its id, which a repeat of the
+        request reuses; none for an entry without a request id (it cannot be repeated)."""
+        return "" if self.entry_id.startswith("auto#") else self.entry_id
+
+    def describe(self) -> str:
+        if self.kind == ACTIVITY:
+            return f"activity {self.activity_id!r}"
+        if self.kind == ACHIEVEMENT:
+            return f"the reward of achievement {self.achievement_id!r} ({self.xp} XP)"
+        return f"a grant of {self.xp} XP"
+
+
+def entry_id_for(request_id: str, achievement_id: str = "") -> str:
+    """Separate prefixes keep the three key spaces apart: a caller's request_id
+    can never match an achievement's reward or a generated id."""
+    if achievement_id:
+        return f"ach#{achievement_id}"
+    return f"req#{request_id}" if request_id else f"auto#{uuid.uuid4().hex}"
+
+
+def new_entry(
+    user_id: str,
+    request_id: str,
+    kind: str,
+    xp: int,
+    *,
+    activity_id: str = "",
+    reason: str = "",
+    achievement_id: str = "",
+    recorded_at: str,
+) -> LedgerEntry:
+    return LedgerEntry(
+        user_id=user_id,
+        entry_id=entry_id_for(request_id, achievement_id),
+        request_id=request_id,
+        kind=kind,
+        xp=xp,
+        activity_id=activity_id,
+        reason=reason,
+        achievement_id=achievement_id,
+        recorded_at=recorded_at,
+        attempt_id=uuid.uuid4().hex,
+    )

@@ -86,7 +86,6 @@ class Cluster:
             # Generous, so that a loaded machine does not defer checks; tests of
             # deadlines set their own.
             "level_check_timeout_s": 10.0,
-            "xp_grant_timeout_s": 10.0,
             "auth_jwt_secret": TEST_AUTH_SECRET,
         }
         self.settings = replace(Settings(), **{**settings, **overrides})

@@ -1,19 +1,21 @@
-"""AchievementsService and its GrantXp calls, against real servers and DynamoDB Local."""
+"""AchievementsService against real servers and DynamoDB Local: unlocks that pay
+their reward in their own transaction, and ask Levels when a level-up may be due."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from typing import TypeVar
 
 import grpc
 
 from rewards.v1 import achievements_pb2 as ach
-from rewards.v1 import xp_pb2
+from rewards.v1 import levels_pb2, xp_pb2
 from tests.cluster import STANDARD_LEVELS, Cluster, rpc_error, unique
 
 Factory = Callable[..., Cluster]
+T = TypeVar("T")
 
 
 def put_achievement(cluster: Cluster, xp_reward: int = 0, **requirements: object) -> str:
@@ -85,7 +87,7 @@ def test_first_unlock_grants_xp_once_through_the_xp_ledger(cluster: Cluster, use
     first = unlock(cluster, user_id, achievement_id)
     assert (first.already_unlocked, first.xp_awarded, first.total_xp) == (False, 120, 120)
     assert first.achievement.achievement_id == achievement_id
-    # 120 XP crosses level 2 (100 XP): the grant went through XpService, which asked Levels.
+    # 120 XP crosses level 2 (100 XP): the unlock's own transaction paid it, then Levels was asked.
     assert (first.level_up.leveled_up, first.level_up.current_level) == (True, 2)
 
     repeat = unlock(cluster, user_id, achievement_id)
@@ -164,23 +166,61 @@ def test_racing_unlocks_report_the_level_up_once(cluster: Cluster, user_id: str)
     assert progress(cluster, user_id).total_xp == 150
 
 
-def test_a_retry_heals_an_unlock_whose_xp_grant_did_not_complete(new_cluster: Factory, user_id: str) -> None:
+def test_an_unlock_pays_its_reward_while_xp_service_is_down(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    achievement_id = put_achievement(c, xp_reward=60)
+    c.stop("xp")  # the unlock does not call it: the reward is in the unlock's transaction
+    first = unlock(c, user_id, achievement_id)
+    assert (first.already_unlocked, first.xp_awarded, first.total_xp) == (False, 60, 60)
+    c.start("xp")
+    assert retry_until_available(lambda: progress(c, user_id)).total_xp == 60
+
+
+def test_a_level_up_the_unlock_could_not_check_is_granted_by_the_next_check(new_cluster: Factory, user_id: str) -> None:
     c = new_cluster()
     c.put_levels(STANDARD_LEVELS)
     achievement_id = put_achievement(c, xp_reward=300)
-    c.stop("xp")  # the unlock is recorded, then the grant cannot reach XpService
-    error = rpc_error(lambda: unlock(c, user_id, achievement_id))
-    assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert "repeat UnlockAchievement" in error.details()
-    assert unlocked_ids(c, user_id) == [achievement_id]
-
-    c.start("xp")
-    healed = retry_until_available(lambda: unlock(c, user_id, achievement_id))
-    assert (healed.already_unlocked, healed.xp_awarded, healed.total_xp) == (True, 300, 300)
-    assert healed.level_up.current_level == 3
+    c.stop("levels")
+    first = unlock(c, user_id, achievement_id)
+    assert (first.already_unlocked, first.xp_awarded, first.total_xp) == (False, 300, 300)
+    assert not first.HasField("level_up")  # deferred: the reward is paid, the level-up waits for Levels
+    c.start("levels")
+    checked = retry_until_available(
+        lambda: c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id, request_id=unique("check")))
+    )
+    assert (checked.leveled_up, checked.current_level, checked.total_xp) == (True, 3, 300)
     again = unlock(c, user_id, achievement_id)
     assert (again.already_unlocked, again.xp_awarded, again.total_xp) == (True, 0, 300)
-    assert progress(c, user_id).total_xp == 300
+
+
+def test_an_unlock_decided_on_a_stale_catalog_copy_is_written_with_the_catalog_as_it_is(
+    cluster: Cluster, user_id: str
+) -> None:
+    achievement_id = put_achievement(cluster, xp_reward=10)
+    unlock(cluster, unique("warm"), achievement_id)  # the server now holds a copy of the entry
+    # Another replica raises the reward and adds a requirement, straight into the table.
+    cluster.dynamodb.update_item(
+        TableName=cluster.table("achievements"),
+        Key={"achievement_id": {"S": achievement_id}},
+        UpdateExpression="SET xp_reward = :x, requirements.min_total_xp = :m, revision = :r",
+        ExpressionAttributeValues={":x": {"N": "25"}, ":m": {"N": "5"}, ":r": {"S": "another-replica"}},
+    )
+    error = rpc_error(lambda: unlock(cluster, user_id, achievement_id))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "needs 5 total XP, has 0" in error.details()
+    cluster.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=5, reason="support", request_id=unique("g")))
+    paid = unlock(cluster, user_id, achievement_id)
+    assert (paid.xp_awarded, paid.total_xp, paid.achievement.xp_reward) == (25, 30, 25)
+
+
+def test_a_reward_granted_before_the_unlock_is_not_paid_twice(cluster: Cluster, user_id: str) -> None:
+    achievement_id = put_achievement(cluster, xp_reward=30)
+    cluster.xp.GrantXp(
+        xp_pb2.GrantXpRequest(user_id=user_id, amount=20, reason="support", achievement_id=achievement_id)
+    )
+    first = unlock(cluster, user_id, achievement_id)
+    assert (first.already_unlocked, first.xp_awarded, first.total_xp) == (False, 0, 20)
+    listing = cluster.achievements.ListUserAchievements(ach.ListUserAchievementsRequest(user_id=user_id))
+    assert [(a.achievement_id, a.xp_reward) for a in listing.achievements] == [(achievement_id, 20)]  # what was paid
 
 
 def test_list_user_achievements_in_unlock_order_with_catalog_entries(cluster: Cluster, user_id: str) -> None:
@@ -207,36 +247,54 @@ def test_a_callers_request_id_cannot_collide_with_an_achievements_reward(cluster
     assert (first.already_unlocked, first.xp_awarded, first.total_xp) == (False, 50, 71)
 
 
-def test_owed_xp_is_paid_even_after_the_achievement_left_the_catalog(new_cluster: Factory, user_id: str) -> None:
-    c = new_cluster()
-    achievement_id = put_achievement(c, xp_reward=40)
-    c.stop("xp")
-    assert rpc_error(lambda: unlock(c, user_id, achievement_id)).code() == grpc.StatusCode.UNAVAILABLE
-    c.achievements.DeleteAchievement(ach.DeleteAchievementRequest(achievement_id=achievement_id))
-    c.start("xp")
-    healed = retry_until_available(lambda: unlock(c, user_id, achievement_id))
-    assert (healed.already_unlocked, healed.xp_awarded, healed.total_xp) == (True, 40, 40)
-    assert healed.achievement.achievement_id == achievement_id
+def owed_unlock(cluster: Cluster, user_id: str, achievement_id: str, xp_reward: int) -> None:
+    """An unlock as a version before this one left it when its separate XP grant did not complete."""
+    cluster.dynamodb.put_item(
+        TableName=cluster.table("user_achievements"),
+        Item={
+            "user_id": {"S": user_id},
+            "achievement_id": {"S": achievement_id},
+            "unlocked_at": {"S": "2026-01-01T00:00:00.000000Z"},
+            "xp_reward": {"N": str(xp_reward)},
+            "xp_granted": {"BOOL": False},
+        },
+    )
+    cluster.dynamodb.update_item(
+        TableName=cluster.table("user_progress"),
+        Key={"user_id": {"S": user_id}},
+        UpdateExpression="ADD unlocked_achievements :a",
+        ExpressionAttributeValues={":a": {"SS": [achievement_id]}},
+    )
 
 
-def test_a_grant_that_outlived_its_deadline_is_reported_once_by_the_repeat(new_cluster: Factory, user_id: str) -> None:
-    # With a deadline far too short, the first call gives up while XpService may
-    # still record the grant: the repeat must report the reward either way, once.
-    c = new_cluster(xp_grant_timeout_s=0.0001)
-    achievement_id = put_achievement(c, xp_reward=90)
-    error = rpc_error(lambda: unlock(c, user_id, achievement_id))
-    assert error.code() == grpc.StatusCode.UNAVAILABLE and "DEADLINE_EXCEEDED" in error.details()
-    time.sleep(0.5)  # let a late grant land, if it is going to
-    c.settings = replace(c.settings, xp_grant_timeout_s=5.0)
-    c.stop("achievements")
-    c.start("achievements")
-    repeat = unlock(c, user_id, achievement_id)
+def test_xp_an_earlier_version_left_owed_is_paid_once_even_after_the_achievement_left(
+    cluster: Cluster, user_id: str
+) -> None:
+    achievement_id = put_achievement(cluster, xp_reward=40)
+    owed_unlock(cluster, user_id, achievement_id, 40)
+    cluster.achievements.DeleteAchievement(ach.DeleteAchievementRequest(achievement_id=achievement_id))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        repeats = list(pool.map(lambda _: unlock(cluster, user_id, achievement_id), range(4)))
+    assert sorted((r.already_unlocked, r.xp_awarded, r.total_xp) for r in repeats) == [(True, 0, 40)] * 3 + [
+        (True, 40, 40)
+    ]
+    assert all(r.achievement.achievement_id == achievement_id for r in repeats)
+
+
+def test_an_owed_unlock_whose_grant_landed_is_marked_and_reported_once(cluster: Cluster, user_id: str) -> None:
+    achievement_id = put_achievement(cluster, xp_reward=90)
+    owed_unlock(cluster, user_id, achievement_id, 90)
+    # The earlier version's GrantXp completed; its mark of the unlock did not.
+    cluster.xp.GrantXp(
+        xp_pb2.GrantXpRequest(user_id=user_id, amount=90, reason="achievement", achievement_id=achievement_id)
+    )
+    repeat = unlock(cluster, user_id, achievement_id)
     assert (repeat.already_unlocked, repeat.xp_awarded, repeat.total_xp) == (True, 90, 90)
-    again = unlock(c, user_id, achievement_id)
+    again = unlock(cluster, user_id, achievement_id)
     assert (again.already_unlocked, again.xp_awarded, again.total_xp) == (True, 0, 90)
 
 
-def retry_until_available(call: Callable[[], ach.UnlockAchievementResponse]) -> ach.UnlockAchievementResponse:
+def retry_until_available(call: Callable[[], T]) -> T:
     deadline = time.monotonic() + 15
     while True:
         try:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from achievements_service.domain import PlayerStanding, Requirements, unmet_requirements
-from common.models import Level, LevelTable, Reward
+from common.models import ACTIVITY, GRANT, LedgerEntry, Level, LevelTable, Reward, entry_id_for
 from levels_service.domain import MAX_LEVELS_PER_STEP, plan_level_up
-from xp_service.domain import ACTIVITY, GRANT, LedgerEntry, entry_id_for, is_same_request
+from xp_service.domain import is_same_request
 
 TABLE = LevelTable(
     [

@@ -259,7 +259,7 @@ def cluster_ports(dynamodb_endpoint: str, tmp_path_factory: pytest.TempPathFacto
         metrics=False,
         # The doc shows awards whose level check answered in time; generous
         # deadlines keep a loaded machine from turning them into deferred ones.
-        extra_env={"REWARDS_LEVEL_CHECK_TIMEOUT_S": "10", "REWARDS_XP_GRANT_TIMEOUT_S": "10"},
+        extra_env={"REWARDS_LEVEL_CHECK_TIMEOUT_S": "10"},
     )
     try:
         yield cluster.ports
@@ -394,7 +394,7 @@ def test_the_readme_grpcurl_block_calls_every_rpc_and_works(dynamodb_endpoint: s
         dynamodb_endpoint,
         tmp_path,
         metrics=False,
-        extra_env={"REWARDS_LEVEL_CHECK_TIMEOUT_S": "10", "REWARDS_XP_GRANT_TIMEOUT_S": "10"},
+        extra_env={"REWARDS_LEVEL_CHECK_TIMEOUT_S": "10"},
     )
     try:
         # The tokens . .local/dev-auth.env would set, of the test cluster's key.

@@ -272,7 +272,7 @@ def cluster(dynamodb_endpoint: str, tmp_path_factory: pytest.TempPathFactory) ->
         gateway=True,
         # The README shows awards whose level check answered in time; generous
         # deadlines keep a loaded machine from turning them into deferred ones.
-        extra_env={"REWARDS_LEVEL_CHECK_TIMEOUT_S": "10", "REWARDS_XP_GRANT_TIMEOUT_S": "10"},
+        extra_env={"REWARDS_LEVEL_CHECK_TIMEOUT_S": "10"},
     )
     try:
         applied = subprocess.run(

@@ -7,9 +7,9 @@ import grpc
 from common.channels import peer_channel
 from common.config import Settings
 from common.dynamodb import DynamoDBClient, LevelTableCache
+from common.levels_client import GrpcLevelChecker
 from common.server_runtime import HealthServicer, build_grpc_server, run_service
 from rewards.v1 import xp_pb2, xp_pb2_grpc
-from xp_service.level_checker import GrpcLevelChecker
 from xp_service.servicer import XpServicer
 from xp_service.storage import DynamoDBXpRepository
 from xp_service.use_cases import XpLedger

@@ -15,18 +15,20 @@ from common.dynamodb import (
     TransactionCancelled,
     attr,
     from_item,
+    ledger_entry_from,
+    ledger_put,
+    mark_level_check_deferred,
     read_levels_reached,
     read_progress,
     to_item,
     transact_write,
 )
-from common.models import ProgressRecord, Reward
+from common.models import LedgerEntry, ProgressRecord, Reward
 from xp_service.domain import (
     Activity,
     ActivityChanged,
     ActivityNotFound,
     DuplicateRequest,
-    LedgerEntry,
 )
 
 # Activities kept in memory at most; past it the cache starts over (a catalog
@@ -41,22 +43,6 @@ def _activity_from(values: dict[str, Any]) -> Activity:
         description=values.get("description", ""),
         category=values.get("category", ""),
         xp=int(values.get("xp", 0)),
-    )
-
-
-def _entry_from(values: dict[str, Any]) -> LedgerEntry:
-    return LedgerEntry(
-        user_id=values["user_id"],
-        entry_id=values["entry_id"],
-        request_id=values.get("request_id", ""),
-        kind=values["kind"],
-        xp=int(values["xp"]),
-        activity_id=values.get("activity_id", ""),
-        reason=values.get("reason", ""),
-        achievement_id=values.get("achievement_id", ""),
-        recorded_at=values.get("recorded_at", ""),
-        attempt_id=values.get("attempt_id", ""),
-        level_check_deferred=bool(values.get("level_check_deferred", False)),
     )
 
 
@@ -126,26 +112,8 @@ class DynamoDBXpRepository:
         old entry comes back with the cancellation when it is not), the ADD to
         the user's total, and with `activity` a check that the catalog still
         gives it this XP."""
-        ledger_values: dict[str, Any] = {
-            "user_id": entry.user_id,
-            "entry_id": entry.entry_id,
-            "kind": entry.kind,
-            "xp": entry.xp,
-            "recorded_at": entry.recorded_at,
-            "attempt_id": entry.attempt_id,
-        }
-        for name in ("request_id", "activity_id", "reason", "achievement_id"):
-            if getattr(entry, name):
-                ledger_values[name] = getattr(entry, name)
         items: list[dict[str, Any]] = [
-            {
-                "Put": {
-                    "TableName": self._ledger,
-                    "Item": to_item(ledger_values),
-                    "ConditionExpression": "attribute_not_exists(entry_id)",
-                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                }
-            },
+            ledger_put(self._prefix, entry),
             {
                 "Update": {
                     "TableName": self._progress,
@@ -176,7 +144,7 @@ class DynamoDBXpRepository:
                     raise ActivityChanged(activity.activity_id) from None
                 raise
             existing = (
-                _entry_from(from_item(ledger.item))
+                ledger_entry_from(from_item(ledger.item))
                 if ledger.item
                 else await self.get_entry(entry.user_id, entry.entry_id)
             )
@@ -193,34 +161,13 @@ class DynamoDBXpRepository:
                 "ConsistentRead": True,
             },
         )
-        return _entry_from(from_item(response["Item"])) if "Item" in response else None
+        return ledger_entry_from(from_item(response["Item"])) if "Item" in response else None
 
     async def get_progress(self, user_id: str) -> ProgressRecord:
         return await read_progress(self._client, self._prefix, user_id)
 
     async def mark_level_check_deferred(self, user_id: str, entry_id: str) -> None:
-        """One transaction, on the failure path only (Levels could not answer)."""
-        await transact_write(
-            self._client,
-            [
-                {
-                    "Update": {
-                        "TableName": self._ledger,
-                        "Key": {"user_id": attr(user_id), "entry_id": attr(entry_id)},
-                        "UpdateExpression": "SET level_check_deferred = :t",
-                        "ExpressionAttributeValues": {":t": attr(True)},
-                    }
-                },
-                {
-                    "Update": {
-                        "TableName": self._progress,
-                        "Key": {"user_id": attr(user_id)},
-                        "UpdateExpression": "SET deferred_check = :e",
-                        "ExpressionAttributeValues": {":e": attr(entry_id)},
-                    }
-                },
-            ],
-        )
+        await mark_level_check_deferred(self._client, self._prefix, user_id, entry_id)
 
     async def rewards_granted(self, user_id: str) -> tuple[Reward, ...]:
         reached = await read_levels_reached(self._client, self._prefix, user_id)

@@ -5,23 +5,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.errors import ContentionExhausted
+from common.level_check import LevelChecker, check_level_after_xp
 from common.metrics import XP_AWARDED
-from common.models import LevelUpOutcome, ProgressRecord, Reward, utc_now_iso
-from xp_service.domain import (
+from common.models import (
     ACHIEVEMENT,
     ACTIVITY,
     GRANT,
+    LedgerEntry,
+    LevelUpOutcome,
+    ProgressRecord,
+    Reward,
+    entry_id_for,
+    new_entry,
+    utc_now_iso,
+)
+from xp_service.domain import (
     Activity,
     ActivityChanged,
     ActivityNotFound,
     DuplicateRequest,
-    LedgerEntry,
-    LevelChecker,
     RequestIdReused,
     XpRepository,
-    entry_id_for,
     is_same_request,
-    new_entry,
 )
 
 # Catalog changes racing one award: each costs a re-read, and they are rare.
@@ -115,9 +120,9 @@ class XpLedger:
     async def _record_once_and_check_level(self, entry: LedgerEntry, activity: Activity | None = None) -> AwardOutcome:
         """The common path is two DynamoDB calls and no gRPC hop: the
         transaction, then the progress read, which says whether a level-up may
-        be due (its stored threshold). Only then is the Levels service asked,
-        with the check named after the ledger entry, so that a retry of this
-        award gets the level-up this award caused."""
+        be due. Only then is the Levels service asked, with the check named
+        after the ledger entry, so that a retry of this award gets the
+        level-up this award caused."""
         xp_awarded, repeat_of = entry.xp, None
         try:
             await self._repository.record_xp(entry, activity)
@@ -128,29 +133,22 @@ class XpLedger:
                 if not is_same_request(original, entry):
                     raise RequestIdReused(original, entry) from None
                 xp_awarded, repeat_of = original.xp, original
-        duplicate = repeat_of is not None
-        record = await self._repository.get_progress(entry.user_id)
-        due = record.level_check_due(await self._repository.level_table_version())
         # A repeat answers as the first did: it may grant only where the first check was deferred.
-        replay_only = repeat_of is not None and not repeat_of.level_check_deferred
-        # A duplicate always asks: it must report the level-up its original made, if any.
-        if duplicate or due:
-            level_up = await self._levels.check_level_up(entry.user_id, entry.level_check_name, replay_only)
-            if level_up is None and not duplicate:
-                await self._repository.mark_level_check_deferred(entry.user_id, entry.entry_id)
-            if level_up is not None:
-                return AwardOutcome(
-                    entry.user_id, xp_awarded, level_up.total_xp, level_up.current_level, duplicate, level_up
-                )
-            level = record.level if record.level is not None else await self._repository.start_level()
-            return AwardOutcome(entry.user_id, xp_awarded, record.total_xp, level, duplicate, None, True)
-        assert record.level is not None
-        nothing_due = LevelUpOutcome(
-            user_id=entry.user_id,
-            leveled_up=False,
-            previous_level=record.level,
-            current_level=record.level,
-            total_xp=record.total_xp,
-            next_level_xp=record.next_level_xp or 0,
+        level = await check_level_after_xp(
+            self._repository,
+            self._levels,
+            entry.user_id,
+            entry.entry_id,
+            entry.level_check_name,
+            repeat=repeat_of is not None,
+            replay_only=repeat_of is not None and not repeat_of.level_check_deferred,
         )
-        return AwardOutcome(entry.user_id, xp_awarded, record.total_xp, record.level, duplicate, nothing_due)
+        return AwardOutcome(
+            entry.user_id,
+            xp_awarded,
+            level.total_xp,
+            level.level,
+            repeat_of is not None,
+            level.level_up,
+            level.deferred,
+        )

@@ -1,8 +1,9 @@
 """The one place that speaks DynamoDB, split by job: `client` (the services'
 lean async client and its retries), `tables` (the table definitions, table
 management and the boto3 client of the tooling), `items` (the item codec and
-page tokens), `transactions` (transactions and conflict retries) and `reads`
-(catalog tables and the reads several services share)."""
+page tokens), `transactions` (transactions and conflict retries), `reads`
+(catalog tables and the reads several services share) and `ledger` (the XP
+ledger's items, which XP and Achievements write)."""
 
 from common.dynamodb.client import (
     RETRYABLE_ERROR_CODES,
@@ -13,6 +14,7 @@ from common.dynamodb.client import (
     TransactionCancelled,
 )
 from common.dynamodb.items import attr, decode_page_token, encode_page_token, from_item, to_item
+from common.dynamodb.ledger import ledger_entry_from, ledger_put, mark_level_check_deferred
 from common.dynamodb.level_table import LevelTableCache, version_bump, version_check
 from common.dynamodb.reads import (
     CatalogTable,
@@ -76,6 +78,9 @@ __all__ = [
     "ensure_tables",
     "error_code",
     "from_item",
+    "ledger_entry_from",
+    "ledger_put",
+    "mark_level_check_deferred",
     "level_reached_from",
     "read_levels_reached",
     "read_progress",

@@ -26,8 +26,8 @@ if _version_not_supported:
 
 
 class AchievementsServiceStub:
-    """Achievements: the catalog and exactly-once unlocks that pay XP through
-    XpService.GrantXp.
+    """Achievements: the catalog and exactly-once unlocks that pay their XP
+    reward into the XP ledger in the unlock's own transaction.
 
     Limits: ids (achievement_id, user_id, request_id) are at most 128
     characters with no control characters and no surrounding white space;
@@ -78,8 +78,8 @@ class AchievementsServiceStub:
 
 
 class AchievementsServiceServicer:
-    """Achievements: the catalog and exactly-once unlocks that pay XP through
-    XpService.GrantXp.
+    """Achievements: the catalog and exactly-once unlocks that pay their XP
+    reward into the XP ledger in the unlock's own transaction.
 
     Limits: ids (achievement_id, user_id, request_id) are at most 128
     characters with no control characters and no surrounding white space;
@@ -119,12 +119,12 @@ class AchievementsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UnlockAchievement(self, request, context):
-        """Unlocks an achievement once per user and grants its xp_reward once,
-        through XpService.GrantXp. NOT_FOUND for an unknown achievement;
-        FAILED_PRECONDITION, naming what is missing, when requirements are unmet.
-        A repeat returns already_unlocked = true and xp_awarded = 0. When the
-        grant cannot complete (XP service down), the call is UNAVAILABLE with the
-        unlock recorded and its XP owed: a repeat pays it, once.
+        """Unlocks an achievement once per user and pays its xp_reward once, in one
+        transaction (the XP service need not be up). NOT_FOUND for an unknown
+        achievement; FAILED_PRECONDITION, naming what is missing, when
+        requirements are unmet. A repeat returns already_unlocked = true and
+        xp_awarded = 0. level_up is set on the call that paid the reward, unless
+        the Levels service could not answer (the next check grants it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,8 +178,8 @@ def add_AchievementsServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AchievementsService:
-    """Achievements: the catalog and exactly-once unlocks that pay XP through
-    XpService.GrantXp.
+    """Achievements: the catalog and exactly-once unlocks that pay their XP
+    reward into the XP ledger in the unlock's own transaction.
 
     Limits: ids (achievement_id, user_id, request_id) are at most 128
     characters with no control characters and no surrounding white space;

@@ -27,8 +27,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AchievementsServiceStub:
-    """Achievements: the catalog and exactly-once unlocks that pay XP through
-    XpService.GrantXp.
+    """Achievements: the catalog and exactly-once unlocks that pay their XP
+    reward into the XP ledger in the unlock's own transaction.
 
     Limits: ids (achievement_id, user_id, request_id) are at most 128
     characters with no control characters and no surrounding white space;
@@ -52,19 +52,19 @@ class AchievementsServiceStub:
     DeleteAchievement: _grpc.UnaryUnaryMultiCallable[_achievements_pb2.DeleteAchievementRequest, _achievements_pb2.DeleteAchievementResponse]
     """NOT_FOUND when the achievement is not in the catalog."""
     UnlockAchievement: _grpc.UnaryUnaryMultiCallable[_achievements_pb2.UnlockAchievementRequest, _achievements_pb2.UnlockAchievementResponse]
-    """Unlocks an achievement once per user and grants its xp_reward once,
-    through XpService.GrantXp. NOT_FOUND for an unknown achievement;
-    FAILED_PRECONDITION, naming what is missing, when requirements are unmet.
-    A repeat returns already_unlocked = true and xp_awarded = 0. When the
-    grant cannot complete (XP service down), the call is UNAVAILABLE with the
-    unlock recorded and its XP owed: a repeat pays it, once.
+    """Unlocks an achievement once per user and pays its xp_reward once, in one
+    transaction (the XP service need not be up). NOT_FOUND for an unknown
+    achievement; FAILED_PRECONDITION, naming what is missing, when
+    requirements are unmet. A repeat returns already_unlocked = true and
+    xp_awarded = 0. level_up is set on the call that paid the reward, unless
+    the Levels service could not answer (the next check grants it).
     """
     ListUserAchievements: _grpc.UnaryUnaryMultiCallable[_achievements_pb2.ListUserAchievementsRequest, _achievements_pb2.ListUserAchievementsResponse]
 
 @_typing.type_check_only
 class AchievementsServiceAsyncStub(AchievementsServiceStub):
-    """Achievements: the catalog and exactly-once unlocks that pay XP through
-    XpService.GrantXp.
+    """Achievements: the catalog and exactly-once unlocks that pay their XP
+    reward into the XP ledger in the unlock's own transaction.
 
     Limits: ids (achievement_id, user_id, request_id) are at most 128
     characters with no control characters and no surrounding white space;
@@ -85,18 +85,18 @@ class AchievementsServiceAsyncStub(AchievementsServiceStub):
     DeleteAchievement: _aio.UnaryUnaryMultiCallable[_achievements_pb2.DeleteAchievementRequest, _achievements_pb2.DeleteAchievementResponse]  # type: ignore[assignment]
     """NOT_FOUND when the achievement is not in the catalog."""
     UnlockAchievement: _aio.UnaryUnaryMultiCallable[_achievements_pb2.UnlockAchievementRequest, _achievements_pb2.UnlockAchievementResponse]  # type: ignore[assignment]
-    """Unlocks an achievement once per user and grants its xp_reward once,
-    through XpService.GrantXp. NOT_FOUND for an unknown achievement;
-    FAILED_PRECONDITION, naming what is missing, when requirements are unmet.
-    A repeat returns already_unlocked = true and xp_awarded = 0. When the
-    grant cannot complete (XP service down), the call is UNAVAILABLE with the
-    unlock recorded and its XP owed: a repeat pays it, once.
+    """Unlocks an achievement once per user and pays its xp_reward once, in one
+    transaction (the XP service need not be up). NOT_FOUND for an unknown
+    achievement; FAILED_PRECONDITION, naming what is missing, when
+    requirements are unmet. A repeat returns already_unlocked = true and
+    xp_awarded = 0. level_up is set on the call that paid the reward, unless
+    the Levels service could not answer (the next check grants it).
     """
     ListUserAchievements: _aio.UnaryUnaryMultiCallable[_achievements_pb2.ListUserAchievementsRequest, _achievements_pb2.ListUserAchievementsResponse]  # type: ignore[assignment]
 
 class AchievementsServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Achievements: the catalog and exactly-once unlocks that pay XP through
-    XpService.GrantXp.
+    """Achievements: the catalog and exactly-once unlocks that pay their XP
+    reward into the XP ledger in the unlock's own transaction.
 
     Limits: ids (achievement_id, user_id, request_id) are at most 128
     characters with no control characters and no surrounding white space;
@@ -145,12 +145,12 @@ class AchievementsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _achievements_pb2.UnlockAchievementRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_achievements_pb2.UnlockAchievementResponse, _abc.Awaitable[_achievements_pb2.UnlockAchievementResponse]]:
-        """Unlocks an achievement once per user and grants its xp_reward once,
-        through XpService.GrantXp. NOT_FOUND for an unknown achievement;
-        FAILED_PRECONDITION, naming what is missing, when requirements are unmet.
-        A repeat returns already_unlocked = true and xp_awarded = 0. When the
-        grant cannot complete (XP service down), the call is UNAVAILABLE with the
-        unlock recorded and its XP owed: a repeat pays it, once.
+        """Unlocks an achievement once per user and pays its xp_reward once, in one
+        transaction (the XP service need not be up). NOT_FOUND for an unknown
+        achievement; FAILED_PRECONDITION, naming what is missing, when
+        requirements are unmet. A repeat returns already_unlocked = true and
+        xp_awarded = 0. level_up is set on the call that paid the reward, unless
+        the Levels service could not answer (the next check grants it).
         """
 
     @_abc_1.abstractmethod

@@ -224,9 +224,10 @@ class GrantXpRequest(_message.Message):
     request_id: _builtins.str
     """Scoped to the user. Empty: not deduplicated."""
     achievement_id: _builtins.str
-    """Set by the Achievements service when the grant pays an achievement's
-    xp_reward: the grant is then deduplicated on (user_id, achievement_id),
-    apart from every request_id, and request_id must be empty.
+    """Pays an achievement's xp_reward outside an unlock (an operator's
+    correction): the grant is then deduplicated on (user_id, achievement_id),
+    apart from every request_id, and request_id must be empty; the
+    achievement's unlock pays nothing more.
     """
     def __init__(
         self,

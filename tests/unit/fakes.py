@@ -16,21 +16,21 @@ between a use case's read and its write.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from achievements_service.domain import (
     Achievement,
+    AchievementChanged,
     AchievementNotFound,
     AlreadyUnlocked,
-    GrantRefused,
-    GrantResult,
     Requirements,
-    RequirementsChangedConcurrently,
+    RequirementsNotHeld,
+    RewardPaidBefore,
     Unlock,
 )
 from common.models import (
+    LedgerEntry,
     Level,
     LevelReached,
     LevelTable,
@@ -53,7 +53,6 @@ from xp_service.domain import (
     ActivityChanged,
     ActivityNotFound,
     DuplicateRequest,
-    LedgerEntry,
 )
 
 Hook = Callable[[], Awaitable[None]]
@@ -192,7 +191,7 @@ class FakeXpRepository:
 
 
 class FakeLevelChecker:
-    """xp_service.domain.LevelChecker: answers `answer` (None: the Levels
+    """common.level_check.LevelChecker: answers `answer` (None: the Levels
     service could not answer in time) and logs each call."""
 
     def __init__(self, answer: LevelUpOutcome | None = None) -> None:
@@ -412,28 +411,39 @@ class FakeLevelsRepository:
 class FakeAchievementsRepository:
     """achievements_service.domain.AchievementsRepository in memory.
 
-    `progress` stands for the shared user_progress item: FakeXpGranter adds the
-    XP it pays to it."""
+    `catalog` is the achievement table, `cache` this process's copy of it (what
+    cached_achievement answers from), which tests may leave stale to play
+    another replica changing the catalog. `progress` and `ledger` stand for the
+    shared user_progress item and the XP ledger: an unlock pays into them."""
 
-    def __init__(self, *, start_level: int = 0) -> None:
+    def __init__(self, *, start_level: int = 0, level_table_version: int = 1) -> None:
         self.catalog: dict[str, Achievement] = {}
+        self.cache: dict[str, Achievement] = {}
         self.unlocks: dict[tuple[str, str], Unlock] = {}
-        self.granted_by: dict[tuple[str, str], str] = {}
+        self.ledger: dict[tuple[str, str], LedgerEntry] = {}
         self.progress: dict[str, ProgressRecord] = {}
         self.start_level_value = start_level
+        self.version = level_table_version
+        self._revisions = 0
         # Knobs.
         self.before_record_unlock: list[Hook | None] = []
         # The next record_unlock_once fails its requirements guard whatever the progress holds.
         self.fail_next_requirements_guard = False
+        # The next N record_unlock_once calls write, then report AlreadyUnlocked with the
+        # unlock just written: the client's retry of a transaction whose answer was lost.
+        self.lose_next_record_answers = 0
         # Call log.
-        self.withdraw_calls: list[tuple[Unlock, str | None]] = []
-        self.mark_calls: list[tuple[str, str, str]] = []
+        self.record_calls: list[tuple[Unlock, LedgerEntry | None]] = []
+        self.get_achievement_calls: list[str] = []
         self.start_level_calls = 0
 
     # --- seeding ----------------------------------------------------------------
 
-    def seed_achievement(self, achievement: Achievement) -> None:
-        self.catalog[achievement.achievement_id] = achievement
+    def seed_achievement(self, achievement: Achievement) -> Achievement:
+        self._revisions += 1
+        stored = replace(achievement, revision=f"r{self._revisions}")
+        self.catalog[achievement.achievement_id] = stored
+        return stored
 
     def seed_progress(self, record: ProgressRecord) -> None:
         self.progress[record.user_id] = record
@@ -448,15 +458,30 @@ class FakeAchievementsRepository:
             updated_at=unlock.unlocked_at,
         )
 
+    def pay(self, entry: LedgerEntry) -> None:
+        """The ledger entry and its XP in the total."""
+        self.ledger[(entry.user_id, entry.entry_id)] = entry
+        record = self.progress.get(entry.user_id, ProgressRecord(entry.user_id))
+        self.progress[entry.user_id] = replace(record, total_xp=record.total_xp + entry.xp)
+
     # --- catalog ----------------------------------------------------------------
 
-    async def put_achievement(self, achievement: Achievement) -> None:
-        self.catalog[achievement.achievement_id] = achievement
+    async def put_achievement(self, achievement: Achievement) -> Achievement:
+        self.cache.pop(achievement.achievement_id, None)
+        return self.seed_achievement(achievement)
 
     async def get_achievement(self, achievement_id: str) -> Achievement:
+        self.get_achievement_calls.append(achievement_id)
         achievement = self.catalog.get(achievement_id)
         if achievement is None:
             raise AchievementNotFound(achievement_id)
+        return achievement
+
+    async def cached_achievement(self, achievement_id: str) -> Achievement:
+        achievement = self.cache.get(achievement_id)
+        if achievement is None:
+            achievement = await self.get_achievement(achievement_id)
+            self.cache[achievement_id] = achievement
         return achievement
 
     async def get_achievements(self, achievement_ids: list[str]) -> dict[str, Achievement]:
@@ -467,6 +492,7 @@ class FakeAchievementsRepository:
         return [self.catalog[i] for i in page], token
 
     async def delete_achievement(self, achievement_id: str) -> None:
+        self.cache.pop(achievement_id, None)
         if self.catalog.pop(achievement_id, None) is None:
             raise AchievementNotFound(achievement_id)
 
@@ -475,21 +501,15 @@ class FakeAchievementsRepository:
     async def get_progress(self, user_id: str) -> ProgressRecord:
         return self.progress.get(user_id, ProgressRecord(user_id))
 
-    async def read_for_unlock(
-        self, user_id: str, achievement_id: str
-    ) -> tuple[Unlock | None, Achievement | None, ProgressRecord]:
-        return (
-            self.unlocks.get((user_id, achievement_id)),
-            self.catalog.get(achievement_id),
-            await self.get_progress(user_id),
-        )
+    async def get_unlock(self, user_id: str, achievement_id: str) -> Unlock | None:
+        return self.unlocks.get((user_id, achievement_id))
 
     async def list_unlocks(self, user_id: str) -> list[Unlock]:
         found = [u for (owner, _), u in self.unlocks.items() if owner == user_id]
         return sorted(found, key=lambda u: (u.unlocked_at, u.achievement_id))
 
     @staticmethod
-    def _guard_holds(record: ProgressRecord | None, requirements: Requirements, level_is_stored: bool) -> bool:
+    def _guard_holds(record: ProgressRecord | None, requirements: Requirements, start_level: int) -> bool:
         """achievements_service.storage.requirements_guard, evaluated on the stored item."""
         if record is None:  # a missing item: only the attribute_not_exists parts hold
             record = ProgressRecord("")
@@ -498,93 +518,61 @@ class FakeAchievementsRepository:
         if requirements.min_total_xp and record.total_xp < requirements.min_total_xp:
             return False
         if requirements.min_level:
-            at_least = record.level is not None and record.level >= requirements.min_level
-            if not at_least and not (not level_is_stored and record.level is None):
+            level = record.level if record.level is not None else start_level
+            if level < requirements.min_level:
                 return False
         return True
 
-    async def record_unlock_once(self, unlock: Unlock, requirements: Requirements, level_is_stored: bool) -> None:
+    async def record_unlock_once(
+        self, unlock: Unlock, achievement: Achievement, start_level: int, payment: LedgerEntry | None
+    ) -> None:
+        """The storage's transaction, its conditions checked in the order it reports them."""
+        self.record_calls.append((unlock, payment))
         await _run_next(self.before_record_unlock)
         key = (unlock.user_id, unlock.achievement_id)
         existing = self.unlocks.get(key)
         if existing is not None:
             raise AlreadyUnlocked(existing)
+        current = self.catalog.get(achievement.achievement_id)
+        if current is None or current.revision != achievement.revision:
+            self.cache.pop(achievement.achievement_id, None)
+            raise AchievementChanged(achievement.achievement_id)
+        if payment is not None and (payment.user_id, payment.entry_id) in self.ledger:
+            raise RewardPaidBefore(achievement.achievement_id, self.ledger[(payment.user_id, payment.entry_id)].xp)
         record = self.progress.get(unlock.user_id)
         if self.fail_next_requirements_guard:
             self.fail_next_requirements_guard = False
-            raise RequirementsChangedConcurrently(unlock.achievement_id)
-        if not self._guard_holds(record, requirements, level_is_stored):
-            raise RequirementsChangedConcurrently(unlock.achievement_id)
-        self.unlocks[key] = unlock
-        record = record or ProgressRecord(unlock.user_id)
-        self.progress[unlock.user_id] = replace(
-            record,
-            unlocked_achievements=record.unlocked_achievements | {unlock.achievement_id},
-            updated_at=unlock.unlocked_at,
-        )
+            raise RequirementsNotHeld(achievement.achievement_id)
+        if not self._guard_holds(record, achievement.requirements, start_level):
+            raise RequirementsNotHeld(achievement.achievement_id)
+        self.seed_unlock(unlock)
+        if payment is not None:
+            self.pay(payment)
+        if self.lose_next_record_answers:
+            self.lose_next_record_answers -= 1
+            raise AlreadyUnlocked(unlock)
 
-    async def mark_xp_granted_once(self, user_id: str, achievement_id: str, marker: str) -> bool:
-        self.mark_calls.append((user_id, achievement_id, marker))
-        key = (user_id, achievement_id)
-        unlock = self.unlocks.get(key)
-        if unlock is None or (unlock.xp_granted and self.granted_by.get(key) != marker):
-            return False
-        self.unlocks[key] = replace(unlock, xp_granted=True)
-        self.granted_by[key] = marker
-        return True
-
-    async def withdraw_unpaid_unlock(self, unlock: Unlock, restore_updated_at: str | None = None) -> None:
-        """Removes the unpaid unlock and its place in the progress (and restores
-        the progress time when given), in one transaction. Where the unlock is
-        paid or gone, DynamoDBAchievementsRepository's transaction is cancelled
-        and TransactionCancelled escapes; this fake writes nothing and raises
-        AssertionError, so that no test here passes through that case unseen."""
-        self.withdraw_calls.append((unlock, restore_updated_at))
+    async def pay_owed_unlock_once(self, unlock: Unlock) -> bool:
         key = (unlock.user_id, unlock.achievement_id)
         stored = self.unlocks.get(key)
-        assert stored is not None and not stored.xp_granted, "withdraw of a paid or missing unlock is cancelled"
-        del self.unlocks[key]
-        record = self.progress.get(unlock.user_id, ProgressRecord(unlock.user_id))
-        record = replace(record, unlocked_achievements=record.unlocked_achievements - {unlock.achievement_id})
-        if restore_updated_at is not None:
-            record = replace(record, updated_at=restore_updated_at)
-        self.progress[unlock.user_id] = record
+        if stored is None or stored.xp_granted:
+            return False
+        payment = unlock.payment()
+        if (payment.user_id, payment.entry_id) not in self.ledger:
+            self.pay(payment)
+        self.unlocks[key] = replace(stored, xp_granted=True)
+        return True
 
     async def start_level(self) -> int:
         self.start_level_calls += 1
         return self.start_level_value
 
+    async def level_table_version(self) -> int:
+        return self.version
 
-class FakeXpGranter:
-    """achievements_service.domain.XpGranter: pays an unlock's xp_reward at most
-    once per (user, achievement), into the achievements fake's progress (the
-    shared user_progress item), and answers `level_up`."""
-
-    def __init__(self, repository: FakeAchievementsRepository, level_up: LevelUpOutcome | None = None) -> None:
-        self._repository = repository
-        self.level_up = level_up
-        self.paid: dict[tuple[str, str], int] = {}
-        self.calls: list[Unlock] = []
-        # Knobs.
-        self.refuse_next = 0  # the next N grants are refused (GrantRefused, nothing paid)
-        self.yield_before_paying = False  # lets concurrent callers in before paying
-        self.after_paying: list[Hook | None] = []
-
-    async def grant_achievement_xp(self, unlock: Unlock) -> GrantResult:
-        self.calls.append(unlock)
-        if self.refuse_next:
-            self.refuse_next -= 1
-            raise GrantRefused(f"XpService refused the achievement's XP grant ({unlock.achievement_id})")
-        if self.yield_before_paying:
-            await asyncio.sleep(0)
-        key = (unlock.user_id, unlock.achievement_id)
-        progress = self._repository.progress.get(unlock.user_id, ProgressRecord(unlock.user_id))
-        if key not in self.paid:
-            self.paid[key] = unlock.xp_reward
-            progress = replace(progress, total_xp=progress.total_xp + unlock.xp_reward)
-            self._repository.progress[unlock.user_id] = progress
-        await _run_next(self.after_paying)
-        return GrantResult(total_xp=progress.total_xp, level_up=self.level_up)
+    async def mark_level_check_deferred(self, user_id: str, entry_id: str) -> None:
+        self.ledger[(user_id, entry_id)] = replace(self.ledger[(user_id, entry_id)], level_check_deferred=True)
+        self.progress[user_id] = replace(self.progress.get(user_id, ProgressRecord(user_id)), deferred_check=entry_id)
 
 
 def stored_progress(

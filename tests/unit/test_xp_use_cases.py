@@ -8,9 +8,9 @@ import asyncio
 import pytest
 
 from common.errors import ContentionExhausted
-from common.models import LevelUpOutcome, ProgressRecord, Reward
+from common.models import ACHIEVEMENT, ACTIVITY, GRANT, LevelUpOutcome, ProgressRecord, Reward
 from tests.unit.fakes import FakeLevelChecker, FakeXpRepository, stored_progress
-from xp_service.domain import ACHIEVEMENT, ACTIVITY, GRANT, Activity, ActivityNotFound, RequestIdReused
+from xp_service.domain import Activity, ActivityNotFound, RequestIdReused
 from xp_service.use_cases import AwardOutcome, XpLedger
 
 USER = "user-1"

@@ -1,5 +1,5 @@
-"""The Levels service as XP sees it: a grpc.aio client with a deadline that
-turns an unreachable or slow Levels service into a deferred check."""
+"""The Levels service as XP and Achievements see it: a grpc.aio client with a
+deadline that turns an unreachable or slow Levels service into a deferred check."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from common.grpc_edge import level_up_from_message
 from common.models import LevelUpOutcome
 from rewards.v1 import levels_pb2, levels_pb2_grpc
 
-log = logging.getLogger("rewards.xp.levels_client")
+log = logging.getLogger("rewards.levels_client")
 
 
 class GrpcLevelChecker:
-    """xp_service.domain.LevelChecker over gRPC."""
+    """common.level_check.LevelChecker over gRPC."""
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
         self._stub = levels_pb2_grpc.LevelsServiceStub(channel)
