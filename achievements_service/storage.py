@@ -25,6 +25,7 @@ from common.dynamodb import (
     ACHIEVEMENTS,
     USER_ACHIEVEMENTS,
     USER_PROGRESS,
+    CatalogCopies,
     CatalogTable,
     DynamoDBClient,
     LevelTableCache,
@@ -39,10 +40,6 @@ from common.dynamodb import (
     update_item_once,
 )
 from common.models import LedgerEntry, ProgressRecord, utc_now_iso
-
-# Achievements kept in memory at most; past it the cache starts over (this only
-# bounds memory against a runaway catalog).
-_MAX_CACHED_ACHIEVEMENTS = 10_000
 
 
 def _achievement_to_values(achievement: Achievement) -> dict[str, Any]:
@@ -121,17 +118,15 @@ class DynamoDBAchievementsRepository:
         self._achievements = CatalogTable(client, table_prefix, ACHIEVEMENTS)
         self._unlocks = table_prefix + USER_ACHIEVEMENTS.name
         self._progress = table_prefix + USER_PROGRESS.name
-        # achievement_id -> Achievement as last read. Never trusted on its own: the
-        # unlock's transaction checks its revision against the catalog item (a
-        # ConditionCheck, no extra round trip), so a stale copy costs one retry.
-        self._cache: dict[str, Achievement] = {}
+        # The unlock's transaction checks the copy's revision against the catalog item.
+        self._copies: CatalogCopies[Achievement] = CatalogCopies()
 
     # --- catalog --------------------------------------------------------------
 
     async def put_achievement(self, achievement: Achievement) -> Achievement:
         stored = replace(achievement, revision=uuid.uuid4().hex)
         await self._achievements.put(_achievement_to_values(stored))
-        self._cache.pop(achievement.achievement_id, None)
+        self._copies.drop(achievement.achievement_id)
         return stored
 
     async def get_achievement(self, achievement_id: str) -> Achievement:
@@ -141,13 +136,7 @@ class DynamoDBAchievementsRepository:
         return _achievement_from(values)
 
     async def cached_achievement(self, achievement_id: str) -> Achievement:
-        achievement = self._cache.get(achievement_id)
-        if achievement is None:
-            achievement = await self.get_achievement(achievement_id)
-            if len(self._cache) >= _MAX_CACHED_ACHIEVEMENTS:
-                self._cache.clear()
-            self._cache[achievement_id] = achievement
-        return achievement
+        return await self._copies.get(achievement_id, self.get_achievement)
 
     async def get_achievements(self, achievement_ids: list[str]) -> dict[str, Achievement]:
         return {k: _achievement_from(v) for k, v in (await self._achievements.batch_get(achievement_ids)).items()}
@@ -157,7 +146,7 @@ class DynamoDBAchievementsRepository:
         return [_achievement_from(values) for values in items], token
 
     async def delete_achievement(self, achievement_id: str) -> None:
-        self._cache.pop(achievement_id, None)
+        self._copies.drop(achievement_id)
         if not await self._achievements.delete(achievement_id):
             raise AchievementNotFound(achievement_id)
 
@@ -255,7 +244,7 @@ class DynamoDBAchievementsRepository:
                     raise AlreadyUnlocked(existing) from None
                 raise AchievementChanged(achievement.achievement_id) from None  # withdrawn meanwhile: start over
             if failed[2]:
-                self._cache.pop(achievement.achievement_id, None)
+                self._copies.drop(achievement.achievement_id)
                 raise AchievementChanged(achievement.achievement_id) from None
             if payment is not None and failed[3]:
                 paid = cancelled.reasons[3].item or {}

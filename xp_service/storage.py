@@ -9,6 +9,7 @@ from common.dynamodb import (
     ACTIVITIES,
     USER_PROGRESS,
     XP_LEDGER,
+    CatalogCopies,
     CatalogTable,
     DynamoDBClient,
     LevelTableCache,
@@ -31,10 +32,6 @@ from xp_service.domain import (
     DuplicateRequest,
 )
 
-# Activities kept in memory at most; past it the cache starts over (a catalog
-# is far smaller: this only bounds memory against a runaway catalog).
-_MAX_CACHED_ACTIVITIES = 10_000
-
 
 def _activity_from(values: dict[str, Any]) -> Activity:
     return Activity(
@@ -56,11 +53,8 @@ class DynamoDBXpRepository:
         self._ledger = table_prefix + XP_LEDGER.name
         self._progress = table_prefix + USER_PROGRESS.name
         self._level_table = level_table
-        # activity_id -> Activity as last read. Never trusted on its own: the
-        # award's transaction checks the cached XP against the catalog item
-        # (a ConditionCheck, no extra round trip), so a stale entry costs one
-        # retry and never a wrong award, whichever replica changed the catalog.
-        self._activity_cache: dict[str, Activity] = {}
+        # The award's transaction checks the copy's XP against the catalog item.
+        self._activity_copies: CatalogCopies[Activity] = CatalogCopies()
 
     # --- catalog --------------------------------------------------------------
 
@@ -74,7 +68,7 @@ class DynamoDBXpRepository:
         if activity.category:  # an index key cannot be an empty string
             values["category"] = activity.category
         await self._activities.put(values)
-        self._activity_cache.pop(activity.activity_id, None)
+        self._activity_copies.drop(activity.activity_id)
 
     async def get_activity(self, activity_id: str) -> Activity:
         values = await self._activities.get(activity_id)
@@ -92,16 +86,10 @@ class DynamoDBXpRepository:
         return [_activity_from(values) for values in items], token
 
     async def cached_activity(self, activity_id: str) -> Activity:
-        activity = self._activity_cache.get(activity_id)
-        if activity is None:
-            activity = await self.get_activity(activity_id)
-            if len(self._activity_cache) >= _MAX_CACHED_ACTIVITIES:
-                self._activity_cache.clear()
-            self._activity_cache[activity_id] = activity
-        return activity
+        return await self._activity_copies.get(activity_id, self.get_activity)
 
     async def delete_activity(self, activity_id: str) -> None:
-        self._activity_cache.pop(activity_id, None)
+        self._activity_copies.drop(activity_id)
         if not await self._activities.delete(activity_id):
             raise ActivityNotFound(activity_id)
 
@@ -140,7 +128,7 @@ class DynamoDBXpRepository:
             ledger = cancelled.reasons[0] if cancelled.reasons else None
             if ledger is None or ledger.code != "ConditionalCheckFailed":
                 if activity is not None:
-                    self._activity_cache.pop(activity.activity_id, None)
+                    self._activity_copies.drop(activity.activity_id)
                     raise ActivityChanged(activity.activity_id) from None
                 raise
             existing = (

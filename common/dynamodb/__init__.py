@@ -17,6 +17,7 @@ from common.dynamodb.items import attr, decode_page_token, encode_page_token, fr
 from common.dynamodb.ledger import ledger_entry_from, ledger_put, mark_level_check_deferred
 from common.dynamodb.level_table import LevelTableCache, version_bump, version_check
 from common.dynamodb.reads import (
+    CatalogCopies,
     CatalogTable,
     level_reached_from,
     read_levels_reached,
@@ -61,6 +62,7 @@ __all__ = [
     "USER_PROGRESS",
     "XP_LEDGER",
     "CancellationReason",
+    "CatalogCopies",
     "CatalogTable",
     "LevelTableCache",
     "version_bump",

@@ -1,16 +1,43 @@
 """Reads and catalog writes more than one service makes: whole-item catalog
-tables, the user's progress item, and the levels a user reached."""
+tables and a process's copies of their entries, the user's progress item, and
+the levels a user reached."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 from common.dynamodb.client import ConditionalCheckFailed, DynamoDBClient
 from common.dynamodb.items import attr, decode_page_token, encode_page_token, from_item, to_item
 from common.dynamodb.tables import LEVEL_REWARDS, USER_PROGRESS, TableDefinition
 from common.dynamodb.transactions import batch_get_consistent
 from common.models import LevelReached, ProgressRecord, Reward
+
+Entry = TypeVar("Entry")
+
+
+class CatalogCopies(Generic[Entry]):
+    """A process's copies of catalog entries, read on first use. Never trusted
+    on their own: the write that relies on one checks it against the catalog
+    item in the same transaction (a ConditionCheck, no extra round trip), so a
+    stale copy costs one retry, whichever replica changed the catalog. Past
+    `limit` entries it starts over: this only bounds memory against a runaway catalog."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._copies: dict[str, Entry] = {}
+        self._limit = limit
+
+    async def get(self, key: str, read: Callable[[str], Awaitable[Entry]]) -> Entry:
+        copy = self._copies.get(key)
+        if copy is None:
+            copy = await read(key)
+            if len(self._copies) >= self._limit:
+                self._copies.clear()
+            self._copies[key] = copy
+        return copy
+
+    def drop(self, key: str) -> None:
+        self._copies.pop(key, None)
 
 
 class CatalogTable:
