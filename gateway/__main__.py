@@ -15,6 +15,7 @@ import uvicorn
 from common.config import Settings
 from common.rpc_logging import configure_logging
 from gateway.app import create_app
+from gateway.limits import MAX_INCOMPLETE_HEAD_BYTES
 
 log = logging.getLogger("rewards.gateway")
 
@@ -34,6 +35,9 @@ def main() -> None:
         log_config=None,  # uvicorn's own loggers go to the JSON handler configured above
         access_log=False,  # the app logs one line a request (gateway.app.TraceAndLog)
         server_header=False,
+        # h11, whose limit on a request head still arriving can be set (httptools' cannot).
+        http="h11",
+        h11_max_incomplete_event_size=MAX_INCOMPLETE_HEAD_BYTES,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
     )
     # uvicorn handles SIGTERM and SIGINT while it serves (a graceful stop), then

@@ -26,7 +26,7 @@ from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from common.channels import CLIENT_CHANNEL_OPTIONS, MAX_REQUEST_BYTES
+from common.channels import CLIENT_CHANNEL_OPTIONS
 from common.config import Settings
 from common.rpc_interceptors import TRACE_ID_HEADER as GRPC_TRACE_ID_KEY
 from common.transport_security import channel_credentials
@@ -38,23 +38,29 @@ from gateway.binding import (
     header_values,
     query_items,
 )
+from gateway.limits import (
+    JSON_MEDIA_TYPE,
+    MAX_BODY_BYTES,
+    MAX_REQUEST_MESSAGE_BYTES,
+    oversized_headers,
+    unsupported_media_type,
+)
 from gateway.openapi import HEALTH_PATH, OPENAPI_PATH, TRACE_ID_HEADER, TRACE_ID_PATTERN, build_document
 from gateway.routes import IDEMPOTENCY_HEADER, ROUTES, SERVICES, Route, resolve_field
 from gateway.status import (
-    BODY_TOO_LARGE,
-    HTTP_STATUS,
+    CONTENT_TOO_LARGE,
+    HEADER_FIELDS_TOO_LARGE,
     MASKED_CODES,
     METHOD_NOT_ALLOWED,
     ROUTE_NOT_FOUND,
+    UNSUPPORTED_MEDIA_TYPE,
     error_body,
+    http_status,
     status_details,
 )
 
 log = logging.getLogger("rewards.gateway")
 
-JSON = "application/json"
-# The largest body read; a request message is at most MAX_REQUEST_BYTES, and its JSON form is larger.
-MAX_BODY_BYTES = 2 * MAX_REQUEST_BYTES
 _TRACE_ID = re.compile(TRACE_ID_PATTERN)
 _TRACE_ID_KEY = TRACE_ID_HEADER.lower().encode()
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
@@ -64,7 +70,7 @@ _SCOPE_LOG = "rewards.log"
 
 def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
     # A final newline, so that answers printed by curl in a terminal end their line.
-    return Response(body + b"\n", status_code=status, media_type=JSON, headers=headers)
+    return Response(body + b"\n", status_code=status, media_type=JSON_MEDIA_TYPE, headers=headers)
 
 
 def _error(
@@ -82,7 +88,9 @@ def _error(
     return _json_response(status, error_body(code, message, details or ()), headers)
 
 
-def _bad_request(problem: BadRequest, scope: Scope) -> Response:
+def _bad_request(
+    problem: BadRequest, scope: Scope, answer: tuple[int, grpc.StatusCode] = (400, grpc.StatusCode.INVALID_ARGUMENT)
+) -> Response:
     detail = any_pb2.Any()
     detail.Pack(
         error_details_pb2.BadRequest(
@@ -94,7 +102,8 @@ def _bad_request(problem: BadRequest, scope: Scope) -> Response:
     details = [
         json_format.MessageToDict(detail, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     ]
-    return _error(400, grpc.StatusCode.INVALID_ARGUMENT, str(problem), details, scope)
+    status, code = answer
+    return _error(status, code, str(problem), details, scope)
 
 
 def _to_json(message: Message) -> bytes:
@@ -150,8 +159,18 @@ class RpcHandler:
         raw_headers = scope["headers"]
         try:
             check_path_encoding(scope.get("raw_path"))
-            body = await _read_body(request, MAX_BODY_BYTES) if self.route.body is not None else None
+            body = None
+            if self.route.body is not None:
+                body = await _read_body(request, MAX_BODY_BYTES)
+                media_type_problem = unsupported_media_type(header_values(raw_headers, "Content-Type"), body)
+                if media_type_problem is not None:
+                    return _bad_request(BadRequest("Content-Type", media_type_problem), scope, UNSUPPORTED_MEDIA_TYPE)
             idempotency = header_values(raw_headers, IDEMPOTENCY_HEADER) if self.route.idempotency_field else []
+            for value in idempotency:
+                # As the document states (gateway.openapi.IDEMPOTENCY_KEY_PATTERN): header field values are
+                # ASCII (RFC 9110), and a key read as UTF-8 here but as Latin-1 by a client would not match.
+                if not _PRINTABLE_ASCII.fullmatch(value):
+                    raise BadRequest(IDEMPOTENCY_HEADER, "must be printable ASCII")
             message = self._binder.bind(body, request.path_params, query_items(scope["query_string"]), idempotency)
             authorization = header_values(raw_headers, "Authorization")
             for value in authorization:
@@ -160,8 +179,19 @@ class RpcHandler:
         except BadRequest as problem:
             return _bad_request(problem, scope)
         except _BodyTooLarge:
-            status, code = BODY_TOO_LARGE
+            status, code = CONTENT_TOO_LARGE
             return _error(status, code, f"the body is larger than {MAX_BODY_BYTES} bytes", scope=scope)
+        # Checked here rather than left to the service's gRPC limit, so that the answer names the limit.
+        message_size = message.ByteSize()
+        if message_size > MAX_REQUEST_MESSAGE_BYTES:
+            status, code = CONTENT_TOO_LARGE
+            return _error(
+                status,
+                code,
+                f"the request is {message_size} bytes as a protobuf message; "
+                f"the services take at most {MAX_REQUEST_MESSAGE_BYTES} bytes",
+                scope=scope,
+            )
         metadata = [(GRPC_TRACE_ID_KEY, trace_id), *(("authorization", value) for value in authorization)]
         assert self._call is not None, "the gateway's channels are opened at startup (lifespan)"
         try:
@@ -184,7 +214,7 @@ class RpcHandler:
             )
             message = f"internal error (trace id {trace_id})"
             details = []
-        return _error(HTTP_STATUS.get(code, 500), code, message, details, scope)
+        return _error(http_status(code, error.details() or ""), code, message, details, scope)
 
 
 class Gateway:
@@ -267,6 +297,22 @@ class TraceAndLog:
                     }
                 },
             )
+
+
+class HeaderSizeLimit:
+    """Answers 431 to a request whose header fields are over the gateway's
+    limits (gateway.limits), whatever its route."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = oversized_headers(scope["headers"]) if scope["type"] == "http" else None
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        status, code = HEADER_FIELDS_TOO_LARGE
+        await _error(status, code, problem, scope=scope)(scope, receive, send)
 
 
 class _DecimalConvertor(Convertor[str]):
@@ -354,6 +400,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: internal_error}
     )
     app.router.redirect_slashes = False  # an API answers, it does not redirect
-    app.add_middleware(TraceAndLog)
+    app.add_middleware(HeaderSizeLimit)
+    app.add_middleware(TraceAndLog)  # outermost: every answer, a 431 included, has its trace id and log line
     app.state.gateway = gateway
     return app

@@ -3,11 +3,14 @@
 The table is Google's mapping (google/rpc/code.proto), except that
 FAILED_PRECONDITION is 409 (the request was valid; the state forbids it, as
 ABORTED and ALREADY_EXISTS), so that a client can tell "fix your request"
-(400) from "the data says no" (409)."""
+(400) from "the data says no" (409); and that RESOURCE_EXHAUSTED from a gRPC
+size limit is not 429, which clients retry: gRPC gives that one code to a
+message or metadata over a limit and to a server's concurrency limit alike."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,11 +43,34 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 # Statuses the gateway answers by itself, with the code its body names.
 ROUTE_NOT_FOUND = (404, grpc.StatusCode.NOT_FOUND)
 METHOD_NOT_ALLOWED = (405, grpc.StatusCode.UNIMPLEMENTED)
-BODY_TOO_LARGE = (413, grpc.StatusCode.RESOURCE_EXHAUSTED)
+CONTENT_TOO_LARGE = (413, grpc.StatusCode.RESOURCE_EXHAUSTED)
+UNSUPPORTED_MEDIA_TYPE = (415, grpc.StatusCode.INVALID_ARGUMENT)
+HEADER_FIELDS_TOO_LARGE = (431, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+# gRPC core's messages for its size limits (the rest of RESOURCE_EXHAUSTED,
+# such as "Concurrent RPC limit exceeded!", stays 429). "SERVER:" marks a
+# message the service refused to receive: the request; any other message over
+# a limit is an answer too large to pass on. Metadata over a limit is the
+# request's: the services keep an answer's under 8 KiB (tests/test_hostile_input.py).
+_REQUEST_MESSAGE_TOO_LARGE = re.compile(r"SERVER: Received message larger than max")
+_MESSAGE_TOO_LARGE = re.compile(r"message larger than max", re.IGNORECASE)
+_METADATA_TOO_LARGE = re.compile(r"metadata size exceeds", re.IGNORECASE)
 
 # Codes whose message may carry a server's internals (an exception's text):
 # the client gets a generic message, the gateway's log the original.
 MASKED_CODES = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
+
+
+def http_status(code: grpc.StatusCode, message: str) -> int:
+    """The HTTP status of a failed call's code and message."""
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if _REQUEST_MESSAGE_TOO_LARGE.search(message):
+            return CONTENT_TOO_LARGE[0]
+        if _MESSAGE_TOO_LARGE.search(message):
+            return 500
+        if _METADATA_TOO_LARGE.search(message):
+            return HEADER_FIELDS_TOO_LARGE[0]
+    return HTTP_STATUS.get(code, 500)
 
 
 def error_statuses() -> dict[int, list[str]]:
