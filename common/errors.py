@@ -1,6 +1,7 @@
 """Domain error families. Services raise named subclasses; each family carries
 its gRPC status code (as google-api-core's exceptions do), and the one edge
-interceptor ends the RPC with it (common.grpc_edge.status_for)."""
+interceptor ends the RPC with it (common.grpc_edge.status_for). Any other
+exception is a bug: INTERNAL with an error id (common.grpc_edge.status_of_failure)."""
 
 from __future__ import annotations
 

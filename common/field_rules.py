@@ -19,6 +19,15 @@ def _has_control_character(value: str) -> bool:
     return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value)
 
 
+def _first_format_character(value: str) -> str | None:
+    return next((ch for ch in value if unicodedata.category(ch) == "Cf"), None)
+
+
+def _code_point(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X}" + (f" ({name})" if name else "")
+
+
 def require_id(field: str, value: str, *, max_length: int = MAX_ID_LENGTH) -> str:
     if not value:
         raise InvalidField(field, "is required")
@@ -26,10 +35,18 @@ def require_id(field: str, value: str, *, max_length: int = MAX_ID_LENGTH) -> st
 
 
 def optional_id(field: str, value: str, *, max_length: int = MAX_ID_LENGTH) -> str:
+    """An id is a key: one spelling per id. Invisible format characters (zero-width
+    space and joiners, bidirectional controls, BOM) and other normalization forms
+    would make ids that look alike, and print alike, name different users or entries."""
     if len(value) > max_length:
         raise InvalidField(field, f"must be at most {max_length} characters (got {len(value)})")
     if _has_control_character(value):
         raise InvalidField(field, "must not contain control characters")
+    format_character = _first_format_character(value)
+    if format_character is not None:
+        raise InvalidField(field, f"must not contain format character {_code_point(format_character)}")
+    if not unicodedata.is_normalized("NFC", value):
+        raise InvalidField(field, "must be in Unicode NFC (normalization form C)")
     if value != value.strip():
         raise InvalidField(field, "must not start or end with white space")
     return value

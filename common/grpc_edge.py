@@ -1,11 +1,14 @@
 """The gRPC edge: named domain errors become status codes with rich details
-(google.rpc.Status through grpcio-status), and shared message conversions."""
+(google.rpc.Status through grpcio-status), any other error INTERNAL with an
+error id, and shared message conversions."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import uuid
+from typing import Any, NamedTuple
 
+import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
@@ -15,6 +18,8 @@ from common.models import LevelUpOutcome, Reward
 from rewards.v1 import levels_pb2
 
 log = logging.getLogger("rewards.edge")
+# Hex digits of an unexpected error's id: short enough to read out, unique enough to find in the logs.
+ERROR_ID_LENGTH = 12
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -43,17 +48,28 @@ def status_for(error: DomainError) -> status_pb2.Status:
     return status
 
 
-def status_of_failure(error: Exception) -> status_pb2.Status | None:
-    """The status a failed RPC ends with: a domain error's, or UNAVAILABLE for
-    a storage error the caller can retry; None for anything else (a bug, which
-    the edge logs and gRPC answers as UNKNOWN)."""
+class FailureStatus(NamedTuple):
+    """How a failed RPC ends: its status and, for an unexpected error (a bug),
+    the id that names it both in the status message and on the RPC's log line."""
+
+    status: status_pb2.Status
+    error_id: str = ""
+
+
+def status_of_failure(error: Exception) -> FailureStatus:
+    """The status every failed RPC ends with: a domain error's; UNAVAILABLE
+    for a storage error the caller can retry; INTERNAL with a new error id for
+    anything else. Never UNKNOWN, and a bug's own message (which may quote
+    stored data or internals) stays in the log."""
     if isinstance(error, DomainError):
-        return status_for(error)
+        return FailureStatus(status_for(error))
     translated = storage_error_as_domain_error(error)
-    if translated is None:
-        return None
-    log.warning("storage unavailable", extra={"fields": {"error": repr(error)}})
-    return status_for(translated)
+    if translated is not None:
+        log.warning("storage unavailable", extra={"fields": {"error": repr(error)}})
+        return FailureStatus(status_for(translated))
+    error_id = uuid.uuid4().hex[:ERROR_ID_LENGTH]
+    message = f"internal error (error id {error_id}); the service logged the details under this id"
+    return FailureStatus(status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message=message), error_id)
 
 
 def level_up_to_message(outcome: LevelUpOutcome) -> levels_pb2.LevelUpResult:

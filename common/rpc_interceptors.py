@@ -41,18 +41,31 @@ def _trace_id_of(metadata: Any) -> str:
     return uuid.uuid4().hex
 
 
+def _handler_raising(error: Exception) -> grpc.RpcMethodHandler:
+    async def raise_error(_request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        raise error
+
+    return grpc.unary_unary_rpc_method_handler(raise_error)
+
+
 class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
     """The one edge of every unary RPC. Parses the request itself, so that a
     malformed message (invalid UTF-8 in a string, bad wire format) is
     INVALID_ARGUMENT instead of gRPC's INTERNAL; binds the trace id, the
-    deadline and the request's ids to the RPC; ends a domain error (and a
-    storage error the caller can retry) with its status and details, the one
-    place that does (common.grpc_edge.status_for); logs one line per RPC
-    (method, code, duration, user and request ids, peer, trace id) and counts
-    it in the metrics."""
+    deadline and the request's ids to the RPC; ends every failure with a
+    status, the one place that does (common.grpc_edge.status_of_failure): a
+    domain error's, UNAVAILABLE for a storage error the caller can retry, and
+    INTERNAL with an error id for anything else (never UNKNOWN); logs one line
+    per RPC (method, code, duration, user and request ids, peer, trace id; an
+    unexpected error's id and traceback) and counts it in the metrics."""
 
     async def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
-        handler = await continuation(handler_call_details)
+        try:
+            handler = await continuation(handler_call_details)
+        except Exception as error:
+            # A bug in an inner interceptor (caller auth) while finding the handler: ended below as
+            # a handler's own would be, not left to grpc.aio (UNKNOWN, and its own traceback).
+            handler = _handler_raising(error)
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
@@ -72,9 +85,10 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             recorded = False
 
-            def record(code: grpc.StatusCode) -> None:
+            def record(code: grpc.StatusCode, error_id: str = "", bug: Exception | None = None) -> None:
                 """Counts and logs the RPC once: before an abort sends the status, so that a client
-                that has the answer finds it in the metrics."""
+                that has the answer finds it in the metrics. An unexpected error (a bug) goes on this
+                same line, with its error id and traceback: one line a request, whatever happened."""
                 nonlocal recorded
                 if recorded:
                     return
@@ -82,20 +96,20 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
                 seconds = time.perf_counter() - started
                 RPCS.labels(method, code.name).inc()
                 RPC_SECONDS.labels(method).observe(seconds)
-                # Health checks come every few seconds from orchestrators: logged only at DEBUG.
-                level = logging.DEBUG if method.startswith("/grpc.health.v1.Health/") else logging.INFO
+                line_fields: dict[str, Any] = {
+                    "code": code.name,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "peer": context.peer(),
+                }
+                if error_id:
+                    level = logging.ERROR
+                    line_fields["error_id"] = error_id
+                elif method.startswith("/grpc.health.v1.Health/"):
+                    level = logging.DEBUG  # health checks come every few seconds from orchestrators
+                else:
+                    level = logging.INFO
                 if _rpc_log.isEnabledFor(level):
-                    _rpc_log.log(
-                        level,
-                        "rpc",
-                        extra={
-                            "fields": {
-                                "code": code.name,
-                                "duration_ms": round(seconds * 1000, 3),
-                                "peer": context.peer(),
-                            }
-                        },
-                    )
+                    _rpc_log.log(level, "rpc", exc_info=bug, extra={"fields": line_fields})
 
             try:
                 try:
@@ -108,17 +122,9 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
                     value = getattr(request, name, "")
                     if value:
                         fields[name] = value
-                try:
-                    response = await inner(request, context)
-                    await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
-                    return response
-                except Exception as error:
-                    status = status_of_failure(error)
-                    if status is None:
-                        raise
-                    code = _STATUS_CODES[status.code]
-                    record(code)
-                    await context.abort_with_status(rpc_status.to_status(status))
+                response = await inner(request, context)
+                await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
+                return response
             except grpc.aio.AbortError:
                 if code == grpc.StatusCode.OK:
                     code = context.code() or grpc.StatusCode.UNKNOWN
@@ -126,10 +132,19 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
-            except Exception:
-                code = grpc.StatusCode.UNKNOWN
-                _rpc_log.exception("unhandled error")
-                raise
+            except Exception as error:
+                # Every failure ends here with an abort: an exception escaping to grpc.aio would end
+                # the call UNKNOWN and be logged again, traceback and all, by grpc.aio itself.
+                failure = status_of_failure(error)
+                code = _STATUS_CODES[failure.status.code]
+                record(code, failure.error_id, error if failure.error_id else None)
+                status = rpc_status.to_status(failure.status)
+                # The status's trailers (its details) replace those set above: the trace id goes again.
+                await context.abort(
+                    status.code,
+                    status.details,
+                    trailing_metadata=(*status.trailing_metadata, (TRACE_ID_HEADER, trace_id)),
+                )
             finally:
                 record(code)
                 unbind_rpc_fields(token)

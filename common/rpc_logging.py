@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+from typing import TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -26,7 +27,15 @@ class _RpcFieldsFilter(logging.Filter):
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    root.handlers[:] = [json_log_handler(service, sys.stderr)]
+    root.setLevel(level)
+
+
+def json_log_handler(service: str, stream: TextIO) -> logging.Handler:
+    """The handler configure_logging installs: one JSON object a line on
+    `stream`, with the fields of the RPC being served."""
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         JsonFormatter(
             "{levelname}{name}{message}",
@@ -38,9 +47,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         )
     )
     handler.addFilter(_RpcFieldsFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    return handler
 
 
 def bind_rpc_fields(fields: dict[str, str]) -> contextvars.Token[dict[str, str]]:

@@ -17,6 +17,14 @@ from tests.cluster import Cluster
 
 LONG_ID = "x" * 129
 CONTROL_ID = "bad\x00id"
+# Ids that look like "gw1" (or print as it, reordered) but are other strings: format characters
+# (Unicode category Cf) and a spelling other than NFC.
+ZERO_WIDTH_ID = "gw1\u200b"
+RIGHT_TO_LEFT_ID = "\u202e1wg"
+BOM_ID = "\ufeffgw1"
+JOINED_ID = "g\u200dw1"
+DECOMPOSED_ID = "gw1-caf\u0065\u0301"  # é as e + U+0301; NFC is U+00E9
+LOOKALIKE_IDS = [ZERO_WIDTH_ID, RIGHT_TO_LEFT_ID, BOM_ID, JOINED_ID, DECOMPOSED_ID]
 
 CASES: list[tuple[str, str, Any, str]] = [
     # (service, method, request, field the message must name)
@@ -27,6 +35,31 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("xp", "AwardXp", xp.AwardXpRequest(user_id="u", activity_id="a", request_id="r" * 129), "request_id"),
     ("xp", "AwardXp", xp.AwardXpRequest(user_id="u", activity_id="a", request_id=" r"), "request_id"),
     ("xp", "AwardXp", xp.AwardXpRequest(user_id="u", activity_id="a", request_id="r\n1"), "request_id"),
+    ("xp", "AwardXp", xp.AwardXpRequest(user_id=ZERO_WIDTH_ID, activity_id="a"), "user_id"),
+    ("xp", "AwardXp", xp.AwardXpRequest(user_id=RIGHT_TO_LEFT_ID, activity_id="a"), "user_id"),
+    ("xp", "AwardXp", xp.AwardXpRequest(user_id=DECOMPOSED_ID, activity_id="a"), "user_id"),
+    ("xp", "AwardXp", xp.AwardXpRequest(user_id="u", activity_id=JOINED_ID), "activity_id"),
+    ("xp", "AwardXp", xp.AwardXpRequest(user_id="u", activity_id="a", request_id=BOM_ID), "request_id"),
+    ("xp", "GetProgress", xp.GetProgressRequest(user_id=ZERO_WIDTH_ID), "user_id"),
+    (
+        "xp",
+        "GrantXp",
+        xp.GrantXpRequest(user_id="u", amount=5, reason="r", achievement_id=RIGHT_TO_LEFT_ID),
+        "achievement_id",
+    ),
+    ("xp", "ListActivities", xp.ListActivitiesRequest(category=DECOMPOSED_ID), "category"),
+    (
+        "xp",
+        "PutActivity",
+        xp.PutActivityRequest(activity=xp.Activity(activity_id=ZERO_WIDTH_ID, name="n", xp=1)),
+        "activity.activity_id",
+    ),
+    (
+        "xp",
+        "PutActivity",
+        xp.PutActivityRequest(activity=xp.Activity(activity_id="bad-a3", name="n", category=BOM_ID, xp=1)),
+        "activity.category",
+    ),
     ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=-5, reason="r"), "amount"),
     ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=10**12, reason="r"), "amount"),
     ("xp", "GrantXp", xp.GrantXpRequest(user_id="u", amount=5, reason=""), "reason"),
@@ -113,6 +146,42 @@ CASES: list[tuple[str, str, Any, str]] = [
         ach.UnlockAchievementRequest(user_id="u", achievement_id=LONG_ID),
         "achievement_id",
     ),
+    (
+        "achievements",
+        "UnlockAchievement",
+        ach.UnlockAchievementRequest(user_id=RIGHT_TO_LEFT_ID, achievement_id="a"),
+        "user_id",
+    ),
+    (
+        "achievements",
+        "UnlockAchievement",
+        ach.UnlockAchievementRequest(user_id="u", achievement_id=DECOMPOSED_ID),
+        "achievement_id",
+    ),
+    (
+        "achievements",
+        "UnlockAchievement",
+        ach.UnlockAchievementRequest(user_id="u", achievement_id="a", request_id=ZERO_WIDTH_ID),
+        "request_id",
+    ),
+    (
+        "achievements",
+        "PutAchievement",
+        ach.PutAchievementRequest(achievement=ach.Achievement(achievement_id=JOINED_ID, name="n")),
+        "achievement.achievement_id",
+    ),
+    (
+        "achievements",
+        "PutAchievement",
+        ach.PutAchievementRequest(
+            achievement=ach.Achievement(
+                achievement_id="bad-h6", name="n", requirements=ach.Requirements(required_achievements=[BOM_ID])
+            )
+        ),
+        "achievement.requirements.required_achievements[0]",
+    ),
+    ("achievements", "GetAchievement", ach.GetAchievementRequest(achievement_id=ZERO_WIDTH_ID), "achievement_id"),
+    ("achievements", "ListUserAchievements", ach.ListUserAchievementsRequest(user_id=DECOMPOSED_ID), "user_id"),
     ("achievements", "ListAchievements", ach.ListAchievementsRequest(page_size=1000), "page_size"),
     ("achievements", "ListUserAchievements", ach.ListUserAchievementsRequest(user_id=""), "user_id"),
     ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=0, xp_required=10)), "level.level"),
@@ -142,6 +211,16 @@ CASES: list[tuple[str, str, Any, str]] = [
         lv.PutLevelRequest(level=lv.Level(level=9004, xp_required=1, rewards=[lv.Reward(reward_id="", quantity=1)])),
         "level.rewards[0].reward_id",
     ),
+    (
+        "levels",
+        "PutLevel",
+        lv.PutLevelRequest(
+            level=lv.Level(level=9005, xp_required=1, rewards=[lv.Reward(reward_id=ZERO_WIDTH_ID, quantity=1)])
+        ),
+        "level.rewards[0].reward_id",
+    ),
+    ("levels", "CheckLevelUp", lv.CheckLevelUpRequest(user_id=RIGHT_TO_LEFT_ID), "user_id"),
+    ("levels", "CheckLevelUp", lv.CheckLevelUpRequest(user_id="u", request_id="r" * 200 + "\u200b"), "request_id"),
     ("levels", "CheckLevelUp", lv.CheckLevelUpRequest(user_id=LONG_ID), "user_id"),
     ("levels", "CheckLevelUp", lv.CheckLevelUpRequest(user_id="u", request_id="r" * 257), "request_id"),
 ]
@@ -171,7 +250,7 @@ def test_rejected_writes_leave_nothing_behind(cluster: Cluster) -> None:
         items = cluster.dynamodb.scan(TableName=cluster.table(name), ConsistentRead=True)["Items"]
         keys = [next(iter(v.values())) for item in items for k, v in item.items() if k.endswith("_id")]
         assert not any(str(k).startswith("bad-") for k in keys), name
-        assert not any(k in ("u", LONG_ID, CONTROL_ID) for k in keys), name
+        assert not any(k in ("u", LONG_ID, CONTROL_ID, *LOOKALIKE_IDS) for k in keys), name
     levels = cluster.levels.ListLevels(lv.ListLevelsRequest()).levels
     assert all(l.level < 9000 for l in levels)
 
@@ -184,3 +263,27 @@ def test_malformed_protobuf_is_invalid_argument(cluster: Cluster, method: str) -
         call(b"\x0a\x02\xff\xfe", timeout=5)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid protobuf message" in caught.value.details()
+
+
+@pytest.mark.parametrize(
+    "user_id,message",
+    [
+        (ZERO_WIDTH_ID, "user_id must not contain format character U+200B (ZERO WIDTH SPACE)"),
+        (RIGHT_TO_LEFT_ID, "user_id must not contain format character U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        (BOM_ID, "user_id must not contain format character U+FEFF (ZERO WIDTH NO-BREAK SPACE)"),
+        (JOINED_ID, "user_id must not contain format character U+200D (ZERO WIDTH JOINER)"),
+        ("gw1\u00ad", "user_id must not contain format character U+00AD (SOFT HYPHEN)"),
+        (DECOMPOSED_ID, "user_id must be in Unicode NFC (normalization form C)"),
+        ("\u212b", "user_id must be in Unicode NFC (normalization form C)"),  # ANGSTROM SIGN; NFC is U+00C5
+    ],
+)
+def test_lookalike_ids_are_refused_saying_what_is_wrong(cluster: Cluster, user_id: str, message: str) -> None:
+    """Ids are keys: "gw1" and "gw1" with a zero-width space would be two users that print alike."""
+    for call in (
+        lambda: cluster.xp.AwardXp(xp.AwardXpRequest(user_id=user_id, activity_id="a", request_id="r")),
+        lambda: cluster.xp.GetProgress(xp.GetProgressRequest(user_id=user_id)),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details() == message
