@@ -18,14 +18,15 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import jwt
 
-from common.config import Settings
+from common.config import ENVIRONMENT_VARIABLES, Settings
 from common.errors import DomainError
 from common.rpc_interceptors import with_metadata
 from common.rpc_logging import add_rpc_field
@@ -37,9 +38,15 @@ ISSUER = "rewards"
 MIN_SECRET_LENGTH = 32
 # Clock skew tolerated between the minting host and the verifying one.
 CLOCK_SKEW_S = 30
-# A service's own token for calls to its peers: short-lived, renewed before it expires.
+# A service's own token for calls to its peers: short-lived, renewed before it
+# expires (both shortened when the configured service maximum is shorter).
 SERVICE_TOKEN_TTL_S = 300
 _SERVICE_TOKEN_RENEW_BEFORE_S = 60
+# `sub` names the caller on every RPC's log line: short, and printable.
+MAX_SUBJECT_LENGTH = 128
+# Control characters, invisible formatting (bidi overrides, zero-width),
+# line/paragraph separators and lone surrogates: they disguise or break a log line.
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 class Role(str, enum.Enum):
@@ -77,6 +84,7 @@ METHOD_ROLES: dict[str, frozenset[Role]] = {
     "/rewards.v1.LevelsService/DeleteLevel": _ADMIN,
     # A game server may ask too (after a catalog change); XP asks after an award that may raise the level.
     "/rewards.v1.LevelsService/CheckLevelUp": _GAME_OR_SERVICE,
+    "/rewards.v1.LevelsService/ListLevelsReached": _GAME,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,
 }
@@ -98,17 +106,65 @@ class RoleRefused(Exception):
 
 
 class AuthNotConfigured(Exception):
-    """Neither a signing key nor the explicit insecure flag is configured."""
+    """Neither a signing key nor the explicit insecure flag is configured, or a
+    setting of the tokens is unusable."""
+
+
+class TokenNotMintable(ValueError):
+    """A token the services would refuse: longer than its role's maximum
+    lifetime, or with an unusable subject."""
 
 
 _MAX_VERIFIED_TOKENS = 4096
+
+
+def _max_lifetime_setting(role: Role) -> str:
+    return f"auth_{role.value}_token_max_lifetime_s"
+
+
+def max_lifetime_variable(role: Role) -> str:
+    """The environment variable of `role`'s maximum token lifetime."""
+    return ENVIRONMENT_VARIABLES[_max_lifetime_setting(role)]
+
+
+def max_token_lifetimes(settings: Settings) -> dict[Role, int]:
+    """Each role's maximum token lifetime (exp - iat), in seconds."""
+    return {role: int(getattr(settings, _max_lifetime_setting(role))) for role in Role}
+
+
+def duration_text(seconds: float) -> str:
+    """`90d`, `1h`, `15m` when exact, else seconds (`3601s`)."""
+    whole = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole >= size and whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
+def subject_problem(subject: object) -> str | None:
+    """What is wrong with a token's `sub` claim, without echoing it; None if nothing."""
+    if not isinstance(subject, str):
+        return "'sub' claim is not a string"
+    if not subject:
+        return "'sub' claim is empty"
+    if len(subject) > MAX_SUBJECT_LENGTH:
+        return f"'sub' claim is {len(subject)} characters long; at most {MAX_SUBJECT_LENGTH}"
+    for position, character in enumerate(subject):
+        if unicodedata.category(character) in _UNPRINTABLE_CATEGORIES:
+            return f"'sub' claim has a control or invisible character (U+{ord(character):04X}) at position {position}"
+    return None
 
 
 class TokenAuthority:
     """Mints and verifies the tokens. Verification accepts the current key and,
     during a rotation, the previous one; minting uses the current key only."""
 
-    def __init__(self, secret: str, previous_secrets: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        secret: str,
+        previous_secrets: Sequence[str] = (),
+        max_lifetimes_s: Mapping[Role, int] | None = None,
+    ) -> None:
         for key in (secret, *previous_secrets):
             if len(key) < MIN_SECRET_LENGTH:
                 raise AuthNotConfigured(
@@ -116,9 +172,14 @@ class TokenAuthority:
                     f"{MIN_SECRET_LENGTH} characters; generate one with `rewardsctl token secret`"
                 )
         self._keys = (secret, *previous_secrets)
-        # token -> (caller, expiry): a game server sends the same token on every
+        self._max_lifetimes_s = dict(max_token_lifetimes(Settings()) if max_lifetimes_s is None else max_lifetimes_s)
+        for role in Role:
+            if self._max_lifetimes_s.get(role, 0) <= 0:
+                raise AuthNotConfigured(f"{max_lifetime_variable(role)} must be a positive number of seconds")
+        # token -> (caller, exp): a game server sends the same token on every
         # call, and its HMAC check and claim parsing cost more than the rest of
-        # the edge. Only verified tokens enter; each leaves at its expiry.
+        # the edge. Only verified tokens enter; each leaves at its exp (past it,
+        # a fresh verification, with its clock-skew leeway, decides).
         self._verified: dict[str, tuple[Caller, float]] = {}
 
     @classmethod
@@ -132,23 +193,40 @@ class TokenAuthority:
                 "(set REWARDS_INSECURE_NO_AUTH=true to serve every caller unauthenticated, for local experiments only)"
             )
         previous = (settings.auth_jwt_previous_secret,) if settings.auth_jwt_previous_secret else ()
-        return cls(settings.auth_jwt_secret, previous)
+        return cls(settings.auth_jwt_secret, previous, max_token_lifetimes(settings))
+
+    def max_lifetime_s(self, role: Role) -> int:
+        return self._max_lifetimes_s[role]
 
     def mint(self, role: Role, subject: str, ttl_s: float) -> str:
+        """A token of `role` for `subject`, lasting `ttl_s`. Raises
+        TokenNotMintable for one that verification would refuse."""
+        problem = subject_problem(subject)
+        if problem is not None:
+            raise TokenNotMintable(f"subject: {problem}")
+        ttl = int(ttl_s)
+        limit = self._max_lifetimes_s[role]
+        if ttl <= 0 or ttl > limit:
+            raise TokenNotMintable(
+                f"a {role.value} token may last at most {duration_text(limit)} ({max_lifetime_variable(role)}); "
+                f"{duration_text(ttl)} asked"
+            )
         now = int(time.time())
-        claims = {"iss": ISSUER, "sub": subject, "role": role.value, "iat": now, "exp": now + int(ttl_s)}
+        claims = {"iss": ISSUER, "sub": subject, "role": role.value, "iat": now, "exp": now + ttl}
         return jwt.encode(claims, self._keys[0], algorithm="HS256")
 
     def verify(self, token: str) -> Caller:
+        now = time.time()
         known = self._verified.get(token)
         if known is not None:
-            if time.time() <= known[1]:
+            if now < known[1]:
                 return known[0]
-            del self._verified[token]
+            self._verified.pop(token, None)
         caller, expires_at = self._verify_signed(token)
-        if len(self._verified) >= _MAX_VERIFIED_TOKENS:
-            self._verified.clear()
-        self._verified[token] = (caller, expires_at)
+        if now < expires_at:
+            if len(self._verified) >= _MAX_VERIFIED_TOKENS:
+                self._verified.clear()
+            self._verified[token] = (caller, expires_at)
         return caller
 
     def _verify_signed(self, token: str) -> tuple[Caller, float]:
@@ -161,7 +239,8 @@ class TokenAuthority:
                     algorithms=["HS256"],
                     issuer=ISSUER,
                     leeway=CLOCK_SKEW_S,
-                    options={"require": ["exp", "sub", "role", "iss"]},
+                    # iat too: a token's lifetime (exp - iat) must be known to be judged.
+                    options={"require": ["exp", "iat", "sub", "role", "iss"]},
                 )
                 break
             except jwt.InvalidSignatureError:
@@ -182,7 +261,18 @@ class TokenAuthority:
             raise TokenRefused(
                 f"token role {str(claims['role'])[:32]!r} is none of {', '.join(r.value for r in Role)}"
             ) from error
-        return Caller(subject=str(claims["sub"]), role=role), float(claims["exp"]) + CLOCK_SKEW_S
+        problem = subject_problem(claims["sub"])
+        if problem is not None:
+            raise TokenRefused(f"token {problem}")
+        # Both from the minter's clock, so no skew allowance.
+        lifetime_s = float(claims["exp"]) - float(claims["iat"])
+        limit = self._max_lifetimes_s[role]
+        if lifetime_s > limit:
+            raise TokenRefused(
+                f"token lifetime (exp - iat) of {duration_text(lifetime_s)} exceeds the {duration_text(limit)} "
+                f"maximum for role {role.value!r} ({max_lifetime_variable(role)}); mint a shorter one"
+            )
+        return Caller(subject=claims["sub"], role=role), float(claims["exp"])
 
 
 def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
@@ -283,6 +373,10 @@ class ServiceToken:
     def __init__(self, authority: TokenAuthority, subject: str) -> None:
         self._authority = authority
         self._subject = subject
+        self._ttl_s = min(SERVICE_TOKEN_TTL_S, authority.max_lifetime_s(Role.SERVICE))
+        # Before it ends, with room for a slow call (and whole-second exp): a
+        # minute, or a fifth of its life when that is shorter.
+        self._renew_before_s = min(_SERVICE_TOKEN_RENEW_BEFORE_S, self._ttl_s / 5)
         self._lock = threading.Lock()
         self._token = ""
         self._renew_at = 0.0
@@ -292,8 +386,8 @@ class ServiceToken:
         if now >= self._renew_at:
             with self._lock:
                 if now >= self._renew_at:
-                    self._token = self._authority.mint(Role.SERVICE, self._subject, SERVICE_TOKEN_TTL_S)
-                    self._renew_at = now + SERVICE_TOKEN_TTL_S - _SERVICE_TOKEN_RENEW_BEFORE_S
+                    self._token = self._authority.mint(Role.SERVICE, self._subject, self._ttl_s)
+                    self._renew_at = now + self._ttl_s - self._renew_before_s
         return (AUTHORIZATION_HEADER, f"Bearer {self._token}")
 
 

@@ -61,6 +61,7 @@ def test_a_minted_token_verifies_to_its_subject_and_role() -> None:
     [
         (forged(exp=int(time.time()) - 120), "token has expired; mint a new one"),
         (forged(exp=None), "token lacks the 'exp' claim"),
+        (forged(iat=None), "token lacks the 'iat' claim"),
         (forged(role=None), "token lacks the 'role' claim"),
         (forged(role="root"), "token role 'root' is none of game, admin, service"),
         (forged(iss="someone-else"), "token was not issued by 'rewards'"),
@@ -152,6 +153,13 @@ def stub_of(cluster: Cluster, service: str) -> Any:
             "authorization: token signature does not match this deployment's key",
         ),
         (forged(exp=int(time.time()) - 120), "authorization: token has expired; mint a new one"),
+        (
+            forged(exp=int(time.time()) + 36500 * 86400),
+            "authorization: token lifetime (exp - iat) of 36500d exceeds the 90d maximum for role 'admin' "
+            "(REWARDS_AUTH_ADMIN_TOKEN_MAX_LIFETIME_S); mint a shorter one",
+        ),
+        # 4 KB: within gRPC's own metadata limit (8 KB), which answers RESOURCE_EXHAUSTED past it.
+        (forged(sub="x" * 4096), "authorization: token 'sub' claim is 4096 characters long; at most 128"),
     ],
 )
 def test_an_award_without_a_good_token_is_unauthenticated_and_writes_nothing(
