@@ -43,6 +43,13 @@ class Settings:
     dynamodb_max_attempts: int = 3
     dynamodb_connect_timeout_s: float = 1.0
     dynamodb_read_timeout_s: float = 2.0
+    # At start-up, how long a service retries (with backoff) until DynamoDB
+    # answers and its tables are ready, before it exits: DynamoDB may start later.
+    dynamodb_startup_wait_s: float = 60.0
+    # How often each process checks that DynamoDB answers (a GetItem, sent only
+    # when none of its calls got an answer meanwhile): while it does not, the
+    # service's own health entry is NOT_SERVING. 0 turns the check off.
+    dynamodb_health_interval_s: float = 2.0
     # Transport security (PEM files). With a certificate and key the servers
     # speak TLS; with a CA as well they require client certificates signed by it
     # (mTLS), and calls between services present the same certificate and
@@ -55,6 +62,12 @@ class Settings:
     # not start without a key unless insecure_no_auth is set.
     auth_jwt_secret: str = ""
     auth_jwt_previous_secret: str = ""
+    # The longest a token of each role may last (exp - iat), in seconds: there
+    # is no revocation, so a leaked token is good until it expires. Longer ones
+    # are refused, and are not minted. Every service must have the same values.
+    auth_game_token_max_lifetime_s: int = 90 * 24 * 3600
+    auth_admin_token_max_lifetime_s: int = 90 * 24 * 3600
+    auth_service_token_max_lifetime_s: int = 3600
     insecure_no_auth: bool = False
     # The token clients of the services (rewardsctl, the example game server)
     # send as `authorization: Bearer`; the services themselves ignore it.

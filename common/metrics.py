@@ -3,7 +3,7 @@ served over HTTP on each service's side port."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RPCS = Counter("rewards_rpc_requests_total", "RPCs served, by method and status code.", ["method", "code"])
 RPC_SECONDS = Histogram(
@@ -18,8 +18,29 @@ DYNAMODB_SECONDS = Histogram(
     ["operation"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+DYNAMODB_CALLS = Counter(
+    "rewards_dynamodb_calls_total",
+    "DynamoDB calls, retries included, by operation and outcome: ok, condition_failed (a condition the "
+    "request set was false: a duplicate, a lost race; an answer, not a failure), error, deadline_exceeded "
+    "(the caller's deadline ended it).",
+    ["operation", "outcome"],
+)
 DYNAMODB_ERRORS = Counter(
-    "rewards_dynamodb_errors_total", "DynamoDB calls that failed, by operation and error code.", ["operation", "code"]
+    "rewards_dynamodb_errors_total",
+    "DynamoDB attempts that failed (throttling, 5xx, no connection or answer, bad requests), by operation and "
+    "error code; a cancelled transaction counts under its failure reason (TransactionConflict, ThrottlingError). "
+    "Failed conditions are not counted here.",
+    ["operation", "code"],
+)
+DYNAMODB_REACHABLE = Gauge(
+    "rewards_dynamodb_reachable",
+    "1 while this process reaches DynamoDB (its service's health entry SERVING), 0 while it does not.",
+)
+DYNAMODB_HEALTH_PROBES = Counter(
+    "rewards_dynamodb_health_probes_total",
+    "GetItem probes of DynamoDB sent by the health monitor (only when no call of the process got an answer "
+    "within the interval), by outcome: answered or unanswered.",
+    ["outcome"],
 )
 XP_AWARDED = Counter("rewards_xp_awarded_total", "XP added to users' totals (duplicates excluded).", ["kind"])
 LEVEL_UPS = Counter("rewards_level_ups_total", "Levels granted to users, each counted once.")

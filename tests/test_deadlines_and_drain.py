@@ -3,6 +3,7 @@ in-flight calls finish."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from aiodynamo.credentials import Key
 
 from common.dynamodb import DynamoDBClient
 from rewards.v1 import xp_pb2, xp_pb2_grpc
-from tests.cluster import Cluster, authorized_channel
+from tests.cluster import Cluster, authorized_channel, unique
 from tests.process_cluster import start_process_cluster
 
 Factory = Callable[..., Cluster]
@@ -128,8 +130,45 @@ def test_sdk_retries_stop_at_the_callers_deadline(
         while not served and time.monotonic() < deadline:
             time.sleep(0.1)
             served = [r.fields for r in caplog.records if r.name == "rewards.rpc" and r.getMessage() == "rpc"]  # type: ignore[attr-defined]
-        # Two attempts at most (about 2 s), not three and their backoff: the retry after the deadline never went out.
+        # Two attempts: the first waited its full read timeout (1 s), the second was cut to what was left of
+        # the deadline, and the server answered DEADLINE_EXCEEDED itself, before the caller gave up.
         assert [f["code"] for f in served] == ["DEADLINE_EXCEEDED"]
-        assert float(served[0]["duration_ms"]) < 2900  # type: ignore[arg-type]
+        assert 1000 < float(served[0]["duration_ms"]) < 1500  # type: ignore[arg-type]
     finally:
         c.loop.run(hung.close())
+
+
+class HangingCredentials:
+    """Credentials whose refresh never ends, as when the ECS or EC2 metadata endpoint hangs."""
+
+    async def key(self) -> Key:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+def test_a_hanging_credentials_refresh_stops_at_the_callers_deadline(
+    new_cluster: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = new_cluster()
+    hanging = DynamoDBClient(c.settings, credentials=HangingCredentials())  # type: ignore[arg-type]
+    shared, c.lean = c.lean, hanging  # XP restarts with a client whose credentials never come
+    try:
+        c.stop("xp")
+        c.start("xp")
+    finally:
+        c.lean = shared
+    try:
+        xp = xp_pb2_grpc.XpServiceStub(c.channel("xp"))
+        caplog.set_level(logging.INFO, logger="rewards.rpc")
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            xp.GetActivity(xp_pb2.GetActivityRequest(activity_id=unique("a")), timeout=1.0)
+        assert time.monotonic() - started < 1.5
+        # The server answered, at the deadline: gRPC did not have to cancel the call.
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert caught.value.details() == "the caller's deadline passed before credentials answered"
+        served = [r.fields for r in caplog.records if r.name == "rewards.rpc" and r.getMessage() == "rpc"]  # type: ignore[attr-defined]
+        assert [f["code"] for f in served] == ["DEADLINE_EXCEEDED"]
+        assert float(served[0]["duration_ms"]) < 1000  # type: ignore[arg-type]
+    finally:
+        c.loop.run(hanging.close())

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.caller_auth import Role
 from common.config import Settings
+from common.server_runtime import READINESS_METHOD
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
 from tests.cluster import authorized_channel, mint_test_token
 from tests.process_cluster import start_process_cluster
@@ -51,6 +52,9 @@ def test_each_server_reports_serving_per_service(processes: dict) -> None:
                 health_pb2.HealthCheckRequest(service=service), timeout=5
             )
             assert response.status == health_pb2.HealthCheckResponse.SERVING
+            # The same, by status code, for balancers that cannot name a service (an ALB): no token needed.
+            readiness = channel.unary_unary(READINESS_METHOD, request_serializer=None, response_deserializer=None)
+            assert readiness(b"", timeout=5) == b""
 
 
 def test_grpcurl_lists_describes_and_calls_by_reflection(processes: dict) -> None:
@@ -236,6 +240,21 @@ def test_metrics_count_rpcs_xp_level_ups_unlocks_and_dynamodb_calls(processes: d
     # The unlock's transaction, and its repeat's (cancelled: the unlock exists).
     assert delta("achievements", "rewards_dynamodb_call_duration_seconds_count", operation="TransactWriteItems") == 2
     assert delta("levels", "rewards_dynamodb_call_duration_seconds_count", operation="TransactWriteItems") == 2
+    # The duplicate grant and the repeated unlock: conditions that were false, outcomes and not errors.
+    for service, ok in (("xp", 5), ("achievements", 1)):
+        assert delta(service, "rewards_dynamodb_calls_total", operation="TransactWriteItems", outcome="ok") == ok
+        assert (
+            delta(service, "rewards_dynamodb_calls_total", operation="TransactWriteItems", outcome="condition_failed")
+            == 1
+        )
+        errors = {
+            key: after[service][key] - before[service].get(key, 0.0)
+            for key in after[service]
+            if key[0] == "rewards_dynamodb_errors_total"
+        }
+        assert not any(errors.values()), errors
+    # DynamoDB answered all along, as each process's health monitor reports.
+    assert all(after[service][("rewards_dynamodb_reachable", ())] == 1 for service in after)
 
 
 def test_a_trace_id_follows_a_call_across_services(processes: dict) -> None:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import grpc
+from prometheus_client import REGISTRY
 
 from common.channels import CLIENT_CHANNEL_OPTIONS
 from common.dynamodb import DynamoDBClient, TransactionCancelled
@@ -19,6 +20,24 @@ from rewards.v1 import xp_pb2, xp_pb2_grpc
 from tests.cluster import STANDARD_LEVELS, Cluster, authorized_channel, rpc_error
 
 Factory = Callable[..., Cluster]
+
+
+def dynamodb_counts() -> dict[tuple[str, str, str], float]:
+    """This process's DynamoDB call outcomes and errors (the test clusters' servers run in it):
+    (metric, operation, outcome or code) -> count."""
+    counts: dict[tuple[str, str, str], float] = {}
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name in ("rewards_dynamodb_calls_total", "rewards_dynamodb_errors_total"):
+                label = sample.labels.get("outcome") or sample.labels["code"]
+                counts[(sample.name, sample.labels["operation"], label)] = sample.value
+    return counts
+
+
+def counted_since(before: dict[tuple[str, str, str], float]) -> dict[tuple[str, str, str], float]:
+    """What was counted since `before`, without the zeros."""
+    after = dynamodb_counts()
+    return {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
 
 
 class CancelTransactions:
@@ -82,16 +101,36 @@ def test_transaction_conflicts_are_retried_and_every_award_counts_once(new_clust
     )
 
 
+def test_failed_conditions_are_counted_as_outcomes_not_errors(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster()
+    grant = xp_pb2.GrantXpRequest(user_id=user_id, amount=5, reason="t", request_id="once")
+    assert not c.xp.GrantXp(grant).duplicate
+    before = dynamodb_counts()
+    for _ in range(10):
+        assert c.xp.GrantXp(grant).duplicate
+    counted = counted_since(before)
+    # Ten duplicates: ten transactions whose "not yet recorded" condition was false, and no error.
+    assert counted[("rewards_dynamodb_calls_total", "TransactWriteItems", "condition_failed")] == 10
+    assert not {key: n for key, n in counted.items() if key[0] == "rewards_dynamodb_errors_total"}
+    assert not {key: n for key, n in counted.items() if key[2] in ("error", "deadline_exceeded")}
+
+
 def test_throttled_transactions_are_unavailable_and_write_nothing(new_cluster: Factory, user_id: str) -> None:
     c = new_cluster()
     throttled = CancelTransactions("ThrottlingError", every=1)
     c.lean.before_send.append(throttled)
+    before = dynamodb_counts()
     error = rpc_error(
         lambda: c.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=5, reason="t", request_id="r"))
     )
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "throttling" in error.details()
     assert throttled.injected >= 1
+    # A throttled transaction is an error, counted under its reason.
+    counted = counted_since(before)
+    assert counted[("rewards_dynamodb_errors_total", "TransactWriteItems", "ThrottlingError")] == throttled.injected
+    assert counted[("rewards_dynamodb_calls_total", "TransactWriteItems", "error")] == throttled.injected
+    assert ("rewards_dynamodb_errors_total", "TransactWriteItems", "TransactionCanceledException") not in counted
     assert c.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id)).total_xp == 0
 
 
@@ -106,9 +145,14 @@ def test_dynamodb_unreachable_is_unavailable(new_cluster: Factory, user_id: str)
         c.lean = shared
     try:
         xp = c.xp.__class__(c.channel("xp"))
+        before = dynamodb_counts()
         error = rpc_error(lambda: xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id), timeout=30))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert "DynamoDB could not be reached" in error.details()
+        # One call failed, after its three attempts (REWARDS_DYNAMODB_MAX_ATTEMPTS), each without a connection.
+        counted = counted_since(before)
+        assert [(key[1], n) for key, n in counted.items() if key[2] == "error"] == [("GetItem", 1)]
+        assert [(key[1], n) for key, n in counted.items() if key[2] == "ConnectionError"] == [("GetItem", 3)]
     finally:
         c.loop.run(dead.close())
 

@@ -8,20 +8,28 @@ benchmark machine: boto3 costs about 1.2 ms of CPU per call, this about 0.3 ms
 (docs/benchmarks.md).
 
 Retries of throttling, 5xx and lost connections happen here, with jittered
-backoff, within the served RPC's deadline. A TransactWriteItems carries a
-ClientRequestToken that its retries keep, so a retry after a lost response is
-not applied twice (DynamoDB's idempotency window is 10 minutes)."""
+backoff, within the served RPC's deadline: each attempt's timeout is cut to
+what is left of it, and no attempt starts after it. A TransactWriteItems
+carries a ClientRequestToken that its retries keep, so a retry after a lost
+response is not applied twice (DynamoDB's idempotency window is 10 minutes).
+
+Each call is counted once by outcome (ok, condition_failed, error,
+deadline_exceeded); failed attempts by error code. A failed condition is an
+answer the caller asked for (a duplicate, a lost race), not a failure. The
+client also notes when DynamoDB last answered and last did not, which the
+servers' health entries follow (common.server_runtime.DynamoDBHealthMonitor)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import boto3
@@ -32,7 +40,7 @@ from yarl import URL
 
 from common.config import Settings
 from common.errors import DeadlineReached
-from common.metrics import DYNAMODB_ERRORS, DYNAMODB_SECONDS
+from common.metrics import DYNAMODB_CALLS, DYNAMODB_ERRORS, DYNAMODB_SECONDS
 from common.rpc_deadline import remaining_s
 
 # Load and transient faults, not bugs: worth another attempt.
@@ -49,6 +57,8 @@ RETRYABLE_ERROR_CODES = frozenset(
     }
 )
 _ANSWER_MARGIN_S = 0.05
+# Errors that mean no answer came (unlike an error answer, which shows DynamoDB is there).
+_UNANSWERED_CODES = frozenset({"ConnectionError", "Timeout", "NoCredentials"})
 
 
 class DynamoDBError(Exception):
@@ -97,6 +107,43 @@ class TransactionCancelled(DynamoDBError):
     @property
     def codes(self) -> set[str]:
         return {r.code for r in self.reasons}
+
+    @property
+    def failure_codes(self) -> set[str]:
+        """The reasons that are failures (a conflict, throttling, a bad item):
+        neither a fine item ('None') nor a condition that was false."""
+        return self.codes - {"None", "ConditionalCheckFailed"}
+
+
+CallOutcome = Literal["ok", "condition_failed", "error", "deadline_exceeded"]
+
+
+def _outcome_of(error: DynamoDBError) -> tuple[CallOutcome, str | None]:
+    """A failed attempt's outcome, and the error code it counts under (None: not a failure)."""
+    if isinstance(error, ConditionalCheckFailed):
+        return "condition_failed", None
+    if isinstance(error, TransactionCancelled):
+        failures = error.failure_codes
+        if not failures:
+            return "condition_failed", None
+        # The reason names the failure (TransactionConflict, ThrottlingError ...); one label per call.
+        return "error", min(failures)
+    return "error", error.code
+
+
+@dataclass
+class Reachability:
+    """When an attempt last got an HTTP answer from DynamoDB (any status), and
+    when one last got none (no connection, or nothing within its full
+    timeout), by time.monotonic(). An attempt cut short by the caller's
+    deadline says neither."""
+
+    answered_at: float = -math.inf
+    unanswered_at: float = -math.inf
+
+    def answered_since(self, moment: float) -> bool:
+        """True when DynamoDB answered after `moment` and nothing went unanswered after that answer."""
+        return self.answered_at > moment and self.answered_at > self.unanswered_at
 
 
 def _error_from(status: int, body: bytes) -> DynamoDBError:
@@ -154,6 +201,7 @@ class DynamoDBClient:
         self._read_timeout_s = settings.dynamodb_read_timeout_s
         self._session: aiohttp.ClientSession | None = None
         self.before_send: list[BeforeSend] = []
+        self.reachability = Reachability()
 
     def _http(self) -> aiohttp.ClientSession:
         # Made on first use, inside the event loop that serves the RPCs.
@@ -173,36 +221,63 @@ class DynamoDBClient:
         if action == "TransactWriteItems" and "ClientRequestToken" not in payload:
             payload = {**payload, "ClientRequestToken": uuid.uuid4().hex}
         started = time.perf_counter()
+        outcome: CallOutcome = "error"
         try:
             for attempt in range(self._max_attempts):
                 try:
-                    return await self._attempt(action, payload)
+                    answer = await self._attempt(action, payload)
+                    outcome = "ok"
+                    return answer
                 except DynamoDBError as error:
-                    DYNAMODB_ERRORS.labels(action, error.code).inc()
+                    outcome, failure_code = _outcome_of(error)
+                    if failure_code is not None:
+                        DYNAMODB_ERRORS.labels(action, failure_code).inc()
                     if not error.retryable or attempt + 1 == self._max_attempts:
                         raise
                     delay = random.uniform(0, 0.025 * 2**attempt)
                     left = remaining_s()
-                    if left is not None and left <= delay:
-                        raise
+                    if left is not None and left <= delay + _ANSWER_MARGIN_S:
+                        raise  # another attempt would start past the caller's deadline
                     await asyncio.sleep(delay)
+                except DeadlineReached:
+                    outcome = "deadline_exceeded"
+                    raise
             raise AssertionError("unreachable")
         finally:
+            DYNAMODB_CALLS.labels(action, outcome).inc()
             DYNAMODB_SECONDS.labels(action).observe(time.perf_counter() - started)
 
-    async def _attempt(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-        timeout = self._read_timeout_s
+    async def probe(self, action: str, payload: dict[str, Any], timeout_s: float) -> bool:
+        """One attempt of `action`, not retried and counted in no call metric:
+        True when DynamoDB answered within `timeout_s`, whatever the answer
+        (an error answer is still an answer). For health checking."""
+        try:
+            await self._attempt(action, payload, timeout_s)
+        except DynamoDBError as error:
+            return error.code not in _UNANSWERED_CODES
+        return True
+
+    async def _attempt(self, action: str, payload: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+        timeout = self._read_timeout_s if timeout_s is None else timeout_s
         left = remaining_s()
+        cut_by_deadline = False
         if left is not None:
             # Stops a moment before the caller's deadline, so that the RPC can still answer DEADLINE_EXCEEDED.
             left -= _ANSWER_MARGIN_S
             if left <= 0:
                 raise DeadlineReached("the caller's deadline passed before DynamoDB answered")
+            cut_by_deadline = left < timeout
             timeout = min(timeout, left)
         for hook in self.before_send:
             hook(action, payload)
+        try:
+            # Refreshing credentials (from the ECS or EC2 metadata endpoint) may hang too.
+            async with asyncio.timeout(timeout):
+                key = await self._credentials.key()
+        except TimeoutError as error:
+            raise self._no_answer(cut_by_deadline, timeout, "credentials") from error
         request = signed_dynamo_request(
-            key=await self._credentials.key(),
+            key=key,
             payload=payload,
             action=action,
             region=self._region,
@@ -218,13 +293,19 @@ class DynamoDBClient:
                 body = await response.read()
                 status = response.status
         except TimeoutError as error:
-            left = remaining_s()
-            if left is not None and left <= _ANSWER_MARGIN_S:
-                raise DeadlineReached("the caller's deadline passed before DynamoDB answered") from error
-            raise DynamoDBError("Timeout", f"no answer within {timeout:.2f} s") from error
+            raise self._no_answer(cut_by_deadline, timeout, "DynamoDB") from error
         except aiohttp.ClientError as error:
+            self.reachability.unanswered_at = time.monotonic()
             raise DynamoDBError("ConnectionError", f"{error.__class__.__name__}: {error}") from error
+        self.reachability.answered_at = time.monotonic()
         if status == 200:
             parsed: dict[str, Any] = json.loads(body)
             return parsed
         raise _error_from(status, body)
+
+    def _no_answer(self, cut_by_deadline: bool, timeout: float, what: str) -> Exception:
+        if cut_by_deadline:
+            # The caller's deadline, not DynamoDB, ended the wait: it says nothing of DynamoDB's health.
+            return DeadlineReached(f"the caller's deadline passed before {what} answered")
+        self.reachability.unanswered_at = time.monotonic()
+        return DynamoDBError("Timeout", f"no answer from {what} within {timeout:.2f} s")
