@@ -1,7 +1,10 @@
 """`python -m devcluster up|down|status`: the local cluster as background processes.
 
 DynamoDB Local, the three services, then the HTTP/JSON gateway in front of them.
-DynamoDB Local keeps its data in .local/dynamodb-data; logs go to .local/logs/.
+DynamoDB Local keeps its data in .local/dynamodb-data; logs go to .local/logs/,
+rotated by `up` (devcluster.log_files). Each process's pid file in .local/run
+records its start time and command line too (devcluster.pid_files): a pid that
+now names another process is never signalled.
 Auth is on: the key and dev tokens (game, admin) are in .local/dev-auth.env.
 """
 
@@ -16,7 +19,15 @@ import time
 
 from common.caller_auth import TokenAuthority
 from common.config import Settings
-from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, port_open, start_dynamodb_local
+from devcluster.dynamodb_local import (
+    LOCAL_CREDENTIALS,
+    REPO_ROOT,
+    dynamodb_local_command,
+    port_open,
+    start_dynamodb_local,
+)
+from devcluster.log_files import LOG_BACKUPS, LOG_MAX_BYTES, open_log, rotate_log
+from devcluster.pid_files import ProcessIdentity, read_pid_file, still_running, write_pid_file
 from devcluster.readiness import wait_grpc_serving, wait_http_healthy
 from rewardsctl.tokens import dev_tokens_env, new_secret
 
@@ -24,10 +35,13 @@ RUN_DIR = REPO_ROOT / ".local" / "run"
 LOG_DIR = REPO_ROOT / ".local" / "logs"
 DEV_AUTH_FILE = REPO_ROOT / ".local" / "dev-auth.env"
 DYNAMODB_PORT = int(os.environ.get("REWARDS_DYNAMODB_LOCAL_PORT", "8000"))
+DYNAMODB_DATA = REPO_ROOT / ".local" / "dynamodb-data"
 # (process name, module), in start order: each service's dependencies first.
 SERVICES = [("levels", "levels_service"), ("xp", "xp_service"), ("achievements", "achievements_service")]
 # The HTTP/JSON gateway (python -m gateway): started after the services it calls, stopped first.
 GATEWAY = "gateway"
+# How long `down` waits for a process to exit after SIGTERM (a service drains in-flight calls first).
+STOP_TIMEOUT_S = 10.0
 
 
 def _ports(name: str) -> tuple[int, int]:
@@ -41,22 +55,34 @@ def _gateway_port() -> int:
     return Settings.from_env(cluster_env()).gateway_port
 
 
+def _command(name: str) -> list[str]:
+    """The command line devcluster starts `name` with."""
+    if name == "dynamodb":
+        return dynamodb_local_command(DYNAMODB_PORT, DYNAMODB_DATA)
+    module = dict(SERVICES).get(name, name)  # the gateway's module is its name
+    return [sys.executable, "-m", module]
+
+
+def _running(name: str) -> ProcessIdentity | None:
+    """The process devcluster started as `name`, if that very process still runs."""
+    return read_pid_file(RUN_DIR / f"{name}.pid", _command(name))
+
+
 def _pid(name: str) -> int | None:
-    path = RUN_DIR / f"{name}.pid"
-    try:
-        pid = int(path.read_text())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        return None
+    running = _running(name)
+    return running.pid if running else None
 
 
-def _spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log = open(LOG_DIR / f"{name}.log", "ab")
+def _spawn(name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        _command(name),
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=open_log(LOG_DIR / f"{name}.log"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
-    (RUN_DIR / f"{name}.pid").write_text(str(process.pid))
+    write_pid_file(RUN_DIR / f"{name}.pid", process.pid, _command(name))
     return process
 
 
@@ -94,22 +120,24 @@ def up() -> int:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     env = cluster_env()
     write_dev_tokens(env["REWARDS_AUTH_JWT_SECRET"])
+    for name in ["dynamodb", *(s[0] for s in SERVICES), GATEWAY]:
+        if rotate_log(LOG_DIR / f"{name}.log"):
+            print(f"rotated {LOG_DIR / name}.log (over {LOG_MAX_BYTES // 2**20} MiB; the last {LOG_BACKUPS} kept)")
     if _pid("dynamodb") is None:
         if port_open("127.0.0.1", DYNAMODB_PORT):
             print(f"port {DYNAMODB_PORT} is taken by another program; set REWARDS_DYNAMODB_LOCAL_PORT", file=sys.stderr)
             return 1
-        log = open(LOG_DIR / "dynamodb.log", "ab")
         process = start_dynamodb_local(
-            DYNAMODB_PORT, log, REPO_ROOT / ".local" / "dynamodb-data", start_new_session=True
+            DYNAMODB_PORT, open_log(LOG_DIR / "dynamodb.log"), DYNAMODB_DATA, start_new_session=True
         )
-        (RUN_DIR / "dynamodb.pid").write_text(str(process.pid))
-    for name, module in SERVICES:
+        write_pid_file(RUN_DIR / "dynamodb.pid", process.pid, _command("dynamodb"))
+    for name, _ in SERVICES:
         port = _ports(name)[0]
         if _pid(name) is None:
             if port_open("127.0.0.1", port):
                 print(f"port {port} ({name}) is taken by another program", file=sys.stderr)
                 return 1
-            _spawn(name, [sys.executable, "-m", module], env)
+            _spawn(name, env)
         if not wait_grpc_serving(port):
             print(f"{name} did not become healthy; see {LOG_DIR / (name + '.log')}", file=sys.stderr)
             return 1
@@ -120,7 +148,7 @@ def up() -> int:
         if port_open("127.0.0.1", port):
             print(f"port {port} ({GATEWAY}) is taken by another program; set REWARDS_GATEWAY_PORT", file=sys.stderr)
             return 1
-        gateway = _spawn(GATEWAY, [sys.executable, "-m", "gateway"], env)
+        gateway = _spawn(GATEWAY, env)
     if not wait_http_healthy(f"http://localhost:{port}", gateway):
         print(f"{GATEWAY} did not become healthy; see {LOG_DIR / (GATEWAY + '.log')}", file=sys.stderr)
         return 1
@@ -128,21 +156,25 @@ def up() -> int:
 
 
 def down() -> int:
+    left_running = []
     for name in [GATEWAY] + [s[0] for s in reversed(SERVICES)] + ["dynamodb"]:
-        pid = _pid(name)
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
-                if _pid(name) is None:
-                    break
-                try:
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
-                time.sleep(0.1)
-            print(f"stopped {name} (pid {pid})")
+        process = _running(name)  # a stale pid file is removed here, unsignalled
+        if process is None:
+            continue
+        os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while still_running(process) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if still_running(process):
+            print(
+                f"{name} (pid {process.pid}) did not stop within {STOP_TIMEOUT_S:.0f} s; its pid file is kept",
+                file=sys.stderr,
+            )
+            left_running.append(name)
+            continue
+        print(f"stopped {name} (pid {process.pid})")
         (RUN_DIR / f"{name}.pid").unlink(missing_ok=True)
-    return 0
+    return 1 if left_running else 0
 
 
 def status() -> int:

@@ -27,28 +27,31 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def start_dynamodb_local(
-    port: int, log: IO[bytes], db_path: Path | None = None, **popen: object
-) -> subprocess.Popen[bytes]:
+def dynamodb_local_command(port: int, db_path: Path | None = None) -> list[str]:
     """In memory unless db_path is given; -sharedDb so every client sees the
     same tables whatever its credentials and region."""
-    jar = EMULATOR_DIR / "DynamoDBLocal.jar"
-    if not jar.exists():
-        raise FileNotFoundError(f"{jar} is missing: run `make install` (scripts/install.sh) first")
     args = [
         "java",
         f"-Djava.library.path={EMULATOR_DIR / 'DynamoDBLocal_lib'}",
         "-jar",
-        str(jar),
+        str(EMULATOR_DIR / "DynamoDBLocal.jar"),
         "-sharedDb",
         "-port",
         str(port),
     ]
-    if db_path is None:
-        args.append("-inMemory")
-    else:
+    return args + (["-inMemory"] if db_path is None else ["-dbPath", str(db_path)])
+
+
+def start_dynamodb_local(
+    port: int, log: IO[bytes], db_path: Path | None = None, **popen: object
+) -> subprocess.Popen[bytes]:
+    """DynamoDB Local (dynamodb_local_command), once it listens on `port`."""
+    jar = EMULATOR_DIR / "DynamoDBLocal.jar"
+    if not jar.exists():
+        raise FileNotFoundError(f"{jar} is missing: run `make install` (scripts/install.sh) first")
+    if db_path is not None:
         db_path.mkdir(parents=True, exist_ok=True)
-        args += ["-dbPath", str(db_path)]
+    args = dynamodb_local_command(port, db_path)
     process = subprocess.Popen(args, cwd=EMULATOR_DIR, stdout=log, stderr=subprocess.STDOUT, **popen)  # type: ignore[call-overload]
     deadline = time.monotonic() + 60
     while not port_open("127.0.0.1", port):

@@ -7,7 +7,7 @@
     rewardsctl progress USER [--json]
     rewardsctl backup export DIR
     rewardsctl backup import DIR [--workers N]
-    rewardsctl verify [--json] [--strict] [--catalog-changed]
+    rewardsctl verify [--json] [--strict] [--catalog-changed] [--limit N]
     rewardsctl token mint --role game|admin|service [--subject NAME] [--ttl 12h]
     rewardsctl token secret
     rewardsctl token dev-env
@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import grpc
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from common.caller_auth import AuthNotConfigured, Role, TokenAuthority
+from common.caller_auth import AuthNotConfigured, Role
 from common.config import Settings
 from common.dynamodb import create_dynamodb_client, error_code
 from rewardsctl import text_output
@@ -45,8 +45,18 @@ from rewardsctl.catalog import CatalogFileError, catalog_warnings, format_catalo
 from rewardsctl.catalog_plan import plan_catalog
 from rewardsctl.progress_display import ItemCountDisplay
 from rewardsctl.service_clients import ServiceClients, ServiceTargets
-from rewardsctl.tokens import dev_tokens_env, new_secret, parse_duration
-from rewardsctl.verify import WARNING, StageNotFound, read_stage, report_as_json, report_as_text, verify_contents
+from rewardsctl.tokens import dev_tokens_env, mint_token, minting_authority, new_secret
+from rewardsctl.verify import (
+    DEFAULT_FINDINGS_LIMIT,
+    WARNING,
+    StageNotFound,
+    VerifyReport,
+    read_catalog,
+    read_users,
+    report_as_json,
+    report_as_text,
+    verify_users,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -216,14 +226,23 @@ def backup_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def verify(args: argparse.Namespace, settings: Settings) -> int:
     where = f"prefix {settings.table_prefix!r} at {settings.dynamodb_endpoint or f'AWS ({settings.aws_region})'}"
+
+    def read_and_check(client: Any) -> VerifyReport:
+        # One user's items at a time: memory does not grow with the stage.
+        return verify_users(
+            read_catalog(client, settings.table_prefix),
+            read_users(client, settings.table_prefix),
+            catalog_changed=args.catalog_changed,
+            limit=args.limit,
+        )
+
     try:
-        contents = _dynamodb(settings, lambda client: read_stage(client, settings.table_prefix))
+        report = _dynamodb(settings, read_and_check)
     except StageNotFound as error:
         raise CommandFailed(str(error)) from error
-    report = verify_contents(contents, catalog_changed=args.catalog_changed)
     print(report_as_json(report, where) if args.json else report_as_text(report, where))
     # --strict: for a stage that should be settled, where owed XP or a due level check is a failure too.
-    failed = not report.ok or (args.strict and bool(report.of(WARNING)))
+    failed = not report.ok or (args.strict and report.count(WARNING) > 0)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -234,11 +253,11 @@ def token_mint(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.auth_jwt_secret:
         raise CommandFailed("token mint needs the deployment's key in REWARDS_AUTH_JWT_SECRET", EXIT_USAGE)
     try:
-        ttl_s = parse_duration(args.ttl)
-        authority = TokenAuthority(settings.auth_jwt_secret)
+        authority = minting_authority(settings)
+        token = mint_token(authority, Role(args.role), args.subject or f"rewardsctl-{args.role}", args.ttl)
     except (ValueError, AuthNotConfigured) as error:
         raise CommandFailed(str(error), EXIT_USAGE) from error
-    print(authority.mint(Role(args.role), args.subject or f"rewardsctl-{args.role}", ttl_s))
+    print(token)
     return EXIT_OK
 
 
@@ -251,7 +270,7 @@ def token_dev_env(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.auth_jwt_secret:
         raise CommandFailed("token dev-env needs the key in REWARDS_AUTH_JWT_SECRET", EXIT_USAGE)
     try:
-        authority = TokenAuthority(settings.auth_jwt_secret)
+        authority = minting_authority(settings)
     except AuthNotConfigured as error:
         raise CommandFailed(str(error), EXIT_USAGE) from error
     print(dev_tokens_env(authority, settings.auth_jwt_secret), end="")
@@ -298,6 +317,13 @@ def _target_of(kind: str, targets: ServiceTargets) -> str:
 
 def _all_targets(targets: ServiceTargets) -> str:
     return f"{targets.xp}, {targets.achievements} and {targets.levels}"
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (got {value})")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -404,10 +430,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the exactly-once invariants of every user, from the tables",
         description="Reads the stage's tables and checks, for every user: total XP is the sum of the ledger, no "
         "request counted twice, each unlocked achievement paid once, the level matches the XP and each "
-        "passed level's rewards granted once. Exit status 0 when nothing is violated, 1 otherwise. "
+        "passed level's rewards granted once. Prints the summary first (users, what each invariant checked and "
+        "found), then the first --limit findings. Reads one user at a time, so memory stays small whatever the "
+        "stage. Exit status 0 when nothing is violated, 1 otherwise. "
         "A scan is not a snapshot: verify a stage that takes no writes.",
     )
-    verify_parser.add_argument("--json", action="store_true", help="print the report as JSON (every finding)")
+    verify_parser.add_argument(
+        "--json", action="store_true", help="print the report as JSON (every count; the findings --limit lists)"
+    )
+    verify_parser.add_argument(
+        "--limit",
+        type=_non_negative_int,
+        default=DEFAULT_FINDINGS_LIMIT,
+        metavar="N",
+        help=f"list the first N findings, violations first, by user id (default {DEFAULT_FINDINGS_LIMIT}; "
+        "0 lists none); all are counted",
+    )
     verify_parser.add_argument(
         "--strict", action="store_true", help="fail on warnings too (owed XP, level checks due): for a settled stage"
     )
@@ -430,7 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mint.add_argument("--role", required=True, choices=[r.value for r in Role])
     mint.add_argument("--subject", metavar="NAME", help="who the caller is, as logged (default rewardsctl-ROLE)")
-    mint.add_argument("--ttl", default="12h", metavar="DURATION", help="lifetime, such as 15m, 12h, 30d (default 12h)")
+    mint.add_argument(
+        "--ttl",
+        default=None,
+        metavar="DURATION",
+        help="lifetime, such as 15m, 12h, 30d (default 12h, or the role's maximum when shorter: service 1h)",
+    )
     mint.set_defaults(run=token_mint)
     secret = token_commands.add_parser("secret", help="print a new random key for REWARDS_AUTH_JWT_SECRET")
     secret.set_defaults(run=token_secret)

@@ -89,8 +89,16 @@ class ServiceClients:
                 return achievements
 
     def list_levels(self) -> list[Level]:
-        response = self.levels.ListLevels(levels_pb2.ListLevelsRequest(), timeout=self._timeout_s)
-        return [level_from_message(m) for m in response.levels]
+        levels: list[Level] = []
+        token = ""
+        while True:
+            page = self.levels.ListLevels(
+                levels_pb2.ListLevelsRequest(page_size=_LIST_PAGE_SIZE, page_token=token), timeout=self._timeout_s
+            )
+            levels.extend(level_from_message(m) for m in page.levels)
+            token = page.next_page_token
+            if not token:
+                return levels
 
     def apply_change(self, change: CatalogChange) -> None:
         """Writes one planned change; a "keep" writes nothing."""

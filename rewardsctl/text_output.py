@@ -175,6 +175,10 @@ def message_json(message: Message) -> str:
 
 # --- errors -----------------------------------------------------------------------
 
+# What the message of a service's UNAVAILABLE says when its DynamoDB could not be reached
+# (common.dynamodb.transactions.storage_error_as_domain_error): "... (ConnectionError); retry".
+DYNAMODB_UNREACHABLE = "DynamoDB could not be reached"
+
 _RETRY_HINTS = {
     grpc.StatusCode.UNAVAILABLE: "safe to retry: run the same command again",
     grpc.StatusCode.ABORTED: "safe to retry: run the same command again",
@@ -191,7 +195,13 @@ def rpc_error_text(error: grpc.RpcError, target: str) -> str:
     for subject, description in _status_details(error):
         if description not in message:  # the message names most already
             lines.append(f"  {subject}: {description}")
-    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in message.lower() or "connection" in message.lower()):
+    if code == grpc.StatusCode.UNAVAILABLE and DYNAMODB_UNREACHABLE in message:
+        # The service answered: it is DynamoDB behind it that is down (its message may say "ConnectionError").
+        lines.append(
+            "  the service runs, but DynamoDB does not answer it: check that DynamoDB runs at the services' "
+            "REWARDS_DYNAMODB_ENDPOINT (`make status` shows DynamoDB Local, `make up` starts it)"
+        )
+    elif code == grpc.StatusCode.UNAVAILABLE and ("connect" in message.lower() or "connection" in message.lower()):
         lines.append(f"  check that the service runs at {target} (`make up` starts the local cluster)")
     if code == grpc.StatusCode.UNAUTHENTICATED:
         lines.append(

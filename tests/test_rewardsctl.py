@@ -1,6 +1,7 @@
 """rewardsctl against real servers and DynamoDB Local: the catalog as a file
-(apply, dry run, idempotency, export), the player commands, and a backup of a
-stage with a few hundred players restored into an empty one."""
+(apply, dry run, idempotency, export), the player commands, a backup of a
+stage with a few hundred players restored into an empty one, and `verify`'s
+summary, limit and reading one user at a time."""
 
 from __future__ import annotations
 
@@ -9,13 +10,20 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from common.config import Settings
+from common.dynamodb import DynamoDBClient, create_dynamodb_client, ensure_tables, to_item
+from common.models import Level as LevelEntry
+from common.models import LevelTable
 from devcluster.dynamodb_local import REPO_ROOT
 from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
 from rewardsctl.__main__ import main
@@ -32,6 +40,7 @@ from rewardsctl.catalog import (
 )
 from rewardsctl.catalog_plan import plan_catalog
 from rewardsctl.service_clients import ServiceClients, ServiceTargets
+from rewardsctl.verify import VIOLATION, StageContents, read_users, verify_contents
 from tests.cluster import Cluster, mint_test_token
 
 SAMPLE_CATALOG = REPO_ROOT / "catalog" / "sample-game.yaml"
@@ -327,7 +336,7 @@ def test_award_unlock_and_progress_print_what_happened(
     assert status == 0
     assert out.splitlines() == [
         "bob: +300 XP for defeat-boss; total 300 XP, level 3",
-        "level up: 1 -> 3; rewards: 50 gold, 100 gold",
+        "level up: 1 -> 3; rewards: 150 gold",
         "request_id boss-1 (repeat it with --request-id to retry safely)",
     ]
     status, out, _ = run_main(cluster, capsys, "award", "bob", "defeat-boss", "--request-id", "boss-1")
@@ -602,3 +611,253 @@ def test_unprocessed_items_are_sent_again_after_a_pause() -> None:
 
     with pytest.raises(BackupError, match="left 25 items of t unwritten"):
         write_batch(AlwaysThrottled(), "t", items, sleep=lambda s: None)
+
+
+# --- a service whose DynamoDB is down ----------------------------------------------------------
+
+
+def test_when_the_service_cannot_reach_dynamodb_the_hint_names_dynamodb(
+    new_cluster: Callable[..., Cluster], capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = new_cluster()
+    dead = DynamoDBClient(replace(c.settings, dynamodb_endpoint="http://127.0.0.1:9"))
+    shared, c.lean = c.lean, dead  # XP restarts with a client of a closed port
+    try:
+        c.stop("xp")
+        c.start("xp")
+    finally:
+        c.lean = shared
+    try:
+        status, out, err = run_main(c, capsys, "progress", "player-1")
+    finally:
+        c.loop.run(dead.close())
+    assert (status, out) == (1, "")
+    assert err.startswith("rewardsctl: progress failed: UNAVAILABLE: DynamoDB could not be reached (ConnectionError)")
+    assert err.endswith(
+        "  the service runs, but DynamoDB does not answer it: check that DynamoDB runs at the services' "
+        "REWARDS_DYNAMODB_ENDPOINT (`make status` shows DynamoDB Local, `make up` starts it)\n"
+        "  safe to retry: run the same command again\n"
+    )
+    assert "check that the service runs" not in err
+
+
+# --- verify: summary, limit, one user at a time ----------------------------------------------------
+
+# 30 users whose total is 5 XP above their ledger, one with a ledger and no progress item, one who
+# holds 25 unlocks without the progress item saying so, and one settled user: 32 violations.
+MISCOUNTED_USERS = [f"u-{n:02d}" for n in range(30)]
+
+
+@pytest.fixture
+def verify_stage(dynamodb_endpoint: str) -> tuple[Any, str]:
+    """A stage of its own, written item by item (no services): boto3 client and table prefix."""
+    prefix = f"verify-{uuid.uuid4().hex[:8]}-"
+    client = create_dynamodb_client(Settings(dynamodb_endpoint=dynamodb_endpoint, table_prefix=prefix))
+    ensure_tables(client, prefix)
+
+    def put(table: str, *items: dict[str, Any]) -> None:
+        for item in items:
+            client.put_item(TableName=prefix + table, Item=to_item(item))
+
+    put(
+        "levels",
+        {"level": 1, "xp_required": 0},
+        {"level": 2, "xp_required": 100, "rewards": [{"reward_id": "gold", "quantity": 50}]},
+    )
+    for user_id in MISCOUNTED_USERS:
+        put("user_progress", {"user_id": user_id, "total_xp": 105, "level": 2})
+        put(
+            "xp_ledger",
+            *(
+                {
+                    "user_id": user_id,
+                    "entry_id": f"req#{r}",
+                    "request_id": r,
+                    "kind": "activity",
+                    "activity_id": "a",
+                    "xp": xp,
+                    "attempt_id": f"{user_id}-{r}",
+                }
+                for r, xp in (("a", 40), ("b", 60))
+            ),
+        )
+        put(
+            "level_rewards",
+            {
+                "user_id": user_id,
+                "level": 2,
+                "from_level": 1,
+                "check_id": f"auto:{user_id}",
+                "rewards": [{"reward_id": "gold", "quantity": 50}],
+            },
+        )
+    put("xp_ledger", {"user_id": "orphan", "entry_id": "auto#1", "kind": "grant", "xp": 5, "attempt_id": "o"})
+    put("user_progress", {"user_id": "collector", "total_xp": 0, "level": 1})
+    put(
+        "user_achievements",
+        *({"user_id": "collector", "achievement_id": f"a-{n:02d}", "xp_reward": 0} for n in range(25)),
+    )
+    put("user_progress", {"user_id": "settled", "total_xp": 30, "level": 1, "holds_achievements": True})
+    put("user_achievements", {"user_id": "settled", "achievement_id": "first", "xp_reward": 30, "xp_granted": True})
+    put(
+        "xp_ledger",
+        {
+            "user_id": "settled",
+            "entry_id": "ach#first",
+            "kind": "achievement",
+            "achievement_id": "first",
+            "xp": 30,
+            "attempt_id": "s",
+        },
+    )
+    return client, prefix
+
+
+def run_verify(dynamodb_endpoint: str, prefix: str, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str]:
+    capsys.readouterr()
+    status = main(["verify", "--dynamodb-endpoint", dynamodb_endpoint, "--table-prefix", prefix, *flags])
+    out, err = capsys.readouterr()
+    assert err == ""
+    return status, out
+
+
+def invariant_row(out: str, name: str) -> list[str]:
+    """An invariant's line of the summary: name, checked, violations, warnings, notes."""
+    return next(line.split()[:5] for line in out.splitlines() if line.strip().startswith(name + " "))
+
+
+def test_verify_prints_the_summary_first_then_the_first_findings_up_to_the_limit(
+    verify_stage: tuple[Any, str], dynamodb_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, prefix = verify_stage
+    status, out = run_verify(dynamodb_endpoint, prefix, capsys, "--limit", "5")
+    assert status == 1
+    lines = out.splitlines()
+    assert lines[0] == f"verified prefix {prefix!r} at {dynamodb_endpoint}"
+    assert lines[1] == "  users 33 · ledger entries 62 · unlocks 26 · levels checked 30 (level table: 2 levels)"
+    assert invariant_row(out, "total-is-ledger-sum") == ["total-is-ledger-sum", "33", "31", "0", "0"]
+    assert invariant_row(out, "unlocks-match-progress") == ["unlocks-match-progress", "33", "1", "0", "0"]
+    assert invariant_row(out, "level-rewards-once") == ["level-rewards-once", "30", "0", "0", "0"]
+    verdict = lines.index("FAILED: 32 violations, 0 warnings, 0 notes")
+    assert lines[verdict + 1 :] == [
+        "findings: the first 5 of 32, violations first, by user id; --limit N lists more",
+        "violation unlocks-match-progress     collector: 25 unlock records "
+        "(a-00, a-01, a-02, a-03, a-04, a-05, a-06, a-07, a-08, a-09 and 15 more) but holds_achievements is not set",
+        "violation total-is-ledger-sum        orphan: 1 ledger entries (5 XP) but no user_progress item",
+        "violation total-is-ledger-sum        u-00: total_xp 105 but the ledger's 2 entries sum to 100 (+5)",
+        "violation total-is-ledger-sum        u-01: total_xp 105 but the ledger's 2 entries sum to 100 (+5)",
+        "violation total-is-ledger-sum        u-02: total_xp 105 but the ledger's 2 entries sum to 100 (+5)",
+    ]
+
+    status, out = run_verify(dynamodb_endpoint, prefix, capsys)  # the default limit, 20
+    assert status == 1
+    assert [line.split()[2] for line in out.splitlines() if line.startswith("violation ")] == [
+        "collector:",
+        "orphan:",
+        *(f"{u}:" for u in MISCOUNTED_USERS[:18]),
+    ]
+    assert "findings: the first 20 of 32, violations first, by user id; --limit N lists more" in out
+
+
+def test_verify_json_counts_every_finding_and_lists_the_limit(
+    verify_stage: tuple[Any, str], dynamodb_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, prefix = verify_stage
+    status, out = run_verify(dynamodb_endpoint, prefix, capsys, "--json", "--limit", "3")
+    assert status == 1
+    report = json.loads(out)
+    assert report["ok"] is False
+    assert report["counts"] == {
+        "users": 33,
+        "ledger_entries": 62,
+        "unlocks": 26,
+        "levels_checked": 30,
+        "level_table_levels": 2,
+        "invariants_checked": report["counts"]["invariants_checked"],
+        "violations": 32,
+        "warnings": 0,
+        "notes": 0,
+    }
+    assert report["invariants"]["total-is-ledger-sum"] == {
+        "description": "total_xp is the sum of the user's ledger",
+        "checked": 33,
+        "violations": 31,
+        "warnings": 0,
+        "notes": 0,
+    }
+    assert report["listed"] == {"limit": 3, "findings": 3, "of": 32}
+    assert [(v["user_id"], v["invariant"]) for v in report["violations"]] == [
+        ("collector", "unlocks-match-progress"),
+        ("orphan", "total-is-ledger-sum"),
+        ("u-00", "total-is-ledger-sum"),
+    ]
+    assert report["warnings"] == [] and report["notes"] == []
+
+    status, out = run_verify(dynamodb_endpoint, prefix, capsys, "--limit", "0")
+    assert status == 1 and "FAILED: 32 violations" in out
+    assert [line for line in out.splitlines() if line.startswith("violation")] == []
+
+
+def test_verify_reads_one_user_at_a_time_never_a_user_table_whole(verify_stage: tuple[Any, str]) -> None:
+    client, prefix = verify_stage
+    calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    class RecordingClient:
+        def __getattr__(self, operation: str) -> Callable[..., Any]:
+            def call(**params: Any) -> Any:
+                table = params.get("TableName") or next(iter(params["RequestItems"]))
+                calls.append((operation, table.removeprefix(prefix), params))
+                return getattr(client, operation)(**params)
+
+            return call
+
+    users = read_users(RecordingClient(), prefix)
+    first = next(users)
+    # The first user comes after one page of user_progress (each other user table is only probed)
+    # and the Queries of the first few users.
+    assert [t for op, t, p in calls if op == "scan" and p.get("Limit") != 1] == ["user_progress"]
+    assert {op for op, _, _ in calls} == {"scan", "query"}
+    assert first.progress is not None and first.user_id == first.progress["user_id"]
+    rest = list(users)
+    assert sorted(u.user_id for u in [first, *rest]) == sorted(["collector", "orphan", "settled", *MISCOUNTED_USERS])
+    assert [u.user_id for u in rest][-1] == "orphan"  # users without a progress item come last
+    # Whole items are read from user_progress alone; the other user tables by Query (one user's
+    # items), or scanned for their keys only to find users without a progress item.
+    whole_scans = [t for op, t, p in calls if op == "scan" and "ProjectionExpression" not in p and p.get("Limit") != 1]
+    assert whole_scans == ["user_progress"]
+    queried = [p["ExpressionAttributeValues"][":u"]["S"] for op, _, p in calls if op == "query"]
+    assert sorted(queried) == sorted(u.user_id for u in [first, *rest] for _ in range(4))
+    assert {t for op, t, p in calls if op == "scan" and p.get("ProjectionExpression") == "user_id"} == {
+        "xp_ledger",
+        "user_achievements",
+        "level_rewards",
+        "level_checks",
+    }
+
+
+def test_verify_reads_unlocks_from_their_records_and_holds_achievements() -> None:
+    def unlocks_findings(progress: dict[str, Any], unlocked: list[str]) -> list[str]:
+        contents = StageContents(
+            levels=LevelTable([LevelEntry(1, 0)]),
+            progress=[{"user_id": "u", "total_xp": Decimal(0), "level": Decimal(1), **progress}],
+            unlocks=[{"user_id": "u", "achievement_id": a, "xp_reward": Decimal(0)} for a in unlocked],
+        )
+        report = verify_contents(contents)
+        assert {f.severity for f in report.findings} <= {VIOLATION}
+        return [f.message for f in report.findings if f.invariant == "unlocks-match-progress"]
+
+    # What an unlock writes now: the records are the ids; the progress item only says there are some.
+    assert unlocks_findings({"holds_achievements": True}, ["a", "b"]) == []
+    assert unlocks_findings({}, []) == []
+    assert unlocks_findings({"holds_achievements": True}, []) == [
+        "holds_achievements is set but there is no unlock record"
+    ]
+    assert unlocks_findings({}, ["a", "b"]) == ["2 unlock records (a, b) but holds_achievements is not set"]
+    # What an earlier version wrote: the ids in a set, which must be the records.
+    assert unlocks_findings({"unlocked_achievements": {"a", "b"}}, ["a", "b"]) == []
+    assert unlocks_findings({"unlocked_achievements": {"a"}}, ["a", "b"]) == [
+        "unlock records missing from unlocked_achievements: b"
+    ]
+    assert unlocks_findings({"holds_achievements": True, "unlocked_achievements": {"a", "z"}}, ["a", "b"]) == [
+        "unlocked_achievements without an unlock record: z"
+    ]

@@ -621,6 +621,16 @@ AWARD_FAILURES = [
     ),
     pytest.param(
         grpc.StatusCode.UNAVAILABLE,
+        # The service's own message (common.dynamodb.transactions.storage_error_as_domain_error).
+        "DynamoDB could not be reached (ConnectionError); retry",
+        "award failed: UNAVAILABLE: DynamoDB could not be reached (ConnectionError); retry\n"
+        "  the service runs, but DynamoDB does not answer it: check that DynamoDB runs at the services' "
+        "REWARDS_DYNAMODB_ENDPOINT (`make status` shows DynamoDB Local, `make up` starts it)\n"
+        "  safe to retry: run it again with --request-id req-1",
+        id="unavailable-dynamodb-unreachable",
+    ),
+    pytest.param(
+        grpc.StatusCode.UNAVAILABLE,
         "DynamoDB is throttling",
         "award failed: UNAVAILABLE: DynamoDB is throttling\n  safe to retry: run it again with --request-id req-1",
         id="unavailable-other",
@@ -715,5 +725,24 @@ def test_catalog_export_failure_names_every_target(
         "rewardsctl: reading the catalog failed: UNAVAILABLE: Connection refused\n"
         f"  check that the service runs at {TARGETS.xp}, {TARGETS.achievements} and {TARGETS.levels} "
         "(`make up` starts the local cluster)\n"
+        "  safe to retry: run the same command again\n"
+    )
+
+
+def test_catalog_export_names_dynamodb_not_the_services_when_the_service_cannot_reach_it(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = run_main(services, ["catalog", "export", "--token", TOKEN] + TARGET_FLAGS)
+    services.fail(
+        method(XP, "ListActivities"),
+        client,
+        grpc.StatusCode.UNAVAILABLE,
+        "DynamoDB could not be reached (Timeout); retry",
+    )
+    assert result(client) == 1
+    assert capsys.readouterr().err == (
+        "rewardsctl: reading the catalog failed: UNAVAILABLE: DynamoDB could not be reached (Timeout); retry\n"
+        "  the service runs, but DynamoDB does not answer it: check that DynamoDB runs at the services' "
+        "REWARDS_DYNAMODB_ENDPOINT (`make status` shows DynamoDB Local, `make up` starts it)\n"
         "  safe to retry: run the same command again\n"
     )

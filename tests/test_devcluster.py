@@ -1,0 +1,162 @@
+"""devcluster's pid files and log rotation, on dummy processes and files in a
+temporary directory: no cluster is started, and the real .local/ is untouched."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import devcluster.__main__ as devcluster_main
+from devcluster import pid_files
+from devcluster.log_files import open_log, rotate_log
+from devcluster.pid_files import identity_of, read_pid_file, write_pid_file
+
+# A process that is not the cluster's: what a recycled pid runs after a reboot.
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setattr(devcluster_main, "RUN_DIR", run)
+    return run
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(SLEEPER)
+    time.sleep(0.2)  # exec'd: /proc shows its own command line
+    yield process
+    process.kill()
+    process.wait()
+
+
+def stale_files(pid: int) -> dict[str, str]:
+    """Pid files naming `pid` that must not be taken for the cluster's xp service."""
+    running = identity_of(pid)
+    assert running is not None
+    return {
+        # An earlier devcluster's file, the pid alone: the process does not run xp's command.
+        "pid-only": f"{pid}\n",
+        # The pid was reused: same command, another start.
+        "other-start": json.dumps({"pid": pid, "started": "another-boot:1", "command": list(running.command)}),
+        # The pid was reused at the same tick (impossible, but it must not be enough).
+        "other-command": json.dumps({"pid": pid, "started": running.started, "command": ["python", "-m", "xp"]}),
+    }
+
+
+@pytest.mark.parametrize("kind", ["pid-only", "other-start", "other-command"])
+def test_down_removes_a_stale_pid_file_with_a_message_and_signals_nothing(
+    run_dir: Path, sleeper: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    pid_file = run_dir / "xp.pid"
+    pid_file.write_text(stale_files(sleeper.pid)[kind])
+    assert devcluster_main.down() == 0
+    time.sleep(0.3)  # a signal, had one been sent, would have ended it by now
+    assert sleeper.poll() is None
+    assert not pid_file.exists()
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"{pid_file}: stale pid file: pid {sleeper.pid} is another process: {' '.join(SLEEPER)}; "
+        "removed it, signalled nothing\n"
+    )
+
+
+def test_status_says_stopped_for_a_stale_pid_file(
+    run_dir: Path, sleeper: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (run_dir / "levels.pid").write_text(f"{sleeper.pid}\n")
+    assert devcluster_main.status() == 1
+    out, err = capsys.readouterr()
+    levels_line = next(line for line in out.splitlines() if line.strip().startswith("levels (levels_service)"))
+    assert levels_line.endswith("stopped")
+    assert f"stale pid file: pid {sleeper.pid} is another process" in err
+    assert sleeper.poll() is None and not (run_dir / "levels.pid").exists()
+
+
+def test_a_pid_file_of_an_exited_process_is_stale(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    (run_dir / "gateway.pid").write_text(
+        json.dumps({"pid": exited.pid, "started": "b:1", "command": [sys.executable, "-m", "gateway"]})
+    )
+    assert devcluster_main.down() == 0
+    assert capsys.readouterr().err == (
+        f"{run_dir / 'gateway.pid'}: stale pid file: pid {exited.pid} is no process; removed it, signalled nothing\n"
+    )
+
+
+def test_down_stops_the_process_its_pid_file_records(
+    run_dir: Path, sleeper: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_pid_file(run_dir / "achievements.pid", sleeper.pid, SLEEPER)
+    recorded = json.loads((run_dir / "achievements.pid").read_text())
+    assert recorded["pid"] == sleeper.pid and recorded["command"] == SLEEPER
+    assert devcluster_main.down() == 0
+    assert sleeper.wait(timeout=5) == -signal.SIGTERM
+    assert capsys.readouterr() == (f"stopped achievements (pid {sleeper.pid})\n", "")
+    assert not (run_dir / "achievements.pid").exists()
+
+
+def test_an_earlier_pid_file_is_trusted_only_for_the_command_devcluster_runs(
+    run_dir: Path, sleeper: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if devcluster started the sleeper as levels (the pid alone in the file, as before).
+    monkeypatch.setattr(devcluster_main, "_command", lambda name: SLEEPER if name == "levels" else ["nothing"])
+    (run_dir / "levels.pid").write_text(f"{sleeper.pid}\n")
+    assert devcluster_main.down() == 0
+    assert sleeper.wait(timeout=5) == -signal.SIGTERM
+    assert capsys.readouterr() == (f"stopped levels (pid {sleeper.pid})\n", "")
+
+
+def test_without_proc_the_start_time_and_command_come_from_ps(
+    tmp_path: Path, sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pid_files, "PROC", tmp_path / "no-proc")  # as on macOS
+    pid_file = tmp_path / "xp.pid"
+    write_pid_file(pid_file, sleeper.pid, SLEEPER)
+    recorded = json.loads(pid_file.read_text())
+    assert recorded["command"] == SLEEPER and recorded["started"]
+    found = read_pid_file(pid_file, ["unused"])
+    assert found is not None and found.pid == sleeper.pid and found.started == recorded["started"]
+    pid_file.write_text(json.dumps({**recorded, "started": "Thu Jan  1 00:00:00 1970"}))
+    assert read_pid_file(pid_file, ["unused"]) is None and not pid_file.exists()
+
+
+# --- logs ----------------------------------------------------------------------------------
+
+
+def test_a_log_over_the_size_is_rotated_keeping_three_and_its_writer_goes_on_at_the_start(tmp_path: Path) -> None:
+    log = tmp_path / "xp.log"
+    for n, text in ((1, "newest old\n"), (2, "older\n"), (3, "oldest\n")):
+        (tmp_path / f"xp.log.{n}").write_text(text)
+    writer = open_log(log)  # as a running service holds it
+    writer.write(b"x" * 100 + b"\n")
+    writer.flush()
+    assert rotate_log(log, max_bytes=100, backups=3)
+    writer.write(b"after the rotation\n")
+    writer.flush()
+    writer.close()
+    assert log.read_bytes() == b"after the rotation\n"  # at the start: no hole where the old lines were
+    assert (tmp_path / "xp.log.1").read_bytes() == b"x" * 100 + b"\n"
+    assert (tmp_path / "xp.log.2").read_text() == "newest old\n"
+    assert (tmp_path / "xp.log.3").read_text() == "older\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["xp.log", "xp.log.1", "xp.log.2", "xp.log.3"]
+
+
+def test_a_log_under_the_size_or_missing_is_left_alone(tmp_path: Path) -> None:
+    log = tmp_path / "levels.log"
+    log.write_text("small\n")
+    assert not rotate_log(log, max_bytes=100)
+    assert not rotate_log(tmp_path / "missing.log", max_bytes=100)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["levels.log"]
+    assert log.read_text() == "small\n"
