@@ -194,6 +194,12 @@ class RewardPaidBefore(Exception):
         self.paid_xp = paid_xp
 
 
+@dataclass(frozen=True)
+class OwedPaid:
+    xp: int  # what the ledger entry pays
+    by_this_call: bool  # False: an earlier version's grant wrote the entry, this call only marked it
+
+
 class AchievementsRepository(LevelCheckStore, Protocol):
     async def put_achievement(self, achievement: Achievement) -> Achievement:
         """The achievement as stored, with its new revision."""
@@ -213,7 +219,11 @@ class AchievementsRepository(LevelCheckStore, Protocol):
 
     async def get_unlock(self, user_id: str, achievement_id: str) -> Unlock | None: ...
 
-    async def list_unlocks(self, user_id: str) -> list[Unlock]: ...
+    async def unlocked_among(self, user_id: str, achievement_ids: tuple[str, ...]) -> frozenset[str]:
+        """Which of these achievements the user holds (at most 50: the catalog's limit of required ones)."""
+
+    async def list_unlocks(self, user_id: str, page_size: int, page_token: str) -> tuple[list[Unlock], str]:
+        """One page of the user's unlocks in id order, and the next page's token ("" on the last)."""
 
     async def record_unlock_once(
         self, unlock: Unlock, achievement: Achievement, start_level: int, payment: LedgerEntry | None
@@ -225,7 +235,9 @@ class AchievementsRepository(LevelCheckStore, Protocol):
         revision of the achievement. Raises, nothing written, AlreadyUnlocked
         (with the unlock held), AchievementChanged, RewardPaidBefore or RequirementsNotHeld."""
 
-    async def pay_owed_unlock_once(self, unlock: Unlock) -> bool:
+    async def pay_owed_unlock_once(self, unlock: Unlock, marker: str) -> OwedPaid | None:
         """Pays an unlock that owes its XP (recorded by an earlier version) and
         marks it paid, in one transaction; if its ledger entry was written but
-        the unlock not marked, marks it only. True only for the one call that did it."""
+        the unlock not marked, marks it only. None for every call but the one
+        that marked it (the caller's marker, written with the mark, makes the
+        client's own retry of that write still the one)."""

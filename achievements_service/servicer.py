@@ -104,8 +104,10 @@ class AchievementsServicer(achievements_pb2_grpc.AchievementsServiceServicer):
         self, request: achievements_pb2.ListUserAchievementsRequest, context: grpc.aio.ServicerContext
     ) -> achievements_pb2.ListUserAchievementsResponse:
         user_id = field_rules.require_id("user_id", request.user_id)
-        response = achievements_pb2.ListUserAchievementsResponse(user_id=user_id)
-        for view in await self._achievements.list_user_achievements(user_id):
+        page_size = field_rules.page_size(request.page_size)
+        views, token = await self._achievements.list_user_achievements(user_id, page_size, request.page_token)
+        response = achievements_pb2.ListUserAchievementsResponse(user_id=user_id, next_page_token=token)
+        for view in views:
             item = response.achievements.add(achievement_id=view.unlock.achievement_id, xp_reward=view.unlock.xp_reward)
             stamp = Timestamp()
             stamp.FromJsonString(view.unlock.unlocked_at)

@@ -16,6 +16,7 @@ from achievements_service.domain import (
     AchievementChanged,
     AchievementNotFound,
     AlreadyUnlocked,
+    OwedPaid,
     Requirements,
     RequirementsNotHeld,
     RewardPaidBefore,
@@ -31,6 +32,9 @@ from common.dynamodb import (
     LevelTableCache,
     TransactionCancelled,
     attr,
+    batch_get_consistent,
+    decode_page_token,
+    encode_page_token,
     from_item,
     ledger_put,
     mark_level_check_deferred,
@@ -39,7 +43,7 @@ from common.dynamodb import (
     transact_write,
     update_item_once,
 )
-from common.models import LedgerEntry, ProgressRecord, utc_now_iso
+from common.models import MAX_TOTAL_XP, LedgerEntry, ProgressRecord, utc_now_iso
 
 
 def _achievement_to_values(achievement: Achievement) -> dict[str, Any]:
@@ -88,10 +92,11 @@ def _unlock_from(values: dict[str, Any]) -> Unlock:
 
 
 def requirements_guard(requirements: Requirements, start_level: int) -> Any:
-    """The requirements as a condition on the progress item, so the unlock is
-    written only if they hold at that instant (a user with no stored level is
-    at `start_level`); None when there are none."""
-    conditions: list[Any] = [Attr("unlocked_achievements").contains(a) for a in requirements.required_achievements]
+    """The XP and level requirements as a condition on the progress item, so
+    the unlock is written only if they hold at that instant (a user with no
+    stored level is at `start_level`); None when there are none. Required
+    achievements are ConditionChecks on their unlock records."""
+    conditions: list[Any] = []
     if requirements.min_total_xp:
         conditions.append(Attr("total_xp").gte(requirements.min_total_xp))
     if requirements.min_level:
@@ -166,21 +171,21 @@ class DynamoDBAchievementsRepository:
         )
         return _unlock_from(from_item(response["Item"])) if "Item" in response else None
 
-    async def list_unlocks(self, user_id: str) -> list[Unlock]:
-        unlocks: list[Unlock] = []
+    async def list_unlocks(self, user_id: str, page_size: int, page_token: str) -> tuple[list[Unlock], str]:
         params: dict[str, Any] = {
             "TableName": self._unlocks,
             "KeyConditionExpression": "user_id = :u",
             "ExpressionAttributeValues": {":u": attr(user_id)},
+            "Limit": page_size,
             "ConsistentRead": True,
         }
-        while True:
-            page = await self._client.call("Query", params)
-            unlocks.extend(_unlock_from(from_item(item)) for item in page["Items"])
-            if not page.get("LastEvaluatedKey"):
-                break
-            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        return sorted(unlocks, key=lambda u: (u.unlocked_at, u.achievement_id))
+        start = decode_page_token(page_token, {"user_id": user_id, "achievement_id": None})
+        if start:
+            params["ExclusiveStartKey"] = start
+        page = await self._client.call("Query", params)
+        return [_unlock_from(from_item(item)) for item in page["Items"]], encode_page_token(
+            page.get("LastEvaluatedKey")
+        )
 
     async def record_unlock_once(
         self, unlock: Unlock, achievement: Achievement, start_level: int, payment: LedgerEntry | None
@@ -200,16 +205,20 @@ class DynamoDBAchievementsRepository:
         }
         if unlock.request_id:
             values["request_id"] = unlock.request_id
+        # The unlocked ids are the unlock records: the progress item only notes that there are some
+        # (and drops the set an earlier version kept in it, which a large collection could fill).
         update: dict[str, Any] = {
             "TableName": self._progress,
             "Key": {"user_id": attr(unlock.user_id)},
-            "UpdateExpression": "ADD unlocked_achievements :a SET updated_at = :now",
-            "ExpressionAttributeValues": to_item({":a": {unlock.achievement_id}, ":now": unlock.unlocked_at}),
+            "UpdateExpression": "SET updated_at = :now, holds_achievements = :t REMOVE unlocked_achievements",
+            "ExpressionAttributeValues": to_item({":now": unlock.unlocked_at, ":t": True}),
         }
-        if payment is not None:
-            update["UpdateExpression"] = "ADD unlocked_achievements :a, total_xp :xp SET updated_at = :now"
-            update["ExpressionAttributeValues"][":xp"] = attr(payment.xp)
         guard = requirements_guard(achievement.requirements, start_level)
+        if payment is not None:
+            update["UpdateExpression"] = "ADD total_xp :xp " + update["UpdateExpression"]
+            update["ExpressionAttributeValues"][":xp"] = attr(payment.xp)
+            room = Attr("total_xp").not_exists() | Attr("total_xp").lte(MAX_TOTAL_XP - payment.xp)
+            guard = room if guard is None else guard & room
         if guard is not None:
             built = ConditionExpressionBuilder().build_expression(guard)
             update["ConditionExpression"] = built.condition_expression
@@ -229,11 +238,24 @@ class DynamoDBAchievementsRepository:
         ]
         if payment is not None:
             items.append(ledger_put(self._prefix, payment))
+        required_from = len(items)  # at most 50 required (catalog rule): 54 items of the 100 allowed
+        items.extend(
+            {
+                "ConditionCheck": {
+                    "TableName": self._unlocks,
+                    "Key": {"user_id": attr(unlock.user_id), "achievement_id": attr(required)},
+                    "ConditionExpression": "attribute_exists(achievement_id)",
+                }
+            }
+            for required in achievement.requirements.required_achievements
+        )
         try:
             await transact_write(self._client, items)
         except TransactionCancelled as cancelled:
             failed = _failed_conditions(cancelled, len(items))
             if failed[0]:
+                if failed[2]:  # the repeat answers with the copy it has; the next call reads the entry again
+                    self._copies.drop(achievement.achievement_id)
                 reason = cancelled.reasons[0]
                 existing = (
                     _unlock_from(from_item(reason.item))
@@ -249,7 +271,7 @@ class DynamoDBAchievementsRepository:
             if payment is not None and failed[3]:
                 paid = cancelled.reasons[3].item or {}
                 raise RewardPaidBefore(achievement.achievement_id, int(from_item(paid).get("xp", payment.xp))) from None
-            if failed[1]:
+            if failed[1] or any(failed[required_from:]):
                 raise RequirementsNotHeld(achievement.achievement_id) from None
             raise
 
@@ -265,18 +287,24 @@ class DynamoDBAchievementsRepository:
             check["ConditionExpression"] = "attribute_exists(achievement_id) AND attribute_not_exists(revision)"
         return {"ConditionCheck": check}
 
-    async def pay_owed_unlock_once(self, unlock: Unlock) -> bool:
-        """The unlock marked paid (only if it was not), the ledger entry (only
-        if new) and the XP, in one transaction; where the entry exists (an
-        earlier version's grant completed, its mark did not), the mark alone."""
+    async def unlocked_among(self, user_id: str, achievement_ids: tuple[str, ...]) -> frozenset[str]:
+        keys = [{"user_id": user_id, "achievement_id": a} for a in achievement_ids]
+        found = (await batch_get_consistent(self._client, {self._unlocks: keys}))[self._unlocks] if keys else []
+        return frozenset(str(item["achievement_id"]) for item in found)
+
+    async def pay_owed_unlock_once(self, unlock: Unlock, marker: str) -> OwedPaid | None:
+        """The unlock marked paid (only if it was not, or by this caller's own
+        earlier attempt), the ledger entry (only if new) and the XP, in one
+        transaction; where the entry exists (an earlier version's grant
+        completed, its mark did not), the mark alone."""
         mark: dict[str, Any] = {
             "TableName": self._unlocks,
             "Key": {"user_id": attr(unlock.user_id), "achievement_id": attr(unlock.achievement_id)},
-            "UpdateExpression": "SET xp_granted = :t",
-            "ConditionExpression": "xp_granted = :f",
-            "ExpressionAttributeValues": {":t": attr(True), ":f": attr(False)},
+            "UpdateExpression": "SET xp_granted = :t, granted_by = :m",
+            "ConditionExpression": "xp_granted = :f OR granted_by = :m",
+            "ExpressionAttributeValues": {":t": attr(True), ":f": attr(False), ":m": attr(marker)},
         }
-        payment = unlock.payment()
+        payment = replace(unlock.payment(), attempt_id=marker)
         try:
             await transact_write(
                 self._client,
@@ -293,14 +321,19 @@ class DynamoDBAchievementsRepository:
                     },
                 ],
             )
-            return True
+            return OwedPaid(payment.xp, by_this_call=True)
         except TransactionCancelled as cancelled:
             mark_failed, entry_failed, _ = _failed_conditions(cancelled, 3)
             if mark_failed:
-                return False  # marked paid by another call
+                return None  # marked paid by another call
             if not entry_failed:
                 raise
-        return await update_item_once(self._client, mark)
+            entry = from_item(cancelled.reasons[1].item or {})
+            if entry.get("attempt_id") == marker:  # this transaction, retried by the client after a lost answer
+                return OwedPaid(payment.xp, by_this_call=True)
+        if not await update_item_once(self._client, mark):
+            return None
+        return OwedPaid(int(entry.get("xp", payment.xp)), by_this_call=False)
 
     async def start_level(self) -> int:
         return (await self._level_table.current()).table.start_level

@@ -203,10 +203,10 @@ def unlock_achievement(t: Tables, user_id: str, achievement_id: str, xp_reward: 
                     "Update": {
                         "TableName": t.progress,
                         "Key": {"user_id": _s(user_id)},
-                        "UpdateExpression": "ADD total_xp :xp, unlocked_achievements :a SET updated_at = :now",
+                        "UpdateExpression": "ADD total_xp :xp SET updated_at = :now, holds_achievements = :t",
                         "ExpressionAttributeValues": {
                             ":xp": _n(xp_reward),
-                            ":a": {"SS": [achievement_id]},
+                            ":t": {"BOOL": True},
                             ":now": _s(now),
                         },
                     }

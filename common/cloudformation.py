@@ -111,6 +111,8 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
         TableAccess(LEVELS, ("GetItem", "Scan")),
         # GetProgress lists every reward granted.
         TableAccess(LEVEL_REWARDS, ("Query",)),
+        # GetProgress lists the first achievements a user holds (their unlock records).
+        TableAccess(USER_ACHIEVEMENTS, ("Query",)),
     ),
     "achievements": (
         # The achievement catalog; ListUserAchievements batch-reads the unlocked ones; the unlock's
@@ -133,8 +135,9 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
         TableAccess(LEVELS, ("PutItem", "DeleteItem", "UpdateItem", "GetItem", "Scan", "ConditionCheckItem")),
         # The level-up transaction moves `level`; the start level is pinned; checks read it.
         TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem")),
-        # The level-up transaction puts one item per level passed; replays batch-read them.
-        TableAccess(LEVEL_REWARDS, ("PutItem", "BatchGetItem")),
+        # The level-up transaction puts one item per level passed; replays batch-read them;
+        # ListLevelsReached pages through them.
+        TableAccess(LEVEL_REWARDS, ("PutItem", "BatchGetItem", "Query")),
         # The level-up transaction adds to the check's record; a check reads it with the progress.
         TableAccess(LEVEL_CHECKS, ("UpdateItem", "GetItem")),
     ),

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from common.errors import PreconditionFailed
+
 
 @dataclass(frozen=True)
 class Reward:
@@ -80,7 +82,10 @@ class ProgressRecord:
     user_id: str
     total_xp: int = 0
     level: int | None = None
-    unlocked_achievements: frozenset[str] = frozenset()
+    # Whether the user holds any achievement: the ids themselves are the unlock
+    # records (user_achievements), never a set in this item, whose size a
+    # player's collection must not bound.
+    holds_achievements: bool = False
     updated_at: str | None = None
     # Written by the Levels service with the level: the total at which the next
     # level is due (0 at the top) under the level table's `level_version`, so
@@ -111,7 +116,8 @@ class ProgressRecord:
             user_id=user_id,
             total_xp=int(values.get("total_xp", 0)),
             level=int(values["level"]) if "level" in values else None,
-            unlocked_achievements=frozenset(values.get("unlocked_achievements", ())),
+            # `unlocked_achievements`: the set an earlier version kept here, until the user's next unlock.
+            holds_achievements=bool(values.get("holds_achievements") or values.get("unlocked_achievements")),
             updated_at=values.get("updated_at"),
             next_level_xp=int(values["next_level_xp"]) if "next_level_xp" in values else None,
             level_version=int(values["level_version"]) if "level_version" in values else None,
@@ -119,6 +125,16 @@ class ProgressRecord:
             pending_target=int(values["pending_target"]) if "pending_target" in values else None,
             deferred_check=values.get("deferred_check"),
         )
+
+
+def reward_totals(rewards: Iterable[Reward]) -> tuple[Reward, ...]:
+    """One line per reward id, its quantities summed, in first-seen order: a
+    level-up's answer grows with the reward ids of the table, not with the
+    levels passed."""
+    totals: dict[str, int] = {}
+    for reward in rewards:
+        totals[reward.reward_id] = totals.get(reward.reward_id, 0) + reward.quantity
+    return tuple(Reward(reward_id, quantity) for reward_id, quantity in totals.items())
 
 
 @dataclass(frozen=True)
@@ -210,3 +226,17 @@ def new_entry(
         recorded_at=recorded_at,
         attempt_id=uuid.uuid4().hex,
     )
+
+
+# A user's total XP never passes this: every integer up to it is exact in a JSON
+# number (an IEEE double), which is how the gateway and most clients read it.
+MAX_TOTAL_XP = 2**53
+
+
+class TotalXpLimitReached(PreconditionFailed):
+    def __init__(self, user_id: str, xp: int) -> None:
+        super().__init__(
+            f"adding {xp} XP would take the user's total past the maximum of {MAX_TOTAL_XP} (2^53); nothing was written",
+            [("total_xp", f"at most {MAX_TOTAL_XP}")],
+        )
+        self.user_id = user_id

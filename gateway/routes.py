@@ -133,10 +133,19 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/users/{user_id}/progress", "xp", "GetProgress", "A user's XP, level, achievements and rewards"),
     Route(
         "GET",
+        "/users/{user_id}/levels",
+        "levels",
+        "ListLevelsReached",
+        "Page through the levels a user passed, with the rewards granted for each",
+        query=("page_size", "page_token"),
+    ),
+    Route(
+        "GET",
         "/users/{user_id}/achievements",
         "achievements",
         "ListUserAchievements",
-        "A user's unlocked achievements, in unlock order",
+        "Page through a user's unlocked achievements, in id order",
+        query=("page_size", "page_token"),
     ),
     # The activity catalog.
     Route(
@@ -181,7 +190,14 @@ ROUTES: tuple[Route, ...] = (
         "DELETE", "/achievements/{achievement_id}", "achievements", "DeleteAchievement", "Delete an achievement (admin)"
     ),
     # The level table.
-    Route("GET", "/levels", "levels", "ListLevels", "Every defined level, in level order"),
+    Route(
+        "GET",
+        "/levels",
+        "levels",
+        "ListLevels",
+        "Page through the level table, in level order",
+        query=("page_size", "page_token"),
+    ),
     Route(
         "PUT",
         "/levels/{level}",

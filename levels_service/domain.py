@@ -7,12 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from common.errors import InvalidField, NotFound
+from common.errors import InvalidField, NotFound, PreconditionFailed
 from common.models import Level, LevelReached, LevelTable, ProgressRecord, Reward, VersionedLevelTable
 
 MAX_LEVEL = 1_000_000
 MAX_REWARDS_PER_LEVEL = 50
 MAX_REWARD_QUANTITY = 1_000_000_000
+# Distinct reward ids in the whole table: every answer that lists rewards (a level-up's
+# totals per reward id, a page of levels) stays well under gRPC's 4 MB default.
+MAX_REWARD_IDS = 1_000
 # A level-up writes the user's progress, the check's record, a check of the
 # level table's version and one item per level passed in one transaction, which
 # takes at most 100 items: longer jumps go in steps.
@@ -38,6 +41,23 @@ def check_level(level: Level) -> Level:
                 f"level.rewards[{i}].quantity", f"must be between 1 and {MAX_REWARD_QUANTITY} (got {reward.quantity})"
             )
     return level
+
+
+class TooManyRewardIds(PreconditionFailed):
+    def __init__(self, count: int) -> None:
+        super().__init__(
+            f"the level table may use at most {MAX_REWARD_IDS} distinct reward ids; with this level it would use "
+            f"{count}: reuse reward ids across levels (a level-up reports one line per reward id)",
+            [("level.rewards", f"at most {MAX_REWARD_IDS} distinct reward ids in the table")],
+        )
+
+
+def check_reward_ids(table: LevelTable, level: Level) -> None:
+    """The table with `level` put into it uses at most MAX_REWARD_IDS reward ids."""
+    ids = {r.reward_id for other in table.levels if other.level != level.level for r in other.rewards}
+    ids.update(r.reward_id for r in level.rewards)
+    if len(ids) > MAX_REWARD_IDS:
+        raise TooManyRewardIds(len(ids))
 
 
 @dataclass(frozen=True)
@@ -93,7 +113,8 @@ class LevelTableChanged(Exception):
 
 
 class LevelsRepository(Protocol):
-    async def put_level(self, level: Level) -> None: ...
+    async def put_level(self, level: Level, expected_version: int) -> None:
+        """Writes the level only while the table is at `expected_version`; raises LevelTableChanged."""
 
     async def delete_level(self, level: int) -> None:
         """Raises LevelNotFound."""
@@ -109,6 +130,11 @@ class LevelsRepository(Protocol):
         """One snapshot of both."""
 
     async def levels_reached(self, user_id: str, levels: tuple[int, ...]) -> list[LevelReached]: ...
+
+    async def levels_reached_page(
+        self, user_id: str, page_size: int, after_level: int
+    ) -> tuple[list[LevelReached], bool]:
+        """Up to page_size levels the user passed after `after_level`, in level order, and whether there are more."""
 
     async def grant_level_step(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from common import field_rules
 from common.errors import InvalidField
@@ -46,9 +47,9 @@ class LevelsServicer(levels_pb2_grpc.LevelsServiceServicer):
     async def ListLevels(
         self, request: levels_pb2.ListLevelsRequest, context: grpc.aio.ServicerContext
     ) -> levels_pb2.ListLevelsResponse:
-        return levels_pb2.ListLevelsResponse(
-            levels=[level_to_message(l) for l in (await self._levels.list_levels()).levels]
-        )
+        page_size = field_rules.page_size(request.page_size)
+        levels, token = await self._levels.list_levels(page_size, request.page_token)
+        return levels_pb2.ListLevelsResponse(levels=[level_to_message(l) for l in levels], next_page_token=token)
 
     async def DeleteLevel(
         self, request: levels_pb2.DeleteLevelRequest, context: grpc.aio.ServicerContext
@@ -66,3 +67,21 @@ class LevelsServicer(levels_pb2_grpc.LevelsServiceServicer):
         if request.replay_only and not request_id:
             raise InvalidField("replay_only", "needs a request_id: it replays that check")
         return level_up_to_message(await self._levels.check_level_up(user_id, request_id, request.replay_only))
+
+    async def ListLevelsReached(
+        self, request: levels_pb2.ListLevelsReachedRequest, context: grpc.aio.ServicerContext
+    ) -> levels_pb2.ListLevelsReachedResponse:
+        user_id = field_rules.require_id("user_id", request.user_id)
+        page_size = field_rules.page_size(request.page_size)
+        reached, token = await self._levels.list_levels_reached(user_id, page_size, request.page_token)
+        response = levels_pb2.ListLevelsReachedResponse(user_id=user_id, next_page_token=token)
+        for level in reached:
+            item = response.levels.add(
+                level=level.level,
+                rewards=[levels_pb2.Reward(reward_id=r.reward_id, quantity=r.quantity) for r in level.rewards],
+            )
+            if level.granted_at:
+                stamp = Timestamp()
+                stamp.FromJsonString(level.granted_at)
+                item.granted_at.CopyFrom(stamp)
+        return response

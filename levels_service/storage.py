@@ -16,6 +16,7 @@ from common.dynamodb import (
     attr,
     batch_get_consistent,
     level_reached_from,
+    read_levels_reached,
     read_progress,
     to_item,
     transact_get,
@@ -49,17 +50,26 @@ class DynamoDBLevelsRepository:
 
     # --- the level table ----------------------------------------------------------
 
-    async def put_level(self, level: Level) -> None:
-        """The level and the table's version, in one transaction; this process sees it at once."""
+    async def put_level(self, level: Level, expected_version: int) -> None:
+        """The level and the table's version, in one transaction, only while the
+        version is `expected_version`; this process sees it at once."""
         values = {
             "level": level.level,
             "xp_required": level.xp_required,
             "rewards": [{"reward_id": r.reward_id, "quantity": r.quantity} for r in level.rewards],
         }
-        await transact_write(
-            self._client,
-            [{"Put": {"TableName": self._levels, "Item": to_item(values)}}, *version_bump(self._levels)],
-        )
+        try:
+            await transact_write(
+                self._client,
+                [
+                    {"Put": {"TableName": self._levels, "Item": to_item(values)}},
+                    *version_bump(self._levels, expected_version),
+                ],
+            )
+        except TransactionCancelled as cancelled:
+            if "ConditionalCheckFailed" in cancelled.codes:
+                raise LevelTableChanged(expected_version) from None
+            raise
         await self._level_table.reload_after_write()
 
     async def delete_level(self, level: int) -> None:
@@ -113,6 +123,11 @@ class DynamoDBLevelsRepository:
             target = int(check_values.get("target_level", max(levels, default=0)))
             check = LevelCheck(check_id, int(check_values["previous_level"]), levels, target)
         return progress, check
+
+    async def levels_reached_page(
+        self, user_id: str, page_size: int, after_level: int
+    ) -> tuple[list[LevelReached], bool]:
+        return await read_levels_reached(self._client, self._prefix, user_id, page_size, after_level=after_level)
 
     async def levels_reached(self, user_id: str, levels: tuple[int, ...]) -> list[LevelReached]:
         reached: list[LevelReached] = []

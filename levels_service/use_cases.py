@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from common.errors import ContentionExhausted
+from common.errors import ContentionExhausted, InvalidField
 from common.metrics import LEVEL_UPS
-from common.models import Level, LevelTable, LevelUpOutcome, ProgressRecord
+from common.models import Level, LevelReached, LevelTable, LevelUpOutcome, ProgressRecord, reward_totals
 from common.rpc_deadline import remaining_s
 from levels_service.domain import (
     AUTO_CHECK_PREFIX,
+    MAX_LEVEL,
     LevelChangedConcurrently,
     LevelCheck,
     LevelsRepository,
     LevelTableChanged,
     LevelUpPlan,
     check_level,
+    check_reward_ids,
     plan_level_up,
 )
 
@@ -32,11 +34,32 @@ class Levels:
         self._repeat_wait_s = repeat_wait_s
 
     async def put_level(self, level: Level) -> Level:
-        await self._repository.put_level(check_level(level))
-        return level
+        """Written against the table version its reward-id count was checked on."""
+        checked = check_level(level)
+        table = await self._repository.level_table()
+        for _ in range(_MAX_LOST_RACES):
+            check_reward_ids(table.table, checked)
+            try:
+                await self._repository.put_level(checked, table.version)
+                return checked
+            except LevelTableChanged:
+                table = await self._repository.level_table_at_least(table.version + 1)
+        raise ContentionExhausted("the level table kept changing; retry the PutLevel")
 
-    async def list_levels(self) -> LevelTable:
-        return (await self._repository.level_table()).table
+    async def list_levels(self, page_size: int, page_token: str) -> tuple[tuple[Level, ...], str]:
+        """One page of the table as this process holds it, in level order; the token is the page's last level."""
+        after = _level_after(page_token)
+        rest = [level for level in (await self._repository.level_table()).table.levels if level.level > after]
+        page = tuple(rest[:page_size])
+        return page, str(page[-1].level) if len(rest) > page_size else ""
+
+    async def list_levels_reached(
+        self, user_id: str, page_size: int, page_token: str
+    ) -> tuple[list[LevelReached], str]:
+        """One page of the levels a user passed, in level order; the token is the page's last level."""
+        after = _level_after(page_token)
+        reached, more = await self._repository.levels_reached_page(user_id, page_size, after)
+        return reached, str(reached[-1].level) if more and reached else ""
 
     async def delete_level(self, level: int) -> None:
         await self._repository.delete_level(level)
@@ -169,7 +192,7 @@ class Levels:
             previous_level=steps[0].previous_level,
             current_level=current,
             total_xp=progress.total_xp,
-            rewards=tuple(r for s in steps for r in s.rewards),
+            rewards=reward_totals(r for s in steps for r in s.rewards),
             next_level_xp=table.next_level_xp(current),
         )
 
@@ -185,6 +208,14 @@ class Levels:
             previous_level=earlier.previous_level if earlier.levels else current,
             current_level=current,
             total_xp=progress.total_xp,
-            rewards=tuple(reward for r in reached for reward in r.rewards),
+            rewards=reward_totals(reward for r in reached for reward in r.rewards),
             next_level_xp=table.next_level_xp(current),
         )
+
+
+def _level_after(page_token: str) -> int:
+    if not page_token:
+        return 0
+    if not (page_token.isascii() and page_token.isdigit()) or not 1 <= int(page_token) <= MAX_LEVEL:
+        raise InvalidField("page_token", "is not a token this listing issued")
+    return int(page_token)

@@ -130,7 +130,7 @@ def test_unmet_requirements_name_what_is_missing_and_write_nothing(cluster: Clus
     cluster.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=200, reason="t"))  # 320 XP, level 3
     done = unlock(cluster, user_id, gated)
     assert (done.already_unlocked, done.xp_awarded, done.total_xp) == (False, 50, 370)
-    assert unlocked_ids(cluster, user_id) == [prerequisite, gated]
+    assert unlocked_ids(cluster, user_id) == sorted([prerequisite, gated])  # in id order
 
 
 def test_each_requirement_alone_is_enforced(cluster: Cluster, user_id: str) -> None:
@@ -223,15 +223,16 @@ def test_a_reward_granted_before_the_unlock_is_not_paid_twice(cluster: Cluster, 
     assert [(a.achievement_id, a.xp_reward) for a in listing.achievements] == [(achievement_id, 20)]  # what was paid
 
 
-def test_list_user_achievements_in_unlock_order_with_catalog_entries(cluster: Cluster, user_id: str) -> None:
-    first, second = put_achievement(cluster, xp_reward=5), put_achievement(cluster, xp_reward=7)
+def test_list_user_achievements_in_id_order_with_catalog_entries(cluster: Cluster, user_id: str) -> None:
+    first, second = sorted((put_achievement(cluster, xp_reward=5), put_achievement(cluster, xp_reward=7)))
     unlock(cluster, user_id, first)
     unlock(cluster, user_id, second)
     listing = cluster.achievements.ListUserAchievements(ach.ListUserAchievementsRequest(user_id=user_id))
     assert listing.user_id == user_id
-    assert [(a.achievement_id, a.xp_reward, a.achievement.name) for a in listing.achievements] == [
-        (first, 5, "First Blood"),
-        (second, 7, "First Blood"),
+    assert sorted(a.xp_reward for a in listing.achievements) == [5, 7]
+    assert [(a.achievement_id, a.achievement.name) for a in listing.achievements] == [
+        (first, "First Blood"),
+        (second, "First Blood"),
     ]
     assert all(a.unlocked_at.seconds > 0 for a in listing.achievements)
     cluster.achievements.DeleteAchievement(ach.DeleteAchievementRequest(achievement_id=second))
@@ -302,3 +303,118 @@ def retry_until_available(call: Callable[[], T]) -> T:
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, error
             time.sleep(0.1)
+
+
+# --- what a player holds: any number of achievements, long ids in any script ---------------------------------
+
+
+def long_id(prefix: str) -> str:
+    """128 characters, 4 UTF-8 bytes each but the suffix: about 500 bytes."""
+    suffix = unique(prefix)
+    return "\U00010348" * (128 - len(suffix)) + suffix
+
+
+def progress_item(cluster: Cluster, user_id: str) -> dict:
+    return cluster.dynamodb.get_item(
+        TableName=cluster.table("user_progress"), Key={"user_id": {"S": user_id}}, ConsistentRead=True
+    )["Item"]
+
+
+def test_unlocked_ids_live_in_the_unlock_records_not_in_the_progress_item(cluster: Cluster, user_id: str) -> None:
+    ids = [long_id("ach") for _ in range(40)]
+    for achievement_id in ids:
+        cluster.achievements.PutAchievement(
+            ach.PutAchievementRequest(
+                achievement=ach.Achievement(achievement_id=achievement_id, name="Long", xp_reward=1)
+            )
+        )
+    gate = put_achievement(cluster, xp_reward=2, required_achievements=ids[:3])
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda a: unlock(cluster, user_id, a), ids))
+    assert sum(a.xp_awarded for a in answers) == 40
+    assert unlock(cluster, user_id, gate).xp_awarded == 2  # required ones checked on their unlock records
+    item = progress_item(cluster, user_id)
+    assert "unlocked_achievements" not in item and item["holds_achievements"] == {"BOOL": True}
+    assert len(str(item).encode()) < 1_000  # 41 ids of about 500 bytes each are not in it
+    shown = progress(cluster, user_id)
+    assert (shown.total_xp, list(shown.unlocked_achievements), shown.more_unlocked_achievements) == (
+        42,
+        sorted([*ids, gate]),
+        False,
+    )
+
+
+def test_ten_thousand_unlocks_page_and_leave_awards_and_progress_bounded(cluster: Cluster, user_id: str) -> None:
+    held = [long_id("held") for _ in range(10_000)]
+    table = cluster.table("user_achievements")
+    for start in range(0, len(held), 25):  # as 10,000 unlocks leave them, written straight into the table
+        cluster.dynamodb.batch_write_item(
+            RequestItems={
+                table: [
+                    {
+                        "PutRequest": {
+                            "Item": {
+                                "user_id": {"S": user_id},
+                                "achievement_id": {"S": a},
+                                "unlocked_at": {"S": "2026-01-01T00:00:00.000000Z"},
+                                "xp_reward": {"N": "0"},
+                                "xp_granted": {"BOOL": True},
+                            }
+                        }
+                    }
+                    for a in held[start : start + 25]
+                ]
+            }
+        )
+    cluster.dynamodb.put_item(
+        TableName=cluster.table("user_progress"),
+        Item={"user_id": {"S": user_id}, "total_xp": {"N": "0"}, "holds_achievements": {"BOOL": True}},
+    )
+    newest = put_achievement(cluster, xp_reward=5, required_achievements=held[:50])
+    assert unlock(cluster, user_id, newest).xp_awarded == 5
+    cluster.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=7, reason="support", request_id=unique("g")))
+
+    shown = progress(cluster, user_id)
+    assert (shown.total_xp, len(shown.unlocked_achievements), shown.more_unlocked_achievements) == (12, 100, True)
+    assert shown.ByteSize() < 100_000
+    listed: list[str] = []
+    token = ""
+    while True:
+        page = cluster.achievements.ListUserAchievements(
+            ach.ListUserAchievementsRequest(user_id=user_id, page_size=100, page_token=token)
+        )
+        assert len(page.achievements) <= 100 and page.ByteSize() < 4 * 1024 * 1024
+        listed += [a.achievement_id for a in page.achievements]
+        token = page.next_page_token
+        if not token:
+            break
+    assert listed == sorted([*held, newest])
+
+
+def test_a_progress_item_an_earlier_version_filled_with_ids_is_emptied_by_the_next_unlock(
+    cluster: Cluster, user_id: str
+) -> None:
+    legacy = [long_id("old") for _ in range(700)]  # about 350 KB of the item's 400 KB
+    cluster.dynamodb.put_item(
+        TableName=cluster.table("user_progress"),
+        Item={"user_id": {"S": user_id}, "total_xp": {"N": "0"}, "unlocked_achievements": {"SS": legacy}},
+    )
+    shown = progress(cluster, user_id)
+    assert shown.unlocked_achievements == []  # the records are what counts, and this user has none
+    newest = put_achievement(cluster, xp_reward=3)
+    assert unlock(cluster, user_id, newest).xp_awarded == 3
+    item = progress_item(cluster, user_id)
+    assert "unlocked_achievements" not in item and item["total_xp"] == {"N": "3"}
+
+
+def test_an_unlock_whose_reward_would_pass_the_total_maximum_is_refused_and_writes_nothing(
+    cluster: Cluster, user_id: str
+) -> None:
+    cluster.dynamodb.put_item(
+        TableName=cluster.table("user_progress"),
+        Item={"user_id": {"S": user_id}, "total_xp": {"N": str(2**53 - 10)}},
+    )
+    achievement_id = put_achievement(cluster, xp_reward=11)
+    error = rpc_error(lambda: unlock(cluster, user_id, achievement_id))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "2^53" in error.details()
+    assert unlocked_ids(cluster, user_id) == [] and progress(cluster, user_id).total_xp == 2**53 - 10

@@ -394,6 +394,8 @@ def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
     repeat = xp.AwardXp(xp_pb2.AwardXpRequest(user_id=leveled, activity_id="retired", request_id="match-1"))
     assert (repeat.duplicate, repeat.xp_awarded, repeat.level) == (True, 150, 2)
     assert [r.quantity for r in xp.GetProgress(xp_pb2.GetProgressRequest(user_id=leveled)).rewards] == [2]
+    reached = levels.ListLevelsReached(levels_pb2.ListLevelsReachedRequest(user_id=leveled))
+    assert [(l.level, [r.quantity for r in l.rewards]) for l in reached.levels] == [(2, [2])]
 
     # A grant below the next level pins the start level; a check without a request id.
     xp.GrantXp(xp_pb2.GrantXpRequest(user_id=granted_once, amount=10, reason="welcome", request_id="welcome"))
@@ -428,6 +430,7 @@ def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
     assert (again.already_unlocked, again.xp_awarded) == (True, 0)
     listed = achievements.ListUserAchievements(achievements_pb2.ListUserAchievementsRequest(user_id=unlocker))
     assert [a.achievement_id for a in listed.achievements] == ["first-win"]
+    assert list(xp.GetProgress(xp_pb2.GetProgressRequest(user_id=unlocker)).unlocked_achievements) == ["first-win"]
     # An achievement that left the catalog: the unlock record is read for a repeat (none here).
     with pytest.raises(grpc.RpcError) as caught:
         achievements.UnlockAchievement(
@@ -474,6 +477,7 @@ def test_the_derived_least_privilege_table(template: dict[str, Any]) -> None:
         "level_rewards": ["Query"],
         # The level table's version item (GetItem), and the table when it moved (Scan).
         "levels": ["GetItem", "Scan"],
+        "user_achievements": ["Query"],
         "user_progress": ["GetItem", "UpdateItem"],
         "xp_ledger": ["GetItem", "PutItem", "UpdateItem"],
     }
@@ -488,7 +492,7 @@ def test_the_derived_least_privilege_table(template: dict[str, Any]) -> None:
     }
     assert item_grants("levels") == {
         "level_checks": ["GetItem", "UpdateItem"],
-        "level_rewards": ["BatchGetItem", "PutItem"],
+        "level_rewards": ["BatchGetItem", "PutItem", "Query"],
         # Level writes move the version item (UpdateItem); a level-up checks it (ConditionCheckItem).
         "levels": ["ConditionCheckItem", "DeleteItem", "GetItem", "PutItem", "Scan", "UpdateItem"],
         "user_progress": ["GetItem", "UpdateItem"],

@@ -4,16 +4,24 @@ schemathesis against it), and `python -m gateway` as a process."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -29,9 +37,16 @@ from schemathesis.specs.openapi.checks import (
 from common.caller_auth import Role
 from common.metrics import RPCS
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, free_port
-from gateway.app import MAX_BODY_BYTES
-from gateway.openapi import build_document
+from gateway.limits import (
+    MAX_AUTHORIZATION_BYTES,
+    MAX_BODY_BYTES,
+    MAX_HEADER_FIELD_BYTES,
+    MAX_HEADER_SECTION_BYTES,
+    MAX_REQUEST_MESSAGE_BYTES,
+)
+from gateway.openapi import TRACE_ID_PATTERN, build_document
 from gateway.routes import ROUTES
+from gateway.status import http_status
 from rewards.v1 import xp_pb2
 from tests.cluster import STANDARD_LEVELS, Cluster, mint_test_token, unique
 from tests.gateway_server import GatewayServer, HttpResponse, http_call
@@ -47,6 +62,7 @@ EXPECTED_OPERATIONS = {
     ("POST", "/levels/check-level-up"),
     ("GET", "/users/{user_id}/progress"),
     ("GET", "/users/{user_id}/achievements"),
+    ("GET", "/users/{user_id}/levels"),
     ("GET", "/activities"),
     ("GET", "/activities/{activity_id}"),
     ("PUT", "/activities/{activity_id}"),
@@ -181,10 +197,9 @@ def test_openapi_document_matches_the_routes(gateway: GatewayServer) -> None:
         "type": "http",
         "scheme": "bearer",
     }
-    assert document["components"]["parameters"]["IdempotencyKey"]["name"] == "Idempotency-Key"
     for route in ROUTES:
         operation = document["paths"][route.path][route.http_method.lower()]
-        has_key = {"$ref": "#/components/parameters/IdempotencyKey"} in operation["parameters"]
+        has_key = any(p.get("name") == "Idempotency-Key" and p["in"] == "header" for p in operation["parameters"])
         assert has_key == (route.http_method == "POST"), route.path
         assert {"200", "400", "401", "403", "404", "409", "503"} <= set(operation["responses"])
     assert document["paths"]["/healthz"]["get"]["security"] == []
@@ -281,7 +296,15 @@ def test_award_counts_once_per_idempotency_key(gateway: GatewayServer, gateway_c
 def test_progress_and_level_check(gateway: GatewayServer, user_id: str) -> None:
     empty = ok(call(gateway, "GET", f"/users/{user_id}/progress"))
     # Fields with no presence are always there; a message field that is unset (updated_at) is not.
-    assert empty == {"user_id": user_id, "total_xp": "0", "level": 1, "unlocked_achievements": [], "rewards": []}
+    assert empty == {
+        "user_id": user_id,
+        "total_xp": "0",
+        "level": 1,
+        "unlocked_achievements": [],
+        "rewards": [],
+        "more_unlocked_achievements": False,
+        "more_rewards": False,
+    }
     activity_id = put_activity(gateway, xp=320)
     ok(call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id}))
     progress = ok(call(gateway, "GET", f"/users/{user_id}/progress"))
@@ -630,10 +653,210 @@ def test_body_too_large(gateway: GatewayServer) -> None:
     error(call(gateway, "POST", "/xp/award", raw_body=big), 413, "RESOURCE_EXHAUSTED")
 
 
+def post_without_content_type(gateway: GatewayServer, path: str, body: bytes) -> HttpResponse:
+    """A POST whose body has no Content-Type (http_call always sends one)."""
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+    try:
+        connection.putrequest("POST", path)
+        connection.putheader("Authorization", f"Bearer {GAME}")
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return HttpResponse(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+def test_a_body_that_is_not_application_json_is_415(gateway: GatewayServer, user_id: str) -> None:
+    activity_id = put_activity(gateway, xp=10)
+    award = json.dumps({"user_id": user_id, "activity_id": activity_id}).encode()
+    form = urllib.parse.urlencode({"user_id": user_id, "activity_id": activity_id}).encode()
+    before = rpc_count("/rewards.v1.XpService/AwardXp")
+    refusals = [
+        call(gateway, "POST", "/xp/award", raw_body=award, headers={"Content-Type": "text/plain"}),
+        call(
+            gateway, "POST", "/xp/award", raw_body=form, headers={"Content-Type": "application/x-www-form-urlencoded"}
+        ),
+        call(
+            gateway, "POST", "/xp/award", raw_body=award, headers={"Content-Type": "application/json; charset=latin-1"}
+        ),
+        call(gateway, "POST", "/xp/award", raw_body=award, headers={"Content-Type": ""}),
+        post_without_content_type(gateway, "/xp/award", award),
+    ]
+    for refusal in refusals:
+        refused = error(refusal, 415, "INVALID_ARGUMENT")
+        assert "application/json" in refused["message"], refused
+        assert [v["field"] for v in field_violations(refused)] == ["Content-Type"]
+    assert "'text/plain' is not supported; send application/json" in refusals[0].json["message"]
+    assert refusals[4].json["message"] == "Content-Type is missing; a body must be application/json"
+    assert rpc_count("/rewards.v1.XpService/AwardXp") == before  # nothing reached the service
+    assert ok(call(gateway, "GET", f"/users/{user_id}/progress"))["total_xp"] == "0"
+    # A PUT's body too: nothing is written.
+    activity = json.dumps({"name": "Plain"}).encode()
+    error(
+        call(
+            gateway,
+            "PUT",
+            f"/activities/{activity_id}",
+            raw_body=activity,
+            token=ADMIN,
+            headers={"Content-Type": "text/plain"},
+        ),
+        415,
+        "INVALID_ARGUMENT",
+    )
+    assert ok(call(gateway, "GET", f"/activities/{activity_id}"))["xp"] == "10"
+
+    # application/json in UTF-8, however written, is taken; so is a request without a body.
+    for content_type in ("application/json; charset=utf-8", "Application/JSON", 'application/json;charset="UTF-8"'):
+        ok(call(gateway, "POST", "/xp/award", raw_body=award, headers={"Content-Type": content_type}))
+    assert ok(call(gateway, "GET", f"/users/{user_id}/progress"))["total_xp"] == "30"
+    ok(call(gateway, "GET", "/levels", headers={"Content-Type": "text/plain"}))
+    # No body and no Content-Type: the body is missing, not of another type.
+    assert (
+        field_violations(error(post_without_content_type(gateway, "/xp/award", b""), 400, "INVALID_ARGUMENT"))[0][
+            "field"
+        ]
+        == "body"
+    )
+
+
+def test_a_request_message_over_the_services_limit_is_413(gateway: GatewayServer, user_id: str) -> None:
+    """The issue's 1.5 MB body: under the body limit, over the gRPC message limit the services keep."""
+    before = rpc_count("/rewards.v1.XpService/AwardXp")
+    body = json.dumps({"user_id": user_id, "activity_id": "x" * 1_500_000}).encode()
+    assert MAX_REQUEST_MESSAGE_BYTES < len(body) < MAX_BODY_BYTES
+    refused = error(call(gateway, "POST", "/xp/award", raw_body=body), 413, "RESOURCE_EXHAUSTED")
+    assert f"the services take at most {MAX_REQUEST_MESSAGE_BYTES} bytes" in refused["message"]
+    assert rpc_count("/rewards.v1.XpService/AwardXp") == before
+    # Over the body limit: the body is not even read to its end.
+    big = json.dumps({"user_id": user_id, "activity_id": "x" * MAX_BODY_BYTES}).encode()
+    refused = error(call(gateway, "POST", "/xp/award", raw_body=big), 413, "RESOURCE_EXHAUSTED")
+    assert refused["message"] == f"the body is larger than {MAX_BODY_BYTES} bytes"
+
+
+def test_oversized_header_fields_are_431(gateway: GatewayServer, user_id: str) -> None:
+    # Over the Authorization limit, under the one of any field: the services would refuse it at random.
+    token = "x" * (MAX_AUTHORIZATION_BYTES + 1)
+    too_long = call(gateway, "GET", f"/users/{user_id}/progress", token=token)
+    refused = error(too_long, 431, "RESOURCE_EXHAUSTED")
+    assert refused["message"] == (
+        f"the Authorization header field is {len('authorization') + len('Bearer ') + len(token)} bytes (name and "
+        f"value); the gateway takes at most {MAX_AUTHORIZATION_BYTES} bytes, as it passes it on to the services "
+        "as gRPC metadata"
+    )
+    assert too_long.headers["x-trace-id"]
+    # Any other field over its limit, whatever the route (or none).
+    padding = {"X-Padding": "p" * MAX_HEADER_FIELD_BYTES}
+    for method, path in (("GET", "/levels"), ("GET", "/healthz"), ("GET", "/nowhere")):
+        refused = error(call(gateway, method, path, headers=padding), 431, "RESOURCE_EXHAUSTED")
+        assert refused["message"] == (
+            f"the x-padding header field is {len('x-padding') + MAX_HEADER_FIELD_BYTES} bytes (name and value); "
+            f"the gateway takes at most {MAX_HEADER_FIELD_BYTES} bytes a field"
+        )
+    # At the limits: served.
+    ok(call(gateway, "GET", "/levels", headers={"X-Padding": "p" * (MAX_HEADER_FIELD_BYTES - len("x-padding"))}))
+
+
+class SizeLimitedXpService:
+    """An XpService stand-in with small gRPC limits (messages, metadata, concurrent calls): what
+    the gateway answers when a service refuses with RESOURCE_EXHAUSTED."""
+
+    MAX_MESSAGE_BYTES = 256
+    MAX_METADATA_BYTES = 2048
+
+    def __init__(self) -> None:
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4),
+            options=[
+                ("grpc.max_receive_message_length", self.MAX_MESSAGE_BYTES),
+                ("grpc.max_metadata_size", self.MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", self.MAX_METADATA_BYTES),
+            ],
+            maximum_concurrent_rpcs=1,
+        )
+        handlers = {
+            "AwardXp": grpc.unary_unary_rpc_method_handler(
+                self.award_xp,
+                request_deserializer=xp_pb2.AwardXpRequest.FromString,
+                response_serializer=xp_pb2.AwardXpResponse.SerializeToString,
+            ),
+        }
+        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("rewards.v1.XpService", handlers)])
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def award_xp(self, request: xp_pb2.AwardXpRequest, _context: grpc.ServicerContext) -> xp_pb2.AwardXpResponse:
+        if request.activity_id == "hold":
+            self.holding.set()
+            self.release.wait(timeout=30)
+        return xp_pb2.AwardXpResponse(user_id=request.user_id, xp_awarded=1, total_xp=1)
+
+
+def test_resource_exhausted_from_a_size_limit_is_not_429(gateway_cluster: Cluster, user_id: str) -> None:
+    service = SizeLimitedXpService()
+    gateway = GatewayServer.for_cluster(gateway_cluster, xp_target=f"127.0.0.1:{service.port}").start()
+    try:
+        # Under the gateway's limits, over the service's: gRPC's refusals, not a rate limit.
+        large = error(
+            call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": "x" * 400}),
+            413,
+            "RESOURCE_EXHAUSTED",
+        )
+        assert "Received message larger than max" in large["message"]
+        headers = error(
+            call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": "a"}, token="x" * 3000),
+            431,
+            "RESOURCE_EXHAUSTED",
+        )
+        assert "metadata size exceeds" in headers["message"]
+
+        # A concurrency limit stays 429: worth retrying.
+        with futures.ThreadPoolExecutor(max_workers=1) as pool:
+            held = pool.submit(call, gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": "hold"})
+            assert service.holding.wait(timeout=30)
+            busy = error(
+                call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": "a"}), 429, "RESOURCE_EXHAUSTED"
+            )
+            assert busy["message"] == "Concurrent RPC limit exceeded!"
+            service.release.set()
+            assert ok(held.result(timeout=30))["xp_awarded"] == "1"
+    finally:
+        service.release.set()
+        gateway.stop()
+        service.server.stop(grace=None)
+    # An answer over the gateway's own limit (64 MiB) is the service's fault, not the request's.
+    answer_too_large = "Stream removed (CLIENT: Received message larger than max (67108865 vs. 67108864))"
+    assert http_status(grpc.StatusCode.RESOURCE_EXHAUSTED, answer_too_large) == 500
+
+
 def test_trace_id(gateway: GatewayServer) -> None:
     assert call(gateway, "GET", "/levels", headers={"X-Trace-Id": "web-trace-1"}).headers["x-trace-id"] == "web-trace-1"
-    made = call(gateway, "GET", "/levels", headers={"X-Trace-Id": "not ok!"}).headers["x-trace-id"]
-    assert made and made != "not ok!"
+    # Any other value is ignored, as the document says (its schema takes any string): a new one is made.
+    pattern = re.compile(TRACE_ID_PATTERN)
+    for other in ("not ok!", "x" * 65, "café"):
+        answer = call(gateway, "GET", "/levels", headers={"X-Trace-Id": other})
+        assert answer.status == 200, answer.body
+        made = answer.headers["x-trace-id"]
+        assert made != other and pattern.fullmatch(made)
+
+
+def test_idempotency_key_must_be_printable_ascii(gateway: GatewayServer, user_id: str) -> None:
+    """As the document's pattern says: a key in other bytes would be read as UTF-8 here and as
+    Latin-1 by many clients, so that one key would have two spellings."""
+    before = rpc_count("/rewards.v1.XpService/AwardXp")
+    for key in ("caf\u00e9".encode().decode("latin-1"), "tab\there"):
+        refused = error(
+            call(
+                gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": "a"}, headers={"Idempotency-Key": key}
+            ),
+            400,
+            "INVALID_ARGUMENT",
+        )
+        assert field_violations(refused)[0]["field"] == "Idempotency-Key"
+    assert rpc_count("/rewards.v1.XpService/AwardXp") == before
 
 
 def test_unavailable_service_is_503(gateway_cluster: Cluster, user_id: str) -> None:
@@ -653,7 +876,9 @@ def test_unavailable_service_is_503(gateway_cluster: Cluster, user_id: str) -> N
 # --- the process --------------------------------------------------------------------------
 
 
-def test_python_m_gateway_serves_and_stops_on_sigterm(gateway_cluster: Cluster, tmp_path: Any, user_id: str) -> None:
+@contextlib.contextmanager
+def gateway_process(cluster: Cluster, log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m gateway` in front of `cluster`, serving: its URL and process."""
     port = free_port()
     env = {
         **os.environ,
@@ -661,11 +886,10 @@ def test_python_m_gateway_serves_and_stops_on_sigterm(gateway_cluster: Cluster, 
         "REWARDS_GATEWAY_HOST": "127.0.0.1",
         "REWARDS_GATEWAY_PORT": str(port),
         **{
-            f"REWARDS_{name.upper()}_TARGET": f"localhost:{gateway_cluster.ports[name]}"
+            f"REWARDS_{name.upper()}_TARGET": f"localhost:{cluster.ports[name]}"
             for name in ("xp", "achievements", "levels")
         },
     }
-    log_path = tmp_path / "gateway.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log
@@ -681,19 +905,52 @@ def test_python_m_gateway_serves_and_stops_on_sigterm(gateway_cluster: Cluster, 
                 pass
             assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
-        progress = http_call(url, "GET", f"/users/{user_id}/progress", token=GAME, headers={"X-Trace-Id": "proc-1"})
-        assert progress.status == 200 and progress.json["total_xp"] == "0"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        yield url, process
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_python_m_gateway_serves_and_stops_on_sigterm(gateway_cluster: Cluster, tmp_path: Any, user_id: str) -> None:
+    log_path = tmp_path / "gateway.log"
+    with gateway_process(gateway_cluster, log_path) as (url, process):
+        progress = http_call(url, "GET", f"/users/{user_id}/progress", token=GAME, headers={"X-Trace-Id": "proc-1"})
+        assert progress.status == 200 and progress.json["total_xp"] == "0"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     assert lines and all(line["service"] == "gateway" for line in lines)
     request = next(line for line in lines if line.get("trace_id") == "proc-1")
     assert request["status"] == 200 and request["rpc"] == "/rewards.v1.XpService/GetProgress"
     assert request["route"] == "GET /users/{user_id}/progress" and request["code"] == "OK"
+
+
+def test_python_m_gateway_answers_oversized_heads_with_431(gateway_cluster: Cluster, tmp_path: Any) -> None:
+    """The issue's 20 KB Authorization header, and more header fields than the gateway takes in all,
+    through uvicorn as `python -m gateway` configures it: h11's buffer for a head still arriving is above
+    the gateway's limits, so a head that arrives in pieces gets the JSON 431 too, not h11's plain 400."""
+    with gateway_process(gateway_cluster, tmp_path / "gateway.log") as (url, _process):
+        refused = error(http_call(url, "GET", "/levels", token="x" * 20_000), 431, "RESOURCE_EXHAUSTED")
+        assert f"at most {MAX_HEADER_FIELD_BYTES} bytes" in refused["message"]
+        padding = {f"X-Padding-{i}": "p" * 6000 for i in range(3)}  # each under the field limit, over it in all
+        refused = error(http_call(url, "GET", "/levels", token=GAME, headers=padding), 431, "RESOURCE_EXHAUSTED")
+        assert f"at most {MAX_HEADER_SECTION_BYTES} bytes" in refused["message"]
+
+        head = (
+            "GET /levels HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n"
+            + "".join(f"X-Padding-{i}: {'p' * 6000}\r\n" for i in range(5))
+            + "\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as connection:
+            connection.sendall(head[:20_000])  # more than h11's default buffer (16 KiB), and no end of head yet
+            time.sleep(0.2)
+            connection.sendall(head[20_000:])
+            response = http.client.HTTPResponse(connection)
+            response.begin()
+            body = json.loads(response.read())
+        assert response.status == 431 and response.getheader("content-type") == "application/json"
+        assert body["code"] == "RESOURCE_EXHAUSTED" and str(MAX_HEADER_SECTION_BYTES) in body["message"]
 
 
 # --- schemathesis -------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Hostile input, property-based: hypothesis throws generated requests (empty,
-huge, unicode, control characters, negative and extreme numbers, oversized
+huge, unicode, control and format characters, text not in NFC, negative and extreme numbers, oversized
 lists, forged page tokens, absent nested messages, raw bytes) at every RPC of
 the three services and checks the contract for each answer:
 
@@ -159,7 +159,7 @@ USER_IDS = [
     "玩家-三",
     "🎮-gamer",
     "لاعب",
-    "\u200bzero-width-start",
+    "joueur-é",  # in NFC: é is U+00E9
     "u" * MAX_ID,
     "🎲" * MAX_ID,
 ]
@@ -181,11 +181,22 @@ REASONS = ["bonus", "tournament\nbonus", "r" * MAX_REASON]
 REWARD_IDS = ["coins", "chest-🎁", "gold" * 32]
 
 WHITESPACE = " \t\n\r\x0b\x0c\x85\xa0\u1680\u2000\u2007\u200a\u2028\u2029\u202f\u205f\u3000"
-# Characters that look like nothing or reorder text: allowed in ids (neither
-# control characters nor white space), so they must not upset anything.
+# Characters that look like nothing or reorder text: all but the last two are
+# format characters (Cf), which ids must not contain; anywhere else they must not
+# upset anything.
 INVISIBLE = "\u200b\u200c\u200d\u200e\u200f\u202a\u202e\u2066\u2069\ufeff\u00ad\ufffc\ufffd"
 RTL = "שלוםمرحبا\u0627\u0644"
 EMOJI = "🎮🏆🐉👩‍👩‍👧✨🇺🇳"
+# Not in NFC, which ids must be in: decomposed letters (NFD), and singletons
+# that NFC replaces (ANGSTROM SIGN, OHM SIGN, CJK COMPATIBILITY IDEOGRAPH).
+NOT_NFC = [
+    unicodedata.normalize("NFD", "café"),
+    unicodedata.normalize("NFD", "spieler-ü"),
+    unicodedata.normalize("NFD", "한국"),
+    "\u212b",
+    "player-\u2126",
+    "\uf900",
+]
 
 
 # --- strategies -----------------------------------------------------------------
@@ -213,6 +224,7 @@ def hostile_text(limit: int) -> st.SearchStrategy[str]:
         st.text(max_size=24),  # any unicode: control characters, NUL, unassigned, private use
         st.text(alphabet=st.characters(categories=["Cc", "Cf", "Zs", "Zl", "Zp", "Co", "Cn"]), min_size=1, max_size=8),
         st.text(alphabet=st.sampled_from(INVISIBLE + RTL + EMOJI), min_size=1, max_size=12),
+        st.sampled_from(NOT_NFC),
         st.text(alphabet=st.characters(min_codepoint=0x10000), min_size=1, max_size=8),  # 4 UTF-8 bytes each
         sized_text(near(limit)),
         # The longest allowed length in 4-byte characters: DynamoDB counts bytes in keys.
@@ -377,13 +389,25 @@ def _has_control_character(value: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in value)
 
 
+def _has_format_character(value: str) -> bool:
+    return any(unicodedata.category(ch) == "Cf" for ch in value)
+
+
 def check_id(verdict: Verdict, name: str, value: str, *, required: bool = True, max_length: int = MAX_ID) -> None:
-    """ids: 1 to 128 characters, no control characters, no surrounding white space."""
+    """ids: 1 to 128 characters, in Unicode NFC, no control or format characters,
+    no surrounding white space."""
     if not value:
         if required:
             verdict.broken.add(name)
         return
-    if len(value) > max_length or _has_control_character(value) or value[0].isspace() or value[-1].isspace():
+    if (
+        len(value) > max_length
+        or _has_control_character(value)
+        or _has_format_character(value)
+        or not unicodedata.is_normalized("NFC", value)
+        or value[0].isspace()
+        or value[-1].isspace()
+    ):
         verdict.broken.add(name)
 
 
@@ -460,6 +484,23 @@ def verdict_user_id(request: Any, stage: Stage) -> Verdict:
     return verdict
 
 
+def verdict_user_page(listing: str) -> Callable[[Any, Stage], Verdict]:
+    """A user's paged listing: the user_id and the page fields."""
+
+    def verdict(request: Any, stage: Stage) -> Verdict:
+        found = verdict_user_id(request, stage)
+        check_page(found, stage, (listing, request.user_id), request.page_size, request.page_token)
+        return found
+
+    return verdict
+
+
+def verdict_list_levels(request: lv.ListLevelsRequest, stage: Stage) -> Verdict:
+    verdict = Verdict()
+    check_page(verdict, stage, ("ListLevels", ""), request.page_size, request.page_token)
+    return verdict
+
+
 def verdict_put_achievement(request: ach.PutAchievementRequest, stage: Stage) -> Verdict:
     verdict = Verdict()
     if not request.HasField("achievement"):
@@ -520,10 +561,6 @@ def verdict_put_level(request: lv.PutLevelRequest, stage: Stage) -> Verdict:
         check_id(verdict, f"level.rewards[{i}].reward_id", reward.reward_id)
         check_range(verdict, f"level.rewards[{i}].quantity", reward.quantity, 1, MAX_QUANTITY)
     return verdict
-
-
-def verdict_nothing_to_check(request: Any, stage: Stage) -> Verdict:
-    return Verdict()
 
 
 def verdict_delete_level(request: lv.DeleteLevelRequest, stage: Stage) -> Verdict:
@@ -619,7 +656,19 @@ def ok_user_achievements(
 ) -> None:
     assert response.user_id == request.user_id
     ids = [a.achievement_id for a in response.achievements]
-    assert len(ids) == len(set(ids))
+    assert ids == sorted(set(ids)) and len(ids) <= (request.page_size or DEFAULT_PAGE_SIZE)
+    if response.next_page_token:
+        stage.issued_tokens.add((("ListUserAchievements", request.user_id), response.next_page_token))
+
+
+def ok_levels_reached(
+    stage: Stage, request: lv.ListLevelsReachedRequest, response: lv.ListLevelsReachedResponse
+) -> None:
+    assert response.user_id == request.user_id
+    numbers = [level.level for level in response.levels]
+    assert numbers == sorted(set(numbers)) and len(numbers) <= (request.page_size or DEFAULT_PAGE_SIZE)
+    if response.next_page_token:
+        stage.issued_tokens.add((("ListLevelsReached", request.user_id), response.next_page_token))
 
 
 def ok_put_level(stage: Stage, request: lv.PutLevelRequest, response: lv.Level) -> None:
@@ -628,8 +677,10 @@ def ok_put_level(stage: Stage, request: lv.PutLevelRequest, response: lv.Level) 
 
 def ok_list_levels(stage: Stage, request: lv.ListLevelsRequest, response: lv.ListLevelsResponse) -> None:
     numbers = [level.level for level in response.levels]
-    assert numbers == sorted(set(numbers))
+    assert numbers == sorted(set(numbers)) and len(numbers) <= (request.page_size or DEFAULT_PAGE_SIZE)
     assert all(1 <= n <= MAX_LEVEL for n in numbers)
+    if response.next_page_token:
+        stage.issued_tokens.add((("ListLevels", ""), response.next_page_token))
 
 
 def ok_check_level_up(stage: Stage, request: lv.CheckLevelUpRequest, response: lv.LevelUpResult) -> None:
@@ -736,7 +787,7 @@ RPCS = {
             ach.ListUserAchievementsRequest,
             ach.ListUserAchievementsResponse,
             False,
-            verdict_user_id,
+            verdict_user_page("ListUserAchievements"),
             ok_user_achievements,
         ),
         Rpc("levels", "PutLevel", lv.PutLevelRequest, lv.Level, True, verdict_put_level, ok_put_level),
@@ -746,8 +797,17 @@ RPCS = {
             lv.ListLevelsRequest,
             lv.ListLevelsResponse,
             False,
-            verdict_nothing_to_check,
+            verdict_list_levels,
             ok_list_levels,
+        ),
+        Rpc(
+            "levels",
+            "ListLevelsReached",
+            lv.ListLevelsReachedRequest,
+            lv.ListLevelsReachedResponse,
+            False,
+            verdict_user_page("ListLevelsReached"),
+            ok_levels_reached,
         ),
         Rpc(
             "levels", "DeleteLevel", lv.DeleteLevelRequest, lv.DeleteLevelResponse, True, verdict_delete_level, ok_empty
@@ -838,7 +898,7 @@ def requests_for(name: str, stage: Stage) -> st.SearchStrategy[Message]:
                 keys=keys,
             )
         )
-    if name in ("GetProgress", "ListUserAchievements"):
+    if name in ("GetProgress", "ListUserAchievements", "ListLevelsReached"):
         return requests(message_field(RPCS[name].request_type, user_id=user_id))
     if name == "PutAchievement":
 
@@ -1342,9 +1402,12 @@ def test_deeply_nested_page_tokens_are_invalid_argument(stage: Stage, rpc_name: 
 
 
 def valid_ids(max_size: int = MAX_ID) -> st.SearchStrategy[str]:
-    """Any id the contract allows: no control characters, no surrounding white space."""
-    return st.text(alphabet=st.characters(exclude_categories=["Cc", "Cs"]), min_size=1, max_size=max_size).filter(
-        lambda v: not v[0].isspace() and not v[-1].isspace()
+    """Any id the contract allows: in NFC, no control or format characters, no surrounding white space."""
+    # Mapped to NFC rather than filtered: random combining marks are seldom in NFC. NFC may lengthen.
+    return (
+        st.text(alphabet=st.characters(exclude_categories=["Cc", "Cf", "Cs"]), min_size=1, max_size=max_size)
+        .map(lambda v: unicodedata.normalize("NFC", v))
+        .filter(lambda v: len(v) <= max_size and not v[0].isspace() and not v[-1].isspace())
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -42,13 +43,13 @@ def test_list_levels_in_level_order_and_delete(new_cluster: Factory) -> None:
     assert error.code() == grpc.StatusCode.NOT_FOUND and "level 4" in error.details()
 
 
-def test_award_reports_level_up_with_rewards_of_each_level_passed(cluster: Cluster, user_id: str) -> None:
+def test_award_reports_level_up_with_the_rewards_of_the_levels_passed(cluster: Cluster, user_id: str) -> None:
     small = grant(cluster, user_id, 50)
     assert (small.level, small.level_up.leveled_up, small.level_up.next_level_xp) == (1, False, 100)
     jump = grant(cluster, user_id, 600)  # 650 XP: from level 1 past 2 and 3 to 4
     assert jump.level == 4 and not jump.level_check_deferred
     assert (jump.level_up.leveled_up, jump.level_up.previous_level, jump.level_up.current_level) == (True, 1, 4)
-    assert rewards(jump.level_up.rewards) == [("coins", 100), ("coins", 200), ("chest", 1), ("coins", 300)]
+    assert rewards(jump.level_up.rewards) == [("coins", 600), ("chest", 1)]  # totals per reward id
     assert (jump.level_up.total_xp, jump.level_up.next_level_xp) == (650, 1000)
     after = progress(cluster, user_id)
     assert (after.level, after.total_xp) == (4, 650)
@@ -86,7 +87,7 @@ def test_levels_service_down_defers_the_check_and_the_next_check_catches_up(new_
         retry = grant(c, user_id, 350, "while-down")
     assert (retry.duplicate, retry.level_check_deferred, retry.total_xp) == (True, False, 350)
     assert (retry.level_up.leveled_up, retry.level_up.previous_level, retry.level_up.current_level) == (True, 1, 3)
-    assert rewards(retry.level_up.rewards) == [("coins", 100), ("coins", 200)]
+    assert rewards(retry.level_up.rewards) == [("coins", 300)]  # levels 2 and 3, one line per reward id
     after = progress(c, user_id)
     assert (after.level, after.total_xp) == (3, 350)
     assert rewards(after.rewards) == [("coins", 100), ("coins", 200)]
@@ -121,17 +122,17 @@ def test_ten_racing_checks_after_a_multi_level_jump_grant_rewards_once(new_clust
     winners = [r for r in results if r.leveled_up]
     assert len(winners) == 1
     assert (winners[0].previous_level, winners[0].current_level) == (1, 5)
-    assert rewards(winners[0].rewards) == [
+    assert rewards(winners[0].rewards) == [("coins", 600), ("chest", 1), ("title-veteran", 1)]
+    assert all(r.current_level == 5 and list(r.rewards) == [] for r in results if not r.leveled_up)
+    after = progress(c, user_id)
+    assert after.level == 5
+    assert rewards(after.rewards) == [
         ("coins", 100),
         ("coins", 200),
         ("chest", 1),
         ("coins", 300),
         ("title-veteran", 1),
     ]
-    assert all(r.current_level == 5 and list(r.rewards) == [] for r in results if not r.leveled_up)
-    after = progress(c, user_id)
-    assert after.level == 5
-    assert rewards(after.rewards) == rewards(winners[0].rewards)
 
 
 def test_concurrent_awards_crossing_levels_grant_each_reward_once(new_cluster: Factory, user_id: str) -> None:
@@ -139,9 +140,12 @@ def test_concurrent_awards_crossing_levels_grant_each_reward_once(new_cluster: F
     c.put_levels(STANDARD_LEVELS)
     with ThreadPoolExecutor(max_workers=20) as pool:
         responses = list(pool.map(lambda i: grant(c, user_id, 60, f"g-{i}"), range(20)))  # 1200 XP in all
-    reported = [(r.reward_id, r.quantity) for resp in responses for r in resp.level_up.rewards]
+    reported: Counter[str] = Counter()
+    for resp in responses:
+        for r in resp.level_up.rewards:
+            reported[r.reward_id] += r.quantity
+    assert reported == Counter({"coins": 600, "chest": 1, "title-veteran": 1})  # each level's, once
     expected = [("coins", 100), ("coins", 200), ("chest", 1), ("coins", 300), ("title-veteran", 1)]
-    assert sorted(reported) == sorted(expected)
     after = progress(c, user_id)
     assert (after.total_xp, after.level) == (1200, 5)
     assert sorted(rewards(after.rewards)) == sorted(expected)
@@ -184,7 +188,7 @@ def test_a_check_that_answered_too_late_is_reported_to_the_retry(new_cluster: Fa
         retry = xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=400, reason="test", request_id="late-check"))
         assert (retry.duplicate, retry.level_check_deferred, retry.level) == (True, False, 3)
         assert (retry.level_up.leveled_up, retry.level_up.previous_level, retry.level_up.current_level) == (True, 1, 3)
-        assert rewards(retry.level_up.rewards) == [("coins", 100), ("coins", 200)]
+        assert rewards(retry.level_up.rewards) == [("coins", 300)]
     other = xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=1, reason="test", request_id="next"))
     assert (other.level_up.leveled_up, list(other.level_up.rewards)) == (False, [])
     assert rewards(progress(c, user_id).rewards) == [("coins", 100), ("coins", 200)]
@@ -204,20 +208,22 @@ def test_the_start_level_is_kept_when_the_first_levels_move(new_cluster: Factory
 
 def test_a_jump_across_many_levels_with_many_rewards_grants_each_once(new_cluster: Factory, user_id: str) -> None:
     c = new_cluster(level_check_timeout_s=60.0)  # the emulator takes a second or two for this
+    ids = [f"{k:02d}-" + "x" * 125 for k in range(50)]
     levels = [
         levels_pb2.Level(
-            level=n,
-            xp_required=(n - 1) * 10,
-            rewards=[levels_pb2.Reward(reward_id=f"{n:04d}-{k:02d}-" + "x" * 112, quantity=k + 1) for k in range(50)],
+            level=n, xp_required=(n - 1) * 10, rewards=[levels_pb2.Reward(reward_id=i, quantity=n) for i in ids]
         )
         for n in range(1, 151)
     ]
     c.put_levels(levels)
     jump = grant(c, user_id, 10_000, "jump")
     assert (jump.level, jump.level_up.previous_level, jump.level_up.current_level) == (150, 1, 150)
+    # 149 levels x 50 rewards, granted in two writes, reported one line per reward id.
+    assert rewards(jump.level_up.rewards) == [(i, sum(range(2, 151))) for i in ids]
     expected = [(r.reward_id, r.quantity) for level in levels[1:] for r in level.rewards]
-    assert rewards(jump.level_up.rewards) == expected  # 149 levels x 50 rewards, in two writes
-    assert rewards(progress(c, user_id).rewards) == expected
+    shown = progress(c, user_id)  # the latest 10 levels' rewards; the rest page
+    assert (rewards(shown.rewards), shown.more_rewards) == (expected[-500:], True)
+    assert reached_rewards(c, user_id, page_size=7) == expected
     again = c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id))
     assert (again.leveled_up, again.current_level) == (False, 150)
 
@@ -266,7 +272,7 @@ def test_concurrent_copies_of_a_request_all_report_its_level_up(new_cluster: Fac
     assert sum(not r.duplicate for r in responses) == 1
     for r in responses:  # copies of one request get one answer
         assert (r.level_up.leveled_up, r.level_up.previous_level, r.level_up.current_level) == (True, 1, 3)
-        assert rewards(r.level_up.rewards) == [("coins", 100), ("coins", 200)]
+        assert rewards(r.level_up.rewards) == [("coins", 300)]  # one line per reward id
     assert rewards(progress(c, user_id).rewards) == [("coins", 100), ("coins", 200)]
 
 
@@ -326,3 +332,74 @@ def test_a_thousand_level_jump_gives_one_answer_whatever_deadlines_cut_it(new_cl
     )["Items"]
     assert sorted(int(i["level"]["N"]) for i in items) == list(range(2, 1001))
     assert {i["check_id"]["S"] for i in items} == {"the-jump"}
+
+
+def reached_rewards(c: Cluster, user_id: str, page_size: int) -> list[tuple[str, int]]:
+    """Every reward of every level the user passed, through ListLevelsReached's pages."""
+    found: list[tuple[str, int]] = []
+    token = ""
+    levels: list[int] = []
+    while True:
+        page = c.levels.ListLevelsReached(
+            levels_pb2.ListLevelsReachedRequest(user_id=user_id, page_size=page_size, page_token=token)
+        )
+        assert len(page.levels) <= page_size
+        levels += [l.level for l in page.levels]
+        found += [(r.reward_id, r.quantity) for l in page.levels for r in l.rewards]
+        token = page.next_page_token
+        if not token:
+            assert levels == sorted(levels) and len(set(levels)) == len(levels)
+            return found
+
+
+def test_answers_stay_under_4_mb_at_a_thousand_levels_of_fifty_rewards(new_cluster: Factory, user_id: str) -> None:
+    c = new_cluster(level_check_timeout_s=60.0)
+    # 1,000 levels x 50 rewards of 128-character ids, 1,000 ids in all (the table's limit), written
+    # straight into the table (set-up, not the subject), with the version moved as a level write moves it.
+    ids = [f"{k:04d}-" + "\U0001f48e" * 123 for k in range(1000)]  # 4 bytes a character: about 500 bytes an id
+    table = c.table("levels")
+    for start in range(1, 1001, 25):
+        c.dynamodb.batch_write_item(
+            RequestItems={
+                table: [
+                    {
+                        "PutRequest": {
+                            "Item": {
+                                "level": {"N": str(n)},
+                                "xp_required": {"N": str((n - 1) * 10)},
+                                "rewards": {
+                                    "L": [
+                                        {"M": {"reward_id": {"S": ids[(n * 50 + k) % 1000]}, "quantity": {"N": "1"}}}
+                                        for k in range(50)
+                                    ]
+                                },
+                            }
+                        }
+                    }
+                    for n in range(start, start + 25)
+                ]
+            }
+        )
+    for copy in range(LEVEL_TABLE_VERSION_COPIES):
+        c.dynamodb.update_item(
+            TableName=table,
+            Key={"level": {"N": str(-copy)}},
+            UpdateExpression="ADD version :one",
+            ExpressionAttributeValues={":one": {"N": "1"}},
+        )
+    time.sleep(c.settings.level_table_cache_s + 0.1)
+    limit = 4 * 1024 * 1024
+    jump = grant(c, user_id, 20_000, "jump")
+    assert (jump.level, jump.level_up.current_level) == (1000, 1000)
+    assert len(jump.level_up.rewards) == 1000 and jump.ByteSize() < limit  # one line per reward id
+    assert sum(r.quantity for r in jump.level_up.rewards) == 999 * 50
+    assert c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id, request_id="req#jump")) == (
+        jump.level_up
+    )
+    shown = progress(c, user_id)
+    assert (len(shown.rewards), shown.more_rewards) == (500, True) and shown.ByteSize() < limit
+    page = c.levels.ListLevelsReached(levels_pb2.ListLevelsReachedRequest(user_id=user_id, page_size=100))
+    # DynamoDB ends a Query page at 1 MB: 40-odd of these 26 KB levels, and a token for the rest.
+    assert 0 < len(page.levels) <= 100 and page.ByteSize() < limit and page.next_page_token
+    listed = c.levels.ListLevels(levels_pb2.ListLevelsRequest(page_size=100))
+    assert len(listed.levels) == 100 and listed.ByteSize() < limit and listed.next_page_token

@@ -264,3 +264,73 @@ def test_a_retry_is_a_duplicate_even_after_the_activity_left_the_catalog(cluster
     error = rpc_error(lambda: award(cluster, user_id, activity_id, "after-delete"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert total_xp(cluster, user_id) == 45
+
+
+def test_totals_stop_at_two_to_the_53_with_failed_precondition_and_nothing_written(
+    cluster: Cluster, user_id: str
+) -> None:
+    top = 2**53
+    cluster.dynamodb.put_item(
+        TableName=cluster.table("user_progress"),
+        Item={"user_id": {"S": user_id}, "total_xp": {"N": str(top - 100)}},
+    )
+    error = rpc_error(
+        lambda: cluster.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=101, reason="r", request_id="over"))
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "past the maximum of 9007199254740992" in error.details()
+    assert total_xp(cluster, user_id) == top - 100 and ledger(cluster, user_id) == []
+    granted = cluster.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=100, reason="r", request_id="to"))
+    assert granted.total_xp == top
+    assert cluster.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id)).total_xp == top
+    activity_id = put_activity(cluster, xp=1)
+    assert rpc_error(lambda: award(cluster, user_id, activity_id)).code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_total_stored_past_the_maximum_is_still_read_and_refuses_more(cluster: Cluster, user_id: str) -> None:
+    near_int64 = 2**63 - 100  # as a direct write or an earlier version could leave it
+    cluster.dynamodb.put_item(
+        TableName=cluster.table("user_progress"),
+        Item={"user_id": {"S": user_id}, "total_xp": {"N": str(near_int64)}},
+    )
+    assert cluster.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id)).total_xp == near_int64
+    activity_id = put_activity(cluster, xp=200)  # would pass int64 itself
+    assert rpc_error(lambda: award(cluster, user_id, activity_id)).code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert cluster.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id)).total_xp == near_int64
+
+
+def test_a_progress_item_an_earlier_version_filled_to_the_byte_still_takes_awards(
+    cluster: Cluster, user_id: str
+) -> None:
+    """An earlier version kept the unlocked ids in the progress item; full to DynamoDB's 400 KB, it
+    left no room for a total: every award failed for good. The award now moves the ids out."""
+    held = [f"{i:04d}" + "\U00010348" * 120 for i in range(900)]  # more than 400 KB
+
+    def put(ids: list[str]) -> bool:
+        try:
+            cluster.dynamodb.put_item(
+                TableName=cluster.table("user_progress"),
+                Item={"user_id": {"S": user_id}, "unlocked_achievements": {"SS": ids}},
+            )
+            return True
+        except cluster.dynamodb.exceptions.ClientError as error:
+            assert error.response["Error"]["Code"] == "ValidationException", error
+            return False
+
+    low, high = 1, len(held)  # the most ids that fit, then one more id as long as still fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if put(held[:middle]) else (low, middle - 1)
+    fitting = held[:low]
+    short, long = 1, 2000
+    while short < long:
+        middle = (short + long + 1) // 2
+        short, long = (middle, long) if put([*fitting, "x" * middle]) else (short, middle - 1)
+    assert put([*fitting, "x" * short]) and not put([*fitting, "x" * (short + 1)])  # full to the byte
+
+    activity_id = put_activity(cluster, xp=10)
+    assert award(cluster, user_id, activity_id, unique("r")).total_xp == 10
+    item = cluster.dynamodb.get_item(
+        TableName=cluster.table("user_progress"), Key={"user_id": {"S": user_id}}, ConsistentRead=True
+    )["Item"]
+    assert "unlocked_achievements" not in item and item["holds_achievements"] == {"BOOL": True}

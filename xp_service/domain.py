@@ -83,10 +83,15 @@ class XpRepository(LevelCheckStore, Protocol):
 
     async def record_xp(self, entry: LedgerEntry, activity: Activity | None = None) -> None:
         """Adds the entry to the ledger and its XP to the user's total, at most
-        once per entry id, and with `activity` only while the catalog still
-        gives it that XP. Raises DuplicateRequest or ActivityChanged (nothing written)."""
+        once per entry id, only while the total stays within MAX_TOTAL_XP, and
+        with `activity` only while the catalog still gives it that XP. Raises
+        DuplicateRequest, TotalXpLimitReached or ActivityChanged (nothing written)."""
 
     async def get_entry(self, user_id: str, entry_id: str) -> LedgerEntry | None: ...
 
-    async def rewards_granted(self, user_id: str) -> tuple[Reward, ...]:
-        """Every reward of every level the user passed, in level order."""
+    async def latest_rewards(self, user_id: str, levels: int) -> tuple[tuple[Reward, ...], bool]:
+        """The rewards of the latest `levels` levels the user passed, in level
+        order, and whether the user passed earlier ones too."""
+
+    async def unlocked_achievement_ids(self, user_id: str, limit: int) -> tuple[tuple[str, ...], bool]:
+        """The first `limit` achievement ids the user holds, in id order, and whether there are more."""

@@ -113,7 +113,9 @@ class XpServicer(xp_pb2_grpc.XpServiceServicer):
             user_id=user_id,
             total_xp=record.total_xp,
             level=progress.level,
-            unlocked_achievements=sorted(record.unlocked_achievements),
+            unlocked_achievements=progress.unlocked_achievements,
+            more_unlocked_achievements=progress.more_unlocked_achievements,
+            more_rewards=progress.more_rewards,
             rewards=[levels_pb2.Reward(reward_id=r.reward_id, quantity=r.quantity) for r in progress.rewards],
         )
         if record.updated_at:

@@ -7,6 +7,7 @@ from typing import Any
 
 from common.dynamodb import (
     ACTIVITIES,
+    USER_ACHIEVEMENTS,
     USER_PROGRESS,
     XP_LEDGER,
     CatalogCopies,
@@ -23,8 +24,9 @@ from common.dynamodb import (
     read_progress,
     to_item,
     transact_write,
+    update_item_once,
 )
-from common.models import LedgerEntry, ProgressRecord, Reward
+from common.models import MAX_TOTAL_XP, LedgerEntry, ProgressRecord, Reward, TotalXpLimitReached
 from xp_service.domain import (
     Activity,
     ActivityChanged,
@@ -95,7 +97,7 @@ class DynamoDBXpRepository:
 
     # --- ledger and progress ------------------------------------------------------
 
-    async def record_xp(self, entry: LedgerEntry, activity: Activity | None = None) -> None:
+    async def record_xp(self, entry: LedgerEntry, activity: Activity | None = None, *, moved_ids: bool = False) -> None:
         """One transaction: the ledger entry, put only if its id is new (the
         old entry comes back with the cancellation when it is not), the ADD to
         the user's total, and with `activity` a check that the catalog still
@@ -107,7 +109,10 @@ class DynamoDBXpRepository:
                     "TableName": self._progress,
                     "Key": {"user_id": attr(entry.user_id)},
                     "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
-                    "ExpressionAttributeValues": to_item({":xp": entry.xp, ":now": entry.recorded_at}),
+                    "ConditionExpression": "attribute_not_exists(total_xp) OR total_xp <= :room",
+                    "ExpressionAttributeValues": to_item(
+                        {":xp": entry.xp, ":now": entry.recorded_at, ":room": MAX_TOTAL_XP - entry.xp}
+                    ),
                 }
             },
         ]
@@ -127,6 +132,15 @@ class DynamoDBXpRepository:
         except TransactionCancelled as cancelled:
             ledger = cancelled.reasons[0] if cancelled.reasons else None
             if ledger is None or ledger.code != "ConditionalCheckFailed":
+                if len(cancelled.reasons) > 1 and cancelled.reasons[1].code == "ConditionalCheckFailed":
+                    raise TotalXpLimitReached(entry.user_id, entry.xp) from None
+                if (
+                    len(cancelled.reasons) > 1
+                    and cancelled.reasons[1].code == "ValidationError"
+                    and not moved_ids
+                    and await self._move_unlocked_ids_out_of_progress(entry.user_id)
+                ):
+                    return await self.record_xp(entry, activity, moved_ids=True)
                 if activity is not None:
                     self._activity_copies.drop(activity.activity_id)
                     raise ActivityChanged(activity.activity_id) from None
@@ -139,6 +153,22 @@ class DynamoDBXpRepository:
             if existing is None:  # only a vanished ledger item could get here
                 raise RuntimeError(f"ledger entry {entry.entry_id!r} failed its condition but is missing") from None
             raise DuplicateRequest(existing) from None
+
+    async def _move_unlocked_ids_out_of_progress(self, user_id: str) -> bool:
+        """An earlier version kept the unlocked ids in the progress item, which a
+        large collection could fill to DynamoDB's 400 KB: then no award had room.
+        The ids are the unlock records, so the set goes (as the user's next
+        unlock would do). True when there was one to remove."""
+        return await update_item_once(
+            self._client,
+            {
+                "TableName": self._progress,
+                "Key": {"user_id": attr(user_id)},
+                "UpdateExpression": "REMOVE unlocked_achievements SET holds_achievements = :t",
+                "ConditionExpression": "attribute_exists(unlocked_achievements)",
+                "ExpressionAttributeValues": {":t": attr(True)},
+            },
+        )
 
     async def get_entry(self, user_id: str, entry_id: str) -> LedgerEntry | None:
         response = await self._client.call(
@@ -157,9 +187,24 @@ class DynamoDBXpRepository:
     async def mark_level_check_deferred(self, user_id: str, entry_id: str) -> None:
         await mark_level_check_deferred(self._client, self._prefix, user_id, entry_id)
 
-    async def rewards_granted(self, user_id: str) -> tuple[Reward, ...]:
-        reached = await read_levels_reached(self._client, self._prefix, user_id)
-        return tuple(r for level in reached for r in level.rewards)
+    async def unlocked_achievement_ids(self, user_id: str, limit: int) -> tuple[tuple[str, ...], bool]:
+        response = await self._client.call(
+            "Query",
+            {
+                "TableName": self._prefix + USER_ACHIEVEMENTS.name,
+                "KeyConditionExpression": "user_id = :u",
+                "ExpressionAttributeValues": {":u": attr(user_id)},
+                "ProjectionExpression": "achievement_id",
+                "Limit": limit + 1,  # one more tells whether there are more
+                "ConsistentRead": True,
+            },
+        )
+        ids = tuple(str(from_item(item)["achievement_id"]) for item in response["Items"])
+        return ids[:limit], len(ids) > limit or bool(response.get("LastEvaluatedKey"))
+
+    async def latest_rewards(self, user_id: str, levels: int) -> tuple[tuple[Reward, ...], bool]:
+        newest, more = await read_levels_reached(self._client, self._prefix, user_id, levels, newest_first=True)
+        return tuple(r for level in reversed(newest) for r in level.rewards), more
 
     async def start_level(self) -> int:
         return (await self._level_table.current()).table.start_level

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from common.errors import ContentionExhausted
 from common.level_check import LevelChecker, check_level_after_xp
@@ -29,6 +31,8 @@ from xp_service.domain import (
     is_same_request,
 )
 
+T = TypeVar("T")
+
 # Catalog changes racing one award: each costs a re-read, and they are rare.
 _MAX_ACTIVITY_REREADS = 5
 
@@ -48,7 +52,18 @@ class AwardOutcome:
 class Progress:
     record: ProgressRecord
     level: int
+    # The rewards of the latest PROGRESS_LEVELS_SHOWN levels passed; whether there were earlier ones.
     rewards: tuple[Reward, ...]
+    more_rewards: bool = False
+    # The first PROGRESS_UNLOCKS_SHOWN held achievement ids, in id order; whether there are more.
+    unlocked_achievements: tuple[str, ...] = ()
+    more_unlocked_achievements: bool = False
+
+
+# Bound GetProgress's answer and cost whatever a player holds or passed; ListUserAchievements
+# and LevelsService.ListLevelsReached page through all.
+PROGRESS_UNLOCKS_SHOWN = 100
+PROGRESS_LEVELS_SHOWN = 10
 
 
 class XpLedger:
@@ -110,12 +125,22 @@ class XpLedger:
         return await self._record_once_and_check_level(entry)
 
     async def get_progress(self, user_id: str) -> Progress:
-        """Two reads: the progress item and the rewards of the levels passed."""
+        """The progress item, then, side by side, the rewards of the levels
+        passed (for a user with a level) and the first held achievements (for
+        a user who holds any)."""
         record = await self._repository.get_progress(user_id)
-        rewards = await self._repository.rewards_granted(user_id) if record.level is not None else ()
+        nothing: tuple[tuple[Any, ...], bool] = ((), False)
+        (rewards, more_rewards), (unlocked, more) = await asyncio.gather(
+            self._repository.latest_rewards(user_id, PROGRESS_LEVELS_SHOWN)
+            if record.level is not None
+            else _nothing(nothing),
+            self._repository.unlocked_achievement_ids(user_id, PROGRESS_UNLOCKS_SHOWN)
+            if record.holds_achievements
+            else _nothing(nothing),
+        )
         # Users with no stored level have not been checked yet: they are at the start level.
         level = record.level if record.level is not None else await self._repository.start_level()
-        return Progress(record, level, rewards)
+        return Progress(record, level, rewards, more_rewards, unlocked, more)
 
     async def _record_once_and_check_level(self, entry: LedgerEntry, activity: Activity | None = None) -> AwardOutcome:
         """The common path is two DynamoDB calls and no gRPC hop: the
@@ -152,3 +177,7 @@ class XpLedger:
             level.level_up,
             level.deferred,
         )
+
+
+async def _nothing(value: T) -> T:
+    return value

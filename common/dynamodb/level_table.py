@@ -24,8 +24,9 @@ from common.dynamodb.client import DynamoDBClient, DynamoDBError
 from common.dynamodb.items import attr, from_item
 from common.dynamodb.reads import rewards_from
 from common.dynamodb.tables import LEVEL_TABLE_VERSION_COPIES, LEVEL_TABLE_VERSION_KEY, LEVELS
-from common.errors import DomainError
+from common.errors import DeadlineReached, DomainError
 from common.models import Level, LevelTable, VersionedLevelTable
+from common.rpc_deadline import remaining_s
 
 log = logging.getLogger("rewards.level_table")
 
@@ -46,9 +47,10 @@ def version_check(table_name: str, version: int, user_id: str) -> dict[str, Any]
     }
 
 
-def version_bump(table_name: str) -> list[dict[str, Any]]:
-    """The transaction items that every level write carries: every copy of the version moves by one."""
-    return [
+def version_bump(table_name: str, expected_version: int | None = None) -> list[dict[str, Any]]:
+    """The transaction items that every level write carries: every copy of the
+    version moves by one; with `expected_version`, only from that version."""
+    items: list[dict[str, Any]] = [
         {
             "Update": {
                 "TableName": table_name,
@@ -60,6 +62,11 @@ def version_bump(table_name: str) -> list[dict[str, Any]]:
         }
         for copy in range(LEVEL_TABLE_VERSION_COPIES)
     ]
+    if expected_version is not None:  # on copy 0: every copy moves in the same transactions
+        update = items[0]["Update"]
+        update["ConditionExpression"] = "#v = :v" if expected_version else "attribute_not_exists(#v) OR #v = :v"
+        update["ExpressionAttributeValues"][":v"] = attr(expected_version)
+    return items
 
 
 class LevelTableCache:
@@ -84,7 +91,7 @@ class LevelTableCache:
         if time.monotonic() - self._version_read_at > self._refresh_s:
             if self._confirming is None:
                 self._confirming = _shared_task(self._confirm())
-            await asyncio.shield(self._confirming)
+            await _within_deadline(self._confirming)
         return self._version
 
     async def current(self) -> VersionedLevelTable:
@@ -128,7 +135,7 @@ class LevelTableCache:
     async def _load_once(self) -> None:
         if self._loading is None:
             self._loading = _shared_task(self._load())
-        await asyncio.shield(self._loading)
+        await _within_deadline(self._loading)
 
     async def _load(self) -> None:
         try:
@@ -182,3 +189,16 @@ def _shared_task(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     # Its waiters may all be gone (cancelled) when it fails: the failure is logged in it, not lost.
     task.add_done_callback(lambda done: done.cancelled() or done.exception())
     return task
+
+
+async def _within_deadline(shared: asyncio.Task[None]) -> None:
+    """Waits for a shared read no longer than the served RPC's deadline; the
+    read goes on for the others."""
+    left = remaining_s()
+    if left is None:
+        await asyncio.shield(shared)
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(shared), max(left, 0.0))
+    except TimeoutError:
+        raise DeadlineReached("the deadline passed while the level table was being read") from None

@@ -146,18 +146,29 @@ def level_reached_from(values: Mapping[str, Any]) -> LevelReached:
     )
 
 
-async def read_levels_reached(client: DynamoDBClient, table_prefix: str, user_id: str) -> list[LevelReached]:
-    """Every level a user passed, in level order."""
-    reached: list[LevelReached] = []
+async def read_levels_reached(
+    client: DynamoDBClient,
+    table_prefix: str,
+    user_id: str,
+    limit: int,
+    *,
+    after_level: int = 0,
+    newest_first: bool = False,
+) -> tuple[list[LevelReached], bool]:
+    """Up to `limit` levels the user passed, in level order after `after_level`
+    (or the newest first), and whether there are more: one Query, whatever
+    the user passed."""
     params: dict[str, Any] = {
         "TableName": table_prefix + LEVEL_REWARDS.name,
         "KeyConditionExpression": "user_id = :u",
         "ExpressionAttributeValues": {":u": attr(user_id)},
+        "ScanIndexForward": not newest_first,
+        "Limit": limit + 1,  # one more tells whether there are more
         "ConsistentRead": True,
     }
-    while True:
-        page = await client.call("Query", params)
-        reached.extend(level_reached_from(from_item(item)) for item in page["Items"])
-        if not page.get("LastEvaluatedKey"):
-            return reached
-        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    if after_level:
+        params["ExclusiveStartKey"] = {"user_id": attr(user_id), "level": attr(after_level)}
+    page = await client.call("Query", params)
+    reached = [level_reached_from(from_item(item)) for item in page["Items"]]
+    # A page ends at 1 MB too (DynamoDB's limit), before `limit` items: then there are more.
+    return reached[:limit], len(reached) > limit or bool(page.get("LastEvaluatedKey"))

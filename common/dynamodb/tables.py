@@ -90,7 +90,7 @@ LEVEL_TABLE_VERSION_KEY = 0
 # this many copies (keys 0, -1, ... -15), all moved by every level write, and
 # each user's level-ups check the copy their id hashes to.
 LEVEL_TABLE_VERSION_COPIES = 16
-# One item a user: total_xp, level, unlocked_achievements, rewards, updated_at.
+# One item a user, bounded whatever the user holds: total_xp, level and its threshold, holds_achievements, updated_at.
 USER_PROGRESS = TableDefinition("user_progress", ("user_id", _S))
 # The XP ledger and the idempotency record in one: one item per award or grant.
 XP_LEDGER = TableDefinition("xp_ledger", ("user_id", _S), ("entry_id", _S))

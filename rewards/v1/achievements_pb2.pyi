@@ -275,15 +275,23 @@ class ListUserAchievementsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    page_size: _builtins.int
+    """1 to 100; 0: 50."""
+    page_token: _builtins.str
+    """The previous page's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -328,20 +336,24 @@ class ListUserAchievementsResponse(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     ACHIEVEMENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def achievements(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserAchievement]:
-        """In unlock order."""
+        """One page, in achievement id order."""
 
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         achievements: _abc.Iterable[Global___UserAchievement] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievements", b"achievements", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievements", b"achievements", "next_page_token", b"next_page_token", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

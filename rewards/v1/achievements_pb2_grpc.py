@@ -124,7 +124,9 @@ class AchievementsServiceServicer:
         achievement; FAILED_PRECONDITION, naming what is missing, when
         requirements are unmet. A repeat returns already_unlocked = true and
         xp_awarded = 0. level_up is set on the call that paid the reward, unless
-        the Levels service could not answer (the next check grants it).
+        the Levels service could not answer (a later check grants the level-up:
+        a new CheckLevelUp, or the next award that finds it due). An unlock whose
+        reward would take the total past 2^53 is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,7 +57,9 @@ class AchievementsServiceStub:
     achievement; FAILED_PRECONDITION, naming what is missing, when
     requirements are unmet. A repeat returns already_unlocked = true and
     xp_awarded = 0. level_up is set on the call that paid the reward, unless
-    the Levels service could not answer (the next check grants it).
+    the Levels service could not answer (a later check grants the level-up:
+    a new CheckLevelUp, or the next award that finds it due). An unlock whose
+    reward would take the total past 2^53 is FAILED_PRECONDITION.
     """
     ListUserAchievements: _grpc.UnaryUnaryMultiCallable[_achievements_pb2.ListUserAchievementsRequest, _achievements_pb2.ListUserAchievementsResponse]
 
@@ -90,7 +92,9 @@ class AchievementsServiceAsyncStub(AchievementsServiceStub):
     achievement; FAILED_PRECONDITION, naming what is missing, when
     requirements are unmet. A repeat returns already_unlocked = true and
     xp_awarded = 0. level_up is set on the call that paid the reward, unless
-    the Levels service could not answer (the next check grants it).
+    the Levels service could not answer (a later check grants the level-up:
+    a new CheckLevelUp, or the next award that finds it due). An unlock whose
+    reward would take the total past 2^53 is FAILED_PRECONDITION.
     """
     ListUserAchievements: _aio.UnaryUnaryMultiCallable[_achievements_pb2.ListUserAchievementsRequest, _achievements_pb2.ListUserAchievementsResponse]  # type: ignore[assignment]
 
@@ -150,7 +154,9 @@ class AchievementsServiceServicer(metaclass=_abc_1.ABCMeta):
         achievement; FAILED_PRECONDITION, naming what is missing, when
         requirements are unmet. A repeat returns already_unlocked = true and
         xp_awarded = 0. level_up is set on the call that paid the reward, unless
-        the Levels service could not answer (the next check grants it).
+        the Levels service could not answer (a later check grants the level-up:
+        a new CheckLevelUp, or the next award that finds it due). An unlock whose
+        reward would take the total past 2^53 is FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod

@@ -22,33 +22,40 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rewards/v1/levels.proto\x12\nrewards.v1\"-\n\x06Reward\x12\x11\n\treward_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"P\n\x05Level\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x13\n\x0bxp_required\x18\x02 \x01(\x03\x12#\n\x07rewards\x18\x03 \x03(\x0b\x32\x12.rewards.v1.Reward\"3\n\x0fPutLevelRequest\x12 \n\x05level\x18\x01 \x01(\x0b\x32\x11.rewards.v1.Level\"\x13\n\x11ListLevelsRequest\"7\n\x12ListLevelsResponse\x12!\n\x06levels\x18\x01 \x03(\x0b\x32\x11.rewards.v1.Level\"#\n\x12\x44\x65leteLevelRequest\x12\r\n\x05level\x18\x01 \x01(\x05\"\x15\n\x13\x44\x65leteLevelResponse\"O\n\x13\x43heckLevelUpRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0breplay_only\x18\x03 \x01(\x08\"\xb1\x01\n\rLevelUpResult\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nleveled_up\x18\x02 \x01(\x08\x12\x16\n\x0eprevious_level\x18\x03 \x01(\x05\x12\x15\n\rcurrent_level\x18\x04 \x01(\x05\x12\x10\n\x08total_xp\x18\x05 \x01(\x03\x12#\n\x07rewards\x18\x06 \x03(\x0b\x32\x12.rewards.v1.Reward\x12\x15\n\rnext_level_xp\x18\x07 \x01(\x03\x32\xb4\x02\n\rLevelsService\x12:\n\x08PutLevel\x12\x1b.rewards.v1.PutLevelRequest\x1a\x11.rewards.v1.Level\x12K\n\nListLevels\x12\x1d.rewards.v1.ListLevelsRequest\x1a\x1e.rewards.v1.ListLevelsResponse\x12N\n\x0b\x44\x65leteLevel\x12\x1e.rewards.v1.DeleteLevelRequest\x1a\x1f.rewards.v1.DeleteLevelResponse\x12J\n\x0c\x43heckLevelUp\x12\x1f.rewards.v1.CheckLevelUpRequest\x1a\x19.rewards.v1.LevelUpResultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rewards/v1/levels.proto\x12\nrewards.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x06Reward\x12\x11\n\treward_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"P\n\x05Level\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x13\n\x0bxp_required\x18\x02 \x01(\x03\x12#\n\x07rewards\x18\x03 \x03(\x0b\x32\x12.rewards.v1.Reward\"3\n\x0fPutLevelRequest\x12 \n\x05level\x18\x01 \x01(\x0b\x32\x11.rewards.v1.Level\":\n\x11ListLevelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"P\n\x12ListLevelsResponse\x12!\n\x06levels\x18\x01 \x03(\x0b\x32\x11.rewards.v1.Level\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x12\x44\x65leteLevelRequest\x12\r\n\x05level\x18\x01 \x01(\x05\"\x15\n\x13\x44\x65leteLevelResponse\"O\n\x13\x43heckLevelUpRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0breplay_only\x18\x03 \x01(\x08\"\xb1\x01\n\rLevelUpResult\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nleveled_up\x18\x02 \x01(\x08\x12\x16\n\x0eprevious_level\x18\x03 \x01(\x05\x12\x15\n\rcurrent_level\x18\x04 \x01(\x05\x12\x10\n\x08total_xp\x18\x05 \x01(\x03\x12#\n\x07rewards\x18\x06 \x03(\x0b\x32\x12.rewards.v1.Reward\x12\x15\n\rnext_level_xp\x18\x07 \x01(\x03\"R\n\x18ListLevelsReachedRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"r\n\x0cLevelReached\x12\r\n\x05level\x18\x01 \x01(\x05\x12#\n\x07rewards\x18\x02 \x03(\x0b\x32\x12.rewards.v1.Reward\x12.\n\ngranted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x19ListLevelsReachedResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12(\n\x06levels\x18\x02 \x03(\x0b\x32\x18.rewards.v1.LevelReached\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t2\x96\x03\n\rLevelsService\x12:\n\x08PutLevel\x12\x1b.rewards.v1.PutLevelRequest\x1a\x11.rewards.v1.Level\x12K\n\nListLevels\x12\x1d.rewards.v1.ListLevelsRequest\x1a\x1e.rewards.v1.ListLevelsResponse\x12N\n\x0b\x44\x65leteLevel\x12\x1e.rewards.v1.DeleteLevelRequest\x1a\x1f.rewards.v1.DeleteLevelResponse\x12J\n\x0c\x43heckLevelUp\x12\x1f.rewards.v1.CheckLevelUpRequest\x1a\x19.rewards.v1.LevelUpResult\x12`\n\x11ListLevelsReached\x12$.rewards.v1.ListLevelsReachedRequest\x1a%.rewards.v1.ListLevelsReachedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rewards.v1.levels_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REWARD']._serialized_start=39
-  _globals['_REWARD']._serialized_end=84
-  _globals['_LEVEL']._serialized_start=86
-  _globals['_LEVEL']._serialized_end=166
-  _globals['_PUTLEVELREQUEST']._serialized_start=168
-  _globals['_PUTLEVELREQUEST']._serialized_end=219
-  _globals['_LISTLEVELSREQUEST']._serialized_start=221
-  _globals['_LISTLEVELSREQUEST']._serialized_end=240
-  _globals['_LISTLEVELSRESPONSE']._serialized_start=242
-  _globals['_LISTLEVELSRESPONSE']._serialized_end=297
-  _globals['_DELETELEVELREQUEST']._serialized_start=299
-  _globals['_DELETELEVELREQUEST']._serialized_end=334
-  _globals['_DELETELEVELRESPONSE']._serialized_start=336
-  _globals['_DELETELEVELRESPONSE']._serialized_end=357
-  _globals['_CHECKLEVELUPREQUEST']._serialized_start=359
-  _globals['_CHECKLEVELUPREQUEST']._serialized_end=438
-  _globals['_LEVELUPRESULT']._serialized_start=441
-  _globals['_LEVELUPRESULT']._serialized_end=618
-  _globals['_LEVELSSERVICE']._serialized_start=621
-  _globals['_LEVELSSERVICE']._serialized_end=929
+  _globals['_REWARD']._serialized_start=72
+  _globals['_REWARD']._serialized_end=117
+  _globals['_LEVEL']._serialized_start=119
+  _globals['_LEVEL']._serialized_end=199
+  _globals['_PUTLEVELREQUEST']._serialized_start=201
+  _globals['_PUTLEVELREQUEST']._serialized_end=252
+  _globals['_LISTLEVELSREQUEST']._serialized_start=254
+  _globals['_LISTLEVELSREQUEST']._serialized_end=312
+  _globals['_LISTLEVELSRESPONSE']._serialized_start=314
+  _globals['_LISTLEVELSRESPONSE']._serialized_end=394
+  _globals['_DELETELEVELREQUEST']._serialized_start=396
+  _globals['_DELETELEVELREQUEST']._serialized_end=431
+  _globals['_DELETELEVELRESPONSE']._serialized_start=433
+  _globals['_DELETELEVELRESPONSE']._serialized_end=454
+  _globals['_CHECKLEVELUPREQUEST']._serialized_start=456
+  _globals['_CHECKLEVELUPREQUEST']._serialized_end=535
+  _globals['_LEVELUPRESULT']._serialized_start=538
+  _globals['_LEVELUPRESULT']._serialized_end=715
+  _globals['_LISTLEVELSREACHEDREQUEST']._serialized_start=717
+  _globals['_LISTLEVELSREACHEDREQUEST']._serialized_end=799
+  _globals['_LEVELREACHED']._serialized_start=801
+  _globals['_LEVELREACHED']._serialized_end=915
+  _globals['_LISTLEVELSREACHEDRESPONSE']._serialized_start=917
+  _globals['_LISTLEVELSREACHEDRESPONSE']._serialized_end=1028
+  _globals['_LEVELSSERVICE']._serialized_start=1031
+  _globals['_LEVELSSERVICE']._serialized_end=1437
 # @@protoc_insertion_point(module_scope)

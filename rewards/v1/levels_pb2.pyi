@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -21,7 +22,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class Reward(_message.Message):
     """Limits: level 1 to 1,000,000; xp_required 0 to 1,000,000,000; at most 50
-    rewards a level; reward_id 1 to 128 characters with no control characters;
+    rewards a level and 1,000 distinct reward ids in the whole table (a
+    PutLevel past it is FAILED_PRECONDITION); reward_id 1 to 128 characters
+    with no control characters;
     quantity 1 to 1,000,000,000. Errors: INVALID_ARGUMENT names the field;
     UNAVAILABLE (DynamoDB unreachable or throttling) and ABORTED (too much
     contention on one user) are safe to retry.
@@ -107,12 +110,21 @@ Global___PutLevelRequest: _TypeAlias = PutLevelRequest  # noqa: Y015
 class ListLevelsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1 to 100; 0: 50."""
+    page_token: _builtins.str
+    """The previous page's next_page_token; empty for the first page."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -123,16 +135,20 @@ class ListLevelsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LEVELS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Level]: ...
     def __init__(
         self,
         *,
         levels: _abc.Iterable[Global___Level] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["levels", b"levels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["levels", b"levels", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -234,7 +250,9 @@ class LevelUpResult(_message.Message):
     @_builtins.property
     def rewards(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reward]:
         """Rewards granted by this call: those of every level L with
-        previous_level < L <= current_level. Empty when leveled_up is false.
+        previous_level < L <= current_level, one line per reward_id with the
+        quantities summed (so the answer grows with the table's reward ids, not
+        with the levels passed). Empty when leveled_up is false.
         (A jump of more than 97 levels is granted in steps; its first step fixes
         the target, so the request that made it reports all of it. Checks without
         a request_id that race it may report only their own steps' levels; every
@@ -259,3 +277,86 @@ class LevelUpResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LevelUpResult: _TypeAlias = LevelUpResult  # noqa: Y015
+
+@_typing.final
+class ListLevelsReachedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    page_size: _builtins.int
+    """1 to 100; 0: 50."""
+    page_token: _builtins.str
+    """The previous page's next_page_token; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLevelsReachedRequest: _TypeAlias = ListLevelsReachedRequest  # noqa: Y015
+
+@_typing.final
+class LevelReached(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEVEL_FIELD_NUMBER: _builtins.int
+    REWARDS_FIELD_NUMBER: _builtins.int
+    GRANTED_AT_FIELD_NUMBER: _builtins.int
+    level: _builtins.int
+    @_builtins.property
+    def rewards(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reward]:
+        """What passing it granted (the level's rewards when it was passed)."""
+
+    @_builtins.property
+    def granted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        level: _builtins.int = ...,
+        rewards: _abc.Iterable[Global___Reward] | None = ...,
+        granted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["granted_at", b"granted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted_at", b"granted_at", "level", b"level", "rewards", b"rewards"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LevelReached: _TypeAlias = LevelReached  # noqa: Y015
+
+@_typing.final
+class ListLevelsReachedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    LEVELS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___LevelReached]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        levels: _abc.Iterable[Global___LevelReached] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["levels", b"levels", "next_page_token", b"next_page_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLevelsReachedResponse: _TypeAlias = ListLevelsReachedResponse  # noqa: Y015

@@ -58,6 +58,11 @@ class LevelsServiceStub:
                 request_serializer=rewards_dot_v1_dot_levels__pb2.CheckLevelUpRequest.SerializeToString,
                 response_deserializer=rewards_dot_v1_dot_levels__pb2.LevelUpResult.FromString,
                 _registered_method=True)
+        self.ListLevelsReached = channel.unary_unary(
+                '/rewards.v1.LevelsService/ListLevelsReached',
+                request_serializer=rewards_dot_v1_dot_levels__pb2.ListLevelsReachedRequest.SerializeToString,
+                response_deserializer=rewards_dot_v1_dot_levels__pb2.ListLevelsReachedResponse.FromString,
+                _registered_method=True)
 
 
 class LevelsServiceServicer:
@@ -75,7 +80,7 @@ class LevelsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListLevels(self, request, context):
-        """Every defined level, in level order.
+        """The defined levels, in level order, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +99,14 @@ class LevelsServiceServicer:
         one of them reports (and grants) a given level's rewards. A level-up
         belongs to the request_id that made it: a repeat with that request_id
         reports the same levels again and grants nothing more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLevelsReached(self, request, context):
+        """The levels a user passed, in level order, each with the rewards granted
+        for it: a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +134,11 @@ def add_LevelsServiceServicer_to_server(servicer, server):
                     servicer.CheckLevelUp,
                     request_deserializer=rewards_dot_v1_dot_levels__pb2.CheckLevelUpRequest.FromString,
                     response_serializer=rewards_dot_v1_dot_levels__pb2.LevelUpResult.SerializeToString,
+            ),
+            'ListLevelsReached': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLevelsReached,
+                    request_deserializer=rewards_dot_v1_dot_levels__pb2.ListLevelsReachedRequest.FromString,
+                    response_serializer=rewards_dot_v1_dot_levels__pb2.ListLevelsReachedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -235,6 +253,33 @@ class LevelsService:
             '/rewards.v1.LevelsService/CheckLevelUp',
             rewards_dot_v1_dot_levels__pb2.CheckLevelUpRequest.SerializeToString,
             rewards_dot_v1_dot_levels__pb2.LevelUpResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLevelsReached(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewards.v1.LevelsService/ListLevelsReached',
+            rewards_dot_v1_dot_levels__pb2.ListLevelsReachedRequest.SerializeToString,
+            rewards_dot_v1_dot_levels__pb2.ListLevelsReachedResponse.FromString,
             options,
             channel_credentials,
             insecure,

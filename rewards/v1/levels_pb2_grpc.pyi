@@ -40,7 +40,7 @@ class LevelsServiceStub:
     PutLevel: _grpc.UnaryUnaryMultiCallable[_levels_pb2.PutLevelRequest, _levels_pb2.Level]
     """Creates or replaces one level of the table. Returns the stored level."""
     ListLevels: _grpc.UnaryUnaryMultiCallable[_levels_pb2.ListLevelsRequest, _levels_pb2.ListLevelsResponse]
-    """Every defined level, in level order."""
+    """The defined levels, in level order, a page at a time."""
     DeleteLevel: _grpc.UnaryUnaryMultiCallable[_levels_pb2.DeleteLevelRequest, _levels_pb2.DeleteLevelResponse]
     """Removes a level. NOT_FOUND when it is not defined."""
     CheckLevelUp: _grpc.UnaryUnaryMultiCallable[_levels_pb2.CheckLevelUpRequest, _levels_pb2.LevelUpResult]
@@ -49,6 +49,10 @@ class LevelsServiceStub:
     one of them reports (and grants) a given level's rewards. A level-up
     belongs to the request_id that made it: a repeat with that request_id
     reports the same levels again and grants nothing more.
+    """
+    ListLevelsReached: _grpc.UnaryUnaryMultiCallable[_levels_pb2.ListLevelsReachedRequest, _levels_pb2.ListLevelsReachedResponse]
+    """The levels a user passed, in level order, each with the rewards granted
+    for it: a page at a time.
     """
 
 @_typing.type_check_only
@@ -63,7 +67,7 @@ class LevelsServiceAsyncStub(LevelsServiceStub):
     PutLevel: _aio.UnaryUnaryMultiCallable[_levels_pb2.PutLevelRequest, _levels_pb2.Level]  # type: ignore[assignment]
     """Creates or replaces one level of the table. Returns the stored level."""
     ListLevels: _aio.UnaryUnaryMultiCallable[_levels_pb2.ListLevelsRequest, _levels_pb2.ListLevelsResponse]  # type: ignore[assignment]
-    """Every defined level, in level order."""
+    """The defined levels, in level order, a page at a time."""
     DeleteLevel: _aio.UnaryUnaryMultiCallable[_levels_pb2.DeleteLevelRequest, _levels_pb2.DeleteLevelResponse]  # type: ignore[assignment]
     """Removes a level. NOT_FOUND when it is not defined."""
     CheckLevelUp: _aio.UnaryUnaryMultiCallable[_levels_pb2.CheckLevelUpRequest, _levels_pb2.LevelUpResult]  # type: ignore[assignment]
@@ -72,6 +76,10 @@ class LevelsServiceAsyncStub(LevelsServiceStub):
     one of them reports (and grants) a given level's rewards. A level-up
     belongs to the request_id that made it: a repeat with that request_id
     reports the same levels again and grants nothing more.
+    """
+    ListLevelsReached: _aio.UnaryUnaryMultiCallable[_levels_pb2.ListLevelsReachedRequest, _levels_pb2.ListLevelsReachedResponse]  # type: ignore[assignment]
+    """The levels a user passed, in level order, each with the rewards granted
+    for it: a page at a time.
     """
 
 class LevelsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -95,7 +103,7 @@ class LevelsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _levels_pb2.ListLevelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_levels_pb2.ListLevelsResponse, _abc.Awaitable[_levels_pb2.ListLevelsResponse]]:
-        """Every defined level, in level order."""
+        """The defined levels, in level order, a page at a time."""
 
     @_abc_1.abstractmethod
     def DeleteLevel(
@@ -116,6 +124,16 @@ class LevelsServiceServicer(metaclass=_abc_1.ABCMeta):
         one of them reports (and grants) a given level's rewards. A level-up
         belongs to the request_id that made it: a repeat with that request_id
         reports the same levels again and grants nothing more.
+        """
+
+    @_abc_1.abstractmethod
+    def ListLevelsReached(
+        self,
+        request: _levels_pb2.ListLevelsReachedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_levels_pb2.ListLevelsReachedResponse, _abc.Awaitable[_levels_pb2.ListLevelsReachedResponse]]:
+        """The levels a user passed, in level order, each with the rewards granted
+        for it: a page at a time.
         """
 
 def add_LevelsServiceServicer_to_server(servicer: LevelsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -330,14 +330,26 @@ class UserProgress(_message.Message):
     UNLOCKED_ACHIEVEMENTS_FIELD_NUMBER: _builtins.int
     REWARDS_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    MORE_UNLOCKED_ACHIEVEMENTS_FIELD_NUMBER: _builtins.int
+    MORE_REWARDS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     total_xp: _builtins.int
     level: _builtins.int
+    more_unlocked_achievements: _builtins.bool
+    """True when the user holds more achievements than unlocked_achievements lists."""
+    more_rewards: _builtins.bool
+    """True when the user passed more levels than `rewards` covers."""
     @_builtins.property
-    def unlocked_achievements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def unlocked_achievements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The first 100 achievements the user holds, in id order:
+        AchievementsService.ListUserAchievements pages through all of them.
+        """
+
     @_builtins.property
     def rewards(self) -> _containers.RepeatedCompositeFieldContainer[_levels_pb2.Reward]:
-        """Every reward granted so far, in the order granted."""
+        """The rewards of the latest 10 levels passed, in the order granted;
+        LevelsService.ListLevelsReached pages through every level passed.
+        """
 
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
@@ -352,10 +364,12 @@ class UserProgress(_message.Message):
         unlocked_achievements: _abc.Iterable[_builtins.str] | None = ...,
         rewards: _abc.Iterable[_levels_pb2.Reward] | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        more_unlocked_achievements: _builtins.bool = ...,
+        more_rewards: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "rewards", b"rewards", "total_xp", b"total_xp", "unlocked_achievements", b"unlocked_achievements", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "more_rewards", b"more_rewards", "more_unlocked_achievements", b"more_unlocked_achievements", "rewards", b"rewards", "total_xp", b"total_xp", "unlocked_achievements", b"unlocked_achievements", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -32,7 +32,9 @@ class XpServiceStub:
     Limits: ids (user_id, activity_id, request_id, achievement_id) are at most
     128 characters, with no control characters and no surrounding white space;
     xp and amount are 0 to 1,000,000,000; name at most 200 characters,
-    description 2000, reason 256; page_size 1 to 100 (0 means 50).
+    description 2000, reason 256; page_size 1 to 100 (0 means 50). A user's
+    total_xp stops at 2^53: an award or grant that would pass it is
+    FAILED_PRECONDITION and writes nothing.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
     or throttling) and ABORTED (too much contention on one user) are safe to
     retry with the same request_id.
@@ -76,7 +78,9 @@ class XpServiceAsyncStub(XpServiceStub):
     Limits: ids (user_id, activity_id, request_id, achievement_id) are at most
     128 characters, with no control characters and no surrounding white space;
     xp and amount are 0 to 1,000,000,000; name at most 200 characters,
-    description 2000, reason 256; page_size 1 to 100 (0 means 50).
+    description 2000, reason 256; page_size 1 to 100 (0 means 50). A user's
+    total_xp stops at 2^53: an award or grant that would pass it is
+    FAILED_PRECONDITION and writes nothing.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
     or throttling) and ABORTED (too much contention on one user) are safe to
     retry with the same request_id.
@@ -116,7 +120,9 @@ class XpServiceServicer(metaclass=_abc_1.ABCMeta):
     Limits: ids (user_id, activity_id, request_id, achievement_id) are at most
     128 characters, with no control characters and no surrounding white space;
     xp and amount are 0 to 1,000,000,000; name at most 200 characters,
-    description 2000, reason 256; page_size 1 to 100 (0 means 50).
+    description 2000, reason 256; page_size 1 to 100 (0 means 50). A user's
+    total_xp stops at 2^53: an award or grant that would pass it is
+    FAILED_PRECONDITION and writes nothing.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE (DynamoDB unreachable
     or throttling) and ABORTED (too much contention on one user) are safe to
     retry with the same request_id.

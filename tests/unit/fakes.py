@@ -24,12 +24,14 @@ from achievements_service.domain import (
     AchievementChanged,
     AchievementNotFound,
     AlreadyUnlocked,
+    OwedPaid,
     Requirements,
     RequirementsNotHeld,
     RewardPaidBefore,
     Unlock,
 )
 from common.models import (
+    MAX_TOTAL_XP,
     LedgerEntry,
     Level,
     LevelReached,
@@ -37,6 +39,7 @@ from common.models import (
     LevelUpOutcome,
     ProgressRecord,
     Reward,
+    TotalXpLimitReached,
     VersionedLevelTable,
     utc_now_iso,
 )
@@ -90,6 +93,7 @@ class FakeXpRepository:
         self.ledger: dict[tuple[str, str], LedgerEntry] = {}
         self.progress: dict[str, ProgressRecord] = {}
         self.reached: dict[str, list[LevelReached]] = {}
+        self.held: dict[str, set[str]] = {}  # the user_achievements records, as XP reads them
         self.start_level_value = start_level
         self.version = level_table_version
         # Knobs.
@@ -155,6 +159,8 @@ class FakeXpRepository:
         existing = self.ledger.get(key)
         if existing is not None:
             raise DuplicateRequest(existing)
+        if self.progress.get(entry.user_id, ProgressRecord(entry.user_id)).total_xp + entry.xp > MAX_TOTAL_XP:
+            raise TotalXpLimitReached(entry.user_id, entry.xp)
         if activity is not None:
             current = self.catalog.get(activity.activity_id)
             if current is None or current.xp != activity.xp:
@@ -179,9 +185,13 @@ class FakeXpRepository:
         self.ledger[(user_id, entry_id)] = replace(self.ledger[(user_id, entry_id)], level_check_deferred=True)
         self.progress[user_id] = replace(self.progress.get(user_id, ProgressRecord(user_id)), deferred_check=entry_id)
 
-    async def rewards_granted(self, user_id: str) -> tuple[Reward, ...]:
+    async def unlocked_achievement_ids(self, user_id: str, limit: int) -> tuple[tuple[str, ...], bool]:
+        ids = tuple(sorted(self.held.get(user_id, ())))
+        return ids[:limit], len(ids) > limit
+
+    async def latest_rewards(self, user_id: str, levels: int) -> tuple[tuple[Reward, ...], bool]:
         reached = sorted(self.reached.get(user_id, []), key=lambda r: r.level)
-        return tuple(r for level in reached for r in level.rewards)
+        return tuple(r for level in reached[-levels:] for r in level.rewards), len(reached) > levels
 
     async def start_level(self) -> int:
         return self.start_level_value
@@ -281,7 +291,9 @@ class FakeLevelsRepository:
 
     # --- the level table ----------------------------------------------------------
 
-    async def put_level(self, level: Level) -> None:
+    async def put_level(self, level: Level, expected_version: int) -> None:
+        if expected_version != self.table_version:
+            raise LevelTableChanged(expected_version)
         self.store_table([*(l for l in self.table.levels if l.level != level.level), level], refresh_cache=True)
 
     async def delete_level(self, level: int) -> None:
@@ -313,6 +325,14 @@ class FakeLevelsRepository:
         levels = tuple(sorted(record.levels))  # none: the check found nothing due
         target = record.target_level if record.target_level is not None else max(levels, default=0)
         return progress, LevelCheck(check_id, record.previous_level, levels, target)
+
+    async def levels_reached_page(
+        self, user_id: str, page_size: int, after_level: int
+    ) -> tuple[list[LevelReached], bool]:
+        reached = [
+            self.reached[(u, level)] for (u, level) in sorted(self.reached) if u == user_id and level > after_level
+        ]
+        return reached[:page_size], len(reached) > page_size
 
     async def levels_reached(self, user_id: str, levels: tuple[int, ...]) -> list[LevelReached]:
         found = [self.reached[(user_id, level)] for level in levels if (user_id, level) in self.reached]
@@ -452,11 +472,7 @@ class FakeAchievementsRepository:
         """An unlock recorded earlier, with its place in the progress."""
         self.unlocks[(unlock.user_id, unlock.achievement_id)] = unlock
         record = self.progress.get(unlock.user_id, ProgressRecord(unlock.user_id))
-        self.progress[unlock.user_id] = replace(
-            record,
-            unlocked_achievements=record.unlocked_achievements | {unlock.achievement_id},
-            updated_at=unlock.unlocked_at,
-        )
+        self.progress[unlock.user_id] = replace(record, holds_achievements=True, updated_at=unlock.unlocked_at)
 
     def pay(self, entry: LedgerEntry) -> None:
         """The ledger entry and its XP in the total."""
@@ -504,17 +520,22 @@ class FakeAchievementsRepository:
     async def get_unlock(self, user_id: str, achievement_id: str) -> Unlock | None:
         return self.unlocks.get((user_id, achievement_id))
 
-    async def list_unlocks(self, user_id: str) -> list[Unlock]:
-        found = [u for (owner, _), u in self.unlocks.items() if owner == user_id]
-        return sorted(found, key=lambda u: (u.unlocked_at, u.achievement_id))
+    async def list_unlocks(self, user_id: str, page_size: int, page_token: str) -> tuple[list[Unlock], str]:
+        page, token = _page([a for (owner, a) in self.unlocks if owner == user_id], page_size, page_token)
+        return [self.unlocks[(user_id, a)] for a in page], token
 
-    @staticmethod
-    def _guard_holds(record: ProgressRecord | None, requirements: Requirements, start_level: int) -> bool:
-        """achievements_service.storage.requirements_guard, evaluated on the stored item."""
+    async def unlocked_among(self, user_id: str, achievement_ids: tuple[str, ...]) -> frozenset[str]:
+        return frozenset(a for a in achievement_ids if (user_id, a) in self.unlocks)
+
+    def _guard_holds(
+        self, user_id: str, record: ProgressRecord | None, requirements: Requirements, start_level: int
+    ) -> bool:
+        """achievements_service.storage's requirements: the ConditionChecks of the
+        required unlock records and requirements_guard on the stored progress item."""
+        if any((user_id, a) not in self.unlocks for a in requirements.required_achievements):
+            return False
         if record is None:  # a missing item: only the attribute_not_exists parts hold
             record = ProgressRecord("")
-        if any(a not in record.unlocked_achievements for a in requirements.required_achievements):
-            return False
         if requirements.min_total_xp and record.total_xp < requirements.min_total_xp:
             return False
         if requirements.min_level:
@@ -543,7 +564,8 @@ class FakeAchievementsRepository:
         if self.fail_next_requirements_guard:
             self.fail_next_requirements_guard = False
             raise RequirementsNotHeld(achievement.achievement_id)
-        if not self._guard_holds(record, achievement.requirements, start_level):
+        room = payment is None or (record or ProgressRecord("")).total_xp + payment.xp <= MAX_TOTAL_XP
+        if not room or not self._guard_holds(unlock.user_id, record, achievement.requirements, start_level):
             raise RequirementsNotHeld(achievement.achievement_id)
         self.seed_unlock(unlock)
         if payment is not None:
@@ -552,16 +574,18 @@ class FakeAchievementsRepository:
             self.lose_next_record_answers -= 1
             raise AlreadyUnlocked(unlock)
 
-    async def pay_owed_unlock_once(self, unlock: Unlock) -> bool:
+    async def pay_owed_unlock_once(self, unlock: Unlock, marker: str) -> OwedPaid | None:
         key = (unlock.user_id, unlock.achievement_id)
         stored = self.unlocks.get(key)
         if stored is None or stored.xp_granted:
-            return False
+            return None
         payment = unlock.payment()
-        if (payment.user_id, payment.entry_id) not in self.ledger:
-            self.pay(payment)
         self.unlocks[key] = replace(stored, xp_granted=True)
-        return True
+        earlier = self.ledger.get((payment.user_id, payment.entry_id))
+        if earlier is not None:
+            return OwedPaid(earlier.xp, by_this_call=False)
+        self.pay(payment)
+        return OwedPaid(payment.xp, by_this_call=True)
 
     async def start_level(self) -> int:
         self.start_level_calls += 1

@@ -42,8 +42,16 @@ def setup(
     return Setup(progress, start_level, answer)
 
 
-def user(total_xp: int, level: int | None = 1, unlocked: frozenset[str] = frozenset()) -> ProgressRecord:
-    return ProgressRecord(USER, total_xp=total_xp, level=level, unlocked_achievements=unlocked, updated_at=EARLIER)
+def user(total_xp: int, level: int | None = 1) -> ProgressRecord:
+    return ProgressRecord(USER, total_xp=total_xp, level=level, updated_at=EARLIER)
+
+
+def holding_first(s: Setup) -> Setup:
+    """The user already holds `first` (paid), with the progress as given."""
+    progress = s.repository.progress[USER]
+    s.repository.seed_unlock(replace(owed(), xp_granted=True))
+    s.repository.seed_progress(replace(progress, holds_achievements=True))
+    return s
 
 
 def unlock(s: Setup, achievement_id: str = "first", request_id: str = "u1") -> UnlockOutcome:
@@ -72,7 +80,7 @@ def test_an_unlock_is_recorded_and_paid_in_one_write_and_its_level_up_reported()
     assert payment is not None and (payment.entry_id, payment.kind, payment.xp) == ("ach#first", ACHIEVEMENT, 50)
     stored = s.repository.unlocks[(USER, "first")]
     assert (stored.xp_reward, stored.xp_granted, stored.request_id) == (50, True, "u1")
-    assert s.repository.progress[USER].unlocked_achievements == frozenset({"first"})
+    assert s.repository.progress[USER].holds_achievements is True
     assert s.repository.progress[USER].total_xp == 150
     assert paid_xp(s) == {"ach#first": 50}
     assert s.levels.calls == [(USER, "ach#first")]  # the check is named after the payment, for repeats
@@ -135,7 +143,7 @@ def test_unmet_requirements_are_refused_with_each_violation_and_nothing_written(
 
 
 def test_a_user_never_checked_is_held_to_the_start_level_read_only_when_a_level_is_required() -> None:
-    s = setup(user(600, level=None, unlocked=frozenset({"first"})), start_level=2)
+    s = holding_first(setup(user(600, level=None), start_level=2))
 
     with pytest.raises(RequirementsNotMet) as refused:
         unlock(s, "veteran")
@@ -147,24 +155,24 @@ def test_a_user_never_checked_is_held_to_the_start_level_read_only_when_a_level_
 
 
 def test_a_user_never_checked_meets_a_min_level_that_the_start_level_meets() -> None:
-    s = setup(user(600, level=None, unlocked=frozenset({"first"})), start_level=3)
+    s = holding_first(setup(user(600, level=None), start_level=3))
 
     outcome = unlock(s, "veteran")
 
     assert (outcome.xp_awarded, outcome.level_up) == (100, LEVEL_2)  # the total as the level check answered
     assert s.repository.progress[USER].total_xp == 700
-    assert s.repository.progress[USER].unlocked_achievements == frozenset({"first", "veteran"})
+    assert sorted(a for _, a in s.repository.unlocks) == ["first", "veteran"]
 
 
 def test_requirements_broken_at_the_write_but_met_again_ask_for_a_retry() -> None:
-    s = setup(user(600, level=3, unlocked=frozenset({"first"})))
+    s = holding_first(setup(user(600, level=3)))
     s.repository.fail_next_requirements_guard = True
 
     with pytest.raises(RequirementsNotMet) as refused:
         unlock(s, "veteran")
 
     assert refused.value.violations == [("progress", "changed while unlocking; retry")]
-    assert s.repository.unlocks == {}
+    assert (USER, "veteran") not in s.repository.unlocks
 
 
 # --- the catalog copy ---------------------------------------------------------------------------
@@ -216,6 +224,23 @@ def test_a_reward_a_grant_paid_before_the_unlock_is_not_paid_twice() -> None:
     stored = s.repository.unlocks[(USER, "first")]
     assert (stored.xp_granted, stored.xp_reward) == (True, 30)  # what was paid, as rewardsctl verify expects
     assert paid_xp(s) == {"ach#first": 30}
+
+
+def test_a_reward_paid_before_and_a_catalog_change_meanwhile_read_the_entry_again() -> None:
+    s = setup(user(100))
+    s.repository.pay(replace(owed().payment(), xp=30))
+
+    async def another_replica_changes_it() -> None:
+        s.repository.seed_achievement(FIRST)
+
+    s.repository.before_record_unlock.extend([None, another_replica_changes_it])
+
+    outcome = unlock(s)
+
+    assert (outcome.already_unlocked, outcome.xp_awarded, outcome.total_xp) == (False, 0, 130)
+    # Paying, refused (paid before); not paying, refused (the entry changed); not paying, written.
+    assert [p is not None for _, p in s.repository.record_calls] == [True, False, False]
+    assert s.repository.unlocks[(USER, "first")].xp_reward == 30
 
 
 # --- repeats --------------------------------------------------------------------------------
@@ -292,12 +317,13 @@ def test_an_unlock_still_owing_xp_is_paid_by_the_repeat_which_reports_it() -> No
 def test_an_owed_unlock_whose_grant_completed_is_marked_without_paying_again() -> None:
     s = setup(user(100))
     s.repository.seed_unlock(owed())
-    s.repository.pay(owed().payment())  # the earlier version's grant landed; its mark did not
+    s.repository.pay(replace(owed().payment(), xp=40))  # an earlier version's grant landed (40); its mark did not
 
     outcome = unlock(s)
 
-    assert (outcome.already_unlocked, outcome.xp_awarded, outcome.total_xp) == (True, 50, 150)
-    assert paid_xp(s) == {"ach#first": 50}
+    assert (outcome.already_unlocked, outcome.xp_awarded) == (True, 40)  # what was paid
+    assert s.repository.progress[USER].total_xp == 140
+    assert paid_xp(s) == {"ach#first": 40}
     assert s.repository.unlocks[(USER, "first")].xp_granted is True
 
 
@@ -320,9 +346,24 @@ def test_a_users_achievements_list_each_unlock_with_its_catalog_entry_if_any() -
     s.repository.seed_unlock(replace(owed(), xp_granted=True))
     s.repository.seed_unlock(Unlock(USER, "gone", "2024-01-03T00:00:00.000000Z", 5, True))
 
-    views = asyncio.run(s.achievements.list_user_achievements(USER))
+    first_page, token = asyncio.run(s.achievements.list_user_achievements(USER, 1, ""))
+    second_page, last = asyncio.run(s.achievements.list_user_achievements(USER, 1, token))
 
-    assert views == [
-        UserAchievementView(replace(owed(), xp_granted=True), s.catalog["first"]),
-        UserAchievementView(Unlock(USER, "gone", "2024-01-03T00:00:00.000000Z", 5, True), None),
-    ]
+    assert first_page == [UserAchievementView(replace(owed(), xp_granted=True), s.catalog["first"])]
+    assert second_page == [UserAchievementView(Unlock(USER, "gone", "2024-01-03T00:00:00.000000Z", 5, True), None)]
+    assert (token, last) == ("first", "")
+
+
+# --- what a player holds does not grow the progress item ---------------------------------------------
+
+
+def test_a_required_achievement_is_checked_on_its_unlock_record_not_on_the_progress_item() -> None:
+    s = setup(user(600, level=3))
+    s.repository.seed_progress(replace(user(600, level=3), holds_achievements=True))  # holds others, not `first`
+
+    with pytest.raises(RequirementsNotMet) as refused:
+        unlock(s, "veteran")
+    assert refused.value.violations == [("required_achievements/first", "achievement 'first' must be unlocked first")]
+
+    unlock(s, "first")
+    assert unlock(s, "veteran").xp_awarded == 100

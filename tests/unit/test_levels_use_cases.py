@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from common.errors import ContentionExhausted
+from common.errors import ContentionExhausted, InvalidField
 from common.models import Level, LevelUpOutcome, ProgressRecord, Reward
-from levels_service.domain import MAX_LEVELS_PER_STEP, LevelUpPlan
+from levels_service.domain import MAX_LEVELS_PER_STEP, LevelUpPlan, TooManyRewardIds
 from levels_service.use_cases import Levels
 from tests.unit.fakes import CheckRecord, FakeLevelsRepository, GrantCall, PinCall, stored_progress
 
@@ -28,7 +28,8 @@ LONG = tuple(Level(n, (n - 1) * 10, (Reward("gem", n),)) for n in range(1, 251))
 
 
 def long_rewards(first: int, last: int) -> tuple[Reward, ...]:
-    return tuple(Reward("gem", n) for n in range(first, last + 1))
+    """The answer's one line for `gem`: the levels' quantities summed."""
+    return (Reward("gem", sum(range(first, last + 1))),)
 
 
 def levels_between(first: int, last: int) -> tuple[Level, ...]:
@@ -161,9 +162,7 @@ def test_a_level_up_in_one_step_grants_each_level_passed_once() -> None:
 
     outcome = check(repository, "r1")
 
-    assert outcome == LevelUpOutcome(
-        USER, True, 1, 3, 260, (Reward("coins", 10), Reward("gems", 1), Reward("coins", 20)), 500
-    )
+    assert outcome == LevelUpOutcome(USER, True, 1, 3, 260, (Reward("coins", 30), Reward("gems", 1)), 500)
     assert repository.grant_calls == [
         GrantCall(USER, LevelUpPlan(1, 3, (L2, L3)), "r1", 3, 250, 500, 1, continuing=False)
     ]
@@ -267,9 +266,7 @@ def test_a_repeat_of_a_request_id_replays_its_answer_and_grants_nothing_more() -
     repeat = check(repository, "r1")
 
     assert repeat == first
-    assert repeat == LevelUpOutcome(
-        USER, True, 1, 3, 260, (Reward("coins", 10), Reward("gems", 1), Reward("coins", 20)), 500
-    )
+    assert repeat == LevelUpOutcome(USER, True, 1, 3, 260, (Reward("coins", 30), Reward("gems", 1)), 500)
     assert len(repository.grant_calls) == 1
     assert repository.pin_calls == []
 
@@ -326,9 +323,7 @@ def test_a_lost_race_is_retried_and_then_granted() -> None:
 
     outcome = check(repository, "r1")
 
-    assert outcome == LevelUpOutcome(
-        USER, True, 1, 3, 260, (Reward("coins", 10), Reward("gems", 1), Reward("coins", 20)), 500
-    )
+    assert outcome == LevelUpOutcome(USER, True, 1, 3, 260, (Reward("coins", 30), Reward("gems", 1)), 500)
     assert len(repository.grant_calls) == 2
     assert repository.grant_calls[0] == repository.grant_calls[1]
     assert repository.levels_of(USER) == [2, 3]
@@ -346,7 +341,7 @@ def test_a_race_lost_to_another_check_reports_no_level_up_of_its_own() -> None:
 
     outcome = check(repository, "r1")
 
-    rewards = (Reward("coins", 10), Reward("gems", 1), Reward("coins", 20))
+    rewards = (Reward("coins", 30), Reward("gems", 1))
     assert answers == [LevelUpOutcome(USER, True, 1, 3, 260, rewards, 500)]
     assert outcome == LevelUpOutcome(USER, False, 3, 3, 260, (), 500)
     assert {repository.reached[(USER, n)].check_id for n in (2, 3)} == {"other"}
@@ -490,3 +485,44 @@ def test_a_repeat_whose_first_call_never_checked_grants_after_the_wait() -> None
 
     assert outcome == LevelUpOutcome(USER, True, 2, 3, 300, L3.rewards, 500)
     assert repository.checks == {(USER, "r1"): CheckRecord({3}, 2, 3)}
+
+
+# --- the level table's reward ids ------------------------------------------------------------
+
+
+def test_a_level_that_would_take_the_table_past_a_thousand_reward_ids_is_refused() -> None:
+    repository = FakeLevelsRepository(
+        [Level(n, n * 10, tuple(Reward(f"r{n}-{k}", 1) for k in range(50))) for n in range(1, 21)]  # 1,000 ids
+    )
+    levels = Levels(repository)
+
+    with pytest.raises(TooManyRewardIds, match="at most 1000 distinct reward ids; with this level it would use 1001"):
+        asyncio.run(levels.put_level(Level(21, 500, (Reward("new", 1),))))
+    assert [l.level for l in repository.table.levels][-1] == 20
+    # Reusing ids is fine, and so is replacing a level's own ids.
+    asyncio.run(levels.put_level(Level(21, 500, (Reward("r1-0", 5),))))
+    asyncio.run(levels.put_level(Level(20, 200, tuple(Reward(f"other-{k}", 1) for k in range(50)))))
+    assert len({r.reward_id for l in repository.table.levels for r in l.rewards}) == 1000
+
+
+def test_a_level_put_on_a_stale_copy_of_the_table_is_checked_again_on_the_new_one() -> None:
+    repository = FakeLevelsRepository(STANDARD)
+    repository.store_table([*STANDARD, Level(9, 900, tuple(Reward(f"x{k}", 1) for k in range(50)))])  # not cached
+
+    asyncio.run(Levels(repository).put_level(Level(10, 1000, (Reward("coins", 1),))))
+
+    assert repository.at_least_calls == [repository.table_version - 1]
+    assert [l.level for l in repository.table.levels][-2:] == [9, 10]
+
+
+@pytest.mark.parametrize("token", ["²", "0", "abc", "1000001", "-1"])
+def test_a_page_token_the_listing_did_not_issue_is_invalid_argument(token: str) -> None:
+    with pytest.raises(InvalidField, match="page_token is not a token this listing issued"):
+        asyncio.run(Levels(FakeLevelsRepository(STANDARD)).list_levels(10, token))
+
+
+def test_the_level_table_pages_in_level_order() -> None:
+    levels = Levels(FakeLevelsRepository(STANDARD))
+    first, token = asyncio.run(levels.list_levels(2, ""))
+    rest, last = asyncio.run(levels.list_levels(10, token))
+    assert [l.level for l in (*first, *rest)] == [l.level for l in STANDARD] and (token, last) == ("2", "")
