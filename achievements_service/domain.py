@@ -240,4 +240,5 @@ class AchievementsRepository(LevelCheckStore, Protocol):
         marks it paid, in one transaction; if its ledger entry was written but
         the unlock not marked, marks it only. None for every call but the one
         that marked it (the caller's marker, written with the mark, makes the
-        client's own retry of that write still the one)."""
+        client's own retry of that write still the one). Raises
+        TotalXpLimitReached when the reward would take the total past MAX_TOTAL_XP."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from achievements_service.domain import Achievement, Requirements
 from achievements_service.use_cases import Achievements, UnlockOutcome
@@ -109,9 +108,7 @@ class AchievementsServicer(achievements_pb2_grpc.AchievementsServiceServicer):
         response = achievements_pb2.ListUserAchievementsResponse(user_id=user_id, next_page_token=token)
         for view in views:
             item = response.achievements.add(achievement_id=view.unlock.achievement_id, xp_reward=view.unlock.xp_reward)
-            stamp = Timestamp()
-            stamp.FromJsonString(view.unlock.unlocked_at)
-            item.unlocked_at.CopyFrom(stamp)
+            item.unlocked_at.FromJsonString(view.unlock.unlocked_at)
             if view.achievement is not None:
                 item.achievement.CopyFrom(achievement_to_message(view.achievement))
         return response

@@ -43,7 +43,7 @@ from common.dynamodb import (
     transact_write,
     update_item_once,
 )
-from common.models import MAX_TOTAL_XP, LedgerEntry, ProgressRecord, utc_now_iso
+from common.models import MAX_TOTAL_XP, LedgerEntry, ProgressRecord, TotalXpLimitReached, utc_now_iso
 
 
 def _achievement_to_values(achievement: Achievement) -> dict[str, Any]:
@@ -316,16 +316,21 @@ class DynamoDBAchievementsRepository:
                             "TableName": self._progress,
                             "Key": {"user_id": attr(unlock.user_id)},
                             "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
-                            "ExpressionAttributeValues": to_item({":xp": payment.xp, ":now": utc_now_iso()}),
+                            "ConditionExpression": "attribute_not_exists(total_xp) OR total_xp <= :room",
+                            "ExpressionAttributeValues": to_item(
+                                {":xp": payment.xp, ":now": utc_now_iso(), ":room": MAX_TOTAL_XP - payment.xp}
+                            ),
                         }
                     },
                 ],
             )
             return OwedPaid(payment.xp, by_this_call=True)
         except TransactionCancelled as cancelled:
-            mark_failed, entry_failed, _ = _failed_conditions(cancelled, 3)
+            mark_failed, entry_failed, no_room = _failed_conditions(cancelled, 3)
             if mark_failed:
                 return None  # marked paid by another call
+            if no_room and not entry_failed:
+                raise TotalXpLimitReached(unlock.user_id, payment.xp) from None
             if not entry_failed:
                 raise
             entry = from_item(cancelled.reasons[1].item or {})

@@ -109,7 +109,7 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
         TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem")),
         # The level table's version item (is a level-up due?), and the table for a new user's start level.
         TableAccess(LEVELS, ("GetItem", "Scan")),
-        # GetProgress lists every reward granted.
+        # GetProgress lists the rewards of the latest levels passed.
         TableAccess(LEVEL_REWARDS, ("Query",)),
         # GetProgress lists the first achievements a user holds (their unlock records).
         TableAccess(USER_ACHIEVEMENTS, ("Query",)),
@@ -118,11 +118,14 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
         # The achievement catalog; ListUserAchievements batch-reads the unlocked ones; the unlock's
         # transaction checks the revision of the entry it was decided on (ConditionCheck).
         TableAccess(ACHIEVEMENTS, ("PutItem", "GetItem", "DeleteItem", "Scan", "BatchGetItem", "ConditionCheckItem")),
-        # record_unlock_once's transaction puts the unlock; a repeat whose achievement left reads it;
-        # pay_owed_unlock_once marks an unlock an earlier version left owing XP.
-        TableAccess(USER_ACHIEVEMENTS, ("PutItem", "GetItem", "UpdateItem", "Query")),
-        # The unlock's transaction adds to unlocked_achievements (guarded by the requirements) and
-        # to total_xp; the progress read after it says whether a level-up may be due.
+        # record_unlock_once's transaction puts the unlock and checks the required ones
+        # (ConditionCheck); a refusal batch-reads which are held; a repeat whose achievement left
+        # reads it; pay_owed_unlock_once marks an unlock an earlier version left owing XP.
+        TableAccess(
+            USER_ACHIEVEMENTS, ("PutItem", "GetItem", "UpdateItem", "Query", "ConditionCheckItem", "BatchGetItem")
+        ),
+        # The unlock's transaction notes holds_achievements and adds to total_xp (guarded by the
+        # requirements); the progress read after it says whether a level-up may be due.
         TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem")),
         # The unlock's transaction puts the reward's ledger entry; a deferred level check is noted on it.
         TableAccess(XP_LEDGER, ("PutItem", "UpdateItem")),

@@ -53,11 +53,14 @@ class TooManyRewardIds(PreconditionFailed):
 
 
 def check_reward_ids(table: LevelTable, level: Level) -> None:
-    """The table with `level` put into it uses at most MAX_REWARD_IDS reward ids."""
-    ids = {r.reward_id for other in table.levels if other.level != level.level for r in other.rewards}
-    ids.update(r.reward_id for r in level.rewards)
-    if len(ids) > MAX_REWARD_IDS:
-        raise TooManyRewardIds(len(ids))
+    """The table with `level` put into it uses at most MAX_REWARD_IDS reward
+    ids, or no more than it did (so a table over the limit, from before it,
+    can still be cut down level by level)."""
+    before = {r.reward_id for other in table.levels for r in other.rewards}
+    after = {r.reward_id for other in table.levels if other.level != level.level for r in other.rewards}
+    after.update(r.reward_id for r in level.rewards)
+    if len(after) > MAX_REWARD_IDS and len(after) > len(before):
+        raise TooManyRewardIds(len(after))
 
 
 @dataclass(frozen=True)

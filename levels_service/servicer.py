@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from common import field_rules
 from common.errors import InvalidField
@@ -81,7 +80,5 @@ class LevelsServicer(levels_pb2_grpc.LevelsServiceServicer):
                 rewards=[levels_pb2.Reward(reward_id=r.reward_id, quantity=r.quantity) for r in level.rewards],
             )
             if level.granted_at:
-                stamp = Timestamp()
-                stamp.FromJsonString(level.granted_at)
-                item.granted_at.CopyFrom(stamp)
+                item.granted_at.FromJsonString(level.granted_at)
         return response

@@ -11,6 +11,7 @@ from common.dynamodb import (
     LEVEL_REWARDS,
     USER_PROGRESS,
     DynamoDBClient,
+    DynamoDBError,
     LevelTableCache,
     TransactionCancelled,
     attr,
@@ -25,6 +26,7 @@ from common.dynamodb import (
     version_bump,
     version_check,
 )
+from common.dynamodb.progress_item import move_unlocked_ids_out_of_progress
 from common.models import Level, LevelReached, ProgressRecord, VersionedLevelTable, utc_now_iso
 from levels_service.domain import (
     LevelChangedConcurrently,
@@ -239,6 +241,8 @@ class DynamoDBLevelsRepository:
             await transact_write(self._client, items)
         except TransactionCancelled as cancelled:
             reasons = cancelled.reasons
+            if reasons and reasons[0].code == "ValidationError" and await self._make_room(user_id):
+                raise LevelChangedConcurrently(user_id) from None  # made room: plan it again
             if "ConditionalCheckFailed" not in cancelled.codes:
                 raise  # not a lost race (a validation or size limit): retrying would not help
             if len(reasons) > 1 and reasons[1].code == "ConditionalCheckFailed":
@@ -268,17 +272,25 @@ class DynamoDBLevelsRepository:
         else:
             condition += "#l = :expected"
             values[":expected"] = expected_level
-        return await update_item_once(
-            self._client,
-            {
-                "TableName": self._progress,
-                "Key": {"user_id": attr(user_id)},
-                "UpdateExpression": "SET #l = :l, next_level_xp = :next, level_version = :version",
-                "ConditionExpression": condition,
-                "ExpressionAttributeNames": {"#l": "level"},
-                "ExpressionAttributeValues": to_item(values),
-            },
-        )
+        pin = {
+            "TableName": self._progress,
+            "Key": {"user_id": attr(user_id)},
+            "UpdateExpression": "SET #l = :l, next_level_xp = :next, level_version = :version",
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": {"#l": "level"},
+            "ExpressionAttributeValues": to_item(values),
+        }
+        try:
+            return await update_item_once(self._client, pin)
+        except DynamoDBError as error:
+            if error.code != "ValidationException" or not await self._make_room(user_id):
+                raise
+            return await update_item_once(self._client, pin)
+
+    async def _make_room(self, user_id: str) -> bool:
+        """A write that grows the progress item failed validation: the item
+        may be one an earlier version filled with unlocked ids."""
+        return await move_unlocked_ids_out_of_progress(self._client, self._prefix, user_id)
 
 
 _PROGRESS_ATTRIBUTES = (

@@ -216,6 +216,10 @@ class Levels:
 def _level_after(page_token: str) -> int:
     if not page_token:
         return 0
-    if not (page_token.isascii() and page_token.isdigit()) or not 1 <= int(page_token) <= MAX_LEVEL:
+    # Checked before int(): Python refuses to parse more than 4,300 digits.
+    if (
+        not (page_token.isascii() and page_token.isdigit() and len(page_token) <= 7)
+        or not 1 <= int(page_token) <= MAX_LEVEL
+    ):
         raise InvalidField("page_token", "is not a token this listing issued")
     return int(page_token)

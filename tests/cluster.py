@@ -107,14 +107,17 @@ class Cluster:
     def _factory(self, name: str) -> Callable[..., Any]:
         return {"levels": levels_server, "xp": xp_server, "achievements": achievements_server}[name].create_server
 
-    def start(self, name: str) -> None:
-        """Starts (or restarts, on its old port) one server."""
+    def start(self, name: str, dynamodb: DynamoDBClient | None = None) -> None:
+        """Starts (or restarts, on its old port) one server, on the shared
+        DynamoDB client or on `dynamodb` (a client of a dead endpoint, say)."""
         settings = replace(
             self.settings,
             levels_target=f"localhost:{self.ports.get('levels', 0)}",
             xp_target=f"localhost:{self.ports.get('xp', 0)}",
         )
-        server, port = self.loop.run(self._factory(name)(f"localhost:{self.ports.get(name, 0)}", settings, self.lean))
+        server, port = self.loop.run(
+            self._factory(name)(f"localhost:{self.ports.get(name, 0)}", settings, dynamodb or self.lean)
+        )
         self.loop.run(server.start())
         self._servers[name] = server
         self.ports[name] = port
@@ -153,3 +156,33 @@ def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
         call()
     return caught.value
+
+
+def fill_progress_to_the_byte(cluster: Cluster, user_id: str, **attributes: Any) -> None:
+    """A progress item as an earlier version could leave it: its unlocked ids
+    kept in it (`unlocked_achievements`), filled to DynamoDB's 400 KB, so that
+    any write that grows the item fails validation. `attributes` (DynamoDB
+    JSON) are put with it."""
+    held = [f"{i:04d}" + "\U00010348" * 120 for i in range(900)]  # about 430 KB in all
+
+    def put(ids: list[str]) -> bool:
+        try:
+            cluster.dynamodb.put_item(
+                TableName=cluster.table("user_progress"),
+                Item={"user_id": {"S": user_id}, "unlocked_achievements": {"SS": ids}, **attributes},
+            )
+            return True
+        except cluster.dynamodb.exceptions.ClientError as error:
+            assert error.response["Error"]["Code"] == "ValidationException", error
+            return False
+
+    low, high = 1, len(held)  # the most ids that fit, then one more id as long as still fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if put(held[:middle]) else (low, middle - 1)
+    fitting = held[:low]
+    short, long = 1, 2000
+    while short < long:
+        middle = (short + long + 1) // 2
+        short, long = (middle, long) if put([*fitting, "x" * middle]) else (short, middle - 1)
+    assert put([*fitting, "x" * short]) and not put([*fitting, "x" * (short + 1)])  # full to the byte

@@ -417,7 +417,9 @@ def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
     assert (
         achievements.GetAchievement(achievements_pb2.GetAchievementRequest(achievement_id="first-win")).xp_reward == 50
     )
-    assert len(achievements.ListAchievements(achievements_pb2.ListAchievementsRequest()).achievements) == 2
+    assert (
+        len(achievements.ListAchievements(achievements_pb2.ListAchievementsRequest()).achievements) == 2
+    )  # before "gate"
     achievements.DeleteAchievement(achievements_pb2.DeleteAchievementRequest(achievement_id="gone"))
     # A user never checked, so the min_level requirement reads the level table.
     unlocked = achievements.UnlockAchievement(
@@ -431,6 +433,24 @@ def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
     listed = achievements.ListUserAchievements(achievements_pb2.ListUserAchievementsRequest(user_id=unlocker))
     assert [a.achievement_id for a in listed.achievements] == ["first-win"]
     assert list(xp.GetProgress(xp_pb2.GetProgressRequest(user_id=unlocker)).unlocked_achievements) == ["first-win"]
+    # An achievement that requires another: checked on its unlock record (a ConditionCheck), and when
+    # it is not held, the refusal reads which are (a BatchGetItem).
+    achievements.PutAchievement(
+        achievements_pb2.PutAchievementRequest(
+            achievement=achievements_pb2.Achievement(
+                achievement_id="gate",
+                name="gate",
+                requirements=achievements_pb2.Requirements(required_achievements=["first-win"]),
+            )
+        )
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        achievements.UnlockAchievement(achievements_pb2.UnlockAchievementRequest(user_id=fresh, achievement_id="gate"))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    gate = achievements.UnlockAchievement(
+        achievements_pb2.UnlockAchievementRequest(user_id=unlocker, achievement_id="gate")
+    )
+    assert not gate.already_unlocked
     # An achievement that left the catalog: the unlock record is read for a repeat (none here).
     with pytest.raises(grpc.RpcError) as caught:
         achievements.UnlockAchievement(
@@ -485,7 +505,7 @@ def test_the_derived_least_privilege_table(template: dict[str, Any]) -> None:
         # The unlock's transaction checks the revision of the entry it was decided on (ConditionCheckItem).
         "achievements": ["BatchGetItem", "ConditionCheckItem", "DeleteItem", "GetItem", "PutItem", "Scan"],
         "levels": ["GetItem", "Scan"],
-        "user_achievements": ["GetItem", "PutItem", "Query", "UpdateItem"],
+        "user_achievements": ["BatchGetItem", "ConditionCheckItem", "GetItem", "PutItem", "Query", "UpdateItem"],
         "user_progress": ["GetItem", "UpdateItem"],
         # The unlock pays its reward in its own transaction.
         "xp_ledger": ["PutItem", "UpdateItem"],

@@ -113,12 +113,8 @@ def test_sdk_retries_stop_at_the_callers_deadline(
             dynamodb_max_attempts=3,
         )
     )
-    shared, c.lean = c.lean, hung  # XP restarts with a client of the hung endpoint
-    try:
-        c.stop("xp")
-        c.start("xp")
-    finally:
-        c.lean = shared
+    c.stop("xp")
+    c.start("xp", dynamodb=hung)  # XP restarts with a client of the hung endpoint
     try:
         xp = xp_pb2_grpc.XpServiceStub(c.channel("xp"))
         caplog.set_level(logging.INFO, logger="rewards.rpc")
@@ -151,12 +147,8 @@ def test_a_hanging_credentials_refresh_stops_at_the_callers_deadline(
 ) -> None:
     c = new_cluster()
     hanging = DynamoDBClient(c.settings, credentials=HangingCredentials())  # type: ignore[arg-type]
-    shared, c.lean = c.lean, hanging  # XP restarts with a client whose credentials never come
-    try:
-        c.stop("xp")
-        c.start("xp")
-    finally:
-        c.lean = shared
+    c.stop("xp")
+    c.start("xp", dynamodb=hanging)  # XP restarts with a client whose credentials never come
     try:
         xp = xp_pb2_grpc.XpServiceStub(c.channel("xp"))
         caplog.set_level(logging.INFO, logger="rewards.rpc")

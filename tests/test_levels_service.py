@@ -13,7 +13,7 @@ import grpc
 
 from common.dynamodb.tables import LEVEL_TABLE_VERSION_COPIES
 from rewards.v1 import levels_pb2, xp_pb2
-from tests.cluster import STANDARD_LEVELS, Cluster, rpc_error, unique
+from tests.cluster import STANDARD_LEVELS, Cluster, fill_progress_to_the_byte, rpc_error, unique
 
 Factory = Callable[..., Cluster]
 
@@ -278,34 +278,8 @@ def test_concurrent_copies_of_a_request_all_report_its_level_up(new_cluster: Fac
 
 def test_a_thousand_level_jump_gives_one_answer_whatever_deadlines_cut_it(new_cluster: Factory, user_id: str) -> None:
     c = new_cluster()
-    # 1,000 levels written straight into the table (set-up, not the subject), with the version moved
-    # as a level write moves it, so the services read the new table.
-    table = c.table("levels")
-    for start in range(1, 1001, 25):
-        c.dynamodb.batch_write_item(
-            RequestItems={
-                table: [
-                    {
-                        "PutRequest": {
-                            "Item": {
-                                "level": {"N": str(n)},
-                                "xp_required": {"N": str((n - 1) * 10)},
-                                "rewards": {"L": [{"M": {"reward_id": {"S": f"gem-{n}"}, "quantity": {"N": "1"}}}]},
-                            }
-                        }
-                    }
-                    for n in range(start, start + 25)
-                ]
-            }
-        )
-    for copy in range(LEVEL_TABLE_VERSION_COPIES):
-        c.dynamodb.update_item(
-            TableName=table,
-            Key={"level": {"N": str(-copy)}},
-            UpdateExpression="ADD version :one",
-            ExpressionAttributeValues={":one": {"N": "1"}},
-        )
-    time.sleep(c.settings.level_table_cache_s + 0.1)
+    # 1,000 levels written straight into the table (set-up, not the subject).
+    write_level_table(c, {n: [(f"gem-{n}", 1)] for n in range(1, 1001)})
     c.xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user_id, amount=1, reason="start", request_id="start"), timeout=30)
     c.dynamodb.update_item(  # the XP of the jump, without a check: the check below is the subject
         TableName=c.table("user_progress"),
@@ -355,39 +329,9 @@ def reached_rewards(c: Cluster, user_id: str, page_size: int) -> list[tuple[str,
 def test_answers_stay_under_4_mb_at_a_thousand_levels_of_fifty_rewards(new_cluster: Factory, user_id: str) -> None:
     c = new_cluster(level_check_timeout_s=60.0)
     # 1,000 levels x 50 rewards of 128-character ids, 1,000 ids in all (the table's limit), written
-    # straight into the table (set-up, not the subject), with the version moved as a level write moves it.
+    # straight into the table (set-up, not the subject).
     ids = [f"{k:04d}-" + "\U0001f48e" * 123 for k in range(1000)]  # 4 bytes a character: about 500 bytes an id
-    table = c.table("levels")
-    for start in range(1, 1001, 25):
-        c.dynamodb.batch_write_item(
-            RequestItems={
-                table: [
-                    {
-                        "PutRequest": {
-                            "Item": {
-                                "level": {"N": str(n)},
-                                "xp_required": {"N": str((n - 1) * 10)},
-                                "rewards": {
-                                    "L": [
-                                        {"M": {"reward_id": {"S": ids[(n * 50 + k) % 1000]}, "quantity": {"N": "1"}}}
-                                        for k in range(50)
-                                    ]
-                                },
-                            }
-                        }
-                    }
-                    for n in range(start, start + 25)
-                ]
-            }
-        )
-    for copy in range(LEVEL_TABLE_VERSION_COPIES):
-        c.dynamodb.update_item(
-            TableName=table,
-            Key={"level": {"N": str(-copy)}},
-            UpdateExpression="ADD version :one",
-            ExpressionAttributeValues={":one": {"N": "1"}},
-        )
-    time.sleep(c.settings.level_table_cache_s + 0.1)
+    write_level_table(c, {n: [(ids[(n * 50 + k) % 1000], 1) for k in range(50)] for n in range(1, 1001)})
     limit = 4 * 1024 * 1024
     jump = grant(c, user_id, 20_000, "jump")
     assert (jump.level, jump.level_up.current_level) == (1000, 1000)
@@ -403,3 +347,55 @@ def test_answers_stay_under_4_mb_at_a_thousand_levels_of_fifty_rewards(new_clust
     assert 0 < len(page.levels) <= 100 and page.ByteSize() < limit and page.next_page_token
     listed = c.levels.ListLevels(levels_pb2.ListLevelsRequest(page_size=100))
     assert len(listed.levels) == 100 and listed.ByteSize() < limit and listed.next_page_token
+
+
+def write_level_table(c: Cluster, rewards_by_level: dict[int, list[tuple[str, int]]]) -> None:
+    """Levels n (xp_required (n - 1) x 10) with their rewards, written straight into the table in
+    batches, with the version moved as a level write moves it; then long enough for the services to
+    read the new table."""
+    table = c.table("levels")
+    numbers = sorted(rewards_by_level)
+    for start in range(0, len(numbers), 25):
+        c.dynamodb.batch_write_item(
+            RequestItems={
+                table: [
+                    {
+                        "PutRequest": {
+                            "Item": {
+                                "level": {"N": str(n)},
+                                "xp_required": {"N": str((n - 1) * 10)},
+                                "rewards": {
+                                    "L": [
+                                        {"M": {"reward_id": {"S": reward_id}, "quantity": {"N": str(quantity)}}}
+                                        for reward_id, quantity in rewards_by_level[n]
+                                    ]
+                                },
+                            }
+                        }
+                    }
+                    for n in numbers[start : start + 25]
+                ]
+            }
+        )
+    for copy in range(LEVEL_TABLE_VERSION_COPIES):
+        c.dynamodb.update_item(
+            TableName=table,
+            Key={"level": {"N": str(-copy)}},
+            UpdateExpression="ADD version :one",
+            ExpressionAttributeValues={":one": {"N": "1"}},
+        )
+    time.sleep(c.settings.level_table_cache_s + 0.1)
+
+
+def test_a_level_up_of_a_progress_item_an_earlier_version_filled_to_the_byte_is_granted(
+    new_cluster: Factory, user_id: str
+) -> None:
+    c = new_cluster()
+    c.put_levels(STANDARD_LEVELS)
+    fill_progress_to_the_byte(c, user_id, total_xp={"N": "350"})  # level 3 due, and no room to write it
+    checked = c.levels.CheckLevelUp(levels_pb2.CheckLevelUpRequest(user_id=user_id, request_id="full"))
+    assert (checked.leveled_up, checked.current_level, rewards(checked.rewards)) == (True, 3, [("coins", 300)])
+    item = c.dynamodb.get_item(
+        TableName=c.table("user_progress"), Key={"user_id": {"S": user_id}}, ConsistentRead=True
+    )["Item"]
+    assert "unlocked_achievements" not in item and item["level"] == {"N": "3"}

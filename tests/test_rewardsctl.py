@@ -621,12 +621,8 @@ def test_when_the_service_cannot_reach_dynamodb_the_hint_names_dynamodb(
 ) -> None:
     c = new_cluster()
     dead = DynamoDBClient(replace(c.settings, dynamodb_endpoint="http://127.0.0.1:9"))
-    shared, c.lean = c.lean, dead  # XP restarts with a client of a closed port
-    try:
-        c.stop("xp")
-        c.start("xp")
-    finally:
-        c.lean = shared
+    c.stop("xp")
+    c.start("xp", dynamodb=dead)  # XP restarts with a client of a closed port
     try:
         status, out, err = run_main(c, capsys, "progress", "player-1")
     finally:

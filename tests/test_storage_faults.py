@@ -137,12 +137,8 @@ def test_throttled_transactions_are_unavailable_and_write_nothing(new_cluster: F
 def test_dynamodb_unreachable_is_unavailable(new_cluster: Factory, user_id: str) -> None:
     c = new_cluster()
     dead = DynamoDBClient(replace(c.settings, dynamodb_endpoint="http://127.0.0.1:9"))
-    shared, c.lean = c.lean, dead  # XP restarts with a client of a closed port
-    try:
-        c.stop("xp")
-        c.start("xp")
-    finally:
-        c.lean = shared
+    c.stop("xp")
+    c.start("xp", dynamodb=dead)  # XP restarts with a client of a closed port
     try:
         xp = c.xp.__class__(c.channel("xp"))
         before = dynamodb_counts()

@@ -9,7 +9,7 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
 from rewards.v1 import xp_pb2
-from tests.cluster import Cluster, rpc_error, unique
+from tests.cluster import Cluster, fill_progress_to_the_byte, rpc_error, unique
 
 
 def put_activity(cluster: Cluster, xp: int, category: str = "") -> str:
@@ -304,29 +304,7 @@ def test_a_progress_item_an_earlier_version_filled_to_the_byte_still_takes_award
 ) -> None:
     """An earlier version kept the unlocked ids in the progress item; full to DynamoDB's 400 KB, it
     left no room for a total: every award failed for good. The award now moves the ids out."""
-    held = [f"{i:04d}" + "\U00010348" * 120 for i in range(900)]  # more than 400 KB
-
-    def put(ids: list[str]) -> bool:
-        try:
-            cluster.dynamodb.put_item(
-                TableName=cluster.table("user_progress"),
-                Item={"user_id": {"S": user_id}, "unlocked_achievements": {"SS": ids}},
-            )
-            return True
-        except cluster.dynamodb.exceptions.ClientError as error:
-            assert error.response["Error"]["Code"] == "ValidationException", error
-            return False
-
-    low, high = 1, len(held)  # the most ids that fit, then one more id as long as still fits
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if put(held[:middle]) else (low, middle - 1)
-    fitting = held[:low]
-    short, long = 1, 2000
-    while short < long:
-        middle = (short + long + 1) // 2
-        short, long = (middle, long) if put([*fitting, "x" * middle]) else (short, middle - 1)
-    assert put([*fitting, "x" * short]) and not put([*fitting, "x" * (short + 1)])  # full to the byte
+    fill_progress_to_the_byte(cluster, user_id)
 
     activity_id = put_activity(cluster, xp=10)
     assert award(cluster, user_id, activity_id, unique("r")).total_xp == 10

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from common import field_rules
 from common.errors import InvalidField
@@ -119,7 +118,5 @@ class XpServicer(xp_pb2_grpc.XpServiceServicer):
             rewards=[levels_pb2.Reward(reward_id=r.reward_id, quantity=r.quantity) for r in progress.rewards],
         )
         if record.updated_at:
-            stamp = Timestamp()
-            stamp.FromJsonString(record.updated_at)
-            message.updated_at.CopyFrom(stamp)
+            message.updated_at.FromJsonString(record.updated_at)
         return message

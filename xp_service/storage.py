@@ -24,8 +24,8 @@ from common.dynamodb import (
     read_progress,
     to_item,
     transact_write,
-    update_item_once,
 )
+from common.dynamodb.progress_item import move_unlocked_ids_out_of_progress
 from common.models import MAX_TOTAL_XP, LedgerEntry, ProgressRecord, Reward, TotalXpLimitReached
 from xp_service.domain import (
     Activity,
@@ -138,7 +138,7 @@ class DynamoDBXpRepository:
                     len(cancelled.reasons) > 1
                     and cancelled.reasons[1].code == "ValidationError"
                     and not moved_ids
-                    and await self._move_unlocked_ids_out_of_progress(entry.user_id)
+                    and await move_unlocked_ids_out_of_progress(self._client, self._prefix, entry.user_id)
                 ):
                     return await self.record_xp(entry, activity, moved_ids=True)
                 if activity is not None:
@@ -153,22 +153,6 @@ class DynamoDBXpRepository:
             if existing is None:  # only a vanished ledger item could get here
                 raise RuntimeError(f"ledger entry {entry.entry_id!r} failed its condition but is missing") from None
             raise DuplicateRequest(existing) from None
-
-    async def _move_unlocked_ids_out_of_progress(self, user_id: str) -> bool:
-        """An earlier version kept the unlocked ids in the progress item, which a
-        large collection could fill to DynamoDB's 400 KB: then no award had room.
-        The ids are the unlock records, so the set goes (as the user's next
-        unlock would do). True when there was one to remove."""
-        return await update_item_once(
-            self._client,
-            {
-                "TableName": self._progress,
-                "Key": {"user_id": attr(user_id)},
-                "UpdateExpression": "REMOVE unlocked_achievements SET holds_achievements = :t",
-                "ConditionExpression": "attribute_exists(unlocked_achievements)",
-                "ExpressionAttributeValues": {":t": attr(True)},
-            },
-        )
 
     async def get_entry(self, user_id: str, entry_id: str) -> LedgerEntry | None:
         response = await self._client.call(

@@ -580,10 +580,13 @@ class FakeAchievementsRepository:
         if stored is None or stored.xp_granted:
             return None
         payment = unlock.payment()
-        self.unlocks[key] = replace(stored, xp_granted=True)
         earlier = self.ledger.get((payment.user_id, payment.entry_id))
         if earlier is not None:
+            self.unlocks[key] = replace(stored, xp_granted=True)
             return OwedPaid(earlier.xp, by_this_call=False)
+        if self.progress.get(unlock.user_id, ProgressRecord(unlock.user_id)).total_xp + payment.xp > MAX_TOTAL_XP:
+            raise TotalXpLimitReached(unlock.user_id, payment.xp)
+        self.unlocks[key] = replace(stored, xp_granted=True)
         self.pay(payment)
         return OwedPaid(payment.xp, by_this_call=True)
 

@@ -12,7 +12,7 @@ import pytest
 from achievements_service.domain import Achievement, AchievementNotFound, Requirements, RequirementsNotMet, Unlock
 from achievements_service.use_cases import Achievements, UnlockOutcome, UserAchievementView
 from common.errors import ContentionExhausted
-from common.models import ACHIEVEMENT, LevelUpOutcome, ProgressRecord, Reward
+from common.models import ACHIEVEMENT, MAX_TOTAL_XP, LevelUpOutcome, ProgressRecord, Reward, TotalXpLimitReached
 from tests.unit.fakes import FakeAchievementsRepository, FakeLevelChecker, stored_progress
 
 USER = "user-1"
@@ -367,3 +367,12 @@ def test_a_required_achievement_is_checked_on_its_unlock_record_not_on_the_progr
 
     unlock(s, "first")
     assert unlock(s, "veteran").xp_awarded == 100
+
+
+def test_xp_owed_that_would_pass_the_total_maximum_is_refused_and_stays_owed() -> None:
+    s = setup(user(MAX_TOTAL_XP - 10))
+    s.repository.seed_unlock(owed())
+
+    with pytest.raises(TotalXpLimitReached):
+        unlock(s)
+    assert s.repository.unlocks[(USER, "first")].xp_granted is False and s.repository.ledger == {}

@@ -515,7 +515,7 @@ def test_a_level_put_on_a_stale_copy_of_the_table_is_checked_again_on_the_new_on
     assert [l.level for l in repository.table.levels][-2:] == [9, 10]
 
 
-@pytest.mark.parametrize("token", ["²", "0", "abc", "1000001", "-1"])
+@pytest.mark.parametrize("token", ["²", "0", "abc", "1000001", "-1", "1" * 5000])
 def test_a_page_token_the_listing_did_not_issue_is_invalid_argument(token: str) -> None:
     with pytest.raises(InvalidField, match="page_token is not a token this listing issued"):
         asyncio.run(Levels(FakeLevelsRepository(STANDARD)).list_levels(10, token))
