@@ -32,6 +32,8 @@ INTEGER_TYPES = frozenset(
     }
 )
 _DECIMAL = re.compile(r"-?[0-9]+", re.ASCII)
+# An integer given as a JSON string in a body, as the OpenAPI document's patterns allow it.
+_DECIMAL_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 # What a failed parse can raise besides ParseError (json_format and the runtime's setters).
 _PARSE_ERRORS = (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError)
 
@@ -62,12 +64,18 @@ def _parse_error(error: Exception) -> str:
 
 def _check_objects(value: Any, message: Descriptor, path: str) -> None:
     """What json_format lets through: a message field given something other
-    than a JSON object (`"requirements": []` would parse as an empty message).
-    Well-known types have JSON forms of their own and are left to it."""
+    than a JSON object (`"requirements": []` would parse as an empty message),
+    and an integer written as a string that is not a plain decimal (`"1e3"`,
+    `"1_0"`, which it would read as 1000 and 10). Well-known types have JSON
+    forms of their own and are left to it."""
     if not isinstance(value, dict):
         return
     for name, item in value.items():
         field = message.fields_by_name.get(name) or _by_json_name(message).get(name)
+        if field is not None and field.type in INTEGER_TYPES:
+            texts = item if field.is_repeated and isinstance(item, list) else [item]
+            if any(isinstance(text, str) and not _DECIMAL_TEXT.fullmatch(text) for text in texts):
+                raise BadRequest(f"{path}{field.name}", "must be a decimal integer (or a string of one)")
         if field is None or field.message_type is None or item is None:
             continue
         target = field.message_type

@@ -993,3 +993,13 @@ def test_schemathesis(case: Any, fuzzed_gateway: GatewayServer) -> None:
     case.call_and_validate(
         base_url=fuzzed_gateway.url, headers={"Authorization": f"Bearer {ADMIN}"}, checks=CHECKS, timeout=30
     )
+
+
+@pytest.mark.parametrize("amount", ["1e3", "1_0", " 7", "0x10", "7.0"])
+def test_an_integer_string_that_is_not_a_plain_decimal_is_refused(gateway: GatewayServer, amount: str) -> None:
+    """json_format would read "1e3" as 1000 and "1_0" as 10: the gateway takes plain decimals only."""
+    user_id = unique("gw-int")
+    grant = {"user_id": user_id, "amount": amount, "reason": "support"}
+    refused = error(call(gateway, "POST", "/xp/grant", grant, token=ADMIN), 400, "INVALID_ARGUMENT")
+    assert field_violations(refused)[0]["field"] == "amount"
+    assert ok(call(gateway, "GET", f"/users/{user_id}/progress"))["total_xp"] == "0"
