@@ -6,20 +6,28 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from common.auto_unlock import (
+    ActivityCount,
+    AutoRules,
+    Counter,
+    Requirements,
+    Standing,
+    Watches,
+    shown_id,
+    unmet_requirements,
+)
 from common.errors import InvalidField, NotFound, PreconditionFailed
 from common.level_check import LevelCheckStore
-from common.models import ACHIEVEMENT, LedgerEntry, new_entry
+from common.models import ACHIEVEMENT, LedgerEntry, ProgressRecord, new_entry
+
+__all__ = ["ActivityCount", "Requirements", "Standing", "unmet_requirements"]
 
 MAX_REQUIRED_ACHIEVEMENTS = 50
 MAX_MIN_TOTAL_XP = 10**12
 MAX_MIN_LEVEL = 1_000_000
-
-
-@dataclass(frozen=True)
-class Requirements:
-    required_achievements: tuple[str, ...] = ()
-    min_total_xp: int = 0
-    min_level: int = 0
+# An unlock's transaction checks each count: with the required achievements it stays under 100 items.
+MAX_ACTIVITY_COUNTS = 10
+MAX_COUNT = 10**9
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,8 @@ class Achievement:
     # The catalog entry's version, new on every put (cosmicpython's version_number): an unlock
     # decided on a copy of the entry is written only while the catalog still holds that copy.
     revision: str = ""
+    # Unlocked by the service as soon as every requirement holds (common.auto_unlock).
+    auto_unlock: bool = False
 
 
 def check_achievement(achievement: Achievement) -> Achievement:
@@ -61,7 +71,27 @@ def check_achievement(achievement: Achievement) -> Achievement:
             "achievement.requirements.min_level",
             f"must be between 0 and {MAX_MIN_LEVEL} (got {requirements.min_level})",
         )
-    return replace(achievement, requirements=replace(requirements, required_achievements=required))
+    counts = requirements.activity_counts
+    if len(counts) > MAX_ACTIVITY_COUNTS:
+        raise InvalidField(
+            "achievement.requirements.activity_counts",
+            f"must list at most {MAX_ACTIVITY_COUNTS} counts (got {len(counts)})",
+        )
+    for i, count in enumerate(counts):
+        field_name = f"achievement.requirements.activity_counts[{i}]"
+        if bool(count.activity_id) == bool(count.category):
+            raise InvalidField(field_name, "set exactly one of activity_id and category")
+        if not 1 <= count.count <= MAX_COUNT:
+            raise InvalidField(f"{field_name}.count", f"must be between 1 and {MAX_COUNT} (got {count.count})")
+    # One check per counter in the unlock's transaction: the highest count asked of it is the one that matters.
+    highest: dict[str, ActivityCount] = {}
+    for count in counts:
+        if count.counter not in highest or count.count > highest[count.counter].count:
+            highest[count.counter] = count
+    return replace(
+        achievement,
+        requirements=replace(requirements, required_achievements=required, activity_counts=tuple(highest.values())),
+    )
 
 
 @dataclass(frozen=True)
@@ -76,6 +106,8 @@ class Unlock:
     # earlier version recorded before its separate grant completed (a repeat pays it).
     xp_granted: bool
     request_id: str = ""
+    # For an auto unlock: what asked for it (UnlockDueAchievements' trigger_id).
+    trigger: str = ""
     # Tells this call's own write, retried by the DynamoDB client after a lost answer, from another call's.
     attempt_id: str = ""
 
@@ -99,7 +131,7 @@ class Unlock:
         )
 
 
-def new_unlock(user_id: str, achievement: Achievement, request_id: str, unlocked_at: str) -> Unlock:
+def new_unlock(user_id: str, achievement: Achievement, request_id: str, unlocked_at: str, trigger: str = "") -> Unlock:
     return Unlock(
         user_id,
         achievement.achievement_id,
@@ -107,31 +139,9 @@ def new_unlock(user_id: str, achievement: Achievement, request_id: str, unlocked
         achievement.xp_reward,
         xp_granted=True,
         request_id=request_id,
+        trigger=trigger,
         attempt_id=uuid.uuid4().hex,
     )
-
-
-@dataclass(frozen=True)
-class PlayerStanding:
-    """What requirements are checked against."""
-
-    unlocked: frozenset[str]
-    total_xp: int
-    level: int
-
-
-def unmet_requirements(requirements: Requirements, standing: PlayerStanding) -> list[tuple[str, str]]:
-    """(subject, description) for each requirement the player does not meet."""
-    unmet = [
-        (f"required_achievements/{a}", f"achievement {_shown(a)!r} must be unlocked first")
-        for a in requirements.required_achievements
-        if a not in standing.unlocked
-    ]
-    if standing.total_xp < requirements.min_total_xp:
-        unmet.append(("min_total_xp", f"needs {requirements.min_total_xp} total XP, has {standing.total_xp}"))
-    if standing.level < requirements.min_level:
-        unmet.append(("min_level", f"needs level {requirements.min_level}, is level {standing.level}"))
-    return unmet
 
 
 class AchievementNotFound(NotFound):
@@ -143,26 +153,21 @@ class AchievementNotFound(NotFound):
 # (non-ASCII is sent percent-encoded, three times larger): name the first few.
 _MESSAGE_NAMES = 3
 _DETAIL_NAMES = 5
-_ID_SHOWN = 32
-
-
-def _shown(text: str) -> str:
-    return text if len(text) <= _ID_SHOWN else text[:_ID_SHOWN] + "…"
 
 
 class RequirementsNotMet(PreconditionFailed):
     def __init__(self, achievement_id: str, unmet: list[tuple[str, str]]) -> None:
-        shown = [(_shown(subject), description) for subject, description in unmet]
+        shown = [(shown_id(subject), description) for subject, description in unmet]
         more = f"; and {len(unmet) - _MESSAGE_NAMES} more" if len(unmet) > _MESSAGE_NAMES else ""
         super().__init__(
-            f"requirements of achievement {_shown(achievement_id)!r} are not met: "
+            f"requirements of achievement {shown_id(achievement_id)!r} are not met: "
             + "; ".join(d for _, d in shown[:_MESSAGE_NAMES])
             + more,
             shown[:_DETAIL_NAMES],
         )
 
 
-def check_requirements(achievement: Achievement, standing: PlayerStanding) -> None:
+def check_requirements(achievement: Achievement, standing: Standing) -> None:
     unmet = unmet_requirements(achievement.requirements, standing)
     if unmet:
         raise RequirementsNotMet(achievement.achievement_id, unmet)
@@ -222,6 +227,30 @@ class AchievementsRepository(LevelCheckStore, Protocol):
     async def unlocked_among(self, user_id: str, achievement_ids: tuple[str, ...]) -> frozenset[str]:
         """Which of these achievements the user holds (at most 50: the catalog's limit of required ones)."""
 
+    async def counts_of(self, user_id: str, counters: tuple[str, ...]) -> dict[str, int]:
+        """These counters of the user (0 for those never counted)."""
+
+    async def auto_rules(self, fresh: bool = False) -> AutoRules:
+        """The catalog's auto-unlock rules, as this process last read them (`fresh`: read now)."""
+
+    async def auto_standing(
+        self, user_id: str, achievement_ids: tuple[str, ...]
+    ) -> tuple[ProgressRecord, dict[str, Counter], dict[str, Unlock]]:
+        """The user's progress, every counter, and the unlocks among these achievements."""
+
+    async def write_watches(self, user_id: str, watches: Watches, unwatched: tuple[str, ...], start_level: int) -> bool:
+        """Leaves the watches on the user (common.dynamodb.counters.watch_writes); False when they
+        do not fit one transaction. Raises WatchOutdated when a watched requirement was met meanwhile."""
+
+    async def count_player_once(self, user_id: str) -> None:
+        """Counts a user with XP among the players of the achievement stats, once."""
+
+    async def unlock_counts(self, achievement_ids: tuple[str, ...]) -> dict[str, int]:
+        """Users who unlocked each achievement (the sharded stats)."""
+
+    async def player_count(self) -> int:
+        """Users with any XP (the sharded stats)."""
+
     async def list_unlocks(self, user_id: str, page_size: int, page_token: str) -> tuple[list[Unlock], str]:
         """One page of the user's unlocks in id order, and the next page's token ("" on the last)."""
 
@@ -230,9 +259,9 @@ class AchievementsRepository(LevelCheckStore, Protocol):
     ) -> None:
         """One transaction: the unlock, only if new; its place in the progress,
         only while the requirements hold (a user with no stored level is at
-        `start_level`); with `payment`, the ledger entry, only if new, and its
-        XP added to the total; and a check that the catalog still holds this
-        revision of the achievement. Raises, nothing written, AlreadyUnlocked
+        `start_level`) and the user's counts; with `payment`, the ledger entry,
+        only if new, and its XP added to the total; a check that the catalog
+        still holds this revision of the achievement; one more on its unlock stats. Raises, nothing written, AlreadyUnlocked
         (with the unlock held), AchievementChanged, RewardPaidBefore or RequirementsNotHeld."""
 
     async def pay_owed_unlock_once(self, unlock: Unlock, marker: str) -> OwedPaid | None:

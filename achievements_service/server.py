@@ -10,6 +10,7 @@ from achievements_service.use_cases import Achievements
 from common.channels import peer_channel
 from common.config import Settings
 from common.dynamodb import DynamoDBClient, LevelTableCache
+from common.dynamodb.auto_rules import AutoRulesCache
 from common.levels_client import GrpcLevelChecker
 from common.server_runtime import HealthServicer, build_grpc_server, run_service
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc
@@ -27,7 +28,12 @@ async def create_server(
     call inside the event loop that will serve it."""
     level_table = LevelTableCache(dynamodb, settings.table_prefix, settings.level_table_cache_s)
     achievements = Achievements(
-        DynamoDBAchievementsRepository(dynamodb, settings.table_prefix, level_table),
+        DynamoDBAchievementsRepository(
+            dynamodb,
+            settings.table_prefix,
+            level_table,
+            AutoRulesCache(dynamodb, settings.table_prefix, settings.auto_rules_cache_s),
+        ),
         GrpcLevelChecker(
             peer_channel(settings.levels_target, settings, "achievements"), settings.level_check_timeout_s
         ),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import grpc
 
-from achievements_service.domain import Achievement, Requirements
+from achievements_service.domain import Achievement, ActivityCount, Requirements
 from achievements_service.use_cases import Achievements, UnlockOutcome
 from common import field_rules
+from common.caller_auth import Role, current_caller
 from common.grpc_edge import level_up_to_message
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc
 
@@ -28,7 +29,20 @@ def achievement_from_message(message: achievements_pb2.Achievement) -> Achieveme
             ),
             min_total_xp=requirements.min_total_xp,
             min_level=requirements.min_level,
+            activity_counts=tuple(
+                ActivityCount(
+                    activity_id=field_rules.optional_id(
+                        f"achievement.requirements.activity_counts[{i}].activity_id", count.activity_id
+                    ),
+                    category=field_rules.optional_id(
+                        f"achievement.requirements.activity_counts[{i}].category", count.category
+                    ),
+                    count=count.count,
+                )
+                for i, count in enumerate(requirements.activity_counts)
+            ),
         ),
+        auto_unlock=message.auto_unlock,
     )
 
 
@@ -43,7 +57,12 @@ def achievement_to_message(achievement: Achievement) -> achievements_pb2.Achieve
             required_achievements=list(achievement.requirements.required_achievements),
             min_total_xp=achievement.requirements.min_total_xp,
             min_level=achievement.requirements.min_level,
+            activity_counts=[
+                achievements_pb2.ActivityCount(activity_id=c.activity_id, category=c.category, count=c.count)
+                for c in achievement.requirements.activity_counts
+            ],
         ),
+        auto_unlock=achievement.auto_unlock,
     )
 
 
@@ -53,6 +72,7 @@ def unlock_to_message(outcome: UnlockOutcome) -> achievements_pb2.UnlockAchievem
         already_unlocked=outcome.already_unlocked,
         xp_awarded=outcome.xp_awarded,
         total_xp=outcome.total_xp,
+        also_unlocked=list(outcome.also_unlocked),
     )
     if outcome.level_up is not None:
         response.level_up.CopyFrom(level_up_to_message(outcome.level_up))
@@ -112,3 +132,59 @@ class AchievementsServicer(achievements_pb2_grpc.AchievementsServiceServicer):
             if view.achievement is not None:
                 item.achievement.CopyFrom(achievement_to_message(view.achievement))
         return response
+
+    async def UnlockDueAchievements(
+        self, request: achievements_pb2.UnlockDueAchievementsRequest, context: grpc.aio.ServicerContext
+    ) -> achievements_pb2.UnlockDueAchievementsResponse:
+        user_id = field_rules.require_id("user_id", request.user_id)
+        trigger_id = field_rules.require_id("trigger_id", request.trigger_id)
+        only = tuple(
+            dict.fromkeys(
+                field_rules.require_id(f"achievement_ids[{i}]", a) for i, a in enumerate(request.achievement_ids)
+            )
+        )
+        due = await self._achievements.unlock_due_achievements(user_id, trigger_id, only, request.dry_run)
+        response = achievements_pb2.UnlockDueAchievementsResponse(
+            unlocked=list(due.unlocked), total_xp=due.total_xp, level=due.level, due=list(due.due)
+        )
+        if due.level_up is not None:
+            response.level_up.CopyFrom(level_up_to_message(due.level_up))
+        return response
+
+    async def GetAchievementProgress(
+        self, request: achievements_pb2.GetAchievementProgressRequest, context: grpc.aio.ServicerContext
+    ) -> achievements_pb2.GetAchievementProgressResponse:
+        user_id = field_rules.require_id("user_id", request.user_id)
+        page_size = field_rules.page_size(request.page_size)
+        caller = current_caller()
+        views, token = await self._achievements.achievement_progress(
+            user_id, page_size, request.page_token, reveal_hidden=caller is not None and caller.role == Role.ADMIN
+        )
+        response = achievements_pb2.GetAchievementProgressResponse(user_id=user_id, next_page_token=token)
+        for view in views:
+            item = response.achievements.add(
+                achievement=achievement_to_message(view.achievement),
+                unlocked=view.unlock is not None,
+                percent=view.percent,
+                unlock_rate=view.unlock_rate,
+                criteria=[
+                    achievements_pb2.CriterionProgress(description=c.description, current=c.current, target=c.target)
+                    for c in view.criteria
+                ],
+            )
+            if view.unlock is not None and view.unlock.unlocked_at:
+                item.unlocked_at.FromJsonString(view.unlock.unlocked_at)
+        return response
+
+    async def GetAchievementStats(
+        self, request: achievements_pb2.GetAchievementStatsRequest, context: grpc.aio.ServicerContext
+    ) -> achievements_pb2.AchievementStats:
+        stats = await self._achievements.achievement_stats(
+            field_rules.require_id("achievement_id", request.achievement_id)
+        )
+        return achievements_pb2.AchievementStats(
+            achievement_id=stats.achievement_id,
+            unlocked_count=stats.unlocked_count,
+            players=stats.players,
+            unlock_rate=stats.unlock_rate,
+        )

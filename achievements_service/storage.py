@@ -3,6 +3,7 @@ records and the achievement part of user_progress."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import operator
 import uuid
@@ -22,6 +23,7 @@ from achievements_service.domain import (
     RewardPaidBefore,
     Unlock,
 )
+from common.auto_unlock import AutoRules, Counter, Watches
 from common.dynamodb import (
     ACHIEVEMENTS,
     USER_ACHIEVEMENTS,
@@ -43,6 +45,19 @@ from common.dynamodb import (
     transact_write,
     update_item_once,
 )
+from common.dynamodb.auto_rules import AutoRulesCache, requirements_from_values, requirements_to_values
+from common.dynamodb.counters import (
+    PLAYERS_STAT,
+    count_checks,
+    count_player_once,
+    read_all_counters,
+    read_counts,
+    read_stats,
+    stat_add,
+    unlocks_stat,
+    watch_writes,
+    write_watches,
+)
 from common.models import MAX_TOTAL_XP, LedgerEntry, ProgressRecord, TotalXpLimitReached, utc_now_iso
 
 
@@ -54,28 +69,21 @@ def _achievement_to_values(achievement: Achievement) -> dict[str, Any]:
         "xp_reward": achievement.xp_reward,
         "hidden": achievement.hidden,
         "revision": achievement.revision,
-        "requirements": {
-            "required_achievements": list(achievement.requirements.required_achievements),
-            "min_total_xp": achievement.requirements.min_total_xp,
-            "min_level": achievement.requirements.min_level,
-        },
+        "requirements": requirements_to_values(achievement.requirements),
+        "auto_unlock": achievement.auto_unlock,
     }
 
 
 def _achievement_from(values: dict[str, Any]) -> Achievement:
-    requirements = values.get("requirements") or {}
     return Achievement(
         achievement_id=values["achievement_id"],
         name=values.get("name", ""),
         description=values.get("description", ""),
         xp_reward=int(values.get("xp_reward", 0)),
         hidden=bool(values.get("hidden", False)),
-        requirements=Requirements(
-            required_achievements=tuple(requirements.get("required_achievements", ())),
-            min_total_xp=int(requirements.get("min_total_xp", 0)),
-            min_level=int(requirements.get("min_level", 0)),
-        ),
+        requirements=requirements_from_values(values.get("requirements")),
         revision=values.get("revision", ""),
+        auto_unlock=bool(values.get("auto_unlock", False)),
     )
 
 
@@ -87,6 +95,7 @@ def _unlock_from(values: dict[str, Any]) -> Unlock:
         xp_reward=int(values.get("xp_reward", 0)),
         xp_granted=bool(values.get("xp_granted", False)),
         request_id=values.get("request_id", ""),
+        trigger=values.get("trigger", ""),
         attempt_id=values.get("attempt_id", ""),
     )
 
@@ -116,8 +125,11 @@ def _failed_conditions(cancelled: TransactionCancelled, items: int) -> list[bool
 class DynamoDBAchievementsRepository:
     """achievements_service.domain.AchievementsRepository over DynamoDB."""
 
-    def __init__(self, client: DynamoDBClient, table_prefix: str, level_table: LevelTableCache) -> None:
+    def __init__(
+        self, client: DynamoDBClient, table_prefix: str, level_table: LevelTableCache, auto_rules: AutoRulesCache
+    ) -> None:
         self._client = client
+        self._auto_rules = auto_rules
         self._level_table = level_table
         self._prefix = table_prefix
         self._achievements = CatalogTable(client, table_prefix, ACHIEVEMENTS)
@@ -132,6 +144,7 @@ class DynamoDBAchievementsRepository:
         stored = replace(achievement, revision=uuid.uuid4().hex)
         await self._achievements.put(_achievement_to_values(stored))
         self._copies.drop(achievement.achievement_id)
+        self._auto_rules.forget()
         return stored
 
     async def get_achievement(self, achievement_id: str) -> Achievement:
@@ -152,6 +165,7 @@ class DynamoDBAchievementsRepository:
 
     async def delete_achievement(self, achievement_id: str) -> None:
         self._copies.drop(achievement_id)
+        self._auto_rules.forget()
         if not await self._achievements.delete(achievement_id):
             raise AchievementNotFound(achievement_id)
 
@@ -202,9 +216,12 @@ class DynamoDBAchievementsRepository:
             "xp_reward": unlock.xp_reward,
             "xp_granted": unlock.xp_granted,
             "attempt_id": unlock.attempt_id,
+            "counted": True,  # in its achievement's unlock stats, unlike unlocks an earlier version recorded
         }
         if unlock.request_id:
             values["request_id"] = unlock.request_id
+        if unlock.trigger:
+            values["trigger"] = unlock.trigger
         # The unlocked ids are the unlock records: the progress item only notes that there are some
         # (and drops the set an earlier version kept in it, which a large collection could fill).
         update: dict[str, Any] = {
@@ -238,7 +255,8 @@ class DynamoDBAchievementsRepository:
         ]
         if payment is not None:
             items.append(ledger_put(self._prefix, payment))
-        required_from = len(items)  # at most 50 required (catalog rule): 54 items of the 100 allowed
+        # At most 50 required and 10 counts (catalog rules): 65 items of the 100 allowed.
+        required_from = len(items)
         items.extend(
             {
                 "ConditionCheck": {
@@ -249,6 +267,8 @@ class DynamoDBAchievementsRepository:
             }
             for required in achievement.requirements.required_achievements
         )
+        items.extend(count_checks(self._prefix, unlock.user_id, achievement.requirements.activity_counts))
+        items.append(stat_add(self._prefix, unlocks_stat(unlock.achievement_id), unlock.user_id))
         try:
             await transact_write(self._client, items)
         except TransactionCancelled as cancelled:
@@ -339,6 +359,48 @@ class DynamoDBAchievementsRepository:
         if not await update_item_once(self._client, mark):
             return None
         return OwedPaid(int(entry.get("xp", payment.xp)), by_this_call=False)
+
+    async def counts_of(self, user_id: str, counters: tuple[str, ...]) -> dict[str, int]:
+        return await read_counts(self._client, self._prefix, user_id, counters)
+
+    async def auto_rules(self, fresh: bool = False) -> AutoRules:
+        if fresh:
+            self._auto_rules.forget()
+        return await self._auto_rules.current()
+
+    async def auto_standing(
+        self, user_id: str, achievement_ids: tuple[str, ...]
+    ) -> tuple[ProgressRecord, dict[str, Counter], dict[str, Unlock]]:
+        keys = [{"user_id": user_id, "achievement_id": a} for a in dict.fromkeys(achievement_ids)]
+
+        async def unlocks() -> dict[str, Unlock]:
+            found: dict[str, Unlock] = {}
+            for start in range(0, len(keys), 100):  # BatchGetItem's limit
+                page = await batch_get_consistent(self._client, {self._unlocks: keys[start : start + 100]})
+                found.update((str(v["achievement_id"]), _unlock_from(v)) for v in page[self._unlocks])
+            return found
+
+        progress, counters, held = await asyncio.gather(
+            self.get_progress(user_id), read_all_counters(self._client, self._prefix, user_id), unlocks()
+        )
+        return progress, counters, held
+
+    async def write_watches(self, user_id: str, watches: Watches, unwatched: tuple[str, ...], start_level: int) -> bool:
+        items = watch_writes(self._prefix, user_id, watches, unwatched, start_level)
+        if items is None:
+            return False
+        await write_watches(self._client, items)
+        return True
+
+    async def count_player_once(self, user_id: str) -> None:
+        await count_player_once(self._client, self._prefix, user_id)
+
+    async def unlock_counts(self, achievement_ids: tuple[str, ...]) -> dict[str, int]:
+        totals = await read_stats(self._client, self._prefix, [unlocks_stat(a) for a in achievement_ids])
+        return {a: totals[unlocks_stat(a)] for a in achievement_ids}
+
+    async def player_count(self) -> int:
+        return (await read_stats(self._client, self._prefix, [PLAYERS_STAT]))[PLAYERS_STAT]
 
     async def start_level(self) -> int:
         return (await self._level_table.current()).table.start_level

@@ -27,3 +27,23 @@ def achievement_ids() -> tuple[str, ...]:
 
 def seeded_user(index: int) -> str:
     return f"bench-seeded-{index % SEED_USERS:04d}"
+
+
+# The counted stage (the award_xp_counted cases; bench/cluster.py start_stage):
+# an activity with a category of its own, counted by auto_unlock achievements at
+# tiers a user's AWARDS_PER_USER awards cross. It gives what the plain cases'
+# activities give on average (100 XP), so its users level up as often, plus the
+# tiers' rewards. Its catalog lives under a table prefix and services of its
+# own: any auto_unlock rule in the shared catalog would have every new user's
+# first award evaluated, and the plain cases would no longer measure what they do.
+COUNTED_STAGE = "counted"
+COUNTED_ACTIVITY = ("bench-counted", 100)
+COUNTED_CATEGORY = "bench-counted-category"
+# (awards of COUNTED_ACTIVITY, xp_reward): each user's 20 awards are its first
+# evaluation (award 1), the two tiers' unlocks (awards 5 and 15), and 17 plain
+# counted awards.
+COUNTED_TIERS = ((5, 50), (15, 50))
+
+
+def counted_achievement_ids() -> tuple[str, ...]:
+    return tuple(f"bench-counted-{awards}" for awards, _ in COUNTED_TIERS)

@@ -1,7 +1,11 @@
 """The benchmark's own local cluster: DynamoDB Local in memory and the three
 services as processes (their real entry points), and the HTTP gateway when a
 case uses it, all on free ports, so it runs beside `make up`; the catalog and users it measures against; and what
-the benchmark reads from the services (metrics, resident memory)."""
+the benchmark reads from the services (metrics, resident memory).
+
+A stage (start_stage) is three more services on the same DynamoDB Local, under
+a table prefix of their own, with a catalog of their own: the counted cases'
+auto_unlock rules live there, out of the plain cases' catalog."""
 
 from __future__ import annotations
 
@@ -27,11 +31,15 @@ import grpc
 from bench.catalog import (
     ACHIEVEMENT_XP,
     ACTIVITIES,
+    COUNTED_ACTIVITY,
+    COUNTED_CATEGORY,
+    COUNTED_TIERS,
     LEVEL_COUNT,
     LEVEL_STEP_XP,
     SEED_USERS,
     SEED_XP,
     achievement_ids,
+    counted_achievement_ids,
     seeded_user,
 )
 from common.caller_auth import Role, TokenAuthority
@@ -69,6 +77,10 @@ class BenchCluster:
     profiled_pids: dict[str, int] = field(default_factory=dict)
     # The gateway's HTTP port; 0 when it does not run.
     gateway_port: int = 0
+    # A stage's name, and the cluster whose DynamoDB Local it uses; a cluster's stages.
+    stage: str = ""
+    parent: BenchCluster | None = field(default=None, repr=False)
+    stages: dict[str, BenchCluster] = field(default_factory=dict, repr=False)
 
     def target(self, name: str) -> str:
         if name == GATEWAY:
@@ -78,6 +90,15 @@ class BenchCluster:
     @property
     def has_gateway(self) -> bool:
         return GATEWAY in self.processes
+
+    def on(self, stage: str) -> BenchCluster:
+        """The stage of that name ("" for this cluster itself)."""
+        return self.stages[stage] if stage else self
+
+    @property
+    def dynamodb_pid(self) -> int:
+        """DynamoDB Local's process (a stage's is its parent's)."""
+        return (self.parent or self).processes["dynamodb"].pid
 
     def token(self, role: Role) -> str:
         return TokenAuthority(self.secret).mint(role, "bench", 4 * 3600)
@@ -100,8 +121,12 @@ class BenchCluster:
 
     @property
     def pids(self) -> list[int]:
-        """Every process of the cluster (py-spy's and its service's, when profiling)."""
-        return [p.pid for p in self.processes.values()] + list(self.profiled_pids.values())
+        """Every process of the cluster (py-spy's and its service's, when profiling), its stages' too."""
+        return (
+            [p.pid for p in self.processes.values()]
+            + list(self.profiled_pids.values())
+            + [pid for stage in self.stages.values() for pid in stage.pids]
+        )
 
     def rss_mb(self, name: str) -> dict[str, float]:
         """VmRSS and VmHWM (peak) of the process, in MB."""
@@ -117,7 +142,10 @@ class BenchCluster:
 
     def stop(self) -> None:
         """SIGTERM to every process (the services drain, py-spy writes its
-        profile), then SIGKILL to what is still running after a while."""
+        profile), then SIGKILL to what is still running after a while;
+        its stages first (a stage leaves DynamoDB Local to its parent)."""
+        for stage in self.stages.values():
+            stage.stop()
         order = [GATEWAY, *reversed(list(SERVICES)), "dynamodb"]
         for name in order:
             process = self.processes.get(name)
@@ -206,6 +234,28 @@ def start_cluster(*, profile: bool = False, gateway: bool = False, log: IO[str] 
     return cluster
 
 
+def start_stage(cluster: BenchCluster, name: str, *, profile: bool = False, log: IO[str] = sys.stdout) -> BenchCluster:
+    """Three more services on the cluster's DynamoDB Local (its JVM, as warm as
+    the plain cases'), under the cluster's table prefix followed by `<name>-`
+    (they create their tables at start), on free ports, with the same token secret;
+    their logs in a folder of the stage's name. Stopped with the cluster."""
+    logs = cluster.logs / name
+    logs.mkdir(exist_ok=True)
+    stage = BenchCluster(
+        dynamodb_endpoint=cluster.dynamodb_endpoint,
+        table_prefix=f"{cluster.table_prefix}{name}-",
+        secret=cluster.secret,
+        ports={service: free_port() for service in SERVICES},
+        metrics_ports={service: free_port() for service in SERVICES},
+        logs=logs,
+        stage=name,
+        parent=cluster,
+    )
+    cluster.stages[name] = stage
+    _start_services(stage, profile, log)  # on a failure, cluster.stop() stops what started
+    return stage
+
+
 def _environment(cluster: BenchCluster) -> dict[str, str]:
     return {
         **os.environ,
@@ -224,7 +274,7 @@ def _environment(cluster: BenchCluster) -> dict[str, str]:
 def _command(cluster: BenchCluster, name: str, module: str, spy: str | None) -> list[str]:
     command = [sys.executable, "-m", module]
     if spy is not None:
-        cluster.profiles[name] = BENCH_DIR / f"profile-{name}.svg"
+        cluster.profiles[name] = BENCH_DIR / f"profile-{name}{f'-{cluster.stage}' if cluster.stage else ''}.svg"
         # CPU samples (idle threads left out), without pausing the process at each sample.
         command = [
             spy,
@@ -306,35 +356,62 @@ def grant_xp(cluster: BenchCluster, users: list[str], amount: int) -> None:
             )
 
 
+def _admin(cluster: BenchCluster) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {cluster.token(Role.ADMIN)}"),)
+
+
+def _put_levels(channel: grpc.Channel, metadata: Any) -> None:
+    """LEVEL_COUNT levels LEVEL_STEP_XP apart, each with coins, a chest every fifth."""
+    levels = levels_pb2_grpc.LevelsServiceStub(channel)
+    for n in range(1, LEVEL_COUNT + 1):
+        rewards = [levels_pb2.Reward(reward_id="coins", quantity=50 * n)]
+        if n % 5 == 0:
+            rewards.append(levels_pb2.Reward(reward_id="chest", quantity=1))
+        levels.PutLevel(
+            levels_pb2.PutLevelRequest(
+                level=levels_pb2.Level(level=n, xp_required=LEVEL_STEP_XP * (n - 1), rewards=rewards if n > 1 else [])
+            ),
+            metadata=metadata,
+            timeout=30,
+        )
+
+
+def _put_activities(
+    channel: grpc.Channel, metadata: Any, activities: tuple[tuple[str, int], ...], category: str
+) -> None:
+    xp = xp_pb2_grpc.XpServiceStub(channel)
+    for activity_id, amount in activities:
+        xp.PutActivity(
+            xp_pb2.PutActivityRequest(
+                activity=xp_pb2.Activity(activity_id=activity_id, name=activity_id, category=category, xp=amount)
+            ),
+            metadata=metadata,
+            timeout=30,
+        )
+
+
+def _prime(cluster: BenchCluster, channel: grpc.Channel, activities: tuple[tuple[str, int], ...]) -> None:
+    """One award of each activity, so that XpService's cache of activities (and,
+    on the counted stage, both services' copies of the auto-unlock rules) is as
+    warm as the floor's when the measurements start."""
+    xp = xp_pb2_grpc.XpServiceStub(channel)
+    game = (("authorization", f"Bearer {cluster.token(Role.GAME)}"),)
+    for activity_id, _ in activities:
+        xp.AwardXp(
+            xp_pb2.AwardXpRequest(user_id="bench-prime", activity_id=activity_id, request_id=f"prime-{activity_id}"),
+            metadata=game,
+            timeout=30,
+        )
+
+
 def seed(cluster: BenchCluster) -> None:
     """The catalog, through gRPC with an admin token; then SEED_USERS users
     with progress (one GrantXp each, which levels them up to level 6)."""
-    metadata = (("authorization", f"Bearer {cluster.token(Role.ADMIN)}"),)
+    metadata = _admin(cluster)
     channels = {name: grpc.insecure_channel(cluster.target(name), options=CLIENT_CHANNEL_OPTIONS) for name in SERVICES}
     try:
-        levels = levels_pb2_grpc.LevelsServiceStub(channels["levels"])
-        for n in range(1, LEVEL_COUNT + 1):
-            rewards = [levels_pb2.Reward(reward_id="coins", quantity=50 * n)]
-            if n % 5 == 0:
-                rewards.append(levels_pb2.Reward(reward_id="chest", quantity=1))
-            levels.PutLevel(
-                levels_pb2.PutLevelRequest(
-                    level=levels_pb2.Level(
-                        level=n, xp_required=LEVEL_STEP_XP * (n - 1), rewards=rewards if n > 1 else []
-                    )
-                ),
-                metadata=metadata,
-                timeout=30,
-            )
-        xp = xp_pb2_grpc.XpServiceStub(channels["xp"])
-        for activity_id, amount in ACTIVITIES:
-            xp.PutActivity(
-                xp_pb2.PutActivityRequest(
-                    activity=xp_pb2.Activity(activity_id=activity_id, name=activity_id, category="bench", xp=amount)
-                ),
-                metadata=metadata,
-                timeout=30,
-            )
+        _put_levels(channels["levels"], metadata)
+        _put_activities(channels["xp"], metadata, ACTIVITIES, "bench")
         achievements = achievements_pb2_grpc.AchievementsServiceStub(channels["achievements"])
         for achievement_id in achievement_ids():
             achievements.PutAchievement(
@@ -346,6 +423,7 @@ def seed(cluster: BenchCluster) -> None:
                 metadata=metadata,
                 timeout=30,
             )
+        xp = xp_pb2_grpc.XpServiceStub(channels["xp"])
 
         def grant(index: int) -> Any:
             return xp.GrantXp(
@@ -356,22 +434,45 @@ def seed(cluster: BenchCluster) -> None:
                 timeout=30,
             )
 
-        # One award of each activity, so that XpService's cache of activities is as warm
-        # as the floor's when the measurements start.
-        game = (("authorization", f"Bearer {cluster.token(Role.GAME)}"),)
-        for activity_id, _ in ACTIVITIES:
-            xp.AwardXp(
-                xp_pb2.AwardXpRequest(
-                    user_id="bench-prime", activity_id=activity_id, request_id=f"prime-{activity_id}"
-                ),
-                metadata=game,
-                timeout=30,
-            )
-
+        _prime(cluster, channels["xp"], ACTIVITIES)
         with ThreadPoolExecutor(16) as pool:
             for response in pool.map(grant, range(SEED_USERS)):
                 if response.level != 1 + SEED_XP // LEVEL_STEP_XP:
                     raise RuntimeError(f"a seeded user is at level {response.level}: {response}")
+    finally:
+        for channel in channels.values():
+            channel.close()
+
+
+def seed_counted(stage: BenchCluster) -> None:
+    """The counted stage's catalog: the same levels, COUNTED_ACTIVITY (in
+    COUNTED_CATEGORY) and an auto_unlock achievement per COUNTED_TIERS tier
+    (at least that many awards of the activity), nothing else; then one award
+    of the activity (the user's first evaluation; no tier needs a single award)."""
+    metadata = _admin(stage)
+    channels = {name: grpc.insecure_channel(stage.target(name), options=CLIENT_CHANNEL_OPTIONS) for name in SERVICES}
+    try:
+        _put_levels(channels["levels"], metadata)
+        _put_activities(channels["xp"], metadata, (COUNTED_ACTIVITY,), COUNTED_CATEGORY)
+        achievements = achievements_pb2_grpc.AchievementsServiceStub(channels["achievements"])
+        activity_id, _ = COUNTED_ACTIVITY
+        for achievement_id, (awards, xp_reward) in zip(counted_achievement_ids(), COUNTED_TIERS):
+            achievements.PutAchievement(
+                achievements_pb2.PutAchievementRequest(
+                    achievement=achievements_pb2.Achievement(
+                        achievement_id=achievement_id,
+                        name=achievement_id,
+                        xp_reward=xp_reward,
+                        auto_unlock=True,
+                        requirements=achievements_pb2.Requirements(
+                            activity_counts=[achievements_pb2.ActivityCount(activity_id=activity_id, count=awards)]
+                        ),
+                    )
+                ),
+                metadata=metadata,
+                timeout=30,
+            )
+        _prime(stage, channels["xp"], (COUNTED_ACTIVITY,))
     finally:
         for channel in channels.values():
             channel.close()

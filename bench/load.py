@@ -47,7 +47,8 @@ CLIENTS_PER_PROCESS = {"service": 4, "floor": 2, "boto3_floor": 2}
 SIDES = tuple(CLIENTS_PER_PROCESS)
 CALL_TIMEOUT_S = 30.0
 
-OPERATIONS = ("award_xp", "unlock_achievement", "check_level_up", "get_progress")
+# award_xp_counted: AwardXp of an activity auto_unlock rules count (bench.catalog's counted stage).
+OPERATIONS = ("award_xp", "award_xp_counted", "unlock_achievement", "check_level_up", "get_progress")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class LoadSpec:
     seed_users: int
     awards_per_user: int = 20
     achievement_xp: int = 0  # what each of `achievements` pays (the floors' catalog)
+    activity_category: str = ""  # the category of `activities` (award_xp_counted's floors check and count it)
     transport: str = "grpc"  # the service side's: "grpc", or "http" through the gateway (targets["gateway"])
 
 
@@ -119,7 +121,7 @@ def _service_call(spec: LoadSpec, thread: int, channel: Any) -> Call:
     from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
 
     metadata = (("authorization", f"Bearer {spec.token}"),)
-    if spec.operation == "award_xp":
+    if spec.operation in ("award_xp", "award_xp_counted"):
         xp = xp_pb2_grpc.XpServiceStub(channel)
 
         def award(i: int) -> str | None:
@@ -135,7 +137,10 @@ def _service_call(spec: LoadSpec, thread: int, channel: Any) -> Call:
             )
             if response.duplicate:
                 return "duplicate"
-            return "level_check_deferred" if response.level_check_deferred else None
+            if response.level_check_deferred:
+                return "level_check_deferred"
+            # Expected in award_xp_counted (2 awards in 20 unlock a tier); never in award_xp.
+            return "auto_unlocked" if response.unlocked_achievements else None
 
         return award
     if spec.operation == "unlock_achievement":
@@ -265,6 +270,20 @@ def _floor_steps(spec: LoadSpec, thread: int, tables: Any) -> Callable[[int], An
             return floor.award_xp(tables, _user(spec, thread, i, spec.awards_per_user), activity_id, xp, request_id(i))
 
         return award
+    if spec.operation == "award_xp_counted":
+
+        def counted(i: int) -> floor.Steps:
+            activity_id, xp = spec.activities[i % len(spec.activities)]
+            return floor.award_xp_counted(
+                tables,
+                _user(spec, thread, i, spec.awards_per_user),
+                activity_id,
+                spec.activity_category,
+                xp,
+                request_id(i),
+            )
+
+        return counted
     if spec.operation == "unlock_achievement":
         per_user = len(spec.achievements)
 

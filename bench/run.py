@@ -27,12 +27,26 @@ from bench.catalog import (
     ACHIEVEMENT_XP,
     ACTIVITIES,
     AWARDS_PER_USER,
+    COUNTED_ACTIVITY,
+    COUNTED_CATEGORY,
+    COUNTED_STAGE,
     LEVEL_COUNT,
     LEVEL_STEP_XP,
     SEED_USERS,
     achievement_ids,
+    counted_achievement_ids,
 )
-from bench.cluster import GATEWAY, SERVICES, BenchCluster, grant_xp, seed, start_cluster, status_memory_mb
+from bench.cluster import (
+    GATEWAY,
+    SERVICES,
+    BenchCluster,
+    grant_xp,
+    seed,
+    seed_counted,
+    start_cluster,
+    start_stage,
+    status_memory_mb,
+)
 from bench.cpu import CpuWatch, cpu_seconds
 from bench.floor import FLOOR_KIND, MIN_CALLS, min_calls_per_op
 from bench.load import CLIENTS_PER_PROCESS, LoadResult, LoadSpec, WorkerPool, hot_user_id
@@ -60,7 +74,13 @@ class Case:
     # How the service side calls: "grpc", or "http" through the gateway (python -m gateway, JSON over
     # one keep-alive HTTP/1.1 connection a client).
     transport: str = "grpc"
+    # The services it runs on: "" for the cluster's own, else a stage of its own (bench/cluster.py
+    # start_stage), with its own tables and catalog.
+    stage: str = ""
 
+
+# How each stage's catalog is seeded (bench/cluster.py).
+STAGE_SEEDS = {COUNTED_STAGE: seed_counted}
 
 CASES = (
     Case("award_xp_c1", "award_xp", 1),
@@ -69,6 +89,10 @@ CASES = (
     Case("award_xp_hot_c16", "award_xp", 16, hot_user=True),
     Case("award_xp_http_c1", "award_xp", 1, transport="http"),
     Case("award_xp_http_c16", "award_xp", 16, transport="http"),
+    # Awards of an activity that auto_unlock achievements count at tiers (bench/catalog.py), on a stage
+    # of their own: the shared catalog has no auto_unlock rule, so the cases above measure what they did.
+    Case("award_xp_counted_c1", "award_xp_counted", 1, stage=COUNTED_STAGE),
+    Case("award_xp_counted_c16", "award_xp_counted", 16, stage=COUNTED_STAGE),
     Case("unlock_achievement_c1", "unlock_achievement", 1),
     Case("unlock_achievement_c16", "unlock_achievement", 16),
     Case("check_level_up_c1", "check_level_up", 1),
@@ -180,11 +204,12 @@ def warm_up(
     figures: dict[str, dict[str, Any]] = {}
     for operation in operations:
         clients = min(8, len(pool) * min(CLIENTS_PER_PROCESS.values()))
+        stage = next(case.stage for case in cases if case.operation == operation)
         done: list[int] = []
 
         def round_on(side: str) -> float:
             done.append(1)  # a namespace a round: its awards and unlocks are new
-            case = Case(f"warm-{operation}-{len(done)}", operation, clients)
+            case = Case(f"warm-{operation}-{len(done)}", operation, clients, stage=stage)
             result = pool.run(_spec(case, side, cluster, run_id, tokens, 0.0, args.jvm_warmup))
             if result.errors:
                 print(f"  WARNING warm-up {operation} ({side}): errors {dict(result.errors)}", flush=True)
@@ -215,6 +240,9 @@ def _spec(
     warmup_s: float,
     duration_s: float,
 ) -> LoadSpec:
+    """One side of a case, on the case's stage (`cluster`: the root cluster)."""
+    cluster = cluster.on(case.stage)
+    counted = case.operation == "award_xp_counted"
     return LoadSpec(
         case=case.key,
         operation=case.operation,
@@ -229,11 +257,12 @@ def _spec(
         transport=case.transport,
         dynamodb_endpoint=cluster.dynamodb_endpoint,
         table_prefix=cluster.table_prefix,
-        activities=ACTIVITIES,
-        achievements=achievement_ids(),
+        activities=(COUNTED_ACTIVITY,) if counted else ACTIVITIES,
+        achievements=counted_achievement_ids() if counted else achievement_ids(),
         seed_users=SEED_USERS,
         awards_per_user=AWARDS_PER_USER,
         achievement_xp=ACHIEVEMENT_XP,
+        activity_category=COUNTED_CATEGORY if counted else "bench",
     )
 
 
@@ -258,34 +287,36 @@ def run_case(
     def spec(side: str) -> LoadSpec:
         return _spec(case, side, cluster, run_id, tokens, args.warmup, args.duration)
 
+    stage = cluster.on(case.stage)  # the case's services; `cluster` is the root (every process)
+
     if case.hot_user:
         # A veteran at the top level: every award is a plain one, none races another for a level-up,
         # so the calls per award do not depend on how the races fall.
         grant_xp(
-            cluster,
+            stage,
             [hot_user_id(spec(side).namespace) for side in ("service", *FLOORS)],
             LEVEL_STEP_XP * (LEVEL_COUNT - 1),
         )
     named = {
-        **{name: cluster.service_pid(name) for name in _processes(cluster)},
-        "dynamodb_local": cluster.processes["dynamodb"].pid,
+        **{name: stage.service_pid(name) for name in _processes(stage)},
+        "dynamodb_local": cluster.dynamodb_pid,
     }
     watch = CpuWatch([os.getpid(), *cluster.pids, *pool.pids], named)
 
     def probe() -> dict[str, float]:
         return cpu_seconds(named)
 
-    before = cluster.dynamodb_calls()
+    before = stage.dynamodb_calls()
     watch.start()
     service = pool.run(spec("service"), probe)
     service_cpu = watch.stop()
-    after = cluster.dynamodb_calls()
+    after = stage.dynamodb_calls()
     floors: dict[str, tuple[LoadResult, dict[str, float]]] = {}
     for side in FLOORS:
         watch.start()
         result = pool.run(spec(side), probe)
         floors[side] = (result, watch.stop())
-    idle = cluster.dynamodb_calls() - after  # the services should have made none during the floors
+    idle = stage.dynamodb_calls() - after  # the services should have made none during the floors
     s = summarize(service)
     service_calls = per_op(after - before, service.total_calls)
     service_cpu_ms = window_cpu_ms_per_op(service, s["calls"])
@@ -294,6 +325,7 @@ def run_case(
         "clients": case.clients,
         "hot_user": case.hot_user,
         "transport": case.transport,
+        "stage": case.stage,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "throughput": s["throughput"],
@@ -393,6 +425,45 @@ def add_gateway_overhead(case: Case, results: dict[str, dict[str, Any]]) -> None
     )
 
 
+def plain_counterpart(case: Case) -> str | None:
+    """The plain award case a counted one is compared with: same clients, over gRPC, on the cluster's services."""
+    if case.operation != "award_xp_counted":
+        return None
+    for other in CASES:
+        if other.operation == "award_xp" and other.transport == "grpc" and not other.hot_user:
+            if other.clients == case.clients:
+                return other.key
+    return None
+
+
+def add_counted_overhead(case: Case, results: dict[str, dict[str, Any]]) -> None:
+    """For a counted award case whose plain case ran in this run: what the
+    counted award costs over the plain one (DynamoDB calls and service CPU per
+    award, throughput, p50)."""
+    plain_key = plain_counterpart(case)
+    record, plain = results[case.key], results.get(plain_key or "")
+    if plain is None:
+        return
+
+    def over(field: str, digits: int) -> float | None:
+        if record[field] is None or plain[field] is None:
+            return None
+        return round(record[field] - plain[field], digits)
+
+    record.update(
+        {
+            "plain_case": plain_key,
+            "plain_throughput": plain["throughput"],
+            "plain_p50_ms": plain["p50_ms"],
+            "plain_calls_per_op": plain["calls_per_op"],
+            "plain_cpu_ms_per_op": plain["cpu_ms_per_op"],
+            "calls_over_plain": over("calls_per_op", 3),
+            "cpu_ms_over_plain": over("cpu_ms_per_op", 3),
+            "p50_over_plain_ms": over("p50_ms", 2),
+        }
+    )
+
+
 # --- output ------------------------------------------------------------------------------
 
 
@@ -400,6 +471,10 @@ def _fmt(value: Any, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
 
 
 def print_table(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None:
@@ -527,6 +602,24 @@ def print_gateway(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> 
             f"ratio {_fmt(r['throughput_ratio_to_grpc'], 2)}); p50 {_fmt(r['p50_ms'], 2)} vs "
             f"{_fmt(r['grpc_p50_ms'], 2)} ms: the gateway adds {_fmt(r['gateway_overhead_p50_ms'], 2)} ms; "
             f"gateway process {r['cpu_cores'].get(GATEWAY, 0):.2f} cores",
+            file=out,
+        )
+
+
+def print_counted(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None:
+    rows = [(key, r) for key, r in results.items() if r["operation"] == "award_xp_counted"]
+    if not rows:
+        return
+    print("\nCounted awards (auto_unlock tiers, their own stage), next to the plain awards of this run", file=out)
+    for key, r in rows:
+        if "plain_case" not in r:
+            print(f"  {key}: its plain case did not run", file=out)
+            continue
+        print(
+            f"  {key}: calls/op {_fmt(r['calls_per_op'], 2)} vs {_fmt(r['plain_calls_per_op'], 2)} "
+            f"({r['plain_case']}; {_signed(r['calls_over_plain'])}); cpu ms/op {_fmt(r['cpu_ms_per_op'], 2)} vs "
+            f"{_fmt(r['plain_cpu_ms_per_op'], 2)} ({_signed(r['cpu_ms_over_plain'])}); {_fmt(r['throughput'])}/s vs "
+            f"{_fmt(r['plain_throughput'])}/s; p50 {_fmt(r['p50_ms'], 2)} vs {_fmt(r['plain_p50_ms'], 2)} ms",
             file=out,
         )
 
@@ -678,6 +771,10 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         seed(cluster)
+        for stage in dict.fromkeys(case.stage for case in cases if case.stage):
+            # Three more services on the same DynamoDB Local, with the stage's own catalog.
+            STAGE_SEEDS[stage](start_stage(cluster, stage, profile=args.profile))
+            print(f"bench: stage {stage!r} up and seeded ({time.monotonic() - began:.0f} s)", flush=True)
         pool.wait_started()
         print(f"bench: seeded ({time.monotonic() - began:.0f} s)", flush=True)
         tokens = {"game": cluster.token(Role.GAME)}
@@ -690,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
             record = run_case(case, cluster, pool, args, run_id, tokens)
             results[case.key] = record
             add_gateway_overhead(case, results)
+            add_counted_overhead(case, results)
             other = max(record[f"{side}cpu_cores"]["other"] for side in ("", "floor_", "boto3_floor_"))
             print(
                 f"  {case.key}: {record['throughput']:.1f}/s p50 {_fmt(record['p50_ms'], 2)} ms | floor "
@@ -700,8 +798,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{f'  (other processes used {other:.2f} cores)' if other > OTHER_CPU_WARNING else ''}",
                 flush=True,
             )
-        memory = {name: cluster.rss_mb(name)["VmRSS"] for name in _processes(cluster)}
-        memory_peak = {name: cluster.rss_mb(name)["VmHWM"] for name in _processes(cluster)}
+        # A stage's services as "<service>@<stage>".
+        staged = [
+            (f"{name}@{key}" if key else name, cluster.on(key), name)
+            for key in ("", *cluster.stages)
+            for name in _processes(cluster.on(key))
+        ]
+        memory = {label: on.rss_mb(name)["VmRSS"] for label, on, name in staged}
+        memory_peak = {label: on.rss_mb(name)["VmHWM"] for label, on, name in staged}
         dynamodb_memory = status_memory_mb(cluster.processes["dynamodb"].pid).get("VmRSS")
     except KeyboardInterrupt:
         print("\nbench: interrupted; stopping", file=sys.stderr)
@@ -718,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     print_calls(results)
     print_gateway(results)
+    print_counted(results)
     print_cpu(results)
     print(
         "\nResident memory after the run (MB): "

@@ -15,6 +15,7 @@ Health checking needs no token, so that orchestrators can probe. Reflection
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import threading
 import time
@@ -79,6 +80,10 @@ METHOD_ROLES: dict[str, frozenset[Role]] = {
     "/rewards.v1.AchievementsService/DeleteAchievement": _ADMIN,
     "/rewards.v1.AchievementsService/UnlockAchievement": _GAME,
     "/rewards.v1.AchievementsService/ListUserAchievements": _GAME,
+    "/rewards.v1.AchievementsService/GetAchievementProgress": _GAME,
+    "/rewards.v1.AchievementsService/GetAchievementStats": _GAME,
+    # XP asks after an award that may have completed an auto-unlock achievement; an operator's backfill asks too.
+    "/rewards.v1.AchievementsService/UnlockDueAchievements": _SERVICE,
     "/rewards.v1.LevelsService/PutLevel": _ADMIN,
     "/rewards.v1.LevelsService/ListLevels": _GAME,
     "/rewards.v1.LevelsService/DeleteLevel": _ADMIN,
@@ -94,6 +99,14 @@ METHOD_ROLES: dict[str, frozenset[Role]] = {
 class Caller:
     subject: str
     role: Role
+
+
+_current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("rpc_caller", default=None)
+
+
+def current_caller() -> Caller | None:
+    """The caller of the RPC being served; None when the services run without tokens."""
+    return _current_caller.get()
 
 
 class TokenRefused(Exception):
@@ -357,7 +370,11 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
 
         async def served_to_caller(request: Any, context: grpc.aio.ServicerContext) -> Any:
             add_rpc_field("caller", who)  # who did it, on the RPC's log line
-            return await inner(request, context)
+            bound = _current_caller.set(caller)
+            try:
+                return await inner(request, context)
+            finally:
+                _current_caller.reset(bound)
 
         return grpc.unary_unary_rpc_method_handler(
             served_to_caller,

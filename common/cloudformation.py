@@ -27,8 +27,10 @@ from typing import Any
 import yaml
 
 from common.dynamodb import (
+    ACHIEVEMENT_STATS,
     ACHIEVEMENTS,
     ACTIVITIES,
+    ACTIVITY_COUNTS,
     ALL_TABLES,
     LEVEL_CHECKS,
     LEVEL_REWARDS,
@@ -105,8 +107,16 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
         # record_xp's transaction puts the entry; a retry whose activity left reads it back; a
         # deferred level check is noted on it.
         TableAccess(XP_LEDGER, ("PutItem", "GetItem", "UpdateItem")),
-        # record_xp's transaction adds to total_xp; GetProgress and awards read it.
-        TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem")),
+        # record_xp's transaction adds to total_xp; GetProgress and awards read it (an award with the
+        # counters an auto-unlock rule counts: BatchGetItem); a user's first XP counts a player once.
+        TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem", "BatchGetItem")),
+        # An award's transaction adds to its activity's and category's counters; the read after it
+        # takes the ones an auto-unlock rule counts.
+        TableAccess(ACTIVITY_COUNTS, ("UpdateItem", "BatchGetItem")),
+        # The players stat, moved once per user.
+        TableAccess(ACHIEVEMENT_STATS, ("UpdateItem",)),
+        # The catalog's auto-unlock rules (a filtered Scan, once per REWARDS_AUTO_RULES_CACHE_S).
+        TableAccess(ACHIEVEMENTS, ("Scan",)),
         # The level table's version item (is a level-up due?), and the table for a new user's start level.
         TableAccess(LEVELS, ("GetItem", "Scan")),
         # GetProgress lists the rewards of the latest levels passed.
@@ -125,8 +135,14 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
             USER_ACHIEVEMENTS, ("PutItem", "GetItem", "UpdateItem", "Query", "ConditionCheckItem", "BatchGetItem")
         ),
         # The unlock's transaction notes holds_achievements and adds to total_xp (guarded by the
-        # requirements); the progress read after it says whether a level-up may be due.
-        TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem")),
+        # requirements); the progress read after it says whether a level-up may be due; an
+        # evaluation of auto unlocks leaves its watches on it; a user's first XP counts a player once.
+        TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem", "BatchGetItem")),
+        # The unlock's transaction checks the counts it requires (ConditionCheck); a refusal reads them;
+        # an evaluation queries the user's counters and leaves its watches on them.
+        TableAccess(ACTIVITY_COUNTS, ("UpdateItem", "Query", "BatchGetItem", "ConditionCheckItem")),
+        # Unlocks per achievement and players, in shards: the unlock's transaction adds one; stats read them.
+        TableAccess(ACHIEVEMENT_STATS, ("UpdateItem", "BatchGetItem")),
         # The unlock's transaction puts the reward's ledger entry; a deferred level check is noted on it.
         TableAccess(XP_LEDGER, ("PutItem", "UpdateItem")),
         # The level table's version item (is a level-up due?), and the start level for a min_level requirement.

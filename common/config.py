@@ -38,6 +38,13 @@ class Settings:
     # level, always use the table as it is now; a catalog change made through
     # this process is seen at once, one made through another replica within this.
     level_table_cache_s: float = 1.0
+    # How long XP and Achievements use their copy of the auto-unlock rules (the
+    # catalog's auto_unlock achievements) before reading them again: a rule
+    # put through another replica is evaluated for a player within this.
+    auto_rules_cache_s: float = 2.0
+    # The deadline of XP's call that asks Achievements to unlock what an award
+    # made due; when it passes, the unlocks are left to the user's next award.
+    auto_unlock_timeout_s: float = 5.0
     # The DynamoDB client's limits per call: attempts (its own retries included)
     # and socket timeouts, kept short so that its retries fit in an RPC's deadline.
     dynamodb_max_attempts: int = 3

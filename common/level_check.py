@@ -52,13 +52,15 @@ async def check_level_after_xp(
     *,
     repeat: bool = False,
     replay_only: bool = False,
+    record: ProgressRecord | None = None,
 ) -> LevelAfterXp:
     """The common path is one read and no gRPC hop: the progress item carries
     the next level's threshold under a version of the level table. A repeat
     always asks, by the check's name, for the level-up its original made; a
     first write whose check cannot be done is marked deferred, so that its
-    repeats may still grant it."""
-    record = await store.get_progress(user_id)
+    repeats may still grant it. `record`: the progress as the caller just read it."""
+    if record is None:
+        record = await store.get_progress(user_id)
     if repeat or record.level_check_due(await store.level_table_version()):
         level_up = await levels.check_level_up(user_id, check_name, replay_only)
         if level_up is not None:

@@ -100,6 +100,14 @@ class ProgressRecord:
     # (Levels unreachable): the level it made due is its own, for its retry to
     # report, until a level-up clears it.
     deferred_check: str | None = None
+    # Written by the Achievements service after it evaluated the user's
+    # auto-unlock achievements (common.auto_unlock): the rules' fingerprint and
+    # the total XP and level at which one the user lacks may be due.
+    auto_version: str = ""
+    watch_xp_at: int | None = None
+    watch_level_at: int | None = None
+    # Whether the user is counted among the players of the achievement stats.
+    player_counted: bool = False
 
     def level_check_due(self, level_table_version: int) -> bool:
         """Whether a level-up may be due: the stored threshold is reached, or
@@ -124,6 +132,10 @@ class ProgressRecord:
             pending_check=values.get("pending_check"),
             pending_target=int(values["pending_target"]) if "pending_target" in values else None,
             deferred_check=values.get("deferred_check"),
+            auto_version=values.get("auto_version", ""),
+            watch_xp_at=int(values["watch_xp_at"]) if "watch_xp_at" in values else None,
+            watch_level_at=int(values["watch_level_at"]) if "watch_level_at" in values else None,
+            player_counted=bool(values.get("player_counted", False)),
         )
 
 
@@ -146,6 +158,25 @@ class LevelUpOutcome:
     total_xp: int
     rewards: tuple[Reward, ...] = field(default=())
     next_level_xp: int = 0
+
+
+def level_ups_joined(outcomes: Iterable[LevelUpOutcome | None]) -> LevelUpOutcome | None:
+    """Level-ups one after the other (an award's, then its auto unlocks'
+    rewards'), as one: from the first previous level to the last current one,
+    with every reward totalled; None when none of them leveled up."""
+    leveled = sorted((o for o in outcomes if o is not None and o.leveled_up), key=lambda o: o.current_level)
+    if not leveled:
+        return None
+    last = leveled[-1]
+    return LevelUpOutcome(
+        user_id=last.user_id,
+        leveled_up=True,
+        previous_level=min(o.previous_level for o in leveled),
+        current_level=last.current_level,
+        total_xp=max(o.total_xp for o in leveled),
+        rewards=reward_totals(r for o in leveled for r in o.rewards),
+        next_level_xp=last.next_level_xp,
+    )
 
 
 def utc_now_iso() -> str:
@@ -174,6 +205,8 @@ class LedgerEntry:
     activity_id: str = ""
     reason: str = ""
     achievement_id: str = ""
+    # An award's activity's category at the time of the award (what its category counter counted).
+    category: str = ""
     recorded_at: str = ""
     # Tells our own write, retried by the DynamoDB client after a lost response, from a caller's repeat.
     attempt_id: str = ""
@@ -210,6 +243,7 @@ def new_entry(
     xp: int,
     *,
     activity_id: str = "",
+    category: str = "",
     reason: str = "",
     achievement_id: str = "",
     recorded_at: str,
@@ -221,6 +255,7 @@ def new_entry(
         kind=kind,
         xp=xp,
         activity_id=activity_id,
+        category=category,
         reason=reason,
         achievement_id=achievement_id,
         recorded_at=recorded_at,

@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -22,6 +23,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
@@ -328,18 +330,65 @@ class _DecimalConvertor(Convertor[str]):
         return str(value)
 
 
+class _SegmentConvertor(Convertor[str]):
+    """One whole path segment as sent (percent-encoded), decoded here: an id
+    holding a slash comes as %2F, so that it cannot be read as another route
+    (/achievements/a%2Fstats is achievement "a/stats", /achievements/a/stats
+    the stats of "a"). An empty one is passed on, for the service to say the
+    id is required; one that is not UTF-8 is refused before binding
+    (gateway.binding.check_path_encoding)."""
+
+    regex = "[^/]*"
+
+    def convert(self, value: str) -> str:
+        return urllib.parse.unquote(value, errors="replace")
+
+    def to_string(self, value: str) -> str:
+        return urllib.parse.quote(value, safe="")
+
+
 register_url_convertor("decimal", _DecimalConvertor())
+register_url_convertor("segment", _SegmentConvertor())
+
+# What a request target may hold as it is; any other byte is matched percent-encoded.
+_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _unreserved(match: re.Match[str]) -> str:
+    character = chr(int(match.group(1), 16))
+    return character if character in _UNRESERVED else match.group(0)
+
+
+def routing_path(scope: Scope) -> str:
+    """The path routes are matched against: the request's path as sent
+    (`raw_path`), not as the server decoded it, so that an encoded slash stays
+    inside its segment; percent-encoded unreserved characters are decoded
+    (RFC 3986 6.2.2.2: they mean the same)."""
+    raw = scope.get("raw_path")
+    if raw is None:
+        return urllib.parse.quote(scope["path"], safe="/")
+    return _ESCAPE.sub(_unreserved, urllib.parse.quote(raw, safe=_PRINTABLE))
+
+
+class _RawPathRoute(StarletteRoute):
+    """A route of gateway.routes, matched against routing_path."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http":
+            scope = {**scope, "path": routing_path(scope)}
+        return super().matches(scope)
 
 
 def _starlette_path(route: Route) -> str:
     """The route's path for Starlette's router: an integer parameter matches
     decimal digits only (so /levels/check-level-up is not a level); a string
-    one matches anything, slashes included (an id may hold one, sent as %2F,
-    which the server decodes before routing)."""
+    one a whole segment (an id may hold a slash, sent as %2F: see _SegmentConvertor)."""
     path = route.path
     for param in route.path_params:
         field = resolve_field(route.request_type, route.field_path(param))
-        path = path.replace(f"{{{param}}}", f"{{{param}:{'decimal' if field.type in INTEGER_TYPES else 'path'}}}")
+        path = path.replace(f"{{{param}}}", f"{{{param}:{'decimal' if field.type in INTEGER_TYPES else 'segment'}}}")
     return path
 
 
@@ -368,7 +417,7 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         StarletteRoute(HEALTH_PATH, healthz, methods=["GET"]),
         StarletteRoute(OPENAPI_PATH, openapi, methods=["GET"]),
-        *(StarletteRoute(path, _dispatcher(handlers), methods=list(handlers)) for path, handlers in by_path.items()),
+        *(_RawPathRoute(path, _dispatcher(handlers), methods=list(handlers)) for path, handlers in by_path.items()),
     ]
 
     async def http_error(request: Request, error: Exception) -> Response:

@@ -25,7 +25,13 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from achievements_service.domain import MAX_MIN_LEVEL, MAX_MIN_TOTAL_XP, MAX_REQUIRED_ACHIEVEMENTS
+from achievements_service.domain import (
+    MAX_ACTIVITY_COUNTS,
+    MAX_COUNT,
+    MAX_MIN_LEVEL,
+    MAX_MIN_TOTAL_XP,
+    MAX_REQUIRED_ACHIEVEMENTS,
+)
 from common.field_rules import (
     DEFAULT_PAGE_SIZE,
     MAX_DESCRIPTION_LENGTH,
@@ -378,12 +384,30 @@ def field_rules() -> dict[str, FieldRule]:
             ),
             "min_total_xp": FieldRule(minimum=0, maximum=MAX_MIN_TOTAL_XP),
             "min_level": FieldRule(minimum=0, maximum=MAX_MIN_LEVEL),
+            "activity_counts": FieldRule(
+                max_items=MAX_ACTIVITY_COUNTS,
+                note=f"At most {MAX_ACTIVITY_COUNTS} counts, each met for the achievement to unlock; of two counts "
+                "of one activity (or category), the higher is kept.",
+            ),
+        },
+        "ActivityCount": {
+            "activity_id": FieldRule(
+                _id_rule(optional=True),
+                note="Exactly one of activity_id and category is set (400 otherwise).",
+            ),
+            "category": FieldRule(
+                _id_rule(optional=True),
+                note="Exactly one of activity_id and category is set (400 otherwise).",
+            ),
+            "count": FieldRule(minimum=1, maximum=MAX_COUNT, required=True),
         },
         "GetAchievementRequest": {"achievement_id": id_},
         "DeleteAchievementRequest": {"achievement_id": id_},
         "ListAchievementsRequest": page,
         "UnlockAchievementRequest": {"user_id": id_, "achievement_id": id_, "request_id": optional_id},
         "ListUserAchievementsRequest": {"user_id": id_, **page},
+        "GetAchievementProgressRequest": {"user_id": id_, **page},
+        "GetAchievementStatsRequest": {"achievement_id": id_},
         "Reward": {"reward_id": id_, "quantity": FieldRule(minimum=1, maximum=MAX_REWARD_QUANTITY, required=True)},
         "Level": {
             "level": FieldRule(minimum=1, maximum=MAX_LEVEL, required=True),
@@ -665,14 +689,19 @@ def _operation(route: Route, schemas: SchemaBuilder) -> dict[str, Any]:
     request = route.request_type
     parameters: list[dict[str, Any]] = []
     for param in route.path_params:
-        parameters.append(
-            {
-                "name": param,
-                "in": "path",
-                "required": True,
-                "schema": schemas.parameter(resolve_field(request, route.field_path(param))),
-            }
-        )
+        field = resolve_field(request, route.field_path(param))
+        parameter: dict[str, Any] = {
+            "name": param,
+            "in": "path",
+            "required": True,
+            "schema": schemas.parameter(field),
+        }
+        if field.type == FieldDescriptor.TYPE_STRING:
+            parameter["description"] = (
+                "One path segment, percent-encoded: a slash in the id is sent as %2F (a literal / would "
+                "make the path another route's, or none)."
+            )
+        parameters.append(parameter)
     for name in route.query:
         parameters.append(
             {"name": name, "in": "query", "required": False, "schema": schemas.parameter(resolve_field(request, name))}
@@ -683,7 +712,7 @@ def _operation(route: Route, schemas: SchemaBuilder) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": route.operation_id,
         "summary": route.summary,
-        "description": f"gRPC {route.grpc_method.lstrip('/')}.",
+        "description": " ".join(filter(None, [f"gRPC {route.grpc_method.lstrip('/')}.", route.notes])),
         "tags": [route.rpc.containing_service.name],
         "parameters": parameters,
     }

@@ -33,7 +33,8 @@ class Route:
     `path_fields` maps a path parameter to the request field it fills (a dotted
     path; by default the field of the same name); `query` lists the request
     fields a query parameter may set; `idempotency_field` is the string field
-    the Idempotency-Key header fills."""
+    the Idempotency-Key header fills; `notes`, what the OpenAPI operation's
+    description says besides the RPC it makes."""
 
     http_method: str
     path: str
@@ -44,6 +45,7 @@ class Route:
     path_fields: Mapping[str, str] = field(default_factory=dict)
     query: tuple[str, ...] = ()
     idempotency_field: str | None = None
+    notes: str = ""
 
     @property
     def rpc(self) -> MethodDescriptor:
@@ -91,6 +93,12 @@ def resolve_field(message: Descriptor, dotted: str) -> FieldDescriptor:
         message = parent.message_type
     return message.fields_by_name[leaf]
 
+
+# RPCs no route makes, and why: a new RPC is either routed or listed here (tests/test_gateway.py).
+UNROUTED_RPCS: dict[str, str] = {
+    "AchievementsService/UnlockDueAchievements": "internal: the XP service and operators' backfills call it "
+    "(service role), never a web client",
+}
 
 ROUTES: tuple[Route, ...] = (
     # Play.
@@ -147,6 +155,16 @@ ROUTES: tuple[Route, ...] = (
         "Page through a user's unlocked achievements, in id order",
         query=("page_size", "page_token"),
     ),
+    Route(
+        "GET",
+        "/users/{user_id}/achievements/progress",
+        "achievements",
+        "GetAchievementProgress",
+        "Page through the achievement catalog, in id order, with a user's progress towards each",
+        query=("page_size", "page_token"),
+        notes="A hidden achievement the user has not unlocked comes without its name and description, "
+        "unless the token's role is admin.",
+    ),
     # The activity catalog.
     Route(
         "GET",
@@ -177,6 +195,14 @@ ROUTES: tuple[Route, ...] = (
         query=("page_size", "page_token"),
     ),
     Route("GET", "/achievements/{achievement_id}", "achievements", "GetAchievement", "One achievement"),
+    Route(
+        "GET",
+        "/achievements/{achievement_id}/stats",
+        "achievements",
+        "GetAchievementStats",
+        "How many users unlocked an achievement, of all users with any XP",
+        notes="404 (NOT_FOUND) for an achievement not in the catalog.",
+    ),
     Route(
         "PUT",
         "/achievements/{achievement_id}",
@@ -239,6 +265,11 @@ def check_routes(routes: tuple[Route, ...] = ROUTES) -> None:
             and resolve_field(request, route.idempotency_field).type != FieldDescriptor.TYPE_STRING
         ):
             raise ValueError(f"{where}: {route.idempotency_field} is not a string field")
+    routed = {f"{route.rpc.containing_service.name}/{route.rpc_name}" for route in routes}
+    every_rpc = {f"{service.name}/{method.name}" for service in SERVICES.values() for method in service.methods}
+    for name in UNROUTED_RPCS:
+        if name not in every_rpc or name in routed:
+            raise ValueError(f"{name}: listed as unrouted, but {'routed' if name in routed else 'no such RPC'}")
 
 
 check_routes()

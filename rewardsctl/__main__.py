@@ -1,7 +1,10 @@
 """rewardsctl: the catalog as a file, player operations, and backups of a stage.
 
-    rewardsctl catalog apply FILE [--dry-run] [--no-delete] [--if-empty]
+    rewardsctl catalog apply FILE [--dry-run] [--no-delete] [--if-empty] [--no-backfill]
+                                  [--backfill-rate USERS_PER_SECOND] [--backfill-segments N]
     rewardsctl catalog export [-o FILE]
+    rewardsctl achievements backfill [ACHIEVEMENT_ID ...] [--dry-run] [--segments N]
+                                  [--rate USERS_PER_SECOND] [--page-size N] [--checkpoint PATH] [--restart]
     rewardsctl award USER ACTIVITY [--request-id ID] [--json]
     rewardsctl unlock USER ACHIEVEMENT [--request-id ID] [--json]
     rewardsctl progress USER [--json]
@@ -13,8 +16,11 @@
     rewardsctl token dev-env
 
 Catalog and player commands call the services over gRPC with the token of
---token or REWARDS_TOKEN; backups and verify read and write DynamoDB directly. Targets, endpoint and table prefix come from the
-services' own environment variables (common.config), and flags override them.
+--token or REWARDS_TOKEN; backups and verify read and write DynamoDB directly;
+a backfill (and catalog apply, for the auto_unlock achievements it adds or
+eases) scans user_progress in DynamoDB and calls the Achievements service.
+Targets, endpoint and table prefix come from the services' own environment
+variables (common.config), and flags override them.
 
 Exit status: 0 done; 1 a service or DynamoDB refused or failed (the message
 says why); 2 a bad command line or catalog file (nothing was written);
@@ -29,7 +35,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,9 +46,22 @@ from common.caller_auth import AuthNotConfigured, Role
 from common.config import Settings
 from common.dynamodb import create_dynamodb_client, error_code
 from rewardsctl import text_output
+from rewardsctl.backfill import (
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_SEGMENTS,
+    BackfillResult,
+    Checkpoint,
+    CheckpointError,
+    CheckpointFile,
+    EvaluationFailed,
+    default_checkpoint_path,
+    players_table,
+    run_backfill,
+    start_or_resume,
+)
 from rewardsctl.backup import BackupError, Manifest, export_stage, import_stage
 from rewardsctl.catalog import CatalogFileError, catalog_warnings, format_catalog, parse_catalog
-from rewardsctl.catalog_plan import plan_catalog
+from rewardsctl.catalog_plan import CatalogPlan, backfills, plan_catalog
 from rewardsctl.progress_display import ItemCountDisplay
 from rewardsctl.service_clients import ServiceClients, ServiceTargets
 from rewardsctl.tokens import dev_tokens_env, mint_token, minting_authority, new_secret
@@ -120,10 +139,237 @@ def catalog_apply(args: argparse.Namespace, settings: Settings) -> int:
                     ) from error
                 applied += 1
             print(text_output.change_line(change, done=not args.dry_run))
-    for summary in plan.summaries:
-        print(text_output.summary_line(summary, done=not args.dry_run))
-    print(text_output.plan_footer(plan, dry_run=args.dry_run))
+        for summary in plan.summaries:
+            print(text_output.summary_line(summary, done=not args.dry_run))
+        print(text_output.plan_footer(plan, dry_run=args.dry_run))
+        _backfill_after_apply(args, settings, clients, plan)
     return EXIT_OK
+
+
+def _backfill_after_apply(
+    args: argparse.Namespace, settings: Settings, clients: ServiceClients, plan: CatalogPlan
+) -> None:
+    """Players who already meet an auto_unlock achievement the apply added or
+    made easier get it now, not at their next award (which may never come)."""
+    due = backfills(plan)
+    if not due:
+        return
+    ids = tuple(b.achievement_id for b in due)
+    command = f"rewardsctl achievements backfill {' '.join(ids)}"
+    if args.no_backfill:
+        print(f"not backfilled (--no-backfill): {', '.join(ids)}; `{command}` evaluates every player for them")
+        return
+    if args.if_empty:
+        # A new stage's first catalog, as `make up` loads it: no players to evaluate yet (and the
+        # command needs no DynamoDB access). A player who plays again is evaluated at the next award.
+        print(
+            f"not backfilled (--if-empty loads a new stage's first catalog): {', '.join(ids)}; "
+            f"`{command}` evaluates every player for them"
+        )
+        return
+    if args.dry_run:
+        for backfill in due:
+            print(text_output.backfill_line(backfill, planned=True))
+        return
+    for backfill in due:
+        print(text_output.backfill_line(backfill, planned=False))
+    # A replica of the Achievements service other than the one that took the writes evaluates the rules
+    # it last read, for up to auto_rules_cache_s: the backfill starts once every replica has the new ones.
+    options = BackfillOptions(
+        segments=args.backfill_segments, rate=args.backfill_rate, rules_wait_s=settings.auto_rules_cache_s
+    )
+    result = _backfill(
+        settings, clients, ids, ids, options, continue_with=f"`{command}`", done_before="the catalog was applied"
+    )
+    print(f"backfill done (run {result.checkpoint.run_id}):")
+    print(text_output.backfill_summary(result, ids, dry_run=False))
+
+
+# --- achievements -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackfillOptions:
+    segments: int | None = None  # None: the checkpoint's, else DEFAULT_SEGMENTS
+    rate: float = 0.0
+    page_size: int = DEFAULT_PAGE_SIZE
+    checkpoint: Path | None = None  # None: default_checkpoint_path
+    restart: bool = False
+    dry_run: bool = False
+    # After a catalog change: how long the services may evaluate the auto-unlock rules they read before it.
+    rules_wait_s: float = 0.0
+
+
+def achievements_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    asked = tuple(dict.fromkeys(args.achievement_ids))
+    options = BackfillOptions(
+        segments=args.segments,
+        rate=args.rate,
+        page_size=args.page_size,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        restart=args.restart,
+        dry_run=args.dry_run,
+    )
+    with _service_clients(args, settings) as clients:
+        targets = _auto_unlock_achievements(clients, asked)
+        if not targets:
+            print("no auto_unlock achievements in the catalog: nothing to backfill")
+            return EXIT_OK
+        result = _backfill(settings, clients, asked, targets, options, continue_with="the same command")
+    if options.dry_run:
+        print(f"dry run: nothing was unlocked and no checkpoint was written; due now for {', '.join(targets)}:")
+    else:
+        print(f"backfill done (run {result.checkpoint.run_id}, trigger {result.checkpoint.trigger_id}):")
+    print(text_output.backfill_summary(result, targets, dry_run=options.dry_run))
+    return EXIT_OK
+
+
+def _auto_unlock_achievements(clients: ServiceClients, asked: tuple[str, ...]) -> tuple[str, ...]:
+    """The achievements a backfill evaluates: those asked for, each checked to
+    be in the catalog and auto_unlock; or, when none is, every auto_unlock one."""
+    target = clients.targets.achievements
+    if not asked:
+        listed = _call(lambda: clients.list_achievements(), "listing the achievements", target)
+        return tuple(sorted(a.achievement_id for a in listed if a.auto_unlock))
+    problems = []
+    for achievement_id in asked:
+        try:
+            achievement = clients.get_achievement(achievement_id)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                problems.append(error.details() or f"achievement {achievement_id!r} is not in the catalog")
+                continue
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                problems.append(f"achievement id {achievement_id!r}: {error.details()}")
+                continue
+            raise CommandFailed(
+                f"reading achievement {achievement_id} failed: {text_output.rpc_error_text(error, target)}"
+            ) from error
+        if not achievement.auto_unlock:
+            problems.append(
+                f"achievement {achievement_id!r} is not auto_unlock: a backfill unlocks only auto_unlock "
+                f"achievements (`rewardsctl unlock USER {achievement_id}` unlocks it for one user)"
+            )
+    if problems:
+        raise CommandFailed("nothing was backfilled:\n" + "\n".join(f"  {p}" for p in problems), EXIT_USAGE)
+    return asked
+
+
+def _backfill(
+    settings: Settings,
+    clients: ServiceClients,
+    asked: tuple[str, ...],
+    targets: tuple[str, ...],
+    options: BackfillOptions,
+    *,
+    continue_with: str,
+    done_before: str = "",
+) -> BackfillResult:
+    """Runs (or goes on with) the backfill of `asked` (every auto_unlock
+    achievement when empty), with its checkpoint, progress on stderr."""
+    where = settings.dynamodb_endpoint or f"AWS ({settings.aws_region})"
+    stopped = f"{done_before}; its backfill stopped" if done_before else "backfill stopped"
+    path = options.checkpoint or default_checkpoint_path(settings, asked)
+    store = CheckpointFile(path)
+    scan_client = create_dynamodb_client(settings)
+    table = players_table(settings.table_prefix)
+    # Before any checkpoint: the players are read from DynamoDB, which the services' settings do not tell us.
+    hint = (
+        "\n  a backfill reads the stage's players from DynamoDB: --dynamodb-endpoint and --table-prefix (or "
+        "REWARDS_DYNAMODB_ENDPOINT and REWARDS_TABLE_PREFIX) name the stage (`make up`: http://localhost:8000)"
+        + ("" if continue_with == "the same command" else f"; then run {continue_with}")
+    )
+    try:
+        scan_client.describe_table(TableName=table)
+    except ClientError as error:
+        if error_code(error) == "ResourceNotFoundException":
+            raise CommandFailed(
+                f"{stopped}: table {table} does not exist at {where}: is the table prefix right?{hint}"
+            ) from error
+        raise CommandFailed(f"{stopped}: DynamoDB at {where} refused: {error_code(error)}: {error}{hint}") from error
+    except NoCredentialsError as error:
+        raise CommandFailed(f"{stopped}: no AWS credentials for DynamoDB at {where}{hint}") from error
+    except BotoCoreError as error:
+        raise CommandFailed(f"{stopped}: DynamoDB at {where} could not be reached: {error}{hint}") from error
+
+    if options.dry_run:
+        checkpoint = Checkpoint.new(settings.table_prefix, asked, options.segments or DEFAULT_SEGMENTS)
+        trigger_id = f"backfill-dry-run#{checkpoint.run_id}"  # recorded nowhere: a dry run unlocks nothing
+        print(f"dry run: evaluating every player of {table}, unlocking nothing", file=sys.stderr)
+    else:
+        try:
+            checkpoint, resumed = start_or_resume(
+                store, settings.table_prefix, asked, options.segments, options.restart
+            )
+        except CheckpointError as error:
+            raise CommandFailed(f"{stopped}: {error}", EXIT_USAGE) from error
+        except OSError as error:
+            raise CommandFailed(f"{stopped}: cannot write the checkpoint {path}: {error.strerror or error}") from error
+        trigger_id = checkpoint.trigger_id
+        if resumed:
+            print(
+                f"resuming backfill run {checkpoint.run_id} from the checkpoint {path}: "
+                f"{checkpoint.segments_done} of {len(checkpoint.segments)} segments done, "
+                f"{checkpoint.users:,} users evaluated before",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"backfill run {checkpoint.run_id} of {', '.join(targets)}: {len(checkpoint.segments)} segments, "
+                f"checkpoint {path}",
+                file=sys.stderr,
+            )
+    kept = (
+        ""
+        if options.dry_run
+        else f"\nthe checkpoint {path} keeps what was done (run {checkpoint.run_id}): {continue_with} goes on from there"
+    )
+
+    if options.rules_wait_s > 0:
+        print(
+            f"waiting {options.rules_wait_s:g} s for every Achievements replica to read the new rules "
+            "(REWARDS_AUTO_RULES_CACHE_S)",
+            file=sys.stderr,
+        )
+        time.sleep(options.rules_wait_s)
+
+    def evaluate(user_id: str) -> tuple[list[str], list[str]]:
+        answer = clients.unlock_due(user_id, trigger_id, asked, options.dry_run)
+        return list(answer.unlocked), list(answer.due)
+
+    try:
+        result = run_backfill(
+            scan_client,
+            checkpoint,
+            evaluate,
+            save=None if options.dry_run else store.save,
+            page_size=options.page_size,
+            rate=options.rate,
+            dry_run=options.dry_run,
+            progress=ItemCountDisplay(sys.stderr, "backfill", unit="users"),
+        )
+    except EvaluationFailed as failed:
+        reason = text_output.rpc_error_text(failed.error, clients.targets.achievements).replace(
+            "run the same command again", continue_with if continue_with != "the same command" else "run it again"
+        )
+        raise CommandFailed(
+            f"{stopped}: UnlockDueAchievements for user {failed.user_id!r} failed: {reason}{kept}"
+        ) from failed
+    except ClientError as error:
+        raise CommandFailed(f"{stopped}: DynamoDB at {where} refused: {error_code(error)}: {error}{kept}") from error
+    except BotoCoreError as error:
+        raise CommandFailed(f"{stopped}: DynamoDB at {where} could not be reached: {error}{kept}") from error
+    except OSError as error:
+        raise CommandFailed(
+            f"{stopped}: cannot write the checkpoint {path}: {error.strerror or error}{kept}"
+        ) from error
+    except KeyboardInterrupt:
+        if kept:
+            print(kept.strip(), file=sys.stderr)
+        raise
+    if not options.dry_run:
+        store.remove()
+    return result
 
 
 def catalog_export(args: argparse.Namespace, settings: Settings) -> int:
@@ -326,6 +572,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more (got {text})")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -368,11 +621,14 @@ def build_parser() -> argparse.ArgumentParser:
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     apply = catalog_commands.add_parser(
         "apply",
-        parents=[services],
+        parents=[services, dynamodb],
         help="make the catalog what FILE says",
         description="Makes the catalog what FILE says: entries of the file are created or changed, and entries of "
         "a section the file has but that it does not list are deleted (a section the file leaves out "
-        "is left alone). Idempotent: a second apply changes nothing.",
+        "is left alone). Idempotent: a second apply changes nothing. Then backfills the auto_unlock "
+        "achievements it added or made easier to get (auto_unlock switched on, min_total_xp or "
+        "min_level lowered, an activity count lowered or removed, a required achievement removed): "
+        "every player of the stage is evaluated for them, as `achievements backfill` does.",
     )
     apply.add_argument("file", metavar="FILE")
     apply.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
@@ -380,12 +636,86 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument(
         "--if-empty",
         action="store_true",
-        help="only when the catalog has no entries at all (for loading a sample at start)",
+        help="only when the catalog has no entries at all (for loading a sample at start; no backfill)",
+    )
+    apply.add_argument(
+        "--no-backfill", action="store_true", help="do not backfill the auto_unlock achievements added or eased"
+    )
+    apply.add_argument(
+        "--backfill-rate",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="USERS_PER_SECOND",
+        help="pace of the backfill (default 0: no limit)",
+    )
+    apply.add_argument(
+        "--backfill-segments",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"parallel scan segments of the backfill (default {DEFAULT_SEGMENTS})",
     )
     apply.set_defaults(run=catalog_apply)
     export = catalog_commands.add_parser("export", parents=[services], help="print the catalog in the file format")
     export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     export.set_defaults(run=catalog_export)
+
+    achievements = commands.add_parser("achievements", help="operations on auto_unlock achievements")
+    achievements_commands = achievements.add_subparsers(dest="achievements_command", required=True, metavar="ACTION")
+    backfill_parser = achievements_commands.add_parser(
+        "backfill",
+        parents=[services, dynamodb],
+        help="evaluate every player now for auto_unlock achievements (all, or those named)",
+        description="Evaluates every player of the stage (the items of user_progress, read by a parallel scan) "
+        "for the auto_unlock achievements named (every auto_unlock one when none is), through the "
+        "Achievements service's UnlockDueAchievements: each player who meets one gets it, exactly once, "
+        "with its XP. For players who qualified before an achievement existed or was made easier. "
+        "Resumable: a checkpoint file records each segment's progress after every page; the same command "
+        "run again after a crash goes on where it stopped, under the same run id (--restart starts over). "
+        "Exit status 0 when every player was evaluated.",
+    )
+    backfill_parser.add_argument(
+        "achievement_ids",
+        nargs="*",
+        metavar="ACHIEVEMENT_ID",
+        help="the auto_unlock achievements to evaluate (default: every auto_unlock one)",
+    )
+    backfill_parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="unlock nothing and write no checkpoint: print per achievement how many players it is due for",
+    )
+    backfill_parser.add_argument(
+        "--segments",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"parallel scan segments, one thread each (default {DEFAULT_SEGMENTS}, or the checkpoint's)",
+    )
+    backfill_parser.add_argument(
+        "--rate",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="USERS_PER_SECOND",
+        help="players evaluated per second at most, all segments together (default 0: no limit)",
+    )
+    backfill_parser.add_argument(
+        "--page-size",
+        type=_positive_int,
+        default=DEFAULT_PAGE_SIZE,
+        metavar="N",
+        help=f"players per scan page, the unit of the checkpoint (default {DEFAULT_PAGE_SIZE})",
+    )
+    backfill_parser.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="the checkpoint file (default: one per stage and achievements under "
+        "$XDG_STATE_HOME/rewardsctl, else ~/.local/state/rewardsctl)",
+    )
+    backfill_parser.add_argument(
+        "--restart", action="store_true", help="ignore an earlier checkpoint and start a new run"
+    )
+    backfill_parser.set_defaults(run=achievements_backfill)
 
     award_parser = commands.add_parser("award", parents=[services], help="award the XP of an activity to a user")
     award_parser.add_argument("user", metavar="USER")

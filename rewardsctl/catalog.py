@@ -4,16 +4,22 @@ A catalog file is a mapping with up to three sections, each a list of entries
 whose keys are the proto field names (so what grpcurl shows reads the same):
 
     activities:   [{activity_id, name, description?, category?, xp?}]
-    achievements: [{achievement_id, name, description?, xp_reward?, hidden?,
-                    requirements?: {required_achievements?, min_total_xp?, min_level?}}]
+    achievements: [{achievement_id, name, description?, xp_reward?, hidden?, auto_unlock?,
+                    requirements?: {required_achievements?, min_total_xp?, min_level?,
+                                    activity_counts?: [{activity_id | category, count}]}}]
     levels:       [{level, xp_required?, rewards?: [{reward_id, quantity}]}]
+
+An achievement with `auto_unlock: true` is unlocked by the service itself as
+soon as every requirement holds; `activity_counts` asks for at least `count`
+awards of one activity (activity_id) or of the activities of one category.
 
 A section left out of the file is not managed by it; a section present (even
 empty) is the whole truth for that part of the catalog.
 
 The file is checked for its shape here (types, unknown keys, duplicates, and
-requirements that name achievements the file does not define, or form a
-cycle); the services stay the authority on limits such as lengths and ranges.
+requirements that name achievements or activities the file does not define, or
+form a cycle); the services stay the authority on limits such as lengths and
+ranges.
 """
 
 from __future__ import annotations
@@ -42,6 +48,21 @@ class Reward:
 
 
 @dataclass(frozen=True)
+class ActivityCount:
+    """At least `count` awards of one activity, or of one category's
+    activities: exactly one of activity_id and category is set."""
+
+    activity_id: str = ""
+    category: str = ""
+    count: int = 0
+
+    @property
+    def subject(self) -> str:
+        """What is counted, as the plan and the file's problems name it."""
+        return self.activity_id if self.activity_id else f"category {self.category}"
+
+
+@dataclass(frozen=True)
 class Activity:
     activity_id: str
     name: str
@@ -64,10 +85,16 @@ class Achievement:
     required_achievements: tuple[str, ...] = ()
     min_total_xp: int = 0
     min_level: int = 0
+    activity_counts: tuple[ActivityCount, ...] = ()
+    auto_unlock: bool = False
 
     @property
     def key(self) -> str:
         return self.achievement_id
+
+    @property
+    def has_requirements(self) -> bool:
+        return bool(self.required_achievements or self.min_total_xp or self.min_level or self.activity_counts)
 
 
 @dataclass(frozen=True)
@@ -189,18 +216,25 @@ def _read_activity(reader: _Reader, where: str, value: Any) -> Activity | None:
     )
 
 
-def _read_achievement(reader: _Reader, where: str, value: Any) -> Achievement | None:
+def _read_achievement(
+    reader: _Reader, where: str, value: Any, activity_ids: set[str] | None = None
+) -> Achievement | None:
+    """`activity_ids`: the activities of the file, when it manages them."""
     values = reader.mapping(
-        where, value, ("achievement_id", "name"), ("description", "xp_reward", "hidden", "requirements")
+        where, value, ("achievement_id", "name"), ("description", "xp_reward", "hidden", "auto_unlock", "requirements")
     )
     if values is None:
         return None
     required: list[str] = []
+    counts: list[ActivityCount] = []
     min_total_xp = min_level = 0
     if values.get("requirements") is not None:
         requirements_where = f"{where}.requirements"
         requirements = reader.mapping(
-            requirements_where, values["requirements"], (), ("required_achievements", "min_total_xp", "min_level")
+            requirements_where,
+            values["requirements"],
+            (),
+            ("required_achievements", "min_total_xp", "min_level", "activity_counts"),
         )
         if requirements is not None:
             listed = reader.sequence(
@@ -221,6 +255,9 @@ def _read_achievement(reader: _Reader, where: str, value: Any) -> Achievement | 
                     required.append(achievement_id)
             min_total_xp = reader.integer(requirements_where, requirements, "min_total_xp")
             min_level = reader.integer(requirements_where, requirements, "min_level", bits=32)
+            counts = _read_activity_counts(
+                reader, requirements_where, requirements.get("activity_counts"), activity_ids
+            )
     return Achievement(
         achievement_id=reader.string(where, values, "achievement_id"),
         name=reader.string(where, values, "name"),
@@ -230,7 +267,47 @@ def _read_achievement(reader: _Reader, where: str, value: Any) -> Achievement | 
         required_achievements=tuple(required),
         min_total_xp=min_total_xp,
         min_level=min_level,
+        activity_counts=tuple(counts),
+        auto_unlock=reader.boolean(where, values, "auto_unlock"),
     )
+
+
+def _read_activity_counts(
+    reader: _Reader, requirements_where: str, value: Any, activity_ids: set[str] | None
+) -> list[ActivityCount]:
+    """Each {activity_id, count} or {category, count}, each activity or category
+    once (the service keeps one count per each, so a repeat would show as a
+    change on every apply). A file that manages the activities too is the whole
+    activity catalog: a count of an activity it does not define could never be met."""
+    counts: list[ActivityCount] = []
+    seen: set[tuple[str, str]] = set()
+    for i, count_value in enumerate(reader.sequence(f"{requirements_where}.activity_counts", value)):
+        where = f"{requirements_where}.activity_counts[{i}]"
+        values = reader.mapping(where, count_value, ("count",), ("activity_id", "category"))
+        if values is None:
+            continue
+        has_activity, has_category = "activity_id" in values, "category" in values
+        if has_activity == has_category:
+            reader.fail(where, "set exactly one of activity_id and category")
+            continue
+        key = "activity_id" if has_activity else "category"
+        named = reader.string(where, values, key)
+        if not named:
+            reader.fail(f"{where}.{key}", "must not be empty")
+            continue
+        count = ActivityCount(
+            activity_id=named if has_activity else "",
+            category=named if has_category else "",
+            count=reader.integer(where, values, "count"),
+        )
+        if (key, named) in seen:
+            reader.fail(f"{where}.{key}", f"{named!r} is counted twice")
+            continue
+        if has_activity and activity_ids is not None and named not in activity_ids:
+            reader.fail(f"{where}.activity_id", f"{named!r} is not an activity of this file")
+        seen.add((key, named))
+        counts.append(count)
+    return counts
 
 
 def _read_level(reader: _Reader, where: str, value: Any) -> Level | None:
@@ -272,8 +349,9 @@ def catalog_from_document(document: Any) -> Catalog:
         activities = [a for a in read if a is not None]
         _check_unique(reader, "activities", [a.activity_id for a in activities], "activity_id")
     if "achievements" in top:
+        activity_ids = None if activities is None else {a.activity_id for a in activities}
         read_achievements = [
-            _read_achievement(reader, f"achievements[{i}]", v)
+            _read_achievement(reader, f"achievements[{i}]", v, activity_ids)
             for i, v in enumerate(reader.sequence("achievements", top["achievements"]))
         ]
         achievements = [a for a in read_achievements if a is not None]
@@ -366,6 +444,21 @@ def catalog_warnings(catalog: Catalog) -> list[str]:
                 f"({lower.xp_required:,} XP): a player's level is the highest one their XP reaches, "
                 f"so level {lower.level} is skipped"
             )
+    categories = {a.category for a in catalog.activities or () if a.category}
+    for achievement in catalog.achievements or ():
+        if achievement.auto_unlock and not achievement.has_requirements:
+            warnings.append(
+                f"achievement {achievement.achievement_id} is auto_unlock with no requirements: "
+                "every player is given it (at their next award, or by a backfill)"
+            )
+        if catalog.activities is None:
+            continue
+        for count in achievement.activity_counts:
+            if count.category and count.category not in categories:
+                warnings.append(
+                    f"achievement {achievement.achievement_id} counts awards of category {count.category!r}, "
+                    "which no activity of the file has"
+                )
     return warnings
 
 
@@ -410,6 +503,8 @@ def _achievement_document(achievement: Achievement) -> dict[str, Any]:
     values["xp_reward"] = achievement.xp_reward
     if achievement.hidden:
         values["hidden"] = True
+    if achievement.auto_unlock:
+        values["auto_unlock"] = True
     requirements: dict[str, Any] = {}
     if achievement.required_achievements:
         requirements["required_achievements"] = _FlowList(achievement.required_achievements)
@@ -417,6 +512,13 @@ def _achievement_document(achievement: Achievement) -> dict[str, Any]:
         requirements["min_total_xp"] = achievement.min_total_xp
     if achievement.min_level:
         requirements["min_level"] = achievement.min_level
+    if achievement.activity_counts:
+        requirements["activity_counts"] = [
+            _FlowMapping(activity_id=c.activity_id, count=c.count)
+            if c.activity_id
+            else _FlowMapping(category=c.category, count=c.count)
+            for c in achievement.activity_counts
+        ]
     if requirements:
         values["requirements"] = requirements
     return values

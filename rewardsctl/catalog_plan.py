@@ -1,12 +1,14 @@
 """What `catalog apply` must do to make the services' catalog what the file
-says: a pure comparison of two catalogs, in a stable order."""
+says: a pure comparison of two catalogs, in a stable order; and which
+auto-unlock achievements the plan adds or makes easier to get, whose players
+a backfill should evaluate."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from rewardsctl.catalog import SECTIONS, Achievement, Activity, Catalog, Level
+from rewardsctl.catalog import SECTIONS, Achievement, Activity, ActivityCount, Catalog, Level
 
 Entry = Activity | Achievement | Level
 Action = Literal["create", "change", "delete", "keep"]
@@ -105,3 +107,58 @@ def field_changes(old: Entry, new: Entry) -> tuple[FieldChange, ...]:
         for f in fields(old)
         if getattr(old, f.name) != getattr(new, f.name)
     )
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """An auto-unlock achievement that players who play no more may now hold:
+    why, as the command says it ("added", "min_level lowered 5 -> 3", ...)."""
+
+    achievement_id: str
+    reasons: tuple[str, ...]
+
+
+def backfills(plan: CatalogPlan) -> tuple[Backfill, ...]:
+    """The auto_unlock achievements the plan creates, or changes to be easier
+    to get: auto_unlock switched on, min_total_xp or min_level lowered, an
+    activity count lowered or removed, a required achievement removed. A
+    change that only makes an achievement harder (or touches other fields)
+    needs none: a catalog edit never takes an unlock away."""
+    found = []
+    for change in plan.changes:
+        entry = change.entry
+        if not isinstance(entry, Achievement) or not entry.auto_unlock:
+            continue
+        if change.action == "create":
+            found.append(Backfill(entry.achievement_id, ("added",)))
+        elif change.action == "change":
+            old = {f.field: f.old for f in change.field_changes}
+            reasons = easings(old, entry)
+            if reasons:
+                found.append(Backfill(entry.achievement_id, reasons))
+    return tuple(found)
+
+
+def easings(old: dict[str, Any], new: Achievement) -> tuple[str, ...]:
+    """How `new` is easier to get than it was; `old` holds the old value of
+    each field that changed."""
+    if old.get("auto_unlock") is False:
+        return ("auto_unlock switched on",)
+    reasons = []
+    for name in ("min_total_xp", "min_level"):
+        if name in old and getattr(new, name) < old[name]:
+            reasons.append(f"{name} lowered {old[name]:,} -> {getattr(new, name):,}")
+    if "activity_counts" in old:
+        new_counts = {(c.activity_id, c.category): c for c in new.activity_counts}
+        old_count: ActivityCount
+        for old_count in old["activity_counts"]:
+            now = new_counts.get((old_count.activity_id, old_count.category))
+            if now is None:
+                reasons.append(f"count of {old_count.subject} removed (was {old_count.count:,})")
+            elif now.count < old_count.count:
+                reasons.append(f"count of {old_count.subject} lowered {old_count.count:,} -> {now.count:,}")
+    if "required_achievements" in old:
+        for required in old["required_achievements"]:
+            if required not in new.required_achievements:
+                reasons.append(f"required achievement {required} removed")
+    return tuple(reasons)

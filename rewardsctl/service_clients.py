@@ -16,7 +16,7 @@ from rewards.v1 import (
     xp_pb2,
     xp_pb2_grpc,
 )
-from rewardsctl.catalog import Achievement, Activity, Catalog, Level, Reward
+from rewardsctl.catalog import Achievement, Activity, ActivityCount, Catalog, Level, Reward
 from rewardsctl.catalog_plan import CatalogChange, Entry
 
 _LIST_PAGE_SIZE = 100
@@ -118,6 +118,13 @@ class ServiceClients:
         else:
             self.levels.PutLevel(levels_pb2.PutLevelRequest(level=level_to_message(entry)), timeout=self._timeout_s)
 
+    def get_achievement(self, achievement_id: str) -> Achievement:
+        return achievement_from_message(
+            self.achievements.GetAchievement(
+                achievements_pb2.GetAchievementRequest(achievement_id=achievement_id), timeout=self._timeout_s
+            )
+        )
+
     def delete_entry(self, entry: Entry) -> None:
         if isinstance(entry, Activity):
             self.xp.DeleteActivity(xp_pb2.DeleteActivityRequest(activity_id=entry.activity_id), timeout=self._timeout_s)
@@ -146,6 +153,19 @@ class ServiceClients:
 
     def progress(self, user_id: str) -> xp_pb2.UserProgress:
         return self.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id), timeout=self._timeout_s)
+
+    def unlock_due(
+        self, user_id: str, trigger_id: str, achievement_ids: tuple[str, ...] = (), dry_run: bool = False
+    ) -> achievements_pb2.UnlockDueAchievementsResponse:
+        """Unlocks what is due for the user (of `achievement_ids`, when given)
+        under `trigger_id`, or with dry_run lists it (the service role's RPC:
+        an admin token may call it)."""
+        return self.achievements.UnlockDueAchievements(
+            achievements_pb2.UnlockDueAchievementsRequest(
+                user_id=user_id, trigger_id=trigger_id, achievement_ids=list(achievement_ids), dry_run=dry_run
+            ),
+            timeout=self._timeout_s,
+        )
 
 
 # --- conversions --------------------------------------------------------------------
@@ -176,6 +196,8 @@ def achievement_from_message(message: achievements_pb2.Achievement) -> Achieveme
         required_achievements=tuple(requirements.required_achievements),
         min_total_xp=requirements.min_total_xp,
         min_level=requirements.min_level,
+        activity_counts=tuple(ActivityCount(c.activity_id, c.category, c.count) for c in requirements.activity_counts),
+        auto_unlock=message.auto_unlock,
     )
 
 
@@ -190,7 +212,12 @@ def achievement_to_message(achievement: Achievement) -> achievements_pb2.Achieve
             required_achievements=list(achievement.required_achievements),
             min_total_xp=achievement.min_total_xp,
             min_level=achievement.min_level,
+            activity_counts=[
+                achievements_pb2.ActivityCount(activity_id=c.activity_id, category=c.category, count=c.count)
+                for c in achievement.activity_counts
+            ],
         ),
+        auto_unlock=achievement.auto_unlock,
     )
 
 

@@ -13,8 +13,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
-from rewardsctl.catalog import Achievement, Activity, Level, Reward
-from rewardsctl.catalog_plan import CatalogChange, CatalogPlan, SectionSummary
+from rewardsctl.backfill import BackfillResult
+from rewardsctl.catalog import Achievement, Activity, ActivityCount, Level, Reward
+from rewardsctl.catalog_plan import Backfill, CatalogChange, CatalogPlan, SectionSummary
 
 _SIGN = {"create": "+", "change": "~", "delete": "-", "keep": "="}
 _PLANNED = {"create": "create", "change": "change", "delete": "delete", "keep": "keep"}
@@ -49,16 +50,27 @@ def entry_summary(entry: Activity | Achievement | Level) -> str:
             parts.append(f"min {entry.min_total_xp:,} XP")
         if entry.min_level:
             parts.append(f"min level {entry.min_level}")
+        if entry.activity_counts:
+            parts.append("counts " + ", ".join(count_text(c) for c in entry.activity_counts))
         if entry.hidden:
             parts.append("hidden")
+        if entry.auto_unlock:
+            parts.append("auto_unlock")
         return ", ".join(parts)
     return f"at {entry.xp_required:,} XP" + (f", rewards {rewards_text(entry.rewards)}" if entry.rewards else "")
+
+
+def count_text(count: ActivityCount) -> str:
+    """`10 x win-match`, `7 x category daily-quest`."""
+    return f"{count.count:,} x {count.subject}"
 
 
 def _value(value: Any) -> str:
     if isinstance(value, tuple):
         if value and isinstance(value[0], Reward):
             return "[" + rewards_text(value) + "]"
+        if value and isinstance(value[0], ActivityCount):
+            return "[" + ", ".join(count_text(c) for c in value) + "]"
         return "[" + ", ".join(str(v) for v in value) + "]"
     if isinstance(value, str):
         shown = value if len(value) <= 60 else value[:57] + "..."
@@ -92,6 +104,35 @@ def plan_footer(plan: CatalogPlan, *, dry_run: bool) -> str:
     return f"applied {changes}"
 
 
+def backfill_line(backfill: Backfill, *, planned: bool) -> str:
+    """`backfill wins-10: count of win-match lowered 10 -> 5`."""
+    return f"{'will backfill' if planned else 'backfill'} {backfill.achievement_id}: {'; '.join(backfill.reasons)}"
+
+
+# --- backfill ---------------------------------------------------------------------
+
+
+def backfill_summary(result: BackfillResult, achievement_ids: Iterable[str], *, dry_run: bool) -> str:
+    """What a backfill did, or with dry_run what is due; per achievement, those
+    asked for first (0 included), in id order."""
+    shown = list(dict.fromkeys([*sorted(achievement_ids), *(result.due if dry_run else result.unlocks)]))
+    width = max([24, *(len(a) + 4 for a in shown)])
+    users = f"{result.users:,}"
+    if result.users_before:
+        users += f" ({result.users_this_run:,} in this run, {result.users_before:,} before it, from the checkpoint)"
+    lines = [f"{'users evaluated':<{width}} {users}"]
+    if dry_run:
+        lines.append(f"{'users with unlocks due':<{width}} {result.users_due:,}")
+        lines.append(f"{'unlocks due':<{width}} {result.due_count:,}")
+        counts = result.due
+    else:
+        lines.append(f"{'users with new unlocks':<{width}} {result.users_with_unlocks:,}")
+        lines.append(f"{'unlocks':<{width}} {result.unlock_count:,}")
+        counts = result.unlocks
+    lines.extend(f"{'  ' + a:<{width}} {counts.get(a, 0):,}" for a in shown)
+    return "\n".join(lines)
+
+
 # --- players ----------------------------------------------------------------------
 
 
@@ -108,6 +149,8 @@ def award_text(response: xp_pb2.AwardXpResponse, activity_id: str, request_id: s
         ]
     if response.HasField("level_up"):
         lines.extend(level_up_lines(response.level_up))
+    if response.unlocked_achievements:
+        lines.append(f"unlocked (auto_unlock): {', '.join(response.unlocked_achievements)}")
     if response.level_check_deferred:
         lines.append(
             "the level check was deferred (Levels service slow or down): run again with "

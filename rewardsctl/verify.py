@@ -11,7 +11,16 @@ Two parts, kept apart:
   settings backups use (REWARDS_DYNAMODB_ENDPOINT, REWARDS_TABLE_PREFIX):
   user_progress page by page, each user's items by Query, then the users that
   have items but no progress item. Memory holds one page of user ids and one
-  user's items at a time, whatever the size of the stage.
+  user's items at a time, whatever the size of the stage. `read_catalog` reads
+  the game-wide stats (achievement_stats) with the catalog: a few items per
+  achievement.
+
+Most invariants are about one user. The game-wide stats are checked once every
+user was: `verify_users` tallies, per achievement and per stat shard, the unlock
+records and progress items the stats count (those marked `counted` and
+`player_counted`; what an earlier version wrote carries no mark and was never
+counted), and compares the stats with the tallies at the end. Their findings
+name no user.
 
 Findings have three severities:
 
@@ -19,8 +28,12 @@ Findings have three severities:
   twice or lost, an achievement paid twice or not at all, a level's rewards
   missing or granted above the level). The command exits 1.
 - warning: a state that is legal but not settled yet: an unlock whose XP is
-  still owed (the grant failed; a repeat of the unlock pays it), or a level
-  check still due (checks may be deferred; the next check grants it).
+  still owed (the grant failed; a repeat of the unlock pays it), a level
+  check still due (checks may be deferred; the next check grants it), or an
+  auto-unlock achievement whose requirements the user meets but that the user
+  lacks (left for later while Achievements could not answer XP; the award's
+  retry, the user's next award that reaches the user's watch on it, or
+  `rewardsctl achievements backfill` unlocks it).
 - note: a legal step in between, such as an achievement whose XP was granted
   but whose unlock is not marked paid yet.
 
@@ -50,8 +63,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from common.auto_unlock import Requirements, Standing, unmet_requirements
 from common.dynamodb import (
+    ACHIEVEMENT_STATS,
     ACHIEVEMENTS,
+    ACTIVITY_COUNTS,
     LEVEL_CHECKS,
     LEVEL_REWARDS,
     LEVEL_TABLE_VERSION_KEY,
@@ -63,6 +79,8 @@ from common.dynamodb import (
     error_code,
     from_item,
 )
+from common.dynamodb.auto_rules import requirements_from_values
+from common.dynamodb.counters import PLAYERS_STAT, stat_shard, unlocks_stat
 from common.models import Level, LevelTable, Reward
 
 VIOLATION = "violation"
@@ -74,15 +92,24 @@ SEVERITIES = (VIOLATION, WARNING, NOTE)
 INVARIANTS: dict[str, str] = {
     "total-is-ledger-sum": "total_xp is the sum of the user's ledger",
     "ledger-entry-well-formed": "each ledger entry is req#/ach#/auto# as its fields say, whole XP >= 0, one write",
+    "counters-match-ledger": "each a#<activity>, c#<category> counter is the number of the user's counted awards of it",
     "achievement-paid-once": "each unlock with a reward is paid by one ach# entry of that XP; no other ach# entry",
     "unlocks-match-progress": "the progress item notes the user's unlock records, and names no other",
-    "unlock-requirements-held": "each unlock's requirements (prerequisites, total XP, level) still hold",
+    "unlock-requirements-held": "each unlock's requirements (prerequisites, total XP, level, counts) still hold",
+    "auto-unlocks-made": "each auto-unlock achievement whose requirements the user meets is unlocked",
     "level-matches-xp": "the stored level is a defined level, not above the level total_xp gives",
     "level-rewards-once": "each defined level above the start level up to the stored level granted once, none above",
     "level-check-records": "each named check's record lists exactly the levels it granted",
+    # Game-wide, checked once every user was.
+    "unlock-stats-match": "each achievement's unlock stat (its shards summed) is the number of its counted unlocks",
+    "players-stat-matches": "the players stat (its shards summed) is the number of progress items counted as players",
 }
 
 ENTRY_KINDS = {"req": ("activity", "grant"), "ach": ("achievement",), "auto": ("activity", "grant")}
+# The counters of activity_counts (common.auto_unlock): per activity and per category.
+COUNTER_KINDS = {"a#": "activity", "c#": "category"}
+# How a game-wide finding (about the stats, not one user) shows in the text report.
+STAGE_WIDE = "(stage)"
 
 # The findings `rewardsctl verify` lists unless told otherwise (all are counted).
 DEFAULT_FINDINGS_LIMIT = 20
@@ -96,10 +123,13 @@ class StageNotFound(Exception):
 
 @dataclass(frozen=True)
 class StageCatalog:
-    """The parts of the catalog the invariants read."""
+    """The parts of the catalog the invariants read, and the game-wide stats
+    (achievement_stats), which are checked against all users once they were read."""
 
     levels: LevelTable
     achievements: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # by achievement_id
+    # Each stat ("ach#<achievement_id>", "players") by shard: the stored `total` as read (a plain value).
+    stats: Mapping[str, Mapping[int, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,6 +143,7 @@ class UserItems:
     unlocks: list[dict[str, Any]] = field(default_factory=list)
     level_rewards: list[dict[str, Any]] = field(default_factory=list)
     level_checks: list[dict[str, Any]] = field(default_factory=list)
+    counters: list[dict[str, Any]] = field(default_factory=list)  # activity_counts
 
 
 @dataclass(frozen=True)
@@ -127,6 +158,8 @@ class StageContents:
     unlocks: list[dict[str, Any]] = field(default_factory=list)
     level_rewards: list[dict[str, Any]] = field(default_factory=list)
     level_checks: list[dict[str, Any]] = field(default_factory=list)
+    counters: list[dict[str, Any]] = field(default_factory=list)  # activity_counts
+    stats: list[dict[str, Any]] = field(default_factory=list)  # achievement_stats
 
 
 @dataclass(frozen=True)
@@ -231,11 +264,15 @@ def verify_users(
     """Checks every invariant for each user, one user at a time: `users` may be
     a stream that never fits in memory."""
     report = VerifyReport(limit=limit, catalog_changed=catalog_changed, level_table_levels=len(catalog.levels.levels))
+    tally = _StatsTally()
+    auto_rules = _auto_rules(catalog)
     for user in users:
         report.users += 1
         report.ledger_entries += len(user.ledger)
         report.unlocks += len(user.unlocks)
-        _UserCheck(report, catalog, user).run()
+        _UserCheck(report, catalog, user, auto_rules).run()
+        tally.add(user)
+    _check_stats(report, catalog, tally)
     return report
 
 
@@ -248,8 +285,14 @@ def verify_contents(
     unlocks_of = _by_user(contents.unlocks)
     reached_of = _by_user(contents.level_rewards)
     checks_of = _by_user(contents.level_checks)
-    user_ids = sorted(set(progress_of) | set(ledger_of) | set(unlocks_of) | set(reached_of) | set(checks_of))
-    catalog = StageCatalog(contents.levels, {str(a["achievement_id"]): a for a in contents.achievements})
+    counters_of = _by_user(contents.counters)
+    user_ids = sorted(
+        set(progress_of) | set(ledger_of) | set(unlocks_of) | set(reached_of) | set(checks_of) | set(counters_of)
+    )
+    stats: dict[str, dict[int, Any]] = defaultdict(dict)
+    for item in contents.stats:
+        stats[str(item["counter"])][int(item["shard"])] = item.get("total", 0)
+    catalog = StageCatalog(contents.levels, {str(a["achievement_id"]): a for a in contents.achievements}, stats)
     users = (
         UserItems(
             user_id,
@@ -258,6 +301,7 @@ def verify_contents(
             unlocks_of.get(user_id, []),
             reached_of.get(user_id, []),
             checks_of.get(user_id, []),
+            counters_of.get(user_id, []),
         )
         for user_id in user_ids
     )
@@ -306,11 +350,32 @@ def _some_levels(levels: Iterable[int]) -> str:
     return f"[{', '.join(str(l) for l in ordered[:_IDS_SHOWN])}, ... {len(ordered):,} levels]"
 
 
+def _auto_rules(catalog: StageCatalog) -> list[tuple[str, Requirements | None]]:
+    """The catalog's auto-unlock achievements, by id, with their requirements
+    (None when the catalog entry's are unreadable)."""
+    rules: list[tuple[str, Requirements | None]] = []
+    for achievement_id, entry in sorted(catalog.achievements.items()):
+        if entry.get("auto_unlock") is not True:
+            continue
+        try:
+            rules.append((achievement_id, requirements_from_values(entry.get("requirements"))))
+        except (AttributeError, TypeError, ValueError, ArithmeticError):
+            rules.append((achievement_id, None))
+    return rules
+
+
 class _UserCheck:
     """The invariants of one user; each `_check_*` counts what it checks."""
 
-    def __init__(self, report: VerifyReport, catalog: StageCatalog, user: UserItems) -> None:
+    def __init__(
+        self,
+        report: VerifyReport,
+        catalog: StageCatalog,
+        user: UserItems,
+        auto_rules: list[tuple[str, Requirements | None]] | None = None,
+    ) -> None:
         self.report = report
+        self.auto_rules = _auto_rules(catalog) if auto_rules is None else auto_rules
         self.table = catalog.levels
         self.catalog = catalog.achievements
         self.user_id = user.user_id
@@ -319,15 +384,20 @@ class _UserCheck:
         self.unlocks = user.unlocks
         self.reached = user.level_rewards
         self.checks = user.level_checks
+        self.counters = user.counters
         self.total_xp = _whole((self.progress or {}).get("total_xp", 0))
         self.stored_level = _whole(self.progress["level"]) if self.progress and "level" in self.progress else None
+        # The awards each counter holds (a counter item holding only a watch holds none).
+        self.counts = {str(c["counter"]): _whole(c.get("awards", 0)) for c in self.counters}
 
     def run(self) -> None:
         self._check_ledger_entries()
         self._check_total()
+        self._check_counters()
         self._check_achievement_payments()
         self._check_unlocked_set()
         self._check_unlock_requirements()
+        self._check_auto_unlocks()
         self._check_level()
         self._check_level_rewards()
         self._check_level_check_records()
@@ -380,6 +450,42 @@ class _UserCheck:
                 f"total_xp {self.total_xp:,} but the ledger's {len(self.ledger)} entries sum to {ledger_sum:,} "
                 f"({self.total_xp - ledger_sum:+,})",
             )
+
+    def _check_counters(self) -> None:
+        """Each award of an activity that its ledger entry says was counted (`counted`; an
+        earlier version's awards were not) added one to the activity's counter and one to its
+        category's, in the award's own transaction."""
+        expected: Counter[str] = Counter()
+        for entry in self.ledger:
+            if entry.get("kind") != "activity" or entry.get("counted") is not True:
+                continue
+            expected["a#" + str(entry.get("activity_id", ""))] += 1
+            if entry.get("category"):
+                expected["c#" + str(entry["category"])] += 1
+        raw = {str(c["counter"]): c.get("awards", 0) for c in self.counters}
+        for counter in sorted(set(expected) | set(self.counts)):
+            self.report.checked["counters-match-ledger"] += 1
+            kind, subject = COUNTER_KINDS.get(counter[:2]), counter[2:]
+            held = self.counts.get(counter, 0)
+            if kind is None or not subject:
+                self._find(
+                    VIOLATION,
+                    "counters-match-ledger",
+                    f"counter {counter!r} is neither a#<activity_id> nor c#<category>",
+                )
+            elif held is None or held < 0:
+                self._find(
+                    VIOLATION,
+                    "counters-match-ledger",
+                    f"counter {counter!r} holds awards {raw[counter]!r}, not a whole number >= 0",
+                )
+            elif held != expected[counter]:
+                self._find(
+                    VIOLATION,
+                    "counters-match-ledger",
+                    f"counter {counter!r} holds {held:,} awards, but the ledger has {expected[counter]:,} "
+                    f"counted awards of {kind} {subject!r} ({held - expected[counter]:+,})",
+                )
 
     # --- achievements -----------------------------------------------------------------
 
@@ -493,12 +599,41 @@ class _UserCheck:
             min_level = _whole(requirements.get("min_level", 0)) or 0
             if level < min_level:
                 unmet.append(f"level {level} < {min_level}")
+            for needed in requirements.get("activity_counts", ()) or ():
+                # The unlock's transaction checked the counter, and counters only grow.
+                if not isinstance(needed, Mapping):
+                    continue
+                activity_id, category = str(needed.get("activity_id") or ""), str(needed.get("category") or "")
+                counter = "a#" + activity_id if activity_id else "c#" + category
+                count, has = _whole(needed.get("count", 0)) or 0, self.counts.get(counter, 0) or 0
+                if has < count:
+                    unmet.append(f"{COUNTER_KINDS[counter[:2]]} {counter[2:]!r} counted {has:,} < {count:,}")
             if unmet:
                 # Totals, levels and unlocks only grow: what held at the unlock still holds, unless the catalog changed.
                 self._find(
                     self._catalog_dependent(),
                     "unlock-requirements-held",
                     f"{achievement_id!r} is unlocked but its requirements do not hold: {'; '.join(unmet)}",
+                )
+
+    def _check_auto_unlocks(self) -> None:
+        """An auto-unlock achievement the user qualifies for but lacks is legal
+        (left for later while Achievements could not answer XP), not settled."""
+        if self.progress is None or not self.auto_rules:  # not a player (reported above when it has items)
+            return
+        held = frozenset(str(u["achievement_id"]) for u in self.unlocks)
+        level = self.stored_level if self.stored_level is not None else self.table.start_level
+        standing = Standing(held, self.total_xp or 0, level, {c: n or 0 for c, n in self.counts.items()})
+        for achievement_id, requirements in self.auto_rules:
+            self.report.checked["auto-unlocks-made"] += 1
+            if achievement_id in held or requirements is None:
+                continue
+            if not unmet_requirements(requirements, standing):
+                self._find(
+                    WARNING,
+                    "auto-unlocks-made",
+                    f"auto-unlock achievement {achievement_id!r} is due, not yet unlocked: "
+                    "`rewardsctl achievements backfill` unlocks it",
                 )
 
     # --- levels ---------------------------------------------------------------------
@@ -623,6 +758,80 @@ class _UserCheck:
                 )
 
 
+# --- the game-wide stats ----------------------------------------------------------------------------
+
+
+@dataclass
+class _StatsTally:
+    """What the game-wide stats must hold, by stat and shard, tallied one user at a time."""
+
+    counted: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
+
+    def add(self, user: UserItems) -> None:
+        shard = stat_shard(user.user_id)  # the shard the user's unlocks and player count went to
+        for unlock in user.unlocks:
+            if unlock.get("counted") is True:  # recorded with its stat in one transaction
+                self.counted[unlocks_stat(str(unlock["achievement_id"]))][shard] += 1
+        if user.progress is not None and user.progress.get("player_counted") is True:
+            self.counted[PLAYERS_STAT][shard] += 1
+
+
+def _check_stats(report: VerifyReport, catalog: StageCatalog, tally: _StatsTally) -> None:
+    """Each stat, its shards summed, against what the users' items say it counted."""
+    report.checked["players-stat-matches"] += 1
+    problem = _stat_problem(catalog.stats.get(PLAYERS_STAT, {}), tally.counted[PLAYERS_STAT])
+    if problem:
+        report.add(
+            Finding(
+                VIOLATION,
+                "players-stat-matches",
+                "",
+                f"the players stat {problem[0]}, but {problem[1]:,} progress items are marked player_counted"
+                + problem[2],
+            )
+        )
+    prefix = unlocks_stat("")
+    achievement_ids = (
+        set(catalog.achievements)
+        | {stat.removeprefix(prefix) for stat in catalog.stats if stat.startswith(prefix)}
+        | {stat.removeprefix(prefix) for stat in tally.counted if stat.startswith(prefix)}
+    )
+    for achievement_id in sorted(achievement_ids):
+        report.checked["unlock-stats-match"] += 1
+        stat = unlocks_stat(achievement_id)
+        problem = _stat_problem(catalog.stats.get(stat, {}), tally.counted.get(stat, Counter()))
+        if problem:
+            report.add(
+                Finding(
+                    VIOLATION,
+                    "unlock-stats-match",
+                    "",
+                    f"the unlock stat {stat!r} {problem[0]}, but {problem[1]:,} unlock records of "
+                    f"{achievement_id!r} are counted" + problem[2],
+                )
+            )
+
+
+def _stat_problem(shards: Mapping[int, Any], tallied: Counter[int]) -> tuple[str, int, str] | None:
+    """None when the shards sum to the tally; else (what the stat holds, the
+    tally, the shards that differ from their users' items)."""
+    expected = sum(tallied.values())
+    stored = {shard: _whole(value) for shard, value in shards.items()}
+    unreadable = sorted(shard for shard, value in stored.items() if value is None)
+    if unreadable:
+        return f"has shards holding no whole number ({_some_levels(unreadable)})", expected, ""
+    total = sum(value or 0 for value in stored.values())
+    if total == expected:
+        return None
+    off = [
+        f"{shard}: {stored.get(shard, 0) or 0:,} for {tallied.get(shard, 0):,}"
+        for shard in sorted(set(stored) | set(tallied))
+        if (stored.get(shard, 0) or 0) != tallied.get(shard, 0)
+    ]
+    shown = "; ".join(off[:_IDS_SHOWN]) + (f" and {len(off) - _IDS_SHOWN:,} more" if len(off) > _IDS_SHOWN else "")
+    return f"is {total:,} (its shards summed)", expected, f" ({total - expected:+,}; shards off: {shown})"
+
+
 def _ledger_entry_problems(entry: Mapping[str, Any]) -> list[str]:
     """What is wrong with one ledger entry's shape; empty when nothing is."""
     problems = []
@@ -713,7 +922,7 @@ def report_as_text(report: VerifyReport, where: str = "") -> str:
         lines.append(f"findings: the first {len(listed):,} of {total:,}, violations first, by user id{more}")
     elif listed:
         lines.append(f"findings ({total:,}):")
-    lines.extend(f"{f.severity:<9} {f.invariant:<26} {f.user_id}: {f.message}" for f in listed)
+    lines.extend(f"{f.severity:<9} {f.invariant:<26} {f.user_id or STAGE_WIDE}: {f.message}" for f in listed)
     return "\n".join(lines)
 
 
@@ -725,6 +934,7 @@ _USER_TABLES = {
     "unlocks": USER_ACHIEVEMENTS,
     "level_rewards": LEVEL_REWARDS,
     "level_checks": LEVEL_CHECKS,
+    "counters": ACTIVITY_COUNTS,
 }
 # Users read per page of user_progress, and users read at once (each one Query per user table):
 # together they bound what is in memory, one page of ids and a few users' items.
@@ -736,7 +946,8 @@ _BATCH_GET_KEYS = 100
 
 
 def read_catalog(client: Any, table_prefix: str) -> StageCatalog:
-    """The level table and the achievements. Raises StageNotFound when a table is missing."""
+    """The level table, the achievements and the game-wide stats (a few items
+    per achievement). Raises StageNotFound when a table is missing."""
     levels = [
         Level(
             int(v["level"]),
@@ -752,7 +963,11 @@ def read_catalog(client: Any, table_prefix: str) -> StageCatalog:
         for page in _pages(client, "scan", table_prefix, ACHIEVEMENTS)
         for a in map(from_item, page["Items"])
     }
-    return StageCatalog(LevelTable(levels), achievements)
+    stats: dict[str, dict[int, Any]] = defaultdict(dict)
+    for page in _pages(client, "scan", table_prefix, ACHIEVEMENT_STATS):
+        for values in map(from_item, page["Items"]):
+            stats[str(values["counter"])][int(values["shard"])] = values.get("total", 0)
+    return StageCatalog(LevelTable(levels), achievements, dict(stats))
 
 
 def read_users(client: Any, table_prefix: str) -> Iterator[UserItems]:

@@ -97,9 +97,10 @@ class Cluster:
         self._servers: dict[str, grpc.aio.Server] = {}
         self.ports: dict[str, int] = {}
         self._channels: list[grpc.Channel] = []
+        # Each after the ones it calls: XP calls Levels and Achievements, Achievements calls Levels.
         self.start("levels")
-        self.start("xp")
         self.start("achievements")
+        self.start("xp")
         self.xp = xp_pb2_grpc.XpServiceStub(self.channel("xp"))
         self.levels = levels_pb2_grpc.LevelsServiceStub(self.channel("levels"))
         self.achievements = achievements_pb2_grpc.AchievementsServiceStub(self.channel("achievements"))
@@ -114,6 +115,7 @@ class Cluster:
             self.settings,
             levels_target=f"localhost:{self.ports.get('levels', 0)}",
             xp_target=f"localhost:{self.ports.get('xp', 0)}",
+            achievements_target=f"localhost:{self.ports.get('achievements', 0)}",
         )
         server, port = self.loop.run(
             self._factory(name)(f"localhost:{self.ports.get(name, 0)}", settings, dynamodb or self.lean)

@@ -184,6 +184,50 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("achievements", "ListUserAchievements", ach.ListUserAchievementsRequest(user_id=DECOMPOSED_ID), "user_id"),
     ("achievements", "ListAchievements", ach.ListAchievementsRequest(page_size=1000), "page_size"),
     ("achievements", "ListUserAchievements", ach.ListUserAchievementsRequest(user_id=""), "user_id"),
+    (
+        "achievements",
+        "PutAchievement",
+        ach.PutAchievementRequest(
+            achievement=ach.Achievement(
+                achievement_id="bad-c1",
+                name="n",
+                requirements=ach.Requirements(activity_counts=[ach.ActivityCount(activity_id=ZERO_WIDTH_ID, count=1)]),
+            )
+        ),
+        "achievement.requirements.activity_counts[0].activity_id",
+    ),
+    (
+        "achievements",
+        "PutAchievement",
+        ach.PutAchievementRequest(
+            achievement=ach.Achievement(
+                achievement_id="bad-c2",
+                name="n",
+                requirements=ach.Requirements(activity_counts=[ach.ActivityCount(activity_id="a", count=1)] * 11),
+            )
+        ),
+        "achievement.requirements.activity_counts",
+    ),
+    (
+        "achievements",
+        "GetAchievementProgress",
+        ach.GetAchievementProgressRequest(user_id=DECOMPOSED_ID),
+        "user_id",
+    ),
+    (
+        "achievements",
+        "GetAchievementProgress",
+        ach.GetAchievementProgressRequest(user_id="u", page_size=101),
+        "page_size",
+    ),
+    ("achievements", "GetAchievementStats", ach.GetAchievementStatsRequest(achievement_id=""), "achievement_id"),
+    ("achievements", "UnlockDueAchievements", ach.UnlockDueAchievementsRequest(user_id="u"), "trigger_id"),
+    (
+        "achievements",
+        "UnlockDueAchievements",
+        ach.UnlockDueAchievementsRequest(user_id="u", trigger_id="t", achievement_ids=[ZERO_WIDTH_ID]),
+        "achievement_ids[0]",
+    ),
     ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=0, xp_required=10)), "level.level"),
     ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=-3, xp_required=10)), "level.level"),
     ("levels", "PutLevel", lv.PutLevelRequest(level=lv.Level(level=9001, xp_required=-1)), "level.xp_required"),

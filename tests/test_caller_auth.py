@@ -120,17 +120,22 @@ def test_every_contract_method_has_roles_and_admin_may_call_it() -> None:
     }
     assert served <= set(METHOD_ROLES)
     assert all(Role.ADMIN in METHOD_ROLES[m] for m in served)
-    # What a game server may not do: change the catalog or grant XP.
+    # What a game server may not do: change the catalog, grant XP or unlock for other reasons than its own calls.
     assert {m.rsplit("/", 1)[1] for m in served if Role.GAME not in METHOD_ROLES[m]} == {
         "PutActivity",
         "DeleteActivity",
         "GrantXp",
+        "UnlockDueAchievements",
         "PutAchievement",
         "DeleteAchievement",
         "PutLevel",
         "DeleteLevel",
     }
-    assert {m.rsplit("/", 1)[1] for m in served if Role.SERVICE in METHOD_ROLES[m]} == {"GrantXp", "CheckLevelUp"}
+    assert {m.rsplit("/", 1)[1] for m in served if Role.SERVICE in METHOD_ROLES[m]} == {
+        "GrantXp",
+        "CheckLevelUp",
+        "UnlockDueAchievements",
+    }
 
 
 # --- against the servers -----------------------------------------------------------------

@@ -313,6 +313,7 @@ def recorded_calls(dynamodb_endpoint: str) -> Iterator[dict[str, set[Grant]]]:
         dynamodb_endpoint=dynamodb_endpoint,
         table_prefix=f"cfn-{uuid.uuid4().hex[:8]}-",
         auth_jwt_secret=TEST_AUTH_SECRET,
+        auto_rules_cache_s=0.0,  # XP sees an auto-unlock achievement put a moment ago
     )
     ensure_tables(create_dynamodb_client(settings), settings.table_prefix)  # as the stack would, unrecorded
     loop = ServerLoop.shared()
@@ -323,8 +324,8 @@ def recorded_calls(dynamodb_endpoint: str) -> Iterator[dict[str, set[Grant]]]:
     channels: dict[str, grpc.Channel] = {}
     factories: dict[str, Callable[..., Any]] = {
         "levels": levels_server.create_server,
-        "xp": xp_server.create_server,
         "achievements": achievements_server.create_server,
+        "xp": xp_server.create_server,
     }
     try:
         for service, create_server in factories.items():  # in the order they call each other
@@ -341,6 +342,7 @@ def recorded_calls(dynamodb_endpoint: str) -> Iterator[dict[str, set[Grant]]]:
                 settings,
                 levels_target=f"localhost:{ports.get('levels', 0)}",
                 xp_target=f"localhost:{ports.get('xp', 0)}",
+                achievements_target=f"localhost:{ports.get('achievements', 0)}",
             )
             server, ports[service] = loop.run(create_server("localhost:0", peers, client))
             servers.append(server)
@@ -465,6 +467,42 @@ def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
     )
     assert (recorded.already_unlocked, recorded.xp_awarded, recorded.total_xp) == (False, 0, 1)
 
+    # Achievements that unlock themselves: awards counted; the second reaches the watch and XP asks
+    # Achievements, which reads the user's counters and unlocks, checking the count (ConditionCheck),
+    # moving the unlock stats, and leaves its watches; a refused manual unlock reads the counts.
+    achievements.PutAchievement(
+        achievements_pb2.PutAchievementRequest(
+            achievement=achievements_pb2.Achievement(
+                achievement_id="two-wins",
+                name="two-wins",
+                xp_reward=5,
+                auto_unlock=True,
+                requirements=achievements_pb2.Requirements(
+                    activity_counts=[achievements_pb2.ActivityCount(category="pvp", count=2)]
+                ),
+            )
+        )
+    )
+    counted = f"player-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(grpc.RpcError) as caught:
+        achievements.UnlockAchievement(
+            achievements_pb2.UnlockAchievementRequest(user_id=counted, achievement_id="two-wins")
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    answers = [
+        xp.AwardXp(xp_pb2.AwardXpRequest(user_id=counted, activity_id="win-match", request_id=f"w{i}"))
+        for i in range(2)
+    ]
+    assert [list(a.unlocked_achievements) for a in answers] == [[], ["two-wins"]]
+    progress = achievements.GetAchievementProgress(achievements_pb2.GetAchievementProgressRequest(user_id=counted))
+    assert {p.achievement.achievement_id for p in progress.achievements if p.unlocked} == {"two-wins"}
+    stats = achievements.GetAchievementStats(achievements_pb2.GetAchievementStatsRequest(achievement_id="two-wins"))
+    assert stats.unlocked_count == 1
+    due = achievements.UnlockDueAchievements(
+        achievements_pb2.UnlockDueAchievementsRequest(user_id=counted, trigger_id="operator", dry_run=True)
+    )
+    assert list(due.due) == []
+
 
 @pytest.mark.parametrize("service", ["xp", "achievements", "levels"])
 def test_policy_grants_exactly_the_calls_the_service_makes(
@@ -498,7 +536,12 @@ def test_the_derived_least_privilege_table(template: dict[str, Any]) -> None:
         # The level table's version item (GetItem), and the table when it moved (Scan).
         "levels": ["GetItem", "Scan"],
         "user_achievements": ["Query"],
-        "user_progress": ["GetItem", "UpdateItem"],
+        # The read after an award takes the counters an auto-unlock rule counts with the progress item.
+        "user_progress": ["BatchGetItem", "GetItem", "UpdateItem"],
+        "activity_counts": ["BatchGetItem", "UpdateItem"],
+        # The players stat, once per user; the auto-unlock rules, from the catalog.
+        "achievement_stats": ["UpdateItem"],
+        "achievements": ["Scan"],
         "xp_ledger": ["GetItem", "PutItem", "UpdateItem"],
     }
     assert item_grants("achievements") == {
@@ -506,7 +549,10 @@ def test_the_derived_least_privilege_table(template: dict[str, Any]) -> None:
         "achievements": ["BatchGetItem", "ConditionCheckItem", "DeleteItem", "GetItem", "PutItem", "Scan"],
         "levels": ["GetItem", "Scan"],
         "user_achievements": ["BatchGetItem", "ConditionCheckItem", "GetItem", "PutItem", "Query", "UpdateItem"],
-        "user_progress": ["GetItem", "UpdateItem"],
+        "user_progress": ["BatchGetItem", "GetItem", "UpdateItem"],
+        # Counts checked in the unlock's transaction, read by a refusal and an evaluation, watched.
+        "activity_counts": ["BatchGetItem", "ConditionCheckItem", "Query", "UpdateItem"],
+        "achievement_stats": ["BatchGetItem", "UpdateItem"],
         # The unlock pays its reward in its own transaction.
         "xp_ledger": ["PutItem", "UpdateItem"],
     }

@@ -1,10 +1,11 @@
 """Crash faults: concurrent game clients award XP and unlock achievements, and
 retry every failed call with the same request, while the test SIGKILLs and
-restarts the Levels service, then XP, then Achievements. Afterwards the
+restarts the Levels service, then XP, then Achievements; awards also unlock
+tiered auto-unlock achievements as their counts are reached. Afterwards the
 invariant checker (`rewardsctl verify`, run as the real command) must find
-nothing wrong, and what the stage holds must be what the clients asked for,
-computed on the client side. Also: the checker can fail (a corrupted stage),
-and its rules one by one on hand-made table contents.
+nothing wrong, and what the stage holds (XP, unlocks, counters, stats) must be
+what the clients asked for, computed on the client side. Also: the checker can
+fail (a corrupted stage), and its rules one by one on hand-made table contents.
 
 Figures of a run are printed (pytest -s) and kept in docs/faults.md."""
 
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -27,12 +28,14 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from common.dynamodb import attr, to_item
+from common.config import Settings
+from common.dynamodb import attr, create_dynamodb_client, to_item
+from common.dynamodb.counters import stat_shard
 from common.models import Level, LevelTable, Reward
 from devcluster.dynamodb_local import REPO_ROOT
 from devcluster.readiness import wait_grpc_serving
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
-from rewardsctl.verify import NOTE, VIOLATION, WARNING, StageContents, verify_contents
+from rewardsctl.verify import NOTE, VIOLATION, WARNING, StageContents, report_as_text, verify_contents
 from tests.cluster import Cluster, authorized_channel
 from tests.process_cluster import ProcessCluster, start_process_cluster
 
@@ -55,6 +58,14 @@ LEVEL_TABLE = LevelTable(
 # boss-kill jumps levels at once; daily-login often crosses none.
 ACTIVITY_XP = {"win-match": 60, "finish-quest": 35, "daily-login": 10, "boss-kill": 250}
 ACTIVITY_WEIGHTS = {"win-match": 5, "finish-quest": 4, "daily-login": 3, "boss-kill": 1}
+# What each award counts under besides its activity (daily-login: no category).
+ACTIVITY_CATEGORY = {"win-match": "pvp", "boss-kill": "pvp", "finish-quest": "pve"}
+
+
+def counters_of_award(activity_id: str) -> list[str]:
+    """The counters (activity_counts) one award of the activity adds one to."""
+    category = ACTIVITY_CATEGORY.get(activity_id)
+    return [f"a#{activity_id}", *([f"c#{category}"] if category else [])]
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,23 @@ class AchievementSpec:
     min_total_xp: int = 0
     min_level: int = 0
 
+
+@dataclass(frozen=True)
+class AutoSpec:
+    """An auto-unlock achievement: `count` awards on one counter (a#<activity> or c#<category>)."""
+
+    xp_reward: int
+    counter: str
+    count: int
+
+
+# Unlocked by the awards themselves, as their counts are reached during the load (so while
+# services are killed): a tier pair on one activity and one on a category. Each pays XP.
+AUTO_ACHIEVEMENTS = {
+    "quester": AutoSpec(30, "a#finish-quest", 3),
+    "quest-master": AutoSpec(60, "a#finish-quest", 6),
+    "brawler": AutoSpec(20, "c#pvp", 8),
+}
 
 # In the order each user's owning client unlocks them.
 ACHIEVEMENTS = {
@@ -77,6 +105,10 @@ ACHIEVEMENTS = {
 # --- the load -----------------------------------------------------------------------
 
 USERS = [f"crash-user-{i:02d}" for i in range(40)]
+# Awarded by the test itself while Achievements is down, enough to reach a tier, and never again:
+# an auto unlock that is left for later for sure, for the settling to make.
+PROBE_USER = "crash-probe"
+ALL_USERS = [*USERS, PROBE_USER]
 CLIENTS = 10
 # A fault starts once the clients have finished this many more requests, so each lands in running load.
 REQUESTS_BETWEEN_FAULTS = 70
@@ -94,7 +126,7 @@ DUPLICATE_SHARE = 0.12  # of requests: a copy of a request another client alread
 FAULT_ORDER = ("levels", "xp", "achievements")
 
 # Fail fast on a dead server and reconnect quickly after its restart; retries are the test's own, to count them.
-CHANNEL_OPTIONS = [
+CHANNEL_OPTIONS: list[tuple[str, object]] = [
     ("grpc.enable_retries", 0),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -196,6 +228,17 @@ def unlock(
             record.known_xp[user_id] += ACHIEVEMENTS[achievement_id].xp_reward
         record.unlock_answers[(user_id, achievement_id)].append(answer)
     return answer
+
+
+def unlock_due(
+    record: LoadRecord, stubs: Stubs, user_id: str, trigger_id: str
+) -> achievements_pb2.UnlockDueAchievementsResponse:
+    request = achievements_pb2.UnlockDueAchievementsRequest(user_id=user_id, trigger_id=trigger_id)
+    return call_until_done(
+        record,
+        "UnlockDueAchievements",
+        lambda: stubs.achievements.UnlockDueAchievements(request, timeout=CALL_TIMEOUT_S),
+    )
 
 
 def check_level_up(record: LoadRecord, stubs: Stubs, user_id: str, request_id: str) -> levels_pb2.LevelUpResult:
@@ -316,10 +359,12 @@ class Fault:
     down_s: float  # from SIGKILL to SERVING again
 
 
-def restart_after_sigkill(cluster: ProcessCluster, name: str, down_s: float) -> float:
-    """SIGKILLs one service, waits `down_s`, starts it again with the same
-    command, environment and port, and waits until it is SERVING. Returns the
-    seconds it was not serving."""
+def restart_after_sigkill(
+    cluster: ProcessCluster, name: str, down_s: float, while_down: Callable[[], None] | None = None
+) -> float:
+    """SIGKILLs one service, waits `down_s` (calling `while_down` first, when
+    given), starts it again with the same command, environment and port, and
+    waits until it is SERVING. Returns the seconds it was not serving."""
     process = cluster.processes[name]
     # The exact environment the process was started with (tests.process_cluster does not keep it).
     env = dict(
@@ -330,7 +375,10 @@ def restart_after_sigkill(cluster: ProcessCluster, name: str, down_s: float) -> 
     killed_at = time.monotonic()
     process.kill()  # SIGKILL: no graceful shutdown, in-flight calls are cut
     process.wait()
-    time.sleep(down_s)
+    restart_at = time.monotonic() + down_s
+    if while_down is not None:
+        while_down()
+    time.sleep(max(0.0, restart_at - time.monotonic()))
     cluster.processes[name] = subprocess.Popen(
         process.args,
         cwd=REPO_ROOT,
@@ -343,7 +391,12 @@ def restart_after_sigkill(cluster: ProcessCluster, name: str, down_s: float) -> 
     return time.monotonic() - killed_at
 
 
-def inject_faults(cluster: ProcessCluster, record: LoadRecord, load_deadline: float) -> list[Fault]:
+def inject_faults(
+    cluster: ProcessCluster,
+    record: LoadRecord,
+    load_deadline: float,
+    while_down: Mapping[str, Callable[[], None]] | None = None,
+) -> list[Fault]:
     faults = []
     for name in FAULT_ORDER:
         with record.lock:
@@ -355,7 +408,7 @@ def inject_faults(cluster: ProcessCluster, record: LoadRecord, load_deadline: fl
                 break
             time.sleep(0.02)
         faults.append(Fault(name, done, 0.0))
-        faults[-1].down_s = restart_after_sigkill(cluster, name, DOWN_S)
+        faults[-1].down_s = restart_after_sigkill(cluster, name, DOWN_S, (while_down or {}).get(name))
     return faults
 
 
@@ -392,7 +445,9 @@ def table_prefix_of(cluster: ProcessCluster) -> str:
     return next(e.split("=", 1)[1] for e in environ if e.startswith("REWARDS_TABLE_PREFIX="))
 
 
-def put_catalog(stubs: Stubs) -> None:
+def put_catalog(stubs: Stubs, *, auto: bool = False) -> None:
+    """The levels, activities and achievements; with `auto`, the auto-unlock ones too
+    (on a stage of its own: they apply to every award)."""
     for level in LEVEL_TABLE.levels:
         stubs.levels.PutLevel(
             levels_pb2.PutLevelRequest(
@@ -405,7 +460,11 @@ def put_catalog(stubs: Stubs) -> None:
         )
     for activity_id, xp in ACTIVITY_XP.items():
         stubs.xp.PutActivity(
-            xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id=activity_id, name=activity_id, xp=xp))
+            xp_pb2.PutActivityRequest(
+                activity=xp_pb2.Activity(
+                    activity_id=activity_id, name=activity_id, xp=xp, category=ACTIVITY_CATEGORY.get(activity_id, "")
+                )
+            )
         )
     for achievement_id, spec in ACHIEVEMENTS.items():
         stubs.achievements.PutAchievement(
@@ -422,6 +481,49 @@ def put_catalog(stubs: Stubs) -> None:
                 )
             )
         )
+    for achievement_id, auto_spec in AUTO_ACHIEVEMENTS.items() if auto else ():
+        kind, subject = auto_spec.counter.split("#", 1)
+        stubs.achievements.PutAchievement(
+            achievements_pb2.PutAchievementRequest(
+                achievement=achievements_pb2.Achievement(
+                    achievement_id=achievement_id,
+                    name=achievement_id,
+                    xp_reward=auto_spec.xp_reward,
+                    auto_unlock=True,
+                    requirements=achievements_pb2.Requirements(
+                        activity_counts=[
+                            achievements_pb2.ActivityCount(
+                                activity_id=subject if kind == "a" else "",
+                                category=subject if kind == "c" else "",
+                                count=auto_spec.count,
+                            )
+                        ]
+                    ),
+                )
+            )
+        )
+
+
+def stored_counters(client: Any, table_prefix: str, user_id: str) -> Counter[str]:
+    """The user's counters as activity_counts holds them (items holding only a watch left out)."""
+    items = client.query(
+        TableName=table_prefix + "activity_counts",
+        KeyConditionExpression="user_id = :u",
+        ExpressionAttributeValues={":u": attr(user_id)},
+        ConsistentRead=True,
+    )["Items"]
+    return Counter({item["counter"]["S"]: int(item["awards"]["N"]) for item in items if "awards" in item})
+
+
+def stored_triggers(client: Any, table_prefix: str, user_id: str) -> dict[str, str]:
+    """The user's unlock records: each achievement with its trigger ("" for an unlock a client asked for)."""
+    items = client.query(
+        TableName=table_prefix + "user_achievements",
+        KeyConditionExpression="user_id = :u",
+        ExpressionAttributeValues={":u": attr(user_id)},
+        ConsistentRead=True,
+    )["Items"]
+    return {item["achievement_id"]["S"]: item.get("trigger", {}).get("S", "") for item in items}
 
 
 def rewards_of_levels(levels: Iterator[Level] | tuple[Level, ...]) -> Counter[str]:
@@ -454,8 +556,17 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
     )
     table_prefix = table_prefix_of(process_cluster)
     try:
-        put_catalog(stubs)
+        put_catalog(stubs, auto=True)
         record = LoadRecord()
+        # The probe's awards, kept apart: no client resends a copy of them (a copy would unlock what they left).
+        probe = LoadRecord()
+
+        def reach_a_tier_while_achievements_is_down() -> None:
+            """An auto unlock left for later for sure: the award that reaches `quester` cannot ask for it."""
+            for i in range(AUTO_ACHIEVEMENTS["quester"].count):
+                answer = award(probe, stubs, PROBE_USER, "finish-quest", f"probe-{i}")
+                assert list(answer.unlocked_achievements) == [], answer
+
         faults_done = threading.Event()
         load_deadline = time.monotonic() + LOAD_BUDGET_S
         clients = [GameClient(i, record, stubs, faults_done, load_deadline) for i in range(CLIENTS)]
@@ -463,7 +574,9 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
         for thread in threads:
             thread.start()
         try:
-            faults = inject_faults(process_cluster, record, load_deadline)
+            faults = inject_faults(
+                process_cluster, record, load_deadline, {"achievements": reach_a_tier_while_achievements_is_down}
+            )
         finally:
             faults_done.set()
             for thread in threads:
@@ -478,10 +591,12 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
         assert record.requests_done >= faults[-1].requests_done_at_kill + CLIENTS * TAIL_REQUESTS_PER_CLIENT
         assert record.retries["UNAVAILABLE"] > 0  # the kills were felt
         assert all(step == len(ACHIEVEMENTS) for c in clients for step in c.next_unlock.values())
+        awards = {**record.awards, **probe.awards}
+        award_answers = {**record.award_answers, **probe.award_answers}
 
         # --- what each answer said, client side --------------------------------------------
-        for (user, request_id), answers in record.award_answers.items():
-            activity = record.awards[(user, request_id)]
+        for (user, request_id), answers in award_answers.items():
+            activity = awards[(user, request_id)]
             # Every answer for one request reports the XP of that one award, original or duplicate.
             assert {a.xp_awarded for a in answers} == {ACTIVITY_XP[activity]}, (user, request_id, answers)
             # At most one answer is the original (it may be lost with a killed server).
@@ -495,47 +610,143 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
             if reward and not paid:
                 paying_answers_lost += 1
 
+        # --- auto unlocks, client side --------------------------------------------------------
+        # Each user's counters are the distinct awards sent; a tier is due where its count is reached.
+        expected_counts = {user: Counter[str]() for user in ALL_USERS}
+        for (user, _), activity in awards.items():
+            expected_counts[user].update(counters_of_award(activity))
+        qualified = {
+            user: {a for a, spec in AUTO_ACHIEVEMENTS.items() if expected_counts[user][spec.counter] >= spec.count}
+            for user in ALL_USERS
+        }
+        assert qualified[PROBE_USER] == {"quester"}
+        # The run covers both sides: each auto achievement was earned by some user, each tier missed by some.
+        assert all(any(a in qualified[u] for u in USERS) for a in AUTO_ACHIEVEMENTS), qualified
+        assert all(any(a not in qualified[u] for u in USERS) for a in AUTO_ACHIEVEMENTS), qualified
+        # The triggers whose answers list an auto unlock (an award's ledger entry id, or the unlock of a
+        # manual achievement): an unlock is recorded under one trigger and listed by its answers only (a
+        # retry lists what its original unlocked). Listed first by a retry: the first answer was cut, or
+        # came while Achievements could not answer.
+        listed_by: dict[tuple[str, str], set[str]] = defaultdict(set)
+        listed_late = 0
+        for (user, request_id), answers in award_answers.items():
+            for answer in answers:
+                for achievement_id in answer.unlocked_achievements:
+                    listed_by[(user, achievement_id)].add(f"req#{request_id}")
+            listed_late += len(
+                {a for answer in answers[1:] for a in answer.unlocked_achievements}
+                - set(answers[0].unlocked_achievements)
+            )
+        for (user, unlocked_id), unlock_answers in record.unlock_answers.items():
+            for unlock_answer in unlock_answers:
+                for achievement_id in unlock_answer.also_unlocked:
+                    listed_by[(user, achievement_id)].add(f"unlock#{unlocked_id}")
+        assert {key: triggers for key, triggers in listed_by.items() if len(triggers) > 1} == {}
+        assert all(achievement_id in qualified[user] for user, achievement_id in listed_by), listed_by
+
+        # --- the tables, as the checker proves them before settling --------------------------------
+        status, before_settling, stderr = run_verify(dynamodb_endpoint, table_prefix, "--limit", "100000")
+        assert status == 0, (before_settling["violations"], stderr)
+        assert before_settling["counts"]["users"] == len(ALL_USERS)
+        assert before_settling["counts"]["violations"] == 0
+        # Every unlock succeeded, so none owes XP; a level check may be due where the last check was
+        # deferred, and an auto unlock where Achievements could not answer XP in time (the probe's, at least).
+        due_warnings = [w for w in before_settling["warnings"] if w["invariant"] == "auto-unlocks-made"]
+        assert {
+            (w["invariant"], w["message"].split(":")[0]) for w in before_settling["warnings"] if w not in due_warnings
+        } <= {("level-matches-xp", "level check due")}
+        due_before = {(w["user_id"], w["message"].split("'")[1]) for w in due_warnings}
+        assert (PROBE_USER, "quester") in due_before
+        assert all(achievement_id in qualified[user] for user, achievement_id in due_before), due_before
+
+        # --- settle the auto unlocks left for later ------------------------------------------------
+        # UnlockDueAchievements for each user (with the test's admin token: the RPC is for services and
+        # operators), not one more award per user: it unlocks what is due and changes nothing else, so
+        # each counter stays the number of distinct awards sent and each total what they and the unlocks
+        # paid, whatever the settling found. One more award would move the counters and could reach a
+        # tier of its own, and XP asks Achievements after an award only when the award reached one of the
+        # user's watches (an award of another activity leaves a due unlock where it is). It is what
+        # `rewardsctl achievements backfill` does. One trigger per user: a retry lists the same unlocks.
+        settled_unlocks: set[tuple[str, str]] = set()
+        for user in ALL_USERS:
+            due = unlock_due(record, stubs, user, f"settle-{user}")
+            settled_unlocks.update((user, achievement_id) for achievement_id in due.unlocked)
+        # Only what the checker saw due (work still in flight at the end of the load may have unlocked
+        # some of it meanwhile), and nothing an answer already listed.
+        assert (PROBE_USER, "quester") in settled_unlocks
+        assert settled_unlocks <= due_before, (settled_unlocks, due_before)
+        assert not settled_unlocks & set(listed_by), settled_unlocks & set(listed_by)
+
         # --- the stage, as the services show it -------------------------------------------------
         expected_xp: Counter[str] = Counter()
-        for (user, _), activity in record.awards.items():
+        for (user, _), activity in awards.items():
             expected_xp[user] += ACTIVITY_XP[activity]
         expected_unlocks: dict[str, set[str]] = defaultdict(set)
         for user, achievement_id in record.unlock_answers:
             expected_unlocks[user].add(achievement_id)
             expected_xp[user] += ACHIEVEMENTS[achievement_id].xp_reward
-        for user in USERS:
+        for user in ALL_USERS:
+            expected_unlocks[user] |= qualified[user]
+            expected_xp[user] += sum(AUTO_ACHIEVEMENTS[a].xp_reward for a in qualified[user])
+        stage = create_dynamodb_client(Settings(dynamodb_endpoint=dynamodb_endpoint, table_prefix=table_prefix))
+        triggers: Counter[str] = Counter()  # of the auto unlocks, by what made them
+        for user in ALL_USERS:
             progress = stubs.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user), timeout=CALL_TIMEOUT_S)
+            # Exact: each qualified user's auto unlocks paid once, nothing paid to the others.
             assert progress.total_xp == expected_xp[user], user
-            assert set(progress.unlocked_achievements) == expected_unlocks[user] == set(ACHIEVEMENTS), user
+            manual = set(ACHIEVEMENTS) if user in USERS else set()
+            assert set(progress.unlocked_achievements) == expected_unlocks[user] == manual | qualified[user], user
+            # Each award counted once on its activity and its category, whatever the kills and retries.
+            assert stored_counters(stage, table_prefix, user) == +expected_counts[user], user
+            # Each auto unlock is recorded under what made it: one of this user's awards, an unlock of a
+            # manual achievement, or the settling; and only that trigger's answers list it.
+            for achievement_id, trigger in stored_triggers(stage, table_prefix, user).items():
+                if achievement_id not in AUTO_ACHIEVEMENTS:
+                    assert trigger == "", (user, achievement_id, trigger)  # unlocked by a client
+                    continue
+                kind, _, name = trigger.partition("#")
+                assert (
+                    (kind == "req" and (user, name) in awards)
+                    or (kind == "unlock" and name in ACHIEVEMENTS)
+                    or (trigger == f"settle-{user}" and (user, achievement_id) in settled_unlocks)
+                ), (user, achievement_id, trigger)
+                assert listed_by.get((user, achievement_id), set()) <= {trigger}, (user, achievement_id, trigger)
+                triggers["settling" if trigger.startswith("settle-") else kind] += 1
+        for achievement_id in [*ACHIEVEMENTS, *AUTO_ACHIEVEMENTS]:
+            stats = stubs.achievements.GetAchievementStats(
+                achievements_pb2.GetAchievementStatsRequest(achievement_id=achievement_id), timeout=CALL_TIMEOUT_S
+            )
+            holders = sum(achievement_id in expected_unlocks[u] for u in ALL_USERS)
+            assert (stats.unlocked_count, stats.players) == (holders, len(ALL_USERS)), achievement_id
 
         # --- the tables, as the checker proves them (deferred checks may still be due) ---------------
-        status, before_settling, stderr = run_verify(dynamodb_endpoint, table_prefix)
-        assert status == 0, (before_settling["violations"], stderr)
-        counts = before_settling["counts"]
-        paid_unlocks = len(USERS) * sum(1 for spec in ACHIEVEMENTS.values() if spec.xp_reward)
-        assert counts["users"] == len(USERS)
-        assert counts["ledger_entries"] == len(record.awards) + paid_unlocks
-        assert counts["unlocks"] == len(USERS) * len(ACHIEVEMENTS)
+        status, auto_settled, stderr = run_verify(dynamodb_endpoint, table_prefix)
+        assert status == 0, (auto_settled["violations"], stderr)
+        counts = auto_settled["counts"]
+        unlocks_held = sum(len(expected_unlocks[u]) for u in ALL_USERS)
+        unpaid = len(USERS) * sum(not spec.xp_reward for spec in ACHIEVEMENTS.values())  # badge-only
+        assert counts["users"] == len(ALL_USERS)
+        assert counts["ledger_entries"] == len(awards) + unlocks_held - unpaid
+        assert counts["unlocks"] == unlocks_held
         assert counts["violations"] == 0
-        # Every unlock succeeded, so none owes XP; a level check may be due where the last check was deferred.
-        assert {(w["invariant"], w["message"].split(":")[0]) for w in before_settling["warnings"]} <= {
+        assert {(w["invariant"], w["message"].split(":")[0]) for w in auto_settled["warnings"]} <= {
             ("level-matches-xp", "level check due")
         }
 
         # --- settle deferred checks, then every level matches its XP exactly -------------------------
-        for user in USERS:
+        for user in ALL_USERS:
             check_level_up(record, stubs, user, f"{user}-settle")
         status, settled, stderr = run_verify(dynamodb_endpoint, table_prefix, "--strict")
         assert status == 0, (settled["violations"], settled["warnings"], stderr)
         assert settled["counts"]["warnings"] == 0 and settled["counts"]["notes"] == 0
         assert settled["counts"]["levels_checked"] == sum(
             len(LEVEL_TABLE.levels_passed(LEVEL_TABLE.start_level, LEVEL_TABLE.level_for_xp(expected_xp[u])))
-            for u in USERS
+            for u in ALL_USERS
         )
         assert all(i["violations"] == 0 and i["checked"] > 0 for i in settled["invariants"].values())
         rewards_unreported = 0
         differing: list[tuple[str, str, list[Any]]] = []  # requests whose settled answers reported different level-ups
-        for user in USERS:
+        for user in ALL_USERS:
             level = LEVEL_TABLE.level_for_xp(expected_xp[user])
             progress = stubs.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user), timeout=CALL_TIMEOUT_S)
             assert progress.level == level, user
@@ -543,7 +754,7 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
             assert reported(progress.rewards) == granted, user
             # Across all requests, no level's rewards are reported twice (each request's answers taken once).
             told: Counter[str] = Counter()
-            for (u, request_id), answers in record.award_answers.items():
+            for (u, request_id), answers in award_answers.items():
                 settled_answers = [reported(a.level_up.rewards) for a in answers if not a.level_check_deferred]
                 if u == user and settled_answers:
                     if any(s != settled_answers[0] for s in settled_answers):
@@ -576,22 +787,30 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
 
         figures = {
             "clients": CLIENTS,
-            "users": len(USERS),
+            "users": f"{len(USERS)} and the probe",
             "requests": record.requests_done,
-            "distinct awards": len(record.awards),
+            "distinct awards": len(awards),
             "unlocks": sum(1 for answers in record.unlock_answers.values() if answers),
-            "calls made": sum(record.calls.values()),
-            "calls by method": dict(record.calls),
-            "retries": dict(record.retries),
+            "calls made": sum(record.calls.values()) + sum(probe.calls.values()),
+            "calls by method": dict(record.calls + probe.calls),
+            "retries": dict(record.retries + probe.retries),
             "faults injected": len(faults),
             "faults": [(f.service, f.requests_done_at_kill, round(f.down_s, 2)) for f in faults],
             "paying unlock answers lost in a kill": paying_answers_lost,
+            "auto unlocks (users qualified per achievement)": {
+                a: sum(a in q for q in qualified.values()) for a in AUTO_ACHIEVEMENTS
+            },
+            "auto unlocks by trigger": dict(triggers),
+            "auto unlocks listed in answers": len(listed_by),
+            "auto unlocks listed first by a retry": listed_late,
+            "auto unlocks due before settling (verify warnings)": len(due_before),
+            "auto unlocks made by the settling": len(settled_unlocks),
             "award requests answered differently": len(differing),
             "level rewards never reported": rewards_unreported,
             "ledger entries": settled["counts"]["ledger_entries"],
             "levels checked": settled["counts"]["levels_checked"],
             "invariants checked (settled run)": settled["counts"]["invariants_checked"],
-            "warnings before settling": counts["warnings"],
+            "warnings before settling": before_settling["counts"]["warnings"],
             "load s": round(load_s, 1),
             "total s": round(time.monotonic() - started, 1),
         }
@@ -714,6 +933,7 @@ def test_verify_reports_each_corruption_of_a_stage_and_exits_1(
         ("corrupt-level-item", "level-rewards-once"),
         ("corrupt-level-item", "level-check-records"),  # the check that granted level 2 still lists it
         ("corrupt-twice", "ledger-entry-well-formed"),
+        ("corrupt-twice", "counters-match-ledger"),  # the copy says counted, the counters counted the award once
         ("corrupt-level", "level-matches-xp"),
         ("corrupt-level", "level-rewards-once"),  # level 4 passed, its rewards never granted
         ("corrupt-unpaid", "achievement-paid-once"),
@@ -740,6 +960,10 @@ def test_verify_reports_each_corruption_of_a_stage_and_exits_1(
     assert messages[("corrupt-twice", "ledger-entry-well-formed")] == [
         "ledger entry 'auto#copy': it has request_id 'r2', so it should have been deduplicated as req#",
         "2 ledger entries carry attempt id " + repr(copy["attempt_id"]["S"]) + ": one write was recorded 2 times",
+    ]
+    assert messages[("corrupt-twice", "counters-match-ledger")] == [
+        "counter 'a#win-match' holds 2 awards, but the ledger has 3 counted awards of activity 'win-match' (-1)",
+        "counter 'c#pvp' holds 3 awards, but the ledger has 4 counted awards of category 'pvp' (-1)",
     ]
     assert messages[("corrupt-level", "level-matches-xp")] == [
         "stored level 4 is above level 3, what total_xp 435 gives"
@@ -777,6 +1001,111 @@ def test_verify_reports_each_corruption_of_a_stage_and_exits_1(
     assert done.returncode == 1 and "does not exist" in done.stderr and done.stdout == ""
 
 
+def test_verify_reports_counters_and_stats_off_and_warns_of_a_due_auto_unlock(
+    new_cluster: Callable[..., Cluster], dynamodb_endpoint: str
+) -> None:
+    # A short deadline for XP's call to Achievements: the award made while it is down answers soon.
+    c = new_cluster(auto_unlock_timeout_s=1.0)
+    stubs = Stubs(c.xp, c.achievements, c.levels)
+    put_catalog(stubs, auto=True)
+    users = ["counted-off", "shard-off", "settled", "due"]
+    for user in users:
+        # Three quests (`quester`, unlocked by the third) and a match: counters on two activities, two categories.
+        for i, activity in enumerate(("finish-quest", "finish-quest", "win-match")):
+            c.xp.AwardXp(xp_pb2.AwardXpRequest(user_id=user, activity_id=activity, request_id=f"r{i}"))
+        if user == "due":
+            c.stop("achievements")  # the award that makes `quester` due cannot ask for it: left for later
+        try:
+            third = c.xp.AwardXp(xp_pb2.AwardXpRequest(user_id=user, activity_id="finish-quest", request_id="r3"))
+        finally:
+            if user == "due":
+                c.start("achievements")
+        assert list(third.unlocked_achievements) == ([] if user == "due" else ["quester"]), user
+    prefix = c.settings.table_prefix
+
+    # Legal but not settled: the due unlock is a warning, nothing else is found.
+    status, report, stderr = run_verify(dynamodb_endpoint, prefix)
+    assert status == 0, stderr
+    assert report["counts"]["violations"] == 0 and report["counts"]["notes"] == 0
+    assert [(w["user_id"], w["invariant"], w["message"]) for w in report["warnings"]] == [
+        (
+            "due",
+            "auto-unlocks-made",
+            "auto-unlock achievement 'quester' is due, not yet unlocked: `rewardsctl achievements backfill` unlocks it",
+        )
+    ]
+    assert run_verify(dynamodb_endpoint, prefix, "--strict")[0] == 1  # a warning fails a stage that should be settled
+
+    # Unlocked by what a backfill calls; then every user is settled: counters, unlocks and stats, no finding.
+    backfill = c.achievements.UnlockDueAchievements(
+        achievements_pb2.UnlockDueAchievementsRequest(user_id="due", trigger_id="backfill")
+    )
+    assert list(backfill.unlocked) == ["quester"]
+    status, report, stderr = run_verify(dynamodb_endpoint, prefix, "--strict")
+    assert status == 0 and report["counts"]["warnings"] == 0 and report["counts"]["notes"] == 0, report
+    invariants = report["invariants"]
+    assert invariants["counters-match-ledger"]["checked"] == len(users) * 4  # a#finish-quest, c#pve, a#win-match, c#pvp
+    assert invariants["auto-unlocks-made"]["checked"] == len(users) * len(AUTO_ACHIEVEMENTS)
+    assert invariants["unlock-stats-match"]["checked"] == len(ACHIEVEMENTS) + len(AUTO_ACHIEVEMENTS)
+    assert invariants["players-stat-matches"]["checked"] == 1
+
+    def add(table: str, key: dict[str, Any], name: str, value: int) -> None:
+        c.dynamodb.update_item(
+            TableName=prefix + table,
+            Key=to_item(key),
+            UpdateExpression="ADD #n :v",
+            ExpressionAttributeNames={"#n": name},
+            ExpressionAttributeValues=to_item({":v": value}),
+        )
+
+    # A counter off by one; a shard of an achievement's unlock stat off by one; the players stat one short.
+    add("activity_counts", {"user_id": "counted-off", "counter": "a#win-match"}, "awards", 1)
+    add("achievement_stats", {"counter": "ach#quester", "shard": stat_shard("shard-off")}, "total", 1)
+    add("achievement_stats", {"counter": "players", "shard": stat_shard("settled")}, "total", -1)
+
+    status, report, stderr = run_verify(dynamodb_endpoint, prefix)
+    assert status == 1, stderr
+    assert [(v["user_id"], v["invariant"], v["message"]) for v in report["violations"]] == [
+        (
+            "",
+            "players-stat-matches",
+            "the players stat is 3 (its shards summed), but 4 progress items are marked player_counted "
+            f"(-1; shards off: {stat_shard('settled')}: {shard_users(users, 'settled') - 1} "
+            f"for {shard_users(users, 'settled')})",
+        ),
+        (
+            "",
+            "unlock-stats-match",
+            "the unlock stat 'ach#quester' is 5 (its shards summed), but 4 unlock records of 'quester' are counted "
+            f"(+1; shards off: {stat_shard('shard-off')}: {shard_users(users, 'shard-off') + 1} "
+            f"for {shard_users(users, 'shard-off')})",
+        ),
+        (
+            "counted-off",
+            "counters-match-ledger",
+            "counter 'a#win-match' holds 2 awards, but the ledger has 1 counted awards of activity 'win-match' (+1)",
+        ),
+    ]
+    assert report["warnings"] == [] and report["counts"]["violations"] == 3
+    # The text report says the same, the stats' findings naming the stage rather than a user.
+    done = subprocess.run(
+        [sys.executable, "-m", "rewardsctl", "verify"],
+        cwd=REPO_ROOT,
+        env=stage_env(dynamodb_endpoint, prefix),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "FAILED: 3 violations, 0 warnings, 0 notes" in done.stdout
+    assert "violation players-stat-matches       (stage): the players stat is 3" in done.stdout
+    assert "violation counters-match-ledger      counted-off: counter 'a#win-match' holds 2 awards" in done.stdout
+
+
+def shard_users(users: list[str], user: str) -> int:
+    """How many of `users` share the stat shard of `user`."""
+    return sum(stat_shard(u) == stat_shard(user) for u in users)
+
+
 # --- the checker's rules, pure -----------------------------------------------------------------------------
 
 
@@ -788,15 +1117,52 @@ def one_user(
     ledger: tuple[tuple[str, int], ...] = (),
     unlocks: tuple[tuple[str, int, bool], ...] = (),
     reached: tuple[int, ...] = (),
+    awards: tuple[tuple[str, str, int], ...] = (),
+    uncounted: tuple[str, ...] = (),
+    counters: dict[str, int] | None = None,
+    watches: dict[str, int] | None = None,
+    counted: bool = False,
+    achievements: tuple[dict[str, Any], ...] = (),
+    stats: dict[str, int] | None = None,
 ) -> StageContents:
     """A stage of one user `u`: ledger as (entry id, xp), unlocks as
-    (achievement, xp_reward, xp_granted), levels reached, granted by one check."""
+    (achievement, xp_reward, xp_granted), levels reached, granted by one check.
+    Awards of activities as (request id, activity, xp), each entry req#<request id>
+    with the activity's category (ACTIVITY_CATEGORY) and marked counted, unless its
+    request id is in `uncounted` (an earlier version's award); `counters` as their
+    awards, `watches` as watch_at; with `counted`, the unlocks are marked counted
+    (and noted by holds_achievements) and the user counted as a player; `stats`
+    by stat name, in the user's shard."""
     progress: dict[str, Any] = {"user_id": "u", "total_xp": Decimal(total_xp)}
     if level is not None:
         progress["level"] = Decimal(level)
     if unlocked:
         progress["unlocked_achievements"] = set(unlocked)
-    entries = []
+    if counted:  # this version's writes: the unlock records are the ids
+        progress["player_counted"] = True
+        if unlocks:
+            progress["holds_achievements"] = True
+    entries: list[dict[str, Any]] = []
+    for request_id, activity_id, xp in awards:
+        entry = {
+            "user_id": "u",
+            "entry_id": f"req#{request_id}",
+            "request_id": request_id,
+            "kind": "activity",
+            "activity_id": activity_id,
+            "xp": Decimal(xp),
+            "attempt_id": request_id,
+        }
+        if activity_id in ACTIVITY_CATEGORY:
+            entry["category"] = ACTIVITY_CATEGORY[activity_id]
+        if request_id not in uncounted:
+            entry["counted"] = True
+        entries.append(entry)
+    counter_items: dict[str, dict[str, Any]] = {}
+    for counter, awards_counted in (counters or {}).items():
+        counter_items[counter] = {"user_id": "u", "counter": counter, "awards": Decimal(awards_counted)}
+    for counter, at in (watches or {}).items():
+        counter_items.setdefault(counter, {"user_id": "u", "counter": counter})["watch_at"] = Decimal(at)
     for entry_id, xp in ledger:
         prefix, _, rest = entry_id.partition("#")
         entry = {
@@ -814,7 +1180,14 @@ def one_user(
         progress=[progress],
         ledger=entries,
         unlocks=[
-            {"user_id": "u", "achievement_id": a, "xp_reward": Decimal(x), "xp_granted": g} for a, x, g in unlocks
+            {
+                "user_id": "u",
+                "achievement_id": a,
+                "xp_reward": Decimal(x),
+                "xp_granted": g,
+                **({"counted": True} if counted else {}),
+            }
+            for a, x, g in unlocks
         ],
         level_rewards=[
             {
@@ -826,7 +1199,35 @@ def one_user(
             }
             for l in reached
         ],
+        counters=list(counter_items.values()),
+        achievements=list(achievements),
+        stats=[
+            {"counter": stat, "shard": Decimal(stat_shard("u")), "total": Decimal(total)}
+            for stat, total in (stats or {}).items()
+        ],
     )
+
+
+def auto_achievement(achievement_id: str, counter: str, count: int, xp_reward: int) -> dict[str, Any]:
+    """A catalog item of an auto-unlock achievement, as the achievements table holds it."""
+    kind, subject = counter.split("#", 1)
+    return {
+        "achievement_id": achievement_id,
+        "xp_reward": Decimal(xp_reward),
+        "auto_unlock": True,
+        "requirements": {
+            "required_achievements": [],
+            "min_total_xp": Decimal(0),
+            "min_level": Decimal(0),
+            "activity_counts": [
+                {
+                    "activity_id": subject if kind == "a" else "",
+                    "category": subject if kind == "c" else "",
+                    "count": Decimal(count),
+                }
+            ],
+        },
+    }
 
 
 def findings(contents: StageContents, **options: bool) -> set[tuple[str, str]]:
@@ -851,7 +1252,7 @@ def test_a_settled_user_has_no_findings_and_each_invariant_is_counted() -> None:
         "unlocks": 1,
         "levels_checked": 2,
         "level_table_levels": 8,
-        "invariants_checked": 10,
+        "invariants_checked": 11,  # the players stat too (0, as no progress item is counted)
         "violations": 0,
         "warnings": 0,
         "notes": 0,
@@ -904,3 +1305,143 @@ def test_violations_and_what_a_changed_catalog_excuses() -> None:
         ],
     )
     assert findings(no_progress) == {(VIOLATION, "total-is-ledger-sum")}
+
+
+QUESTS = (("q1", "finish-quest", 35), ("q2", "finish-quest", 35), ("q3", "finish-quest", 35))
+QUEST_TIERS = (
+    auto_achievement("quester", "a#finish-quest", 3, 30),
+    auto_achievement("quest-master", "a#finish-quest", 6, 60),
+)
+
+
+def settled_quester(**changes: Any) -> StageContents:
+    """A settled user of this version: 3 quests and a match counted, `quester`
+    unlocked by them and paid, `quest-master` watched at 6, the stats at one each."""
+    fields: dict[str, Any] = {
+        "total_xp": 3 * 35 + 60 + 30,
+        "level": 2,
+        "reached": (2,),
+        "awards": (*QUESTS, ("w1", "win-match", 60)),
+        "counters": {"a#finish-quest": 3, "c#pve": 3, "a#win-match": 1, "c#pvp": 1},
+        "watches": {"a#finish-quest": 6},
+        "unlocks": (("quester", 30, True),),
+        "ledger": (("ach#quester", 30),),
+        "counted": True,
+        "achievements": QUEST_TIERS,
+        "stats": {"ach#quester": 1, "players": 1},
+    }
+    return one_user(**{**fields, **changes})
+
+
+def test_a_settled_user_with_counters_stats_and_auto_unlocks_has_no_findings() -> None:
+    report = verify_contents(settled_quester())
+    assert report.findings == [] and report.ok
+    assert report.checked["counters-match-ledger"] == 4
+    assert report.checked["auto-unlocks-made"] == 2  # each auto-unlock achievement, held or not
+    assert report.checked["unlock-stats-match"] == 2  # each achievement of the catalog
+    assert report.checked["players-stat-matches"] == 1
+    # An earlier version's award was never counted: it is not part of the counters.
+    old = settled_quester(
+        total_xp=3 * 35 + 60 + 30 + 10,
+        awards=(*QUESTS, ("w1", "win-match", 60), ("old", "daily-login", 10)),
+        uncounted=("old",),
+    )
+    assert findings(old) == set()
+
+
+def counter_messages(contents: StageContents) -> list[str]:
+    report = verify_contents(contents)
+    assert {(f.severity, f.invariant) for f in report.findings} <= {(VIOLATION, "counters-match-ledger")}
+    return [f.message for f in report.findings]
+
+
+def test_a_counter_off_by_one_or_missing_is_a_violation() -> None:
+    counters = {"a#finish-quest": 3, "c#pve": 3, "a#win-match": 1, "c#pvp": 1}
+    assert counter_messages(settled_quester(counters={**counters, "a#win-match": 2})) == [
+        "counter 'a#win-match' holds 2 awards, but the ledger has 1 counted awards of activity 'win-match' (+1)"
+    ]
+    del counters["c#pve"]
+    assert counter_messages(settled_quester(counters=counters)) == [
+        "counter 'c#pve' holds 0 awards, but the ledger has 3 counted awards of category 'pve' (-3)"
+    ]
+    assert counter_messages(settled_quester(counters={**counters, "c#pve": 3, "x#raid": 1})) == [
+        "counter 'x#raid' is neither a#<activity_id> nor c#<category>"
+    ]
+
+
+def test_a_stat_off_is_a_violation_of_the_stage_not_of_a_user() -> None:
+    shard = stat_shard("u")
+    report = verify_contents(settled_quester(stats={"ach#quester": 2, "players": 1}))
+    assert [(f.severity, f.invariant, f.user_id, f.message) for f in report.findings] == [
+        (
+            VIOLATION,
+            "unlock-stats-match",
+            "",
+            "the unlock stat 'ach#quester' is 2 (its shards summed), but 1 unlock records of 'quester' are counted "
+            f"(+1; shards off: {shard}: 2 for 1)",
+        )
+    ]
+    assert "violation unlock-stats-match         (stage): the unlock stat" in report_as_text(report)
+    report = verify_contents(settled_quester(stats={"ach#quester": 1}))
+    assert [(f.invariant, f.user_id, f.message) for f in report.findings] == [
+        (
+            "players-stat-matches",
+            "",
+            "the players stat is 0 (its shards summed), but 1 progress items are marked player_counted "
+            f"(-1; shards off: {shard}: 0 for 1)",
+        )
+    ]
+    # An earlier version's unlock and player were never counted: no stat is owed for them.
+    assert findings(settled_quester(counted=False, unlocked=("quester",), stats={})) == set()
+
+
+def test_a_due_auto_unlock_is_a_warning_and_an_unlock_without_its_count_a_violation() -> None:
+    due = settled_quester(
+        total_xp=3 * 35 + 60, unlocks=(), ledger=(), stats={"players": 1}, watches={"a#finish-quest": 3}
+    )
+    report = verify_contents(due)
+    assert report.ok
+    assert [(f.severity, f.invariant, f.message) for f in report.findings] == [
+        (
+            WARNING,
+            "auto-unlocks-made",
+            "auto-unlock achievement 'quester' is due, not yet unlocked: `rewardsctl achievements backfill` unlocks it",
+        )
+    ]
+    # Not due: one quest short (the watch at 3 says so too).
+    assert (
+        findings(
+            settled_quester(
+                total_xp=2 * 35 + 60,
+                awards=(*QUESTS[:2], ("w1", "win-match", 60)),
+                counters={"a#finish-quest": 2, "c#pve": 2, "a#win-match": 1, "c#pvp": 1},
+                unlocks=(),
+                ledger=(),
+                stats={"players": 1},
+            )
+        )
+        == set()
+    )
+    # An achievement that does not unlock itself is never due.
+    manual = {**QUEST_TIERS[0], "auto_unlock": False}
+    assert (
+        findings(
+            settled_quester(total_xp=3 * 35 + 60, unlocks=(), ledger=(), stats={"players": 1}, achievements=(manual,))
+        )
+        == set()
+    )
+    # Unlocked without the count it needs: counters only grow, so it never held.
+    short = settled_quester(
+        total_xp=2 * 35 + 60 + 30,
+        awards=(*QUESTS[:2], ("w1", "win-match", 60)),
+        counters={"a#finish-quest": 2, "c#pve": 2, "a#win-match": 1, "c#pvp": 1},
+    )
+    report = verify_contents(short)
+    assert [(f.severity, f.invariant, f.message) for f in report.findings] == [
+        (
+            VIOLATION,
+            "unlock-requirements-held",
+            "'quester' is unlocked but its requirements do not hold: activity 'finish-quest' counted 2 < 3",
+        )
+    ]
+    assert findings(short, catalog_changed=True) == {(NOTE, "unlock-requirements-held")}

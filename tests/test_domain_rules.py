@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from achievements_service.domain import PlayerStanding, Requirements, unmet_requirements
+from common.auto_unlock import Requirements, Standing, unmet_requirements
 from common.models import ACTIVITY, GRANT, LedgerEntry, Level, LevelTable, Reward, entry_id_for
 from levels_service.domain import MAX_LEVELS_PER_STEP, plan_level_up
 from xp_service.domain import is_same_request
@@ -88,7 +88,7 @@ def test_request_ids_and_generated_ids_never_collide() -> None:
 
 def test_unmet_requirements_name_what_is_missing() -> None:
     requirements = Requirements(("first-blood", "explorer"), min_total_xp=500, min_level=3)
-    unmet = unmet_requirements(requirements, PlayerStanding(frozenset({"explorer"}), 120, 2))
+    unmet = unmet_requirements(requirements, Standing(frozenset({"explorer"}), 120, 2))
     assert [subject for subject, _ in unmet] == ["required_achievements/first-blood", "min_total_xp", "min_level"]
     assert "needs 500 total XP, has 120" in unmet[1][1]
-    assert unmet_requirements(requirements, PlayerStanding(frozenset({"explorer", "first-blood"}), 500, 3)) == []
+    assert unmet_requirements(requirements, Standing(frozenset({"explorer", "first-blood"}), 500, 3)) == []

@@ -236,12 +236,13 @@ def test_metrics_count_rpcs_xp_level_ups_unlocks_and_dynamodb_calls(processes: d
         )
         == 2
     )
-    assert delta("xp", "rewards_dynamodb_call_duration_seconds_count", operation="TransactWriteItems") == 6
+    # The six grants, and the new player counted once in the stats.
+    assert delta("xp", "rewards_dynamodb_call_duration_seconds_count", operation="TransactWriteItems") == 7
     # The unlock's transaction, and its repeat's (cancelled: the unlock exists).
     assert delta("achievements", "rewards_dynamodb_call_duration_seconds_count", operation="TransactWriteItems") == 2
     assert delta("levels", "rewards_dynamodb_call_duration_seconds_count", operation="TransactWriteItems") == 2
     # The duplicate grant and the repeated unlock: conditions that were false, outcomes and not errors.
-    for service, ok in (("xp", 5), ("achievements", 1)):
+    for service, ok in (("xp", 6), ("achievements", 1)):
         assert delta(service, "rewards_dynamodb_calls_total", operation="TransactWriteItems", outcome="ok") == ok
         assert (
             delta(service, "rewards_dynamodb_calls_total", operation="TransactWriteItems", outcome="condition_failed")

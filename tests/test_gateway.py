@@ -45,7 +45,7 @@ from gateway.limits import (
     MAX_REQUEST_MESSAGE_BYTES,
 )
 from gateway.openapi import TRACE_ID_PATTERN, build_document
-from gateway.routes import ROUTES
+from gateway.routes import ROUTES, SERVICES, UNROUTED_RPCS
 from gateway.status import http_status
 from rewards.v1 import xp_pb2
 from tests.cluster import STANDARD_LEVELS, Cluster, mint_test_token, unique
@@ -62,6 +62,7 @@ EXPECTED_OPERATIONS = {
     ("POST", "/levels/check-level-up"),
     ("GET", "/users/{user_id}/progress"),
     ("GET", "/users/{user_id}/achievements"),
+    ("GET", "/users/{user_id}/achievements/progress"),
     ("GET", "/users/{user_id}/levels"),
     ("GET", "/activities"),
     ("GET", "/activities/{activity_id}"),
@@ -69,6 +70,7 @@ EXPECTED_OPERATIONS = {
     ("DELETE", "/activities/{activity_id}"),
     ("GET", "/achievements"),
     ("GET", "/achievements/{achievement_id}"),
+    ("GET", "/achievements/{achievement_id}/stats"),
     ("PUT", "/achievements/{achievement_id}"),
     ("DELETE", "/achievements/{achievement_id}"),
     ("GET", "/levels"),
@@ -174,6 +176,34 @@ def test_openapi_document_matches_the_routes(gateway: GatewayServer) -> None:
         "items": {"$ref": "#/components/schemas/Activity"},
     }
     assert schemas["UserProgress"]["properties"]["updated_at"] == {"type": "string", "format": "date-time"}
+    # Fields added to the protos show in both forms, from the descriptors.
+    assert award["properties"]["unlocked_achievements"] == {"type": "array", "items": {"type": "string"}}
+    assert schemas["UnlockAchievementResponse"]["properties"]["also_unlocked"] == {
+        "type": "array",
+        "items": {"type": "string"},
+    }
+    assert schemas["Achievement"]["properties"]["auto_unlock"] == {"type": "boolean"}
+    assert schemas["Requirements"]["properties"]["activity_counts"] == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/ActivityCount"},
+    }
+    assert set(schemas["ActivityCountInput"]["properties"]) == {"activity_id", "category", "count"}
+    assert schemas["ActivityCountInput"]["required"] == ["count"]
+    assert {"auto_unlock", "requirements"} <= set(schemas["AchievementInput"]["properties"])
+    assert set(schemas["AchievementProgress"]["properties"]) == {
+        "achievement",
+        "unlocked",
+        "unlocked_at",
+        "percent",
+        "criteria",
+        "unlock_rate",
+    }
+    assert set(schemas["AchievementStats"]["properties"]) == {
+        "achievement_id",
+        "unlocked_count",
+        "players",
+        "unlock_rate",
+    }
     assert set(schemas["Activity"]["properties"]) == {"activity_id", "name", "description", "category", "xp"}
     assert set(schemas["Error"]["required"]) == {"code", "message", "details"}
 
@@ -203,6 +233,13 @@ def test_openapi_document_matches_the_routes(gateway: GatewayServer) -> None:
         assert has_key == (route.http_method == "POST"), route.path
         assert {"200", "400", "401", "403", "404", "409", "503"} <= set(operation["responses"])
     assert document["paths"]["/healthz"]["get"]["security"] == []
+
+
+def test_every_rpc_is_routed_or_said_not_to_be() -> None:
+    routed = {f"{route.rpc.containing_service.name}/{route.rpc_name}" for route in ROUTES}
+    every_rpc = {f"{service.name}/{method.name}" for service in SERVICES.values() for method in service.methods}
+    assert routed | set(UNROUTED_RPCS) == every_rpc and not routed & set(UNROUTED_RPCS)
+    assert "AchievementsService/UnlockDueAchievements" in UNROUTED_RPCS  # the service role's, not a web client's
 
 
 def test_healthz(gateway: GatewayServer) -> None:
@@ -454,6 +491,48 @@ def test_activity_catalog_round_trip(gateway: GatewayServer) -> None:
     ok(call(gateway, "PUT", f"/activities/{urllib.parse.quote(slashed, safe='')}", {"name": "Final"}, token=ADMIN))
     assert ok(call(gateway, "GET", f"/activities/{urllib.parse.quote(slashed, safe='')}"))["activity_id"] == slashed
     ok(call(gateway, "DELETE", f"/activities/{urllib.parse.quote(slashed, safe='')}", token=ADMIN))
+    # Sent as it is, the slash separates segments: no route has that path.
+    error(call(gateway, "GET", f"/activities/{slashed}"), 404, "NOT_FOUND")
+
+
+def test_an_encoded_slash_never_makes_a_path_another_routes(gateway: GatewayServer) -> None:
+    """Routes are matched on the path as sent: /achievements/x%2Fstats is the achievement
+    "x/stats", /achievements/x/stats the stats of "x"; /users/u%2Fachievements/progress is
+    the progress of "u/achievements", /users/u/achievements/progress u's achievement progress."""
+    base = unique("ach")
+    for achievement_id in (base, f"{base}/stats"):
+        ok(
+            call(
+                gateway,
+                "PUT",
+                f"/achievements/{urllib.parse.quote(achievement_id, safe='')}",
+                {"name": "x"},
+                token=ADMIN,
+            )
+        )
+    got = ok(call(gateway, "GET", f"/achievements/{base}%2Fstats"))
+    assert got["achievement_id"] == f"{base}/stats" and "name" in got
+    stats = ok(call(gateway, "GET", f"/achievements/{base}/stats"))
+    assert stats["achievement_id"] == base and set(stats) == {
+        "achievement_id",
+        "unlocked_count",
+        "players",
+        "unlock_rate",
+    }
+    assert ok(call(gateway, "GET", f"/achievements/{base}%2Fstats/stats"))["achievement_id"] == f"{base}/stats"
+    # Lower-case escapes and percent-encoded unreserved characters mean the same.
+    assert ok(call(gateway, "GET", f"/achievements/{base}%2fstats"))["achievement_id"] == f"{base}/stats"
+    assert ok(call(gateway, "GET", f"/achievements/{base}/st%61ts"))["achievement_id"] == base
+
+    user = unique("user")
+    progress = ok(call(gateway, "GET", f"/users/{user}%2Fachievements/progress"))
+    assert progress["user_id"] == f"{user}/achievements" and "total_xp" in progress
+    listing = ok(call(gateway, "GET", f"/users/{user}/achievements/progress?page_size=1"))
+    assert listing["user_id"] == user and "next_page_token" in listing
+    mine = ok(call(gateway, "GET", f"/users/{user}%2Fprogress/achievements"))
+    assert mine["user_id"] == f"{user}/progress" and mine["achievements"] == []
+    for achievement_id in (base, f"{base}/stats"):
+        ok(call(gateway, "DELETE", f"/achievements/{urllib.parse.quote(achievement_id, safe='')}", token=ADMIN))
 
 
 def test_achievement_catalog_round_trip(gateway: GatewayServer) -> None:
@@ -469,7 +548,8 @@ def test_achievement_catalog_round_trip(gateway: GatewayServer) -> None:
         "description": "",
         "xp_reward": "10",
         "hidden": True,
-        "requirements": {"required_achievements": [], "min_total_xp": "0", "min_level": 0},
+        "requirements": {"required_achievements": [], "min_total_xp": "0", "min_level": 0, "activity_counts": []},
+        "auto_unlock": False,
     }
     ok(
         call(
@@ -481,7 +561,12 @@ def test_achievement_catalog_round_trip(gateway: GatewayServer) -> None:
         )
     )
     got = ok(call(gateway, "GET", f"/achievements/{second}"))
-    assert got["requirements"] == {"required_achievements": [first], "min_total_xp": "100", "min_level": 0}
+    assert got["requirements"] == {
+        "required_achievements": [first],
+        "min_total_xp": "100",
+        "min_level": 0,
+        "activity_counts": [],
+    }
 
     listed: list[str] = []
     path = "/achievements?page_size=1"

@@ -31,14 +31,16 @@ from rewardsctl.backup import BackupError, write_batch
 from rewardsctl.catalog import (
     Achievement,
     Activity,
+    ActivityCount,
     Catalog,
     CatalogFileError,
     Level,
     Reward,
+    catalog_warnings,
     format_catalog,
     parse_catalog,
 )
-from rewardsctl.catalog_plan import plan_catalog
+from rewardsctl.catalog_plan import Backfill, backfills, plan_catalog
 from rewardsctl.service_clients import ServiceClients, ServiceTargets
 from rewardsctl.verify import VIOLATION, StageContents, read_users, verify_contents
 from tests.cluster import Cluster, mint_test_token
@@ -70,8 +72,24 @@ def run_command(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str
     )
 
 
+@pytest.fixture(autouse=True)
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The checkpoints of catalog apply's backfills go under $XDG_STATE_HOME: the test's own directory."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state
+
+
 def run_main(cluster: Cluster, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """main() in this process (faster), configured by flags."""
+    if args[:2] == ("catalog", "apply"):  # its backfill scans the stage's players
+        args = (
+            *args,
+            "--dynamodb-endpoint",
+            str(cluster.settings.dynamodb_endpoint),
+            "--table-prefix",
+            cluster.settings.table_prefix,
+        )
     targets = [
         "--xp-target",
         f"localhost:{cluster.ports['xp']}",
@@ -104,14 +122,27 @@ def catalog_of(cluster: Cluster) -> Catalog:
 def test_sample_catalog_reads_as_a_small_game() -> None:
     catalog = parse_catalog(SAMPLE_CATALOG.read_text())
     assert catalog.activities is not None and catalog.achievements is not None and catalog.levels is not None
-    assert {a.category for a in catalog.activities} == {"pvp", "quests", "daily"}
-    assert len(catalog.activities) == 7 and len(catalog.achievements) == 6 and len(catalog.levels) == 10
+    assert {a.category for a in catalog.activities} == {"pvp", "quests", "daily", "daily-quest"}
+    assert len(catalog.activities) == 9 and len(catalog.achievements) == 10 and len(catalog.levels) == 10
     # What the README's grpcurl walk-through relies on.
     assert Activity("win-match", "Win a match", category="pvp", xp=150) in catalog.activities
     assert Achievement("first-win", "First win", xp_reward=50) in catalog.achievements
     assert catalog.levels[:2] == (Level(1, 0), Level(2, 100, (Reward("gold", 50),)))
     boss_slayer = next(a for a in catalog.achievements if a.achievement_id == "boss-slayer")
     assert boss_slayer.required_achievements == ("quest-starter",) and boss_slayer.min_level == 3
+    # Tiers of wins and a week of daily quests unlock themselves.
+    auto = {a.achievement_id: a.activity_counts for a in catalog.achievements if a.auto_unlock}
+    assert auto == {
+        "daily-quests-7": (ActivityCount(category="daily-quest", count=7),),
+        "wins-1": (ActivityCount("win-match", count=1),),
+        "wins-10": (ActivityCount("win-match", count=10),),
+        "wins-50": (ActivityCount("win-match", count=50),),
+    }
+    assert [a.activity_id for a in catalog.activities if a.category == "daily-quest"] == [
+        "daily-quest-arena",
+        "daily-quest-dungeon",
+    ]
+    assert catalog_warnings(catalog) == []
     # Written back, it reads the same.
     assert parse_catalog(format_catalog(catalog)) == catalog
 
@@ -186,6 +217,162 @@ levels:
     )
 
 
+def test_auto_unlock_and_activity_counts_read_and_write_back() -> None:
+    text = """
+activities:
+  - {activity_id: win, name: Win, category: pvp, xp: 10}
+achievements:
+  - achievement_id: veteran
+    name: Veteran
+    xp_reward: 100
+    auto_unlock: true
+    requirements:
+      min_level: 2
+      activity_counts:
+        - {activity_id: win, count: 10}
+        - {category: pvp, count: 25}
+"""
+    catalog = parse_catalog(text)
+    assert catalog.achievements == (
+        Achievement(
+            "veteran",
+            "Veteran",
+            xp_reward=100,
+            min_level=2,
+            activity_counts=(ActivityCount("win", count=10), ActivityCount(category="pvp", count=25)),
+            auto_unlock=True,
+        ),
+    )
+    written = format_catalog(catalog)
+    assert "    auto_unlock: true\n" in written
+    assert (
+        "      activity_counts:\n        - {activity_id: win, count: 10}\n        - {category: pvp, count: 25}\n"
+        in (written)
+    )
+    assert parse_catalog(written) == catalog
+
+
+def test_activity_count_problems_are_listed_with_their_place() -> None:
+    text = """
+activities:
+  - {activity_id: win, name: Win, category: pvp}
+achievements:
+  - achievement_id: a
+    name: A
+    auto_unlock: yes please
+    requirements:
+      activity_counts:
+        - {activity_id: win, category: pvp, count: 1}
+        - {count: 2}
+        - {activity_id: ghost, count: 1}
+        - {category: pvp, count: many}
+        - {category: pvp, count: 3}
+        - {activity_id: win, count: 1, colour: red}
+        - {activity_id: "", count: 1}
+  - achievement_id: b
+    name: B
+    requirements: {activity_counts: {activity_id: win}}
+"""
+    with pytest.raises(CatalogFileError) as caught:
+        parse_catalog(text)
+    counts = "achievements[0].requirements.activity_counts"
+    assert caught.value.problems == [
+        f"{counts}[0]: set exactly one of activity_id and category",
+        f"{counts}[1]: set exactly one of activity_id and category",
+        f"{counts}[2].activity_id: 'ghost' is not an activity of this file",
+        f"{counts}[3].count: must be a whole number (got string 'many')",
+        f"{counts}[4].category: 'pvp' is counted twice",
+        f"{counts}[5].colour: is not a known key (known: count, activity_id, category)",
+        f"{counts}[6].activity_id: must not be empty",
+        "achievements[0].auto_unlock: must be true or false (got string 'yes please')",
+        "achievements[1].requirements.activity_counts: must be a list (got mapping)",
+    ]
+    # Without an activities section the file does not define the activities: any id may be counted.
+    assert parse_catalog(
+        "achievements:\n  - {achievement_id: a, name: A, requirements: {activity_counts: [{activity_id: x, count: 1}]}}\n"
+    ).achievements == (Achievement("a", "A", activity_counts=(ActivityCount("x", count=1),)),)
+
+
+def test_warnings_name_auto_unlock_achievements_anyone_gets_and_categories_no_activity_has() -> None:
+    catalog = parse_catalog("""
+activities:
+  - {activity_id: win, name: Win, category: pvp}
+achievements:
+  - {achievement_id: free, name: Free, auto_unlock: true}
+  - achievement_id: quests
+    name: Quests
+    auto_unlock: true
+    requirements: {activity_counts: [{category: quest, count: 3}]}
+""")
+    assert catalog_warnings(catalog) == [
+        "achievement free is auto_unlock with no requirements: every player is given it (at their next award, "
+        "or by a backfill)",
+        "achievement quests counts awards of category 'quest', which no activity of the file has",
+    ]
+
+
+def test_backfills_are_the_auto_unlock_achievements_added_or_made_easier() -> None:
+    def auto(achievement_id: str, **fields: Any) -> Achievement:
+        return Achievement(achievement_id, achievement_id.title(), auto_unlock=True, **fields)
+
+    current = Catalog.of(
+        [],
+        [
+            auto(
+                "easier",
+                min_total_xp=500,
+                min_level=5,
+                activity_counts=(ActivityCount("win", count=10), ActivityCount(category="pvp", count=3)),
+                required_achievements=("x", "y"),
+            ),
+            auto("harder", activity_counts=(ActivityCount("win", count=1),), min_level=1),
+            auto("renamed"),
+            Achievement("switched", "Switched", min_total_xp=10),
+            Achievement("manual-eased", "Manual", min_total_xp=500),
+            Achievement("x", "X"),
+            Achievement("y", "Y"),
+        ],
+        [],
+    )
+    desired = Catalog.of(
+        [],
+        [
+            auto(
+                "easier",
+                min_total_xp=400,
+                min_level=3,
+                activity_counts=(ActivityCount("win", count=5), ActivityCount("mvp", count=1)),
+                required_achievements=("x",),
+            ),
+            auto("harder", activity_counts=(ActivityCount("win", count=2),), min_level=1),
+            Achievement("renamed", "New name", auto_unlock=True),
+            auto("switched", min_total_xp=20),
+            Achievement("manual-eased", "Manual", min_total_xp=100),
+            Achievement("added-manual", "Added manual"),
+            auto("added"),
+            Achievement("x", "X"),
+            Achievement("y", "Y"),
+        ],
+        [],
+    )
+    assert backfills(plan_catalog(desired, current)) == (
+        Backfill("added", ("added",)),
+        Backfill(
+            "easier",
+            (
+                "min_total_xp lowered 500 -> 400",
+                "min_level lowered 5 -> 3",
+                "count of win lowered 10 -> 5",
+                "count of category pvp removed (was 3)",
+                "required achievement y removed",
+            ),
+        ),
+        Backfill("switched", ("auto_unlock switched on",)),
+    )
+    # Applied, nothing is left to backfill.
+    assert backfills(plan_catalog(desired, desired)) == ()
+
+
 # --- catalog apply and export, through the real command -------------------------------------
 
 
@@ -195,16 +382,26 @@ def test_apply_sample_dry_run_then_apply_then_nothing_to_do(new_cluster: Callabl
     dry_run = run_command(cluster, "catalog", "apply", "--dry-run", str(SAMPLE_CATALOG))
     assert dry_run.returncode == 0, dry_run.stderr
     planned = change_lines(dry_run.stdout)
-    assert len(planned) == 23 and all(line.startswith("+ create ") for line in planned)
+    assert len(planned) == 29 and all(line.startswith("+ create ") for line in planned)
     assert "+ create activity win-match ('Win a match', 150 XP, category pvp)" in planned
     assert "+ create level 2 (at 100 XP, rewards 50 gold)" in planned
-    assert "dry run: 23 changes planned, nothing was changed" in dry_run.stdout
+    assert "+ create achievement wins-10 ('Winner II', 250 XP, counts 10 x win-match, auto_unlock)" in planned
+    assert "dry run: 29 changes planned, nothing was changed" in dry_run.stdout
+    assert "will backfill wins-1: added" in dry_run.stdout
     assert catalog_of(cluster).is_empty()
 
     applied = run_command(cluster, "catalog", "apply", str(SAMPLE_CATALOG))
     assert applied.returncode == 0, applied.stderr
     assert change_lines(applied.stdout) == [line.replace("+ create ", "+ created ") for line in planned]
-    assert "activities: 7 created, 0 changed, 0 deleted, 0 unchanged" in applied.stdout
+    assert "activities: 9 created, 0 changed, 0 deleted, 0 unchanged" in applied.stdout
+    # The auto_unlock achievements it added are backfilled: the stage has no players yet.
+    assert [line for line in applied.stdout.splitlines() if line.startswith("backfill ") and " done " not in line] == [
+        "backfill daily-quests-7: added",
+        "backfill wins-1: added",
+        "backfill wins-10: added",
+        "backfill wins-50: added",
+    ]
+    assert re.search(r"^users evaluated +0$", applied.stdout, re.MULTILINE)
     assert catalog_of(cluster) == parse_catalog(SAMPLE_CATALOG.read_text())
 
     again = run_command(cluster, "catalog", "apply", str(SAMPLE_CATALOG))
@@ -217,13 +414,18 @@ def test_apply_sample_dry_run_then_apply_then_nothing_to_do(new_cluster: Callabl
     assert exported.returncode == 0, exported.stderr
     assert parse_catalog(exported.stdout) == parse_catalog(SAMPLE_CATALOG.read_text())
 
-    # A new user can play at once: the README's first award.
+    # A new user can play at once: the README's first award, whose first win unlocks wins-1 (+25 XP).
     awarded = run_command(cluster, "award", "alice", "win-match", "--request-id", "match-1")
     assert awarded.returncode == 0, awarded.stderr
-    assert awarded.stdout.splitlines()[:2] == [
-        "alice: +150 XP for win-match; total 150 XP, level 2",
+    assert awarded.stdout.splitlines()[:3] == [
+        "alice: +150 XP for win-match; total 175 XP, level 2",
         "level up: 1 -> 2; rewards: 50 gold",
+        "unlocked (auto_unlock): wins-1",
     ]
+    # The README's unlock of first-win still works: it is not auto_unlock.
+    unlocked = run_command(cluster, "unlock", "alice", "first-win")
+    assert unlocked.returncode == 0, unlocked.stderr
+    assert unlocked.stdout.strip() == "alice: unlocked first-win ('First win'): +50 XP; total 225 XP"
 
 
 def test_apply_changes_and_deletes_what_the_file_says(
@@ -257,8 +459,8 @@ def test_apply_changes_and_deletes_what_the_file_says(
     status, out, _ = run_main(cluster, capsys, "catalog", "apply", "--no-delete", str(path))
     assert status == 0
     assert "= kept achievement dedicated (not in the file; --no-delete)" in change_lines(out)
-    assert "achievements: 0 created, 0 changed, 0 deleted, 1 kept (--no-delete), 5 unchanged" in out
-    assert len(catalog_of(cluster).achievements or ()) == 6
+    assert "achievements: 0 created, 0 changed, 0 deleted, 1 kept (--no-delete), 9 unchanged" in out
+    assert len(catalog_of(cluster).achievements or ()) == 10
 
     status, out, _ = run_main(cluster, capsys, "catalog", "apply", str(path))
     assert status == 0
@@ -272,10 +474,10 @@ def test_apply_changes_and_deletes_what_the_file_says(
     only_levels.write_text("levels: []\n")
     status, out, _ = run_main(cluster, capsys, "catalog", "apply", str(only_levels))
     assert status == 0
-    assert "activities: not in the file, 7 left as they are" in out
+    assert "activities: not in the file, 9 left as they are" in out
     assert "levels: 0 created, 0 changed, 11 deleted, 0 unchanged" in out
     after = catalog_of(cluster)
-    assert after.levels == () and len(after.activities or ()) == 7
+    assert after.levels == () and len(after.activities or ()) == 9
 
 
 def test_apply_if_empty_loads_only_into_an_empty_catalog(
@@ -283,12 +485,18 @@ def test_apply_if_empty_loads_only_into_an_empty_catalog(
 ) -> None:
     cluster = new_cluster()
     status, out, _ = run_main(cluster, capsys, "catalog", "apply", "--if-empty", str(SAMPLE_CATALOG))
-    assert status == 0 and "applied 23 changes" in out
+    assert status == 0 and "applied 29 changes" in out
+    # A first load into an empty catalog: no players to evaluate, no DynamoDB access.
+    assert (
+        "not backfilled (--if-empty loads a new stage's first catalog): daily-quests-7, wins-1, wins-10, wins-50; "
+        "`rewardsctl achievements backfill daily-quests-7 wins-1 wins-10 wins-50` evaluates every player for them"
+    ) in out
     cluster.xp.PutActivity(xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id="own", name="Own", xp=1)))
     status, out, _ = run_main(cluster, capsys, "catalog", "apply", "--if-empty", str(SAMPLE_CATALOG))
     assert status == 0
     assert (
-        out.strip() == "the catalog is not empty (8 activities, 6 achievements, 10 levels): left as it is (--if-empty)"
+        out.strip()
+        == "the catalog is not empty (10 activities, 10 achievements, 10 levels): left as it is (--if-empty)"
     )
     assert cluster.xp.GetActivity(xp_pb2.GetActivityRequest(activity_id="own")).xp == 1
 
@@ -402,6 +610,8 @@ def player_id(index: int) -> str:
 
 
 UNLOCKS = (("first-win", 4), ("quest-starter", 6), ("boss-slayer", 12))  # (achievement, every how many players)
+# Every player wins a match, which unlocks the sample's wins-1 (auto_unlock) and its 25 XP.
+WINS_1_XP = 25
 
 
 def play(cluster: Cluster, index: int) -> None:
@@ -432,6 +642,7 @@ def play(cluster: Cluster, index: int) -> None:
 def expected_total_xp(index: int) -> int:
     return (
         ACTIVITY_XP["win-match"]
+        + WINS_1_XP
         + ACTIVITY_XP["defeat-boss"] * (index % 3 == 0)
         + (1000 + index) * (index % 5 == 0)
         + 50 * (index % 4 == 0)
@@ -476,6 +687,8 @@ TABLES = (
     "user_achievements",
     "level_rewards",
     "level_checks",
+    "activity_counts",
+    "achievement_stats",
 )
 # Numbers beyond a float's precision, binary, sets and nesting: what a backup
 # must carry exactly, whatever the services write today.
@@ -496,12 +709,16 @@ def test_backup_restores_every_player_into_an_empty_stage(new_cluster: Callable[
     assert applied.returncode == 0, applied.stderr
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda i: play(source, i), range(PLAYERS)))
+    # An award whose auto unlock the Achievements service could not answer in time (a busy
+    # machine) leaves it to the player's next award: a backfill settles every player now.
+    settled = run_command(source, "achievements", "backfill", "wins-1")
+    assert settled.returncode == 0, settled.stderr
     source.dynamodb.put_item(TableName=source.table("xp_ledger"), Item=PRECISION_PROBE)
     before = {name: scan_table(source, name) for name in TABLES}
     assert len(before["user_progress"]) == PLAYERS
     first = source.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=player_id(0)))
-    assert (first.total_xp, first.level) == (1750, 6)
-    assert list(first.unlocked_achievements) == ["boss-slayer", "first-win", "quest-starter"]
+    assert (first.total_xp, first.level) == (1775, 6)
+    assert list(first.unlocked_achievements) == ["boss-slayer", "first-win", "quest-starter", "wins-1"]
 
     backup_dir = tmp_path / "backup"
     exported = run_command(source, "backup", "export", str(backup_dir))
@@ -543,7 +760,9 @@ def test_backup_restores_every_player_into_an_empty_stage(new_cluster: Callable[
         progress, unlocks, ledger = new
         assert progress.total_xp == expected_total_xp(index) == sum(int(entry["xp"]["N"]) for entry in ledger)
         assert len(unlocks.achievements) == len(progress.unlocked_achievements)
-    assert sum(len(v[1].achievements) for v in new_views) == sum(len(range(0, PLAYERS, every)) for _, every in UNLOCKS)
+    assert sum(len(v[1].achievements) for v in new_views) == PLAYERS + sum(
+        len(range(0, PLAYERS, every)) for _, every in UNLOCKS
+    )
     assert all(
         v[0].level >= 2 and v[0].rewards[0] == levels_pb2.Reward(reward_id="gold", quantity=50) for v in new_views
     )
@@ -822,13 +1041,9 @@ def test_verify_reads_one_user_at_a_time_never_a_user_table_whole(verify_stage: 
     whole_scans = [t for op, t, p in calls if op == "scan" and "ProjectionExpression" not in p and p.get("Limit") != 1]
     assert whole_scans == ["user_progress"]
     queried = [p["ExpressionAttributeValues"][":u"]["S"] for op, _, p in calls if op == "query"]
-    assert sorted(queried) == sorted(u.user_id for u in [first, *rest] for _ in range(4))
-    assert {t for op, t, p in calls if op == "scan" and p.get("ProjectionExpression") == "user_id"} == {
-        "xp_ledger",
-        "user_achievements",
-        "level_rewards",
-        "level_checks",
-    }
+    user_tables = {"xp_ledger", "user_achievements", "level_rewards", "level_checks", "activity_counts"}
+    assert sorted(queried) == sorted(u.user_id for u in [first, *rest] for _ in user_tables)
+    assert {t for op, t, p in calls if op == "scan" and p.get("ProjectionExpression") == "user_id"} == user_tables
 
 
 def test_verify_reads_unlocks_from_their_records_and_holds_achievements() -> None:

@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from common.auto_unlock import AutoRules, Counter
 from common.errors import NotFound, PreconditionFailed
 from common.level_check import LevelCheckStore
-from common.models import ACHIEVEMENT, ACTIVITY, LedgerEntry, Reward
+from common.models import ACHIEVEMENT, ACTIVITY, LedgerEntry, ProgressRecord, Reward
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,25 @@ class XpRepository(LevelCheckStore, Protocol):
     async def record_xp(self, entry: LedgerEntry, activity: Activity | None = None) -> None:
         """Adds the entry to the ledger and its XP to the user's total, at most
         once per entry id, only while the total stays within MAX_TOTAL_XP, and
-        with `activity` only while the catalog still gives it that XP. Raises
+        with `activity` only while the catalog still gives it that XP and
+        category; an activity's entry adds one to the counters of its activity
+        and category (common.auto_unlock.award_counters). Raises
         DuplicateRequest, TotalXpLimitReached or ActivityChanged (nothing written)."""
+
+    async def auto_rules(self) -> AutoRules:
+        """The catalog's auto-unlock rules, as this process last read them."""
+
+    async def get_progress_and_counters(
+        self, user_id: str, counters: tuple[str, ...]
+    ) -> tuple[ProgressRecord, dict[str, Counter]]:
+        """The progress item and these counters (those that exist), in one read."""
+
+    async def forget_auto_watches(self, user_id: str) -> None:
+        """Makes the user's next award, of any activity, ask Achievements (an
+        evaluation left undone: the watch reached may be on another counter)."""
+
+    async def count_player_once(self, user_id: str) -> None:
+        """Counts a user with XP among the players of the achievement stats, once."""
 
     async def get_entry(self, user_id: str, entry_id: str) -> LedgerEntry | None: ...
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import grpc
 
+from common.achievements_client import GrpcAutoUnlocker
 from common.channels import peer_channel
 from common.config import Settings
 from common.dynamodb import DynamoDBClient, LevelTableCache
+from common.dynamodb.auto_rules import AutoRulesCache
 from common.levels_client import GrpcLevelChecker
 from common.server_runtime import HealthServicer, build_grpc_server, run_service
 from rewards.v1 import xp_pb2, xp_pb2_grpc
@@ -26,9 +28,11 @@ async def create_server(
     """The XP server on `address` (port 0: a free port), not started; call
     inside the event loop that will serve it."""
     level_table = LevelTableCache(dynamodb, settings.table_prefix, settings.level_table_cache_s)
+    auto_rules = AutoRulesCache(dynamodb, settings.table_prefix, settings.auto_rules_cache_s)
     ledger = XpLedger(
-        DynamoDBXpRepository(dynamodb, settings.table_prefix, level_table),
+        DynamoDBXpRepository(dynamodb, settings.table_prefix, level_table, auto_rules),
         GrpcLevelChecker(peer_channel(settings.levels_target, settings, "xp"), settings.level_check_timeout_s),
+        GrpcAutoUnlocker(peer_channel(settings.achievements_target, settings, "xp"), settings.auto_unlock_timeout_s),
     )
     return await build_grpc_server(
         address, settings, SERVICE, XpServicer(ledger), xp_pb2_grpc.add_XpServiceServicer_to_server, health_servicer

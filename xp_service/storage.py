@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.auto_unlock import AutoRules, Counter, award_counters
 from common.dynamodb import (
     ACTIVITIES,
     USER_ACHIEVEMENTS,
@@ -25,8 +26,15 @@ from common.dynamodb import (
     to_item,
     transact_write,
 )
+from common.dynamodb.auto_rules import AutoRulesCache
+from common.dynamodb.counters import (
+    count_player_once,
+    counter_adds,
+    forget_auto_watches,
+    read_progress_and_counters,
+)
 from common.dynamodb.progress_item import move_unlocked_ids_out_of_progress
-from common.models import MAX_TOTAL_XP, LedgerEntry, ProgressRecord, Reward, TotalXpLimitReached
+from common.models import ACTIVITY, MAX_TOTAL_XP, LedgerEntry, ProgressRecord, Reward, TotalXpLimitReached
 from xp_service.domain import (
     Activity,
     ActivityChanged,
@@ -48,8 +56,11 @@ def _activity_from(values: dict[str, Any]) -> Activity:
 class DynamoDBXpRepository:
     """xp_service.domain.XpRepository over DynamoDB."""
 
-    def __init__(self, client: DynamoDBClient, table_prefix: str, level_table: LevelTableCache) -> None:
+    def __init__(
+        self, client: DynamoDBClient, table_prefix: str, level_table: LevelTableCache, auto_rules: AutoRulesCache
+    ) -> None:
         self._client = client
+        self._auto_rules = auto_rules
         self._prefix = table_prefix
         self._activities = CatalogTable(client, table_prefix, ACTIVITIES)
         self._ledger = table_prefix + XP_LEDGER.name
@@ -101,7 +112,8 @@ class DynamoDBXpRepository:
         """One transaction: the ledger entry, put only if its id is new (the
         old entry comes back with the cancellation when it is not), the ADD to
         the user's total, and with `activity` a check that the catalog still
-        gives it this XP."""
+        gives it this XP and category; an activity's entry adds one to its
+        counters (after the items whose conditions say what failed)."""
         items: list[dict[str, Any]] = [
             ledger_put(self._prefix, entry),
             {
@@ -117,16 +129,19 @@ class DynamoDBXpRepository:
             },
         ]
         if activity is not None:
-            items.append(
-                {
-                    "ConditionCheck": {
-                        "TableName": self._activities.name,
-                        "Key": {"activity_id": attr(activity.activity_id)},
-                        "ConditionExpression": "xp = :xp",  # false when the item is gone, too
-                        "ExpressionAttributeValues": {":xp": attr(activity.xp)},
-                    }
-                }
-            )
+            # False when the item is gone, too; the category is what the award counts under.
+            same_category = "category = :c" if activity.category else "attribute_not_exists(category)"
+            check: dict[str, Any] = {
+                "TableName": self._activities.name,
+                "Key": {"activity_id": attr(activity.activity_id)},
+                "ConditionExpression": f"xp = :xp AND {same_category}",
+                "ExpressionAttributeValues": {":xp": attr(activity.xp)},
+            }
+            if activity.category:
+                check["ExpressionAttributeValues"][":c"] = attr(activity.category)
+            items.append({"ConditionCheck": check})
+        if entry.kind == ACTIVITY:
+            items.extend(counter_adds(self._prefix, entry.user_id, award_counters(entry.activity_id, entry.category)))
         try:
             await transact_write(self._client, items)
         except TransactionCancelled as cancelled:
@@ -167,6 +182,20 @@ class DynamoDBXpRepository:
 
     async def get_progress(self, user_id: str) -> ProgressRecord:
         return await read_progress(self._client, self._prefix, user_id)
+
+    async def auto_rules(self) -> AutoRules:
+        return await self._auto_rules.current()
+
+    async def get_progress_and_counters(
+        self, user_id: str, counters: tuple[str, ...]
+    ) -> tuple[ProgressRecord, dict[str, Counter]]:
+        return await read_progress_and_counters(self._client, self._prefix, user_id, counters)
+
+    async def forget_auto_watches(self, user_id: str) -> None:
+        await forget_auto_watches(self._client, self._prefix, user_id)
+
+    async def count_player_once(self, user_id: str) -> None:
+        await count_player_once(self._client, self._prefix, user_id)
 
     async def mark_level_check_deferred(self, user_id: str, entry_id: str) -> None:
         await mark_level_check_deferred(self._client, self._prefix, user_id, entry_id)

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from common.auto_unlock import AutoUnlocker, auto_unlock_may_be_due, award_counters
 from common.errors import ContentionExhausted
 from common.level_check import LevelChecker, check_level_after_xp
 from common.metrics import XP_AWARDED
@@ -18,6 +19,7 @@ from common.models import (
     ProgressRecord,
     Reward,
     entry_id_for,
+    level_ups_joined,
     new_entry,
     utc_now_iso,
 )
@@ -46,6 +48,8 @@ class AwardOutcome:
     duplicate: bool
     level_up: LevelUpOutcome | None
     level_check_deferred: bool = False
+    # The auto-unlock achievements this award unlocked (total_xp and level include their rewards).
+    unlocked_achievements: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,10 @@ PROGRESS_LEVELS_SHOWN = 10
 
 
 class XpLedger:
-    def __init__(self, repository: XpRepository, levels: LevelChecker) -> None:
+    def __init__(self, repository: XpRepository, levels: LevelChecker, achievements: AutoUnlocker) -> None:
         self._repository = repository
         self._levels = levels
+        self._achievements = achievements
 
     # --- catalog ------------------------------------------------------------------
 
@@ -95,7 +100,13 @@ class XpLedger:
             except ActivityNotFound:
                 return await self._retry_of_an_award_whose_activity_left(user_id, activity_id, request_id)
             entry = new_entry(
-                user_id, request_id, ACTIVITY, activity.xp, activity_id=activity_id, recorded_at=utc_now_iso()
+                user_id,
+                request_id,
+                ACTIVITY,
+                activity.xp,
+                activity_id=activity_id,
+                category=activity.category,
+                recorded_at=utc_now_iso(),
             )
             try:
                 return await self._record_once_and_check_level(entry, activity)
@@ -144,10 +155,12 @@ class XpLedger:
 
     async def _record_once_and_check_level(self, entry: LedgerEntry, activity: Activity | None = None) -> AwardOutcome:
         """The common path is two DynamoDB calls and no gRPC hop: the
-        transaction, then the progress read, which says whether a level-up may
-        be due. Only then is the Levels service asked, with the check named
-        after the ledger entry, so that a retry of this award gets the
-        level-up this award caused."""
+        transaction, then the progress read (with the award's counters when an
+        auto-unlock rule counts them), which says whether a level-up or an
+        auto-unlock may be due. Only then is the Levels service asked, with the
+        check named after the ledger entry, so that a retry of this award gets
+        the level-up this award caused; then the Achievements service, with
+        the unlocks recorded under the entry's id, so that a retry lists them again."""
         xp_awarded, repeat_of = entry.xp, None
         try:
             await self._repository.record_xp(entry, activity)
@@ -158,6 +171,11 @@ class XpLedger:
                 if not is_same_request(original, entry):
                     raise RequestIdReused(original, entry) from None
                 xp_awarded, repeat_of = original.xp, original
+        rules = await self._repository.auto_rules()
+        counted = award_counters(entry.activity_id, entry.category) if entry.kind == ACTIVITY else ()
+        record, counters = await self._repository.get_progress_and_counters(
+            entry.user_id, tuple(c for c in counted if c in rules.counters)
+        )
         # A repeat answers as the first did: it may grant only where the first check was deferred.
         level = await check_level_after_xp(
             self._repository,
@@ -167,15 +185,31 @@ class XpLedger:
             entry.level_check_name,
             repeat=repeat_of is not None,
             replay_only=repeat_of is not None and not repeat_of.level_check_deferred,
+            record=record,
         )
+        if record.total_xp > 0 and not record.player_counted:
+            await self._repository.count_player_once(entry.user_id)
+        total_xp, level_now, level_up = level.total_xp, level.level, level.level_up
+        unlocked: tuple[str, ...] = ()
+        # A repeat always asks: it lists what its original unlocked.
+        if rules.rules and (repeat_of is not None or auto_unlock_may_be_due(rules, record, level.level, counters)):
+            due = await self._achievements.unlock_due(entry.user_id, entry.entry_id)
+            if due is None:  # any next award asks again (its read shows no evaluation under these rules)
+                await self._repository.forget_auto_watches(entry.user_id)
+            else:
+                unlocked = due.unlocked
+                total_xp, level_now = max(total_xp, due.total_xp), max(level_now, due.level)
+                if level_up is not None:  # a deferred check stays deferred: its retry reports it all
+                    level_up = level_ups_joined([level_up, due.level_up]) or level_up
         return AwardOutcome(
             entry.user_id,
             xp_awarded,
-            level.total_xp,
-            level.level,
+            total_xp,
+            level_now,
             repeat_of is not None,
-            level.level_up,
+            level_up,
             level.deferred,
+            unlocked,
         )
 
 

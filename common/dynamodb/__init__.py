@@ -25,8 +25,10 @@ from common.dynamodb.reads import (
     rewards_from,
 )
 from common.dynamodb.tables import (
+    ACHIEVEMENT_STATS,
     ACHIEVEMENTS,
     ACTIVITIES,
+    ACTIVITY_COUNTS,
     ALL_TABLES,
     LEVEL_CHECKS,
     LEVEL_REWARDS,
@@ -50,7 +52,9 @@ from common.dynamodb.transactions import (
 )
 
 __all__ = [
+    "ACHIEVEMENT_STATS",
     "ACHIEVEMENTS",
+    "ACTIVITY_COUNTS",
     "ACTIVITIES",
     "ALL_TABLES",
     "LEVELS",

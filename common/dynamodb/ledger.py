@@ -10,9 +10,9 @@ from common.dynamodb.client import DynamoDBClient
 from common.dynamodb.items import attr, to_item
 from common.dynamodb.tables import USER_PROGRESS, XP_LEDGER
 from common.dynamodb.transactions import transact_write
-from common.models import LedgerEntry
+from common.models import ACTIVITY, LedgerEntry
 
-_OPTIONAL = ("request_id", "activity_id", "reason", "achievement_id")
+_OPTIONAL = ("request_id", "activity_id", "category", "reason", "achievement_id")
 
 
 def ledger_put(table_prefix: str, entry: LedgerEntry) -> dict[str, Any]:
@@ -27,6 +27,8 @@ def ledger_put(table_prefix: str, entry: LedgerEntry) -> dict[str, Any]:
         "attempt_id": entry.attempt_id,
     }
     values.update({name: getattr(entry, name) for name in _OPTIONAL if getattr(entry, name)})
+    if entry.kind == ACTIVITY:  # added to its counters (activity_counts), unlike awards an earlier version recorded
+        values["counted"] = True
     return {
         "Put": {
             "TableName": table_prefix + XP_LEDGER.name,
@@ -45,6 +47,7 @@ def ledger_entry_from(values: dict[str, Any]) -> LedgerEntry:
         kind=values["kind"],
         xp=int(values["xp"]),
         activity_id=values.get("activity_id", ""),
+        category=values.get("category", ""),
         reason=values.get("reason", ""),
         achievement_id=values.get("achievement_id", ""),
         recorded_at=values.get("recorded_at", ""),

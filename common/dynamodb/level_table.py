@@ -90,8 +90,8 @@ class LevelTableCache:
     async def version(self) -> int:
         if time.monotonic() - self._version_read_at > self._refresh_s:
             if self._confirming is None:
-                self._confirming = _shared_task(self._confirm())
-            await _within_deadline(self._confirming)
+                self._confirming = shared_task(self._confirm())
+            await within_deadline(self._confirming)
         return self._version
 
     async def current(self) -> VersionedLevelTable:
@@ -134,8 +134,8 @@ class LevelTableCache:
 
     async def _load_once(self) -> None:
         if self._loading is None:
-            self._loading = _shared_task(self._load())
-        await _within_deadline(self._loading)
+            self._loading = shared_task(self._load())
+        await within_deadline(self._loading)
 
     async def _load(self) -> None:
         try:
@@ -181,7 +181,7 @@ class LevelTableCache:
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def _shared_task(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+def shared_task(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     """A read that every waiting request shares: run in a context of its own,
     so that it is bound by no one request's deadline (the client's own
     timeouts bound it), and logged only for what it is."""
@@ -191,7 +191,7 @@ def _shared_task(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     return task
 
 
-async def _within_deadline(shared: asyncio.Task[None]) -> None:
+async def within_deadline(shared: asyncio.Task[None]) -> None:
     """Waits for a shared read no longer than the served RPC's deadline; the
     read goes on for the others."""
     left = remaining_s()

@@ -103,6 +103,17 @@ LEVEL_REWARDS = TableDefinition("level_rewards", ("user_id", _S), ("level", _N))
 # granted, so that a repeat of the request reports the same level-up.
 LEVEL_CHECKS = TableDefinition("level_checks", ("user_id", _S), ("check_id", _S))
 
+# One item per user and counter (an activity, or a category): awards counted
+# in the award's own transaction, and the watch the Achievements service left
+# on it (common.auto_unlock). Items of their own, so that the progress item,
+# which every award reads and writes, does not grow with the activities done.
+ACTIVITY_COUNTS = TableDefinition("activity_counts", ("user_id", _S), ("counter", _S))
+# Counters of the whole game: unlocks per achievement ("ach#<id>") and players
+# ("players"), each kept in STAT_SHARDS items that writers pick by user, so
+# that thousands of unlocks a second of one achievement spread over partitions.
+ACHIEVEMENT_STATS = TableDefinition("achievement_stats", ("counter", _S), ("shard", _N))
+STAT_SHARDS = 16
+
 ALL_TABLES = (
     ACTIVITIES,
     ACHIEVEMENTS,
@@ -112,6 +123,8 @@ ALL_TABLES = (
     USER_ACHIEVEMENTS,
     LEVEL_REWARDS,
     LEVEL_CHECKS,
+    ACTIVITY_COUNTS,
+    ACHIEVEMENT_STATS,
 )
 
 

@@ -26,39 +26,57 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from rewards.v1 import levels_pb2 as rewards_dot_v1_dot_levels__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drewards/v1/achievements.proto\x12\nrewards.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17rewards/v1/levels.proto\"V\n\x0cRequirements\x12\x1d\n\x15required_achievements\x18\x01 \x03(\t\x12\x14\n\x0cmin_total_xp\x18\x02 \x01(\x03\x12\x11\n\tmin_level\x18\x03 \x01(\x05\"\x9b\x01\n\x0b\x41\x63hievement\x12\x16\n\x0e\x61\x63hievement_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x11\n\txp_reward\x18\x04 \x01(\x03\x12\x0e\n\x06hidden\x18\x05 \x01(\x08\x12.\n\x0crequirements\x18\x06 \x01(\x0b\x32\x18.rewards.v1.Requirements\"E\n\x15PutAchievementRequest\x12,\n\x0b\x61\x63hievement\x18\x01 \x01(\x0b\x32\x17.rewards.v1.Achievement\"/\n\x15GetAchievementRequest\x12\x16\n\x0e\x61\x63hievement_id\x18\x01 \x01(\t\"@\n\x17ListAchievementsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"b\n\x18ListAchievementsResponse\x12-\n\x0c\x61\x63hievements\x18\x01 \x03(\x0b\x32\x17.rewards.v1.Achievement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x18\x44\x65leteAchievementRequest\x12\x16\n\x0e\x61\x63hievement_id\x18\x01 \x01(\t\"\x1b\n\x19\x44\x65leteAchievementResponse\"W\n\x18UnlockAchievementRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63hievement_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xb6\x01\n\x19UnlockAchievementResponse\x12,\n\x0b\x61\x63hievement\x18\x01 \x01(\x0b\x32\x17.rewards.v1.Achievement\x12\x18\n\x10\x61lready_unlocked\x18\x02 \x01(\x08\x12\x12\n\nxp_awarded\x18\x03 \x01(\x03\x12\x10\n\x08total_xp\x18\x04 \x01(\x03\x12+\n\x08level_up\x18\x05 \x01(\x0b\x32\x19.rewards.v1.LevelUpResult\"U\n\x1bListUserAchievementsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x9b\x01\n\x0fUserAchievement\x12\x16\n\x0e\x61\x63hievement_id\x18\x01 \x01(\t\x12/\n\x0bunlocked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\txp_reward\x18\x03 \x01(\x03\x12,\n\x0b\x61\x63hievement\x18\x04 \x01(\x0b\x32\x17.rewards.v1.Achievement\"{\n\x1cListUserAchievementsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x31\n\x0c\x61\x63hievements\x18\x02 \x03(\x0b\x32\x1b.rewards.v1.UserAchievement\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t2\xbf\x04\n\x13\x41\x63hievementsService\x12L\n\x0ePutAchievement\x12!.rewards.v1.PutAchievementRequest\x1a\x17.rewards.v1.Achievement\x12L\n\x0eGetAchievement\x12!.rewards.v1.GetAchievementRequest\x1a\x17.rewards.v1.Achievement\x12]\n\x10ListAchievements\x12#.rewards.v1.ListAchievementsRequest\x1a$.rewards.v1.ListAchievementsResponse\x12`\n\x11\x44\x65leteAchievement\x12$.rewards.v1.DeleteAchievementRequest\x1a%.rewards.v1.DeleteAchievementResponse\x12`\n\x11UnlockAchievement\x12$.rewards.v1.UnlockAchievementRequest\x1a%.rewards.v1.UnlockAchievementResponse\x12i\n\x14ListUserAchievements\x12\'.rewards.v1.ListUserAchievementsRequest\x1a(.rewards.v1.ListUserAchievementsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drewards/v1/achievements.proto\x12\nrewards.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17rewards/v1/levels.proto\"E\n\rActivityCount\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\x8a\x01\n\x0cRequirements\x12\x1d\n\x15required_achievements\x18\x01 \x03(\t\x12\x14\n\x0cmin_total_xp\x18\x02 \x01(\x03\x12\x11\n\tmin_level\x18\x03 \x01(\x05\x12\x32\n\x0f\x61\x63tivity_counts\x18\x04 \x03(\x0b\x32\x19.rewards.v1.ActivityCount\"\xb0\x01\n\x0b\x41\x63hievement\x12\x16\n\x0e\x61\x63hievement_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x11\n\txp_reward\x18\x04 \x01(\x03\x12\x0e\n\x06hidden\x18\x05 \x01(\x08\x12.\n\x0crequirements\x18\x06 \x01(\x0b\x32\x18.rewards.v1.Requirements\x12\x13\n\x0b\x61uto_unlock\x18\x07 \x01(\x08\"E\n\x15PutAchievementRequest\x12,\n\x0b\x61\x63hievement\x18\x01 \x01(\x0b\x32\x17.rewards.v1.Achievement\"/\n\x15GetAchievementRequest\x12\x16\n\x0e\x61\x63hievement_id\x18\x01 \x01(\t\"@\n\x17ListAchievementsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"b\n\x18ListAchievementsResponse\x12-\n\x0c\x61\x63hievements\x18\x01 \x03(\x0b\x32\x17.rewards.v1.Achievement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x18\x44\x65leteAchievementRequest\x12\x16\n\x0e\x61\x63hievement_id\x18\x01 \x01(\t\"\x1b\n\x19\x44\x65leteAchievementResponse\"W\n\x18UnlockAchievementRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63hievement_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xcd\x01\n\x19UnlockAchievementResponse\x12,\n\x0b\x61\x63hievement\x18\x01 \x01(\x0b\x32\x17.rewards.v1.Achievement\x12\x18\n\x10\x61lready_unlocked\x18\x02 \x01(\x08\x12\x12\n\nxp_awarded\x18\x03 \x01(\x03\x12\x10\n\x08total_xp\x18\x04 \x01(\x03\x12+\n\x08level_up\x18\x05 \x01(\x0b\x32\x19.rewards.v1.LevelUpResult\x12\x15\n\ralso_unlocked\x18\x06 \x03(\t\"U\n\x1bListUserAchievementsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x9b\x01\n\x0fUserAchievement\x12\x16\n\x0e\x61\x63hievement_id\x18\x01 \x01(\t\x12/\n\x0bunlocked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\txp_reward\x18\x03 \x01(\x03\x12,\n\x0b\x61\x63hievement\x18\x04 \x01(\x0b\x32\x17.rewards.v1.Achievement\"{\n\x1cListUserAchievementsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x31\n\x0c\x61\x63hievements\x18\x02 \x03(\x0b\x32\x1b.rewards.v1.UserAchievement\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"W\n\x1dGetAchievementProgressRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x81\x01\n\x1eGetAchievementProgressResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x35\n\x0c\x61\x63hievements\x18\x02 \x03(\x0b\x32\x1f.rewards.v1.AchievementProgress\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xdd\x01\n\x13\x41\x63hievementProgress\x12,\n\x0b\x61\x63hievement\x18\x01 \x01(\x0b\x32\x17.rewards.v1.Achievement\x12\x10\n\x08unlocked\x18\x02 \x01(\x08\x12/\n\x0bunlocked_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07percent\x18\x04 \x01(\x01\x12/\n\x08\x63riteria\x18\x05 \x03(\x0b\x32\x1d.rewards.v1.CriterionProgress\x12\x13\n\x0bunlock_rate\x18\x06 \x01(\x01\"I\n\x11\x43riterionProgress\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\x03\x12\x0e\n\x06target\x18\x03 \x01(\x03\"4\n\x1aGetAchievementStatsRequest\x12\x16\n\x0e\x61\x63hievement_id\x18\x01 \x01(\t\"h\n\x10\x41\x63hievementStats\x12\x16\n\x0e\x61\x63hievement_id\x18\x01 \x01(\t\x12\x16\n\x0eunlocked_count\x18\x02 \x01(\x03\x12\x0f\n\x07players\x18\x03 \x01(\x03\x12\x13\n\x0bunlock_rate\x18\x04 \x01(\x01\"m\n\x1cUnlockDueAchievementsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\ntrigger_id\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x63hievement_ids\x18\x03 \x03(\t\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"\x8c\x01\n\x1dUnlockDueAchievementsResponse\x12\x10\n\x08unlocked\x18\x01 \x03(\t\x12\x10\n\x08total_xp\x18\x02 \x01(\x03\x12\r\n\x05level\x18\x03 \x01(\x05\x12\x0b\n\x03\x64ue\x18\x04 \x03(\t\x12+\n\x08level_up\x18\x05 \x01(\x0b\x32\x19.rewards.v1.LevelUpResult2\xfb\x06\n\x13\x41\x63hievementsService\x12L\n\x0ePutAchievement\x12!.rewards.v1.PutAchievementRequest\x1a\x17.rewards.v1.Achievement\x12L\n\x0eGetAchievement\x12!.rewards.v1.GetAchievementRequest\x1a\x17.rewards.v1.Achievement\x12]\n\x10ListAchievements\x12#.rewards.v1.ListAchievementsRequest\x1a$.rewards.v1.ListAchievementsResponse\x12`\n\x11\x44\x65leteAchievement\x12$.rewards.v1.DeleteAchievementRequest\x1a%.rewards.v1.DeleteAchievementResponse\x12`\n\x11UnlockAchievement\x12$.rewards.v1.UnlockAchievementRequest\x1a%.rewards.v1.UnlockAchievementResponse\x12i\n\x14ListUserAchievements\x12\'.rewards.v1.ListUserAchievementsRequest\x1a(.rewards.v1.ListUserAchievementsResponse\x12o\n\x16GetAchievementProgress\x12).rewards.v1.GetAchievementProgressRequest\x1a*.rewards.v1.GetAchievementProgressResponse\x12[\n\x13GetAchievementStats\x12&.rewards.v1.GetAchievementStatsRequest\x1a\x1c.rewards.v1.AchievementStats\x12l\n\x15UnlockDueAchievements\x12(.rewards.v1.UnlockDueAchievementsRequest\x1a).rewards.v1.UnlockDueAchievementsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rewards.v1.achievements_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUIREMENTS']._serialized_start=103
-  _globals['_REQUIREMENTS']._serialized_end=189
-  _globals['_ACHIEVEMENT']._serialized_start=192
-  _globals['_ACHIEVEMENT']._serialized_end=347
-  _globals['_PUTACHIEVEMENTREQUEST']._serialized_start=349
-  _globals['_PUTACHIEVEMENTREQUEST']._serialized_end=418
-  _globals['_GETACHIEVEMENTREQUEST']._serialized_start=420
-  _globals['_GETACHIEVEMENTREQUEST']._serialized_end=467
-  _globals['_LISTACHIEVEMENTSREQUEST']._serialized_start=469
-  _globals['_LISTACHIEVEMENTSREQUEST']._serialized_end=533
-  _globals['_LISTACHIEVEMENTSRESPONSE']._serialized_start=535
-  _globals['_LISTACHIEVEMENTSRESPONSE']._serialized_end=633
-  _globals['_DELETEACHIEVEMENTREQUEST']._serialized_start=635
-  _globals['_DELETEACHIEVEMENTREQUEST']._serialized_end=685
-  _globals['_DELETEACHIEVEMENTRESPONSE']._serialized_start=687
-  _globals['_DELETEACHIEVEMENTRESPONSE']._serialized_end=714
-  _globals['_UNLOCKACHIEVEMENTREQUEST']._serialized_start=716
-  _globals['_UNLOCKACHIEVEMENTREQUEST']._serialized_end=803
-  _globals['_UNLOCKACHIEVEMENTRESPONSE']._serialized_start=806
-  _globals['_UNLOCKACHIEVEMENTRESPONSE']._serialized_end=988
-  _globals['_LISTUSERACHIEVEMENTSREQUEST']._serialized_start=990
-  _globals['_LISTUSERACHIEVEMENTSREQUEST']._serialized_end=1075
-  _globals['_USERACHIEVEMENT']._serialized_start=1078
-  _globals['_USERACHIEVEMENT']._serialized_end=1233
-  _globals['_LISTUSERACHIEVEMENTSRESPONSE']._serialized_start=1235
-  _globals['_LISTUSERACHIEVEMENTSRESPONSE']._serialized_end=1358
-  _globals['_ACHIEVEMENTSSERVICE']._serialized_start=1361
-  _globals['_ACHIEVEMENTSSERVICE']._serialized_end=1936
+  _globals['_ACTIVITYCOUNT']._serialized_start=103
+  _globals['_ACTIVITYCOUNT']._serialized_end=172
+  _globals['_REQUIREMENTS']._serialized_start=175
+  _globals['_REQUIREMENTS']._serialized_end=313
+  _globals['_ACHIEVEMENT']._serialized_start=316
+  _globals['_ACHIEVEMENT']._serialized_end=492
+  _globals['_PUTACHIEVEMENTREQUEST']._serialized_start=494
+  _globals['_PUTACHIEVEMENTREQUEST']._serialized_end=563
+  _globals['_GETACHIEVEMENTREQUEST']._serialized_start=565
+  _globals['_GETACHIEVEMENTREQUEST']._serialized_end=612
+  _globals['_LISTACHIEVEMENTSREQUEST']._serialized_start=614
+  _globals['_LISTACHIEVEMENTSREQUEST']._serialized_end=678
+  _globals['_LISTACHIEVEMENTSRESPONSE']._serialized_start=680
+  _globals['_LISTACHIEVEMENTSRESPONSE']._serialized_end=778
+  _globals['_DELETEACHIEVEMENTREQUEST']._serialized_start=780
+  _globals['_DELETEACHIEVEMENTREQUEST']._serialized_end=830
+  _globals['_DELETEACHIEVEMENTRESPONSE']._serialized_start=832
+  _globals['_DELETEACHIEVEMENTRESPONSE']._serialized_end=859
+  _globals['_UNLOCKACHIEVEMENTREQUEST']._serialized_start=861
+  _globals['_UNLOCKACHIEVEMENTREQUEST']._serialized_end=948
+  _globals['_UNLOCKACHIEVEMENTRESPONSE']._serialized_start=951
+  _globals['_UNLOCKACHIEVEMENTRESPONSE']._serialized_end=1156
+  _globals['_LISTUSERACHIEVEMENTSREQUEST']._serialized_start=1158
+  _globals['_LISTUSERACHIEVEMENTSREQUEST']._serialized_end=1243
+  _globals['_USERACHIEVEMENT']._serialized_start=1246
+  _globals['_USERACHIEVEMENT']._serialized_end=1401
+  _globals['_LISTUSERACHIEVEMENTSRESPONSE']._serialized_start=1403
+  _globals['_LISTUSERACHIEVEMENTSRESPONSE']._serialized_end=1526
+  _globals['_GETACHIEVEMENTPROGRESSREQUEST']._serialized_start=1528
+  _globals['_GETACHIEVEMENTPROGRESSREQUEST']._serialized_end=1615
+  _globals['_GETACHIEVEMENTPROGRESSRESPONSE']._serialized_start=1618
+  _globals['_GETACHIEVEMENTPROGRESSRESPONSE']._serialized_end=1747
+  _globals['_ACHIEVEMENTPROGRESS']._serialized_start=1750
+  _globals['_ACHIEVEMENTPROGRESS']._serialized_end=1971
+  _globals['_CRITERIONPROGRESS']._serialized_start=1973
+  _globals['_CRITERIONPROGRESS']._serialized_end=2046
+  _globals['_GETACHIEVEMENTSTATSREQUEST']._serialized_start=2048
+  _globals['_GETACHIEVEMENTSTATSREQUEST']._serialized_end=2100
+  _globals['_ACHIEVEMENTSTATS']._serialized_start=2102
+  _globals['_ACHIEVEMENTSTATS']._serialized_end=2206
+  _globals['_UNLOCKDUEACHIEVEMENTSREQUEST']._serialized_start=2208
+  _globals['_UNLOCKDUEACHIEVEMENTSREQUEST']._serialized_end=2317
+  _globals['_UNLOCKDUEACHIEVEMENTSRESPONSE']._serialized_start=2320
+  _globals['_UNLOCKDUEACHIEVEMENTSRESPONSE']._serialized_end=2460
+  _globals['_ACHIEVEMENTSSERVICE']._serialized_start=2463
+  _globals['_ACHIEVEMENTSSERVICE']._serialized_end=3354
 # @@protoc_insertion_point(module_scope)

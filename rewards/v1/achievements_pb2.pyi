@@ -21,12 +21,43 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ActivityCount(_message.Message):
+    """At least `count` awards of one activity, or of activities in one category
+    (the activity's category at the time of each award); exactly one of
+    activity_id and category. A retried award counts once, as its XP does.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVITY_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    activity_id: _builtins.str
+    category: _builtins.str
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        activity_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "category", b"category", "count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivityCount: _TypeAlias = ActivityCount  # noqa: Y015
+
+@_typing.final
 class Requirements(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUIRED_ACHIEVEMENTS_FIELD_NUMBER: _builtins.int
     MIN_TOTAL_XP_FIELD_NUMBER: _builtins.int
     MIN_LEVEL_FIELD_NUMBER: _builtins.int
+    ACTIVITY_COUNTS_FIELD_NUMBER: _builtins.int
     min_total_xp: _builtins.int
     """Total XP the user needs; 0 for none."""
     min_level: _builtins.int
@@ -35,16 +66,21 @@ class Requirements(_message.Message):
     def required_achievements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Achievements the user must have unlocked first."""
 
+    @_builtins.property
+    def activity_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActivityCount]:
+        """Awards counted per activity or category; every one must be met."""
+
     def __init__(
         self,
         *,
         required_achievements: _abc.Iterable[_builtins.str] | None = ...,
         min_total_xp: _builtins.int = ...,
         min_level: _builtins.int = ...,
+        activity_counts: _abc.Iterable[Global___ActivityCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_level", b"min_level", "min_total_xp", b"min_total_xp", "required_achievements", b"required_achievements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_counts", b"activity_counts", "min_level", b"min_level", "min_total_xp", b"min_total_xp", "required_achievements", b"required_achievements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -60,6 +96,7 @@ class Achievement(_message.Message):
     XP_REWARD_FIELD_NUMBER: _builtins.int
     HIDDEN_FIELD_NUMBER: _builtins.int
     REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    AUTO_UNLOCK_FIELD_NUMBER: _builtins.int
     achievement_id: _builtins.str
     name: _builtins.str
     """Required, at most 200 characters."""
@@ -69,6 +106,11 @@ class Achievement(_message.Message):
     """XP granted once on unlock."""
     hidden: _builtins.bool
     """For the game to hide until unlocked; the service treats it as data."""
+    auto_unlock: _builtins.bool
+    """Unlocked by the service itself, once, as soon as every requirement
+    holds, whatever makes it hold (an award, a grant, a level-up, another
+    unlock's reward). UnlockAchievement still unlocks it on request.
+    """
     @_builtins.property
     def requirements(self) -> Global___Requirements: ...
     def __init__(
@@ -80,10 +122,11 @@ class Achievement(_message.Message):
         xp_reward: _builtins.int = ...,
         hidden: _builtins.bool = ...,
         requirements: Global___Requirements | None = ...,
+        auto_unlock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["requirements", b"requirements"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement_id", b"achievement_id", "description", b"description", "hidden", b"hidden", "name", b"name", "requirements", b"requirements", "xp_reward", b"xp_reward"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement_id", b"achievement_id", "auto_unlock", b"auto_unlock", "description", b"description", "hidden", b"hidden", "name", b"name", "requirements", b"requirements", "xp_reward", b"xp_reward"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,6 +286,7 @@ class UnlockAchievementResponse(_message.Message):
     XP_AWARDED_FIELD_NUMBER: _builtins.int
     TOTAL_XP_FIELD_NUMBER: _builtins.int
     LEVEL_UP_FIELD_NUMBER: _builtins.int
+    ALSO_UNLOCKED_FIELD_NUMBER: _builtins.int
     already_unlocked: _builtins.bool
     xp_awarded: _builtins.int
     """XP this call paid. Across any number of calls for one unlock, exactly
@@ -253,6 +297,12 @@ class UnlockAchievementResponse(_message.Message):
     def achievement(self) -> Global___Achievement: ...
     @_builtins.property
     def level_up(self) -> _levels_pb2.LevelUpResult: ...
+    @_builtins.property
+    def also_unlocked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The auto_unlock achievements this request unlocked by itself; their
+        rewards are in total_xp, and any level-up they made in level_up.
+        """
+
     def __init__(
         self,
         *,
@@ -261,10 +311,11 @@ class UnlockAchievementResponse(_message.Message):
         xp_awarded: _builtins.int = ...,
         total_xp: _builtins.int = ...,
         level_up: _levels_pb2.LevelUpResult | None = ...,
+        also_unlocked: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["achievement", b"achievement", "level_up", b"level_up"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement", b"achievement", "already_unlocked", b"already_unlocked", "level_up", b"level_up", "total_xp", b"total_xp", "xp_awarded", b"xp_awarded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement", b"achievement", "already_unlocked", b"already_unlocked", "also_unlocked", b"also_unlocked", "level_up", b"level_up", "total_xp", b"total_xp", "xp_awarded", b"xp_awarded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -358,3 +409,257 @@ class ListUserAchievementsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListUserAchievementsResponse: _TypeAlias = ListUserAchievementsResponse  # noqa: Y015
+
+@_typing.final
+class GetAchievementProgressRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    page_size: _builtins.int
+    """1 to 100; 0 means 50."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAchievementProgressRequest: _TypeAlias = GetAchievementProgressRequest  # noqa: Y015
+
+@_typing.final
+class GetAchievementProgressResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ACHIEVEMENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    next_page_token: _builtins.str
+    @_builtins.property
+    def achievements(self) -> _containers.RepeatedCompositeFieldContainer[Global___AchievementProgress]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        achievements: _abc.Iterable[Global___AchievementProgress] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievements", b"achievements", "next_page_token", b"next_page_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAchievementProgressResponse: _TypeAlias = GetAchievementProgressResponse  # noqa: Y015
+
+@_typing.final
+class AchievementProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACHIEVEMENT_FIELD_NUMBER: _builtins.int
+    UNLOCKED_FIELD_NUMBER: _builtins.int
+    UNLOCKED_AT_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    CRITERIA_FIELD_NUMBER: _builtins.int
+    UNLOCK_RATE_FIELD_NUMBER: _builtins.int
+    unlocked: _builtins.bool
+    percent: _builtins.float
+    """0 to 100: the share of the criteria met (each criterion counts its
+    progress, capped at its target); 100 once unlocked.
+    """
+    unlock_rate: _builtins.float
+    """unlocked_count / players, as in GetAchievementStats (a few seconds old)."""
+    @_builtins.property
+    def achievement(self) -> Global___Achievement:
+        """A hidden achievement the user has not unlocked: name, description and
+        requirements empty unless the caller's role is admin.
+        """
+
+    @_builtins.property
+    def unlocked_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def criteria(self) -> _containers.RepeatedCompositeFieldContainer[Global___CriterionProgress]:
+        """One per requirement: each activity count, min_total_xp, min_level, each
+        required achievement (current 0 or 1 of target 1).
+        """
+
+    def __init__(
+        self,
+        *,
+        achievement: Global___Achievement | None = ...,
+        unlocked: _builtins.bool = ...,
+        unlocked_at: _timestamp_pb2.Timestamp | None = ...,
+        percent: _builtins.float = ...,
+        criteria: _abc.Iterable[Global___CriterionProgress] | None = ...,
+        unlock_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["achievement", b"achievement", "unlocked_at", b"unlocked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement", b"achievement", "criteria", b"criteria", "percent", b"percent", "unlock_rate", b"unlock_rate", "unlocked", b"unlocked", "unlocked_at", b"unlocked_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AchievementProgress: _TypeAlias = AchievementProgress  # noqa: Y015
+
+@_typing.final
+class CriterionProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    description: _builtins.str
+    current: _builtins.int
+    target: _builtins.int
+    def __init__(
+        self,
+        *,
+        description: _builtins.str = ...,
+        current: _builtins.int = ...,
+        target: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "description", b"description", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CriterionProgress: _TypeAlias = CriterionProgress  # noqa: Y015
+
+@_typing.final
+class GetAchievementStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACHIEVEMENT_ID_FIELD_NUMBER: _builtins.int
+    achievement_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        achievement_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement_id", b"achievement_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAchievementStatsRequest: _TypeAlias = GetAchievementStatsRequest  # noqa: Y015
+
+@_typing.final
+class AchievementStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACHIEVEMENT_ID_FIELD_NUMBER: _builtins.int
+    UNLOCKED_COUNT_FIELD_NUMBER: _builtins.int
+    PLAYERS_FIELD_NUMBER: _builtins.int
+    UNLOCK_RATE_FIELD_NUMBER: _builtins.int
+    achievement_id: _builtins.str
+    unlocked_count: _builtins.int
+    players: _builtins.int
+    """Users who have received any XP."""
+    unlock_rate: _builtins.float
+    """unlocked_count / players; 0 when there are no players."""
+    def __init__(
+        self,
+        *,
+        achievement_id: _builtins.str = ...,
+        unlocked_count: _builtins.int = ...,
+        players: _builtins.int = ...,
+        unlock_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement_id", b"achievement_id", "players", b"players", "unlock_rate", b"unlock_rate", "unlocked_count", b"unlocked_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AchievementStats: _TypeAlias = AchievementStats  # noqa: Y015
+
+@_typing.final
+class UnlockDueAchievementsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    TRIGGER_ID_FIELD_NUMBER: _builtins.int
+    ACHIEVEMENT_IDS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    trigger_id: _builtins.str
+    """Names what asked (the XP ledger entry of an award, say): the unlocks
+    this call makes are recorded under it.
+    """
+    dry_run: _builtins.bool
+    """Unlock nothing: list in `due` what would be unlocked now."""
+    @_builtins.property
+    def achievement_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these achievements (all auto_unlock ones when empty)."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        trigger_id: _builtins.str = ...,
+        achievement_ids: _abc.Iterable[_builtins.str] | None = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement_ids", b"achievement_ids", "dry_run", b"dry_run", "trigger_id", b"trigger_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockDueAchievementsRequest: _TypeAlias = UnlockDueAchievementsRequest  # noqa: Y015
+
+@_typing.final
+class UnlockDueAchievementsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNLOCKED_FIELD_NUMBER: _builtins.int
+    TOTAL_XP_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    DUE_FIELD_NUMBER: _builtins.int
+    LEVEL_UP_FIELD_NUMBER: _builtins.int
+    total_xp: _builtins.int
+    """The user's total XP and level after those unlocks paid their rewards."""
+    level: _builtins.int
+    @_builtins.property
+    def unlocked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The achievements unlocked under trigger_id, by this call or an earlier one."""
+
+    @_builtins.property
+    def due(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With dry_run: what is due now."""
+
+    @_builtins.property
+    def level_up(self) -> _levels_pb2.LevelUpResult:
+        """The level-up the rewards of those unlocks made (from the level before
+        the first to the level after the last, reward totals); unset when they
+        made none. A repeat reports it again.
+        """
+
+    def __init__(
+        self,
+        *,
+        unlocked: _abc.Iterable[_builtins.str] | None = ...,
+        total_xp: _builtins.int = ...,
+        level: _builtins.int = ...,
+        due: _abc.Iterable[_builtins.str] | None = ...,
+        level_up: _levels_pb2.LevelUpResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["level_up", b"level_up"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["due", b"due", "level", b"level", "level_up", b"level_up", "total_xp", b"total_xp", "unlocked", b"unlocked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockDueAchievementsResponse: _TypeAlias = UnlockDueAchievementsResponse  # noqa: Y015

@@ -32,7 +32,8 @@ class AchievementsServiceStub:
     Limits: ids (achievement_id, user_id, request_id) are at most 128
     characters with no control characters and no surrounding white space;
     xp_reward is 0 to 1,000,000,000; at most 50 required achievements;
-    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
+    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; at most 10
+    activity_counts, each count 1 to 10^9; page_size 1 to 100.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
     to retry.
     A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
@@ -75,6 +76,21 @@ class AchievementsServiceStub:
                 request_serializer=rewards_dot_v1_dot_achievements__pb2.ListUserAchievementsRequest.SerializeToString,
                 response_deserializer=rewards_dot_v1_dot_achievements__pb2.ListUserAchievementsResponse.FromString,
                 _registered_method=True)
+        self.GetAchievementProgress = channel.unary_unary(
+                '/rewards.v1.AchievementsService/GetAchievementProgress',
+                request_serializer=rewards_dot_v1_dot_achievements__pb2.GetAchievementProgressRequest.SerializeToString,
+                response_deserializer=rewards_dot_v1_dot_achievements__pb2.GetAchievementProgressResponse.FromString,
+                _registered_method=True)
+        self.GetAchievementStats = channel.unary_unary(
+                '/rewards.v1.AchievementsService/GetAchievementStats',
+                request_serializer=rewards_dot_v1_dot_achievements__pb2.GetAchievementStatsRequest.SerializeToString,
+                response_deserializer=rewards_dot_v1_dot_achievements__pb2.AchievementStats.FromString,
+                _registered_method=True)
+        self.UnlockDueAchievements = channel.unary_unary(
+                '/rewards.v1.AchievementsService/UnlockDueAchievements',
+                request_serializer=rewards_dot_v1_dot_achievements__pb2.UnlockDueAchievementsRequest.SerializeToString,
+                response_deserializer=rewards_dot_v1_dot_achievements__pb2.UnlockDueAchievementsResponse.FromString,
+                _registered_method=True)
 
 
 class AchievementsServiceServicer:
@@ -84,7 +100,8 @@ class AchievementsServiceServicer:
     Limits: ids (achievement_id, user_id, request_id) are at most 128
     characters with no control characters and no surrounding white space;
     xp_reward is 0 to 1,000,000,000; at most 50 required achievements;
-    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
+    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; at most 10
+    activity_counts, each count 1 to 10^9; page_size 1 to 100.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
     to retry.
     A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
@@ -127,6 +144,8 @@ class AchievementsServiceServicer:
         the Levels service could not answer (a later check grants the level-up:
         a new CheckLevelUp, or the next award that finds it due). An unlock whose
         reward would take the total past 2^53 is FAILED_PRECONDITION.
+        also_unlocked lists the auto_unlock achievements this unlock completed
+        (and those their rewards completed in turn); a repeat lists them again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,6 +153,37 @@ class AchievementsServiceServicer:
 
     def ListUserAchievements(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAchievementProgress(self, request, context):
+        """Every catalog entry, in pages, with the user's progress towards it: one
+        criterion per requirement and the percentage of all of them met. A
+        hidden achievement the user has not unlocked keeps its id and numbers
+        but not its name, description and requirements (its criteria's
+        descriptions say "hidden"), unless the caller's role is admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAchievementStats(self, request, context):
+        """How many users unlocked the achievement, of all users with any XP.
+        NOT_FOUND for an achievement not in the catalog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlockDueAchievements(self, request, context):
+        """Unlocks, exactly once each, every auto_unlock achievement whose
+        requirements the user meets, and those their rewards complete in turn
+        (service role: the XP service asks after an award that may have
+        completed one, `rewardsctl achievements backfill` for every player).
+        The unlocks are recorded under trigger_id; a repeat with the same
+        trigger_id lists them again.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -171,6 +221,21 @@ def add_AchievementsServiceServicer_to_server(servicer, server):
                     request_deserializer=rewards_dot_v1_dot_achievements__pb2.ListUserAchievementsRequest.FromString,
                     response_serializer=rewards_dot_v1_dot_achievements__pb2.ListUserAchievementsResponse.SerializeToString,
             ),
+            'GetAchievementProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAchievementProgress,
+                    request_deserializer=rewards_dot_v1_dot_achievements__pb2.GetAchievementProgressRequest.FromString,
+                    response_serializer=rewards_dot_v1_dot_achievements__pb2.GetAchievementProgressResponse.SerializeToString,
+            ),
+            'GetAchievementStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAchievementStats,
+                    request_deserializer=rewards_dot_v1_dot_achievements__pb2.GetAchievementStatsRequest.FromString,
+                    response_serializer=rewards_dot_v1_dot_achievements__pb2.AchievementStats.SerializeToString,
+            ),
+            'UnlockDueAchievements': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlockDueAchievements,
+                    request_deserializer=rewards_dot_v1_dot_achievements__pb2.UnlockDueAchievementsRequest.FromString,
+                    response_serializer=rewards_dot_v1_dot_achievements__pb2.UnlockDueAchievementsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'rewards.v1.AchievementsService', rpc_method_handlers)
@@ -186,7 +251,8 @@ class AchievementsService:
     Limits: ids (achievement_id, user_id, request_id) are at most 128
     characters with no control characters and no surrounding white space;
     xp_reward is 0 to 1,000,000,000; at most 50 required achievements;
-    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
+    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; at most 10
+    activity_counts, each count 1 to 10^9; page_size 1 to 100.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
     to retry.
     A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
@@ -345,6 +411,87 @@ class AchievementsService:
             '/rewards.v1.AchievementsService/ListUserAchievements',
             rewards_dot_v1_dot_achievements__pb2.ListUserAchievementsRequest.SerializeToString,
             rewards_dot_v1_dot_achievements__pb2.ListUserAchievementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAchievementProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewards.v1.AchievementsService/GetAchievementProgress',
+            rewards_dot_v1_dot_achievements__pb2.GetAchievementProgressRequest.SerializeToString,
+            rewards_dot_v1_dot_achievements__pb2.GetAchievementProgressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAchievementStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewards.v1.AchievementsService/GetAchievementStats',
+            rewards_dot_v1_dot_achievements__pb2.GetAchievementStatsRequest.SerializeToString,
+            rewards_dot_v1_dot_achievements__pb2.AchievementStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlockDueAchievements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewards.v1.AchievementsService/UnlockDueAchievements',
+            rewards_dot_v1_dot_achievements__pb2.UnlockDueAchievementsRequest.SerializeToString,
+            rewards_dot_v1_dot_achievements__pb2.UnlockDueAchievementsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,7 +33,8 @@ class AchievementsServiceStub:
     Limits: ids (achievement_id, user_id, request_id) are at most 128
     characters with no control characters and no surrounding white space;
     xp_reward is 0 to 1,000,000,000; at most 50 required achievements;
-    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
+    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; at most 10
+    activity_counts, each count 1 to 10^9; page_size 1 to 100.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
     to retry.
     A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
@@ -60,8 +61,29 @@ class AchievementsServiceStub:
     the Levels service could not answer (a later check grants the level-up:
     a new CheckLevelUp, or the next award that finds it due). An unlock whose
     reward would take the total past 2^53 is FAILED_PRECONDITION.
+    also_unlocked lists the auto_unlock achievements this unlock completed
+    (and those their rewards completed in turn); a repeat lists them again.
     """
     ListUserAchievements: _grpc.UnaryUnaryMultiCallable[_achievements_pb2.ListUserAchievementsRequest, _achievements_pb2.ListUserAchievementsResponse]
+    GetAchievementProgress: _grpc.UnaryUnaryMultiCallable[_achievements_pb2.GetAchievementProgressRequest, _achievements_pb2.GetAchievementProgressResponse]
+    """Every catalog entry, in pages, with the user's progress towards it: one
+    criterion per requirement and the percentage of all of them met. A
+    hidden achievement the user has not unlocked keeps its id and numbers
+    but not its name, description and requirements (its criteria's
+    descriptions say "hidden"), unless the caller's role is admin.
+    """
+    GetAchievementStats: _grpc.UnaryUnaryMultiCallable[_achievements_pb2.GetAchievementStatsRequest, _achievements_pb2.AchievementStats]
+    """How many users unlocked the achievement, of all users with any XP.
+    NOT_FOUND for an achievement not in the catalog.
+    """
+    UnlockDueAchievements: _grpc.UnaryUnaryMultiCallable[_achievements_pb2.UnlockDueAchievementsRequest, _achievements_pb2.UnlockDueAchievementsResponse]
+    """Unlocks, exactly once each, every auto_unlock achievement whose
+    requirements the user meets, and those their rewards complete in turn
+    (service role: the XP service asks after an award that may have
+    completed one, `rewardsctl achievements backfill` for every player).
+    The unlocks are recorded under trigger_id; a repeat with the same
+    trigger_id lists them again.
+    """
 
 @_typing.type_check_only
 class AchievementsServiceAsyncStub(AchievementsServiceStub):
@@ -71,7 +93,8 @@ class AchievementsServiceAsyncStub(AchievementsServiceStub):
     Limits: ids (achievement_id, user_id, request_id) are at most 128
     characters with no control characters and no surrounding white space;
     xp_reward is 0 to 1,000,000,000; at most 50 required achievements;
-    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
+    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; at most 10
+    activity_counts, each count 1 to 10^9; page_size 1 to 100.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
     to retry.
     A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
@@ -95,8 +118,29 @@ class AchievementsServiceAsyncStub(AchievementsServiceStub):
     the Levels service could not answer (a later check grants the level-up:
     a new CheckLevelUp, or the next award that finds it due). An unlock whose
     reward would take the total past 2^53 is FAILED_PRECONDITION.
+    also_unlocked lists the auto_unlock achievements this unlock completed
+    (and those their rewards completed in turn); a repeat lists them again.
     """
     ListUserAchievements: _aio.UnaryUnaryMultiCallable[_achievements_pb2.ListUserAchievementsRequest, _achievements_pb2.ListUserAchievementsResponse]  # type: ignore[assignment]
+    GetAchievementProgress: _aio.UnaryUnaryMultiCallable[_achievements_pb2.GetAchievementProgressRequest, _achievements_pb2.GetAchievementProgressResponse]  # type: ignore[assignment]
+    """Every catalog entry, in pages, with the user's progress towards it: one
+    criterion per requirement and the percentage of all of them met. A
+    hidden achievement the user has not unlocked keeps its id and numbers
+    but not its name, description and requirements (its criteria's
+    descriptions say "hidden"), unless the caller's role is admin.
+    """
+    GetAchievementStats: _aio.UnaryUnaryMultiCallable[_achievements_pb2.GetAchievementStatsRequest, _achievements_pb2.AchievementStats]  # type: ignore[assignment]
+    """How many users unlocked the achievement, of all users with any XP.
+    NOT_FOUND for an achievement not in the catalog.
+    """
+    UnlockDueAchievements: _aio.UnaryUnaryMultiCallable[_achievements_pb2.UnlockDueAchievementsRequest, _achievements_pb2.UnlockDueAchievementsResponse]  # type: ignore[assignment]
+    """Unlocks, exactly once each, every auto_unlock achievement whose
+    requirements the user meets, and those their rewards complete in turn
+    (service role: the XP service asks after an award that may have
+    completed one, `rewardsctl achievements backfill` for every player).
+    The unlocks are recorded under trigger_id; a repeat with the same
+    trigger_id lists them again.
+    """
 
 class AchievementsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Achievements: the catalog and exactly-once unlocks that pay their XP
@@ -105,7 +149,8 @@ class AchievementsServiceServicer(metaclass=_abc_1.ABCMeta):
     Limits: ids (achievement_id, user_id, request_id) are at most 128
     characters with no control characters and no surrounding white space;
     xp_reward is 0 to 1,000,000,000; at most 50 required achievements;
-    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; page_size 1 to 100.
+    min_total_xp 0 to 10^12; min_level 0 to 1,000,000; at most 10
+    activity_counts, each count 1 to 10^9; page_size 1 to 100.
     Errors: INVALID_ARGUMENT names the field; UNAVAILABLE and ABORTED are safe
     to retry.
     A request over 1 MiB is RESOURCE_EXHAUSTED; a caller's deadline bounds
@@ -157,6 +202,8 @@ class AchievementsServiceServicer(metaclass=_abc_1.ABCMeta):
         the Levels service could not answer (a later check grants the level-up:
         a new CheckLevelUp, or the next award that finds it due). An unlock whose
         reward would take the total past 2^53 is FAILED_PRECONDITION.
+        also_unlocked lists the auto_unlock achievements this unlock completed
+        (and those their rewards completed in turn); a repeat lists them again.
         """
 
     @_abc_1.abstractmethod
@@ -165,5 +212,42 @@ class AchievementsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _achievements_pb2.ListUserAchievementsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_achievements_pb2.ListUserAchievementsResponse, _abc.Awaitable[_achievements_pb2.ListUserAchievementsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAchievementProgress(
+        self,
+        request: _achievements_pb2.GetAchievementProgressRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_achievements_pb2.GetAchievementProgressResponse, _abc.Awaitable[_achievements_pb2.GetAchievementProgressResponse]]:
+        """Every catalog entry, in pages, with the user's progress towards it: one
+        criterion per requirement and the percentage of all of them met. A
+        hidden achievement the user has not unlocked keeps its id and numbers
+        but not its name, description and requirements (its criteria's
+        descriptions say "hidden"), unless the caller's role is admin.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAchievementStats(
+        self,
+        request: _achievements_pb2.GetAchievementStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_achievements_pb2.AchievementStats, _abc.Awaitable[_achievements_pb2.AchievementStats]]:
+        """How many users unlocked the achievement, of all users with any XP.
+        NOT_FOUND for an achievement not in the catalog.
+        """
+
+    @_abc_1.abstractmethod
+    def UnlockDueAchievements(
+        self,
+        request: _achievements_pb2.UnlockDueAchievementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_achievements_pb2.UnlockDueAchievementsResponse, _abc.Awaitable[_achievements_pb2.UnlockDueAchievementsResponse]]:
+        """Unlocks, exactly once each, every auto_unlock achievement whose
+        requirements the user meets, and those their rewards complete in turn
+        (service role: the XP service asks after an award that may have
+        completed one, `rewardsctl achievements backfill` for every player).
+        The unlocks are recorded under trigger_id; a repeat with the same
+        trigger_id lists them again.
+        """
 
 def add_AchievementsServiceServicer_to_server(servicer: AchievementsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -257,6 +257,7 @@ class AwardXpResponse(_message.Message):
     DUPLICATE_FIELD_NUMBER: _builtins.int
     LEVEL_UP_FIELD_NUMBER: _builtins.int
     LEVEL_CHECK_DEFERRED_FIELD_NUMBER: _builtins.int
+    UNLOCKED_ACHIEVEMENTS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     xp_awarded: _builtins.int
     """XP this request added; on a duplicate, what the original added."""
@@ -282,6 +283,15 @@ class AwardXpResponse(_message.Message):
         the user's level, answered by XP from the award's own read.
         """
 
+    @_builtins.property
+    def unlocked_achievements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The auto_unlock achievements this request unlocked by itself (and those
+        their rewards completed in turn); a retry of the request lists them
+        again. total_xp and level include what they paid, and level_up the
+        level-up their rewards made. Empty, the unlocks left to the user's next
+        award, when the Achievements service could not answer in time.
+        """
+
     def __init__(
         self,
         *,
@@ -292,10 +302,11 @@ class AwardXpResponse(_message.Message):
         duplicate: _builtins.bool = ...,
         level_up: _levels_pb2.LevelUpResult | None = ...,
         level_check_deferred: _builtins.bool = ...,
+        unlocked_achievements: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["level_up", b"level_up"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "level", b"level", "level_check_deferred", b"level_check_deferred", "level_up", b"level_up", "total_xp", b"total_xp", "user_id", b"user_id", "xp_awarded", b"xp_awarded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "level", b"level", "level_check_deferred", b"level_check_deferred", "level_up", b"level_up", "total_xp", b"total_xp", "unlocked_achievements", b"unlocked_achievements", "user_id", b"user_id", "xp_awarded", b"xp_awarded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

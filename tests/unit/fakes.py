@@ -30,7 +30,10 @@ from achievements_service.domain import (
     RewardPaidBefore,
     Unlock,
 )
+from common.auto_unlock import AutoRule, AutoRules, Counter, DueUnlocks, Watches, award_counters
+from common.dynamodb.counters import MAX_WATCHED_COUNTERS, WatchOutdated
 from common.models import (
+    ACTIVITY,
     MAX_TOTAL_XP,
     LedgerEntry,
     Level,
@@ -69,6 +72,15 @@ async def _run_next(hooks: list[Hook | None]) -> None:
             await hook()
 
 
+def _count_player_once(progress: dict[str, ProgressRecord], players: set[str], user_id: str) -> None:
+    """counters.count_player_once: only a progress item with XP not counted yet is counted."""
+    record = progress.get(user_id)
+    if record is None or record.player_counted:
+        return
+    players.add(user_id)
+    progress[user_id] = replace(record, player_counted=True)
+
+
 def _page(ids: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
     """Keys after `page_token` (the last key of the previous page), in key order."""
     remaining = [i for i in sorted(ids) if i > page_token] if page_token else sorted(ids)
@@ -94,6 +106,9 @@ class FakeXpRepository:
         self.progress: dict[str, ProgressRecord] = {}
         self.reached: dict[str, list[LevelReached]] = {}
         self.held: dict[str, set[str]] = {}  # the user_achievements records, as XP reads them
+        self.counters: dict[tuple[str, str], Counter] = {}  # the activity_counts items
+        self.rules = AutoRules()  # the catalog's auto-unlock rules, as this process read them
+        self.players: set[str] = set()
         self.start_level_value = start_level
         self.version = level_table_version
         # Knobs.
@@ -104,6 +119,8 @@ class FakeXpRepository:
         # Call log.
         self.record_calls: list[tuple[LedgerEntry, Activity | None]] = []
         self.get_activity_calls: list[str] = []
+        self.counter_reads: list[tuple[str, ...]] = []  # the counters each progress read asked for
+        self.count_player_calls: list[str] = []
 
     # --- seeding ----------------------------------------------------------------
 
@@ -163,10 +180,14 @@ class FakeXpRepository:
             raise TotalXpLimitReached(entry.user_id, entry.xp)
         if activity is not None:
             current = self.catalog.get(activity.activity_id)
-            if current is None or current.xp != activity.xp:
+            if current is None or current.xp != activity.xp or current.category != activity.category:
                 self.cache.pop(activity.activity_id, None)
                 raise ActivityChanged(activity.activity_id)
         self.ledger[key] = entry
+        if entry.kind == ACTIVITY:
+            for counter in award_counters(entry.activity_id, entry.category):
+                held = self.counters.get((entry.user_id, counter), Counter(counter))
+                self.counters[(entry.user_id, counter)] = replace(held, awards=held.awards + 1)
         record = self.progress.get(entry.user_id, ProgressRecord(entry.user_id))
         self.progress[entry.user_id] = replace(
             record, total_xp=record.total_xp + entry.xp, updated_at=entry.recorded_at
@@ -184,6 +205,23 @@ class FakeXpRepository:
     async def mark_level_check_deferred(self, user_id: str, entry_id: str) -> None:
         self.ledger[(user_id, entry_id)] = replace(self.ledger[(user_id, entry_id)], level_check_deferred=True)
         self.progress[user_id] = replace(self.progress.get(user_id, ProgressRecord(user_id)), deferred_check=entry_id)
+
+    async def auto_rules(self) -> AutoRules:
+        return self.rules
+
+    async def forget_auto_watches(self, user_id: str) -> None:
+        self.progress[user_id] = replace(self.progress[user_id], auto_version="")
+
+    async def get_progress_and_counters(
+        self, user_id: str, counters: tuple[str, ...]
+    ) -> tuple[ProgressRecord, dict[str, Counter]]:
+        self.counter_reads.append(counters)
+        found = {c: self.counters[(user_id, c)] for c in counters if (user_id, c) in self.counters}
+        return await self.get_progress(user_id), found
+
+    async def count_player_once(self, user_id: str) -> None:
+        self.count_player_calls.append(user_id)
+        _count_player_once(self.progress, self.players, user_id)
 
     async def unlocked_achievement_ids(self, user_id: str, limit: int) -> tuple[tuple[str, ...], bool]:
         ids = tuple(sorted(self.held.get(user_id, ())))
@@ -212,6 +250,19 @@ class FakeLevelChecker:
     async def check_level_up(self, user_id: str, request_id: str, replay_only: bool = False) -> LevelUpOutcome | None:
         self.calls.append((user_id, request_id))
         self.replay_only.append(replay_only)
+        return self.answer
+
+
+class FakeAutoUnlocker:
+    """common.auto_unlock.AutoUnlocker: answers `answer` (None: the
+    Achievements service could not answer in time) and logs each call."""
+
+    def __init__(self, answer: DueUnlocks | None = None) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, str]] = []
+
+    async def unlock_due(self, user_id: str, trigger_id: str) -> DueUnlocks | None:
+        self.calls.append((user_id, trigger_id))
         return self.answer
 
 
@@ -442,10 +493,21 @@ class FakeAchievementsRepository:
         self.unlocks: dict[tuple[str, str], Unlock] = {}
         self.ledger: dict[tuple[str, str], LedgerEntry] = {}
         self.progress: dict[str, ProgressRecord] = {}
+        self.counters: dict[tuple[str, str], Counter] = {}  # the activity_counts items
+        # Counter items a watch created, which hold no `awards` attribute until an award adds
+        # one (Counter reads them as 0 awards; conditions on `awards` see it missing).
+        self.uncounted: set[tuple[str, str]] = set()
+        self.unlock_stats: dict[str, int] = {}
+        self.players: set[str] = set()
         self.start_level_value = start_level
         self.version = level_table_version
         self._revisions = 0
         # Knobs.
+        # This process's copy of the auto-unlock rules, when a test leaves it stale
+        # (AutoRulesCache between refreshes); None: the rules of `catalog`.
+        self.rules: AutoRules | None = None
+        # Run before write_watches checks its conditions: an award landing mid-evaluation.
+        self.before_write_watches: list[Hook | None] = []
         self.before_record_unlock: list[Hook | None] = []
         # The next record_unlock_once fails its requirements guard whatever the progress holds.
         self.fail_next_requirements_guard = False
@@ -456,6 +518,8 @@ class FakeAchievementsRepository:
         self.record_calls: list[tuple[Unlock, LedgerEntry | None]] = []
         self.get_achievement_calls: list[str] = []
         self.start_level_calls = 0
+        self.watch_writes: list[Watches] = []  # every write_watches call that reached its transaction
+        self.count_player_calls: list[str] = []
 
     # --- seeding ----------------------------------------------------------------
 
@@ -473,6 +537,12 @@ class FakeAchievementsRepository:
         self.unlocks[(unlock.user_id, unlock.achievement_id)] = unlock
         record = self.progress.get(unlock.user_id, ProgressRecord(unlock.user_id))
         self.progress[unlock.user_id] = replace(record, holds_achievements=True, updated_at=unlock.unlocked_at)
+
+    def count(self, user_id: str, counter: str, awards: int) -> None:
+        """The counter at `awards` (its watch kept)."""
+        held = self.counters.get((user_id, counter), Counter(counter))
+        self.counters[(user_id, counter)] = replace(held, awards=awards)
+        self.uncounted.discard((user_id, counter))
 
     def pay(self, entry: LedgerEntry) -> None:
         """The ledger entry and its XP in the total."""
@@ -534,6 +604,9 @@ class FakeAchievementsRepository:
         required unlock records and requirements_guard on the stored progress item."""
         if any((user_id, a) not in self.unlocks for a in requirements.required_achievements):
             return False
+        for needed in requirements.activity_counts:
+            if self.counters.get((user_id, needed.counter), Counter(needed.counter)).awards < needed.count:
+                return False
         if record is None:  # a missing item: only the attribute_not_exists parts hold
             record = ProgressRecord("")
         if requirements.min_total_xp and record.total_xp < requirements.min_total_xp:
@@ -552,11 +625,13 @@ class FakeAchievementsRepository:
         await _run_next(self.before_record_unlock)
         key = (unlock.user_id, unlock.achievement_id)
         existing = self.unlocks.get(key)
+        current = self.catalog.get(achievement.achievement_id)
+        changed = current is None or current.revision != achievement.revision
+        if changed:  # the storage drops its copy whichever condition it reports
+            self.cache.pop(achievement.achievement_id, None)
         if existing is not None:
             raise AlreadyUnlocked(existing)
-        current = self.catalog.get(achievement.achievement_id)
-        if current is None or current.revision != achievement.revision:
-            self.cache.pop(achievement.achievement_id, None)
+        if changed:
             raise AchievementChanged(achievement.achievement_id)
         if payment is not None and (payment.user_id, payment.entry_id) in self.ledger:
             raise RewardPaidBefore(achievement.achievement_id, self.ledger[(payment.user_id, payment.entry_id)].xp)
@@ -568,6 +643,7 @@ class FakeAchievementsRepository:
         if not room or not self._guard_holds(unlock.user_id, record, achievement.requirements, start_level):
             raise RequirementsNotHeld(achievement.achievement_id)
         self.seed_unlock(unlock)
+        self.unlock_stats[unlock.achievement_id] = self.unlock_stats.get(unlock.achievement_id, 0) + 1
         if payment is not None:
             self.pay(payment)
         if self.lose_next_record_answers:
@@ -589,6 +665,64 @@ class FakeAchievementsRepository:
         self.unlocks[key] = replace(stored, xp_granted=True)
         self.pay(payment)
         return OwedPaid(payment.xp, by_this_call=True)
+
+    async def counts_of(self, user_id: str, counters: tuple[str, ...]) -> dict[str, int]:
+        return {c: self.counters.get((user_id, c), Counter(c)).awards for c in counters}
+
+    async def auto_rules(self, fresh: bool = False) -> AutoRules:
+        """`rules` when set (and not `fresh`), else the rules of the auto-unlock entries of `catalog`."""
+        if self.rules is not None and not fresh:
+            return self.rules
+        return AutoRules.of(
+            AutoRule(a.achievement_id, a.requirements, a.revision) for a in self.catalog.values() if a.auto_unlock
+        )
+
+    async def auto_standing(
+        self, user_id: str, achievement_ids: tuple[str, ...]
+    ) -> tuple[ProgressRecord, dict[str, Counter], dict[str, Unlock]]:
+        counters = {c: held for (owner, c), held in self.counters.items() if owner == user_id}
+        unlocks = {a: self.unlocks[(user_id, a)] for a in achievement_ids if (user_id, a) in self.unlocks}
+        return await self.get_progress(user_id), counters, unlocks
+
+    async def write_watches(self, user_id: str, watches: Watches, unwatched: tuple[str, ...], start_level: int) -> bool:
+        """counters.watch_writes' transaction: every watch only while its requirement is unmet
+        (`awards < :t`, true on an item without awards); a stale watch removed only from an
+        item that exists (`attribute_exists(counter)`): any condition failing writes nothing."""
+        stale = [c for c in dict.fromkeys(unwatched) if c not in watches.counters]
+        if len(watches.counters) + len(stale) > MAX_WATCHED_COUNTERS:
+            return False
+        self.watch_writes.append(watches)
+        await _run_next(self.before_write_watches)
+        record = self.progress.get(user_id, ProgressRecord(user_id))
+        level = record.level if record.level is not None else start_level
+        if any(self.counters.get((user_id, c), Counter(c)).awards >= at for c, at in watches.counters.items()):
+            raise WatchOutdated()
+        if any((user_id, c) not in self.counters for c in stale):
+            raise WatchOutdated()
+        if watches.xp_at is not None and record.total_xp >= watches.xp_at:
+            raise WatchOutdated()
+        if watches.level_at is not None and level >= watches.level_at:
+            raise WatchOutdated()
+        for c, at in watches.counters.items():
+            if (user_id, c) not in self.counters:  # SET watch_at creates the item, without awards
+                self.uncounted.add((user_id, c))
+            self.counters[(user_id, c)] = replace(self.counters.get((user_id, c), Counter(c)), watch_at=at)
+        for c in stale:
+            self.counters[(user_id, c)] = replace(self.counters[(user_id, c)], watch_at=None)
+        self.progress[user_id] = replace(
+            record, auto_version=watches.fingerprint, watch_xp_at=watches.xp_at, watch_level_at=watches.level_at
+        )
+        return True
+
+    async def count_player_once(self, user_id: str) -> None:
+        self.count_player_calls.append(user_id)
+        _count_player_once(self.progress, self.players, user_id)
+
+    async def unlock_counts(self, achievement_ids: tuple[str, ...]) -> dict[str, int]:
+        return {a: self.unlock_stats.get(a, 0) for a in achievement_ids}
+
+    async def player_count(self) -> int:
+        return len(self.players)
 
     async def start_level(self) -> int:
         self.start_level_calls += 1

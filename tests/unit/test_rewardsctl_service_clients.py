@@ -36,7 +36,7 @@ from common.channels import CLIENT_CHANNEL_OPTIONS
 from common.config import ENVIRONMENT_VARIABLES, Settings
 from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
 from rewardsctl.__main__ import main
-from rewardsctl.catalog import Achievement, Activity, Catalog, Level, Reward
+from rewardsctl.catalog import Achievement, Activity, ActivityCount, Catalog, Level, Reward
 from rewardsctl.catalog_plan import CatalogChange
 from rewardsctl.service_clients import ServiceClients, ServiceTargets
 
@@ -331,6 +331,28 @@ PLAYER_CALLS = [
         TARGETS.xp,
         id="progress",
     ),
+    pytest.param(
+        ACHIEVEMENTS,
+        "UnlockDueAchievements",
+        lambda c: c.unlock_due("player-1", "backfill#run-1", ("wins-10", "wins-50")),
+        achievements_pb2.UnlockDueAchievementsRequest(
+            user_id="player-1", trigger_id="backfill#run-1", achievement_ids=["wins-10", "wins-50"]
+        ),
+        achievements_pb2.UnlockDueAchievementsResponse(unlocked=["wins-10"], total_xp=1600, level=6),
+        TARGETS.achievements,
+        id="unlock-due",
+    ),
+    pytest.param(
+        ACHIEVEMENTS,
+        "UnlockDueAchievements",
+        lambda c: c.unlock_due("player-1", "backfill-dry-run#run-2", dry_run=True),
+        achievements_pb2.UnlockDueAchievementsRequest(
+            user_id="player-1", trigger_id="backfill-dry-run#run-2", dry_run=True
+        ),
+        achievements_pb2.UnlockDueAchievementsResponse(total_xp=1350, level=3, due=["wins-1", "wins-10"]),
+        TARGETS.achievements,
+        id="unlock-due-dry-run",
+    ),
 ]
 
 
@@ -491,6 +513,38 @@ CHANGES = [
         id="change-achievement",
     ),
     pytest.param(
+        CatalogChange(
+            "create",
+            "achievements",
+            "wins-10",
+            Achievement(
+                "wins-10",
+                "Winner II",
+                xp_reward=250,
+                activity_counts=(ActivityCount("win-match", count=10), ActivityCount(category="pvp", count=20)),
+                auto_unlock=True,
+            ),
+        ),
+        ACHIEVEMENTS,
+        "PutAchievement",
+        achievements_pb2.PutAchievementRequest(
+            achievement=achievements_pb2.Achievement(
+                achievement_id="wins-10",
+                name="Winner II",
+                xp_reward=250,
+                auto_unlock=True,
+                requirements=achievements_pb2.Requirements(
+                    activity_counts=[
+                        achievements_pb2.ActivityCount(activity_id="win-match", count=10),
+                        achievements_pb2.ActivityCount(category="pvp", count=20),
+                    ]
+                ),
+            )
+        ),
+        TARGETS.achievements,
+        id="create-auto-unlock-achievement",
+    ),
+    pytest.param(
         CatalogChange("delete", "levels", 3, Level(3, 300, (Reward("gold", 5),))),
         LEVELS,
         "DeleteLevel",
@@ -520,6 +574,34 @@ def test_apply_change_keep_calls_nothing(services: ScriptedServices) -> None:
     clients = ServiceClients(TARGETS, TIMEOUT_S, Settings(), token=TOKEN)
     clients.apply_change(CatalogChange("keep", "activities", "old", Activity("old", "Old", xp=1)))
     assert services.sent == []
+
+
+def test_get_achievement_reads_auto_unlock_and_activity_counts(services: ScriptedServices) -> None:
+    clients = ServiceClients(TARGETS, TIMEOUT_S, Settings(), token=TOKEN)
+    client = services.start(lambda: clients.get_achievement("quests-7"))
+    _, request = services.answer(
+        method(ACHIEVEMENTS, "GetAchievement"),
+        client,
+        achievements_pb2.Achievement(
+            achievement_id="quests-7",
+            name="Seven quests",
+            xp_reward=200,
+            auto_unlock=True,
+            requirements=achievements_pb2.Requirements(
+                min_level=2, activity_counts=[achievements_pb2.ActivityCount(category="daily-quest", count=7)]
+            ),
+        ),
+    )
+    assert request == achievements_pb2.GetAchievementRequest(achievement_id="quests-7")
+    assert result(client) == Achievement(
+        "quests-7",
+        "Seven quests",
+        xp_reward=200,
+        min_level=2,
+        activity_counts=(ActivityCount(category="daily-quest", count=7),),
+        auto_unlock=True,
+    )
+    assert services.sent == [SentCall(TARGETS.achievements, path(ACHIEVEMENTS, "GetAchievement"), TIMEOUT_S)]
 
 
 # --- the commands (rewardsctl.__main__.main) ------------------------------------------
@@ -746,3 +828,64 @@ def test_catalog_export_names_dynamodb_not_the_services_when_the_service_cannot_
         "REWARDS_DYNAMODB_ENDPOINT (`make status` shows DynamoDB Local, `make up` starts it)\n"
         "  safe to retry: run the same command again\n"
     )
+
+
+def test_backfill_command_checks_the_achievements_first_and_refuses_unknown_and_manual_ones(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An endpoint nothing listens on: the refusal comes before DynamoDB is asked.
+    client = run_main(
+        services,
+        [
+            "achievements",
+            "backfill",
+            "ghost",
+            "first-win",
+            "ghost",
+            "--token",
+            TOKEN,
+            "--dynamodb-endpoint",
+            "http://127.0.0.1:1",
+        ]
+        + TARGET_FLAGS,
+    )
+    _, first = services.fail(
+        method(ACHIEVEMENTS, "GetAchievement"),
+        client,
+        grpc.StatusCode.NOT_FOUND,
+        "achievement 'ghost' is not in the catalog",
+    )
+    _, second = services.answer(
+        method(ACHIEVEMENTS, "GetAchievement"),
+        client,
+        achievements_pb2.Achievement(achievement_id="first-win", name="First win", xp_reward=50),
+    )
+    assert result(client) == 2
+    assert [first.achievement_id, second.achievement_id] == ["ghost", "first-win"]  # each id asked once
+    assert services.sent == [SentCall(TARGETS.achievements, path(ACHIEVEMENTS, "GetAchievement"), 10.0)] * 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "rewardsctl: nothing was backfilled:",
+        "  achievement 'ghost' is not in the catalog",
+        "  achievement 'first-win' is not auto_unlock: a backfill unlocks only auto_unlock achievements "
+        "(`rewardsctl unlock USER first-win` unlocks it for one user)",
+    ]
+
+
+def test_backfill_command_without_auto_unlock_achievements_has_nothing_to_do(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = run_main(
+        services,
+        ["achievements", "backfill", "--token", TOKEN, "--dynamodb-endpoint", "http://127.0.0.1:1"] + TARGET_FLAGS,
+    )
+    services.answer(
+        method(ACHIEVEMENTS, "ListAchievements"),
+        client,
+        achievements_pb2.ListAchievementsResponse(
+            achievements=[achievements_pb2.Achievement(achievement_id="first-win", name="First win")]
+        ),
+    )
+    assert result(client) == 0
+    assert capsys.readouterr().out == "no auto_unlock achievements in the catalog: nothing to backfill\n"

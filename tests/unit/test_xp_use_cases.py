@@ -9,7 +9,7 @@ import pytest
 
 from common.errors import ContentionExhausted
 from common.models import ACHIEVEMENT, ACTIVITY, GRANT, LevelUpOutcome, ProgressRecord, Reward
-from tests.unit.fakes import FakeLevelChecker, FakeXpRepository, stored_progress
+from tests.unit.fakes import FakeAutoUnlocker, FakeLevelChecker, FakeXpRepository, stored_progress
 from xp_service.domain import Activity, ActivityNotFound, RequestIdReused
 from xp_service.use_cases import AwardOutcome, XpLedger
 
@@ -34,7 +34,7 @@ def ledger(
     if progress is not None:
         repository.seed_progress(progress)
     checker = FakeLevelChecker(answer)
-    return XpLedger(repository, checker), repository, checker
+    return XpLedger(repository, checker, FakeAutoUnlocker()), repository, checker
 
 
 def award(xp: XpLedger, activity_id: str = "run", request_id: str = "r1") -> AwardOutcome:
