@@ -242,6 +242,9 @@ class AchievementsRepository(LevelCheckStore, Protocol):
         """Leaves the watches on the user (common.dynamodb.counters.watch_writes); False when they
         do not fit one transaction. Raises WatchOutdated when a watched requirement was met meanwhile."""
 
+    async def forget_auto_watches(self, user_id: str) -> None:
+        """Makes the user's next award, of any activity, ask for an evaluation."""
+
     async def count_player_once(self, user_id: str) -> None:
         """Counts a user with XP among the players of the achievement stats, once."""
 

@@ -73,10 +73,14 @@ def unlock_to_message(outcome: UnlockOutcome) -> achievements_pb2.UnlockAchievem
         xp_awarded=outcome.xp_awarded,
         total_xp=outcome.total_xp,
         also_unlocked=list(outcome.also_unlocked),
+        also_unlocked_deferred=outcome.also_unlocked_deferred,
     )
     if outcome.level_up is not None:
         response.level_up.CopyFrom(level_up_to_message(outcome.level_up))
     return response
+
+
+MAX_TRIGGER_ID_LENGTH = field_rules.MAX_ID_LENGTH + 16
 
 
 class AchievementsServicer(achievements_pb2_grpc.AchievementsServiceServicer):
@@ -137,7 +141,8 @@ class AchievementsServicer(achievements_pb2_grpc.AchievementsServiceServicer):
         self, request: achievements_pb2.UnlockDueAchievementsRequest, context: grpc.aio.ServicerContext
     ) -> achievements_pb2.UnlockDueAchievementsResponse:
         user_id = field_rules.require_id("user_id", request.user_id)
-        trigger_id = field_rules.require_id("trigger_id", request.trigger_id)
+        # Room for a prefix before a caller's id: XP names the evaluation after the award's ledger entry.
+        trigger_id = field_rules.require_id("trigger_id", request.trigger_id, max_length=MAX_TRIGGER_ID_LENGTH)
         only = tuple(
             dict.fromkeys(
                 field_rules.require_id(f"achievement_ids[{i}]", a) for i, a in enumerate(request.achievement_ids)

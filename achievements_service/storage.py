@@ -50,6 +50,7 @@ from common.dynamodb.counters import (
     PLAYERS_STAT,
     count_checks,
     count_player_once,
+    forget_auto_watches,
     read_all_counters,
     read_counts,
     read_stats,
@@ -391,6 +392,9 @@ class DynamoDBAchievementsRepository:
             return False
         await write_watches(self._client, items)
         return True
+
+    async def forget_auto_watches(self, user_id: str) -> None:
+        await forget_auto_watches(self._client, self._prefix, user_id)
 
     async def count_player_once(self, user_id: str) -> None:
         await count_player_once(self._client, self._prefix, user_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from achievements_service.domain import (
@@ -22,9 +23,16 @@ from achievements_service.domain import (
     new_unlock,
     unmet_requirements,
 )
-from common.auto_unlock import AutoRule, DueUnlocks, Standing, auto_unlock_may_be_due, shown_id, watches_for
-from common.dynamodb.counters import WatchOutdated
-from common.errors import ContentionExhausted, PreconditionFailed
+from common.auto_unlock import (
+    AutoRule,
+    DueUnlocks,
+    Standing,
+    WatchOutdated,
+    auto_unlock_may_be_due,
+    shown_id,
+    watches_for,
+)
+from common.errors import ContentionExhausted, DomainError, PreconditionFailed
 from common.level_check import LevelChecker, check_level_after_xp
 from common.metrics import UNLOCKS, XP_AWARDED
 from common.models import (
@@ -45,6 +53,12 @@ _MAX_CATALOG_REREADS = 5
 _MAX_EVALUATION_ROUNDS = 20
 
 log = logging.getLogger("rewards.auto_unlock")
+
+
+def _completable_by(rule: AutoRule, unlocked: Mapping[str, object]) -> bool:
+    """Whether these unlocks (their records, their rewards' XP and level-ups) may complete `rule`."""
+    needs = rule.requirements
+    return bool(set(needs.required_achievements) & set(unlocked)) or bool(needs.min_total_xp or needs.min_level)
 
 
 class NotAnAutoUnlock(PreconditionFailed):
@@ -69,6 +83,8 @@ class UnlockOutcome:
     level_up: LevelUpOutcome | None
     # Auto-unlock achievements this unlock completed (and those their rewards did in turn).
     also_unlocked: tuple[str, ...] = ()
+    # What it completed could not be evaluated: a repeat lists also_unlocked.
+    also_unlocked_deferred: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,7 +184,15 @@ class Achievements:
             level = outcome.level_up.current_level if outcome.level_up else (record.level or 0)
             if not auto_unlock_may_be_due(rules, record, level, {}):
                 return outcome
-        due = await self.unlock_due_achievements(user_id, f"unlock#{achievement_id}")
+        try:
+            due = await self.unlock_due_achievements(user_id, f"unlock#{achievement_id}")
+        except DomainError as passing:  # contention, DynamoDB unavailable: the unlock itself is done
+            log.warning(
+                "auto-unlock evaluation after an unlock left to the next award",
+                extra={"fields": {"user_id": user_id, "error": str(passing)}},
+            )
+            await self._repository.forget_auto_watches(user_id)
+            return replace(outcome, also_unlocked_deferred=True)
         return replace(
             outcome,
             also_unlocked=due.unlocked,
@@ -314,22 +338,29 @@ class Achievements:
             newly = [made for made in [await self._unlock_due_once(user_id, rule, trigger_id) for rule in due] if made]
             if newly:
                 unlocked_here.update(newly)
+                if only:  # follow the chain they start: the rules they, or their rewards, may complete
+                    targets += [r for r in rules.rules if r not in targets and _completable_by(r, unlocked_here)]
                 continue  # their rewards may complete more: read again
+            if progress.total_xp > 0 and not progress.player_counted:  # XP an earlier version recorded
+                await self._repository.count_player_once(user_id)
             if not only:
                 watches = watches_for(targets, frozenset(held), standing, rules.fingerprint)
                 unwatched = tuple(c.counter for c in counters.values() if c.watch_at is not None)
                 try:
-                    await self._repository.write_watches(
+                    written = await self._repository.write_watches(
                         user_id, watches, unwatched, await self._repository.start_level()
                     )
                 except WatchOutdated:
                     continue  # an award met a watched requirement meanwhile: evaluate again
+                if not written:  # too many to watch: every award of the user asks
+                    await self._repository.forget_auto_watches(user_id)
             earlier = {a: u for a, u in held.items() if u.trigger == trigger_id and a not in unlocked_here}
             level_up = await self._level_ups_of(user_id, unlocked_here, earlier)
             return DueUnlocks(tuple(sorted({*earlier, *unlocked_here})), progress.total_xp, level, (), level_up)
         log.warning(
             "auto-unlock evaluation stopped", extra={"fields": {"user_id": user_id, "rounds": _MAX_EVALUATION_ROUNDS}}
         )
+        await self._repository.forget_auto_watches(user_id)  # the next award of the user evaluates again
         progress = await self._repository.get_progress(user_id)
         level = progress.level if progress.level is not None else await self._repository.start_level()
         level_up = await self._level_ups_of(user_id, unlocked_here, {})
@@ -360,13 +391,9 @@ class Achievements:
         changed, no room for its XP)."""
         try:
             outcome = await self._unlock_once(user_id, rule.achievement_id, "", rule=rule, trigger=trigger_id)
-        except (
-            NotAutoUnlock,
-            AchievementNotFound,
-            RequirementsNotMet,
-            TotalXpLimitReached,
-            ContentionExhausted,
-        ) as refused:
+        except (NotAutoUnlock, AchievementNotFound, RequirementsNotMet, TotalXpLimitReached) as refused:
+            # Refusals that last: the rule gets no watch until the catalog or the user changes. Passing
+            # ones (contention, DynamoDB unavailable) fail the evaluation, and its caller asks again.
             log.info(
                 "auto unlock not made",
                 extra={"fields": {"user_id": user_id, "achievement_id": rule.achievement_id, "why": str(refused)}},

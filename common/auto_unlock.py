@@ -96,6 +96,8 @@ class AutoRules:
     counters: frozenset[str] = field(default=frozenset())
     # Every achievement some rule requires: unlocking one of them may complete a rule.
     required: frozenset[str] = field(default=frozenset())
+    # Whether some rule asks for a level: a level-up may complete one.
+    asks_levels: bool = False
 
     @classmethod
     def of(cls, rules: Iterable[AutoRule]) -> AutoRules:
@@ -110,6 +112,7 @@ class AutoRules:
             digest.hexdigest()[:16],
             frozenset(c.counter for r in ordered for c in r.requirements.activity_counts),
             frozenset(a for r in ordered for a in r.requirements.required_achievements),
+            any(r.requirements.min_level for r in ordered),
         )
 
 
@@ -145,6 +148,11 @@ class DueUnlocks:
 class AutoUnlocker(Protocol):
     async def unlock_due(self, user_id: str, trigger_id: str) -> DueUnlocks | None:
         """The Achievements service's answer, or None when it could not answer in time."""
+
+
+class WatchOutdated(Exception):
+    """A watched requirement was met by the time the watches were written
+    (nothing was written): evaluate the user again."""
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,15 @@ Evaluate = Callable[[str], tuple[Sequence[str], Sequence[str]]]
 Progress = Callable[[str, int, int | None, bool, str], None]
 
 # A call that may be repeated (the trigger id makes a repeat list, not unlock again).
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED})
+# RESOURCE_EXHAUSTED: a service shedding load (REWARDS_MAX_CONCURRENT_RPCS): back off, as for the others.
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 _CALL_ATTEMPTS = 5
 
 
@@ -365,20 +373,22 @@ class _Run:
         segments = self._checkpoint.segments
         with ThreadPoolExecutor(len(segments), thread_name_prefix="backfill") as pool:
             futures: list[Future[None]] = [pool.submit(self._segment, i) for i in range(len(segments))]
+            # The failure that stopped the run, not one a segment met because it was stopped.
+            first_failure: BaseException | None = None
             try:
                 pending = set(futures)
                 while pending:
                     # A timeout, so that the main thread takes a Ctrl-C while the segments run.
                     _, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
-                    if any(f.done() and f.exception() for f in futures):
+                    failed = next((f.exception() for f in futures if f.done() and f.exception()), None)
+                    if failed is not None and first_failure is None:
+                        first_failure = failed
                         self._stop.set()
             except BaseException:
                 self._stop.set()
                 raise
-        for future in futures:
-            error = future.exception()
-            if error is not None:
-                raise error
+        if first_failure is not None:
+            raise first_failure
         self._show(finished=True)
 
     def _segment(self, segment: int) -> None:

@@ -80,7 +80,7 @@ from common.dynamodb import (
     from_item,
 )
 from common.dynamodb.auto_rules import requirements_from_values
-from common.dynamodb.counters import PLAYERS_STAT, stat_shard, unlocks_stat
+from common.dynamodb.counters import PLAYERS_STAT, stat_of_key, stat_shard, unlocks_stat
 from common.models import Level, LevelTable, Reward
 
 VIOLATION = "violation"
@@ -291,7 +291,8 @@ def verify_contents(
     )
     stats: dict[str, dict[int, Any]] = defaultdict(dict)
     for item in contents.stats:
-        stats[str(item["counter"])][int(item["shard"])] = item.get("total", 0)
+        stat, shard = stat_of_key(str(item["stat_shard"]))
+        stats[stat][shard] = item.get("total", 0)
     catalog = StageCatalog(contents.levels, {str(a["achievement_id"]): a for a in contents.achievements}, stats)
     users = (
         UserItems(
@@ -966,7 +967,8 @@ def read_catalog(client: Any, table_prefix: str) -> StageCatalog:
     stats: dict[str, dict[int, Any]] = defaultdict(dict)
     for page in _pages(client, "scan", table_prefix, ACHIEVEMENT_STATS):
         for values in map(from_item, page["Items"]):
-            stats[str(values["counter"])][int(values["shard"])] = values.get("total", 0)
+            stat, shard = stat_of_key(str(values["stat_shard"]))
+            stats[stat][shard] = values.get("total", 0)
     return StageCatalog(LevelTable(levels), achievements, dict(stats))
 
 

@@ -269,9 +269,10 @@ def test_unlocks_left_while_achievements_is_down_come_with_the_retry(new_cluster
         left = award(c, user, activity, "r1")
     finally:
         c.start("achievements")
-    assert (list(left.unlocked_achievements), left.total_xp) == ([], 10)
+    assert (list(left.unlocked_achievements), left.total_xp, left.unlocks_deferred) == ([], 10, True)
     retry = award(c, user, activity, "r1")
     assert retry.duplicate and list(retry.unlocked_achievements) == ["first-win"] and retry.total_xp == 50
+    assert not retry.unlocks_deferred
     assert unlocks_of(c, user) == {"first-win": 40}
 
 
@@ -308,7 +309,7 @@ def test_an_unlock_left_while_achievements_is_down_comes_with_an_award_of_anothe
         left = award(c, user, counted, "r1")
     finally:
         c.start("achievements")
-    assert list(left.unlocked_achievements) == []
+    assert list(left.unlocked_achievements) == [] and left.unlocks_deferred
     # The watch reached is on a counter this award does not touch: it asks all the same.
     later = award(c, user, other, "r2")
     assert list(later.unlocked_achievements) == ["first-win"] and later.total_xp == 1 + 10 + 1 + 40

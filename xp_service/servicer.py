@@ -45,6 +45,7 @@ def award_to_message(outcome: AwardOutcome) -> xp_pb2.AwardXpResponse:
         duplicate=outcome.duplicate,
         level_check_deferred=outcome.level_check_deferred,
         unlocked_achievements=list(outcome.unlocked_achievements),
+        unlocks_deferred=outcome.unlocks_deferred,
     )
     if outcome.level_up is not None:
         response.level_up.CopyFrom(level_up_to_message(outcome.level_up))

@@ -50,6 +50,8 @@ class AwardOutcome:
     level_check_deferred: bool = False
     # The auto-unlock achievements this award unlocked (total_xp and level include their rewards).
     unlocked_achievements: tuple[str, ...] = ()
+    # Achievements could not answer: a retry lists the unlocks.
+    unlocks_deferred: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,12 +193,22 @@ class XpLedger:
             await self._repository.count_player_once(entry.user_id)
         total_xp, level_now, level_up = level.total_xp, level.level, level.level_up
         unlocked: tuple[str, ...] = ()
-        # A repeat always asks: it lists what its original unlocked.
-        if rules.rules and (repeat_of is not None or auto_unlock_may_be_due(rules, record, level.level, counters)):
+        unlocks_deferred = False
+        # A repeat always asks: it lists what its original unlocked. So does an award that raised the
+        # level while a rule asks for one: a level watch may have been written after this award's read.
+        leveled_up = level.level_up is not None and level.level_up.leveled_up
+        if rules.rules and (
+            repeat_of is not None
+            or auto_unlock_may_be_due(rules, record, level.level, counters)
+            or (leveled_up and rules.asks_levels)
+        ):
+            # First, make any next award ask too (its read shows no evaluation under these rules), so that
+            # an evaluation this call cannot finish (a crash, a deadline, Achievements down) is not lost;
+            # the evaluation's watches write the fingerprint back.
+            await self._repository.forget_auto_watches(entry.user_id)
             due = await self._achievements.unlock_due(entry.user_id, entry.entry_id)
-            if due is None:  # any next award asks again (its read shows no evaluation under these rules)
-                await self._repository.forget_auto_watches(entry.user_id)
-            else:
+            unlocks_deferred = due is None
+            if due is not None:
                 unlocked = due.unlocked
                 total_xp, level_now = max(total_xp, due.total_xp), max(level_now, due.level)
                 if level_up is not None:  # a deferred check stays deferred: its retry reports it all
@@ -210,6 +222,7 @@ class XpLedger:
             level_up,
             level.deferred,
             unlocked,
+            unlocks_deferred,
         )
 
 

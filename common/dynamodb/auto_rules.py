@@ -60,6 +60,7 @@ class AutoRulesCache:
         self._refresh_s = refresh_s
         self._rules = AutoRules()
         self._read_at = -float("inf")
+        self._read_once = False
         self._reading: Any = None
 
     async def current(self) -> AutoRules:
@@ -97,9 +98,12 @@ class AutoRulesCache:
                 if not page.get("LastEvaluatedKey"):
                     break
                 params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-            self._rules, self._read_at = AutoRules.of(rules), read_at
+            self._rules, self._read_at, self._read_once = AutoRules.of(rules), read_at, True
         except (DynamoDBError, OSError) as error:
             log.warning("auto-unlock rules read failed", extra={"fields": {"error": repr(error)}})
-            raise
+            if not self._read_once:
+                raise
+            # An award was recorded before it asks: answer it from the last rules read (a stale copy costs
+            # at most an evaluation too many or one late), and read again at the next call.
         finally:
             self._reading = None

@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from common.auto_unlock import ActivityCount, Counter, Watches
+from common.auto_unlock import ActivityCount, Counter, Watches, WatchOutdated
 from common.dynamodb.client import DynamoDBClient, TransactionCancelled
 from common.dynamodb.items import attr, from_item
 from common.dynamodb.reads import read_progress
@@ -115,11 +115,6 @@ async def read_all_counters(client: DynamoDBClient, table_prefix: str, user_id: 
 MAX_WATCHED_COUNTERS = 99
 
 
-class WatchOutdated(Exception):
-    """A watched requirement was met by the time the watches were written
-    (nothing was written): evaluate the user again."""
-
-
 def watch_writes(
     table_prefix: str,
     user_id: str,
@@ -221,12 +216,22 @@ def stat_shard(user_id: str) -> int:
     return zlib.crc32(user_id.encode()) % STAT_SHARDS
 
 
+def stat_key(stat: str, shard: int) -> str:
+    return f"{stat}#{shard:02d}"
+
+
+def stat_of_key(key: str) -> tuple[str, int]:
+    """(stat, shard) of a stat item's key."""
+    stat, shard = key.rsplit("#", 1)
+    return stat, int(shard)
+
+
 def stat_add(table_prefix: str, stat: str, user_id: str) -> dict[str, Any]:
     """A transaction item: one more on the stat, in the shard the user hashes to."""
     return {
         "Update": {
             "TableName": table_prefix + ACHIEVEMENT_STATS.name,
-            "Key": {"counter": attr(stat), "shard": attr(stat_shard(user_id))},
+            "Key": {"stat_shard": attr(stat_key(stat, stat_shard(user_id)))},
             "UpdateExpression": "ADD #n :one",
             "ExpressionAttributeNames": {"#n": "total"},
             "ExpressionAttributeValues": {":one": attr(1)},
@@ -264,12 +269,13 @@ async def read_stats(client: DynamoDBClient, table_prefix: str, stats: Iterable[
     """Each stat's total over its shards (BatchGetItem, 100 keys a call)."""
     wanted = list(dict.fromkeys(stats))
     table = table_prefix + ACHIEVEMENT_STATS.name
-    keys = [{"counter": stat, "shard": shard} for stat in wanted for shard in range(STAT_SHARDS)]
+    shards = {stat_key(stat, shard): stat for stat in wanted for shard in range(STAT_SHARDS)}
+    keys = [{"stat_shard": key} for key in shards]
     totals = dict.fromkeys(wanted, 0)
     pages = await asyncio.gather(
         *(batch_get_consistent(client, {table: keys[start : start + 100]}) for start in range(0, len(keys), 100))
     )
     for found in pages:
         for values in found[table]:
-            totals[str(values["counter"])] += int(values.get("total", 0))
+            totals[shards[str(values["stat_shard"])]] += int(values.get("total", 0))
     return totals

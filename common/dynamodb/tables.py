@@ -109,9 +109,10 @@ LEVEL_CHECKS = TableDefinition("level_checks", ("user_id", _S), ("check_id", _S)
 # which every award reads and writes, does not grow with the activities done.
 ACTIVITY_COUNTS = TableDefinition("activity_counts", ("user_id", _S), ("counter", _S))
 # Counters of the whole game: unlocks per achievement ("ach#<id>") and players
-# ("players"), each kept in STAT_SHARDS items that writers pick by user, so
-# that thousands of unlocks a second of one achievement spread over partitions.
-ACHIEVEMENT_STATS = TableDefinition("achievement_stats", ("counter", _S), ("shard", _N))
+# ("players"), each kept in STAT_SHARDS items ("<stat>#<shard>", each its own
+# partition key, so its own partition) that writers pick by user: thousands of
+# unlocks a second of one achievement are not one hot item.
+ACHIEVEMENT_STATS = TableDefinition("achievement_stats", ("stat_shard", _S))
 STAT_SHARDS = 16
 
 ALL_TABLES = (

@@ -287,12 +287,18 @@ class UnlockAchievementResponse(_message.Message):
     TOTAL_XP_FIELD_NUMBER: _builtins.int
     LEVEL_UP_FIELD_NUMBER: _builtins.int
     ALSO_UNLOCKED_FIELD_NUMBER: _builtins.int
+    ALSO_UNLOCKED_DEFERRED_FIELD_NUMBER: _builtins.int
     already_unlocked: _builtins.bool
     xp_awarded: _builtins.int
     """XP this call paid. Across any number of calls for one unlock, exactly
     one reports the reward (barring a lost response).
     """
     total_xp: _builtins.int
+    also_unlocked_deferred: _builtins.bool
+    """True when the unlock is done but what it completed could not be
+    evaluated (contention, DynamoDB busy): a repeat lists also_unlocked,
+    and the user's next award evaluates too.
+    """
     @_builtins.property
     def achievement(self) -> Global___Achievement: ...
     @_builtins.property
@@ -312,10 +318,11 @@ class UnlockAchievementResponse(_message.Message):
         total_xp: _builtins.int = ...,
         level_up: _levels_pb2.LevelUpResult | None = ...,
         also_unlocked: _abc.Iterable[_builtins.str] | None = ...,
+        also_unlocked_deferred: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["achievement", b"achievement", "level_up", b"level_up"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement", b"achievement", "already_unlocked", b"already_unlocked", "also_unlocked", b"also_unlocked", "level_up", b"level_up", "total_xp", b"total_xp", "xp_awarded", b"xp_awarded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement", b"achievement", "already_unlocked", b"already_unlocked", "also_unlocked", b"also_unlocked", "also_unlocked_deferred", b"also_unlocked_deferred", "level_up", b"level_up", "total_xp", b"total_xp", "xp_awarded", b"xp_awarded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -596,7 +603,7 @@ class UnlockDueAchievementsRequest(_message.Message):
     user_id: _builtins.str
     trigger_id: _builtins.str
     """Names what asked (the XP ledger entry of an award, say): the unlocks
-    this call makes are recorded under it.
+    this call makes are recorded under it. At most 144 characters.
     """
     dry_run: _builtins.bool
     """Unlock nothing: list in `due` what would be unlocked now."""

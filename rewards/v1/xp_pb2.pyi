@@ -258,6 +258,7 @@ class AwardXpResponse(_message.Message):
     LEVEL_UP_FIELD_NUMBER: _builtins.int
     LEVEL_CHECK_DEFERRED_FIELD_NUMBER: _builtins.int
     UNLOCKED_ACHIEVEMENTS_FIELD_NUMBER: _builtins.int
+    UNLOCKS_DEFERRED_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     xp_awarded: _builtins.int
     """XP this request added; on a duplicate, what the original added."""
@@ -275,6 +276,13 @@ class AwardXpResponse(_message.Message):
     level-up, whether the check happened late or happens on the retry.
     Every later award's check also grants any level-up that is due.
     """
+    unlocks_deferred: _builtins.bool
+    """True when an auto unlock may have been due and the Achievements service
+    could not answer in time: the XP is recorded, unlocked_achievements is
+    empty, and a retry of this request (same request_id) lists what was
+    unlocked for it, late answers included, with the level-up their rewards
+    made. The user's next award asks again too.
+    """
     @_builtins.property
     def level_up(self) -> _levels_pb2.LevelUpResult:
         """The level check of this award: the Levels service's answer when a
@@ -288,8 +296,7 @@ class AwardXpResponse(_message.Message):
         """The auto_unlock achievements this request unlocked by itself (and those
         their rewards completed in turn); a retry of the request lists them
         again. total_xp and level include what they paid, and level_up the
-        level-up their rewards made. Empty, the unlocks left to the user's next
-        award, when the Achievements service could not answer in time.
+        level-up their rewards made.
         """
 
     def __init__(
@@ -303,10 +310,11 @@ class AwardXpResponse(_message.Message):
         level_up: _levels_pb2.LevelUpResult | None = ...,
         level_check_deferred: _builtins.bool = ...,
         unlocked_achievements: _abc.Iterable[_builtins.str] | None = ...,
+        unlocks_deferred: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["level_up", b"level_up"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "level", b"level", "level_check_deferred", b"level_check_deferred", "level_up", b"level_up", "total_xp", b"total_xp", "unlocked_achievements", b"unlocked_achievements", "user_id", b"user_id", "xp_awarded", b"xp_awarded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "level", b"level", "level_check_deferred", b"level_check_deferred", "level_up", b"level_up", "total_xp", b"total_xp", "unlocked_achievements", b"unlocked_achievements", "unlocks_deferred", b"unlocks_deferred", "user_id", b"user_id", "xp_awarded", b"xp_awarded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,8 +30,8 @@ from achievements_service.domain import (
     RewardPaidBefore,
     Unlock,
 )
-from common.auto_unlock import AutoRule, AutoRules, Counter, DueUnlocks, Watches, award_counters
-from common.dynamodb.counters import MAX_WATCHED_COUNTERS, WatchOutdated
+from common.auto_unlock import AutoRule, AutoRules, Counter, DueUnlocks, Watches, WatchOutdated, award_counters
+from common.dynamodb.counters import MAX_WATCHED_COUNTERS
 from common.models import (
     ACTIVITY,
     MAX_TOTAL_XP,
@@ -497,6 +497,7 @@ class FakeAchievementsRepository:
         # Counter items a watch created, which hold no `awards` attribute until an award adds
         # one (Counter reads them as 0 awards; conditions on `awards` see it missing).
         self.uncounted: set[tuple[str, str]] = set()
+        self.forgotten: list[str] = []  # forget_auto_watches calls
         self.unlock_stats: dict[str, int] = {}
         self.players: set[str] = set()
         self.start_level_value = start_level
@@ -713,6 +714,11 @@ class FakeAchievementsRepository:
             record, auto_version=watches.fingerprint, watch_xp_at=watches.xp_at, watch_level_at=watches.level_at
         )
         return True
+
+    async def forget_auto_watches(self, user_id: str) -> None:
+        self.forgotten.append(user_id)
+        if user_id in self.progress:
+            self.progress[user_id] = replace(self.progress[user_id], auto_version="")
 
     async def count_player_once(self, user_id: str) -> None:
         self.count_player_calls.append(user_id)

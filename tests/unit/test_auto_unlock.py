@@ -29,7 +29,7 @@ from common.auto_unlock import (
     unmet_requirements,
     watches_for,
 )
-from common.errors import InvalidField, PreconditionFailed
+from common.errors import ContentionExhausted, InvalidField, PreconditionFailed
 from common.models import MAX_TOTAL_XP, LevelUpOutcome, ProgressRecord
 from tests.unit.fakes import (
     FakeAchievementsRepository,
@@ -416,14 +416,30 @@ def test_a_dry_run_lists_what_is_due_now_and_writes_nothing() -> None:
     assert s.counter(RUN) == Counter(RUN, 2, None)
 
 
-def test_only_restricts_the_unlocks_and_leaves_the_watches_as_they_were() -> None:
-    s = setup(*CHAIN, progress=replace(CHECKED, total_xp=200), run=2)
+def test_only_restricts_what_is_looked_at_until_it_unlocks_something() -> None:
+    s = setup(*CHAIN, progress=replace(CHECKED, total_xp=100), run=1)
 
-    assert s.due(only=("centurion",)) == DueUnlocks(("centurion",), 250, 1)
-    assert s.unlocked() == {"centurion": "req#r1"}
-    assert s.paid() == {"ach#centurion": 50}
-    assert s.repository.watch_writes == []
+    assert s.due(only=("centurion",)) == DueUnlocks((), 100, 1)
+    assert s.unlocked() == {} and s.repository.watch_writes == []
     assert s.repository.progress[USER].auto_version == ""
+
+
+def test_only_follows_the_chain_its_unlocks_start_and_nothing_else() -> None:
+    s = setup(*CHAIN, progress=replace(CHECKED, total_xp=100), run=2)
+
+    # runner (asked for), then what its reward and its record complete: centurion (XP), both (required).
+    assert s.due(only=("runner",)) == DueUnlocks(("both", "centurion", "runner"), 260, 1)
+    assert s.paid() == {"ach#runner": 100, "ach#centurion": 50, "ach#both": 10}
+    assert s.repository.watch_writes == []
+
+
+def test_only_leaves_a_rule_its_unlocks_cannot_complete() -> None:
+    bystander = auto("swimmer", needs(ActivityCount(activity_id="swim", count=1)), 5)
+    s = setup(*CHAIN, bystander, progress=replace(CHECKED, total_xp=100), run=2)
+    s.repository.count(USER, "a#swim", 1)  # due all along, but not asked for, and no unlock completes it
+
+    assert "swimmer" not in s.due(only=("runner",)).unlocked
+    assert "swimmer" not in s.unlocked()
 
 
 def test_an_award_landing_before_the_watches_are_written_evaluates_again_and_unlocks() -> None:
@@ -835,13 +851,32 @@ def test_a_level_watch_reached_by_the_level_up_asks() -> None:
     assert unlocker.calls == [(USER, "req#r1")]
 
 
-def test_a_level_watch_not_reached_by_the_level_up_does_not_ask() -> None:
+def test_a_level_up_asks_when_a_rule_asks_for_a_level() -> None:
+    # The evaluation may have written its level watch after this award's read: the read cannot tell.
     level_2 = LevelUpOutcome(USER, True, 1, 2, 60, (), 1000)
     xp, repository, unlocker = xp_ledger(AutoRules.of([rule("high", needs(level=3))]), level_up=level_2)
     repository.progress[USER] = replace(repository.progress[USER], next_level_xp=55, watch_xp_at=None, watch_level_at=3)
 
+    award(xp)
+    assert unlocker.calls == [(USER, "req#r1")]
+
+
+def test_a_level_up_does_not_ask_when_no_rule_asks_for_a_level() -> None:
+    level_2 = LevelUpOutcome(USER, True, 1, 2, 60, (), 1000)
+    xp, repository, unlocker = xp_ledger(AutoRules.of([rule("high", needs(xp=1000))]), level_up=level_2)
+    repository.progress[USER] = replace(repository.progress[USER], next_level_xp=55, watch_xp_at=1000)
+
     assert award(xp) == (60, 2, (), False)
     assert unlocker.calls == []
+
+
+def test_an_ask_first_makes_any_next_award_ask() -> None:
+    xp, repository, unlocker = xp_ledger(answer=None)
+    repository.counters[(USER, RUN)] = Counter(RUN, 2, 3)
+
+    award(xp)
+    assert unlocker.calls == [(USER, "req#r1")]
+    assert repository.progress[USER].auto_version == ""
 
 
 def test_rules_the_user_was_never_evaluated_under_ask() -> None:
@@ -888,3 +923,28 @@ def test_ids_asked_for_that_the_rules_lack_are_read_again_then_refused() -> None
     with pytest.raises(PreconditionFailed) as refused:
         asyncio.run(s.achievements.unlock_due_achievements(USER, "backfill#1", ("runner", "nope")))
     assert "achievement_ids[1]" in str(refused.value)
+
+
+def test_an_evaluation_that_meets_contention_fails_and_leaves_the_user_to_be_asked_again() -> None:
+    s = setup(*TIERS, run=2)
+
+    async def contended() -> None:
+        raise ContentionExhausted("too many concurrent writes to this user")
+
+    s.repository.before_write_watches.append(contended)
+    with pytest.raises(ContentionExhausted):  # its caller (XP, a backfill) asks again; nothing is lost
+        s.due()
+    assert s.unlocked() == {"bronze": "req#r1"} and s.repository.watch_writes[-1].counters == {RUN: 3}
+    assert s.repository.progress[USER].auto_version == ""  # the watches were not written
+
+
+def test_a_manual_unlock_whose_evaluation_meets_contention_still_answers_its_unlock() -> None:
+    s = setup(Achievement("manual", "Manual", xp_reward=20), auto("after", needs(required=("manual",)), 5), run=0)
+
+    async def contended() -> None:
+        raise ContentionExhausted("too many concurrent writes to this user")
+
+    s.repository.before_write_watches.append(contended)
+    outcome = asyncio.run(s.achievements.unlock_achievement(USER, "manual", "u1"))
+    assert (outcome.already_unlocked, outcome.xp_awarded, outcome.also_unlocked_deferred) == (False, 20, True)
+    assert USER in s.repository.forgotten and s.repository.progress[USER].auto_version == ""
