@@ -74,6 +74,10 @@ METHOD_ROLES: dict[str, frozenset[Role]] = {
     # grant naming an achievement decides what that achievement pays.
     "/rewards.v1.XpService/GrantXp": _SERVICE,
     "/rewards.v1.XpService/GetProgress": _GAME,
+    "/rewards.v1.XpService/ListXpHistory": _GAME,
+    # Corrections take XP away: an operator's calls, never a game server's.
+    "/rewards.v1.XpService/AdjustXp": _ADMIN,
+    "/rewards.v1.XpService/RevokeAward": _ADMIN,
     "/rewards.v1.AchievementsService/PutAchievement": _ADMIN,
     "/rewards.v1.AchievementsService/GetAchievement": _GAME,
     "/rewards.v1.AchievementsService/ListAchievements": _GAME,

@@ -104,9 +104,10 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
             ("PutItem", "GetItem", "DeleteItem", "Scan", "ConditionCheckItem"),
             (("by_category", ("Query",)),),
         ),
-        # record_xp's transaction puts the entry; a retry whose activity left reads it back; a
-        # deferred level check is noted on it.
-        TableAccess(XP_LEDGER, ("PutItem", "GetItem", "UpdateItem")),
+        # record_xp's transaction puts the entry; a retry whose activity left reads it back, and a
+        # revoke the entry it reverses; a deferred level check is noted on it; ListXpHistory queries
+        # the user's entries by time (index by_time).
+        TableAccess(XP_LEDGER, ("PutItem", "GetItem", "UpdateItem"), (("by_time", ("Query",)),)),
         # record_xp's transaction adds to total_xp; GetProgress and awards read it (an award with the
         # counters an auto-unlock rule counts: BatchGetItem); a user's first XP counts a player once.
         TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem", "BatchGetItem")),

@@ -45,6 +45,9 @@ class Settings:
     # The deadline of XP's call that asks Achievements to unlock what an award
     # made due; when it passes, the unlocks are left to the user's next award.
     auto_unlock_timeout_s: float = 5.0
+    # The game's one time zone (IANA name): days and weeks (from Monday) of caps and streaks start at
+    # its local midnight, never the server's.
+    time_zone: str = "UTC"
     # The DynamoDB client's limits per call: attempts (its own retries included)
     # and socket timeouts, kept short so that its retries fit in an RPC's deadline.
     dynamodb_max_attempts: int = 3

@@ -43,6 +43,9 @@ DYNAMODB_HEALTH_PROBES = Counter(
     ["outcome"],
 )
 XP_AWARDED = Counter("rewards_xp_awarded_total", "XP added to users' totals (duplicates excluded).", ["kind"])
+XP_TAKEN = Counter(
+    "rewards_xp_taken_total", "XP taken from users' totals by adjustments and revokes (duplicates excluded).", ["kind"]
+)
 LEVEL_UPS = Counter("rewards_level_ups_total", "Levels granted to users, each counted once.")
 UNLOCKS = Counter("rewards_achievements_unlocked_total", "Achievements unlocked, each counted once.")
 

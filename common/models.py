@@ -179,8 +179,13 @@ def level_ups_joined(outcomes: Iterable[LevelUpOutcome | None]) -> LevelUpOutcom
     )
 
 
+def iso_utc(moment: datetime) -> str:
+    """An instant as the tables keep it: ISO 8601 in UTC to the microsecond, which sorts as text."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def utc_now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso_utc(datetime.now(UTC))
 
 
 # --- the XP ledger: written by XP (awards, grants) and by Achievements (an unlock's reward) ---
@@ -188,6 +193,8 @@ def utc_now_iso() -> str:
 ACTIVITY = "activity"
 GRANT = "grant"
 ACHIEVEMENT = "achievement"  # a grant that pays an achievement's xp_reward
+ADJUSTMENT = "adjustment"  # an operator's correction, signed
+REVOKE = "revoke"  # reverses one earlier entry's XP, once: entry id rev#<that entry's id>
 
 
 @dataclass(frozen=True)
@@ -213,6 +220,13 @@ class LedgerEntry:
     # Set when the award's level check could not be done (Levels unreachable or late): its
     # repeats may then grant the level-up it caused; otherwise they only replay.
     level_check_deferred: bool = False
+    # An activity award: added to its counters (awards an earlier version recorded were not). A
+    # revoke: takes one off the counters of the award it reverses, which was counted.
+    counted: bool = False
+    # A revoke: the entry it reverses.
+    reverses_entry_id: str = ""
+    # An award beyond its activity's cap: recorded with 0 XP.
+    capped: bool = False
 
     @property
     def level_check_name(self) -> str:
@@ -225,7 +239,16 @@ class LedgerEntry:
             return f"activity {self.activity_id!r}"
         if self.kind == ACHIEVEMENT:
             return f"the reward of achievement {self.achievement_id!r} ({self.xp} XP)"
+        if self.kind == ADJUSTMENT:
+            return f"an adjustment of {self.xp} XP"
+        if self.kind == REVOKE:
+            return f"the revoke of entry {self.reverses_entry_id!r}"
         return f"a grant of {self.xp} XP"
+
+
+def revoke_entry_id(entry_id: str) -> str:
+    """A revoke's own id: one per entry it reverses, so a second revoke is a duplicate."""
+    return f"rev#{entry_id}"
 
 
 def entry_id_for(request_id: str, achievement_id: str = "") -> str:
@@ -266,6 +289,15 @@ def new_entry(
 # A user's total XP never passes this: every integer up to it is exact in a JSON
 # number (an IEEE double), which is how the gateway and most clients read it.
 MAX_TOTAL_XP = 2**53
+
+
+class TotalXpWouldGoNegative(PreconditionFailed):
+    def __init__(self, user_id: str, xp: int) -> None:
+        super().__init__(
+            f"taking {-xp} XP would take the user's total below zero; nothing was written",
+            [("total_xp", "never below zero")],
+        )
+        self.user_id = user_id
 
 
 class TotalXpLimitReached(PreconditionFailed):

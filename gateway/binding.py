@@ -65,8 +65,8 @@ def _parse_error(error: Exception) -> str:
 def _check_objects(value: Any, message: Descriptor, path: str) -> None:
     """What json_format lets through: a message field given something other
     than a JSON object (`"requirements": []` would parse as an empty message),
-    and an integer written as a string that is not a plain decimal (`"1e3"`,
-    `"1_0"`, which it would read as 1000 and 10). Well-known types have JSON
+    an integer written as a string that is not a plain decimal (`"1e3"`,
+    `"1_0"`, which it would read as 1000 and 10), and an enum given anything but its name. Well-known types have JSON
     forms of their own and are left to it."""
     if not isinstance(value, dict):
         return
@@ -76,6 +76,13 @@ def _check_objects(value: Any, message: Descriptor, path: str) -> None:
             texts = item if field.is_repeated and isinstance(item, list) else [item]
             if any(isinstance(text, str) and not _DECIMAL_TEXT.fullmatch(text) for text in texts):
                 raise BadRequest(f"{path}{field.name}", "must be a decimal integer (or a string of one)")
+        if field is not None and field.enum_type is not None:
+            # Names only, as the OpenAPI document says: json_format would also read a number, and read
+            # true and false as the values 1 and 0.
+            values = item if field.is_repeated and isinstance(item, list) else [item]
+            if any(v is not None and not isinstance(v, str) for v in values):
+                names = ", ".join(v.name for v in field.enum_type.values)
+                raise BadRequest(f"{path}{field.name}", f"must be one of {names}")
         if field is None or field.message_type is None or item is None:
             continue
         target = field.message_type

@@ -58,7 +58,7 @@ from gateway.status import (
 )
 from levels_service.domain import MAX_LEVEL, MAX_REWARD_IDS, MAX_REWARD_QUANTITY, MAX_REWARDS_PER_LEVEL
 from levels_service.servicer import MAX_CHECK_REQUEST_ID_LENGTH
-from xp_service.servicer import MAX_REASON_LENGTH
+from xp_service.servicer import MAX_ADJUSTMENT, MAX_CAP, MAX_ENTRY_ID_LENGTH, MAX_REASON_LENGTH
 
 JsonSchema = dict[str, Any]
 
@@ -247,15 +247,17 @@ def _naturals(low: int, high: int) -> str:
     return "|".join(parts)
 
 
-def decimal_pattern(minimum: int, maximum: int) -> str:
+def decimal_pattern(minimum: int, maximum: int, *, zero: bool = True) -> str:
     """The decimal strings of the integers from `minimum` to `maximum`, as the
-    protobuf JSON mapping reads them (a sign and leading zeros allowed)."""
+    protobuf JSON mapping reads them (a sign and leading zeros allowed); but
+    for 0 (in any spelling) when not `zero`."""
     alternatives = []
-    if maximum >= 0:
-        alternatives.append(rf"\+?0*(?:{_naturals(max(minimum, 0), maximum)})")
+    lowest_natural = 0 if zero else 1
+    if maximum >= lowest_natural:
+        alternatives.append(rf"\+?0*(?:{_naturals(max(minimum, lowest_natural), maximum)})")
     if minimum < 0:
         alternatives.append(f"-0*(?:{_naturals(max(1, -maximum), -minimum)})")
-    if minimum <= 0 <= maximum:
+    if zero and minimum <= 0 <= maximum:
         alternatives.append("-0+")
     return "^(?:" + "|".join(alternatives) + ")$"
 
@@ -273,14 +275,16 @@ class FieldRule:
     """What the services take in one request field. `string` for a string
     field; `minimum` and `maximum` for an integer (its type's range otherwise);
     `max_items` for a repeated field (the others then apply to each item);
-    `required` when its default value (empty, 0, absent) is refused; `note`
-    says what JSON Schema cannot (a rule over two fields, or two places)."""
+    `required` when its default value (empty, 0, absent) is refused; `not_zero`
+    for an integer whose range spans 0 but that is refused as 0 (a signed delta);
+    `note` says what JSON Schema cannot (a rule over two fields, or two places)."""
 
     string: StringRule | None = None
     minimum: int | None = None
     maximum: int | None = None
     max_items: int | None = None
     required: bool = False
+    not_zero: bool = False
     note: str = ""
 
 
@@ -366,6 +370,18 @@ def field_rules() -> dict[str, FieldRule]:
             "category": optional_id,
             "xp": xp,
         },
+        "Cap": {
+            "max_awards": FieldRule(
+                minimum=0,
+                maximum=MAX_CAP,
+                note="Awards of the activity a user may have each period; 0: no cap. A positive max_awards needs a "
+                "period (400 otherwise).",
+            ),
+            "period": FieldRule(
+                note="PERIOD_DAY or PERIOD_WEEK (from Monday), in the game's time zone; required with a positive "
+                "max_awards (400 otherwise)."
+            ),
+        },
         "GetActivityRequest": {"activity_id": id_},
         "DeleteActivityRequest": {"activity_id": id_},
         "ListActivitiesRequest": {"category": optional_id, **page},
@@ -425,6 +441,34 @@ def field_rules() -> dict[str, FieldRule]:
             "replay_only": FieldRule(note="true needs an Idempotency-Key: the check it replays (400 otherwise)."),
         },
         "ListLevelsReachedRequest": {"user_id": id_, **page},
+        "ListXpHistoryRequest": {"user_id": id_, **page},
+        "AdjustXpRequest": {
+            "user_id": id_,
+            "delta": FieldRule(
+                minimum=-MAX_ADJUSTMENT,
+                maximum=MAX_ADJUSTMENT,
+                required=True,
+                not_zero=True,
+                note="XP to add, or to take away when negative; not 0. Taking away more than the user's total "
+                "is 409 (FAILED_PRECONDITION): totals never go below zero.",
+            ),
+            "reason": FieldRule(_text_rule(MAX_REASON_LENGTH, required=True), required=True),
+            "request_id": optional_id,
+        },
+        "RevokeAwardRequest": {
+            "user_id": id_,
+            "request_id": FieldRule(
+                _id_rule(optional=True),
+                note="The request_id the entry to revoke was recorded with (not this call's: a revoke takes no "
+                "Idempotency-Key). Exactly one of request_id and entry_id is set (400 otherwise).",
+            ),
+            "reason": FieldRule(_text_rule(MAX_REASON_LENGTH, required=True), required=True),
+            "entry_id": FieldRule(
+                _id_rule(MAX_ENTRY_ID_LENGTH, optional=True),
+                note="The entry_id of the entry to revoke, as the XP history shows it. Exactly one of request_id "
+                "and entry_id is set (400 otherwise).",
+            ),
+        },
     }.items():
         rules.update(_rules_of(message, fields))
     return rules
@@ -542,8 +586,10 @@ class SchemaBuilder:
                 "format": integer_format,
                 "minimum": low,
                 "maximum": high,
-                "pattern": decimal_pattern(low, high),
+                "pattern": decimal_pattern(low, high, zero=not rule.not_zero),
             }
+            if rule.not_zero:
+                single["not"] = {"const": 0}  # the number; the pattern refuses the strings of 0
             schema = single if not field.is_repeated else {"type": "array", "items": single}
         else:
             if message is not None:
@@ -572,6 +618,8 @@ class SchemaBuilder:
                 "minimum": low if rule.minimum is None else rule.minimum,
                 "maximum": high if rule.maximum is None else rule.maximum,
             }
+            if rule.not_zero:
+                schema["not"] = {"const": 0}
         elif rule.string is not None:
             schema = self.string_rule(rule.string)
         else:

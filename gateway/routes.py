@@ -141,6 +141,16 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/users/{user_id}/progress", "xp", "GetProgress", "A user's XP, level, achievements and rewards"),
     Route(
         "GET",
+        "/users/{user_id}/xp/history",
+        "xp",
+        "ListXpHistory",
+        "Page through a user's XP ledger, newest first",
+        query=("page_size", "page_token"),
+        notes="Every award, grant, achievement reward, adjustment and revoke, each once; an entry's entry_id is "
+        "what POST /xp/revoke takes for an entry without a request_id.",
+    ),
+    Route(
+        "GET",
         "/users/{user_id}/levels",
         "levels",
         "ListLevelsReached",
@@ -164,6 +174,35 @@ ROUTES: tuple[Route, ...] = (
         query=("page_size", "page_token"),
         notes="A hidden achievement the user has not unlocked comes without its name and description, "
         "unless the token's role is admin.",
+    ),
+    # An operator's corrections.
+    Route(
+        "POST",
+        "/xp/adjust",
+        "xp",
+        "AdjustXp",
+        "Add or take away XP, with a reason (admin)",
+        body=WHOLE_REQUEST,
+        idempotency_field="request_id",
+        notes="A negative delta larger than the user's total is 409 (FAILED_PRECONDITION): totals never go "
+        "below zero. Levels reached, their rewards and unlocked achievements stay.",
+    ),
+    # No Idempotency-Key: request_id names the entry to revoke (the request_id it was recorded with), not
+    # this call; a revoke is idempotent by its target instead (a second one is a duplicate).
+    Route(
+        "POST",
+        "/xp/revoke",
+        "xp",
+        "RevokeAward",
+        "Reverse the XP of one earlier ledger entry (admin)",
+        body=WHOLE_REQUEST,
+        notes="Names the entry by the request_id it was recorded with, or by its entry_id (from GET "
+        "/users/{user_id}/xp/history): exactly one of the two. Takes no Idempotency-Key (the header is "
+        "ignored): request_id names the entry to revoke, not this call, and a second revoke of the same entry "
+        "is a duplicate (the same answer, nothing changed). 404 (NOT_FOUND) for an unknown entry; 409 "
+        "(FAILED_PRECONDITION) for a revoke, an adjustment or an entry of no XP, or when the total would go "
+        "below zero. Levels reached, their rewards and unlocked achievements stay: level stays, total_xp "
+        "goes down.",
     ),
     # The activity catalog.
     Route(

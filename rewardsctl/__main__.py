@@ -8,6 +8,9 @@
     rewardsctl award USER ACTIVITY [--request-id ID] [--json]
     rewardsctl unlock USER ACHIEVEMENT [--request-id ID] [--json]
     rewardsctl progress USER [--json]
+    rewardsctl history USER [--limit N] [--json]
+    rewardsctl adjust USER DELTA --reason TEXT [--request-id ID] [--json]
+    rewardsctl revoke USER (--request-id ID | --entry-id ID) --reason TEXT [--json]
     rewardsctl backup export DIR
     rewardsctl backup import DIR [--workers N]
     rewardsctl verify [--json] [--strict] [--catalog-changed] [--limit N]
@@ -45,6 +48,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from common.caller_auth import AuthNotConfigured, Role
 from common.config import Settings
 from common.dynamodb import create_dynamodb_client, error_code
+from rewards.v1 import xp_pb2
 from rewardsctl import text_output
 from rewardsctl.backfill import (
     DEFAULT_PAGE_SIZE,
@@ -393,24 +397,35 @@ def catalog_export(args: argparse.Namespace, settings: Settings) -> int:
 # --- players ----------------------------------------------------------------------
 
 
-def award(args: argparse.Namespace, settings: Settings) -> int:
-    # A request id of our own, so that repeating this exact award (after a lost
-    # answer or a deferred level check) cannot count it twice.
+def _with_own_request_id(
+    args: argparse.Namespace,
+    settings: Settings,
+    command: str,
+    send: Callable[[Any, str], Any],
+    text: Callable[[Any, str], str],
+) -> int:
+    """An XP write under a request id of our own (or the caller's), so that
+    repeating it (after a lost answer or a deferred check) cannot count it twice."""
     request_id = args.request_id or f"rewardsctl-{uuid.uuid4().hex}"
     with _service_clients(args, settings) as clients:
-        response = _call(
-            lambda: clients.award(args.user, args.activity, request_id),
-            "award",
-            clients.targets.xp,
-            retry_with=request_id,
-        )
+        response = _call(lambda: send(clients, request_id), command, clients.targets.xp, retry_with=request_id)
     if args.json:
         print(text_output.message_json(response))
         if not args.request_id:
             print(f"request_id {request_id}", file=sys.stderr)
     else:
-        print(text_output.award_text(response, args.activity, request_id))
+        print(text(response, request_id))
     return EXIT_OK
+
+
+def award(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_own_request_id(
+        args,
+        settings,
+        "award",
+        lambda clients, request_id: clients.award(args.user, args.activity, request_id),
+        lambda response, request_id: text_output.award_text(response, args.activity, request_id),
+    )
 
 
 def unlock(args: argparse.Namespace, settings: Settings) -> int:
@@ -428,6 +443,65 @@ def progress(args: argparse.Namespace, settings: Settings) -> int:
     with _service_clients(args, settings) as clients:
         response = _call(lambda: clients.progress(args.user), "progress", clients.targets.xp)
     print(text_output.message_json(response) if args.json else text_output.progress_text(response))
+    return EXIT_OK
+
+
+def history(args: argparse.Namespace, settings: Settings) -> int:
+    """The newest --limit entries (all with 0), newest first: as text, printed
+    page by page; as JSON, one ListXpHistoryResponse holding them all, whose
+    next_page_token is where the next entry starts (empty when all were listed)."""
+    limit: int | None = args.limit or None
+    listed = xp_pb2.ListXpHistoryResponse()
+    shown, more = 0, False
+    with _service_clients(args, settings) as clients:
+        try:
+            for page in clients.history(args.user, limit):
+                entries = page.entries[: None if limit is None else limit - shown]
+                shown += len(entries)
+                more = bool(page.next_page_token) or len(entries) < len(page.entries)
+                if args.json:
+                    listed.entries.extend(entries)
+                    listed.next_page_token = page.next_page_token
+                else:
+                    for entry in entries:
+                        print(text_output.history_line(entry))
+        except grpc.RpcError as error:
+            read = f" after {shown:,} entries" if shown else ""
+            raise CommandFailed(
+                f"history failed{read}: {text_output.rpc_error_text(error, clients.targets.xp)}"
+            ) from error
+    if args.json:
+        print(text_output.message_json(listed))
+    else:
+        footer = text_output.history_footer(args.user, shown, more)
+        if footer:
+            print(footer)
+    return EXIT_OK
+
+
+def adjust(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_own_request_id(
+        args,
+        settings,
+        "adjust",
+        lambda clients, request_id: clients.adjust(args.user, args.delta, args.reason, request_id),
+        lambda response, request_id: text_output.adjust_text(response, args.reason, request_id),
+    )
+
+
+def revoke(args: argparse.Namespace, settings: Settings) -> int:
+    # Idempotent as it is: an entry is revoked once, and a repeat answers the same.
+    request_id, entry_id = args.request_id or "", args.entry_id or ""
+    with _service_clients(args, settings) as clients:
+        response = _call(
+            lambda: clients.revoke(args.user, args.reason, request_id=request_id, entry_id=entry_id),
+            "revoke",
+            clients.targets.xp,
+        )
+    if args.json:
+        print(text_output.message_json(response))
+    else:
+        print(text_output.revoke_text(response, request_id=request_id, entry_id=entry_id))
     return EXIT_OK
 
 
@@ -586,6 +660,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _delta(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of XP, such as 50 or -50 (got {text!r})") from None
+    if value == 0:
+        raise argparse.ArgumentTypeError("must not be 0: a positive DELTA adds XP, a negative one takes it back")
+    return value
+
+
 def _call(call: Callable[[], Answer], what: str, target: str, retry_with: str = "") -> Answer:
     try:
         return call()
@@ -738,6 +822,64 @@ def build_parser() -> argparse.ArgumentParser:
     progress_parser.add_argument("--json", action="store_true", help="print the service's answer as JSON")
     progress_parser.set_defaults(run=progress)
 
+    history_parser = commands.add_parser(
+        "history",
+        parents=[services],
+        help="a user's XP ledger, newest first: awards, grants, adjustments, revokes",
+        description="Lists the user's XP ledger, newest first, one entry a line: when it was recorded, its kind "
+        "(activity, grant, achievement, adjustment, revoke), its XP (signed), what it was for (activity, "
+        "achievement, reason), its entry id (what `revoke --entry-id` takes) and, for a revoke, the entry it "
+        "reverses. Pages through ListXpHistory.",
+    )
+    history_parser.add_argument("user", metavar="USER")
+    history_parser.add_argument(
+        "--limit",
+        type=_non_negative_int,
+        default=50,
+        metavar="N",
+        help="the newest N entries (default 50; 0 lists all)",
+    )
+    history_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print them as one ListXpHistoryResponse (next_page_token: where the next entry starts)",
+    )
+    history_parser.set_defaults(run=history)
+
+    adjust_parser = commands.add_parser(
+        "adjust",
+        parents=[services],
+        help="add or take back XP, with a reason (admin)",
+        description="AdjustXp: adds DELTA XP to the user's total (a negative DELTA takes XP back; never below "
+        "0: FAILED_PRECONDITION), recorded in the ledger as an adjustment with the reason. Levels "
+        "reached, their rewards and unlocked achievements stay. Idempotent per request id.",
+    )
+    adjust_parser.add_argument("user", metavar="USER")
+    adjust_parser.add_argument("delta", type=_delta, metavar="DELTA", help="signed XP, not 0 (such as 50 or -50)")
+    adjust_parser.add_argument("--reason", required=True, metavar="TEXT", help="why; kept in the ledger (required)")
+    adjust_parser.add_argument("--request-id", metavar="ID", help="deduplicates repeats (default: a new id, printed)")
+    adjust_parser.add_argument("--json", action="store_true", help="print the service's answer as JSON")
+    adjust_parser.set_defaults(run=adjust)
+
+    revoke_parser = commands.add_parser(
+        "revoke",
+        parents=[services],
+        help="reverse the XP of one earlier award or grant, once (admin)",
+        description="RevokeAward: reverses the XP of one ledger entry, named by the request id it was recorded "
+        "with or by its entry id (from `rewardsctl history`), with a revoke entry that names it; an "
+        "activity award's counters go down by one. Once per entry: a repeat changes nothing and answers "
+        "the same. Adjustments, revokes and entries of no XP (capped awards) cannot be revoked; nor can an "
+        "entry whose XP the total no longer holds (totals never go below 0). Levels reached, their rewards and unlocked "
+        "achievements stay.",
+    )
+    revoke_parser.add_argument("user", metavar="USER")
+    target = revoke_parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--request-id", metavar="ID", help="the request id the entry was recorded with")
+    target.add_argument("--entry-id", metavar="ID", help="the entry's id, as `rewardsctl history` shows it")
+    revoke_parser.add_argument("--reason", required=True, metavar="TEXT", help="why; kept in the ledger (required)")
+    revoke_parser.add_argument("--json", action="store_true", help="print the service's answer as JSON")
+    revoke_parser.set_defaults(run=revoke)
+
     backup = commands.add_parser("backup", help="copy a stage's tables to a directory and back")
     backup_commands = backup.add_subparsers(dest="backup_command", required=True, metavar="ACTION")
     backup_export_parser = backup_commands.add_parser(
@@ -758,9 +900,10 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         parents=[dynamodb],
         help="check the exactly-once invariants of every user, from the tables",
-        description="Reads the stage's tables and checks, for every user: total XP is the sum of the ledger, no "
-        "request counted twice, each unlocked achievement paid once, the level matches the XP and each "
-        "passed level's rewards granted once. Prints the summary first (users, what each invariant checked and "
+        description="Reads the stage's tables and checks, for every user: total XP is the sum of the ledger and "
+        "never below zero, no request counted twice, each revoke reverses one award of the user once by its XP, "
+        "each unlocked achievement paid once, the level matches the XP (levels stay when XP is taken back) and "
+        "each passed level's rewards granted once. Prints the summary first (users, what each invariant checked and "
         "found), then the first --limit findings. Reads one user at a time, so memory stays small whatever the "
         "stage. Exit status 0 when nothing is violated, 1 otherwise. "
         "A scan is not a snapshot: verify a stage that takes no writes.",

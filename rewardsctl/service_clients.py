@@ -3,6 +3,7 @@ rewardsctl.catalog values, and the player calls as the services answer them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +154,39 @@ class ServiceClients:
 
     def progress(self, user_id: str) -> xp_pb2.UserProgress:
         return self.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id), timeout=self._timeout_s)
+
+    def history(self, user_id: str, limit: int | None = None) -> Iterator[xp_pb2.ListXpHistoryResponse]:
+        """The user's ledger, newest first, page by page: pages of at most 100
+        entries, asked for so that they hold `limit` entries in all, when given.
+        The last page's next_page_token is empty when the whole ledger was
+        read, else where the next entry starts."""
+        token = ""
+        remaining = limit
+        while remaining is None or remaining > 0:
+            page_size = _LIST_PAGE_SIZE if remaining is None else min(_LIST_PAGE_SIZE, remaining)
+            page = self.xp.ListXpHistory(
+                xp_pb2.ListXpHistoryRequest(user_id=user_id, page_size=page_size, page_token=token),
+                timeout=self._timeout_s,
+            )
+            yield page
+            token = page.next_page_token
+            if not token:
+                return
+            if remaining is not None:
+                remaining -= len(page.entries)
+
+    def adjust(self, user_id: str, delta: int, reason: str, request_id: str) -> xp_pb2.AwardXpResponse:
+        return self.xp.AdjustXp(
+            xp_pb2.AdjustXpRequest(user_id=user_id, delta=delta, reason=reason, request_id=request_id),
+            timeout=self._timeout_s,
+        )
+
+    def revoke(self, user_id: str, reason: str, *, request_id: str = "", entry_id: str = "") -> xp_pb2.AwardXpResponse:
+        """Reverses the entry recorded with `request_id`, or the entry `entry_id` (exactly one of them)."""
+        return self.xp.RevokeAward(
+            xp_pb2.RevokeAwardRequest(user_id=user_id, request_id=request_id, reason=reason, entry_id=entry_id),
+            timeout=self._timeout_s,
+        )
 
     def unlock_due(
         self, user_id: str, trigger_id: str, achievement_ids: tuple[str, ...] = (), dry_run: bool = False

@@ -160,6 +160,93 @@ def award_text(response: xp_pb2.AwardXpResponse, activity_id: str, request_id: s
     return "\n".join(lines)
 
 
+def adjust_text(response: xp_pb2.AwardXpResponse, reason: str, request_id: str) -> str:
+    if response.duplicate:
+        lines = [
+            f"{response.user_id}: request {request_id} was already recorded, nothing changed "
+            f"(it adjusted {response.xp_awarded:+,} XP); total {response.total_xp:,} XP, level {response.level}"
+        ]
+    else:
+        lines = [
+            f"{response.user_id}: {response.xp_awarded:+,} XP adjusted ({reason!r}); "
+            f"total {response.total_xp:,} XP, level {response.level}"
+        ]
+    if response.xp_awarded < 0:
+        lines.append(_LEVEL_STAYS.format(level=response.level))
+    if response.HasField("level_up"):
+        lines.extend(level_up_lines(response.level_up))
+    if response.unlocked_achievements:
+        lines.append(f"unlocked (auto_unlock): {', '.join(response.unlocked_achievements)}")
+    if response.level_check_deferred:
+        lines.append(
+            "the level check was deferred (Levels service slow or down): run again with "
+            f"--request-id {request_id} to get the level-up"
+        )
+    lines.append(f"request_id {request_id} (repeat it with --request-id to retry safely)")
+    return "\n".join(lines)
+
+
+def revoke_text(response: xp_pb2.AwardXpResponse, *, request_id: str = "", entry_id: str = "") -> str:
+    """What a revoke did: the XP it took (xp_awarded, negative), the total
+    after it; a repeat says the entry was revoked already."""
+    target = f"request {request_id}" if request_id else f"entry {entry_id}"
+    if response.duplicate:
+        lines = [
+            f"{response.user_id}: {target} was already revoked, nothing changed (it took "
+            f"{response.xp_awarded:+,} XP); total {response.total_xp:,} XP, level {response.level}"
+        ]
+    else:
+        lines = [
+            f"{response.user_id}: revoked {target}: {response.xp_awarded:+,} XP; "
+            f"total {response.total_xp:,} XP, level {response.level}"
+        ]
+    lines.append(_LEVEL_STAYS.format(level=response.level))
+    return "\n".join(lines)
+
+
+# What taking XP back leaves: levels never go down, and the answer's level is the stored one.
+_LEVEL_STAYS = "level {level} stays: levels reached, their rewards and unlocked achievements are never taken back"
+
+
+def history_line(entry: xp_pb2.LedgerEntry) -> str:
+    """One ledger entry: time, kind, signed XP, what it was for, its id (what
+    `rewardsctl revoke --entry-id` takes), and for a revoke the entry it reverses.
+
+    `2025-06-01T12:00:00.000000Z  activity       +150  activity win-match  entry req#r1`"""
+    recorded = f"{entry.recorded_at.ToDatetime():%Y-%m-%dT%H:%M:%S.%f}Z" if entry.HasField("recorded_at") else "-"
+    what = []
+    if entry.activity_id:
+        what.append(f"activity {entry.activity_id}")
+    if entry.achievement_id:
+        what.append(f"achievement {entry.achievement_id}")
+    if entry.capped:
+        what.append("capped")
+    if entry.reason:
+        what.append(f"reason {entry.reason!r}")
+    line = f"{recorded:<27}  {entry_kind(entry.kind):<11}  {entry.xp:>+9,}  {', '.join(what) or '-'}  entry {entry.entry_id}"
+    if entry.reverses_entry_id:
+        line += f"  reverses {entry.reverses_entry_id}"
+    return line
+
+
+def entry_kind(kind: xp_pb2.LedgerEntry.Kind.ValueType) -> str:
+    """`activity`, `grant`, `achievement`, `adjustment`, `revoke` (a kind this
+    version does not know: `kind 7`)."""
+    try:
+        return xp_pb2.LedgerEntry.Kind.Name(kind).removeprefix("KIND_").lower()
+    except ValueError:
+        return f"kind {kind}"
+
+
+def history_footer(user_id: str, shown: int, more: bool) -> str:
+    """The last line of `rewardsctl history`: nothing when every entry was listed."""
+    if shown == 0 and not more:
+        return f"{user_id}: no ledger entries (a user with nothing yet)"
+    if more:
+        return f"the newest {shown:,} entries of {user_id}; --limit N lists more (0 lists all)"
+    return ""
+
+
 def unlock_text(response: achievements_pb2.UnlockAchievementResponse, user_id: str) -> str:
     achievement = response.achievement
     if response.already_unlocked and response.xp_awarded == 0:

@@ -26,7 +26,8 @@ Findings have three severities:
 
 - violation: a state that exactly-once processing can never produce (XP counted
   twice or lost, an achievement paid twice or not at all, a level's rewards
-  missing or granted above the level). The command exits 1.
+  missing or granted above the level, an entry revoked twice or by another
+  amount than its XP, a total below zero). The command exits 1.
 - warning: a state that is legal but not settled yet: an unlock whose XP is
   still owed (the grant failed; a repeat of the unlock pays it), a level
   check still due (checks may be deferred; the next check grants it), or an
@@ -39,6 +40,11 @@ Findings have three severities:
 
 Every finding is counted; the report keeps only the first `limit` of each
 severity by user id, so a stage with millions of findings stays small.
+
+XP taken back (negative adjustments, revokes) lowers total_xp and, for a revoked
+activity award, its counters, but never a level reached or an unlock: those
+are checked against what the user had before, the positive entries summed (a
+bound on any past total) and the counters with the revoked awards added back.
 
 Some checks compare stored progress with the catalog as it is now: the level a
 total gives, the rewards of each level, achievement requirements. They hold
@@ -91,13 +97,18 @@ SEVERITIES = (VIOLATION, WARNING, NOTE)
 # What each invariant says, in the order the report lists them.
 INVARIANTS: dict[str, str] = {
     "total-is-ledger-sum": "total_xp is the sum of the user's ledger",
-    "ledger-entry-well-formed": "each ledger entry is req#/ach#/auto# as its fields say, whole XP >= 0, one write",
-    "counters-match-ledger": "each a#<activity>, c#<category> counter is the number of the user's counted awards of it",
+    "total-not-negative": "total_xp is never below zero",
+    "ledger-entry-well-formed": "each ledger entry is req#/ach#/auto#/rev# as its fields say, whole XP, one write",
+    "revoke-reverses-entry": "each revoke rev#<entry> reverses an award, grant or reward of the user by minus its XP",
+    "counters-match-ledger": "each a#<activity>, c#<category> counter is the number of the user's counted awards "
+    "of it, less those revoked",
     "achievement-paid-once": "each unlock with a reward is paid by one ach# entry of that XP; no other ach# entry",
     "unlocks-match-progress": "the progress item notes the user's unlock records, and names no other",
-    "unlock-requirements-held": "each unlock's requirements (prerequisites, total XP, level, counts) still hold",
+    "unlock-requirements-held": "each unlock's requirements (prerequisites, total XP, level, counts) still hold "
+    "(total and counts with what was taken back)",
     "auto-unlocks-made": "each auto-unlock achievement whose requirements the user meets is unlocked",
-    "level-matches-xp": "the stored level is a defined level, not above the level total_xp gives",
+    "level-matches-xp": "the stored level is a defined level, not above the level total_xp gives "
+    "(or gave before XP was taken back)",
     "level-rewards-once": "each defined level above the start level up to the stored level granted once, none above",
     "level-check-records": "each named check's record lists exactly the levels it granted",
     # Game-wide, checked once every user was.
@@ -105,7 +116,14 @@ INVARIANTS: dict[str, str] = {
     "players-stat-matches": "the players stat (its shards summed) is the number of progress items counted as players",
 }
 
-ENTRY_KINDS = {"req": ("activity", "grant"), "ach": ("achievement",), "auto": ("activity", "grant")}
+ENTRY_KINDS = {
+    "req": ("activity", "grant", "adjustment"),
+    "ach": ("achievement",),
+    "auto": ("activity", "grant", "adjustment"),
+    "rev": ("revoke",),
+}
+# The kinds of entry a revoke may reverse: not a revoke, not an adjustment (its correction is another adjustment).
+REVOCABLE_KINDS = ("activity", "grant", "achievement")
 # The counters of activity_counts (common.auto_unlock): per activity and per category.
 COUNTER_KINDS = {"a#": "activity", "c#": "category"}
 # How a game-wide finding (about the stats, not one user) shows in the text report.
@@ -390,9 +408,24 @@ class _UserCheck:
         self.stored_level = _whole(self.progress["level"]) if self.progress and "level" in self.progress else None
         # The awards each counter holds (a counter item holding only a watch holds none).
         self.counts = {str(c["counter"]): _whole(c.get("awards", 0)) for c in self.counters}
+        # XP taken back (negative adjustments, revokes), and what total_xp can have been at most:
+        # the positive entries summed. Levels reached and unlocks stay when XP is taken back.
+        xps = [_whole(e.get("xp")) or 0 for e in self.ledger]
+        self.taken_back = -sum(x for x in xps if x < 0)
+        self.peak_total = sum(x for x in xps if x > 0)
+        # Per counter, the counted activity awards that a revoke reversed (each took one off its counters).
+        entries = {str(e.get("entry_id", "")): e for e in self.ledger}
+        self.revoked: Counter[str] = Counter()
+        for entry in self.ledger:
+            if entry.get("kind") != "revoke":
+                continue
+            reversed_entry = entries.get(str(entry.get("reverses_entry_id") or ""))
+            if reversed_entry is not None and _counted_award(reversed_entry):
+                self.revoked.update(_counters_of(reversed_entry))
 
     def run(self) -> None:
         self._check_ledger_entries()
+        self._check_revokes()
         self._check_total()
         self._check_counters()
         self._check_achievement_payments()
@@ -429,6 +462,64 @@ class _UserCheck:
                     f"{count} ledger entries carry attempt id {attempt_id!r}: one write was recorded {count} times",
                 )
 
+    def _check_revokes(self) -> None:
+        """Each revoke reverses one earlier entry of the user that can be revoked, by exactly minus
+        its XP. Its id is rev#<that entry's id>, which makes a second revoke of the entry impossible."""
+        entries = {str(e.get("entry_id", "")): e for e in self.ledger}
+        for entry in self.ledger:
+            if entry.get("kind") != "revoke":
+                continue
+            self.report.checked["revoke-reverses-entry"] += 1
+            entry_id = str(entry.get("entry_id", ""))
+            target_id = str(entry.get("reverses_entry_id") or "")
+            if not target_id:
+                self._find(
+                    VIOLATION, "revoke-reverses-entry", f"revoke {entry_id!r} names no entry (reverses_entry_id)"
+                )
+                continue
+            if entry_id != "rev#" + target_id:
+                self._find(
+                    VIOLATION,
+                    "revoke-reverses-entry",
+                    f"revoke {entry_id!r} reverses {target_id!r} but is not named 'rev#{target_id}': "
+                    "a second revoke of that entry could be recorded",
+                )
+            target = entries.get(target_id)
+            if target is None:
+                self._find(
+                    VIOLATION,
+                    "revoke-reverses-entry",
+                    f"revoke {entry_id!r} reverses {target_id!r}, which is not in the user's ledger",
+                )
+                continue
+            kind = target.get("kind")
+            if kind not in REVOCABLE_KINDS:
+                self._find(
+                    VIOLATION,
+                    "revoke-reverses-entry",
+                    f"revoke {entry_id!r} reverses {target_id!r}, of kind {kind!r}: only activity awards, grants "
+                    "and achievement rewards can be revoked",
+                )
+                continue
+            given, taken = _whole(target.get("xp")), _whole(entry.get("xp"))
+            if given is None or taken is None:  # ledger-entry-well-formed reports it
+                continue
+            if given <= 0:
+                self._find(
+                    VIOLATION,
+                    "revoke-reverses-entry",
+                    f"revoke {entry_id!r} reverses {target_id!r}, which gave {given:,} XP"
+                    + (" (capped)" if target.get("capped") is True else "")
+                    + ": there is nothing to revoke",
+                )
+            elif taken != -given:
+                self._find(
+                    VIOLATION,
+                    "revoke-reverses-entry",
+                    f"revoke {entry_id!r} takes {taken:+,} XP, but {target_id!r} gave {given:+,} "
+                    f"(a revoke takes {-given:+,})",
+                )
+
     def _check_total(self) -> None:
         self.report.checked["total-is-ledger-sum"] += 1
         ledger_sum = sum(_whole(e.get("xp")) or 0 for e in self.ledger)
@@ -440,6 +531,9 @@ class _UserCheck:
                     f"{len(self.ledger)} ledger entries ({ledger_sum:,} XP) but no user_progress item",
                 )
             return
+        self.report.checked["total-not-negative"] += 1
+        if self.total_xp is not None and self.total_xp < 0:
+            self._find(VIOLATION, "total-not-negative", f"total_xp {self.total_xp:,} is below zero")
         if self.total_xp is None:
             self._find(
                 VIOLATION, "total-is-ledger-sum", f"total_xp {self.progress.get('total_xp')!r} is not a whole number"
@@ -455,16 +549,14 @@ class _UserCheck:
     def _check_counters(self) -> None:
         """Each award of an activity that its ledger entry says was counted (`counted`; an
         earlier version's awards were not) added one to the activity's counter and one to its
-        category's, in the award's own transaction."""
-        expected: Counter[str] = Counter()
+        category's, in the award's own transaction; a revoke of it took them off in its own."""
+        awarded: Counter[str] = Counter()
         for entry in self.ledger:
-            if entry.get("kind") != "activity" or entry.get("counted") is not True:
-                continue
-            expected["a#" + str(entry.get("activity_id", ""))] += 1
-            if entry.get("category"):
-                expected["c#" + str(entry["category"])] += 1
+            if _counted_award(entry):
+                awarded.update(_counters_of(entry))
+        expected = awarded - self.revoked
         raw = {str(c["counter"]): c.get("awards", 0) for c in self.counters}
-        for counter in sorted(set(expected) | set(self.counts)):
+        for counter in sorted(set(awarded) | set(self.counts)):
             self.report.checked["counters-match-ledger"] += 1
             kind, subject = COUNTER_KINDS.get(counter[:2]), counter[2:]
             held = self.counts.get(counter, 0)
@@ -481,11 +573,14 @@ class _UserCheck:
                     f"counter {counter!r} holds awards {raw[counter]!r}, not a whole number >= 0",
                 )
             elif held != expected[counter]:
+                revoked = (
+                    f" ({awarded[counter]:,} less {self.revoked[counter]:,} revoked)" if self.revoked[counter] else ""
+                )
                 self._find(
                     VIOLATION,
                     "counters-match-ledger",
                     f"counter {counter!r} holds {held:,} awards, but the ledger has {expected[counter]:,} "
-                    f"counted awards of {kind} {subject!r} ({held - expected[counter]:+,})",
+                    f"counted awards of {kind} {subject!r}{revoked} ({held - expected[counter]:+,})",
                 )
 
     # --- achievements -----------------------------------------------------------------
@@ -595,22 +690,29 @@ class _UserCheck:
                 f"prerequisite {r!r}" for r in requirements.get("required_achievements", ()) if str(r) not in unlocked
             ]
             min_total_xp = _whole(requirements.get("min_total_xp", 0)) or 0
-            if (self.total_xp or 0) < min_total_xp:
+            if not self.taken_back and (self.total_xp or 0) < min_total_xp:
                 unmet.append(f"total XP {self.total_xp} < {min_total_xp}")
+            elif self.taken_back and self.peak_total < min_total_xp:  # it held when unlocked, then XP was taken back
+                unmet.append(
+                    f"total XP {self.total_xp} (at most {self.peak_total} before {self.taken_back} XP was taken back) "
+                    f"< {min_total_xp}"
+                )
             min_level = _whole(requirements.get("min_level", 0)) or 0
             if level < min_level:
                 unmet.append(f"level {level} < {min_level}")
             for needed in requirements.get("activity_counts", ()) or ():
-                # The unlock's transaction checked the counter, and counters only grow.
+                # The unlock's transaction checked the counter, and counters only grow but by revokes.
                 if not isinstance(needed, Mapping):
                     continue
                 activity_id, category = str(needed.get("activity_id") or ""), str(needed.get("category") or "")
                 counter = "a#" + activity_id if activity_id else "c#" + category
                 count, has = _whole(needed.get("count", 0)) or 0, self.counts.get(counter, 0) or 0
-                if has < count:
-                    unmet.append(f"{COUNTER_KINDS[counter[:2]]} {counter[2:]!r} counted {has:,} < {count:,}")
+                if has + self.revoked[counter] < count:
+                    revoked = f" (and {self.revoked[counter]:,} revoked)" if self.revoked[counter] else ""
+                    unmet.append(f"{COUNTER_KINDS[counter[:2]]} {counter[2:]!r} counted {has:,}{revoked} < {count:,}")
             if unmet:
-                # Totals, levels and unlocks only grow: what held at the unlock still holds, unless the catalog changed.
+                # Levels and unlocks only grow, and totals and counters but for what was taken back (counted
+                # above): what held at the unlock still holds, unless the catalog changed.
                 self._find(
                     self._catalog_dependent(),
                     "unlock-requirements-held",
@@ -655,12 +757,19 @@ class _UserCheck:
         defined = {l.level for l in self.table.levels} | {0}
         if stored not in defined:
             self._find(self._catalog_dependent(), "level-matches-xp", f"stored level {stored} is not a defined level")
-        if stored > due:
-            # Levels never go down, so this is legal only if the table changed since.
+        reachable = self.table.level_for_xp(self.peak_total) if self.taken_back else due
+        if stored > reachable:
+            # Levels never go down, so this is legal only if the table changed since; or, when XP was taken
+            # back (an adjustment, a revoke), up to the level the XP before gave, since levels stay.
             self._find(
                 self._catalog_dependent(),
                 "level-matches-xp",
-                f"stored level {stored} is above level {due}, what total_xp {total:,} gives",
+                f"stored level {stored} is above level {due}, what total_xp {total:,} gives"
+                + (
+                    f", and above level {reachable}, what it gave at most before {self.taken_back:,} XP was taken back"
+                    if self.taken_back
+                    else ""
+                ),
             )
         elif stored < due:
             self._find(
@@ -840,7 +949,7 @@ def _ledger_entry_problems(entry: Mapping[str, Any]) -> list[str]:
     prefix, _, rest = entry_id.partition("#")
     kind = entry.get("kind")
     if prefix not in ENTRY_KINDS or not rest:
-        problems.append("the id is not req#<request_id>, ach#<achievement_id> or auto#<id>")
+        problems.append("the id is not req#<request_id>, ach#<achievement_id>, auto#<id> or rev#<entry_id>")
     elif kind not in ENTRY_KINDS[prefix]:
         problems.append(f"kind {kind!r} cannot be recorded as a {prefix}# entry")
     elif prefix == "req" and entry.get("request_id") != rest:
@@ -851,10 +960,32 @@ def _ledger_entry_problems(entry: Mapping[str, Any]) -> list[str]:
         problems.append(f"it has request_id {entry.get('request_id')!r}, so it should have been deduplicated as req#")
     if kind == "activity" and not entry.get("activity_id"):
         problems.append("an activity award without activity_id")
+    if kind in ("adjustment", "revoke") and not entry.get("reason"):
+        problems.append(f"{'an adjustment' if kind == 'adjustment' else 'a revoke'} without a reason")
     xp = _whole(entry.get("xp"))
-    if xp is None or xp < 0:
+    if kind == "adjustment":  # signed, never 0
+        if xp is None or xp == 0:
+            problems.append(f"xp {entry.get('xp')!r} is not a whole number other than 0")
+    elif kind == "revoke":  # minus the entry it reverses (revoke-reverses-entry)
+        if xp is None:
+            problems.append(f"xp {entry.get('xp')!r} is not a whole number")
+    elif xp is None or xp < 0:
         problems.append(f"xp {entry.get('xp')!r} is not a whole number >= 0")
     return problems
+
+
+def _counted_award(entry: Mapping[str, Any]) -> bool:
+    """An activity award that added one to its counters (an earlier version's were not counted;
+    an award beyond its activity's cap, `capped`, counts toward nothing)."""
+    return entry.get("kind") == "activity" and entry.get("counted") is True and entry.get("capped") is not True
+
+
+def _counters_of(entry: Mapping[str, Any]) -> list[str]:
+    """The counters a counted award added one to: its activity's and, when it had one, its category's."""
+    counters = ["a#" + str(entry.get("activity_id", ""))]
+    if entry.get("category"):
+        counters.append("c#" + str(entry["category"]))
+    return counters
 
 
 def _as_values(rewards: Iterable[Reward]) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
+import boto3
 import grpc
 import pytest
 
@@ -133,6 +134,12 @@ class Cluster:
         channel = grpc.insecure_channel(address) if role is None else authorized_channel(address, role)
         self._channels.append(channel)
         return channel
+
+    def dynamodb_resource(self) -> Any:
+        """boto3's resource API on the cluster's DynamoDB, for tests that write many items at once."""
+        return boto3.resource(
+            "dynamodb", endpoint_url=self.settings.dynamodb_endpoint, region_name=self.settings.aws_region
+        )
 
     def table(self, name: str) -> str:
         return self.settings.table_prefix + name

@@ -125,6 +125,8 @@ def test_every_contract_method_has_roles_and_admin_may_call_it() -> None:
         "PutActivity",
         "DeleteActivity",
         "GrantXp",
+        "AdjustXp",
+        "RevokeAward",
         "UnlockDueAchievements",
         "PutAchievement",
         "DeleteAchievement",

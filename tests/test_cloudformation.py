@@ -498,6 +498,12 @@ def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
     assert {p.achievement.achievement_id for p in progress.achievements if p.unlocked} == {"two-wins"}
     stats = achievements.GetAchievementStats(achievements_pb2.GetAchievementStatsRequest(achievement_id="two-wins"))
     assert stats.unlocked_count == 1
+    # The history (a Query of the ledger's by_time index); an adjustment and a revoke of a counted
+    # award (the ledger entry read, the counters' ADDs of -1 in the revoke's transaction).
+    assert len(xp.ListXpHistory(xp_pb2.ListXpHistoryRequest(user_id=counted)).entries) == 3  # two wins, a reward
+    xp.AdjustXp(xp_pb2.AdjustXpRequest(user_id=counted, delta=-5, reason="support", request_id="fix-1"))
+    revoked = xp.RevokeAward(xp_pb2.RevokeAwardRequest(user_id=counted, request_id="w0", reason="cheated"))
+    assert revoked.xp_awarded == -150
     due = achievements.UnlockDueAchievements(
         achievements_pb2.UnlockDueAchievementsRequest(user_id=counted, trigger_id="operator", dry_run=True)
     )
@@ -543,6 +549,7 @@ def test_the_derived_least_privilege_table(template: dict[str, Any]) -> None:
         "achievement_stats": ["UpdateItem"],
         "achievements": ["Scan"],
         "xp_ledger": ["GetItem", "PutItem", "UpdateItem"],
+        "xp_ledger/index/by_time": ["Query"],
     }
     assert item_grants("achievements") == {
         # The unlock's transaction checks the revision of the entry it was decided on (ConditionCheckItem).

@@ -64,6 +64,9 @@ EXPECTED_OPERATIONS = {
     ("GET", "/users/{user_id}/achievements"),
     ("GET", "/users/{user_id}/achievements/progress"),
     ("GET", "/users/{user_id}/levels"),
+    ("GET", "/users/{user_id}/xp/history"),
+    ("POST", "/xp/adjust"),
+    ("POST", "/xp/revoke"),
     ("GET", "/activities"),
     ("GET", "/activities/{activity_id}"),
     ("PUT", "/activities/{activity_id}"),
@@ -204,7 +207,20 @@ def test_openapi_document_matches_the_routes(gateway: GatewayServer) -> None:
         "players",
         "unlock_rate",
     }
-    assert set(schemas["Activity"]["properties"]) == {"activity_id", "name", "description", "category", "xp"}
+    assert set(schemas["Activity"]["properties"]) == {"activity_id", "name", "description", "category", "xp", "cap"}
+    # A nested enum: its values' prefixed names, which are their JSON names.
+    assert schemas["LedgerEntry"]["properties"]["kind"] == {
+        "type": "string",
+        "enum": [
+            "KIND_UNSPECIFIED",
+            "KIND_ACTIVITY",
+            "KIND_GRANT",
+            "KIND_ACHIEVEMENT",
+            "KIND_ADJUSTMENT",
+            "KIND_REVOKE",
+        ],
+    }
+    assert schemas["LedgerEntry"]["properties"]["xp"]["format"] == "int64"
     assert set(schemas["Error"]["required"]) == {"code", "message", "details"}
 
     def refs(node: Any) -> Iterator[str]:
@@ -227,10 +243,14 @@ def test_openapi_document_matches_the_routes(gateway: GatewayServer) -> None:
         "type": "http",
         "scheme": "bearer",
     }
+    # Every POST takes an Idempotency-Key but a revoke: its request_id names the entry it
+    # reverses, not the call, and a second revoke of an entry is a duplicate anyway.
+    without_key = {("POST", "/xp/revoke")}
     for route in ROUTES:
         operation = document["paths"][route.path][route.http_method.lower()]
         has_key = any(p.get("name") == "Idempotency-Key" and p["in"] == "header" for p in operation["parameters"])
-        assert has_key == (route.http_method == "POST"), route.path
+        assert has_key == (route.http_method == "POST" and (route.http_method, route.path) not in without_key)
+        assert has_key == (route.idempotency_field is not None), route.path
         assert {"200", "400", "401", "403", "404", "409", "503"} <= set(operation["responses"])
     assert document["paths"]["/healthz"]["get"]["security"] == []
 

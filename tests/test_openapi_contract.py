@@ -10,13 +10,14 @@ What JSON Schema cannot state is in the document's descriptions, and in the
 hooks below, which schemathesis loads from this module (SCHEMATHESIS_HOOKS):
 a positive case is made to follow those rules too (Unicode NFC, page tokens
 only as issued, the rules between a body field and a header or the path, and
-between two fields of one message: an activity count's activity_id and category).
+between two fields of one message: an activity count's activity_id and category,
+a revoke's request_id and entry_id).
 To run the same against a gateway of your own (from the repository's root):
 
     SCHEMATHESIS_HOOKS=tests.test_openapi_contract .venv/bin/schemathesis run \\
         http://localhost:8080/openapi.json --checks all -H "Authorization: Bearer $REWARDS_ADMIN_TOKEN"
 
-(with an admin token: the catalog writes and GrantXp take one)."""
+(with an admin token: the catalog writes, GrantXp, AdjustXp and RevokeAward take one)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from gateway.openapi import IDEMPOTENCY_KEY_PATTERN, build_document, decimal_pat
 from gateway.routes import IDEMPOTENCY_HEADER, ROUTES
 from tests.cluster import STANDARD_LEVELS, Cluster, mint_test_token
 from tests.gateway_server import GatewayServer, http_call
+from xp_service.servicer import MAX_ENTRY_ID_LENGTH, MAX_REASON_LENGTH
 
 HOOKS_MODULE = __name__
 # Examples per operation and phase, and steps per stateful scenario: what keeps the run
@@ -145,6 +147,10 @@ def test_published_patterns_mean_what_the_services_check() -> None:
         f"Text{service_rules.MAX_DESCRIPTION_LENGTH}": lambda v: service_rules.text(
             "f", v, max_length=service_rules.MAX_DESCRIPTION_LENGTH
         ),
+        f"RequiredText{MAX_REASON_LENGTH}": lambda v: service_rules.text(
+            "f", v, max_length=MAX_REASON_LENGTH, required=True
+        ),
+        f"OptionalId{MAX_ENTRY_ID_LENGTH}": lambda v: service_rules.optional_id("f", v, max_length=MAX_ENTRY_ID_LENGTH),
     }
     for name, check in checks.items():
         schema = _schema(document, name)
@@ -172,6 +178,17 @@ def test_published_patterns_mean_what_the_services_check() -> None:
             for text in {str(value), f"00{value}" if value >= 0 else f"-00{-value}", f"+{abs(value)}"}:
                 expected = low <= int(text) <= high
                 assert bool(pattern.fullmatch(text)) == expected == validator.is_valid(text), (low, high, text)
+
+    # A signed delta: every decimal string of the range but those of 0; and the number 0 refused by `not`.
+    delta = decimal_pattern(-(10**9), 10**9, zero=False)
+    validator = jsonschema_rs.validator_for({"type": "string", "pattern": delta})
+    for text in ["0", "-0", "+0", "000", "-000", "1", "-1", "+01", "-001", "1000000000", "-1000000000", "1000000001"]:
+        expected = int(text) != 0 and abs(int(text)) <= 10**9
+        assert bool(re.fullmatch(delta, text)) == expected == validator.is_valid(text), text
+    adjust = _schema(document, "AdjustXpRequest")["properties"]["delta"]
+    delta_validator = jsonschema_rs.validator_for(adjust)
+    assert not delta_validator.is_valid(0) and not delta_validator.is_valid("-0") and not delta_validator.is_valid(0.0)
+    assert delta_validator.is_valid(-5) and delta_validator.is_valid("25") and not delta_validator.is_valid(10**9 + 1)
 
     key = re.compile(IDEMPOTENCY_KEY_PATTERN)
     assert key.fullmatch("quest-42") and key.fullmatch("a b") and not key.fullmatch(" a") and not key.fullmatch("é")
@@ -276,7 +293,12 @@ def _register_hooks() -> None:  # pragma: no cover - runs in the schemathesis pr
     import schemathesis
     from schemathesis.core import NOT_SET
 
-    issued_page_tokens: set[str] = set()
+    # By listing (the operation, its path parameters and its category filter): a token is good for the
+    # listing that issued it, with the same parameters, and no other.
+    issued_page_tokens: dict[str, set[str]] = {}
+
+    def listing(case: Any, query: dict[str, Any]) -> str:
+        return f"{case.method} {case.path} {sorted((case.path_parameters or {}).items())} {query.get('category')}"
 
     @schemathesis.hook
     def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
@@ -291,7 +313,7 @@ def _register_hooks() -> None:  # pragma: no cover - runs in the schemathesis pr
         if case.query:
             query = _nfc(case.query)
             # Opaque: a page token is one the gateway answered with, or none.
-            if query.get("page_token") not in issued_page_tokens:
+            if query.get("page_token") not in issued_page_tokens.get(listing(case, query), set()):
                 query.pop("page_token", None)
             case.query = query
         body = case.body
@@ -302,9 +324,21 @@ def _register_hooks() -> None:  # pragma: no cover - runs in the schemathesis pr
             if operation == "POST /xp/grant" and body.get("achievement_id") and has_key:
                 del headers[IDEMPOTENCY_HEADER]  # the achievement keys the grant
                 case.headers = headers
+            if operation == "POST /xp/revoke":
+                # Exactly one of request_id and entry_id: the entry to revoke.
+                if body.get("request_id"):
+                    body.pop("entry_id", None)
+                elif not body.get("entry_id"):
+                    body["request_id"] = "revoked-request"
             if operation == "POST /levels/check-level-up" and body.get("replay_only") is True and not has_key:
                 headers[IDEMPOTENCY_HEADER] = "replayed-check"  # the check it replays
                 case.headers = headers
+            if operation == "PUT /activities/{activity_id}":
+                cap = body.get("cap")
+                if isinstance(cap, dict) and str(cap.get("max_awards") or 0) not in ("0", "+0", "-0"):
+                    # A positive max_awards needs a period.
+                    if cap.get("period") in (None, "PERIOD_UNSPECIFIED"):
+                        cap["period"] = "PERIOD_DAY"
             if operation == "PUT /achievements/{achievement_id}":
                 requirements = body.get("requirements")
                 own = case.path_parameters.get("achievement_id")
@@ -327,7 +361,7 @@ def _register_hooks() -> None:  # pragma: no cover - runs in the schemathesis pr
         except Exception:
             return
         if isinstance(answer, dict) and isinstance(answer.get("next_page_token"), str) and answer["next_page_token"]:
-            issued_page_tokens.add(answer["next_page_token"])
+            issued_page_tokens.setdefault(listing(case, case.query or {}), set()).add(answer["next_page_token"])
 
 
 if os.environ.get("SCHEMATHESIS_HOOKS") == HOOKS_MODULE:

@@ -199,8 +199,8 @@ def test_the_breaking_check_accepts_a_new_field(contract_repo: Path) -> None:
     previous = git(contract_repo, "rev-parse", "HEAD")
     edit(
         contract_repo / XP_PROTO,
-        "  int64 xp = 5;\n}",
-        "  int64 xp = 5;\n  // Shown in the game's menus.\n  string icon_url = 6;\n}",
+        "  Cap cap = 6;\n}",
+        "  Cap cap = 6;\n  // Shown in the game's menus.\n  string icon_url = 7;\n}",
     )
     commit_all(contract_repo, "a new field")
     checked = run_buf_check(contract_repo)

@@ -10,7 +10,7 @@ from typing import Protocol
 from common.auto_unlock import AutoRules, Counter
 from common.errors import NotFound, PreconditionFailed
 from common.level_check import LevelCheckStore
-from common.models import ACHIEVEMENT, ACTIVITY, LedgerEntry, ProgressRecord, Reward
+from common.models import ACHIEVEMENT, ACTIVITY, ADJUSTMENT, REVOKE, LedgerEntry, ProgressRecord, Reward
 
 
 @dataclass(frozen=True)
@@ -20,11 +20,32 @@ class Activity:
     description: str
     category: str
     xp: int
+    # At most cap_max_awards awards a user each cap_period (common.periods: "day" or "week"); 0: no cap.
+    cap_max_awards: int = 0
+    cap_period: str = ""
 
 
 class ActivityNotFound(NotFound):
     def __init__(self, activity_id: str) -> None:
         super().__init__(f"activity {activity_id!r} is not in the catalog")
+
+
+class EntryNotFound(NotFound):
+    def __init__(self, field: str, value: str) -> None:
+        super().__init__(f"the user has no ledger entry with {field} {value!r}")
+
+
+class NothingToRevoke(PreconditionFailed):
+    """Revokes reverse awards, grants and achievement rewards: not a revoke, an adjustment or 0 XP."""
+
+    def __init__(self, entry: LedgerEntry) -> None:
+        why = {REVOKE: "a revoke", ADJUSTMENT: "an adjustment (correct it with another)"}.get(
+            entry.kind, "an entry of no XP (a capped award, say)"
+        )
+        super().__init__(
+            f"entry {entry.entry_id!r} is {why}: there is nothing to revoke",
+            [("entry_id", f"{entry.kind} entries are not revoked")],
+        )
 
 
 class RequestIdReused(PreconditionFailed):
@@ -49,6 +70,8 @@ def is_same_request(original: LedgerEntry, attempted: LedgerEntry) -> bool:
         return False
     if original.kind == ACTIVITY:
         return original.activity_id == attempted.activity_id
+    if original.kind == REVOKE:
+        return original.reverses_entry_id == attempted.reverses_entry_id
     return original.xp == attempted.xp
 
 
@@ -61,6 +84,10 @@ class DuplicateRequest(Exception):
     def __init__(self, existing: LedgerEntry) -> None:
         super().__init__(existing.entry_id)
         self.existing = existing
+
+
+class CapReached(Exception):
+    """The user had the activity's cap of awards in this period (nothing was written)."""
 
 
 class ActivityChanged(Exception):
@@ -82,7 +109,7 @@ class XpRepository(LevelCheckStore, Protocol):
     async def delete_activity(self, activity_id: str) -> None:
         """Raises ActivityNotFound."""
 
-    async def record_xp(self, entry: LedgerEntry, activity: Activity | None = None) -> None:
+    async def record_xp(self, entry: LedgerEntry, activity: Activity | None = None, cap_period: str = "") -> None:
         """Adds the entry to the ledger and its XP to the user's total, at most
         once per entry id, only while the total stays within MAX_TOTAL_XP, and
         with `activity` only while the catalog still gives it that XP and
@@ -106,6 +133,9 @@ class XpRepository(LevelCheckStore, Protocol):
         """Counts a user with XP among the players of the achievement stats, once."""
 
     async def get_entry(self, user_id: str, entry_id: str) -> LedgerEntry | None: ...
+
+    async def history_page(self, user_id: str, page_size: int, page_token: str) -> tuple[list[LedgerEntry], str]:
+        """One page of the user's ledger, newest first, and the next page's token ("" on the last)."""
 
     async def latest_rewards(self, user_id: str, levels: int) -> tuple[tuple[Reward, ...], bool]:
         """The rewards of the latest `levels` levels the user passed, in level

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 import grpc
 
 from common.achievements_client import GrpcAutoUnlocker
@@ -33,6 +35,7 @@ async def create_server(
         DynamoDBXpRepository(dynamodb, settings.table_prefix, level_table, auto_rules),
         GrpcLevelChecker(peer_channel(settings.levels_target, settings, "xp"), settings.level_check_timeout_s),
         GrpcAutoUnlocker(peer_channel(settings.achievements_target, settings, "xp"), settings.auto_unlock_timeout_s),
+        zone=ZoneInfo(settings.time_zone),
     )
     return await build_grpc_server(
         address, settings, SERVICE, XpServicer(ledger), xp_pb2_grpc.add_XpServiceServicer_to_server, health_servicer

@@ -2,16 +2,48 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from common import field_rules
 from common.errors import InvalidField
 from common.grpc_edge import level_up_to_message
+from common.models import ACHIEVEMENT, ACTIVITY, ADJUSTMENT, GRANT, REVOKE, LedgerEntry
+from common.periods import DAY, WEEK
 from rewards.v1 import levels_pb2, xp_pb2, xp_pb2_grpc
 from xp_service.domain import Activity
 from xp_service.use_cases import AwardOutcome, XpLedger
 
 MAX_REASON_LENGTH = 256
+MAX_ADJUSTMENT = 1_000_000_000
+# Entry ids carry a prefix before a caller's id (req#..., rev#req#...).
+MAX_ENTRY_ID_LENGTH = field_rules.MAX_ID_LENGTH + 16
+
+_KINDS = {
+    ACTIVITY: xp_pb2.LedgerEntry.KIND_ACTIVITY,
+    GRANT: xp_pb2.LedgerEntry.KIND_GRANT,
+    ACHIEVEMENT: xp_pb2.LedgerEntry.KIND_ACHIEVEMENT,
+    ADJUSTMENT: xp_pb2.LedgerEntry.KIND_ADJUSTMENT,
+    REVOKE: xp_pb2.LedgerEntry.KIND_REVOKE,
+}
+
+
+def ledger_entry_to_message(entry: LedgerEntry) -> xp_pb2.LedgerEntry:
+    message = xp_pb2.LedgerEntry(
+        entry_id=entry.entry_id,
+        request_id=entry.request_id,
+        kind=_KINDS.get(entry.kind, xp_pb2.LedgerEntry.KIND_UNSPECIFIED),
+        xp=entry.xp,
+        activity_id=entry.activity_id,
+        achievement_id=entry.achievement_id,
+        reason=entry.reason,
+        capped=entry.capped,
+        reverses_entry_id=entry.reverses_entry_id,
+    )
+    if entry.recorded_at:
+        message.recorded_at.FromJsonString(entry.recorded_at)
+    return message
 
 
 def activity_from_message(message: xp_pb2.Activity) -> Activity:
@@ -23,7 +55,22 @@ def activity_from_message(message: xp_pb2.Activity) -> Activity:
         ),
         category=field_rules.optional_id("activity.category", message.category),
         xp=field_rules.xp_amount("activity.xp", message.xp),
+        **_cap_from_message(message.cap),
     )
+
+
+MAX_CAP = 1_000_000
+_PERIODS = {xp_pb2.PERIOD_DAY: DAY, xp_pb2.PERIOD_WEEK: WEEK}
+
+
+def _cap_from_message(cap: xp_pb2.Cap) -> dict[str, Any]:
+    if not 0 <= cap.max_awards <= MAX_CAP:
+        raise InvalidField("activity.cap.max_awards", f"must be between 0 and {MAX_CAP} (got {cap.max_awards})")
+    if not cap.max_awards:
+        return {}
+    if cap.period not in _PERIODS:
+        raise InvalidField("activity.cap.period", "must be PERIOD_DAY or PERIOD_WEEK with a positive max_awards")
+    return {"cap_max_awards": cap.max_awards, "cap_period": _PERIODS[cap.period]}
 
 
 def activity_to_message(activity: Activity) -> xp_pb2.Activity:
@@ -33,6 +80,12 @@ def activity_to_message(activity: Activity) -> xp_pb2.Activity:
         description=activity.description,
         category=activity.category,
         xp=activity.xp,
+        cap=xp_pb2.Cap(
+            max_awards=activity.cap_max_awards,
+            period={period: value for value, period in _PERIODS.items()}[activity.cap_period],
+        )
+        if activity.cap_max_awards
+        else None,
     )
 
 
@@ -46,6 +99,7 @@ def award_to_message(outcome: AwardOutcome) -> xp_pb2.AwardXpResponse:
         level_check_deferred=outcome.level_check_deferred,
         unlocked_achievements=list(outcome.unlocked_achievements),
         unlocks_deferred=outcome.unlocks_deferred,
+        capped=outcome.capped,
     )
     if outcome.level_up is not None:
         response.level_up.CopyFrom(level_up_to_message(outcome.level_up))
@@ -122,3 +176,36 @@ class XpServicer(xp_pb2_grpc.XpServiceServicer):
         if record.updated_at:
             message.updated_at.FromJsonString(record.updated_at)
         return message
+
+    async def ListXpHistory(
+        self, request: xp_pb2.ListXpHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> xp_pb2.ListXpHistoryResponse:
+        user_id = field_rules.require_id("user_id", request.user_id)
+        page_size = field_rules.page_size(request.page_size)
+        entries, token = await self._ledger.history(user_id, page_size, request.page_token)
+        return xp_pb2.ListXpHistoryResponse(
+            entries=[ledger_entry_to_message(e) for e in entries], next_page_token=token
+        )
+
+    async def AdjustXp(
+        self, request: xp_pb2.AdjustXpRequest, context: grpc.aio.ServicerContext
+    ) -> xp_pb2.AwardXpResponse:
+        user_id = field_rules.require_id("user_id", request.user_id)
+        if not request.delta or abs(request.delta) > MAX_ADJUSTMENT:
+            raise InvalidField(
+                "delta", f"must be between -{MAX_ADJUSTMENT} and {MAX_ADJUSTMENT}, not 0 (got {request.delta})"
+            )
+        reason = field_rules.text("reason", request.reason, max_length=MAX_REASON_LENGTH, required=True)
+        request_id = field_rules.request_id(request.request_id)
+        return award_to_message(await self._ledger.adjust_xp(user_id, request.delta, reason, request_id))
+
+    async def RevokeAward(
+        self, request: xp_pb2.RevokeAwardRequest, context: grpc.aio.ServicerContext
+    ) -> xp_pb2.AwardXpResponse:
+        user_id = field_rules.require_id("user_id", request.user_id)
+        request_id = field_rules.request_id(request.request_id)
+        entry_id = field_rules.optional_id("entry_id", request.entry_id, max_length=MAX_ENTRY_ID_LENGTH)
+        if bool(request_id) == bool(entry_id):
+            raise InvalidField("request_id", "set exactly one of request_id and entry_id: the entry to revoke")
+        reason = field_rules.text("reason", request.reason, max_length=MAX_REASON_LENGTH, required=True)
+        return award_to_message(await self._ledger.revoke_award(user_id, request_id, entry_id, reason))

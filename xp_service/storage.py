@@ -17,6 +17,8 @@ from common.dynamodb import (
     LevelTableCache,
     TransactionCancelled,
     attr,
+    decode_page_token,
+    encode_page_token,
     from_item,
     ledger_entry_from,
     ledger_put,
@@ -28,17 +30,28 @@ from common.dynamodb import (
 )
 from common.dynamodb.auto_rules import AutoRulesCache
 from common.dynamodb.counters import (
+    cap_take,
     count_player_once,
     counter_adds,
     forget_auto_watches,
     read_progress_and_counters,
 )
 from common.dynamodb.progress_item import move_unlocked_ids_out_of_progress
-from common.models import ACTIVITY, MAX_TOTAL_XP, LedgerEntry, ProgressRecord, Reward, TotalXpLimitReached
+from common.models import (
+    ACTIVITY,
+    MAX_TOTAL_XP,
+    REVOKE,
+    LedgerEntry,
+    ProgressRecord,
+    Reward,
+    TotalXpLimitReached,
+    TotalXpWouldGoNegative,
+)
 from xp_service.domain import (
     Activity,
     ActivityChanged,
     ActivityNotFound,
+    CapReached,
     DuplicateRequest,
 )
 
@@ -50,6 +63,8 @@ def _activity_from(values: dict[str, Any]) -> Activity:
         description=values.get("description", ""),
         category=values.get("category", ""),
         xp=int(values.get("xp", 0)),
+        cap_max_awards=int(values.get("cap_max_awards", 0)),
+        cap_period=values.get("cap_period", ""),
     )
 
 
@@ -80,6 +95,8 @@ class DynamoDBXpRepository:
         }
         if activity.category:  # an index key cannot be an empty string
             values["category"] = activity.category
+        if activity.cap_max_awards:
+            values.update(cap_max_awards=activity.cap_max_awards, cap_period=activity.cap_period)
         await self._activities.put(values)
         self._activity_copies.drop(activity.activity_id)
 
@@ -108,7 +125,9 @@ class DynamoDBXpRepository:
 
     # --- ledger and progress ------------------------------------------------------
 
-    async def record_xp(self, entry: LedgerEntry, activity: Activity | None = None, *, moved_ids: bool = False) -> None:
+    async def record_xp(
+        self, entry: LedgerEntry, activity: Activity | None = None, cap_period: str = "", *, moved_ids: bool = False
+    ) -> None:
         """One transaction: the ledger entry, put only if its id is new (the
         old entry comes back with the cancellation when it is not), the ADD to
         the user's total, and with `activity` a check that the catalog still
@@ -121,33 +140,61 @@ class DynamoDBXpRepository:
                     "TableName": self._progress,
                     "Key": {"user_id": attr(entry.user_id)},
                     "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
-                    "ConditionExpression": "attribute_not_exists(total_xp) OR total_xp <= :room",
+                    # Totals stay within 0 and MAX_TOTAL_XP: a correction may take XP away, never below zero.
+                    "ConditionExpression": "total_xp >= :need"
+                    if entry.xp < 0
+                    else "attribute_not_exists(total_xp) OR total_xp <= :room",
                     "ExpressionAttributeValues": to_item(
-                        {":xp": entry.xp, ":now": entry.recorded_at, ":room": MAX_TOTAL_XP - entry.xp}
+                        {":xp": entry.xp, ":now": entry.recorded_at}
+                        | ({":need": -entry.xp} if entry.xp < 0 else {":room": MAX_TOTAL_XP - entry.xp})
                     ),
                 }
             },
         ]
         if activity is not None:
-            # False when the item is gone, too; the category is what the award counts under.
+            # False when the item is gone, too; the category is what the award counts under, the cap
+            # what it is held to.
             same_category = "category = :c" if activity.category else "attribute_not_exists(category)"
+            same_cap = (
+                "cap_max_awards = :m AND cap_period = :p"
+                if activity.cap_max_awards
+                else "attribute_not_exists(cap_max_awards)"
+            )
             check: dict[str, Any] = {
                 "TableName": self._activities.name,
                 "Key": {"activity_id": attr(activity.activity_id)},
-                "ConditionExpression": f"xp = :xp AND {same_category}",
+                "ConditionExpression": f"xp = :xp AND {same_category} AND {same_cap}",
                 "ExpressionAttributeValues": {":xp": attr(activity.xp)},
             }
             if activity.category:
                 check["ExpressionAttributeValues"][":c"] = attr(activity.category)
+            if activity.cap_max_awards:
+                check["ExpressionAttributeValues"].update(
+                    {":m": attr(activity.cap_max_awards), ":p": attr(activity.cap_period)}
+                )
             items.append({"ConditionCheck": check})
-        if entry.kind == ACTIVITY:
+        cap_at = len(items)
+        if activity is not None and cap_period:
+            items.append(
+                cap_take(self._prefix, entry.user_id, activity.activity_id, cap_period, activity.cap_max_awards)
+            )
+        if entry.kind == ACTIVITY and not entry.capped:
             items.extend(counter_adds(self._prefix, entry.user_id, award_counters(entry.activity_id, entry.category)))
+        elif entry.kind == REVOKE and entry.counted:  # the award it reverses counts no more
+            counters = award_counters(entry.activity_id, entry.category)
+            items.extend(counter_adds(self._prefix, entry.user_id, counters, step=-1))
         try:
             await transact_write(self._client, items)
         except TransactionCancelled as cancelled:
             ledger = cancelled.reasons[0] if cancelled.reasons else None
             if ledger is None or ledger.code != "ConditionalCheckFailed":
+                capped = cap_period and len(cancelled.reasons) > cap_at
+                if capped and cancelled.reasons[cap_at].code == "ConditionalCheckFailed":
+                    if cancelled.reasons[2].code != "ConditionalCheckFailed":  # the activity is as cached
+                        raise CapReached() from None
                 if len(cancelled.reasons) > 1 and cancelled.reasons[1].code == "ConditionalCheckFailed":
+                    if entry.xp < 0:
+                        raise TotalXpWouldGoNegative(entry.user_id, entry.xp) from None
                     raise TotalXpLimitReached(entry.user_id, entry.xp) from None
                 if (
                     len(cancelled.reasons) > 1
@@ -155,7 +202,7 @@ class DynamoDBXpRepository:
                     and not moved_ids
                     and await move_unlocked_ids_out_of_progress(self._client, self._prefix, entry.user_id)
                 ):
-                    return await self.record_xp(entry, activity, moved_ids=True)
+                    return await self.record_xp(entry, activity, cap_period, moved_ids=True)
                 if activity is not None:
                     self._activity_copies.drop(activity.activity_id)
                     raise ActivityChanged(activity.activity_id) from None
@@ -182,6 +229,22 @@ class DynamoDBXpRepository:
 
     async def get_progress(self, user_id: str) -> ProgressRecord:
         return await read_progress(self._client, self._prefix, user_id)
+
+    async def history_page(self, user_id: str, page_size: int, page_token: str) -> tuple[list[LedgerEntry], str]:
+        params: dict[str, Any] = {
+            "TableName": self._ledger,
+            "IndexName": XP_LEDGER.string_indexes[0][0],
+            "KeyConditionExpression": "user_id = :u",
+            "ExpressionAttributeValues": {":u": attr(user_id)},
+            "ScanIndexForward": False,  # newest first
+            "Limit": page_size,
+        }
+        start = decode_page_token(page_token, {"user_id": user_id, "recorded_at": None, "entry_id": None})
+        if start:
+            params["ExclusiveStartKey"] = start
+        page = await self._client.call("Query", params)
+        entries = [ledger_entry_from(from_item(item)) for item in page["Items"]]
+        return entries, encode_page_token(page.get("LastEvaluatedKey"))
 
     async def auto_rules(self) -> AutoRules:
         return await self._auto_rules.current()

@@ -3,37 +3,50 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from common.auto_unlock import AutoUnlocker, auto_unlock_may_be_due, award_counters
 from common.errors import ContentionExhausted
 from common.level_check import LevelChecker, check_level_after_xp
-from common.metrics import XP_AWARDED
+from common.metrics import XP_AWARDED, XP_TAKEN
 from common.models import (
     ACHIEVEMENT,
     ACTIVITY,
+    ADJUSTMENT,
     GRANT,
+    REVOKE,
     LedgerEntry,
     LevelUpOutcome,
     ProgressRecord,
     Reward,
     entry_id_for,
+    iso_utc,
     level_ups_joined,
     new_entry,
+    revoke_entry_id,
     utc_now_iso,
 )
+from common.periods import period_key
 from xp_service.domain import (
     Activity,
     ActivityChanged,
     ActivityNotFound,
+    CapReached,
     DuplicateRequest,
+    EntryNotFound,
+    NothingToRevoke,
     RequestIdReused,
     XpRepository,
     is_same_request,
 )
 
 T = TypeVar("T")
+
+_UTC_ZONE = ZoneInfo("UTC")
 
 # Catalog changes racing one award: each costs a re-read, and they are rare.
 _MAX_ACTIVITY_REREADS = 5
@@ -52,6 +65,8 @@ class AwardOutcome:
     unlocked_achievements: tuple[str, ...] = ()
     # Achievements could not answer: a retry lists the unlocks.
     unlocks_deferred: bool = False
+    # Beyond its activity's cap for the period: recorded with 0 XP, counted toward nothing.
+    capped: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,10 +88,21 @@ PROGRESS_LEVELS_SHOWN = 10
 
 
 class XpLedger:
-    def __init__(self, repository: XpRepository, levels: LevelChecker, achievements: AutoUnlocker) -> None:
+    def __init__(
+        self,
+        repository: XpRepository,
+        levels: LevelChecker,
+        achievements: AutoUnlocker,
+        *,
+        zone: ZoneInfo = _UTC_ZONE,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._repository = repository
         self._levels = levels
         self._achievements = achievements
+        # The game's time zone, where a cap's days and weeks start; the clock, injected by tests.
+        self._zone = zone
+        self._clock = clock
 
     # --- catalog ------------------------------------------------------------------
 
@@ -101,6 +127,7 @@ class XpLedger:
                 activity = await self._repository.cached_activity(activity_id)
             except ActivityNotFound:
                 return await self._retry_of_an_award_whose_activity_left(user_id, activity_id, request_id)
+            now = self._clock()
             entry = new_entry(
                 user_id,
                 request_id,
@@ -108,12 +135,16 @@ class XpLedger:
                 activity.xp,
                 activity_id=activity_id,
                 category=activity.category,
-                recorded_at=utc_now_iso(),
+                recorded_at=iso_utc(now),
             )
+            cap_period = period_key(now, activity.cap_period, self._zone) if activity.cap_max_awards else ""
             try:
-                return await self._record_once_and_check_level(entry, activity)
+                return await self._record_once_and_check_level(entry, activity, cap_period)
             except ActivityChanged:
                 continue  # the catalog changed since this process read it: read it again
+            except CapReached:
+                # Beyond the cap: recorded all the same (a retry answers the same), with no XP and no count.
+                return await self._record_once_and_check_level(replace(entry, xp=0, capped=True))
         raise ContentionExhausted(f"activity {activity_id!r} kept changing; retry the award")
 
     async def _retry_of_an_award_whose_activity_left(
@@ -137,6 +168,41 @@ class XpLedger:
         )
         return await self._record_once_and_check_level(entry)
 
+    async def adjust_xp(self, user_id: str, delta: int, reason: str, request_id: str) -> AwardOutcome:
+        """An operator's correction, idempotent on the request id; never below zero."""
+        entry = new_entry(user_id, request_id, ADJUSTMENT, delta, reason=reason, recorded_at=utc_now_iso())
+        return await self._record_once_and_check_level(entry)
+
+    async def revoke_award(self, user_id: str, request_id: str, entry_id: str, reason: str) -> AwardOutcome:
+        """Reverses one earlier entry's XP, once: the revoke's id is derived
+        from the entry's, so concurrent or repeated revokes write it once."""
+        target_id = entry_id or entry_id_for(request_id)
+        target = await self._repository.get_entry(user_id, target_id)
+        if target is None:
+            raise EntryNotFound("entry_id" if entry_id else "request_id", entry_id or request_id)
+        if target.kind in (REVOKE, ADJUSTMENT) or target.xp == 0 or target.capped:
+            raise NothingToRevoke(target)
+        revoke = replace(
+            new_entry(
+                user_id,
+                "",
+                REVOKE,
+                -target.xp,
+                activity_id=target.activity_id,
+                category=target.category,
+                achievement_id=target.achievement_id,
+                reason=reason,
+                recorded_at=utc_now_iso(),
+            ),
+            entry_id=revoke_entry_id(target.entry_id),
+            reverses_entry_id=target.entry_id,
+            counted=target.kind == ACTIVITY and target.counted,
+        )
+        return await self._record_once_and_check_level(revoke)
+
+    async def history(self, user_id: str, page_size: int, page_token: str) -> tuple[list[LedgerEntry], str]:
+        return await self._repository.history_page(user_id, page_size, page_token)
+
     async def get_progress(self, user_id: str) -> Progress:
         """The progress item, then, side by side, the rewards of the levels
         passed (for a user with a level) and the first held achievements (for
@@ -155,7 +221,9 @@ class XpLedger:
         level = record.level if record.level is not None else await self._repository.start_level()
         return Progress(record, level, rewards, more_rewards, unlocked, more)
 
-    async def _record_once_and_check_level(self, entry: LedgerEntry, activity: Activity | None = None) -> AwardOutcome:
+    async def _record_once_and_check_level(
+        self, entry: LedgerEntry, activity: Activity | None = None, cap_period: str = ""
+    ) -> AwardOutcome:
         """The common path is two DynamoDB calls and no gRPC hop: the
         transaction, then the progress read (with the award's counters when an
         auto-unlock rule counts them), which says whether a level-up or an
@@ -165,8 +233,11 @@ class XpLedger:
         the unlocks recorded under the entry's id, so that a retry lists them again."""
         xp_awarded, repeat_of = entry.xp, None
         try:
-            await self._repository.record_xp(entry, activity)
-            XP_AWARDED.labels(entry.kind).inc(entry.xp)
+            await self._repository.record_xp(entry, activity, cap_period)
+            if entry.xp >= 0:
+                XP_AWARDED.labels(entry.kind).inc(entry.xp)
+            else:
+                XP_TAKEN.labels(entry.kind).inc(-entry.xp)
         except DuplicateRequest as error:
             original = error.existing
             if original.attempt_id != entry.attempt_id:  # not our own write retried after a lost answer
@@ -174,7 +245,9 @@ class XpLedger:
                     raise RequestIdReused(original, entry) from None
                 xp_awarded, repeat_of = original.xp, original
         rules = await self._repository.auto_rules()
-        counted = award_counters(entry.activity_id, entry.category) if entry.kind == ACTIVITY else ()
+        counted = (
+            award_counters(entry.activity_id, entry.category) if entry.kind == ACTIVITY and not entry.capped else ()
+        )
         record, counters = await self._repository.get_progress_and_counters(
             entry.user_id, tuple(c for c in counted if c in rules.counters)
         )
@@ -223,6 +296,7 @@ class XpLedger:
             level.deferred,
             unlocked,
             unlocks_deferred,
+            (repeat_of or entry).capped,
         )
 
 

@@ -33,19 +33,35 @@ def _counter_from(values: Mapping[str, Any]) -> Counter:
     )
 
 
-def counter_adds(table_prefix: str, user_id: str, counters: Iterable[str]) -> list[dict[str, Any]]:
-    """Transaction items: one more award on each counter."""
+def counter_adds(table_prefix: str, user_id: str, counters: Iterable[str], step: int = 1) -> list[dict[str, Any]]:
+    """Transaction items: one more award on each counter (`step` -1: one less, for a revoke)."""
     return [
         {
             "Update": {
                 "TableName": table_prefix + ACTIVITY_COUNTS.name,
                 "Key": {"user_id": attr(user_id), "counter": attr(counter)},
                 "UpdateExpression": "ADD awards :one",
-                "ExpressionAttributeValues": {":one": attr(1)},
+                "ExpressionAttributeValues": {":one": attr(step)},
             }
         }
         for counter in counters
     ]
+
+
+def cap_take(table_prefix: str, user_id: str, activity_id: str, period: str, max_awards: int) -> dict[str, Any]:
+    """A transaction item: one more of the user's awards of the activity in
+    `period` (common.periods.period_key), only while below `max_awards`: of
+    any number of concurrent awards, exactly the cap's go through. An item of
+    its own per period (`cap#<activity>#<period>`); a revoke gives none back."""
+    return {
+        "Update": {
+            "TableName": table_prefix + ACTIVITY_COUNTS.name,
+            "Key": {"user_id": attr(user_id), "counter": attr(f"cap#{activity_id}#{period}")},
+            "UpdateExpression": "ADD awards :one",
+            "ConditionExpression": "attribute_not_exists(awards) OR awards < :max",
+            "ExpressionAttributeValues": {":one": attr(1), ":max": attr(max_awards)},
+        }
+    }
 
 
 def count_checks(table_prefix: str, user_id: str, needed: Iterable[ActivityCount]) -> list[dict[str, Any]]:

@@ -47,8 +47,8 @@ def decode_page_token(token: str, expected_keys: Mapping[str, str | None]) -> di
         if not isinstance(values, dict) or set(values) != set(expected_keys):
             raise ValueError("unexpected keys")
         for name, value in values.items():
-            # Key values this service issues are ids: 128 characters at most.
-            if not isinstance(value, str) or not value or len(value) > 128 or expected_keys[name] not in (None, value):
+            # Key values this service issues are ids (128 characters at most) and entry ids (an id and a prefix).
+            if not isinstance(value, str) or not value or len(value) > 160 or expected_keys[name] not in (None, value):
                 raise ValueError(f"unexpected {name}")
         return to_item(values)
     except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as error:

@@ -12,7 +12,7 @@ from common.dynamodb.tables import USER_PROGRESS, XP_LEDGER
 from common.dynamodb.transactions import transact_write
 from common.models import ACTIVITY, LedgerEntry
 
-_OPTIONAL = ("request_id", "activity_id", "category", "reason", "achievement_id")
+_OPTIONAL = ("request_id", "activity_id", "category", "reason", "achievement_id", "reverses_entry_id")
 
 
 def ledger_put(table_prefix: str, entry: LedgerEntry) -> dict[str, Any]:
@@ -27,8 +27,12 @@ def ledger_put(table_prefix: str, entry: LedgerEntry) -> dict[str, Any]:
         "attempt_id": entry.attempt_id,
     }
     values.update({name: getattr(entry, name) for name in _OPTIONAL if getattr(entry, name)})
-    if entry.kind == ACTIVITY:  # added to its counters (activity_counts), unlike awards an earlier version recorded
+    if (entry.kind == ACTIVITY and not entry.capped) or entry.counted:
+        # An award: added to its counters (activity_counts), unlike awards an earlier version recorded.
+        # A revoke: took one off the counters of the award it reverses.
         values["counted"] = True
+    if entry.capped:
+        values["capped"] = True
     return {
         "Put": {
             "TableName": table_prefix + XP_LEDGER.name,
@@ -53,6 +57,9 @@ def ledger_entry_from(values: dict[str, Any]) -> LedgerEntry:
         recorded_at=values.get("recorded_at", ""),
         attempt_id=values.get("attempt_id", ""),
         level_check_deferred=bool(values.get("level_check_deferred", False)),
+        counted=bool(values.get("counted", False)),
+        reverses_entry_id=values.get("reverses_entry_id", ""),
+        capped=bool(values.get("capped", False)),
     )
 
 

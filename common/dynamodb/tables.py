@@ -3,6 +3,7 @@ read them), table management, and the boto3 client that tooling uses."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,7 +94,10 @@ LEVEL_TABLE_VERSION_COPIES = 16
 # One item a user, bounded whatever the user holds: total_xp, level and its threshold, holds_achievements, updated_at.
 USER_PROGRESS = TableDefinition("user_progress", ("user_id", _S))
 # The XP ledger and the idempotency record in one: one item per award or grant.
-XP_LEDGER = TableDefinition("xp_ledger", ("user_id", _S), ("entry_id", _S))
+# Index by_time: a user's entries by recorded_at (ISO 8601, UTC, sorts as text), for the history.
+XP_LEDGER = TableDefinition(
+    "xp_ledger", ("user_id", _S), ("entry_id", _S), string_indexes=(("by_time", "user_id", "recorded_at"),)
+)
 # One item per unlock: when, with what reward, and whether the XP was granted.
 USER_ACHIEVEMENTS = TableDefinition("user_achievements", ("user_id", _S), ("achievement_id", _S))
 # One item per level a user passed, with the rewards granted for it: written
@@ -146,3 +150,36 @@ def ensure_tables(client: Any, prefix: str, tables: tuple[TableDefinition, ...] 
     waiter = client.get_waiter("table_exists")
     for table in tables:
         waiter.wait(TableName=prefix + table.name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    for table in tables:
+        _ensure_indexes(client, prefix + table.name, table)
+
+
+def _ensure_indexes(client: Any, name: str, table: TableDefinition) -> None:
+    """Adds the indexes a table made by an earlier version lacks (the local
+    stage's tables; on AWS the stack defines them, and a service that may
+    not update tables stops here with AccessDenied naming the index), and
+    waits until they are active."""
+    wanted = {index_name for index_name, _, _ in table.string_indexes}
+    if not wanted:
+        return
+    params = table.create_table_params("")
+    for _ in range(120):
+        described = client.describe_table(TableName=name)["Table"]
+        existing = {i["IndexName"]: i["IndexStatus"] for i in described.get("GlobalSecondaryIndexes", [])}
+        missing = [i for i in params["GlobalSecondaryIndexes"] if i["IndexName"] not in existing]
+        if missing:
+            attributes = {a["AttributeName"]: a for a in params["AttributeDefinitions"]}
+            keys = {k["AttributeName"] for k in missing[0]["KeySchema"]}
+            try:
+                client.update_table(
+                    TableName=name,
+                    AttributeDefinitions=[attributes[k] for k in keys],
+                    GlobalSecondaryIndexUpdates=[{"Create": missing[0]}],
+                )
+            except ClientError as error:
+                if error.response["Error"]["Code"] not in ("ResourceInUseException", "LimitExceededException"):
+                    raise
+        elif all(status == "ACTIVE" for status in existing.values()):
+            return
+        time.sleep(1)
+    raise TimeoutError(f"the indexes of table {name} did not become active")

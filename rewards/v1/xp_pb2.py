@@ -26,37 +26,53 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from rewards.v1 import levels_pb2 as rewards_dot_v1_dot_levels__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13rewards/v1/xp.proto\x12\nrewards.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17rewards/v1/levels.proto\"`\n\x08\x41\x63tivity\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\n\n\x02xp\x18\x05 \x01(\x03\"<\n\x12PutActivityRequest\x12&\n\x08\x61\x63tivity\x18\x01 \x01(\x0b\x32\x14.rewards.v1.Activity\")\n\x12GetActivityRequest\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\"P\n\x15ListActivitiesRequest\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x16ListActivitiesResponse\x12(\n\nactivities\x18\x01 \x03(\x0b\x32\x14.rewards.v1.Activity\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x15\x44\x65leteActivityRequest\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteActivityResponse\"J\n\x0e\x41wardXpRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63tivity_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"m\n\x0eGrantXpRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x63hievement_id\x18\x05 \x01(\t\"\xee\x01\n\x0f\x41wardXpResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nxp_awarded\x18\x02 \x01(\x03\x12\x10\n\x08total_xp\x18\x03 \x01(\x03\x12\r\n\x05level\x18\x04 \x01(\x05\x12\x11\n\tduplicate\x18\x05 \x01(\x08\x12+\n\x08level_up\x18\x06 \x01(\x0b\x32\x19.rewards.v1.LevelUpResult\x12\x1c\n\x14level_check_deferred\x18\x07 \x01(\x08\x12\x1d\n\x15unlocked_achievements\x18\x08 \x03(\t\x12\x18\n\x10unlocks_deferred\x18\t \x01(\x08\"%\n\x12GetProgressRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xee\x01\n\x0cUserProgress\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08total_xp\x18\x02 \x01(\x03\x12\r\n\x05level\x18\x03 \x01(\x05\x12\x1d\n\x15unlocked_achievements\x18\x04 \x03(\t\x12#\n\x07rewards\x18\x05 \x03(\x0b\x32\x12.rewards.v1.Reward\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x1amore_unlocked_achievements\x18\x07 \x01(\x08\x12\x14\n\x0cmore_rewards\x18\x08 \x01(\x08\x32\x98\x04\n\tXpService\x12\x43\n\x0bPutActivity\x12\x1e.rewards.v1.PutActivityRequest\x1a\x14.rewards.v1.Activity\x12\x43\n\x0bGetActivity\x12\x1e.rewards.v1.GetActivityRequest\x1a\x14.rewards.v1.Activity\x12W\n\x0eListActivities\x12!.rewards.v1.ListActivitiesRequest\x1a\".rewards.v1.ListActivitiesResponse\x12W\n\x0e\x44\x65leteActivity\x12!.rewards.v1.DeleteActivityRequest\x1a\".rewards.v1.DeleteActivityResponse\x12\x42\n\x07\x41wardXp\x12\x1a.rewards.v1.AwardXpRequest\x1a\x1b.rewards.v1.AwardXpResponse\x12\x42\n\x07GrantXp\x12\x1a.rewards.v1.GrantXpRequest\x1a\x1b.rewards.v1.AwardXpResponse\x12G\n\x0bGetProgress\x12\x1e.rewards.v1.GetProgressRequest\x1a\x18.rewards.v1.UserProgressb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13rewards/v1/xp.proto\x12\nrewards.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17rewards/v1/levels.proto\"~\n\x08\x41\x63tivity\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\n\n\x02xp\x18\x05 \x01(\x03\x12\x1c\n\x03\x63\x61p\x18\x06 \x01(\x0b\x32\x0f.rewards.v1.Cap\"=\n\x03\x43\x61p\x12\x12\n\nmax_awards\x18\x01 \x01(\x05\x12\"\n\x06period\x18\x02 \x01(\x0e\x32\x12.rewards.v1.Period\"<\n\x12PutActivityRequest\x12&\n\x08\x61\x63tivity\x18\x01 \x01(\x0b\x32\x14.rewards.v1.Activity\")\n\x12GetActivityRequest\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\"P\n\x15ListActivitiesRequest\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x16ListActivitiesResponse\x12(\n\nactivities\x18\x01 \x03(\x0b\x32\x14.rewards.v1.Activity\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x15\x44\x65leteActivityRequest\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteActivityResponse\"J\n\x0e\x41wardXpRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63tivity_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"m\n\x0eGrantXpRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x63hievement_id\x18\x05 \x01(\t\"\xfe\x01\n\x0f\x41wardXpResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nxp_awarded\x18\x02 \x01(\x03\x12\x10\n\x08total_xp\x18\x03 \x01(\x03\x12\r\n\x05level\x18\x04 \x01(\x05\x12\x11\n\tduplicate\x18\x05 \x01(\x08\x12+\n\x08level_up\x18\x06 \x01(\x0b\x32\x19.rewards.v1.LevelUpResult\x12\x1c\n\x14level_check_deferred\x18\x07 \x01(\x08\x12\x1d\n\x15unlocked_achievements\x18\x08 \x03(\t\x12\x18\n\x10unlocks_deferred\x18\t \x01(\x08\x12\x0e\n\x06\x63\x61pped\x18\n \x01(\x08\"%\n\x12GetProgressRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xee\x01\n\x0cUserProgress\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08total_xp\x18\x02 \x01(\x03\x12\r\n\x05level\x18\x03 \x01(\x05\x12\x1d\n\x15unlocked_achievements\x18\x04 \x03(\t\x12#\n\x07rewards\x18\x05 \x03(\x0b\x32\x12.rewards.v1.Reward\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x1amore_unlocked_achievements\x18\x07 \x01(\x08\x12\x14\n\x0cmore_rewards\x18\x08 \x01(\x08\"N\n\x14ListXpHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x15ListXpHistoryResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.rewards.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x81\x03\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12*\n\x04kind\x18\x03 \x01(\x0e\x32\x1c.rewards.v1.LedgerEntry.Kind\x12\n\n\x02xp\x18\x04 \x01(\x03\x12\x13\n\x0b\x61\x63tivity_id\x18\x05 \x01(\t\x12\x16\n\x0e\x61\x63hievement_id\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12/\n\x0brecorded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61pped\x18\t \x01(\x08\x12\x19\n\x11reverses_entry_id\x18\n \x01(\t\"{\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n\rKIND_ACTIVITY\x10\x01\x12\x0e\n\nKIND_GRANT\x10\x02\x12\x14\n\x10KIND_ACHIEVEMENT\x10\x03\x12\x13\n\x0fKIND_ADJUSTMENT\x10\x04\x12\x0f\n\x0bKIND_REVOKE\x10\x05\"U\n\x0f\x41\x64justXpRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"[\n\x12RevokeAwardRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x04 \x01(\t*A\n\x06Period\x12\x16\n\x12PERIOD_UNSPECIFIED\x10\x00\x12\x0e\n\nPERIOD_DAY\x10\x01\x12\x0f\n\x0bPERIOD_WEEK\x10\x02\x32\x80\x06\n\tXpService\x12\x43\n\x0bPutActivity\x12\x1e.rewards.v1.PutActivityRequest\x1a\x14.rewards.v1.Activity\x12\x43\n\x0bGetActivity\x12\x1e.rewards.v1.GetActivityRequest\x1a\x14.rewards.v1.Activity\x12W\n\x0eListActivities\x12!.rewards.v1.ListActivitiesRequest\x1a\".rewards.v1.ListActivitiesResponse\x12W\n\x0e\x44\x65leteActivity\x12!.rewards.v1.DeleteActivityRequest\x1a\".rewards.v1.DeleteActivityResponse\x12\x42\n\x07\x41wardXp\x12\x1a.rewards.v1.AwardXpRequest\x1a\x1b.rewards.v1.AwardXpResponse\x12\x42\n\x07GrantXp\x12\x1a.rewards.v1.GrantXpRequest\x1a\x1b.rewards.v1.AwardXpResponse\x12G\n\x0bGetProgress\x12\x1e.rewards.v1.GetProgressRequest\x1a\x18.rewards.v1.UserProgress\x12T\n\rListXpHistory\x12 .rewards.v1.ListXpHistoryRequest\x1a!.rewards.v1.ListXpHistoryResponse\x12\x44\n\x08\x41\x64justXp\x12\x1b.rewards.v1.AdjustXpRequest\x1a\x1b.rewards.v1.AwardXpResponse\x12J\n\x0bRevokeAward\x12\x1e.rewards.v1.RevokeAwardRequest\x1a\x1b.rewards.v1.AwardXpResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rewards.v1.xp_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PERIOD']._serialized_start=2100
+  _globals['_PERIOD']._serialized_end=2165
   _globals['_ACTIVITY']._serialized_start=93
-  _globals['_ACTIVITY']._serialized_end=189
-  _globals['_PUTACTIVITYREQUEST']._serialized_start=191
-  _globals['_PUTACTIVITYREQUEST']._serialized_end=251
-  _globals['_GETACTIVITYREQUEST']._serialized_start=253
-  _globals['_GETACTIVITYREQUEST']._serialized_end=294
-  _globals['_LISTACTIVITIESREQUEST']._serialized_start=296
-  _globals['_LISTACTIVITIESREQUEST']._serialized_end=376
-  _globals['_LISTACTIVITIESRESPONSE']._serialized_start=378
-  _globals['_LISTACTIVITIESRESPONSE']._serialized_end=469
-  _globals['_DELETEACTIVITYREQUEST']._serialized_start=471
-  _globals['_DELETEACTIVITYREQUEST']._serialized_end=515
-  _globals['_DELETEACTIVITYRESPONSE']._serialized_start=517
-  _globals['_DELETEACTIVITYRESPONSE']._serialized_end=541
-  _globals['_AWARDXPREQUEST']._serialized_start=543
-  _globals['_AWARDXPREQUEST']._serialized_end=617
-  _globals['_GRANTXPREQUEST']._serialized_start=619
-  _globals['_GRANTXPREQUEST']._serialized_end=728
-  _globals['_AWARDXPRESPONSE']._serialized_start=731
-  _globals['_AWARDXPRESPONSE']._serialized_end=969
-  _globals['_GETPROGRESSREQUEST']._serialized_start=971
-  _globals['_GETPROGRESSREQUEST']._serialized_end=1008
-  _globals['_USERPROGRESS']._serialized_start=1011
-  _globals['_USERPROGRESS']._serialized_end=1249
-  _globals['_XPSERVICE']._serialized_start=1252
-  _globals['_XPSERVICE']._serialized_end=1788
+  _globals['_ACTIVITY']._serialized_end=219
+  _globals['_CAP']._serialized_start=221
+  _globals['_CAP']._serialized_end=282
+  _globals['_PUTACTIVITYREQUEST']._serialized_start=284
+  _globals['_PUTACTIVITYREQUEST']._serialized_end=344
+  _globals['_GETACTIVITYREQUEST']._serialized_start=346
+  _globals['_GETACTIVITYREQUEST']._serialized_end=387
+  _globals['_LISTACTIVITIESREQUEST']._serialized_start=389
+  _globals['_LISTACTIVITIESREQUEST']._serialized_end=469
+  _globals['_LISTACTIVITIESRESPONSE']._serialized_start=471
+  _globals['_LISTACTIVITIESRESPONSE']._serialized_end=562
+  _globals['_DELETEACTIVITYREQUEST']._serialized_start=564
+  _globals['_DELETEACTIVITYREQUEST']._serialized_end=608
+  _globals['_DELETEACTIVITYRESPONSE']._serialized_start=610
+  _globals['_DELETEACTIVITYRESPONSE']._serialized_end=634
+  _globals['_AWARDXPREQUEST']._serialized_start=636
+  _globals['_AWARDXPREQUEST']._serialized_end=710
+  _globals['_GRANTXPREQUEST']._serialized_start=712
+  _globals['_GRANTXPREQUEST']._serialized_end=821
+  _globals['_AWARDXPRESPONSE']._serialized_start=824
+  _globals['_AWARDXPRESPONSE']._serialized_end=1078
+  _globals['_GETPROGRESSREQUEST']._serialized_start=1080
+  _globals['_GETPROGRESSREQUEST']._serialized_end=1117
+  _globals['_USERPROGRESS']._serialized_start=1120
+  _globals['_USERPROGRESS']._serialized_end=1358
+  _globals['_LISTXPHISTORYREQUEST']._serialized_start=1360
+  _globals['_LISTXPHISTORYREQUEST']._serialized_end=1438
+  _globals['_LISTXPHISTORYRESPONSE']._serialized_start=1440
+  _globals['_LISTXPHISTORYRESPONSE']._serialized_end=1530
+  _globals['_LEDGERENTRY']._serialized_start=1533
+  _globals['_LEDGERENTRY']._serialized_end=1918
+  _globals['_LEDGERENTRY_KIND']._serialized_start=1795
+  _globals['_LEDGERENTRY_KIND']._serialized_end=1918
+  _globals['_ADJUSTXPREQUEST']._serialized_start=1920
+  _globals['_ADJUSTXPREQUEST']._serialized_end=2005
+  _globals['_REVOKEAWARDREQUEST']._serialized_start=2007
+  _globals['_REVOKEAWARDREQUEST']._serialized_end=2098
+  _globals['_XPSERVICE']._serialized_start=2168
+  _globals['_XPSERVICE']._serialized_end=2936
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from rewards.v1 import levels_pb2 as _levels_pb2
 import builtins as _builtins
 import sys
@@ -20,6 +21,26 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Period:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Period.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PERIOD_UNSPECIFIED: _Period.ValueType  # 0
+    PERIOD_DAY: _Period.ValueType  # 1
+    PERIOD_WEEK: _Period.ValueType  # 2
+
+class Period(_Period, metaclass=_PeriodEnumTypeWrapper):
+    """Periods are calendar days or weeks (starting on Monday) in the game's one
+    time zone (REWARDS_TIME_ZONE, default UTC), never the server's.
+    """
+
+PERIOD_UNSPECIFIED: Period.ValueType  # 0
+PERIOD_DAY: Period.ValueType  # 1
+PERIOD_WEEK: Period.ValueType  # 2
+Global___Period: _TypeAlias = Period  # noqa: Y015
+
 @_typing.final
 class Activity(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -29,6 +50,7 @@ class Activity(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CATEGORY_FIELD_NUMBER: _builtins.int
     XP_FIELD_NUMBER: _builtins.int
+    CAP_FIELD_NUMBER: _builtins.int
     activity_id: _builtins.str
     """1 to 128 characters, no control characters."""
     name: _builtins.str
@@ -39,6 +61,12 @@ class Activity(_message.Message):
     """Optional, at most 128 characters; ListActivities can filter on it."""
     xp: _builtins.int
     """XP awarded each time; 0 to 1,000,000,000."""
+    @_builtins.property
+    def cap(self) -> Global___Cap:
+        """At most this many awards of the activity a user, each period; unset
+        (or max_awards 0): no cap.
+        """
+
     def __init__(
         self,
         *,
@@ -47,14 +75,38 @@ class Activity(_message.Message):
         description: _builtins.str = ...,
         category: _builtins.str = ...,
         xp: _builtins.int = ...,
+        cap: Global___Cap | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "category", b"category", "description", b"description", "name", b"name", "xp", b"xp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "cap", b"cap", "category", b"category", "description", b"description", "name", b"name", "xp", b"xp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Activity: _TypeAlias = Activity  # noqa: Y015
+
+@_typing.final
+class Cap(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_AWARDS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    max_awards: _builtins.int
+    """0 to 1,000,000; 0: no cap. A positive max_awards needs a period."""
+    period: Global___Period.ValueType
+    def __init__(
+        self,
+        *,
+        max_awards: _builtins.int = ...,
+        period: Global___Period.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_awards", b"max_awards", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Cap: _TypeAlias = Cap  # noqa: Y015
 
 @_typing.final
 class PutActivityRequest(_message.Message):
@@ -259,6 +311,7 @@ class AwardXpResponse(_message.Message):
     LEVEL_CHECK_DEFERRED_FIELD_NUMBER: _builtins.int
     UNLOCKED_ACHIEVEMENTS_FIELD_NUMBER: _builtins.int
     UNLOCKS_DEFERRED_FIELD_NUMBER: _builtins.int
+    CAPPED_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     xp_awarded: _builtins.int
     """XP this request added; on a duplicate, what the original added."""
@@ -282,6 +335,11 @@ class AwardXpResponse(_message.Message):
     empty, and a retry of this request (same request_id) lists what was
     unlocked for it, late answers included, with the level-up their rewards
     made. The user's next award asks again too.
+    """
+    capped: _builtins.bool
+    """The award went beyond its activity's cap for the period: recorded with
+    0 XP, counted toward nothing (no counter, no unlock), and a retry
+    reports the same. A revoke frees no slot.
     """
     @_builtins.property
     def level_up(self) -> _levels_pb2.LevelUpResult:
@@ -311,10 +369,11 @@ class AwardXpResponse(_message.Message):
         level_check_deferred: _builtins.bool = ...,
         unlocked_achievements: _abc.Iterable[_builtins.str] | None = ...,
         unlocks_deferred: _builtins.bool = ...,
+        capped: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["level_up", b"level_up"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "level", b"level", "level_check_deferred", b"level_check_deferred", "level_up", b"level_up", "total_xp", b"total_xp", "unlocked_achievements", b"unlocked_achievements", "unlocks_deferred", b"unlocks_deferred", "user_id", b"user_id", "xp_awarded", b"xp_awarded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capped", b"capped", "duplicate", b"duplicate", "level", b"level", "level_check_deferred", b"level_check_deferred", "level_up", b"level_up", "total_xp", b"total_xp", "unlocked_achievements", b"unlocked_achievements", "unlocks_deferred", b"unlocks_deferred", "user_id", b"user_id", "xp_awarded", b"xp_awarded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -393,3 +452,188 @@ class UserProgress(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UserProgress: _TypeAlias = UserProgress  # noqa: Y015
+
+@_typing.final
+class ListXpHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    page_size: _builtins.int
+    """1 to 100; 0 means 50."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListXpHistoryRequest: _TypeAlias = ListXpHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ListXpHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListXpHistoryResponse: _TypeAlias = ListXpHistoryResponse  # noqa: Y015
+
+@_typing.final
+class LedgerEntry(_message.Message):
+    """One entry of a user's XP ledger."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[LedgerEntry._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: LedgerEntry._Kind.ValueType  # 0
+        KIND_ACTIVITY: LedgerEntry._Kind.ValueType  # 1
+        KIND_GRANT: LedgerEntry._Kind.ValueType  # 2
+        KIND_ACHIEVEMENT: LedgerEntry._Kind.ValueType  # 3
+        KIND_ADJUSTMENT: LedgerEntry._Kind.ValueType  # 4
+        KIND_REVOKE: LedgerEntry._Kind.ValueType  # 5
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: LedgerEntry.Kind.ValueType  # 0
+    KIND_ACTIVITY: LedgerEntry.Kind.ValueType  # 1
+    KIND_GRANT: LedgerEntry.Kind.ValueType  # 2
+    KIND_ACHIEVEMENT: LedgerEntry.Kind.ValueType  # 3
+    KIND_ADJUSTMENT: LedgerEntry.Kind.ValueType  # 4
+    KIND_REVOKE: LedgerEntry.Kind.ValueType  # 5
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    XP_FIELD_NUMBER: _builtins.int
+    ACTIVITY_ID_FIELD_NUMBER: _builtins.int
+    ACHIEVEMENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    CAPPED_FIELD_NUMBER: _builtins.int
+    REVERSES_ENTRY_ID_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.str
+    """What RevokeAward takes for an entry without a request_id."""
+    request_id: _builtins.str
+    kind: Global___LedgerEntry.Kind.ValueType
+    xp: _builtins.int
+    """Signed: an adjustment or a revoke may take XP away."""
+    activity_id: _builtins.str
+    achievement_id: _builtins.str
+    reason: _builtins.str
+    capped: _builtins.bool
+    """An award beyond its activity's cap: recorded with 0 XP."""
+    reverses_entry_id: _builtins.str
+    """For a revoke: the entry it reverses."""
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        kind: Global___LedgerEntry.Kind.ValueType = ...,
+        xp: _builtins.int = ...,
+        activity_id: _builtins.str = ...,
+        achievement_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        capped: _builtins.bool = ...,
+        reverses_entry_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement_id", b"achievement_id", "activity_id", b"activity_id", "capped", b"capped", "entry_id", b"entry_id", "kind", b"kind", "reason", b"reason", "recorded_at", b"recorded_at", "request_id", b"request_id", "reverses_entry_id", b"reverses_entry_id", "xp", b"xp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerEntry: _TypeAlias = LedgerEntry  # noqa: Y015
+
+@_typing.final
+class AdjustXpRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    delta: _builtins.int
+    """-1,000,000,000 to 1,000,000,000, not 0."""
+    reason: _builtins.str
+    """Why; kept in the ledger. 1 to 256 characters."""
+    request_id: _builtins.str
+    """Scoped to the user. Empty: not deduplicated."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        delta: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "reason", b"reason", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustXpRequest: _TypeAlias = AdjustXpRequest  # noqa: Y015
+
+@_typing.final
+class RevokeAwardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    request_id: _builtins.str
+    """The request_id the entry was recorded with; or:"""
+    reason: _builtins.str
+    """Why; kept in the ledger. 1 to 256 characters."""
+    entry_id: _builtins.str
+    """The entry's id, as ListXpHistory shows it."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        entry_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "reason", b"reason", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAwardRequest: _TypeAlias = RevokeAwardRequest  # noqa: Y015

@@ -82,6 +82,21 @@ class XpServiceStub:
                 request_serializer=rewards_dot_v1_dot_xp__pb2.GetProgressRequest.SerializeToString,
                 response_deserializer=rewards_dot_v1_dot_xp__pb2.UserProgress.FromString,
                 _registered_method=True)
+        self.ListXpHistory = channel.unary_unary(
+                '/rewards.v1.XpService/ListXpHistory',
+                request_serializer=rewards_dot_v1_dot_xp__pb2.ListXpHistoryRequest.SerializeToString,
+                response_deserializer=rewards_dot_v1_dot_xp__pb2.ListXpHistoryResponse.FromString,
+                _registered_method=True)
+        self.AdjustXp = channel.unary_unary(
+                '/rewards.v1.XpService/AdjustXp',
+                request_serializer=rewards_dot_v1_dot_xp__pb2.AdjustXpRequest.SerializeToString,
+                response_deserializer=rewards_dot_v1_dot_xp__pb2.AwardXpResponse.FromString,
+                _registered_method=True)
+        self.RevokeAward = channel.unary_unary(
+                '/rewards.v1.XpService/RevokeAward',
+                request_serializer=rewards_dot_v1_dot_xp__pb2.RevokeAwardRequest.SerializeToString,
+                response_deserializer=rewards_dot_v1_dot_xp__pb2.AwardXpResponse.FromString,
+                _registered_method=True)
 
 
 class XpServiceServicer:
@@ -156,6 +171,39 @@ class XpServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListXpHistory(self, request, context):
+        """The user's XP ledger, newest first, in pages: every award, grant,
+        achievement reward, adjustment and revoke, each once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdjustXp(self, request, context):
+        """An operator's correction (admin): adds `delta` XP, which may be
+        negative, with a required reason; idempotent on (user_id, request_id)
+        like GrantXp. A negative delta larger than the user's total is
+        FAILED_PRECONDITION: totals never go below zero. Levels reached,
+        their rewards and unlocked achievements stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAward(self, request, context):
+        """Reverses the XP of one earlier ledger entry, once (admin): named by the
+        request_id it was recorded with, or by its entry_id (from the history)
+        for an entry without one; exactly one of the two. An activity award's
+        counters go down by one. A second revoke of the entry is a duplicate
+        (the same answer); an unknown entry is NOT_FOUND; revoking a revoke, an
+        adjustment or an entry of no XP, or a revoke that would take the total
+        below zero, is FAILED_PRECONDITION. Levels reached, their rewards and
+        unlocked achievements stay: `level` stays, `total_xp` goes down.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_XpServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +241,21 @@ def add_XpServiceServicer_to_server(servicer, server):
                     servicer.GetProgress,
                     request_deserializer=rewards_dot_v1_dot_xp__pb2.GetProgressRequest.FromString,
                     response_serializer=rewards_dot_v1_dot_xp__pb2.UserProgress.SerializeToString,
+            ),
+            'ListXpHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListXpHistory,
+                    request_deserializer=rewards_dot_v1_dot_xp__pb2.ListXpHistoryRequest.FromString,
+                    response_serializer=rewards_dot_v1_dot_xp__pb2.ListXpHistoryResponse.SerializeToString,
+            ),
+            'AdjustXp': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdjustXp,
+                    request_deserializer=rewards_dot_v1_dot_xp__pb2.AdjustXpRequest.FromString,
+                    response_serializer=rewards_dot_v1_dot_xp__pb2.AwardXpResponse.SerializeToString,
+            ),
+            'RevokeAward': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAward,
+                    request_deserializer=rewards_dot_v1_dot_xp__pb2.RevokeAwardRequest.FromString,
+                    response_serializer=rewards_dot_v1_dot_xp__pb2.AwardXpResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -397,6 +460,87 @@ class XpService:
             '/rewards.v1.XpService/GetProgress',
             rewards_dot_v1_dot_xp__pb2.GetProgressRequest.SerializeToString,
             rewards_dot_v1_dot_xp__pb2.UserProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListXpHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewards.v1.XpService/ListXpHistory',
+            rewards_dot_v1_dot_xp__pb2.ListXpHistoryRequest.SerializeToString,
+            rewards_dot_v1_dot_xp__pb2.ListXpHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdjustXp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewards.v1.XpService/AdjustXp',
+            rewards_dot_v1_dot_xp__pb2.AdjustXpRequest.SerializeToString,
+            rewards_dot_v1_dot_xp__pb2.AwardXpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewards.v1.XpService/RevokeAward',
+            rewards_dot_v1_dot_xp__pb2.RevokeAwardRequest.SerializeToString,
+            rewards_dot_v1_dot_xp__pb2.AwardXpResponse.FromString,
             options,
             channel_credentials,
             insecure,

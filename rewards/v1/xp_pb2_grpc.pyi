@@ -70,6 +70,27 @@ class XpServiceStub:
     """A user's XP, level, achievements and rewards. An unknown user is a user
     with nothing yet, not an error.
     """
+    ListXpHistory: _grpc.UnaryUnaryMultiCallable[_xp_pb2.ListXpHistoryRequest, _xp_pb2.ListXpHistoryResponse]
+    """The user's XP ledger, newest first, in pages: every award, grant,
+    achievement reward, adjustment and revoke, each once.
+    """
+    AdjustXp: _grpc.UnaryUnaryMultiCallable[_xp_pb2.AdjustXpRequest, _xp_pb2.AwardXpResponse]
+    """An operator's correction (admin): adds `delta` XP, which may be
+    negative, with a required reason; idempotent on (user_id, request_id)
+    like GrantXp. A negative delta larger than the user's total is
+    FAILED_PRECONDITION: totals never go below zero. Levels reached,
+    their rewards and unlocked achievements stay.
+    """
+    RevokeAward: _grpc.UnaryUnaryMultiCallable[_xp_pb2.RevokeAwardRequest, _xp_pb2.AwardXpResponse]
+    """Reverses the XP of one earlier ledger entry, once (admin): named by the
+    request_id it was recorded with, or by its entry_id (from the history)
+    for an entry without one; exactly one of the two. An activity award's
+    counters go down by one. A second revoke of the entry is a duplicate
+    (the same answer); an unknown entry is NOT_FOUND; revoking a revoke, an
+    adjustment or an entry of no XP, or a revoke that would take the total
+    below zero, is FAILED_PRECONDITION. Levels reached, their rewards and
+    unlocked achievements stay: `level` stays, `total_xp` goes down.
+    """
 
 @_typing.type_check_only
 class XpServiceAsyncStub(XpServiceStub):
@@ -112,6 +133,27 @@ class XpServiceAsyncStub(XpServiceStub):
     GetProgress: _aio.UnaryUnaryMultiCallable[_xp_pb2.GetProgressRequest, _xp_pb2.UserProgress]  # type: ignore[assignment]
     """A user's XP, level, achievements and rewards. An unknown user is a user
     with nothing yet, not an error.
+    """
+    ListXpHistory: _aio.UnaryUnaryMultiCallable[_xp_pb2.ListXpHistoryRequest, _xp_pb2.ListXpHistoryResponse]  # type: ignore[assignment]
+    """The user's XP ledger, newest first, in pages: every award, grant,
+    achievement reward, adjustment and revoke, each once.
+    """
+    AdjustXp: _aio.UnaryUnaryMultiCallable[_xp_pb2.AdjustXpRequest, _xp_pb2.AwardXpResponse]  # type: ignore[assignment]
+    """An operator's correction (admin): adds `delta` XP, which may be
+    negative, with a required reason; idempotent on (user_id, request_id)
+    like GrantXp. A negative delta larger than the user's total is
+    FAILED_PRECONDITION: totals never go below zero. Levels reached,
+    their rewards and unlocked achievements stay.
+    """
+    RevokeAward: _aio.UnaryUnaryMultiCallable[_xp_pb2.RevokeAwardRequest, _xp_pb2.AwardXpResponse]  # type: ignore[assignment]
+    """Reverses the XP of one earlier ledger entry, once (admin): named by the
+    request_id it was recorded with, or by its entry_id (from the history)
+    for an entry without one; exactly one of the two. An activity award's
+    counters go down by one. A second revoke of the entry is a duplicate
+    (the same answer); an unknown entry is NOT_FOUND; revoking a revoke, an
+    adjustment or an entry of no XP, or a revoke that would take the total
+    below zero, is FAILED_PRECONDITION. Levels reached, their rewards and
+    unlocked achievements stay: `level` stays, `total_xp` goes down.
     """
 
 class XpServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -194,6 +236,45 @@ class XpServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_xp_pb2.UserProgress, _abc.Awaitable[_xp_pb2.UserProgress]]:
         """A user's XP, level, achievements and rewards. An unknown user is a user
         with nothing yet, not an error.
+        """
+
+    @_abc_1.abstractmethod
+    def ListXpHistory(
+        self,
+        request: _xp_pb2.ListXpHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_xp_pb2.ListXpHistoryResponse, _abc.Awaitable[_xp_pb2.ListXpHistoryResponse]]:
+        """The user's XP ledger, newest first, in pages: every award, grant,
+        achievement reward, adjustment and revoke, each once.
+        """
+
+    @_abc_1.abstractmethod
+    def AdjustXp(
+        self,
+        request: _xp_pb2.AdjustXpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_xp_pb2.AwardXpResponse, _abc.Awaitable[_xp_pb2.AwardXpResponse]]:
+        """An operator's correction (admin): adds `delta` XP, which may be
+        negative, with a required reason; idempotent on (user_id, request_id)
+        like GrantXp. A negative delta larger than the user's total is
+        FAILED_PRECONDITION: totals never go below zero. Levels reached,
+        their rewards and unlocked achievements stay.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeAward(
+        self,
+        request: _xp_pb2.RevokeAwardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_xp_pb2.AwardXpResponse, _abc.Awaitable[_xp_pb2.AwardXpResponse]]:
+        """Reverses the XP of one earlier ledger entry, once (admin): named by the
+        request_id it was recorded with, or by its entry_id (from the history)
+        for an entry without one; exactly one of the two. An activity award's
+        counters go down by one. A second revoke of the entry is a duplicate
+        (the same answer); an unknown entry is NOT_FOUND; revoking a revoke, an
+        adjustment or an entry of no XP, or a revoke that would take the total
+        below zero, is FAILED_PRECONDITION. Levels reached, their rewards and
+        unlocked achievements stay: `level` stays, `total_xp` goes down.
         """
 
 def add_XpServiceServicer_to_server(servicer: XpServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

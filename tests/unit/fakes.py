@@ -35,6 +35,7 @@ from common.dynamodb.counters import MAX_WATCHED_COUNTERS
 from common.models import (
     ACTIVITY,
     MAX_TOTAL_XP,
+    REVOKE,
     LedgerEntry,
     Level,
     LevelReached,
@@ -43,6 +44,7 @@ from common.models import (
     ProgressRecord,
     Reward,
     TotalXpLimitReached,
+    TotalXpWouldGoNegative,
     VersionedLevelTable,
     utc_now_iso,
 )
@@ -58,6 +60,7 @@ from xp_service.domain import (
     Activity,
     ActivityChanged,
     ActivityNotFound,
+    CapReached,
     DuplicateRequest,
 )
 
@@ -107,6 +110,7 @@ class FakeXpRepository:
         self.reached: dict[str, list[LevelReached]] = {}
         self.held: dict[str, set[str]] = {}  # the user_achievements records, as XP reads them
         self.counters: dict[tuple[str, str], Counter] = {}  # the activity_counts items
+        self.caps: dict[tuple[str, str], int] = {}  # the cap#<activity>#<period> items
         self.rules = AutoRules()  # the catalog's auto-unlock rules, as this process read them
         self.players: set[str] = set()
         self.start_level_value = start_level
@@ -165,7 +169,7 @@ class FakeXpRepository:
 
     # --- ledger and progress ------------------------------------------------------
 
-    async def record_xp(self, entry: LedgerEntry, activity: Activity | None = None) -> None:
+    async def record_xp(self, entry: LedgerEntry, activity: Activity | None = None, cap_period: str = "") -> None:
         """One transaction: the entry only if its id is new (else DuplicateRequest
         with the entry held, which the ledger's condition reports first), the XP
         added to the total, and with `activity` a check that the catalog still
@@ -176,18 +180,27 @@ class FakeXpRepository:
         existing = self.ledger.get(key)
         if existing is not None:
             raise DuplicateRequest(existing)
-        if self.progress.get(entry.user_id, ProgressRecord(entry.user_id)).total_xp + entry.xp > MAX_TOTAL_XP:
+        total = self.progress.get(entry.user_id, ProgressRecord(entry.user_id)).total_xp
+        if total + entry.xp > MAX_TOTAL_XP:
             raise TotalXpLimitReached(entry.user_id, entry.xp)
+        if total + entry.xp < 0:
+            raise TotalXpWouldGoNegative(entry.user_id, entry.xp)
         if activity is not None:
             current = self.catalog.get(activity.activity_id)
             if current is None or current.xp != activity.xp or current.category != activity.category:
                 self.cache.pop(activity.activity_id, None)
                 raise ActivityChanged(activity.activity_id)
-        self.ledger[key] = entry
-        if entry.kind == ACTIVITY:
-            for counter in award_counters(entry.activity_id, entry.category):
-                held = self.counters.get((entry.user_id, counter), Counter(counter))
-                self.counters[(entry.user_id, counter)] = replace(held, awards=held.awards + 1)
+            cap_key = (entry.user_id, f"cap#{activity.activity_id}#{cap_period}")
+            if cap_period and self.caps.get(cap_key, 0) >= activity.cap_max_awards:
+                raise CapReached()
+            if cap_period:
+                self.caps[cap_key] = self.caps.get(cap_key, 0) + 1
+        # As ledger_put writes it: an activity award is marked counted.
+        self.ledger[key] = replace(entry, counted=True) if entry.kind == ACTIVITY and not entry.capped else entry
+        step = 1 if entry.kind == ACTIVITY and not entry.capped else -1 if entry.kind == REVOKE and entry.counted else 0
+        for counter in award_counters(entry.activity_id, entry.category) if step else ():
+            held = self.counters.get((entry.user_id, counter), Counter(counter))
+            self.counters[(entry.user_id, counter)] = replace(held, awards=held.awards + step)
         record = self.progress.get(entry.user_id, ProgressRecord(entry.user_id))
         self.progress[entry.user_id] = replace(
             record, total_xp=record.total_xp + entry.xp, updated_at=entry.recorded_at
@@ -198,6 +211,18 @@ class FakeXpRepository:
 
     async def get_entry(self, user_id: str, entry_id: str) -> LedgerEntry | None:
         return self.ledger.get((user_id, entry_id))
+
+    async def history_page(self, user_id: str, page_size: int, page_token: str) -> tuple[list[LedgerEntry], str]:
+        """Newest first (recorded_at, then entry id, as the by_time index sorts them); the token is the last entry id."""
+        newest = sorted(
+            (e for (u, _), e in self.ledger.items() if u == user_id),
+            key=lambda e: (e.recorded_at, e.entry_id),
+            reverse=True,
+        )
+        ids = [e.entry_id for e in newest]
+        start = ids.index(page_token) + 1 if page_token in ids else 0
+        page = newest[start : start + (page_size or len(newest))]
+        return page, (page[-1].entry_id if start + len(page) < len(newest) else "")
 
     async def get_progress(self, user_id: str) -> ProgressRecord:
         return self.progress.get(user_id, ProgressRecord(user_id))

@@ -18,6 +18,7 @@ channel-side rpc has no time_remaining()), so the timeout is recorded here.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -352,6 +353,33 @@ PLAYER_CALLS = [
         achievements_pb2.UnlockDueAchievementsResponse(total_xp=1350, level=3, due=["wins-1", "wins-10"]),
         TARGETS.achievements,
         id="unlock-due-dry-run",
+    ),
+    pytest.param(
+        XP,
+        "AdjustXp",
+        lambda c: c.adjust("player-1", -200, "refund of a bought boost", "fix-1"),
+        xp_pb2.AdjustXpRequest(user_id="player-1", delta=-200, reason="refund of a bought boost", request_id="fix-1"),
+        xp_pb2.AwardXpResponse(user_id="player-1", xp_awarded=-200, total_xp=1150, level=3),
+        TARGETS.xp,
+        id="adjust",
+    ),
+    pytest.param(
+        XP,
+        "RevokeAward",
+        lambda c: c.revoke("player-1", "cheated", request_id="req-1"),
+        xp_pb2.RevokeAwardRequest(user_id="player-1", request_id="req-1", reason="cheated"),
+        xp_pb2.AwardXpResponse(user_id="player-1", xp_awarded=-50, total_xp=1100, level=3),
+        TARGETS.xp,
+        id="revoke-by-request-id",
+    ),
+    pytest.param(
+        XP,
+        "RevokeAward",
+        lambda c: c.revoke("player-1", "cheated", entry_id="auto#9c1e"),
+        xp_pb2.RevokeAwardRequest(user_id="player-1", entry_id="auto#9c1e", reason="cheated"),
+        xp_pb2.AwardXpResponse(user_id="player-1", xp_awarded=-50, total_xp=1050, level=3),
+        TARGETS.xp,
+        id="revoke-by-entry-id",
     ),
 ]
 
@@ -889,3 +917,314 @@ def test_backfill_command_without_auto_unlock_achievements_has_nothing_to_do(
     )
     assert result(client) == 0
     assert capsys.readouterr().out == "no auto_unlock achievements in the catalog: nothing to backfill\n"
+
+
+# --- the XP history and corrections -------------------------------------------------------
+
+
+def ledger_entry(entry_id: str, kind: str, xp: int, second: int, **fields: Any) -> xp_pb2.LedgerEntry:
+    entry = xp_pb2.LedgerEntry(
+        entry_id=entry_id, kind=xp_pb2.LedgerEntry.Kind.Value(f"KIND_{kind.upper()}"), xp=xp, **fields
+    )
+    entry.recorded_at.FromJsonString(f"2025-03-30T01:59:{second:02d}.250000Z")
+    return entry
+
+
+HISTORY = [  # newest first, as ListXpHistory answers
+    ledger_entry(
+        "rev#req#r2",
+        "revoke",
+        -150,
+        50,
+        activity_id="win-match",
+        reason="match fixing",
+        reverses_entry_id="req#r2",
+    ),
+    ledger_entry("req#fix-1", "adjustment", -1200, 40, request_id="fix-1", reason="refund, ticket 42"),
+    ledger_entry("ach#first-win", "achievement", 50, 30, achievement_id="first-win"),
+    ledger_entry("req#r2", "activity", 150, 20, request_id="r2", activity_id="win-match"),
+    ledger_entry("auto#5e0c", "activity", 0, 10, activity_id="daily-login", capped=True),
+    ledger_entry("auto#77aa", "grant", 1500, 0, reason="welcome back"),
+]
+HISTORY_LINES = [
+    "2025-03-30T01:59:50.250000Z  revoke            -150  activity win-match, reason 'match fixing'  "
+    "entry rev#req#r2  reverses req#r2",
+    "2025-03-30T01:59:40.250000Z  adjustment      -1,200  reason 'refund, ticket 42'  entry req#fix-1",
+    "2025-03-30T01:59:30.250000Z  achievement        +50  achievement first-win  entry ach#first-win",
+    "2025-03-30T01:59:20.250000Z  activity          +150  activity win-match  entry req#r2",
+    "2025-03-30T01:59:10.250000Z  activity            +0  activity daily-login, capped  entry auto#5e0c",
+    "2025-03-30T01:59:00.250000Z  grant           +1,500  reason 'welcome back'  entry auto#77aa",
+]
+
+
+def test_history_pages_through_the_ledger_asking_for_no_more_than_the_limit(services: ScriptedServices) -> None:
+    clients = ServiceClients(TARGETS, TIMEOUT_S, Settings(), token=TOKEN)
+    client = services.start(lambda: list(clients.history("player-1", limit=130)))
+    first = xp_pb2.ListXpHistoryResponse(entries=HISTORY[:1] * 100, next_page_token="p2")
+    second = xp_pb2.ListXpHistoryResponse(entries=HISTORY[:1] * 30, next_page_token="p3")
+    requests = [services.answer(method(XP, "ListXpHistory"), client, page)[1] for page in (first, second)]
+    assert requests == [
+        xp_pb2.ListXpHistoryRequest(user_id="player-1", page_size=100),
+        xp_pb2.ListXpHistoryRequest(user_id="player-1", page_size=30, page_token="p2"),
+    ]
+    assert result(client) == [first, second]  # the limit reached: p3 is not asked for
+    # Without a limit, pages of 100 until the token is empty.
+    services.sent.clear()
+    client = services.start(lambda: list(clients.history("player-1")))
+    pages = [xp_pb2.ListXpHistoryResponse(entries=HISTORY, next_page_token="p2"), xp_pb2.ListXpHistoryResponse()]
+    requests = [services.answer(method(XP, "ListXpHistory"), client, page)[1] for page in pages]
+    assert [(r.page_size, r.page_token) for r in requests] == [(100, ""), (100, "p2")]
+    assert result(client) == pages
+    assert services.sent == [SentCall(TARGETS.xp, path(XP, "ListXpHistory"), TIMEOUT_S)] * 2
+
+
+def test_history_command_prints_one_line_per_entry_newest_first(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = run_main(services, ["history", "player-1", "--token", TOKEN] + TARGET_FLAGS)
+    _, first = services.answer(
+        method(XP, "ListXpHistory"), client, xp_pb2.ListXpHistoryResponse(entries=HISTORY[:4], next_page_token="p2")
+    )
+    _, second = services.answer(method(XP, "ListXpHistory"), client, xp_pb2.ListXpHistoryResponse(entries=HISTORY[4:]))
+    assert result(client) == 0
+    assert (first.page_size, second.page_size, second.page_token) == (50, 46, "p2")  # the default limit, 50
+    out, err = capsys.readouterr()
+    assert out.splitlines() == HISTORY_LINES and err == ""
+
+
+def test_history_command_says_when_the_limit_left_entries_out_and_when_there_are_none(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = run_main(services, ["history", "player-1", "--limit", "2", "--token", TOKEN] + TARGET_FLAGS)
+    _, request = services.answer(
+        method(XP, "ListXpHistory"), client, xp_pb2.ListXpHistoryResponse(entries=HISTORY[:2], next_page_token="p2")
+    )
+    assert result(client) == 0 and request.page_size == 2
+    assert capsys.readouterr().out.splitlines() == [
+        *HISTORY_LINES[:2],
+        "the newest 2 entries of player-1; --limit N lists more (0 lists all)",
+    ]
+    client = run_main(services, ["history", "nobody", "--limit", "0", "--token", TOKEN] + TARGET_FLAGS)
+    _, request = services.answer(method(XP, "ListXpHistory"), client, xp_pb2.ListXpHistoryResponse())
+    assert result(client) == 0 and request.page_size == 100
+    assert capsys.readouterr().out == "nobody: no ledger entries (a user with nothing yet)\n"
+
+
+def test_history_command_json_is_one_response_with_where_the_next_entry_starts(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = run_main(services, ["history", "player-1", "--limit", "3", "--json", "--token", TOKEN] + TARGET_FLAGS)
+    services.answer(
+        method(XP, "ListXpHistory"), client, xp_pb2.ListXpHistoryResponse(entries=HISTORY[:3], next_page_token="p2")
+    )
+    assert result(client) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["next_page_token"] == "p2"
+    assert [(e["entry_id"], e["kind"], e["xp"]) for e in answer["entries"]] == [
+        ("rev#req#r2", "KIND_REVOKE", -150),
+        ("req#fix-1", "KIND_ADJUSTMENT", -1200),
+        ("ach#first-win", "KIND_ACHIEVEMENT", 50),
+    ]
+    assert answer["entries"][0]["reverses_entry_id"] == "req#r2"
+    assert answer["entries"][0]["recorded_at"] == "2025-03-30T01:59:50.250Z"
+
+
+def test_history_command_failure_after_a_page_says_how_many_entries_were_listed(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = run_main(services, ["history", "player-1", "--token", TOKEN] + TARGET_FLAGS)
+    services.answer(
+        method(XP, "ListXpHistory"), client, xp_pb2.ListXpHistoryResponse(entries=HISTORY[:2], next_page_token="p2")
+    )
+    services.fail(method(XP, "ListXpHistory"), client, grpc.StatusCode.UNAVAILABLE, "DynamoDB is throttling")
+    assert result(client) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == HISTORY_LINES[:2]
+    assert err == (
+        "rewardsctl: history failed after 2 entries: UNAVAILABLE: DynamoDB is throttling\n"
+        "  safe to retry: run the same command again\n"
+    )
+
+
+def test_adjust_command_takes_a_negative_delta_and_says_the_level_stays(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = run_main(
+        services,
+        ["adjust", "player-1", "-1200", "--reason", "refund, ticket 42", "--request-id", "fix-1", "--token", TOKEN]
+        + TARGET_FLAGS,
+    )
+    metadata, request = services.answer(
+        method(XP, "AdjustXp"),
+        client,
+        xp_pb2.AwardXpResponse(user_id="player-1", xp_awarded=-1200, total_xp=300, level=4),
+    )
+    assert result(client) == 0
+    assert request == xp_pb2.AdjustXpRequest(
+        user_id="player-1", delta=-1200, reason="refund, ticket 42", request_id="fix-1"
+    )
+    assert BEARER in metadata
+    assert capsys.readouterr().out.splitlines() == [
+        "player-1: -1,200 XP adjusted ('refund, ticket 42'); total 300 XP, level 4",
+        "level 4 stays: levels reached, their rewards and unlocked achievements are never taken back",
+        "request_id fix-1 (repeat it with --request-id to retry safely)",
+    ]
+
+
+def test_adjust_command_makes_a_request_id_and_a_repeat_says_nothing_changed(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = run_main(services, ["adjust", "player-1", "+250", "--reason", "event", "--token", TOKEN] + TARGET_FLAGS)
+    _, request = services.answer(
+        method(XP, "AdjustXp"),
+        client,
+        xp_pb2.AwardXpResponse(
+            user_id="player-1", xp_awarded=250, total_xp=350, level=3, level_up=level_up(2, 3, ("gold", 100))
+        ),
+    )
+    assert result(client) == 0
+    assert request.delta == 250 and request.request_id.startswith("rewardsctl-")
+    assert capsys.readouterr().out.splitlines() == [
+        "player-1: +250 XP adjusted ('event'); total 350 XP, level 3",
+        "level up: 2 -> 3; rewards: 100 gold",
+        f"request_id {request.request_id} (repeat it with --request-id to retry safely)",
+    ]
+    client = run_main(
+        services,
+        ["adjust", "player-1", "250", "--reason", "event", "--request-id", request.request_id, "--token", TOKEN]
+        + TARGET_FLAGS,
+    )
+    services.answer(
+        method(XP, "AdjustXp"),
+        client,
+        xp_pb2.AwardXpResponse(user_id="player-1", xp_awarded=250, total_xp=350, level=3, duplicate=True),
+    )
+    assert result(client) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"player-1: request {request.request_id} was already recorded, nothing changed (it adjusted +250 XP); "
+        "total 350 XP, level 3"
+    )
+
+
+def test_adjust_json_prints_the_answer_and_the_request_id_it_made_on_stderr(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = run_main(
+        services, ["adjust", "player-1", "-5", "--reason", "typo", "--json", "--token", TOKEN] + TARGET_FLAGS
+    )
+    _, request = services.answer(
+        method(XP, "AdjustXp"), client, xp_pb2.AwardXpResponse(user_id="player-1", xp_awarded=-5, total_xp=95, level=1)
+    )
+    assert result(client) == 0
+    out, err = capsys.readouterr()
+    assert (json.loads(out)["xp_awarded"], json.loads(out)["total_xp"]) == (-5, 95)
+    assert err == f"request_id {request.request_id}\n"
+
+
+def test_adjust_failure_hint_names_the_request_id_to_repeat(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = run_main(services, ["adjust", "player-1", "-5000", "--reason", "typo", "--token", TOKEN] + TARGET_FLAGS)
+    _, request = services.fail(method(XP, "AdjustXp"), client, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    assert result(client) == 1
+    assert capsys.readouterr().err == (
+        "rewardsctl: adjust failed: DEADLINE_EXCEEDED: Deadline Exceeded\n"
+        "  the call may or may not have been done: it is safe to run it again with "
+        f"--request-id {request.request_id}\n"
+    )
+
+
+def test_revoke_command_prints_what_it_took_and_that_a_repeat_changed_nothing(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["revoke", "player-1", "--entry-id", "auto#5e0c", "--reason", "bot", "--token", TOKEN] + TARGET_FLAGS
+    client = run_main(services, argv)
+    _, request = services.answer(
+        method(XP, "RevokeAward"),
+        client,
+        xp_pb2.AwardXpResponse(user_id="player-1", xp_awarded=-150, total_xp=50, level=2),
+    )
+    assert result(client) == 0
+    assert request == xp_pb2.RevokeAwardRequest(user_id="player-1", entry_id="auto#5e0c", reason="bot")
+    assert capsys.readouterr().out.splitlines() == [
+        "player-1: revoked entry auto#5e0c: -150 XP; total 50 XP, level 2",
+        "level 2 stays: levels reached, their rewards and unlocked achievements are never taken back",
+    ]
+    client = run_main(
+        services, ["revoke", "player-1", "--request-id", "r2", "--reason", "bot", "--token", TOKEN] + TARGET_FLAGS
+    )
+    _, request = services.answer(
+        method(XP, "RevokeAward"),
+        client,
+        xp_pb2.AwardXpResponse(user_id="player-1", xp_awarded=-150, total_xp=50, level=2, duplicate=True),
+    )
+    assert result(client) == 0
+    assert request == xp_pb2.RevokeAwardRequest(user_id="player-1", request_id="r2", reason="bot")
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "player-1: request r2 was already revoked, nothing changed (it took -150 XP); total 50 XP, level 2"
+    )
+
+
+def test_revoke_refused_prints_the_status_and_what_is_unmet(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str]
+) -> None:
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type="FAILED_PRECONDITION", subject="entry_id", description="revoke entries are not revoked"
+                )
+            ]
+        )
+    )
+    status = rpc_status.to_status(
+        status_pb2.Status(
+            code=grpc.StatusCode.FAILED_PRECONDITION.value[0],
+            message="entry 'rev#req#r2' is a revoke: there is nothing to revoke",
+            details=[detail],
+        )
+    )
+    client = run_main(
+        services,
+        ["revoke", "player-1", "--entry-id", "rev#req#r2", "--reason", "oops", "--token", TOKEN] + TARGET_FLAGS,
+    )
+    services.fail(method(XP, "RevokeAward"), client, status.code, status.details, status.trailing_metadata)
+    assert result(client) == 1
+    assert capsys.readouterr().err == (
+        "rewardsctl: revoke failed: FAILED_PRECONDITION: entry 'rev#req#r2' is a revoke: there is nothing to revoke\n"
+        "  unmet entry_id: revoke entries are not revoked\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        pytest.param(["adjust", "player-1", "0", "--reason", "x"], "argument DELTA: must not be 0", id="adjust-zero"),
+        pytest.param(
+            ["adjust", "player-1", "12.5", "--reason", "x"],
+            "argument DELTA: must be a whole number of XP, such as 50 or -50 (got '12.5')",
+            id="adjust-not-whole",
+        ),
+        pytest.param(["adjust", "player-1", "50"], "the following arguments are required: --reason", id="no-reason"),
+        pytest.param(
+            ["revoke", "player-1", "--reason", "x"],
+            "one of the arguments --request-id --entry-id is required",
+            id="revoke-no-target",
+        ),
+        pytest.param(
+            ["revoke", "player-1", "--request-id", "r", "--entry-id", "e", "--reason", "x"],
+            "argument --entry-id: not allowed with argument --request-id",
+            id="revoke-two-targets",
+        ),
+        pytest.param(["history", "player-1", "--limit", "-1"], "must be 0 or more", id="history-negative-limit"),
+    ],
+)
+def test_bad_command_lines_exit_2_and_call_nothing(
+    services: ScriptedServices, capsys: pytest.CaptureFixture[str], argv: list[str], complaint: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv + ["--token", TOKEN] + TARGET_FLAGS)
+    assert exited.value.code == 2
+    assert complaint in capsys.readouterr().err
+    assert services.sent == []

@@ -7,10 +7,11 @@ import asyncio
 
 import pytest
 
+from common.auto_unlock import award_counters
 from common.errors import ContentionExhausted
-from common.models import ACHIEVEMENT, ACTIVITY, GRANT, LevelUpOutcome, ProgressRecord, Reward
+from common.models import ACHIEVEMENT, ACTIVITY, GRANT, LevelUpOutcome, ProgressRecord, Reward, TotalXpWouldGoNegative
 from tests.unit.fakes import FakeAutoUnlocker, FakeLevelChecker, FakeXpRepository, stored_progress
-from xp_service.domain import Activity, ActivityNotFound, RequestIdReused
+from xp_service.domain import Activity, ActivityNotFound, EntryNotFound, NothingToRevoke, RequestIdReused
 from xp_service.use_cases import AwardOutcome, XpLedger
 
 USER = "user-1"
@@ -293,3 +294,33 @@ def test_progress_of_a_user_never_checked_is_the_start_level_without_rewards() -
     progress = asyncio.run(xp.get_progress(USER))
 
     assert (progress.level, progress.rewards, progress.record.total_xp) == (1, (), 10)
+
+
+# --- corrections ----------------------------------------------------------------------------
+
+
+def test_a_revoke_reverses_its_entry_once_and_uncounts_a_counted_award() -> None:
+    xp, repository, _ = ledger(checked(0, 1, 1000), start_level=1)
+    asyncio.run(xp.award_xp(USER, "run", "r1"))
+    counted = award_counters("run", RUN.category)
+    assert [repository.counters[(USER, c)].awards for c in counted] == [1] * len(counted)
+
+    first = asyncio.run(xp.revoke_award(USER, "r1", "", "cheated"))
+    again = asyncio.run(xp.revoke_award(USER, "", "req#r1", "cheated"))
+    assert (first.xp_awarded, first.duplicate, again.duplicate, again.total_xp) == (-RUN.xp, False, True, 0)
+    assert [repository.counters[(USER, c)].awards for c in counted] == [0] * len(counted)
+    revoke = repository.ledger[(USER, "rev#req#r1")]
+    assert (revoke.kind, revoke.xp, revoke.reverses_entry_id, revoke.counted) == ("revoke", -RUN.xp, "req#r1", True)
+
+
+def test_what_cannot_be_revoked_or_adjusted_below_zero_writes_nothing() -> None:
+    xp, repository, _ = ledger(checked(0, 1, 1000), start_level=1)
+    asyncio.run(xp.adjust_xp(USER, 30, "welcome", "a1"))
+    with pytest.raises(NothingToRevoke):
+        asyncio.run(xp.revoke_award(USER, "a1", "", "no"))
+    with pytest.raises(EntryNotFound):
+        asyncio.run(xp.revoke_award(USER, "nope", "", "no"))
+    with pytest.raises(TotalXpWouldGoNegative):
+        asyncio.run(xp.adjust_xp(USER, -31, "too much", "a2"))
+    assert [e.entry_id for e in repository.entries(USER)] == ["req#a1"]
+    assert repository.progress[USER].total_xp == 30
