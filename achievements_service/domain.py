@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -19,8 +20,9 @@ from common.auto_unlock import (
 from common.errors import InvalidField, NotFound, PreconditionFailed
 from common.level_check import LevelCheckStore
 from common.models import ACHIEVEMENT, LedgerEntry, ProgressRecord, new_entry
+from common.streaks import StreakLength
 
-__all__ = ["ActivityCount", "Requirements", "Standing", "unmet_requirements"]
+__all__ = ["ActivityCount", "Requirements", "Standing", "StreakLength", "unmet_requirements"]
 
 MAX_REQUIRED_ACHIEVEMENTS = 50
 MAX_MIN_TOTAL_XP = 10**12
@@ -28,6 +30,8 @@ MAX_MIN_LEVEL = 1_000_000
 # An unlock's transaction checks each count: with the required achievements it stays under 100 items.
 MAX_ACTIVITY_COUNTS = 10
 MAX_COUNT = 10**9
+MAX_STREAK_LENGTHS = 10
+MAX_STREAK_LENGTH = 100_000
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,22 @@ def check_achievement(achievement: Achievement) -> Achievement:
             raise InvalidField(field_name, "set exactly one of activity_id and category")
         if not 1 <= count.count <= MAX_COUNT:
             raise InvalidField(f"{field_name}.count", f"must be between 1 and {MAX_COUNT} (got {count.count})")
+    runs = requirements.streak_lengths
+    if len(runs) > MAX_STREAK_LENGTHS:
+        raise InvalidField(
+            "achievement.requirements.streak_lengths",
+            f"must list at most {MAX_STREAK_LENGTHS} streaks (got {len(runs)})",
+        )
+    for i, run in enumerate(runs):
+        if not 1 <= run.length <= MAX_STREAK_LENGTH:
+            raise InvalidField(
+                f"achievement.requirements.streak_lengths[{i}].length",
+                f"must be between 1 and {MAX_STREAK_LENGTH} (got {run.length})",
+            )
+    longest: dict[str, StreakLength] = {}
+    for run in runs:
+        if run.streak_id not in longest or run.length > longest[run.streak_id].length:
+            longest[run.streak_id] = run
     # One check per counter in the unlock's transaction: the highest count asked of it is the one that matters.
     highest: dict[str, ActivityCount] = {}
     for count in counts:
@@ -90,7 +110,12 @@ def check_achievement(achievement: Achievement) -> Achievement:
             highest[count.counter] = count
     return replace(
         achievement,
-        requirements=replace(requirements, required_achievements=required, activity_counts=tuple(highest.values())),
+        requirements=replace(
+            requirements,
+            required_achievements=required,
+            activity_counts=tuple(highest.values()),
+            streak_lengths=tuple(longest.values()),
+        ),
     )
 
 
@@ -238,8 +263,16 @@ class AchievementsRepository(LevelCheckStore, Protocol):
     ) -> tuple[ProgressRecord, dict[str, Counter], dict[str, Unlock]]:
         """The user's progress, every counter, and the unlocks among these achievements."""
 
-    async def write_watches(self, user_id: str, watches: Watches, unwatched: tuple[str, ...], start_level: int) -> bool:
-        """Leaves the watches on the user (common.dynamodb.counters.watch_writes); False when they
+    async def write_watches(
+        self,
+        user_id: str,
+        watches: Watches,
+        unwatched: tuple[str, ...],
+        start_level: int,
+        streak_marks: Mapping[str, tuple[int, str]] | None = None,
+    ) -> bool:
+        """Leaves the watches on the user (common.dynamodb.counters.watch_writes; a watch on a
+        streak's run holds while the run's item is as read, its Counter.streak_mark); False when they
         do not fit one transaction. Raises WatchOutdated when a watched requirement was met meanwhile."""
 
     async def forget_auto_watches(self, user_id: str) -> None:

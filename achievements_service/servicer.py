@@ -9,6 +9,7 @@ from achievements_service.use_cases import Achievements, UnlockOutcome
 from common import field_rules
 from common.caller_auth import Role, current_caller
 from common.grpc_edge import level_up_to_message
+from common.streaks import StreakLength
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc
 
 
@@ -41,6 +42,13 @@ def achievement_from_message(message: achievements_pb2.Achievement) -> Achieveme
                 )
                 for i, count in enumerate(requirements.activity_counts)
             ),
+            streak_lengths=tuple(
+                StreakLength(
+                    field_rules.require_id(f"achievement.requirements.streak_lengths[{i}].streak_id", run.streak_id),
+                    run.length,
+                )
+                for i, run in enumerate(requirements.streak_lengths)
+            ),
         ),
         auto_unlock=message.auto_unlock,
     )
@@ -60,6 +68,10 @@ def achievement_to_message(achievement: Achievement) -> achievements_pb2.Achieve
             activity_counts=[
                 achievements_pb2.ActivityCount(activity_id=c.activity_id, category=c.category, count=c.count)
                 for c in achievement.requirements.activity_counts
+            ],
+            streak_lengths=[
+                achievements_pb2.StreakLength(streak_id=s.streak_id, length=s.length)
+                for s in achievement.requirements.streak_lengths
             ],
         ),
         auto_unlock=achievement.auto_unlock,
@@ -148,7 +160,10 @@ class AchievementsServicer(achievements_pb2_grpc.AchievementsServiceServicer):
                 field_rules.require_id(f"achievement_ids[{i}]", a) for i, a in enumerate(request.achievement_ids)
             )
         )
-        due = await self._achievements.unlock_due_achievements(user_id, trigger_id, only, request.dry_run)
+        if request.replay_only:
+            due = await self._achievements.unlocks_under_trigger(user_id, trigger_id)
+        else:
+            due = await self._achievements.unlock_due_achievements(user_id, trigger_id, only, request.dry_run)
         response = achievements_pb2.UnlockDueAchievementsResponse(
             unlocked=list(due.unlocked), total_xp=due.total_xp, level=due.level, due=list(due.due)
         )

@@ -7,6 +7,7 @@ import asyncio
 import functools
 import operator
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -209,7 +210,23 @@ class DynamoDBAchievementsRepository:
         (guarded by the requirements), the reward's ledger entry and XP, and a
         check of the catalog entry's revision. The cancellation says which
         condition failed; the unlock's own comes first, so a repeat is a repeat
-        even after the achievement changed or left."""
+        even after the achievement changed or left. A streak's run is checked
+        by a read before: its best is derived from its item, so no condition
+        can check it, and it never goes down."""
+        runs = achievement.requirements.streak_lengths
+        if runs:
+            bests = await read_counts(self._client, self._prefix, unlock.user_id, [r.counter for r in runs])
+            if any(bests[r.counter] < r.length for r in runs):
+                earlier = await self.get_unlock(unlock.user_id, unlock.achievement_id)
+                if earlier is not None:  # unlocked before the catalog asked for the run
+                    raise AlreadyUnlocked(earlier)
+                # Decided on this process's copy: as the transaction's revision check would, read it again
+                # when the catalog moved (the run asked for may be shorter now, or the entry gone).
+                current = await self._achievements.get(achievement.achievement_id)
+                if current is None or str(current.get("revision", "")) != achievement.revision:
+                    self._copies.drop(achievement.achievement_id)
+                    raise AchievementChanged(achievement.achievement_id)
+                raise RequirementsNotHeld(achievement.achievement_id)
         values: dict[str, Any] = {
             "user_id": unlock.user_id,
             "achievement_id": unlock.achievement_id,
@@ -386,8 +403,15 @@ class DynamoDBAchievementsRepository:
         )
         return progress, counters, held
 
-    async def write_watches(self, user_id: str, watches: Watches, unwatched: tuple[str, ...], start_level: int) -> bool:
-        items = watch_writes(self._prefix, user_id, watches, unwatched, start_level)
+    async def write_watches(
+        self,
+        user_id: str,
+        watches: Watches,
+        unwatched: tuple[str, ...],
+        start_level: int,
+        streak_marks: Mapping[str, tuple[int, str]] | None = None,
+    ) -> bool:
+        items = watch_writes(self._prefix, user_id, watches, unwatched, start_level, streak_marks)
         if items is None:
             return False
         await write_watches(self._client, items)

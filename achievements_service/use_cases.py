@@ -119,6 +119,7 @@ def criteria_of(achievement: Achievement, standing: Standing) -> tuple[Criterion
     """One criterion per requirement, in the order the API lists them."""
     needs = achievement.requirements
     criteria = [Criterion(c.describe(), standing.count(c.counter), c.count) for c in needs.activity_counts]
+    criteria.extend(Criterion(s.describe(), standing.count(s.counter), s.length) for s in needs.streak_lengths)
     if needs.min_total_xp:
         criteria.append(Criterion("total XP", standing.total_xp, needs.min_total_xp))
     if needs.min_level:
@@ -256,7 +257,7 @@ class Achievements:
             progress, held, counts = await asyncio.gather(
                 self._repository.get_progress(user_id),
                 self._repository.unlocked_among(user_id, needs.required_achievements),
-                self._repository.counts_of(user_id, tuple(c.counter for c in needs.activity_counts)),
+                self._repository.counts_of(user_id, tuple(c.counter for c in needs.counted())),
             )
             if payment is not None and progress.total_xp + payment.xp > MAX_TOTAL_XP:
                 raise TotalXpLimitReached(user_id, payment.xp) from None
@@ -347,8 +348,9 @@ class Achievements:
                 watches = watches_for(targets, frozenset(held), standing, rules.fingerprint)
                 unwatched = tuple(c.counter for c in counters.values() if c.watch_at is not None)
                 try:
+                    marks = {c.counter: c.streak_mark for c in counters.values() if c.streak_mark is not None}
                     written = await self._repository.write_watches(
-                        user_id, watches, unwatched, await self._repository.start_level()
+                        user_id, watches, unwatched, await self._repository.start_level(), marks
                     )
                 except WatchOutdated:
                     continue  # an award met a watched requirement meanwhile: evaluate again
@@ -365,6 +367,19 @@ class Achievements:
         level = progress.level if progress.level is not None else await self._repository.start_level()
         level_up = await self._level_ups_of(user_id, unlocked_here, {})
         return DueUnlocks(tuple(sorted(unlocked_here)), progress.total_xp, level, (), level_up)
+
+    async def unlocks_under_trigger(self, user_id: str, trigger_id: str) -> DueUnlocks:
+        """What a repeat of the write named `trigger_id` reports when its first
+        evaluation was answered: the unlocks recorded under it (among the
+        catalog's auto-unlock achievements), with a replay of their level-up.
+        Nothing is evaluated: an unlock due since then goes to the write that
+        made it due, not to a repeat of an older one."""
+        rules = await self._repository.auto_rules()
+        progress, _, held = await self._repository.auto_standing(user_id, tuple(r.achievement_id for r in rules.rules))
+        level = progress.level if progress.level is not None else await self._repository.start_level()
+        earlier = {a: u for a, u in held.items() if u.trigger == trigger_id}
+        level_up = await self._level_ups_of(user_id, {}, earlier)
+        return DueUnlocks(tuple(sorted(earlier)), progress.total_xp, level, (), level_up)
 
     async def _level_ups_of(
         self, user_id: str, made: dict[str, LevelUpOutcome | None], earlier: dict[str, Unlock]

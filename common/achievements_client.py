@@ -22,8 +22,10 @@ class GrpcAutoUnlocker:
         self._stub = achievements_pb2_grpc.AchievementsServiceStub(channel)
         self._timeout_s = timeout_s
 
-    async def unlock_due(self, user_id: str, trigger_id: str) -> DueUnlocks | None:
-        request = achievements_pb2.UnlockDueAchievementsRequest(user_id=user_id, trigger_id=trigger_id)
+    async def unlock_due(self, user_id: str, trigger_id: str, replay_only: bool = False) -> DueUnlocks | None:
+        request = achievements_pb2.UnlockDueAchievementsRequest(
+            user_id=user_id, trigger_id=trigger_id, replay_only=replay_only
+        )
         try:
             result = await self._stub.UnlockDueAchievements(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from common.models import LevelUpOutcome, ProgressRecord
+from common.streaks import StreakLength
 
 # Counter keys: one space per activity, one per category; a user's counters are
 # the items of the activity_counts table under the user's id.
@@ -65,16 +66,24 @@ class Requirements:
     min_total_xp: int = 0
     min_level: int = 0
     activity_counts: tuple[ActivityCount, ...] = ()
+    streak_lengths: tuple[StreakLength, ...] = ()
+
+    def counted(self) -> tuple[ActivityCount | StreakLength, ...]:
+        """The requirements on counter items: counts, then streak runs."""
+        return (*self.activity_counts, *self.streak_lengths)
 
 
 @dataclass(frozen=True)
 class Counter:
-    """One of a user's counters: awards counted, and the watch on it (the
-    count at which an auto-unlock achievement the user lacks may be due)."""
+    """One of a user's counters: awards counted (for a streak's item, the
+    best run), and the watch on it (the count at which an auto-unlock
+    achievement the user lacks may be due)."""
 
     counter: str
     awards: int = 0
     watch_at: int | None = None
+    # A streak's item only: what the watch's write checks is unchanged (common.dynamodb.counters).
+    streak_mark: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,7 @@ class AutoRules:
         return cls(
             ordered,
             digest.hexdigest()[:16],
-            frozenset(c.counter for r in ordered for c in r.requirements.activity_counts),
+            frozenset(c.counter for r in ordered for c in r.requirements.counted()),
             frozenset(a for r in ordered for a in r.requirements.required_achievements),
             any(r.requirements.min_level for r in ordered),
         )
@@ -146,8 +155,9 @@ class DueUnlocks:
 
 
 class AutoUnlocker(Protocol):
-    async def unlock_due(self, user_id: str, trigger_id: str) -> DueUnlocks | None:
-        """The Achievements service's answer, or None when it could not answer in time."""
+    async def unlock_due(self, user_id: str, trigger_id: str, replay_only: bool = False) -> DueUnlocks | None:
+        """The Achievements service's answer, or None when it could not answer in time; with
+        `replay_only`, only what is already recorded under the trigger (nothing evaluated)."""
 
 
 class WatchOutdated(Exception):
@@ -194,7 +204,15 @@ def unmet_requirements(requirements: Requirements, standing: Standing) -> list[t
         if has < needed.count:
             subject = f"activity_counts/{shown_id(needed.activity_id or needed.category)}"
             unmet.append((subject, f"needs {needed.describe()}, has {has}"))
+    for run in requirements.streak_lengths:
+        best = standing.count(run.counter)
+        if best < run.length:
+            unmet.append((f"streak_lengths/{shown_id(run.streak_id)}", f"needs {run.describe()}, best is {best}"))
     return unmet
+
+
+def _needed(requirement: ActivityCount | StreakLength) -> int:
+    return requirement.count if isinstance(requirement, ActivityCount) else requirement.length
 
 
 def watches_for(rules: Iterable[AutoRule], held: frozenset[str], standing: Standing, fingerprint: str) -> Watches:
@@ -210,9 +228,9 @@ def watches_for(rules: Iterable[AutoRule], held: frozenset[str], standing: Stand
         if rule.achievement_id in held:
             continue
         needs = rule.requirements
-        short = next((c for c in needs.activity_counts if standing.count(c.counter) < c.count), None)
+        short = next((c for c in needs.counted() if standing.count(c.counter) < _needed(c)), None)
         if short is not None:
-            counters[short.counter] = min(counters.get(short.counter, short.count), short.count)
+            counters[short.counter] = min(counters.get(short.counter, _needed(short)), _needed(short))
         elif standing.total_xp < needs.min_total_xp:
             xp_at = min(xp_at or needs.min_total_xp, needs.min_total_xp)
         elif standing.level < needs.min_level:

@@ -78,6 +78,10 @@ METHOD_ROLES: dict[str, frozenset[Role]] = {
     # Corrections take XP away: an operator's calls, never a game server's.
     "/rewards.v1.XpService/AdjustXp": _ADMIN,
     "/rewards.v1.XpService/RevokeAward": _ADMIN,
+    "/rewards.v1.XpService/PutStreak": _ADMIN,
+    "/rewards.v1.XpService/GetStreak": _GAME,
+    "/rewards.v1.XpService/ListStreaks": _GAME,
+    "/rewards.v1.XpService/DeleteStreak": _ADMIN,
     "/rewards.v1.AchievementsService/PutAchievement": _ADMIN,
     "/rewards.v1.AchievementsService/GetAchievement": _GAME,
     "/rewards.v1.AchievementsService/ListAchievements": _GAME,

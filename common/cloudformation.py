@@ -35,6 +35,7 @@ from common.dynamodb import (
     LEVEL_CHECKS,
     LEVEL_REWARDS,
     LEVELS,
+    STREAKS,
     USER_ACHIEVEMENTS,
     USER_PROGRESS,
     XP_LEDGER,
@@ -111,9 +112,13 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
         # record_xp's transaction adds to total_xp; GetProgress and awards read it (an award with the
         # counters an auto-unlock rule counts: BatchGetItem); a user's first XP counts a player once.
         TableAccess(USER_PROGRESS, ("UpdateItem", "GetItem", "BatchGetItem")),
-        # An award's transaction adds to its activity's and category's counters; the read after it
-        # takes the ones an auto-unlock rule counts.
-        TableAccess(ACTIVITY_COUNTS, ("UpdateItem", "BatchGetItem")),
+        # An award's transaction adds to its activity's and category's counters and its period to
+        # its streaks' runs; the read after it takes the runs and the counters an auto-unlock rule
+        # counts, and folds a run grown long (UpdateItem); GetProgress queries the runs.
+        TableAccess(ACTIVITY_COUNTS, ("UpdateItem", "BatchGetItem", "Query")),
+        # The streak catalog: a put keeps a streak's period (a condition), a delete leaves a mark;
+        # awards scan it once per REWARDS_STREAK_CATALOG_CACHE_S.
+        TableAccess(STREAKS, ("PutItem", "GetItem", "UpdateItem", "Scan")),
         # The players stat, moved once per user.
         TableAccess(ACHIEVEMENT_STATS, ("UpdateItem",)),
         # The catalog's auto-unlock rules (a filtered Scan, once per REWARDS_AUTO_RULES_CACHE_S).

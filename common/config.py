@@ -42,6 +42,9 @@ class Settings:
     # catalog's auto_unlock achievements) before reading them again: a rule
     # put through another replica is evaluated for a player within this.
     auto_rules_cache_s: float = 2.0
+    # How long each XP process uses its copy of the streak catalog before
+    # reading it again: a streak put through another replica counts awards within this.
+    streak_catalog_cache_s: float = 2.0
     # The deadline of XP's call that asks Achievements to unlock what an award
     # made due; when it passes, the unlocks are left to the user's next award.
     auto_unlock_timeout_s: float = 5.0

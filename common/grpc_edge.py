@@ -15,7 +15,9 @@ from google.rpc import error_details_pb2, status_pb2
 from common.dynamodb import storage_error_as_domain_error
 from common.errors import DomainError, InvalidField, PreconditionFailed
 from common.models import LevelUpOutcome, Reward
-from rewards.v1 import levels_pb2
+from common.periods import DAY, WEEK
+from common.streaks import Streak
+from rewards.v1 import levels_pb2, xp_pb2
 
 log = logging.getLogger("rewards.edge")
 # Hex digits of an unexpected error's id: short enough to read out, unique enough to find in the logs.
@@ -93,4 +95,27 @@ def level_up_from_message(message: levels_pb2.LevelUpResult) -> LevelUpOutcome:
         total_xp=message.total_xp,
         rewards=tuple(Reward(r.reward_id, r.quantity) for r in message.rewards),
         next_level_xp=message.next_level_xp,
+    )
+
+
+_PERIODS = {xp_pb2.PERIOD_DAY: DAY, xp_pb2.PERIOD_WEEK: WEEK}
+_PERIOD_VALUES = {period: value for value, period in _PERIODS.items()}
+
+
+def period_from_message(period: xp_pb2.Period.ValueType) -> str:
+    """common.periods' DAY or WEEK; "" for PERIOD_UNSPECIFIED or a value this version does not know."""
+    return _PERIODS.get(period, "")
+
+
+def period_to_message(period: str) -> xp_pb2.Period.ValueType:
+    return _PERIOD_VALUES.get(period, xp_pb2.PERIOD_UNSPECIFIED)
+
+
+def streak_to_message(streak: Streak) -> xp_pb2.Streak:
+    return xp_pb2.Streak(
+        streak_id=streak.streak_id,
+        name=streak.name,
+        activity_id=streak.activity_id,
+        category=streak.category,
+        period=period_to_message(streak.period),
     )

@@ -220,6 +220,9 @@ class LedgerEntry:
     # Set when the award's level check could not be done (Levels unreachable or late): its
     # repeats may then grant the level-up it caused; otherwise they only replay.
     level_check_deferred: bool = False
+    # Set when the Achievements service could not answer the write's evaluation: its repeats
+    # then evaluate; otherwise they list what the first recorded under the entry's id.
+    unlocks_deferred: bool = False
     # An activity award: added to its counters (awards an earlier version recorded were not). A
     # revoke: takes one off the counters of the award it reverses, which was counted.
     counted: bool = False

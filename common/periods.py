@@ -21,8 +21,13 @@ def period_start_date(moment: datetime, period: str, zone: ZoneInfo) -> date:
 
 def period_start(moment: datetime, period: str, zone: ZoneInfo) -> datetime:
     """The instant (UTC) the period holding `moment` starts: local midnight of its first day."""
-    first = period_start_date(moment, period, zone)
-    return datetime.combine(first, time(0), tzinfo=zone).astimezone(UTC)
+    return start_of_day(period_start_date(moment, period, zone), zone)
+
+
+def start_of_day(local_day: date, zone: ZoneInfo) -> datetime:
+    """The instant (UTC) of a local day's midnight (at a change of time that
+    skips midnight, the first instant of that day)."""
+    return datetime.combine(local_day, time(0), tzinfo=zone).astimezone(UTC)
 
 
 def period_key(moment: datetime, period: str, zone: ZoneInfo) -> str:

@@ -31,6 +31,8 @@ from achievements_service.domain import (
     MAX_MIN_LEVEL,
     MAX_MIN_TOTAL_XP,
     MAX_REQUIRED_ACHIEVEMENTS,
+    MAX_STREAK_LENGTH,
+    MAX_STREAK_LENGTHS,
 )
 from common.field_rules import (
     DEFAULT_PAGE_SIZE,
@@ -40,6 +42,7 @@ from common.field_rules import (
     MAX_PAGE_SIZE,
     MAX_XP,
 )
+from common.streaks import MAX_STREAKS
 from gateway.limits import (
     JSON_MEDIA_TYPE,
     MAX_AUTHORIZATION_BYTES,
@@ -274,6 +277,7 @@ class StringRule:
 class FieldRule:
     """What the services take in one request field. `string` for a string
     field; `minimum` and `maximum` for an integer (its type's range otherwise);
+    `enum` for an enum field, the names it takes (all of them otherwise);
     `max_items` for a repeated field (the others then apply to each item);
     `required` when its default value (empty, 0, absent) is refused; `not_zero`
     for an integer whose range spans 0 but that is refused as 0 (a signed delta);
@@ -282,6 +286,7 @@ class FieldRule:
     string: StringRule | None = None
     minimum: int | None = None
     maximum: int | None = None
+    enum: tuple[str, ...] | None = None
     max_items: int | None = None
     required: bool = False
     not_zero: bool = False
@@ -385,6 +390,34 @@ def field_rules() -> dict[str, FieldRule]:
         "GetActivityRequest": {"activity_id": id_},
         "DeleteActivityRequest": {"activity_id": id_},
         "ListActivitiesRequest": {"category": optional_id, **page},
+        "Streak": {
+            "streak_id": FieldRule(
+                _id_rule(),
+                required=True,
+                note=f"The catalog holds at most {MAX_STREAKS} streaks: a new one past it is 409 "
+                "(FAILED_PRECONDITION).",
+            ),
+            "name": FieldRule(_text_rule(MAX_NAME_LENGTH, required=True), required=True),
+            "activity_id": FieldRule(
+                _id_rule(optional=True),
+                note="The activity whose awards the streak counts. Exactly one of activity_id and category is set "
+                "(400 otherwise).",
+            ),
+            "category": FieldRule(
+                _id_rule(optional=True),
+                note="The category whose activities' awards the streak counts. Exactly one of activity_id and "
+                "category is set (400 otherwise).",
+            ),
+            "period": FieldRule(
+                enum=("PERIOD_DAY", "PERIOD_WEEK"),
+                required=True,
+                note="Days, or weeks (from Monday), in the game's time zone. Fixed once the streak is created, even "
+                "after a delete: another period for its streak_id is 409 (FAILED_PRECONDITION).",
+            ),
+        },
+        "GetStreakRequest": {"streak_id": id_},
+        "DeleteStreakRequest": {"streak_id": id_},
+        "ListStreaksRequest": page,
         "Achievement": {
             "achievement_id": id_,
             "name": FieldRule(_text_rule(MAX_NAME_LENGTH, required=True), required=True),
@@ -405,6 +438,15 @@ def field_rules() -> dict[str, FieldRule]:
                 note=f"At most {MAX_ACTIVITY_COUNTS} counts, each met for the achievement to unlock; of two counts "
                 "of one activity (or category), the higher is kept.",
             ),
+            "streak_lengths": FieldRule(
+                max_items=MAX_STREAK_LENGTHS,
+                note=f"At most {MAX_STREAK_LENGTHS} runs, each met for the achievement to unlock (by the user's best "
+                "run of the streak, so met for good); of two of one streak, the longer is kept.",
+            ),
+        },
+        "StreakLength": {
+            "streak_id": FieldRule(_id_rule(), required=True, note="A streak of the streak catalog (GET /streaks)."),
+            "length": FieldRule(minimum=1, maximum=MAX_STREAK_LENGTH, required=True),
         },
         "ActivityCount": {
             "activity_id": FieldRule(
@@ -472,6 +514,18 @@ def field_rules() -> dict[str, FieldRule]:
     }.items():
         rules.update(_rules_of(message, fields))
     return rules
+
+
+def _enum_names(field: FieldDescriptor, rule: FieldRule) -> list[str]:
+    """The names an enum field takes in a request: the rule's, or all of them."""
+    assert field.enum_type is not None
+    names = [value.name for value in field.enum_type.values]
+    if rule.enum is None:
+        return names
+    unknown = set(rule.enum) - set(names)
+    if unknown:
+        raise ValueError(f"{field.full_name}: the rule names values the enum lacks: {sorted(unknown)}")
+    return [name for name in names if name in rule.enum]
 
 
 def _nullable(schema: JsonSchema) -> JsonSchema:
@@ -597,7 +651,7 @@ class SchemaBuilder:
             elif rule.string is not None:
                 single = self.string_rule(rule.string)
             elif field.enum_type is not None:
-                single = {"type": "string", "enum": [value.name for value in field.enum_type.values]}
+                single = {"type": "string", "enum": _enum_names(field, rule)}
             else:
                 single = dict(_SCALARS[field.type])
             schema = single if not field.is_repeated else {"type": "array", "items": single}

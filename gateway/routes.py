@@ -224,6 +224,37 @@ ROUTES: tuple[Route, ...] = (
         path_fields={"activity_id": "activity.activity_id"},
     ),
     Route("DELETE", "/activities/{activity_id}", "xp", "DeleteActivity", "Delete an activity (admin)"),
+    # The streak catalog.
+    Route(
+        "GET",
+        "/streaks",
+        "xp",
+        "ListStreaks",
+        "Page through the streaks",
+        query=("page_size", "page_token"),
+    ),
+    Route("GET", "/streaks/{streak_id}", "xp", "GetStreak", "One streak"),
+    Route(
+        "PUT",
+        "/streaks/{streak_id}",
+        "xp",
+        "PutStreak",
+        "Create or replace a streak (admin)",
+        body="streak",
+        path_fields={"streak_id": "streak.streak_id"},
+        notes="A streak's period is fixed once it is created, even after a delete: another period for its "
+        "streak_id is 409 (FAILED_PRECONDITION); use a new streak_id. Players' runs show in "
+        "GET /users/{user_id}/progress (streaks).",
+    ),
+    Route(
+        "DELETE",
+        "/streaks/{streak_id}",
+        "xp",
+        "DeleteStreak",
+        "Delete a streak (admin)",
+        notes="404 (NOT_FOUND) for a streak not in the catalog. Players' runs of it are no longer shown; "
+        "putting it back (with the same period) shows them again.",
+    ),
     # The achievement catalog.
     Route(
         "GET",

@@ -13,7 +13,7 @@
     rewardsctl revoke USER (--request-id ID | --entry-id ID) --reason TEXT [--json]
     rewardsctl backup export DIR
     rewardsctl backup import DIR [--workers N]
-    rewardsctl verify [--json] [--strict] [--catalog-changed] [--limit N]
+    rewardsctl verify [--json] [--strict] [--catalog-changed] [--limit N] [--time-zone ZONE]
     rewardsctl token mint --role game|admin|service [--subject NAME] [--ttl 12h]
     rewardsctl token secret
     rewardsctl token dev-env
@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -117,13 +118,21 @@ def catalog_apply(args: argparse.Namespace, settings: Settings) -> int:
     with _service_clients(args, settings) as clients:
         current = _call(lambda: clients.read_catalog(), "reading the catalog", _all_targets(clients.targets))
         if args.if_empty and not current.is_empty():
+            streaks = f"{len(current.streaks)} streaks, " if current.streaks else ""
             print(
-                f"the catalog is not empty ({len(current.activities or ())} activities, "
+                f"the catalog is not empty ({len(current.activities or ())} activities, {streaks}"
                 f"{len(current.achievements or ())} achievements, {len(current.levels or ())} levels): "
                 f"left as it is (--if-empty)"
             )
             return EXIT_OK
         plan = plan_catalog(desired, current, delete_missing=not args.no_delete)
+        if plan.refused:
+            # Known before any write (a streak's period changed): the plan is shown, and nothing is written.
+            for change in plan.changes:
+                print(text_output.change_line(change, done=False))
+            for summary in plan.summaries:
+                print(text_output.summary_line(summary, done=False))
+            raise CommandFailed(text_output.refused_footer(plan, str(path)))
         applied = 0
         for change in plan.changes:
             if not args.dry_run and change.writes:
@@ -385,8 +394,8 @@ def catalog_export(args: argparse.Namespace, settings: Settings) -> int:
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(
-            f"wrote {len(catalog.activities or ())} activities, {len(catalog.achievements or ())} achievements and "
-            f"{len(catalog.levels or ())} levels to {args.output}",
+            f"wrote {len(catalog.activities or ())} activities, {len(catalog.streaks or ())} streaks, "
+            f"{len(catalog.achievements or ())} achievements and {len(catalog.levels or ())} levels to {args.output}",
             file=sys.stderr,
         )
     else:
@@ -546,11 +555,18 @@ def backup_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def verify(args: argparse.Namespace, settings: Settings) -> int:
     where = f"prefix {settings.table_prefix!r} at {settings.dynamodb_endpoint or f'AWS ({settings.aws_region})'}"
+    # Where caps' and streaks' days and weeks start: the services' REWARDS_TIME_ZONE, unless --time-zone.
+    time_zone = args.time_zone or settings.time_zone
+    if args.time_zone is None:
+        try:
+            _time_zone(time_zone)
+        except argparse.ArgumentTypeError as error:
+            raise CommandFailed(f"REWARDS_TIME_ZONE: {error}", EXIT_USAGE) from error
 
     def read_and_check(client: Any) -> VerifyReport:
         # One user's items at a time: memory does not grow with the stage.
         return verify_users(
-            read_catalog(client, settings.table_prefix),
+            read_catalog(client, settings.table_prefix, time_zone),
             read_users(client, settings.table_prefix),
             catalog_changed=args.catalog_changed,
             limit=args.limit,
@@ -632,7 +648,8 @@ def _service_clients(args: argparse.Namespace, settings: Settings) -> ServiceCli
 
 
 def _target_of(kind: str, targets: ServiceTargets) -> str:
-    return {"activity": targets.xp, "achievement": targets.achievements, "level": targets.levels}[kind]
+    by_kind = {"activity": targets.xp, "streak": targets.xp, "achievement": targets.achievements}
+    return by_kind.get(kind, targets.levels)
 
 
 def _all_targets(targets: ServiceTargets) -> str:
@@ -658,6 +675,16 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more (got {value})")
     return value
+
+
+def _time_zone(text: str) -> str:
+    try:
+        ZoneInfo(text)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise argparse.ArgumentTypeError(
+            f"not an IANA time zone name, such as America/New_York (got {text!r})"
+        ) from None
+    return text
 
 
 def _delta(text: str) -> int:
@@ -701,7 +728,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    catalog = commands.add_parser("catalog", help="apply or export the catalog (activities, achievements, levels)")
+    catalog = commands.add_parser(
+        "catalog", help="apply or export the catalog (activities, streaks, achievements, levels)"
+    )
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     apply = catalog_commands.add_parser(
         "apply",
@@ -709,9 +738,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the catalog what FILE says",
         description="Makes the catalog what FILE says: entries of the file are created or changed, and entries of "
         "a section the file has but that it does not list are deleted (a section the file leaves out "
-        "is left alone). Idempotent: a second apply changes nothing. Then backfills the auto_unlock "
+        "is left alone). Idempotent: a second apply changes nothing. A plan the services would refuse (a "
+        "streak's period changed: it is fixed once created) is printed, and nothing is written (exit status 1). "
+        "Then backfills the auto_unlock "
         "achievements it added or made easier to get (auto_unlock switched on, min_total_xp or "
-        "min_level lowered, an activity count lowered or removed, a required achievement removed): "
+        "min_level lowered, an activity count or a streak run lowered or removed, a required achievement removed): "
         "every player of the stage is evaluated for them, as `achievements backfill` does.",
     )
     apply.add_argument("file", metavar="FILE")
@@ -902,9 +933,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the exactly-once invariants of every user, from the tables",
         description="Reads the stage's tables and checks, for every user: total XP is the sum of the ledger and "
         "never below zero, no request counted twice, each revoke reverses one award of the user once by its XP, "
-        "each unlocked achievement paid once, the level matches the XP (levels stay when XP is taken back) and "
-        "each passed level's rewards granted once. Prints the summary first (users, what each invariant checked and "
-        "found), then the first --limit findings. Reads one user at a time, so memory stays small whatever the "
+        "each unlocked achievement paid once, the level matches the XP (levels stay when XP is taken back), "
+        "each passed level's rewards granted once, no more awards of a capped activity counted in a period than "
+        "its cap, and each period of a streak run had a counted award of what the streak counts. Prints the "
+        "summary first (users, what each invariant checked and found), then the first --limit findings. Reads one user at a time, so memory stays small whatever the "
         "stage. Exit status 0 when nothing is violated, 1 otherwise. "
         "A scan is not a snapshot: verify a stage that takes no writes.",
     )
@@ -925,8 +957,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify_parser.add_argument(
         "--catalog-changed",
         action="store_true",
-        help="the level table or achievement requirements changed while players played: "
-        "findings against the current catalog become notes",
+        help="the level table, achievement requirements, caps, streaks or the time zone changed while players "
+        "played: findings against the current catalog become notes",
+    )
+    verify_parser.add_argument(
+        "--time-zone",
+        type=_time_zone,
+        default=None,
+        metavar="ZONE",
+        help="the game's time zone, where caps' and streaks' days and weeks start (default: REWARDS_TIME_ZONE, "
+        "as the services read it, else UTC)",
     )
     verify_parser.set_defaults(run=verify)
 

@@ -1,25 +1,39 @@
 """The catalog as data, and its YAML file format. Pure: no gRPC, no I/O.
 
-A catalog file is a mapping with up to three sections, each a list of entries
-whose keys are the proto field names (so what grpcurl shows reads the same):
+A catalog file is a mapping with up to four sections, each a list of entries
+whose keys are the proto field names, and whose enum values are the proto
+names (so what grpcurl shows reads the same):
 
-    activities:   [{activity_id, name, description?, category?, xp?}]
+    activities:   [{activity_id, name, description?, category?, xp?, cap?: {max_awards, period}}]
+    streaks:      [{streak_id, name, activity_id | category, period}]
     achievements: [{achievement_id, name, description?, xp_reward?, hidden?, auto_unlock?,
                     requirements?: {required_achievements?, min_total_xp?, min_level?,
-                                    activity_counts?: [{activity_id | category, count}]}}]
+                                    activity_counts?: [{activity_id | category, count}],
+                                    streak_lengths?: [{streak_id, length}]}}]
     levels:       [{level, xp_required?, rewards?: [{reward_id, quantity}]}]
+
+A period is PERIOD_DAY or PERIOD_WEEK: days, or weeks from Monday, of the
+game's one time zone. An activity's `cap` allows a user at most `max_awards`
+awards of it each period (beyond it an award is recorded with 0 XP and counts
+toward nothing); max_awards 0 is no cap, as is leaving `cap` out. A streak
+counts the periods in a row in which a user had a counted award of its
+activity (activity_id) or of any activity of its category; its period is
+fixed once created, even after it is deleted, so a file that changes the
+period of a streak of the catalog is refused before anything is written (a
+streak of another period needs a new streak_id).
 
 An achievement with `auto_unlock: true` is unlocked by the service itself as
 soon as every requirement holds; `activity_counts` asks for at least `count`
-awards of one activity (activity_id) or of the activities of one category.
+awards of one activity (activity_id) or of the activities of one category;
+`streak_lengths` for a best run of at least `length` periods of a streak.
 
 A section left out of the file is not managed by it; a section present (even
 empty) is the whole truth for that part of the catalog.
 
 The file is checked for its shape here (types, unknown keys, duplicates, and
-requirements that name achievements or activities the file does not define, or
-form a cycle); the services stay the authority on limits such as lengths and
-ranges.
+requirements or streaks that name achievements, activities or streaks the file
+does not define, or requirements that form a cycle); the services stay the
+authority on limits such as lengths and ranges.
 """
 
 from __future__ import annotations
@@ -30,7 +44,15 @@ from typing import Any
 
 import yaml
 
-SECTIONS = ("activities", "achievements", "levels")
+from common.periods import DAY, WEEK
+from common.streaks import Streak, StreakLength
+
+# In the order a plan writes them: a streak counts activities, an achievement may ask for a streak's run.
+SECTIONS = ("activities", "streaks", "achievements", "levels")
+
+# A period (common.periods) as the file spells it: the proto enum's name.
+PERIOD_NAMES = {DAY: "PERIOD_DAY", WEEK: "PERIOD_WEEK"}
+_PERIODS_BY_NAME = {name: period for period, name in PERIOD_NAMES.items()}
 
 
 class CatalogFileError(ValueError):
@@ -63,12 +85,22 @@ class ActivityCount:
 
 
 @dataclass(frozen=True)
+class Cap:
+    """At most `max_awards` awards of an activity a user, each `period`
+    (common.periods.DAY or WEEK). An activity without a cap has None."""
+
+    max_awards: int
+    period: str
+
+
+@dataclass(frozen=True)
 class Activity:
     activity_id: str
     name: str
     description: str = ""
     category: str = ""
     xp: int = 0
+    cap: Cap | None = None
 
     @property
     def key(self) -> str:
@@ -87,6 +119,7 @@ class Achievement:
     min_level: int = 0
     activity_counts: tuple[ActivityCount, ...] = ()
     auto_unlock: bool = False
+    streak_lengths: tuple[StreakLength, ...] = ()
 
     @property
     def key(self) -> str:
@@ -94,7 +127,13 @@ class Achievement:
 
     @property
     def has_requirements(self) -> bool:
-        return bool(self.required_achievements or self.min_total_xp or self.min_level or self.activity_counts)
+        return bool(
+            self.required_achievements
+            or self.min_total_xp
+            or self.min_level
+            or self.activity_counts
+            or self.streak_lengths
+        )
 
 
 @dataclass(frozen=True)
@@ -111,22 +150,31 @@ class Level:
 @dataclass(frozen=True)
 class Catalog:
     """None for a section the file leaves out (not managed); entries are kept
-    in a stable order: by id, levels by number."""
+    in a stable order: by id, levels by number. Streaks are common.streaks.Streak,
+    the services' own model."""
 
     activities: tuple[Activity, ...] | None = None
     achievements: tuple[Achievement, ...] | None = None
     levels: tuple[Level, ...] | None = None
+    streaks: tuple[Streak, ...] | None = None
 
     @classmethod
-    def of(cls, activities: list[Activity], achievements: list[Achievement], levels: list[Level]) -> Catalog:
+    def of(
+        cls,
+        activities: list[Activity],
+        achievements: list[Achievement],
+        levels: list[Level],
+        streaks: list[Streak] | tuple[Streak, ...] = (),
+    ) -> Catalog:
         return cls(
             tuple(sorted(activities, key=lambda a: a.activity_id)),
             tuple(sorted(achievements, key=lambda a: a.achievement_id)),
             tuple(sorted(levels, key=lambda l: l.level)),
+            tuple(sorted(streaks, key=lambda s: s.streak_id)),
         )
 
     def is_empty(self) -> bool:
-        return not (self.activities or self.achievements or self.levels)
+        return not (self.activities or self.achievements or self.levels or self.streaks)
 
 
 # --- reading ----------------------------------------------------------------------
@@ -204,7 +252,7 @@ def _kind(value: Any) -> str:
 
 
 def _read_activity(reader: _Reader, where: str, value: Any) -> Activity | None:
-    values = reader.mapping(where, value, ("activity_id", "name"), ("description", "category", "xp"))
+    values = reader.mapping(where, value, ("activity_id", "name"), ("description", "category", "xp", "cap"))
     if values is None:
         return None
     return Activity(
@@ -213,13 +261,73 @@ def _read_activity(reader: _Reader, where: str, value: Any) -> Activity | None:
         description=reader.string(where, values, "description"),
         category=reader.string(where, values, "category"),
         xp=reader.integer(where, values, "xp"),
+        cap=_read_cap(reader, f"{where}.cap", values.get("cap")),
+    )
+
+
+def _read_cap(reader: _Reader, where: str, value: Any) -> Cap | None:
+    """{max_awards, period}; max_awards 0 is no cap (the service keeps none), so it reads as None."""
+    if value is None:
+        return None
+    values = reader.mapping(where, value, ("max_awards",), ("period",))
+    if values is None:
+        return None
+    max_awards = reader.integer(where, values, "max_awards", bits=32)
+    if max_awards == 0:
+        if "period" in values:
+            _read_period(reader, where, values)  # still spelled right
+        return None
+    if "period" not in values:
+        reader.fail(f"{where}.period", "is required with a max_awards other than 0 (PERIOD_DAY or PERIOD_WEEK)")
+        return None
+    return Cap(max_awards, _read_period(reader, where, values))
+
+
+def _read_period(reader: _Reader, where: str, values: Mapping[str, Any]) -> str:
+    """A period as the file spells it, the proto enum's name; common.periods' value."""
+    name = values.get("period")
+    if name not in _PERIODS_BY_NAME:
+        reader.fail(f"{where}.period", f"must be {' or '.join(_PERIODS_BY_NAME)} (got {_kind(name)} {name!r})")
+        return ""
+    return _PERIODS_BY_NAME[name]
+
+
+def _read_streak(reader: _Reader, where: str, value: Any, activity_ids: set[str] | None) -> Streak | None:
+    """{streak_id, name, activity_id | category, period}. A file that manages
+    the activities is the whole activity catalog: a streak of an activity it
+    does not define could never grow."""
+    values = reader.mapping(where, value, ("streak_id", "name", "period"), ("activity_id", "category"))
+    if values is None:
+        return None
+    activity_id = category = ""
+    has_activity, has_category = "activity_id" in values, "category" in values
+    if has_activity == has_category:
+        reader.fail(where, "set exactly one of activity_id and category: what the streak counts")
+    else:
+        key = "activity_id" if has_activity else "category"
+        named = reader.string(where, values, key)
+        if not named:
+            reader.fail(f"{where}.{key}", "must not be empty")
+        elif has_activity and activity_ids is not None and named not in activity_ids:
+            reader.fail(f"{where}.activity_id", f"{named!r} is not an activity of this file")
+        activity_id, category = (named, "") if has_activity else ("", named)
+    return Streak(
+        streak_id=reader.string(where, values, "streak_id"),
+        name=reader.string(where, values, "name"),
+        period=_read_period(reader, where, values) if "period" in values else "",
+        activity_id=activity_id,
+        category=category,
     )
 
 
 def _read_achievement(
-    reader: _Reader, where: str, value: Any, activity_ids: set[str] | None = None
+    reader: _Reader,
+    where: str,
+    value: Any,
+    activity_ids: set[str] | None = None,
+    streak_ids: set[str] | None = None,
 ) -> Achievement | None:
-    """`activity_ids`: the activities of the file, when it manages them."""
+    """`activity_ids`, `streak_ids`: the activities and streaks of the file, when it manages them."""
     values = reader.mapping(
         where, value, ("achievement_id", "name"), ("description", "xp_reward", "hidden", "auto_unlock", "requirements")
     )
@@ -227,6 +335,7 @@ def _read_achievement(
         return None
     required: list[str] = []
     counts: list[ActivityCount] = []
+    runs: list[StreakLength] = []
     min_total_xp = min_level = 0
     if values.get("requirements") is not None:
         requirements_where = f"{where}.requirements"
@@ -234,7 +343,7 @@ def _read_achievement(
             requirements_where,
             values["requirements"],
             (),
-            ("required_achievements", "min_total_xp", "min_level", "activity_counts"),
+            ("required_achievements", "min_total_xp", "min_level", "activity_counts", "streak_lengths"),
         )
         if requirements is not None:
             listed = reader.sequence(
@@ -258,6 +367,7 @@ def _read_achievement(
             counts = _read_activity_counts(
                 reader, requirements_where, requirements.get("activity_counts"), activity_ids
             )
+            runs = _read_streak_lengths(reader, requirements_where, requirements.get("streak_lengths"), streak_ids)
     return Achievement(
         achievement_id=reader.string(where, values, "achievement_id"),
         name=reader.string(where, values, "name"),
@@ -269,6 +379,7 @@ def _read_achievement(
         min_level=min_level,
         activity_counts=tuple(counts),
         auto_unlock=reader.boolean(where, values, "auto_unlock"),
+        streak_lengths=tuple(runs),
     )
 
 
@@ -310,6 +421,34 @@ def _read_activity_counts(
     return counts
 
 
+def _read_streak_lengths(
+    reader: _Reader, requirements_where: str, value: Any, streak_ids: set[str] | None
+) -> list[StreakLength]:
+    """Each {streak_id, length}, each streak once (the service keeps one length
+    per streak). A file that manages the streaks is the whole streak catalog: a
+    run of a streak it does not define could never grow."""
+    runs: list[StreakLength] = []
+    seen: set[str] = set()
+    for i, run_value in enumerate(reader.sequence(f"{requirements_where}.streak_lengths", value)):
+        where = f"{requirements_where}.streak_lengths[{i}]"
+        values = reader.mapping(where, run_value, ("streak_id", "length"), ())
+        if values is None:
+            continue
+        streak_id = reader.string(where, values, "streak_id")
+        length = reader.integer(where, values, "length")
+        if not streak_id:
+            reader.fail(f"{where}.streak_id", "must not be empty")
+            continue
+        if streak_id in seen:
+            reader.fail(f"{where}.streak_id", f"{streak_id!r} is listed twice")
+            continue
+        if streak_ids is not None and streak_id not in streak_ids:
+            reader.fail(f"{where}.streak_id", f"{streak_id!r} is not a streak of this file")
+        seen.add(streak_id)
+        runs.append(StreakLength(streak_id, length))
+    return runs
+
+
 def _read_level(reader: _Reader, where: str, value: Any) -> Level | None:
     values = reader.mapping(where, value, ("level",), ("xp_required", "rewards"))
     if values is None:
@@ -336,11 +475,13 @@ def catalog_from_document(document: Any) -> Catalog:
     listing every problem found."""
     reader = _Reader()
     if document is None:
-        raise CatalogFileError(["the file is empty: expected a mapping with activities, achievements and/or levels"])
+        raise CatalogFileError(
+            ["the file is empty: expected a mapping with activities, streaks, achievements and/or levels"]
+        )
     top = reader.mapping("file", document, (), SECTIONS)
     if top is None:
         raise CatalogFileError(reader.problems)
-    activities = achievements = levels = None
+    activities = achievements = levels = streaks = None
     if "activities" in top:
         read = [
             _read_activity(reader, f"activities[{i}]", v)
@@ -348,10 +489,18 @@ def catalog_from_document(document: Any) -> Catalog:
         ]
         activities = [a for a in read if a is not None]
         _check_unique(reader, "activities", [a.activity_id for a in activities], "activity_id")
+    activity_ids = None if activities is None else {a.activity_id for a in activities}
+    if "streaks" in top:
+        read_streaks = [
+            _read_streak(reader, f"streaks[{i}]", v, activity_ids)
+            for i, v in enumerate(reader.sequence("streaks", top["streaks"]))
+        ]
+        streaks = [s for s in read_streaks if s is not None]
+        _check_unique(reader, "streaks", [s.streak_id for s in streaks], "streak_id")
     if "achievements" in top:
-        activity_ids = None if activities is None else {a.activity_id for a in activities}
+        streak_ids = None if streaks is None else {s.streak_id for s in streaks}
         read_achievements = [
-            _read_achievement(reader, f"achievements[{i}]", v, activity_ids)
+            _read_achievement(reader, f"achievements[{i}]", v, activity_ids, streak_ids)
             for i, v in enumerate(reader.sequence("achievements", top["achievements"]))
         ]
         achievements = [a for a in read_achievements if a is not None]
@@ -369,6 +518,7 @@ def catalog_from_document(document: Any) -> Catalog:
         None if activities is None else tuple(sorted(activities, key=lambda a: a.activity_id)),
         None if achievements is None else tuple(sorted(achievements, key=lambda a: a.achievement_id)),
         None if levels is None else tuple(sorted(levels, key=lambda l: l.level)),
+        None if streaks is None else tuple(sorted(streaks, key=lambda s: s.streak_id)),
     )
 
 
@@ -445,6 +595,13 @@ def catalog_warnings(catalog: Catalog) -> list[str]:
                 f"so level {lower.level} is skipped"
             )
     categories = {a.category for a in catalog.activities or () if a.category}
+    if catalog.activities is not None:
+        for streak in catalog.streaks or ():
+            if streak.category and streak.category not in categories:
+                warnings.append(
+                    f"streak {streak.streak_id} counts awards of category {streak.category!r}, "
+                    "which no activity of the file has"
+                )
     for achievement in catalog.achievements or ():
         if achievement.auto_unlock and not achievement.has_requirements:
             warnings.append(
@@ -479,6 +636,8 @@ def catalog_to_document(catalog: Catalog) -> dict[str, Any]:
     document: dict[str, Any] = {}
     if catalog.activities is not None:
         document["activities"] = [_activity_document(a) for a in catalog.activities]
+    if catalog.streaks is not None:
+        document["streaks"] = [_streak_document(s) for s in catalog.streaks]
     if catalog.achievements is not None:
         document["achievements"] = [_achievement_document(a) for a in catalog.achievements]
     if catalog.levels is not None:
@@ -493,7 +652,24 @@ def _activity_document(activity: Activity) -> dict[str, Any]:
     if activity.category:
         values["category"] = activity.category
     values["xp"] = activity.xp
+    if activity.cap is not None:
+        values["cap"] = _FlowMapping(max_awards=activity.cap.max_awards, period=period_name(activity.cap.period))
     return values
+
+
+def _streak_document(streak: Streak) -> dict[str, Any]:
+    values: dict[str, Any] = {"streak_id": streak.streak_id, "name": streak.name}
+    if streak.activity_id:
+        values["activity_id"] = streak.activity_id
+    if streak.category:
+        values["category"] = streak.category
+    values["period"] = period_name(streak.period)
+    return values
+
+
+def period_name(period: str) -> str:
+    """A period as the file spells it (PERIOD_DAY, PERIOD_WEEK)."""
+    return PERIOD_NAMES.get(period, period or "PERIOD_UNSPECIFIED")
 
 
 def _achievement_document(achievement: Achievement) -> dict[str, Any]:
@@ -518,6 +694,10 @@ def _achievement_document(achievement: Achievement) -> dict[str, Any]:
             if c.activity_id
             else _FlowMapping(category=c.category, count=c.count)
             for c in achievement.activity_counts
+        ]
+    if achievement.streak_lengths:
+        requirements["streak_lengths"] = [
+            _FlowMapping(streak_id=s.streak_id, length=s.length) for s in achievement.streak_lengths
         ]
     if requirements:
         values["requirements"] = requirements

@@ -1,5 +1,6 @@
 """What `catalog apply` must do to make the services' catalog what the file
-says: a pure comparison of two catalogs, in a stable order; and which
+says: a pure comparison of two catalogs, in a stable order; which changes the
+services would refuse (a streak's period is fixed once created); and which
 auto-unlock achievements the plan adds or makes easier to get, whose players
 a backfill should evaluate."""
 
@@ -8,13 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from rewardsctl.catalog import SECTIONS, Achievement, Activity, ActivityCount, Catalog, Level
+from common.streaks import Streak, StreakLength
+from rewardsctl.catalog import SECTIONS, Achievement, Activity, ActivityCount, Catalog, Level, period_name
 
-Entry = Activity | Achievement | Level
+Entry = Activity | Streak | Achievement | Level
 Action = Literal["create", "change", "delete", "keep"]
 
 # The singular of each section, as the plan names an entry.
-ENTRY_KIND = {"activities": "activity", "achievements": "achievement", "levels": "level"}
+ENTRY_KIND = {"activities": "activity", "streaks": "streak", "achievements": "achievement", "levels": "level"}
+
+
+def entry_key(entry: Entry) -> str | int:
+    """What names an entry in its section: its id, a level's number."""
+    return entry.streak_id if isinstance(entry, Streak) else entry.key
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ class CatalogChange:
     key: str | int
     entry: Entry  # what is written, or what is deleted or kept
     field_changes: tuple[FieldChange, ...] = ()
+    # Why the service would refuse this change (so that apply writes nothing); empty when it would not.
+    refused: str = ""
 
     @property
     def kind(self) -> str:
@@ -64,13 +73,21 @@ class CatalogPlan:
     def writes(self) -> tuple[CatalogChange, ...]:
         return tuple(c for c in self.changes if c.writes)
 
+    @property
+    def refused(self) -> tuple[CatalogChange, ...]:
+        """The changes the services would refuse: apply makes none of the plan's changes then."""
+        return tuple(c for c in self.changes if c.refused)
+
 
 def plan_catalog(desired: Catalog, current: Catalog, *, delete_missing: bool = True) -> CatalogPlan:
     """Entries of `desired` missing from `current` are created, those that
     differ are changed (replaced whole), and entries of `current` that
     `desired` lacks are deleted, or kept when delete_missing is False. A
     section `desired` leaves out (None) is not touched. Order: sections as in
-    the file format, and within one, creates and changes by key, then deletes."""
+    the file format, and within one, creates and changes by key, then deletes.
+    A change of a streak's period is planned as refused (`refused` says why):
+    the service keeps a streak's period for good, its players' runs being
+    made of periods of that length."""
     changes: list[CatalogChange] = []
     summaries: list[SectionSummary] = []
     for section in SECTIONS:
@@ -79,26 +96,40 @@ def plan_catalog(desired: Catalog, current: Catalog, *, delete_missing: bool = T
         if wanted is None:
             summaries.append(SectionSummary(section, managed=False, unchanged=len(present)))
             continue
-        present_by_key = {e.key: e for e in present}
-        wanted_keys = {e.key for e in wanted}
+        present_by_key = {entry_key(e): e for e in present}
+        wanted_keys = {entry_key(e) for e in wanted}
         counts = {"create": 0, "change": 0, "delete": 0, "keep": 0, "unchanged": 0}
-        for entry in sorted(wanted, key=lambda e: e.key):
-            old = present_by_key.get(entry.key)
+        for entry in sorted(wanted, key=entry_key):
+            key = entry_key(entry)
+            old = present_by_key.get(key)
             if old is None:
-                changes.append(CatalogChange("create", section, entry.key, entry))
+                changes.append(CatalogChange("create", section, key, entry))
                 counts["create"] += 1
             elif old != entry:
-                changes.append(CatalogChange("change", section, entry.key, entry, field_changes(old, entry)))
+                changes.append(
+                    CatalogChange("change", section, key, entry, field_changes(old, entry), _refusal(old, entry))
+                )
                 counts["change"] += 1
             else:
                 counts["unchanged"] += 1
-        for entry in sorted(present, key=lambda e: e.key):
-            if entry.key not in wanted_keys:
+        for entry in sorted(present, key=entry_key):
+            if entry_key(entry) not in wanted_keys:
                 action: Action = "delete" if delete_missing else "keep"
-                changes.append(CatalogChange(action, section, entry.key, entry))
+                changes.append(CatalogChange(action, section, entry_key(entry), entry))
                 counts[action] += 1
         summaries.append(SectionSummary(section, managed=True, **counts))
     return CatalogPlan(tuple(changes), tuple(summaries))
+
+
+def _refusal(old: Entry, new: Entry) -> str:
+    """Why the service would refuse to replace `old` by `new`; empty when it would not."""
+    if isinstance(old, Streak) and isinstance(new, Streak) and old.period != new.period:
+        return (
+            f"a streak's period is fixed once created (its players' runs are made of {old.period}s), so XpService "
+            f"refuses {period_name(new.period)} with FAILED_PRECONDITION: a streak of another period needs a new "
+            "streak_id"
+        )
+    return ""
 
 
 def field_changes(old: Entry, new: Entry) -> tuple[FieldChange, ...]:
@@ -123,7 +154,8 @@ def backfills(plan: CatalogPlan) -> tuple[Backfill, ...]:
     to get: auto_unlock switched on, min_total_xp or min_level lowered, an
     activity count lowered or removed, a required achievement removed. A
     change that only makes an achievement harder (or touches other fields)
-    needs none: a catalog edit never takes an unlock away."""
+    needs none: a catalog edit never takes an unlock away. A streak run
+    lowered or removed eases it too."""
     found = []
     for change in plan.changes:
         entry = change.entry
@@ -157,6 +189,15 @@ def easings(old: dict[str, Any], new: Achievement) -> tuple[str, ...]:
                 reasons.append(f"count of {old_count.subject} removed (was {old_count.count:,})")
             elif now.count < old_count.count:
                 reasons.append(f"count of {old_count.subject} lowered {old_count.count:,} -> {now.count:,}")
+    if "streak_lengths" in old:
+        new_runs = {s.streak_id: s for s in new.streak_lengths}
+        old_run: StreakLength
+        for old_run in old["streak_lengths"]:
+            run = new_runs.get(old_run.streak_id)
+            if run is None:
+                reasons.append(f"run of streak {old_run.streak_id} removed (was {old_run.length:,})")
+            elif run.length < old_run.length:
+                reasons.append(f"run of streak {old_run.streak_id} lowered {old_run.length:,} -> {run.length:,}")
     if "required_achievements" in old:
         for required in old["required_achievements"]:
             if required not in new.required_achievements:

@@ -9,6 +9,8 @@ from typing import Any
 
 from common.channels import client_channel
 from common.config import Settings
+from common.grpc_edge import period_from_message, period_to_message, streak_to_message
+from common.streaks import Streak, StreakLength
 from rewards.v1 import (
     achievements_pb2,
     achievements_pb2_grpc,
@@ -17,7 +19,7 @@ from rewards.v1 import (
     xp_pb2,
     xp_pb2_grpc,
 )
-from rewardsctl.catalog import Achievement, Activity, ActivityCount, Catalog, Level, Reward
+from rewardsctl.catalog import Achievement, Activity, ActivityCount, Cap, Catalog, Level, Reward
 from rewardsctl.catalog_plan import CatalogChange, Entry
 
 _LIST_PAGE_SIZE = 100
@@ -62,7 +64,7 @@ class ServiceClients:
     # --- catalog ------------------------------------------------------------------
 
     def read_catalog(self) -> Catalog:
-        return Catalog.of(self.list_activities(), self.list_achievements(), self.list_levels())
+        return Catalog.of(self.list_activities(), self.list_achievements(), self.list_levels(), self.list_streaks())
 
     def list_activities(self) -> list[Activity]:
         activities: list[Activity] = []
@@ -75,6 +77,18 @@ class ServiceClients:
             token = page.next_page_token
             if not token:
                 return activities
+
+    def list_streaks(self) -> list[Streak]:
+        streaks: list[Streak] = []
+        token = ""
+        while True:
+            page = self.xp.ListStreaks(
+                xp_pb2.ListStreaksRequest(page_size=_LIST_PAGE_SIZE, page_token=token), timeout=self._timeout_s
+            )
+            streaks.extend(streak_from_message(m) for m in page.streaks)
+            token = page.next_page_token
+            if not token:
+                return streaks
 
     def list_achievements(self) -> list[Achievement]:
         achievements: list[Achievement] = []
@@ -111,6 +125,8 @@ class ServiceClients:
     def put_entry(self, entry: Entry) -> None:
         if isinstance(entry, Activity):
             self.xp.PutActivity(xp_pb2.PutActivityRequest(activity=activity_to_message(entry)), timeout=self._timeout_s)
+        elif isinstance(entry, Streak):
+            self.xp.PutStreak(xp_pb2.PutStreakRequest(streak=streak_to_message(entry)), timeout=self._timeout_s)
         elif isinstance(entry, Achievement):
             self.achievements.PutAchievement(
                 achievements_pb2.PutAchievementRequest(achievement=achievement_to_message(entry)),
@@ -129,6 +145,8 @@ class ServiceClients:
     def delete_entry(self, entry: Entry) -> None:
         if isinstance(entry, Activity):
             self.xp.DeleteActivity(xp_pb2.DeleteActivityRequest(activity_id=entry.activity_id), timeout=self._timeout_s)
+        elif isinstance(entry, Streak):
+            self.xp.DeleteStreak(xp_pb2.DeleteStreakRequest(streak_id=entry.streak_id), timeout=self._timeout_s)
         elif isinstance(entry, Achievement):
             self.achievements.DeleteAchievement(
                 achievements_pb2.DeleteAchievementRequest(achievement_id=entry.achievement_id), timeout=self._timeout_s
@@ -206,7 +224,15 @@ class ServiceClients:
 
 
 def activity_from_message(message: xp_pb2.Activity) -> Activity:
-    return Activity(message.activity_id, message.name, message.description, message.category, message.xp)
+    cap = message.cap
+    return Activity(
+        message.activity_id,
+        message.name,
+        message.description,
+        message.category,
+        message.xp,
+        Cap(cap.max_awards, period_from_message(cap.period)) if cap.max_awards else None,
+    )
 
 
 def activity_to_message(activity: Activity) -> xp_pb2.Activity:
@@ -216,6 +242,19 @@ def activity_to_message(activity: Activity) -> xp_pb2.Activity:
         description=activity.description,
         category=activity.category,
         xp=activity.xp,
+        cap=None
+        if activity.cap is None
+        else xp_pb2.Cap(max_awards=activity.cap.max_awards, period=period_to_message(activity.cap.period)),
+    )
+
+
+def streak_from_message(message: xp_pb2.Streak) -> Streak:
+    return Streak(
+        streak_id=message.streak_id,
+        name=message.name,
+        period=period_from_message(message.period),
+        activity_id=message.activity_id,
+        category=message.category,
     )
 
 
@@ -232,6 +271,7 @@ def achievement_from_message(message: achievements_pb2.Achievement) -> Achieveme
         min_level=requirements.min_level,
         activity_counts=tuple(ActivityCount(c.activity_id, c.category, c.count) for c in requirements.activity_counts),
         auto_unlock=message.auto_unlock,
+        streak_lengths=tuple(StreakLength(s.streak_id, s.length) for s in requirements.streak_lengths),
     )
 
 
@@ -249,6 +289,10 @@ def achievement_to_message(achievement: Achievement) -> achievements_pb2.Achieve
             activity_counts=[
                 achievements_pb2.ActivityCount(activity_id=c.activity_id, category=c.category, count=c.count)
                 for c in achievement.activity_counts
+            ],
+            streak_lengths=[
+                achievements_pb2.StreakLength(streak_id=s.streak_id, length=s.length)
+                for s in achievement.streak_lengths
             ],
         ),
         auto_unlock=achievement.auto_unlock,

@@ -12,9 +12,10 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from common.streaks import Streak, StreakLength
 from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
 from rewardsctl.backfill import BackfillResult
-from rewardsctl.catalog import Achievement, Activity, ActivityCount, Level, Reward
+from rewardsctl.catalog import Achievement, Activity, ActivityCount, Cap, Level, Reward
 from rewardsctl.catalog_plan import Backfill, CatalogChange, CatalogPlan, SectionSummary
 
 _SIGN = {"create": "+", "change": "~", "delete": "-", "keep": "="}
@@ -27,6 +28,12 @@ _DONE = {"create": "created", "change": "changed", "delete": "deleted", "keep": 
 
 def change_line(change: CatalogChange, *, done: bool) -> str:
     verb = (_DONE if done else _PLANNED)[change.action]
+    if change.refused:  # never made: `! refused change streak daily: period 'day' -> 'week': why`
+        return (
+            f"! refused {verb} {change.kind} {change.key}: "
+            + "; ".join(f"{c.field} {_value(c.old)} -> {_value(c.new)}" for c in change.field_changes)
+            + f": {change.refused}"
+        )
     line = f"{_SIGN[change.action]} {verb} {change.kind} {change.key}"
     if change.action == "create":
         line += f" ({entry_summary(change.entry)})"
@@ -39,9 +46,16 @@ def change_line(change: CatalogChange, *, done: bool) -> str:
     return line
 
 
-def entry_summary(entry: Activity | Achievement | Level) -> str:
+def entry_summary(entry: Activity | Streak | Achievement | Level) -> str:
     if isinstance(entry, Activity):
-        return f"{entry.name!r}, {entry.xp:,} XP" + (f", category {entry.category}" if entry.category else "")
+        return (
+            f"{entry.name!r}, {entry.xp:,} XP"
+            + (f", category {entry.category}" if entry.category else "")
+            + (f", at most {cap_text(entry.cap)}" if entry.cap else "")
+        )
+    if isinstance(entry, Streak):
+        subject = entry.activity_id if entry.activity_id else f"category {entry.category}"
+        return f"{entry.name!r}, {entry.period}s in a row of {subject}"
     if isinstance(entry, Achievement):
         parts = [repr(entry.name), f"{entry.xp_reward:,} XP"]
         if entry.required_achievements:
@@ -52,6 +66,8 @@ def entry_summary(entry: Activity | Achievement | Level) -> str:
             parts.append(f"min level {entry.min_level}")
         if entry.activity_counts:
             parts.append("counts " + ", ".join(count_text(c) for c in entry.activity_counts))
+        if entry.streak_lengths:
+            parts.append("runs " + ", ".join(run_text(r) for r in entry.streak_lengths))
         if entry.hidden:
             parts.append("hidden")
         if entry.auto_unlock:
@@ -65,12 +81,26 @@ def count_text(count: ActivityCount) -> str:
     return f"{count.count:,} x {count.subject}"
 
 
+def run_text(run: StreakLength) -> str:
+    """`7 x streak daily-login`: a best run of 7 periods."""
+    return f"{run.length:,} x streak {run.streak_id}"
+
+
+def cap_text(cap: Cap | None) -> str:
+    """`3 a day`, `10 a week`; `none`."""
+    return "none" if cap is None else f"{cap.max_awards:,} a {cap.period}"
+
+
 def _value(value: Any) -> str:
+    if value is None or isinstance(value, Cap):  # an activity's cap, the only field that may be None
+        return cap_text(value)
     if isinstance(value, tuple):
         if value and isinstance(value[0], Reward):
             return "[" + rewards_text(value) + "]"
         if value and isinstance(value[0], ActivityCount):
             return "[" + ", ".join(count_text(c) for c in value) + "]"
+        if value and isinstance(value[0], StreakLength):
+            return "[" + ", ".join(run_text(r) for r in value) + "]"
         return "[" + ", ".join(str(v) for v in value) + "]"
     if isinstance(value, str):
         shown = value if len(value) <= 60 else value[:57] + "..."
@@ -102,6 +132,18 @@ def plan_footer(plan: CatalogPlan, *, dry_run: bool) -> str:
     if dry_run:
         return f"dry run: {changes} planned, nothing was changed"
     return f"applied {changes}"
+
+
+def refused_footer(plan: CatalogPlan, path: str) -> str:
+    """Why apply wrote nothing: each change the services would refuse."""
+    refused = plan.refused
+    lines = [
+        f"nothing was changed: the services would refuse {len(refused)} of the {len(plan.writes)} changes "
+        f"{path} asks for:"
+    ]
+    lines.extend(f"  {change.kind} {change.key}: {change.refused}" for change in refused)
+    lines.append(f"fix {path} and apply it again")
+    return "\n".join(lines)
 
 
 def backfill_line(backfill: Backfill, *, planned: bool) -> str:

@@ -45,12 +45,27 @@ XP taken back (negative adjustments, revokes) lowers total_xp and, for a revoked
 activity award, its counters, but never a level reached or an unlock: those
 are checked against what the user had before, the positive entries summed (a
 bound on any past total) and the counters with the revoked awards added back.
+Nor does it take a period out of a streak's run, nor give back a cap's slot.
+
+Caps and streaks count in periods (days, weeks from Monday) of the game's one
+time zone (REWARDS_TIME_ZONE, `StageCatalog.zone`): an award's period is that
+of its ledger entry's recorded_at, the instant the award read to find its cap's
+period and its streaks' periods. The items they write in activity_counts are
+checked against the ledger: `cap#<activity_id>#<period>` (a slot taken by each
+award that was not capped) and `s#<streak_id>` (a user's run of a streak: the
+first local day of each period with a counted award, `touched`, and after a
+fold the summary `base_last`, `base_current`, `base_best`; common.streaks).
 
 Some checks compare stored progress with the catalog as it is now: the level a
-total gives, the rewards of each level, achievement requirements. They hold
-when the catalog has only been what it is now while players played. After the
-level table or the requirements changed (levels never go down, rewards were
-granted as they were), `catalog_changed` turns those findings into notes.
+total gives, the rewards of each level, achievement requirements, the caps of
+the activities, the activity or category a streak counts, and the time zone.
+They hold when the catalog has only been what it is now while players played.
+After the level table, the requirements, a cap or a streak changed (or a
+streak was deleted after a change), or the time zone did (levels never go
+down, rewards were granted as they were, periods were counted as they were),
+`catalog_changed` turns those findings into notes. A streak's period is the
+exception: it is fixed once created, even deleted, so a run in other periods
+is always a violation.
 
 A scan is not a snapshot: run it on a stage that takes no writes, or expect
 findings about users written to during the scan.
@@ -64,8 +79,10 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from botocore.exceptions import ClientError
 
@@ -73,11 +90,13 @@ from common.auto_unlock import Requirements, Standing, unmet_requirements
 from common.dynamodb import (
     ACHIEVEMENT_STATS,
     ACHIEVEMENTS,
+    ACTIVITIES,
     ACTIVITY_COUNTS,
     LEVEL_CHECKS,
     LEVEL_REWARDS,
     LEVEL_TABLE_VERSION_KEY,
     LEVELS,
+    STREAKS,
     USER_ACHIEVEMENTS,
     USER_PROGRESS,
     XP_LEDGER,
@@ -86,8 +105,11 @@ from common.dynamodb import (
     from_item,
 )
 from common.dynamodb.auto_rules import requirements_from_values
-from common.dynamodb.counters import PLAYERS_STAT, stat_of_key, stat_shard, unlocks_stat
+from common.dynamodb.counters import PLAYERS_STAT, stat_of_key, stat_shard, streak_record_from, unlocks_stat
+from common.dynamodb.streak_catalog import is_deleted, streak_from_values
 from common.models import Level, LevelTable, Reward
+from common.periods import PERIODS, WEEK, period_key, period_start_date
+from common.streaks import Streak, StreakRecord, is_streak_counter, streak_counter, streak_id_of
 
 VIOLATION = "violation"
 WARNING = "warning"
@@ -102,10 +124,16 @@ INVARIANTS: dict[str, str] = {
     "revoke-reverses-entry": "each revoke rev#<entry> reverses an award, grant or reward of the user by minus its XP",
     "counters-match-ledger": "each a#<activity>, c#<category> counter is the number of the user's counted awards "
     "of it, less those revoked",
+    "cap-respected": "a capped activity's awards that counted in one period are at most its cap (all of it when "
+    "one was capped); each cap#<activity>#<period> slot is at most them",
+    "streak-periods-have-awards": "each period of a streak run s#<streak> (touched, base_last) had a counted "
+    "award of the streak's activity or category",
+    "streak-summary-consistent": "each streak run has its streak's period, first days of such periods, and a "
+    "summary with base_current <= base_best",
     "achievement-paid-once": "each unlock with a reward is paid by one ach# entry of that XP; no other ach# entry",
     "unlocks-match-progress": "the progress item notes the user's unlock records, and names no other",
-    "unlock-requirements-held": "each unlock's requirements (prerequisites, total XP, level, counts) still hold "
-    "(total and counts with what was taken back)",
+    "unlock-requirements-held": "each unlock's requirements (prerequisites, total XP, level, counts, streak runs) "
+    "still hold (total and counts with what was taken back)",
     "auto-unlocks-made": "each auto-unlock achievement whose requirements the user meets is unlocked",
     "level-matches-xp": "the stored level is a defined level, not above the level total_xp gives "
     "(or gave before XP was taken back)",
@@ -126,6 +154,10 @@ ENTRY_KINDS = {
 REVOCABLE_KINDS = ("activity", "grant", "achievement")
 # The counters of activity_counts (common.auto_unlock): per activity and per category.
 COUNTER_KINDS = {"a#": "activity", "c#": "category"}
+# A cap's slots in activity_counts (common.dynamodb.counters.cap_take): cap#<activity_id>#<period key>.
+CAP_SLOT = "cap#"
+# The invariants that count in periods of the game's time zone.
+_PERIOD_INVARIANTS = ("cap-respected", "streak-periods-have-awards")
 # How a game-wide finding (about the stats, not one user) shows in the text report.
 STAGE_WIDE = "(stage)"
 
@@ -148,6 +180,11 @@ class StageCatalog:
     achievements: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # by achievement_id
     # Each stat ("ach#<achievement_id>", "players") by shard: the stored `total` as read (a plain value).
     stats: Mapping[str, Mapping[int, Any]] = field(default_factory=dict)
+    activities: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # by activity_id: their caps
+    # By streak_id, the deleted ones too (a deleted streak's item stays, marked `deleted`, its period fixed).
+    streaks: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    # The game's time zone (REWARDS_TIME_ZONE): where caps' and streaks' days and weeks start.
+    zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
 
 
 @dataclass(frozen=True)
@@ -178,6 +215,9 @@ class StageContents:
     level_checks: list[dict[str, Any]] = field(default_factory=list)
     counters: list[dict[str, Any]] = field(default_factory=list)  # activity_counts
     stats: list[dict[str, Any]] = field(default_factory=list)  # achievement_stats
+    activities: list[dict[str, Any]] = field(default_factory=list)
+    streaks: list[dict[str, Any]] = field(default_factory=list)  # deleted ones too
+    time_zone: str = "UTC"  # REWARDS_TIME_ZONE
 
 
 @dataclass(frozen=True)
@@ -211,6 +251,7 @@ class VerifyReport:
     levels_checked: int = 0
     level_table_levels: int = 0
     catalog_changed: bool = False
+    time_zone: str = "UTC"  # where the periods of caps and streaks were counted
     # The candidates for listing, per severity, as (user_id, arrival, finding): at most
     # 2 * limit each between trims, so memory does not grow with the findings.
     _kept: dict[str, list[tuple[str, int, Finding]]] = field(default_factory=lambda: {s: [] for s in SEVERITIES})
@@ -281,14 +322,19 @@ def verify_users(
 ) -> VerifyReport:
     """Checks every invariant for each user, one user at a time: `users` may be
     a stream that never fits in memory."""
-    report = VerifyReport(limit=limit, catalog_changed=catalog_changed, level_table_levels=len(catalog.levels.levels))
+    report = VerifyReport(
+        limit=limit,
+        catalog_changed=catalog_changed,
+        level_table_levels=len(catalog.levels.levels),
+        time_zone=catalog.zone.key,
+    )
     tally = _StatsTally()
-    auto_rules = _auto_rules(catalog)
+    auto_rules, caps, streaks = _auto_rules(catalog), _caps(catalog), _streaks(catalog)
     for user in users:
         report.users += 1
         report.ledger_entries += len(user.ledger)
         report.unlocks += len(user.unlocks)
-        _UserCheck(report, catalog, user, auto_rules).run()
+        _UserCheck(report, catalog, user, auto_rules, caps, streaks).run()
         tally.add(user)
     _check_stats(report, catalog, tally)
     return report
@@ -311,7 +357,14 @@ def verify_contents(
     for item in contents.stats:
         stat, shard = stat_of_key(str(item["stat_shard"]))
         stats[stat][shard] = item.get("total", 0)
-    catalog = StageCatalog(contents.levels, {str(a["achievement_id"]): a for a in contents.achievements}, stats)
+    catalog = StageCatalog(
+        contents.levels,
+        {str(a["achievement_id"]): a for a in contents.achievements},
+        stats,
+        {str(a["activity_id"]): a for a in contents.activities},
+        {str(s["streak_id"]): s for s in contents.streaks},
+        ZoneInfo(contents.time_zone),
+    )
     users = (
         UserItems(
             user_id,
@@ -383,6 +436,60 @@ def _auto_rules(catalog: StageCatalog) -> list[tuple[str, Requirements | None]]:
     return rules
 
 
+def _caps(catalog: StageCatalog) -> dict[str, tuple[int, str]]:
+    """The activities with a cap, by id: (max_awards, period). An activity item
+    without cap_max_awards (or with 0) has none; one whose cap is unreadable
+    is left out (the service could not have read it either)."""
+    caps: dict[str, tuple[int, str]] = {}
+    for activity_id, values in catalog.activities.items():
+        max_awards, period = _whole(values.get("cap_max_awards", 0)), values.get("cap_period")
+        if max_awards and max_awards > 0 and period in PERIODS:
+            caps[activity_id] = (max_awards, str(period))
+    return caps
+
+
+def _streaks(catalog: StageCatalog) -> dict[str, tuple[Streak, bool]]:
+    """Every streak of the streak table, by id, with whether it is deleted."""
+    streaks: dict[str, tuple[Streak, bool]] = {}
+    for streak_id, values in catalog.streaks.items():
+        try:
+            streaks[streak_id] = (streak_from_values(values), is_deleted(values))
+        except (KeyError, TypeError, ValueError):
+            continue  # unreadable: its runs are reported as of no streak
+    return streaks
+
+
+def _moment(recorded_at: Any) -> datetime | None:
+    """A ledger entry's recorded_at (ISO 8601, UTC, `Z`) as an aware instant; None when unreadable."""
+    try:
+        moment = datetime.fromisoformat(str(recorded_at))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def _first_day(text: Any) -> date | None:
+    try:
+        return date.fromisoformat(str(text))
+    except ValueError:
+        return None
+
+
+def _streak_record(values: Mapping[str, Any]) -> StreakRecord | None:
+    """A run's item as XP reads it; None when its attributes cannot be read so."""
+    try:
+        record = streak_record_from(values)
+        record.run()
+    except (TypeError, ValueError, ArithmeticError):
+        return None
+    return record
+
+
+def _is_run(values: Mapping[str, Any]) -> bool:
+    """A streak item that holds a run (an award wrote it), not only an auto-unlock watch."""
+    return any(name in values for name in ("period", "touched", "base_last", "base_current", "base_best"))
+
+
 class _UserCheck:
     """The invariants of one user; each `_check_*` counts what it checks."""
 
@@ -392,9 +499,14 @@ class _UserCheck:
         catalog: StageCatalog,
         user: UserItems,
         auto_rules: list[tuple[str, Requirements | None]] | None = None,
+        caps: dict[str, tuple[int, str]] | None = None,
+        streaks: dict[str, tuple[Streak, bool]] | None = None,
     ) -> None:
         self.report = report
         self.auto_rules = _auto_rules(catalog) if auto_rules is None else auto_rules
+        self.caps = _caps(catalog) if caps is None else caps
+        self.streaks = _streaks(catalog) if streaks is None else streaks
+        self.zone = catalog.zone
         self.table = catalog.levels
         self.catalog = catalog.achievements
         self.user_id = user.user_id
@@ -406,8 +518,18 @@ class _UserCheck:
         self.counters = user.counters
         self.total_xp = _whole((self.progress or {}).get("total_xp", 0))
         self.stored_level = _whole(self.progress["level"]) if self.progress and "level" in self.progress else None
-        # The awards each counter holds (a counter item holding only a watch holds none).
-        self.counts = {str(c["counter"]): _whole(c.get("awards", 0)) for c in self.counters}
+        # The awards each counter holds (a counter item holding only a watch holds none); for a
+        # streak's run, the best run, what its requirements ask of it (common.dynamodb.counters).
+        self.counts: dict[str, int | None] = {}
+        for c in self.counters:
+            counter = str(c["counter"])
+            if is_streak_counter(counter):
+                record = _streak_record(c)
+                self.counts[counter] = record.run().best if record is not None else 0
+            else:
+                self.counts[counter] = _whole(c.get("awards", 0))
+        # Per (activity, period kind): the awards that counted and those capped, by period key (memo).
+        self._periods: dict[tuple[str, str], tuple[Counter[str], Counter[str]]] = {}
         # XP taken back (negative adjustments, revokes), and what total_xp can have been at most:
         # the positive entries summed. Levels reached and unlocks stay when XP is taken back.
         xps = [_whole(e.get("xp")) or 0 for e in self.ledger]
@@ -428,6 +550,8 @@ class _UserCheck:
         self._check_revokes()
         self._check_total()
         self._check_counters()
+        self._check_caps()
+        self._check_streaks()
         self._check_achievement_payments()
         self._check_unlocked_set()
         self._check_unlock_requirements()
@@ -556,7 +680,9 @@ class _UserCheck:
                 awarded.update(_counters_of(entry))
         expected = awarded - self.revoked
         raw = {str(c["counter"]): c.get("awards", 0) for c in self.counters}
-        for counter in sorted(set(awarded) | set(self.counts)):
+        # A cap's slots and streaks' runs are items of the same table, checked by their own invariants.
+        others = {c for c in self.counts if c.startswith(CAP_SLOT) or is_streak_counter(c)}
+        for counter in sorted((set(awarded) | set(self.counts)) - others):
             self.report.checked["counters-match-ledger"] += 1
             kind, subject = COUNTER_KINDS.get(counter[:2]), counter[2:]
             held = self.counts.get(counter, 0)
@@ -582,6 +708,191 @@ class _UserCheck:
                     f"counter {counter!r} holds {held:,} awards, but the ledger has {expected[counter]:,} "
                     f"counted awards of {kind} {subject!r}{revoked} ({held - expected[counter]:+,})",
                 )
+
+    # --- caps and streaks -------------------------------------------------------------
+
+    def _awards_by_period(self, activity_id: str, period: str) -> tuple[Counter[str], Counter[str]]:
+        """The user's awards of the activity by period key (common.periods.period_key of their
+        recorded_at): those that were not capped (each took a slot, whether revoked since or not:
+        a revoke gives none back), and those capped."""
+        known = self._periods.get((activity_id, period))
+        if known is not None:
+            return known
+        counted: Counter[str] = Counter()
+        capped: Counter[str] = Counter()
+        for entry in self.ledger:
+            if entry.get("kind") != "activity" or entry.get("activity_id") != activity_id:
+                continue
+            moment = _moment(entry.get("recorded_at"))
+            if moment is None:
+                continue  # reported below, where the period of an award is needed
+            key = period_key(moment, period, self.zone)
+            (capped if entry.get("capped") is True else counted)[key] += 1
+        self._periods[(activity_id, period)] = (counted, capped)
+        return counted, capped
+
+    def _check_caps(self) -> None:
+        """Of any number of awards of a capped activity in one period, exactly the cap's count
+        (each takes a slot, cap#<activity>#<period>, only while below the cap, in its own
+        transaction); the others are recorded capped. Against the caps of the catalog as it is
+        now, in the time zone as it is now: notes with `catalog_changed`."""
+        for activity_id, (max_awards, period) in sorted(self.caps.items()):
+            counted, capped = self._awards_by_period(activity_id, period)
+            for key in sorted(set(counted) | set(capped)):
+                self.report.checked["cap-respected"] += 1
+                if counted[key] > max_awards:
+                    self._find(
+                        self._catalog_dependent(),
+                        "cap-respected",
+                        f"activity {activity_id!r} is capped at {max_awards:,} a {period}, but {counted[key]:,} of "
+                        f"its awards in {key} were not capped (+{counted[key] - max_awards:,})",
+                    )
+                elif capped[key] and counted[key] < max_awards:
+                    self._find(
+                        self._catalog_dependent(),
+                        "cap-respected",
+                        f"{capped[key]:,} awards of activity {activity_id!r} in {key} were capped, but only "
+                        f"{counted[key]:,} of the {max_awards:,} its cap allows a {period} counted",
+                    )
+        for item in self.counters:
+            counter = str(item["counter"])
+            if not counter.startswith(CAP_SLOT):
+                continue
+            self.report.checked["cap-respected"] += 1
+            activity_id, _, key = counter[len(CAP_SLOT) :].rpartition("#")
+            period, _, first = key.partition(":")
+            slots = _whole(item.get("awards", 0))
+            if not activity_id or period not in PERIODS or _first_day(first) is None:
+                self._find(
+                    VIOLATION, "cap-respected", f"counter {counter!r} is not cap#<activity_id>#<day|week>:<date>"
+                )
+            elif slots is None or slots < 0:
+                self._find(
+                    VIOLATION,
+                    "cap-respected",
+                    f"cap slot {counter!r} holds awards {item.get('awards')!r}, not a whole number >= 0",
+                )
+            elif slots > (awarded := self._awards_by_period(activity_id, period)[0][key]):
+                self._find(
+                    self._catalog_dependent(),
+                    "cap-respected",
+                    f"cap slot {counter!r} holds {slots:,} awards, but the ledger has {awarded:,} awards of "
+                    f"{activity_id!r} in {key} that were not capped (+{slots - awarded:,})",
+                )
+        unreadable = sum(
+            1
+            for e in self.ledger
+            if e.get("kind") == "activity"
+            and e.get("activity_id") in self.caps
+            and _moment(e.get("recorded_at")) is None
+        )
+        if unreadable:
+            self._find(
+                VIOLATION,
+                "cap-respected",
+                f"{unreadable:,} awards of capped activities have a recorded_at that is not an ISO 8601 instant: "
+                "their periods are unknown",
+            )
+
+    def _check_streaks(self) -> None:
+        """Each of the user's streak runs (s#<streak_id>): what its item holds (streak-summary-
+        consistent), and that each period it holds had a counted award of what the streak counts
+        (streak-periods-have-awards: a period is added only by a counted award's own transaction,
+        and never taken out, by a revoke either)."""
+        award_periods: dict[tuple[str, str, str], set[str]] = {}
+        for item in self.counters:
+            counter = str(item["counter"])
+            if not is_streak_counter(counter) or not _is_run(item):
+                continue  # not a streak's item, or one an auto-unlock watch alone made
+            streak_id = streak_id_of(counter)
+            self.report.checked["streak-summary-consistent"] += 1
+            known = self.streaks.get(streak_id)
+            period = item.get("period")
+            problems = self._run_problems(item, period)
+            for problem in problems:
+                self._find(VIOLATION, "streak-summary-consistent", f"streak run {counter!r}: {problem}")
+            if known is None:
+                self._find(
+                    self._catalog_dependent(),
+                    "streak-summary-consistent",
+                    f"streak run {counter!r}: streak {streak_id!r} is not in the streak table (a deleted "
+                    "streak's item stays there), so what it counts is not known",
+                )
+                continue
+            streak, deleted = known
+            if period in PERIODS and period != streak.period:
+                # A streak's period is fixed once created, even deleted: never a catalog change.
+                self._find(
+                    VIOLATION,
+                    "streak-summary-consistent",
+                    f"streak run {counter!r} is in {period}s, but streak {streak_id!r} counts {streak.period}s "
+                    "(fixed once created)",
+                )
+                continue
+            if problems:
+                continue  # its periods cannot be read as the streak's
+            subject = (streak.activity_id, streak.category, streak.period)
+            if subject not in award_periods:
+                award_periods[subject] = self._streak_award_periods(streak)
+            held = {str(d) for d in item.get("touched") or ()}
+            if item.get("base_last"):
+                held.add(str(item["base_last"]))
+            for first_day in sorted(held):
+                self.report.checked["streak-periods-have-awards"] += 1
+                if first_day not in award_periods[subject]:
+                    what = f"activity {streak.activity_id!r}" if streak.activity_id else f"category {streak.category!r}"
+                    self._find(
+                        self._catalog_dependent(),
+                        "streak-periods-have-awards",
+                        f"streak run {counter!r} holds the {streak.period} of {first_day}, but the ledger has no "
+                        f"counted award of {what} in it" + (" (the streak is deleted)" if deleted else ""),
+                    )
+
+    def _run_problems(self, item: Mapping[str, Any], period: Any) -> list[str]:
+        """What is wrong with a run's item as XP writes and folds it (common.dynamodb.counters)."""
+        problems = []
+        if period not in PERIODS:
+            problems.append(f"period {period!r} is not {' or '.join(PERIODS)}")
+        touched = item.get("touched", set())
+        if not isinstance(touched, (set, frozenset, list)) or not all(isinstance(d, str) for d in touched):
+            problems.append(f"touched {touched!r} is not a set of ISO dates")
+            touched = set()
+        base = [name for name in ("base_last", "base_current", "base_best") if name in item]
+        if base and len(base) < 3:
+            missing = sorted({"base_last", "base_current", "base_best"} - set(base))
+            problems.append(f"the summary has {', '.join(base)} but not {', '.join(missing)}")
+        days = [str(d) for d in touched] + ([str(item["base_last"])] if "base_last" in item else [])
+        for text in sorted(days):
+            first = _first_day(text)
+            if first is None:
+                problems.append(f"{text!r} is not an ISO date")
+            elif period == WEEK and first.weekday() != 0:
+                problems.append(f"{text} is not the first day of a week (a Monday)")
+        if len(base) == 3:
+            current, best = _whole(item["base_current"]), _whole(item["base_best"])
+            if current is None or best is None or current < 1:
+                problems.append(
+                    f"base_current {item['base_current']!r} and base_best {item['base_best']!r} are not whole "
+                    "numbers >= 1"
+                )
+            elif current > best:
+                problems.append(f"base_current {current:,} is above base_best {best:,}")
+        return problems
+
+    def _streak_award_periods(self, streak: Streak) -> set[str]:
+        """The first days (ISO) of the periods in which the user had a counted award (not capped;
+        revoked or not) of what the streak counts: its activity, or any activity of its category
+        (the category the award counted under, kept with the entry)."""
+        found: set[str] = set()
+        for entry in self.ledger:
+            if not _counted_award(entry):
+                continue
+            if not streak.counts(str(entry.get("activity_id", "")), str(entry.get("category") or "")):
+                continue
+            moment = _moment(entry.get("recorded_at"))
+            if moment is not None:
+                found.add(period_start_date(moment, streak.period, self.zone).isoformat())
+        return found
 
     # --- achievements -----------------------------------------------------------------
 
@@ -710,6 +1021,14 @@ class _UserCheck:
                 if has + self.revoked[counter] < count:
                     revoked = f" (and {self.revoked[counter]:,} revoked)" if self.revoked[counter] else ""
                     unmet.append(f"{COUNTER_KINDS[counter[:2]]} {counter[2:]!r} counted {has:,}{revoked} < {count:,}")
+            for run in requirements.get("streak_lengths", ()) or ():
+                # The unlock's transaction checked the run's item; a best run never shortens.
+                if not isinstance(run, Mapping):
+                    continue
+                streak_id, length = str(run.get("streak_id") or ""), _whole(run.get("length", 0)) or 0
+                best = self.counts.get(streak_counter(streak_id), 0) or 0
+                if best < length:
+                    unmet.append(f"streak {streak_id!r} best run {best:,} < {length:,}")
             if unmet:
                 # Levels and unlocks only grow, and totals and counters but for what was taken back (counted
                 # above): what held at the unlock still holds, unless the catalog changed.
@@ -1007,6 +1326,7 @@ def report_as_json(report: VerifyReport, where: str = "") -> str:
             "stage": where,
             "ok": report.ok,
             "catalog_changed": report.catalog_changed,
+            "time_zone": report.time_zone,
             "counts": report.counts(),
             "invariants": {
                 name: {
@@ -1037,7 +1357,12 @@ def report_as_text(report: VerifyReport, where: str = "") -> str:
         f"  users {counts['users']:,} · ledger entries {counts['ledger_entries']:,} · unlocks {counts['unlocks']:,} · "
         f"levels checked {counts['levels_checked']:,} (level table: {counts['level_table_levels']:,} levels)",
         f"  invariants checked {counts['invariants_checked']:,}"
-        + (" (catalog changed: checks against the current catalog are notes)" if report.catalog_changed else ""),
+        + (" (catalog changed: checks against the current catalog are notes)" if report.catalog_changed else "")
+        + (
+            f" · caps' and streaks' periods in time zone {report.time_zone}"
+            if any(report.checked[name] for name in _PERIOD_INVARIANTS)
+            else ""
+        ),
         f"    {'invariant':<26} {'checked':>9} {'violations':>10} {'warnings':>9} {'notes':>7}",
     ]
     for name, text in INVARIANTS.items():
@@ -1077,9 +1402,12 @@ _KEY_PAGE = 2000
 _BATCH_GET_KEYS = 100
 
 
-def read_catalog(client: Any, table_prefix: str) -> StageCatalog:
-    """The level table, the achievements and the game-wide stats (a few items
-    per achievement). Raises StageNotFound when a table is missing."""
+def read_catalog(client: Any, table_prefix: str, time_zone: str = "UTC") -> StageCatalog:
+    """The level table, the achievements, the activities, the streaks (the
+    deleted ones too) and the game-wide stats (a few items per achievement);
+    `time_zone` is the game's (REWARDS_TIME_ZONE). Raises StageNotFound when a
+    table is missing (but the streak table, which a stage of an earlier
+    version lacks until its services start: no streaks then)."""
     levels = [
         Level(
             int(v["level"]),
@@ -1100,7 +1428,20 @@ def read_catalog(client: Any, table_prefix: str) -> StageCatalog:
         for values in map(from_item, page["Items"]):
             stat, shard = stat_of_key(str(values["stat_shard"]))
             stats[stat][shard] = values.get("total", 0)
-    return StageCatalog(LevelTable(levels), achievements, dict(stats))
+    activities = {
+        str(a["activity_id"]): a
+        for page in _pages(client, "scan", table_prefix, ACTIVITIES)
+        for a in map(from_item, page["Items"])
+    }
+    try:
+        streaks = {
+            str(s["streak_id"]): s
+            for page in _pages(client, "scan", table_prefix, STREAKS)
+            for s in map(from_item, page["Items"])
+        }
+    except StageNotFound:
+        streaks = {}
+    return StageCatalog(LevelTable(levels), achievements, dict(stats), activities, streaks, ZoneInfo(time_zone))
 
 
 def read_users(client: Any, table_prefix: str) -> Iterator[UserItems]:

@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -80,7 +81,9 @@ class ServerLoop:
 
 
 class Cluster:
-    def __init__(self, endpoint: str, **overrides: Any) -> None:
+    def __init__(self, endpoint: str, *, clock: Callable[[], datetime] | None = None, **overrides: Any) -> None:
+        # XP's clock (caps and streaks), when a test sets the time.
+        self.clock = clock
         settings: dict[str, Any] = {
             "dynamodb_endpoint": endpoint,
             "table_prefix": f"test-{uuid.uuid4().hex[:8]}-",
@@ -118,8 +121,9 @@ class Cluster:
             xp_target=f"localhost:{self.ports.get('xp', 0)}",
             achievements_target=f"localhost:{self.ports.get('achievements', 0)}",
         )
+        extra = {"clock": self.clock} if name == "xp" and self.clock is not None else {}
         server, port = self.loop.run(
-            self._factory(name)(f"localhost:{self.ports.get(name, 0)}", settings, dynamodb or self.lean)
+            self._factory(name)(f"localhost:{self.ports.get(name, 0)}", settings, dynamodb or self.lean, **extra)
         )
         self.loop.run(server.start())
         self._servers[name] = server

@@ -194,6 +194,72 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("xp", "RevokeAward", xp.RevokeAwardRequest(user_id="u", request_id="a", entry_id="b", reason="r"), "request_id"),
     ("xp", "RevokeAward", xp.RevokeAwardRequest(user_id="u", entry_id="x" * 200, reason="r"), "entry_id"),
     ("xp", "RevokeAward", xp.RevokeAwardRequest(user_id="u", request_id="a"), "reason"),
+    ("xp", "PutStreak", xp.PutStreakRequest(), "streak"),
+    (
+        "xp",
+        "PutStreak",
+        xp.PutStreakRequest(streak=xp.Streak(streak_id=ZERO_WIDTH_ID, name="n", activity_id="a", period=xp.PERIOD_DAY)),
+        "streak.streak_id",
+    ),
+    (
+        "xp",
+        "PutStreak",
+        xp.PutStreakRequest(streak=xp.Streak(streak_id="bad-s1", activity_id="a", period=xp.PERIOD_DAY)),
+        "streak.name",
+    ),
+    (
+        "xp",
+        "PutStreak",
+        xp.PutStreakRequest(
+            streak=xp.Streak(streak_id="bad-s2", name="x" * 201, activity_id="a", period=xp.PERIOD_DAY)
+        ),
+        "streak.name",
+    ),
+    (
+        "xp",
+        "PutStreak",
+        xp.PutStreakRequest(streak=xp.Streak(streak_id="bad-s3", name="n", period=xp.PERIOD_DAY)),
+        "streak.activity_id",
+    ),
+    (
+        "xp",
+        "PutStreak",
+        xp.PutStreakRequest(
+            streak=xp.Streak(streak_id="bad-s4", name="n", activity_id="a", category="c", period=xp.PERIOD_WEEK)
+        ),
+        "streak.activity_id",
+    ),
+    (
+        "xp",
+        "PutStreak",
+        xp.PutStreakRequest(
+            streak=xp.Streak(streak_id="bad-s5", name="n", activity_id=JOINED_ID, period=xp.PERIOD_DAY)
+        ),
+        "streak.activity_id",
+    ),
+    (
+        "xp",
+        "PutStreak",
+        xp.PutStreakRequest(streak=xp.Streak(streak_id="bad-s6", name="n", category=BOM_ID, period=xp.PERIOD_DAY)),
+        "streak.category",
+    ),
+    (
+        "xp",
+        "PutStreak",
+        xp.PutStreakRequest(streak=xp.Streak(streak_id="bad-s7", name="n", activity_id="a")),
+        "streak.period",
+    ),
+    (
+        "xp",
+        "PutStreak",
+        xp.PutStreakRequest(streak=xp.Streak(streak_id="bad-s8", name="n", activity_id="a", period=99)),
+        "streak.period",
+    ),
+    ("xp", "GetStreak", xp.GetStreakRequest(streak_id=""), "streak_id"),
+    ("xp", "GetStreak", xp.GetStreakRequest(streak_id=DECOMPOSED_ID), "streak_id"),
+    ("xp", "DeleteStreak", xp.DeleteStreakRequest(streak_id=LONG_ID), "streak_id"),
+    ("xp", "ListStreaks", xp.ListStreaksRequest(page_size=101), "page_size"),
+    ("xp", "ListStreaks", xp.ListStreaksRequest(page_token="not-a-token"), "page_token"),
     (
         "achievements",
         "PutAchievement",
@@ -217,6 +283,54 @@ CASES: list[tuple[str, str, Any, str]] = [
             )
         ),
         "achievement.requirements.activity_counts",
+    ),
+    (
+        "achievements",
+        "PutAchievement",
+        ach.PutAchievementRequest(
+            achievement=ach.Achievement(
+                achievement_id="bad-c3",
+                name="n",
+                requirements=ach.Requirements(streak_lengths=[ach.StreakLength(streak_id=ZERO_WIDTH_ID, length=3)]),
+            )
+        ),
+        "achievement.requirements.streak_lengths[0].streak_id",
+    ),
+    (
+        "achievements",
+        "PutAchievement",
+        ach.PutAchievementRequest(
+            achievement=ach.Achievement(
+                achievement_id="bad-c4",
+                name="n",
+                requirements=ach.Requirements(streak_lengths=[ach.StreakLength(streak_id="s", length=0)]),
+            )
+        ),
+        "achievement.requirements.streak_lengths[0].length",
+    ),
+    (
+        "achievements",
+        "PutAchievement",
+        ach.PutAchievementRequest(
+            achievement=ach.Achievement(
+                achievement_id="bad-c5",
+                name="n",
+                requirements=ach.Requirements(streak_lengths=[ach.StreakLength(streak_id="s", length=100_001)]),
+            )
+        ),
+        "achievement.requirements.streak_lengths[0].length",
+    ),
+    (
+        "achievements",
+        "PutAchievement",
+        ach.PutAchievementRequest(
+            achievement=ach.Achievement(
+                achievement_id="bad-c6",
+                name="n",
+                requirements=ach.Requirements(streak_lengths=[ach.StreakLength(streak_id="s", length=1)] * 11),
+            )
+        ),
+        "achievement.requirements.streak_lengths",
     ),
     (
         "achievements",
@@ -300,7 +414,7 @@ def test_bad_input_is_invalid_argument_naming_the_field(
 
 
 def test_rejected_writes_leave_nothing_behind(cluster: Cluster) -> None:
-    for name in ("activities", "achievements", "xp_ledger", "user_progress", "user_achievements"):
+    for name in ("activities", "achievements", "streaks", "xp_ledger", "user_progress", "user_achievements"):
         items = cluster.dynamodb.scan(TableName=cluster.table(name), ConsistentRead=True)["Items"]
         keys = [next(iter(v.values())) for item in items for k, v in item.items() if k.endswith("_id")]
         assert not any(str(k).startswith("bad-") for k in keys), name

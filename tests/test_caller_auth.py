@@ -127,6 +127,8 @@ def test_every_contract_method_has_roles_and_admin_may_call_it() -> None:
         "GrantXp",
         "AdjustXp",
         "RevokeAward",
+        "PutStreak",
+        "DeleteStreak",
         "UnlockDueAchievements",
         "PutAchievement",
         "DeleteAchievement",

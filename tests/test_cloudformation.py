@@ -388,6 +388,26 @@ def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
     assert len(xp.ListActivities(xp_pb2.ListActivitiesRequest()).activities) == 2
     assert len(xp.ListActivities(xp_pb2.ListActivitiesRequest(category="pvp")).activities) == 2
 
+    # The streak catalog: puts (the catalog read for its size, the period kept by the put's condition,
+    # which refuses another), a read, a delete (it leaves a mark) and a page. Every award of a pvp
+    # activity below then adds its day to the user's run of daily-pvp.
+    for streak_id in ("daily-pvp", "dropped"):
+        xp.PutStreak(
+            xp_pb2.PutStreakRequest(
+                streak=xp_pb2.Streak(streak_id=streak_id, name=streak_id, category="pvp", period=xp_pb2.PERIOD_DAY)
+            )
+        )
+    with pytest.raises(grpc.RpcError) as caught:
+        xp.PutStreak(
+            xp_pb2.PutStreakRequest(
+                streak=xp_pb2.Streak(streak_id="daily-pvp", name="weekly", category="pvp", period=xp_pb2.PERIOD_WEEK)
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert xp.GetStreak(xp_pb2.GetStreakRequest(streak_id="daily-pvp")).period == xp_pb2.PERIOD_DAY
+    xp.DeleteStreak(xp_pb2.DeleteStreakRequest(streak_id="dropped"))
+    assert [s.streak_id for s in xp.ListStreaks(xp_pb2.ListStreaksRequest()).streaks] == ["daily-pvp"]
+
     # An award that levels up (a check with a request id), its duplicate (a
     # replay of the check's record), and a retry after the activity left the catalog.
     first = xp.AwardXp(xp_pb2.AwardXpRequest(user_id=leveled, activity_id="retired", request_id="match-1"))
@@ -509,6 +529,33 @@ def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
     )
     assert list(due.due) == []
 
+    # An achievement that asks for a run: a refused manual unlock reads the user's runs; the award that
+    # makes the run unlocks it by itself, the run's item checked in the unlock's transaction; progress
+    # reads the user's runs.
+    achievements.PutAchievement(
+        achievements_pb2.PutAchievementRequest(
+            achievement=achievements_pb2.Achievement(
+                achievement_id="pvp-day",
+                name="pvp-day",
+                xp_reward=5,
+                auto_unlock=True,
+                requirements=achievements_pb2.Requirements(
+                    streak_lengths=[achievements_pb2.StreakLength(streak_id="daily-pvp", length=1)]
+                ),
+            )
+        )
+    )
+    streaker = f"player-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(grpc.RpcError) as caught:
+        achievements.UnlockAchievement(
+            achievements_pb2.UnlockAchievementRequest(user_id=streaker, achievement_id="pvp-day")
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    played = xp.AwardXp(xp_pb2.AwardXpRequest(user_id=streaker, activity_id="win-match", request_id="day-1"))
+    assert list(played.unlocked_achievements) == ["pvp-day"]
+    runs = xp.GetProgress(xp_pb2.GetProgressRequest(user_id=streaker)).streaks
+    assert [(r.streak_id, r.current, r.best) for r in runs] == [("daily-pvp", 1, 1)]
+
 
 @pytest.mark.parametrize("service", ["xp", "achievements", "levels"])
 def test_policy_grants_exactly_the_calls_the_service_makes(
@@ -544,7 +591,11 @@ def test_the_derived_least_privilege_table(template: dict[str, Any]) -> None:
         "user_achievements": ["Query"],
         # The read after an award takes the counters an auto-unlock rule counts with the progress item.
         "user_progress": ["BatchGetItem", "GetItem", "UpdateItem"],
-        "activity_counts": ["BatchGetItem", "UpdateItem"],
+        # Counters and streak runs: added to by awards, read after them (and a long run folded);
+        # GetProgress queries the runs.
+        "activity_counts": ["BatchGetItem", "Query", "UpdateItem"],
+        # The streak catalog: a put's condition keeps the period, a delete leaves a mark (UpdateItem).
+        "streaks": ["GetItem", "PutItem", "Scan", "UpdateItem"],
         # The players stat, once per user; the auto-unlock rules, from the catalog.
         "achievement_stats": ["UpdateItem"],
         "achievements": ["Scan"],

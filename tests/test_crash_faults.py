@@ -1,7 +1,9 @@
 """Crash faults: concurrent game clients award XP and unlock achievements, and
 retry every failed call with the same request, while the test SIGKILLs and
 restarts the Levels service, then XP, then Achievements; awards also unlock
-tiered auto-unlock achievements as their counts are reached. Afterwards the
+tiered auto-unlock achievements as their counts are reached, and an operator's
+corrections run in the same load (grants, AdjustXp up and down, RevokeAward of
+awards, grants and achievement rewards, some sent twice at once). Afterwards the
 invariant checker (`rewardsctl verify`, run as the real command) must find
 nothing wrong, and what the stage holds (XP, unlocks, counters, stats) must be
 what the clients asked for, computed on the client side. Also: the checker can
@@ -109,6 +111,9 @@ USERS = [f"crash-user-{i:02d}" for i in range(40)]
 # an auto unlock that is left for later for sure, for the settling to make.
 PROBE_USER = "crash-probe"
 ALL_USERS = [*USERS, PROBE_USER]
+# The users whose XP corrections may take back (revokes, adjustments down): their level is then only bounded
+# (levels reached stay); the others' level stays exactly what their total gives.
+TAKEN_FROM = USERS[::2]
 CLIENTS = 10
 # A fault starts once the clients have finished this many more requests, so each lands in running load.
 REQUESTS_BETWEEN_FAULTS = 70
@@ -123,6 +128,18 @@ MAX_ATTEMPTS_PER_REQUEST = 200
 CALL_TIMEOUT_S = 10
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
 DUPLICATE_SHARE = 0.12  # of requests: a copy of a request another client already made
+# Of requests: one more call before it, an operator's correction (GrantXp, AdjustXp, RevokeAward), sent with
+# the same retries (request id client<i>-<n>-fix).
+CORRECTION_SHARE = 0.16
+# Of corrections: a grant, an adjustment (up, or down), else a revoke.
+GRANT_SHARE, ADJUST_SHARE, ADJUST_DOWN_SHARE = 0.2, 0.3, 0.45
+GRANT_XP, ADJUST_UP_XP, ADJUST_DOWN_XP = (5, 60), (5, 80), (5, 40)
+REVOKE_BY_ENTRY_ID_SHARE = 0.35  # of revokes: named by an entry id from ListXpHistory, not by a request id
+REVOKE_TWICE_SHARE = 0.4  # of revokes: sent twice at once (two threads, each with its retries)
+# Before each client's request number `REFUSED_AT + 3 * index`, an adjustment that would take its user below
+# zero: FAILED_PRECONDITION, nothing written (spread over the clients, so some land near a kill).
+REFUSED_AT = 8
+REVOCABLE_KINDS = (xp_pb2.LedgerEntry.KIND_ACTIVITY, xp_pb2.LedgerEntry.KIND_GRANT, xp_pb2.LedgerEntry.KIND_ACHIEVEMENT)
 FAULT_ORDER = ("levels", "xp", "achievements")
 
 # Fail fast on a dead server and reconnect quickly after its restart; retries are the test's own, to count them.
@@ -145,6 +162,7 @@ class LoadRecord:
     lock: threading.Lock = field(default_factory=threading.Lock)
     calls: Counter[str] = field(default_factory=Counter)  # RPCs made, by method
     retries: Counter[str] = field(default_factory=Counter)  # by status code, and "deferred"
+    retried: Counter[str] = field(default_factory=Counter)  # the same retries, by method
     requests_done: int = 0
     awards: dict[tuple[str, str], str] = field(default_factory=dict)  # (user, request id) -> activity
     award_answers: dict[tuple[str, str], list[xp_pb2.AwardXpResponse]] = field(
@@ -154,8 +172,33 @@ class LoadRecord:
         default_factory=lambda: defaultdict(list)
     )
     check_answers: dict[tuple[str, str], levels_pb2.LevelUpResult] = field(default_factory=dict)
-    # XP of the awards and unlocks answered so far: a lower bound of each user's total.
+    # XP of the awards, unlocks, grants and adjustments up answered so far, less what every correction
+    # down sent takes (taken off before it is sent): a lower bound of each user's total.
     known_xp: Counter[str] = field(default_factory=Counter)
+    # Per user, the counters of the awards answered so far, and those of the awards revoked (taken off
+    # before the revoke is sent): the first less the second is a lower bound of each stored counter.
+    answered_counts: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    revoked_counts: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    # The operator's corrections: (user, request id) -> amount, delta; answers by the same keys.
+    grants: dict[tuple[str, str], int] = field(default_factory=dict)
+    grant_answers: dict[tuple[str, str], list[xp_pb2.AwardXpResponse]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    adjustments: dict[tuple[str, str], int] = field(default_factory=dict)
+    adjust_answers: dict[tuple[str, str], list[xp_pb2.AwardXpResponse]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    # Adjustments that would take the user below zero: (user, request id) -> delta; the refusals' details.
+    refused: dict[tuple[str, str], int] = field(default_factory=dict)
+    refusals: list[str] = field(default_factory=list)
+    # (user, entry id revoked) -> the XP that entry gave; the answers of every revoke of it (pairs and copies
+    # included); the answers of the copies sent after a revoke of the entry was answered.
+    revokes: dict[tuple[str, str], int] = field(default_factory=dict)
+    revoke_answers: dict[tuple[str, str], list[xp_pb2.AwardXpResponse]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    revoke_copy_answers: list[xp_pb2.AwardXpResponse] = field(default_factory=list)
+    revokes_sent: Counter[str] = field(default_factory=Counter)  # by "request_id", "entry_id", "twice", "copy"
     failures: list[str] = field(default_factory=list)
 
 
@@ -184,9 +227,42 @@ def call_until_done(record: LoadRecord, method: str, call: Callable[[], Answer])
                 raise RequestFailed(f"{method}: still {code.name} after {REQUEST_BUDGET_S} s") from error
             with record.lock:
                 record.retries[code.name] += 1
+                record.retried[method] += 1
         time.sleep(pause * random.uniform(0.5, 1.0))
         pause = min(pause * 2, 1.0)
     raise RequestFailed(f"{method}: no answer in {MAX_ATTEMPTS_PER_REQUEST} attempts")
+
+
+def call_until_settled(
+    record: LoadRecord,
+    method: str,
+    call: Callable[[], xp_pb2.AwardXpResponse],
+    on_answer: Callable[[xp_pb2.AwardXpResponse], None],
+    *,
+    retry_deferred_unlocks: bool = True,
+) -> xp_pb2.AwardXpResponse:
+    """One XP write (AwardXp, GrantXp, AdjustXp, RevokeAward), repeated with the
+    same request until it succeeds and neither its level check nor its auto
+    unlocks were deferred (the README's advice to game servers). `on_answer`
+    records each answer, under the record's lock."""
+    deadline = time.monotonic() + REQUEST_BUDGET_S
+    pause = 0.1
+    for _ in range(MAX_ATTEMPTS_PER_REQUEST):
+        answer = call_until_done(record, method, call)
+        with record.lock:
+            on_answer(answer)
+        # Retried, as the contract says, until neither part is deferred: the retry gets the level-up
+        # and the auto unlocks its first call could not (unless the caller leaves those for later).
+        if not answer.level_check_deferred and (not answer.unlocks_deferred or not retry_deferred_unlocks):
+            return answer
+        if time.monotonic() > deadline:
+            break
+        with record.lock:
+            record.retries["deferred"] += 1
+            record.retried[method] += 1
+        time.sleep(pause * random.uniform(0.5, 1.0))
+        pause = min(pause * 2, 1.0)
+    raise RequestFailed(f"{method}: still deferred after {REQUEST_BUDGET_S} s")
 
 
 def award(
@@ -198,30 +274,120 @@ def award(
     *,
     retry_deferred_unlocks: bool = True,
 ) -> xp_pb2.AwardXpResponse:
-    """AwardXp, repeated with the same request id until it succeeds and neither
-    its level check nor its auto unlocks were deferred (the README's advice to game servers)."""
+    """AwardXp, until settled (call_until_settled)."""
     request = xp_pb2.AwardXpRequest(user_id=user_id, activity_id=activity_id, request_id=request_id)
+    key = (user_id, request_id)
     with record.lock:
-        record.awards[(user_id, request_id)] = activity_id
-    deadline = time.monotonic() + REQUEST_BUDGET_S
-    pause = 0.1
-    for _ in range(MAX_ATTEMPTS_PER_REQUEST):
-        answer = call_until_done(record, "AwardXp", lambda: stubs.xp.AwardXp(request, timeout=CALL_TIMEOUT_S))
-        with record.lock:
-            if not record.award_answers[(user_id, request_id)]:
-                record.known_xp[user_id] += ACTIVITY_XP[activity_id]
-            record.award_answers[(user_id, request_id)].append(answer)
-        # Retried, as the contract says, until neither part is deferred: the retry gets the level-up
-        # and the auto unlocks its first call could not (unless the caller leaves those for later).
-        if not answer.level_check_deferred and (not answer.unlocks_deferred or not retry_deferred_unlocks):
-            return answer
-        if time.monotonic() > deadline:
-            break
-        with record.lock:
-            record.retries["deferred"] += 1
-        time.sleep(pause * random.uniform(0.5, 1.0))
-        pause = min(pause * 2, 1.0)
-    raise RequestFailed(f"AwardXp {user_id}/{request_id}: still deferred after {REQUEST_BUDGET_S} s")
+        record.awards[key] = activity_id
+
+    def on_answer(answer: xp_pb2.AwardXpResponse) -> None:
+        if not record.award_answers[key]:
+            record.known_xp[user_id] += ACTIVITY_XP[activity_id]
+            record.answered_counts[user_id].update(counters_of_award(activity_id))
+        record.award_answers[key].append(answer)
+
+    try:
+        return call_until_settled(
+            record,
+            "AwardXp",
+            lambda: stubs.xp.AwardXp(request, timeout=CALL_TIMEOUT_S),
+            on_answer,
+            retry_deferred_unlocks=retry_deferred_unlocks,
+        )
+    except RequestFailed as failure:
+        raise RequestFailed(f"AwardXp {user_id}/{request_id}: {failure}") from failure
+
+
+def grant(record: LoadRecord, stubs: Stubs, user_id: str, amount: int, request_id: str) -> xp_pb2.AwardXpResponse:
+    """GrantXp of `amount`, until settled; a copy (the same request id) sends the same amount."""
+    request = xp_pb2.GrantXpRequest(user_id=user_id, amount=amount, reason="crash test: event", request_id=request_id)
+    key = (user_id, request_id)
+    with record.lock:
+        record.grants[key] = amount
+
+    def on_answer(answer: xp_pb2.AwardXpResponse) -> None:
+        if not record.grant_answers[key]:
+            record.known_xp[user_id] += amount
+        record.grant_answers[key].append(answer)
+
+    return call_until_settled(record, "GrantXp", lambda: stubs.xp.GrantXp(request, timeout=CALL_TIMEOUT_S), on_answer)
+
+
+def adjust(record: LoadRecord, stubs: Stubs, user_id: str, delta: int, request_id: str) -> xp_pb2.AwardXpResponse:
+    """AdjustXp (admin) by `delta`, until settled. A delta down must have been taken off
+    known_xp by the caller before (so that no client counts on XP it takes)."""
+    request = xp_pb2.AdjustXpRequest(
+        user_id=user_id, delta=delta, reason="crash test: support ticket", request_id=request_id
+    )
+    key = (user_id, request_id)
+    with record.lock:
+        record.adjustments[key] = delta
+
+    def on_answer(answer: xp_pb2.AwardXpResponse) -> None:
+        if not record.adjust_answers[key] and delta > 0:
+            record.known_xp[user_id] += delta
+        record.adjust_answers[key].append(answer)
+
+    return call_until_settled(record, "AdjustXp", lambda: stubs.xp.AdjustXp(request, timeout=CALL_TIMEOUT_S), on_answer)
+
+
+def adjust_refused(record: LoadRecord, stubs: Stubs, user_id: str, delta: int, request_id: str) -> None:
+    """An AdjustXp that would take the user below zero: retried like any other
+    until an answer, which must be FAILED_PRECONDITION (nothing written)."""
+    request = xp_pb2.AdjustXpRequest(user_id=user_id, delta=delta, reason="crash test: too much", request_id=request_id)
+    with record.lock:
+        record.refused[(user_id, request_id)] = delta
+    try:
+        answer = call_until_done(record, "AdjustXp", lambda: stubs.xp.AdjustXp(request, timeout=CALL_TIMEOUT_S))
+    except RequestFailed as failure:
+        cause = failure.__cause__
+        if isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            with record.lock:
+                record.refusals.append(cause.details() or "")
+            return
+        raise
+    raise RequestFailed(f"AdjustXp {delta} of {user_id}/{request_id} was not refused: {answer}")
+
+
+def revoke(
+    record: LoadRecord, stubs: Stubs, user_id: str, entry_id: str, *, by_request_id: bool, copy: bool = False
+) -> xp_pb2.AwardXpResponse:
+    """RevokeAward (admin) of the user's entry `entry_id`, named by its request id
+    (req#<request id>) or by the entry id itself, until settled; each retry (and
+    each copy) sends the same request. The caller reserved the entry in
+    record.revokes first."""
+    request_id = entry_id.removeprefix("req#") if by_request_id else ""
+    request = xp_pb2.RevokeAwardRequest(
+        user_id=user_id,
+        request_id=request_id,
+        entry_id="" if by_request_id else entry_id,
+        reason="crash test: cheated",
+    )
+    key = (user_id, entry_id)
+    with record.lock:
+        record.revokes_sent["copy" if copy else "request_id" if by_request_id else "entry_id"] += 1
+
+    def on_answer(answer: xp_pb2.AwardXpResponse) -> None:
+        record.revoke_answers[key].append(answer)
+        if copy:
+            record.revoke_copy_answers.append(answer)
+
+    return call_until_settled(
+        record, "RevokeAward", lambda: stubs.xp.RevokeAward(request, timeout=CALL_TIMEOUT_S), on_answer
+    )
+
+
+def xp_history(record: LoadRecord, stubs: Stubs, user_id: str) -> list[xp_pb2.LedgerEntry]:
+    """ListXpHistory, every page (each page retried like any call)."""
+    entries: list[xp_pb2.LedgerEntry] = []
+    token = ""
+    while True:
+        request = xp_pb2.ListXpHistoryRequest(user_id=user_id, page_size=100, page_token=token)
+        page = call_until_done(record, "ListXpHistory", lambda: stubs.xp.ListXpHistory(request, timeout=CALL_TIMEOUT_S))
+        entries += page.entries
+        token = page.next_page_token
+        if not token:
+            return entries
 
 
 def unlock(
@@ -238,6 +404,14 @@ def unlock(
             record.known_xp[user_id] += ACHIEVEMENTS[achievement_id].xp_reward
         record.unlock_answers[(user_id, achievement_id)].append(answer)
     return answer
+
+
+def claims_an_orphaned_level(answers: list[Any]) -> bool:
+    """Whether a request's answers (duplicate, level check deferred, unlocks deferred, previous level,
+    current level, rewards) differ only as a repeat that claimed an unclaimed due level does: its
+    first settled answer reported no level-up."""
+    settled = [a for a in answers if not a[1] and not a[2]]
+    return bool(settled) and settled[0][3] == settled[0][4] and not settled[0][5]
 
 
 def unlock_due(
@@ -262,7 +436,13 @@ def check_level_up(record: LoadRecord, stubs: Stubs, user_id: str, request_id: s
 class GameClient:
     """One game server: awards XP to any user (so clients race on users),
     resends copies of requests already made, and walks the achievements of the
-    users it owns in order, unlocking each once its requirements hold."""
+    users it owns in order, unlocking each once its requirements hold. It is
+    an operator's console too: it grants XP to any user (not the probe), and
+    takes XP back (adjustments down, revokes) from the users of TAKEN_FROM
+    only, never more than the user surely holds; and it revokes an award only
+    where its counters stay past every tier counting them (so that a revoke
+    never undoes a tier's count before the tier was reached, and which tiers
+    are due stays a matter of the awards sent)."""
 
     def __init__(
         self, index: int, record: LoadRecord, stubs: Stubs, faults_done: threading.Event, load_deadline: float
@@ -301,6 +481,11 @@ class GameClient:
         return all(step == len(ACHIEVEMENTS) for step in self.next_unlock.values())
 
     def _one_request(self, number: int) -> None:
+        # Besides the game's request, now and then an operator's correction (the awards stay as many).
+        if number == REFUSED_AT + 3 * self.index:
+            self._adjust_too_much(f"client{self.index}-{number}-fix")
+        elif self.rng.random() < CORRECTION_SHARE:
+            self._correct(f"client{self.index}-{number}-fix")
         roll = self.rng.random()
         if roll < DUPLICATE_SHARE and self._resend_a_copy():
             return
@@ -311,13 +496,29 @@ class GameClient:
         award(self.record, self.stubs, user, activity, f"client{self.index}-{number}")
 
     def _resend_a_copy(self) -> bool:
-        """A copy of an award or unlock some client already made: must change nothing."""
+        """A copy of an award, correction or unlock some client already made: must change nothing."""
         with self.record.lock:
             awards = list(self.record.awards.items())
             unlocks = [key for key, answers in self.record.unlock_answers.items() if answers]
-        if self.rng.random() < 0.75 and awards:
+            grants = list(self.record.grants.items())
+            adjustments = list(self.record.adjustments.items())
+            # Only revokes answered already: a copy of one must be a duplicate.
+            revoked = [key for key in self.record.revokes if self.record.revoke_answers.get(key)]
+        roll = self.rng.random()
+        if roll < 0.65 and awards:
             (user, request_id), activity = self.rng.choice(awards)
             award(self.record, self.stubs, user, activity, request_id)
+            return True
+        if roll < 0.8 and revoked:
+            user, entry_id = self.rng.choice(revoked)
+            by_request_id = entry_id.startswith("req#") and self.rng.random() < 0.5
+            revoke(self.record, self.stubs, user, entry_id, by_request_id=by_request_id, copy=True)
+            return True
+        if roll < 0.88 and grants + adjustments:
+            (user, request_id), amount = self.rng.choice(grants + adjustments)
+            (grant if (user, request_id) in self.record.grants else adjust)(
+                self.record, self.stubs, user, amount, request_id
+            )
             return True
         if unlocks:
             user, achievement_id = self.rng.choice(unlocks)
@@ -357,6 +558,111 @@ class GameClient:
                 )
                 return True
         return False
+
+    # --- the operator's corrections -----------------------------------------------------
+
+    def _correct(self, request_id: str) -> None:
+        user = self.rng.choice(USERS)
+        roll = self.rng.random()
+        if roll >= GRANT_SHARE + ADJUST_SHARE and self._revoke_one(self.rng.choice(TAKEN_FROM)):
+            return
+        if roll < GRANT_SHARE:
+            grant(self.record, self.stubs, user, self.rng.randint(*GRANT_XP), request_id)
+            return
+        delta = self.rng.randint(*ADJUST_UP_XP)
+        if self.rng.random() < ADJUST_DOWN_SHARE:
+            user = self.rng.choice(TAKEN_FROM)
+            down = self.rng.randint(*ADJUST_DOWN_XP)
+            with self.record.lock:
+                if self.record.known_xp[user] >= down:  # taken off before it is sent
+                    self.record.known_xp[user] -= down
+                    delta = -down
+        adjust(self.record, self.stubs, user, delta, request_id)
+
+    def _adjust_too_much(self, request_id: str) -> None:
+        """An adjustment down by more than the user can hold, whatever is in flight: refused."""
+        user = self.rng.choice(USERS)
+        with self.record.lock:
+            # Every award sent to the user, every achievement's reward, every grant and adjustment up.
+            most = (
+                sum(ACTIVITY_XP[a] for (u, _), a in self.record.awards.items() if u == user)
+                + sum(s.xp_reward for s in ACHIEVEMENTS.values())
+                + sum(s.xp_reward for s in AUTO_ACHIEVEMENTS.values())
+                + sum(x for (u, _), x in self.record.grants.items() if u == user)
+                + sum(x for (u, _), x in self.record.adjustments.items() if u == user and x > 0)
+            )
+        # Room for the awards that may be sent meanwhile.
+        adjust_refused(self.record, self.stubs, user, -(most + 5000), request_id)
+
+    def _revoke_one(self, user: str) -> bool:
+        """Revokes one of the user's entries that may be revoked, by request id or (an entry
+        from ListXpHistory) by entry id; sometimes twice at once. False: none may be."""
+        by_entry_id = self.rng.random() < REVOKE_BY_ENTRY_ID_SHARE
+        candidates: list[tuple[str, int, str]] = []  # entry id, its XP, its activity ("" for none)
+        if by_entry_id:
+            for entry in xp_history(self.record, self.stubs, user):
+                if entry.kind in REVOCABLE_KINDS and entry.xp > 0 and not entry.capped:
+                    candidates.append((entry.entry_id, entry.xp, entry.activity_id))
+        else:
+            with self.record.lock:
+                candidates += [
+                    (f"req#{request_id}", ACTIVITY_XP[activity], activity)
+                    for (u, request_id), activity in self.record.awards.items()
+                    if u == user and self.record.award_answers.get((u, request_id))
+                ]
+                candidates += [
+                    (f"req#{request_id}", amount, "")
+                    for (u, request_id), amount in self.record.grants.items()
+                    if u == user and self.record.grant_answers.get((u, request_id))
+                ]
+        self.rng.shuffle(candidates)
+        with self.record.lock:
+            chosen = next((c for c in candidates if self._may_revoke(user, *c)), None)
+            if chosen is None:
+                return False
+            entry_id, xp, activity = chosen
+            # Reserved before it is sent: no other client revokes it or counts on its XP or counts.
+            self.record.revokes[(user, entry_id)] = xp
+            self.record.known_xp[user] -= xp
+            if activity:
+                self.record.revoked_counts[user].update(counters_of_award(activity))
+        by_request_id = entry_id.startswith("req#") and not by_entry_id
+        if self.rng.random() < REVOKE_TWICE_SHARE:
+            # The same entry revoked twice at once: by the other name where it has one.
+            other_by_request_id = entry_id.startswith("req#") and self.rng.random() < 0.5
+            with self.record.lock:
+                self.record.revokes_sent["twice"] += 1
+            other = threading.Thread(
+                target=self._guarded,
+                args=(lambda: revoke(self.record, self.stubs, user, entry_id, by_request_id=other_by_request_id),),
+                name=f"game-client-{self.index}-revoke",
+            )
+            other.start()
+            try:
+                revoke(self.record, self.stubs, user, entry_id, by_request_id=by_request_id)
+            finally:
+                other.join()
+        else:
+            revoke(self.record, self.stubs, user, entry_id, by_request_id=by_request_id)
+        return True
+
+    def _may_revoke(self, user: str, entry_id: str, xp: int, activity: str) -> bool:
+        """Not revoked yet, surely held, and an award's tiered counters stay past their last tier."""
+        if (user, entry_id) in self.record.revokes or self.record.known_xp[user] < xp:
+            return False
+        for counter in counters_of_award(activity) if activity else ():
+            tiers = [spec.count for spec in AUTO_ACHIEVEMENTS.values() if spec.counter == counter]
+            surely_counted = self.record.answered_counts[user][counter] - self.record.revoked_counts[user][counter]
+            if tiers and surely_counted <= max(tiers):
+                return False
+        return True
+
+    def _guarded(self, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except Exception as failure:
+            with self.record.lock:
+                self.record.failures.append(f"client {self.index} (second revoke): {failure!r}")
 
 
 # --- killing and restarting one service -----------------------------------------------------
@@ -472,10 +778,25 @@ def put_catalog(stubs: Stubs, *, auto: bool = False) -> None:
         stubs.xp.PutActivity(
             xp_pb2.PutActivityRequest(
                 activity=xp_pb2.Activity(
-                    activity_id=activity_id, name=activity_id, xp=xp, category=ACTIVITY_CATEGORY.get(activity_id, "")
+                    activity_id=activity_id,
+                    name=activity_id,
+                    xp=xp,
+                    category=ACTIVITY_CATEGORY.get(activity_id, ""),
+                    # A cap that never binds: its slots are taken under the load, and verify checks them.
+                    cap=xp_pb2.Cap(max_awards=1_000_000, period=xp_pb2.PERIOD_DAY)
+                    if activity_id == "finish-quest"
+                    else None,
                 )
             )
         )
+    # Streaks, whose runs the load's awards touch in their transactions, and verify checks.
+    for streak in (
+        xp_pb2.Streak(streak_id="pvp-days", name="pvp-days", category="pvp", period=xp_pb2.PERIOD_DAY),
+        xp_pb2.Streak(
+            streak_id="login-weeks", name="login-weeks", activity_id="daily-login", period=xp_pb2.PERIOD_WEEK
+        ),
+    ):
+        stubs.xp.PutStreak(xp_pb2.PutStreakRequest(streak=streak))
     for achievement_id, spec in ACHIEVEMENTS.items():
         stubs.achievements.PutAchievement(
             achievements_pb2.PutAchievementRequest(
@@ -522,7 +843,13 @@ def stored_counters(client: Any, table_prefix: str, user_id: str) -> Counter[str
         ExpressionAttributeValues={":u": attr(user_id)},
         ConsistentRead=True,
     )["Items"]
-    return Counter({item["counter"]["S"]: int(item["awards"]["N"]) for item in items if "awards" in item})
+    return Counter(
+        {
+            item["counter"]["S"]: int(item["awards"]["N"])
+            for item in items
+            if "awards" in item and item["counter"]["S"][:2] in ("a#", "c#")  # not cap# slots, nor s# runs
+        }
+    )
 
 
 def stored_triggers(client: Any, table_prefix: str, user_id: str) -> dict[str, str]:
@@ -620,33 +947,88 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
             if reward and not paid:
                 paying_answers_lost += 1
 
+        # --- the corrections, client side ------------------------------------------------------
+        grants, adjustments, revokes = record.grants, record.adjustments, record.revokes
+        assert set(record.grant_answers) == set(grants) and set(record.adjust_answers) == set(adjustments)
+        for key, answers in [*record.grant_answers.items(), *record.adjust_answers.items()]:
+            amount = grants[key] if key in grants else adjustments[key]
+            assert {a.xp_awarded for a in answers} == {amount}, (key, answers)
+            assert sum(not a.duplicate for a in answers) <= 1, (key, answers)
+        # What each revoked entry gave, as the client knows it: an award's activity XP, a grant's amount,
+        # an achievement's reward (an entry from ListXpHistory was taken at its word: checked here).
+        revoked_xp: Counter[str] = Counter()
+        revoked_counts = {user: Counter[str]() for user in ALL_USERS}
+        revoke_answers_lost = 0
+        for (user, entry_id), xp in revokes.items():
+            kind, _, name = entry_id.partition("#")
+            if kind == "req" and (user, name) in awards:
+                assert xp == ACTIVITY_XP[awards[(user, name)]], (user, entry_id, xp)
+                revoked_counts[user].update(counters_of_award(awards[(user, name)]))
+            elif kind == "req":
+                assert xp == grants[(user, name)], (user, entry_id, xp)
+            else:
+                assert kind == "ach" and xp == (ACHIEVEMENTS.get(name) or AUTO_ACHIEVEMENTS[name]).xp_reward, entry_id
+            revoked_xp[user] += xp
+            answers = record.revoke_answers[(user, entry_id)]
+            # Every answer for one entry's revokes (retries, the second of a pair, copies) takes the entry's
+            # XP; at most one is the original (it may be lost with a killed server), the rest duplicates.
+            assert {(a.user_id, a.xp_awarded) for a in answers} == {(user, -xp)}, (user, entry_id, answers)
+            assert sum(not a.duplicate for a in answers) <= 1, (user, entry_id, answers)
+            revoke_answers_lost += all(a.duplicate for a in answers)
+        # A copy sent after a revoke of its entry was answered is a duplicate, however many retries it took.
+        assert record.revoke_copy_answers and all(a.duplicate for a in record.revoke_copy_answers)
+        assert record.revokes_sent["entry_id"] > 0 and record.revokes_sent["twice"] > 0
+        assert any(revoked_counts[u] for u in USERS), revokes  # some revokes of awards took counters down
+        # The adjustments that would have taken a user below zero were refused, each answer of them.
+        assert len(record.refusals) == len(record.refused) == CLIENTS, record.refusals
+        assert all("below zero" in details for details in record.refusals), record.refusals
+        assert any(delta < 0 for delta in adjustments.values()), adjustments
+        # Every XP write's answers, by user and the ledger entry it names (for a revoke: the revoke's own).
+        xp_answers: dict[tuple[str, str], list[xp_pb2.AwardXpResponse]] = {
+            **{(u, f"req#{r}"): answers for (u, r), answers in award_answers.items()},
+            **{(u, f"req#{r}"): answers for (u, r), answers in record.grant_answers.items()},
+            **{(u, f"req#{r}"): answers for (u, r), answers in record.adjust_answers.items()},
+            **{(u, f"rev#{e}"): answers for (u, e), answers in record.revoke_answers.items()},
+        }
+        assert len(xp_answers) == len(awards) + len(grants) + len(adjustments) + len(revokes)
+
         # --- auto unlocks, client side --------------------------------------------------------
-        # Each user's counters are the distinct awards sent; a tier is due where its count is reached.
-        expected_counts = {user: Counter[str]() for user in ALL_USERS}
+        # Each user's counters are the distinct awards sent less those revoked. A tier is due where its count
+        # is reached by the awards sent: a revoke took a counter down only where it stayed past every tier.
+        sent_counts = {user: Counter[str]() for user in ALL_USERS}
         for (user, _), activity in awards.items():
-            expected_counts[user].update(counters_of_award(activity))
+            sent_counts[user].update(counters_of_award(activity))
+        expected_counts = {user: sent_counts[user] - revoked_counts[user] for user in ALL_USERS}
         qualified = {
-            user: {a for a, spec in AUTO_ACHIEVEMENTS.items() if expected_counts[user][spec.counter] >= spec.count}
+            user: {a for a, spec in AUTO_ACHIEVEMENTS.items() if sent_counts[user][spec.counter] >= spec.count}
             for user in ALL_USERS
         }
         assert qualified[PROBE_USER] == {"quester"}
         # The run covers both sides: each auto achievement was earned by some user, each tier missed by some.
         assert all(any(a in qualified[u] for u in USERS) for a in AUTO_ACHIEVEMENTS), qualified
         assert all(any(a not in qualified[u] for u in USERS) for a in AUTO_ACHIEVEMENTS), qualified
-        # The triggers whose answers list an auto unlock (an award's ledger entry id, or the unlock of a
+        # The triggers whose answers list an auto unlock (the ledger entry id of an award, or of a grant,
+        # adjustment or revoke, which ask Achievements too when an unlock may be due; or the unlock of a
         # manual achievement): an unlock is recorded under one trigger and listed by its answers only (a
         # retry lists what its original unlocked). Listed first by a retry: the first answer was cut, or
         # came while Achievements could not answer.
         listed_by: dict[tuple[str, str], set[str]] = defaultdict(set)
-        listed_late = 0
-        for (user, request_id), answers in award_answers.items():
+        listed_late = listed_by_repeat = 0
+        for (user, entry_id), answers in xp_answers.items():
             for answer in answers:
                 for achievement_id in answer.unlocked_achievements:
-                    listed_by[(user, achievement_id)].add(f"req#{request_id}")
+                    listed_by[(user, achievement_id)].add(entry_id)
             listed_late += len(
                 {a for answer in answers[1:] for a in answer.unlocked_achievements}
                 - set(answers[0].unlocked_achievements)
             )
+            # A later answer listing what a settled earlier one did not: the repeat unlocked it itself.
+            first_settled = next((a for a in answers if not a.unlocks_deferred and not a.level_check_deferred), None)
+            if first_settled is not None:
+                listed_by_repeat += len(
+                    {a for answer in answers[answers.index(first_settled) + 1 :] for a in answer.unlocked_achievements}
+                    - set(first_settled.unlocked_achievements)
+                )
         for (user, unlocked_id), unlock_answers in record.unlock_answers.items():
             for unlock_answer in unlock_answers:
                 for achievement_id in unlock_answer.also_unlocked:
@@ -698,6 +1080,16 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
         for user in ALL_USERS:
             expected_unlocks[user] |= qualified[user]
             expected_xp[user] += sum(AUTO_ACHIEVEMENTS[a].xp_reward for a in qualified[user])
+        # The corrections: each grant and adjustment once, less each revoked entry's XP once. What the
+        # positive entries sum to bounds every past total (levels reached stay when XP is taken back).
+        for (user, _), amount in [*grants.items(), *adjustments.items()]:
+            expected_xp[user] += amount
+        peak_xp = expected_xp.copy()
+        for (user, _), delta in adjustments.items():
+            peak_xp[user] -= min(delta, 0)
+        expected_xp.subtract(revoked_xp)
+        taken_back = {user for user in ALL_USERS if peak_xp[user] != expected_xp[user]}
+        assert taken_back <= set(TAKEN_FROM), taken_back
         stage = create_dynamodb_client(Settings(dynamodb_endpoint=dynamodb_endpoint, table_prefix=table_prefix))
         triggers: Counter[str] = Counter()  # of the auto unlocks, by what made them
         for user in ALL_USERS:
@@ -707,16 +1099,19 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
             manual = set(ACHIEVEMENTS) if user in USERS else set()
             assert set(progress.unlocked_achievements) == expected_unlocks[user] == manual | qualified[user], user
             # Each award counted once on its activity and its category, whatever the kills and retries.
-            assert stored_counters(stage, table_prefix, user) == +expected_counts[user], user
-            # Each auto unlock is recorded under what made it: one of this user's awards, an unlock of a
-            # manual achievement, or the settling; and only that trigger's answers list it.
+            # A revoke took one off each counter of the award it reversed, once; a counter may hold 0.
+            stored = stored_counters(stage, table_prefix, user)
+            assert {k: n for k, n in stored.items() if n} == +expected_counts[user], (user, stored)
+            # Each auto unlock is recorded under what made it: one of this user's awards (or grants,
+            # adjustments, revokes), an unlock of a manual achievement, or the settling; and only that
+            # trigger's answers list it.
             for achievement_id, trigger in stored_triggers(stage, table_prefix, user).items():
                 if achievement_id not in AUTO_ACHIEVEMENTS:
                     assert trigger == "", (user, achievement_id, trigger)  # unlocked by a client
                     continue
                 kind, _, name = trigger.partition("#")
                 assert (
-                    (kind == "req" and (user, name) in awards)
+                    (kind in ("req", "rev") and (user, trigger) in xp_answers)
                     or (kind == "unlock" and name in ACHIEVEMENTS)
                     or (trigger == f"settle-{user}" and (user, achievement_id) in settled_unlocks)
                 ), (user, achievement_id, trigger)
@@ -736,40 +1131,43 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
         unlocks_held = sum(len(expected_unlocks[u]) for u in ALL_USERS)
         unpaid = len(USERS) * sum(not spec.xp_reward for spec in ACHIEVEMENTS.values())  # badge-only
         assert counts["users"] == len(ALL_USERS)
-        assert counts["ledger_entries"] == len(awards) + unlocks_held - unpaid
+        assert counts["ledger_entries"] == len(awards) + unlocks_held - unpaid + len(grants) + len(adjustments) + len(
+            revokes
+        )
         assert counts["unlocks"] == unlocks_held
         assert counts["violations"] == 0
         assert {(w["invariant"], w["message"].split(":")[0]) for w in auto_settled["warnings"]} <= {
             ("level-matches-xp", "level check due")
         }
 
-        # --- settle deferred checks, then every level matches its XP exactly -------------------------
+        # --- settle deferred checks, then every level matches its XP ---------------------------------
         for user in ALL_USERS:
             check_level_up(record, stubs, user, f"{user}-settle")
         status, settled, stderr = run_verify(dynamodb_endpoint, table_prefix, "--strict")
         assert status == 0, (settled["violations"], settled["warnings"], stderr)
         assert settled["counts"]["warnings"] == 0 and settled["counts"]["notes"] == 0
-        assert settled["counts"]["levels_checked"] == sum(
-            len(LEVEL_TABLE.levels_passed(LEVEL_TABLE.start_level, LEVEL_TABLE.level_for_xp(expected_xp[u])))
-            for u in ALL_USERS
-        )
-        # Every invariant checked, but the revokes': this load makes none yet (RevokeAward's races are
-        # tests/test_xp_history.py's; corrections in the fault load are issue 13's part still open).
-        assert all(
-            i["violations"] == 0 and (i["checked"] > 0 or name == "revoke-reverses-entry")
-            for name, i in settled["invariants"].items()
-        )
+        # Every invariant checked (the revokes', the cap's and the streaks' too) and none violated.
+        assert all(i["violations"] == 0 for i in settled["invariants"].values()), settled["invariants"]
+        assert {name for name, i in settled["invariants"].items() if not i["checked"]} == set()
+        assert settled["invariants"]["revoke-reverses-entry"]["checked"] == len(revokes)
+        levels: dict[str, int] = {}
         rewards_unreported = 0
         differing: list[tuple[str, str, list[Any]]] = []  # requests whose settled answers reported different level-ups
         for user in ALL_USERS:
-            level = LEVEL_TABLE.level_for_xp(expected_xp[user])
             progress = stubs.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user), timeout=CALL_TIMEOUT_S)
-            assert progress.level == level, user
+            assert progress.total_xp == expected_xp[user], user
+            # Exactly the level the XP gives; where XP was taken back, the level reached stays: at most what
+            # the positive entries summed give (which total was there at each level check depends on timing).
+            level = levels[user] = progress.level
+            if user in taken_back:
+                assert LEVEL_TABLE.level_for_xp(expected_xp[user]) <= level <= LEVEL_TABLE.level_for_xp(peak_xp[user])
+            else:
+                assert level == LEVEL_TABLE.level_for_xp(expected_xp[user]), user
             granted = rewards_of_levels(LEVEL_TABLE.levels_passed(LEVEL_TABLE.start_level, level))
             assert reported(progress.rewards) == granted, user
             # Across all requests, no level's rewards are reported twice (each request's answers taken once).
             told: Counter[str] = Counter()
-            for (u, request_id), answers in award_answers.items():
+            for (u, entry_id), answers in xp_answers.items():
                 # An answer with a part deferred (Levels or Achievements could not answer) is not settled:
                 # its retries report what it could not.
                 settled_answers = [
@@ -782,7 +1180,7 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
                         differing.append(
                             (
                                 u,
-                                request_id,
+                                entry_id,
                                 [
                                     (
                                         a.duplicate,
@@ -806,16 +1204,62 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
                     told += reported(check.rewards)
             assert told - granted == Counter(), (user, told, granted)
             rewards_unreported += sum((granted - told).values())
+        assert settled["counts"]["levels_checked"] == sum(
+            len(LEVEL_TABLE.levels_passed(LEVEL_TABLE.start_level, levels[u])) for u in ALL_USERS
+        )
 
+        # --- the ledger, as ListXpHistory shows it -----------------------------------------------------
+        # Each user's entries are exactly what the clients sent and were answered: the awards, the paid
+        # unlocks, the grants and adjustments, one revoke per revoked entry; no refused adjustment (its
+        # req#<request id> would be one more).
+        requested: dict[str, set[str]] = defaultdict(set)
+        for user, entry_id in xp_answers:
+            requested[user].add(entry_id)
+        for user in ALL_USERS:
+            entries = xp_history(record, stubs, user)
+            paid = {
+                f"ach#{a}" for a in expected_unlocks[user] if (ACHIEVEMENTS.get(a) or AUTO_ACHIEVEMENTS[a]).xp_reward
+            }
+            assert sorted(e.entry_id for e in entries) == sorted(requested[user] | paid), user
+            assert sum(e.xp for e in entries) == expected_xp[user], user
+            for entry in entries:
+                if entry.kind == xp_pb2.LedgerEntry.KIND_REVOKE:
+                    assert entry.entry_id == f"rev#{entry.reverses_entry_id}", entry
+                    assert entry.xp == -revokes[(user, entry.reverses_entry_id)], entry
+
+        orphans_claimed = sum(claims_an_orphaned_level(d[2]) for d in differing)
         figures = {
             "clients": CLIENTS,
             "users": f"{len(USERS)} and the probe",
             "requests": record.requests_done,
             "distinct awards": len(awards),
+            "grants": len(grants),
+            "adjustments (up, down)": (
+                sum(d > 0 for d in adjustments.values()),
+                sum(d < 0 for d in adjustments.values()),
+            ),
+            "adjustments refused (below zero)": len(record.refusals),
+            "entries revoked (awards, grants, achievement rewards)": (
+                sum(e.startswith("req#") and (u, e[4:]) in awards for u, e in revokes),
+                sum(e.startswith("req#") and (u, e[4:]) in grants for u, e in revokes),
+                sum(e.startswith("ach#") for _, e in revokes),
+            ),
+            "revokes sent (by request id, by entry id, second of a pair, copies)": tuple(
+                record.revokes_sent[k] for k in ("request_id", "entry_id", "twice", "copy")
+            ),
+            "awards revoked by activity": dict(
+                Counter(awards[(u, e[4:])] for u, e in revokes if e.startswith("req#") and (u, e[4:]) in awards)
+            ),
+            "revoked entries whose original answer was lost": revoke_answers_lost,
+            "users with XP taken back": len(taken_back),
+            "users whose level stays above what their XP gives": sum(
+                levels[u] > LEVEL_TABLE.level_for_xp(expected_xp[u]) for u in ALL_USERS
+            ),
             "unlocks": sum(1 for answers in record.unlock_answers.values() if answers),
             "calls made": sum(record.calls.values()) + sum(probe.calls.values()),
             "calls by method": dict(record.calls + probe.calls),
             "retries": dict(record.retries + probe.retries),
+            "retries by method": dict(record.retried + probe.retried),
             "faults injected": len(faults),
             "faults": [(f.service, f.requests_done_at_kill, round(f.down_s, 2)) for f in faults],
             "paying unlock answers lost in a kill": paying_answers_lost,
@@ -827,7 +1271,9 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
             "auto unlocks listed first by a retry": listed_late,
             "auto unlocks due before settling (verify warnings)": len(due_before),
             "auto unlocks made by the settling": len(settled_unlocks),
-            "award requests answered differently": len(differing),
+            "auto unlocks listed by a repeat, not by its settled first answer": listed_by_repeat,
+            "requests answered differently": len(differing),
+            "of those, a repeat claiming a level a killed write made due": orphans_claimed,
             "level rewards never reported": rewards_unreported,
             "ledger entries": settled["counts"]["ledger_entries"],
             "levels checked": settled["counts"]["levels_checked"],
@@ -837,9 +1283,15 @@ def test_sigkill_of_each_service_under_retried_load_counts_everything_exactly_on
             "total s": round(time.monotonic() - started, 1),
         }
         print("\ncrash-fault figures:\n" + "\n".join(f"  {k}: {v}" for k, v in figures.items()))
-        for example in differing[:5]:
+        for example in differing[:8]:
             print(f"  answered differently: {example}")
-        assert differing == []  # every answer for one request reports the same level-up
+        # Every answer for one request reports the same level-up, with one exception, documented in
+        # docs/faults.md: a level made due by a write whose process was killed before its check is
+        # unclaimed; a repeat of another request whose first answer found nothing due (a copy) finds it
+        # due and nothing recorded, and past its wait grants it (so it is not lost) and reports it.
+        # A repeat never evaluates auto unlocks anew (it lists what its first recorded), so no other
+        # difference is allowed.
+        assert [d for d in differing if not claims_an_orphaned_level(d[2])] == []
     finally:
         for channel in channels:
             channel.close()

@@ -71,6 +71,10 @@ EXPECTED_OPERATIONS = {
     ("GET", "/activities/{activity_id}"),
     ("PUT", "/activities/{activity_id}"),
     ("DELETE", "/activities/{activity_id}"),
+    ("GET", "/streaks"),
+    ("GET", "/streaks/{streak_id}"),
+    ("PUT", "/streaks/{streak_id}"),
+    ("DELETE", "/streaks/{streak_id}"),
     ("GET", "/achievements"),
     ("GET", "/achievements/{achievement_id}"),
     ("GET", "/achievements/{achievement_id}/stats"),
@@ -192,6 +196,12 @@ def test_openapi_document_matches_the_routes(gateway: GatewayServer) -> None:
     }
     assert set(schemas["ActivityCountInput"]["properties"]) == {"activity_id", "category", "count"}
     assert schemas["ActivityCountInput"]["required"] == ["count"]
+    assert schemas["StreakLengthInput"]["required"] == ["streak_id", "length"]
+    assert schemas["RequirementsInput"]["properties"]["streak_lengths"]["maxItems"] == 10
+    # A streak's period: the two values the service takes, by name, not PERIOD_UNSPECIFIED.
+    assert schemas["StreakInput"]["required"] == ["name", "period"]
+    assert schemas["StreakInput"]["properties"]["period"]["enum"] == ["PERIOD_DAY", "PERIOD_WEEK"]
+    assert set(schemas["StreakState"]["properties"]) == {"streak_id", "current", "best", "last_period_start"}
     assert {"auto_unlock", "requirements"} <= set(schemas["AchievementInput"]["properties"])
     assert set(schemas["AchievementProgress"]["properties"]) == {
         "achievement",
@@ -361,6 +371,7 @@ def test_progress_and_level_check(gateway: GatewayServer, user_id: str) -> None:
         "rewards": [],
         "more_unlocked_achievements": False,
         "more_rewards": False,
+        "streaks": [],
     }
     activity_id = put_activity(gateway, xp=320)
     ok(call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id}))
@@ -515,6 +526,93 @@ def test_activity_catalog_round_trip(gateway: GatewayServer) -> None:
     error(call(gateway, "GET", f"/activities/{slashed}"), 404, "NOT_FOUND")
 
 
+def test_streak_catalog_round_trip(gateway: GatewayServer, user_id: str) -> None:
+    activity_id = put_activity(gateway, xp=10)
+    streak_id, weekly = unique("streak"), unique("streak")
+    stored = ok(
+        call(
+            gateway,
+            "PUT",
+            f"/streaks/{streak_id}",
+            {"name": "A match a day", "activity_id": activity_id, "period": "PERIOD_DAY"},
+            token=ADMIN,
+        )
+    )
+    assert stored == {
+        "streak_id": streak_id,
+        "name": "A match a day",
+        "activity_id": activity_id,
+        "category": "",
+        "period": "PERIOD_DAY",
+    }
+    assert ok(call(gateway, "GET", f"/streaks/{streak_id}")) == stored
+    # The body may name the id too, if it is the path's.
+    ok(
+        call(
+            gateway,
+            "PUT",
+            f"/streaks/{weekly}",
+            {"streak_id": weekly, "name": "A pvp match a week", "category": "pvp", "period": "PERIOD_WEEK"},
+            token=ADMIN,
+        )
+    )
+    mismatch = error(
+        call(
+            gateway,
+            "PUT",
+            f"/streaks/{weekly}",
+            {"streak_id": "other", "name": "x", "category": "pvp", "period": "PERIOD_WEEK"},
+            token=ADMIN,
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    assert field_violations(mismatch)[0]["field"] == "streak.streak_id"
+
+    listed: list[str] = []
+    path = "/streaks?page_size=1"
+    for _ in range(200):
+        page = ok(call(gateway, "GET", path))
+        assert len(page["streaks"]) <= 1
+        listed += [s["streak_id"] for s in page["streaks"]]
+        if not page["next_page_token"]:
+            break
+        path = f"/streaks?page_size=1&page_token={urllib.parse.quote(page['next_page_token'])}"
+    assert {streak_id, weekly} <= set(listed)
+
+    # A player's run shows in their progress.
+    ok(call(gateway, "POST", "/xp/award", {"user_id": user_id, "activity_id": activity_id}))
+    runs = {run["streak_id"]: run for run in ok(call(gateway, "GET", f"/users/{user_id}/progress"))["streaks"]}
+    assert (runs[streak_id]["current"], runs[streak_id]["best"]) == ("1", "1")
+    assert runs[streak_id]["last_period_start"].endswith("Z")
+    assert (runs[weekly]["current"], runs[weekly]["best"]) == ("1", "1")  # put_activity's category is pvp
+
+    # Exactly one of activity_id and category; a period, by name, of the two a streak takes.
+    for body, field in (
+        ({"name": "x", "period": "PERIOD_DAY"}, "streak.activity_id"),
+        ({"name": "x", "activity_id": activity_id, "category": "pvp", "period": "PERIOD_DAY"}, "streak.activity_id"),
+        ({"name": "x", "activity_id": activity_id}, "streak.period"),
+        ({"name": "x", "activity_id": activity_id, "period": "PERIOD_UNSPECIFIED"}, "streak.period"),
+        ({"name": "x", "activity_id": activity_id, "period": 1}, "period"),  # refused by the gateway
+        ({"activity_id": activity_id, "period": "PERIOD_DAY"}, "streak.name"),
+    ):
+        refused = error(call(gateway, "PUT", f"/streaks/{unique('bad')}", body, token=ADMIN), 400, "INVALID_ARGUMENT")
+        assert field_violations(refused)[0]["field"] == field, body
+    # A streak keeps its period, even deleted.
+    other_period = {"name": "A match a day", "activity_id": activity_id, "period": "PERIOD_WEEK"}
+    error(call(gateway, "PUT", f"/streaks/{streak_id}", other_period, token=ADMIN), 409, "FAILED_PRECONDITION")
+    refused = error(call(gateway, "DELETE", f"/streaks/{streak_id}", token=GAME), 403, "PERMISSION_DENIED")
+    assert "may not call rewards.v1.XpService/DeleteStreak" in refused["message"]
+    assert ok(call(gateway, "DELETE", f"/streaks/{streak_id}", token=ADMIN)) == {}
+    error(call(gateway, "GET", f"/streaks/{streak_id}"), 404, "NOT_FOUND")
+    error(call(gateway, "DELETE", f"/streaks/{streak_id}", token=ADMIN), 404, "NOT_FOUND")
+    error(call(gateway, "PUT", f"/streaks/{streak_id}", other_period, token=ADMIN), 409, "FAILED_PRECONDITION")
+    assert streak_id not in {
+        run["streak_id"] for run in ok(call(gateway, "GET", f"/users/{user_id}/progress"))["streaks"]
+    }
+    ok(call(gateway, "DELETE", f"/streaks/{weekly}", token=ADMIN))
+
+
 def test_an_encoded_slash_never_makes_a_path_another_routes(gateway: GatewayServer) -> None:
     """Routes are matched on the path as sent: /achievements/x%2Fstats is the achievement
     "x/stats", /achievements/x/stats the stats of "x"; /users/u%2Fachievements/progress is
@@ -568,7 +666,13 @@ def test_achievement_catalog_round_trip(gateway: GatewayServer) -> None:
         "description": "",
         "xp_reward": "10",
         "hidden": True,
-        "requirements": {"required_achievements": [], "min_total_xp": "0", "min_level": 0, "activity_counts": []},
+        "requirements": {
+            "required_achievements": [],
+            "min_total_xp": "0",
+            "min_level": 0,
+            "activity_counts": [],
+            "streak_lengths": [],
+        },
         "auto_unlock": False,
     }
     ok(
@@ -576,16 +680,28 @@ def test_achievement_catalog_round_trip(gateway: GatewayServer) -> None:
             gateway,
             "PUT",
             f"/achievements/{second}",
-            {"name": "Second", "requirements": {"required_achievements": [first], "min_total_xp": "100"}},
+            {
+                "name": "Second",
+                "requirements": {
+                    "required_achievements": [first],
+                    "min_total_xp": "100",
+                    "streak_lengths": [
+                        {"streak_id": "daily-play", "length": 3},
+                        {"streak_id": "daily-play", "length": "5"},
+                    ],
+                },
+            },
             token=ADMIN,
         )
     )
     got = ok(call(gateway, "GET", f"/achievements/{second}"))
+    # Of two runs of one streak, the longer is kept.
     assert got["requirements"] == {
         "required_achievements": [first],
         "min_total_xp": "100",
         "min_level": 0,
         "activity_counts": [],
+        "streak_lengths": [{"streak_id": "daily-play", "length": "5"}],
     }
 
     listed: list[str] = []

@@ -172,6 +172,7 @@ def test_progress_pages_the_catalog_and_withholds_hidden_names_from_a_game_token
         "min_total_xp": "0",
         "min_level": 0,
         "activity_counts": [],
+        "streak_lengths": [],
     }
     # Hidden but unlocked: shown.
     assert (first["unlocked"], first["percent"], first["unlock_rate"]) == (True, 100.0, 1.0)

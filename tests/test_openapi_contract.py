@@ -11,7 +11,7 @@ hooks below, which schemathesis loads from this module (SCHEMATHESIS_HOOKS):
 a positive case is made to follow those rules too (Unicode NFC, page tokens
 only as issued, the rules between a body field and a header or the path, and
 between two fields of one message: an activity count's activity_id and category,
-a revoke's request_id and entry_id).
+a streak's activity_id and category, a revoke's request_id and entry_id).
 To run the same against a gateway of your own (from the repository's root):
 
     SCHEMATHESIS_HOOKS=tests.test_openapi_contract .venv/bin/schemathesis run \\
@@ -339,6 +339,12 @@ def _register_hooks() -> None:  # pragma: no cover - runs in the schemathesis pr
                     # A positive max_awards needs a period.
                     if cap.get("period") in (None, "PERIOD_UNSPECIFIED"):
                         cap["period"] = "PERIOD_DAY"
+            if operation == "PUT /streaks/{streak_id}":
+                # Exactly one of activity_id and category: what the streak counts.
+                if body.get("activity_id"):
+                    body.pop("category", None)
+                elif not body.get("category"):
+                    body["activity_id"] = "counted-activity"
             if operation == "PUT /achievements/{achievement_id}":
                 requirements = body.get("requirements")
                 own = case.path_parameters.get("achievement_id")

@@ -24,6 +24,7 @@ from common.config import Settings
 from common.dynamodb import DynamoDBClient, create_dynamodb_client, ensure_tables, to_item
 from common.models import Level as LevelEntry
 from common.models import LevelTable
+from common.streaks import StreakLength
 from devcluster.dynamodb_local import REPO_ROOT
 from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
 from rewardsctl.__main__ import main
@@ -116,6 +117,11 @@ def catalog_of(cluster: Cluster) -> Catalog:
         return clients.read_catalog()
 
 
+def without_streaks(catalog: Catalog) -> Catalog:
+    """A file's catalog as the services hold it when it has no streaks section (they hold none)."""
+    return replace(catalog, streaks=catalog.streaks or ())
+
+
 # --- the catalog file, pure --------------------------------------------------------------
 
 
@@ -123,7 +129,8 @@ def test_sample_catalog_reads_as_a_small_game() -> None:
     catalog = parse_catalog(SAMPLE_CATALOG.read_text())
     assert catalog.activities is not None and catalog.achievements is not None and catalog.levels is not None
     assert {a.category for a in catalog.activities} == {"pvp", "quests", "daily", "daily-quest"}
-    assert len(catalog.activities) == 9 and len(catalog.achievements) == 10 and len(catalog.levels) == 10
+    assert len(catalog.activities) == 9 and len(catalog.achievements) == 11 and len(catalog.levels) == 10
+    assert [s.streak_id for s in catalog.streaks or ()] == ["login-days", "pvp-weeks"]
     # What the README's grpcurl walk-through relies on.
     assert Activity("win-match", "Win a match", category="pvp", xp=150) in catalog.activities
     assert Achievement("first-win", "First win", xp_reward=50) in catalog.achievements
@@ -137,7 +144,10 @@ def test_sample_catalog_reads_as_a_small_game() -> None:
         "wins-1": (ActivityCount("win-match", count=1),),
         "wins-10": (ActivityCount("win-match", count=10),),
         "wins-50": (ActivityCount("win-match", count=50),),
+        "login-week": (),
     }
+    login_week = next(a for a in catalog.achievements if a.achievement_id == "login-week")
+    assert login_week.streak_lengths == (StreakLength("login-days", 7),)
     assert [a.activity_id for a in catalog.activities if a.category == "daily-quest"] == [
         "daily-quest-arena",
         "daily-quest-dungeon",
@@ -162,7 +172,7 @@ levels:
     with pytest.raises(CatalogFileError) as caught:
         parse_catalog(text)
     assert caught.value.problems == [
-        "activities[0].colour: is not a known key (known: activity_id, name, description, category, xp)",
+        "activities[0].colour: is not a known key (known: activity_id, name, description, category, xp, cap)",
         "activities[0].activity_id: must be a string (got boolean False); quote it",
         "activities[0].xp: must be a whole number (got number 1.5)",
         "activities[2].activity_id: 'a' is defined twice",
@@ -382,11 +392,11 @@ def test_apply_sample_dry_run_then_apply_then_nothing_to_do(new_cluster: Callabl
     dry_run = run_command(cluster, "catalog", "apply", "--dry-run", str(SAMPLE_CATALOG))
     assert dry_run.returncode == 0, dry_run.stderr
     planned = change_lines(dry_run.stdout)
-    assert len(planned) == 29 and all(line.startswith("+ create ") for line in planned)
+    assert len(planned) == 32 and all(line.startswith("+ create ") for line in planned)
     assert "+ create activity win-match ('Win a match', 150 XP, category pvp)" in planned
     assert "+ create level 2 (at 100 XP, rewards 50 gold)" in planned
     assert "+ create achievement wins-10 ('Winner II', 250 XP, counts 10 x win-match, auto_unlock)" in planned
-    assert "dry run: 29 changes planned, nothing was changed" in dry_run.stdout
+    assert "dry run: 32 changes planned, nothing was changed" in dry_run.stdout
     assert "will backfill wins-1: added" in dry_run.stdout
     assert catalog_of(cluster).is_empty()
 
@@ -397,12 +407,13 @@ def test_apply_sample_dry_run_then_apply_then_nothing_to_do(new_cluster: Callabl
     # The auto_unlock achievements it added are backfilled: the stage has no players yet.
     assert [line for line in applied.stdout.splitlines() if line.startswith("backfill ") and " done " not in line] == [
         "backfill daily-quests-7: added",
+        "backfill login-week: added",
         "backfill wins-1: added",
         "backfill wins-10: added",
         "backfill wins-50: added",
     ]
     assert re.search(r"^users evaluated +0$", applied.stdout, re.MULTILINE)
-    assert catalog_of(cluster) == parse_catalog(SAMPLE_CATALOG.read_text())
+    assert catalog_of(cluster) == without_streaks(parse_catalog(SAMPLE_CATALOG.read_text()))
 
     again = run_command(cluster, "catalog", "apply", str(SAMPLE_CATALOG))
     assert again.returncode == 0, again.stderr
@@ -412,7 +423,7 @@ def test_apply_sample_dry_run_then_apply_then_nothing_to_do(new_cluster: Callabl
 
     exported = run_command(cluster, "catalog", "export")
     assert exported.returncode == 0, exported.stderr
-    assert parse_catalog(exported.stdout) == parse_catalog(SAMPLE_CATALOG.read_text())
+    assert parse_catalog(exported.stdout) == without_streaks(parse_catalog(SAMPLE_CATALOG.read_text()))
 
     # A new user can play at once: the README's first award, whose first win unlocks wins-1 (+25 XP).
     awarded = run_command(cluster, "award", "alice", "win-match", "--request-id", "match-1")
@@ -459,13 +470,13 @@ def test_apply_changes_and_deletes_what_the_file_says(
     status, out, _ = run_main(cluster, capsys, "catalog", "apply", "--no-delete", str(path))
     assert status == 0
     assert "= kept achievement dedicated (not in the file; --no-delete)" in change_lines(out)
-    assert "achievements: 0 created, 0 changed, 0 deleted, 1 kept (--no-delete), 9 unchanged" in out
-    assert len(catalog_of(cluster).achievements or ()) == 10
+    assert "achievements: 0 created, 0 changed, 0 deleted, 1 kept (--no-delete), 10 unchanged" in out
+    assert len(catalog_of(cluster).achievements or ()) == 11
 
     status, out, _ = run_main(cluster, capsys, "catalog", "apply", str(path))
     assert status == 0
     assert change_lines(out) == ["- deleted achievement dedicated (not in the file)"]
-    assert catalog_of(cluster) == parse_catalog(edited)
+    assert catalog_of(cluster) == without_streaks(parse_catalog(edited))
     win_match = cluster.xp.GetActivity(xp_pb2.GetActivityRequest(activity_id="win-match"))
     assert win_match.xp == 175
 
@@ -485,18 +496,19 @@ def test_apply_if_empty_loads_only_into_an_empty_catalog(
 ) -> None:
     cluster = new_cluster()
     status, out, _ = run_main(cluster, capsys, "catalog", "apply", "--if-empty", str(SAMPLE_CATALOG))
-    assert status == 0 and "applied 29 changes" in out
+    assert status == 0 and "applied 32 changes" in out
     # A first load into an empty catalog: no players to evaluate, no DynamoDB access.
     assert (
-        "not backfilled (--if-empty loads a new stage's first catalog): daily-quests-7, wins-1, wins-10, wins-50; "
-        "`rewardsctl achievements backfill daily-quests-7 wins-1 wins-10 wins-50` evaluates every player for them"
+        "not backfilled (--if-empty loads a new stage's first catalog): daily-quests-7, login-week, wins-1, wins-10, "
+        "wins-50; `rewardsctl achievements backfill daily-quests-7 login-week wins-1 wins-10 wins-50` evaluates every "
+        "player for them"
     ) in out
     cluster.xp.PutActivity(xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id="own", name="Own", xp=1)))
     status, out, _ = run_main(cluster, capsys, "catalog", "apply", "--if-empty", str(SAMPLE_CATALOG))
     assert status == 0
     assert (
         out.strip()
-        == "the catalog is not empty (10 activities, 10 achievements, 10 levels): left as it is (--if-empty)"
+        == "the catalog is not empty (10 activities, 2 streaks, 11 achievements, 10 levels): left as it is (--if-empty)"
     )
     assert cluster.xp.GetActivity(xp_pb2.GetActivityRequest(activity_id="own")).xp == 1
 
@@ -689,6 +701,7 @@ TABLES = (
     "level_checks",
     "activity_counts",
     "achievement_stats",
+    "streaks",
 )
 # Numbers beyond a float's precision, binary, sets and nesting: what a backup
 # must carry exactly, whatever the services write today.

@@ -11,6 +11,7 @@ from common.auto_unlock import AutoRules, Counter
 from common.errors import NotFound, PreconditionFailed
 from common.level_check import LevelCheckStore
 from common.models import ACHIEVEMENT, ACTIVITY, ADJUSTMENT, REVOKE, LedgerEntry, ProgressRecord, Reward
+from common.streaks import Streak, StreakRecord
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,30 @@ class Activity:
 class ActivityNotFound(NotFound):
     def __init__(self, activity_id: str) -> None:
         super().__init__(f"activity {activity_id!r} is not in the catalog")
+
+
+class StreakNotFound(NotFound):
+    def __init__(self, streak_id: str) -> None:
+        super().__init__(f"streak {streak_id!r} is not in the catalog")
+
+
+class StreakPeriodFixed(PreconditionFailed):
+    """A streak keeps its period once created, even deleted: its players' runs are in periods of that length."""
+
+    def __init__(self, streak_id: str, period: str) -> None:
+        super().__init__(
+            f"streak {streak_id!r} counts {period}s (its players' runs are in {period}s); "
+            f"a streak of another period needs a new streak_id",
+            [("streak.period", f"streak {streak_id!r} is fixed to {period}s")],
+        )
+
+
+class TooManyStreaks(PreconditionFailed):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the catalog holds {limit} streaks, its limit; delete one first",
+            [("streak.streak_id", f"at most {limit} streaks in the catalog")],
+        )
 
 
 class EntryNotFound(NotFound):
@@ -109,13 +134,37 @@ class XpRepository(LevelCheckStore, Protocol):
     async def delete_activity(self, activity_id: str) -> None:
         """Raises ActivityNotFound."""
 
-    async def record_xp(self, entry: LedgerEntry, activity: Activity | None = None, cap_period: str = "") -> None:
+    async def record_xp(
+        self,
+        entry: LedgerEntry,
+        activity: Activity | None = None,
+        cap_period: str = "",
+        streak_periods: tuple[tuple[Streak, str], ...] = (),
+    ) -> None:
         """Adds the entry to the ledger and its XP to the user's total, at most
         once per entry id, only while the total stays within MAX_TOTAL_XP, and
         with `activity` only while the catalog still gives it that XP and
         category; an activity's entry adds one to the counters of its activity
-        and category (common.auto_unlock.award_counters). Raises
-        DuplicateRequest, TotalXpLimitReached or ActivityChanged (nothing written)."""
+        and category (common.auto_unlock.award_counters), and each period (its
+        first local day, ISO) to the user's run of its streak. Raises
+        DuplicateRequest, TotalXpLimitReached, CapReached or ActivityChanged (nothing written)."""
+
+    async def put_streak(self, streak: Streak) -> None:
+        """Raises StreakPeriodFixed (the id had another period) or TooManyStreaks."""
+
+    async def get_streak(self, streak_id: str) -> Streak:
+        """Raises StreakNotFound."""
+
+    async def list_streaks(self, page_size: int, page_token: str) -> tuple[list[Streak], str]: ...
+
+    async def delete_streak(self, streak_id: str) -> None:
+        """Raises StreakNotFound."""
+
+    async def streaks(self) -> tuple[Streak, ...]:
+        """The streak catalog as this process last read it."""
+
+    async def streak_records(self, user_id: str) -> dict[str, StreakRecord]:
+        """The user's runs, by streak id."""
 
     async def auto_rules(self) -> AutoRules:
         """The catalog's auto-unlock rules, as this process last read them."""
@@ -123,11 +172,16 @@ class XpRepository(LevelCheckStore, Protocol):
     async def get_progress_and_counters(
         self, user_id: str, counters: tuple[str, ...]
     ) -> tuple[ProgressRecord, dict[str, Counter]]:
-        """The progress item and these counters (those that exist), in one read."""
+        """The progress item and these counters (those that exist), in one
+        read; a streak's run among them that grew long is folded (storage's
+        concern: its item stays small)."""
 
     async def forget_auto_watches(self, user_id: str) -> None:
         """Makes the user's next award, of any activity, ask Achievements (an
         evaluation left undone: the watch reached may be on another counter)."""
+
+    async def mark_unlocks_deferred(self, user_id: str, entry_id: str) -> None:
+        """Notes on the ledger entry that Achievements could not answer its evaluation."""
 
     async def count_player_once(self, user_id: str) -> None:
         """Counts a user with XP among the players of the achievement stats, once."""

@@ -8,12 +8,12 @@ import grpc
 
 from common import field_rules
 from common.errors import InvalidField
-from common.grpc_edge import level_up_to_message
+from common.grpc_edge import level_up_to_message, period_from_message, period_to_message, streak_to_message
 from common.models import ACHIEVEMENT, ACTIVITY, ADJUSTMENT, GRANT, REVOKE, LedgerEntry
-from common.periods import DAY, WEEK
+from common.streaks import Streak
 from rewards.v1 import levels_pb2, xp_pb2, xp_pb2_grpc
 from xp_service.domain import Activity
-from xp_service.use_cases import AwardOutcome, XpLedger
+from xp_service.use_cases import AwardOutcome, StreakStanding, XpLedger
 
 MAX_REASON_LENGTH = 256
 MAX_ADJUSTMENT = 1_000_000_000
@@ -60,7 +60,6 @@ def activity_from_message(message: xp_pb2.Activity) -> Activity:
 
 
 MAX_CAP = 1_000_000
-_PERIODS = {xp_pb2.PERIOD_DAY: DAY, xp_pb2.PERIOD_WEEK: WEEK}
 
 
 def _cap_from_message(cap: xp_pb2.Cap) -> dict[str, Any]:
@@ -68,9 +67,7 @@ def _cap_from_message(cap: xp_pb2.Cap) -> dict[str, Any]:
         raise InvalidField("activity.cap.max_awards", f"must be between 0 and {MAX_CAP} (got {cap.max_awards})")
     if not cap.max_awards:
         return {}
-    if cap.period not in _PERIODS:
-        raise InvalidField("activity.cap.period", "must be PERIOD_DAY or PERIOD_WEEK with a positive max_awards")
-    return {"cap_max_awards": cap.max_awards, "cap_period": _PERIODS[cap.period]}
+    return {"cap_max_awards": cap.max_awards, "cap_period": _period_from_message("activity.cap.period", cap.period)}
 
 
 def activity_to_message(activity: Activity) -> xp_pb2.Activity:
@@ -82,11 +79,39 @@ def activity_to_message(activity: Activity) -> xp_pb2.Activity:
         xp=activity.xp,
         cap=xp_pb2.Cap(
             max_awards=activity.cap_max_awards,
-            period={period: value for value, period in _PERIODS.items()}[activity.cap_period],
+            period=period_to_message(activity.cap_period),
         )
         if activity.cap_max_awards
         else None,
     )
+
+
+def _period_from_message(field: str, period: xp_pb2.Period.ValueType) -> str:
+    name = period_from_message(period)
+    if not name:
+        raise InvalidField(field, "must be PERIOD_DAY or PERIOD_WEEK")
+    return name
+
+
+def streak_from_message(message: xp_pb2.Streak) -> Streak:
+    activity_id = field_rules.optional_id("streak.activity_id", message.activity_id)
+    category = field_rules.optional_id("streak.category", message.category)
+    if bool(activity_id) == bool(category):
+        raise InvalidField("streak.activity_id", "set exactly one of activity_id and category: what the streak counts")
+    return Streak(
+        streak_id=field_rules.require_id("streak.streak_id", message.streak_id),
+        name=field_rules.text("streak.name", message.name, max_length=field_rules.MAX_NAME_LENGTH, required=True),
+        period=_period_from_message("streak.period", message.period),
+        activity_id=activity_id,
+        category=category,
+    )
+
+
+def streak_state_to_message(standing: StreakStanding) -> xp_pb2.StreakState:
+    message = xp_pb2.StreakState(streak_id=standing.streak_id, current=standing.current, best=standing.best)
+    if standing.last_period_start is not None:
+        message.last_period_start.FromDatetime(standing.last_period_start)
+    return message
 
 
 def award_to_message(outcome: AwardOutcome) -> xp_pb2.AwardXpResponse:
@@ -172,6 +197,7 @@ class XpServicer(xp_pb2_grpc.XpServiceServicer):
             more_unlocked_achievements=progress.more_unlocked_achievements,
             more_rewards=progress.more_rewards,
             rewards=[levels_pb2.Reward(reward_id=r.reward_id, quantity=r.quantity) for r in progress.rewards],
+            streaks=[streak_state_to_message(s) for s in progress.streaks],
         )
         if record.updated_at:
             message.updated_at.FromJsonString(record.updated_at)
@@ -209,3 +235,23 @@ class XpServicer(xp_pb2_grpc.XpServiceServicer):
             raise InvalidField("request_id", "set exactly one of request_id and entry_id: the entry to revoke")
         reason = field_rules.text("reason", request.reason, max_length=MAX_REASON_LENGTH, required=True)
         return award_to_message(await self._ledger.revoke_award(user_id, request_id, entry_id, reason))
+
+    async def PutStreak(self, request: xp_pb2.PutStreakRequest, context: grpc.aio.ServicerContext) -> xp_pb2.Streak:
+        field_rules.present("streak", request.HasField("streak"))
+        return streak_to_message(await self._ledger.put_streak(streak_from_message(request.streak)))
+
+    async def GetStreak(self, request: xp_pb2.GetStreakRequest, context: grpc.aio.ServicerContext) -> xp_pb2.Streak:
+        return streak_to_message(await self._ledger.get_streak(field_rules.require_id("streak_id", request.streak_id)))
+
+    async def ListStreaks(
+        self, request: xp_pb2.ListStreaksRequest, context: grpc.aio.ServicerContext
+    ) -> xp_pb2.ListStreaksResponse:
+        page_size = field_rules.page_size(request.page_size)
+        streaks, token = await self._ledger.list_streaks(page_size, request.page_token)
+        return xp_pb2.ListStreaksResponse(streaks=[streak_to_message(s) for s in streaks], next_page_token=token)
+
+    async def DeleteStreak(
+        self, request: xp_pb2.DeleteStreakRequest, context: grpc.aio.ServicerContext
+    ) -> xp_pb2.DeleteStreakResponse:
+        await self._ledger.delete_streak(field_rules.require_id("streak_id", request.streak_id))
+        return xp_pb2.DeleteStreakResponse()

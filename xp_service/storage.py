@@ -8,11 +8,13 @@ from typing import Any
 from common.auto_unlock import AutoRules, Counter, award_counters
 from common.dynamodb import (
     ACTIVITIES,
+    STREAKS,
     USER_ACHIEVEMENTS,
     USER_PROGRESS,
     XP_LEDGER,
     CatalogCopies,
     CatalogTable,
+    ConditionalCheckFailed,
     DynamoDBClient,
     LevelTableCache,
     TransactionCancelled,
@@ -23,6 +25,7 @@ from common.dynamodb import (
     ledger_entry_from,
     ledger_put,
     mark_level_check_deferred,
+    mark_unlocks_deferred,
     read_levels_reached,
     read_progress,
     to_item,
@@ -35,8 +38,11 @@ from common.dynamodb.counters import (
     counter_adds,
     forget_auto_watches,
     read_progress_and_counters,
+    read_streak_records,
+    streak_touches,
 )
 from common.dynamodb.progress_item import move_unlocked_ids_out_of_progress
+from common.dynamodb.streak_catalog import StreakCatalogSnapshot, is_deleted, streak_from_values, streak_to_values
 from common.models import (
     ACTIVITY,
     MAX_TOTAL_XP,
@@ -47,12 +53,16 @@ from common.models import (
     TotalXpLimitReached,
     TotalXpWouldGoNegative,
 )
+from common.streaks import MAX_STREAKS, Streak, StreakRecord
 from xp_service.domain import (
     Activity,
     ActivityChanged,
     ActivityNotFound,
     CapReached,
     DuplicateRequest,
+    StreakNotFound,
+    StreakPeriodFixed,
+    TooManyStreaks,
 )
 
 
@@ -72,10 +82,17 @@ class DynamoDBXpRepository:
     """xp_service.domain.XpRepository over DynamoDB."""
 
     def __init__(
-        self, client: DynamoDBClient, table_prefix: str, level_table: LevelTableCache, auto_rules: AutoRulesCache
+        self,
+        client: DynamoDBClient,
+        table_prefix: str,
+        level_table: LevelTableCache,
+        auto_rules: AutoRulesCache,
+        streak_catalog: StreakCatalogSnapshot,
     ) -> None:
         self._client = client
         self._auto_rules = auto_rules
+        self._streak_catalog = streak_catalog
+        self._streaks = table_prefix + STREAKS.name
         self._prefix = table_prefix
         self._activities = CatalogTable(client, table_prefix, ACTIVITIES)
         self._ledger = table_prefix + XP_LEDGER.name
@@ -123,10 +140,88 @@ class DynamoDBXpRepository:
         if not await self._activities.delete(activity_id):
             raise ActivityNotFound(activity_id)
 
+    # --- streak catalog ---------------------------------------------------------
+
+    async def put_streak(self, streak: Streak) -> None:
+        """Replaces the entry (and a deletion mark) only while the id is new
+        or has this period. The catalog's size is checked on a read made now,
+        so only puts of new ids racing each other may pass it, by a few (an
+        award's transaction has room for 94 streaks)."""
+        current = await self._streak_catalog.fresh()
+        if streak.streak_id not in {s.streak_id for s in current} and len(current) >= MAX_STREAKS:
+            raise TooManyStreaks(MAX_STREAKS)
+        try:
+            await self._client.call(
+                "PutItem",
+                {
+                    "TableName": self._streaks,
+                    "Item": to_item(streak_to_values(streak)),
+                    "ConditionExpression": "attribute_not_exists(streak_id) OR #period = :p",
+                    "ExpressionAttributeNames": {"#period": "period"},
+                    "ExpressionAttributeValues": {":p": attr(streak.period)},
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                },
+            )
+        except ConditionalCheckFailed as failed:
+            raise StreakPeriodFixed(streak.streak_id, str(from_item(failed.item or {}).get("period", "?"))) from None
+        finally:
+            self._streak_catalog.forget()
+
+    async def get_streak(self, streak_id: str) -> Streak:
+        response = await self._client.call(
+            "GetItem", {"TableName": self._streaks, "Key": {"streak_id": attr(streak_id)}, "ConsistentRead": True}
+        )
+        values = from_item(response["Item"]) if "Item" in response else None
+        if values is None or is_deleted(values):
+            raise StreakNotFound(streak_id)
+        return streak_from_values(values)
+
+    async def list_streaks(self, page_size: int, page_token: str) -> tuple[list[Streak], str]:
+        params: dict[str, Any] = {
+            "TableName": self._streaks,
+            "Limit": page_size,
+            "FilterExpression": "attribute_not_exists(deleted)",  # a page may then hold fewer
+        }
+        start = decode_page_token(page_token, {"streak_id": None})
+        if start:
+            params["ExclusiveStartKey"] = start
+        page = await self._client.call("Scan", params)
+        streaks = [streak_from_values(from_item(item)) for item in page["Items"]]
+        return streaks, encode_page_token(page.get("LastEvaluatedKey"))
+
+    async def delete_streak(self, streak_id: str) -> None:
+        try:
+            await self._client.call(
+                "UpdateItem",
+                {
+                    "TableName": self._streaks,
+                    "Key": {"streak_id": attr(streak_id)},
+                    "UpdateExpression": "SET deleted = :t",
+                    "ConditionExpression": "attribute_exists(streak_id) AND attribute_not_exists(deleted)",
+                    "ExpressionAttributeValues": {":t": attr(True)},
+                },
+            )
+        except ConditionalCheckFailed:
+            raise StreakNotFound(streak_id) from None
+        finally:
+            self._streak_catalog.forget()
+
+    async def streaks(self) -> tuple[Streak, ...]:
+        return await self._streak_catalog.current()
+
+    async def streak_records(self, user_id: str) -> dict[str, StreakRecord]:
+        return await read_streak_records(self._client, self._prefix, user_id)
+
     # --- ledger and progress ------------------------------------------------------
 
     async def record_xp(
-        self, entry: LedgerEntry, activity: Activity | None = None, cap_period: str = "", *, moved_ids: bool = False
+        self,
+        entry: LedgerEntry,
+        activity: Activity | None = None,
+        cap_period: str = "",
+        streak_periods: tuple[tuple[Streak, str], ...] = (),
+        *,
+        moved_ids: bool = False,
     ) -> None:
         """One transaction: the ledger entry, put only if its id is new (the
         old entry comes back with the cancellation when it is not), the ADD to
@@ -180,6 +275,7 @@ class DynamoDBXpRepository:
             )
         if entry.kind == ACTIVITY and not entry.capped:
             items.extend(counter_adds(self._prefix, entry.user_id, award_counters(entry.activity_id, entry.category)))
+            items.extend(streak_touches(self._prefix, entry.user_id, streak_periods))
         elif entry.kind == REVOKE and entry.counted:  # the award it reverses counts no more
             counters = award_counters(entry.activity_id, entry.category)
             items.extend(counter_adds(self._prefix, entry.user_id, counters, step=-1))
@@ -202,7 +298,7 @@ class DynamoDBXpRepository:
                     and not moved_ids
                     and await move_unlocked_ids_out_of_progress(self._client, self._prefix, entry.user_id)
                 ):
-                    return await self.record_xp(entry, activity, cap_period, moved_ids=True)
+                    return await self.record_xp(entry, activity, cap_period, streak_periods, moved_ids=True)
                 if activity is not None:
                     self._activity_copies.drop(activity.activity_id)
                     raise ActivityChanged(activity.activity_id) from None
@@ -252,7 +348,7 @@ class DynamoDBXpRepository:
     async def get_progress_and_counters(
         self, user_id: str, counters: tuple[str, ...]
     ) -> tuple[ProgressRecord, dict[str, Counter]]:
-        return await read_progress_and_counters(self._client, self._prefix, user_id, counters)
+        return await read_progress_and_counters(self._client, self._prefix, user_id, counters, fold_streaks=True)
 
     async def forget_auto_watches(self, user_id: str) -> None:
         await forget_auto_watches(self._client, self._prefix, user_id)
@@ -262,6 +358,9 @@ class DynamoDBXpRepository:
 
     async def mark_level_check_deferred(self, user_id: str, entry_id: str) -> None:
         await mark_level_check_deferred(self._client, self._prefix, user_id, entry_id)
+
+    async def mark_unlocks_deferred(self, user_id: str, entry_id: str) -> None:
+        await mark_unlocks_deferred(self._client, self._prefix, user_id, entry_id)
 
     async def unlocked_achievement_ids(self, user_id: str, limit: int) -> tuple[tuple[str, ...], bool]:
         response = await self._client.call(

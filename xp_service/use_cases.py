@@ -30,7 +30,8 @@ from common.models import (
     revoke_entry_id,
     utc_now_iso,
 )
-from common.periods import period_key
+from common.periods import period_key, period_start_date, start_of_day
+from common.streaks import Streak, streak_counter, streaks_of_award
 from xp_service.domain import (
     Activity,
     ActivityChanged,
@@ -70,6 +71,16 @@ class AwardOutcome:
 
 
 @dataclass(frozen=True)
+class StreakStanding:
+    """A user's run of one streak as GetProgress shows it (common.streaks.StreakRun)."""
+
+    streak_id: str
+    current: int
+    best: int
+    last_period_start: datetime | None
+
+
+@dataclass(frozen=True)
 class Progress:
     record: ProgressRecord
     level: int
@@ -79,6 +90,8 @@ class Progress:
     # The first PROGRESS_UNLOCKS_SHOWN held achievement ids, in id order; whether there are more.
     unlocked_achievements: tuple[str, ...] = ()
     more_unlocked_achievements: bool = False
+    # The user's run of each streak of the catalog the user has one of, in streak id order.
+    streaks: tuple[StreakStanding, ...] = ()
 
 
 # Bound GetProgress's answer and cost whatever a player holds or passed; ListUserAchievements
@@ -119,6 +132,19 @@ class XpLedger:
     async def delete_activity(self, activity_id: str) -> None:
         await self._repository.delete_activity(activity_id)
 
+    async def put_streak(self, streak: Streak) -> Streak:
+        await self._repository.put_streak(streak)
+        return streak
+
+    async def get_streak(self, streak_id: str) -> Streak:
+        return await self._repository.get_streak(streak_id)
+
+    async def list_streaks(self, page_size: int, page_token: str) -> tuple[list[Streak], str]:
+        return await self._repository.list_streaks(page_size, page_token)
+
+    async def delete_streak(self, streak_id: str) -> None:
+        await self._repository.delete_streak(streak_id)
+
     # --- XP -----------------------------------------------------------------------
 
     async def award_xp(self, user_id: str, activity_id: str, request_id: str) -> AwardOutcome:
@@ -138,8 +164,12 @@ class XpLedger:
                 recorded_at=iso_utc(now),
             )
             cap_period = period_key(now, activity.cap_period, self._zone) if activity.cap_max_awards else ""
+            streak_periods = tuple(
+                (streak, period_start_date(now, streak.period, self._zone).isoformat())
+                for streak in streaks_of_award(await self._repository.streaks(), activity_id, activity.category)
+            )
             try:
-                return await self._record_once_and_check_level(entry, activity, cap_period)
+                return await self._record_once_and_check_level(entry, activity, cap_period, streak_periods)
             except ActivityChanged:
                 continue  # the catalog changed since this process read it: read it again
             except CapReached:
@@ -219,10 +249,37 @@ class XpLedger:
         )
         # Users with no stored level have not been checked yet: they are at the start level.
         level = record.level if record.level is not None else await self._repository.start_level()
-        return Progress(record, level, rewards, more_rewards, unlocked, more)
+        return Progress(record, level, rewards, more_rewards, unlocked, more, await self._streak_standings(user_id))
+
+    async def _streak_standings(self, user_id: str) -> tuple[StreakStanding, ...]:
+        catalog = await self._repository.streaks()
+        if not catalog:
+            return ()
+        records = await self._repository.streak_records(user_id)
+        now = self._clock()
+        standings = []
+        for streak in catalog:
+            record = records.get(streak.streak_id)
+            if record is None:
+                continue
+            run = record.run()
+            this_period = period_start_date(now, streak.period, self._zone)
+            standings.append(
+                StreakStanding(
+                    streak.streak_id,
+                    run.current_at(this_period, streak.period),
+                    run.best,
+                    start_of_day(run.last, self._zone) if run.last else None,
+                )
+            )
+        return tuple(standings)
 
     async def _record_once_and_check_level(
-        self, entry: LedgerEntry, activity: Activity | None = None, cap_period: str = ""
+        self,
+        entry: LedgerEntry,
+        activity: Activity | None = None,
+        cap_period: str = "",
+        streak_periods: tuple[tuple[Streak, str], ...] = (),
     ) -> AwardOutcome:
         """The common path is two DynamoDB calls and no gRPC hop: the
         transaction, then the progress read (with the award's counters when an
@@ -233,7 +290,7 @@ class XpLedger:
         the unlocks recorded under the entry's id, so that a retry lists them again."""
         xp_awarded, repeat_of = entry.xp, None
         try:
-            await self._repository.record_xp(entry, activity, cap_period)
+            await self._repository.record_xp(entry, activity, cap_period, streak_periods)
             if entry.xp >= 0:
                 XP_AWARDED.labels(entry.kind).inc(entry.xp)
             else:
@@ -248,8 +305,10 @@ class XpLedger:
         counted = (
             award_counters(entry.activity_id, entry.category) if entry.kind == ACTIVITY and not entry.capped else ()
         )
+        # The runs the award touched are read always: the read folds one grown long.
+        runs = tuple(streak_counter(streak.streak_id) for streak, _ in streak_periods)
         record, counters = await self._repository.get_progress_and_counters(
-            entry.user_id, tuple(c for c in counted if c in rules.counters)
+            entry.user_id, tuple(c for c in counted if c in rules.counters) + runs
         )
         # A repeat answers as the first did: it may grant only where the first check was deferred.
         level = await check_level_after_xp(
@@ -275,12 +334,18 @@ class XpLedger:
             or auto_unlock_may_be_due(rules, record, level.level, counters)
             or (leveled_up and rules.asks_levels)
         ):
-            # First, make any next award ask too (its read shows no evaluation under these rules), so that
-            # an evaluation this call cannot finish (a crash, a deadline, Achievements down) is not lost;
-            # the evaluation's watches write the fingerprint back.
-            await self._repository.forget_auto_watches(entry.user_id)
-            due = await self._achievements.unlock_due(entry.user_id, entry.entry_id)
+            # A repeat of a write whose evaluation was answered lists what it recorded, and evaluates
+            # nothing: an unlock due since then belongs to the write that made it due.
+            replay = repeat_of is not None and not repeat_of.unlocks_deferred
+            if not replay:
+                # First, make any next award ask too (its read shows no evaluation under these rules), so
+                # that an evaluation this call cannot finish (a crash, a deadline, Achievements down) is
+                # not lost; the evaluation's watches write the fingerprint back.
+                await self._repository.forget_auto_watches(entry.user_id)
+            due = await self._achievements.unlock_due(entry.user_id, entry.entry_id, replay_only=replay)
             unlocks_deferred = due is None
+            if due is None and repeat_of is None:
+                await self._repository.mark_unlocks_deferred(entry.user_id, entry.entry_id)
             if due is not None:
                 unlocked = due.unlocked
                 total_xp, level_now = max(total_xp, due.total_xp), max(level_now, due.level)

@@ -14,7 +14,7 @@ from common.dynamodb.client import (
     TransactionCancelled,
 )
 from common.dynamodb.items import attr, decode_page_token, encode_page_token, from_item, to_item
-from common.dynamodb.ledger import ledger_entry_from, ledger_put, mark_level_check_deferred
+from common.dynamodb.ledger import ledger_entry_from, ledger_put, mark_level_check_deferred, mark_unlocks_deferred
 from common.dynamodb.level_table import LevelTableCache, version_bump, version_check
 from common.dynamodb.reads import (
     CatalogCopies,
@@ -34,6 +34,7 @@ from common.dynamodb.tables import (
     LEVEL_REWARDS,
     LEVEL_TABLE_VERSION_KEY,
     LEVELS,
+    STREAKS,
     USER_ACHIEVEMENTS,
     USER_PROGRESS,
     XP_LEDGER,
@@ -62,6 +63,7 @@ __all__ = [
     "LEVEL_REWARDS",
     "LEVEL_TABLE_VERSION_KEY",
     "RETRYABLE_ERROR_CODES",
+    "STREAKS",
     "USER_ACHIEVEMENTS",
     "USER_PROGRESS",
     "XP_LEDGER",
@@ -87,6 +89,7 @@ __all__ = [
     "ledger_entry_from",
     "ledger_put",
     "mark_level_check_deferred",
+    "mark_unlocks_deferred",
     "level_reached_from",
     "read_levels_reached",
     "read_progress",

@@ -6,17 +6,22 @@ Achievements both write."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from common.auto_unlock import ActivityCount, Counter, Watches, WatchOutdated
-from common.dynamodb.client import DynamoDBClient, TransactionCancelled
+from common.dynamodb.client import ConditionalCheckFailed, DynamoDBClient, DynamoDBError, TransactionCancelled
 from common.dynamodb.items import attr, from_item
 from common.dynamodb.reads import read_progress
 from common.dynamodb.tables import ACHIEVEMENT_STATS, ACTIVITY_COUNTS, STAT_SHARDS, USER_PROGRESS
-from common.dynamodb.transactions import batch_get_consistent, transact_write
+from common.dynamodb.transactions import batch_get_consistent, retry_on_transaction_conflict, transact_write
+from common.errors import DomainError
 from common.models import ProgressRecord
+from common.streaks import Streak, StreakRecord, is_streak_counter, streak_counter
+
+log = logging.getLogger("rewards.counters")
 
 PLAYERS_STAT = "players"
 
@@ -26,11 +31,116 @@ def unlocks_stat(achievement_id: str) -> str:
 
 
 def _counter_from(values: Mapping[str, Any]) -> Counter:
-    return Counter(
-        str(values["counter"]),
-        int(values.get("awards", 0)),
-        int(values["watch_at"]) if "watch_at" in values else None,
+    counter = str(values["counter"])
+    watch_at = int(values["watch_at"]) if "watch_at" in values else None
+    if is_streak_counter(counter):  # a streak's run: its best counts, and the watch checks the item is as read
+        record = streak_record_from(values)
+        return Counter(counter, record.run().best, watch_at, streak_mark(record))
+    return Counter(counter, int(values.get("awards", 0)), watch_at)
+
+
+# --- streaks (common.streaks) ------------------------------------------------------
+
+
+def streak_record_from(values: Mapping[str, Any]) -> StreakRecord:
+    return StreakRecord(
+        period=str(values.get("period", "")),
+        touched=frozenset(str(d) for d in values.get("touched", ())),
+        base_last=str(values.get("base_last", "")),
+        base_current=int(values.get("base_current", 0)),
+        base_best=int(values.get("base_best", 0)),
     )
+
+
+def streak_touches(table_prefix: str, user_id: str, touched: Iterable[tuple[Streak, str]]) -> list[dict[str, Any]]:
+    """Transaction items: each streak's period (its first local day, ISO)
+    added to the user's run. A set ADD: a period is in it once however many
+    awards, retries or races add it."""
+    return [
+        {
+            "Update": {
+                "TableName": table_prefix + ACTIVITY_COUNTS.name,
+                "Key": {"user_id": attr(user_id), "counter": attr(streak_counter(streak.streak_id))},
+                "UpdateExpression": "ADD touched :d SET #period = :p",
+                "ExpressionAttributeNames": {"#period": "period"},
+                "ExpressionAttributeValues": {":d": {"SS": [first_day]}, ":p": attr(streak.period)},
+            }
+        }
+        for streak, first_day in touched
+    ]
+
+
+def streak_mark(record: StreakRecord) -> tuple[int, str]:
+    """What tells a run's item changed: the number of periods in its set and
+    the summary's last period (periods only get added, and a fold moves the summary)."""
+    return len(record.touched), record.base_last
+
+
+def _streak_unchanged(mark: tuple[int, str]) -> tuple[str, dict[str, Any]]:
+    """A condition that holds while a run's item is as read (its streak_mark)."""
+    size, base_last = mark
+    parts = ["size(touched) = :size" if size else "attribute_not_exists(touched)"]
+    values: dict[str, Any] = {":size": attr(size)} if size else {}
+    if base_last:
+        parts.append("base_last = :base")
+        values[":base"] = attr(base_last)
+    else:
+        parts.append("attribute_not_exists(base_last)")
+    return " AND ".join(parts), values
+
+
+async def fold_streak(
+    client: DynamoDBClient, table_prefix: str, user_id: str, counter: str, record: StreakRecord
+) -> None:
+    """Folds a run's older periods (StreakRecord.foldable) into its summary, so
+    that the item stays small: only while the item is as read (else another
+    fold won, or an award added a period: a later read folds). Periods added
+    meanwhile stay in the set. Best effort: the award it follows is recorded,
+    and a fold left undone changes no run, so a failure is logged, not raised."""
+    folded, run = record.foldable(), record.folded()
+    if not folded or run.last is None:
+        return
+    condition, condition_values = _streak_unchanged(streak_mark(record))
+    params = {
+        "TableName": table_prefix + ACTIVITY_COUNTS.name,
+        "Key": {"user_id": attr(user_id), "counter": attr(counter)},
+        "UpdateExpression": "SET base_last = :last, base_current = :current, base_best = :best DELETE touched :folded",
+        "ConditionExpression": condition,
+        "ExpressionAttributeValues": condition_values
+        | {
+            ":last": attr(run.last.isoformat()),
+            ":current": attr(run.current),
+            ":best": attr(run.best),
+            ":folded": {"SS": sorted(folded)},
+        },
+    }
+    try:
+        await retry_on_transaction_conflict(lambda: client.call("UpdateItem", params))
+    except ConditionalCheckFailed:
+        pass
+    except (DomainError, DynamoDBError, OSError) as error:
+        log.warning("streak fold left to a later read", extra={"fields": {"user_id": user_id, "error": repr(error)}})
+
+
+async def read_streak_records(client: DynamoDBClient, table_prefix: str, user_id: str) -> dict[str, StreakRecord]:
+    """Every run of the user, by streak id (one Query page: a few hundred runs)."""
+    params: dict[str, Any] = {
+        "TableName": table_prefix + ACTIVITY_COUNTS.name,
+        "KeyConditionExpression": "user_id = :u AND begins_with(#c, :s)",
+        "ExpressionAttributeNames": {"#c": "counter"},
+        "ExpressionAttributeValues": {":u": attr(user_id), ":s": attr(streak_counter(""))},
+        "ConsistentRead": True,
+    }
+    runs: dict[str, StreakRecord] = {}
+    while True:
+        page = await client.call("Query", params)
+        for item in page["Items"]:
+            values = from_item(item)
+            if "period" in values:  # not an item a watch alone made
+                runs[str(values["counter"])[len(streak_counter("")) :]] = streak_record_from(values)
+        if not page.get("LastEvaluatedKey"):
+            return runs
+        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def counter_adds(table_prefix: str, user_id: str, counters: Iterable[str], step: int = 1) -> list[dict[str, Any]]:
@@ -80,10 +190,12 @@ def count_checks(table_prefix: str, user_id: str, needed: Iterable[ActivityCount
 
 
 async def read_progress_and_counters(
-    client: DynamoDBClient, table_prefix: str, user_id: str, counters: Iterable[str]
+    client: DynamoDBClient, table_prefix: str, user_id: str, counters: Iterable[str], *, fold_streaks: bool = False
 ) -> tuple[ProgressRecord, dict[str, Counter]]:
     """The progress item and these counters in one strongly consistent call
-    (the progress item alone, a GetItem, when there are none)."""
+    (the progress item alone, a GetItem, when there are none); with
+    `fold_streaks`, the streak runs among them that grew long are folded
+    (one more call each, once every few periods)."""
     wanted = list(dict.fromkeys(counters))
     if not wanted:
         return await read_progress(client, table_prefix, user_id), {}
@@ -97,6 +209,13 @@ async def read_progress_and_counters(
     )
     progress = found[progress_table]
     record = ProgressRecord.from_attributes(user_id, progress[0] if progress else None)
+    if fold_streaks:
+        runs = [
+            (str(v["counter"]), streak_record_from(v)) for v in found[counts_table] if is_streak_counter(v["counter"])
+        ]
+        await asyncio.gather(
+            *(fold_streak(client, table_prefix, user_id, c, run) for c, run in runs if run.needs_fold())
+        )
     return record, {str(v["counter"]): _counter_from(v) for v in found[counts_table]}
 
 
@@ -137,6 +256,7 @@ def watch_writes(
     watches: Watches,
     unwatched: Iterable[str],
     start_level: int,
+    streak_marks: Mapping[str, tuple[int, str]] | None = None,
 ) -> list[dict[str, Any]] | None:
     """The transaction that leaves `watches` on the user: each only while its
     requirement is still unmet, so that an award that met one meanwhile makes
@@ -147,18 +267,19 @@ def watch_writes(
     if len(watches.counters) + len(stale) > MAX_WATCHED_COUNTERS:
         return None
     counts_table = table_prefix + ACTIVITY_COUNTS.name
-    items: list[dict[str, Any]] = [
-        {
-            "Update": {
-                "TableName": counts_table,
-                "Key": {"user_id": attr(user_id), "counter": attr(counter)},
-                "UpdateExpression": "SET watch_at = :t",
-                "ConditionExpression": "attribute_not_exists(awards) OR awards < :t",
-                "ExpressionAttributeValues": {":t": attr(at)},
-            }
+    items: list[dict[str, Any]] = []
+    for counter, at in watches.counters.items():
+        watch: dict[str, Any] = {
+            "TableName": counts_table,
+            "Key": {"user_id": attr(user_id), "counter": attr(counter)},
+            "UpdateExpression": "SET watch_at = :t",
+            "ConditionExpression": "attribute_not_exists(awards) OR awards < :t",
+            "ExpressionAttributeValues": {":t": attr(at)},
         }
-        for counter, at in watches.counters.items()
-    ]
+        if is_streak_counter(counter):  # a run's best is derived: the item must be as the evaluation read it
+            condition, unchanged = _streak_unchanged((streak_marks or {}).get(counter, (0, "")))
+            watch.update(ConditionExpression=condition, ExpressionAttributeValues=unchanged | {":t": attr(at)})
+        items.append({"Update": watch})
     items.extend(
         {
             "Update": {

@@ -57,9 +57,24 @@ def ledger_entry_from(values: dict[str, Any]) -> LedgerEntry:
         recorded_at=values.get("recorded_at", ""),
         attempt_id=values.get("attempt_id", ""),
         level_check_deferred=bool(values.get("level_check_deferred", False)),
+        unlocks_deferred=bool(values.get("unlocks_deferred", False)),
         counted=bool(values.get("counted", False)),
         reverses_entry_id=values.get("reverses_entry_id", ""),
         capped=bool(values.get("capped", False)),
+    )
+
+
+async def mark_unlocks_deferred(client: DynamoDBClient, table_prefix: str, user_id: str, entry_id: str) -> None:
+    """On the failure path only (Achievements could not answer): the entry's
+    repeats evaluate the user, instead of listing what the first recorded."""
+    await client.call(
+        "UpdateItem",
+        {
+            "TableName": table_prefix + XP_LEDGER.name,
+            "Key": {"user_id": attr(user_id), "entry_id": attr(entry_id)},
+            "UpdateExpression": "SET unlocks_deferred = :t",
+            "ExpressionAttributeValues": {":t": attr(True)},
+        },
     )
 
 

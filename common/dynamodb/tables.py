@@ -80,6 +80,10 @@ ACTIVITIES = TableDefinition(
     "activities", ("activity_id", _S), string_indexes=(("by_category", "category", "activity_id"),)
 )
 ACHIEVEMENTS = TableDefinition("achievements", ("achievement_id", _S))
+# The streak catalog (common.streaks). A deleted streak stays as a mark
+# (`deleted`), so that its id keeps its period: the players' runs of it hold
+# periods of that length.
+STREAKS = TableDefinition("streaks", ("streak_id", _S))
 LEVELS = TableDefinition("levels", ("level", _N))
 # The levels table's one item that is not a level: its `version`, which every
 # level write moves in the same transaction, so a reader knows whether its copy
@@ -130,6 +134,7 @@ ALL_TABLES = (
     LEVEL_CHECKS,
     ACTIVITY_COUNTS,
     ACHIEVEMENT_STATS,
+    STREAKS,
 )
 
 

@@ -58,6 +58,7 @@ class Requirements(_message.Message):
     MIN_TOTAL_XP_FIELD_NUMBER: _builtins.int
     MIN_LEVEL_FIELD_NUMBER: _builtins.int
     ACTIVITY_COUNTS_FIELD_NUMBER: _builtins.int
+    STREAK_LENGTHS_FIELD_NUMBER: _builtins.int
     min_total_xp: _builtins.int
     """Total XP the user needs; 0 for none."""
     min_level: _builtins.int
@@ -70,6 +71,12 @@ class Requirements(_message.Message):
     def activity_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActivityCount]:
         """Awards counted per activity or category; every one must be met."""
 
+    @_builtins.property
+    def streak_lengths(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreakLength]:
+        """Streak runs the user must have reached (the best run counts, so a run
+        reached stays met); every one must be met.
+        """
+
     def __init__(
         self,
         *,
@@ -77,14 +84,39 @@ class Requirements(_message.Message):
         min_total_xp: _builtins.int = ...,
         min_level: _builtins.int = ...,
         activity_counts: _abc.Iterable[Global___ActivityCount] | None = ...,
+        streak_lengths: _abc.Iterable[Global___StreakLength] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_counts", b"activity_counts", "min_level", b"min_level", "min_total_xp", b"min_total_xp", "required_achievements", b"required_achievements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_counts", b"activity_counts", "min_level", b"min_level", "min_total_xp", b"min_total_xp", "required_achievements", b"required_achievements", "streak_lengths", b"streak_lengths"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Requirements: _TypeAlias = Requirements  # noqa: Y015
+
+@_typing.final
+class StreakLength(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAK_ID_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    streak_id: _builtins.str
+    """A streak of XpService's streak catalog."""
+    length: _builtins.int
+    """1 to 100,000 periods."""
+    def __init__(
+        self,
+        *,
+        streak_id: _builtins.str = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "streak_id", b"streak_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreakLength: _TypeAlias = StreakLength  # noqa: Y015
 
 @_typing.final
 class Achievement(_message.Message):
@@ -600,6 +632,7 @@ class UnlockDueAchievementsRequest(_message.Message):
     TRIGGER_ID_FIELD_NUMBER: _builtins.int
     ACHIEVEMENT_IDS_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    REPLAY_ONLY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     trigger_id: _builtins.str
     """Names what asked (the XP ledger entry of an award, say): the unlocks
@@ -607,6 +640,12 @@ class UnlockDueAchievementsRequest(_message.Message):
     """
     dry_run: _builtins.bool
     """Unlock nothing: list in `due` what would be unlocked now."""
+    replay_only: _builtins.bool
+    """Evaluate nothing: list the unlocks already recorded under trigger_id,
+    with their level-up. The XP service sets it on a repeat of a write
+    whose first evaluation was not deferred, so that the repeat answers as
+    the first did (an unlock due since then goes to the write that made it due).
+    """
     @_builtins.property
     def achievement_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these achievements (all auto_unlock ones when empty)."""
@@ -618,10 +657,11 @@ class UnlockDueAchievementsRequest(_message.Message):
         trigger_id: _builtins.str = ...,
         achievement_ids: _abc.Iterable[_builtins.str] | None = ...,
         dry_run: _builtins.bool = ...,
+        replay_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement_ids", b"achievement_ids", "dry_run", b"dry_run", "trigger_id", b"trigger_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achievement_ids", b"achievement_ids", "dry_run", b"dry_run", "replay_only", b"replay_only", "trigger_id", b"trigger_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

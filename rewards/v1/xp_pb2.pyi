@@ -410,6 +410,7 @@ class UserProgress(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     MORE_UNLOCKED_ACHIEVEMENTS_FIELD_NUMBER: _builtins.int
     MORE_REWARDS_FIELD_NUMBER: _builtins.int
+    STREAKS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     total_xp: _builtins.int
     level: _builtins.int
@@ -433,6 +434,12 @@ class UserProgress(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """Unset for a user with nothing yet."""
 
+    @_builtins.property
+    def streaks(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreakState]:
+        """The user's run of each streak of the catalog the user has had an award
+        for, in streak_id order.
+        """
+
     def __init__(
         self,
         *,
@@ -444,14 +451,215 @@ class UserProgress(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         more_unlocked_achievements: _builtins.bool = ...,
         more_rewards: _builtins.bool = ...,
+        streaks: _abc.Iterable[Global___StreakState] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "more_rewards", b"more_rewards", "more_unlocked_achievements", b"more_unlocked_achievements", "rewards", b"rewards", "total_xp", b"total_xp", "unlocked_achievements", b"unlocked_achievements", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "more_rewards", b"more_rewards", "more_unlocked_achievements", b"more_unlocked_achievements", "rewards", b"rewards", "streaks", b"streaks", "total_xp", b"total_xp", "unlocked_achievements", b"unlocked_achievements", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UserProgress: _TypeAlias = UserProgress  # noqa: Y015
+
+@_typing.final
+class Streak(_message.Message):
+    """A run of consecutive periods (days or weeks of the game's time zone) with
+    at least one counted award of an activity, or of any activity of a
+    category: the first counted award (not capped) in the period after the
+    last one adds one; after a period with none the run starts again at one.
+    Revokes and adjustments do not shorten a run, as they take back no level.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAK_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ACTIVITY_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    streak_id: _builtins.str
+    """1 to 128 characters, no control characters."""
+    name: _builtins.str
+    """Required, at most 200 characters."""
+    activity_id: _builtins.str
+    """Exactly one of activity_id and category."""
+    category: _builtins.str
+    period: Global___Period.ValueType
+    """PERIOD_DAY or PERIOD_WEEK; fixed once the streak is created."""
+    def __init__(
+        self,
+        *,
+        streak_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        activity_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+        period: Global___Period.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "category", b"category", "name", b"name", "period", b"period", "streak_id", b"streak_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Streak: _TypeAlias = Streak  # noqa: Y015
+
+@_typing.final
+class StreakState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAK_ID_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    BEST_FIELD_NUMBER: _builtins.int
+    LAST_PERIOD_START_FIELD_NUMBER: _builtins.int
+    streak_id: _builtins.str
+    current: _builtins.int
+    """The run that ends in the current period or the previous one (an award
+    in this period keeps it going); 0 when a period was missed since.
+    """
+    best: _builtins.int
+    """The longest run the user ever had."""
+    @_builtins.property
+    def last_period_start(self) -> _timestamp_pb2.Timestamp:
+        """The start (local midnight, as an instant) of the last period with a
+        counted award.
+        """
+
+    def __init__(
+        self,
+        *,
+        streak_id: _builtins.str = ...,
+        current: _builtins.int = ...,
+        best: _builtins.int = ...,
+        last_period_start: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_period_start", b"last_period_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best", b"best", "current", b"current", "last_period_start", b"last_period_start", "streak_id", b"streak_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreakState: _TypeAlias = StreakState  # noqa: Y015
+
+@_typing.final
+class PutStreakRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def streak(self) -> Global___Streak: ...
+    def __init__(
+        self,
+        *,
+        streak: Global___Streak | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["streak", b"streak"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["streak", b"streak"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutStreakRequest: _TypeAlias = PutStreakRequest  # noqa: Y015
+
+@_typing.final
+class GetStreakRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAK_ID_FIELD_NUMBER: _builtins.int
+    streak_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        streak_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["streak_id", b"streak_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStreakRequest: _TypeAlias = GetStreakRequest  # noqa: Y015
+
+@_typing.final
+class ListStreaksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1 to 100; 0 means 50."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStreaksRequest: _TypeAlias = ListStreaksRequest  # noqa: Y015
+
+@_typing.final
+class ListStreaksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAKS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def streaks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Streak]: ...
+    def __init__(
+        self,
+        *,
+        streaks: _abc.Iterable[Global___Streak] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "streaks", b"streaks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStreaksResponse: _TypeAlias = ListStreaksResponse  # noqa: Y015
+
+@_typing.final
+class DeleteStreakRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAK_ID_FIELD_NUMBER: _builtins.int
+    streak_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        streak_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["streak_id", b"streak_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteStreakRequest: _TypeAlias = DeleteStreakRequest  # noqa: Y015
+
+@_typing.final
+class DeleteStreakResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteStreakResponse: _TypeAlias = DeleteStreakResponse  # noqa: Y015
 
 @_typing.final
 class ListXpHistoryRequest(_message.Message):

@@ -97,6 +97,26 @@ class XpServiceStub:
                 request_serializer=rewards_dot_v1_dot_xp__pb2.RevokeAwardRequest.SerializeToString,
                 response_deserializer=rewards_dot_v1_dot_xp__pb2.AwardXpResponse.FromString,
                 _registered_method=True)
+        self.PutStreak = channel.unary_unary(
+                '/rewards.v1.XpService/PutStreak',
+                request_serializer=rewards_dot_v1_dot_xp__pb2.PutStreakRequest.SerializeToString,
+                response_deserializer=rewards_dot_v1_dot_xp__pb2.Streak.FromString,
+                _registered_method=True)
+        self.GetStreak = channel.unary_unary(
+                '/rewards.v1.XpService/GetStreak',
+                request_serializer=rewards_dot_v1_dot_xp__pb2.GetStreakRequest.SerializeToString,
+                response_deserializer=rewards_dot_v1_dot_xp__pb2.Streak.FromString,
+                _registered_method=True)
+        self.ListStreaks = channel.unary_unary(
+                '/rewards.v1.XpService/ListStreaks',
+                request_serializer=rewards_dot_v1_dot_xp__pb2.ListStreaksRequest.SerializeToString,
+                response_deserializer=rewards_dot_v1_dot_xp__pb2.ListStreaksResponse.FromString,
+                _registered_method=True)
+        self.DeleteStreak = channel.unary_unary(
+                '/rewards.v1.XpService/DeleteStreak',
+                request_serializer=rewards_dot_v1_dot_xp__pb2.DeleteStreakRequest.SerializeToString,
+                response_deserializer=rewards_dot_v1_dot_xp__pb2.DeleteStreakResponse.FromString,
+                _registered_method=True)
 
 
 class XpServiceServicer:
@@ -204,6 +224,37 @@ class XpServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutStreak(self, request, context):
+        """Creates or replaces a streak (admin). A streak's period is fixed once
+        created, even after DeleteStreak: another period is FAILED_PRECONDITION
+        (use a new streak_id). Returns the stored streak.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStreak(self, request, context):
+        """NOT_FOUND when the streak is not in the catalog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStreaks(self, request, context):
+        """Pages through the streak catalog (in no particular order).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteStreak(self, request, context):
+        """NOT_FOUND when the streak is not in the catalog. Players' runs of it
+        are no longer shown; putting it back (same period) shows them again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_XpServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -256,6 +307,26 @@ def add_XpServiceServicer_to_server(servicer, server):
                     servicer.RevokeAward,
                     request_deserializer=rewards_dot_v1_dot_xp__pb2.RevokeAwardRequest.FromString,
                     response_serializer=rewards_dot_v1_dot_xp__pb2.AwardXpResponse.SerializeToString,
+            ),
+            'PutStreak': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutStreak,
+                    request_deserializer=rewards_dot_v1_dot_xp__pb2.PutStreakRequest.FromString,
+                    response_serializer=rewards_dot_v1_dot_xp__pb2.Streak.SerializeToString,
+            ),
+            'GetStreak': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStreak,
+                    request_deserializer=rewards_dot_v1_dot_xp__pb2.GetStreakRequest.FromString,
+                    response_serializer=rewards_dot_v1_dot_xp__pb2.Streak.SerializeToString,
+            ),
+            'ListStreaks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStreaks,
+                    request_deserializer=rewards_dot_v1_dot_xp__pb2.ListStreaksRequest.FromString,
+                    response_serializer=rewards_dot_v1_dot_xp__pb2.ListStreaksResponse.SerializeToString,
+            ),
+            'DeleteStreak': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteStreak,
+                    request_deserializer=rewards_dot_v1_dot_xp__pb2.DeleteStreakRequest.FromString,
+                    response_serializer=rewards_dot_v1_dot_xp__pb2.DeleteStreakResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -541,6 +612,114 @@ class XpService:
             '/rewards.v1.XpService/RevokeAward',
             rewards_dot_v1_dot_xp__pb2.RevokeAwardRequest.SerializeToString,
             rewards_dot_v1_dot_xp__pb2.AwardXpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutStreak(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewards.v1.XpService/PutStreak',
+            rewards_dot_v1_dot_xp__pb2.PutStreakRequest.SerializeToString,
+            rewards_dot_v1_dot_xp__pb2.Streak.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStreak(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewards.v1.XpService/GetStreak',
+            rewards_dot_v1_dot_xp__pb2.GetStreakRequest.SerializeToString,
+            rewards_dot_v1_dot_xp__pb2.Streak.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStreaks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewards.v1.XpService/ListStreaks',
+            rewards_dot_v1_dot_xp__pb2.ListStreaksRequest.SerializeToString,
+            rewards_dot_v1_dot_xp__pb2.ListStreaksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteStreak(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewards.v1.XpService/DeleteStreak',
+            rewards_dot_v1_dot_xp__pb2.DeleteStreakRequest.SerializeToString,
+            rewards_dot_v1_dot_xp__pb2.DeleteStreakResponse.FromString,
             options,
             channel_credentials,
             insecure,

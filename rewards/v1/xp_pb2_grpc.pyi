@@ -91,6 +91,19 @@ class XpServiceStub:
     below zero, is FAILED_PRECONDITION. Levels reached, their rewards and
     unlocked achievements stay: `level` stays, `total_xp` goes down.
     """
+    PutStreak: _grpc.UnaryUnaryMultiCallable[_xp_pb2.PutStreakRequest, _xp_pb2.Streak]
+    """Creates or replaces a streak (admin). A streak's period is fixed once
+    created, even after DeleteStreak: another period is FAILED_PRECONDITION
+    (use a new streak_id). Returns the stored streak.
+    """
+    GetStreak: _grpc.UnaryUnaryMultiCallable[_xp_pb2.GetStreakRequest, _xp_pb2.Streak]
+    """NOT_FOUND when the streak is not in the catalog."""
+    ListStreaks: _grpc.UnaryUnaryMultiCallable[_xp_pb2.ListStreaksRequest, _xp_pb2.ListStreaksResponse]
+    """Pages through the streak catalog (in no particular order)."""
+    DeleteStreak: _grpc.UnaryUnaryMultiCallable[_xp_pb2.DeleteStreakRequest, _xp_pb2.DeleteStreakResponse]
+    """NOT_FOUND when the streak is not in the catalog. Players' runs of it
+    are no longer shown; putting it back (same period) shows them again.
+    """
 
 @_typing.type_check_only
 class XpServiceAsyncStub(XpServiceStub):
@@ -154,6 +167,19 @@ class XpServiceAsyncStub(XpServiceStub):
     adjustment or an entry of no XP, or a revoke that would take the total
     below zero, is FAILED_PRECONDITION. Levels reached, their rewards and
     unlocked achievements stay: `level` stays, `total_xp` goes down.
+    """
+    PutStreak: _aio.UnaryUnaryMultiCallable[_xp_pb2.PutStreakRequest, _xp_pb2.Streak]  # type: ignore[assignment]
+    """Creates or replaces a streak (admin). A streak's period is fixed once
+    created, even after DeleteStreak: another period is FAILED_PRECONDITION
+    (use a new streak_id). Returns the stored streak.
+    """
+    GetStreak: _aio.UnaryUnaryMultiCallable[_xp_pb2.GetStreakRequest, _xp_pb2.Streak]  # type: ignore[assignment]
+    """NOT_FOUND when the streak is not in the catalog."""
+    ListStreaks: _aio.UnaryUnaryMultiCallable[_xp_pb2.ListStreaksRequest, _xp_pb2.ListStreaksResponse]  # type: ignore[assignment]
+    """Pages through the streak catalog (in no particular order)."""
+    DeleteStreak: _aio.UnaryUnaryMultiCallable[_xp_pb2.DeleteStreakRequest, _xp_pb2.DeleteStreakResponse]  # type: ignore[assignment]
+    """NOT_FOUND when the streak is not in the catalog. Players' runs of it
+    are no longer shown; putting it back (same period) shows them again.
     """
 
 class XpServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -275,6 +301,43 @@ class XpServiceServicer(metaclass=_abc_1.ABCMeta):
         adjustment or an entry of no XP, or a revoke that would take the total
         below zero, is FAILED_PRECONDITION. Levels reached, their rewards and
         unlocked achievements stay: `level` stays, `total_xp` goes down.
+        """
+
+    @_abc_1.abstractmethod
+    def PutStreak(
+        self,
+        request: _xp_pb2.PutStreakRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_xp_pb2.Streak, _abc.Awaitable[_xp_pb2.Streak]]:
+        """Creates or replaces a streak (admin). A streak's period is fixed once
+        created, even after DeleteStreak: another period is FAILED_PRECONDITION
+        (use a new streak_id). Returns the stored streak.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStreak(
+        self,
+        request: _xp_pb2.GetStreakRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_xp_pb2.Streak, _abc.Awaitable[_xp_pb2.Streak]]:
+        """NOT_FOUND when the streak is not in the catalog."""
+
+    @_abc_1.abstractmethod
+    def ListStreaks(
+        self,
+        request: _xp_pb2.ListStreaksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_xp_pb2.ListStreaksResponse, _abc.Awaitable[_xp_pb2.ListStreaksResponse]]:
+        """Pages through the streak catalog (in no particular order)."""
+
+    @_abc_1.abstractmethod
+    def DeleteStreak(
+        self,
+        request: _xp_pb2.DeleteStreakRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_xp_pb2.DeleteStreakResponse, _abc.Awaitable[_xp_pb2.DeleteStreakResponse]]:
+        """NOT_FOUND when the streak is not in the catalog. Players' runs of it
+        are no longer shown; putting it back (same period) shows them again.
         """
 
 def add_XpServiceServicer_to_server(servicer: XpServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

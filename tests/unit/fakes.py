@@ -16,7 +16,7 @@ between a use case's read and its write.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from achievements_service.domain import (
@@ -48,6 +48,7 @@ from common.models import (
     VersionedLevelTable,
     utc_now_iso,
 )
+from common.streaks import MAX_STREAKS, Streak, StreakRecord, streak_counter
 from levels_service.domain import (
     LevelChangedConcurrently,
     LevelCheck,
@@ -62,6 +63,9 @@ from xp_service.domain import (
     ActivityNotFound,
     CapReached,
     DuplicateRequest,
+    StreakNotFound,
+    StreakPeriodFixed,
+    TooManyStreaks,
 )
 
 Hook = Callable[[], Awaitable[None]]
@@ -111,6 +115,9 @@ class FakeXpRepository:
         self.held: dict[str, set[str]] = {}  # the user_achievements records, as XP reads them
         self.counters: dict[tuple[str, str], Counter] = {}  # the activity_counts items
         self.caps: dict[tuple[str, str], int] = {}  # the cap#<activity>#<period> items
+        self.streak_catalog: dict[str, Streak] = {}  # the streaks table, deletion marks included
+        self.deleted_streaks: set[str] = set()
+        self.runs: dict[tuple[str, str], StreakRecord] = {}  # the s#<streak> items, by (user, streak id)
         self.rules = AutoRules()  # the catalog's auto-unlock rules, as this process read them
         self.players: set[str] = set()
         self.start_level_value = start_level
@@ -169,7 +176,13 @@ class FakeXpRepository:
 
     # --- ledger and progress ------------------------------------------------------
 
-    async def record_xp(self, entry: LedgerEntry, activity: Activity | None = None, cap_period: str = "") -> None:
+    async def record_xp(
+        self,
+        entry: LedgerEntry,
+        activity: Activity | None = None,
+        cap_period: str = "",
+        streak_periods: tuple[tuple[Streak, str], ...] = (),
+    ) -> None:
         """One transaction: the entry only if its id is new (else DuplicateRequest
         with the entry held, which the ledger's condition reports first), the XP
         added to the total, and with `activity` a check that the catalog still
@@ -201,6 +214,13 @@ class FakeXpRepository:
         for counter in award_counters(entry.activity_id, entry.category) if step else ():
             held = self.counters.get((entry.user_id, counter), Counter(counter))
             self.counters[(entry.user_id, counter)] = replace(held, awards=held.awards + step)
+        for streak, first_day in streak_periods if step > 0 else ():  # streak_touches: a set ADD
+            run = self.runs.get((entry.user_id, streak.streak_id), StreakRecord(streak.period))
+            run = replace(run, period=streak.period, touched=run.touched | {first_day})
+            self.runs[(entry.user_id, streak.streak_id)] = run
+            counter = streak_counter(streak.streak_id)  # as _counter_from reads it: the best run counts
+            held = self.counters.get((entry.user_id, counter), Counter(counter))
+            self.counters[(entry.user_id, counter)] = replace(held, awards=run.run().best)
         record = self.progress.get(entry.user_id, ProgressRecord(entry.user_id))
         self.progress[entry.user_id] = replace(
             record, total_xp=record.total_xp + entry.xp, updated_at=entry.recorded_at
@@ -211,6 +231,34 @@ class FakeXpRepository:
 
     async def get_entry(self, user_id: str, entry_id: str) -> LedgerEntry | None:
         return self.ledger.get((user_id, entry_id))
+
+    async def put_streak(self, streak: Streak) -> None:
+        held = self.streak_catalog.get(streak.streak_id)
+        if held is not None and held.period != streak.period:
+            raise StreakPeriodFixed(streak.streak_id, held.period)
+        live = [s for s in self.streak_catalog if s not in self.deleted_streaks]
+        if streak.streak_id not in live and len(live) >= MAX_STREAKS:
+            raise TooManyStreaks(MAX_STREAKS)
+        self.streak_catalog[streak.streak_id] = streak
+        self.deleted_streaks.discard(streak.streak_id)
+
+    async def get_streak(self, streak_id: str) -> Streak:
+        if streak_id not in self.streak_catalog or streak_id in self.deleted_streaks:
+            raise StreakNotFound(streak_id)
+        return self.streak_catalog[streak_id]
+
+    async def list_streaks(self, page_size: int, page_token: str) -> tuple[list[Streak], str]:
+        return list(await self.streaks()), ""
+
+    async def delete_streak(self, streak_id: str) -> None:
+        await self.get_streak(streak_id)
+        self.deleted_streaks.add(streak_id)
+
+    async def streaks(self) -> tuple[Streak, ...]:
+        return tuple(s for i, s in sorted(self.streak_catalog.items()) if i not in self.deleted_streaks)
+
+    async def streak_records(self, user_id: str) -> dict[str, StreakRecord]:
+        return {s: run for (u, s), run in self.runs.items() if u == user_id}
 
     async def history_page(self, user_id: str, page_size: int, page_token: str) -> tuple[list[LedgerEntry], str]:
         """Newest first (recorded_at, then entry id, as the by_time index sorts them); the token is the last entry id."""
@@ -226,6 +274,9 @@ class FakeXpRepository:
 
     async def get_progress(self, user_id: str) -> ProgressRecord:
         return self.progress.get(user_id, ProgressRecord(user_id))
+
+    async def mark_unlocks_deferred(self, user_id: str, entry_id: str) -> None:
+        self.ledger[(user_id, entry_id)] = replace(self.ledger[(user_id, entry_id)], unlocks_deferred=True)
 
     async def mark_level_check_deferred(self, user_id: str, entry_id: str) -> None:
         self.ledger[(user_id, entry_id)] = replace(self.ledger[(user_id, entry_id)], level_check_deferred=True)
@@ -285,9 +336,11 @@ class FakeAutoUnlocker:
     def __init__(self, answer: DueUnlocks | None = None) -> None:
         self.answer = answer
         self.calls: list[tuple[str, str]] = []
+        self.replay_only: list[bool] = []
 
-    async def unlock_due(self, user_id: str, trigger_id: str) -> DueUnlocks | None:
+    async def unlock_due(self, user_id: str, trigger_id: str, replay_only: bool = False) -> DueUnlocks | None:
         self.calls.append((user_id, trigger_id))
+        self.replay_only.append(replay_only)
         return self.answer
 
 
@@ -633,6 +686,9 @@ class FakeAchievementsRepository:
         for needed in requirements.activity_counts:
             if self.counters.get((user_id, needed.counter), Counter(needed.counter)).awards < needed.count:
                 return False
+        for run in requirements.streak_lengths:  # the storage's read of the runs before its transaction
+            if self.counters.get((user_id, run.counter), Counter(run.counter)).awards < run.length:
+                return False
         if record is None:  # a missing item: only the attribute_not_exists parts hold
             record = ProgressRecord("")
         if requirements.min_total_xp and record.total_xp < requirements.min_total_xp:
@@ -710,7 +766,14 @@ class FakeAchievementsRepository:
         unlocks = {a: self.unlocks[(user_id, a)] for a in achievement_ids if (user_id, a) in self.unlocks}
         return await self.get_progress(user_id), counters, unlocks
 
-    async def write_watches(self, user_id: str, watches: Watches, unwatched: tuple[str, ...], start_level: int) -> bool:
+    async def write_watches(
+        self,
+        user_id: str,
+        watches: Watches,
+        unwatched: tuple[str, ...],
+        start_level: int,
+        streak_marks: Mapping[str, tuple[int, str]] | None = None,
+    ) -> bool:
         """counters.watch_writes' transaction: every watch only while its requirement is unmet
         (`awards < :t`, true on an item without awards); a stale watch removed only from an
         item that exists (`attribute_exists(counter)`): any condition failing writes nothing."""

@@ -905,6 +905,38 @@ def test_a_repeat_always_asks_to_list_what_its_original_unlocked() -> None:
     assert repository.counters[(USER, RUN)] == Counter(RUN, 1, None)  # the repeat counted nothing
 
 
+def test_a_repeat_of_an_answered_evaluation_only_lists_and_leaves_the_watches() -> None:
+    xp, repository, unlocker = xp_ledger()
+    award(xp)
+    version = repository.progress[USER].auto_version
+
+    award(xp)
+    # Nothing evaluated: an unlock due since the first answer goes to the write that made it due.
+    assert unlocker.replay_only == [True]
+    assert repository.progress[USER].auto_version == version
+
+
+def test_an_evaluation_achievements_could_not_answer_is_marked_and_its_repeats_evaluate() -> None:
+    xp, repository, unlocker = xp_ledger(answer=None)
+    repository.counters[(USER, RUN)] = Counter(RUN, 2, 3)
+
+    assert award(xp) == (60, 1, (), False)
+    assert repository.ledger[(USER, "req#r1")].unlocks_deferred is True
+    unlocker.answer = DueUnlocks(("runner",), 500, 3)
+    assert award(xp) == (500, 3, ("runner",), True)
+    assert unlocker.replay_only == [False, False]
+
+
+def test_the_repeat_lists_what_its_trigger_recorded_and_evaluates_nothing() -> None:
+    s = setup(*CHAIN, run=2)
+    first = s.due("req#r1")
+    s.repository.counters[(USER, RUN)] = Counter(RUN, 50)  # more is due now, to the write that made it due
+
+    assert asyncio.run(s.achievements.unlocks_under_trigger(USER, "req#r1")) == first
+    assert asyncio.run(s.achievements.unlocks_under_trigger(USER, "req#r2")).unlocked == ()
+    assert s.unlocked() == {"runner": "req#r1", "centurion": "req#r1", "both": "req#r1"}
+
+
 def test_the_player_is_counted_once() -> None:
     xp, repository, _ = xp_ledger()
 

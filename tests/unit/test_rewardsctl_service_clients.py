@@ -35,9 +35,11 @@ from grpc_status import rpc_status
 
 from common.channels import CLIENT_CHANNEL_OPTIONS
 from common.config import ENVIRONMENT_VARIABLES, Settings
+from common.periods import DAY, WEEK
+from common.streaks import Streak, StreakLength
 from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
 from rewardsctl.__main__ import main
-from rewardsctl.catalog import Achievement, Activity, ActivityCount, Catalog, Level, Reward
+from rewardsctl.catalog import Achievement, Activity, ActivityCount, Cap, Catalog, Level, Reward
 from rewardsctl.catalog_plan import CatalogChange
 from rewardsctl.service_clients import ServiceClients, ServiceTargets
 
@@ -446,7 +448,16 @@ def test_read_catalog_pages_through_each_service_with_the_deadline_on_every_call
     services.answer(
         method(XP, "ListActivities"),
         client,
-        xp_pb2.ListActivitiesResponse(activities=[xp_pb2.Activity(activity_id="daily-login", name="Log in", xp=10)]),
+        xp_pb2.ListActivitiesResponse(
+            activities=[
+                xp_pb2.Activity(
+                    activity_id="daily-login",
+                    name="Log in",
+                    xp=10,
+                    cap=xp_pb2.Cap(max_awards=1, period=xp_pb2.PERIOD_DAY),
+                )
+            ]
+        ),
     )
     _, first = services.answer(
         method(ACHIEVEMENTS, "ListAchievements"),
@@ -483,10 +494,21 @@ def test_read_catalog_pages_through_each_service_with_the_deadline_on_every_call
             ]
         ),
     )
+    services.answer(
+        method(XP, "ListStreaks"),
+        client,
+        xp_pb2.ListStreaksResponse(
+            streaks=[
+                xp_pb2.Streak(
+                    streak_id="login-days", name="Log in daily", activity_id="daily-login", period=xp_pb2.PERIOD_DAY
+                )
+            ]
+        ),
+    )
     assert (first.page_token, second.page_token) == ("", "next")
     assert (first.page_size, second.page_size) == (100, 100)
     assert result(client) == Catalog(
-        activities=(Activity("daily-login", "Log in", xp=10),),
+        activities=(Activity("daily-login", "Log in", xp=10, cap=Cap(1, DAY)),),
         achievements=(
             Achievement(
                 "champion",
@@ -500,12 +522,14 @@ def test_read_catalog_pages_through_each_service_with_the_deadline_on_every_call
             Achievement("veteran", "Veteran", xp_reward=500),
         ),
         levels=(Level(1, 0), Level(2, 100, (Reward("gold", 50),))),
+        streaks=(Streak("login-days", "Log in daily", DAY, activity_id="daily-login"),),
     )
     assert services.sent == [
         SentCall(TARGETS.xp, path(XP, "ListActivities"), TIMEOUT_S),
         SentCall(TARGETS.achievements, path(ACHIEVEMENTS, "ListAchievements"), TIMEOUT_S),
         SentCall(TARGETS.achievements, path(ACHIEVEMENTS, "ListAchievements"), TIMEOUT_S),
         SentCall(TARGETS.levels, path(LEVELS, "ListLevels"), TIMEOUT_S),
+        SentCall(TARGETS.xp, path(XP, "ListStreaks"), TIMEOUT_S),
     ]
 
 
@@ -571,6 +595,58 @@ CHANGES = [
         ),
         TARGETS.achievements,
         id="create-auto-unlock-achievement",
+    ),
+    pytest.param(
+        CatalogChange("change", "activities", "daily-login", Activity("daily-login", "Log in", xp=10, cap=Cap(1, DAY))),
+        XP,
+        "PutActivity",
+        xp_pb2.PutActivityRequest(
+            activity=xp_pb2.Activity(
+                activity_id="daily-login", name="Log in", xp=10, cap=xp_pb2.Cap(max_awards=1, period=xp_pb2.PERIOD_DAY)
+            )
+        ),
+        TARGETS.xp,
+        id="change-activity-cap",
+    ),
+    pytest.param(
+        CatalogChange("create", "streaks", "pvp-weeks", Streak("pvp-weeks", "PvP weeks", WEEK, category="pvp")),
+        XP,
+        "PutStreak",
+        xp_pb2.PutStreakRequest(
+            streak=xp_pb2.Streak(streak_id="pvp-weeks", name="PvP weeks", category="pvp", period=xp_pb2.PERIOD_WEEK)
+        ),
+        TARGETS.xp,
+        id="create-streak",
+    ),
+    pytest.param(
+        CatalogChange("delete", "streaks", "pvp-weeks", Streak("pvp-weeks", "PvP weeks", WEEK, category="pvp")),
+        XP,
+        "DeleteStreak",
+        xp_pb2.DeleteStreakRequest(streak_id="pvp-weeks"),
+        TARGETS.xp,
+        id="delete-streak",
+    ),
+    pytest.param(
+        CatalogChange(
+            "create",
+            "achievements",
+            "loyal",
+            Achievement("loyal", "Loyal", auto_unlock=True, streak_lengths=(StreakLength("login-days", 7),)),
+        ),
+        ACHIEVEMENTS,
+        "PutAchievement",
+        achievements_pb2.PutAchievementRequest(
+            achievement=achievements_pb2.Achievement(
+                achievement_id="loyal",
+                name="Loyal",
+                auto_unlock=True,
+                requirements=achievements_pb2.Requirements(
+                    streak_lengths=[achievements_pb2.StreakLength(streak_id="login-days", length=7)]
+                ),
+            )
+        ),
+        TARGETS.achievements,
+        id="create-achievement-with-a-streak-run",
     ),
     pytest.param(
         CatalogChange("delete", "levels", 3, Level(3, 300, (Reward("gold", 5),))),
