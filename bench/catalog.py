@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from common.periods import DAY
+
 # Awards cycle through the activities (300 XP every 3 awards) and a level takes
 # 500 XP, so an award levels its user up about one time in five (until level
 # 20); an unlock pays 20 XP, so about one time in 25.
@@ -47,3 +49,19 @@ COUNTED_TIERS = ((5, 50), (15, 50))
 
 def counted_achievement_ids() -> tuple[str, ...]:
     return tuple(f"bench-counted-{awards}" for awards, _ in COUNTED_TIERS)
+
+
+# The streak stage (the award_xp_streak cases): an activity that one daily
+# streak counts (by its activity id), so that each award's transaction also adds
+# the day to the user's run and its read is a BatchGetItem of the progress item
+# and the run. The same XP as the plain activities' average (100), so its users
+# level up as often. A stage of its own, as the counted cases': with any streak
+# in the shared catalog, every GetProgress would also read the user's runs (a
+# Query), and the plain cases would no longer measure what they do. The period is
+# a day: every award of a run falls on the same day (two at most across
+# midnight), so the run's set never grows to a fold (common.streaks.FOLD_AT).
+STREAK_STAGE = "streak"
+STREAK_ACTIVITY = ("bench-streak", 100)
+STREAK_CATEGORY = "bench-streak-category"
+STREAK_ID = "bench-streak-daily"
+STREAK_PERIOD = DAY

@@ -5,7 +5,8 @@ the benchmark reads from the services (metrics, resident memory).
 
 A stage (start_stage) is three more services on the same DynamoDB Local, under
 a table prefix of their own, with a catalog of their own: the counted cases'
-auto_unlock rules live there, out of the plain cases' catalog."""
+auto_unlock rules and the streak cases' streak live there, out of the plain
+cases' catalog."""
 
 from __future__ import annotations
 
@@ -38,12 +39,17 @@ from bench.catalog import (
     LEVEL_STEP_XP,
     SEED_USERS,
     SEED_XP,
+    STREAK_ACTIVITY,
+    STREAK_CATEGORY,
+    STREAK_ID,
+    STREAK_PERIOD,
     achievement_ids,
     counted_achievement_ids,
     seeded_user,
 )
 from common.caller_auth import Role, TokenAuthority
 from common.channels import CLIENT_CHANNEL_OPTIONS
+from common.periods import DAY, WEEK
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, free_port, start_dynamodb_local
 from devcluster.readiness import wait_grpc_serving, wait_http_healthy
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
@@ -392,8 +398,9 @@ def _put_activities(
 
 def _prime(cluster: BenchCluster, channel: grpc.Channel, activities: tuple[tuple[str, int], ...]) -> None:
     """One award of each activity, so that XpService's cache of activities (and,
-    on the counted stage, both services' copies of the auto-unlock rules) is as
-    warm as the floor's when the measurements start."""
+    on the counted stage, both services' copies of the auto-unlock rules; on the
+    streak stage, XP's copy of the streak catalog) is as warm as the floor's
+    when the measurements start."""
     xp = xp_pb2_grpc.XpServiceStub(channel)
     game = (("authorization", f"Bearer {cluster.token(Role.GAME)}"),)
     for activity_id, _ in activities:
@@ -473,6 +480,35 @@ def seed_counted(stage: BenchCluster) -> None:
                 timeout=30,
             )
         _prime(stage, channels["xp"], (COUNTED_ACTIVITY,))
+    finally:
+        for channel in channels.values():
+            channel.close()
+
+
+# The streak catalog's periods (common.periods) as the API names them.
+_PERIODS = {DAY: xp_pb2.PERIOD_DAY, WEEK: xp_pb2.PERIOD_WEEK}
+
+
+def seed_streak(stage: BenchCluster) -> None:
+    """The streak stage's catalog: the same levels, STREAK_ACTIVITY (in
+    STREAK_CATEGORY) and one streak of STREAK_PERIOD that counts it (by
+    activity id), nothing else; then one award of the activity."""
+    metadata = _admin(stage)
+    channels = {name: grpc.insecure_channel(stage.target(name), options=CLIENT_CHANNEL_OPTIONS) for name in SERVICES}
+    try:
+        _put_levels(channels["levels"], metadata)
+        _put_activities(channels["xp"], metadata, (STREAK_ACTIVITY,), STREAK_CATEGORY)
+        activity_id, _ = STREAK_ACTIVITY
+        xp_pb2_grpc.XpServiceStub(channels["xp"]).PutStreak(
+            xp_pb2.PutStreakRequest(
+                streak=xp_pb2.Streak(
+                    streak_id=STREAK_ID, name=STREAK_ID, activity_id=activity_id, period=_PERIODS[STREAK_PERIOD]
+                )
+            ),
+            metadata=metadata,
+            timeout=30,
+        )
+        _prime(stage, channels["xp"], (STREAK_ACTIVITY,))
     finally:
         for channel in channels.values():
             channel.close()

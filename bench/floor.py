@@ -27,6 +27,13 @@ The minimum of each operation (MIN_CALLS; what the bench's workload needs):
   each user and the tiers' unlocks (3 awards in 20 in the bench, through
   AchievementsService.UnlockDueAchievements) are the service's extra work, as
   its level-ups are.
+- award_xp_streak (an activity one streak counts, no auto_unlock rule): the
+  counted award's TransactWriteItems (the activity's two counters are ADDed
+  whether or not a rule counts them) with one more Update, the ADD of the
+  streak's period (its first local day in the game's time zone) to the set of
+  the user's run (common.dynamodb.counters.streak_touches), then one strongly
+  consistent BatchGetItem of the progress item and the run. The floor never
+  folds a run (FOLD_AT periods in its set: never within a bench's day).
 - unlock_achievement (no requirements, an XP reward): the same shape, one
   TransactWriteItems (the unlock, put only if new; the ledger entry; the ADD of
   the XP and of the achievement to the progress; a ConditionCheck of the
@@ -50,6 +57,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from botocore import xform_name
 
@@ -65,6 +73,8 @@ from common.dynamodb import (
     XP_LEDGER,
     DynamoDBClient,
 )
+from common.periods import period_start_date
+from common.streaks import streak_counter
 
 # What the results call the floor (floor_kind).
 FLOOR_KIND = "lean"
@@ -73,6 +83,7 @@ FLOOR_KIND = "lean"
 MIN_CALLS: dict[str, dict[str, int]] = {
     "award_xp": {"TransactWriteItems": 1, "GetItem": 1},
     "award_xp_counted": {"TransactWriteItems": 1, "BatchGetItem": 1},
+    "award_xp_streak": {"TransactWriteItems": 1, "BatchGetItem": 1},
     "unlock_achievement": {"TransactWriteItems": 1, "GetItem": 1},
     "check_level_up": {"TransactGetItems": 1},
     "get_progress": {"GetItem": 1, "Query": 1},
@@ -179,11 +190,11 @@ def award_xp(t: Tables, user_id: str, activity_id: str, xp: int, request_id: str
     return None if progress else "no_progress"
 
 
-def award_xp_counted(t: Tables, user_id: str, activity_id: str, category: str, xp: int, request_id: str) -> Steps:
-    """AwardXp of an activity an auto_unlock rule counts: TransactWriteItems
-    (with the counters' ADDs), then a consistent BatchGetItem of the progress
-    item and the activity's counter."""
-    now = _now()
+def _counted_award_items(
+    t: Tables, user_id: str, activity_id: str, category: str, xp: int, request_id: str, now: str
+) -> list[dict[str, Any]]:
+    """A counted award's transaction items: the ledger put, the progress ADD,
+    the activity's check of its XP and category, the ADDs of its two counters."""
     counters = [
         {
             "Update": {
@@ -195,49 +206,46 @@ def award_xp_counted(t: Tables, user_id: str, activity_id: str, category: str, x
         }
         for counter in award_counters(activity_id, category)
     ]
-    yield (
-        "TransactWriteItems",
+    return [
+        _ledger_put(
+            t,
+            user_id,
+            f"req#{request_id}",
+            xp,
+            now,
+            {
+                "kind": _s("activity"),
+                "request_id": _s(request_id),
+                "activity_id": _s(activity_id),
+                "category": _s(category),
+            },
+        ),
         {
-            "TransactItems": [
-                _ledger_put(
-                    t,
-                    user_id,
-                    f"req#{request_id}",
-                    xp,
-                    now,
-                    {
-                        "kind": _s("activity"),
-                        "request_id": _s(request_id),
-                        "activity_id": _s(activity_id),
-                        "category": _s(category),
-                    },
-                ),
-                {
-                    "Update": {
-                        "TableName": t.progress,
-                        "Key": {"user_id": _s(user_id)},
-                        "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
-                        "ExpressionAttributeValues": {":xp": _n(xp), ":now": _s(now)},
-                    }
-                },
-                {
-                    "ConditionCheck": {
-                        "TableName": t.activities,
-                        "Key": {"activity_id": _s(activity_id)},
-                        "ConditionExpression": "xp = :xp AND category = :c",
-                        "ExpressionAttributeValues": {":xp": _n(xp), ":c": _s(category)},
-                    }
-                },
-                *counters,
-            ]
+            "Update": {
+                "TableName": t.progress,
+                "Key": {"user_id": _s(user_id)},
+                "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
+                "ExpressionAttributeValues": {":xp": _n(xp), ":now": _s(now)},
+            }
         },
-    )
+        {
+            "ConditionCheck": {
+                "TableName": t.activities,
+                "Key": {"activity_id": _s(activity_id)},
+                "ConditionExpression": "xp = :xp AND category = :c",
+                "ExpressionAttributeValues": {":xp": _n(xp), ":c": _s(category)},
+            }
+        },
+        *counters,
+    ]
+
+
+def _read_progress_and_counter(t: Tables, user_id: str, counter: str) -> Generator[Request, Any, dict[str, int]]:
+    """One strongly consistent BatchGetItem of the progress item and one of the
+    user's activity_counts items; how many items each table gave."""
     pending: dict[str, Any] = {
         t.progress: {"Keys": [{"user_id": _s(user_id)}], "ConsistentRead": True},
-        t.counts: {
-            "Keys": [{"user_id": _s(user_id), "counter": _s(activity_counter(activity_id))}],
-            "ConsistentRead": True,
-        },
+        t.counts: {"Keys": [{"user_id": _s(user_id), "counter": _s(counter)}], "ConsistentRead": True},
     }
     found: dict[str, int] = {}
     while pending:  # DynamoDB Local leaves no key unprocessed; a retry would show in the floor's calls
@@ -245,9 +253,59 @@ def award_xp_counted(t: Tables, user_id: str, activity_id: str, category: str, x
         for table, items in answer["Responses"].items():
             found[table] = found.get(table, 0) + len(items)
         pending = answer.get("UnprocessedKeys") or {}
+    return found
+
+
+def award_xp_counted(t: Tables, user_id: str, activity_id: str, category: str, xp: int, request_id: str) -> Steps:
+    """AwardXp of an activity an auto_unlock rule counts: TransactWriteItems
+    (with the counters' ADDs), then a consistent BatchGetItem of the progress
+    item and the activity's counter."""
+    now = _now()
+    yield (
+        "TransactWriteItems",
+        {"TransactItems": _counted_award_items(t, user_id, activity_id, category, xp, request_id, now)},
+    )
+    found = yield from _read_progress_and_counter(t, user_id, activity_counter(activity_id))
     if not found.get(t.progress):
         return "no_progress"
     return None if found.get(t.counts) else "no_counter"
+
+
+def award_xp_streak(
+    t: Tables,
+    user_id: str,
+    activity_id: str,
+    category: str,
+    xp: int,
+    request_id: str,
+    streak_id: str,
+    period: str,
+    zone: ZoneInfo,
+) -> Steps:
+    """AwardXp of an activity one streak counts: TransactWriteItems (with the
+    counters' ADDs and the ADD of the streak's period to the user's run), then
+    a consistent BatchGetItem of the progress item and the run."""
+    moment = datetime.now(UTC)
+    now = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    run = streak_counter(streak_id)
+    touch = {
+        "Update": {
+            "TableName": t.counts,
+            "Key": {"user_id": _s(user_id), "counter": _s(run)},
+            "UpdateExpression": "ADD touched :d SET #period = :p",
+            "ExpressionAttributeNames": {"#period": "period"},
+            "ExpressionAttributeValues": {
+                ":d": {"SS": [period_start_date(moment, period, zone).isoformat()]},
+                ":p": _s(period),
+            },
+        }
+    }
+    items = [*_counted_award_items(t, user_id, activity_id, category, xp, request_id, now), touch]
+    yield ("TransactWriteItems", {"TransactItems": items})
+    found = yield from _read_progress_and_counter(t, user_id, run)
+    if not found.get(t.progress):
+        return "no_progress"
+    return None if found.get(t.counts) else "no_run"
 
 
 def unlock_achievement(t: Tables, user_id: str, achievement_id: str, xp_reward: int, request_id: str) -> Steps:

@@ -47,8 +47,17 @@ CLIENTS_PER_PROCESS = {"service": 4, "floor": 2, "boto3_floor": 2}
 SIDES = tuple(CLIENTS_PER_PROCESS)
 CALL_TIMEOUT_S = 30.0
 
-# award_xp_counted: AwardXp of an activity auto_unlock rules count (bench.catalog's counted stage).
-OPERATIONS = ("award_xp", "award_xp_counted", "unlock_achievement", "check_level_up", "get_progress")
+# award_xp_counted: AwardXp of an activity auto_unlock rules count (bench.catalog's counted stage);
+# award_xp_streak: AwardXp of an activity a streak counts (bench.catalog's streak stage).
+OPERATIONS = (
+    "award_xp",
+    "award_xp_counted",
+    "award_xp_streak",
+    "unlock_achievement",
+    "check_level_up",
+    "get_progress",
+)
+AWARD_OPERATIONS = ("award_xp", "award_xp_counted", "award_xp_streak")
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,12 @@ class LoadSpec:
     seed_users: int
     awards_per_user: int = 20
     achievement_xp: int = 0  # what each of `achievements` pays (the floors' catalog)
-    activity_category: str = ""  # the category of `activities` (award_xp_counted's floors check and count it)
+    activity_category: str = ""  # the category of `activities` (the counted and streak floors check and count it)
+    # award_xp_streak's floors: the streak that counts `activities`, its period (common.periods) and the
+    # game's time zone (the services' REWARDS_TIME_ZONE), in which the period's first day is taken.
+    streak_id: str = ""
+    streak_period: str = ""
+    time_zone: str = "UTC"
     transport: str = "grpc"  # the service side's: "grpc", or "http" through the gateway (targets["gateway"])
 
 
@@ -121,7 +135,7 @@ def _service_call(spec: LoadSpec, thread: int, channel: Any) -> Call:
     from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
 
     metadata = (("authorization", f"Bearer {spec.token}"),)
-    if spec.operation in ("award_xp", "award_xp_counted"):
+    if spec.operation in AWARD_OPERATIONS:
         xp = xp_pb2_grpc.XpServiceStub(channel)
 
         def award(i: int) -> str | None:
@@ -139,7 +153,7 @@ def _service_call(spec: LoadSpec, thread: int, channel: Any) -> Call:
                 return "duplicate"
             if response.level_check_deferred:
                 return "level_check_deferred"
-            # Expected in award_xp_counted (2 awards in 20 unlock a tier); never in award_xp.
+            # Expected in award_xp_counted (2 awards in 20 unlock a tier); never in award_xp nor award_xp_streak.
             return "auto_unlocked" if response.unlocked_achievements else None
 
         return award
@@ -284,6 +298,26 @@ def _floor_steps(spec: LoadSpec, thread: int, tables: Any) -> Callable[[int], An
             )
 
         return counted
+    if spec.operation == "award_xp_streak":
+        from zoneinfo import ZoneInfo
+
+        zone = ZoneInfo(spec.time_zone)
+
+        def streak(i: int) -> floor.Steps:
+            activity_id, xp = spec.activities[i % len(spec.activities)]
+            return floor.award_xp_streak(
+                tables,
+                _user(spec, thread, i, spec.awards_per_user),
+                activity_id,
+                spec.activity_category,
+                xp,
+                request_id(i),
+                spec.streak_id,
+                spec.streak_period,
+                zone,
+            )
+
+        return streak
     if spec.operation == "unlock_achievement":
         per_user = len(spec.achievements)
 

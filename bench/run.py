@@ -33,6 +33,11 @@ from bench.catalog import (
     LEVEL_COUNT,
     LEVEL_STEP_XP,
     SEED_USERS,
+    STREAK_ACTIVITY,
+    STREAK_CATEGORY,
+    STREAK_ID,
+    STREAK_PERIOD,
+    STREAK_STAGE,
     achievement_ids,
     counted_achievement_ids,
 )
@@ -43,6 +48,7 @@ from bench.cluster import (
     grant_xp,
     seed,
     seed_counted,
+    seed_streak,
     start_cluster,
     start_stage,
     status_memory_mb,
@@ -51,6 +57,7 @@ from bench.cpu import CpuWatch, cpu_seconds
 from bench.floor import FLOOR_KIND, MIN_CALLS, min_calls_per_op
 from bench.load import CLIENTS_PER_PROCESS, LoadResult, LoadSpec, WorkerPool, hot_user_id
 from common.caller_auth import Role
+from common.config import Settings
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT
 
 RESULTS_FILE = REPO_ROOT / "bench" / "results.json"
@@ -80,7 +87,7 @@ class Case:
 
 
 # How each stage's catalog is seeded (bench/cluster.py).
-STAGE_SEEDS = {COUNTED_STAGE: seed_counted}
+STAGE_SEEDS = {COUNTED_STAGE: seed_counted, STREAK_STAGE: seed_streak}
 
 CASES = (
     Case("award_xp_c1", "award_xp", 1),
@@ -93,6 +100,10 @@ CASES = (
     # of their own: the shared catalog has no auto_unlock rule, so the cases above measure what they did.
     Case("award_xp_counted_c1", "award_xp_counted", 1, stage=COUNTED_STAGE),
     Case("award_xp_counted_c16", "award_xp_counted", 16, stage=COUNTED_STAGE),
+    # Awards of an activity that one daily streak counts (bench/catalog.py), on a stage of their own: a
+    # streak in the shared catalog would make every GetProgress read the user's runs too.
+    Case("award_xp_streak_c1", "award_xp_streak", 1, stage=STREAK_STAGE),
+    Case("award_xp_streak_c16", "award_xp_streak", 16, stage=STREAK_STAGE),
     Case("unlock_achievement_c1", "unlock_achievement", 1),
     Case("unlock_achievement_c16", "unlock_achievement", 16),
     Case("check_level_up_c1", "check_level_up", 1),
@@ -243,6 +254,7 @@ def _spec(
     """One side of a case, on the case's stage (`cluster`: the root cluster)."""
     cluster = cluster.on(case.stage)
     counted = case.operation == "award_xp_counted"
+    streak = case.operation == "award_xp_streak"
     return LoadSpec(
         case=case.key,
         operation=case.operation,
@@ -257,12 +269,16 @@ def _spec(
         transport=case.transport,
         dynamodb_endpoint=cluster.dynamodb_endpoint,
         table_prefix=cluster.table_prefix,
-        activities=(COUNTED_ACTIVITY,) if counted else ACTIVITIES,
+        activities=(COUNTED_ACTIVITY,) if counted else (STREAK_ACTIVITY,) if streak else ACTIVITIES,
         achievements=counted_achievement_ids() if counted else achievement_ids(),
         seed_users=SEED_USERS,
         awards_per_user=AWARDS_PER_USER,
         achievement_xp=ACHIEVEMENT_XP,
-        activity_category=COUNTED_CATEGORY if counted else "bench",
+        activity_category=COUNTED_CATEGORY if counted else STREAK_CATEGORY if streak else "bench",
+        streak_id=STREAK_ID if streak else "",
+        streak_period=STREAK_PERIOD if streak else "",
+        # The services' zone: they read it from this process's environment (bench/cluster.py).
+        time_zone=Settings.from_env().time_zone,
     )
 
 
@@ -425,9 +441,14 @@ def add_gateway_overhead(case: Case, results: dict[str, dict[str, Any]]) -> None
     )
 
 
+# Award cases compared with the plain award case of the same clients (plain_counterpart).
+OVER_PLAIN_OPERATIONS = ("award_xp_counted", "award_xp_streak")
+
+
 def plain_counterpart(case: Case) -> str | None:
-    """The plain award case a counted one is compared with: same clients, over gRPC, on the cluster's services."""
-    if case.operation != "award_xp_counted":
+    """The plain award case a counted or streak one is compared with: same
+    clients, over gRPC, on the cluster's services."""
+    if case.operation not in OVER_PLAIN_OPERATIONS:
         return None
     for other in CASES:
         if other.operation == "award_xp" and other.transport == "grpc" and not other.hot_user:
@@ -437,8 +458,8 @@ def plain_counterpart(case: Case) -> str | None:
 
 
 def add_counted_overhead(case: Case, results: dict[str, dict[str, Any]]) -> None:
-    """For a counted award case whose plain case ran in this run: what the
-    counted award costs over the plain one (DynamoDB calls and service CPU per
+    """For a counted or streak award case whose plain case ran in this run:
+    what it costs over the plain award (DynamoDB calls and service CPU per
     award, throughput, p50)."""
     plain_key = plain_counterpart(case)
     record, plain = results[case.key], results.get(plain_key or "")
@@ -607,10 +628,18 @@ def print_gateway(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> 
 
 
 def print_counted(results: dict[str, dict[str, Any]], out: Any = sys.stdout) -> None:
-    rows = [(key, r) for key, r in results.items() if r["operation"] == "award_xp_counted"]
+    for operation, title in (
+        ("award_xp_counted", "Counted awards (auto_unlock tiers, their own stage)"),
+        ("award_xp_streak", "Streak awards (one daily streak, their own stage)"),
+    ):
+        _print_over_plain(results, operation, title, out)
+
+
+def _print_over_plain(results: dict[str, dict[str, Any]], operation: str, title: str, out: Any) -> None:
+    rows = [(key, r) for key, r in results.items() if r["operation"] == operation]
     if not rows:
         return
-    print("\nCounted awards (auto_unlock tiers, their own stage), next to the plain awards of this run", file=out)
+    print(f"\n{title}, next to the plain awards of this run", file=out)
     for key, r in rows:
         if "plain_case" not in r:
             print(f"  {key}: its plain case did not run", file=out)
