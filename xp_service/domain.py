@@ -150,7 +150,7 @@ class XpRepository(LevelCheckStore, Protocol):
         DuplicateRequest, TotalXpLimitReached, CapReached or ActivityChanged (nothing written)."""
 
     async def put_streak(self, streak: Streak) -> None:
-        """Raises StreakPeriodFixed (the id had another period) or TooManyStreaks."""
+        """Raises StreakPeriodFixed (the id had another period)."""
 
     async def get_streak(self, streak_id: str) -> Streak:
         """Raises StreakNotFound."""
@@ -160,8 +160,8 @@ class XpRepository(LevelCheckStore, Protocol):
     async def delete_streak(self, streak_id: str) -> None:
         """Raises StreakNotFound."""
 
-    async def streaks(self) -> tuple[Streak, ...]:
-        """The streak catalog as this process last read it."""
+    async def streaks(self, *, fresh: bool = False) -> tuple[Streak, ...]:
+        """The streak catalog as this process last read it; `fresh`: as it is now."""
 
     async def streak_records(self, user_id: str) -> dict[str, StreakRecord]:
         """The user's runs, by streak id."""

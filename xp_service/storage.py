@@ -53,7 +53,7 @@ from common.models import (
     TotalXpLimitReached,
     TotalXpWouldGoNegative,
 )
-from common.streaks import MAX_STREAKS, Streak, StreakRecord
+from common.streaks import Streak, StreakRecord
 from xp_service.domain import (
     Activity,
     ActivityChanged,
@@ -62,7 +62,6 @@ from xp_service.domain import (
     DuplicateRequest,
     StreakNotFound,
     StreakPeriodFixed,
-    TooManyStreaks,
 )
 
 
@@ -144,12 +143,7 @@ class DynamoDBXpRepository:
 
     async def put_streak(self, streak: Streak) -> None:
         """Replaces the entry (and a deletion mark) only while the id is new
-        or has this period. The catalog's size is checked on a read made now,
-        so only puts of new ids racing each other may pass it, by a few (an
-        award's transaction has room for 94 streaks)."""
-        current = await self._streak_catalog.fresh()
-        if streak.streak_id not in {s.streak_id for s in current} and len(current) >= MAX_STREAKS:
-            raise TooManyStreaks(MAX_STREAKS)
+        or has this period."""
         try:
             await self._client.call(
                 "PutItem",
@@ -206,8 +200,8 @@ class DynamoDBXpRepository:
         finally:
             self._streak_catalog.forget()
 
-    async def streaks(self) -> tuple[Streak, ...]:
-        return await self._streak_catalog.current()
+    async def streaks(self, *, fresh: bool = False) -> tuple[Streak, ...]:
+        return await (self._streak_catalog.fresh() if fresh else self._streak_catalog.current())
 
     async def streak_records(self, user_id: str) -> dict[str, StreakRecord]:
         return await read_streak_records(self._client, self._prefix, user_id)

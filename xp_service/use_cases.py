@@ -31,7 +31,7 @@ from common.models import (
     utc_now_iso,
 )
 from common.periods import period_key, period_start_date, start_of_day
-from common.streaks import Streak, streak_counter, streaks_of_award
+from common.streaks import MAX_STREAKS, Streak, streak_counter, streaks_of_award
 from xp_service.domain import (
     Activity,
     ActivityChanged,
@@ -41,6 +41,7 @@ from xp_service.domain import (
     EntryNotFound,
     NothingToRevoke,
     RequestIdReused,
+    TooManyStreaks,
     XpRepository,
     is_same_request,
 )
@@ -133,6 +134,11 @@ class XpLedger:
         await self._repository.delete_activity(activity_id)
 
     async def put_streak(self, streak: Streak) -> Streak:
+        """At most MAX_STREAKS in the catalog, checked on a read made now: only puts of new ids
+        racing each other may pass it, by a few (an award's transaction has room for 94 streaks)."""
+        current = await self._repository.streaks(fresh=True)
+        if streak.streak_id not in {s.streak_id for s in current} and len(current) >= MAX_STREAKS:
+            raise TooManyStreaks(MAX_STREAKS)
         await self._repository.put_streak(streak)
         return streak
 

@@ -48,7 +48,7 @@ from common.models import (
     VersionedLevelTable,
     utc_now_iso,
 )
-from common.streaks import MAX_STREAKS, Streak, StreakRecord, streak_counter
+from common.streaks import Streak, StreakRecord, streak_counter
 from levels_service.domain import (
     LevelChangedConcurrently,
     LevelCheck,
@@ -65,7 +65,6 @@ from xp_service.domain import (
     DuplicateRequest,
     StreakNotFound,
     StreakPeriodFixed,
-    TooManyStreaks,
 )
 
 Hook = Callable[[], Awaitable[None]]
@@ -236,9 +235,6 @@ class FakeXpRepository:
         held = self.streak_catalog.get(streak.streak_id)
         if held is not None and held.period != streak.period:
             raise StreakPeriodFixed(streak.streak_id, held.period)
-        live = [s for s in self.streak_catalog if s not in self.deleted_streaks]
-        if streak.streak_id not in live and len(live) >= MAX_STREAKS:
-            raise TooManyStreaks(MAX_STREAKS)
         self.streak_catalog[streak.streak_id] = streak
         self.deleted_streaks.discard(streak.streak_id)
 
@@ -254,7 +250,7 @@ class FakeXpRepository:
         await self.get_streak(streak_id)
         self.deleted_streaks.add(streak_id)
 
-    async def streaks(self) -> tuple[Streak, ...]:
+    async def streaks(self, *, fresh: bool = False) -> tuple[Streak, ...]:
         return tuple(s for i, s in sorted(self.streak_catalog.items()) if i not in self.deleted_streaks)
 
     async def streak_records(self, user_id: str) -> dict[str, StreakRecord]:

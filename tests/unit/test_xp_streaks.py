@@ -32,7 +32,7 @@ from common.auto_unlock import (
 from common.errors import InvalidField
 from common.models import LedgerEntry
 from common.periods import DAY, WEEK
-from common.streaks import Streak, StreakLength, StreakRecord, streak_counter
+from common.streaks import MAX_STREAKS, Streak, StreakLength, StreakRecord, streak_counter
 from tests.unit.fakes import (
     FakeAchievementsRepository,
     FakeAutoUnlocker,
@@ -40,7 +40,7 @@ from tests.unit.fakes import (
     FakeXpRepository,
     stored_progress,
 )
-from xp_service.domain import Activity, StreakNotFound, StreakPeriodFixed
+from xp_service.domain import Activity, StreakNotFound, StreakPeriodFixed, TooManyStreaks
 from xp_service.use_cases import AwardOutcome, StreakStanding, XpLedger
 
 USER = "user-1"
@@ -328,6 +328,19 @@ def test_a_streak_put_again_with_its_period_is_replaced() -> None:
 
     assert asyncio.run(game.xp.put_streak(renamed)) == renamed
     assert asyncio.run(game.xp.get_streak("daily-run")) == renamed
+
+
+def test_the_catalog_holds_at_most_64_streaks_but_one_of_them_may_be_put_again() -> None:
+    game = Game(DAILY_RUN)
+    for i in range(1, MAX_STREAKS):
+        asyncio.run(game.xp.put_streak(replace(DAILY_RUN, streak_id=f"s{i:02d}")))
+
+    with pytest.raises(TooManyStreaks) as refused:
+        asyncio.run(game.xp.put_streak(replace(DAILY_RUN, streak_id="one-more")))
+    assert refused.value.violations == [("streak.streak_id", "at most 64 streaks in the catalog")]
+    assert asyncio.run(game.xp.put_streak(replace(DAILY_RUN, name="renamed"))).name == "renamed"
+    asyncio.run(game.xp.delete_streak("s01"))
+    assert asyncio.run(game.xp.put_streak(replace(DAILY_RUN, streak_id="one-more"))).streak_id == "one-more"
 
 
 # --- common.auto_unlock: requirements on streak lengths --------------------------------------------
