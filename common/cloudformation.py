@@ -204,6 +204,8 @@ def table_resource(table: TableDefinition) -> dict[str, Any]:
     # are the API's, and cfn-lint rejects any that are not.
     properties: dict[str, Any] = {"TableName": {"Fn::Sub": "${TablePrefix}" + table.name}}
     properties.update((key, value) for key, value in table.create_table_params("").items() if key != "TableName")
+    if "StreamSpecification" in properties:  # CloudFormation's has only the view: a stream is on when it is set
+        properties["StreamSpecification"] = {"StreamViewType": properties["StreamSpecification"]["StreamViewType"]}
     properties["PointInTimeRecoverySpecification"] = {"PointInTimeRecoveryEnabled": True}
     return {
         "Type": "AWS::DynamoDB::Table",

@@ -140,6 +140,11 @@ def test_every_table_is_the_one_ensure_tables_creates(template: dict[str, Any]) 
         assert properties["KeySchema"] == created["KeySchema"]
         assert properties["AttributeDefinitions"] == created["AttributeDefinitions"]
         assert properties.get("GlobalSecondaryIndexes") == created.get("GlobalSecondaryIndexes")
+        # The source tables of events stream their new images; CloudFormation names only the view.
+        stream = created.get("StreamSpecification")
+        assert properties.get("StreamSpecification") == (
+            {"StreamViewType": stream["StreamViewType"]} if stream else None
+        )
         assert properties["BillingMode"] == created["BillingMode"] == "PAY_PER_REQUEST"
         assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
         # No record expires (see docs/deploy.md, "Tables"); a TTL here would have to be documented there.

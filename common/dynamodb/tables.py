@@ -35,6 +35,7 @@ def error_code(error: ClientError) -> str:
 
 _S = "S"
 _N = "N"
+NEW_IMAGE = "NEW_IMAGE"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class TableDefinition:
     range_key: tuple[str, str] | None = None
     # (index name, hash key, range key) with string keys.
     string_indexes: tuple[tuple[str, str, str], ...] = ()
+    # A DynamoDB stream of every change, as this view ("NEW_IMAGE"): the tables that record
+    # each change once are where the events come from; "" for none.
+    stream_view: str = ""
 
     def create_table_params(self, prefix: str) -> dict[str, Any]:
         attributes = {self.hash_key[0]: self.hash_key[1]}
@@ -73,6 +77,8 @@ class TableDefinition:
         }
         if indexes:
             params["GlobalSecondaryIndexes"] = indexes
+        if self.stream_view:
+            params["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": self.stream_view}
         return params
 
 
@@ -99,14 +105,19 @@ LEVEL_TABLE_VERSION_COPIES = 16
 USER_PROGRESS = TableDefinition("user_progress", ("user_id", _S))
 # The XP ledger and the idempotency record in one: one item per award or grant.
 # Index by_time: a user's entries by recorded_at (ISO 8601, UTC, sorts as text), for the history.
+# Its stream (as USER_ACHIEVEMENTS' and LEVEL_REWARDS'): every XP change, unlock and level reached, once.
 XP_LEDGER = TableDefinition(
-    "xp_ledger", ("user_id", _S), ("entry_id", _S), string_indexes=(("by_time", "user_id", "recorded_at"),)
+    "xp_ledger",
+    ("user_id", _S),
+    ("entry_id", _S),
+    string_indexes=(("by_time", "user_id", "recorded_at"),),
+    stream_view=NEW_IMAGE,
 )
 # One item per unlock: when, with what reward, and whether the XP was granted.
-USER_ACHIEVEMENTS = TableDefinition("user_achievements", ("user_id", _S), ("achievement_id", _S))
+USER_ACHIEVEMENTS = TableDefinition("user_achievements", ("user_id", _S), ("achievement_id", _S), stream_view=NEW_IMAGE)
 # One item per level a user passed, with the rewards granted for it: written
 # once, and kept apart from user_progress so that it cannot outgrow an item.
-LEVEL_REWARDS = TableDefinition("level_rewards", ("user_id", _S), ("level", _N))
+LEVEL_REWARDS = TableDefinition("level_rewards", ("user_id", _S), ("level", _N), stream_view=NEW_IMAGE)
 # One item per CheckLevelUp request_id that raised a level: which levels it
 # granted, so that a repeat of the request reports the same level-up.
 LEVEL_CHECKS = TableDefinition("level_checks", ("user_id", _S), ("check_id", _S))
@@ -157,6 +168,37 @@ def ensure_tables(client: Any, prefix: str, tables: tuple[TableDefinition, ...] 
         waiter.wait(TableName=prefix + table.name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     for table in tables:
         _ensure_indexes(client, prefix + table.name, table)
+        _ensure_stream(client, prefix + table.name, table)
+
+
+def _ensure_stream(client: Any, name: str, table: TableDefinition) -> None:
+    """Turns on the stream a table made by an earlier version lacks (the local
+    stage's tables; on AWS the stack defines it), and waits until the table
+    is active again. A stream of another view is an error: switching views
+    means a new stream, and its consumers' cursors would end."""
+    if not table.stream_view:
+        return
+    for _ in range(120):
+        described = client.describe_table(TableName=name)["Table"]
+        spec = described.get("StreamSpecification") or {}
+        if spec.get("StreamEnabled") and described.get("LatestStreamArn"):
+            if spec.get("StreamViewType") != table.stream_view:
+                raise RuntimeError(
+                    f"table {name} streams {spec.get('StreamViewType')}, not {table.stream_view}: "
+                    "turn its stream off and run again"
+                )
+            if described["TableStatus"] == "ACTIVE":
+                return
+        elif described["TableStatus"] == "ACTIVE":
+            try:
+                client.update_table(
+                    TableName=name, StreamSpecification={"StreamEnabled": True, "StreamViewType": table.stream_view}
+                )
+            except ClientError as error:
+                if error.response["Error"]["Code"] not in ("ResourceInUseException", "ValidationException"):
+                    raise
+        time.sleep(1)
+    raise TimeoutError(f"the stream of table {name} did not become active")
 
 
 def _ensure_indexes(client: Any, name: str, table: TableDefinition) -> None:
