@@ -94,7 +94,9 @@ class Cluster:
         }
         self.settings = replace(Settings(), **{**settings, **overrides})
         # boto3, for the tests' own look at the tables; the servers share `lean`.
-        self.dynamodb = create_dynamodb_client(self.settings)
+        # Table management (CreateTable, UpdateTable) on a loaded DynamoDB Local can take longer than a
+        # request's read timeout: the tests' client waits for it.
+        self.dynamodb = create_dynamodb_client(replace(self.settings, dynamodb_read_timeout_s=30.0))
         ensure_tables(self.dynamodb, self.settings.table_prefix)
         self.loop = ServerLoop.shared()
         self.lean = DynamoDBClient(self.settings)
