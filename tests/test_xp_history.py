@@ -193,7 +193,12 @@ def test_what_cannot_be_revoked_says_why_and_writes_nothing(cluster: Cluster) ->
 
 
 def test_a_ledger_table_made_before_the_history_gets_its_index(dynamodb_endpoint: str) -> None:
-    settings = replace(Settings(), dynamodb_endpoint=dynamodb_endpoint, table_prefix=f"old-{uuid.uuid4().hex[:8]}-")
+    settings = replace(
+        Settings(),
+        dynamodb_endpoint=dynamodb_endpoint,
+        table_prefix=f"old-{uuid.uuid4().hex[:8]}-",
+        dynamodb_read_timeout_s=30.0,  # table management on a loaded DynamoDB Local
+    )
     client = create_dynamodb_client(settings)
     # The table as an earlier version made it: no by_time index.
     client.create_table(**replace(XP_LEDGER, string_indexes=()).create_table_params(settings.table_prefix))
