@@ -60,6 +60,7 @@ from common.dynamodb.counters import (
     watch_writes,
     write_watches,
 )
+from common.dynamodb.progress_item import last_change
 from common.models import MAX_TOTAL_XP, LedgerEntry, ProgressRecord, TotalXpLimitReached, utc_now_iso
 
 
@@ -250,8 +251,8 @@ class DynamoDBAchievementsRepository:
         }
         guard = requirements_guard(achievement.requirements, start_level)
         if payment is not None:
-            update["UpdateExpression"] = "ADD total_xp :xp " + update["UpdateExpression"]
-            update["ExpressionAttributeValues"][":xp"] = attr(payment.xp)
+            update["UpdateExpression"] = "ADD total_xp :xp SET last_change = :change, " + update["UpdateExpression"][4:]
+            update["ExpressionAttributeValues"].update(to_item({":xp": payment.xp, ":change": last_change(payment)}))
             room = Attr("total_xp").not_exists() | Attr("total_xp").lte(MAX_TOTAL_XP - payment.xp)
             guard = room if guard is None else guard & room
         if guard is not None:
@@ -353,10 +354,15 @@ class DynamoDBAchievementsRepository:
                         "Update": {
                             "TableName": self._progress,
                             "Key": {"user_id": attr(unlock.user_id)},
-                            "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
+                            "UpdateExpression": "ADD total_xp :xp SET updated_at = :now, last_change = :change",
                             "ConditionExpression": "attribute_not_exists(total_xp) OR total_xp <= :room",
                             "ExpressionAttributeValues": to_item(
-                                {":xp": payment.xp, ":now": utc_now_iso(), ":room": MAX_TOTAL_XP - payment.xp}
+                                {
+                                    ":xp": payment.xp,
+                                    ":now": utc_now_iso(),
+                                    ":room": MAX_TOTAL_XP - payment.xp,
+                                    ":change": last_change(payment),
+                                }
                             ),
                         }
                     },

@@ -60,3 +60,10 @@ class DeadlineReached(DomainError):
     """The caller's deadline passed before the work was done. Maps to DEADLINE_EXCEEDED."""
 
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class OutOfRange(DomainError):
+    """A position the request names is past what is kept (a cursor older than
+    the streams' retention). Maps to OUT_OF_RANGE."""
+
+    grpc_code = grpc.StatusCode.OUT_OF_RANGE

@@ -41,7 +41,7 @@ from common.dynamodb.counters import (
     read_streak_records,
     streak_touches,
 )
-from common.dynamodb.progress_item import move_unlocked_ids_out_of_progress
+from common.dynamodb.progress_item import last_change, move_unlocked_ids_out_of_progress
 from common.dynamodb.streak_catalog import StreakCatalogSnapshot, is_deleted, streak_from_values, streak_to_values
 from common.models import (
     ACTIVITY,
@@ -228,13 +228,13 @@ class DynamoDBXpRepository:
                 "Update": {
                     "TableName": self._progress,
                     "Key": {"user_id": attr(entry.user_id)},
-                    "UpdateExpression": "ADD total_xp :xp SET updated_at = :now",
+                    "UpdateExpression": "ADD total_xp :xp SET updated_at = :now, last_change = :change",
                     # Totals stay within 0 and MAX_TOTAL_XP: a correction may take XP away, never below zero.
                     "ConditionExpression": "total_xp >= :need"
                     if entry.xp < 0
                     else "attribute_not_exists(total_xp) OR total_xp <= :room",
                     "ExpressionAttributeValues": to_item(
-                        {":xp": entry.xp, ":now": entry.recorded_at}
+                        {":xp": entry.xp, ":now": entry.recorded_at, ":change": last_change(entry)}
                         | ({":need": -entry.xp} if entry.xp < 0 else {":room": MAX_TOTAL_XP - entry.xp})
                     ),
                 }

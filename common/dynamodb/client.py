@@ -276,18 +276,12 @@ class DynamoDBClient:
                 key = await self._credentials.key()
         except TimeoutError as error:
             raise self._no_answer(cut_by_deadline, timeout, "credentials") from error
-        request = signed_dynamo_request(
-            key=key,
-            payload=payload,
-            action=action,
-            region=self._region,
-            endpoint=self._endpoint,
-        )
+        url, headers, body = self._signed(key, action, payload)
         try:
             async with self._http().post(
-                request.url,
-                headers=request.headers,
-                data=request.body,
+                url,
+                headers=headers,
+                data=body,
                 timeout=aiohttp.ClientTimeout(total=timeout, connect=min(self._connect_timeout_s, timeout)),
             ) as response:
                 body = await response.read()
@@ -302,6 +296,12 @@ class DynamoDBClient:
             parsed: dict[str, Any] = json.loads(body)
             return parsed
         raise _error_from(status, body)
+
+    def _signed(self, key: Key, action: str, payload: dict[str, Any]) -> tuple[URL, dict[str, str], bytes]:
+        request = signed_dynamo_request(
+            key=key, payload=payload, action=action, region=self._region, endpoint=self._endpoint
+        )
+        return request.url, request.headers, request.body
 
     def _no_answer(self, cut_by_deadline: bool, timeout: float, what: str) -> Exception:
         if cut_by_deadline:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from common.dynamodb.client import DynamoDBClient
 from common.dynamodb.items import attr
 from common.dynamodb.tables import USER_PROGRESS
 from common.dynamodb.transactions import update_item_once
+from common.models import LedgerEntry
 
 
 async def move_unlocked_ids_out_of_progress(client: DynamoDBClient, table_prefix: str, user_id: str) -> bool:
@@ -25,3 +28,21 @@ async def move_unlocked_ids_out_of_progress(client: DynamoDBClient, table_prefix
             "ExpressionAttributeValues": {":t": attr(True)},
         },
     )
+
+
+# What an XP event tells of its entry (events_service reads it from the progress item's stream).
+_CHANGE_FIELDS = ("request_id", "activity_id", "achievement_id", "reason")
+
+
+def last_change(entry: LedgerEntry) -> dict[str, Any]:
+    """The value of the progress item's `last_change`, set by every update
+    that moves its total in the same expression: the entry it moved by. The
+    total after a change is known only there (concurrent awards ADD to it),
+    so the item's stream image holds both, and an XP event is exact without
+    another write or read."""
+    change: dict[str, Any] = {"entry_id": entry.entry_id, "kind": entry.kind, "xp": entry.xp}
+    change["recorded_at"] = entry.recorded_at
+    change.update({name: getattr(entry, name) for name in _CHANGE_FIELDS if getattr(entry, name)})
+    if entry.capped:
+        change["capped"] = True
+    return change

@@ -36,6 +36,7 @@ def error_code(error: ClientError) -> str:
 _S = "S"
 _N = "N"
 NEW_IMAGE = "NEW_IMAGE"
+NEW_AND_OLD_IMAGES = "NEW_AND_OLD_IMAGES"
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ class TableDefinition:
     # A DynamoDB stream of every change, as this view ("NEW_IMAGE"): the tables that record
     # each change once are where the events come from; "" for none.
     stream_view: str = ""
+    # DynamoDB's TTL on this attribute (unix seconds): items that set it are deleted after it; "" for none.
+    # The CloudFormation template turns it on; ensure_tables does not (DynamoDB Local's TTL slows its table
+    # management by orders of magnitude once many tables have one: docs/deploy.md), so items it keeps
+    # locally stay.
+    ttl_attribute: str = ""
 
     def create_table_params(self, prefix: str) -> dict[str, Any]:
         attributes = {self.hash_key[0]: self.hash_key[1]}
@@ -101,19 +107,18 @@ LEVEL_TABLE_VERSION_KEY = 0
 # this many copies (keys 0, -1, ... -15), all moved by every level write, and
 # each user's level-ups check the copy their id hashes to.
 LEVEL_TABLE_VERSION_COPIES = 16
-# One item a user, bounded whatever the user holds: total_xp, level and its threshold, holds_achievements, updated_at.
-USER_PROGRESS = TableDefinition("user_progress", ("user_id", _S))
+# One item a user, bounded whatever the user holds: total_xp, level and its threshold, holds_achievements,
+# updated_at, and last_change (common.dynamodb.progress_item): the ledger entry its total last moved by.
+# Its stream (with the old image, to tell an XP change from another update of the item) is where the XP
+# events come from: the one record that holds a user's total right after each change.
+USER_PROGRESS = TableDefinition("user_progress", ("user_id", _S), stream_view=NEW_AND_OLD_IMAGES)
 # The XP ledger and the idempotency record in one: one item per award or grant.
 # Index by_time: a user's entries by recorded_at (ISO 8601, UTC, sorts as text), for the history.
-# Its stream (as USER_ACHIEVEMENTS' and LEVEL_REWARDS'): every XP change, unlock and level reached, once.
 XP_LEDGER = TableDefinition(
-    "xp_ledger",
-    ("user_id", _S),
-    ("entry_id", _S),
-    string_indexes=(("by_time", "user_id", "recorded_at"),),
-    stream_view=NEW_IMAGE,
+    "xp_ledger", ("user_id", _S), ("entry_id", _S), string_indexes=(("by_time", "user_id", "recorded_at"),)
 )
-# One item per unlock: when, with what reward, and whether the XP was granted.
+# One item per unlock: when, with what reward, and whether the XP was granted. Its stream, as
+# LEVEL_REWARDS', is where unlock (level-up) events come from: an item's INSERT is the unlock (level reached).
 USER_ACHIEVEMENTS = TableDefinition("user_achievements", ("user_id", _S), ("achievement_id", _S), stream_view=NEW_IMAGE)
 # One item per level a user passed, with the rewards granted for it: written
 # once, and kept apart from user_progress so that it cannot outgrow an item.
@@ -134,6 +139,23 @@ ACTIVITY_COUNTS = TableDefinition("activity_counts", ("user_id", _S), ("counter"
 ACHIEVEMENT_STATS = TableDefinition("achievement_stats", ("stat_shard", _S))
 STAT_SHARDS = 16
 
+# The events service's webhooks (events_service): one item each, with its secret.
+WEBHOOKS = TableDefinition("webhooks", ("webhook_id", _S))
+# One item per webhook and event ("<user_id>/<event_id>"), made once by a conditional put: the event's
+# body, attempts, and while it is to be sent `pending` with `due_at` (index `due`, sparse: only
+# pending deliveries are in it), which a sender claims with a lease; failed for good: `failed_at`.
+# A delivered one sets `expires_at` (TTL): kept a week, long enough for any replay to find it, then gone.
+WEBHOOK_DELIVERIES = TableDefinition(
+    "webhook_deliveries",
+    ("webhook_id", _S),
+    ("event_key", _S),
+    string_indexes=(("due", "pending", "due_at"),),
+    ttl_attribute="expires_at",
+)
+# Where the webhooks' reader of the streams stands (one item, "webhooks"): its cursor, and the lease
+# of the one replica that reads for every replica (conditional writes on owner and lease_until).
+EVENT_READERS = TableDefinition("event_readers", ("reader", _S))
+
 ALL_TABLES = (
     ACTIVITIES,
     ACHIEVEMENTS,
@@ -146,6 +168,9 @@ ALL_TABLES = (
     ACTIVITY_COUNTS,
     ACHIEVEMENT_STATS,
     STREAKS,
+    WEBHOOKS,
+    WEBHOOK_DELIVERIES,
+    EVENT_READERS,
 )
 
 
