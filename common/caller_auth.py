@@ -15,6 +15,7 @@ Health checking needs no token, so that orchestrators can probe. Reflection
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import threading
@@ -98,6 +99,13 @@ METHOD_ROLES: dict[str, frozenset[Role]] = {
     # A game server may ask too (after a catalog change); XP asks after an award that may raise the level.
     "/rewards.v1.LevelsService/CheckLevelUp": _GAME_OR_SERVICE,
     "/rewards.v1.LevelsService/ListLevelsReached": _GAME,
+    # Watching every user (an empty user_id) is for the admin and service roles (events_service.servicer).
+    "/rewards.v1.EventsService/WatchEvents": _GAME_OR_SERVICE,
+    "/rewards.v1.EventsService/PutWebhook": _ADMIN,
+    "/rewards.v1.EventsService/ListWebhooks": _ADMIN,
+    "/rewards.v1.EventsService/DeleteWebhook": _ADMIN,
+    "/rewards.v1.EventsService/ListFailedDeliveries": _ADMIN,
+    "/rewards.v1.EventsService/RedeliverEvents": _ADMIN,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,
 }
@@ -371,10 +379,28 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
             return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, f"authorization: {refused}")
         except RoleRefused as refused:
             return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, str(refused))
+        who = f"{caller.role.value}:{caller.subject}"
+        if handler.unary_stream is not None:
+            streaming = handler.unary_stream
+
+            async def streamed_to_caller(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                add_rpc_field("caller", who)
+                bound = _current_caller.set(caller)
+                try:
+                    async for response in streaming(request, context):
+                        yield response
+                finally:
+                    with contextlib.suppress(ValueError):  # a stream closed from another context
+                        _current_caller.reset(bound)
+
+            return grpc.unary_stream_rpc_method_handler(
+                streamed_to_caller,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
-        who = f"{caller.role.value}:{caller.subject}"
 
         async def served_to_caller(request: Any, context: grpc.aio.ServicerContext) -> Any:
             add_rpc_field("caller", who)  # who did it, on the RPC's log line
@@ -416,12 +442,15 @@ class ServiceToken:
         return (AUTHORIZATION_HEADER, f"Bearer {self._token}")
 
 
-class BearerTokenInterceptor(grpc.UnaryUnaryClientInterceptor):
+class BearerTokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     """Adds `authorization: Bearer <token>` to every call of a client channel
-    (rewardsctl, tests, a game server written in Python)."""
+    (rewardsctl, tests, a game server written in Python), streams (WatchEvents) too."""
 
     def __init__(self, token: str) -> None:
         self._metadata = (AUTHORIZATION_HEADER, f"Bearer {token}")
 
     def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: Any, request: Any) -> Any:
+        return continuation(with_metadata(client_call_details, [self._metadata]), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], client_call_details: Any, request: Any) -> Any:
         return continuation(with_metadata(client_call_details, [self._metadata]), request)

@@ -29,6 +29,7 @@ RETRY_SERVICE_CONFIG = json.dumps(
                     {"service": "rewards.v1.XpService"},
                     {"service": "rewards.v1.AchievementsService"},
                     {"service": "rewards.v1.LevelsService"},
+                    {"service": "rewards.v1.EventsService"},
                 ],
                 "retryPolicy": {
                     "maxAttempts": 4,

@@ -20,9 +20,11 @@ class Settings:
     xp_listen: str = "[::]:50051"
     achievements_listen: str = "[::]:50052"
     levels_listen: str = "[::]:50053"
+    events_listen: str = "[::]:50054"
     xp_target: str = "localhost:50051"
     achievements_target: str = "localhost:50052"
     levels_target: str = "localhost:50053"
+    events_target: str = "localhost:50054"
     # The HTTP/JSON gateway (gateway/): where it listens, and the deadline of
     # each gRPC call it makes on a web client's behalf.
     gateway_host: str = "0.0.0.0"
@@ -32,6 +34,7 @@ class Settings:
     xp_metrics_port: int = 9451
     achievements_metrics_port: int = 9452
     levels_metrics_port: int = 9453
+    events_metrics_port: int = 9454
     level_check_timeout_s: float = 2.0
     # How long the Levels service answers "no level due" from its copy of the
     # level table before reading it again. A level-up, and a new user's start
@@ -51,6 +54,18 @@ class Settings:
     # The game's one time zone (IANA name): days and weeks (from Monday) of caps and streaks start at
     # its local midnight, never the server's.
     time_zone: str = "UTC"
+    # The events service: how often each reader of the streams asks for new records when it found
+    # none (a watch's latency is about half of it, plus DynamoDB's), and whether webhooks may use
+    # plain http:// urls (local development only: receivers then see unencrypted events).
+    events_poll_s: float = 0.25
+    webhooks_allow_http: bool = False
+    # Webhook delivery: one POST's timeout, the first retry's delay (doubling, at most an hour
+    # apart), how long a delivery is retried before it is failed, and the lease of the one replica
+    # that reads the streams for webhooks (another takes over within it when that one dies).
+    webhook_timeout_s: float = 10.0
+    webhook_first_retry_s: float = 5.0
+    webhook_retry_window_s: float = 24 * 3600.0
+    webhook_lease_s: float = 15.0
     # The DynamoDB client's limits per call: attempts (its own retries included)
     # and socket timeouts, kept short so that its retries fit in an RPC's deadline.
     dynamodb_max_attempts: int = 3

@@ -8,12 +8,14 @@ pass the trace id along, and never wait past the served call's deadline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -48,16 +50,84 @@ def _handler_raising(error: Exception) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(raise_error)
 
 
+class _RpcRecord:
+    """One RPC's line and metrics: written once, by record()."""
+
+    def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        self.method = method
+        self.context = context
+        self.started = time.perf_counter()
+        # Read now: a stream's context may be gone when its line is written (a cancelled call's
+        # context.peer() crashes grpc.aio).
+        self.peer = context.peer()
+        self.code = grpc.StatusCode.OK
+        self._recorded = False
+
+    def record(self, code: grpc.StatusCode, error_id: str = "", bug: Exception | None = None) -> None:
+        """Counts and logs the RPC once: before an abort sends the status, so that a client
+        that has the answer finds it in the metrics. An unexpected error (a bug) goes on this
+        same line, with its error id and traceback: one line a request, whatever happened."""
+        if self._recorded:
+            return
+        self._recorded = True
+        seconds = time.perf_counter() - self.started
+        RPCS.labels(self.method, code.name).inc()
+        RPC_SECONDS.labels(self.method).observe(seconds)
+        line_fields: dict[str, Any] = {
+            "code": code.name,
+            "duration_ms": round(seconds * 1000, 3),
+            "peer": self.peer,
+        }
+        if error_id:
+            level = logging.ERROR
+            line_fields["error_id"] = error_id
+        elif self.method.startswith("/grpc.health.v1.Health/"):
+            level = logging.DEBUG  # health checks come every few seconds from orchestrators
+        else:
+            level = logging.INFO
+        if _rpc_log.isEnabledFor(level):
+            _rpc_log.log(level, "rpc", exc_info=bug, extra={"fields": line_fields})
+
+    async def parse(self, parse: Callable[[bytes], Any] | None, raw_request: bytes, fields: dict[str, Any]) -> Any:
+        try:
+            request = parse(raw_request) if parse else raw_request
+        except DecodeError as error:
+            self.code = grpc.StatusCode.INVALID_ARGUMENT
+            self.record(self.code)
+            await self.context.abort(self.code, f"request is not a valid protobuf message ({error})")
+        for name in ("user_id", "request_id"):
+            value = getattr(request, name, "")
+            if value:
+                fields[name] = value
+        return request
+
+    async def fail(self, error: Exception, trace_id: str) -> None:
+        """Ends the RPC with the failure's status. Every failure ends here with an abort: an
+        exception escaping to grpc.aio would end the call UNKNOWN and be logged again,
+        traceback and all, by grpc.aio itself."""
+        failure = status_of_failure(error)
+        self.code = _STATUS_CODES[failure.status.code]
+        self.record(self.code, failure.error_id, error if failure.error_id else None)
+        status = rpc_status.to_status(failure.status)
+        # The status's trailers (its details) replace those set before: the trace id goes again.
+        await self.context.abort(
+            status.code,
+            status.details,
+            trailing_metadata=(*status.trailing_metadata, (TRACE_ID_HEADER, trace_id)),
+        )
+
+
 class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
-    """The one edge of every unary RPC. Parses the request itself, so that a
-    malformed message (invalid UTF-8 in a string, bad wire format) is
-    INVALID_ARGUMENT instead of gRPC's INTERNAL; binds the trace id, the
-    deadline and the request's ids to the RPC; ends every failure with a
-    status, the one place that does (common.grpc_edge.status_of_failure): a
-    domain error's, UNAVAILABLE for a storage error the caller can retry, and
-    INTERNAL with an error id for anything else (never UNKNOWN); logs one line
-    per RPC (method, code, duration, user and request ids, peer, trace id; an
-    unexpected error's id and traceback) and counts it in the metrics."""
+    """The one edge of every RPC (unary, and server streaming). Parses the
+    request itself, so that a malformed message (invalid UTF-8 in a string,
+    bad wire format) is INVALID_ARGUMENT instead of gRPC's INTERNAL; binds
+    the trace id, the deadline and the request's ids to the RPC; ends every
+    failure with a status, the one place that does
+    (common.grpc_edge.status_of_failure): a domain error's, UNAVAILABLE for a
+    storage error the caller can retry, and INTERNAL with an error id for
+    anything else (never UNKNOWN); logs one line per RPC (method, code,
+    duration, user and request ids, peer, trace id; an unexpected error's id
+    and traceback) and counts it in the metrics."""
 
     async def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         try:
@@ -66,7 +136,11 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
             # A bug in an inner interceptor (caller auth) while finding the handler: ended below as
             # a handler's own would be, not left to grpc.aio (UNKNOWN, and its own traceback).
             handler = _handler_raising(error)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
+            return handler
+        if handler.unary_stream is not None:
+            return self._streaming(handler, handler_call_details)
+        if handler.unary_unary is None:
             return handler
         method = handler_call_details.method
         inner = handler.unary_unary
@@ -74,7 +148,7 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
         trace_id = _trace_id_of(handler_call_details.invocation_metadata)
 
         async def served(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
+            rpc = _RpcRecord(method, context)
             fields = {"method": method, "trace_id": trace_id}
             token = bind_rpc_fields(fields)
             deadline_token = bind_deadline(context.time_remaining())
@@ -82,71 +156,22 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
             # of an error. No headers go out before an error, so clients' gRPC retries of UNAVAILABLE
             # still apply (gRPC does not retry a call once response headers have arrived).
             context.set_trailing_metadata(((TRACE_ID_HEADER, trace_id),))
-            code = grpc.StatusCode.OK
-            recorded = False
-
-            def record(code: grpc.StatusCode, error_id: str = "", bug: Exception | None = None) -> None:
-                """Counts and logs the RPC once: before an abort sends the status, so that a client
-                that has the answer finds it in the metrics. An unexpected error (a bug) goes on this
-                same line, with its error id and traceback: one line a request, whatever happened."""
-                nonlocal recorded
-                if recorded:
-                    return
-                recorded = True
-                seconds = time.perf_counter() - started
-                RPCS.labels(method, code.name).inc()
-                RPC_SECONDS.labels(method).observe(seconds)
-                line_fields: dict[str, Any] = {
-                    "code": code.name,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "peer": context.peer(),
-                }
-                if error_id:
-                    level = logging.ERROR
-                    line_fields["error_id"] = error_id
-                elif method.startswith("/grpc.health.v1.Health/"):
-                    level = logging.DEBUG  # health checks come every few seconds from orchestrators
-                else:
-                    level = logging.INFO
-                if _rpc_log.isEnabledFor(level):
-                    _rpc_log.log(level, "rpc", exc_info=bug, extra={"fields": line_fields})
-
             try:
-                try:
-                    request = parse(raw_request) if parse else raw_request
-                except DecodeError as error:
-                    code = grpc.StatusCode.INVALID_ARGUMENT
-                    record(code)
-                    await context.abort(code, f"request is not a valid protobuf message ({error})")
-                for name in ("user_id", "request_id"):
-                    value = getattr(request, name, "")
-                    if value:
-                        fields[name] = value
+                request = await rpc.parse(parse, raw_request, fields)
                 response = await inner(request, context)
                 await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
                 return response
             except grpc.aio.AbortError:
-                if code == grpc.StatusCode.OK:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
+                if rpc.code == grpc.StatusCode.OK:
+                    rpc.code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+                rpc.code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as error:
-                # Every failure ends here with an abort: an exception escaping to grpc.aio would end
-                # the call UNKNOWN and be logged again, traceback and all, by grpc.aio itself.
-                failure = status_of_failure(error)
-                code = _STATUS_CODES[failure.status.code]
-                record(code, failure.error_id, error if failure.error_id else None)
-                status = rpc_status.to_status(failure.status)
-                # The status's trailers (its details) replace those set above: the trace id goes again.
-                await context.abort(
-                    status.code,
-                    status.details,
-                    trailing_metadata=(*status.trailing_metadata, (TRACE_ID_HEADER, trace_id)),
-                )
+                await rpc.fail(error, trace_id)
             finally:
-                record(code)
+                rpc.record(rpc.code)
                 unbind_rpc_fields(token)
                 unbind_deadline(deadline_token)
 
@@ -154,6 +179,49 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
             served,
             request_deserializer=None,  # parsed in `served`
             response_serializer=handler.response_serializer,
+        )
+
+    @staticmethod
+    def _streaming(handler: grpc.RpcMethodHandler, handler_call_details: Any) -> grpc.RpcMethodHandler:
+        """A server-streaming RPC: the same edge; its line is written when the stream ends.
+        The servicer sends the initial metadata (with the trace id) itself when it is ready."""
+        method = handler_call_details.method
+        inner = cast(Callable[[Any, Any], AsyncIterator[Any]], handler.unary_stream)
+        parse = handler.request_deserializer
+        trace_id = _trace_id_of(handler_call_details.invocation_metadata)
+
+        async def streamed(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
+            rpc = _RpcRecord(method, context)
+            fields = {"method": method, "trace_id": trace_id}
+            token = bind_rpc_fields(fields)
+            deadline_token = bind_deadline(context.time_remaining())
+            context.set_trailing_metadata(((TRACE_ID_HEADER, trace_id),))
+            try:
+                request = await rpc.parse(parse, raw_request, fields)
+                responses = inner(request, context)
+                if inspect.isawaitable(responses):  # a handler that writes with context.write (a refusal)
+                    await responses
+                    return
+                async for response in responses:
+                    yield response
+            except grpc.aio.AbortError:
+                if rpc.code == grpc.StatusCode.OK:
+                    rpc.code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except (asyncio.CancelledError, GeneratorExit):
+                rpc.code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as error:
+                await rpc.fail(error, trace_id)
+            finally:
+                rpc.record(rpc.code)
+                # A stream that grpc.aio closes from another task: its bindings went with its context.
+                with contextlib.suppress(ValueError):
+                    unbind_rpc_fields(token)
+                    unbind_deadline(deadline_token)
+
+        return grpc.unary_stream_rpc_method_handler(
+            streamed, request_deserializer=None, response_serializer=handler.response_serializer
         )
 
 

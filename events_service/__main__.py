@@ -1,0 +1,3 @@
+from events_service.server import serve
+
+serve()
