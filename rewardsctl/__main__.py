@@ -17,9 +17,14 @@
     rewardsctl token mint --role game|admin|service [--subject NAME] [--ttl 12h]
     rewardsctl token secret
     rewardsctl token dev-env
+    rewardsctl webhooks add WEBHOOK_ID URL [--type TYPE ...] [--secret SECRET | --secret-env VAR] [--json]
+    rewardsctl webhooks list [--json]
+    rewardsctl webhooks remove WEBHOOK_ID
+    rewardsctl webhooks failed WEBHOOK_ID [--json]
+    rewardsctl webhooks redeliver WEBHOOK_ID [DELIVERY_ID ...] [--json]
 
-Catalog and player commands call the services over gRPC with the token of
---token or REWARDS_TOKEN; backups and verify read and write DynamoDB directly;
+Catalog, player and webhook commands call the services over gRPC with the
+token of --token or REWARDS_TOKEN; backups and verify read and write DynamoDB directly;
 a backfill (and catalog apply, for the auto_unlock achievements it adds or
 eases) scans user_progress in DynamoDB and calls the Achievements service.
 Targets, endpoint and table prefix come from the services' own environment
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import time
 import uuid
@@ -49,7 +55,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from common.caller_auth import AuthNotConfigured, Role
 from common.config import Settings
 from common.dynamodb import create_dynamodb_client, error_code
-from rewards.v1 import xp_pb2
+from rewards.v1 import events_pb2, xp_pb2
 from rewardsctl import text_output
 from rewardsctl.backfill import (
     DEFAULT_PAGE_SIZE,
@@ -68,7 +74,7 @@ from rewardsctl.backup import BackupError, Manifest, export_stage, import_stage
 from rewardsctl.catalog import CatalogFileError, catalog_warnings, format_catalog, parse_catalog
 from rewardsctl.catalog_plan import CatalogPlan, backfills, plan_catalog
 from rewardsctl.progress_display import ItemCountDisplay
-from rewardsctl.service_clients import ServiceClients, ServiceTargets
+from rewardsctl.service_clients import EventsClient, ServiceClients, ServiceTargets
 from rewardsctl.tokens import dev_tokens_env, mint_token, minting_authority, new_secret
 from rewardsctl.verify import (
     DEFAULT_FINDINGS_LIMIT,
@@ -613,6 +619,86 @@ def token_dev_env(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+# --- webhooks -----------------------------------------------------------------------
+
+# What `webhooks add --type` takes: the EventType names without their prefix, in lower case.
+EVENT_TYPES = {name.removeprefix("EVENT_TYPE_").lower(): value for name, value in events_pb2.EventType.items() if value}
+
+
+def webhooks_add(args: argparse.Namespace, settings: Settings) -> int:
+    secret, generated = _webhook_secret(args)
+    types = list(dict.fromkeys(t for listed in args.types or () for t in listed))
+    webhook = events_pb2.Webhook(webhook_id=args.webhook_id, url=args.url, types=types, secret=secret)
+    with _events_client(args, settings) as client:
+        answer = _call(lambda: client.put_webhook(webhook), "webhooks add", client.target)
+    if args.json:
+        if generated:  # the one place it is shown: the service never returns it
+            answer.secret = secret
+        print(text_output.message_json(answer))
+    else:
+        print(text_output.webhook_put_text(answer, secret if generated else ""))
+    return EXIT_OK
+
+
+def _webhook_secret(args: argparse.Namespace) -> tuple[str, bool]:
+    """(the secret, whether this command made it): --secret, the variable of
+    --secret-env, else a new random one."""
+    if args.secret is not None:
+        return args.secret, False
+    if args.secret_env is not None:
+        value = os.environ.get(args.secret_env, "")
+        if not value:
+            raise CommandFailed(
+                f"--secret-env {args.secret_env}: the variable is not set or empty; nothing was changed", EXIT_USAGE
+            )
+        return value, False
+    return secrets.token_urlsafe(32), True
+
+
+def webhooks_list(args: argparse.Namespace, settings: Settings) -> int:
+    with _events_client(args, settings) as client:
+        webhooks = _call(lambda: client.list_webhooks(), "webhooks list", client.target)
+    if args.json:
+        print(text_output.message_json(events_pb2.ListWebhooksResponse(webhooks=webhooks)))
+    else:
+        print(text_output.webhooks_text(webhooks))
+    return EXIT_OK
+
+
+def webhooks_remove(args: argparse.Namespace, settings: Settings) -> int:
+    with _events_client(args, settings) as client:
+        _call(lambda: client.delete_webhook(args.webhook_id), "webhooks remove", client.target)
+    print(f"removed webhook {args.webhook_id}: its pending deliveries stop")
+    return EXIT_OK
+
+
+def webhooks_failed(args: argparse.Namespace, settings: Settings) -> int:
+    with _events_client(args, settings) as client:
+        deliveries = _call(
+            lambda: client.failed_deliveries(args.webhook_id),
+            f"listing the failed deliveries of {args.webhook_id}",
+            client.target,
+        )
+    if args.json:
+        print(text_output.message_json(events_pb2.ListFailedDeliveriesResponse(deliveries=deliveries)))
+    else:
+        print(text_output.failed_deliveries_text(args.webhook_id, deliveries))
+    return EXIT_OK
+
+
+def webhooks_redeliver(args: argparse.Namespace, settings: Settings) -> int:
+    delivery_ids = tuple(dict.fromkeys(args.delivery_ids))
+    with _events_client(args, settings) as client:
+        redelivered = _call(
+            lambda: client.redeliver(args.webhook_id, delivery_ids), "webhooks redeliver", client.target
+        )
+    if args.json:
+        print(text_output.message_json(events_pb2.RedeliverEventsResponse(redelivered=redelivered)))
+    else:
+        print(text_output.redeliver_text(args.webhook_id, redelivered, len(delivery_ids)))
+    return EXIT_OK
+
+
 def _print_table_counts(manifest: Manifest) -> None:
     for table in manifest.tables:
         print(f"  {table.table:<18} {table.items:>10,}")
@@ -645,6 +731,15 @@ def _service_clients(args: argparse.Namespace, settings: Settings) -> ServiceCli
         levels=args.levels_target or settings.levels_target,
     )
     return ServiceClients(targets, timeout_s=args.timeout, settings=settings, token=args.token or settings.token)
+
+
+def _events_client(args: argparse.Namespace, settings: Settings) -> EventsClient:
+    return EventsClient(
+        args.events_target or settings.events_target,
+        timeout_s=args.timeout,
+        settings=settings,
+        token=args.token or settings.token,
+    )
 
 
 def _target_of(kind: str, targets: ServiceTargets) -> str:
@@ -687,6 +782,17 @@ def _time_zone(text: str) -> str:
     return text
 
 
+def _event_types(text: str) -> list[events_pb2.EventType.ValueType]:
+    """`level_up`, `LEVEL_UP`, `EVENT_TYPE_LEVEL_UP`; several separated by commas."""
+    types = []
+    for name in text.split(","):
+        key = name.strip().lower().replace("-", "_").removeprefix("event_type_")
+        if key not in EVENT_TYPES:
+            raise argparse.ArgumentTypeError(f"unknown event type {name.strip()!r} (known: {', '.join(EVENT_TYPES)})")
+        types.append(EVENT_TYPES[key])
+    return types
+
+
 def _delta(text: str) -> int:
     try:
         value = int(text)
@@ -718,13 +824,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--token", metavar="JWT", help="the caller's token (default: REWARDS_TOKEN)")
 
+    events = argparse.ArgumentParser(add_help=False)
+    group = events.add_argument_group("the events service (default: REWARDS_EVENTS_TARGET, else localhost:50054)")
+    group.add_argument("--events-target", metavar="HOST:PORT")
+    group.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each call (default 10)"
+    )
+    group.add_argument("--token", metavar="JWT", help="the caller's token, admin (default: REWARDS_TOKEN)")
+
     dynamodb = argparse.ArgumentParser(add_help=False)
     group = dynamodb.add_argument_group("DynamoDB (default: REWARDS_DYNAMODB_ENDPOINT, REWARDS_TABLE_PREFIX)")
     group.add_argument("--dynamodb-endpoint", metavar="URL", help="unset means AWS itself")
     group.add_argument("--table-prefix", metavar="PREFIX", help="the stage's table prefix (default rewards-)")
 
     parser = argparse.ArgumentParser(
-        prog="rewardsctl", description="The rewards catalog as a file, player operations, and backups of a stage."
+        prog="rewardsctl",
+        description="The rewards catalog as a file, player operations, webhooks, and backups of a stage.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -998,7 +1113,89 @@ def build_parser() -> argparse.ArgumentParser:
         "(docker-compose.yml's dev-tokens service); it prints the key itself.",
     )
     dev_env.set_defaults(run=token_dev_env)
+
+    _add_webhook_commands(commands, events)
     return parser
+
+
+def _add_webhook_commands(commands: Any, events: argparse.ArgumentParser) -> None:
+    webhooks = commands.add_parser(
+        "webhooks", help="the Events service's webhooks: add, list, remove; failed deliveries, sent again (admin)"
+    )
+    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    add = webhook_commands.add_parser(
+        "add",
+        parents=[events],
+        help="create or replace a webhook; prints the secret it makes when none is given",
+        description="PutWebhook: creates the webhook, or replaces the one of that id (url, types and secret). "
+        "Each event of its types (every type when no --type is given) that happens from now on is POSTed to URL "
+        "as JSON, signed with its secret in the Rewards-Signature header, and retried with backoff on a timeout "
+        "or a non-2xx answer until the service's retry window ends (24 hours unless configured), then kept as "
+        "failed (`webhooks failed`). URL must be https:// (http:// only when the service runs with "
+        "REWARDS_WEBHOOKS_ALLOW_HTTP=true). Without --secret or --secret-env, a new random secret is made and "
+        "printed, this once: the service never returns it.",
+    )
+    add.add_argument("webhook_id", metavar="WEBHOOK_ID")
+    add.add_argument("url", metavar="URL")
+    add.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        type=_event_types,
+        metavar="TYPE",
+        help=f"an event type it receives, repeatable or comma-separated ({', '.join(EVENT_TYPES)}; "
+        "default: every type)",
+    )
+    secret = add.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--secret",
+        metavar="SECRET",
+        help="the signing secret, 16 to 256 characters (a command line is visible to others: prefer --secret-env)",
+    )
+    secret.add_argument("--secret-env", metavar="VAR", help="read the signing secret from the environment variable VAR")
+    add.add_argument(
+        "--json", action="store_true", help="print the service's answer as JSON (with the secret, when it made one)"
+    )
+    add.set_defaults(run=webhooks_add)
+
+    listing = webhook_commands.add_parser(
+        "list", parents=[events], help="every webhook: id, url, event types (secrets are never shown)"
+    )
+    listing.add_argument("--json", action="store_true", help="print them as one ListWebhooksResponse")
+    listing.set_defaults(run=webhooks_list)
+
+    remove = webhook_commands.add_parser(
+        "remove", parents=[events], help="delete a webhook; its pending deliveries stop"
+    )
+    remove.add_argument("webhook_id", metavar="WEBHOOK_ID")
+    remove.set_defaults(run=webhooks_remove)
+
+    failed = webhook_commands.add_parser(
+        "failed",
+        parents=[events],
+        help="the deliveries of a webhook that failed for good, in delivery id order",
+        description="ListFailedDeliveries, every page: one delivery a line, in delivery id order: its delivery id "
+        "(<user_id>/<event_id>, what `webhooks redeliver` takes), the event's type, the attempts made, when it "
+        "failed, and the last attempt's error (such as HTTP 503 or a timeout).",
+    )
+    failed.add_argument("webhook_id", metavar="WEBHOOK_ID")
+    failed.add_argument("--json", action="store_true", help="print them as one ListFailedDeliveriesResponse")
+    failed.set_defaults(run=webhooks_failed)
+
+    redeliver = webhook_commands.add_parser(
+        "redeliver",
+        parents=[events],
+        help="send failed deliveries of a webhook again (all, or those named)",
+        description="RedeliverEvents: queues the failed deliveries named (every failed delivery of the webhook "
+        "when none is) again, each with a new retry window, and prints how many were. A delivery that is not "
+        "a failed one of the webhook (pending, delivered, unknown) is left as it is.",
+    )
+    redeliver.add_argument("webhook_id", metavar="WEBHOOK_ID")
+    redeliver.add_argument(
+        "delivery_ids", nargs="*", metavar="DELIVERY_ID", help="as `webhooks failed` lists them (default: all)"
+    )
+    redeliver.add_argument("--json", action="store_true", help="print the service's answer as JSON")
+    redeliver.set_defaults(run=webhooks_redeliver)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from common.dynamodb import ALL_TABLES, RETRYABLE_ERROR_CODES, TableDefinition, ensure_tables, error_code
+from common.dynamodb.tables import EVENT_READERS, WEBHOOK_DELIVERIES, WEBHOOKS
+
+# What a backup holds: the catalog and the players. Not the events service's tables: webhooks (with
+# their secrets) are one stage's integrations, deliveries and the webhook reader's stream cursor are
+# that stage's operational state (a cursor names shards of its own tables' streams, meaningless in
+# another stage).
+BACKUP_TABLES = tuple(t for t in ALL_TABLES if t not in (WEBHOOKS, WEBHOOK_DELIVERIES, EVENT_READERS))
 
 FORMAT = "rewards-backup"
 FORMAT_VERSION = 1
@@ -158,7 +165,7 @@ def export_stage(
     table_prefix: str,
     directory: Path,
     report: ProgressReport,
-    tables: tuple[TableDefinition, ...] = ALL_TABLES,
+    tables: tuple[TableDefinition, ...] = BACKUP_TABLES,
 ) -> Manifest:
     """Scans every table (strongly consistent, page by page) into `directory`,
     which must be new or empty, and writes the manifest last."""
@@ -223,7 +230,7 @@ def read_manifest(directory: Path) -> Manifest:
     return Manifest.from_json(path.read_text(encoding="utf-8"))
 
 
-def verify_backup(directory: Path, manifest: Manifest, tables: tuple[TableDefinition, ...] = ALL_TABLES) -> None:
+def verify_backup(directory: Path, manifest: Manifest, tables: tuple[TableDefinition, ...] = BACKUP_TABLES) -> None:
     """Every file is there, whole and unchanged, and names a table this version
     defines; checked before anything is written."""
     known = {t.name for t in tables}
@@ -246,7 +253,7 @@ def verify_backup(directory: Path, manifest: Manifest, tables: tuple[TableDefini
             )
 
 
-def non_empty_tables(client: Any, table_prefix: str, tables: tuple[TableDefinition, ...] = ALL_TABLES) -> list[str]:
+def non_empty_tables(client: Any, table_prefix: str, tables: tuple[TableDefinition, ...] = BACKUP_TABLES) -> list[str]:
     found = []
     for table in tables:
         response = client.scan(TableName=table_prefix + table.name, Limit=1, ConsistentRead=True)
@@ -262,7 +269,7 @@ def import_stage(
     report: ProgressReport,
     *,
     workers: int = 8,
-    tables: tuple[TableDefinition, ...] = ALL_TABLES,
+    tables: tuple[TableDefinition, ...] = BACKUP_TABLES,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Manifest:
     """Writes a backup into the stage of `table_prefix`: creates its missing

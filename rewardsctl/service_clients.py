@@ -1,5 +1,6 @@
-"""The three services over gRPC, through the generated stubs: the catalog as
-rewardsctl.catalog values, and the player calls as the services answer them."""
+"""The services over gRPC, through the generated stubs: the catalog as
+rewardsctl.catalog values, the player calls as the services answer them, and
+the webhooks of the Events service."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from common.streaks import Streak, StreakLength
 from rewards.v1 import (
     achievements_pb2,
     achievements_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
     levels_pb2,
     levels_pb2_grpc,
     xp_pb2,
@@ -23,6 +26,8 @@ from rewardsctl.catalog import Achievement, Activity, ActivityCount, Cap, Catalo
 from rewardsctl.catalog_plan import CatalogChange, Entry
 
 _LIST_PAGE_SIZE = 100
+# The most delivery ids one RedeliverEvents takes (events.proto's limits).
+MAX_REDELIVER_IDS = 100
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,79 @@ class ServiceClients:
             ),
             timeout=self._timeout_s,
         )
+
+
+class EventsClient:
+    """The Events service's webhook calls (admin), on one channel; every call
+    has the same deadline. The listings read every page."""
+
+    def __init__(self, target: str, timeout_s: float, settings: Settings | None = None, token: str = "") -> None:
+        self.target = target
+        self._timeout_s = timeout_s
+        self._channel = client_channel(target, settings or Settings(), token)
+        self.events = events_pb2_grpc.EventsServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> EventsClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def put_webhook(self, webhook: events_pb2.Webhook) -> events_pb2.Webhook:
+        """Creates or replaces it; the answer has no secret."""
+        return self.events.PutWebhook(events_pb2.PutWebhookRequest(webhook=webhook), timeout=self._timeout_s)
+
+    def list_webhooks(self) -> list[events_pb2.Webhook]:
+        """Every webhook, in webhook_id order."""
+        webhooks: list[events_pb2.Webhook] = []
+        token = ""
+        while True:
+            page = self.events.ListWebhooks(
+                events_pb2.ListWebhooksRequest(page_size=_LIST_PAGE_SIZE, page_token=token), timeout=self._timeout_s
+            )
+            webhooks.extend(page.webhooks)
+            token = page.next_page_token
+            if not token:
+                return webhooks
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        self.events.DeleteWebhook(events_pb2.DeleteWebhookRequest(webhook_id=webhook_id), timeout=self._timeout_s)
+
+    def failed_deliveries(self, webhook_id: str) -> list[events_pb2.FailedDelivery]:
+        """Every delivery of the webhook that failed for good, in delivery id order."""
+        deliveries: list[events_pb2.FailedDelivery] = []
+        token = ""
+        while True:
+            page = self.events.ListFailedDeliveries(
+                events_pb2.ListFailedDeliveriesRequest(
+                    webhook_id=webhook_id, page_size=_LIST_PAGE_SIZE, page_token=token
+                ),
+                timeout=self._timeout_s,
+            )
+            deliveries.extend(page.deliveries)
+            token = page.next_page_token
+            if not token:
+                return deliveries
+
+    def redeliver(self, webhook_id: str, delivery_ids: tuple[str, ...] = ()) -> int:
+        """Queues the failed deliveries named (every failed one when none) again,
+        at most MAX_REDELIVER_IDS ids a call; how many were queued."""
+        if not delivery_ids:
+            return self._redeliver(webhook_id, [])
+        return sum(
+            self._redeliver(webhook_id, list(delivery_ids[start : start + MAX_REDELIVER_IDS]))
+            for start in range(0, len(delivery_ids), MAX_REDELIVER_IDS)
+        )
+
+    def _redeliver(self, webhook_id: str, delivery_ids: list[str]) -> int:
+        answer = self.events.RedeliverEvents(
+            events_pb2.RedeliverEventsRequest(webhook_id=webhook_id, delivery_ids=delivery_ids),
+            timeout=self._timeout_s,
+        )
+        return answer.redelivered
 
 
 # --- conversions --------------------------------------------------------------------

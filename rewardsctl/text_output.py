@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from common.streaks import Streak, StreakLength
-from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
+from rewards.v1 import achievements_pb2, events_pb2, levels_pb2, xp_pb2
 from rewardsctl.backfill import BackfillResult
 from rewardsctl.catalog import Achievement, Activity, ActivityCount, Cap, Level, Reward
 from rewardsctl.catalog_plan import Backfill, CatalogChange, CatalogPlan, SectionSummary
@@ -343,6 +343,97 @@ def message_json(message: Message) -> str:
         always_print_fields_with_no_presence=True,
         unquote_int64_if_possible=True,
     )
+
+
+# --- webhooks ---------------------------------------------------------------------
+
+
+def event_type_name(event_type: events_pb2.EventType.ValueType) -> str:
+    """`level_up`, `xp_awarded`, as `webhooks add --type` takes them (a type
+    this version does not know: `type 9`)."""
+    try:
+        return events_pb2.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()
+    except ValueError:
+        return f"type {event_type}"
+
+
+def event_types_text(types: Iterable[events_pb2.EventType.ValueType]) -> str:
+    """`level_up, achievement_unlocked`; `every type` when there are none."""
+    return ", ".join(event_type_name(t) for t in types) or "every type"
+
+
+def webhook_put_text(webhook: events_pb2.Webhook, generated_secret: str = "") -> str:
+    """What `webhooks add` did; the secret it made, when it made one (shown
+    this once: the service never returns it)."""
+    lines = [
+        f"webhook {webhook.webhook_id}: {webhook.url}, {event_types_text(webhook.types)} "
+        "(events that happen from now on are POSTed to it, signed with its secret)"
+    ]
+    if generated_secret:
+        lines.append(
+            f"secret {generated_secret}\n"
+            "  shown this once: the service never returns it; keep it where the receiver checks the "
+            "Rewards-Signature header"
+        )
+    return "\n".join(lines)
+
+
+def webhooks_text(webhooks: list[events_pb2.Webhook]) -> str:
+    """One webhook a line, in id order: id, url, types (never a secret)."""
+    if not webhooks:
+        return "no webhooks (`rewardsctl webhooks add WEBHOOK_ID URL` adds one)"
+    id_width = max(len(w.webhook_id) for w in webhooks)
+    url_width = max(len(w.url) for w in webhooks)
+    return "\n".join(f"{w.webhook_id:<{id_width}}  {w.url:<{url_width}}  {event_types_text(w.types)}" for w in webhooks)
+
+
+def failed_deliveries_text(webhook_id: str, deliveries: list[events_pb2.FailedDelivery]) -> str:
+    """One failed delivery a line, in delivery id order: its id (what `webhooks
+    redeliver` takes), the event's type, attempts, when it failed, the last
+    attempt's error; then how to deliver them again."""
+    if not deliveries:
+        return f"{webhook_id}: no failed deliveries"
+    id_width = max(len(d.delivery_id) for d in deliveries)
+    type_width = max(len(event_type_name(d.event.type)) for d in deliveries)
+    attempts_width = max(len(_attempts(d.attempts)) for d in deliveries)
+    lines = [
+        f"{d.delivery_id:<{id_width}}  {event_type_name(d.event.type):<{type_width}}  "
+        f"{_attempts(d.attempts):<{attempts_width}}  failed {_moment(d) or '-'}  {d.last_error or '-'}"
+        for d in deliveries
+    ]
+    count = "1 failed delivery" if len(deliveries) == 1 else f"{len(deliveries):,} failed deliveries"
+    lines.append(
+        f"{count} of {webhook_id}: `rewardsctl webhooks redeliver {webhook_id} [DELIVERY_ID ...]` sends "
+        "them (all, or those named) again"
+    )
+    return "\n".join(lines)
+
+
+def _attempts(attempts: int) -> str:
+    return "1 attempt" if attempts == 1 else f"{attempts:,} attempts"
+
+
+def _moment(delivery: events_pb2.FailedDelivery) -> str:
+    if not delivery.HasField("failed_at"):
+        return ""
+    return delivery.failed_at.ToDatetime().isoformat(timespec="milliseconds") + "Z"
+
+
+def redeliver_text(webhook_id: str, redelivered: int, named: int) -> str:
+    """What `webhooks redeliver` queued again: every failed delivery (named
+    0), or those of the `named` ones that had failed."""
+    count = "1 failed delivery" if redelivered == 1 else f"{redelivered:,} failed deliveries"
+    if not named:
+        if not redelivered:
+            return f"{webhook_id}: no failed deliveries to deliver again"
+        return f"queued {count} of {webhook_id} again: each is sent again, with retries as a new delivery"
+    line = f"queued {count} of {webhook_id} again ({redelivered:,} of the {named:,} named)"
+    if redelivered < named:
+        line += (
+            f"; the other {named - redelivered:,} are not failed deliveries of {webhook_id} (pending, delivered "
+            f"or unknown: `rewardsctl webhooks failed {webhook_id}` lists the failed ones)"
+        )
+    return line
 
 
 # --- errors -----------------------------------------------------------------------
