@@ -1,6 +1,6 @@
-# One image for the three services and the HTTP/JSON gateway; docker-compose.yml
+# One image for the four services and the HTTP/JSON gateway; docker-compose.yml
 # runs each one's module (python -m xp_service, achievements_service,
-# levels_service or gateway).
+# levels_service, events_service or gateway).
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -29,9 +29,9 @@ RUN pip install --no-deps . \
 USER 10001:10001
 WORKDIR /home/rewards
 
-# gRPC: XpService, AchievementsService, LevelsService; then their Prometheus
-# metrics; then the gateway's HTTP/JSON.
-EXPOSE 50051 50052 50053 9451 9452 9453 8080
+# gRPC: XpService, AchievementsService, LevelsService, EventsService; then their
+# Prometheus metrics; then the gateway's HTTP/JSON.
+EXPOSE 50051 50052 50053 50054 9451 9452 9453 9454 8080
 
 # No HEALTHCHECK here: the port and service name differ per service, so
 # docker-compose.yml gives each its own (python -m common.health_probe; the

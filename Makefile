@@ -9,7 +9,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh
 
-## Install everything, start DynamoDB Local, the three services and the HTTP gateway, print where they listen,
+## Install everything, start DynamoDB Local, the four services and the HTTP gateway, print where they listen,
 ## write the dev tokens to .local/dev-auth.env, and load the sample catalog into an empty catalog.
 up: install
 	$(PY) -m devcluster up >/dev/null

@@ -1,6 +1,7 @@
-"""The AWS CloudFormation template of the production tables, of one
-least-privilege IAM policy per service, and of the key that signs callers'
-tokens (a Secrets Manager secret, with the policy that lets ECS read it),
+"""The AWS CloudFormation template of the production tables (and the streams
+of the tables events are read from), of one least-privilege IAM policy per
+service, and of the key that signs callers' tokens (a Secrets Manager secret,
+with the policy that lets ECS read it),
 rendered from the table definitions in common/dynamodb/tables.py (ALL_TABLES): the
 tables in AWS and the ones ensure_tables creates for DynamoDB Local come from
 the same definition, so they cannot drift.
@@ -41,6 +42,7 @@ from common.dynamodb import (
     XP_LEDGER,
     TableDefinition,
 )
+from common.dynamodb.tables import EVENT_READERS, WEBHOOK_DELIVERIES, WEBHOOKS
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "deploy" / "cloudformation.yaml"
 
@@ -59,9 +61,10 @@ _HEADER = (
 )
 
 _DESCRIPTION = (
-    "rewards: the DynamoDB tables of the XP, Achievements and Levels gRPC services (on-demand billing, "
-    "point-in-time recovery, retained when the stack or a replacement would delete them) and one "
-    "least-privilege IAM managed policy per service, for its task role. No table has a TTL: every "
+    "rewards: the DynamoDB tables of the XP, Achievements, Levels and Events gRPC services (on-demand "
+    "billing, point-in-time recovery, retained when the stack or a replacement would delete them; streams "
+    "on the tables events are read from) and one least-privilege IAM managed policy per service, for its "
+    "task role. Only webhook_deliveries has a TTL (a delivered event's record, a week): every other "
     "record is kept for good by design (the XP ledger, unlocks, levels passed, and each level check's "
     "record, which answers repeats of its request for as long as the ledger recognises them); see "
     "docs/deploy.md. Also the key that signs callers' tokens (REWARDS_AUTH_JWT_SECRET), generated into a "
@@ -88,6 +91,14 @@ class TableAccess:
     actions: tuple[str, ...]
     # (index name, actions) for the table's indexes the service queries.
     index_actions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # The DynamoDB Streams actions it performs on the table's stream (any stream of the table:
+    # `<table arn>/stream/*`, since turning a stream off and on gives it a new ARN).
+    stream_actions: tuple[str, ...] = ()
+
+
+# Reading a table's stream: its shards (DescribeStream), an iterator per shard, and its records. The
+# stream's ARN comes from DescribeTable (LatestStreamArn), so ListStreams is not needed.
+STREAM_READ_ACTIONS = ("DescribeStream", "GetShardIterator", "GetRecords")
 
 
 # What each service's repository (its storage.py, through common/dynamodb/)
@@ -166,6 +177,23 @@ SERVICE_ACCESS: dict[str, tuple[TableAccess, ...]] = {
         # The level-up transaction adds to the check's record; a check reads it with the progress.
         TableAccess(LEVEL_CHECKS, ("UpdateItem", "GetItem")),
     ),
+    "events": (
+        # The webhooks: PutWebhook's UpdateItem (keeping created_at), DeleteWebhook's conditional delete, and
+        # the Scan that ListWebhooks and the dispatcher (for each batch of events, and of due deliveries) read.
+        TableAccess(WEBHOOKS, ("UpdateItem", "DeleteItem", "Scan")),
+        # One delivery per webhook and event, made once by a conditional put; claimed, finished and
+        # redelivered by conditional updates; ListFailedDeliveries queries a webhook's; senders query the
+        # pending ones by due time (index `due`).
+        TableAccess(WEBHOOK_DELIVERIES, ("PutItem", "UpdateItem", "Query"), (("due", ("Query",)),)),
+        # The webhook reader's lease and cursor: conditional updates (the cursor comes back in the answer).
+        TableAccess(EVENT_READERS, ("UpdateItem",)),
+        # The tables events are made of: each reader of the streams (a watch hub per process, the webhook
+        # reader) finds a table's stream with DescribeTable (granted on every table for the start-up check)
+        # and reads its shards. Nothing reads or writes their items.
+        TableAccess(USER_PROGRESS, (), stream_actions=STREAM_READ_ACTIONS),
+        TableAccess(USER_ACHIEVEMENTS, (), stream_actions=STREAM_READ_ACTIONS),
+        TableAccess(LEVEL_REWARDS, (), stream_actions=STREAM_READ_ACTIONS),
+    ),
 }
 
 # At start-up every service runs ensure_tables: ListTables (which IAM cannot
@@ -198,6 +226,10 @@ def _index_arn(table: TableDefinition, index_name: str) -> dict[str, Any]:
     return {"Fn::Sub": f"${{{table_logical_id(table)}.Arn}}/index/{index_name}"}
 
 
+def _streams_arn(table: TableDefinition) -> dict[str, Any]:
+    return {"Fn::Sub": f"${{{table_logical_id(table)}.Arn}}/stream/*"}
+
+
 def table_resource(table: TableDefinition) -> dict[str, Any]:
     # Everything ensure_tables passes to CreateTable (keys, attributes,
     # indexes, billing mode) is copied as is: CloudFormation's property names
@@ -207,6 +239,8 @@ def table_resource(table: TableDefinition) -> dict[str, Any]:
     if "StreamSpecification" in properties:  # CloudFormation's has only the view: a stream is on when it is set
         properties["StreamSpecification"] = {"StreamViewType": properties["StreamSpecification"]["StreamViewType"]}
     properties["PointInTimeRecoverySpecification"] = {"PointInTimeRecoveryEnabled": True}
+    if table.ttl_attribute:
+        properties["TimeToLiveSpecification"] = {"AttributeName": table.ttl_attribute, "Enabled": True}
     return {
         "Type": "AWS::DynamoDB::Table",
         # The tables hold users' progress for good: deleting the stack, or a
@@ -220,14 +254,24 @@ def table_resource(table: TableDefinition) -> dict[str, Any]:
 def policy_resource(service: str, access: Sequence[TableAccess], tables: Sequence[TableDefinition]) -> dict[str, Any]:
     statements: list[dict[str, Any]] = []
     for grant in access:
-        statements.append(
-            {
-                "Sid": table_logical_id(grant.table),
-                "Effect": "Allow",
-                "Action": _iam_actions(grant.actions),
-                "Resource": _table_arn(grant.table),
-            }
-        )
+        if grant.actions:
+            statements.append(
+                {
+                    "Sid": table_logical_id(grant.table),
+                    "Effect": "Allow",
+                    "Action": _iam_actions(grant.actions),
+                    "Resource": _table_arn(grant.table),
+                }
+            )
+        if grant.stream_actions:
+            statements.append(
+                {
+                    "Sid": table_logical_id(grant.table) + "Stream",
+                    "Effect": "Allow",
+                    "Action": _iam_actions(grant.stream_actions),
+                    "Resource": _streams_arn(grant.table),
+                }
+            )
         for index_name, index_actions in grant.index_actions:
             statements.append(
                 {
@@ -319,6 +363,12 @@ def render_template(
         logical_id = table_logical_id(table)
         resources[logical_id] = table_resource(table)
         outputs[logical_id + "Name"] = {"Description": f"The {table.name} table", "Value": {"Ref": logical_id}}
+        if table.stream_view:
+            outputs[logical_id + "StreamArn"] = {
+                "Description": f"The {table.name} table's stream, for another consumer of it (a Lambda event "
+                "source mapping, an EventBridge pipe); see docs/deploy.md, Events on AWS",
+                "Value": {"Fn::GetAtt": [logical_id, "StreamArn"]},
+            }
     for service, grants in access.items():
         logical_id = policy_logical_id(service)
         resources[logical_id] = policy_resource(service, grants, tables)

@@ -1,1 +1,1 @@
-"""The local cluster as processes: DynamoDB Local and the three services."""
+"""The local cluster as processes: DynamoDB Local, the four services and the gateway."""

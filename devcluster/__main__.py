@@ -1,6 +1,7 @@
 """`python -m devcluster up|down|status`: the local cluster as background processes.
 
-DynamoDB Local, the three services, then the HTTP/JSON gateway in front of them.
+DynamoDB Local, the four services, then the HTTP/JSON gateway in front of the
+three it calls (the events service is reached directly, over gRPC).
 DynamoDB Local keeps its data in .local/dynamodb-data; logs go to .local/logs/,
 rotated by `up` (devcluster.log_files). Each process's pid file in .local/run
 records its start time and command line too (devcluster.pid_files): a pid that
@@ -36,8 +37,20 @@ LOG_DIR = REPO_ROOT / ".local" / "logs"
 DEV_AUTH_FILE = REPO_ROOT / ".local" / "dev-auth.env"
 DYNAMODB_PORT = int(os.environ.get("REWARDS_DYNAMODB_LOCAL_PORT", "8000"))
 DYNAMODB_DATA = REPO_ROOT / ".local" / "dynamodb-data"
-# (process name, module), in start order: each service's dependencies first.
-SERVICES = [("levels", "levels_service"), ("xp", "xp_service"), ("achievements", "achievements_service")]
+# (process name, module), in start order: each service's dependencies first. The events service
+# calls no other: it reads the tables' streams, so it comes last.
+SERVICES = [
+    ("levels", "levels_service"),
+    ("xp", "xp_service"),
+    ("achievements", "achievements_service"),
+    ("events", "events_service"),
+]
+# What one service gets on top of the cluster's environment, for local development (unless the
+# environment sets it): the events service reads the streams more often than its default (0.25 s),
+# and takes http:// webhooks (a receiver on this machine, with no certificate).
+SERVICE_ENV: dict[str, dict[str, str]] = {
+    "events": {"REWARDS_EVENTS_POLL_S": "0.1", "REWARDS_WEBHOOKS_ALLOW_HTTP": "true"},
+}
 # The HTTP/JSON gateway (python -m gateway): started after the services it calls, stopped first.
 GATEWAY = "gateway"
 # How long `down` waits for a process to exit after SIGTERM (a service drains in-flight calls first).
@@ -105,6 +118,14 @@ def write_dev_tokens(secret: str) -> None:
     DEV_AUTH_FILE.write_text(dev_tokens_env(TokenAuthority(secret), secret))
 
 
+def service_env(name: str, env: dict[str, str]) -> dict[str, str]:
+    """The environment devcluster starts `name` with: the cluster's, and the service's own settings."""
+    own = dict(env)
+    for key, value in SERVICE_ENV.get(name, {}).items():
+        own.setdefault(key, value)
+    return own
+
+
 def cluster_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("REWARDS_AUTH_JWT_SECRET", _dev_secret())
@@ -137,11 +158,11 @@ def up() -> int:
             if port_open("127.0.0.1", port):
                 print(f"port {port} ({name}) is taken by another program", file=sys.stderr)
                 return 1
-            _spawn(name, env)
+            _spawn(name, service_env(name, env))
         if not wait_grpc_serving(port):
             print(f"{name} did not become healthy; see {LOG_DIR / (name + '.log')}", file=sys.stderr)
             return 1
-    # The HTTP/JSON gateway last: it calls the three services.
+    # The HTTP/JSON gateway last: it calls XP, Achievements and Levels.
     port = _gateway_port()
     gateway = None
     if _pid(GATEWAY) is None:

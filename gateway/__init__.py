@@ -1,4 +1,4 @@
-"""HTTP/JSON gateway in front of the three gRPC services (`python -m gateway`).
+"""HTTP/JSON gateway in front of the XP, Achievements and Levels gRPC services (`python -m gateway`).
 
 It only translates: each route names one RPC; bodies and responses use the
 protobuf JSON mapping; gRPC status codes become HTTP statuses through one

@@ -11,13 +11,20 @@ from dataclasses import dataclass, field
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 
-from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
+from rewards.v1 import achievements_pb2, events_pb2, levels_pb2, xp_pb2
 
+# The services the gateway routes to: it opens a channel to each (REWARDS_<NAME>_TARGET).
 SERVICES: dict[str, ServiceDescriptor] = {
     "xp": xp_pb2.DESCRIPTOR.services_by_name["XpService"],
     "achievements": achievements_pb2.DESCRIPTOR.services_by_name["AchievementsService"],
     "levels": levels_pb2.DESCRIPTOR.services_by_name["LevelsService"],
 }
+# Services of the API with no route at all (each of their RPCs is in UNROUTED_RPCS): no channel either.
+UNROUTED_SERVICES: dict[str, ServiceDescriptor] = {
+    "events": events_pb2.DESCRIPTOR.services_by_name["EventsService"],
+}
+# Every service of the API: each of its RPCs is routed or in UNROUTED_RPCS.
+ALL_SERVICES: dict[str, ServiceDescriptor] = {**SERVICES, **UNROUTED_SERVICES}
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 WHOLE_REQUEST = "*"
@@ -95,9 +102,17 @@ def resolve_field(message: Descriptor, dotted: str) -> FieldDescriptor:
 
 
 # RPCs no route makes, and why: a new RPC is either routed or listed here (tests/test_gateway.py).
+_EVENTS_STREAMING = "gRPC only for now: a server-streaming call, which a JSON request and response cannot carry"
+_EVENTS_ADMIN = "gRPC only for now: webhook administration is an operator's (admin role), through rewardsctl or gRPC"
 UNROUTED_RPCS: dict[str, str] = {
     "AchievementsService/UnlockDueAchievements": "internal: the XP service and operators' backfills call it "
     "(service role), never a web client",
+    "EventsService/WatchEvents": _EVENTS_STREAMING,
+    "EventsService/PutWebhook": _EVENTS_ADMIN,
+    "EventsService/ListWebhooks": _EVENTS_ADMIN,
+    "EventsService/DeleteWebhook": _EVENTS_ADMIN,
+    "EventsService/ListFailedDeliveries": _EVENTS_ADMIN,
+    "EventsService/RedeliverEvents": _EVENTS_ADMIN,
 }
 
 ROUTES: tuple[Route, ...] = (
@@ -336,7 +351,7 @@ def check_routes(routes: tuple[Route, ...] = ROUTES) -> None:
         ):
             raise ValueError(f"{where}: {route.idempotency_field} is not a string field")
     routed = {f"{route.rpc.containing_service.name}/{route.rpc_name}" for route in routes}
-    every_rpc = {f"{service.name}/{method.name}" for service in SERVICES.values() for method in service.methods}
+    every_rpc = {f"{service.name}/{method.name}" for service in ALL_SERVICES.values() for method in service.methods}
     for name in UNROUTED_RPCS:
         if name not in every_rpc or name in routed:
             raise ValueError(f"{name}: listed as unrouted, but {'routed' if name in routed else 'no such RPC'}")
