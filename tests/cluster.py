@@ -21,9 +21,11 @@ from achievements_service import server as achievements_server
 from common.caller_auth import BearerTokenInterceptor, Role, TokenAuthority
 from common.config import Settings
 from common.dynamodb import DynamoDBClient, create_dynamodb_client, ensure_tables
+from events_service import server as events_server
 from levels_service import server as levels_server
 from rewards.v1 import (
     achievements_pb2_grpc,
+    events_pb2_grpc,
     levels_pb2,
     levels_pb2_grpc,
     xp_pb2_grpc,
@@ -81,7 +83,9 @@ class ServerLoop:
 
 
 class Cluster:
-    def __init__(self, endpoint: str, *, clock: Callable[[], datetime] | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, endpoint: str, *, clock: Callable[[], datetime] | None = None, events: bool = False, **overrides: Any
+    ) -> None:
         # XP's clock (caps and streaks), when a test sets the time.
         self.clock = clock
         settings: dict[str, Any] = {
@@ -110,9 +114,19 @@ class Cluster:
         self.xp = xp_pb2_grpc.XpServiceStub(self.channel("xp"))
         self.levels = levels_pb2_grpc.LevelsServiceStub(self.channel("levels"))
         self.achievements = achievements_pb2_grpc.AchievementsServiceStub(self.channel("achievements"))
+        # The events service reads the streams for as long as it runs: only for the tests that ask.
+        if events:
+            self.start("events")
+            self.events = events_pb2_grpc.EventsServiceStub(self.channel("events"))
 
     def _factory(self, name: str) -> Callable[..., Any]:
-        return {"levels": levels_server, "xp": xp_server, "achievements": achievements_server}[name].create_server
+        servers = {
+            "levels": levels_server,
+            "xp": xp_server,
+            "achievements": achievements_server,
+            "events": events_server,
+        }
+        return servers[name].create_server
 
     def start(self, name: str, dynamodb: DynamoDBClient | None = None) -> None:
         """Starts (or restarts, on its old port) one server, on the shared

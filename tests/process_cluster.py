@@ -1,4 +1,4 @@
-"""The three real entry points (`python -m xp_service` ...) as separate
+"""The four real entry points (`python -m xp_service` ...) as separate
 processes on free ports, with tables of their own: for tests of what only a
 process shows (health, reflection through grpcurl, metrics, logs, SIGTERM).
 On request, the HTTP/JSON gateway (`python -m gateway`) in front of them."""
@@ -16,7 +16,19 @@ from devcluster.dynamodb_local import REPO_ROOT, free_port
 from devcluster.readiness import wait_grpc_serving, wait_http_healthy
 from tests.cluster import TEST_AUTH_SECRET
 
-SERVICES = {"levels": "levels_service", "xp": "xp_service", "achievements": "achievements_service"}
+SERVICES = {
+    "levels": "levels_service",
+    "xp": "xp_service",
+    "achievements": "achievements_service",
+    "events": "events_service",
+}
+# What one service gets on top of the cluster's environment (a test's extra_env still wins): the
+# events service takes the tests' http:// webhook receivers, and reads the streams every second (most
+# process clusters test something else, and its polling loads the session's one DynamoDB Local; a test
+# of events sets a shorter interval).
+SERVICE_ENV: dict[str, dict[str, str]] = {
+    "events": {"REWARDS_EVENTS_POLL_S": "1.0", "REWARDS_WEBHOOKS_ALLOW_HTTP": "true"},
+}
 GATEWAY = "gateway"
 
 
@@ -51,7 +63,7 @@ def start_process_cluster(
     extra_env: dict[str, str] | None = None,
     gateway: bool = False,
 ) -> ProcessCluster:
-    """Starts the three services and waits until each reports SERVING. Without
+    """Starts the four services and waits until each reports SERVING. Without
     `metrics` the side ports are off (port 0). With `gateway`, then starts the
     HTTP/JSON gateway on a free port of 127.0.0.1 and waits until its /healthz
     answers 200."""
@@ -74,7 +86,7 @@ def start_process_cluster(
         cluster.processes[name] = subprocess.Popen(
             [sys.executable, "-m", module],
             cwd=REPO_ROOT,
-            env=env,
+            env={**env, **{k: v for k, v in SERVICE_ENV.get(name, {}).items() if k not in (extra_env or {})}},
             stdout=subprocess.DEVNULL,
             stderr=open(logs / f"{name}.log", "wb"),
         )

@@ -3,6 +3,7 @@ details, and nothing written."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -11,6 +12,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from rewards.v1 import achievements_pb2 as ach
+from rewards.v1 import events_pb2 as ev
 from rewards.v1 import levels_pb2 as lv
 from rewards.v1 import xp_pb2 as xp
 from tests.cluster import Cluster
@@ -455,3 +457,63 @@ def test_lookalike_ids_are_refused_saying_what_is_wrong(cluster: Cluster, user_i
             call()
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert caught.value.details() == message
+
+
+EVENTS_CASES: list[tuple[str, Any, str]] = [
+    # (method, request, field the message must name)
+    ("WatchEvents", ev.WatchEventsRequest(user_id=LONG_ID), "user_id"),
+    ("WatchEvents", ev.WatchEventsRequest(user_id=ZERO_WIDTH_ID), "user_id"),
+    ("WatchEvents", ev.WatchEventsRequest(user_id="u", types=[ev.EVENT_TYPE_LEVEL_UP, 99]), "types[1]"),
+    ("WatchEvents", ev.WatchEventsRequest(user_id="u", types=[ev.EVENT_TYPE_UNSPECIFIED]), "types[0]"),
+    ("WatchEvents", ev.WatchEventsRequest(user_id="u", cursor="not-a-cursor"), "cursor"),
+    ("PutWebhook", ev.PutWebhookRequest(), "webhook"),
+    (
+        "PutWebhook",
+        ev.PutWebhookRequest(webhook=ev.Webhook(url="https://e.com", secret="s" * 16)),
+        "webhook.webhook_id",
+    ),
+    (
+        "PutWebhook",
+        ev.PutWebhookRequest(webhook=ev.Webhook(webhook_id="bad-w1", url="ftp://e.com", secret="s" * 16)),
+        "webhook.url",
+    ),
+    (
+        "PutWebhook",
+        ev.PutWebhookRequest(webhook=ev.Webhook(webhook_id="bad-w2", url="https://e.com", secret="s" * 15)),
+        "webhook.secret",
+    ),
+    (
+        "PutWebhook",
+        ev.PutWebhookRequest(webhook=ev.Webhook(webhook_id="bad-w3", url="https://e.com", secret="s" * 16, types=[7])),
+        "webhook.types[0]",
+    ),
+    ("ListWebhooks", ev.ListWebhooksRequest(page_size=-1), "page_size"),
+    ("DeleteWebhook", ev.DeleteWebhookRequest(), "webhook_id"),
+    ("ListFailedDeliveries", ev.ListFailedDeliveriesRequest(webhook_id=LONG_ID), "webhook_id"),
+    ("RedeliverEvents", ev.RedeliverEventsRequest(webhook_id="w", delivery_ids=["d"] * 101), "delivery_ids"),
+    ("RedeliverEvents", ev.RedeliverEventsRequest(webhook_id="w", delivery_ids=[CONTROL_ID]), "delivery_ids[0]"),
+]
+
+
+@pytest.fixture(scope="module")
+def events_cluster(dynamodb_endpoint: str) -> Iterator[Cluster]:
+    made = Cluster(dynamodb_endpoint, events=True)
+    yield made
+    made.close()
+
+
+def test_bad_input_to_the_events_service_is_invalid_argument_naming_the_field(events_cluster: Cluster) -> None:
+    for method, request_message, field in EVENTS_CASES:
+        with pytest.raises(grpc.RpcError) as caught:
+            answer = getattr(events_cluster.events, method)(request_message, timeout=10)
+            if method == "WatchEvents":
+                next(iter(answer))
+        error = caught.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, field, error)
+        assert error.details().startswith(field + " "), (method, field, error.details())
+        status = rpc_status.from_call(error)
+        assert status is not None
+        bad_request = error_details_pb2.BadRequest()
+        assert status.details[0].Unpack(bad_request)
+        assert bad_request.field_violations[0].field == field
+    assert events_cluster.events.ListWebhooks(ev.ListWebhooksRequest()).webhooks == []  # nothing written

@@ -29,7 +29,7 @@ from common.caller_auth import (
     bearer_token,
 )
 from devcluster.dynamodb_local import REPO_ROOT, free_port
-from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2, xp_pb2_grpc
+from rewards.v1 import achievements_pb2, events_pb2, events_pb2_grpc, levels_pb2, xp_pb2, xp_pb2_grpc
 from tests.cluster import STANDARD_LEVELS, TEST_AUTH_SECRET, Cluster, mint_test_token, unique
 
 Factory = Callable[..., Cluster]
@@ -114,7 +114,7 @@ def test_the_header_must_be_one_bearer_token(metadata: list[tuple[str, str]], re
 def test_every_contract_method_has_roles_and_admin_may_call_it() -> None:
     served = {
         f"/{service.full_name}/{method.name}"
-        for module in SERVICES.values()
+        for module in (*SERVICES.values(), events_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
@@ -134,11 +134,17 @@ def test_every_contract_method_has_roles_and_admin_may_call_it() -> None:
         "DeleteAchievement",
         "PutLevel",
         "DeleteLevel",
+        "PutWebhook",
+        "ListWebhooks",
+        "DeleteWebhook",
+        "ListFailedDeliveries",
+        "RedeliverEvents",
     }
     assert {m.rsplit("/", 1)[1] for m in served if Role.SERVICE in METHOD_ROLES[m]} == {
         "GrantXp",
         "CheckLevelUp",
         "UnlockDueAchievements",
+        "WatchEvents",  # every user's events: a backend's
     }
 
 
@@ -228,29 +234,46 @@ def test_a_game_token_awards_and_reads_but_may_not_grant_or_change_the_catalog(c
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def assert_roles_as_the_table_says(stub: Any, module: Any, descriptor: Any) -> None:
+    """Empty requests (one user's watch for a stream): a served call is then INVALID_ARGUMENT (or OK for a
+    list, DEADLINE_EXCEEDED for a watch that saw no event), never an auth refusal; a refused call never
+    reaches validation."""
+    for method in descriptor.methods:
+        request = getattr(module, method.input_type.name)()
+        if method.server_streaming:
+            request.user_id = "a-player"  # one user's events: what a game token may watch
+        for role in Role:
+            try:
+                timeout = 2 if method.server_streaming else 10
+                answer = getattr(stub, method.name)(
+                    request, metadata=with_token(mint_test_token(role)), timeout=timeout
+                )
+                if method.server_streaming:
+                    next(iter(answer))
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as error:
+                code = error.code()
+            if role in METHOD_ROLES[f"/{descriptor.full_name}/{method.name}"]:
+                assert code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED), (
+                    method.full_name,
+                    role,
+                    code,
+                )
+            else:
+                assert code == grpc.StatusCode.PERMISSION_DENIED, (method.full_name, role, code)
+
+
 def test_every_method_is_refused_or_served_for_each_role_as_the_table_says(cluster: Cluster) -> None:
-    # Empty requests: a served call is then INVALID_ARGUMENT (or OK for a list),
-    # never an auth refusal; a refused call never reaches validation.
     for service, module in SERVICES.items():
-        stub = stub_of(cluster, service)
         (descriptor,) = module.DESCRIPTOR.services_by_name.values()
-        for method in descriptor.methods:
-            request_class = getattr(module, method.input_type.name)
-            for role in Role:
-                call = getattr(stub, method.name)
-                try:
-                    call(request_class(), metadata=with_token(mint_test_token(role)), timeout=10)
-                    code = grpc.StatusCode.OK
-                except grpc.RpcError as error:
-                    code = error.code()
-                allowed = role in METHOD_ROLES[f"/{descriptor.full_name}/{method.name}"]
-                if allowed:
-                    assert code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED), (
-                        method.full_name,
-                        role,
-                    )
-                else:
-                    assert code == grpc.StatusCode.PERMISSION_DENIED, (method.full_name, role)
+        assert_roles_as_the_table_says(stub_of(cluster, service), module, descriptor)
+
+
+def test_every_events_method_is_refused_or_served_for_each_role_as_the_table_says(new_cluster: Factory) -> None:
+    cluster = new_cluster(events=True)
+    (descriptor,) = events_pb2.DESCRIPTOR.services_by_name.values()
+    stub = events_pb2_grpc.EventsServiceStub(cluster.channel("events", role=None))
+    assert_roles_as_the_table_says(stub, events_pb2, descriptor)
 
 
 def test_health_needs_no_token_and_reflection_needs_one(cluster: Cluster) -> None:

@@ -1,6 +1,7 @@
 """The CloudFormation template (deploy/cloudformation.yaml): generated from the
 table definitions ensure_tables uses, fresh, clean under cfn-lint, and its
-IAM policies grant each service exactly the DynamoDB calls it makes."""
+IAM policies grant each service exactly the DynamoDB (and DynamoDB Streams)
+calls it makes."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +35,16 @@ from common.cloudformation import (
 )
 from common.config import Settings
 from common.dynamodb import ALL_TABLES, DynamoDBClient, create_dynamodb_client, ensure_tables
+from common.dynamodb.streams import DynamoDBStreamsClient
+from common.dynamodb.tables import EVENT_READERS
+from events_service import server as events_server
+from events_service.domain import SOURCE_TABLES
 from levels_service import server as levels_server
 from rewards.v1 import (
     achievements_pb2,
     achievements_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
     levels_pb2,
     levels_pb2_grpc,
     xp_pb2,
@@ -45,7 +54,8 @@ from tests.cluster import TEST_AUTH_SECRET, ServerLoop, authorized_channel
 from xp_service import server as xp_server
 
 # A grant or a call: (IAM action without "dynamodb:", what it acts on) where
-# what is a table's name as defined, "<table>/index/<index>", or "*".
+# what is a table's name as defined, "<table>/index/<index>", "<table>/stream/*" (any
+# stream of the table), or "*".
 Grant = tuple[str, str]
 
 TABLES_BY_LOGICAL_ID = {table_logical_id(table): table for table in ALL_TABLES}
@@ -147,8 +157,10 @@ def test_every_table_is_the_one_ensure_tables_creates(template: dict[str, Any]) 
         )
         assert properties["BillingMode"] == created["BillingMode"] == "PAY_PER_REQUEST"
         assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
-        # No record expires (see docs/deploy.md, "Tables"); a TTL here would have to be documented there.
-        assert "TimeToLiveSpecification" not in properties
+        # Only delivered webhook deliveries expire (docs/deploy.md, "One TTL"); any other TTL would have to
+        # be documented there.
+        ttl = {"AttributeName": "expires_at", "Enabled": True} if table.name == "webhook_deliveries" else None
+        assert properties.get("TimeToLiveSpecification") == ttl
         assert resource["DeletionPolicy"] == resource["UpdateReplacePolicy"] == "Retain"
     activities = tables["ActivitiesTable"]["Properties"]
     assert [i["IndexName"] for i in activities["GlobalSecondaryIndexes"]] == ["by_category"]
@@ -158,7 +170,7 @@ def test_table_names_are_the_prefix_and_the_name_as_the_services_use_them(templa
     prefix = template["Parameters"]["TablePrefix"]
     assert prefix["Default"] == DEFAULT_TABLE_PREFIX == "rewards-prod-"
     # The longest name still fits DynamoDB's 255 characters behind the longest prefix.
-    assert prefix["MaxLength"] == 255 - len("user_achievements")
+    assert prefix["MaxLength"] == 255 - len("webhook_deliveries") == 255 - max(len(t.name) for t in ALL_TABLES)
     for table in ALL_TABLES:
         substituted = template["Resources"][table_logical_id(table)]["Properties"]["TableName"]["Fn::Sub"]
         assert (
@@ -172,7 +184,10 @@ def test_outputs_name_every_table_and_policy(template: dict[str, Any]) -> None:
     assert outputs["TablePrefix"]["Value"] == {"Ref": "TablePrefix"}
     for table in ALL_TABLES:
         assert outputs[table_logical_id(table) + "Name"]["Value"] == {"Ref": table_logical_id(table)}
-    for service in ("xp", "achievements", "levels"):
+        # A table with a stream gives its ARN, for consumers other than the events service.
+        stream_arn = outputs.get(table_logical_id(table) + "StreamArn", {}).get("Value")
+        assert stream_arn == ({"Fn::GetAtt": [table_logical_id(table), "StreamArn"]} if table.stream_view else None)
+    for service in ("xp", "achievements", "levels", "events"):
         assert outputs[policy_logical_id(service) + "Arn"]["Value"] == {"Ref": policy_logical_id(service)}
 
 
@@ -232,8 +247,10 @@ def _resource_name(resource: Any) -> str:
         logical_id, attribute = resource["Fn::GetAtt"]
         assert attribute == "Arn"
         return TABLES_BY_LOGICAL_ID[logical_id].name
-    logical_id, _, index = resource["Fn::Sub"].removeprefix("${").partition(".Arn}/index/")
-    return f"{TABLES_BY_LOGICAL_ID[logical_id].name}/index/{index}"
+    # "${<Table>.Arn}/index/<index>" or "${<Table>.Arn}/stream/*"
+    logical_id, _, below = resource["Fn::Sub"].removeprefix("${").partition(".Arn}/")
+    assert below.startswith("index/") or below == "stream/*", resource
+    return f"{TABLES_BY_LOGICAL_ID[logical_id].name}/{below}"
 
 
 def granted(template: dict[str, Any], service: str) -> set[Grant]:
@@ -282,6 +299,11 @@ class DynamoDbCallRecorder:
         assert table_name.startswith(self.prefix), table_name
         return table_name.removeprefix(self.prefix)
 
+    def _streams_of(self, stream_arn: str) -> str:
+        """`arn:aws:dynamodb:<region>:<account>:table/<table>/stream/<label>` -> "<table>/stream/*"."""
+        table_name = stream_arn.split(":table/", 1)[1].split("/stream/", 1)[0]
+        return f"{self._table(table_name)}/stream/*"
+
     def __call__(self, action: str, payload: Mapping[str, Any]) -> None:
         """A DynamoDBClient.before_send hook."""
         self.record(action, payload)
@@ -302,6 +324,11 @@ class DynamoDbCallRecorder:
                 needed.add((self._TRANSACTION_ITEM_ACTIONS[kind], self._table(write["TableName"])))
         elif operation == "TransactGetItems":
             needed.update(("GetItem", self._table(item["Get"]["TableName"])) for item in params["TransactItems"])
+        elif operation in ("DescribeStream", "GetShardIterator"):
+            needed.add((operation, self._streams_of(params["StreamArn"])))
+        elif operation == "GetRecords":
+            # A shard iterator begins with its stream's ARN, on AWS as on DynamoDB Local: "<stream arn>|...".
+            needed.add((operation, self._streams_of(params["ShardIterator"].split("|", 1)[0])))
         else:
             on = self._table(params["TableName"])
             needed.add((operation, f"{on}/index/{params['IndexName']}" if "IndexName" in params else on))
@@ -309,16 +336,59 @@ class DynamoDbCallRecorder:
             self.calls |= needed
 
 
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 for the events service's webhooks: POSTs to /ok
+    are answered 200, any other path 500. Records the paths it was sent."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        received = self.paths
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append(self.path)
+                self.send_response(200 if self.path == "/ok" else 500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _wait_until(condition: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {limit_s} s: {what}"
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def recorded_calls(dynamodb_endpoint: str) -> Iterator[dict[str, set[Grant]]]:
     """Each service with a client of its own, recorded from start-up
-    (ensure_tables, on tables that exist, as in AWS) through every RPC."""
+    (ensure_tables, on tables that exist, as in AWS) through every RPC; the
+    events service's client of the Streams API too, and what its readers of
+    the streams and its webhook dispatcher do meanwhile."""
     settings = replace(
         Settings(),
         dynamodb_endpoint=dynamodb_endpoint,
         table_prefix=f"cfn-{uuid.uuid4().hex[:8]}-",
         auth_jwt_secret=TEST_AUTH_SECRET,
         auto_rules_cache_s=0.0,  # XP sees an auto-unlock achievement put a moment ago
+        # The events service: the receiver below is plain http; a delivery it refuses fails at once.
+        events_poll_s=0.1,
+        webhooks_allow_http=True,
+        webhook_retry_window_s=0.0,
     )
     ensure_tables(create_dynamodb_client(settings), settings.table_prefix)  # as the stack would, unrecorded
     loop = ServerLoop.shared()
@@ -331,7 +401,9 @@ def recorded_calls(dynamodb_endpoint: str) -> Iterator[dict[str, set[Grant]]]:
         "levels": levels_server.create_server,
         "achievements": achievements_server.create_server,
         "xp": xp_server.create_server,
+        "events": events_server.create_server,
     }
+    receiver = WebhookReceiver()
     try:
         for service, create_server in factories.items():  # in the order they call each other
             recorders[service] = DynamoDbCallRecorder(settings.table_prefix)
@@ -349,23 +421,97 @@ def recorded_calls(dynamodb_endpoint: str) -> Iterator[dict[str, set[Grant]]]:
                 xp_target=f"localhost:{ports.get('xp', 0)}",
                 achievements_target=f"localhost:{ports.get('achievements', 0)}",
             )
-            server, ports[service] = loop.run(create_server("localhost:0", peers, client))
+            with pytest.MonkeyPatch.context() as patch:
+                # The events service's own client of the Streams API, made in create_server, is recorded too.
+                patch.setattr(events_server, "DynamoDBStreamsClient", _recorded_streams_client(recorders[service]))
+                server, ports[service] = loop.run(create_server("localhost:0", peers, client))
             servers.append(server)
             loop.run(server.start())
         channels = {service: authorized_channel(f"localhost:{port}") for service, port in ports.items()}
+        xp = xp_pb2_grpc.XpServiceStub(channels["xp"])
         _call_every_rpc(
-            xp_pb2_grpc.XpServiceStub(channels["xp"]),
+            xp,
             levels_pb2_grpc.LevelsServiceStub(channels["levels"]),
             achievements_pb2_grpc.AchievementsServiceStub(channels["achievements"]),
         )
+        readers = create_dynamodb_client(settings)  # the test's own, unrecorded
+
+        def webhook_reader_is_live() -> bool:
+            item = readers.get_item(
+                TableName=settings.table_prefix + EVENT_READERS.name, Key={"reader": {"S": "webhooks"}}
+            ).get("Item", {})
+            return "cursor" in item  # saved once its reader of the streams reads from now on
+
+        _call_every_events_rpc(
+            events_pb2_grpc.EventsServiceStub(channels["events"]), xp, receiver, webhook_reader_is_live
+        )
         yield {service: recorder.calls for service, recorder in recorders.items()}
     finally:
+        receiver.close()
         for channel in channels.values():
             channel.close()
         for server in servers:
             loop.run(server.stop(grace=None))
         for client in clients:
             loop.run(client.close())
+
+
+def _recorded_streams_client(recorder: DynamoDbCallRecorder) -> Callable[..., DynamoDBStreamsClient]:
+    def make(*args: Any, **kwargs: Any) -> DynamoDBStreamsClient:
+        client = DynamoDBStreamsClient(*args, **kwargs)
+        client.before_send.append(recorder)
+        return client
+
+    return make
+
+
+def _call_every_events_rpc(
+    events: Any, xp: Any, receiver: WebhookReceiver, webhook_reader_is_live: Callable[[], bool]
+) -> None:
+    """Every Events RPC, and what the service does with an event meanwhile: a watch
+    reads it; the webhook reader (holding its lease, saving its cursor) makes a
+    delivery per webhook (a conditional put), which is delivered, or refused and
+    failed for good; the senders look for due deliveries (index `due`)."""
+    secret = "s" * 16
+    for webhook_id, path in (("ok", "/ok"), ("refusing", "/refuse"), ("gone", "/ok")):
+        events.PutWebhook(
+            events_pb2.PutWebhookRequest(
+                webhook=events_pb2.Webhook(webhook_id=webhook_id, url=receiver.url(path), secret=secret)
+            )
+        )
+    events.DeleteWebhook(events_pb2.DeleteWebhookRequest(webhook_id="gone"))
+    with pytest.raises(grpc.RpcError) as caught:
+        events.DeleteWebhook(events_pb2.DeleteWebhookRequest(webhook_id="gone"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = events.ListWebhooks(events_pb2.ListWebhooksRequest())
+    assert [w.webhook_id for w in listed.webhooks] == ["ok", "refusing"]
+
+    _wait_until(webhook_reader_is_live, "the webhook reader reads the streams")
+    user = f"player-{uuid.uuid4().hex[:8]}"
+    watch = events.WatchEvents(events_pb2.WatchEventsRequest(user_id=user), timeout=60)
+    try:
+        watch.initial_metadata()  # the watch is live
+        xp.GrantXp(xp_pb2.GrantXpRequest(user_id=user, amount=5, reason="events", request_id="events-1"))
+        watched = next(watch)
+        assert (watched.event.user_id, watched.event.type) == (user, events_pb2.EVENT_TYPE_XP_GRANTED)
+    finally:
+        watch.cancel()
+
+    def failed() -> list[Any]:
+        answer = events.ListFailedDeliveries(events_pb2.ListFailedDeliveriesRequest(webhook_id="refusing"))
+        return list(answer.deliveries)
+
+    _wait_until(lambda: "/ok" in receiver.paths and bool(failed()), "a delivery sent, and one failed for good")
+    (refused,) = failed()
+    assert refused.event.user_id == user and refused.last_error == "HTTP 500"
+    # Named, then every failed one of the webhook (found by a Query).
+    redelivered = events.RedeliverEvents(
+        events_pb2.RedeliverEventsRequest(webhook_id="refusing", delivery_ids=[refused.delivery_id])
+    )
+    assert redelivered.redelivered == 1
+    events.RedeliverEvents(events_pb2.RedeliverEventsRequest(webhook_id="refusing"))
+    # The redelivery is due at once: a sender claims it, it is refused again, and fails for good again.
+    _wait_until(lambda: receiver.paths.count("/refuse") >= 2 and bool(failed()), "the redelivery sent")
 
 
 def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
@@ -562,7 +708,7 @@ def _call_every_rpc(xp: Any, levels: Any, achievements: Any) -> None:
     assert [(r.streak_id, r.current, r.best) for r in runs] == [("daily-pvp", 1, 1)]
 
 
-@pytest.mark.parametrize("service", ["xp", "achievements", "levels"])
+@pytest.mark.parametrize("service", ["xp", "achievements", "levels", "events"])
 def test_policy_grants_exactly_the_calls_the_service_makes(
     service: str, template: dict[str, Any], recorded_calls: dict[str, set[Grant]]
 ) -> None:
@@ -626,3 +772,28 @@ def test_the_derived_least_privilege_table(template: dict[str, Any]) -> None:
         "levels": ["ConditionCheckItem", "DeleteItem", "GetItem", "PutItem", "Scan", "UpdateItem"],
         "user_progress": ["GetItem", "UpdateItem"],
     }
+    stream_read = ["DescribeStream", "GetRecords", "GetShardIterator"]
+    assert item_grants("events") == {
+        # PutWebhook updates (keeping created_at); ListWebhooks and the dispatcher scan; DeleteWebhook.
+        "webhooks": ["DeleteItem", "Scan", "UpdateItem"],
+        # Deliveries: made by a conditional put, claimed and finished by updates, listed by webhook.
+        "webhook_deliveries": ["PutItem", "Query", "UpdateItem"],
+        "webhook_deliveries/index/due": ["Query"],
+        # The webhook reader's lease and cursor.
+        "event_readers": ["UpdateItem"],
+        # The tables events come from: their streams only, never their items.
+        "user_progress/stream/*": stream_read,
+        "user_achievements/stream/*": stream_read,
+        "level_rewards/stream/*": stream_read,
+    }
+
+
+def test_only_the_events_service_reads_streams_and_of_the_tables_that_have_one(template: dict[str, Any]) -> None:
+    streamed = {table.name for table in ALL_TABLES if table.stream_view}
+    # The tables events are made of stream their changes, and no other table does.
+    assert streamed == set(SOURCE_TABLES)
+    for service in SERVICE_ACCESS:
+        read = {on.removesuffix("/stream/*") for _, on in granted(template, service) if on.endswith("/stream/*")}
+        assert read == (streamed if service == "events" else set()), service
+    # Found by DescribeTable (LatestStreamArn): no ListStreams, which IAM could only grant on "*".
+    assert not any(action == "ListStreams" for service in SERVICE_ACCESS for action, _ in granted(template, service))

@@ -39,6 +39,7 @@ from common.health_probe import DEFAULT_DEADLINE_S
 from common.server_runtime import HealthServicer
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, free_port
 from devcluster.readiness import wait_http_healthy
+from gateway.routes import SERVICES as GATEWAY_SERVICES
 from levels_service import server as levels_server
 from rewardsctl.__main__ import build_parser, token_dev_env
 from tests.cluster import ServerLoop
@@ -49,10 +50,16 @@ DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 
 # Compose service name (the name the configuration gives it: REWARDS_<NAME>_*)
 # -> the module `python -m` runs.
-MODULES = {"xp": "xp_service", "achievements": "achievements_service", "levels": "levels_service"}
-# The HTTP/JSON gateway (REWARDS_GATEWAY_*), in front of the three services.
+MODULES = {
+    "xp": "xp_service",
+    "achievements": "achievements_service",
+    "levels": "levels_service",
+    "events": "events_service",
+}
+# The HTTP/JSON gateway (REWARDS_GATEWAY_*), in front of the services it routes to (gateway/routes.py).
 GATEWAY = "gateway"
-# Every server compose runs: the three gRPC services and the gateway.
+GATEWAY_PEERS = set(GATEWAY_SERVICES)
+# Every server compose runs: the four gRPC services and the gateway.
 SERVERS = {**MODULES, GATEWAY: "gateway"}
 # The one-shot service that prints the dev key and tokens, from the same image.
 DEV_TOKENS = "dev-tokens"
@@ -64,15 +71,21 @@ KEY_HOLDERS = (*MODULES, DEV_TOKENS)
 AUTH_KEY_VARIABLE = ENVIRONMENT_VARIABLES["auth_jwt_secret"]
 INSECURE_VARIABLE = ENVIRONMENT_VARIABLES["insecure_no_auth"]
 # Who calls whom: XP asks Levels when an award may raise the level, Achievements pays through XP,
-# the gateway calls all three.
+# the gateway calls XP, Achievements and Levels; Events reads DynamoDB's streams and calls no service.
 DEPENDENCIES = {
     "levels": {"dynamodb"},
     "xp": {"dynamodb", "levels"},
     "achievements": {"dynamodb", "xp"},
-    GATEWAY: set(MODULES),
+    "events": {"dynamodb"},
+    GATEWAY: GATEWAY_PEERS,
 }
 # The ports clients and the README rely on, by service: gRPC, then Prometheus metrics.
-PROMISED_PORTS = {"xp": (50051, 9451), "achievements": (50052, 9452), "levels": (50053, 9453)}
+PROMISED_PORTS = {
+    "xp": (50051, 9451),
+    "achievements": (50052, 9452),
+    "levels": (50053, 9453),
+    "events": (50054, 9454),
+}
 # ... and the gateway's HTTP port.
 GATEWAY_PORT = 8080
 # Read by boto3 rather than by common/config.py; DynamoDB Local wants them present.
@@ -194,7 +207,7 @@ def test_compose_resolves_shared_settings_as_pyyaml_does(compose: dict[str, Any]
 # ---- services and entry points ------------------------------------------------------------------
 
 
-def test_services_are_dynamodb_local_the_three_servers_the_gateway_and_dev_tokens(compose: dict[str, Any]) -> None:
+def test_services_are_dynamodb_local_the_four_servers_the_gateway_and_dev_tokens(compose: dict[str, Any]) -> None:
     assert set(services(compose)) == {"dynamodb", *MODULES, GATEWAY, DEV_TOKENS}
 
 
@@ -292,7 +305,7 @@ def test_every_service_container_is_built_from_the_one_dockerfile(compose: dict[
         if not isinstance(build, str):
             assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
         images.add(service.get("image"))
-    assert len(images) == 1, f"the three services, the gateway and dev-tokens should share one image, not {images}"
+    assert len(images) == 1, f"the services, the gateway and dev-tokens should share one image, not {images}"
 
 
 # ---- ports, variables, targets ------------------------------------------------------------------
@@ -345,7 +358,8 @@ def test_the_gateway_sets_only_what_it_reads_the_targets_and_no_key(compose: dic
     assert not unknown, f"the gateway sets variables that nothing reads: {sorted(unknown)}"
     # The environment the container gets is one the configuration takes.
     settings = Settings.from_env(environment(service))
-    for peer in MODULES:
+    assert GATEWAY_PEERS <= set(MODULES)
+    for peer in GATEWAY_PEERS:
         assert ENVIRONMENT_VARIABLES[f"{peer}_target"] in variables, f"the gateway does not say where {peer} is"
         assert getattr(settings, f"{peer}_target") == f"{peer}:{grpc_port(peer)}"
     # It passes callers' tokens through and never touches DynamoDB: no key, no credentials.

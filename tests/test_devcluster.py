@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import devcluster.__main__ as devcluster_main
+from common.config import Settings
 from devcluster import pid_files
 from devcluster.log_files import open_log, rotate_log
 from devcluster.pid_files import identity_of, read_pid_file, write_pid_file
@@ -95,16 +96,67 @@ def test_a_pid_file_of_an_exited_process_is_stale(run_dir: Path, capsys: pytest.
     )
 
 
+@pytest.mark.parametrize("name", [*(name for name, _ in devcluster_main.SERVICES), devcluster_main.GATEWAY])
 def test_down_stops_the_process_its_pid_file_records(
-    run_dir: Path, sleeper: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str]
+    run_dir: Path, sleeper: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str], name: str
 ) -> None:
-    write_pid_file(run_dir / "achievements.pid", sleeper.pid, SLEEPER)
-    recorded = json.loads((run_dir / "achievements.pid").read_text())
+    write_pid_file(run_dir / f"{name}.pid", sleeper.pid, SLEEPER)
+    recorded = json.loads((run_dir / f"{name}.pid").read_text())
     assert recorded["pid"] == sleeper.pid and recorded["command"] == SLEEPER
     assert devcluster_main.down() == 0
     assert sleeper.wait(timeout=5) == -signal.SIGTERM
-    assert capsys.readouterr() == (f"stopped achievements (pid {sleeper.pid})\n", "")
-    assert not (run_dir / "achievements.pid").exists()
+    assert capsys.readouterr() == (f"stopped {name} (pid {sleeper.pid})\n", "")
+    assert not (run_dir / f"{name}.pid").exists()
+
+
+# --- the services it runs ------------------------------------------------------------------
+
+
+def test_the_four_services_start_in_order_and_stop_in_reverse_before_dynamodb(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each service after the ones it calls; the events service calls none and comes last.
+    assert devcluster_main.SERVICES == [
+        ("levels", "levels_service"),
+        ("xp", "xp_service"),
+        ("achievements", "achievements_service"),
+        ("events", "events_service"),
+    ]
+    assert devcluster_main._command("events") == [sys.executable, "-m", "events_service"]
+    # down: the gateway, then the services in reverse (events first), then DynamoDB Local.
+    asked: list[str] = []
+    monkeypatch.setattr(devcluster_main, "_running", lambda name: asked.append(name))
+    assert devcluster_main.down() == 0
+    assert asked == ["gateway", "events", "achievements", "xp", "levels", "dynamodb"]
+
+
+def test_status_shows_every_service_with_its_ports_and_the_gateway(
+    run_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, _ in devcluster_main.SERVICES:
+        monkeypatch.delenv(f"REWARDS_{name.upper()}_LISTEN", raising=False)
+        monkeypatch.delenv(f"REWARDS_{name.upper()}_METRICS_PORT", raising=False)
+    assert devcluster_main.status() == 1  # nothing runs
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert [row[0] for row in rows] == ["dynamodb-local", "levels", "xp", "achievements", "events", "gateway"]
+    assert rows[4] == ["events", "(events_service)", "localhost:50054", "metrics", ":9454", "stopped"]
+    assert all(row[-1] == "stopped" for row in rows)
+
+
+def test_the_events_service_alone_gets_its_local_development_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("REWARDS_EVENTS_POLL_S", "REWARDS_WEBHOOKS_ALLOW_HTTP"):
+        monkeypatch.delenv(variable, raising=False)
+    env = devcluster_main.cluster_env()
+    events = Settings.from_env(devcluster_main.service_env("events", env))
+    # Watches and webhooks see a change within about 0.1 s; webhooks may be http:// receivers on this machine.
+    assert (events.events_poll_s, events.webhooks_allow_http) == (0.1, True)
+    assert (Settings.from_env(env).events_poll_s, Settings.from_env(env).webhooks_allow_http) == (0.25, False)
+    for name, _ in devcluster_main.SERVICES:
+        if name != "events":
+            assert devcluster_main.service_env(name, env) == env
+    # The developer's own environment wins.
+    monkeypatch.setenv("REWARDS_EVENTS_POLL_S", "0.5")
+    assert Settings.from_env(devcluster_main.service_env("events", devcluster_main.cluster_env())).events_poll_s == 0.5
 
 
 def test_an_earlier_pid_file_is_trusted_only_for_the_command_devcluster_runs(

@@ -38,6 +38,7 @@ SERVICE_ENTRIES = {
     "xp": "rewards.v1.XpService",
     "achievements": "rewards.v1.AchievementsService",
     "levels": "rewards.v1.LevelsService",
+    "events": "rewards.v1.EventsService",
 }
 # The default check interval (2 s) plus its probe's timeout (2 s), and slack for a loaded machine.
 DETECTION_LIMIT_S = 8.0

@@ -24,8 +24,15 @@ from common.config import Settings
 from common.server_runtime import READINESS_METHOD
 from rewards.v1 import achievements_pb2, achievements_pb2_grpc, levels_pb2, levels_pb2_grpc, xp_pb2, xp_pb2_grpc
 from tests.cluster import authorized_channel, mint_test_token
-from tests.process_cluster import start_process_cluster
+from tests.process_cluster import SERVICES, start_process_cluster
 
+# Each server's gRPC service, by its name in tests.process_cluster.SERVICES.
+SERVICE_NAMES = {
+    "xp": "rewards.v1.XpService",
+    "achievements": "rewards.v1.AchievementsService",
+    "levels": "rewards.v1.LevelsService",
+    "events": "rewards.v1.EventsService",
+}
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
 
@@ -42,11 +49,8 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_each_server_reports_serving_per_service(processes: dict) -> None:
-    for name, service in (
-        ("xp", "rewards.v1.XpService"),
-        ("achievements", "rewards.v1.AchievementsService"),
-        ("levels", "rewards.v1.LevelsService"),
-    ):
+    assert set(SERVICE_NAMES) == set(SERVICES) == set(processes["ports"])
+    for name, service in SERVICE_NAMES.items():
         with grpc.insecure_channel(f"localhost:{processes['ports'][name]}") as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=5
@@ -61,11 +65,7 @@ def test_grpcurl_lists_describes_and_calls_by_reflection(processes: dict) -> Non
     ports = processes["ports"]
     game = ("-H", f"authorization: Bearer {mint_test_token(Role.GAME, 'grpcurl-game')}")
     admin = ("-H", f"authorization: Bearer {mint_test_token(Role.ADMIN, 'grpcurl-admin')}")
-    for name, service in (
-        ("xp", "rewards.v1.XpService"),
-        ("achievements", "rewards.v1.AchievementsService"),
-        ("levels", "rewards.v1.LevelsService"),
-    ):
+    for name, service in SERVICE_NAMES.items():
         listed = grpcurl(*game, f"localhost:{ports[name]}", "list")
         assert listed.returncode == 0, listed.stderr
         assert service in listed.stdout.split() and "grpc.health.v1.Health" in listed.stdout.split()
@@ -278,7 +278,8 @@ def test_a_trace_id_follows_a_call_across_services(processes: dict) -> None:
 
 
 def test_sigterm_stops_each_server_gracefully(processes: dict) -> None:
-    for name in ("achievements", "xp", "levels"):
+    # The events service first: it stops its readers of the streams, then drains like the others.
+    for name in ("events", "achievements", "xp", "levels"):
         process = processes["processes"][name]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

@@ -1,6 +1,8 @@
 """docs/grpcurl.md stays true: its commands run, in order, through the real
 grpcurl binary against a cluster of the real entry points (`python -m
-xp_service` ...) with tables of its own, and each prints what the doc shows."""
+xp_service` ...) with tables of its own, and each prints what the doc shows.
+A WatchEvents stream never ends by itself: the doc's watches end at grpcurl's
+-max-time, which grpcurl reports as DeadlineExceeded."""
 
 from __future__ import annotations
 
@@ -20,24 +22,33 @@ import pytest
 
 from common.caller_auth import METHOD_ROLES, Role
 from devcluster.dynamodb_local import REPO_ROOT
-from rewards.v1 import achievements_pb2, levels_pb2, xp_pb2
+from rewards.v1 import achievements_pb2, events_pb2, levels_pb2, xp_pb2
 from tests.cluster import mint_test_token
 from tests.process_cluster import start_process_cluster
 
 DOC = REPO_ROOT / "docs" / "grpcurl.md"
 # The ports `make up` listens on, which the doc uses; the test's cluster has others.
-DEFAULT_PORTS = {"xp": 50051, "achievements": 50052, "levels": 50053}
+DEFAULT_PORTS = {"xp": 50051, "achievements": 50052, "levels": 50053, "events": 50054}
 SERVICE_SERVERS = {
     "rewards.v1.XpService": "xp",
     "rewards.v1.AchievementsService": "achievements",
     "rewards.v1.LevelsService": "levels",
+    "rewards.v1.EventsService": "events",
 }
 CONTRACT_METHODS = {
     f"{service.full_name}/{method.name}"
-    for module in (xp_pb2, achievements_pb2, levels_pb2)
+    for module in (xp_pb2, achievements_pb2, levels_pb2, events_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
     for method in service.methods
 }
+# A server stream that runs until the client ends it: grpcurl's -max-time
+# does, and reports it as this status (exit status 64 + 4).
+WATCH_EVENTS = "rewards.v1.EventsService/WatchEvents"
+ENDED_BY_DEADLINE = "DeadlineExceeded"
+# Its message says whose deadline fired first: grpcurl's own, or the server's (grpcurl
+# sends the deadline along, as grpc-timeout, and the server ends the call at it). The
+# two race, so either may come (the server's about one run in twenty).
+DEADLINE_MESSAGES = ("Message: context deadline exceeded", "Message: Deadline Exceeded")
 # grpcurl exits with this plus the gRPC status code when a call fails.
 GRPCURL_STATUS_EXIT_OFFSET = 64
 # ... and with this when it fails before the call, such as when reflection refuses it.
@@ -231,8 +242,19 @@ def test_the_doc_shows_every_rpc_with_json_discovery_health_one_bad_call_and_two
         assert json.loads(health.output) == {"status": "SERVING"}
     assert ("localhost:50051", "describe rewards.v1.XpService.AwardXp") in targets
 
+    # Each watch ends at its -max-time, which grpcurl reports as DeadlineExceeded; no other command does.
+    watches = [documented for documented in calls if documented.target == WATCH_EVENTS]
+    ended_by_deadline = [
+        documented
+        for documented in session.commands
+        if documented.documented_error and documented.documented_status == ENDED_BY_DEADLINE
+    ]
+    assert watches and ended_by_deadline == watches, [documented.command for documented in ended_by_deadline]
+    assert all("-max-time" in documented.argv for documented in watches), [w.command for w in watches]
     bad_calls = [
-        documented for documented in session.commands if documented.documented_error and documented not in refused
+        documented
+        for documented in session.commands
+        if documented.documented_error and documented not in refused and documented not in ended_by_deadline
     ]
     assert [(bad.target, bad.documented_status) for bad in bad_calls] == [
         ("rewards.v1.XpService/AwardXp", "InvalidArgument")
@@ -247,11 +269,20 @@ def test_the_doc_shows_every_rpc_with_json_discovery_health_one_bad_call_and_two
         < called.index("rewards.v1.AchievementsService/UnlockAchievement")
         < called.index("rewards.v1.XpService/GetProgress")
     )
+    # Events: a webhook put, listed, looked after, and deleted; a watch after the play.
+    assert (
+        called.index("rewards.v1.EventsService/PutWebhook")
+        < called.index("rewards.v1.EventsService/ListWebhooks")
+        < called.index("rewards.v1.EventsService/ListFailedDeliveries")
+        < called.index("rewards.v1.EventsService/RedeliverEvents")
+        < called.index("rewards.v1.EventsService/DeleteWebhook")
+    )
+    assert called.index("rewards.v1.XpService/AwardXp") < called.index(WATCH_EVENTS)
 
 
 @pytest.fixture(scope="module")
 def cluster_ports(dynamodb_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
-    """The three entry points as processes on free ports, with tables of their
+    """The four entry points as processes on free ports, with tables of their
     own, so the session starts from the empty cluster the doc shows."""
     cluster = start_process_cluster(
         dynamodb_endpoint,
@@ -280,6 +311,11 @@ def without_timestamps(value: Any) -> Any:
 def text_lines(text: str) -> list[str]:
     """Lines with runs of white space made one space: the doc shows grpcurl's tabs as spaces."""
     return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+
+
+def deadline_lines(text: str) -> list[str]:
+    """text_lines, either deadline message as the first (grpcurl's)."""
+    return [DEADLINE_MESSAGES[0] if line in DEADLINE_MESSAGES else line for line in text_lines(text)]
 
 
 def status_exit_code(camel: str) -> int:
@@ -318,8 +354,12 @@ def mismatch(session: Session, documented: DocumentedCommand, ran: subprocess.Co
             return f"expected exit status {expected_exit}: {shown}"
         if not re.search(rf"exits with status {expected_exit}\b", session.text):
             return f"the doc does not say the exit status is {expected_exit}: {shown}"
-        if text_lines(ran.stderr) != text_lines(documented.output):
+        same = deadline_lines if documented.documented_status == ENDED_BY_DEADLINE else text_lines
+        if same(ran.stderr) != same(documented.output):
             return f"a status other than the doc's:\n{documented.output}\n{shown}"
+        # Nothing before the status either: a watch that printed an event the doc does not show fails here.
+        if ran.stdout.strip():
+            return f"printed more than the doc's status:\n{documented.output}\n{shown}"
         return None
     if ran.returncode != 0:
         return f"failed: {shown}"
@@ -383,13 +423,9 @@ def test_the_readme_grpcurl_block_loads_the_tokens_and_sends_the_least_role() ->
 def test_the_readme_grpcurl_block_calls_every_rpc_and_works(dynamodb_endpoint: str, tmp_path: Path) -> None:
     commands = readme_grpcurl_commands()
     called = {c.split()[-1] for c in commands if "/" in c.split()[-1]}
-    every_rpc = {
-        f"{service.full_name}/{method.name}"
-        for module in (xp_pb2, achievements_pb2, levels_pb2)
-        for service in module.DESCRIPTOR.services_by_name.values()
-        for method in service.methods
-    }
-    assert every_rpc <= called, every_rpc - called
+    assert CONTRACT_METHODS <= called, CONTRACT_METHODS - called
+    # A watch runs until grpcurl's -max-time ends it.
+    assert all("-max-time" in shlex.split(c) for c in commands if c.split()[-1] == WATCH_EVENTS)
     cluster = start_process_cluster(
         dynamodb_endpoint,
         tmp_path,
@@ -405,13 +441,22 @@ def test_the_readme_grpcurl_block_calls_every_rpc_and_works(dynamodb_endpoint: s
         }
         results = []
         for command in commands:
-            for name, default in (("xp", 50051), ("achievements", 50052), ("levels", 50053)):
+            for name, default in DEFAULT_PORTS.items():
                 command = command.replace(f"localhost:{default}", f"localhost:{cluster.ports[name]}")
             results.append(subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=30))
     finally:
         cluster.stop()
-    *good, bad = results
+    *rest, bad = results
+    watches = [r for r in rest if r.args[-1].endswith(WATCH_EVENTS)]
+    good = [r for r in rest if r not in watches]
     assert [r.args[-1] for r in good if r.returncode != 0] == []
+    # Nothing happens during a watch in one sequential shell: no event, then the deadline.
+    for watch in watches:
+        assert watch.returncode == status_exit_code(ENDED_BY_DEADLINE), watch
+        assert (watch.stdout, deadline_lines(watch.stderr)) == (
+            "",
+            ["ERROR:", f"Code: {ENDED_BY_DEADLINE}", DEADLINE_MESSAGES[0]],
+        ), watch
     award, retry = [json.loads(r.stdout) for r in good if "XpService/AwardXp" in r.args[-1]]
     assert (award["xp_awarded"], award["level"], award["level_up"]["rewards"]) == (
         "150",
@@ -421,5 +466,10 @@ def test_the_readme_grpcurl_block_calls_every_rpc_and_works(dynamodb_endpoint: s
     assert (retry["duplicate"], retry["total_xp"]) == (True, "150")
     progress = json.loads(next(r.stdout for r in good if "XpService/GetProgress" in r.args[-1]))
     assert (progress["total_xp"], progress["level"], progress["unlocked_achievements"]) == ("225", 2, ["first-win"])
+    # The webhook: listed without its secret, and no failed delivery to list or redeliver.
+    webhooks = json.loads(next(r.stdout for r in good if "EventsService/ListWebhooks" in r.args[-1]))
+    assert [sorted(webhook) for webhook in webhooks["webhooks"]] == [["types", "url", "webhook_id"]]
+    assert json.loads(next(r.stdout for r in good if "EventsService/ListFailedDeliveries" in r.args[-1])) == {}
+    assert json.loads(next(r.stdout for r in good if "EventsService/RedeliverEvents" in r.args[-1])) == {}
     assert bad.returncode == 64 + grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "Code: InvalidArgument" in bad.stderr and "Message: user_id is required" in bad.stderr

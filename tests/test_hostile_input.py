@@ -1,11 +1,14 @@
 """Hostile input, property-based: hypothesis throws generated requests (empty,
 huge, unicode, control and format characters, text not in NFC, negative and extreme numbers, oversized
-lists, forged page tokens, absent nested messages, raw bytes) at every RPC of
-the three services and checks the contract for each answer:
+lists, forged page tokens and cursors, absent nested messages, raw bytes) at every RPC of
+the four services and checks the contract for each answer:
 
 1. the status is one the contract names for caller input (OK, INVALID_ARGUMENT,
    NOT_FOUND, FAILED_PRECONDITION; RESOURCE_EXHAUSTED only for a request over
-   1 MiB), never INTERNAL or UNKNOWN;
+   1 MiB; for WatchEvents, read with a short deadline, also DEADLINE_EXCEEDED
+   when no event came, OUT_OF_RANGE, and only OUT_OF_RANGE, for a cursor naming
+   a shard no longer in the streams, and UNAVAILABLE only where DynamoDB Local
+   fails for a cursor position past a 64-bit integer), never INTERNAL or UNKNOWN;
 2. INVALID_ARGUMENT names, first in its message and in the BadRequest detail,
    a field of the request that breaks a documented limit, and a request that
    breaks a documented limit is INVALID_ARGUMENT;
@@ -18,20 +21,26 @@ The documented limits are restated here from README.md and the proto comments
 (`verdict_*`), not imported from the services, so that the test checks the
 services against the contract rather than against themselves.
 
-All tests share one stage (three servers, own table prefix) seeded with a small
+All tests share one stage (four servers, own table prefix) seeded with a small
 catalog, so that valid requests, which the strategies mix in, reach the success
-paths. Hypothesis is derandomized and keeps no database, so CI runs the same
-examples every time.
+paths; for the events RPCs also webhooks, deliveries that failed and cursors a
+watch issued. Hypothesis is derandomized and keeps no database, so CI runs the
+same examples every time.
 
-The faults it found (all fixed) are at the end, one test each, with the
-smallest example hypothesis found as an explicit example, so that they would
-show at once if they came back."""
+The faults it found are at the end, one test each, with the smallest example
+hypothesis found as an explicit example, so that they would show at once if they
+came back. All of them are fixed: no input is left out of the property tests."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import re
+import time
 import unicodedata
+import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,7 +56,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from common.dynamodb import ALL_TABLES
+from common.dynamodb.streams import encode_cursor
+from common.dynamodb.tables import EVENT_READERS
 from rewards.v1 import achievements_pb2 as ach
+from rewards.v1 import events_pb2 as ev
 from rewards.v1 import levels_pb2 as lv
 from rewards.v1 import xp_pb2 as xp
 from tests.cluster import STANDARD_LEVELS, Cluster, authorized_channel, unique
@@ -65,6 +77,21 @@ MAX_REQUIRED_ACHIEVEMENTS = 50
 MAX_MIN_TOTAL_XP = 10**12
 MAX_MIN_LEVEL = 1_000_000
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 100, 50
+# events.proto: "user_id and webhook_id 1 to 128 characters with no control characters; url at most 2048
+# characters; secret 16 to 256 characters; page_size 1 to 100 (0 means 50); at most 100 delivery_ids, each
+# at most 1,024 bytes of UTF-8 (as ListFailedDeliveries gives them)"; urls https only (the stage does not
+# allow http) and without credentials (README, Security).
+MAX_URL = 2048
+MIN_SECRET, MAX_SECRET = 16, 256
+MAX_DELIVERY_IDS = 100
+# A delivery_id is "<user_id>/<event_id>", or "sha256:" and the hex digest of its UTF-8 when that is over
+# 1,024 bytes (FailedDelivery.delivery_id, a DynamoDB sort key). The event ids the service makes run to 136
+# characters ("rev#req#<request_id>"), so a delivery_id, in RedeliverEvents and as ListFailedDeliveries'
+# page_token (the last delivery_id of the page before), is 1 to 128 + 1 + 136 characters under the id
+# rules (README: no control or format characters, NFC, no surrounding white space) and at most 1,024 bytes.
+MAX_DELIVERY_ID = MAX_ID + 1 + len("rev#req#") + MAX_ID
+MAX_DELIVERY_ID_BYTES = 1024
+EVENT_TYPES = sorted(v for v in ev.EventType.values() if v != ev.EVENT_TYPE_UNSPECIFIED)
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 # "Requests over 1 MiB are RESOURCE_EXHAUSTED" (README); gRPC itself refuses them.
@@ -85,6 +112,25 @@ ALLOWED_CODES = {
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.FAILED_PRECONDITION,
 }
+# WatchEvents is a stream that never ends by itself: it is read with a short deadline. A valid watch
+# then ends DEADLINE_EXCEEDED (no event came) unless an event came; one from a well-formed cursor that
+# names shards no longer in the streams, OUT_OF_RANGE ("a cursor older than the streams' retention").
+WATCH_TIMEOUT_S = 1.5
+STREAM_CODES = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.OUT_OF_RANGE}
+# A cursor (common/dynamodb/streams.py): base64url of zlib of {"v": 1, "p": {shard key: position}}, at most
+# 1 MiB inflated; a shard key "<table>/<shard id>" and a position "" (the shard's start), a sequence number
+# (after it) or "@<unix ms>", in ASCII. Anything else is INVALID_ARGUMENT (cursor).
+CURSOR_SHARD_KEY = re.compile(r"[a-z_]{1,64}/[A-Za-z0-9_.-]{1,65}", re.ASCII)
+CURSOR_POSITION = re.compile(r"|[0-9]{1,40}|@[0-9]{1,15}", re.ASCII)
+MAX_CURSOR_JSON_BYTES = 1024 * 1024
+# A well-formed sequence number the shard never issued is INVALID_ARGUMENT (GetShardIterator's
+# ValidationException), or read after when the shard may yet reach it. DynamoDB's sequence numbers are 21 to
+# 40 digits (Streams API, GetShardIterator): a shorter one is never issued.
+MIN_SEQUENCE_DIGITS = 21
+# DynamoDB Local answers GetShardIterator HTTP 500 (InternalFailure, not ValidationException) for a
+# sequence number of 21 to 40 digits past a signed 64-bit integer: the service, given a 5xx, answers
+# UNAVAILABLE. Only for such a cursor position is UNAVAILABLE let through.
+DYNAMODB_LOCAL_MAX_SEQUENCE = 2**63 - 1
 # Refusals, after which every table must be as it was.
 REJECTIONS = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -102,6 +148,9 @@ HOSTILE = settings(
     derandomize=True,
     database=None,
 )
+# A valid watch lasts WATCH_TIMEOUT_S: fewer examples, so that WatchEvents adds well under half a minute.
+WATCH_EXAMPLES = 20
+HOSTILE_WATCH = settings(HOSTILE, max_examples=WATCH_EXAMPLES)
 
 # --- the seeded stage -----------------------------------------------------------
 
@@ -179,6 +228,50 @@ NAMES = ["Win", "Ежедневный вход", "🏆🏆", "multi\nline", "n" 
 DESCRIPTIONS = ["", "tab\tand\nnewline", "مرحبا بالعالم", "d" * MAX_DESCRIPTION]
 REASONS = ["bonus", "tournament\nbonus", "r" * MAX_REASON]
 REWARD_IDS = ["coins", "chest-🎁", "gold" * 32]
+
+# Webhooks POST to a port where nothing listens: a delivery fails at its first attempt (the stage keeps
+# no retry window), so that failed deliveries exist for ListFailedDeliveries and RedeliverEvents. No
+# webhook exists while the other services' RPCs run (Stage.reset_catalog): none of their events is
+# delivered anywhere, and no delivery is written behind a refused write's back.
+NOWHERE = "https://127.0.0.1:1"
+SEED_SECRET = "whsec-" + "s3cr3t" * 4
+SEED_WEBHOOKS = [
+    ev.Webhook(webhook_id="hook-1", url=f"{NOWHERE}/hook", secret=SEED_SECRET),
+    ev.Webhook(
+        webhook_id="hook-✨",
+        url=f"{NOWHERE}/✨?team=🐉",
+        types=[ev.EVENT_TYPE_LEVEL_UP, ev.EVENT_TYPE_ACHIEVEMENT_UNLOCKED],
+        secret="🔑" * MIN_SECRET,
+    ),
+    # The longest id, url and secret, the id and secret in 4-byte characters.
+    ev.Webhook(
+        webhook_id="🪝" * MAX_ID, url=NOWHERE + "/" + "p" * (MAX_URL - len(NOWHERE) - 1), secret="🔑" * MAX_SECRET
+    ),
+    # For DeleteWebhook to delete (DISPOSABLE_WEBHOOK_IDS).
+    ev.Webhook(webhook_id="disposable-1", url=f"{NOWHERE}/1", secret=SEED_SECRET),
+    ev.Webhook(webhook_id="disposable-✨", url=f"{NOWHERE}/2", secret=SEED_SECRET),
+]
+WEBHOOK_IDS = [w.webhook_id for w in SEED_WEBHOOKS] + ["missing-webhook", "new-webhook-✨"]
+DISPOSABLE_WEBHOOK_IDS = ["disposable-1", "disposable-✨", "missing-webhook", "new-webhook-✨"]
+# The webhook whose deliveries the stage makes fail (of these players' events). The stage's awards have a
+# request_id of 128 four-byte characters: the last player's ids are over 1,024 bytes, "sha256:" ones.
+FAILING_WEBHOOK = "hook-1"
+HOOK_USERS = ["hook-user-1", "hook-user-2", "🦄" * MAX_ID]
+VALID_URLS = [
+    f"{NOWHERE}/hook",
+    NOWHERE,
+    "HTTPS://127.0.0.1:1/Hook",
+    "https://localhost:1/hooks/🐉?team=✨&x=1#frag",
+    NOWHERE + "/" + "p" * (MAX_URL - len(NOWHERE) - 1),
+]
+SECRETS = [
+    "s" * MIN_SECRET,
+    SEED_SECRET,
+    "🔑" * MIN_SECRET,
+    "s" * MAX_SECRET,
+    "🐉" * MAX_SECRET,
+    "a secret\twith spaces",
+]
 
 WHITESPACE = " \t\n\r\x0b\x0c\x85\xa0\u1680\u2000\u2007\u200a\u2028\u2029\u202f\u205f\u3000"
 # Characters that look like nothing or reorder text: all but the last two are
@@ -335,10 +428,6 @@ def page_tokens(stage: Stage, key: str) -> st.SearchStrategy[str]:
     """Issued tokens and forgeries: text, base64 of bytes, base64 of JSON of the
     right or wrong shape with hostile values. (Deeply nested JSON has its own test.)"""
 
-    def b64(raw: bytes, urlsafe: bool, strip: bool) -> str:
-        encoded = (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(raw).decode()
-        return encoded.rstrip("=") if strip else encoded
-
     json_values = st.one_of(
         st.text(max_size=12),
         hostile_text(MAX_ID),
@@ -368,9 +457,211 @@ def page_tokens(stage: Stage, key: str) -> st.SearchStrategy[str]:
         st.just(""),
         st.sampled_from(sorted(token for _, token in stage.seed_tokens)),  # issued, perhaps for another listing
         st.text(max_size=40),
-        st.builds(b64, raw, st.booleans(), st.booleans()),
+        st.builds(_b64, raw, st.booleans(), st.booleans()),
         sized_text(st.integers(1000, 20000)),
     )
+
+
+def event_types() -> Choices:
+    """(valid, any) repeated EventType: known types (repeats too), or also EVENT_TYPE_UNSPECIFIED,
+    unknown numbers and the int32 extremes."""
+    odd = st.sampled_from([ev.EVENT_TYPE_UNSPECIFIED, 7, 99, -1, *INT32])
+    return (
+        st.lists(st.sampled_from(EVENT_TYPES), max_size=len(EVENT_TYPES) + 1),
+        st.one_of(
+            st.lists(st.one_of(st.sampled_from(EVENT_TYPES), odd), min_size=1, max_size=8),
+            st.integers(0, 40).map(lambda n: [EVENT_TYPES[i % len(EVENT_TYPES)] for i in range(n)]),
+        ),
+    )
+
+
+def urls() -> Choices:
+    """(valid, any) webhook urls: https, http, ftp and other schemes, credentials, hosts and ports
+    good and bad, hostile paths, no scheme at all, around the 2048-character limit and far past it."""
+    scheme = st.sampled_from(["https", "HTTPS", "http", "ftp", "wss", "file", "javascript", "h", ""])
+    userinfo = st.sampled_from(["", "user@", "user:pass@", ":pass@", "user:@", "@", ":@", "a@b@"])
+    host = st.one_of(
+        st.sampled_from(["127.0.0.1", "localhost", "[::1]", "[::1", "hooks.invalid", "bücher.invalid", "🐉.invalid"]),
+        st.sampled_from(["\u2100.invalid", "ﬁ.invalid", "xn--bcher-kva.invalid", "h" * 253, ""]),
+        hostile_text(MAX_URL // 4),  # long parts within the limit, in 4-byte characters too
+    )
+    port = st.one_of(
+        st.sampled_from(["", ":1", ":443", ":0", ":65535", ":65536", ":99999", ":-1", ":", ":x", ":１２"]),
+        st.builds(lambda text: ":" + text, hostile_text(MAX_URL // 4)),
+    )
+    path = st.one_of(
+        st.sampled_from(["", "/", "/hook", "/hooks?x=1#frag", "/🐉", "/a b", "/%00", "/../..", "?only=query"]),
+        st.builds(lambda text: "/" + text, hostile_text(MAX_URL // 4)),
+    )
+    structured = st.builds(
+        lambda scheme, userinfo, host, port, path: f"{scheme}://{userinfo}{host}{port}{path}",
+        scheme,
+        userinfo,
+        host,
+        port,
+        path,
+    )
+    sized = st.builds(
+        lambda prefix, unit, length: prefix + _repeated_to(unit, max(length - len(prefix), 0)),
+        st.sampled_from([f"{NOWHERE}/", "https://", "http://127.0.0.1:1/", "https://h:", "https://u:p@h/"]),
+        st.sampled_from(["p", "é", "🐉", "%", " "]),
+        st.one_of(near(MAX_URL), st.integers(MAX_URL + 2, 20_000)),
+    )
+    junk = st.sampled_from(
+        [
+            "junk",
+            "https:",
+            "https://",
+            "https:///x",
+            "//127.0.0.1:1/",
+            "127.0.0.1:1/hook",
+            "https:127.0.0.1",
+            "mailto:a@b",
+        ]
+    )
+    valid, hostile = text_field(VALID_URLS, MAX_URL)
+    return valid, st.one_of(hostile, structured, sized, junk)
+
+
+def _b64(raw: bytes, urlsafe: bool = True, strip: bool = True) -> str:
+    encoded = (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(raw).decode()
+    return encoded.rstrip("=") if strip else encoded
+
+
+def cursor_entries(cursor: str) -> dict[str, Any] | None:
+    """The entries (shard key: position) of a text in a cursor's form, read as encode_cursor writes it, not
+    yet checked; None when it is not in that form (or inflates past MAX_CURSOR_JSON_BYTES)."""
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)), MAX_CURSOR_JSON_BYTES)
+        values = None if inflater.unconsumed_tail else json.loads(raw)
+    except (ValueError, zlib.error, RecursionError):
+        return None
+    if not isinstance(values, dict) or values.get("v") != 1 or not isinstance(values.get("p"), dict):
+        return None
+    return values["p"]
+
+
+def cursor_positions(cursor: str) -> dict[str, str] | None:
+    """The positions a cursor names; None when it is not a well-formed cursor."""
+    entries = cursor_entries(cursor)
+    if entries is None or not all(
+        CURSOR_SHARD_KEY.fullmatch(shard) and isinstance(position, str) and CURSOR_POSITION.fullmatch(position)
+        for shard, position in entries.items()
+    ):
+        return None
+    return entries
+
+
+SOURCE_TABLES = ["user_progress", "user_achievements", "level_rewards"]
+
+
+def cursors(stage: Stage) -> Choices:
+    """(valid, any) cursors: empty, issued by a watch, or well-formed (encode_cursor) but naming only
+    shards of the source tables that are not in their streams (OUT_OF_RANGE: "older than the
+    retention"); otherwise text, base64 and zlib junk, and cursors in the issued form with forged shard
+    keys and positions (sequence numbers too short, too long, past a 64-bit integer, digits of other
+    scripts)."""
+    shard_ids = sorted({key.split("/", 1)[1] for key in stage.shard_keys})
+    gone_shard = st.builds(lambda shard, n: shard[:-n] + "0" * n, st.sampled_from(shard_ids), st.integers(1, 8))
+    forged_key = st.one_of(
+        st.builds(
+            lambda table, shard: f"{table}/{shard}",
+            st.sampled_from(SOURCE_TABLES + ["xp_ledger", "", "🐉"]),
+            st.one_of(st.sampled_from(shard_ids), gone_shard, st.text(max_size=24)),  # live ids, under any table
+        ),
+        st.text(max_size=12).map(lambda text: text + "/"),
+    )
+    position = st.one_of(
+        st.just(""),
+        st.sampled_from(sorted(position for _, position in stage.issued_positions)),
+        st.integers(0, 2**64).map(lambda n: f"@{n}"),
+        st.integers(0, 10**40).map(lambda n: str(n).zfill(21)),  # shaped like DynamoDB's sequence numbers
+        st.integers(0, 10**50).map(str),
+        st.integers(DYNAMODB_LOCAL_MAX_SEQUENCE - 1, DYNAMODB_LOCAL_MAX_SEQUENCE + 2).map(lambda n: str(n).zfill(21)),
+        st.integers(0, 10**15).map(lambda n: f"@{n}"),  # "@" and up to 16 digits
+        st.text(alphabet=st.characters(categories=["Nd"]), min_size=1, max_size=24),  # digits of any script
+    )
+    well_formed = st.dictionaries(
+        st.one_of(st.sampled_from(stage.shard_keys), forged_key), position, min_size=1, max_size=4
+    ).map(encode_cursor)
+    shapes = st.one_of(
+        st.fixed_dictionaries({"v": st.sampled_from([1, 2, "1", None]), "p": st.one_of(st.integers(), st.text())}),
+        st.fixed_dictionaries(
+            {"v": st.just(1), "p": st.dictionaries(st.text(max_size=8), st.one_of(st.integers(), st.none()))}
+        ),
+        st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+    ).map(lambda value: json.dumps(value).encode())
+    zlib_junk = st.one_of(
+        st.builds(zlib.compress, st.one_of(shapes, st.binary(max_size=40))),
+        # Far larger inflated than any cursor, from a few KB.
+        st.sampled_from([2 * 10**6, 2 * 10**7]).map(lambda n: zlib.compress(b'{"v":1,"p":{}' + b" " * n + b"}")),
+    )
+    expired = st.dictionaries(
+        st.builds(lambda table, shard: f"{table}/{shard}", st.sampled_from(SOURCE_TABLES), gone_shard).filter(
+            lambda key: key not in stage.shard_keys
+        ),
+        position,
+        min_size=1,
+        max_size=3,
+    ).map(encode_cursor)
+    valid = st.one_of(st.sampled_from([""] + stage.issued_cursors), expired)
+    # Well-formed ones half the time: they are the ones that reach the streams.
+    return valid, st.one_of(
+        well_formed,
+        st.one_of(
+            valid,
+            st.builds(_b64, st.one_of(zlib_junk, st.binary(max_size=64)), st.booleans(), st.booleans()),
+            hostile_text(MAX_ID),
+            padded(stage.issued_cursors),
+            sized_text(st.integers(1000, 20000)),
+        ),
+    )
+
+
+def delivery_ids(stage: Stage) -> Choices:
+    """(valid, any) RedeliverEvents.delivery_ids: some failed deliveries (or none: all of them), up to
+    the limit; otherwise hostile ids, ids over 1024 bytes, and lists past the limit."""
+    failed = stage.failed_deliveries[FAILING_WEBHOOK]
+    known = failed + ["missing-user/req#missing", "🐉/level#2", "sha256:" + "0" * 64, "🐉" * MAX_ID + "/rev#req#x"]
+
+    def numbered(count: int) -> list[str]:
+        return [f"user-{i}/req#{i}" for i in range(count)]
+
+    return (
+        st.one_of(
+            st.lists(st.sampled_from(known), max_size=4),
+            st.integers(MAX_DELIVERY_IDS - 2, MAX_DELIVERY_IDS).map(numbered),
+        ),
+        st.one_of(
+            st.lists(text_field(known, MAX_DELIVERY_ID)[1], min_size=1, max_size=6),
+            st.lists(delivery_shaped(), min_size=1, max_size=3),
+            st.integers(MAX_DELIVERY_IDS - 1, 150).map(numbered),
+            st.builds(
+                lambda ids, times: ids * times,
+                st.lists(st.sampled_from(failed), min_size=1, max_size=3),
+                st.integers(40, 60),
+            ),
+        ),
+    )
+
+
+def delivery_shaped() -> st.SearchStrategy[str]:
+    """Delivery ids, "<user_id>/<event_id>", of hostile parts: 4-byte characters at the limits (a key's
+    bytes), and "sha256:" ones of hex digests or not."""
+    part = st.one_of(
+        st.builds(_repeated_to, st.sampled_from(["🐉", "u", "é"]), near(MAX_ID)),
+        st.builds(
+            lambda unit, length: "rev#req#" + _repeated_to(unit, length), st.sampled_from(["🐉", "r"]), near(MAX_ID)
+        ),
+        hostile_text(MAX_ID),
+        st.sampled_from(["", "/", "req#x", "level#2"]),
+    )
+    hashed = st.builds(
+        lambda digest: "sha256:" + digest,
+        st.one_of(st.text(alphabet="0123456789abcdef", min_size=64, max_size=64), hostile_text(MAX_ID)),
+    )
+    return st.one_of(st.builds(lambda user, event: f"{user}/{event}", part, part), hashed)
 
 
 # --- verdicts: which fields of a request break a documented limit ----------------
@@ -380,6 +671,10 @@ def page_tokens(stage: Stage, key: str) -> st.SearchStrategy[str]:
 class Verdict:
     broken: set[str] = field(default_factory=set)  # break a documented limit: must be INVALID_ARGUMENT
     doubtful: set[str] = field(default_factory=set)  # the contract leaves open: either answer
+    # Unless INVALID_ARGUMENT names a field above: the one code the request must get (None: any of the RPC's).
+    expected: grpc.StatusCode | None = None
+    # Codes besides the RPC's that this request may get (DynamoDB Local's quirks, each said where it is added).
+    also_allowed: set[grpc.StatusCode] = field(default_factory=set)
 
     def allows_naming(self, name: str) -> bool:
         return name in self.broken or name in self.doubtful
@@ -579,7 +874,158 @@ def verdict_check_level_up(request: lv.CheckLevelUpRequest, stage: Stage) -> Ver
     return verdict
 
 
+def check_events_id(verdict: Verdict, name: str, value: str, *, required: bool = True) -> None:
+    """An id of events.proto that README's id rules do not list (webhook_id): "1 to 128 characters with
+    no control characters". Whether the other id rules (NFC, format characters, white space) apply to it
+    is not said: either answer."""
+    if not value:
+        if required:
+            verdict.broken.add(name)
+        return
+    if len(value) > MAX_ID or _has_control_character(value):
+        verdict.broken.add(name)
+    elif _has_format_character(value) or not unicodedata.is_normalized("NFC", value) or value != value.strip():
+        verdict.doubtful.add(name)
+
+
+def check_event_types(verdict: Verdict, name: str, values: list[int]) -> None:
+    # EVENT_TYPE_UNSPECIFIED and numbers EventType lacks: not said; refusing them names the entry or the list.
+    for i, value in enumerate(values):
+        if value not in EVENT_TYPES:
+            verdict.doubtful.update({f"{name}[{i}]", name})
+
+
+def check_url(verdict: Verdict, name: str, url: str) -> None:
+    """Required, at most 2048 characters, https (the stage does not allow http), no credentials.
+    What a URL parser makes of the rest (white space, control characters, odd hosts and ports) is not
+    said: either answer."""
+    if not url or len(url) > MAX_URL:
+        verdict.broken.add(name)
+        return
+    if any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in url):
+        verdict.doubtful.add(name)
+        return
+    parts = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", url, re.DOTALL)
+    if parts is None:
+        # No scheme at all, or a scheme without "//": not an https url, unless it starts like one.
+        (verdict.doubtful if url.lower().startswith("https:") else verdict.broken).add(name)
+        return
+    scheme, authority, _ = parts.groups()
+    userinfo, at, host_port = authority.rpartition("@")
+    if scheme.lower() != "https" or userinfo.replace(":", ""):
+        verdict.broken.add(name)
+        return
+    host, _, port = host_port.partition(":")
+    if (
+        at
+        or not re.fullmatch(r"[A-Za-z0-9.-]+", host)
+        or (":" in host_port and not (port.isascii() and port.isdigit() and int(port) <= 65535))
+    ):
+        verdict.doubtful.add(name)
+
+
+def check_delivery_id(verdict: Verdict, name: str, value: str, *, required: bool = True) -> None:
+    """A delivery id (MAX_DELIVERY_ID): 1 to 265 characters under the id rules, at most 1,024 bytes of
+    UTF-8. One within them that names no failed delivery finds none: it is not refused."""
+    if not value:
+        if required:
+            verdict.broken.add(name)
+        return
+    check_id(verdict, name, value, max_length=MAX_DELIVERY_ID)
+    if len(value.encode()) > MAX_DELIVERY_ID_BYTES:
+        verdict.broken.add(name)
+
+
+def check_cursor(verdict: Verdict, stage: Stage, cursor: str) -> None:
+    if not cursor or cursor in stage.issued_cursors:
+        return
+    positions = cursor_positions(cursor)
+    if positions is None:
+        verdict.broken.add("cursor")  # not in the issued form, or a shard key or position of another shape
+        return
+    if any(shard.split("/", 1)[0] in SOURCE_TABLES and shard not in stage.shard_keys for shard in positions):
+        # A shard of a source table that is no longer in its stream: "older than the streams' retention".
+        verdict.expected = grpc.StatusCode.OUT_OF_RANGE
+        return
+    # Sequence numbers in live shards that no watch here was given (shards of other tables are not read).
+    unissued = [
+        position
+        for shard, position in positions.items()
+        if shard in stage.shard_keys and position.isdigit() and (shard, position) not in stage.issued_positions
+    ]
+    if not unissued:
+        return
+    verdict.doubtful.add("cursor")  # perhaps one its shard issued since, or one it may yet reach: read after it
+    if any(len(p) >= MIN_SEQUENCE_DIGITS and int(p) > DYNAMODB_LOCAL_MAX_SEQUENCE for p in unissued):
+        # DynamoDB Local's HTTP 500 for it (see DYNAMODB_LOCAL_MAX_SEQUENCE); on AWS a ValidationException.
+        verdict.also_allowed.add(grpc.StatusCode.UNAVAILABLE)
+    elif any(len(p) < MIN_SEQUENCE_DIGITS for p in unissued):
+        verdict.broken.add("cursor")  # a number no shard issues
+
+
+def verdict_watch_events(request: ev.WatchEventsRequest, stage: Stage) -> Verdict:
+    verdict = Verdict()
+    check_id(verdict, "user_id", request.user_id, required=False)  # empty: every user (the stage is admin)
+    check_event_types(verdict, "types", list(request.types))
+    check_cursor(verdict, stage, request.cursor)
+    return verdict
+
+
+def verdict_put_webhook(request: ev.PutWebhookRequest, stage: Stage) -> Verdict:
+    verdict = Verdict()
+    if not request.HasField("webhook"):
+        verdict.broken.add("webhook")
+        return verdict
+    webhook = request.webhook
+    check_events_id(verdict, "webhook.webhook_id", webhook.webhook_id)
+    check_url(verdict, "webhook.url", webhook.url)
+    check_event_types(verdict, "webhook.types", list(webhook.types))
+    if not MIN_SECRET <= len(webhook.secret) <= MAX_SECRET:
+        verdict.broken.add("webhook.secret")
+    elif _has_control_character(webhook.secret):
+        verdict.doubtful.add("webhook.secret")
+    return verdict
+
+
+def verdict_webhook_id(request: Any, stage: Stage) -> Verdict:
+    verdict = Verdict()
+    check_events_id(verdict, "webhook_id", request.webhook_id)
+    return verdict
+
+
+def verdict_list_webhooks(request: ev.ListWebhooksRequest, stage: Stage) -> Verdict:
+    verdict = Verdict()
+    check_page(verdict, stage, ("ListWebhooks", ""), request.page_size, request.page_token)
+    return verdict
+
+
+def verdict_list_failed_deliveries(request: ev.ListFailedDeliveriesRequest, stage: Stage) -> Verdict:
+    # Its page_token is the last delivery_id of the page before: any delivery id is one (the page after it).
+    verdict = verdict_webhook_id(request, stage)
+    check_range(verdict, "page_size", request.page_size, 0, MAX_PAGE_SIZE)
+    check_delivery_id(verdict, "page_token", request.page_token, required=False)
+    return verdict
+
+
+def verdict_redeliver_events(request: ev.RedeliverEventsRequest, stage: Stage) -> Verdict:
+    verdict = verdict_webhook_id(request, stage)
+    if len(request.delivery_ids) > MAX_DELIVERY_IDS:
+        verdict.broken.add("delivery_ids")
+    for i, delivery_id in enumerate(request.delivery_ids):
+        check_delivery_id(verdict, f"delivery_ids[{i}]", delivery_id)
+    return verdict
+
+
 # --- what an accepted request must be answered with -------------------------------
+
+
+def delivery_id_of(user_id: str, event_id: str) -> str:
+    """FailedDelivery.delivery_id: "<user_id>/<event_id>", or "sha256:" and the hex digest of its UTF-8
+    when that is over 1,024 bytes."""
+    plain = f"{user_id}/{event_id}"
+    if len(plain.encode()) <= MAX_DELIVERY_ID_BYTES:
+        return plain
+    return "sha256:" + hashlib.sha256(plain.encode()).hexdigest()
 
 
 def ok_put_activity(stage: Stage, request: xp.PutActivityRequest, response: xp.Activity) -> None:
@@ -690,9 +1136,68 @@ def ok_check_level_up(stage: Stage, request: lv.CheckLevelUpRequest, response: l
         assert not response.rewards and response.current_level == response.previous_level
 
 
+def ok_watch_events(stage: Stage, request: ev.WatchEventsRequest, response: ev.WatchEventsResponse) -> None:
+    """An event came: one the watch asked for, with a cursor to reconnect with."""
+    event = response.event
+    assert event.event_id and event.user_id and event.occurred_at.seconds > 0, response
+    if request.user_id:
+        assert event.user_id == request.user_id, response
+    if request.types:
+        assert event.type in request.types, response
+    assert event.type in EVENT_TYPES and event.WhichOneof("detail"), response
+    assert cursor_positions(response.cursor) is not None, response.cursor
+
+
+def ok_put_webhook(stage: Stage, request: ev.PutWebhookRequest, response: ev.Webhook) -> None:
+    # "Returns the webhook without its secret."
+    assert not response.secret
+    assert (response.webhook_id, response.url) == (request.webhook.webhook_id, request.webhook.url)
+    assert set(response.types) == set(request.webhook.types)
+
+
+def ok_list_webhooks(stage: Stage, request: ev.ListWebhooksRequest, response: ev.ListWebhooksResponse) -> None:
+    ids = [w.webhook_id for w in response.webhooks]
+    assert ids == sorted(set(ids)) and len(ids) <= (request.page_size or DEFAULT_PAGE_SIZE)
+    assert not any(w.secret for w in response.webhooks)  # "secrets are never shown"
+    if response.next_page_token:
+        stage.issued_tokens.add((("ListWebhooks", ""), response.next_page_token))
+
+
+def ok_list_failed_deliveries(
+    stage: Stage, request: ev.ListFailedDeliveriesRequest, response: ev.ListFailedDeliveriesResponse
+) -> None:
+    # "in delivery_id order", after the page_token (the last delivery_id of the page before).
+    ids = [d.delivery_id for d in response.deliveries]
+    assert ids == sorted(set(ids)) and all(i > request.page_token for i in ids), (request.page_token, ids)
+    assert len(response.deliveries) <= (request.page_size or DEFAULT_PAGE_SIZE)
+    for delivery in response.deliveries:
+        assert delivery.delivery_id == delivery_id_of(delivery.event.user_id, delivery.event.event_id), delivery
+        assert delivery.attempts >= 1 and delivery.last_error and delivery.failed_at.seconds > 0, delivery
+    if request.webhook_id not in stage.failed_deliveries:
+        assert not response.deliveries  # no delivery of it failed
+    if response.next_page_token:
+        stage.issued_tokens.add((("ListFailedDeliveries", request.webhook_id), response.next_page_token))
+
+
+def ok_redeliver_events(stage: Stage, request: ev.RedeliverEventsRequest, response: ev.RedeliverEventsResponse) -> None:
+    failed = stage.failed_deliveries.get(request.webhook_id, [])
+    # At most the failed deliveries it names, or all of them (a name repeated while the dispatcher
+    # fails it again in between may count twice).
+    most = sum(d in failed for d in request.delivery_ids) if request.delivery_ids else len(failed)
+    assert 0 <= response.redelivered <= most, response
+    if response.redelivered:
+        # They fail again at once: wait, so that no write of the dispatcher falls into the next request's check.
+        stage.settle_deliveries()
+
+
 # --- the RPCs -------------------------------------------------------------------
 
-SERVICE_NAMES = {"xp": "XpService", "achievements": "AchievementsService", "levels": "LevelsService"}
+SERVICE_NAMES = {
+    "xp": "XpService",
+    "achievements": "AchievementsService",
+    "levels": "LevelsService",
+    "events": "EventsService",
+}
 
 
 @dataclass(frozen=True)
@@ -704,10 +1209,19 @@ class Rpc:
     writes: bool
     verdict: Callable[[Any, Stage], Verdict]
     accepted: Callable[[Stage, Any, Any], None]
+    streaming: bool = False  # server streaming: its first response is read (WATCH_TIMEOUT_S)
 
     @property
     def path(self) -> str:
         return f"/rewards.v1.{SERVICE_NAMES[self.service]}/{self.name}"
+
+    @property
+    def allowed(self) -> set[grpc.StatusCode]:
+        return ALLOWED_CODES | (STREAM_CODES if self.streaming else set())
+
+    @property
+    def hostile(self) -> settings:
+        return HOSTILE_WATCH if self.streaming else HOSTILE
 
 
 RPCS = {
@@ -820,6 +1334,53 @@ RPCS = {
             True,
             verdict_check_level_up,
             ok_check_level_up,
+        ),
+        Rpc(
+            "events",
+            "WatchEvents",
+            ev.WatchEventsRequest,
+            ev.WatchEventsResponse,
+            False,
+            verdict_watch_events,
+            ok_watch_events,
+            streaming=True,
+        ),
+        Rpc("events", "PutWebhook", ev.PutWebhookRequest, ev.Webhook, True, verdict_put_webhook, ok_put_webhook),
+        Rpc(
+            "events",
+            "ListWebhooks",
+            ev.ListWebhooksRequest,
+            ev.ListWebhooksResponse,
+            False,
+            verdict_list_webhooks,
+            ok_list_webhooks,
+        ),
+        Rpc(
+            "events",
+            "DeleteWebhook",
+            ev.DeleteWebhookRequest,
+            ev.DeleteWebhookResponse,
+            True,
+            verdict_webhook_id,
+            ok_empty,
+        ),
+        Rpc(
+            "events",
+            "ListFailedDeliveries",
+            ev.ListFailedDeliveriesRequest,
+            ev.ListFailedDeliveriesResponse,
+            False,
+            verdict_list_failed_deliveries,
+            ok_list_failed_deliveries,
+        ),
+        Rpc(
+            "events",
+            "RedeliverEvents",
+            ev.RedeliverEventsRequest,
+            ev.RedeliverEventsResponse,
+            True,
+            verdict_redeliver_events,
+            ok_redeliver_events,
         ),
     ]
 }
@@ -1016,6 +1577,75 @@ def requests_for(name: str, stage: Stage) -> st.SearchStrategy[Message]:
                 ),
             )
         )
+    if name == "WatchEvents":
+        return requests(
+            message_field(
+                ev.WatchEventsRequest,
+                user_id=(st.sampled_from([""] + USER_IDS + HOOK_USERS), user_id[1]),
+                types=event_types(),
+                cursor=cursors(stage),
+            )
+        )
+    if name == "PutWebhook":
+        webhook = message_field(
+            ev.Webhook,
+            webhook_id=text_field(WEBHOOK_IDS, MAX_ID),
+            url=urls(),
+            types=event_types(),
+            secret=(
+                st.sampled_from(SECRETS),
+                st.one_of(st.sampled_from(SECRETS), hostile_text(MAX_SECRET), sized_text(near(MIN_SECRET))),
+            ),
+        )
+        return requests(
+            message_field(
+                lambda webhook: with_nested(ev.PutWebhookRequest(), "webhook", webhook),
+                webhook=optional_message(webhook),
+            )
+        )
+    if name == "ListWebhooks":
+        issued_tokens = [token for listing, token in stage.seed_tokens if listing[0] == "ListWebhooks"]
+        return requests(
+            message_field(
+                ev.ListWebhooksRequest,
+                page_size=int_field((0, MAX_PAGE_SIZE), 32),
+                page_token=(
+                    st.sampled_from([""] + issued_tokens),
+                    st.one_of(page_tokens(stage, "webhook_id"), text_field(WEBHOOK_IDS, MAX_ID)[1]),
+                ),
+            )
+        )
+    if name == "DeleteWebhook":
+        return requests(message_field(ev.DeleteWebhookRequest, webhook_id=text_field(DISPOSABLE_WEBHOOK_IDS, MAX_ID)))
+    if name == "ListFailedDeliveries":
+        issued = [(listing[1], token) for listing, token in stage.seed_tokens if listing[0] == name]
+        return requests(
+            message_field(
+                lambda page, page_size: ev.ListFailedDeliveriesRequest(
+                    webhook_id=page[0], page_token=page[1], page_size=page_size
+                ),
+                page=(
+                    st.one_of(st.tuples(st.sampled_from(WEBHOOK_IDS), st.just("")), st.sampled_from(issued)),
+                    st.tuples(
+                        text_field(WEBHOOK_IDS, MAX_ID)[1],
+                        st.one_of(
+                            page_tokens(stage, "event_key"),
+                            delivery_shaped(),
+                            st.sampled_from(stage.failed_deliveries[FAILING_WEBHOOK]),
+                        ),
+                    ),
+                ),
+                page_size=int_field((0, MAX_PAGE_SIZE), 32),
+            )
+        )
+    if name == "RedeliverEvents":
+        return requests(
+            message_field(
+                ev.RedeliverEventsRequest,
+                webhook_id=text_field([FAILING_WEBHOOK, "hook-✨", "missing-webhook"], MAX_ID),
+                delivery_ids=delivery_ids(stage),
+            )
+        )
     raise AssertionError(f"no requests for {name}")
 
 
@@ -1040,8 +1670,8 @@ class Outcome:
 
 
 class Stage:
-    """The three servers on their own tables, a snapshot of those tables, and
-    the page tokens the servers issued."""
+    """The four servers on their own tables, a snapshot of those tables, and
+    the page tokens, cursors and failed deliveries the servers made."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -1049,23 +1679,37 @@ class Stage:
             service: authorized_channel(f"localhost:{cluster.ports[service]}", options=CLIENT_OPTIONS)
             for service in SERVICE_NAMES
         }
-        # From the definitions, not list_tables: the session's emulator holds many stages' tables.
-        self.tables = sorted(cluster.table(table.name) for table in ALL_TABLES)
+        # From the definitions, not list_tables: the session's emulator holds many stages' tables. Not
+        # event_readers: the webhooks' reader of the streams renews its lease there and saves its position
+        # as it reads the other services' writes, whatever the requests (no request writes it).
+        self.tables = sorted(cluster.table(table.name) for table in ALL_TABLES if table is not EVENT_READERS)
         self._scans = ThreadPoolExecutor(len(self.tables), thread_name_prefix="snapshot")
         self._snapshot: dict[str, frozenset[str]] | None = None
         self.issued_tokens: set[tuple[tuple[str, str], str]] = set()
         self.seed_tokens: list[tuple[tuple[str, str], str]] = []
+        # Cursors a watch answered with, the (shard key, position) pairs in them, every shard key of the
+        # stage's streams, and the deliveries that failed per webhook: all made by the fixture.
+        self.issued_cursors: list[str] = []
+        self.issued_positions: set[tuple[str, str]] = set()
+        self.shard_keys: list[str] = []
+        self.failed_deliveries: dict[str, list[str]] = {}
 
     def close(self) -> None:
         for channel in self.channels.values():
             channel.close()
         self._scans.shutdown()
 
-    def reset_catalog(self) -> None:
+    def reset_catalog(self, *, webhooks: bool = False) -> None:
         """Back to the seeded catalog, so that each test starts from the same
-        catalog whatever ran before it (users keep their progress)."""
+        catalog whatever ran before it (users keep their progress), with no
+        webhook, or (`webhooks`, for the events RPCs) the seeded ones."""
         dynamodb, table = self.cluster.dynamodb, self.cluster.table
-        for name, key in (("activities", "activity_id"), ("achievements", "achievement_id"), ("levels", "level")):
+        for name, key in (
+            ("activities", "activity_id"),
+            ("achievements", "achievement_id"),
+            ("levels", "level"),
+            ("webhooks", "webhook_id"),
+        ):
             for page in dynamodb.get_paginator("scan").paginate(
                 TableName=table(name), ProjectionExpression="#k", ExpressionAttributeNames={"#k": key}
             ):
@@ -1076,13 +1720,43 @@ class Stage:
             self.cluster.xp.PutActivity(xp.PutActivityRequest(activity=activity))
         for achievement in SEED_ACHIEVEMENTS:
             self.cluster.achievements.PutAchievement(ach.PutAchievementRequest(achievement=achievement))
+        if webhooks:
+            for webhook in SEED_WEBHOOKS:
+                self.cluster.events.PutWebhook(ev.PutWebhookRequest(webhook=webhook))
         self.forget_snapshot()
 
-    def call(self, path: str, service: str, payload: bytes) -> Outcome:
+    def settle_deliveries(self, timeout_s: float = 30) -> None:
+        """Waits until no delivery is pending (the dispatcher sends a pending one at once, and with no
+        retry window it fails for good), so that the dispatcher writes nothing more."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pending = self.cluster.dynamodb.scan(
+                TableName=self.cluster.table("webhook_deliveries"),
+                FilterExpression="attribute_exists(pending)",
+                ConsistentRead=True,
+                Select="COUNT",
+            )
+            if not pending["Count"] and "LastEvaluatedKey" not in pending:
+                return
+            assert time.monotonic() < deadline, "deliveries still pending"
+            time.sleep(0.05)
+
+    def call(self, rpc: Rpc, payload: bytes) -> Outcome:
         # Raw bytes both ways, so that malformed requests can be sent as well.
-        method = self.channels[service].unary_unary(path)
+        channel = self.channels[rpc.service]
         try:
-            return Outcome(grpc.StatusCode.OK, "", method(payload, timeout=60), None)
+            if not rpc.streaming:
+                unary: Any = channel.unary_unary(rpc.path)
+                return Outcome(grpc.StatusCode.OK, "", unary(payload, timeout=60), None)
+            # A stream: its first response, or how it ended; a valid watch outlives the deadline.
+            stream: Any = channel.unary_stream(rpc.path)
+            call = stream(payload, timeout=WATCH_TIMEOUT_S)
+            try:
+                return Outcome(grpc.StatusCode.OK, "", next(iter(call)), None)
+            except StopIteration:
+                return Outcome(grpc.StatusCode.OK, "the stream ended without a response", None, None)
+            finally:
+                call.cancel()
         except grpc.RpcError as error:
             return Outcome(error.code(), error.details() or "", None, error)
 
@@ -1147,7 +1821,7 @@ def field_path_exists(descriptor: Any, path: str) -> bool:
 def assert_answered_within_contract(stage: Stage, rpc: Rpc, payload: bytes) -> Outcome:
     """Sends one request (as bytes) and checks every property of its answer."""
     before = stage.snapshot_before_write() if rpc.writes else None
-    outcome = stage.call(rpc.path, rpc.service, payload)
+    outcome = stage.call(rpc, payload)
     if before is not None and outcome.code not in REJECTIONS:
         stage.forget_snapshot()  # it may have written, as it may
     try:
@@ -1163,10 +1837,9 @@ def assert_answered_within_contract(stage: Stage, rpc: Rpc, payload: bytes) -> O
 
 
 def check_answer(stage: Stage, rpc: Rpc, payload: bytes, outcome: Outcome) -> None:
-    too_large = len(payload) > MAX_REQUEST_BYTES
-    allowed = ALLOWED_CODES | ({grpc.StatusCode.RESOURCE_EXHAUSTED} if too_large else set())
-    assert outcome.code in allowed, f"{rpc.name} answered {outcome.code.name}: {outcome.details}"
-    if too_large:
+    if len(payload) > MAX_REQUEST_BYTES:
+        allowed = rpc.allowed | {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert outcome.code in allowed, f"{rpc.name} answered {outcome.code.name}: {outcome.details}"
         return
     try:
         request = rpc.request_type.FromString(payload)
@@ -1177,6 +1850,10 @@ def check_answer(stage: Stage, rpc: Rpc, payload: bytes, outcome: Outcome) -> No
     # Fields this test does not know (raw bytes may carry some) are the server's to ignore.
     request.DiscardUnknownFields()
     verdict = rpc.verdict(request, stage)
+    allowed = rpc.allowed | verdict.also_allowed
+    assert outcome.code in allowed, f"{rpc.name} answered {outcome.code.name}: {outcome.details}"
+    if outcome.code == grpc.StatusCode.OUT_OF_RANGE:  # only "a cursor older than the streams' retention"
+        assert getattr(request, "cursor", ""), f"{rpc.name} answered OUT_OF_RANGE without a cursor: {outcome.details}"
     if outcome.code == grpc.StatusCode.INVALID_ARGUMENT:
         name = named_field(outcome)
         assert field_path_exists(rpc.request_type.DESCRIPTOR, name), f"names no field of the request: {outcome.details}"
@@ -1189,8 +1866,11 @@ def check_answer(stage: Stage, rpc: Rpc, payload: bytes, outcome: Outcome) -> No
             f"{rpc.name} answered {outcome.code.name} ({outcome.details}) although {sorted(verdict.broken)} "
             f"break documented limits"
         )
+        assert verdict.expected in (None, outcome.code), (
+            f"{rpc.name} answered {outcome.code.name} ({outcome.details}), not {verdict.expected}"
+        )
     if outcome.code == grpc.StatusCode.OK:
-        assert outcome.response is not None
+        assert outcome.response is not None, f"{rpc.name}: {outcome.details}"
         rpc.accepted(stage, request, rpc.response_type.FromString(outcome.response))
 
 
@@ -1208,13 +1888,85 @@ def assert_still_serving(stage: Stage) -> None:
     assert unlocks.user_id == "player-1"
     levels = [level.level for level in stage.cluster.levels.ListLevels(lv.ListLevelsRequest(), timeout=10).levels]
     assert levels == sorted(levels)
+    webhooks = [w.webhook_id for w in stage.cluster.events.ListWebhooks(ev.ListWebhooksRequest(), timeout=10).webhooks]
+    assert webhooks == sorted(webhooks)
+    # A watch still goes live (its headers come once it is): the events server still reads the streams.
+    watch = stage.cluster.events.WatchEvents(ev.WatchEventsRequest(user_id="player-1"), timeout=10)
+    try:
+        assert watch.initial_metadata() is not None
+    finally:
+        watch.cancel()
+
+
+def four_byte_unique(length: int) -> str:
+    """A new id of `length` (at least 32) four-byte characters."""
+    return "".join(chr(0x1F600 + int(digit, 16)) for digit in uuid.uuid4().hex) + "🎲" * (length - 32)
+
+
+def seed_events(stage: Stage) -> None:
+    """Cursors from real watches, deliveries of FAILING_WEBHOOK that failed, and page tokens of the
+    webhooks' listings. Leaves no webhook behind."""
+    cluster = stage.cluster
+    watches = [cluster.events.WatchEvents(ev.WatchEventsRequest(user_id=u), timeout=60) for u in ("", HOOK_USERS[0])]
+    for watch in watches:
+        watch.initial_metadata()  # live: the awards below come
+    assert FAILING_WEBHOOK == SEED_WEBHOOKS[0].webhook_id and not SEED_WEBHOOKS[0].types
+    cluster.events.PutWebhook(ev.PutWebhookRequest(webhook=SEED_WEBHOOKS[0]))  # the only one: no other fails
+    deadline = time.monotonic() + 60
+    failed: list[str] = []
+    while len(failed) < 2 * len(HOOK_USERS):  # an award and a level-up each
+        # Again while the webhooks' reader of the streams is not yet live (it starts with the server).
+        assert time.monotonic() < deadline, f"no failed deliveries: {failed}"
+        request_id = four_byte_unique(MAX_ID)
+        for user in HOOK_USERS:
+            cluster.xp.AwardXp(xp.AwardXpRequest(user_id=user, activity_id="win-match", request_id=request_id))
+        until = time.monotonic() + 5
+        while len(failed) < 2 * len(HOOK_USERS) and time.monotonic() < until:
+            time.sleep(0.1)
+            stage.settle_deliveries()
+            listing = cluster.events.ListFailedDeliveries(
+                ev.ListFailedDeliveriesRequest(webhook_id=FAILING_WEBHOOK, page_size=MAX_PAGE_SIZE)
+            )
+            failed = [d.delivery_id for d in listing.deliveries]
+    assert any(d.startswith("sha256:") for d in failed), failed  # of HOOK_USERS[-1]
+    stage.failed_deliveries[FAILING_WEBHOOK] = failed
+    for watch in watches:
+        first = next(iter(watch))
+        watch.cancel()
+        stage.issued_cursors.append(first.cursor)
+        positions = cursor_positions(first.cursor)
+        assert positions is not None
+        stage.issued_positions.update(positions.items())
+    stage.shard_keys = sorted({shard for shard, _ in stage.issued_positions})
+    assert {shard.split("/", 1)[0] for shard in stage.shard_keys} == set(SOURCE_TABLES), stage.shard_keys
+    # Real tokens, for valid follow-up pages.
+    page = cluster.events.ListFailedDeliveries(ev.ListFailedDeliveriesRequest(webhook_id=FAILING_WEBHOOK, page_size=1))
+    assert page.next_page_token
+    stage.seed_tokens.append((("ListFailedDeliveries", FAILING_WEBHOOK), page.next_page_token))
+    stage.reset_catalog(webhooks=True)
+    webhooks = cluster.events.ListWebhooks(ev.ListWebhooksRequest(page_size=2))
+    assert webhooks.next_page_token
+    stage.seed_tokens.append((("ListWebhooks", ""), webhooks.next_page_token))
+    stage.reset_catalog()
 
 
 @pytest.fixture(scope="module")
 def stage(dynamodb_endpoint: str) -> Iterator[Stage]:
     """One cluster for the module (a cluster a test would cost 17 table sets),
     seeded so that valid requests can succeed."""
-    cluster = Cluster(dynamodb_endpoint)
+    # https only (webhooks_allow_http is False), so that the rule on http urls is in play. A delivery is
+    # kept as failed after its first failed attempt, and a redelivered one is sent again within a quarter
+    # of a second (due deliveries are looked for every first_retry_s). The streams are read once a second:
+    # no test here waits for a watch, and the readers' polling would slow every other test.
+    cluster = Cluster(
+        dynamodb_endpoint,
+        events=True,
+        events_poll_s=1.0,
+        webhook_retry_window_s=0.0,
+        webhook_first_retry_s=0.25,
+        webhook_timeout_s=2.0,
+    )
+    assert not cluster.settings.webhooks_allow_http
     shared = Stage(cluster)
     try:
         shared.reset_catalog()
@@ -1227,6 +1979,7 @@ def stage(dynamodb_endpoint: str) -> Iterator[Stage]:
         achievements = cluster.achievements.ListAchievements(ach.ListAchievementsRequest(page_size=2))
         assert achievements.next_page_token
         shared.seed_tokens.append((("ListAchievements", ""), achievements.next_page_token))
+        seed_events(shared)
         shared.issued_tokens.update(shared.seed_tokens)
         yield shared
     finally:
@@ -1240,10 +1993,10 @@ def stage(dynamodb_endpoint: str) -> Iterator[Stage]:
 @pytest.mark.parametrize("rpc_name", list(RPCS))
 def test_generated_requests_are_answered_within_the_contract(stage: Stage, rpc_name: str) -> None:
     rpc = RPCS[rpc_name]
-    stage.reset_catalog()
+    stage.reset_catalog(webhooks=rpc.service == "events")
     answered: dict[str, int] = {}
 
-    @HOSTILE
+    @rpc.hostile
     @given(request=requests_for(rpc_name, stage))
     def run(request: Message) -> None:
         outcome = assert_answered_within_contract(stage, rpc, request.SerializeToString())
@@ -1251,8 +2004,9 @@ def test_generated_requests_are_answered_within_the_contract(stage: Stage, rpc_n
 
     run()
     assert_still_serving(stage)
-    # The mix reached both sides: some requests refused, and (where any request can be valid) some accepted.
-    assert answered.get("OK", 0) > 0, answered
+    # The mix reached both sides: some requests refused, and (where any request can be valid) some accepted
+    # (a watch that no event reached ends at its deadline).
+    assert answered.get("OK", 0) + (answered.get("DEADLINE_EXCEEDED", 0) if rpc.streaming else 0) > 0, answered
     if rpc_name != "ListLevels":
         assert answered.get("INVALID_ARGUMENT", 0) > 0, answered
 
@@ -1329,7 +2083,8 @@ def malformed_payloads(rpc: Rpc, stage: Stage) -> st.SearchStrategy[bytes]:
     )
 
 
-# The writes with the most fields, a listing, and ListLevels, whose request has no field at all.
+# The writes with the most fields, a listing, ListLevels, whose request has no field at all, and the
+# events service's stream (an edge of its own) and webhook write (a nested message).
 MALFORMED_TARGETS = [
     "PutActivity",
     "AwardXp",
@@ -1340,16 +2095,18 @@ MALFORMED_TARGETS = [
     "PutLevel",
     "ListLevels",
     "CheckLevelUp",
+    "WatchEvents",
+    "PutWebhook",
 ]
 
 
 @pytest.mark.parametrize("rpc_name", MALFORMED_TARGETS)
 def test_malformed_bytes_are_invalid_argument(stage: Stage, rpc_name: str) -> None:
     rpc = RPCS[rpc_name]
-    stage.reset_catalog()
+    stage.reset_catalog(webhooks=rpc.service == "events")
     undecodable = 0
 
-    @HOSTILE
+    @rpc.hostile
     @given(payload=malformed_payloads(rpc, stage))
     def run(payload: bytes) -> None:
         nonlocal undecodable
@@ -1363,23 +2120,57 @@ def test_malformed_bytes_are_invalid_argument(stage: Stage, rpc_name: str) -> No
     assert undecodable > 0
 
 
+def _filled_to(request: Message, fill: Callable[[Any, str], None], size: int) -> bytes:
+    """`request` with one string field filled (by `fill`) so that it is exactly `size` bytes."""
+    length = size - request.ByteSize()
+    for _ in range(5):  # the lengths' own varints grow with the string: a few rounds settle it
+        filled = type(request)()
+        filled.CopyFrom(request)
+        fill(filled, "d" * length)
+        payload = filled.SerializeToString()
+        if len(payload) == size:
+            return payload
+        length += size - len(payload)
+    raise AssertionError(f"no {size}-byte {type(request).__name__}")
+
+
+def _fill_description(request: xp.PutActivityRequest, text: str) -> None:
+    request.activity.description = text
+
+
+def _fill_url(request: ev.PutWebhookRequest, text: str) -> None:
+    request.webhook.url = NOWHERE + "/" + text
+
+
+def _fill_cursor(request: ev.WatchEventsRequest, text: str) -> None:
+    request.cursor = text
+
+
+# A write of each kind of server (catalog, webhook) and the stream, each with one string field
+# filled to the size; at 1 MiB the request is read, then refused for that field.
+OVERSIZED: dict[str, tuple[Message, Callable[[Any, str], None]]] = {
+    "PutActivity": (xp.PutActivityRequest(activity=xp.Activity(activity_id="huge", name="Huge")), _fill_description),
+    "PutWebhook": (ev.PutWebhookRequest(webhook=ev.Webhook(webhook_id="huge", secret=SEED_SECRET)), _fill_url),
+    "WatchEvents": (ev.WatchEventsRequest(user_id="player-1"), _fill_cursor),
+}
+
+
+@pytest.mark.parametrize("rpc_name", list(OVERSIZED))
 @pytest.mark.parametrize(
     "payload_bytes,expected",
     [
         (MAX_REQUEST_BYTES + 1, grpc.StatusCode.RESOURCE_EXHAUSTED),
-        (MAX_REQUEST_BYTES, grpc.StatusCode.INVALID_ARGUMENT),  # read, then refused for its description
+        (MAX_REQUEST_BYTES, grpc.StatusCode.INVALID_ARGUMENT),  # read, then refused for the field filled
     ],
 )
 def test_requests_over_one_mib_are_refused_and_write_nothing(
-    stage: Stage, payload_bytes: int, expected: grpc.StatusCode
+    stage: Stage, rpc_name: str, payload_bytes: int, expected: grpc.StatusCode
 ) -> None:
-    stage.reset_catalog()
-    request = xp.PutActivityRequest(activity=xp.Activity(activity_id="huge", name="Huge"))
-    overhead = request.ByteSize() + 2 + 4  # the description's tag, its 4-byte length, the outer length growing
-    request.activity.description = "d" * (payload_bytes - overhead)
-    payload = request.SerializeToString()
-    assert len(payload) == payload_bytes
-    outcome = assert_answered_within_contract(stage, RPCS["PutActivity"], payload)
+    rpc = RPCS[rpc_name]
+    stage.reset_catalog(webhooks=rpc.service == "events")
+    request, fill = OVERSIZED[rpc_name]
+    payload = _filled_to(request, fill, payload_bytes)
+    outcome = assert_answered_within_contract(stage, rpc, payload)
     assert outcome.code == expected, outcome.details
     assert_still_serving(stage)
 
@@ -1502,3 +2293,226 @@ def test_self_requirement_is_blamed_on_the_entry_that_names_itself(stage: Stage)
         assert required[index] == "gate", outcome.details
 
     run()
+
+
+# --- what hypothesis found in the events service, each with its smallest example (all fixed) ---
+
+
+def test_a_cursor_position_no_stream_issued_is_refused(stage: Stage) -> None:
+    """A cursor in the issued form that names a shard of the stage's streams at a position that shard never
+    issued, or a shard no longer in its stream. It ended the watch INTERNAL (GetShardIterator's
+    ValidationException); now a position of another shape (digits of other scripts, over 40 digits) and a
+    number the shard never issued are INVALID_ARGUMENT (or read after, when the shard may yet reach it), a
+    gone shard OUT_OF_RANGE (check_cursor). On DynamoDB Local a number past a 64-bit integer is UNAVAILABLE
+    (its HTTP 500: DYNAMODB_LOCAL_MAX_SEQUENCE)."""
+    stage.reset_catalog()
+
+    @HOSTILE_WATCH
+    @example(shard=0, position="0", gone=False)  # the smallest failing example hypothesis found (INTERNAL)
+    @example(shard=1, position="0" * MIN_SEQUENCE_DIGITS, gone=False)  # DynamoDB's ValidationException
+    @example(shard=2, position="9" * MIN_SEQUENCE_DIGITS, gone=False)  # DynamoDB Local's HTTP 500
+    @example(shard=0, position="\u0663" * MIN_SEQUENCE_DIGITS, gone=False)  # ARABIC-INDIC DIGIT THREE
+    @example(shard=1, position="1" * 41, gone=False)
+    @example(shard=2, position="0", gone=True)
+    @given(
+        shard=st.integers(0, len(SOURCE_TABLES) - 1),
+        position=st.one_of(
+            st.integers(0, 10**45).map(str),
+            st.integers(0, 10**40).map(lambda n: str(n).zfill(MIN_SEQUENCE_DIGITS)),
+            st.text(alphabet=st.characters(categories=["Nd"]), min_size=1, max_size=24),
+        ),
+        gone=st.booleans(),
+    )
+    def run(shard: int, position: str, gone: bool) -> None:
+        key = stage.shard_keys[shard]
+        if gone:
+            key = key[:-8] + "0" * 8
+            assert key not in stage.shard_keys
+        request = ev.WatchEventsRequest(user_id="player-1", cursor=encode_cursor({key: position}))
+        assert_answered_within_contract(stage, RPCS["WatchEvents"], request.SerializeToString())
+
+    run()
+
+
+MALFORMED_URL = "webhook.url is not a URL (its port or host is malformed)"
+
+
+def test_a_url_refused_for_its_port_or_host_reaches_a_default_client(stage: Stage) -> None:
+    """check_webhook put urllib's text, which quotes the url's port or host, into the INVALID_ARGUMENT: a
+    url within its 2048 characters got a status (message and BadRequest detail, percent-encoded) over the
+    8 KB of metadata a default client takes, which saw RESOURCE_EXHAUSTED. Now the message is its own."""
+    stage.reset_catalog()
+
+    def put(url: str) -> Outcome:
+        request = ev.PutWebhookRequest(webhook=ev.Webhook(webhook_id="hook-url", url=url, secret=SEED_SECRET))
+        return assert_answered_within_contract(stage, RPCS["PutWebhook"], request.SerializeToString())
+
+    @HOSTILE
+    # Hypothesis shrank it to a port of 512 U+0800 (1,547 bytes, 11 bytes of metadata too many); one of 700
+    # is over by far, so that no rewording of the message alone makes it pass: fails at once, no search.
+    @example(url="https://h:" + "\u0800" * 700 + "/")
+    @given(
+        url=st.one_of(
+            st.builds(lambda port: f"https://h:{port}/", hostile_text(MAX_URL // 4)),
+            st.builds(lambda host: f"https://{host}/", hostile_text(MAX_URL // 4)),
+        ).filter(lambda url: len(url) <= MAX_URL)
+    )
+    def run(url: str) -> None:
+        put(url)
+
+    run()
+    # A port, an IPv6 host, a host NFKC makes another (U+2100 ACCOUNT OF: "a/c"), as urllib refuses them.
+    for url in ("https://h:" + "\u0800" * 700 + "/", "https://h:x/", "https://[::1/", "https://\u2100.invalid/"):
+        outcome = put(url)
+        assert (outcome.code, outcome.details) == (grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_URL), url
+
+
+def test_delivery_ids_over_1024_bytes_are_invalid_argument(stage: Stage) -> None:
+    """RedeliverEvents put a delivery id of at most 257 characters, however many bytes, into an UpdateItem
+    key (a sort key: at most 1,024 bytes): INTERNAL. Now one over 1,024 bytes of UTF-8 is INVALID_ARGUMENT,
+    and so is ListFailedDeliveries' page_token, which goes into a Query's ExclusiveStartKey."""
+    stage.reset_catalog(webhooks=True)
+
+    @HOSTILE
+    # The smallest failing example hypothesis found ("/" and 256 dragons, 1,025 bytes): fails at once.
+    @example(unit="🐉", length=2 * MAX_ID + 1, slash_at=0)
+    @example(unit="🐉", length=MAX_DELIVERY_ID_BYTES // 4, slash_at=MAX_ID)  # 1,021 bytes: taken
+    @given(
+        unit=st.sampled_from(["u", "é", "中", "🐉"]),
+        length=st.one_of(near(MAX_DELIVERY_ID), st.integers(2, MAX_DELIVERY_ID)),
+        slash_at=st.integers(0, MAX_DELIVERY_ID),
+    )
+    def run(unit: str, length: int, slash_at: int) -> None:
+        text = _repeated_to(unit, length)
+        at = slash_at % length
+        delivery_id = text[:at] + "/" + text[at + 1 :]
+        redeliver = ev.RedeliverEventsRequest(webhook_id=FAILING_WEBHOOK, delivery_ids=[delivery_id])
+        listing = ev.ListFailedDeliveriesRequest(webhook_id=FAILING_WEBHOOK, page_token=delivery_id)
+        for rpc_name, request in (("RedeliverEvents", redeliver), ("ListFailedDeliveries", listing)):
+            assert_answered_within_contract(stage, RPCS[rpc_name], request.SerializeToString())
+
+    run()
+
+
+def _failed_deliveries(stage: Stage, webhook_id: str) -> list[ev.FailedDelivery]:
+    request = ev.ListFailedDeliveriesRequest(webhook_id=webhook_id, page_size=MAX_PAGE_SIZE)
+    return list(stage.cluster.events.ListFailedDeliveries(request, timeout=10).deliveries)
+
+
+def test_failed_deliveries_are_listed_in_delivery_id_order(stage: Stage) -> None:
+    """events.proto: "in delivery_id order" (it said "oldest first", which the listing never was): the
+    first delivery, redelivered and failed again after every other, keeps its place; a page at a time
+    lists the same, through the stage's "sha256:" delivery_id."""
+    stage.reset_catalog(webhooks=True)
+    first = _failed_deliveries(stage, FAILING_WEBHOOK)[0]
+    again = ev.RedeliverEventsRequest(webhook_id=FAILING_WEBHOOK, delivery_ids=[first.delivery_id])
+    assert stage.cluster.events.RedeliverEvents(again, timeout=10).redelivered == 1
+    stage.settle_deliveries()  # failed again, after every other
+    listed = _failed_deliveries(stage, FAILING_WEBHOOK)
+    ids = [d.delivery_id for d in listed]
+    assert ids == sorted(stage.failed_deliveries[FAILING_WEBHOOK]), ids
+    failed_at = [d.failed_at.ToMilliseconds() for d in listed]
+    assert ids[0] == first.delivery_id and failed_at[0] == max(failed_at), list(zip(ids, failed_at, strict=True))
+    paged: list[str] = []
+    token = ""
+    while True:
+        request = ev.ListFailedDeliveriesRequest(webhook_id=FAILING_WEBHOOK, page_size=1, page_token=token)
+        page = stage.cluster.events.ListFailedDeliveries(request, timeout=10)
+        paged.extend(d.delivery_id for d in page.deliveries)
+        token = page.next_page_token
+        if not token:
+            break
+    assert paged == ids
+
+
+def test_a_listed_delivery_id_is_taken_back(stage: Stage) -> None:
+    """FailedDelivery.delivery_id is "what RedeliverEvents takes", and a next_page_token what the listing
+    takes. Both refused ids over 2 * 128 + 1 characters, though the service's own event ids are longer
+    (req#<request_id>: 132): a 128-character user's award with a 128-character request_id is listed as a
+    261-character delivery_id."""
+    stage.reset_catalog()
+    events, award = stage.cluster.events, stage.cluster.xp.AwardXp
+    webhook = ev.Webhook(webhook_id=unique("hook-long-ids"), url=f"{NOWHERE}/long-ids", secret=SEED_SECRET)
+    events.PutWebhook(ev.PutWebhookRequest(webhook=webhook), timeout=10)
+    try:
+        # The longest ids, in ASCII (a new player: a repeated award makes no event); another player after it.
+        user_id, request_id = _repeated_to(unique("u-long-ids") + "-", MAX_ID), "r" * MAX_ID
+        award(xp.AwardXpRequest(user_id=user_id, activity_id="daily-login", request_id=request_id), timeout=10)
+        award(xp.AwardXpRequest(user_id=unique("v-long-ids"), activity_id="daily-login", request_id="r"), timeout=10)
+        deadline = time.monotonic() + 30
+        while len(_failed_deliveries(stage, webhook.webhook_id)) < 2:
+            assert time.monotonic() < deadline, "the deliveries did not fail"
+            time.sleep(0.1)
+        first = events.ListFailedDeliveries(
+            ev.ListFailedDeliveriesRequest(webhook_id=webhook.webhook_id, page_size=1), timeout=10
+        )
+        listed = f"{user_id}/req#{request_id}"
+        assert [d.delivery_id for d in first.deliveries] == [listed] and first.next_page_token, first
+        refused = []
+        try:
+            events.ListFailedDeliveries(
+                ev.ListFailedDeliveriesRequest(webhook_id=webhook.webhook_id, page_token=first.next_page_token),
+                timeout=10,
+            )
+        except grpc.RpcError as error:
+            refused.append(("ListFailedDeliveries", error.code().name, error.details()))
+        try:
+            again = ev.RedeliverEventsRequest(webhook_id=webhook.webhook_id, delivery_ids=[listed])
+            assert events.RedeliverEvents(again, timeout=10).redelivered == 1
+        except grpc.RpcError as error:
+            refused.append(("RedeliverEvents", error.code().name, error.details()))
+        assert not refused, f"{len(listed)}-character delivery id refused: {refused}"
+    finally:
+        stage.settle_deliveries()
+        stage.reset_catalog()
+
+
+def test_an_event_of_the_longest_ids_reaches_the_webhooks_and_stops_none(stage: Stage) -> None:
+    """A user_id and a request_id of 128 four-byte characters (event_id "req#<request_id>") make
+    "<user_id>/<event_id>" 1,029 bytes, over DynamoDB's 1,024 for a sort key: its delivery could not be
+    stored, and the webhooks' reader of the streams stopped on it for good, so that no webhook got that
+    event or any later one. Now its delivery_id is "sha256:" and the hex digest of that text's UTF-8: it is
+    delivered (here it fails: nothing listens) like any other, later events come, and the listed id is
+    taken back, by RedeliverEvents and as a page_token."""
+    stage.reset_catalog()
+    events, award = stage.cluster.events, stage.cluster.xp.AwardXp
+    webhook = ev.Webhook(webhook_id=unique("hook-longest"), url=f"{NOWHERE}/longest", secret=SEED_SECRET)
+    events.PutWebhook(ev.PutWebhookRequest(webhook=webhook), timeout=10)
+
+    def wait_for_failed(wanted: set[str], timeout_s: float) -> set[str]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            listed = {d.delivery_id for d in _failed_deliveries(stage, webhook.webhook_id)}
+            if wanted <= listed or time.monotonic() > deadline:
+                return listed
+            time.sleep(0.1)
+
+    try:
+        # First the webhook works: an award's delivery fails (nothing listens) and is listed.
+        before = unique("before-longest")
+        award(xp.AwardXpRequest(user_id=before, activity_id="daily-login", request_id="r"), timeout=10)
+        assert f"{before}/req#r" in wait_for_failed({f"{before}/req#r"}, 30)
+        # The longest ids in 4-byte characters (a new player: a repeated award makes no event), then another
+        # player's award.
+        longest, request_id = four_byte_unique(MAX_ID), "🎮" * MAX_ID
+        award(xp.AwardXpRequest(user_id=longest, activity_id="daily-login", request_id=request_id), timeout=10)
+        after = unique("after-longest")
+        award(xp.AwardXpRequest(user_id=after, activity_id="daily-login", request_id="r"), timeout=10)
+        plain = f"{longest}/req#{request_id}"
+        assert len(plain.encode()) == MAX_DELIVERY_ID_BYTES + 5
+        hashed = "sha256:" + hashlib.sha256(plain.encode()).hexdigest()
+        wanted = {hashed, f"{after}/req#r"}
+        listed = wait_for_failed(wanted, 10)  # the first took a fraction of that
+        assert wanted <= listed, f"not delivered: {sorted(d[:40] for d in wanted - listed)}"
+        delivery = next(d for d in _failed_deliveries(stage, webhook.webhook_id) if d.delivery_id == hashed)
+        assert (delivery.event.user_id, delivery.event.event_id) == (longest, f"req#{request_id}"), delivery
+        # Taken back: as a page_token (the deliveries after it), and by RedeliverEvents.
+        page = events.ListFailedDeliveries(
+            ev.ListFailedDeliveriesRequest(webhook_id=webhook.webhook_id, page_token=hashed), timeout=10
+        )
+        assert all(d.delivery_id > hashed for d in page.deliveries), page
+        again = ev.RedeliverEventsRequest(webhook_id=webhook.webhook_id, delivery_ids=[hashed])
+        assert events.RedeliverEvents(again, timeout=10).redelivered == 1
+    finally:
+        stage.settle_deliveries()
+        stage.reset_catalog()

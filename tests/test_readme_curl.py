@@ -261,7 +261,7 @@ def token_environment() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def cluster(dynamodb_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
-    """What `make up` runs, on free ports with tables of their own: the three
+    """What `make up` runs, on free ports with tables of their own: the four
     services, the gateway, and the sample catalog loaded (`catalog apply --if-empty`)."""
     if shutil.which("curl") is None:
         pytest.fail("curl is not installed: apt-get install -y curl")

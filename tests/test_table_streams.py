@@ -1,7 +1,8 @@
-"""DynamoDB Streams on the tables that record each change once (the XP ledger,
-unlocks, levels reached), against DynamoDB Local, which implements the Streams
-API: ensure_tables turns them on, for new tables and for tables an earlier
-version made, and an award shows up in the ledger's stream once, as its new image."""
+"""DynamoDB Streams on the tables the events come from (progress, with its old
+image; unlocks and levels reached, new images), against DynamoDB Local, which
+implements the Streams API: ensure_tables turns them on, for new tables and for
+tables an earlier version made, and an award shows up in the progress item's
+stream once, with the entry it moved the total by."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from typing import Any
 
 import boto3
 
-from common.dynamodb import ALL_TABLES, XP_LEDGER, ensure_tables
-from common.dynamodb.tables import NEW_IMAGE
+from common.dynamodb import ALL_TABLES, USER_PROGRESS, ensure_tables
+from common.dynamodb.tables import NEW_AND_OLD_IMAGES, NEW_IMAGE
 from rewards.v1 import xp_pb2
 from tests.cluster import Cluster, unique
 
-SOURCES = {"xp_ledger", "user_achievements", "level_rewards"}
+SOURCES = {"user_progress": NEW_AND_OLD_IMAGES, "user_achievements": NEW_IMAGE, "level_rewards": NEW_IMAGE}
 
 
 def streams_client(cluster: Cluster) -> Any:
@@ -26,7 +27,7 @@ def streams_client(cluster: Cluster) -> Any:
     )
 
 
-def test_the_source_tables_stream_their_new_images_and_no_other_table_streams(cluster: Cluster) -> None:
+def test_the_source_tables_stream_their_images_and_no_other_table_streams(cluster: Cluster) -> None:
     streaming = {}
     for table in ALL_TABLES:
         described = cluster.dynamodb.describe_table(TableName=cluster.table(table.name))["Table"]
@@ -34,24 +35,24 @@ def test_the_source_tables_stream_their_new_images_and_no_other_table_streams(cl
         if spec.get("StreamEnabled"):
             assert described["LatestStreamArn"], table.name
             streaming[table.name] = spec["StreamViewType"]
-    assert streaming == dict.fromkeys(SOURCES, NEW_IMAGE)
+    assert streaming == SOURCES
 
 
-def test_a_ledger_an_earlier_version_made_without_a_stream_gets_one(cluster: Cluster) -> None:
+def test_a_progress_table_an_earlier_version_made_without_a_stream_gets_one(cluster: Cluster) -> None:
     prefix = f"test-{uuid.uuid4().hex[:8]}-"
-    ensure_tables(cluster.dynamodb, prefix, (replace(XP_LEDGER, stream_view=""),))
-    name = prefix + XP_LEDGER.name
+    ensure_tables(cluster.dynamodb, prefix, (replace(USER_PROGRESS, stream_view=""),))
+    name = prefix + USER_PROGRESS.name
     assert "StreamSpecification" not in cluster.dynamodb.describe_table(TableName=name)["Table"]
 
-    ensure_tables(cluster.dynamodb, prefix, (XP_LEDGER,))
+    ensure_tables(cluster.dynamodb, prefix, (USER_PROGRESS,))
     described = cluster.dynamodb.describe_table(TableName=name)["Table"]
-    assert described["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": NEW_IMAGE}
+    assert described["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": NEW_AND_OLD_IMAGES}
     assert described["TableStatus"] == "ACTIVE" and described["LatestStreamArn"]
-    ensure_tables(cluster.dynamodb, prefix, (XP_LEDGER,))  # and again: nothing to do
+    ensure_tables(cluster.dynamodb, prefix, (USER_PROGRESS,))  # and again: nothing to do
     cluster.dynamodb.delete_table(TableName=name)
 
 
-def test_an_award_and_its_retry_are_one_record_of_the_ledgers_stream(cluster: Cluster) -> None:
+def test_an_award_and_its_retry_are_one_record_of_the_progress_stream(cluster: Cluster) -> None:
     activity = xp_pb2.Activity(activity_id=unique("streamed"), name="Streamed", xp=7)
     cluster.xp.PutActivity(xp_pb2.PutActivityRequest(activity=activity))
     user = unique("user")
@@ -59,14 +60,27 @@ def test_an_award_and_its_retry_are_one_record_of_the_ledgers_stream(cluster: Cl
         cluster.xp.AwardXp(xp_pb2.AwardXpRequest(user_id=user, activity_id=activity.activity_id, request_id="s-1"))
 
     streams = streams_client(cluster)
-    arn = cluster.dynamodb.describe_table(TableName=cluster.table("xp_ledger"))["Table"]["LatestStreamArn"]
+    arn = cluster.dynamodb.describe_table(TableName=cluster.table("user_progress"))["Table"]["LatestStreamArn"]
     mine: list[dict[str, Any]] = []
     deadline = time.monotonic() + 10
-    while not mine and time.monotonic() < deadline:
+    while len(mine) < 2 and time.monotonic() < deadline:
         mine = [r for r in all_records(streams, arn) if r["dynamodb"]["Keys"]["user_id"]["S"] == user]
-    assert [(r["eventName"], r["dynamodb"]["StreamViewType"]) for r in mine] == [("INSERT", NEW_IMAGE)]
-    image = mine[0]["dynamodb"]["NewImage"]
-    assert (image["entry_id"]["S"], image["kind"]["S"], image["xp"]["N"]) == ("req#s-1", "activity", "7")
+    # Other updates of the item (a new user's first level, its level check) leave last_change as it was.
+    changes = [
+        r["dynamodb"]
+        for r in mine
+        if r["dynamodb"].get("NewImage", {}).get("last_change") != r["dynamodb"].get("OldImage", {}).get("last_change")
+    ]
+    assert [c["StreamViewType"] for c in changes] == [NEW_AND_OLD_IMAGES]
+    image = changes[0]["NewImage"]
+    change = image["last_change"]["M"]
+    assert (image["total_xp"]["N"], change["entry_id"]["S"], change["kind"]["S"], change["xp"]["N"]) == (
+        "7",
+        "req#s-1",
+        "activity",
+        "7",
+    )
+    assert change["request_id"]["S"] == "s-1" and change["activity_id"]["S"] == activity.activity_id
 
 
 def all_records(streams: Any, arn: str) -> list[dict[str, Any]]:
