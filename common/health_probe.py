@@ -1,13 +1,18 @@
 """`python -m common.health_probe ADDRESS [SERVICE]`: exits 0 only when the
 server at ADDRESS answers grpc.health.v1 Check with SERVING for SERVICE ("",
-the whole server, by default), and 1 otherwise. What container health checks
-run: the images have no grpc_health_probe binary, and this needs nothing the
-services do not already install."""
+the whole server, by default), and 1 otherwise; with an http:// URL as ADDRESS
+(the gateway's /healthz), only when a GET of it answers 2xx. What container
+health checks run: the images have no grpc_health_probe binary and no curl, and
+this needs nothing the services do not already install. One argument each,
+without spaces: podman's Docker API splits a CMD check's arguments at spaces
+(podman#26519), so a `python -c "..."` check would not run there."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import urllib.error
+import urllib.request
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -36,17 +41,34 @@ def probe(address: str, service: str = "", deadline_s: float = DEFAULT_DEADLINE_
     return HEALTHY if serving else UNHEALTHY
 
 
+def probe_http(url: str, deadline_s: float = DEFAULT_DEADLINE_S) -> int:
+    """HEALTHY when a GET of `url` answers 2xx (urllib raises on anything else); prints the outcome."""
+    # Local to the container, as above: no proxy from the environment.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=deadline_s) as response:
+            print(f"{url}: {response.status}")
+            return HEALTHY
+    except (urllib.error.URLError, OSError) as error:
+        print(f"{url}: {error}", file=sys.stderr)
+        return UNHEALTHY
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m common.health_probe",
         description="Exit 0 only when a gRPC server reports SERVING (grpc.health.v1).",
     )
-    parser.add_argument("address", help="host:port of the gRPC server")
+    parser.add_argument("address", help="host:port of the gRPC server, or an http:// URL to GET")
     parser.add_argument(
         "service", nargs="?", default="", help='service name, such as rewards.v1.XpService ("" = the server)'
     )
     parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE_S, help="seconds to wait for the answer")
     args = parser.parse_args(argv)
+    if args.address.startswith("http://"):
+        if args.service:
+            parser.error("SERVICE is for gRPC addresses, not URLs")
+        return probe_http(args.address, args.deadline)
     return probe(args.address, args.service, args.deadline)
 
 

@@ -1,5 +1,6 @@
 """docker-compose.yml, the Dockerfile and .dockerignore, checked without a
-Docker engine: compose itself validates the file, and its services, ports,
+container engine (`make compose-test` runs them for real, under podman:
+tests/compose_cluster): compose itself validates the file, and its services, ports,
 variables, commands and health checks agree with the code's configuration and
 entry points. Caller auth is on in every container, and the dev-tokens
 service's command is run here with the file's environment: it prints tokens
@@ -37,6 +38,7 @@ from common.config import ENVIRONMENT_VARIABLES, Settings
 from common.dynamodb import DynamoDBClient, create_dynamodb_client, ensure_tables
 from common.health_probe import DEFAULT_DEADLINE_S
 from common.server_runtime import HealthServicer
+from devcluster import container_engine
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, REPO_ROOT, free_port
 from devcluster.readiness import wait_http_healthy
 from gateway.routes import SERVICES as GATEWAY_SERVICES
@@ -396,21 +398,34 @@ def test_healthchecks_ask_the_grpc_health_protocol(compose: dict[str, Any], name
     assert seconds(check["timeout"]) > DEFAULT_DEADLINE_S
 
 
-def gateway_check_script(compose: dict[str, Any], port: int = GATEWAY_PORT) -> str:
+def gateway_check_argv(compose: dict[str, Any], port: int = GATEWAY_PORT) -> list[str]:
+    """The gateway's check (the services' probe, given the /healthz URL), pointed at `port`."""
     test = services(compose)[GATEWAY]["healthcheck"]["test"]
-    assert test[:3] == ["CMD", "python", "-c"] and len(test) == 4, test
     url = f"http://127.0.0.1:{GATEWAY_PORT}/healthz"
-    assert url in test[3], f"the gateway's check does not GET {url}"
-    return unescaped(test)[3].replace(url, f"http://127.0.0.1:{port}/healthz")
+    assert test == ["CMD", "python", "-m", "common.health_probe", url], test
+    return [sys.executable, "-m", "common.health_probe", url.replace(str(GATEWAY_PORT), str(port))]
 
 
 def test_the_gateway_healthcheck_gets_healthz_within_the_check_timeout(compose: dict[str, Any]) -> None:
-    check = services(compose)[GATEWAY]["healthcheck"]
-    script = gateway_check_script(compose)
-    compile(script, "<healthcheck>", "exec")  # a syntax error shows here
+    gateway_check_argv(compose)
     # The request gives up first, so the check reports why instead of being killed.
-    timeouts = [float(t) for t in re.findall(r"timeout=(\d+(?:\.\d+)?)", script)]
-    assert timeouts and max(timeouts) < seconds(check["timeout"])
+    assert DEFAULT_DEADLINE_S < seconds(services(compose)[GATEWAY]["healthcheck"]["timeout"])
+
+
+def test_no_exec_form_check_has_an_argument_with_whitespace(compose: dict[str, Any]) -> None:
+    """podman's Docker API (as docker-compose drives it) joins a CMD check's
+    arguments with spaces and splits them again at whitespace (podman#26519):
+    `bash -c "a b"` would run `bash -c a` there, a check that always passes. A
+    shell line goes in CMD-SHELL, which both engines pass whole to /bin/sh -c."""
+    for name, service in services(compose).items():
+        test = service.get("healthcheck", {}).get("test")
+        if not test:
+            continue
+        assert test[0] in ("CMD", "CMD-SHELL"), (name, test)
+        if test[0] == "CMD":
+            assert not [arg for arg in test[1:] if re.search(r"\s", arg)], (name, test)
+        else:
+            assert len(test) == 2, (name, test)
 
 
 def test_dynamodb_local_is_pinned_shared_and_checked(compose: dict[str, Any]) -> None:
@@ -421,7 +436,8 @@ def test_dynamodb_local_is_pinned_shared_and_checked(compose: dict[str, Any]) ->
     assert "-sharedDb" in command, "without -sharedDb each credential/region pair sees its own tables"
     assert "-port" not in command or command[command.index("-port") + 1] == str(DYNAMODB_PORT)
     test = dynamodb["healthcheck"]["test"]
-    assert test[:3] == ["CMD", "bash", "-c"] and f"/dev/tcp/127.0.0.1/{DYNAMODB_PORT}" in test[3]
+    assert test[0] == "CMD-SHELL" and test[1].startswith("bash -c '"), test
+    assert f"/dev/tcp/127.0.0.1/{DYNAMODB_PORT}" in test[1]
 
 
 @pytest.mark.parametrize("name", sorted(SERVERS))
@@ -474,6 +490,14 @@ def test_one_dev_only_key_written_once(compose: dict[str, Any]) -> None:
     before = text[: text.index(f"{AUTH_KEY_VARIABLE}:")].splitlines()
     comment = [line for line in before[-8:] if line.lstrip().startswith("#")]
     assert any("DEV ONLY" in line.upper() for line in comment), "mark the key as dev-only in a comment above it"
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_a_crashed_server_is_restarted(compose: dict[str, Any], name: str) -> None:
+    # `make compose-test` SIGKILLs one under load and sees compose restart it. DynamoDB Local is not
+    # restarted: it holds the data in memory, and an empty one would look like lost progress.
+    assert services(compose)[name]["restart"] == "unless-stopped"
+    assert "restart" not in services(compose)["dynamodb"]
 
 
 def test_dev_tokens_is_a_one_shot_needing_nothing(compose: dict[str, Any]) -> None:
@@ -554,6 +578,24 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
         for line in lines
         if line and not line.startswith("#")
     ]
+
+
+def test_make_compose_test_runs_the_images_this_file_and_the_dockerfile_name(compose: dict[str, Any]) -> None:
+    """`make compose-test` stores its stand-in base images and the project's
+    image under the names the file and the Dockerfile use (as podman fully
+    qualifies them), so that what ran there is this file, unchanged."""
+    from_images = [arg for op, arg in dockerfile_instructions() if op == "FROM"]
+    assert [f"docker.io/library/{image}" for image in from_images] == [container_engine.PYTHON_IMAGE]
+    assert f"docker.io/{services(compose)['dynamodb']['image']}" == container_engine.DYNAMODB_LOCAL_IMAGE
+    assert {services(compose)[name]["image"] for name in IMAGE_SERVICES} == {
+        container_engine.PROJECT_IMAGE.removeprefix("localhost/")
+    }
+    # Each stand-in is built from Debian packages on the debootstrapped base, never pulled.
+    for stand_in in container_engine.STAND_INS:
+        froms = [
+            line.split()[1] for line in stand_in.containerfile.read_text().splitlines() if line.startswith("FROM ")
+        ]
+        assert froms == [container_engine.DEBIAN_BASE_IMAGE], stand_in
 
 
 def test_dockerfile_builds_a_slim_non_root_image_of_the_project(compose: dict[str, Any]) -> None:
@@ -695,13 +737,14 @@ def test_the_gateway_healthcheck_passes_a_serving_gateway_and_fails_a_closed_por
 ) -> None:
     for port, passes in ((gateway_port, True), (free_port(), False)):
         checked = subprocess.run(
-            [sys.executable, "-c", gateway_check_script(compose, port)], capture_output=True, text=True, timeout=30
+            gateway_check_argv(compose, port), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30
         )
         assert (checked.returncode == 0) is passes, f"port {port}: {checked.stderr}"
 
 
 def dynamodb_check_script(compose: dict[str, Any], port: int) -> str:
-    script = unescaped(services(compose)["dynamodb"]["healthcheck"]["test"])[3]
+    """The CMD-SHELL line, for `sh -c` as the container runs it, pointed at `port`."""
+    script = unescaped(services(compose)["dynamodb"]["healthcheck"]["test"])[1]
     return script.replace(f"/dev/tcp/127.0.0.1/{DYNAMODB_PORT}", f"/dev/tcp/127.0.0.1/{port}")
 
 
@@ -709,10 +752,10 @@ def test_dynamodb_healthcheck_passes_a_serving_dynamodb_local(compose: dict[str,
     port = urlsplit(dynamodb_endpoint).port
     assert port is not None
     checked = subprocess.run(
-        ["bash", "-c", dynamodb_check_script(compose, port)], capture_output=True, text=True, timeout=30
+        ["sh", "-c", dynamodb_check_script(compose, port)], capture_output=True, text=True, timeout=30
     )
     assert checked.returncode == 0, checked.stderr
     closed = subprocess.run(
-        ["bash", "-c", dynamodb_check_script(compose, free_port())], capture_output=True, text=True, timeout=30
+        ["sh", "-c", dynamodb_check_script(compose, free_port())], capture_output=True, text=True, timeout=30
     )
     assert closed.returncode != 0
