@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .local/installed.stamp
 
-.PHONY: install up down status test test-unit lint bench proto proto-check proto-lint typecheck cfn cfn-check
+.PHONY: install up down status test test-unit compose-test lint bench proto proto-check proto-lint typecheck cfn cfn-check
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ test: install
 ## The unit tier alone: use cases on in-memory fakes, rewardsctl's clients on scripted channels (seconds).
 test-unit: install
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+## docker-compose.yml for real, under podman: builds the images (stand-in bases from Debian packages, the
+## project's from the Dockerfile), starts every service, tests it through the published ports, then `down`.
+## Installs podman when missing. Uses the ports of `make up`: stop that first. Not part of `make test`.
+compose-test: install
+	bash scripts/compose_test.sh $(PYTEST_ARGS)
 
 ## Throughput, latency, DynamoDB calls and service CPU per op through gRPC next to the floor (the fewest
 ## DynamoDB calls each operation needs, through the lean client; boto3 for reference),

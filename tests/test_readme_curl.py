@@ -14,7 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +133,10 @@ def parse_block(block: str) -> list[Command]:
 
 @pytest.fixture(scope="module")
 def readme() -> tuple[list[Command], Any]:
+    return readme_block()
+
+
+def readme_block() -> tuple[list[Command], Any]:
     """The section's ```sh block, parsed, and the ```json block after it (the award in full)."""
     found = blocks()
     assert found and found[0][0] == "sh", f"the section's first block should be ```sh, not {found[:1]}"
@@ -317,9 +321,18 @@ def shows(printed: str, excerpt: str) -> list[str]:
 
 
 def test_the_block_prints_what_the_readme_says(readme: tuple[list[Command], Any], cluster: ProcessCluster) -> None:
+    check_the_block_prints_what_the_readme_says(readme, lambda command: run(command, cluster))
+
+
+def check_the_block_prints_what_the_readme_says(
+    readme: tuple[list[Command], Any], run: Callable[[Command], subprocess.CompletedProcess[str]]
+) -> None:
+    """Runs the block's curl commands in order with `run` (on a stage with the
+    sample catalog and no user123 yet), and checks what each printed. Also used
+    by the compose cluster's test (tests/compose_cluster)."""
     commands = curl_commands(readme[0])
     award_in_full = readme[1]
-    results = [run(command, cluster) for command in commands]
+    results = [run(command) for command in commands]
     for command, result in zip(commands, results):
         assert result.returncode == 0, f"{command.text}\nexit {result.returncode}: {result.stderr}"
     printed = {command.text: result.stdout for command, result in zip(commands, results)}
@@ -367,7 +380,7 @@ def test_the_block_prints_what_the_readme_says(readme: tuple[list[Command], Any]
     # The Idempotency-Key is the request id: a repeat counts once.
     first = json.loads(printed[keyed.text])
     assert (first["xp_awarded"], first["total_xp"], first["duplicate"]) == ("100", "250", False)
-    repeat = run(keyed, cluster)
+    repeat = run(keyed)
     assert repeat.returncode == 0, repeat.stderr
     again = json.loads(repeat.stdout)
     assert (again["xp_awarded"], again["total_xp"], again["duplicate"]) == ("100", "250", True)
