@@ -44,6 +44,12 @@ class PreconditionFailed(DomainError):
         self.violations = violations or []
 
 
+class PermissionRefused(DomainError):
+    """The caller's role may not do this with these arguments. Maps to PERMISSION_DENIED."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class DependencyUnavailable(DomainError):
     """Another service or DynamoDB could not be reached; retrying is safe. Maps to UNAVAILABLE."""
 

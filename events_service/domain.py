@@ -14,9 +14,10 @@ from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from common.caller_auth import Role
 from common.dynamodb.reads import level_reached_from
 from common.dynamodb.streams import Positions, StreamRecord
-from common.errors import InvalidField, NotFound
+from common.errors import InvalidField, NotFound, PermissionRefused
 from common.models import ACHIEVEMENT, ACTIVITY, ADJUSTMENT, GRANT, REVOKE, Reward
 
 
@@ -158,6 +159,17 @@ class EventFilter:
 
     def matches(self, event: Event) -> bool:
         return (not self.user_id or event.user_id == self.user_id) and (not self.types or event.type in self.types)
+
+
+class WatchNotAllowed(PermissionRefused):
+    """A watch of every user asked with the game role."""
+
+
+def require_watch_allowed(event_filter: EventFilter, caller_role: Role | None) -> None:
+    """A game server watches its players one at a time; a watch of every user
+    (an empty user_id) takes the admin or service role. No caller: auth is off."""
+    if not event_filter.user_id and caller_role == Role.GAME:
+        raise WatchNotAllowed("watching every user (an empty user_id) takes the admin or service role")
 
 
 # --- webhooks -------------------------------------------------------------------------------

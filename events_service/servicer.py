@@ -7,10 +7,16 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from common import field_rules
-from common.caller_auth import Role, current_caller
+from common.caller_auth import current_caller
 from common.dynamodb.streams import decode_cursor
-from common.errors import DomainError, InvalidField
-from events_service.domain import MAX_DELIVERY_ID_BYTES, EventFilter, EventType, Webhook
+from common.errors import InvalidField
+from events_service.domain import (
+    MAX_DELIVERY_ID_BYTES,
+    EventFilter,
+    EventType,
+    Webhook,
+    require_watch_allowed,
+)
 from events_service.messages import (
     event_from_body,
     event_to_message,
@@ -35,10 +41,6 @@ def _delivery_id(field: str, value: str, *, required: bool = True) -> str:
     return checked
 
 
-class WatchNotAllowed(DomainError):
-    grpc_code = grpc.StatusCode.PERMISSION_DENIED
-
-
 WatchFactory = Callable[[EventFilter, dict[str, str] | None], Watch]
 
 
@@ -54,11 +56,11 @@ class EventsServicer(events_pb2_grpc.EventsServiceServicer):
     async def WatchEvents(
         self, request: events_pb2.WatchEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[events_pb2.WatchEventsResponse]:
-        user_id = field_rules.optional_id("user_id", request.user_id)
+        event_filter = EventFilter(
+            field_rules.optional_id("user_id", request.user_id), _types("types", list(request.types))
+        )
         caller = current_caller()
-        if not user_id and caller is not None and caller.role == Role.GAME:
-            raise WatchNotAllowed("watching every user (an empty user_id) takes the admin or service role")
-        event_filter = EventFilter(user_id, _types("types", list(request.types)))
+        require_watch_allowed(event_filter, caller.role if caller is not None else None)
         positions = decode_cursor(request.cursor) if request.cursor else None
         watch = self._new_watch(event_filter, positions)
         try:

@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from common.caller_auth import Role
+from common.dynamodb.streams import decode_cursor
 from events_service import server as events_server
 from rewards.v1 import events_pb2, events_pb2_grpc, xp_pb2
 from tests.cluster import STANDARD_LEVELS, Cluster, rpc_error, unique
@@ -126,12 +127,26 @@ def test_a_cursor_this_service_did_not_issue_is_invalid_and_one_past_retention_i
     assert gone.code() == grpc.StatusCode.OUT_OF_RANGE and "retention" in gone.details()
 
 
+def watch_cursor_of(cluster: Cluster, role: Role) -> str:
+    """The x-watch-cursor header of a watch of every user, which `role` may open."""
+    call = events_pb2_grpc.EventsServiceStub(cluster.channel("events", role)).WatchEvents(
+        events_pb2.WatchEventsRequest()
+    )
+    try:
+        return dict(call.initial_metadata())["x-watch-cursor"]
+    finally:
+        call.cancel()
+
+
 def test_watching_every_user_takes_the_admin_or_service_role(events_cluster: Cluster) -> None:
     game = events_pb2_grpc.EventsServiceStub(events_cluster.channel("events", Role.GAME))
     refused = rpc_error(lambda: next(iter(game.WatchEvents(events_pb2.WatchEventsRequest()))))
     assert refused.code() == grpc.StatusCode.PERMISSION_DENIED and "user_id" in refused.details()
     one_user = game.WatchEvents(events_pb2.WatchEventsRequest(user_id=unique("ev-user")))
-    assert one_user.initial_metadata() is not None  # live
+    # Live: the headers carry the cursor of the watch's start, with a position in every shard read.
+    every_user = {role: decode_cursor(watch_cursor_of(events_cluster, role)) for role in (Role.ADMIN, Role.SERVICE)}
+    assert every_user[Role.ADMIN] and set(every_user[Role.ADMIN]) == set(every_user[Role.SERVICE])
+    assert set(decode_cursor(dict(one_user.initial_metadata())["x-watch-cursor"])) == set(every_user[Role.ADMIN])
     one_user.cancel()
     nobody = events_pb2_grpc.EventsServiceStub(events_cluster.channel("events", None))
     assert rpc_error(lambda: next(iter(nobody.WatchEvents(events_pb2.WatchEventsRequest(user_id="x"))))).code() == (

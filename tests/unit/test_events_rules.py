@@ -16,6 +16,7 @@ from decimal import Decimal
 
 import pytest
 
+from common.caller_auth import Role
 from common.dynamodb.streams import Round, StreamRecord, decode_cursor, encode_cursor, is_after
 from common.errors import InvalidField
 from common.models import ACHIEVEMENT, ACTIVITY, ADJUSTMENT, GRANT, REVOKE, Reward
@@ -602,3 +603,23 @@ def test_a_cursor_naming_what_no_stream_spells_is_refused(positions: dict[str, s
     with pytest.raises(InvalidField) as refused:
         decode_cursor(encode_cursor(positions))
     assert refused.value.field == "cursor"
+
+
+@pytest.mark.parametrize(
+    ("user_id", "role", "allowed"),
+    [
+        ("", Role.GAME, False),
+        ("alice", Role.GAME, True),
+        ("", Role.ADMIN, True),
+        ("", Role.SERVICE, True),
+        ("", None, True),  # auth off: no caller
+    ],
+)
+def test_a_watch_of_every_user_takes_the_admin_or_service_role(user_id: str, role: Role | None, allowed: bool) -> None:
+    event_filter = domain.EventFilter(user_id)
+    if allowed:
+        domain.require_watch_allowed(event_filter, role)
+        return
+    with pytest.raises(domain.WatchNotAllowed) as refused:
+        domain.require_watch_allowed(event_filter, role)
+    assert refused.value.grpc_code.name == "PERMISSION_DENIED" and "user_id" in str(refused.value)
