@@ -16,8 +16,7 @@ from tests.cluster import STANDARD_LEVELS, Cluster
 collect_ignore = [] if os.environ.get("REWARDS_COMPOSE_TEST") == "1" else ["compose_cluster"]
 
 
-@pytest.fixture(scope="session")
-def dynamodb_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def running_dynamodb_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     for key, value in LOCAL_CREDENTIALS.items():
         os.environ.setdefault(key, value)
     port = free_port()
@@ -29,6 +28,19 @@ def dynamodb_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def dynamodb_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from running_dynamodb_local(tmp_path_factory)
+
+
+@pytest.fixture
+def own_dynamodb_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A DynamoDB Local of the test's own, for a test that writes a lot: the
+    session's one slows down as the suite fills it (the 300-player backup round
+    trip takes about 30 s on a fresh one, over 160 s late in the suite)."""
+    yield from running_dynamodb_local(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +65,7 @@ def new_cluster(dynamodb_endpoint: str) -> Iterator[Callable[..., Cluster]]:
     yield make
     for c in made:
         c.close()
+        c.drop_tables()
 
 
 @pytest.fixture

@@ -716,7 +716,21 @@ PRECISION_PROBE = {
 }
 
 
-def test_backup_restores_every_player_into_an_empty_stage(new_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+def test_backup_restores_every_player_into_an_empty_stage(own_dynamodb_endpoint: str, tmp_path: Path) -> None:
+    stages: list[Cluster] = []
+
+    def new_cluster() -> Cluster:
+        stages.append(Cluster(own_dynamodb_endpoint))
+        return stages[-1]
+
+    try:
+        backup_round_trip(new_cluster, tmp_path)
+    finally:
+        for stage in stages:
+            stage.close()
+
+
+def backup_round_trip(new_cluster: Callable[[], Cluster], tmp_path: Path) -> None:
     source = new_cluster()
     applied = run_command(source, "catalog", "apply", str(SAMPLE_CATALOG))
     assert applied.returncode == 0, applied.stderr
