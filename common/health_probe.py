@@ -57,7 +57,7 @@ def probe_http(url: str, deadline_s: float = DEFAULT_DEADLINE_S) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m common.health_probe",
-        description="Exit 0 only when a gRPC server reports SERVING (grpc.health.v1).",
+        description="Exit 0 only when a gRPC server reports SERVING (grpc.health.v1), or a GET of an http:// URL answers 2xx.",
     )
     parser.add_argument("address", help="host:port of the gRPC server, or an http:// URL to GET")
     parser.add_argument(

@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -331,9 +331,3 @@ def wait_until(condition_name: str, check: Callable[[], bool], timeout_s: float,
             raise TimeoutError(f"{condition_name}: not within {timeout_s:.0f} s")
         time.sleep(pause_s)
     return time.monotonic() - started
-
-
-def services_with_healthcheck(compose_config: dict[str, object]) -> Sequence[str]:
-    services = compose_config["services"]
-    assert isinstance(services, dict)
-    return sorted(name for name, spec in services.items() if "healthcheck" in spec)
