@@ -121,7 +121,8 @@ DOWN_S = 0.6  # how long a killed service stays down before its restart
 # After the last restart every client keeps going for this many requests (and until its scripts are done).
 TAIL_REQUESTS_PER_CLIENT = 12
 MAX_REQUESTS_PER_CLIENT = 400
-LOAD_BUDGET_S = 75
+# A bound on the run, not a speed target: a loaded 2-core machine took longer than 75 s (16-17 min suites).
+LOAD_BUDGET_S = 150
 # Per request: retries of the same request until it succeeds, within this time and this many attempts.
 REQUEST_BUDGET_S = 40
 MAX_ATTEMPTS_PER_REQUEST = 200
