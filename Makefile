@@ -61,14 +61,14 @@ proto-check: install
 typecheck: install
 	$(PY) -m mypy
 
-## Regenerate deploy/cloudformation.yaml from the table definitions (common/dynamodb.py).
+## Regenerate every stage's AWS stack (deploy/stacks/<stage>.yaml) from the code (common/cloudformation/).
 cfn: install
-	$(PY) -m common.cloudformation --output deploy/cloudformation.yaml
+	$(PY) -m common.cloudformation --write
 
 ## Fail when the committed template is stale or cfn-lint finds anything.
 cfn-check: install
-	$(PY) -m common.cloudformation --check deploy/cloudformation.yaml
-	.venv/bin/cfn-lint --include-checks I -- deploy/cloudformation.yaml
+	$(PY) -m common.cloudformation --check
+	.venv/bin/cfn-lint --include-checks I -- deploy/stacks/*.yaml
 
 ## Lint protos/ with buf and check them for breaking changes against the previous commit.
 proto-lint: install

@@ -1,4 +1,4 @@
-"""The CloudFormation template (deploy/cloudformation.yaml): generated from the
+"""The data half of every stage's stack (deploy/stacks/*.yaml): generated from the
 table definitions ensure_tables uses, fresh, clean under cfn-lint, and its
 IAM policies grant each service exactly the DynamoDB (and DynamoDB Streams)
 calls it makes."""
@@ -27,12 +27,12 @@ from common.caller_auth import MIN_SECRET_LENGTH
 from common.cloudformation import (
     AUTH_SECRET_LOGICAL_ID,
     AUTH_SECRET_READ_POLICY_LOGICAL_ID,
-    DEFAULT_TABLE_PREFIX,
     SERVICE_ACCESS,
-    TEMPLATE_PATH,
+    STAGES,
     policy_logical_id,
     table_logical_id,
 )
+from common.cloudformation import stages as stages_module
 from common.config import Settings
 from common.dynamodb import ALL_TABLES, DynamoDBClient, create_dynamodb_client, ensure_tables
 from common.dynamodb.streams import DynamoDBStreamsClient
@@ -61,6 +61,13 @@ Grant = tuple[str, str]
 TABLES_BY_LOGICAL_ID = {table_logical_id(table): table for table in ALL_TABLES}
 
 
+# The data half (tables, policies, key) is the same in every stage's stack but
+# for the table prefix's default: prod's is checked here, every stage's in
+# tests/test_stack_services.py.
+PROD = STAGES["prod"]
+TEMPLATE_PATH = PROD.path
+
+
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load(TEMPLATE_PATH.read_text())
@@ -70,32 +77,34 @@ def template() -> dict[str, Any]:
 # --- generated, fresh, linted --------------------------------------------------------
 
 
-def test_committed_template_is_what_the_generator_writes() -> None:
-    assert TEMPLATE_PATH.read_text() == cloudformation.template_yaml(), (
-        "deploy/cloudformation.yaml is stale: run `make cfn` (python -m common.cloudformation --output deploy/cloudformation.yaml)"
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_committed_stack_is_what_the_generator_writes(stage: str) -> None:
+    assert STAGES[stage].path.read_text() == cloudformation.stack_yaml(STAGES[stage]), (
+        f"deploy/stacks/{stage}.yaml is stale: run `make cfn` (python -m common.cloudformation --write)"
     )
-    assert cloudformation.main(["--check", str(TEMPLATE_PATH)]) == 0
 
 
-def test_check_fails_on_a_stale_or_missing_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    stale = tmp_path / "cloudformation.yaml"
+def test_check_fails_on_a_stale_or_missing_stack(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cloudformation.main(["--check"]) == 0
+    monkeypatch.setattr(stages_module, "STACKS_DIR", tmp_path)
+    assert cloudformation.main(["--write"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prod.yaml", "staging.yaml"]
+    assert (tmp_path / "prod.yaml").read_text() == TEMPLATE_PATH.read_text()
+    assert cloudformation.main(["--check"]) == 0
+    stale = tmp_path / "prod.yaml"
     stale.write_text(
-        cloudformation.template_yaml().replace(
-            "PointInTimeRecoveryEnabled: true", "PointInTimeRecoveryEnabled: false", 1
-        )
+        stale.read_text().replace("PointInTimeRecoveryEnabled: true", "PointInTimeRecoveryEnabled: false", 1)
     )
-    assert cloudformation.main(["--check", str(stale)]) == 1
+    assert cloudformation.main(["--check"]) == 1
     captured = capsys.readouterr()
     assert "-        PointInTimeRecoveryEnabled: false" in captured.out
     assert "+        PointInTimeRecoveryEnabled: true" in captured.out
     assert "make cfn" in captured.err
-    assert cloudformation.main(["--check", str(tmp_path / "missing.yaml")]) == 1
-
-
-def test_output_writes_the_template(tmp_path: Path) -> None:
-    target = tmp_path / "deploy" / "cloudformation.yaml"
-    assert cloudformation.main(["--output", str(target)]) == 0
-    assert target.read_text() == TEMPLATE_PATH.read_text()
+    assert cloudformation.main(["--write"]) == 0
+    (tmp_path / "staging.yaml").unlink()
+    assert cloudformation.main(["--check"]) == 1  # a stage without its stack
 
 
 def _cfn_lint() -> str:
@@ -105,7 +114,7 @@ def _cfn_lint() -> str:
     return found
 
 
-def test_cfn_lint_finds_nothing() -> None:
+def test_cfn_lint_finds_nothing_in_any_stage() -> None:
     # Informational checks too; and more than one region, as the stack is not tied to one.
     result = subprocess.run(
         [
@@ -117,7 +126,7 @@ def test_cfn_lint_finds_nothing() -> None:
             "eu-west-1",
             "ap-southeast-1",
             "--",
-            str(TEMPLATE_PATH),
+            *(str(stage.path) for stage in STAGES.values()),
         ],
         capture_output=True,
         text=True,
@@ -145,7 +154,7 @@ def test_every_table_is_the_one_ensure_tables_creates(template: dict[str, Any]) 
     for table in ALL_TABLES:
         resource = tables[table_logical_id(table)]
         properties = resource["Properties"]
-        created = table.create_table_params(DEFAULT_TABLE_PREFIX)
+        created = table.create_table_params(PROD.table_prefix)
         assert properties["TableName"] == {"Fn::Sub": "${TablePrefix}" + table.name}
         assert properties["KeySchema"] == created["KeySchema"]
         assert properties["AttributeDefinitions"] == created["AttributeDefinitions"]
@@ -168,7 +177,7 @@ def test_every_table_is_the_one_ensure_tables_creates(template: dict[str, Any]) 
 
 def test_table_names_are_the_prefix_and_the_name_as_the_services_use_them(template: dict[str, Any]) -> None:
     prefix = template["Parameters"]["TablePrefix"]
-    assert prefix["Default"] == DEFAULT_TABLE_PREFIX == "rewards-prod-"
+    assert prefix["Default"] == PROD.table_prefix == "rewards-prod-"
     # The longest name still fits DynamoDB's 255 characters behind the longest prefix.
     assert prefix["MaxLength"] == 255 - len("webhook_deliveries") == 255 - max(len(t.name) for t in ALL_TABLES)
     for table in ALL_TABLES:
@@ -191,8 +200,9 @@ def test_outputs_name_every_table_and_policy(template: dict[str, Any]) -> None:
         assert outputs[policy_logical_id(service) + "Arn"]["Value"] == {"Ref": policy_logical_id(service)}
 
 
-def test_resources_are_the_tables_the_service_policies_and_the_token_key(template: dict[str, Any]) -> None:
-    assert list(template["Resources"]) == [
+def test_the_data_resources_are_the_tables_the_service_policies_and_the_token_key(template: dict[str, Any]) -> None:
+    data_types = ("AWS::DynamoDB::Table", "AWS::IAM::ManagedPolicy", "AWS::SecretsManager::Secret")
+    assert [k for k, v in template["Resources"].items() if v["Type"] in data_types] == [
         *(table_logical_id(t) for t in ALL_TABLES),
         *(policy_logical_id(service) for service in SERVICE_ACCESS),
         AUTH_SECRET_LOGICAL_ID,

@@ -1,31 +1,17 @@
-"""The AWS CloudFormation template of the production tables (and the streams
-of the tables events are read from), of one least-privilege IAM policy per
-service, and of the key that signs callers' tokens (a Secrets Manager secret,
-with the policy that lets ECS read it),
-rendered from the table definitions in common/dynamodb/tables.py (ALL_TABLES): the
-tables in AWS and the ones ensure_tables creates for DynamoDB Local come from
-the same definition, so they cannot drift.
-
-    python -m common.cloudformation                # prints the template
-    python -m common.cloudformation --output FILE  # writes it (make cfn)
-    python -m common.cloudformation --check FILE   # exits 1 when FILE is not what it would write
-
-The committed template is deploy/cloudformation.yaml; tests/test_cloudformation.py
-fails when it is stale, lints it with cfn-lint, and checks each policy against
-the DynamoDB calls the services really make.
-"""
+"""The data half of each stage's stack: the production tables (and the streams
+of the tables events are read from), one least-privilege IAM policy per
+service, and the key that signs callers' tokens (a Secrets Manager secret, with
+the policy that lets ECS read it), rendered from the table definitions in
+common/dynamodb/tables.py (ALL_TABLES): the tables in AWS and the ones
+ensure_tables creates for DynamoDB Local come from the same definition, so they
+cannot drift. tests/test_cloudformation.py checks each policy against the
+DynamoDB calls the services really make."""
 
 from __future__ import annotations
 
-import argparse
-import difflib
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from common.dynamodb import (
     ACHIEVEMENT_STATS,
@@ -44,33 +30,10 @@ from common.dynamodb import (
 )
 from common.dynamodb.tables import EVENT_READERS, WEBHOOK_DELIVERIES, WEBHOOKS
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "deploy" / "cloudformation.yaml"
-
-# Unlike the code's default (`rewards-`, the local cluster's), so that a stack
-# made with defaults cannot be mistaken for a developer's tables.
-DEFAULT_TABLE_PREFIX = "rewards-prod-"
-
 # DynamoDB table names are 3 to 255 of these characters; the prefix must leave
 # room for the longest table name.
 _TABLE_NAME_CHARACTERS = "[a-zA-Z0-9_.-]"
 _MAX_TABLE_NAME_LENGTH = 255
-
-_HEADER = (
-    "# Generated from common/dynamodb/tables.py (ALL_TABLES) and common/cloudformation.py (SERVICE_ACCESS)\n"
-    "# by `python -m common.cloudformation --output deploy/cloudformation.yaml` (make cfn). Do not edit.\n"
-)
-
-_DESCRIPTION = (
-    "rewards: the DynamoDB tables of the XP, Achievements, Levels and Events gRPC services (on-demand "
-    "billing, point-in-time recovery, retained when the stack or a replacement would delete them; streams "
-    "on the tables events are read from) and one least-privilege IAM managed policy per service, for its "
-    "task role. Only webhook_deliveries has a TTL (a delivered event's record, a week): every other "
-    "record is kept for good by design (the XP ledger, unlocks, levels passed, and each level check's "
-    "record, which answers repeats of its request for as long as the ledger recognises them); see "
-    "docs/deploy.md. Also the key that signs callers' tokens (REWARDS_AUTH_JWT_SECRET), generated into a "
-    "retained Secrets Manager secret, and the policy that lets the tasks' execution role read it. "
-    "Generated from common/dynamodb/tables.py; do not edit."
-)
 
 # The key that signs and verifies callers' tokens (REWARDS_AUTH_JWT_SECRET):
 # Secrets Manager generates it when the stack is created, letters and digits
@@ -347,11 +310,12 @@ def auth_secret_read_policy_resource() -> dict[str, Any]:
     }
 
 
-def render_template(
+def data_resources(
     tables: Sequence[TableDefinition] = ALL_TABLES,
     access: dict[str, tuple[TableAccess, ...]] = SERVICE_ACCESS,
-) -> dict[str, Any]:
-    longest_name = max(len(table.name) for table in tables)
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The resources and outputs of the data half of the stack: the tables, one
+    policy per service, the token key and the policy that reads it."""
     resources: dict[str, Any] = {}
     outputs: dict[str, Any] = {
         "TablePrefix": {
@@ -373,69 +337,28 @@ def render_template(
         logical_id = policy_logical_id(service)
         resources[logical_id] = policy_resource(service, grants, tables)
         outputs[logical_id + "Arn"] = {
-            "Description": f"Attach to the {service} service's task role",
+            "Description": f"The {service} service's DynamoDB policy (its task role has it)",
             "Value": {"Ref": logical_id},
         }
     resources[AUTH_SECRET_LOGICAL_ID] = auth_secret_resource()
     outputs[AUTH_SECRET_LOGICAL_ID + "Arn"] = {
-        "Description": "The token key's secret: the tasks' REWARDS_AUTH_JWT_SECRET, as a secrets valueFrom",
+        "Description": "The token key's secret: the tasks' REWARDS_AUTH_JWT_SECRET (rewardsctl token mint reads it)",
         "Value": {"Ref": AUTH_SECRET_LOGICAL_ID},
     }
     resources[AUTH_SECRET_READ_POLICY_LOGICAL_ID] = auth_secret_read_policy_resource()
     outputs[AUTH_SECRET_READ_POLICY_LOGICAL_ID + "Arn"] = {
-        "Description": "Attach to the services' task execution role, so that ECS can inject the token key",
+        "Description": "The policy that lets the tasks' execution role inject the token key",
         "Value": {"Ref": AUTH_SECRET_READ_POLICY_LOGICAL_ID},
     }
+    return resources, outputs
+
+
+def table_prefix_parameter(default: str, tables: Sequence[TableDefinition] = ALL_TABLES) -> dict[str, Any]:
+    longest_name = max(len(table.name) for table in tables)
     return {
-        "AWSTemplateFormatVersion": "2010-09-09",
-        "Description": _DESCRIPTION,
-        "Parameters": {
-            "TablePrefix": {
-                "Type": "String",
-                "Description": "Prefix of every table name; the services' REWARDS_TABLE_PREFIX must equal it",
-                "Default": DEFAULT_TABLE_PREFIX,
-                "AllowedPattern": f"^{_TABLE_NAME_CHARACTERS}*$",
-                "MaxLength": _MAX_TABLE_NAME_LENGTH - longest_name,
-            },
-        },
-        "Resources": resources,
-        "Outputs": outputs,
+        "Type": "String",
+        "Description": "Prefix of every table name; the services' REWARDS_TABLE_PREFIX must equal it",
+        "Default": default,
+        "AllowedPattern": f"^{_TABLE_NAME_CHARACTERS}*$",
+        "MaxLength": _MAX_TABLE_NAME_LENGTH - longest_name,
     }
-
-
-def template_yaml() -> str:
-    return _HEADER + yaml.safe_dump(render_template(), sort_keys=False, default_flow_style=False, width=120)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.cloudformation", description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--output", type=Path, help="write the template to this file")
-    mode.add_argument("--check", type=Path, help="exit 1 when this file is not the template")
-    args = parser.parse_args(argv)
-    rendered = template_yaml()
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(rendered)
-        return 0
-    if args.check:
-        committed = args.check.read_text() if args.check.exists() else ""
-        if committed == rendered:
-            print(f"{args.check}: the template is fresh")
-            return 0
-        sys.stdout.writelines(
-            difflib.unified_diff(
-                committed.splitlines(keepends=True),
-                rendered.splitlines(keepends=True),
-                fromfile=str(args.check),
-                tofile="python -m common.cloudformation",
-            )
-        )
-        print(f"{args.check} is stale: regenerate it with `make cfn`", file=sys.stderr)
-        return 1
-    sys.stdout.write(rendered)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from common.cloudformation import main
+
+sys.exit(main())
