@@ -181,9 +181,26 @@ def test_the_token_key_is_a_secret_of_the_services_only(stack: dict[str, Any]) -
         if name == GATEWAY:
             assert "Secrets" not in definition  # it passes callers' tokens through, and signs nothing
             continue
-        assert definition["Secrets"] == [
-            {"Name": ENVIRONMENT_VARIABLES["auth_jwt_secret"], "ValueFrom": {"Ref": "AuthJwtSecret"}}
-        ]
+        condition, rotating, steady = definition["Secrets"]["Fn::If"]
+        assert condition == "PreviousAuthKeyOn"
+        current = {
+            "Name": ENVIRONMENT_VARIABLES["auth_jwt_secret"],
+            "ValueFrom": {
+                "Fn::If": [
+                    "AuthKeyPinned",
+                    {"Fn::Sub": "${AuthJwtSecret}:::${AuthKeyVersionId}"},
+                    {"Ref": "AuthJwtSecret"},
+                ]
+            },
+        }
+        previous = {
+            "Name": ENVIRONMENT_VARIABLES["auth_jwt_previous_secret"],
+            "ValueFrom": {"Fn::Sub": "${AuthJwtSecret}:::${PreviousAuthKeyVersionId}"},
+        }
+        assert (steady, rotating) == ([current], [current, previous])
+        assert stack["Conditions"]["PreviousAuthKeyOn"] == {
+            "Fn::Not": [{"Fn::Equals": [{"Ref": "PreviousAuthKeyVersionId"}, ""]}]
+        }
     execution_roles = {
         stack["Resources"][t["Properties"]["ExecutionRoleArn"]["Fn::GetAtt"][0]]["Properties"]["ManagedPolicyArns"][1][
             "Ref"

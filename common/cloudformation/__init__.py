@@ -76,7 +76,14 @@ def render_stack(stage: Stage) -> dict[str, Any]:
         "Description": _DESCRIPTION.format(stage=stage.name),
         "Parameters": stack_parameters(stage),
         "Mappings": {"TaskSizes": TASK_SIZES},
-        "Conditions": {"TracingOn": {"Fn::Not": [{"Fn::Equals": [{"Ref": "OtlpEndpoint"}, ""]}]}},
+        "Conditions": {
+            name: {"Fn::Not": [{"Fn::Equals": [{"Ref": parameter}, ""]}]}
+            for name, parameter in (
+                ("TracingOn", "OtlpEndpoint"),
+                ("AuthKeyPinned", "AuthKeyVersionId"),
+                ("PreviousAuthKeyOn", "PreviousAuthKeyVersionId"),
+            )
+        },
         "Resources": {**data, **compute, **monitoring},
         "Outputs": {**data_outputs, **compute_outputs, **monitoring_outputs},
     }

@@ -137,6 +137,27 @@ def health_probe_command(service: DeployedService) -> list[str]:
     return ["CMD", "python", "-m", "common.health_probe", f"127.0.0.1:{service.port}", service.grpc_service]
 
 
+def token_key_secrets() -> dict[str, Any]:
+    """REWARDS_AUTH_JWT_SECRET from the stack's secret: its current version, or the version
+    AuthKeyVersionId pins; and during a key rotation REWARDS_AUTH_JWT_PREVIOUS_SECRET from the version
+    PreviousAuthKeyVersionId names (docs/deploy.md, Rotate the key). ECS reads them when a task starts."""
+    current = {
+        "Name": ENVIRONMENT_VARIABLES["auth_jwt_secret"],
+        "ValueFrom": {
+            "Fn::If": [
+                "AuthKeyPinned",
+                {"Fn::Sub": f"${{{AUTH_SECRET_LOGICAL_ID}}}:::${{AuthKeyVersionId}}"},
+                {"Ref": AUTH_SECRET_LOGICAL_ID},
+            ]
+        },
+    }
+    previous = {
+        "Name": ENVIRONMENT_VARIABLES["auth_jwt_previous_secret"],
+        "ValueFrom": {"Fn::Sub": f"${{{AUTH_SECRET_LOGICAL_ID}}}:::${{PreviousAuthKeyVersionId}}"},
+    }
+    return {"Fn::If": ["PreviousAuthKeyOn", [current, previous], [current]]}
+
+
 def task_definition(service: DeployedService) -> dict[str, Any]:
     environment: dict[str, Any] = {
         "table_prefix": {"Ref": "TablePrefix"},
@@ -153,9 +174,7 @@ def task_definition(service: DeployedService) -> dict[str, Any]:
         "PortMappings": [
             {"Name": GRPC_PORT_NAME, "ContainerPort": service.port, "Protocol": "tcp", "AppProtocol": "grpc"}
         ],
-        "Secrets": [
-            {"Name": ENVIRONMENT_VARIABLES["auth_jwt_secret"], "ValueFrom": {"Ref": AUTH_SECRET_LOGICAL_ID}},
-        ],
+        "Secrets": token_key_secrets(),
         "HealthCheck": {
             "Command": health_probe_command(service),
             "Interval": 10,

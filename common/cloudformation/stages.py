@@ -181,6 +181,18 @@ def stack_parameters(stage: Stage) -> dict[str, Any]:
             "Description": "An RPC's p99 latency above this for 10 minutes fires its RpcLatencyP99 alarm",
             "Default": stage.latency_p99_threshold_s,
         },
+        "AuthKeyVersionId": {
+            "Type": "String",
+            "Description": "Empty: the tasks take the token key's current version. During a key rotation, the "
+            "version id REWARDS_AUTH_JWT_SECRET is pinned to (docs/deploy.md, Rotate the key)",
+            "Default": "",
+        },
+        "PreviousAuthKeyVersionId": {
+            "Type": "String",
+            "Description": "Empty: no previous key. During a key rotation, the version id of the key still "
+            "accepted (REWARDS_AUTH_JWT_PREVIOUS_SECRET)",
+            "Default": "",
+        },
         "OtlpEndpoint": {
             "Type": "String",
             "Description": "Where the services send OpenTelemetry traces (OTLP), e.g. an AWS Distro for "
