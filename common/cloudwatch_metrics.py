@@ -39,6 +39,7 @@ SERVICE_DIMENSION = "Service"
 # EMF's limits: metrics in one directive, values in one metric's array.
 MAX_METRICS_PER_LINE = 100
 MAX_VALUES_PER_METRIC = 100
+MIN_INTERVAL_S = 0.1
 
 
 def histogram_unit(family_name: str) -> str:
@@ -182,7 +183,7 @@ class EmfMetricsWriter:
                 for sample in family.samples:
                     entry_for(sample.labels).entries.append(_Entry(name, "None", _number(sample.value)))
             elif family.type == "histogram":
-                for labels, distribution in self._histogram_deltas(family.name, family.samples):
+                for labels, distribution in self._histogram_deltas(family.samples):
                     group = entry_for(labels)
                     unit = histogram_unit(family.name)
                     group.entries.extend(_Entry(name, unit, part) for part in distribution)
@@ -195,14 +196,14 @@ class EmfMetricsWriter:
         # A smaller value is a reset (a registry made anew): all of it is new.
         return value - last if value >= last else value
 
-    def _histogram_deltas(self, family_name: str, samples: list[Any]) -> list[tuple[dict[str, str], list[Any]]]:
+    def _histogram_deltas(self, samples: list[Any]) -> list[tuple[dict[str, str], list[Any]]]:
         """Per label set (le aside): the distribution of the observations since
         the last flush, in parts of at most MAX_VALUES_PER_METRIC values; none
         when nothing was observed."""
         by_labels: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
         for sample in samples:
             labels = {k: v for k, v in sample.labels.items() if k != "le"}
-            series = by_labels.setdefault(tuple(labels.items()), {"labels": labels, "buckets": [], "sum": 0.0})
+            series = by_labels.setdefault(tuple(labels.items()), {"labels": labels, "buckets": []})
             if sample.name.endswith("_bucket"):
                 series["buckets"].append((float(sample.labels["le"]), sample))
             elif sample.name.endswith("_sum"):
@@ -249,7 +250,8 @@ class EmfMetricsFlusher:
 
     def __init__(self, writer: EmfMetricsWriter, interval_s: float) -> None:
         self._writer = writer
-        self._interval_s = interval_s
+        # Not 0: a thread flushing without a pause would take a core.
+        self._interval_s = max(interval_s, MIN_INTERVAL_S)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cloudwatch-metrics", daemon=True)
 
