@@ -38,6 +38,11 @@ class Settings:
     achievements_metrics_port: int = 9452
     levels_metrics_port: int = 9453
     events_metrics_port: int = 9454
+    # The same metrics as CloudWatch Embedded Metric Format lines on stdout (common/cloudwatch_metrics.py),
+    # for CloudWatch Logs to extract: on when a namespace is set (a deployment sets its stack name),
+    # written every interval as the changes since the last. Prometheus stays on either way.
+    cloudwatch_metrics_namespace: str = ""
+    cloudwatch_metrics_interval_s: float = 60.0
     level_check_timeout_s: float = 2.0
     # How long the Levels service answers "no level due" from its copy of the
     # level table before reading it again. A level-up, and a new user's start

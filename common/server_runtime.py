@@ -32,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from common.caller_auth import AuthNotConfigured, CallerAuthInterceptor, TokenAuthority
 from common.channels import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
+from common.cloudwatch_metrics import start_cloudwatch_metrics
 from common.config import Settings
 from common.dynamodb import (
     LEVEL_TABLE_VERSION_KEY,
@@ -378,8 +379,14 @@ def _serve_worker(
 ) -> None:
     configure_logging(service, settings.log_level)  # a spawned worker starts without it
     serve_metrics(metrics_port + index if metrics_port else 0)
-    with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
-        runner.run(_serve(listen, metrics_port + index if metrics_port else 0, settings, create_server))
+    # Each worker writes its own changes (CloudWatch sums the workers'); the last ones after the drain.
+    cloudwatch_metrics = start_cloudwatch_metrics(service, settings)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
+            runner.run(_serve(listen, metrics_port + index if metrics_port else 0, settings, create_server))
+    finally:
+        if cloudwatch_metrics is not None:
+            cloudwatch_metrics.stop()
 
 
 def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:

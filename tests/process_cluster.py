@@ -87,7 +87,8 @@ def start_process_cluster(
             [sys.executable, "-m", module],
             cwd=REPO_ROOT,
             env={**env, **{k: v for k, v in SERVICE_ENV.get(name, {}).items() if k not in (extra_env or {})}},
-            stdout=subprocess.DEVNULL,
+            # Logs on stderr; stdout has only the CloudWatch metrics' lines, when a test turns them on.
+            stdout=open(logs / f"{name}.stdout", "wb"),
             stderr=open(logs / f"{name}.log", "wb"),
         )
     for name, port in cluster.ports.items():

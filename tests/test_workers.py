@@ -20,6 +20,7 @@ from devcluster.dynamodb_local import REPO_ROOT, free_port
 from devcluster.readiness import wait_grpc_serving
 from rewards.v1 import levels_pb2, levels_pb2_grpc
 from tests.cluster import TEST_AUTH_SECRET, authorized_channel
+from tests.emf_spec import check_emf_line
 
 CALLS = 60
 
@@ -53,9 +54,14 @@ def test_two_workers_share_one_port_and_both_serve(dynamodb_endpoint: str, tmp_p
         "REWARDS_LEVELS_METRICS_PORT": str(metrics_port),
         "REWARDS_AUTH_JWT_SECRET": TEST_AUTH_SECRET,
         "REWARDS_WORKERS": "2",
+        # Each worker writes its own CloudWatch metrics (the same stdout): together, every call once.
+        "REWARDS_CLOUDWATCH_METRICS_NAMESPACE": "rewards-test",
     }
     log = tmp_path / "levels.log"
-    process = subprocess.Popen([sys.executable, "-m", "levels_service"], cwd=REPO_ROOT, env=env, stderr=open(log, "wb"))
+    emf = tmp_path / "levels.stdout"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "levels_service"], cwd=REPO_ROOT, env=env, stdout=open(emf, "wb"), stderr=open(log, "wb")
+    )
     try:
         assert wait_grpc_serving(port), log.read_text()
         for _ in range(CALLS):  # a new connection each time: the kernel picks a worker per connection
@@ -67,6 +73,14 @@ def test_two_workers_share_one_port_and_both_serve(dynamodb_endpoint: str, tmp_p
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert log.read_text().count('"stopped"') == 2
+        lines = [check_emf_line(line) for line in emf.read_text().splitlines()]
+        list_levels = [
+            d["rpc_requests"]
+            for d in lines
+            if d.get("method") == "/rewards.v1.LevelsService/ListLevels" and d.get("code") == "OK"
+        ]
+        # Written at SIGTERM by each worker (the interval, 60 s, never came): one line a worker.
+        assert sorted(list_levels) == sorted(per_worker)
     finally:
         if process.poll() is None:
             process.kill()
