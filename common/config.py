@@ -30,9 +30,6 @@ class Settings:
     gateway_host: str = "0.0.0.0"
     gateway_port: int = 8080
     gateway_call_timeout_s: float = 10.0
-    # CloudWatch Embedded Metric Format: with a namespace, each service process also writes its metrics
-    # as EMF lines on stdout (the log group turns them into CloudWatch metrics); empty: off.
-    cloudwatch_metrics_namespace: str = ""
     # Prometheus metrics over HTTP, one side port per service; 0 turns it off.
     xp_metrics_port: int = 9451
     achievements_metrics_port: int = 9452
