@@ -1,6 +1,6 @@
 """Alarms and the dashboard of each stage's stack. The services' own metrics
 come from the CloudWatch Embedded Metric Format lines they write (namespace:
-the stack's name; names and dimensions as common/cloudwatch_emf.py writes
+the stack's name; names and dimensions as common/cloudwatch_metrics.py writes
 them, from common/metrics.py); the load balancer's, ECS's (Container Insights)
 and DynamoDB's from AWS. Every alarm notifies the AlarmTopicArn topic when it
 fires and when it is OK again; each kind's meaning and runbook are in
