@@ -42,8 +42,11 @@ _HEADER = (
 
 
 def metrics_targets(settings: Settings, host: str = "127.0.0.1") -> dict[str, list[str]]:
-    """Each service's metrics endpoint (host:port) by job, from the configuration."""
-    return {job: [f"{host}:{getattr(settings, f'{job}_metrics_port')}"] for job in SERVICE_JOBS}
+    """Each service's metrics endpoints (host:port) by job, from the configuration: with
+    REWARDS_WORKERS, worker i serves its metrics on the metrics port + i."""
+    ports = {job: int(getattr(settings, f"{job}_metrics_port")) for job in SERVICE_JOBS}
+    workers = range(max(1, settings.workers))
+    return {job: [f"{host}:{port + i}" for i in workers] for job, port in ports.items()}
 
 
 def prometheus_config(

@@ -19,6 +19,7 @@ from devcluster import pid_files
 from devcluster.dynamodb_local import REPO_ROOT
 from devcluster.log_files import open_log, rotate_log
 from devcluster.pid_files import identity_of, read_pid_file, write_pid_file
+from devcluster.prometheus import metrics_targets
 
 # A process that is not the cluster's: what a recycled pid runs after a reboot.
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -169,6 +170,13 @@ def test_status_is_fine_without_make_observes_prometheus(
     assert devcluster_main.status() == 1
     out = capsys.readouterr().out
     assert "running, pid 4242" in out
+
+
+def test_prometheus_scrapes_every_workers_metrics_port() -> None:
+    assert metrics_targets(Settings())["xp"] == ["127.0.0.1:9451"]
+    two = metrics_targets(Settings(workers=2, xp_metrics_port=9600, events_metrics_port=9700))
+    assert (two["xp"], two["events"]) == (["127.0.0.1:9600", "127.0.0.1:9601"], ["127.0.0.1:9700", "127.0.0.1:9701"])
+    assert list(two) == ["xp", "achievements", "levels", "events"]
 
 
 def test_observe_runs_prometheus_on_the_local_config_and_data() -> None:
