@@ -42,7 +42,7 @@ from devcluster.prometheus import (
 from rewards.v1 import xp_pb2, xp_pb2_grpc
 from tests.cluster import authorized_channel
 from tests.process_cluster import ProcessCluster, start_process_cluster
-from tests.test_prometheus_rules import GRAFANA_VARIABLES, dashboard_queries
+from tests.test_prometheus_rules import GRAFANA_VARIABLES, INSTALL_HINT, dashboard_queries
 
 SCREENSHOT = REPO_ROOT / "docs" / "images" / "awards-per-second.png"
 SCREENSHOT_SIZE = (1200, 800)
@@ -52,11 +52,6 @@ GRAPH_RANGE = "30s"
 # Scraped and evaluated every second: the half minute of awards makes a graph.
 SCRAPE_INTERVAL_S = 1.0
 CHROMIUM = shutil.which("chromium")
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("prometheus") is None or CHROMIUM is None,
-    reason="prometheus or chromium missing: run scripts/install.sh",
-)
 
 
 @pytest.fixture
@@ -70,6 +65,8 @@ def process_cluster(dynamodb_endpoint: str, tmp_path: Path) -> Iterator[ProcessC
 @pytest.fixture
 def prometheus(process_cluster: ProcessCluster, tmp_path: Path) -> Iterator[str]:
     """The local Prometheus scraping the test's cluster; its base URL."""
+    if shutil.which("prometheus") is None or CHROMIUM is None:
+        pytest.fail(f"prometheus or chromium is not installed: {INSTALL_HINT}")
     targets = {job: [f"127.0.0.1:{process_cluster.metrics_ports[job]}"] for job in SERVICE_JOBS}
     config = tmp_path / "prometheus.yml"
     config.write_text(prometheus_config(targets, [str(ALERTS_FILE)], SCRAPE_INTERVAL_S))
