@@ -20,7 +20,14 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 import common.metrics
-from common.alarms import ALARM_NAMES, ALARMS, STREAMING_METHODS, SYSTEM_ERROR_CODES, THROTTLING_CODES
+from common.alarms import (
+    ALARM_NAMES,
+    ALARMS,
+    LOCAL_MINIMUM_TASKS,
+    STREAMING_METHODS,
+    SYSTEM_ERROR_CODES,
+    THROTTLING_CODES,
+)
 from devcluster.dynamodb_local import REPO_ROOT
 from devcluster.prometheus import ALERTS_FILE, EXAMPLE_CONFIG
 
@@ -82,6 +89,12 @@ def test_the_rules_use_the_error_codes_of_common_alarms() -> None:
     assert f'code=~"{"|".join(THROTTLING_CODES)}"' in rules["DynamoDBThrottles"]["expr"]
     assert f'code=~"{"|".join(SYSTEM_ERROR_CODES)}"' in rules["DynamoDBSystemErrors"]["expr"]
     assert all(f'method!="{method}"' in rules["RpcLatencyP99"]["expr"] for method in STREAMING_METHODS)
+
+
+def test_each_service_has_the_local_minimum_of_tasks() -> None:
+    rules = [rule for group in yaml.safe_load(ALERTS_FILE.read_text())["groups"] for rule in group["rules"]]
+    minimums = {rule["labels"]["job"]: rule["expr"] for rule in rules if rule.get("record") == "rewards:tasks_minimum"}
+    assert minimums == {job: f"vector({LOCAL_MINIMUM_TASKS})" for job in ("xp", "achievements", "levels", "events")}
 
 
 def test_each_alert_has_a_case_that_fires_and_one_that_must_not() -> None:
