@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .local/installed.stamp
 
-.PHONY: install up down status test test-unit compose-test lint bench proto proto-check proto-lint typecheck cfn cfn-check
+.PHONY: install up observe down status test test-unit compose-test lint bench proto proto-check proto-lint typecheck cfn cfn-check
 
 install: $(STAMP)
 
@@ -15,6 +15,12 @@ up: install
 	$(PY) -m devcluster up >/dev/null
 	. .local/dev-auth.env && .venv/bin/rewardsctl catalog apply --if-empty catalog/sample-game.yaml
 	@$(PY) -m devcluster status
+
+## `make up`, then a local Prometheus (Debian's package, a plain process) on http://localhost:9090
+## scraping the four services' metrics ports, with deploy/prometheus/alerts.yml loaded; data in
+## .local/prometheus/, log in .local/logs/prometheus.log. Prints its URL; `make down` stops it too.
+observe: up
+	@$(PY) -m devcluster observe
 
 down:
 	$(PY) -m devcluster down

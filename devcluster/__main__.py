@@ -1,4 +1,4 @@
-"""`python -m devcluster up|down|status`: the local cluster as background processes.
+"""`python -m devcluster up|observe|down|status`: the local cluster as background processes.
 
 DynamoDB Local, the four services, then the HTTP/JSON gateway in front of the
 three it calls (the events service is reached directly, over gRPC).
@@ -7,6 +7,9 @@ rotated by `up` (devcluster.log_files). Each process's pid file in .local/run
 records its start time and command line too (devcluster.pid_files): a pid that
 now names another process is never signalled.
 Auth is on: the key and dev tokens (game, admin) are in .local/dev-auth.env.
+`observe` adds a local Prometheus (devcluster.prometheus) scraping the four
+services' metrics ports with the alert rules loaded; its data is in
+.local/prometheus/, and `down` stops it first.
 """
 
 from __future__ import annotations
@@ -29,6 +32,16 @@ from devcluster.dynamodb_local import (
 )
 from devcluster.log_files import LOG_BACKUPS, LOG_MAX_BYTES, open_log, rotate_log
 from devcluster.pid_files import ProcessIdentity, read_pid_file, still_running, write_pid_file
+from devcluster.prometheus import (
+    ALERTS_FILE,
+    awards_per_second,
+    graph_url,
+    metrics_targets,
+    prometheus_command,
+    prometheus_config,
+    start_prometheus,
+    wait_prometheus_ready,
+)
 from devcluster.readiness import wait_grpc_serving, wait_http_healthy
 from rewardsctl.tokens import dev_tokens_env, new_secret
 
@@ -53,6 +66,12 @@ SERVICE_ENV: dict[str, dict[str, str]] = {
 }
 # The HTTP/JSON gateway (python -m gateway): started after the services it calls, stopped first.
 GATEWAY = "gateway"
+# The local Prometheus of `observe`: optional, so `status` does not fail while it is stopped.
+PROMETHEUS = "prometheus"
+PROMETHEUS_PORT = int(os.environ.get("REWARDS_PROMETHEUS_PORT", "9090"))
+PROMETHEUS_DIR = REPO_ROOT / ".local" / "prometheus"
+PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+PROMETHEUS_DATA = PROMETHEUS_DIR / "data"
 # How long `down` waits for a process to exit after SIGTERM (a service drains in-flight calls first).
 STOP_TIMEOUT_S = 10.0
 
@@ -72,6 +91,8 @@ def _command(name: str) -> list[str]:
     """The command line devcluster starts `name` with."""
     if name == "dynamodb":
         return dynamodb_local_command(DYNAMODB_PORT, DYNAMODB_DATA)
+    if name == PROMETHEUS:
+        return prometheus_command(PROMETHEUS_CONFIG, PROMETHEUS_DATA, PROMETHEUS_PORT)
     module = dict(SERVICES).get(name, name)  # the gateway's module is its name
     return [sys.executable, "-m", module]
 
@@ -176,9 +197,56 @@ def up() -> int:
     return status()
 
 
+def _prometheus_url() -> str:
+    return f"http://localhost:{PROMETHEUS_PORT}"
+
+
+def observe() -> int:
+    """A local Prometheus scraping the cluster's metrics ports (started by `up`, see the Makefile),
+    with deploy/prometheus/alerts.yml loaded. A running one reads the configuration again."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    PROMETHEUS_DIR.mkdir(parents=True, exist_ok=True)
+    targets = metrics_targets(Settings.from_env(cluster_env()))
+    PROMETHEUS_CONFIG.write_text(prometheus_config(targets, [str(ALERTS_FILE)]))
+    log = LOG_DIR / f"{PROMETHEUS}.log"
+    if rotate_log(log):
+        print(f"rotated {log} (over {LOG_MAX_BYTES // 2**20} MiB; the last {LOG_BACKUPS} kept)")
+    running = _running(PROMETHEUS)
+    process = None
+    if running is not None:
+        os.kill(running.pid, signal.SIGHUP)  # Prometheus reloads its configuration and rules on SIGHUP
+    else:
+        if port_open("127.0.0.1", PROMETHEUS_PORT):
+            print(
+                f"port {PROMETHEUS_PORT} ({PROMETHEUS}) is taken by another program; set REWARDS_PROMETHEUS_PORT",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            process = start_prometheus(
+                PROMETHEUS_CONFIG,
+                PROMETHEUS_DATA,
+                PROMETHEUS_PORT,
+                open_log(log),
+                cwd=REPO_ROOT,
+                start_new_session=True,
+            )
+        except FileNotFoundError as error:
+            print(error, file=sys.stderr)
+            return 1
+        write_pid_file(RUN_DIR / f"{PROMETHEUS}.pid", process.pid, _command(PROMETHEUS))
+    if not wait_prometheus_ready(_prometheus_url(), process):
+        print(f"{PROMETHEUS} did not become ready; see {log}", file=sys.stderr)
+        return 1
+    print(f"prometheus: {_prometheus_url()}  (alerts: {_prometheus_url()}/classic/alerts)")
+    print(f"awards per second: {graph_url(_prometheus_url(), awards_per_second())}")
+    return 0
+
+
 def down() -> int:
     left_running = []
-    for name in [GATEWAY] + [s[0] for s in reversed(SERVICES)] + ["dynamodb"]:
+    for name in [PROMETHEUS, GATEWAY] + [s[0] for s in reversed(SERVICES)] + ["dynamodb"]:
         process = _running(name)  # a stale pid file is removed here, unsignalled
         if process is None:
             continue
@@ -204,9 +272,12 @@ def status() -> int:
         port, metrics = _ports(name)
         rows.append((f"{name} ({module})", f"localhost:{port}  metrics :{metrics}", _pid(name)))
     rows.append((GATEWAY, f"http://localhost:{_gateway_port()}", _pid(GATEWAY)))
+    observing = _pid(PROMETHEUS)
     print("rewards local cluster:")
     for label, address, pid in rows:
         print(f"  {label:38} {address:32} {'running, pid ' + str(pid) if pid else 'stopped'}")
+    state = f"running, pid {observing}" if observing else "stopped"
+    print(f"  {PROMETHEUS + ' (make observe)':38} {_prometheus_url():32} {state}")
     print(f"logs: {LOG_DIR}")
     print(
         f"dev tokens (auth is on): . {DEV_AUTH_FILE.relative_to(REPO_ROOT)}  "
@@ -217,8 +288,8 @@ def status() -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m devcluster")
-    parser.add_argument("command", choices=["up", "down", "status"])
-    return {"up": up, "down": down, "status": status}[parser.parse_args().command]()
+    parser.add_argument("command", choices=["up", "observe", "down", "status"])
+    return {"up": up, "observe": observe, "down": down, "status": status}[parser.parse_args().command]()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,17 @@ if ! command -v docker-compose >/dev/null; then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose
 fi
 
+# Prometheus (`make observe`, and promtool for tests/test_prometheus_rules.py) and headless
+# Chromium (tests/test_observe.py's screenshot of its graph), both Debian's.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  echo "install: prometheus not found; installing it" >&2
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus
+fi
+if ! command -v chromium >/dev/null; then
+  echo "install: chromium not found; installing it" >&2
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

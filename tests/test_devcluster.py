@@ -16,8 +16,10 @@ import pytest
 import devcluster.__main__ as devcluster_main
 from common.config import Settings
 from devcluster import pid_files
+from devcluster.dynamodb_local import REPO_ROOT
 from devcluster.log_files import open_log, rotate_log
 from devcluster.pid_files import identity_of, read_pid_file, write_pid_file
+from devcluster.prometheus import metrics_targets
 
 # A process that is not the cluster's: what a recycled pid runs after a reboot.
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -123,11 +125,12 @@ def test_the_four_services_start_in_order_and_stop_in_reverse_before_dynamodb(
         ("events", "events_service"),
     ]
     assert devcluster_main._command("events") == [sys.executable, "-m", "events_service"]
-    # down: the gateway, then the services in reverse (events first), then DynamoDB Local.
+    # down: `make observe`'s Prometheus, the gateway, then the services in reverse (events first), then
+    # DynamoDB Local.
     asked: list[str] = []
     monkeypatch.setattr(devcluster_main, "_running", lambda name: asked.append(name))
     assert devcluster_main.down() == 0
-    assert asked == ["gateway", "events", "achievements", "xp", "levels", "dynamodb"]
+    assert asked == ["prometheus", "gateway", "events", "achievements", "xp", "levels", "dynamodb"]
 
 
 def test_status_shows_every_service_with_its_ports_and_the_gateway(
@@ -138,9 +141,50 @@ def test_status_shows_every_service_with_its_ports_and_the_gateway(
         monkeypatch.delenv(f"REWARDS_{name.upper()}_METRICS_PORT", raising=False)
     assert devcluster_main.status() == 1  # nothing runs
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-    assert [row[0] for row in rows] == ["dynamodb-local", "levels", "xp", "achievements", "events", "gateway"]
+    assert [row[0] for row in rows] == [
+        "dynamodb-local",
+        "levels",
+        "xp",
+        "achievements",
+        "events",
+        "gateway",
+        "prometheus",
+    ]
     assert rows[4] == ["events", "(events_service)", "localhost:50054", "metrics", ":9454", "stopped"]
+    assert rows[6] == [
+        "prometheus",
+        "(make",
+        "observe)",
+        f"http://localhost:{devcluster_main.PROMETHEUS_PORT}",
+        "stopped",
+    ]
     assert all(row[-1] == "stopped" for row in rows)
+
+
+def test_status_is_fine_without_make_observes_prometheus(
+    run_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devcluster_main, "_pid", lambda name: None if name == "prometheus" else 4242)
+    assert devcluster_main.status() == 0
+    monkeypatch.setattr(devcluster_main, "_pid", lambda name: None if name == "xp" else 4242)
+    assert devcluster_main.status() == 1
+    out = capsys.readouterr().out
+    assert "running, pid 4242" in out
+
+
+def test_prometheus_scrapes_every_workers_metrics_port() -> None:
+    assert metrics_targets(Settings())["xp"] == ["127.0.0.1:9451"]
+    two = metrics_targets(Settings(workers=2, xp_metrics_port=9600, events_metrics_port=9700))
+    assert (two["xp"], two["events"]) == (["127.0.0.1:9600", "127.0.0.1:9601"], ["127.0.0.1:9700", "127.0.0.1:9701"])
+    assert list(two) == ["xp", "achievements", "levels", "events"]
+
+
+def test_observe_runs_prometheus_on_the_local_config_and_data() -> None:
+    command = devcluster_main._command("prometheus")
+    assert command[0] == "prometheus"
+    assert f"--config.file={REPO_ROOT / '.local' / 'prometheus' / 'prometheus.yml'}" in command
+    assert f"--storage.tsdb.path={REPO_ROOT / '.local' / 'prometheus' / 'data'}" in command
+    assert f"--web.listen-address=127.0.0.1:{devcluster_main.PROMETHEUS_PORT}" in command
 
 
 def test_the_events_service_alone_gets_its_local_development_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from common import metrics
-from common.alarms import ALARMS, DYNAMODB_SYSTEM_ERROR_CODES, DYNAMODB_THROTTLING_CODES
+from common.alarms import ALARM_NAMES, STREAMING_METHODS, SYSTEM_ERROR_CODES, THROTTLING_CODES
 from common.caller_auth import METHOD_ROLES
 from common.cloudformation import STAGES, policy_logical_id
 from common.config import ENVIRONMENT_VARIABLES, Settings
@@ -314,7 +314,7 @@ def _alarm_metrics(alarm: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_the_alarms_are_the_shared_set_to_the_topic_on_metrics_the_code_writes(stack: dict[str, Any]) -> None:
     alarms = of_type(stack, "AWS::CloudWatch::Alarm")
-    assert {_alarm_kind(alarm) for alarm in alarms.values()} == set(ALARMS)
+    assert {_alarm_kind(alarm) for alarm in alarms.values()} == ALARM_NAMES
     families = _emf_families()
     status_codes = {code.name for code in grpc.StatusCode}
     for alarm in alarms.values():
@@ -331,16 +331,15 @@ def test_the_alarms_are_the_shared_set_to_the_topic_on_metrics_the_code_writes(s
             if metric["MetricName"] == "rpc_requests" and "code" in dimensions:
                 assert dimensions["code"] in status_codes
             if metric["MetricName"] == "dynamodb_errors":
-                assert dimensions["code"] in DYNAMODB_THROTTLING_CODES + DYNAMODB_SYSTEM_ERROR_CODES
+                assert dimensions["code"] in THROTTLING_CODES + SYSTEM_ERROR_CODES
     # One p99 alarm per unary RPC the servers serve (a watch's duration is its length, not latency).
     latency = {
         {d["Name"]: d["Value"] for d in a["Properties"]["Dimensions"]}["method"]
         for a in alarms.values()
         if _alarm_kind(a) == "RpcLatencyP99"
     }
-    assert latency == {m for m in METHOD_ROLES if m.startswith("/rewards.v1.")} - {
-        "/rewards.v1.EventsService/WatchEvents"
-    }
+    assert latency == {m for m in METHOD_ROLES if m.startswith("/rewards.v1.")} - set(STREAMING_METHODS)
+    assert STREAMING_METHODS == ("/rewards.v1.EventsService/WatchEvents",)
     # Unhealthy targets and too few tasks, for each of the five services.
     for kind in ("UnhealthyTargets", "TasksBelowMinimum"):
         assert sum(_alarm_kind(a) == kind for a in alarms.values()) == len(MODULES)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from common.alarms import ALARMS, DYNAMODB_SYSTEM_ERROR_CODES, DYNAMODB_THROTTLING_CODES
+from common.alarms import ALARMS_BY_NAME, SYSTEM_ERROR_CODES, THROTTLING_CODES
 from common.cloudformation.compute import (
     CLUSTER,
     GATEWAY_NAME,
@@ -67,7 +67,7 @@ def _alarm(kind: str, subject: str, description: str, properties: dict[str, Any]
         "Type": "AWS::CloudWatch::Alarm",
         "Properties": {
             "AlarmName": {"Fn::Sub": f"${{AWS::StackName}}-{kind}-{subject}"},
-            "AlarmDescription": f"{description} Runbook: docs/deploy.md#alarm-{kind.lower()}",
+            "AlarmDescription": f"{description} Runbook: {ALARMS_BY_NAME[kind].runbook_url}",
             "ActionsEnabled": True,
             "AlarmActions": [{"Ref": "AlarmTopicArn"}],
             "OKActions": [{"Ref": "AlarmTopicArn"}],
@@ -90,7 +90,7 @@ def service_alarms(service: str) -> dict[str, Any]:
         f"{name}RpcUnavailableRateAlarm": _alarm(
             "RpcUnavailableRate",
             service,
-            f"Over {ALARMS['RpcUnavailableRate'].threshold:g}% of the {service} service's RPCs answered "
+            f"Over {ALARMS_BY_NAME['RpcUnavailableRate'].threshold:g}% of the {service} service's RPCs answered "
             "UNAVAILABLE in 5 minutes (at least 20 RPCs).",
             {
                 "Metrics": [
@@ -103,7 +103,7 @@ def service_alarms(service: str) -> dict[str, Any]:
                     },
                 ],
                 "ComparisonOperator": "GreaterThanThreshold",
-                "Threshold": ALARMS["RpcUnavailableRate"].threshold,
+                "Threshold": ALARMS_BY_NAME["RpcUnavailableRate"].threshold,
                 "EvaluationPeriods": 1,
                 "DatapointsToAlarm": 1,
             },
@@ -128,7 +128,7 @@ def service_alarms(service: str) -> dict[str, Any]:
             service,
             f"DynamoDB throttled the {service} service's calls in the last 5 minutes.",
             {
-                "Metrics": _sum_of_codes(DYNAMODB_ERRORS, service, DYNAMODB_THROTTLING_CODES),
+                "Metrics": _sum_of_codes(DYNAMODB_ERRORS, service, THROTTLING_CODES),
                 "ComparisonOperator": "GreaterThanThreshold",
                 "Threshold": 0,
                 "EvaluationPeriods": 1,
@@ -140,7 +140,7 @@ def service_alarms(service: str) -> dict[str, Any]:
             service,
             f"DynamoDB answered the {service} service with a server error (5xx) in the last 5 minutes.",
             {
-                "Metrics": _sum_of_codes(DYNAMODB_ERRORS, service, DYNAMODB_SYSTEM_ERROR_CODES),
+                "Metrics": _sum_of_codes(DYNAMODB_ERRORS, service, SYSTEM_ERROR_CODES),
                 "ComparisonOperator": "GreaterThanThreshold",
                 "Threshold": 0,
                 "EvaluationPeriods": 1,

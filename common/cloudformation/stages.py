@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.alarms import ALARMS_BY_NAME
 from common.cloudformation.data import table_prefix_parameter
 
 STACKS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "stacks"
@@ -62,7 +63,7 @@ class Stage:
     task_cpu: str
     log_retention_days: int
     # Above this p99 (seconds) an RPC's latency alarm fires.
-    latency_p99_threshold_s: float = 0.5
+    latency_p99_threshold_s: float = ALARMS_BY_NAME["RpcLatencyP99"].threshold
 
     @property
     def path(self) -> Path:
