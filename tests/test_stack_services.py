@@ -26,6 +26,7 @@ from common.cloudformation import STAGES, policy_logical_id
 from common.config import ENVIRONMENT_VARIABLES, Settings
 from common.server_runtime import READINESS_METHOD
 from devcluster.__main__ import GATEWAY, SERVICES
+from devcluster.prometheus import awards_per_second
 from gateway.routes import ROUTES
 from gateway.routes import SERVICES as GATEWAY_SERVICES
 from tests.cluster import Cluster
@@ -355,9 +356,20 @@ def test_the_dashboard_shows_every_alarm_and_awards_per_second(stack: dict[str, 
     )
     titles = [w["properties"]["title"] for w in widgets]
     assert titles[0].startswith("Awards per second")
+    # Awards per second: AwardXp calls answered OK, as the local Prometheus graph counts them.
     awards = widgets[0]["properties"]["metrics"]
-    assert awards[0][:4] == ["${AWS::StackName}", "xp_awarded", "Service", "xp"]
-    assert awards[1][0]["expression"] == "xp / PERIOD(xp)"
+    assert awards[0][:8] == [
+        "${AWS::StackName}",
+        "rpc_requests",
+        "Service",
+        "xp",
+        "method",
+        "/rewards.v1.XpService/AwardXp",
+        "code",
+        "OK",
+    ]
+    assert awards[0][8]["id"] == "awards" and awards[2][0]["expression"] == "awards / PERIOD(awards)"
+    assert "AwardXp" in awards_per_second() and 'code="OK"' in awards_per_second()
 
 
 # --- two stages, side by side ------------------------------------------------------------

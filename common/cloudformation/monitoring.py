@@ -30,6 +30,7 @@ RPC_DURATION = "rpc_duration_seconds"
 DYNAMODB_ERRORS = "dynamodb_errors"
 DYNAMODB_DURATION = "dynamodb_call_duration_seconds"
 XP_AWARDED = "xp_awarded"
+AWARD_XP = f"/{xp_pb2.DESCRIPTOR.services_by_name['XpService'].full_name}/AwardXp"
 PERIOD_S = 300
 
 _PB_MODULES = {"xp": xp_pb2, "achievements": achievements_pb2, "levels": levels_pb2, "events": events_pb2}
@@ -256,10 +257,22 @@ def dashboard_body(alarm_logical_ids: list[str]) -> str:
     names = [*(service.name for service in SERVICES), GATEWAY_NAME]
     widgets = [
         _widget(
-            "Awards per second (XP awarded, duplicates excluded: XP a second)",
+            "Awards per second (AwardXp answered OK) and XP awarded per second",
             [
+                [
+                    _NAMESPACE,
+                    RPC_REQUESTS,
+                    "Service",
+                    "xp",
+                    "method",
+                    AWARD_XP,
+                    "code",
+                    "OK",
+                    {"id": "awards", "visible": False, "stat": "Sum"},
+                ],
                 [_NAMESPACE, XP_AWARDED, "Service", "xp", {"id": "xp", "visible": False, "stat": "Sum"}],
-                [{"expression": "xp / PERIOD(xp)", "label": "XP awarded a second", "id": "rate"}],
+                [{"expression": "awards / PERIOD(awards)", "label": "awards a second", "id": "award_rate"}],
+                [{"expression": "xp / PERIOD(xp)", "label": "XP awarded a second", "id": "xp_rate", "yAxis": "right"}],
             ],
             0,
             0,
