@@ -327,7 +327,9 @@ def reached_rewards(c: Cluster, user_id: str, page_size: int) -> list[tuple[str,
 
 
 def test_answers_stay_under_4_mb_at_a_thousand_levels_of_fifty_rewards(new_cluster: Factory, user_id: str) -> None:
-    c = new_cluster(level_check_timeout_s=60.0)
+    # The scan of this 26 MB table can outlast a request's 2 s read timeout on a loaded DynamoDB Local (the
+    # level check is then deferred): the subject is the answers' size, so the servers' client waits.
+    c = new_cluster(level_check_timeout_s=60.0, dynamodb_read_timeout_s=30.0)
     # 1,000 levels x 50 rewards of 128-character ids, 1,000 ids in all (the table's limit), written
     # straight into the table (set-up, not the subject).
     ids = [f"{k:04d}-" + "\U0001f48e" * 123 for k in range(1000)]  # 4 bytes a character: about 500 bytes an id
