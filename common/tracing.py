@@ -10,7 +10,18 @@ Spans are made only with a tracer, that is when OTEL_EXPORTER_OTLP_ENDPOINT
 is set (tracer_provider): one SERVER span a served RPC, one CLIENT span a
 call to a peer and a DynamoDB call, each a child of the served RPC's span.
 Without it nothing of the SDK is imported or called: a trace costs a regex
-match, or 128 random bits."""
+match, or 128 random bits.
+
+Why not opentelemetry-instrumentation-grpc and -aiohttp-client: the edge
+interceptor already is the one place that knows each RPC's final code (it
+parses the request and ends every failure with an abort, which sends the
+status at once, so the span must end before it); the instrumentation's
+server interceptor would be a second wrapper, seeing aborts as exceptions,
+and both it and the aiohttp one cost their wrapping on every call even with
+no exporter. DynamoDB calls are the lean client's own (aiohttp, signed by
+hand): an HTTP span per attempt would say POST to an endpoint, where the
+AWS SDK conventions want the action and its tables, retries inside one span.
+botocore's instrumentation would only trace table management and tooling."""
 
 from __future__ import annotations
 

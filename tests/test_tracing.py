@@ -9,21 +9,28 @@ import io
 import json
 import logging
 import re
+import signal
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from opentelemetry import trace as trace_api
+from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace_pb2
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from bench.otlp_sink import OtlpSink
+from common.caller_auth import Role
 from common.rpc_logging import json_log_handler
 from rewards.v1 import xp_pb2
-from tests.cluster import STANDARD_LEVELS, Cluster, unique
+from tests.cluster import STANDARD_LEVELS, Cluster, mint_test_token, unique
+from tests.gateway_server import http_call
+from tests.process_cluster import start_process_cluster
 
 LogLines = Callable[[], list[dict[str, Any]]]
 AWARD = "rewards.v1.XpService/AwardXp"
@@ -222,3 +229,62 @@ def test_tracing_off_makes_no_spans_and_still_passes_the_trace(
         f"/{AWARD}": CALLER_TRACE_ID,
         f"/{CHECK_LEVEL_UP}": CALLER_TRACE_ID,
     }
+
+
+def test_the_processes_export_one_trace_over_otlp(dynamodb_endpoint: str, tmp_path: Path) -> None:
+    """`python -m` gateway, XP, Levels ... with OTEL_EXPORTER_OTLP_ENDPOINT: their spans reach the
+    collector (OTLP/gRPC), named by service, one trace from the web client's traceparent on;
+    those still batched at SIGTERM go out before the processes exit."""
+    sink = OtlpSink(keep=True)
+    cluster = start_process_cluster(
+        dynamodb_endpoint,
+        tmp_path,
+        metrics=False,
+        gateway=True,
+        extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint},
+    )
+    try:
+        answer = http_call(
+            cluster.gateway_url,
+            "POST",
+            "/xp/grant",
+            {"user_id": unique("otlp"), "amount": 5, "reason": "traced", "request_id": "g1"},
+            token=mint_test_token(Role.ADMIN),
+            headers={"traceparent": f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"},
+        )
+        assert answer.status == 200, answer.body
+        assert answer.headers["trace-id"] == CALLER_TRACE_ID
+        # Gracefully, the gateway first (as `make down`): each sends what it still holds.
+        for name in sorted(cluster.processes, key=lambda name: name != "gateway"):
+            cluster.processes[name].send_signal(signal.SIGTERM)
+            assert cluster.processes[name].wait(timeout=30) == 0
+    finally:
+        cluster.stop()
+        sink.stop()
+    spans = {
+        (service, span.name, span.kind): span
+        for service, span in sink.spans
+        if span.trace_id.hex() == CALLER_TRACE_ID and not span.name.startswith("DynamoDB.")
+    }
+    server, client = otlp_trace_pb2.Span.SPAN_KIND_SERVER, otlp_trace_pb2.Span.SPAN_KIND_CLIENT
+    grant, check = "rewards.v1.XpService/GrantXp", CHECK_LEVEL_UP
+    assert set(spans) == {
+        ("rewards-gateway", "POST /xp/grant", server),
+        ("rewards-gateway", grant, client),
+        ("rewards-xp", grant, server),
+        ("rewards-xp", check, client),
+        ("rewards-levels", check, server),
+    }
+    chain = [
+        spans["rewards-gateway", "POST /xp/grant", server],
+        spans["rewards-gateway", grant, client],
+        spans["rewards-xp", grant, server],
+        spans["rewards-xp", check, client],
+        spans["rewards-levels", check, server],
+    ]
+    assert chain[0].parent_span_id.hex() == CALLER_SPAN_ID
+    assert [child.parent_span_id for child in chain[1:]] == [parent.span_id for parent in chain[:-1]]
+    dynamodb = [
+        (service, span) for service, span in sink.spans if span.trace_id.hex() == CALLER_TRACE_ID and span not in chain
+    ]
+    assert {service for service, _ in dynamodb} == {"rewards-xp", "rewards-levels"}
