@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind
 from bench.otlp_sink import OtlpSink
 from common.caller_auth import Role
 from common.rpc_logging import json_log_handler
-from rewards.v1 import xp_pb2
+from rewards.v1 import events_pb2, xp_pb2
 from tests.cluster import STANDARD_LEVELS, Cluster, mint_test_token, unique
 from tests.gateway_server import http_call
 from tests.process_cluster import start_process_cluster
@@ -288,3 +288,22 @@ def test_the_processes_export_one_trace_over_otlp(dynamodb_endpoint: str, tmp_pa
         (service, span) for service, span in sink.spans if span.trace_id.hex() == CALLER_TRACE_ID and span not in chain
     ]
     assert {service for service, _ in dynamodb} == {"rewards-xp", "rewards-levels"}
+
+
+def test_the_events_service_traces_its_rpcs(
+    new_cluster: Callable[..., Cluster], exporter: InMemorySpanExporter
+) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    c = new_cluster(tracer=provider.get_tracer("rewards"), events=True)
+    exporter.clear()
+    _, call = c.events.ListWebhooks.with_call(
+        events_pb2.ListWebhooksRequest(), metadata=(("traceparent", f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"),)
+    )
+    assert ("trace-id", CALLER_TRACE_ID) in call.initial_metadata()
+    spans = spans_of(exporter, CALLER_TRACE_ID)
+    listed = one(spans, "rewards.v1.EventsService/ListWebhooks", SpanKind.SERVER)
+    assert listed.parent is not None and hex_id(listed.parent.span_id, 16) == CALLER_SPAN_ID
+    reads = [s for s in spans if s.name.startswith("DynamoDB.")]
+    assert reads and all(parent_of(s) == span_id(listed) for s in reads)
+    assert len(spans) == 1 + len(reads)
