@@ -27,7 +27,7 @@ from common.rpc_logging import bind_rpc_fields, unbind_rpc_fields
 from common.tracing import TRACE_ID_KEY, RpcTrace, bind_trace, current_trace, end_span, start_trace, unbind_trace
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Tracer
+    from opentelemetry.trace import Span, Tracer
 
 _DEADLINE_RESERVE_S = 0.25
 _rpc_log = logging.getLogger("rewards.rpc")
@@ -55,8 +55,7 @@ def _rpc_attributes(method: str) -> dict[str, str]:
     return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
 
-def _end_rpc_span(trace: RpcTrace, code: grpc.StatusCode, server: bool) -> None:
-    span = trace.span
+def _end_rpc_span(span: Span | None, code: grpc.StatusCode, server: bool) -> None:
     if span is None:
         return
     span.set_attribute("rpc.grpc.status_code", code.value[0])
@@ -86,14 +85,15 @@ class _RpcRecord:
         self._recorded = False
 
     def record(self, code: grpc.StatusCode, error_id: str = "", bug: Exception | None = None) -> None:
-        """Counts and logs the RPC once: before an abort sends the status, so that a client
-        that has the answer finds it in the metrics (and its span ended). An unexpected error (a bug) goes on this
-        same line, with its error id and traceback: one line a request, whatever happened."""
+        """Counts and logs the RPC once, and ends its span: before an abort sends the status,
+        so that a client that has the answer finds it in the metrics and the trace. An
+        unexpected error (a bug) goes on this same line, with its error id and traceback:
+        one line a request, whatever happened."""
         if self._recorded:
             return
         self._recorded = True
         seconds = time.perf_counter() - self.started
-        _end_rpc_span(self.trace, code, server=True)
+        _end_rpc_span(self.trace.span, code, server=True)
         RPCS.labels(self.method, code.name).inc()
         RPC_SECONDS.labels(self.method).observe(seconds)
         line_fields: dict[str, Any] = {
@@ -328,7 +328,6 @@ class PeerCallInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         metadata.extend(trace.outgoing(span))
         if span is None:
             return await continuation(with_aio_metadata(client_call_details, metadata, timeout), request)
-        client_trace = RpcTrace(trace.trace_id, span=span)
         try:
             call = await continuation(with_aio_metadata(client_call_details, metadata, timeout), request)
             code = await call.code()
@@ -339,5 +338,5 @@ class PeerCallInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             code = grpc.StatusCode.UNKNOWN
             raise
         finally:
-            _end_rpc_span(client_trace, code, server=False)
+            _end_rpc_span(span, code, server=False)
         return call
