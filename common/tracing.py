@@ -49,8 +49,14 @@ TRACER_NAME = "rewards"
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _INVALID_TRACE_ID = "0" * 32
 _INVALID_SPAN_ID = "0" * 16
-# The longest tracestate kept (32 members of at most 256 characters, with commas).
-_MAX_TRACESTATE = 32 * 257
+# The longest tracestate read (32 members of a key and a value, with "=" and commas).
+_MAX_TRACESTATE = 32 * 514
+_MAX_TRACESTATE_MEMBERS = 32
+# A tracestate list member (W3C grammar, as the SDK checks it): a key, "=", a value.
+_TRACESTATE_MEMBER = re.compile(
+    r"([a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
 # No caller's trace and no sampler: nothing recorded it (a peer with tracing on follows that decision).
 _NOT_SAMPLED = "00"
 
@@ -64,6 +70,22 @@ def parse_traceparent(value: str) -> tuple[str, str, str] | None:
     if version == "ff" or (version == "00" and rest) or trace_id == _INVALID_TRACE_ID or span_id == _INVALID_SPAN_ID:
         return None
     return trace_id, span_id, flags
+
+
+def valid_tracestate(value: str) -> str:
+    """`value` as a tracestate to pass on (empty members left out), or "" when any member is
+    invalid or repeated: then none is kept (W3C), and the SDK is never handed one to warn of."""
+    members = [member.strip(" \t") for member in value.split(",")]
+    members = [member for member in members if member]
+    if len(members) > _MAX_TRACESTATE_MEMBERS:
+        return ""
+    keys = set()
+    for member in members:
+        match = _TRACESTATE_MEMBER.fullmatch(member)
+        if match is None or match.group(1) in keys:
+            return ""
+        keys.add(match.group(1))
+    return ",".join(members)
 
 
 def new_trace_id() -> str:
@@ -118,10 +140,10 @@ def start_trace(
         if key == TRACEPARENT and isinstance(value, str):
             traceparent = value.strip()
         elif key == TRACESTATE and isinstance(value, str) and len(value) <= _MAX_TRACESTATE:
-            tracestate = value.strip()
+            tracestate = value
     parent = parse_traceparent(traceparent) if traceparent else None
-    if parent is None:
-        tracestate = ""  # meaningless without its traceparent (W3C)
+    # Meaningless without its traceparent (W3C).
+    tracestate = valid_tracestate(tracestate) if parent is not None and tracestate else ""
     if tracer is None:
         if parent is None:
             return RpcTrace(new_trace_id())

@@ -106,3 +106,19 @@ def test_dynamodb_span_attributes_name_every_table() -> None:
     batch = {"RequestItems": {"p-a": {}, "p-b": {}}}
     assert _span_attributes("BatchGetItem", batch)["aws.dynamodb.table_names"] == ["p-a", "p-b"]
     assert _span_attributes("GetItem", {"TableName": "p-a"})["aws.dynamodb.table_names"] == ["p-a"]
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("a=1,b=2", "a=1,b=2"),
+        (" a=1 ,, vendor@tenant=x y ", "a=1,vendor@tenant=x y"),
+        ("a=1,B C=2", ""),  # an invalid member: none kept
+        ("a=1,a=2", ""),  # a repeated key
+        ("a=", ""),
+        (",".join(f"k{i}=v" for i in range(33)), ""),  # more than 32 members
+    ],
+)
+def test_a_tracestate_is_passed_on_only_when_valid(value: str, kept: str) -> None:
+    headers = [("traceparent", f"00-{TRACE_ID}-{SPAN_ID}-01"), ("tracestate", value)]
+    assert start_trace(None, headers, "m", {}).tracestate == kept
