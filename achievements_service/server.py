@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+from opentelemetry.trace import Tracer
 
 from achievements_service.servicer import AchievementsServicer
 from achievements_service.storage import DynamoDBAchievementsRepository
@@ -23,6 +24,8 @@ async def create_server(
     settings: Settings,
     dynamodb: DynamoDBClient,
     health_servicer: HealthServicer | None = None,
+    *,
+    tracer: Tracer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The Achievements server on `address` (port 0: a free port), not started;
     call inside the event loop that will serve it."""
@@ -45,6 +48,7 @@ async def create_server(
         AchievementsServicer(achievements),
         achievements_pb2_grpc.add_AchievementsServiceServicer_to_server,
         health_servicer,
+        tracer=tracer,
     )
 
 

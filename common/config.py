@@ -113,6 +113,10 @@ class Settings:
     max_concurrent_rpcs: int = 0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    # OpenTelemetry: the OTLP/gRPC collector (such as http://localhost:4317) that each process sends
+    # its spans to. Empty: no spans, no exporter (common.tracing). The standard variable, read here
+    # like the others; the SDK's other OTEL_* variables (sampler, headers, batching) apply too.
+    otel_exporter_otlp_endpoint: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -141,8 +145,12 @@ class Settings:
         return settings
 
 
+# Settings whose variable is a standard one, not REWARDS_*.
+_STANDARD_VARIABLES = {"aws_region": "AWS_REGION", "otel_exporter_otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT"}
+
+
 def _variable_name(field_name: str) -> str:
-    return "AWS_REGION" if field_name == "aws_region" else "REWARDS_" + field_name.upper()
+    return _STANDARD_VARIABLES.get(field_name) or "REWARDS_" + field_name.upper()
 
 
 # Every variable the services read, by setting: what a deployment (the compose

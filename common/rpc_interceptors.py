@@ -1,9 +1,10 @@
 """gRPC interceptors every service uses.
 
-Server side: parse each request strictly, give the call a trace id (the
-caller's `x-trace-id`, or a new one), log one JSON line per RPC and count it in
-the metrics, and bind its deadline. Client side (calls between services):
-pass the trace id along, and never wait past the served call's deadline."""
+Server side: parse each request strictly, give the call its trace (the
+caller's W3C `traceparent`, or a new trace; a span when tracing is on), log one
+JSON line per RPC and count it in the metrics, and bind its deadline. Client
+side (calls between services): pass the trace along, and never wait past the
+served call's deadline."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -24,11 +23,13 @@ from grpc_status import rpc_status
 from common.grpc_edge import status_of_failure
 from common.metrics import RPC_SECONDS, RPCS
 from common.rpc_deadline import bind_deadline, remaining_s, unbind_deadline
-from common.rpc_logging import bind_rpc_fields, current_trace_id, unbind_rpc_fields
+from common.rpc_logging import bind_rpc_fields, unbind_rpc_fields
+from common.tracing import TRACE_ID_KEY, RpcTrace, bind_trace, current_trace, end_span, start_trace, unbind_trace
 
-TRACE_ID_HEADER = "x-trace-id"
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
+
 _DEADLINE_RESERVE_S = 0.25
-_TRACE_ID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 _rpc_log = logging.getLogger("rewards.rpc")
 
 
@@ -36,11 +37,30 @@ _rpc_log = logging.getLogger("rewards.rpc")
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def _trace_id_of(metadata: Any) -> str:
-    for key, value in metadata or ():
-        if key == TRACE_ID_HEADER and isinstance(value, str) and _TRACE_ID.match(value):
-            return value
-    return uuid.uuid4().hex
+# Server spans whose status is an error (OpenTelemetry's gRPC conventions): the others are the caller's doing.
+_SERVER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def _rpc_attributes(method: str) -> dict[str, str]:
+    service, _, name = method.lstrip("/").rpartition("/")
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+
+def _end_rpc_span(span: Span | None, code: grpc.StatusCode, server: bool) -> None:
+    if span is None:
+        return
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    failed = code in _SERVER_ERROR_CODES if server else code != grpc.StatusCode.OK
+    end_span(span, code.name if failed else "")
 
 
 def _handler_raising(error: Exception) -> grpc.RpcMethodHandler:
@@ -53,9 +73,10 @@ def _handler_raising(error: Exception) -> grpc.RpcMethodHandler:
 class _RpcRecord:
     """One RPC's line and metrics: written once, by record()."""
 
-    def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, method: str, context: grpc.aio.ServicerContext, trace: RpcTrace) -> None:
         self.method = method
         self.context = context
+        self.trace = trace
         self.started = time.perf_counter()
         # Read now: a stream's context may be gone when its line is written (a cancelled call's
         # context.peer() crashes grpc.aio).
@@ -64,13 +85,15 @@ class _RpcRecord:
         self._recorded = False
 
     def record(self, code: grpc.StatusCode, error_id: str = "", bug: Exception | None = None) -> None:
-        """Counts and logs the RPC once: before an abort sends the status, so that a client
-        that has the answer finds it in the metrics. An unexpected error (a bug) goes on this
-        same line, with its error id and traceback: one line a request, whatever happened."""
+        """Counts and logs the RPC once, and ends its span: before an abort sends the status,
+        so that a client that has the answer finds it in the metrics and the trace. An
+        unexpected error (a bug) goes on this same line, with its error id and traceback:
+        one line a request, whatever happened."""
         if self._recorded:
             return
         self._recorded = True
         seconds = time.perf_counter() - self.started
+        _end_rpc_span(self.trace.span, code, server=True)
         RPCS.labels(self.method, code.name).inc()
         RPC_SECONDS.labels(self.method).observe(seconds)
         line_fields: dict[str, Any] = {
@@ -113,7 +136,7 @@ class _RpcRecord:
         await self.context.abort(
             status.code,
             status.details,
-            trailing_metadata=(*status.trailing_metadata, (TRACE_ID_HEADER, trace_id)),
+            trailing_metadata=(*status.trailing_metadata, (TRACE_ID_KEY, trace_id)),
         )
 
 
@@ -127,7 +150,11 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
     storage error the caller can retry, and INTERNAL with an error id for
     anything else (never UNKNOWN); logs one line per RPC (method, code,
     duration, user and request ids, peer, trace id; an unexpected error's id
-    and traceback) and counts it in the metrics."""
+    and traceback) and counts it in the metrics. With a tracer (tracing on), a
+    SERVER span per RPC, whose children are the RPC's peer and DynamoDB calls."""
+
+    def __init__(self, tracer: Tracer | None = None) -> None:
+        self._tracer = tracer
 
     async def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         try:
@@ -139,27 +166,31 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         if handler.unary_stream is not None:
-            return self._streaming(handler, handler_call_details)
+            return self._streaming(handler, handler_call_details, self._tracer)
         if handler.unary_unary is None:
             return handler
         method = handler_call_details.method
         inner = handler.unary_unary
         parse = handler.request_deserializer
-        trace_id = _trace_id_of(handler_call_details.invocation_metadata)
+        metadata = handler_call_details.invocation_metadata or ()
+        tracer = self._tracer
 
         async def served(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
-            rpc = _RpcRecord(method, context)
+            trace = start_trace(tracer, metadata, method.lstrip("/"), _rpc_attributes(method) if tracer else {})
+            rpc = _RpcRecord(method, context, trace)
+            trace_id = trace.trace_id
             fields = {"method": method, "trace_id": trace_id}
             token = bind_rpc_fields(fields)
+            trace_token = bind_trace(trace)
             deadline_token = bind_deadline(context.time_remaining())
             # The trace id goes back with the answer: in the initial metadata of a success, in the trailers
             # of an error. No headers go out before an error, so clients' gRPC retries of UNAVAILABLE
             # still apply (gRPC does not retry a call once response headers have arrived).
-            context.set_trailing_metadata(((TRACE_ID_HEADER, trace_id),))
+            context.set_trailing_metadata(((TRACE_ID_KEY, trace_id),))
             try:
                 request = await rpc.parse(parse, raw_request, fields)
                 response = await inner(request, context)
-                await context.send_initial_metadata(((TRACE_ID_HEADER, trace_id),))
+                await context.send_initial_metadata(((TRACE_ID_KEY, trace_id),))
                 return response
             except grpc.aio.AbortError:
                 if rpc.code == grpc.StatusCode.OK:
@@ -173,6 +204,7 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 rpc.record(rpc.code)
                 unbind_rpc_fields(token)
+                unbind_trace(trace_token)
                 unbind_deadline(deadline_token)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -182,20 +214,25 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
         )
 
     @staticmethod
-    def _streaming(handler: grpc.RpcMethodHandler, handler_call_details: Any) -> grpc.RpcMethodHandler:
+    def _streaming(
+        handler: grpc.RpcMethodHandler, handler_call_details: Any, tracer: Tracer | None
+    ) -> grpc.RpcMethodHandler:
         """A server-streaming RPC: the same edge; its line is written when the stream ends.
         The servicer sends the initial metadata (with the trace id) itself when it is ready."""
         method = handler_call_details.method
         inner = cast(Callable[[Any, Any], AsyncIterator[Any]], handler.unary_stream)
         parse = handler.request_deserializer
-        trace_id = _trace_id_of(handler_call_details.invocation_metadata)
+        metadata = handler_call_details.invocation_metadata or ()
 
         async def streamed(raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
-            rpc = _RpcRecord(method, context)
+            trace = start_trace(tracer, metadata, method.lstrip("/"), _rpc_attributes(method) if tracer else {})
+            rpc = _RpcRecord(method, context, trace)
+            trace_id = trace.trace_id
             fields = {"method": method, "trace_id": trace_id}
             token = bind_rpc_fields(fields)
+            trace_token = bind_trace(trace)
             deadline_token = bind_deadline(context.time_remaining())
-            context.set_trailing_metadata(((TRACE_ID_HEADER, trace_id),))
+            context.set_trailing_metadata(((TRACE_ID_KEY, trace_id),))
             try:
                 request = await rpc.parse(parse, raw_request, fields)
                 responses = inner(request, context)
@@ -218,6 +255,7 @@ class RpcEdgeInterceptor(grpc.aio.ServerInterceptor):
                 # A stream that grpc.aio closes from another task: its bindings went with its context.
                 with contextlib.suppress(ValueError):
                     unbind_rpc_fields(token)
+                    unbind_trace(trace_token)
                     unbind_deadline(deadline_token)
 
         return grpc.unary_stream_rpc_method_handler(
@@ -260,7 +298,8 @@ def with_aio_metadata(client_call_details: Any, extra: list[tuple[str, str]], ti
 
 class PeerCallInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """For calls made on behalf of the RPC being served: adds this service's
-    own credentials (`authorization`) and the served call's trace id, and
+    own credentials (`authorization`) and the served call's trace (`traceparent`,
+    from the call's own CLIENT span when tracing is on), and
     shortens the call's timeout to what is left of its deadline, less a reserve
     for the caller's own remaining work (the deadline propagates: a callee never
     works for a caller that has given up, and the caller can still answer, for
@@ -275,12 +314,29 @@ class PeerCallInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         metadata: list[tuple[str, str]] = []
         if self._credentials is not None:
             metadata.append(self._credentials())
-        trace_id = current_trace_id()
-        if trace_id:
-            metadata.append((TRACE_ID_HEADER, trace_id))
         timeout = client_call_details.timeout
         left = remaining_s()
         if left is not None:
             left -= min(_DEADLINE_RESERVE_S, left * 0.2)
             timeout = max(0.0, left) if timeout is None else max(0.0, min(timeout, left))
-        return await continuation(with_aio_metadata(client_call_details, metadata, timeout), request)
+        trace = current_trace()
+        if trace is None:
+            return await continuation(with_aio_metadata(client_call_details, metadata, timeout), request)
+        method = client_call_details.method
+        method = method.decode() if isinstance(method, bytes) else method
+        span = trace.start_child(method.lstrip("/"), _rpc_attributes(method)) if trace.tracer else None
+        metadata.extend(trace.outgoing(span))
+        if span is None:
+            return await continuation(with_aio_metadata(client_call_details, metadata, timeout), request)
+        try:
+            call = await continuation(with_aio_metadata(client_call_details, metadata, timeout), request)
+            code = await call.code()
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            _end_rpc_span(span, code, server=False)
+        return call

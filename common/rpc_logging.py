@@ -65,7 +65,3 @@ def add_rpc_field(name: str, value: str) -> None:
     fields = _rpc_fields.get()
     if fields:  # only inside an RPC: never write to the shared default
         fields[name] = value
-
-
-def current_trace_id() -> str:
-    return _rpc_fields.get().get("trace_id", "")

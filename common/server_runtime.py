@@ -29,6 +29,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import Tracer
 
 from common.caller_auth import AuthNotConfigured, CallerAuthInterceptor, TokenAuthority
 from common.channels import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
@@ -47,6 +48,7 @@ from common.dynamodb import (
 from common.metrics import DYNAMODB_HEALTH_PROBES, DYNAMODB_REACHABLE, serve_metrics
 from common.rpc_interceptors import RpcEdgeInterceptor
 from common.rpc_logging import configure_logging
+from common.tracing import tracer_of, tracer_provider
 from common.transport_security import server_credentials
 
 log = logging.getLogger("rewards.server")
@@ -208,14 +210,16 @@ async def build_grpc_server(
     servicer: Any,
     add_to_server: Callable[[Any, grpc.aio.Server], None],
     health_servicer: HealthServicer | None = None,
+    *,
+    tracer: Tracer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """One service's grpc.aio server, bound to `address` (port 0 picks a free
     port) with health checking and reflection; returns (server, port), not
-    started. Raises AuthNotConfigured without a token key (unless auth is
-    explicitly off)."""
+    started. With `tracer`, a span per RPC (common.tracing). Raises
+    AuthNotConfigured without a token key (unless auth is explicitly off)."""
     authority = TokenAuthority.from_settings(settings)
     health_servicer = health_servicer or HealthServicer()
-    interceptors: list[grpc.aio.ServerInterceptor] = [ReadinessInterceptor(health_servicer), RpcEdgeInterceptor()]
+    interceptors: list[grpc.aio.ServerInterceptor] = [ReadinessInterceptor(health_servicer), RpcEdgeInterceptor(tracer)]
     if authority is None:
         log.warning("authentication is OFF (REWARDS_INSECURE_NO_AUTH): every caller may call every method")
     else:
@@ -383,7 +387,7 @@ def _serve_worker(
     cloudwatch_metrics = start_cloudwatch_metrics(service, settings)
     try:
         with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
-            runner.run(_serve(listen, metrics_port + index if metrics_port else 0, settings, create_server))
+            runner.run(_serve(service, listen, metrics_port + index if metrics_port else 0, settings, create_server))
     finally:
         if cloudwatch_metrics is not None:
             cloudwatch_metrics.stop()
@@ -397,12 +401,16 @@ def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop]
     return None
 
 
-async def _serve(listen: str, metrics_port: int, settings: Settings, create_server: ServerFactory) -> None:
+async def _serve(
+    service: str, listen: str, metrics_port: int, settings: Settings, create_server: ServerFactory
+) -> None:
     dynamodb = DynamoDBClient(settings)
     health_servicer = HealthServicer()
     monitoring: asyncio.Task[None] | None = None
+    # Per process (a spawned worker has its own): OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, else None.
+    traces = tracer_provider(settings, service)
     try:
-        server, port = await create_server(listen, settings, dynamodb, health_servicer)
+        server, port = await create_server(listen, settings, dynamodb, health_servicer, tracer=tracer_of(traces))
         if settings.dynamodb_health_interval_s > 0:
             monitor = DynamoDBHealthMonitor(
                 dynamodb,
@@ -427,3 +435,6 @@ async def _serve(listen: str, metrics_port: int, settings: Settings, create_serv
             with contextlib.suppress(asyncio.CancelledError):
                 await monitoring
         await dynamodb.close()
+        if traces is not None:
+            # The spans still batched go out before the process exits (off the loop: it blocks).
+            await asyncio.to_thread(traces.shutdown)

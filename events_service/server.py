@@ -7,6 +7,7 @@ import contextlib
 from typing import Any
 
 import grpc
+from opentelemetry.trace import Tracer
 
 from common.config import Settings
 from common.dynamodb import DynamoDBClient
@@ -30,6 +31,8 @@ async def create_server(
     settings: Settings,
     dynamodb: DynamoDBClient,
     health_servicer: HealthServicer | None = None,
+    *,
+    tracer: Tracer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The Events server on `address` (port 0: a free port), not started; call
     inside the event loop that will serve it. Its readers of the streams (the
@@ -65,7 +68,13 @@ async def create_server(
     )
     servicer = EventsServicer(new_watch, WebhookAdmin(webhooks, allow_http=settings.webhooks_allow_http))
     server, port = await build_grpc_server(
-        address, settings, SERVICE, servicer, events_pb2_grpc.add_EventsServiceServicer_to_server, health_servicer
+        address,
+        settings,
+        SERVICE,
+        servicer,
+        events_pb2_grpc.add_EventsServiceServicer_to_server,
+        health_servicer,
+        tracer=tracer,
     )
     background = [asyncio.create_task(hub.run()), asyncio.create_task(dispatcher.run())]
     stop = server.stop

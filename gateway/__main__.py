@@ -14,6 +14,7 @@ import uvicorn
 
 from common.config import Settings
 from common.rpc_logging import configure_logging
+from common.tracing import tracer_provider
 from gateway.app import create_app
 from gateway.limits import MAX_INCOMPLETE_HEAD_BYTES
 
@@ -28,7 +29,7 @@ def main() -> None:
     settings = Settings.from_env()
     configure_logging("gateway", settings.log_level)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, tracer_provider(settings, "gateway")),
         host=settings.gateway_host,
         port=settings.gateway_port,
         lifespan="on",

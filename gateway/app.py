@@ -4,15 +4,15 @@ opened at startup), and translating the answer back."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import re
 import time
 import urllib.parse
-import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import any_pb2, json_format, message_factory
@@ -30,7 +30,7 @@ from starlette.types import Message as AsgiMessage
 
 from common.channels import CLIENT_CHANNEL_OPTIONS
 from common.config import Settings
-from common.rpc_interceptors import TRACE_ID_HEADER as GRPC_TRACE_ID_KEY
+from common.tracing import TRACEPARENT, TRACESTATE, RpcTrace, end_span, new_trace_id, start_trace, tracer_of
 from common.transport_security import channel_credentials
 from gateway.binding import (
     INTEGER_TYPES,
@@ -47,7 +47,7 @@ from gateway.limits import (
     oversized_headers,
     unsupported_media_type,
 )
-from gateway.openapi import HEALTH_PATH, OPENAPI_PATH, TRACE_ID_HEADER, TRACE_ID_PATTERN, build_document
+from gateway.openapi import HEALTH_PATH, OPENAPI_PATH, TRACE_ID_HEADER, build_document
 from gateway.routes import IDEMPOTENCY_HEADER, ROUTES, SERVICES, Route, resolve_field
 from gateway.status import (
     CONTENT_TOO_LARGE,
@@ -61,12 +61,16 @@ from gateway.status import (
     status_details,
 )
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Tracer
+
 log = logging.getLogger("rewards.gateway")
 
-_TRACE_ID = re.compile(TRACE_ID_PATTERN)
 _TRACE_ID_KEY = TRACE_ID_HEADER.lower().encode()
+_TRACE_CONTEXT_KEYS = (TRACEPARENT.encode(), TRACESTATE.encode())
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
-_SCOPE_TRACE_ID = "rewards.trace_id"
+_SCOPE_TRACE = "rewards.trace"
 _SCOPE_LOG = "rewards.log"
 
 
@@ -143,6 +147,8 @@ class RpcHandler:
         self._binder = RequestBinder(route)
         self._response_class = message_factory.GetMessageClass(route.response_type)
         self._call: grpc.aio.UnaryUnaryMultiCallable[Any, Any] | None = None
+        service, _, method = route.grpc_method.lstrip("/").rpartition("/")
+        self._span_attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
 
     def connect(self, channel: grpc.aio.Channel) -> None:
         request_class = message_factory.GetMessageClass(self.route.request_type)
@@ -154,7 +160,10 @@ class RpcHandler:
 
     async def __call__(self, request: Request) -> Response:
         scope = request.scope
-        trace_id: str = scope.get(_SCOPE_TRACE_ID) or uuid.uuid4().hex
+        trace: RpcTrace = scope.get(_SCOPE_TRACE) or RpcTrace(new_trace_id())
+        if trace.span is not None:
+            trace.span.update_name(f"{self.route.http_method} {self.route.path}")
+            trace.span.set_attribute("http.route", self.route.path)
         scope.setdefault(_SCOPE_LOG, {}).update(
             {"route": f"{self.route.http_method} {self.route.path}", "rpc": self.route.grpc_method}
         )
@@ -194,12 +203,22 @@ class RpcHandler:
                 f"the services take at most {MAX_REQUEST_MESSAGE_BYTES} bytes",
                 scope=scope,
             )
-        metadata = [(GRPC_TRACE_ID_KEY, trace_id), *(("authorization", value) for value in authorization)]
         assert self._call is not None, "the gateway's channels are opened at startup (lifespan)"
+        span = trace.start_child(self.route.grpc_method.lstrip("/"), self._span_attributes) if trace.tracer else None
+        metadata = [*trace.outgoing(span), *(("authorization", value) for value in authorization)]
         try:
             response = await self._call(message, timeout=self._gateway.call_timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as error:
-            return self._rpc_error(error, trace_id, scope)
+            if span is not None:
+                span.set_attribute("rpc.grpc.status_code", error.code().value[0])
+            end_span(span, error.code().name)
+            return self._rpc_error(error, trace.trace_id, scope)
+        except BaseException:
+            end_span(span, "cancelled")
+            raise
+        if span is not None:
+            span.set_attribute("rpc.grpc.status_code", 0)
+        end_span(span)
         scope[_SCOPE_LOG]["code"] = grpc.StatusCode.OK.name
         return _json_response(200, _to_json(response))
 
@@ -252,25 +271,26 @@ class Gateway:
 
 
 class TraceAndLog:
-    """Outermost: gives each request its trace id (the client's X-Trace-Id
-    when well formed), returns it as X-Trace-Id, and logs one line a request."""
+    """Outermost: gives each request its trace (the client's W3C traceparent
+    when valid, else a new one; a SERVER span when tracing is on), returns its
+    trace id as Trace-Id, and logs one line a request."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, tracer: Tracer | None = None) -> None:
         self.app = app
+        self._tracer = tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        trace_id = ""
-        for key, value in scope["headers"]:
-            if key == _TRACE_ID_KEY:
-                candidate = value.decode("latin-1")
-                if _TRACE_ID.fullmatch(candidate):
-                    trace_id = candidate
-        trace_id = trace_id or uuid.uuid4().hex
-        scope[_SCOPE_TRACE_ID] = trace_id
+        trace_context = [
+            (key.decode(), value.decode("latin-1")) for key, value in scope["headers"] if key in _TRACE_CONTEXT_KEYS
+        ]
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"]} if self._tracer else {}
+        trace = start_trace(self._tracer, trace_context, scope["method"], attributes)
+        trace_id = trace.trace_id
+        scope[_SCOPE_TRACE] = trace
         fields: dict[str, Any] = scope.setdefault(_SCOPE_LOG, {})
         status = 500
 
@@ -284,6 +304,9 @@ class TraceAndLog:
         try:
             await self.app(scope, receive, send_with_trace)
         finally:
+            if trace.span is not None:
+                trace.span.set_attribute("http.response.status_code", status)
+            end_span(trace.span, str(status) if status >= 500 else "")
             level = logging.DEBUG if scope["path"] == HEALTH_PATH else logging.INFO
             log.log(
                 level,
@@ -401,7 +424,8 @@ def _dispatcher(handlers: dict[str, Callable[[Request], Any]]) -> Callable[[Requ
     return dispatch
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, traces: TracerProvider | None = None) -> Starlette:
+    """The gateway's app; with `traces` (common.tracing.tracer_provider), a span per request and per gRPC call."""
     gateway = Gateway(settings)
     document = json.dumps(build_document(), separators=(",", ":")).encode()
 
@@ -444,12 +468,17 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await gateway.close()
+            if traces is not None:
+                # The spans still batched go out before the process exits (off the loop: it blocks).
+                await asyncio.to_thread(traces.shutdown)
 
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: internal_error}
     )
     app.router.redirect_slashes = False  # an API answers, it does not redirect
     app.add_middleware(HeaderSizeLimit)
-    app.add_middleware(TraceAndLog)  # outermost: every answer, a 431 included, has its trace id and log line
+    app.add_middleware(
+        TraceAndLog, tracer=tracer_of(traces)
+    )  # outermost: every answer, a 431 included, has its trace id and log line
     app.state.gateway = gateway
     return app

@@ -65,9 +65,11 @@ from xp_service.servicer import MAX_ADJUSTMENT, MAX_CAP, MAX_ENTRY_ID_LENGTH, MA
 
 JsonSchema = dict[str, Any]
 
-TRACE_ID_HEADER = "X-Trace-Id"
-# The trace ids the gateway (and the services, common.rpc_interceptors) take from a caller.
-TRACE_ID_PATTERN = r"^[0-9A-Za-z._-]{1,64}$"
+# The W3C trace context the gateway takes from a caller and passes on to the services
+# (common.tracing); the trace id it answers with, as every log line of the request carries it.
+TRACEPARENT_HEADER = "traceparent"
+TRACE_ID_HEADER = "Trace-Id"
+TRACE_ID_PATTERN = r"^[0-9a-f]{32}$"
 # What the gateway takes as an Idempotency-Key: printable ASCII (RFC 9110 field
 # values; the gateway refuses other bytes), no white space at either end.
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~](?:[ -~]*[!-~])?$"
@@ -810,7 +812,7 @@ def _operation(route: Route, schemas: SchemaBuilder) -> dict[str, Any]:
         )
     if route.idempotency_field:
         parameters.append(_idempotency_key(route))
-    parameters.append({"$ref": "#/components/parameters/TraceId"})
+    parameters.append({"$ref": "#/components/parameters/TraceParent"})
     operation: dict[str, Any] = {
         "operationId": route.operation_id,
         "summary": route.summary,
@@ -932,20 +934,24 @@ def build_document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
                 }
             },
             "parameters": {
-                "TraceId": {
-                    "name": TRACE_ID_HEADER,
+                "TraceParent": {
+                    "name": TRACEPARENT_HEADER,
                     "in": "header",
                     "required": False,
-                    "description": "Passed to the services as x-trace-id (their logs carry it) when it matches "
-                    f"{TRACE_ID_PATTERN}; any other value is ignored, as when absent: the gateway makes a new "
-                    "one (answered in the X-Trace-Id response header). Like any header field, at most "
-                    f"{MAX_HEADER_FIELD_BYTES} bytes with its name (431 otherwise).",
+                    "description": "W3C Trace Context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`): "
+                    "the request joins the caller's trace, passed on to the "
+                    "services (with `tracestate`), whose logs carry its trace id. An invalid value is ignored, "
+                    f"as when absent: the gateway starts a new trace (answered in the {TRACE_ID_HEADER} response "
+                    f"header). Like any header field, at most {MAX_HEADER_FIELD_BYTES} bytes with its name "
+                    "(431 otherwise).",
+                    # Any string: an invalid one is ignored, not refused.
                     "schema": {"type": "string"},
                 },
             },
             "headers": {
                 "TraceId": {
-                    "description": "The trace id of the request, as the services logged it.",
+                    "description": "The W3C trace id of the request (32 hex digits), as the gateway and the "
+                    "services logged it and as their spans carry it.",
                     "schema": {"type": "string", "pattern": TRACE_ID_PATTERN},
                 }
             },

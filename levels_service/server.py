@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+from opentelemetry.trace import Tracer
 
 from common.config import Settings
 from common.dynamodb import DynamoDBClient, LevelTableCache
@@ -20,13 +21,21 @@ async def create_server(
     settings: Settings,
     dynamodb: DynamoDBClient,
     health_servicer: HealthServicer | None = None,
+    *,
+    tracer: Tracer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The Levels server on `address` (port 0: a free port), not started; call
     inside the event loop that will serve it."""
     level_table = LevelTableCache(dynamodb, settings.table_prefix, settings.level_table_cache_s)
     servicer = LevelsServicer(Levels(DynamoDBLevelsRepository(dynamodb, settings.table_prefix, level_table)))
     return await build_grpc_server(
-        address, settings, SERVICE, servicer, levels_pb2_grpc.add_LevelsServiceServicer_to_server, health_servicer
+        address,
+        settings,
+        SERVICE,
+        servicer,
+        levels_pb2_grpc.add_LevelsServiceServicer_to_server,
+        health_servicer,
+        tracer=tracer,
     )
 
 

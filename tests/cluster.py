@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import grpc
 import pytest
+from opentelemetry.trace import Tracer
 
 from achievements_service import server as achievements_server
 from common.caller_auth import BearerTokenInterceptor, Role, TokenAuthority
@@ -84,10 +85,18 @@ class ServerLoop:
 
 class Cluster:
     def __init__(
-        self, endpoint: str, *, clock: Callable[[], datetime] | None = None, events: bool = False, **overrides: Any
+        self,
+        endpoint: str,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        events: bool = False,
+        tracer: Tracer | None = None,
+        **overrides: Any,
     ) -> None:
         # XP's clock (caps and streaks), when a test sets the time.
         self.clock = clock
+        # The servers' tracer (tracing on), when a test looks at their spans.
+        self.tracer = tracer
         settings: dict[str, Any] = {
             "dynamodb_endpoint": endpoint,
             "table_prefix": f"test-{uuid.uuid4().hex[:8]}-",
@@ -137,7 +146,9 @@ class Cluster:
             xp_target=f"localhost:{self.ports.get('xp', 0)}",
             achievements_target=f"localhost:{self.ports.get('achievements', 0)}",
         )
-        extra = {"clock": self.clock} if name == "xp" and self.clock is not None else {}
+        extra: dict[str, Any] = {"clock": self.clock} if name == "xp" and self.clock is not None else {}
+        if self.tracer is not None:
+            extra["tracer"] = self.tracer
         server, port = self.loop.run(
             self._factory(name)(f"localhost:{self.ports.get(name, 0)}", settings, dynamodb or self.lean, **extra)
         )

@@ -84,7 +84,7 @@ def test_an_unexpected_error_is_internal_with_an_error_id_in_the_one_log_line(
 
     lines = json_log_lines()
     for error, error_id, bug_number in zip(errors, error_ids, (1, 2), strict=True):
-        trace_id = dict(error.trailing_metadata() or ())["x-trace-id"]
+        trace_id = dict(error.trailing_metadata() or ())["trace-id"]
         (line,) = [line for line in lines if line.get("trace_id") == trace_id]
         assert (line["message"], line["level"], line["logger"]) == ("rpc", "ERROR", "rewards.rpc")
         assert (line["method"], line["code"], line["user_id"], line["error_id"]) == (
@@ -113,19 +113,27 @@ def test_the_server_keeps_serving_after_an_unexpected_error(new_cluster: Factory
     assert c.xp.GetProgress(xp_pb2.GetProgressRequest(user_id=user_id), timeout=10).user_id == user_id
 
 
+REFUSED_TRACE = "5b8aa5a2d2c872e8321cf37308d69df2"
+ROUTING_TRACE = "9f3c2e1d0b4a59687766554433221100"
+
+
+def traceparent_of(trace_id: str) -> str:
+    return f"00-{trace_id}-051581bf3cb55c13-01"
+
+
 def test_a_refused_request_carries_its_trace_id_with_its_details(cluster: Cluster, json_log_lines: LogLines) -> None:
     """The status's own trailers (its google.rpc details) must not replace the trace id; and
     bad input is no bug: no error id, no traceback."""
     error = rpc_error(
         lambda: cluster.xp.GetProgress(
-            xp_pb2.GetProgressRequest(user_id=""), metadata=[("x-trace-id", "refused-1")], timeout=10
+            xp_pb2.GetProgressRequest(user_id=""), metadata=[("traceparent", traceparent_of(REFUSED_TRACE))], timeout=10
         )
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     trailers = dict(error.trailing_metadata() or ())
-    assert trailers["x-trace-id"] == "refused-1"
+    assert trailers["trace-id"] == REFUSED_TRACE
     assert "grpc-status-details-bin" in trailers
-    (line,) = [line for line in json_log_lines() if line.get("trace_id") == "refused-1"]
+    (line,) = [line for line in json_log_lines() if line.get("trace_id") == REFUSED_TRACE]
     assert (line["message"], line["level"], line["code"]) == ("rpc", "INFO", "INVALID_ARGUMENT")
     assert "error_id" not in line and "exc_info" not in line
 
@@ -167,14 +175,16 @@ def test_an_error_inside_the_edge_before_the_handler_is_internal_too(
 ) -> None:
     error = rpc_error(
         lambda: server_with_broken_routing.GetProgress(
-            xp_pb2.GetProgressRequest(user_id="gw1"), metadata=[("x-trace-id", "routing-1")], timeout=10
+            xp_pb2.GetProgressRequest(user_id="gw1"),
+            metadata=[("traceparent", traceparent_of(ROUTING_TRACE))],
+            timeout=10,
         )
     )
     assert error.code() == grpc.StatusCode.INTERNAL
     found = ERROR_ID.search(error.details())
     assert found, error.details()
     lines = json_log_lines()
-    (line,) = [line for line in lines if line.get("trace_id") == "routing-1"]
+    (line,) = [line for line in lines if line.get("trace_id") == ROUTING_TRACE]
     assert (line["message"], line["code"], line["error_id"]) == ("rpc", "INTERNAL", found.group(1))
     assert "RuntimeError: routing bug" in line["exc_info"]
     assert sum("Traceback" in json.dumps(line) for line in lines) == 1

@@ -259,14 +259,16 @@ def test_metrics_count_rpcs_xp_level_ups_unlocks_and_dynamodb_calls(processes: d
 
 
 def test_a_trace_id_follows_a_call_across_services(processes: dict) -> None:
-    trace_id = f"trace-{uuid.uuid4().hex}"
+    """The caller's W3C traceparent: its trace id on the lines of XP and of Levels, which XP
+    called with a traceparent of the same trace (tracing off: no collector set)."""
+    trace_id = uuid.uuid4().hex
     with authorized_channel(f"localhost:{processes['ports']['xp']}") as channel:
         xp = xp_pb2_grpc.XpServiceStub(channel)
         _, call = xp.GrantXp.with_call(
             xp_pb2.GrantXpRequest(user_id="traced-user", amount=5, reason="t", request_id=trace_id),
-            metadata=((("x-trace-id", trace_id),)),
+            metadata=((("traceparent", f"00-{trace_id}-b7ad6b7169203331-01"),)),
         )
-    assert ("x-trace-id", trace_id) in call.initial_metadata()
+    assert ("trace-id", trace_id) in call.initial_metadata()
     time.sleep(0.2)  # let the log lines reach the files
     for name, method in (("xp", "/rewards.v1.XpService/GrantXp"), ("levels", "/rewards.v1.LevelsService/CheckLevelUp")):
         lines = [json.loads(l) for l in (processes["logs"] / f"{name}.log").read_text().splitlines() if trace_id in l]

@@ -303,7 +303,7 @@ def test_award_counts_once_per_idempotency_key(gateway: GatewayServer, gateway_c
         headers={"Idempotency-Key": "match-1"},
     )
     award = ok(first)
-    assert first.headers["x-trace-id"]
+    assert re.fullmatch(TRACE_ID_PATTERN, first.headers["trace-id"])
     assert award["user_id"] == user_id
     assert award["xp_awarded"] == "150" and award["total_xp"] == "150" and award["level"] == 2
     assert award["duplicate"] is False and award["level_check_deferred"] is False
@@ -980,7 +980,7 @@ def test_oversized_header_fields_are_431(gateway: GatewayServer, user_id: str) -
         f"value); the gateway takes at most {MAX_AUTHORIZATION_BYTES} bytes, as it passes it on to the services "
         "as gRPC metadata"
     )
-    assert too_long.headers["x-trace-id"]
+    assert re.fullmatch(TRACE_ID_PATTERN, too_long.headers["trace-id"])
     # Any other field over its limit, whatever the route (or none).
     padding = {"X-Padding": "p" * MAX_HEADER_FIELD_BYTES}
     for method, path in (("GET", "/levels"), ("GET", "/healthz"), ("GET", "/nowhere")):
@@ -1068,14 +1068,20 @@ def test_resource_exhausted_from_a_size_limit_is_not_429(gateway_cluster: Cluste
 
 
 def test_trace_id(gateway: GatewayServer) -> None:
-    assert call(gateway, "GET", "/levels", headers={"X-Trace-Id": "web-trace-1"}).headers["x-trace-id"] == "web-trace-1"
-    # Any other value is ignored, as the document says (its schema takes any string): a new one is made.
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    assert call(gateway, "GET", "/levels", headers={"traceparent": traceparent}).headers["trace-id"] == trace_id
+    # Any other value is ignored, as the document says: a new trace is made.
     pattern = re.compile(TRACE_ID_PATTERN)
-    for other in ("not ok!", "x" * 65, "café"):
-        answer = call(gateway, "GET", "/levels", headers={"X-Trace-Id": other})
+    made_ids = set()
+    invalid = ("not ok!", "café", f"00-{'0' * 32}-00f067aa0ba902b7-01", f"00-{trace_id.upper()}-00f067aa0ba902b7-01")
+    for other in invalid:
+        answer = call(gateway, "GET", "/levels", headers={"traceparent": other})
         assert answer.status == 200, answer.body
-        made = answer.headers["x-trace-id"]
-        assert made != other and pattern.fullmatch(made)
+        made = answer.headers["trace-id"]
+        assert made != trace_id and pattern.fullmatch(made)
+        made_ids.add(made)
+    assert len(made_ids) == len(invalid)
 
 
 def test_idempotency_key_must_be_printable_ascii(gateway: GatewayServer, user_id: str) -> None:
@@ -1147,16 +1153,20 @@ def gateway_process(cluster: Cluster, log_path: Path) -> Iterator[tuple[str, sub
             process.wait()
 
 
+PROCESS_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+
+
 def test_python_m_gateway_serves_and_stops_on_sigterm(gateway_cluster: Cluster, tmp_path: Any, user_id: str) -> None:
     log_path = tmp_path / "gateway.log"
     with gateway_process(gateway_cluster, log_path) as (url, process):
-        progress = http_call(url, "GET", f"/users/{user_id}/progress", token=GAME, headers={"X-Trace-Id": "proc-1"})
+        traceparent = f"00-{PROCESS_TRACE_ID}-00f067aa0ba902b7-01"
+        progress = http_call(url, "GET", f"/users/{user_id}/progress", token=GAME, headers={"traceparent": traceparent})
         assert progress.status == 200 and progress.json["total_xp"] == "0"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     assert lines and all(line["service"] == "gateway" for line in lines)
-    request = next(line for line in lines if line.get("trace_id") == "proc-1")
+    request = next(line for line in lines if line.get("trace_id") == PROCESS_TRACE_ID)
     assert request["status"] == 200 and request["rpc"] == "/rewards.v1.XpService/GetProgress"
     assert request["route"] == "GET /users/{user_id}/progress" and request["code"] == "OK"
 

@@ -35,8 +35,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MODULES = {name: module for name, module in SERVICES} | {GATEWAY: "gateway"}
 DEFAULTS = Settings()
 SETTING_OF_VARIABLE = {variable: setting for setting, variable in ENVIRONMENT_VARIABLES.items()}
-# What the OpenTelemetry SDK reads itself (not Settings): where traces go, and the service's name in them.
-OTEL_VARIABLES = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}
 
 
 def _load(stage: str) -> dict[str, Any]:
@@ -164,7 +162,7 @@ def test_environment_is_settings_the_code_reads_and_real_dynamodb(stack: dict[st
     for name in MODULES:
         for tracing in (False, True):
             env = environment(container(stack, name), tracing)
-            assert set(env) <= set(ENVIRONMENT_VARIABLES.values()) | OTEL_VARIABLES, name
+            assert set(env) <= set(ENVIRONMENT_VARIABLES.values()), name
             assert ("OTEL_EXPORTER_OTLP_ENDPOINT" in env) == tracing
             # Unset means real DynamoDB; any value points the SDK elsewhere. No AWS keys: the task role.
             assert "REWARDS_DYNAMODB_ENDPOINT" not in env and "AWS_ACCESS_KEY_ID" not in env

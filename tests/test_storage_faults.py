@@ -169,4 +169,4 @@ def test_a_throttled_answer_is_retried_by_the_callers_grpc_channel(new_cluster: 
         )
     assert throttled.injected == 1
     assert (answer.xp_awarded, answer.total_xp, answer.duplicate) == (7, 7, False)
-    assert any(key == "x-trace-id" for key, _ in call.initial_metadata())
+    assert any(key == "trace-id" for key, _ in call.initial_metadata())

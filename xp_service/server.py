@@ -7,6 +7,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import grpc
+from opentelemetry.trace import Tracer
 
 from common.achievements_client import GrpcAutoUnlocker
 from common.channels import peer_channel
@@ -31,6 +32,7 @@ async def create_server(
     health_servicer: HealthServicer | None = None,
     *,
     clock: Callable[[], datetime] | None = None,
+    tracer: Tracer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The XP server on `address` (port 0: a free port), not started; call
     inside the event loop that will serve it. `clock` (tests: days and weeks
@@ -46,7 +48,13 @@ async def create_server(
         **({"clock": clock} if clock is not None else {}),
     )
     return await build_grpc_server(
-        address, settings, SERVICE, XpServicer(ledger), xp_pb2_grpc.add_XpServiceServicer_to_server, health_servicer
+        address,
+        settings,
+        SERVICE,
+        XpServicer(ledger),
+        xp_pb2_grpc.add_XpServiceServicer_to_server,
+        health_servicer,
+        tracer=tracer,
     )
 
 

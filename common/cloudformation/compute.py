@@ -187,7 +187,7 @@ def task_definition(service: DeployedService) -> dict[str, Any]:
         "Environment": {
             "Fn::If": [
                 "TracingOn",
-                [*_env(environment), *_observability_environment(), *_otlp_tracing(service.name)],
+                [*_env(environment), *_observability_environment(), *_otlp_tracing()],
                 [*_env(environment), *_observability_environment()],
             ]
         },
@@ -208,11 +208,9 @@ def task_definition(service: DeployedService) -> dict[str, Any]:
     }
 
 
-def _otlp_tracing(service_name: str) -> list[dict[str, Any]]:
-    return [
-        {"Name": "OTEL_EXPORTER_OTLP_ENDPOINT", "Value": {"Ref": "OtlpEndpoint"}},
-        {"Name": "OTEL_SERVICE_NAME", "Value": f"rewards-{service_name}"},
-    ]
+def _otlp_tracing() -> list[dict[str, Any]]:
+    # The SDK names each process's traces itself (rewards-<service>): only where they go is set here.
+    return [{"Name": ENVIRONMENT_VARIABLES["otel_exporter_otlp_endpoint"], "Value": {"Ref": "OtlpEndpoint"}}]
 
 
 def gateway_task_definition() -> dict[str, Any]:
@@ -229,7 +227,7 @@ def gateway_task_definition() -> dict[str, Any]:
         "PortMappings": [
             {"Name": "http", "ContainerPort": _DEFAULTS.gateway_port, "Protocol": "tcp", "AppProtocol": "http"}
         ],
-        "Environment": {"Fn::If": ["TracingOn", [*_env(environment), *_otlp_tracing(GATEWAY_NAME)], _env(environment)]},
+        "Environment": {"Fn::If": ["TracingOn", [*_env(environment), *_otlp_tracing()], _env(environment)]},
         "HealthCheck": {
             "Command": [
                 "CMD",

@@ -17,7 +17,10 @@ Each call is counted once by outcome (ok, condition_failed, error,
 deadline_exceeded); failed attempts by error code. A failed condition is an
 answer the caller asked for (a duplicate, a lost race), not a failure. The
 client also notes when DynamoDB last answered and last did not, which the
-servers' health entries follow (common.server_runtime.DynamoDBHealthMonitor)."""
+servers' health entries follow (common.server_runtime.DynamoDBHealthMonitor).
+With tracing on, each call made for an RPC is a CLIENT span under the RPC's
+(OpenTelemetry's AWS SDK conventions: `DynamoDB.<action>`, its tables), its
+retries included."""
 
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from common.config import Settings
 from common.errors import DeadlineReached
 from common.metrics import DYNAMODB_CALLS, DYNAMODB_ERRORS, DYNAMODB_SECONDS
 from common.rpc_deadline import remaining_s
+from common.tracing import current_trace, end_span
 
 # Load and transient faults, not bugs: worth another attempt.
 RETRYABLE_ERROR_CODES = frozenset(
@@ -113,6 +117,27 @@ class TransactionCancelled(DynamoDBError):
         """The reasons that are failures (a conflict, throttling, a bad item):
         neither a fine item ('None') nor a condition that was false."""
         return self.codes - {"None", "ConditionalCheckFailed"}
+
+
+def _span_attributes(action: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenTelemetry's attributes of a DynamoDB call (AWS SDK and DynamoDB semantic conventions)."""
+    tables: set[str] = set()
+    if "TableName" in payload:
+        tables.add(payload["TableName"])
+    tables.update(payload.get("RequestItems", ()))
+    for item in payload.get("TransactItems", ()):
+        for operation in item.values():
+            tables.add(operation.get("TableName", ""))
+    tables.discard("")
+    return {
+        "rpc.system": "aws-api",
+        "rpc.service": "DynamoDB",
+        "rpc.method": action,
+        "db.system": "dynamodb",
+        "db.system.name": "aws.dynamodb",
+        "db.operation.name": action,
+        "aws.dynamodb.table_names": sorted(tables),
+    }
 
 
 CallOutcome = Literal["ok", "condition_failed", "error", "deadline_exceeded"]
@@ -222,6 +247,11 @@ class DynamoDBClient:
             payload = {**payload, "ClientRequestToken": uuid.uuid4().hex}
         started = time.perf_counter()
         outcome: CallOutcome = "error"
+        trace = current_trace()
+        span = None
+        if trace is not None and trace.tracer is not None:
+            span = trace.start_child(f"DynamoDB.{action}", _span_attributes(action, payload))
+        failure = ""
         try:
             for attempt in range(self._max_attempts):
                 try:
@@ -232,6 +262,7 @@ class DynamoDBClient:
                     outcome, failure_code = _outcome_of(error)
                     if failure_code is not None:
                         DYNAMODB_ERRORS.labels(action, failure_code).inc()
+                    failure = failure_code or ""
                     if not error.retryable or attempt + 1 == self._max_attempts:
                         raise
                     delay = random.uniform(0, 0.025 * 2**attempt)
@@ -246,6 +277,10 @@ class DynamoDBClient:
         finally:
             DYNAMODB_CALLS.labels(action, outcome).inc()
             DYNAMODB_SECONDS.labels(action).observe(time.perf_counter() - started)
+            if span is not None:
+                # A failed condition is an answer the caller asked for, not an error of the call.
+                span.set_attribute("rewards.dynamodb.outcome", outcome)
+                end_span(span, "" if outcome in ("ok", "condition_failed") else failure or outcome)
 
     async def probe(self, action: str, payload: dict[str, Any], timeout_s: float) -> bool:
         """One attempt of `action`, not retried and counted in no call metric:
