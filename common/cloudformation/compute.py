@@ -137,6 +137,27 @@ def health_probe_command(service: DeployedService) -> list[str]:
     return ["CMD", "python", "-m", "common.health_probe", f"127.0.0.1:{service.port}", service.grpc_service]
 
 
+def container_health_check(command: list[str]) -> dict[str, Any]:
+    # ECS replaces a task whose check failed 3 times in a row, 30 s after it started at the earliest.
+    return {"Command": command, "Interval": 10, "Timeout": 5, "Retries": 3, "StartPeriod": 30}
+
+
+def fargate_task_definition(name: str, container: dict[str, Any], task_role_arn: Any) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "Family": {"Fn::Sub": f"${{AWS::StackName}}-{name}"},
+        "Cpu": {"Ref": "TaskCpu"},
+        "Memory": {"Fn::FindInMap": ["TaskSizes", {"Ref": "TaskCpu"}, "Memory"]},
+        "NetworkMode": "awsvpc",
+        "RequiresCompatibilities": ["FARGATE"],
+        "RuntimePlatform": {"OperatingSystemFamily": "LINUX", "CpuArchitecture": "X86_64"},
+        "ExecutionRoleArn": {"Fn::GetAtt": [EXECUTION_ROLE, "Arn"]},
+    }
+    if task_role_arn is not None:
+        properties["TaskRoleArn"] = task_role_arn
+    properties["ContainerDefinitions"] = [container]
+    return {"Type": "AWS::ECS::TaskDefinition", "Properties": properties}
+
+
 def token_key_secrets() -> dict[str, Any]:
     """REWARDS_AUTH_JWT_SECRET from the stack's secret: its current version, or the version
     AuthKeyVersionId pins; and during a key rotation REWARDS_AUTH_JWT_PREVIOUS_SECRET from the version
@@ -175,13 +196,7 @@ def task_definition(service: DeployedService) -> dict[str, Any]:
             {"Name": GRPC_PORT_NAME, "ContainerPort": service.port, "Protocol": "tcp", "AppProtocol": "grpc"}
         ],
         "Secrets": token_key_secrets(),
-        "HealthCheck": {
-            "Command": health_probe_command(service),
-            "Interval": 10,
-            "Timeout": 5,
-            "Retries": 3,
-            "StartPeriod": 30,
-        },
+        "HealthCheck": container_health_check(health_probe_command(service)),
         "StopTimeout": STOP_TIMEOUT_S,
         "LogConfiguration": _log_configuration(service.name),
         "Environment": {
@@ -192,20 +207,7 @@ def task_definition(service: DeployedService) -> dict[str, Any]:
             ]
         },
     }
-    return {
-        "Type": "AWS::ECS::TaskDefinition",
-        "Properties": {
-            "Family": {"Fn::Sub": f"${{AWS::StackName}}-{service.name}"},
-            "Cpu": {"Ref": "TaskCpu"},
-            "Memory": {"Fn::FindInMap": ["TaskSizes", {"Ref": "TaskCpu"}, "Memory"]},
-            "NetworkMode": "awsvpc",
-            "RequiresCompatibilities": ["FARGATE"],
-            "RuntimePlatform": {"OperatingSystemFamily": "LINUX", "CpuArchitecture": "X86_64"},
-            "ExecutionRoleArn": {"Fn::GetAtt": [EXECUTION_ROLE, "Arn"]},
-            "TaskRoleArn": {"Fn::GetAtt": [logical(service.name, "TaskRole"), "Arn"]},
-            "ContainerDefinitions": [container],
-        },
-    }
+    return fargate_task_definition(service.name, container, {"Fn::GetAtt": [logical(service.name, "TaskRole"), "Arn"]})
 
 
 def _otlp_tracing() -> list[dict[str, Any]]:
@@ -228,36 +230,20 @@ def gateway_task_definition() -> dict[str, Any]:
             {"Name": "http", "ContainerPort": _DEFAULTS.gateway_port, "Protocol": "tcp", "AppProtocol": "http"}
         ],
         "Environment": {"Fn::If": ["TracingOn", [*_env(environment), *_otlp_tracing()], _env(environment)]},
-        "HealthCheck": {
-            "Command": [
+        "HealthCheck": container_health_check(
+            [
                 "CMD",
                 "python",
                 "-m",
                 "common.health_probe",
                 f"http://127.0.0.1:{_DEFAULTS.gateway_port}{GATEWAY_HEALTH_PATH}",
-            ],
-            "Interval": 10,
-            "Timeout": 5,
-            "Retries": 3,
-            "StartPeriod": 30,
-        },
+            ]
+        ),
         "StopTimeout": STOP_TIMEOUT_S,
         "LogConfiguration": _log_configuration(GATEWAY_NAME),
     }
-    return {
-        "Type": "AWS::ECS::TaskDefinition",
-        "Properties": {
-            "Family": {"Fn::Sub": f"${{AWS::StackName}}-{GATEWAY_NAME}"},
-            "Cpu": {"Ref": "TaskCpu"},
-            "Memory": {"Fn::FindInMap": ["TaskSizes", {"Ref": "TaskCpu"}, "Memory"]},
-            "NetworkMode": "awsvpc",
-            "RequiresCompatibilities": ["FARGATE"],
-            "RuntimePlatform": {"OperatingSystemFamily": "LINUX", "CpuArchitecture": "X86_64"},
-            # It holds no key and touches no table: the execution role (image, logs) is all it needs.
-            "ExecutionRoleArn": {"Fn::GetAtt": [EXECUTION_ROLE, "Arn"]},
-            "ContainerDefinitions": [container],
-        },
-    }
+    # It holds no key and touches no table: the execution role (image, logs) is all it needs.
+    return fargate_task_definition(GATEWAY_NAME, container, task_role_arn=None)
 
 
 def _assume_role_by_ecs_tasks() -> dict[str, Any]:
