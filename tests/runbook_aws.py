@@ -270,6 +270,10 @@ def answer(service: str, command: str, options: dict[str, list[str]], state: dic
         if kind != "service" or name not in ecs_service_names(state, cluster):
             raise RunbookError(f"{resource_id}: not a service of a stack")
         return None
+    if (service, command) == ("dynamodb", "describe-table"):
+        (name,) = options["table-name"]
+        described = table_client().describe_table(TableName=name)["Table"]
+        return {"Table": {"TableName": name, "TableStatus": described["TableStatus"]}}
     if (service, command) == ("dynamodb", "restore-table-to-point-in-time"):
         (source,) = options["source-table-name"]
         (target,) = options["target-table-name"]

@@ -26,6 +26,7 @@ from common.cloudformation import STAGES, policy_logical_id
 from common.config import ENVIRONMENT_VARIABLES, Settings
 from common.server_runtime import READINESS_METHOD
 from devcluster.__main__ import GATEWAY, SERVICES
+from devcluster.dynamodb_local import free_port
 from devcluster.prometheus import awards_per_second
 from gateway.routes import ROUTES
 from gateway.routes import SERVICES as GATEWAY_SERVICES
@@ -227,12 +228,14 @@ def test_container_health_checks_are_the_probe_of_each_server(stack: dict[str, A
         if name == GATEWAY:
             assert command[4:] == [f"http://127.0.0.1:{DEFAULTS.gateway_port}/healthz"]
         else:
-            assert command[4] == f"127.0.0.1:{listen_port(name)}"
+            # Liveness (the server's "" entry): ECS replaces a task whose check fails, which would not cure
+            # a DynamoDB outage; the load balancer's readiness check takes such a task out of rotation.
+            assert command[4:] == [f"127.0.0.1:{listen_port(name)}"]
 
 
-def _probe(address: str, service: str) -> subprocess.CompletedProcess[str]:
+def _probe(address: str, *service: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "common.health_probe", address, service],
+        [sys.executable, "-m", "common.health_probe", address, *service],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -246,13 +249,13 @@ def test_health_checks_pass_on_real_servers_and_readiness_answers_the_load_balan
     stack = _load("prod")
     cluster = new_cluster(events=True)
     for name, _ in SERVICES:
-        command = container(stack, name)["HealthCheck"]["Command"]
-        service_name = command[5]
-        # The stack's command on the server's real port: SERVING for the service name the stack names.
-        result = _probe(f"127.0.0.1:{cluster.ports[name]}", service_name)
+        *probe, address = container(stack, name)["HealthCheck"]["Command"]
+        assert probe == ["CMD", "python", "-m", "common.health_probe"]
+        # The stack's check on the server's real port answers SERVING.
+        result = _probe(address.replace(f":{listen_port(name)}", f":{cluster.ports[name]}"))
         assert result.returncode == 0, (name, result.stdout, result.stderr)
-        # A name the server does not serve is not healthy: the check can fail.
-        assert _probe(f"127.0.0.1:{cluster.ports[name]}", service_name + "X").returncode == 1
+        # The check can fail: no server on the port.
+        assert _probe(f"127.0.0.1:{free_port()}").returncode == 1
         # What the load balancer sends to the target group's health check path: an empty request, no token.
         with grpc.insecure_channel(f"127.0.0.1:{cluster.ports[name]}") as channel:
             readiness = channel.unary_unary(READINESS_METHOD)
@@ -277,6 +280,8 @@ def test_every_service_scales_between_its_minimum_and_maximum(stack: dict[str, A
             for p in policies.values()
             if p["Properties"]["ScalingTargetId"] == {"Ref": target_id}
         }
+        # Auto scaling owns the count: a stack update must not reset a scaled-out service.
+        assert "DesiredCount" not in ecs_services(stack)[name]
         if name == "events":
             # Each events task reads every stream shard: at most EventsMaxTasks readers, scaled on CPU.
             assert (target["MinCapacity"], target["MaxCapacity"]) == (1, {"Ref": "EventsMaxTasks"})

@@ -132,9 +132,11 @@ def _log_configuration(name: str) -> dict[str, Any]:
 
 
 def health_probe_command(service: DeployedService) -> list[str]:
-    # One argument each, no spaces (podman's Docker API splits CMD checks at spaces; ECS does not, but the
-    # compose file and this stack keep one form).
-    return ["CMD", "python", "-m", "common.health_probe", f"127.0.0.1:{service.port}", service.grpc_service]
+    # Liveness: the server's "" health entry. ECS replaces a task whose container check fails, so it must
+    # not fail on what a new task would not cure: the service's own entry (readiness) is NOT_SERVING
+    # while DynamoDB is out of reach, and the load balancer's readiness check takes such tasks out of
+    # rotation instead. One argument each, no spaces (the compose file's form; podman splits CMD checks).
+    return ["CMD", "python", "-m", "common.health_probe", f"127.0.0.1:{service.port}"]
 
 
 def container_health_check(command: list[str]) -> dict[str, Any]:
@@ -462,7 +464,6 @@ def ecs_service(
     port: int,
     depends_on: list[str],
     service_connect: dict[str, Any],
-    desired: Any,
 ) -> dict[str, Any]:
     return {
         "Type": "AWS::ECS::Service",
@@ -472,7 +473,8 @@ def ecs_service(
             "Cluster": {"Ref": CLUSTER},
             "TaskDefinition": {"Ref": logical(name, "TaskDefinition")},
             "LaunchType": "FARGATE",
-            "DesiredCount": desired,
+            # No DesiredCount: a new service starts one task and auto scaling raises it to MinCapacity; a
+            # stack update then leaves the running count alone (a DesiredCount would reset it at each change).
             "NetworkConfiguration": {
                 "AwsvpcConfiguration": {
                     "Subnets": {"Ref": "TaskSubnets"},
@@ -594,7 +596,6 @@ def compute_resources() -> tuple[dict[str, Any], dict[str, Any]]:
             service.port,
             [logical(name, "Route"), *(logical(peer, "Service") for peer in service.peers)],
             _service_connect(service),
-            {"Ref": "MinTasks"} if name in SCALED_ON_REQUESTS else 1,
         )
         if name in SCALED_ON_REQUESTS:
             resources.update(scaling(name, min_tasks, max_tasks))
@@ -608,7 +609,6 @@ def compute_resources() -> tuple[dict[str, Any], dict[str, Any]]:
         _DEFAULTS.gateway_port,
         [LISTENER, *(logical(peer, "Service") for peer in GATEWAY_PEERS)],
         _service_connect(None),
-        {"Ref": "MinTasks"},
     )
     resources.update(scaling(GATEWAY_NAME, min_tasks, max_tasks))
     outputs = {

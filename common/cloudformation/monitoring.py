@@ -282,7 +282,7 @@ def dashboard_body(alarm_logical_ids: list[str]) -> str:
             [
                 [
                     {
-                        "expression": f"SEARCH('{{{_NAMESPACE},Service,code}} MetricName=\"{RPC_REQUESTS}\"', 'Sum', 60)",
+                        "expression": f"SEARCH('{{\"{_NAMESPACE}\",Service,code}} MetricName=\"{RPC_REQUESTS}\"', 'Sum', 60)",
                         "id": "rpcs",
                     }
                 ]
@@ -295,7 +295,7 @@ def dashboard_body(alarm_logical_ids: list[str]) -> str:
             [
                 [
                     {
-                        "expression": f"SEARCH('{{{_NAMESPACE},Service,method}} MetricName=\"{RPC_DURATION}\"', 'p99', 60)",
+                        "expression": f"SEARCH('{{\"{_NAMESPACE}\",Service,method}} MetricName=\"{RPC_DURATION}\"', 'p99', 60)",
                         "id": "p99",
                     }
                 ]
@@ -309,7 +309,7 @@ def dashboard_body(alarm_logical_ids: list[str]) -> str:
             [
                 [
                     {
-                        "expression": f"SEARCH('{{{_NAMESPACE},Service,code}} MetricName=\"{DYNAMODB_ERRORS}\"', 'Sum', 60)",
+                        "expression": f"SEARCH('{{\"{_NAMESPACE}\",Service,code}} MetricName=\"{DYNAMODB_ERRORS}\"', 'Sum', 60)",
                         "id": "ddberr",
                     }
                 ]
@@ -322,7 +322,7 @@ def dashboard_body(alarm_logical_ids: list[str]) -> str:
             [
                 [
                     {
-                        "expression": f"SEARCH('{{{_NAMESPACE},Service,operation}} MetricName=\"{DYNAMODB_DURATION}\"', 'p99', 60)",
+                        "expression": f"SEARCH('{{\"{_NAMESPACE}\",Service,operation}} MetricName=\"{DYNAMODB_DURATION}\"', 'p99', 60)",
                         "id": "ddbp99",
                     }
                 ]
@@ -335,8 +335,10 @@ def dashboard_body(alarm_logical_ids: list[str]) -> str:
             [
                 [
                     {
-                        "expression": 'SEARCH(\'{AWS/DynamoDB,TableName} MetricName=("ConsumedReadCapacityUnits" OR '
-                        '"ConsumedWriteCapacityUnits" OR "ThrottledRequests") ${TablePrefix}\', \'Sum\', 60)',
+                        # Metrics whose only dimension is TableName (ThrottledRequests also has Operation).
+                        "expression": 'SEARCH(\'{AWS/DynamoDB,TableName} (MetricName="ConsumedReadCapacityUnits" OR '
+                        'MetricName="ConsumedWriteCapacityUnits" OR MetricName="ReadThrottleEvents" OR '
+                        "MetricName=\"WriteThrottleEvents\") ${TablePrefix}', 'Sum', 60)",
                         "id": "tables",
                     }
                 ]
