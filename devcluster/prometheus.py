@@ -13,7 +13,6 @@ import argparse
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +24,7 @@ import yaml
 
 from common.config import Settings
 from devcluster.dynamodb_local import REPO_ROOT
+from devcluster.readiness import wait_http_healthy
 
 PROMETHEUS_BINARY = "prometheus"
 DEPLOY_DIR = REPO_ROOT / "deploy" / "prometheus"
@@ -87,16 +87,7 @@ def start_prometheus(config: Path, data_dir: Path, port: int, log: IO[bytes], **
 def wait_prometheus_ready(base_url: str, process: subprocess.Popen[bytes] | None = None, timeout_s: float = 30) -> bool:
     """True once GET {base_url}/-/ready answers 200 (the rules are loaded and it scrapes); False
     after timeout_s, or as soon as `process` has exited."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and (process is None or process.poll() is None):
-        try:
-            with urllib.request.urlopen(f"{base_url}/-/ready", timeout=1) as response:
-                if response.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    return False
+    return wait_http_healthy(base_url, process, timeout_s, path="/-/ready")
 
 
 def awards_per_second(window: str = "1m") -> str:

@@ -1,5 +1,5 @@
 """Waiting for a started process to serve: a gRPC server until its health
-check says SERVING, the HTTP gateway until GET /healthz answers 200. Used by
+check says SERVING, the HTTP gateway until GET /healthz answers 200 (Prometheus: /-/ready). Used by
 the local cluster, the tests' process clusters and the benchmark."""
 
 from __future__ import annotations
@@ -34,13 +34,15 @@ def wait_grpc_serving(port: int, process: subprocess.Popen[bytes] | None = None,
     return False
 
 
-def wait_http_healthy(base_url: str, process: subprocess.Popen[bytes] | None = None, timeout_s: float = 30) -> bool:
-    """True once GET {base_url}/healthz answers 200; False after timeout_s, or
+def wait_http_healthy(
+    base_url: str, process: subprocess.Popen[bytes] | None = None, timeout_s: float = 30, path: str = "/healthz"
+) -> bool:
+    """True once GET {base_url}{path} answers 200; False after timeout_s, or
     as soon as `process` has exited."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not _exited(process):
         try:
-            with urllib.request.urlopen(f"{base_url}/healthz", timeout=1) as response:
+            with urllib.request.urlopen(f"{base_url}{path}", timeout=1) as response:
                 if response.status == 200:
                     return True
         except (urllib.error.URLError, OSError):

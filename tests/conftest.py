@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from common.rpc_logging import json_log_handler
 from devcluster.dynamodb_local import LOCAL_CREDENTIALS, free_port, start_dynamodb_local
 from tests.cluster import STANDARD_LEVELS, Cluster
 
@@ -71,3 +76,22 @@ def new_cluster(dynamodb_endpoint: str) -> Iterator[Callable[..., Cluster]]:
 @pytest.fixture
 def user_id() -> str:
     return f"player-{uuid.uuid4().hex[:12]}"
+
+
+LogLines = Callable[[], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def json_log_lines() -> Iterator[LogLines]:
+    """Everything logged during the test, as the servers write it (configure_logging's JSON lines)."""
+    stream = io.StringIO()
+    handler = json_log_handler("test", stream)
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)

@@ -4,9 +4,7 @@ line of the RPC carries that id and the traceback, once."""
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -16,30 +14,13 @@ import pytest
 
 from common.metrics import RPCS
 from common.rpc_interceptors import RpcEdgeInterceptor
-from common.rpc_logging import json_log_handler
 from rewards.v1 import xp_pb2, xp_pb2_grpc
 from tests.cluster import Cluster, ServerLoop, rpc_error
+from tests.conftest import LogLines
 
 Factory = Callable[..., Cluster]
-LogLines = Callable[[], list[dict[str, Any]]]
 ERROR_ID = re.compile(r"error id ([0-9a-f]{12})\b")
 GET_PROGRESS = "/rewards.v1.XpService/GetProgress"
-
-
-@pytest.fixture
-def json_log_lines() -> Iterator[LogLines]:
-    """Everything logged during the test, as the servers write it (configure_logging's JSON lines)."""
-    stream = io.StringIO()
-    handler = json_log_handler("test", stream)
-    root = logging.getLogger()
-    previous_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(previous_level)
 
 
 class ProgressReadBug:

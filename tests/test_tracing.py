@@ -5,12 +5,9 @@ trace across XP and Levels, joined to the caller's W3C traceparent."""
 
 from __future__ import annotations
 
-import io
-import json
-import logging
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +23,12 @@ from opentelemetry.trace import SpanKind
 
 from bench.otlp_sink import OtlpSink
 from common.caller_auth import Role
-from common.rpc_logging import json_log_handler
 from rewards.v1 import events_pb2, xp_pb2
 from tests.cluster import STANDARD_LEVELS, Cluster, mint_test_token, unique
+from tests.conftest import LogLines
 from tests.gateway_server import http_call
 from tests.process_cluster import start_process_cluster
 
-LogLines = Callable[[], list[dict[str, Any]]]
 AWARD = "rewards.v1.XpService/AwardXp"
 CHECK_LEVEL_UP = "rewards.v1.LevelsService/CheckLevelUp"
 CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -53,22 +49,6 @@ def traced_cluster(new_cluster: Callable[..., Cluster], exporter: InMemorySpanEx
     c.put_levels(STANDARD_LEVELS)
     c.xp.PutActivity(xp_pb2.PutActivityRequest(activity=xp_pb2.Activity(activity_id="win", name="Win", xp=150)))
     return c
-
-
-@pytest.fixture
-def json_log_lines() -> Iterator[LogLines]:
-    """Everything logged during the test, as the servers write it (configure_logging's JSON lines)."""
-    stream = io.StringIO()
-    handler = json_log_handler("test", stream)
-    root = logging.getLogger()
-    previous_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(previous_level)
 
 
 def award(c: Cluster, user_id: str, metadata: tuple[tuple[str, str], ...] = ()) -> tuple[Any, grpc.Call]:
