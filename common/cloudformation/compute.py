@@ -313,6 +313,20 @@ def namespace() -> dict[str, Any]:
     }
 
 
+def task_ingress(port: int, source_group: str, description: str) -> dict[str, Any]:
+    return {
+        "Type": "AWS::EC2::SecurityGroupIngress",
+        "Properties": {
+            "GroupId": {"Fn::GetAtt": [TASK_SECURITY_GROUP, "GroupId"]},
+            "IpProtocol": "tcp",
+            "FromPort": port,
+            "ToPort": port,
+            "SourceSecurityGroupId": {"Fn::GetAtt": [source_group, "GroupId"]},
+            "Description": description,
+        },
+    }
+
+
 def security_groups() -> dict[str, Any]:
     task_ports = [service.port for service in SERVICES] + [_DEFAULTS.gateway_port]
     resources: dict[str, Any] = {
@@ -341,30 +355,14 @@ def security_groups() -> dict[str, Any]:
         },
     }
     for port in task_ports:
-        resources[f"TaskIngressFromLoadBalancer{port}"] = {
-            "Type": "AWS::EC2::SecurityGroupIngress",
-            "Properties": {
-                "GroupId": {"Fn::GetAtt": [TASK_SECURITY_GROUP, "GroupId"]},
-                "IpProtocol": "tcp",
-                "FromPort": port,
-                "ToPort": port,
-                "SourceSecurityGroupId": {"Fn::GetAtt": [LOAD_BALANCER_SECURITY_GROUP, "GroupId"]},
-                "Description": "load balancer to tasks",
-            },
-        }
+        resources[f"TaskIngressFromLoadBalancer{port}"] = task_ingress(
+            port, LOAD_BALANCER_SECURITY_GROUP, "load balancer to tasks"
+        )
     for service in SERVICES:
         # Service Connect: a caller's proxy reaches the callee's tasks on their gRPC port.
-        resources[f"TaskIngressFromTasks{service.port}"] = {
-            "Type": "AWS::EC2::SecurityGroupIngress",
-            "Properties": {
-                "GroupId": {"Fn::GetAtt": [TASK_SECURITY_GROUP, "GroupId"]},
-                "IpProtocol": "tcp",
-                "FromPort": service.port,
-                "ToPort": service.port,
-                "SourceSecurityGroupId": {"Fn::GetAtt": [TASK_SECURITY_GROUP, "GroupId"]},
-                "Description": f"service to service ({service.name})",
-            },
-        }
+        resources[f"TaskIngressFromTasks{service.port}"] = task_ingress(
+            service.port, TASK_SECURITY_GROUP, f"service to service ({service.name})"
+        )
     return resources
 
 
@@ -399,20 +397,18 @@ def https_listener() -> dict[str, Any]:
     }
 
 
-def grpc_target_group(service: DeployedService) -> dict[str, Any]:
+def target_group(port: int, protocol_version: str, health_check_path: str, matcher: dict[str, str]) -> dict[str, Any]:
     return {
         "Type": "AWS::ElasticLoadBalancingV2::TargetGroup",
         "Properties": {
             "TargetType": "ip",
             "VpcId": {"Ref": "VpcId"},
             "Protocol": "HTTP",
-            "ProtocolVersion": "GRPC",
-            "Port": service.port,
-            # The servers' readiness check: OK while every health entry (grpc.health.v1) of the server is
-            # SERVING, UNAVAILABLE while DynamoDB does not answer or the server drains.
+            "ProtocolVersion": protocol_version,
+            "Port": port,
             "HealthCheckProtocol": "HTTP",
-            "HealthCheckPath": READINESS_METHOD,
-            "Matcher": {"GrpcCode": "0"},
+            "HealthCheckPath": health_check_path,
+            "Matcher": matcher,
             "HealthCheckIntervalSeconds": 10,
             "HealthCheckTimeoutSeconds": 5,
             "HealthyThresholdCount": 2,
@@ -422,29 +418,17 @@ def grpc_target_group(service: DeployedService) -> dict[str, Any]:
             ],
         },
     }
+
+
+def grpc_target_group(service: DeployedService) -> dict[str, Any]:
+    # The servers' readiness check: OK while every health entry (grpc.health.v1) of the server is SERVING,
+    # UNAVAILABLE while DynamoDB does not answer or the server drains. The load balancer judges the gRPC
+    # status code alone, which is why it is not grpc.health.v1's Check (OK with NOT_SERVING in the body).
+    return target_group(service.port, "GRPC", READINESS_METHOD, {"GrpcCode": "0"})
 
 
 def gateway_target_group() -> dict[str, Any]:
-    return {
-        "Type": "AWS::ElasticLoadBalancingV2::TargetGroup",
-        "Properties": {
-            "TargetType": "ip",
-            "VpcId": {"Ref": "VpcId"},
-            "Protocol": "HTTP",
-            "ProtocolVersion": "HTTP1",
-            "Port": _DEFAULTS.gateway_port,
-            "HealthCheckProtocol": "HTTP",
-            "HealthCheckPath": GATEWAY_HEALTH_PATH,
-            "Matcher": {"HttpCode": "200"},
-            "HealthCheckIntervalSeconds": 10,
-            "HealthCheckTimeoutSeconds": 5,
-            "HealthyThresholdCount": 2,
-            "UnhealthyThresholdCount": 3,
-            "TargetGroupAttributes": [
-                {"Key": "deregistration_delay.timeout_seconds", "Value": str(DEREGISTRATION_DELAY_S)}
-            ],
-        },
-    }
+    return target_group(_DEFAULTS.gateway_port, "HTTP1", GATEWAY_HEALTH_PATH, {"HttpCode": "200"})
 
 
 def grpc_route(service: DeployedService, priority: int) -> dict[str, Any]:
@@ -515,10 +499,27 @@ def _service_connect(service: DeployedService | None) -> dict[str, Any]:
     return configuration
 
 
+def target_tracking(name: str, kind: str, metric: dict[str, Any], target_value: dict[str, Any]) -> dict[str, Any]:
+    """Keeps `metric` near `target_value`: out within a minute, in after five quiet minutes."""
+    return {
+        "Type": "AWS::ApplicationAutoScaling::ScalingPolicy",
+        "Properties": {
+            "PolicyName": {"Fn::Sub": f"${{AWS::StackName}}-{name}-{kind}"},
+            "PolicyType": "TargetTrackingScaling",
+            "ScalingTargetId": {"Ref": logical(name, "ScalableTarget")},
+            "TargetTrackingScalingPolicyConfiguration": {
+                "PredefinedMetricSpecification": metric,
+                "TargetValue": target_value,
+                "ScaleOutCooldown": 60,
+                "ScaleInCooldown": 300,
+            },
+        },
+    }
+
+
 def scaling(name: str, min_tasks: Any, max_tasks: Any) -> dict[str, Any]:
-    target = logical(name, "ScalableTarget")
     resources: dict[str, Any] = {
-        target: {
+        logical(name, "ScalableTarget"): {
             "Type": "AWS::ApplicationAutoScaling::ScalableTarget",
             "Properties": {
                 "ServiceNamespace": "ecs",
@@ -528,47 +529,29 @@ def scaling(name: str, min_tasks: Any, max_tasks: Any) -> dict[str, Any]:
                 "MaxCapacity": max_tasks,
             },
         },
-        logical(name, "CpuScaling"): {
-            "Type": "AWS::ApplicationAutoScaling::ScalingPolicy",
-            "Properties": {
-                "PolicyName": {"Fn::Sub": f"${{AWS::StackName}}-{name}-cpu"},
-                "PolicyType": "TargetTrackingScaling",
-                "ScalingTargetId": {"Ref": target},
-                "TargetTrackingScalingPolicyConfiguration": {
-                    "PredefinedMetricSpecification": {"PredefinedMetricType": "ECSServiceAverageCPUUtilization"},
-                    "TargetValue": {"Ref": "CpuTargetPercent"},
-                    "ScaleOutCooldown": 60,
-                    "ScaleInCooldown": 300,
-                },
-            },
-        },
+        logical(name, "CpuScaling"): target_tracking(
+            name,
+            "cpu",
+            {"PredefinedMetricType": "ECSServiceAverageCPUUtilization"},
+            {"Ref": "CpuTargetPercent"},
+        ),
     }
     if name in SCALED_ON_REQUESTS:
-        resources[logical(name, "RequestScaling")] = {
-            "Type": "AWS::ApplicationAutoScaling::ScalingPolicy",
-            "Properties": {
-                "PolicyName": {"Fn::Sub": f"${{AWS::StackName}}-{name}-requests"},
-                "PolicyType": "TargetTrackingScaling",
-                "ScalingTargetId": {"Ref": target},
-                "TargetTrackingScalingPolicyConfiguration": {
-                    "PredefinedMetricSpecification": {
-                        "PredefinedMetricType": "ALBRequestCountPerTarget",
-                        "ResourceLabel": {
-                            "Fn::Join": [
-                                "/",
-                                [
-                                    {"Fn::GetAtt": [LOAD_BALANCER, "LoadBalancerFullName"]},
-                                    {"Fn::GetAtt": [logical(name, "TargetGroup"), "TargetGroupFullName"]},
-                                ],
-                            ]
-                        },
-                    },
-                    "TargetValue": {"Ref": "RequestsPerTargetPerMinute"},
-                    "ScaleOutCooldown": 60,
-                    "ScaleInCooldown": 300,
-                },
-            },
+        resource_label = {
+            "Fn::Join": [
+                "/",
+                [
+                    {"Fn::GetAtt": [LOAD_BALANCER, "LoadBalancerFullName"]},
+                    {"Fn::GetAtt": [logical(name, "TargetGroup"), "TargetGroupFullName"]},
+                ],
+            ]
         }
+        resources[logical(name, "RequestScaling")] = target_tracking(
+            name,
+            "requests",
+            {"PredefinedMetricType": "ALBRequestCountPerTarget", "ResourceLabel": resource_label},
+            {"Ref": "RequestsPerTargetPerMinute"},
+        )
     return resources
 
 
