@@ -62,10 +62,12 @@ def stand_ins(bin_dir: Path, cluster: Cluster) -> None:
 
 
 def workdir(path: Path) -> Path:
-    """The repository as the operator has it, where the runbook's files (tokens, backups) land."""
+    """The repository as the operator has it, where the runbook's files (tokens, backups) land. Not the
+    virtualenv or .local: a pip install through this copy would write its path into the venv's scripts."""
     path.mkdir()
     for entry in REPO_ROOT.iterdir():
-        (path / entry.name).symlink_to(entry)
+        if entry.name not in (".venv", ".local"):
+            (path / entry.name).symlink_to(entry)
     return path
 
 
@@ -132,9 +134,21 @@ def ran(runbook_dynamodb: str, tmp_path_factory: pytest.TempPathFactory) -> dict
                 break
             time.sleep(0.5)
         assert verified.returncode == 0, verified.stdout
-        script = "set -euo pipefail\n" + "\n".join(sh_blocks(RUNBOOK.read_text()))
+        generate, *operate = sh_blocks(RUNBOOK.read_text())
+        # The stacks' block (make cfn, its check, cfn-lint) runs in the repository itself: make may
+        # install first; the operator's blocks run in one shell in a copy, where their files land.
+        assert "make cfn" in generate
+        generated = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + generate],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert generated.returncode == 0, generated.stdout[-3000:] + "\n" + generated.stderr[-1500:]
         result = subprocess.run(
-            ["bash", "-c", script],
+            ["bash", "-c", "set -euo pipefail\n" + "\n".join(operate)],
             cwd=workdir(tmp_path / "repo"),
             env=env,
             capture_output=True,
